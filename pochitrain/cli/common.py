@@ -1,0 +1,42 @@
+"""Argument helpers shared by verbs: validated types with actionable messages."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def add_input_size(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--input-size", nargs="+", type=positive_int, metavar=("H", "W"),
+                        default=None, help=help_text)
+
+
+def input_size_arg(value: list[int] | None) -> tuple[int, int] | None:
+    """argparse cannot say 'exactly two' with a good message: check after parsing."""
+    if value is None:
+        return None
+    if len(value) != 2:
+        from pochitrain.errors import UsageError
+
+        raise UsageError(
+            f"--input-size takes two values, HEIGHT WIDTH; got {len(value)}: {value}",
+            "Example: --input-size 224 224",
+        )
+    return value[0], value[1]
+
+
+def add_config(parser: argparse.ArgumentParser, help_text: str | None = None) -> None:
+    parser.add_argument(
+        "-c", "--config-path", "--config", dest="config", default=None, metavar="CONFIG",
+        help=help_text or "config.py to read preprocessing/classes from when the model file "
+        "carries none (default: auto-detected beside the run)",
+    )

@@ -1,0 +1,94 @@
+"""`pochi` entry point: a registry of verbs, each in its own small module.
+
+Only argparse is imported here; each verb module imports torch / onnxruntime / TensorRT inside
+its ``run`` so that ``pochi --help`` and argument errors stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# verb -> (module under pochitrain.cli, one-line help)
+VERBS: dict[str, tuple[str, str]] = {
+    "sample-data": ("sample_data", "write the built-in digits image folders and a config"),
+    "train": ("train", "train a classifier from a config file"),
+    "export-onnx": ("export_onnx", "export a checkpoint to ONNX and verify it"),
+    "convert": ("convert", "build a TensorRT engine from ONNX (FP32 / FP16 / INT8)"),
+    "infer": ("infer", "run inference with a .pth, .onnx or .engine model"),
+    "infer-onnx": ("infer_onnx", "run inference with ONNX Runtime"),
+    "infer-trt": ("infer_trt", "run inference with a TensorRT engine"),
+    "quickstart": ("quickstart", "sample data -> train -> export -> convert -> infer, one command"),
+}
+
+
+def _verb_module(verb: str):  # noqa: ANN202 - module objects
+    return importlib.import_module(f"pochitrain.cli.{VERBS[verb][0]}")
+
+
+def build_parser(prog: str = "pochi", only: str | None = None) -> argparse.ArgumentParser:
+    if only is not None:
+        mod = _verb_module(only)
+        parser = argparse.ArgumentParser(
+            prog=prog, description=mod.DESCRIPTION,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        mod.configure(parser)
+        parser.set_defaults(_verb=only)
+        return parser
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="pochitrain: train an image classifier, export it to ONNX, convert it to a "
+        "TensorRT engine (FP32/FP16/INT8) and run inference with CSV results and a summary.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run 'pochi VERB --help' for the options of a verb.",
+    )
+    from pochitrain import __version__
+
+    parser.add_argument("--version", action="version", version=f"pochitrain {__version__}")
+    sub = parser.add_subparsers(dest="_verb", metavar="VERB", required=True)
+    for verb, (_, help_text) in VERBS.items():
+        mod = _verb_module(verb)
+        p = sub.add_parser(verb, help=help_text, description=mod.DESCRIPTION,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.configure(p)
+    return parser
+
+
+def run(argv: Sequence[str] | None, prog: str = "pochi", only: str | None = None) -> int:
+    from pochitrain.errors import PochiError
+
+    parser = build_parser(prog, only)
+    args = parser.parse_args(argv)
+    try:
+        return int(_verb_module(args._verb).run(args) or 0)
+    except PochiError as exc:
+        from pochitrain.console import print_error
+
+        print_error(exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("\n中断しました / Interrupted.", file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    sys.exit(run(argv))
+
+
+def export_onnx_main() -> None:
+    sys.exit(run(None, prog="export-onnx", only="export-onnx"))
+
+
+def infer_onnx_main() -> None:
+    sys.exit(run(None, prog="infer-onnx", only="infer-onnx"))
+
+
+def infer_trt_main() -> None:
+    sys.exit(run(None, prog="infer-trt", only="infer-trt"))
+
+
+if __name__ == "__main__":
+    main()

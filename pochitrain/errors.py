@@ -1,0 +1,72 @@
+"""User-facing errors.
+
+Every failure a user can cause is a ``PochiError`` subclass carrying what went wrong and how to
+fix it. The CLI prints ``message`` and ``remedy`` and exits with ``exit_code`` (2: usage, 1:
+runtime); it never shows a traceback for these.
+"""
+
+from __future__ import annotations
+
+
+class PochiError(Exception):
+    exit_code = 1
+
+    def __init__(self, message: str, remedy: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.remedy = remedy
+
+    def __str__(self) -> str:
+        return self.message if not self.remedy else f"{self.message}\n{self.remedy}"
+
+
+class UsageError(PochiError):
+    """Bad command-line arguments."""
+
+    exit_code = 2
+
+
+class ConfigError(PochiError):
+    """A config file is missing, unreadable or invalid."""
+
+    exit_code = 2
+
+
+class DataError(PochiError):
+    """An image folder is missing, empty or does not match the model."""
+
+
+class ModelFileError(PochiError):
+    """A checkpoint / ONNX / engine file is missing, corrupt or not ours."""
+
+
+class ShapeError(PochiError):
+    """An ONNX input shape cannot be used as asked (e.g. dynamic H/W without --input-size)."""
+
+    exit_code = 2
+
+
+class OutputExistsError(PochiError):
+    """An output file exists and --overwrite was not given."""
+
+    exit_code = 2
+
+
+class BackendMissingError(PochiError):
+    """The library a verb needs (TensorRT, ModelOpt, CUDA...) is not installed or usable."""
+
+
+class BuildError(PochiError):
+    """The TensorRT builder or parser failed."""
+
+
+class VerificationError(PochiError):
+    """A converted model does not agree with its source beyond tolerance."""
+
+
+class CalibrationError(PochiError):
+    """INT8 calibration cannot run (no data, no val_transform, ...)."""
+
+
+class EngineLoadError(PochiError):
+    """A TensorRT engine cannot be deserialized or run here."""

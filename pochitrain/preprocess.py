@@ -1,0 +1,170 @@
+"""Inference preprocessing as data, not code.
+
+A model artefact (checkpoint, ONNX metadata, engine metadata) carries a ``Preprocess`` as a
+plain dict, so ONNX Runtime and TensorRT inference need neither torch nor the config file.
+``from_transform`` reads the supported subset of a torchvision ``val_transform``
+(Resize, CenterCrop, ToTensor / PILToTensor+ConvertImageDtype, Normalize) and reproduces it
+exactly with PIL + NumPy: the same PIL resize call torchvision makes on PIL images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pochitrain.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_PIL_MODES = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+@dataclass
+class Preprocess:
+    """RGB image -> float32 CHW array.
+
+    resize: ``[h, w]`` exact size, ``[s]`` smaller edge to s (aspect kept), or None.
+    center_crop: ``[h, w]`` or None. The output H, W must equal ``input_size``.
+    """
+
+    input_size: list[int]
+    resize: list[int] | None = None
+    center_crop: list[int] | None = None
+    interpolation: str = "bilinear"
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocess:
+        try:
+            return cls(
+                input_size=[int(v) for v in data["input_size"]],
+                resize=None if data.get("resize") is None else [int(v) for v in data["resize"]],
+                center_crop=(
+                    None if data.get("center_crop") is None
+                    else [int(v) for v in data["center_crop"]]
+                ),
+                interpolation=str(data.get("interpolation", "bilinear")),
+                mean=[float(v) for v in data.get("mean", IMAGENET_MEAN)],
+                std=[float(v) for v in data.get("std", IMAGENET_STD)],
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"Preprocessing metadata is malformed: {data!r}",
+                "Re-export the model with this version of pochitrain, or pass -c CONFIG.",
+            ) from exc
+
+    @classmethod
+    def simple(cls, height: int, width: int) -> Preprocess:
+        """Resize straight to (height, width), ImageNet normalisation."""
+        return cls(input_size=[height, width], resize=[height, width])
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """(H, W) this preprocessing produces from an image of the given size."""
+        h, w = height, width
+        if self.resize is not None:
+            h, w = _resized_hw(h, w, self.resize)
+        if self.center_crop is not None:
+            h, w = self.center_crop
+        return h, w
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        if self.resize is not None:
+            h, w = _resized_hw(image.height, image.width, self.resize)
+            if (h, w) != (image.height, image.width):
+                image = image.resize((w, h), _PIL_MODES[self.interpolation])
+        if self.center_crop is not None:
+            image = _center_crop(image, *self.center_crop)
+        arr = np.asarray(image, dtype=np.float32) / 255.0
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        arr = (arr - mean) / std
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def _resized_hw(h: int, w: int, size: list[int]) -> tuple[int, int]:
+    if len(size) == 2:
+        return size[0], size[1]
+    # torchvision semantics for an int size: the smaller edge becomes `size`.
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = size[0], int(size[0] * long / short)
+    return (new_long, new_short) if w <= h else (new_short, new_long)
+
+
+def _center_crop(image: Image.Image, ch: int, cw: int) -> Image.Image:
+    w, h = image.size
+    if ch > h or cw > w:
+        # torchvision pads with zeros before cropping; do the same.
+        padded = Image.new("RGB", (max(w, cw), max(h, ch)))
+        padded.paste(image, ((max(w, cw) - w) // 2, (max(h, ch) - h) // 2))
+        image, (w, h) = padded, padded.size
+    top = int(round((h - ch) / 2.0))
+    left = int(round((w - cw) / 2.0))
+    return image.crop((left, top, left + cw, top + ch))
+
+
+def from_transform(transform: Any, input_size: list[int] | None = None) -> Preprocess:
+    """Describe a torchvision transform (single or Compose) as a ``Preprocess``.
+
+    Raises ConfigError naming the first step that cannot be reproduced outside torch.
+    """
+    steps = list(getattr(transform, "transforms", [transform]))
+    resize: list[int] | None = None
+    crop: list[int] | None = None
+    interpolation = "bilinear"
+    mean, std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+    for step in steps:
+        name = type(step).__name__
+        if name == "Resize":
+            size = step.size
+            resize = [int(size)] if isinstance(size, int) else [int(v) for v in size]
+            if len(resize) == 1 and getattr(step, "max_size", None):
+                raise _unsupported(name + "(max_size=...)")
+            interpolation = str(getattr(step.interpolation, "value", step.interpolation)).lower()
+            if interpolation not in _PIL_MODES:
+                raise _unsupported(f"Resize(interpolation={interpolation})")
+        elif name == "CenterCrop":
+            crop = [int(v) for v in step.size]
+            if len(crop) == 1:
+                crop = [crop[0], crop[0]]
+        elif name == "Normalize":
+            mean, std = [float(v) for v in step.mean], [float(v) for v in step.std]
+        elif name in ("ToTensor", "PILToTensor", "ConvertImageDtype", "ToImage", "ToDtype",
+                      "ToPILImage"):
+            continue
+        else:
+            raise _unsupported(name)
+    out = crop or (resize if resize is not None and len(resize) == 2 else None)
+    if out is None:
+        if input_size is None:
+            raise ConfigError(
+                "val_transform does not fix the image size (no CenterCrop or Resize((h, w))).",
+                "Add transforms.Resize((H, W)) or CenterCrop to val_transform, or set input_size.",
+            )
+        out = list(input_size)
+    return Preprocess(input_size=[int(out[0]), int(out[1])], resize=resize, center_crop=crop,
+                      interpolation=interpolation, mean=mean, std=std)
+
+
+def _unsupported(name: str) -> ConfigError:
+    return ConfigError(
+        f"val_transform step {name} cannot be reproduced for ONNX/TensorRT inference.",
+        "Use Resize, CenterCrop, ToTensor and Normalize in val_transform (augmentations belong "
+        "in train_transform).",
+    )
