@@ -1,0 +1,113 @@
+"""Read an ONNX classifier: its single image input/output, shape pattern and metadata.
+
+Shape patterns (spec, "pochi convert の変換パターン"):
+  1: batch dynamic, H/W fixed   -> what export-onnx writes
+  2: H and/or W dynamic         -> --input-size required
+  3: every dim fixed            -> no optimization profile needed
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pochitrain.errors import ModelFileError
+from pochitrain.meta import META_KEY, ModelMeta
+
+Dim = int | str  # fixed size, or the symbol name ("?" when unnamed)
+
+
+@dataclass
+class OnnxInfo:
+    path: Path
+    input_name: str
+    input_shape: list[Dim]
+    input_dtype: str
+    output_name: str
+    output_shape: list[Dim]
+    meta: ModelMeta | None
+    opset: int
+
+    @property
+    def dynamic_dims(self) -> list[int]:
+        return [i for i, d in enumerate(self.input_shape) if not isinstance(d, int)]
+
+    @property
+    def pattern(self) -> int:
+        dyn = set(self.dynamic_dims)
+        if not dyn:
+            return 3
+        if dyn & {2, 3}:
+            return 2
+        return 1
+
+    @property
+    def fixed_hw(self) -> tuple[int, int] | None:
+        h, w = self.input_shape[2], self.input_shape[3]
+        return (h, w) if isinstance(h, int) and isinstance(w, int) else None
+
+    def shape_text(self) -> str:
+        return "(" + ", ".join(str(d) for d in self.input_shape) + ")"
+
+
+def _dims(value_info) -> list[Dim]:  # noqa: ANN001 - onnx.ValueInfoProto
+    dims: list[Dim] = []
+    for d in value_info.type.tensor_type.shape.dim:
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(int(d.dim_value))
+        else:
+            dims.append(d.dim_param or "?")
+    return dims
+
+
+def read_onnx(path: Path | str, load_weights: bool = False):  # noqa: ANN201
+    """Return (OnnxInfo, onnx.ModelProto). Raises ModelFileError for anything unusable."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"ONNX file not found: {path}",
+                             "Pass the .onnx written by export-onnx (or your own export).")
+    try:
+        model = onnx.load(str(path), load_external_data=load_weights)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise ModelFileError(
+            f"{path} is not a readable ONNX model ({type(exc).__name__}).",
+            "Re-export it with export-onnx; the file may be truncated or not ONNX at all.",
+        ) from exc
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if not graph.node or not inputs or not graph.output:
+        raise ModelFileError(f"{path} holds no model graph.", "Re-export the model to ONNX.")
+    if len(inputs) != 1 or len(graph.output) != 1:
+        raise ModelFileError(
+            f"{path} has {len(inputs)} input(s) and {len(graph.output)} output(s); an image "
+            "classifier has exactly one image input and one logits output.",
+            "Export the classifier alone (one input NCHW image, one output of class scores).",
+        )
+    inp, out = inputs[0], graph.output[0]
+    in_shape, out_shape = _dims(inp), _dims(out)
+    if len(in_shape) != 4 or (isinstance(in_shape[1], int) and in_shape[1] != 3):
+        raise ModelFileError(
+            f"{path}: input {inp.name!r} has shape {in_shape}; expected (batch, 3, H, W).",
+            "pochitrain handles RGB image classifiers with NCHW input.",
+        )
+    if len(out_shape) != 2:
+        raise ModelFileError(
+            f"{path}: output {out.name!r} has shape {out_shape}; expected (batch, num_classes).",
+            "Export the model up to its logits (no post-processing in the graph).",
+        )
+    meta = None
+    for prop in model.metadata_props:
+        if prop.key == META_KEY:
+            try:
+                meta = ModelMeta.from_dict(json.loads(prop.value), where=str(path))
+            except json.JSONDecodeError as exc:
+                raise ModelFileError(f"{path}: pochitrain metadata is not valid JSON.",
+                                     "Re-export the model with export-onnx.") from exc
+    elem = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type).name
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    info = OnnxInfo(path, inp.name, in_shape, elem, out.name, out_shape, meta, opset)
+    return info, model
