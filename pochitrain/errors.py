@@ -60,6 +60,10 @@ class BuildError(PochiError):
     """The TensorRT builder or parser failed."""
 
 
+class ExportError(PochiError):
+    """The ONNX exporter failed on a model."""
+
+
 class VerificationError(PochiError):
     """A converted model does not agree with its source beyond tolerance."""
 
