@@ -28,7 +28,10 @@ def _verb_module(verb: str):  # noqa: ANN202 - module objects
     return importlib.import_module(f"pochitrain.cli.{VERBS[verb][0]}")
 
 
-def build_parser(prog: str = "pochi", only: str | None = None) -> argparse.ArgumentParser:
+def build_parser(prog: str = "pochi", only: str | None = None,
+                 verb: str | None = None) -> argparse.ArgumentParser:
+    """``only``: a standalone script for one verb. ``verb``: configure just that sub-command
+    (the others get a stub) so a command imports one verb module, not all of them."""
     if only is not None:
         mod = _verb_module(only)
         parser = argparse.ArgumentParser(
@@ -49,9 +52,12 @@ def build_parser(prog: str = "pochi", only: str | None = None) -> argparse.Argum
 
     parser.add_argument("--version", action="version", version=f"pochitrain {__version__}")
     sub = parser.add_subparsers(dest="_verb", metavar="VERB", required=True)
-    for verb, (_, help_text) in VERBS.items():
-        mod = _verb_module(verb)
-        p = sub.add_parser(verb, help=help_text, description=mod.DESCRIPTION,
+    for name, (_, help_text) in VERBS.items():
+        if name != verb:
+            sub.add_parser(name, help=help_text)
+            continue
+        mod = _verb_module(name)
+        p = sub.add_parser(name, help=help_text, description=mod.DESCRIPTION,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.configure(p)
     return parser
@@ -60,7 +66,9 @@ def build_parser(prog: str = "pochi", only: str | None = None) -> argparse.Argum
 def run(argv: Sequence[str] | None, prog: str = "pochi", only: str | None = None) -> int:
     from pochitrain.errors import PochiError
 
-    parser = build_parser(prog, only)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(prog, only, verb if verb in VERBS else None)
     args = parser.parse_args(argv)
     try:
         return int(_verb_module(args._verb).run(args) or 0)

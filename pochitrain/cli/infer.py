@@ -1,0 +1,78 @@
+"""`pochi infer MODEL`: inference with the runtime chosen by the model's file type."""
+
+from __future__ import annotations
+
+import argparse
+
+from pochitrain.cli.common import add_config, positive_int
+
+DESCRIPTION = """\
+Run inference on a folder of images and write the results.
+
+MODEL picks the runtime: .pth -> PyTorch, .onnx -> ONNX Runtime, .engine -> TensorRT.
+Class names and preprocessing come from the model file's metadata; a config (-c, or the
+config.py found beside the run) is the fallback.
+
+Writes into inference_results/YYYYMMDD_NNN/ next to the run (or --output):
+  <runtime>_inference_results.csv   image_path, predicted, predicted_class, true, true_class,
+                                    confidence, correct
+  <runtime>_inference_summary.txt   accuracy, pure and end-to-end ms/image and images/s, ...
+  classification_report.csv         per-class precision / recall / f1 (labelled data)
+  confusion_matrix.png              (labelled data)
+"""
+
+
+def add_infer_arguments(parser: argparse.ArgumentParser, model_help: str) -> None:
+    parser.add_argument("model", metavar="MODEL", help=model_help)
+    parser.add_argument("--data", default=None, metavar="DIR",
+                        help="images to classify: DIR/<class>/*.png (labelled, accuracy is "
+                        "reported) or DIR/*.png (unlabelled). Default: the val_data_root of the "
+                        "run's config")
+    parser.add_argument("--output", "-o", default=None, metavar="DIR",
+                        help="folder for the result files (default: "
+                        "inference_results/YYYYMMDD_NNN next to the run); never overwritten")
+    parser.add_argument("--batch-size", "-b", type=positive_int, default=None, metavar="N",
+                        help="images per model call (default: 1; TensorRT: the engine "
+                        "profile's opt batch)")
+    add_config(parser)
+    parser.add_argument("--warmup", type=int, default=2, metavar="N",
+                        help="untimed warm-up runs of the first batch (default: 2)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_infer_arguments(parser, "a .pth checkpoint, .onnx model or TensorRT .engine")
+    parser.add_argument("--device", default="auto",
+                        help="PyTorch only: auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument("--providers", nargs="+", default=None, metavar="EP",
+                        help="ONNX only: execution providers, e.g. cpu, cuda, tensorrt "
+                        "(default: cpu)")
+
+
+def run(args: argparse.Namespace, expect_runtime: str | None = None) -> int:
+    from pochitrain.console import info
+    from pochitrain.pipeline.infer import infer
+
+    outcome = infer(
+        args.model, data=args.data, output=args.output, batch_size=args.batch_size,
+        config=args.config, device=getattr(args, "device", "auto"),
+        providers=getattr(args, "providers", None), warmup_runs=max(0, args.warmup),
+        expect_runtime=expect_runtime, progress=not args.quiet,
+    )
+    print_outcome(outcome)
+    info(f"[green]結果 / Results:[/green] {outcome.out_dir}")
+    return 0
+
+
+def print_outcome(outcome) -> None:  # noqa: ANN001 - InferOutcome
+    from pochitrain.console import info
+
+    r = outcome.result
+    acc = r.accuracy
+    acc_text = f"{100 * acc:.2f}%" if acc is not None else "n/a (unlabelled)"
+    info(f"[bold]{r.runtime}[/bold]: {r.measured} images, accuracy {acc_text}, "
+         f"pure {r.images_per_second(r.pure_seconds):.1f} img/s, "
+         f"end-to-end {r.images_per_second(r.e2e_seconds):.1f} img/s"
+         + (f", skipped {len(r.skipped)}" if r.skipped else ""))
+    for path in outcome.files:
+        info(f"  {path}")

@@ -1,0 +1,159 @@
+"""One inference loop for every runtime, so results and timings are comparable.
+
+decode + preprocess (a small thread pool runs ahead of the model, bounded) -> batch ->
+``Runner.run`` -> softmax -> records.  "Pure" time is what the runner reports for the model
+call alone; "end-to-end" is the wall clock of the whole timed loop (decode, preprocess, copies,
+model, postprocess). Warm-up runs happen before the timed loop on the first batch and are not
+part of the results.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pochitrain.data import ImageFolder, open_rgb
+from pochitrain.inference.runner import Runner
+from pochitrain.preprocess import Preprocess
+
+
+@dataclass
+class InferenceResult:
+    runtime: str
+    class_names: list[str]
+    paths: list[Path] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)  # -1 when the data is unlabelled
+    preds: list[int] = field(default_factory=list)
+    confidences: list[float] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)  # corrupt / unreadable files
+    pure_seconds: float = 0.0
+    e2e_seconds: float = 0.0
+    warmup_samples: int = 0
+    batch_size: int = 1
+
+    @property
+    def measured(self) -> int:
+        return len(self.preds)
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.labels) and min(self.labels) >= 0
+
+    @property
+    def accuracy(self) -> float | None:
+        if not self.labelled:
+            return None
+        return float(np.mean(np.asarray(self.preds) == np.asarray(self.labels)))
+
+    def per_image_ms(self, seconds: float) -> float:
+        return 1000.0 * seconds / self.measured if self.measured else float("nan")
+
+    def images_per_second(self, seconds: float) -> float:
+        return self.measured / seconds if seconds > 0 else float("nan")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _load(path: Path, preprocess: Preprocess) -> np.ndarray | None:
+    image = open_rgb(path)
+    return None if image is None else preprocess(image)
+
+
+def iter_batches(samples: list[tuple[Path, int]], preprocess: Preprocess, batch_size: int,
+                 workers: int | None = None,
+                 ) -> Iterator[tuple[np.ndarray | None, list[Path], list[int], list[Path]]]:
+    """Yield (batch NCHW float32 or None, paths, labels, skipped paths) in input order.
+
+    At most ``3 * batch_size`` images are decoded ahead, so memory stays bounded.
+    """
+    workers = workers or min(8, os.cpu_count() or 1)
+    ahead = max(3 * batch_size, workers)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pochi-decode") as pool:
+        pending: deque[tuple[Path, int, Future[np.ndarray | None]]] = deque()
+        it = iter(samples)
+
+        def fill() -> None:
+            while len(pending) < ahead:
+                nxt = next(it, None)
+                if nxt is None:
+                    return
+                pending.append((nxt[0], nxt[1], pool.submit(_load, nxt[0], preprocess)))
+
+        fill()
+        while pending:
+            arrays, paths, labels, skipped = [], [], [], []
+            while pending and len(arrays) < batch_size:
+                path, label, fut = pending.popleft()
+                arr = fut.result()
+                fill()
+                if arr is None:
+                    skipped.append(path)
+                    continue
+                arrays.append(arr)
+                paths.append(path)
+                labels.append(label)
+            batch = np.stack(arrays) if arrays else None
+            yield batch, paths, labels, skipped
+
+
+def run_inference(runner: Runner, folder: ImageFolder, preprocess: Preprocess,
+                  batch_size: int, class_names: list[str], warmup_runs: int = 2,
+                  progress: bool = True) -> InferenceResult:
+    """Run ``runner`` over every image of ``folder`` (labels already in model order)."""
+    runner.check_batch_size(batch_size)
+    result = InferenceResult(runner.name, list(class_names), batch_size=batch_size)
+    samples = list(folder.samples)
+
+    # Warm-up on the first decodable batch: excluded from timing and from the results.
+    if warmup_runs > 0:
+        for batch, *_ in iter_batches(samples[: batch_size * 4], preprocess, batch_size):
+            if batch is not None:
+                for _ in range(warmup_runs):
+                    runner.run(batch)
+                result.warmup_samples = warmup_runs * len(batch)
+                break
+
+    bar = _progress(progress, len(samples), runner.name)
+    start = time.perf_counter()
+    try:
+        for batch, paths, labels, skipped in iter_batches(samples, preprocess, batch_size):
+            result.skipped.extend(skipped)
+            if batch is not None:
+                logits, pure = runner.run(batch)
+                probs = softmax(logits)
+                result.pure_seconds += pure
+                result.preds.extend(int(i) for i in probs.argmax(axis=1))
+                result.confidences.extend(float(p) for p in probs.max(axis=1))
+                result.paths.extend(paths)
+                result.labels.extend(labels)
+            if bar is not None:
+                bar[0].update(bar[1], advance=len(paths) + len(skipped))
+    finally:
+        if bar is not None:
+            bar[0].stop()
+    result.e2e_seconds = time.perf_counter() - start
+    return result
+
+
+def _progress(enabled: bool, total: int, name: str):  # noqa: ANN202 - (Progress, TaskID) | None
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from pochitrain.console import console
+
+    prog = Progress("[bold]{task.description}", BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console(), transient=True)
+    prog.start()
+    return prog, prog.add_task(f"inference ({name})", total=total)

@@ -1,0 +1,155 @@
+"""Result files shared by every runtime: CSV, summary, classification report, confusion matrix.
+
+File names carry the runtime prefix (pytorch_, onnx_, tensorrt_) so results of several
+runtimes can sit side by side and be compared line by line.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from pochitrain.inference.loop import InferenceResult
+from pochitrain.workspace import atomic_path, atomic_write_text
+
+RESULT_COLUMNS = ["image_path", "predicted", "predicted_class", "true", "true_class",
+                  "confidence", "correct"]
+
+
+def results_csv(result: InferenceResult) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(RESULT_COLUMNS)
+    names = result.class_names
+    for path, pred, label, conf in zip(result.paths, result.preds, result.labels,
+                                       result.confidences):
+        labelled = label >= 0
+        w.writerow([str(path), pred, names[pred], label if labelled else "",
+                    names[label] if labelled else "", f"{conf:.6f}",
+                    str(pred == label) if labelled else ""])
+    return buf.getvalue()
+
+
+def confusion(result: InferenceResult) -> np.ndarray:
+    n = len(result.class_names)
+    cm = np.zeros((n, n), dtype=np.int64)
+    for t, p in zip(result.labels, result.preds):
+        cm[t, p] += 1
+    return cm
+
+
+def classification_report_csv(result: InferenceResult) -> str:
+    """Per-class precision / recall / f1 / support, then accuracy, macro and weighted averages."""
+    cm = confusion(result)
+    tp = np.diag(cm).astype(float)
+    support = cm.sum(axis=1).astype(float)
+    predicted = cm.sum(axis=0).astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(support > 0, tp / support, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["class", "precision", "recall", "f1-score", "support"])
+    for i, name in enumerate(result.class_names):
+        w.writerow([name, f"{precision[i]:.4f}", f"{recall[i]:.4f}", f"{f1[i]:.4f}",
+                    int(support[i])])
+    total = support.sum()
+    present = support > 0
+    w.writerow(["accuracy", "", "", f"{tp.sum() / total:.4f}", int(total)])
+    w.writerow(["macro avg", f"{precision[present].mean():.4f}", f"{recall[present].mean():.4f}",
+                f"{f1[present].mean():.4f}", int(total)])
+    w.writerow(["weighted avg", f"{(precision * support).sum() / total:.4f}",
+                f"{(recall * support).sum() / total:.4f}", f"{(f1 * support).sum() / total:.4f}",
+                int(total)])
+    return buf.getvalue()
+
+
+def summary_text(result: InferenceResult, info: dict[str, str]) -> str:
+    """Human-readable summary; Japanese label first, English after (users read both)."""
+    acc = result.accuracy
+    lines = [
+        f"=== 推論サマリー / Inference summary ({result.runtime}) ===",
+        f"モデル / Model: {info.get('model', '')}",
+        f"データ / Data: {info.get('data', '')}",
+        f"入力サイズ / Input size: {info.get('input_size', '')}",
+        f"バッチサイズ / Batch size: {result.batch_size}",
+        f"画像数 / Images: {result.measured}",
+    ]
+    if acc is not None:
+        correct = int(np.sum(np.asarray(result.preds) == np.asarray(result.labels)))
+        lines.append(f"精度 / Accuracy: {100 * acc:.2f}% ({correct}/{result.measured})")
+    else:
+        lines.append("精度 / Accuracy: n/a (unlabelled data)")
+    lines += [
+        f"平均推論時間 (純粋) / Pure inference: {result.per_image_ms(result.pure_seconds):.3f} "
+        f"ms/image",
+        f"スループット (純粋) / Pure throughput: "
+        f"{result.images_per_second(result.pure_seconds):.1f} images/s",
+        f"平均処理時間 (End-to-End) / End-to-end: {result.per_image_ms(result.e2e_seconds):.3f} "
+        f"ms/image",
+        f"スループット (End-to-End) / End-to-end throughput: "
+        f"{result.images_per_second(result.e2e_seconds):.1f} images/s",
+        f"計測サンプル数 / Measured samples: {result.measured}",
+        f"ウォームアップサンプル数 / Warm-up samples: {result.warmup_samples}",
+        f"スキップした画像 / Skipped images: {len(result.skipped)}",
+    ]
+    for key, value in info.items():
+        if key not in ("model", "data", "input_size"):
+            lines.append(f"{key}: {value}")
+    for path in result.skipped:
+        lines.append(f"  skipped (corrupt or not an image): {path}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_confusion(cm: np.ndarray, class_names: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(class_names)
+    size = max(4.0, 0.5 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    im = ax.imshow(cm, cmap="Blues")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_xticks(range(n), class_names, rotation=45 if n > 8 else 0, ha="right" if n > 8 else "center")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    if n <= 30:
+        thresh = cm.max() / 2 if cm.size else 0
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if cm[i, j] > thresh else "black")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def write_reports(result: InferenceResult, out_dir: Path, info: dict[str, str]) -> list[Path]:
+    """Write every result file into ``out_dir``; return their paths."""
+    prefix = result.runtime
+    written = []
+    path = out_dir / f"{prefix}_inference_results.csv"
+    atomic_write_text(path, results_csv(result))
+    written.append(path)
+    path = out_dir / f"{prefix}_inference_summary.txt"
+    atomic_write_text(path, summary_text(result, info))
+    written.append(path)
+    if result.labelled and result.measured:
+        path = out_dir / "classification_report.csv"
+        atomic_write_text(path, classification_report_csv(result))
+        written.append(path)
+        path = out_dir / "confusion_matrix.png"
+        acc = result.accuracy or 0.0
+        plot_confusion(confusion(result), result.class_names, path,
+                       f"{prefix}: accuracy {100 * acc:.2f}%")
+        written.append(path)
+    return written
