@@ -1,0 +1,162 @@
+"""ONNX -> ONNX FP16 pass: weights and activations in float16, float32 graph input/output.
+
+The engine's precision then follows from the graph alone (strongly typed build), and the same
+file runs in ONNX Runtime, so the cast can be checked on real images before any engine is built.
+
+What changes: float32 initializers and Constant values become float16 (clamped to the float16
+range), Cast(to=float) inside the graph becomes Cast(to=float16), one Cast is added after the
+graph input and one before the graph output. Inputs that ONNX requires to be float32 (Resize
+scales, ...) are left alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pochitrain.errors import ModelFileError, VerificationError
+
+FP16_MAX = 65504.0
+# Default gate for --fp16: the cast graph must pick the same class as FP32 on this share of the
+# verification images. FP16 keeps ~3 significant digits, so a classifier flips only near-ties;
+# 0.97 leaves room for those on small sets while catching a broken cast (which lands near chance).
+MIN_TOP1_AGREEMENT = 0.97
+
+# (op_type, input index) that the ONNX spec types as float32 regardless of the data type.
+_KEEP_FP32_INPUTS = {("Resize", 1), ("Resize", 2), ("Upsample", 1)}
+
+
+def _to_fp16_array(arr: np.ndarray) -> tuple[np.ndarray, int]:
+    finite = np.isfinite(arr)
+    clipped = int(np.count_nonzero(np.abs(arr[finite]) > FP16_MAX))
+    out = np.where(finite, np.clip(arr, -FP16_MAX, FP16_MAX), arr).astype(np.float16)
+    return out, clipped
+
+
+def convert_to_fp16(model: Any) -> tuple[Any, dict[str, int]]:
+    """Return (new ModelProto, stats). The input model is not modified."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    for node in graph.node:
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for a in node.attribute):
+            raise ModelFileError(
+                f"The FP16 pass does not handle control flow ({node.op_type} node "
+                f"{node.name!r}).",
+                "Convert this model to FP32, or simplify it (e.g. onnxsim) first.",
+            )
+    keep = {node.input[i] for node in graph.node for (op, i) in _KEEP_FP32_INPUTS
+            if node.op_type == op and len(node.input) > i}
+    stats = {"initializers": 0, "constants": 0, "casts": 0, "clipped_values": 0}
+
+    for idx, init in enumerate(graph.initializer):
+        if init.data_type == TensorProto.FLOAT and init.name not in keep:
+            arr, clipped = _to_fp16_array(numpy_helper.to_array(init))
+            graph.initializer[idx].CopyFrom(numpy_helper.from_array(arr, init.name))
+            stats["initializers"] += 1
+            stats["clipped_values"] += clipped
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] not in keep:
+            for attr in node.attribute:
+                if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
+                    arr, clipped = _to_fp16_array(numpy_helper.to_array(attr.t))
+                    attr.t.CopyFrom(numpy_helper.from_array(arr, attr.t.name))
+                    stats["constants"] += 1
+                    stats["clipped_values"] += clipped
+                elif attr.name == "value_float":
+                    raise ModelFileError(  # rare; not produced by torch.onnx.export
+                        "The FP16 pass does not handle Constant(value_float).",
+                        "Convert this model to FP32.")
+        elif node.op_type == "ConstantOfShape":
+            for attr in node.attribute:
+                if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
+                    arr, _ = _to_fp16_array(numpy_helper.to_array(attr.t))
+                    attr.t.CopyFrom(numpy_helper.from_array(arr, attr.t.name))
+        elif node.op_type == "Cast":
+            for attr in node.attribute:
+                if attr.name == "to" and attr.i == TensorProto.FLOAT:
+                    attr.i = TensorProto.FLOAT16
+                    stats["casts"] += 1
+
+    # FP32 at the boundary: cast right after the input and right before the output.
+    for vi in list(graph.input) + list(graph.output):
+        if vi.type.tensor_type.elem_type != TensorProto.FLOAT:
+            raise ModelFileError(f"Graph input/output {vi.name!r} is not float32.",
+                                 "The FP16 pass expects a float32 image classifier.")
+    inp, out = graph.input[0].name, graph.output[0].name
+    inp16, out16 = f"{inp}__fp16", f"{out}__fp16"
+    for node in graph.node:
+        node.input[:] = [inp16 if name == inp else name for name in node.input]
+        node.output[:] = [out16 if name == out else name for name in node.output]
+    graph.node.insert(0, helper.make_node("Cast", [inp], [inp16], to=TensorProto.FLOAT16,
+                                          name="pochitrain_input_to_fp16"))
+    graph.node.append(helper.make_node("Cast", [out16], [out], to=TensorProto.FLOAT,
+                                       name="pochitrain_output_to_fp32"))
+    # intermediate types changed: let shape inference recompute them
+    del graph.value_info[:]
+    model = onnx.shape_inference.infer_shapes(model)
+    onnx.checker.check_model(model)
+    return model, stats
+
+
+def count_float_types(model: Any) -> dict[str, int]:
+    """Initializer counts by float dtype, e.g. {"float16": 62, "float32": 0}."""
+    from onnx import TensorProto
+
+    names = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16"}
+    counts = {"float32": 0, "float16": 0}
+    for init in model.graph.initializer:
+        if init.data_type in names:
+            counts[names[init.data_type]] += 1
+    return counts
+
+
+@dataclass
+class Agreement:
+    images: int
+    top1_agreement: float
+    max_abs_diff: float
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"images": self.images, "top1_agreement": round(self.top1_agreement, 6),
+                "max_abs_diff": float(self.max_abs_diff)}
+
+
+def compare_with_onnxruntime(fp32_path: Path, fp16_path: Path, batch: np.ndarray,
+                             threshold: float = MIN_TOP1_AGREEMENT) -> Agreement:
+    """Run both graphs with ONNX Runtime (CPU) on ``batch`` (N,3,H,W float32); compare top-1.
+
+    Images go one by one so graphs with a fixed batch of 1 work too.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sessions = [ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
+                for p in (fp32_path, fp16_path)]
+    name = sessions[0].get_inputs()[0].name
+    outs: list[list[np.ndarray]] = [[], []]
+    for image in batch:
+        for k, sess in enumerate(sessions):
+            outs[k].append(np.asarray(sess.run(None, {name: image[None]})[0], dtype=np.float32))
+    ref, got = np.concatenate(outs[0]), np.concatenate(outs[1])
+    if not np.isfinite(got).all():
+        raise VerificationError(
+            "The FP16 graph produced inf/NaN on the verification images (float16 overflow).",
+            "Convert to FP32 instead, or use --int8 with calibration.",
+        )
+    agree = float(np.mean(ref.argmax(1) == got.argmax(1)))
+    result = Agreement(len(batch), agree, float(np.max(np.abs(ref - got))))
+    if agree < threshold:
+        raise VerificationError(
+            f"FP16 graph agrees with FP32 on only {agree:.1%} of {len(batch)} images (top-1); "
+            f"the minimum is {threshold:.0%} (max |diff| {result.max_abs_diff:.4g}).",
+            "The model is not FP16-safe as is: convert to FP32, or try --int8.",
+        )
+    return result

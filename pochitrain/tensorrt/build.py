@@ -1,0 +1,197 @@
+"""ONNX -> serialized TensorRT engine with a strongly typed network.
+
+The precision is decided by the ONNX graph (FP32 as exported, the FP16 pass, or Q/DQ for INT8);
+the builder is never asked to lower precision by flags. After parsing, the network's tensor
+types are counted so an engine is only built when its precision is what was asked for.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pochitrain.errors import BackendMissingError, BuildError
+from pochitrain.tensorrt.backend import Backend
+from pochitrain.tensorrt.profile import Profile
+
+# Layers that do the arithmetic: their output type is the precision the engine computes in.
+_COMPUTE_LAYERS = ("CONVOLUTION", "DECONVOLUTION", "MATRIX_MULTIPLY")
+
+
+@dataclass
+class BuildResult:
+    engine: bytes
+    seconds: float
+    layer_types: dict[str, int]  # output tensor dtype -> count, over the parsed network
+    compute_types: dict[str, int]  # the same for conv / matmul layers only
+    quantize_layers: int
+    timing_cache: Path | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _make_logger(trt: Any) -> Any:
+    """A logger that keeps messages (errors go into BuildError) instead of printing them."""
+
+    class _Logger(trt.ILogger):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+            self.warnings: list[str] = []
+
+        def log(self, severity: Any, msg: str) -> None:
+            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
+                self.errors.append(msg)
+            elif severity == trt.ILogger.Severity.WARNING:
+                self.warnings.append(msg)
+
+    return _Logger()
+
+
+def _parser_errors(parser: Any) -> list[str]:
+    lines = []
+    for i in range(parser.num_errors):
+        err = parser.get_error(i)
+        where = f"node {err.node()} ({err.node_operator()})" if err.node() >= 0 else "model"
+        lines.append(f"{where}: {err.code()}: {err.desc()}")
+    return lines
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).split(".")[-1]
+
+
+def network_types(trt: Any, network: Any) -> tuple[Counter[str], Counter[str], int]:
+    """(all layer output dtypes, conv/matmul output dtypes, number of INT8 quantize layers)."""
+    every: Counter[str] = Counter()
+    compute: Counter[str] = Counter()
+    quantize = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        kind = _dtype_name(layer.type)
+        for j in range(layer.num_outputs):
+            name = _dtype_name(layer.get_output(j).dtype)
+            every[name] += 1
+            if kind in _COMPUTE_LAYERS:
+                compute[name] += 1
+            if kind == "QUANTIZE" and name in ("INT8", "FP8", "INT4"):
+                quantize += 1
+    return every, compute, quantize
+
+
+def check_precision(precision: str, compute: Counter[str], quantize: int) -> None:
+    """Refuse to build when the parsed network would not compute in ``precision``."""
+    total = sum(compute.values())
+    if total == 0:
+        return  # no conv/matmul: nothing to judge (not a classifier we know)
+    if precision == "fp32":
+        wrong = total - compute.get("FLOAT", 0)
+        ok = wrong == 0
+    elif precision == "fp16":
+        wrong = total - compute.get("HALF", 0)
+        ok = wrong == 0
+    else:  # int8: Q/DQ feeds the conv/matmul layers, whose outputs stay float
+        wrong = 0 if quantize else total
+        ok = quantize > 0
+    if not ok:
+        raise BuildError(
+            f"The parsed network does not compute in {precision.upper()}: {wrong} of {total} "
+            f"convolution/matmul layers have another type ({dict(compute)}, {quantize} INT8 "
+            "quantize layers). Refusing to build a different precision than asked.",
+            "Use the graph written by the matching pochitrain pass (--fp16 / --int8), or convert "
+            "without a precision option for FP32.",
+        )
+
+
+def build_engine(backend: Backend, onnx_path: Path, profile: Profile, precision: str,
+                 workspace_size: int | None = None, timing_cache: Path | None = None,
+                 status: Any = None) -> BuildResult:
+    """Parse ``onnx_path`` into a strongly typed network and build a serialized engine.
+
+    ``status`` is an optional callable(str) that shows the current stage.
+    """
+    trt = backend.module
+    say = status or (lambda _msg: None)
+    logger = _make_logger(trt)
+    builder = trt.Builder(logger)
+    network = builder.create_network(backend.network_flags())
+    strongly = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if strongly is not None and not network.get_flag(strongly) and precision != "fp32":
+        raise BackendMissingError(
+            f"{backend.describe()} cannot build a strongly typed network, so a {precision.upper()}"
+            " engine cannot be guaranteed.",
+            "Install TensorRT 10 or later (pip install \"pochitrain[tensorrt]\"), or TensorRT-RTX.",
+        )
+    if strongly is None and precision != "fp32" and not backend.is_rtx and backend.major < 11:
+        raise BackendMissingError(
+            f"{backend.describe()} has no strongly typed networks; {precision.upper()} from the "
+            "ONNX graph would not be honoured.",
+            "Install TensorRT 10 or later, or TensorRT-RTX.",
+        )
+    parser = trt.OnnxParser(network, logger)
+    say(f"parsing {onnx_path.name}")
+    # parse_from_file resolves external weight files (.onnx.data) next to the model
+    if not parser.parse_from_file(str(onnx_path)):
+        details = _parser_errors(parser) or logger.errors[-5:] or ["(no details)"]
+        raise BuildError(
+            f"TensorRT の ONNX パーサーが {onnx_path.name} を読めませんでした / The "
+            f"{backend.name} ONNX parser rejected {onnx_path.name}:\n  " + "\n  ".join(details),
+            "The graph uses an operator or form this TensorRT version does not support: "
+            "re-export with another opset (e.g. 17), or simplify the graph (onnxsim).",
+        )
+    every, compute, quantize = network_types(trt, network)
+    check_precision(precision, compute, quantize)
+
+    config = builder.create_builder_config()
+    if workspace_size is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_size)
+    if profile.pattern != 3:
+        opt = builder.create_optimization_profile()
+        name = network.get_input(0).name
+        opt.set_shape(name, trt.Dims(profile.min), trt.Dims(profile.opt), trt.Dims(profile.max))
+        config.add_optimization_profile(opt)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+
+    cache_used = None
+    if timing_cache is not None and backend.has_timing_cache:
+        data = timing_cache.read_bytes() if timing_cache.is_file() else b""
+        cache = config.create_timing_cache(data)
+        if not config.set_timing_cache(cache, False):
+            cache = config.create_timing_cache(b"")  # stale/foreign cache: start afresh
+            config.set_timing_cache(cache, True)
+        cache_used = timing_cache
+
+    say(f"building {precision.upper()} engine with {backend.describe()}")
+    start = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - start
+    if serialized is None:
+        raise BuildError(
+            f"{backend.name} could not build an engine from {onnx_path.name}:\n  "
+            + "\n  ".join(logger.errors[-8:] or ["(no error message from the builder)"]),
+            "Try a larger --workspace-size, another opset, or FP32; run on the GPU the engine "
+            "is meant for.",
+        )
+    engine = bytes(memoryview(serialized))
+    if cache_used is not None:
+        from pochitrain.workspace import atomic_write_bytes
+
+        cache_used.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(cache_used, bytes(memoryview(config.get_timing_cache().serialize())))
+    return BuildResult(engine, seconds, dict(every), dict(compute), quantize, cache_used,
+                       list(logger.warnings))
+
+
+def gpu_info() -> dict[str, str] | None:
+    """Name and compute capability of GPU 0, when torch sees one; None on CPU-only machines."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        major, minor = torch.cuda.get_device_capability(0)
+        return {"name": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
+    except Exception:  # noqa: BLE001 - a broken CUDA setup is "unknown", not a failure
+        return None

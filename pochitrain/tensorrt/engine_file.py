@@ -1,0 +1,92 @@
+"""Engine files and their metadata sidecar ``<engine>.json`` (format "pochitrain-engine-v1").
+
+The engine stays a plain TensorRT plan (loadable by trtexec and any TensorRT runtime); what
+pochitrain needs to run it (class names, preprocessing, input/output names, profile shapes,
+precision, backend) lives beside it in JSON. ``engine_sha256`` ties the two together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from pochitrain.errors import ModelFileError
+from pochitrain.workspace import atomic_path, atomic_write_text, check_writable
+
+ENGINE_FORMAT = "pochitrain-engine-v1"
+PRECISION_SUFFIX = {"fp32": "", "fp16": "_fp16", "int8": "_int8"}
+REQUIRED_KEYS = ("format", "backend", "backend_version", "precision", "pattern", "input",
+                 "output", "model", "source_onnx", "engine_sha256", "build")
+
+
+def default_engine_path(onnx_path: Path, precision: str) -> Path:
+    """``<stem>.engine`` / ``<stem>_fp16.engine`` / ``<stem>_int8.engine`` beside the ONNX."""
+    return onnx_path.with_name(f"{onnx_path.stem}{PRECISION_SUFFIX[precision]}.engine")
+
+
+def sidecar_path(engine_path: Path | str) -> Path:
+    engine_path = Path(engine_path)
+    return engine_path.with_name(engine_path.name + ".json")
+
+
+def check_outputs(engine_path: Path, overwrite: bool) -> None:
+    """Fail before building when the engine or its sidecar would be clobbered."""
+    check_writable(engine_path, overwrite, what="Engine file")
+    check_writable(sidecar_path(engine_path), overwrite, what="Engine metadata file")
+
+
+def write_engine(engine_path: Path | str, engine_bytes: bytes, meta: dict[str, Any],
+                 overwrite: bool) -> None:
+    """Write the engine, then its sidecar, each atomically.
+
+    ``meta["engine_sha256"]`` is filled in here. If the sidecar cannot be written the new
+    engine is removed again, so an engine never appears without its metadata.
+    """
+    engine_path = Path(engine_path)
+    check_outputs(engine_path, overwrite)
+    meta = dict(meta, engine_sha256=hashlib.sha256(engine_bytes).hexdigest())
+    text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
+    with atomic_path(engine_path) as tmp:
+        tmp.write_bytes(engine_bytes)
+    try:
+        atomic_write_text(sidecar_path(engine_path), text)
+    except BaseException:
+        engine_path.unlink(missing_ok=True)
+        raise
+
+
+def read_engine_metadata(engine_path: Path | str) -> dict[str, Any]:
+    """The sidecar of ``engine_path`` as a dict; ModelFileError when missing or malformed."""
+    path = sidecar_path(engine_path)
+    remedy = ("Re-create the engine with 'pochi convert MODEL.onnx' (it writes the engine and "
+              f"{path.name} together), and keep the two files side by side.")
+    if not path.is_file():
+        raise ModelFileError(
+            f"エンジンのメタデータがありません / The engine metadata file is missing: {path}", remedy)
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"The engine metadata file {path} is not valid JSON ({exc}).",
+                             remedy) from exc
+    if not isinstance(meta, dict) or meta.get("format") != ENGINE_FORMAT:
+        raise ModelFileError(
+            f"{path} is not pochitrain engine metadata (expected format {ENGINE_FORMAT!r}).",
+            remedy)
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise ModelFileError(f"The engine metadata {path} lacks: {', '.join(missing)}.", remedy)
+    if meta["precision"] not in PRECISION_SUFFIX or meta["pattern"] not in (1, 2, 3):
+        raise ModelFileError(f"The engine metadata {path} has an unknown precision/pattern "
+                             f"({meta['precision']!r}, {meta['pattern']!r}).", remedy)
+    return meta
+
+
+def engine_matches(engine_path: Path | str, meta: dict[str, Any]) -> bool:
+    """True when the engine file's sha256 is the one recorded in ``meta``."""
+    h = hashlib.sha256()
+    with open(engine_path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest() == meta.get("engine_sha256")

@@ -1,0 +1,134 @@
+"""Optimization-profile resolution (spec: "Optimization Profile の仕組み").
+
+The spec's rule: min = opt = max; batch 1; C from the ONNX; H/W from the ONNX when fixed, else
+from ``--input-size`` (required then). Beyond the spec, ``--batch-size N`` fixes the batch at N
+and ``--batch MIN OPT MAX`` gives a real batch range; both are refused for a fully static ONNX.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pochitrain.errors import ShapeError, UsageError
+from pochitrain.onnx.inspect import OnnxInfo
+
+Shape = tuple[int, int, int, int]
+
+
+@dataclass
+class Profile:
+    pattern: int
+    min: Shape | None  # None for pattern 3: the engine has no optimization profile
+    opt: Shape | None
+    max: Shape | None
+    static_shape: Shape | None = None  # pattern 3 only
+
+    @property
+    def input_shape(self) -> Shape:
+        """The shape used for checks and calibration (opt, or the static shape)."""
+        shape = self.static_shape if self.pattern == 3 else self.opt
+        assert shape is not None
+        return shape
+
+    def to_dict(self) -> dict[str, list[int]] | None:
+        if self.min is None or self.opt is None or self.max is None:
+            return None
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+    def text(self) -> str:
+        if self.pattern == 3:
+            return f"none (static {_fmt(self.input_shape)})"
+        assert self.min is not None and self.max is not None
+        if self.min == self.max:
+            return f"min=opt=max={_fmt(self.min)}"
+        return f"min={_fmt(self.min)} opt={_fmt(self.opt)} max={_fmt(self.max)}"
+
+
+def _fmt(shape: Shape | None) -> str:
+    return "x".join(str(d) for d in shape) if shape else "-"
+
+
+def dynamic_shape_error(info: OnnxInfo) -> ShapeError:
+    names = ", ".join(f"dim {i} ({['batch', 'channels', 'height', 'width'][i]}="
+                      f"{info.input_shape[i]!r})" for i in info.dynamic_dims)
+    return ShapeError(
+        "ONNXモデルに動的シェイプが含まれています: "
+        f"入力 {info.input_name!r} の shape {info.shape_text()} は H/W が動的です。\n"
+        f"The ONNX model has dynamic spatial dimensions: {names}. TensorRT needs a fixed "
+        "input size for the optimization profile.",
+        "--input-size で実際に使う解像度を指定してください / Give the resolution you will "
+        f"infer at, e.g.: pochi convert {info.path.name} --input-size 224 224",
+    )
+
+
+def resolve_profile(info: OnnxInfo, input_size: tuple[int, int] | None = None,
+                    batch_size: int | None = None,
+                    batch_range: tuple[int, int, int] | None = None) -> Profile:
+    """Profile for ``info`` following the spec (see module docstring)."""
+    pattern = info.pattern
+    if batch_size is not None and batch_range is not None:
+        raise UsageError("--batch-size and --batch cannot be used together.",
+                         "Use --batch-size N for a fixed batch, or --batch MIN OPT MAX.")
+    if batch_range is not None and not batch_range[0] <= batch_range[1] <= batch_range[2]:
+        raise UsageError(f"--batch needs MIN <= OPT <= MAX, got {list(batch_range)}.",
+                         "Example: --batch 1 8 32")
+    channels = info.input_shape[1]
+    if not isinstance(channels, int):
+        raise ShapeError(
+            f"{info.path.name}: the channel dimension of {info.input_name!r} is dynamic "
+            f"{info.shape_text()}; pochitrain handles RGB input with 3 fixed channels.",
+            "Re-export the model with a fixed channel dimension (3).",
+        )
+    if pattern == 3:
+        if batch_size is not None or batch_range is not None:
+            raise UsageError(
+                f"{info.path.name} は完全静的 ONNX です (パターン3): バッチサイズ変更不可。\n"
+                f"The ONNX input is fully static {info.shape_text()}: its batch size is fixed "
+                "in the graph, so --batch-size / --batch cannot change it.",
+                "Drop --batch-size/--batch, or re-export with a dynamic batch dimension "
+                '(dynamic_axes={"input": {0: "batch_size"}, "output": {0: "batch_size"}}).',
+            )
+        static = tuple(int(d) for d in info.input_shape)
+        if input_size is not None and tuple(input_size) != static[2:]:
+            raise UsageError(
+                f"--input-size {input_size[0]} {input_size[1]} does not match the static ONNX "
+                f"input {info.shape_text()}.",
+                "Drop --input-size: a fully static ONNX takes its H/W from the graph.",
+            )
+        return Profile(3, None, None, None, static_shape=static)  # type: ignore[arg-type]
+
+    fixed = info.fixed_hw
+    if fixed is None:
+        if input_size is None:
+            raise dynamic_shape_error(info)
+        h, w = input_size
+        # one of H/W may still be fixed in the graph: it must agree
+        for axis, value in ((2, h), (3, w)):
+            dim = info.input_shape[axis]
+            if isinstance(dim, int) and dim != value:
+                raise UsageError(
+                    f"--input-size {h} {w} conflicts with the ONNX input {info.shape_text()} "
+                    f"(dim {axis} is fixed at {dim}).",
+                    "Give the sizes the graph allows.",
+                )
+    else:
+        h, w = fixed
+        if input_size is not None and tuple(input_size) != fixed:
+            raise UsageError(
+                f"--input-size {input_size[0]} {input_size[1]} does not match the ONNX input "
+                f"{info.shape_text()} (H/W are fixed in the graph).",
+                "Drop --input-size (pattern 1 takes H/W from the ONNX), or re-export the model "
+                "at the size you want.",
+            )
+    batch = info.input_shape[0]
+    if isinstance(batch, int):
+        # pattern 2 with a fixed batch: nothing to choose for the batch
+        if batch_size is not None or batch_range is not None:
+            raise UsageError(f"The batch dimension of {info.shape_text()} is fixed at {batch}.",
+                             "Drop --batch-size/--batch.")
+        lo = opt = hi = batch
+    elif batch_range is not None:
+        lo, opt, hi = batch_range
+    else:
+        lo = opt = hi = batch_size or 1
+    return Profile(pattern, (lo, channels, h, w), (opt, channels, h, w), (hi, channels, h, w))
