@@ -1,0 +1,174 @@
+"""ONNX Runtime runner: CPU by default, CUDA / TensorRT execution providers when asked.
+
+Static-batch models (every input dim fixed, spec pattern 3) only serve ``--batch-size`` equal
+to their batch. The shared loop's last batch may be shorter: it is padded up to the fixed
+batch here and the padded rows are dropped from the output, so every returned logit belongs
+to a real image. Any other batch size is refused (UsageError), never padded or split silently.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pochitrain.errors import BackendMissingError, ModelFileError, ShapeError, UsageError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from pochitrain.onnx.inspect import OnnxInfo
+
+# short names accepted by --providers -> ONNX Runtime provider names
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "gpu": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+}
+_GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
+
+
+def resolve_providers(requested: list[str] | None, available: list[str]) -> list[str]:
+    """Map aliases to provider names, check they are installed, keep CPU as the last fallback."""
+    names: list[str] = []
+    for item in requested or ["cpu"]:
+        for part in str(item).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            name = PROVIDER_ALIASES.get(part.lower(), part)
+            if not name.endswith("ExecutionProvider"):
+                known = ", ".join(sorted(PROVIDER_ALIASES))
+                raise UsageError(f"Unknown ONNX Runtime provider {part!r}.",
+                                 f"Use one of: {known}, or a full name like CUDAExecutionProvider.")
+            if name not in available:
+                raise _missing_provider(name, available)
+            if name not in names:
+                names.append(name)
+    if "CPUExecutionProvider" not in names:
+        names.append("CPUExecutionProvider")
+    return names
+
+
+def _missing_provider(name: str, available: list[str]) -> BackendMissingError:
+    if name in _GPU_PROVIDERS:
+        remedy = ("Install the GPU build instead of the CPU one: pip uninstall onnxruntime && "
+                  "pip install onnxruntime-gpu (it needs a matching CUDA / cuDNN; the "
+                  "TensorRT provider also needs TensorRT libraries). Or use --providers cpu.")
+    else:
+        remedy = "Install an onnxruntime build that ships this provider, or use --providers cpu."
+    return BackendMissingError(
+        f"ONNX Runtime provider {name} is not available in this installation "
+        f"(available: {', '.join(available)}).",
+        remedy,
+    )
+
+
+def _default_threads() -> int:
+    # Respect CPU affinity / container limits, which os.cpu_count() ignores.
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+class OnnxRunner:
+    """One ONNX Runtime session; ``run`` times ``session.run`` alone ("pure" time)."""
+
+    name = "onnx"
+
+    def __init__(self, session, info: OnnxInfo) -> None:
+        self.session = session
+        self.info = info
+        batch = info.input_shape[0]
+        self.fixed_batch: int | None = batch if isinstance(batch, int) else None
+        self._dtype = np.float16 if info.input_dtype == "float16" else np.float32
+
+    def check_batch_size(self, batch_size: int) -> None:
+        if batch_size < 1:
+            raise UsageError(f"--batch-size must be 1 or more, got {batch_size}.")
+        if self.fixed_batch is not None and batch_size != self.fixed_batch:
+            raise UsageError(
+                f"{self.info.path.name} has a fixed batch size of {self.fixed_batch} "
+                f"(input shape {self.info.shape_text()}); --batch-size {batch_size} cannot run.",
+                f"Use --batch-size {self.fixed_batch}, or re-export with a dynamic batch "
+                "(export-onnx without --static-batch).",
+            )
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, float]:
+        n = len(batch)
+        if self.fixed_batch is not None:
+            if n > self.fixed_batch:
+                self.check_batch_size(n)
+            if n < self.fixed_batch:  # the loop's last, shorter batch: pad, then drop the rows
+                pad = np.zeros((self.fixed_batch - n, *batch.shape[1:]), dtype=batch.dtype)
+                batch = np.concatenate([batch, pad])
+        feed = {self.info.input_name: np.ascontiguousarray(batch, dtype=self._dtype)}
+        try:
+            start = time.perf_counter()
+            out = self.session.run([self.info.output_name], feed)[0]
+            pure = time.perf_counter() - start
+        except Exception as exc:  # onnxruntime raises its own pybind exception types
+            raise ShapeError(
+                f"ONNX Runtime could not run {self.info.path.name} on a batch of shape "
+                f"{list(batch.shape)} (model input {self.info.shape_text()}): "
+                f"{str(exc).splitlines()[0][:300]}",
+                "Check that the preprocessing size matches the model's input size "
+                "(-c CONFIG or re-export with --input-size H W).",
+            ) from exc
+        return np.asarray(out[:n], dtype=np.float32), pure
+
+    def describe(self) -> dict[str, str]:
+        import onnxruntime as ort
+
+        return {"providers": ", ".join(self.session.get_providers()),
+                "onnxruntime": ort.__version__}
+
+    def close(self) -> None:
+        self.session = None
+
+
+def open_onnx_runner(path: Path | str, providers: list[str] | None = None,
+                     threads: int | None = None) -> tuple[OnnxRunner, OnnxInfo]:
+    """Check ``path`` with read_onnx, then open an ONNX Runtime session on it.
+
+    providers: e.g. ["cuda"], ["tensorrt", "cuda"] or full provider names; CPU when None.
+    """
+    from pochitrain.onnx.inspect import read_onnx
+
+    info, _ = read_onnx(path)
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise BackendMissingError("onnxruntime is not installed.",
+                                  "pip install onnxruntime (or onnxruntime-gpu).") from exc
+    names = resolve_providers(providers, ort.get_available_providers())
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or _default_threads()
+    options.log_severity_level = 3  # errors only: provider fallbacks are checked below
+    try:
+        session = ort.InferenceSession(str(info.path), sess_options=options, providers=names)
+    except Exception as exc:
+        raise ModelFileError(
+            f"ONNX Runtime cannot load {info.path}: {str(exc).splitlines()[0][:300]}",
+            "The graph may use operators or an opset this onnxruntime does not support; "
+            "re-export it with export-onnx (default opset 17) or upgrade onnxruntime.",
+        ) from exc
+    # A GPU provider that fails to initialise (CUDA/cuDNN mismatch) is silently dropped by ORT.
+    dropped = [n for n in names if n not in session.get_providers()]
+    if dropped:
+        raise BackendMissingError(
+            f"ONNX Runtime could not start {', '.join(dropped)} "
+            f"(session runs on {', '.join(session.get_providers())}).",
+            "Check that the CUDA / cuDNN (and TensorRT) versions match your onnxruntime-gpu "
+            "build, or use --providers cpu.",
+        )
+    return OnnxRunner(session, info), info

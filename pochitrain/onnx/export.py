@@ -1,0 +1,115 @@
+"""PyTorch classifier -> ONNX file carrying pochitrain metadata.
+
+Input shapes (spec "ONNX エクスポート時のシェイプ" and the three convert patterns):
+  default             (batch_size, 3, H, W)        pattern 1, what the spec's export-onnx writes
+  dynamic_spatial     (batch_size, 3, height, width)  pattern 2
+  static_batch=N      (N, 3, H, W)                 pattern 3
+The output is (batch_size, num_classes) with the same batch symbol (or N).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pochitrain.errors import ExportError, UsageError
+from pochitrain.meta import META_KEY, ModelMeta
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+DEFAULT_OPSET = 17
+MIN_OPSET = 9  # adaptive pooling and friends need 9+; TensorRT parses 9+
+# The TorchScript exporter's newest opset (torch keeps the number in a private module).
+MAX_OPSET = 20
+
+
+@dataclass(frozen=True)
+class ExportShape:
+    dynamic_spatial: bool = False
+    static_batch: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.dynamic_spatial and self.static_batch is not None:
+            raise UsageError("--dynamic-spatial and --static-batch cannot be combined.",
+                             "Choose one shape: dynamic H/W, or every dimension fixed.")
+        if self.static_batch is not None and self.static_batch < 1:
+            raise UsageError(f"--static-batch must be 1 or more, got {self.static_batch}.")
+
+    @property
+    def pattern(self) -> int:
+        return 3 if self.static_batch is not None else 2 if self.dynamic_spatial else 1
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]] | None:
+        if self.static_batch is not None:
+            return None
+        inp = {0: "batch_size"}
+        if self.dynamic_spatial:
+            inp.update({2: "height", 3: "width"})
+        return {INPUT_NAME: inp, OUTPUT_NAME: {0: "batch_size"}}
+
+    def input_shape(self, height: int, width: int) -> list[int | str]:
+        if self.static_batch is not None:
+            return [self.static_batch, 3, height, width]
+        if self.dynamic_spatial:
+            return ["batch_size", 3, "height", "width"]
+        return ["batch_size", 3, height, width]
+
+
+def check_opset(opset: int) -> None:
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UsageError(
+            f"--opset {opset} is not supported (this exporter writes opsets "
+            f"{MIN_OPSET}..{MAX_OPSET}).",
+            f"Use the default ({DEFAULT_OPSET}) unless your runtime needs another.",
+        )
+
+
+def export_model(model: Any, path: Path, meta: ModelMeta, input_size: tuple[int, int],
+                 shape: ExportShape = ExportShape(), opset: int = DEFAULT_OPSET,
+                 producer_version: str = "") -> None:
+    """Export ``model`` (eval mode, CPU) to ``path`` with ``meta`` in metadata_props.
+
+    Uses the TorchScript exporter (dynamo=False): it writes the spec's named dynamic axes
+    directly and needs no extra packages. Its deprecation and tracer warnings are contained.
+    """
+    import onnx
+    import torch
+
+    check_opset(opset)
+    height, width = input_size
+    dummy = torch.zeros(shape.static_batch or 1, 3, height, width)
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model, (dummy,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes=shape.dynamic_axes(), opset_version=opset,
+                do_constant_folding=True, dynamo=False,
+            )
+    except Exception as exc:  # the exporter raises many types (SymbolicValueError, ...)
+        raise ExportError(
+            f"torch.onnx.export failed for {meta.model_name} at opset {opset}: "
+            f"{str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}",
+            "Try another --opset (e.g. 17 or 18), or check that the model runs on an input "
+            f"of shape (1, 3, {height}, {width}).",
+        ) from exc
+    proto = onnx.load_from_string(buf.getvalue())
+    exporter = f"torch {torch.__version__}"
+    proto.producer_name = "pochitrain"
+    proto.producer_version = producer_version
+    proto.doc_string = f"{meta.model_name}, {meta.num_classes} classes; exported with {exporter}"
+    set_metadata(proto, {META_KEY: meta.to_json(), "pochitrain.exporter": exporter})
+    onnx.save(proto, str(path))
+
+
+def set_metadata(proto: Any, props: dict[str, str]) -> None:
+    """Replace or add string entries in an ONNX ModelProto's metadata_props."""
+    keep = [(p.key, p.value) for p in proto.metadata_props if p.key not in props]
+    del proto.metadata_props[:]
+    for key, value in [*keep, *props.items()]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value

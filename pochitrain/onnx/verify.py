@@ -1,0 +1,134 @@
+"""Check an exported ONNX file: onnx.checker, then ONNX Runtime against PyTorch.
+
+Tolerance for FP32: the largest absolute logit difference must stay within
+``REL_TOL * max(1, max |PyTorch logit|)``, and top-1 must agree on every image except exact
+near-ties (PyTorch's top-2 margin below twice the observed difference), where either answer is
+as good as the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pochitrain.errors import ModelFileError, VerificationError
+
+REL_TOL = 1e-3
+
+
+@dataclass
+class BatchCheck:
+    batch_size: int
+    images: int
+    max_abs_diff: float
+    tolerance: float
+    agree: int
+    real_mismatches: int  # top-1 differences that are not near-ties
+
+    @property
+    def agreement(self) -> float:
+        return self.agree / self.images if self.images else 1.0
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance and self.real_mismatches == 0
+
+
+@dataclass
+class VerifyReport:
+    inputs: str  # where the inputs came from, for the summary
+    checks: list[BatchCheck] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+def check_graph(path: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:  # ValidationError, InferenceError
+        raise VerificationError(
+            f"onnx.checker rejected the exported model: {str(exc).splitlines()[0][:300]}",
+            "Try the default --opset 17; report the model name if it persists.",
+        ) from exc
+
+
+def compare_batch(model: Any, runner: Any, batch: np.ndarray) -> BatchCheck:
+    """Run one NCHW float32 batch through PyTorch and the ONNX runner."""
+    import torch
+
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(np.ascontiguousarray(batch))).float().numpy()
+    got, _ = runner.run(batch)
+    if got.shape != ref.shape:
+        raise VerificationError(
+            f"ONNX Runtime returned shape {list(got.shape)}, PyTorch {list(ref.shape)} for a "
+            f"batch of {len(batch)}.",
+            "The dynamic batch axis does not work in the exported graph; re-export without "
+            "custom shape options and report the model name.",
+        )
+    diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
+    max_diff = float(diff.max()) if diff.size else 0.0
+    tol = REL_TOL * max(1.0, float(np.abs(ref).max()))
+    ref_top, got_top = ref.argmax(axis=1), got.argmax(axis=1)
+    agree = int((ref_top == got_top).sum())
+    real = 0
+    if ref.shape[1] > 1:
+        top2 = np.sort(ref, axis=1)[:, -2:]
+        margin = top2[:, 1] - top2[:, 0]
+        real = int(((ref_top != got_top) & (margin > 2 * max(max_diff, 1e-7))).sum())
+    return BatchCheck(len(batch), len(batch), max_diff, tol, agree, real)
+
+
+def verify_export(path: Path, model: Any, batches: list[np.ndarray], inputs: str,
+                  progress: bool = True) -> VerifyReport:
+    """onnx.checker + ONNX Runtime (CPU) vs PyTorch on each batch; raise on mismatch."""
+    from pochitrain.inference.onnx_runner import open_onnx_runner
+
+    check_graph(path)
+    try:
+        runner, _ = open_onnx_runner(path, ["cpu"])
+    except ModelFileError as exc:
+        raise VerificationError(f"The exported file does not open in ONNX Runtime: {exc.message}",
+                                exc.remedy) from exc
+    report = VerifyReport(inputs)
+    bar = _progress(progress, len(batches))
+    try:
+        for batch in batches:
+            report.checks.append(compare_batch(model, runner, batch))
+            if bar is not None:
+                bar[0].advance(bar[1])
+    finally:
+        runner.close()
+        if bar is not None:
+            bar[0].stop()
+    bad = [c for c in report.checks if not c.ok]
+    if bad:
+        c = bad[0]
+        raise VerificationError(
+            f"ONNX Runtime and PyTorch disagree at batch {c.batch_size}: max abs diff "
+            f"{c.max_abs_diff:.3g} (tolerance {c.tolerance:.3g}), top-1 agreement "
+            f"{c.agreement:.1%}. The ONNX file was not written.",
+            "Try another --opset, or check the model for ops that differ between runtimes "
+            "(--skip-verify writes the file anyway, at your own risk).",
+        )
+    return report
+
+
+def _progress(enabled: bool, total: int):
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress
+
+    from pochitrain.console import console
+
+    prog = Progress("[bold]{task.description}", BarColumn(), MofNCompleteColumn(),
+                    console=console(), transient=True)
+    prog.start()
+    return prog, prog.add_task("verify (ONNX Runtime vs PyTorch)", total=total)

@@ -1,0 +1,187 @@
+"""`export-onnx`: checkpoint -> verified ONNX file beside it (or at --output).
+
+The file is written under a temporary name, checked (onnx.checker, ONNX Runtime vs PyTorch),
+and only then renamed to its final name: a failed export or verification leaves nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pochitrain.console import info, warn
+from pochitrain.errors import DataError, PochiError, UsageError
+from pochitrain.meta import ModelMeta, file_sha256
+from pochitrain.onnx.export import DEFAULT_OPSET, ExportShape, export_model
+from pochitrain.preprocess import Preprocess
+from pochitrain.workspace import atomic_path, check_writable
+
+VERIFY_BATCH = 16  # the batch > 1 that proves the dynamic axis really works
+
+
+@dataclass
+class ExportOutcome:
+    path: Path
+    meta: ModelMeta
+    input_shape: list[int | str]
+    report: Any | None  # onnx.verify.VerifyReport, None with --skip-verify
+
+
+def adapt_preprocess(pre: Preprocess, size: tuple[int, int]) -> Preprocess:
+    """Preprocessing that produces ``size`` images: same steps, geometry rescaled.
+
+    Resize((h, w)) becomes Resize(size); Resize(s) + CenterCrop keeps the crop fraction.
+    """
+    h, w = size
+    if list(pre.input_size) == [h, w]:
+        return pre
+    if pre.center_crop is None:
+        return replace(pre, input_size=[h, w], resize=[h, w])
+    resize = pre.resize
+    if resize is not None:
+        scale = h / pre.center_crop[0]
+        resize = [max(1, round(v * scale)) for v in resize]
+    return replace(pre, input_size=[h, w], resize=resize, center_crop=[h, w])
+
+
+def find_val_data(checkpoint: Path) -> Path | None:
+    """The run's val_data_root: from its config (pochitrain.config) or its run.json."""
+    try:
+        from pochitrain.config import find_config_near, load_config
+
+        found = find_config_near(checkpoint)
+        if found is not None:
+            root = getattr(load_config(found), "val_data_root", None)
+            if root:
+                return Path(root)
+    except (ImportError, PochiError):
+        pass  # no config module yet, or a broken config: run.json may still tell
+    run_dir = checkpoint.resolve().parent
+    for folder in (run_dir, run_dir.parent):
+        run_json = folder / "run.json"
+        if not run_json.is_file():
+            continue
+        try:
+            data = json.loads(run_json.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        root = data.get("val_data_root") or (data.get("config") or {}).get("val_data_root")
+        if root:
+            root_path = Path(root)
+            return root_path if root_path.is_absolute() or root_path.exists() else folder / root
+    return None
+
+
+def verification_batches(pre: Preprocess, data: Path | None, sizes: list[int],
+                         ) -> tuple[list[np.ndarray], str]:
+    """One batch per size, from real images of ``data`` when it has any, else random."""
+    from pochitrain.data import open_rgb, scan_image_folder
+
+    need = sum(sizes)
+    arrays: list[np.ndarray] = []
+    source = "random inputs"
+    if data is not None:
+        folder = scan_image_folder(data, "verification data folder")
+        samples = folder.samples
+        # spread the picks over the sorted list so every class folder contributes
+        step = max(1, len(samples) // need)
+        for path, _ in samples[::step]:
+            image = open_rgb(path)
+            if image is not None:
+                arrays.append(pre(image))
+            if len(arrays) == need:
+                break
+        if not arrays:
+            raise DataError(f"No readable images in {data} to verify the export with.",
+                            "Pass --data with a folder of images, or --skip-verify.")
+        source = f"{len(arrays)} images from {data}"
+        while len(arrays) < need:  # small folders: reuse images
+            arrays.append(arrays[len(arrays) % max(1, len(arrays))])
+    else:
+        rng = np.random.default_rng(0)
+        h, w = pre.input_size
+        arrays = list(rng.standard_normal((need, 3, h, w), dtype=np.float32))
+    batches, start = [], 0
+    for n in sizes:
+        batches.append(np.stack(arrays[start:start + n]).astype(np.float32))
+        start += n
+    return batches, source
+
+
+def _probe_folder(folder: Path) -> None:
+    # os.access says yes to root even on read-only mounts: really try to create a file.
+    try:
+        fd, name = tempfile.mkstemp(prefix=".pochi-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise PochiError(f"Cannot write to the output folder {folder}: {exc.strerror}.",
+                         "Choose a writable location with --output PATH.") from exc
+
+
+def export_onnx(checkpoint: Path | str, input_size: tuple[int, int] | None = None,
+                output: Path | str | None = None, opset: int = DEFAULT_OPSET,
+                verify: bool = True, shape: ExportShape | None = None,
+                overwrite: bool = False, data: Path | str | None = None,
+                progress: bool = True) -> ExportOutcome:
+    from pochitrain import __version__
+    from pochitrain.models import load_model
+    from pochitrain.onnx.export import check_opset
+
+    checkpoint = Path(checkpoint)
+    shape = shape or ExportShape()
+    check_opset(opset)
+    if input_size is not None and min(input_size) < 1:
+        raise UsageError(f"--input-size must be positive, got {list(input_size)}.",
+                         "Example: --input-size 224 224")
+    out = Path(output) if output is not None else checkpoint.with_suffix(".onnx")
+    if out.suffix.lower() != ".onnx":
+        raise UsageError(f"--output must end in .onnx, got {out}.", "Example: --output best.onnx")
+    if out.is_dir():
+        raise UsageError(f"--output {out} is a folder.", "Give a file name ending in .onnx.")
+    check_writable(out, overwrite)
+    _probe_folder(out.parent)
+
+    model, meta = load_model(checkpoint)
+    size = tuple(input_size) if input_size is not None else tuple(meta.input_size)
+    height, width = int(size[0]), int(size[1])
+    pre = adapt_preprocess(meta.preprocess, (height, width))
+    if pre is not meta.preprocess:
+        info(f"Export size {height}x{width} differs from the training size "
+             f"{meta.input_size[0]}x{meta.input_size[1]}; the metadata's preprocessing is "
+             "rescaled to match.")
+    source = {**meta.source, "checkpoint": checkpoint.name,
+              "checkpoint_sha256": file_sha256(checkpoint)}
+    out_meta = ModelMeta(meta.class_names, pre, meta.model_name, source)
+
+    verify_data: Path | None = None
+    if verify:
+        verify_data = Path(data) if data is not None else find_val_data(checkpoint)
+        if data is None and verify_data is not None and not verify_data.is_dir():
+            warn(f"The run's val_data_root {verify_data} is missing; verifying on random "
+                 "inputs instead.")
+            verify_data = None
+        elif verify_data is None:
+            warn("No --data given and no val_data_root found for this run: verifying on "
+                 "random inputs (pass --data DIR to check on real images).")
+
+    with atomic_path(out) as tmp:
+        from pochitrain.console import console
+
+        with console().status(f"Exporting {meta.model_name} to ONNX (opset {opset})..."):
+            export_model(model, tmp, out_meta, (height, width), shape, opset,
+                         producer_version=__version__)
+        report = None
+        if verify:
+            from pochitrain.onnx.verify import verify_export
+
+            sizes = [shape.static_batch] if shape.static_batch else [1, VERIFY_BATCH]
+            batches, inputs = verification_batches(pre, verify_data, sizes)
+            report = verify_export(tmp, model, batches, inputs, progress=progress)
+    return ExportOutcome(out, out_meta, shape.input_shape(height, width), report)
