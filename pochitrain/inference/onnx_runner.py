@@ -89,6 +89,8 @@ class OnnxRunner:
         self.info = info
         batch = info.input_shape[0]
         self.fixed_batch: int | None = batch if isinstance(batch, int) else None
+        # read by the inference pipeline when --batch-size is not given
+        self.default_batch_size = self.fixed_batch or 1
         self._dtype = np.float16 if info.input_dtype == "float16" else np.float32
 
     def check_batch_size(self, batch_size: int) -> None:

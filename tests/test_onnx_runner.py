@@ -1,0 +1,162 @@
+"""OnnxRunner / open_onnx_runner with real ONNX Runtime sessions, and infer-onnx end to end."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pochitrain.errors import BackendMissingError, ModelFileError, ShapeError, UsageError
+from pochitrain.inference.onnx_runner import open_onnx_runner, resolve_providers
+
+
+@pytest.fixture(scope="module")
+def plain_onnx(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    """A torchvision model exported with plain torch.onnx.export: no pochitrain metadata."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(1)
+    model = torchvision.models.resnet18(num_classes=5).eval()
+    path = tmp_path_factory.mktemp("plain") / "plain.onnx"
+    with pytest.warns(DeprecationWarning):  # the legacy exporter says so; we call it on purpose
+        torch.onnx.export(model, (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False,
+                          input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    return path, model
+
+
+@pytest.fixture(scope="module")
+def static_onnx(tmp_path_factory: pytest.TempPathFactory, untrained_checkpoint: Path) -> Path:
+    from pochitrain.onnx.export import ExportShape
+    from pochitrain.pipeline.export_onnx import export_onnx
+
+    out = tmp_path_factory.mktemp("static") / "b4.onnx"
+    export_onnx(untrained_checkpoint, output=out, shape=ExportShape(static_batch=4),
+                verify=False, progress=False)
+    return out
+
+
+def test_plain_export_without_metadata_runs(plain_onnx) -> None:
+    import torch
+
+    path, model = plain_onnx
+    runner, info = open_onnx_runner(path)
+    assert info.meta is None and info.input_name == "x" and info.input_shape == ["n", 3, 32, 32]
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32), dtype=np.float32)
+    logits, pure = runner.run(x)
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert logits.shape == (3, 5) and pure > 0
+    np.testing.assert_allclose(logits, ref, atol=1e-4)
+    assert runner.describe()["providers"] == "CPUExecutionProvider"
+    runner.check_batch_size(7)  # dynamic batch: any size
+    assert runner.default_batch_size == 1
+
+
+def test_wrong_image_size_is_a_shape_error(plain_onnx) -> None:
+    runner, _ = open_onnx_runner(plain_onnx[0])
+    with pytest.raises(ShapeError, match="could not run"):
+        runner.run(np.zeros((1, 3, 40, 40), np.float32))
+
+
+def test_static_batch_pads_last_batch_and_refuses_other_sizes(static_onnx: Path) -> None:
+    runner, info = open_onnx_runner(static_onnx)
+    assert info.input_shape == [4, 3, 32, 32] and runner.default_batch_size == 4
+    runner.check_batch_size(4)
+    with pytest.raises(UsageError, match="--batch-size 4"):
+        runner.check_batch_size(8)
+    with pytest.raises(UsageError):
+        runner.run(np.zeros((5, 3, 32, 32), np.float32))
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32), dtype=np.float32)
+    full, _ = runner.run(x)
+    part, _ = runner.run(x[:3])  # the loop's shorter last batch
+    assert part.shape == (3, 10)
+    np.testing.assert_allclose(part, full[:3], atol=1e-5)
+
+
+def test_corrupt_onnx(tmp_path: Path, plain_onnx) -> None:
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x08\x07garbage" * 100)
+    with pytest.raises(ModelFileError):
+        open_onnx_runner(junk)
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(plain_onnx[0].read_bytes()[:5000])
+    with pytest.raises(ModelFileError):
+        open_onnx_runner(truncated)
+    with pytest.raises(ModelFileError, match="not found"):
+        open_onnx_runner(tmp_path / "missing.onnx")
+
+
+def _save_graph(path: Path, inputs: list[list[int | str]], op: str) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    ins = [helper.make_tensor_value_info(f"in{i}", TensorProto.FLOAT, s)
+           for i, s in enumerate(inputs)]
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, None)
+    node = helper.make_node(op, [i.name for i in ins], ["out"])
+    graph = helper.make_graph([node], "g", ins, [out])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_wrong_rank_and_several_inputs(tmp_path: Path) -> None:
+    rank2 = _save_graph(tmp_path / "rank2.onnx", [["n", 10]], "Relu")
+    with pytest.raises(ModelFileError, match="expected \\(batch, 3, H, W\\)"):
+        open_onnx_runner(rank2)
+    two = _save_graph(tmp_path / "two.onnx", [["n", 3, 8, 8], ["n", 3, 8, 8]], "Add")
+    with pytest.raises(ModelFileError, match="2 input"):
+        open_onnx_runner(two)
+
+
+def test_providers() -> None:
+    available = ["CPUExecutionProvider"]
+    assert resolve_providers(None, available) == ["CPUExecutionProvider"]
+    assert resolve_providers(["CPUExecutionProvider"], available) == ["CPUExecutionProvider"]
+    with_gpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert resolve_providers(["cuda"], with_gpu) == with_gpu
+    with pytest.raises(BackendMissingError, match="CUDAExecutionProvider") as exc:
+        resolve_providers(["cuda"], available)
+    assert "onnxruntime-gpu" in exc.value.remedy
+    with pytest.raises(BackendMissingError, match="TensorrtExecutionProvider"):
+        resolve_providers(["tensorrt"], available)
+    with pytest.raises(UsageError, match="Unknown"):
+        resolve_providers(["fast"], available)
+
+
+def test_cuda_request_through_the_factory(plain_onnx) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(BackendMissingError, match="onnxruntime-gpu|could not start"):
+        open_onnx_runner(plain_onnx[0], ["cuda"])
+
+
+def _predictions(csv_path: Path) -> dict[str, str]:
+    with csv_path.open(encoding="utf-8") as f:
+        return {row["image_path"]: row["predicted"] for row in csv.DictReader(f)}
+
+
+def test_infer_onnx_agrees_with_pytorch(tmp_path: Path, untrained_checkpoint: Path,
+                                        digits_dir: Path) -> None:
+    """pochi infer on the .pth and infer-onnx on its export give the same predictions."""
+    from pochitrain.cli.main import run as cli
+    from pochitrain.pipeline.export_onnx import export_onnx
+
+    onnx_path = tmp_path / "model.onnx"
+    export_onnx(untrained_checkpoint, output=onnx_path, verify=False, progress=False)
+    data = str(digits_dir / "val")
+    assert cli(["infer", str(untrained_checkpoint), "--data", data, "-b", "32", "--quiet",
+                "--device", "cpu", "-o", str(tmp_path / "pt")]) == 0
+    assert cli(["infer-onnx", str(onnx_path), "--data", data, "-b", "32", "--quiet",
+                "-o", str(tmp_path / "ox")]) == 0
+    pt = _predictions(tmp_path / "pt" / "pytorch_inference_results.csv")
+    ox = _predictions(tmp_path / "ox" / "onnx_inference_results.csv")
+    assert len(pt) == len(ox) > 300 and pt.keys() == ox.keys()
+    same = sum(pt[k] == ox[k] for k in pt) / len(pt)
+    assert same >= 0.995
+    summary = (tmp_path / "ox" / "onnx_inference_summary.txt").read_text(encoding="utf-8")
+    assert "CPUExecutionProvider" in summary
