@@ -36,7 +36,7 @@ def print_error(exc: PochiError) -> None:
     from rich.markup import escape
 
     err = Console(stderr=True, highlight=False)
-    err.print(f"[bold red]エラー / Error:[/bold red] {escape(exc.message)}")
+    err.print(f"[bold red]エラー / Error:[/bold red] {escape(exc.message)}", soft_wrap=True)
     if exc.remedy:
-        err.print(f"[bold]対処 / Fix:[/bold] {escape(exc.remedy)}")
+        err.print(f"[bold]対処 / Fix:[/bold] {escape(exc.remedy)}", soft_wrap=True)
     sys.stderr.flush()

@@ -116,7 +116,7 @@ def plot_confusion(cm: np.ndarray, class_names: list[str], path: Path, title: st
     fig, ax = plt.subplots(figsize=(size, size * 0.9))
     im = ax.imshow(cm, cmap="Blues")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    ax.set_xticks(range(n), class_names, rotation=45 if n > 8 else 0, ha="right" if n > 8 else "center")
+    ax.set_xticks(range(n), class_names, rotation=45 if n > 12 else 0, ha="right" if n > 12 else "center")
     ax.set_yticks(range(n), class_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")

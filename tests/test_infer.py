@@ -1,0 +1,133 @@
+"""pochi infer on real images: files, columns, summary, and every bad input path."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pochitrain.cli.main import run
+from pochitrain.reports import RESULT_COLUMNS
+
+
+@pytest.fixture()
+def small_val(digits_dir: Path, tmp_path: Path) -> Path:
+    """30 val images (3 per class) so each inference takes a moment."""
+    out = tmp_path / "val"
+    for cls in sorted((digits_dir / "val").iterdir()):
+        (out / cls.name).mkdir(parents=True)
+        for img in sorted(cls.iterdir())[:3]:
+            shutil.copy(img, out / cls.name / img.name)
+    return out
+
+
+def _ckpt_copy(untrained_checkpoint: Path, tmp_path: Path) -> Path:
+    run_dir = tmp_path / "run" / "models"
+    run_dir.mkdir(parents=True)
+    return Path(shutil.copy(untrained_checkpoint, run_dir / "best.pth"))
+
+
+def test_infer_writes_all_files(untrained_checkpoint: Path, small_val: Path, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = _ckpt_copy(untrained_checkpoint, tmp_path)
+    assert run(["infer", str(ckpt), "--data", str(small_val), "-b", "7", "--quiet"]) == 0
+    results = list((tmp_path / "run" / "inference_results").iterdir())
+    assert len(results) == 1 and results[0].name.endswith("_001")
+    out = results[0]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["classification_report.csv", "confusion_matrix.png",
+                     "pytorch_inference_results.csv", "pytorch_inference_summary.txt"]
+    rows = list(csv.DictReader((out / "pytorch_inference_results.csv").open()))
+    assert list(rows[0].keys()) == RESULT_COLUMNS
+    assert len(rows) == 30
+    for row in rows:
+        assert row["true_class"] == Path(row["image_path"]).parent.name
+        assert row["correct"] == str(row["predicted"] == row["true"])
+        assert 0.0 < float(row["confidence"]) <= 1.0
+    summary = (out / "pytorch_inference_summary.txt").read_text(encoding="utf-8")
+    correct = sum(r["correct"] == "True" for r in rows)
+    assert f"({correct}/30)" in summary
+    for label in ("精度 / Accuracy", "Pure throughput", "End-to-end throughput",
+                  "計測サンプル数 / Measured samples: 30", "ウォームアップサンプル数",
+                  "入力サイズ / Input size: 32x32", str(ckpt), str(small_val)):
+        assert label in summary
+    assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a second run gets a new folder, the first stays untouched
+    assert run(["infer", str(ckpt), "--data", str(small_val), "--quiet"]) == 0
+    assert sorted(p.name[-3:] for p in out.parent.iterdir()) == ["001", "002"]
+
+
+def test_corrupt_files_are_skipped_and_listed(untrained_checkpoint: Path, small_val: Path,
+                                              tmp_path: Path) -> None:
+    (small_val / "3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (small_val / "4" / "notes.jpg").write_text("hello")
+    out = tmp_path / "out"
+    rc = run(["infer", str(untrained_checkpoint), "--data", str(small_val), "--output", str(out),
+              "--quiet"])
+    assert rc == 0
+    summary = (out / "pytorch_inference_summary.txt").read_text(encoding="utf-8")
+    assert "Skipped images: 2" in summary and "broken.png" in summary and "notes.jpg" in summary
+    rows = list(csv.DictReader((out / "pytorch_inference_results.csv").open()))
+    assert len(rows) == 30
+
+
+def test_unlabelled_folder(untrained_checkpoint: Path, small_val: Path, tmp_path: Path) -> None:
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for img in list(small_val.rglob("*.png"))[:5]:
+        shutil.copy(img, flat / f"{img.parent.name}_{img.name}")
+    out = tmp_path / "out"
+    assert run(["infer", str(untrained_checkpoint), "--data", str(flat), "-o", str(out),
+                "--quiet"]) == 0
+    assert not (out / "confusion_matrix.png").exists()
+    rows = list(csv.DictReader((out / "pytorch_inference_results.csv").open()))
+    assert len(rows) == 5 and all(r["true"] == "" and r["correct"] == "" for r in rows)
+
+
+def _fails(argv: list[str], capsys: pytest.CaptureFixture[str], code: int, *needles: str) -> str:
+    rc = run(argv)
+    err = capsys.readouterr().err
+    assert rc == code, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err
+    return err
+
+
+def test_bad_inputs(untrained_checkpoint: Path, small_val: Path, tmp_path: Path,
+                    capsys: pytest.CaptureFixture[str]) -> None:
+    ck, data = str(untrained_checkpoint), str(small_val)
+    _fails(["infer", str(tmp_path / "nope.pth"), "--data", data], capsys, 1, "not found")
+    not_ours = tmp_path / "other.pth"
+    import torch
+
+    torch.save({"state_dict": {}}, not_ours)
+    _fails(["infer", str(not_ours), "--data", data], capsys, 1, "not a pochitrain checkpoint")
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"0" * 100)
+    _fails(["infer", str(garbage), "--data", data], capsys, 1, "not a readable")
+    _fails(["infer", ck, "--data", str(tmp_path / "missing")], capsys, 1, "does not exist")
+    with pytest.raises(SystemExit) as exc:
+        run(["infer", ck, "--data", data, "--batch-size", "0"])
+    assert exc.value.code == 2
+    assert "must be 1 or more" in capsys.readouterr().err
+    (small_val / "extra_class").mkdir()
+    shutil.copy(next(small_val.rglob("*.png")), small_val / "extra_class" / "x.png")
+    _fails(["infer", ck, "--data", data], capsys, 1, "not in the model: extra_class")
+    (small_val / "empty").mkdir()
+    _fails(["infer", ck, "--data", data], capsys, 1, "no images", "empty")
+    _fails(["infer", str(tmp_path / "model.xyz"), "--data", data], capsys, 1, "extension")
+
+
+def test_output_with_results_is_not_overwritten(untrained_checkpoint: Path, small_val: Path,
+                                                tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    argv = ["infer", str(untrained_checkpoint), "--data", str(small_val), "-o", str(out),
+            "--quiet"]
+    assert run(argv) == 0
+    before = (out / "pytorch_inference_results.csv").read_bytes()
+    _fails(argv, capsys, 1, "already holds inference results")
+    assert (out / "pytorch_inference_results.csv").read_bytes() == before

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from pochitrain.errors import OutputExistsError
+from pochitrain.workspace import atomic_path, check_writable, new_run_dir
+
+
+def test_run_dirs_increment_and_never_reuse(tmp_path: Path) -> None:
+    day = dt.date(2026, 11, 28)
+    a = new_run_dir(tmp_path, day)
+    b = new_run_dir(tmp_path, day)
+    assert (a.name, b.name) == ("20261128_001", "20261128_002")
+    a.rmdir()  # a gap left by a deleted run is not refilled below the highest number
+    assert new_run_dir(tmp_path, day).name == "20261128_003"
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "model.engine"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("build failed")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"whole")
+    assert target.read_bytes() == b"whole"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_check_writable_refuses_existing(tmp_path: Path) -> None:
+    target = tmp_path / "x.onnx"
+    target.write_bytes(b"mine")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        check_writable(target)
+    check_writable(target, overwrite=True)
+    assert target.read_bytes() == b"mine"
