@@ -100,8 +100,16 @@ def convert_to_fp16(model: Any) -> tuple[Any, dict[str, int]]:
                                        name="pochitrain_output_to_fp32"))
     # intermediate types changed: let shape inference recompute them
     del graph.value_info[:]
-    model = onnx.shape_inference.infer_shapes(model)
-    onnx.checker.check_model(model)
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelFileError(
+            f"The FP16 pass cannot validate the cast graph: {first}",
+            "The model uses operators or types the ONNX checker does not know; convert it "
+            "to FP32, or export it with standard ONNX operators.",
+        ) from exc
     return model, stats
 
 
@@ -129,10 +137,12 @@ class Agreement:
 
 
 def compare_with_onnxruntime(fp32_path: Path, fp16_path: Path, batch: np.ndarray,
-                             threshold: float = MIN_TOP1_AGREEMENT) -> Agreement:
+                             threshold: float = MIN_TOP1_AGREEMENT,
+                             batch_size: int = 1) -> Agreement:
     """Run both graphs with ONNX Runtime (CPU) on ``batch`` (N,3,H,W float32); compare top-1.
 
-    Images go one by one so graphs with a fixed batch of 1 work too.
+    Images go ``batch_size`` at a time (a fully static graph takes only its own batch); the
+    last chunk is padded by repeating images and the padding is dropped from the results.
     """
     import onnxruntime as ort
 
@@ -142,9 +152,14 @@ def compare_with_onnxruntime(fp32_path: Path, fp16_path: Path, batch: np.ndarray
                 for p in (fp32_path, fp16_path)]
     name = sessions[0].get_inputs()[0].name
     outs: list[list[np.ndarray]] = [[], []]
-    for image in batch:
+    for start in range(0, len(batch), batch_size):
+        chunk = batch[start:start + batch_size]
+        real = len(chunk)
+        if real < batch_size:
+            chunk = np.concatenate([chunk, np.resize(chunk, (batch_size - real, *chunk.shape[1:]))])
         for k, sess in enumerate(sessions):
-            outs[k].append(np.asarray(sess.run(None, {name: image[None]})[0], dtype=np.float32))
+            out = sess.run(None, {name: np.ascontiguousarray(chunk, dtype=np.float32)})[0]
+            outs[k].append(np.asarray(out, dtype=np.float32)[:real])
     ref, got = np.concatenate(outs[0]), np.concatenate(outs[1])
     if not np.isfinite(got).all():
         raise VerificationError(

@@ -186,6 +186,13 @@ def build_engine(backend: Backend, onnx_path: Path, profile: Profile, precision:
 
 def gpu_info() -> dict[str, str] | None:
     """Name and compute capability of GPU 0, when torch sees one; None on CPU-only machines."""
+    import os
+    import sys
+
+    # no NVIDIA driver: skip importing torch (seconds) just to learn there is no GPU
+    if "torch" not in sys.modules and not os.path.exists("/proc/driver/nvidia/version") \
+            and sys.platform.startswith("linux"):
+        return None
     try:
         import torch
 
