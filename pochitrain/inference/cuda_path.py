@@ -1,0 +1,146 @@
+"""The one CUDA path shared by the GPU runners (PyTorch and TensorRT), built on ``torch.cuda``.
+
+Per batch: copy the float NCHW batch into a pinned host buffer, copy it to the device
+asynchronously on a non-default stream, run the model call between two CUDA events ("pure"
+time), copy the logits back into a pinned host buffer asynchronously, synchronize once.
+
+Only the model call differs between runtimes. It has the signature
+``call(d_in, d_out, stream) -> torch.Tensor | None``:
+
+- ``d_in``: device tensor (N, C, H, W) holding the batch, in the batch's dtype;
+- ``d_out``: a preallocated device tensor of ``out_shape`` when ``run`` was given one
+  (TensorRT writes into it), otherwise ``None`` and the call returns its device output;
+- ``stream``: the ``torch.cuda.Stream`` the work must be queued on. The call runs inside
+  ``torch.cuda.stream(stream)``, so PyTorch ops land there; TensorRT passes
+  ``stream.cuda_stream`` to ``execute_async_v3``.
+
+PyTorch on the GPU::
+
+    pipe = CudaBatchPipe("cuda")
+    logits, pure_s = pipe.run(batch, torch_call(model))
+
+TensorRT (see ``pochitrain.tensorrt.runtime``)::
+
+    logits, pure_s = pipe.run(batch, execute, out_shape=(n, num_classes), out_dtype=np.float32)
+
+Buffers are sized by the largest batch seen and reused, so the last, smaller batch needs no
+padding. The module imports without CUDA; using the pipe without it raises BackendMissingError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from pochitrain.errors import BackendMissingError
+
+if TYPE_CHECKING:
+    import torch
+
+ModelCall = Callable[[Any, Any, Any], Any]
+
+
+class BatchPipe(Protocol):
+    """What a runner needs from the CUDA path (tests use a CPU stand-in with this interface)."""
+
+    def run(self, batch: np.ndarray, call: ModelCall, out_shape: Sequence[int] | None = None,
+            out_dtype: Any = np.float32) -> tuple[np.ndarray, float]:
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+def require_cuda(device: str = "cuda") -> str:
+    """Return the GPU's name and compute capability; BackendMissingError when there is none."""
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - torch is a hard dependency
+        raise BackendMissingError("PyTorch is not installed.", "pip install torch") from exc
+    if not torch.cuda.is_available():
+        raise BackendMissingError(
+            "CUDA デバイスがありません。\nNo CUDA device is available on this machine "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}).",
+            "Run on a machine with an NVIDIA GPU and driver, and a CUDA build of PyTorch "
+            "(for ONNX Runtime on the CPU use infer-onnx instead).",
+        )
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"{torch.cuda.get_device_name(device)} (sm_{major}{minor})"
+
+
+def torch_call(model: Any) -> ModelCall:
+    """The model call for a PyTorch module already on the GPU."""
+    import torch
+
+    def call(d_in: torch.Tensor, d_out: torch.Tensor | None, stream: Any) -> torch.Tensor | None:
+        with torch.inference_mode():
+            y = model(d_in)
+        if d_out is None:
+            return y
+        d_out.copy_(y)
+        return None
+
+    return call
+
+
+class CudaBatchPipe:
+    """Pinned host buffers, device buffers, one non-default stream and timing events."""
+
+    def __init__(self, device: str = "cuda") -> None:
+        require_cuda(device)
+        import torch
+
+        self._torch = torch
+        self.device = torch.device(device)
+        self.stream = torch.cuda.Stream(device=self.device)
+        self._start = torch.cuda.Event(enable_timing=True)
+        self._end = torch.cuda.Event(enable_timing=True)
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def _buffer(self, key: str, shape: Sequence[int], dtype: torch.dtype,
+                pinned: bool) -> torch.Tensor:
+        """A view of ``shape`` into a reused buffer, regrown when a batch is larger."""
+        torch = self._torch
+        need = int(np.prod(shape))
+        buf = self._bufs.get(key)
+        if buf is None or buf.dtype != dtype or buf.numel() < need:
+            if pinned:
+                buf = torch.empty(need, dtype=dtype, pin_memory=True)
+            else:
+                buf = torch.empty(need, dtype=dtype, device=self.device)
+            self._bufs[key] = buf
+        return buf[:need].view(*shape)
+
+    def run(self, batch: np.ndarray, call: ModelCall, out_shape: Sequence[int] | None = None,
+            out_dtype: Any = np.float32) -> tuple[np.ndarray, float]:
+        """(N, C, H, W) array -> (output as float32 array, pure seconds of ``call``)."""
+        torch = self._torch
+        batch = np.ascontiguousarray(batch)
+        in_dtype = torch.from_numpy(batch[:0]).dtype
+        h_in = self._buffer("h_in", batch.shape, in_dtype, pinned=True)
+        d_in = self._buffer("d_in", batch.shape, in_dtype, pinned=False)
+        h_in.copy_(torch.from_numpy(batch))
+        d_out = None
+        if out_shape is not None:
+            out_t = torch.from_numpy(np.empty(0, dtype=out_dtype)).dtype
+            d_out = self._buffer("d_out", out_shape, out_t, pinned=False)
+        with torch.cuda.stream(self.stream):
+            d_in.copy_(h_in, non_blocking=True)
+            self._start.record(self.stream)
+            result = call(d_in, d_out, self.stream)
+            self._end.record(self.stream)
+            src = d_out if result is None else result
+            if src is None:
+                raise TypeError("the model call returned nothing and no out_shape was given")
+            h_out = self._buffer("h_out", tuple(src.shape), src.dtype, pinned=True)
+            h_out.copy_(src, non_blocking=True)
+        self.stream.synchronize()
+        pure = self._start.elapsed_time(self._end) / 1000.0
+        return h_out.numpy().astype(np.float32, copy=True), pure
+
+    def close(self) -> None:
+        if self._bufs:
+            self.stream.synchronize()
+        self._bufs.clear()

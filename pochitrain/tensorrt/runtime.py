@@ -1,0 +1,249 @@
+"""Run a TensorRT (10.x / 11.x) or TensorRT-RTX (1.x) engine: the ``tensorrt`` Runner.
+
+Loading order, so that each failure gets its own clear error (and the errors are testable on a
+machine without a GPU): engine file exists -> sidecar metadata (``<engine>.json``) -> CUDA device -> backend import
+-> deserialization -> one input / one output -> profile and batch size.
+
+Per batch: ``set_input_shape`` with the real batch size (the last, smaller batch too, no
+padding), output shape read back from the context, ``set_tensor_address`` for both tensors and
+``execute_async_v3`` on the shared CUDA path's non-default stream (pinned buffers, async
+copies, CUDA-event "pure" time).
+
+``trt`` (the API module) and ``pipe`` (the CUDA path) can be injected: the tests drive this
+module through a test double of the TensorRT API and a CPU stand-in for the pipe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pochitrain.errors import BackendMissingError, EngineLoadError, ModelFileError, UsageError
+
+if TYPE_CHECKING:
+    import tensorrt
+    import torch
+
+    from pochitrain.inference.cuda_path import BatchPipe
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: Any  # numpy dtype of the engine's I/O tensor
+    min_shape: tuple[int, ...]
+    opt_shape: tuple[int, ...]
+    max_shape: tuple[int, ...]
+
+
+def _dims(dims: Any) -> tuple[int, ...]:
+    # Dims behaves like a tuple but the stubs declare no __iter__: index it.
+    return tuple(int(dims[i]) for i in range(len(dims)))
+
+
+def _np_dtype(trt: Any, dtype: Any, name: str) -> Any:
+    if dtype == trt.DataType.FLOAT:
+        return np.dtype(np.float32)
+    if dtype == trt.DataType.HALF:
+        return np.dtype(np.float16)
+    raise EngineLoadError(
+        f"Engine tensor {name!r} has data type {dtype}; pochitrain runs engines with float32 or "
+        "float16 input and output.",
+        "Convert the model with pochi convert (it keeps float I/O for FP16 and INT8 engines).",
+    )
+
+
+def _gpu_text(gpu: Any) -> str:
+    if isinstance(gpu, dict):
+        return f"{gpu.get('name', '?')} (compute capability {gpu.get('compute_capability', '?')})"
+    return str(gpu)
+
+
+def _load_backend(recorded: str) -> tuple[str, Any]:
+    """(name, module) of the TensorRT flavour recorded in the engine metadata."""
+    from pochitrain.tensorrt.backend import load_backend
+
+    try:
+        backend = load_backend(recorded)
+    except BackendMissingError as exc:
+        raise BackendMissingError(
+            f"This engine was built with {recorded}, which is not installed here.\n{exc.message}",
+            exc.remedy,
+        ) from exc
+    return backend.name, backend.module
+
+
+def _make_logger(trt: Any) -> Any:
+    """A TensorRT logger that keeps errors for our message instead of printing them."""
+
+    class Recorder(trt.ILogger):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity: Any, msg: str) -> None:
+            if int(severity) <= int(trt.ILogger.Severity.ERROR):
+                self.errors.append(msg)
+
+    return Recorder()
+
+
+class TensorRTRunner:
+    name = "tensorrt"
+
+    def __init__(self, engine: tensorrt.ICudaEngine, inp: TensorSpec, out: TensorSpec,
+                 pipe: BatchPipe, info: dict[str, str], keep: tuple[Any, ...] = ()) -> None:
+        context = engine.create_execution_context()
+        if context is None:
+            raise EngineLoadError("TensorRT could not create an execution context (GPU memory?).",
+                                  "Close other GPU programs or use a smaller --batch-size.")
+        self.engine = engine
+        self.context: tensorrt.IExecutionContext = context
+        self.inp, self.out, self.pipe, self.info = inp, out, pipe, info
+        self._keep = keep  # runtime + logger must outlive the engine
+        self.default_batch_size = inp.opt_shape[0]
+
+    def check_batch_size(self, batch_size: int) -> None:
+        lo, hi = self.inp.min_shape[0], self.inp.max_shape[0]
+        if not lo <= batch_size <= hi:
+            allowed = str(lo) if lo == hi else f"{lo} to {hi}"
+            raise UsageError(
+                f"Batch size {batch_size} is outside the engine's optimization profile "
+                f"(allowed: {allowed}).",
+                f"Use --batch-size {self.default_batch_size} (the profile's opt), or rebuild the "
+                "engine for it: pochi convert MODEL.onnx --batch-size N (or --batch MIN OPT MAX).",
+            )
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, float]:
+        """(N, C, H, W) float32 -> ((N, K) float32 logits, pure seconds)."""
+        shape = tuple(int(d) for d in batch.shape)
+        want = self.inp.opt_shape[1:]
+        if shape[1:] != want:
+            raise UsageError(f"Batch shape {shape} does not fit the engine input "
+                             f"(N, {', '.join(map(str, want))}).",
+                             "Use the preprocessing the model was converted with.")
+        if shape[0] < self.inp.min_shape[0]:
+            raise UsageError(
+                f"A batch of {shape[0]} images is below the engine profile's minimum "
+                f"({self.inp.min_shape[0]}); the last batch of a folder is often smaller.",
+                "Rebuild the engine with a profile whose min batch is 1: "
+                "pochi convert MODEL.onnx --batch 1 OPT MAX.",
+            )
+        self.check_batch_size(shape[0])
+        context, inp, out = self.context, self.inp, self.out
+        if not context.set_input_shape(inp.name, shape):
+            raise EngineLoadError(f"TensorRT refused input shape {shape} for {inp.name!r}.",
+                                  "Use a batch size within the engine's profile.")
+        out_shape = _dims(context.get_tensor_shape(out.name))
+        if min(out_shape) < 0:
+            raise EngineLoadError(f"TensorRT could not infer the output shape {out_shape}.",
+                                  "Re-run `pochi convert`; the engine's shapes are inconsistent.")
+
+        def execute(d_in: torch.Tensor, d_out: torch.Tensor, stream: Any) -> None:
+            context.set_tensor_address(inp.name, d_in.data_ptr())
+            context.set_tensor_address(out.name, d_out.data_ptr())
+            if not context.execute_async_v3(stream.cuda_stream):
+                raise EngineLoadError("TensorRT failed to run the engine on this batch.",
+                                      "Re-run `pochi convert` on this machine and try again.")
+
+        host = np.ascontiguousarray(batch, dtype=inp.dtype)
+        return self.pipe.run(host, execute, out_shape=out_shape, out_dtype=out.dtype)
+
+    def describe(self) -> dict[str, str]:
+        return dict(self.info)
+
+    def close(self) -> None:
+        self.pipe.close()
+
+
+def _io_specs(trt: Any, engine: tensorrt.ICudaEngine, path: Path) -> tuple[TensorSpec, TensorSpec]:
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ModelFileError(
+            f"{path} has {len(inputs)} input(s) and {len(outputs)} output(s); an image classifier "
+            "engine has exactly one image input and one logits output.",
+            "Convert a single-input, single-output classifier ONNX with pochi convert.",
+        )
+    i_name, o_name = inputs[0], outputs[0]
+    shape = _dims(engine.get_tensor_shape(i_name))
+    if len(shape) != 4:
+        raise ModelFileError(f"{path}: input {i_name!r} has shape {shape}; expected (N, 3, H, W).",
+                             "Convert an NCHW image classifier.")
+    if min(shape) < 0:
+        lo, opt, hi = (_dims(d) for d in engine.get_tensor_profile_shape(i_name, 0))
+    else:  # fully static engine (pattern 3): no profile to consult
+        lo = opt = hi = shape
+    inp = TensorSpec(i_name, _np_dtype(trt, engine.get_tensor_dtype(i_name), i_name), lo, opt, hi)
+    o_dtype = _np_dtype(trt, engine.get_tensor_dtype(o_name), o_name)
+    o_shape = _dims(engine.get_tensor_shape(o_name))
+    return inp, TensorSpec(o_name, o_dtype, o_shape, o_shape, o_shape)
+
+
+def open_trt_runner(engine_path: Path | str, batch_size: int | None = None, *,
+                    trt: Any = None, pipe: BatchPipe | None = None,
+                    ) -> tuple[TensorRTRunner, dict[str, Any]]:
+    """Load ``engine_path`` -> (runner, its sidecar metadata ``<engine>.json`` as a dict).
+
+    ``batch_size`` defaults to the profile's opt and must lie within its min..max.
+    ``trt`` / ``pipe`` replace the backend module and the CUDA path (tests).
+    """
+    path = Path(engine_path)
+    if not path.is_file():
+        raise ModelFileError(
+            f"エンジンファイルが見つかりません: {path}\nEngine file not found: {path}",
+            "Check the path, or build the engine first: pochi convert MODEL.onnx",
+        )
+    from pochitrain.tensorrt.engine_file import read_engine_metadata
+
+    meta = read_engine_metadata(path)
+    gpu = "injected pipe"
+    if pipe is None:
+        from pochitrain.inference.cuda_path import require_cuda
+
+        gpu = require_cuda()
+    backend = str(meta["backend"])
+    if trt is None:
+        backend, trt = _load_backend(backend)
+    installed = str(getattr(trt, "__version__", "unknown"))
+
+    logger = _make_logger(trt)
+    runtime: tensorrt.Runtime = trt.Runtime(logger)
+    try:
+        engine: tensorrt.ICudaEngine | None = runtime.deserialize_cuda_engine(path.read_bytes())
+    except Exception as exc:  # noqa: BLE001 - the bindings raise for some malformed files
+        logger.errors.append(f"{type(exc).__name__}: {exc}")
+        engine = None
+    if engine is None:
+        recorded = f"{meta.get('backend', '?')} {meta.get('backend_version', '?')}"
+        built_on = f", GPU {_gpu_text(meta.get('gpu'))}" if meta.get("gpu") else ""
+        detail = f"\nTensorRT: {logger.errors[-1]}" if logger.errors else ""
+        raise EngineLoadError(
+            f"エンジンを読み込めません: {path}\nThe engine cannot be deserialized here. It was "
+            f"built with {recorded}{built_on}; installed: {backend} {installed}, GPU {gpu}. "
+            "Engines only load with the TensorRT version and GPU they were built for."
+            + detail,
+            f"Re-run `pochi convert` on this machine to rebuild the engine "
+            f"(source ONNX: {(meta.get('source_onnx') or {}).get('path', 'the original .onnx')}).",
+        )
+
+    inp, out = _io_specs(trt, engine, path)
+    if pipe is None:
+        from pochitrain.inference.cuda_path import CudaBatchPipe
+
+        pipe = CudaBatchPipe()
+    lo, opt, hi = inp.min_shape[0], inp.opt_shape[0], inp.max_shape[0]
+    info = {
+        "backend": f"{backend} {installed}",
+        "precision": str(meta.get("precision", "unknown")),
+        "engine_io": f"{inp.dtype.name} -> {out.dtype.name}",
+        "batch_profile": f"min {lo} / opt {opt} / max {hi}",
+        "gpu": gpu,
+    }
+    runner = TensorRTRunner(engine, inp, out, pipe, info, keep=(runtime, logger))
+    if batch_size is not None:
+        runner.check_batch_size(batch_size)
+    return runner, meta
