@@ -9,7 +9,6 @@ The output is (batch_size, num_classes) with the same batch symbol (or N).
 
 from __future__ import annotations
 
-import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,12 +80,11 @@ def export_model(model: Any, path: Path, meta: ModelMeta, input_size: tuple[int,
     check_opset(opset)
     height, width = input_size
     dummy = torch.zeros(shape.static_batch or 1, 3, height, width)
-    buf = io.BytesIO()
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                model, (dummy,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                model, (dummy,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_axes=shape.dynamic_axes(), opset_version=opset,
                 do_constant_folding=True, dynamo=False,
             )
@@ -97,7 +95,7 @@ def export_model(model: Any, path: Path, meta: ModelMeta, input_size: tuple[int,
             "Try another --opset (e.g. 17 or 18), or check that the model runs on an input "
             f"of shape (1, 3, {height}, {width}).",
         ) from exc
-    proto = onnx.load_from_string(buf.getvalue())
+    proto = onnx.load(str(path))
     exporter = f"torch {torch.__version__}"
     proto.producer_name = "pochitrain"
     proto.producer_version = producer_version
