@@ -11,11 +11,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pochitrain.errors import BackendMissingError, BuildError
 from pochitrain.tensorrt.backend import Backend
 from pochitrain.tensorrt.profile import Profile
+
+if TYPE_CHECKING:  # checked against tensorrt-stubs; TensorRT-RTX has the same API
+    import tensorrt
 
 # Layers that do the arithmetic: their output type is the precision the engine computes in.
 _COMPUTE_LAYERS = ("CONVOLUTION", "DECONVOLUTION", "MATRIX_MULTIPLY")
@@ -50,7 +53,7 @@ def _make_logger(trt: Any) -> Any:
     return _Logger()
 
 
-def _parser_errors(parser: Any) -> list[str]:
+def _parser_errors(parser: tensorrt.OnnxParser) -> list[str]:
     lines = []
     for i in range(parser.num_errors):
         err = parser.get_error(i)
@@ -63,7 +66,7 @@ def _dtype_name(dtype: Any) -> str:
     return str(dtype).split(".")[-1]
 
 
-def network_types(trt: Any, network: Any) -> tuple[Counter[str], Counter[str], int]:
+def network_types(trt: Any, network: tensorrt.INetworkDefinition) -> tuple[Counter[str], Counter[str], int]:
     """(all layer output dtypes, conv/matmul output dtypes, number of INT8 quantize layers)."""
     every: Counter[str] = Counter()
     compute: Counter[str] = Counter()
@@ -115,8 +118,8 @@ def build_engine(backend: Backend, onnx_path: Path, profile: Profile, precision:
     trt = backend.module
     say = status or (lambda _msg: None)
     logger = _make_logger(trt)
-    builder = trt.Builder(logger)
-    network = builder.create_network(backend.network_flags())
+    builder: tensorrt.Builder = trt.Builder(logger)
+    network: tensorrt.INetworkDefinition = builder.create_network(backend.network_flags())
     strongly = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     if strongly is not None and not network.get_flag(strongly) and precision != "fp32":
         raise BackendMissingError(
@@ -130,7 +133,7 @@ def build_engine(backend: Backend, onnx_path: Path, profile: Profile, precision:
             "ONNX graph would not be honoured.",
             "Install TensorRT 10 or later, or TensorRT-RTX.",
         )
-    parser = trt.OnnxParser(network, logger)
+    parser: tensorrt.OnnxParser = trt.OnnxParser(network, logger)
     say(f"parsing {onnx_path.name}")
     # parse_from_file resolves external weight files (.onnx.data) next to the model
     if not parser.parse_from_file(str(onnx_path)):
@@ -144,11 +147,11 @@ def build_engine(backend: Backend, onnx_path: Path, profile: Profile, precision:
     every, compute, quantize = network_types(trt, network)
     check_precision(precision, compute, quantize)
 
-    config = builder.create_builder_config()
+    config: tensorrt.IBuilderConfig = builder.create_builder_config()
     if workspace_size is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_size)
     if profile.pattern != 3:
-        opt = builder.create_optimization_profile()
+        opt: tensorrt.IOptimizationProfile = builder.create_optimization_profile()
         name = network.get_input(0).name
         opt.set_shape(name, trt.Dims(profile.min), trt.Dims(profile.opt), trt.Dims(profile.max))
         config.add_optimization_profile(opt)
