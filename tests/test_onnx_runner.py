@@ -160,3 +160,22 @@ def test_infer_onnx_agrees_with_pytorch(tmp_path: Path, untrained_checkpoint: Pa
     assert same >= 0.995
     summary = (tmp_path / "ox" / "onnx_inference_summary.txt").read_text(encoding="utf-8")
     assert "CPUExecutionProvider" in summary
+
+
+def test_infer_onnx_refuses_fixed_size_that_differs_from_preprocessing(
+        tmp_path: Path, untrained_checkpoint: Path, digits_dir: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A 40x40 graph whose metadata preprocessing yields 32x32: refused before any image runs."""
+    from pochitrain.cli.main import run as cli
+    from pochitrain.models import load_model
+    from pochitrain.onnx.export import export_model
+
+    model, meta = load_model(untrained_checkpoint)
+    path = tmp_path / "mismatch.onnx"
+    export_model(model, path, meta, (40, 40))  # meta still says 32x32
+    out = tmp_path / "res"
+    assert cli(["infer-onnx", str(path), "--data", str(digits_dir / "val"), "--quiet",
+                "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "40x40" in err and "32x32" in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
