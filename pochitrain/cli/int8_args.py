@@ -1,0 +1,115 @@
+"""INT8 options of `pochi convert` (only argparse here: defaults are repeated as literals so that
+`pochi --help` does not import numpy / ONNX; tests check they match pochitrain.onnx.int8)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+METHODS = ("percentile", "entropy", "minmax")
+DEFAULT_METHOD = "percentile"
+DEFAULT_SAMPLES = 500
+DEFAULT_MAX_DROP = 1.0
+DEFAULT_VERIFY_SAMPLES = 1000
+
+
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def _points(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of points, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def add_int8_arguments(parser: argparse.ArgumentParser, precision_group: Any = None) -> None:
+    """Add the INT8 options; ``--int8`` goes into ``precision_group`` when given (so that it
+    excludes --fp16). Options the caller already defined (--int8, -c/--config-path: the convert
+    CLI's own) are left alone."""
+    defined = parser._option_string_actions  # argparse keeps no public lookup
+    if "--config-path" not in defined:
+        from pochitrain.cli.common import add_config
+
+        add_config(parser, "config.py whose val_transform / val_data_root calibration uses "
+                   "when the ONNX carries no preprocessing or --calib-data is not given "
+                   "(default: auto-detected beside the run)")
+    if "--int8" not in defined:
+        _add_int8_flag(precision_group if precision_group is not None else parser)
+    _add_calibration_options(parser)
+
+
+def _add_int8_flag(target: Any) -> None:
+    target.add_argument(
+        "--int8", action="store_true",
+        help="INT8 engine: calibrate on the CPU into a Q/DQ ONNX graph (<stem>_int8_qdq.onnx, "
+        "kept), check its accuracy against FP32 with ONNX Runtime, then build it. Needs "
+        "calibration images (--calib-data or the config's val_data_root)")
+
+
+def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "INT8 calibration",
+        "Used with --int8. Preprocessing comes from the ONNX metadata, else from the "
+        "val_transform of the config (-c, or config.py auto-detected beside the run).")
+    group.add_argument(
+        "--calib-data", default=None, metavar="DIR",
+        help="calibration images: one sub-folder per class (sampled stratified) or a flat "
+        "folder (default: val_data_root of the config). 20%% of each class is held out for the "
+        "accuracy check and never calibrated on")
+    group.add_argument(
+        "--calib-samples", type=_whole_number, default=DEFAULT_SAMPLES, metavar="N",
+        help=f"number of calibration images, picked deterministically (seeded); fewer available "
+        f"-> all are used (default: {DEFAULT_SAMPLES})")
+    group.add_argument(
+        "--calib-batch-size", type=_whole_number, default=1, metavar="N",
+        help="images per calibration batch. Calibration runs in ONNX Runtime on the CPU, so it "
+        "is not limited by the engine profile; a fully static ONNX (pattern 3) needs its own "
+        "batch size. Only full batches are used (default: 1)")
+    group.add_argument(
+        "--calib-method", choices=METHODS, default=DEFAULT_METHOD,
+        help="how activation ranges are chosen: 'percentile' clips the top 0.001%% of "
+        "|values|, 'entropy' minimises KL divergence (TensorRT's classic calibrator), 'minmax' "
+        f"keeps the full range. Weights are always per-channel (default: {DEFAULT_METHOD})")
+    group.add_argument(
+        "--max-accuracy-drop", type=_points, default=DEFAULT_MAX_DROP, metavar="PTS",
+        help="largest allowed top-1 drop of INT8 vs FP32 on the held-out images, in percentage "
+        "points (agreement with FP32 for unlabelled folders); larger -> error, nothing built "
+        f"(default: {DEFAULT_MAX_DROP:g})")
+    group.add_argument(
+        "--verify-samples", type=_whole_number, default=DEFAULT_VERIFY_SAMPLES, metavar="N",
+        help="at most this many held-out images for the accuracy check "
+        f"(default: {DEFAULT_VERIFY_SAMPLES})")
+    group.add_argument(
+        "--no-calib-cache", action="store_true",
+        help="always recalibrate. By default <stem>_int8_qdq.onnx is reused when its key "
+        "<stem>_int8_qdq.json matches (same ONNX, preprocessing, images, samples, batch size, "
+        "method)")
+
+
+def int8_options_from_args(args: argparse.Namespace) -> Any:
+    """argparse namespace -> pochitrain.onnx.int8.Int8Options (validated)."""
+    from pathlib import Path
+
+    from pochitrain.onnx.int8 import Int8Options, check_options
+
+    config = getattr(args, "config", None)
+    opts = Int8Options(
+        calib_data=Path(args.calib_data) if args.calib_data else None,
+        calib_samples=args.calib_samples,
+        calib_batch_size=args.calib_batch_size,
+        calib_method=args.calib_method,
+        config_path=Path(config) if config else None,
+        max_accuracy_drop=args.max_accuracy_drop,
+        use_cache=not args.no_calib_cache,
+        verify_samples=args.verify_samples,
+    )
+    check_options(opts)
+    return opts

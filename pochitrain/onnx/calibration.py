@@ -1,0 +1,243 @@
+"""Calibration data for the INT8 pass: where it comes from, which images, and the cache key.
+
+Everything here is deterministic: the same folder, options and ONNX give the same calibration
+images, the same held-out images and the same cache key on every machine.
+
+Selection (``split_samples``): each class folder (or the whole flat folder) is shuffled with a
+fixed seed; ``HOLDOUT_FRACTION`` of every class is reserved for the accuracy check and never
+calibrated on; the rest is the calibration pool. Both lists are interleaved over classes so
+that any prefix is stratified (class shares proportional to the folder's).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pochitrain.data import ImageFolder, open_rgb
+from pochitrain.errors import CalibrationError, PochiError
+from pochitrain.meta import ModelMeta
+from pochitrain.preprocess import Preprocess
+
+SEED = 0
+HOLDOUT_FRACTION = 0.2
+SELECTION_VERSION = 1  # bump when the selection rule changes: old caches become stale
+
+NO_DATA_JA = "--calib-data を指定するか, configに val_data_rootを設定してください"
+NO_CALIBRATOR_JA = "calibratorが必須です"
+NO_VAL_TRANSFORM_JA = "configにval_transformが設定されていません"
+NOT_FOUND_JA = "キャリブレーションデータが見つかりません"
+
+Sample = tuple[Path, int]
+
+
+@dataclass
+class CalibSource:
+    data_root: Path
+    data_from: str  # "--calib-data" or "val_data_root of <config>"
+    preprocess: Preprocess
+    preprocess_from: str  # "ONNX metadata" or "val_transform of <config>"
+    config_path: Path | None
+
+
+def _load_settings(path: Path) -> Any:
+    from pochitrain.config import load_config
+
+    return load_config(path)
+
+
+def _find_config(onnx_path: Path) -> Path | None:
+    try:
+        from pochitrain.config import find_config_near
+    except ImportError:
+        return None
+    return find_config_near(onnx_path)
+
+
+def _data_root(value: Any, config_path: Path) -> Path:
+    root = Path(str(value)).expanduser()
+    if root.is_absolute() or root.exists():
+        return root
+    return config_path.parent / root  # relative to the run folder the config lives in
+
+
+def resolve_source(onnx_path: Path, meta: ModelMeta | None, calib_data: Path | None,
+                   config_path: Path | None, hw: tuple[int, int]) -> CalibSource:
+    """Calibration folder and preprocessing, from the options, the ONNX metadata or a config.
+
+    Config: ``config_path`` (-c), else one found beside the run. Preprocessing: the model's
+    metadata, else the config's val_transform. ``hw`` is the engine's input H, W.
+    """
+    found_config = config_path
+    settings = None
+    if config_path is None and (calib_data is None or meta is None):
+        found_config = _find_config(onnx_path)
+    if found_config is not None:
+        settings = _load_settings(Path(found_config))
+    where = f"config {found_config}" if found_config else None
+
+    if calib_data is not None:
+        data_root, data_from = Path(calib_data), "--calib-data"
+    elif settings is not None and getattr(settings, "val_data_root", None):
+        data_root = _data_root(settings.val_data_root, Path(str(found_config)))
+        data_from = f"val_data_root of {where}"
+    else:
+        why = (f"{where} has no val_data_root" if where else
+               f"no config was given (-c) or found beside {onnx_path.name}")
+        raise CalibrationError(
+            f"{NO_CALIBRATOR_JA}: {NO_DATA_JA}\n"
+            f"INT8 needs a calibrator, i.e. calibration images: no --calib-data was given and {why}.",
+            "Pass --calib-data DIR (a few hundred images like the training data, flat or one "
+            "sub-folder per class), or -c CONFIG with val_data_root set.",
+        )
+
+    if meta is not None:
+        pre, pre_from = meta.preprocess, "ONNX metadata"
+    else:
+        if settings is None or getattr(settings, "val_transform", None) is None:
+            why = (f"{where} has no val_transform" if where else
+                   f"no config was given (-c) or found beside {onnx_path.name}")
+            raise CalibrationError(
+                f"{NO_VAL_TRANSFORM_JA}\n"
+                f"Calibration images must be preprocessed like at inference, but "
+                f"{onnx_path.name} carries no pochitrain metadata and {why}.",
+                "Pass --config-path CONFIG whose val_transform is the validation preprocessing, "
+                "or re-export the ONNX with 'pochi export-onnx' (it stores the preprocessing).",
+            )
+        from pochitrain.config import preprocess_from_settings
+
+        pre, pre_from = preprocess_from_settings(settings), f"val_transform of {where}"
+    if list(pre.input_size) != list(hw):
+        # pattern 2 built at another --input-size: same steps, geometry rescaled
+        from pochitrain.pipeline.export_onnx import adapt_preprocess
+
+        pre = adapt_preprocess(pre, hw)
+    return CalibSource(data_root, data_from, pre, pre_from,
+                       Path(found_config) if found_config else None)
+
+
+def scan_calibration_folder(root: Path) -> ImageFolder:
+    """The calibration folder; a missing or empty one is the spec's 'not found' error."""
+    from pochitrain.data import scan_image_folder
+
+    try:
+        return scan_image_folder(root, "calibration data folder")
+    except PochiError as exc:
+        raise not_found(root, exc.message) from exc
+
+
+def not_found(root: Path, detail: str) -> CalibrationError:
+    return CalibrationError(
+        f"{NOT_FOUND_JA}: {root}\nNo usable calibration images: {detail}",
+        "Point --calib-data (or the config's val_data_root) at a folder of images "
+        "(png/jpg/...), flat or with one sub-folder per class.",
+    )
+
+
+def _interleave(groups: list[list[Sample]]) -> list[Sample]:
+    """Merge per-class lists so every prefix keeps the classes' proportions."""
+    keyed = [((i + 0.5) / len(g), c, s) for c, g in enumerate(groups) for i, s in enumerate(g)]
+    keyed.sort(key=lambda k: (k[0], k[1]))
+    return [s for _, _, s in keyed]
+
+
+def _by_class(samples: list[Sample], rng: np.random.Generator) -> list[list[Sample]]:
+    groups: dict[int, list[Sample]] = {}
+    for sample in samples:
+        groups.setdefault(sample[1], []).append(sample)
+    return [[groups[k][i] for i in rng.permutation(len(groups[k]))] for k in sorted(groups)]
+
+
+def stratified_order(samples: list[Sample], seed: int = SEED) -> list[Sample]:
+    """Seeded shuffle within each class, then interleaved: any prefix is stratified."""
+    return _interleave(_by_class(samples, np.random.default_rng(seed)))
+
+
+def split_samples(folder: ImageFolder, seed: int = SEED,
+                  holdout_fraction: float = HOLDOUT_FRACTION) -> tuple[list[Sample], list[Sample]]:
+    """(calibration pool, held-out), both in stratified order.
+
+    A class with two or more images keeps at least one of them for the held-out set.
+    """
+    pools, held = [], []
+    for items in _by_class(folder.samples, np.random.default_rng(seed)):
+        n_held = 0 if len(items) < 2 else max(1, round(len(items) * holdout_fraction))
+        held.append(items[:n_held])
+        pools.append(items[n_held:])
+    return _interleave([p for p in pools if p]), _interleave([h for h in held if h])
+
+
+def load_images(candidates: list[Sample], wanted: int, pre: Preprocess, label: str,
+                ) -> tuple[np.ndarray, list[Sample], list[Path]]:
+    """Decode + preprocess the first ``wanted`` good images of ``candidates``, in order.
+
+    Corrupt files are skipped (and returned) and the next candidate takes their place.
+    Returns (float32 N x 3 x H x W, samples used, corrupt paths).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from pochitrain.console import console
+
+    arrays: list[np.ndarray] = []
+    used: list[Sample] = []
+    corrupt: list[Path] = []
+    total = min(wanted, len(candidates))
+    with Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  console=console(), transient=True) as progress:
+        task = progress.add_task(label, total=total)
+        for path, lab in candidates:
+            if len(used) >= wanted:
+                break
+            image = open_rgb(path)
+            if image is None:
+                corrupt.append(path)
+                continue
+            arrays.append(pre(image))
+            used.append((path, lab))
+            progress.advance(task)
+    h, w = pre.input_size
+    data = np.stack(arrays) if arrays else np.zeros((0, 3, h, w), np.float32)
+    return data.astype(np.float32, copy=False), used, corrupt
+
+
+def list_sha256(samples: list[Sample], root: Path) -> str:
+    """Hash of which images were used (relative paths), for the record."""
+    text = "\n".join(str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
+                     for p, _ in samples)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# ---- cache key -------------------------------------------------------------------------
+
+KEY_FIELDS = ("onnx_sha256", "input_shape", "preprocess", "images_fingerprint",
+              "calib_samples", "calib_batch_size", "calib_method", "verify_samples",
+              "selection", "tool")
+
+
+def describe_change(old: dict[str, Any] | None, new: dict[str, Any]) -> str | None:
+    """None when the cache key matches; else a short reason naming what changed."""
+    if old is None:
+        return "no calibration cache yet"
+    changed = []
+    for name in KEY_FIELDS:
+        before, after = old.get(name), new.get(name)
+        if before == after:
+            continue
+        if isinstance(after, (int, float, str)) and len(str(after)) < 40 and before is not None:
+            changed.append(f"{name} {before} -> {after}")
+        else:
+            changed.append(f"{name} changed")
+    return None if not changed else ", ".join(changed)
+
+
+def read_key(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
