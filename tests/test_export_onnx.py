@@ -257,3 +257,12 @@ def test_verification_failure_leaves_no_file(tmp_path: Path, ckpt_dir: Path, dig
     with pytest.raises(VerificationError, match="disagree"):
         export_onnx(ckpt_dir / "best.pth", output=out, data=digits_dir / "val", progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_verification_data(tmp_path: Path, ckpt_dir: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "x.onnx"
+    assert cli(["export-onnx", str(ckpt_dir / "best.pth"), "-o", str(out),
+                "--data", str(tmp_path / "nowhere")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

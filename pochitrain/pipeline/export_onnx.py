@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pochitrain.console import info, warn
+from pochitrain.console import console, info, warn
 from pochitrain.errors import DataError, PochiError, UsageError
 from pochitrain.meta import ModelMeta, file_sha256
 from pochitrain.onnx.export import DEFAULT_OPSET, ExportShape, export_model
@@ -171,9 +171,11 @@ def export_onnx(checkpoint: Path | str, input_size: tuple[int, int] | None = Non
             warn("No --data given and no val_data_root found for this run: verifying on "
                  "random inputs (pass --data DIR to check on real images).")
 
-    with atomic_path(out) as tmp:
-        from pochitrain.console import console
+        # read the images first: a bad --data fails before the (slow) export
+        sizes = [shape.static_batch] if shape.static_batch else [1, VERIFY_BATCH]
+        batches, inputs = verification_batches(pre, verify_data, sizes)
 
+    with atomic_path(out) as tmp:
         with console().status(f"Exporting {meta.model_name} to ONNX (opset {opset})..."):
             export_model(model, tmp, out_meta, (height, width), shape, opset,
                          producer_version=__version__)
@@ -181,7 +183,5 @@ def export_onnx(checkpoint: Path | str, input_size: tuple[int, int] | None = Non
         if verify:
             from pochitrain.onnx.verify import verify_export
 
-            sizes = [shape.static_batch] if shape.static_batch else [1, VERIFY_BATCH]
-            batches, inputs = verification_batches(pre, verify_data, sizes)
             report = verify_export(tmp, model, batches, inputs, progress=progress)
     return ExportOutcome(out, out_meta, shape.input_shape(height, width), report)
