@@ -91,21 +91,43 @@ _NP = {"float32": (np.float32, "FLOAT"), "float16": (np.float16, "HALF"),
        "int32": (np.int32, "INT32")}
 _DEFAULT_STREAMS = {0, 1, 2}  # default, cudaStreamLegacy, cudaStreamPerThread
 
-# (address, nbytes) of host buffers the stand-in "device" may touch
-KNOWN_BUFFERS: list[tuple[int, int]] = []
+# (address, nbytes, CUDA tensor or None) of the buffers the double may touch: host memory is
+# read through ctypes; a registered CUDA tensor (GPU test of the real CUDA path) through torch.
+KNOWN_BUFFERS: list[tuple[int, int, Any]] = []
 
 
-def register(ptr: int, nbytes: int) -> None:
-    KNOWN_BUFFERS.append((ptr, nbytes))
+def register(ptr: int, nbytes: int, cuda_tensor: Any = None) -> None:
+    KNOWN_BUFFERS.append((ptr, nbytes, cuda_tensor))
 
 
-def unregister(ptr: int, nbytes: int) -> None:
-    KNOWN_BUFFERS.remove((ptr, nbytes))
+def unregister(ptr: int, nbytes: int, cuda_tensor: Any = None) -> None:
+    KNOWN_BUFFERS.remove((ptr, nbytes, cuda_tensor))
 
 
-def _check_buffer(name: str, ptr: int, nbytes: int) -> None:
-    if not any(start <= ptr and ptr + nbytes <= start + size for start, size in KNOWN_BUFFERS):
-        raise ContractViolation(f"address of {name!r} does not hold {nbytes} bytes of a buffer")
+def _buffer(name: str, ptr: int, nbytes: int) -> Any:
+    """The registered CUDA tensor holding [ptr, ptr + nbytes), or None for host memory."""
+    for start, size, tensor in KNOWN_BUFFERS:
+        if start <= ptr and ptr + nbytes <= start + size:
+            return tensor
+    raise ContractViolation(f"address of {name!r} does not hold {nbytes} bytes of a buffer")
+
+
+def _read(ptr: int, nbytes: int, tensor: Any, dtype: np.dtype, shape: tuple[int, ...]) -> Any:
+    if tensor is None:
+        return np.frombuffer(ctypes.string_at(ptr, nbytes), dtype=dtype).reshape(shape)
+    offset = (ptr - tensor.data_ptr()) // tensor.element_size()
+    # on the current (pipe) stream, so ordered after the pipe's async host-to-device copy
+    return tensor.reshape(-1)[offset:offset + int(np.prod(shape))].cpu().numpy().reshape(shape)
+
+
+def _write(ptr: int, tensor: Any, y: np.ndarray) -> None:
+    if tensor is None:
+        ctypes.memmove(ptr, y.ctypes.data, y.nbytes)
+        return
+    import torch
+
+    offset = (ptr - tensor.data_ptr()) // tensor.element_size()
+    tensor.reshape(-1)[offset:offset + y.size].copy_(torch.from_numpy(y.reshape(-1)))
 
 
 @dataclass
@@ -275,12 +297,11 @@ class IExecutionContext(_ContextBase):
         shape = self.shapes[spec.in_name]
         n_in = int(np.prod(shape)) * dtype.itemsize
         n_out = shape[0] * spec.num_classes * dtype.itemsize
-        _check_buffer(spec.in_name, self.addresses[spec.in_name], n_in)
-        _check_buffer(spec.out_name, self.addresses[spec.out_name], n_out)
-        raw = ctypes.string_at(self.addresses[spec.in_name], n_in)
-        x = np.frombuffer(raw, dtype=dtype).reshape(shape)
-        y = np.ascontiguousarray(spec.reference(x).astype(dtype))
-        ctypes.memmove(self.addresses[spec.out_name], y.ctypes.data, n_out)
+        in_ptr, out_ptr = self.addresses[spec.in_name], self.addresses[spec.out_name]
+        in_buf = _buffer(spec.in_name, in_ptr, n_in)
+        out_buf = _buffer(spec.out_name, out_ptr, n_out)
+        x = _read(in_ptr, n_in, in_buf, dtype, shape)
+        _write(out_ptr, out_buf, np.ascontiguousarray(spec.reference(x).astype(dtype)))
         self.executions.append((shape, stream_handle))
         return True
 
