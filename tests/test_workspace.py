@@ -38,3 +38,14 @@ def test_check_writable_refuses_existing(tmp_path: Path) -> None:
         check_writable(target)
     check_writable(target, overwrite=True)
     assert target.read_bytes() == b"mine"
+
+
+def test_atomic_files_get_the_usual_mode(tmp_path: Path) -> None:
+    import os
+
+    target = tmp_path / "report.csv"
+    with atomic_path(target) as tmp:
+        tmp.write_text("a")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
