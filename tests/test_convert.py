@@ -215,14 +215,17 @@ def test_parser_failure_shows_errors_and_leaves_nothing(
         assert sorted(p.name for p in tmp_path.iterdir()) == before  # no engine, no temp file
 
 
-def test_int8_without_the_int8_pass(exports: dict[int, Path], tmp_path: Path,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("pochitrain.cli.int8_args") is not None:
-        pytest.skip("the INT8 pass is installed; its tests cover --int8")
-    assert _convert(str(_copy(exports[1], tmp_path)), "--int8") == 2
-    assert "not implemented yet" in capsys.readouterr().err
+def test_int8_is_wired_to_the_qdq_pass(exports: dict[int, Path], tmp_path: Path,
+                                        digits_dir: Path) -> None:
+    onnx_path = _copy(exports[1], tmp_path)
+    assert _convert(str(onnx_path), "--int8", "--calib-data", str(digits_dir / "val"),
+                    "--calib-samples", "16", "--max-accuracy-drop", "100") == 0
+    meta = _meta(tmp_path / "p1_int8.engine")
+    assert meta["precision"] == "int8" and isinstance(meta["calibration"], dict)
+    assert meta["build"]["precision_graph"] == str((tmp_path / "p1_int8_qdq.onnx").resolve())
+    assert meta["build"]["options"]["quantize_layers"] > 0
+    assert (tmp_path / "p1_int8.engine").stat().st_size < (
+        0.5 * 45e6 if meta["model"]["model_name"] == "resnet18" else 1e12)
 
 
 def test_help_explains_patterns_and_options(capsys: pytest.CaptureFixture[str]) -> None:

@@ -123,7 +123,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         from pochitrain.cli.int8_args import add_int8_arguments
     except ImportError:
         return  # INT8 options arrive with the INT8 pass
-    add_int8_arguments(parser)
+    add_int8_arguments(parser, prec)
 
 
 def _int8_options(args: argparse.Namespace):  # -> Int8Options (imported lazily)

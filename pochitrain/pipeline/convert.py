@@ -194,8 +194,10 @@ def convert(opts: ConvertOptions) -> ConvertResult:
         graph_path = engine_path.with_name(f"{opts.onnx_path.stem}_fp16.onnx")
     elif precision == "int8":
         graph_path = opts.onnx_path.with_name(f"{opts.onnx_path.stem}_int8_qdq.onnx")
-    if graph_path != opts.onnx_path:
-        _check_free(graph_path, opts.overwrite, f"{precision.upper()} ONNX graph")
+    if precision == "fp16":
+        _check_free(graph_path, opts.overwrite, "FP16 ONNX graph")
+    # the INT8 Q/DQ graph is also a calibration cache (reused when its key matches): the INT8
+    # pass owns it, and it is kept when the build fails
 
     backend = load_backend(opts.backend)
     cache: Path | None = None
@@ -207,7 +209,7 @@ def convert(opts: ConvertOptions) -> ConvertResult:
                  "--timing-cache is ignored.")
         cache = None
 
-    created = graph_path != opts.onnx_path and not graph_path.exists()
+    created = precision == "fp16" and not graph_path.exists()
     try:
         with _Stages(opts.progress) as say:
             say(f"{opts.onnx_path.name}: input {info_.input_name} {info_.shape_text()}, "
