@@ -50,7 +50,7 @@ def _fmt(shape: Shape | None) -> str:
 
 def dynamic_shape_error(info: OnnxInfo) -> ShapeError:
     names = ", ".join(f"dim {i} ({['batch', 'channels', 'height', 'width'][i]}="
-                      f"{info.input_shape[i]!r})" for i in info.dynamic_dims)
+                      f"{info.input_shape[i]!r})" for i in info.dynamic_dims if i >= 2)
     return ShapeError(
         "ONNXモデルに動的シェイプが含まれています: "
         f"入力 {info.input_name!r} の shape {info.shape_text()} は H/W が動的です。\n"
