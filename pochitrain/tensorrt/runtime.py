@@ -221,13 +221,18 @@ def open_trt_runner(engine_path: Path | str, batch_size: int | None = None, *,
         recorded = f"{meta.get('backend', '?')} {meta.get('backend_version', '?')}"
         built_on = f", GPU {_gpu_text(meta.get('gpu'))}" if meta.get("gpu") else ""
         detail = f"\nTensorRT: {logger.errors[-1]}" if logger.errors else ""
+        source = (meta.get("source_onnx") or {}).get("path", "the original .onnx")
+        remedy = "Re-run `pochi convert` on this machine to rebuild the engine"
+        if backend == "tensorrt_rtx" and "(sm_90)" in gpu:
+            detail += "\nTensorRT-RTX does not run on compute capability 9.0 (H100/H200)."
+            remedy = ('Install TensorRT (pip install "pochitrain[tensorrt]") and rebuild with '
+                      "`pochi convert --backend tensorrt`")
         raise EngineLoadError(
             f"エンジンを読み込めません: {path}\nThe engine cannot be deserialized here. It was "
             f"built with {recorded}{built_on}; installed: {backend} {installed}, GPU {gpu}. "
             "Engines only load with the TensorRT version and GPU they were built for."
             + detail,
-            f"Re-run `pochi convert` on this machine to rebuild the engine "
-            f"(source ONNX: {(meta.get('source_onnx') or {}).get('path', 'the original .onnx')}).",
+            f"{remedy} (source ONNX: {source}).",
         )
 
     inp, out = _io_specs(trt, engine, path)
