@@ -114,8 +114,8 @@ def _center_crop(image: Image.Image, ch: int, cw: int) -> Image.Image:
         padded = Image.new("RGB", (max(w, cw), max(h, ch)))
         padded.paste(image, ((max(w, cw) - w) // 2, (max(h, ch) - h) // 2))
         image, (w, h) = padded, padded.size
-    top = int(round((h - ch) / 2.0))
-    left = int(round((w - cw) / 2.0))
+    top = round((h - ch) / 2.0)
+    left = round((w - cw) / 2.0)
     return image.crop((left, top, left + cw, top + ch))
 
 

@@ -84,15 +84,15 @@ def summary_text(result: InferenceResult, info: dict[str, str]) -> str:
         lines.append(f"精度 / Accuracy: {100 * acc:.2f}% ({correct}/{result.measured})")
     else:
         lines.append("精度 / Accuracy: n/a (unlabelled data)")
+    pure_ms = result.per_image_ms(result.pure_seconds)
+    e2e_ms = result.per_image_ms(result.e2e_seconds)
+    pure_ips = result.images_per_second(result.pure_seconds)
+    e2e_ips = result.images_per_second(result.e2e_seconds)
     lines += [
-        f"平均推論時間 (純粋) / Pure inference: {result.per_image_ms(result.pure_seconds):.3f} "
-        f"ms/image",
-        f"スループット (純粋) / Pure throughput: "
-        f"{result.images_per_second(result.pure_seconds):.1f} images/s",
-        f"平均処理時間 (End-to-End) / End-to-end: {result.per_image_ms(result.e2e_seconds):.3f} "
-        f"ms/image",
-        f"スループット (End-to-End) / End-to-end throughput: "
-        f"{result.images_per_second(result.e2e_seconds):.1f} images/s",
+        f"平均推論時間 (純粋) / Pure inference: {pure_ms:.3f} ms/image",
+        f"スループット (純粋) / Pure throughput: {pure_ips:.1f} images/s",
+        f"平均処理時間 (End-to-End) / End-to-end: {e2e_ms:.3f} ms/image",
+        f"スループット (End-to-End) / End-to-end throughput: {e2e_ips:.1f} images/s",
         f"計測サンプル数 / Measured samples: {result.measured}",
         f"ウォームアップサンプル数 / Warm-up samples: {result.warmup_samples}",
         f"スキップした画像 / Skipped images: {len(result.skipped)}",
@@ -125,7 +125,7 @@ def plot_confusion(cm: np.ndarray, class_names: list[str], path: Path, title: st
         thresh = cm.max() / 2 if cm.size else 0
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8,
+                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
                         color="white" if cm[i, j] > thresh else "black")
     fig.tight_layout()
     with atomic_path(path) as tmp:

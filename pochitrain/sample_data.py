@@ -35,7 +35,7 @@ def write_digits(out_dir: Path | str, val_fraction: float = 0.2, seed: int = 0) 
     for label in range(10):
         idx = np.flatnonzero(digits.target == label)
         idx = idx[rng.permutation(len(idx))]
-        n_val = int(round(len(idx) * val_fraction))
+        n_val = round(len(idx) * val_fraction)
         for split, part in (("val", idx[:n_val]), ("train", idx[n_val:])):
             folder = out_dir / split / CLASS_NAMES[label]
             folder.mkdir(parents=True, exist_ok=True)

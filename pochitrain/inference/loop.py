@@ -92,7 +92,10 @@ def iter_batches(samples: list[tuple[Path, int]], preprocess: Preprocess, batch_
 
         fill()
         while pending:
-            arrays, paths, labels, skipped = [], [], [], []
+            arrays: list[np.ndarray] = []
+            paths: list[Path] = []
+            labels: list[int] = []
+            skipped: list[Path] = []
             while pending and len(arrays) < batch_size:
                 path, label, fut = pending.popleft()
                 arr = fut.result()
@@ -146,7 +149,7 @@ def run_inference(runner: Runner, folder: ImageFolder, preprocess: Preprocess,
     return result
 
 
-def _progress(enabled: bool, total: int, name: str):  # noqa: ANN202 - (Progress, TaskID) | None
+def _progress(enabled: bool, total: int, name: str):
     if not enabled:
         return None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 
@@ -29,13 +30,13 @@ def resolve_device(device: str) -> str:
 class TorchRunner:
     name = "pytorch"
 
-    def __init__(self, model, device: str = "cpu") -> None:  # noqa: ANN001 - nn.Module
+    def __init__(self, model, device: str = "cpu") -> None:
         import torch
 
         self._torch = torch
         self.device = device
         self.model = model.to(device).eval()
-        self._pipe = None
+        self._pipe: Any = None
 
     def check_batch_size(self, batch_size: int) -> None:
         if batch_size < 1:
@@ -56,7 +57,7 @@ class TorchRunner:
             self._pipe = CudaBatchPipe(self.device)
         model = self.model
 
-        def call(d_in, d_out, stream) -> None:  # noqa: ANN001 - device tensors
+        def call(d_in, d_out, stream) -> None:
             with torch.inference_mode():
                 d_out.copy_(model(d_in))
 

@@ -114,7 +114,7 @@ def _default_data(model_path: Path, settings: Any | None) -> Path:
 
 
 def _open_runner(runtime: str, model_path: Path, *, device: str, providers: list[str] | None,
-                 batch_size: int | None):  # noqa: ANN202 - (Runner, ModelMeta | None, dict)
+                 batch_size: int | None) -> tuple[Any, ModelMeta | None, dict[str, Any]]:
     if runtime == "pytorch":
         from pochitrain.inference.torch_runner import TorchRunner, resolve_device
         from pochitrain.models import load_model
@@ -128,10 +128,10 @@ def _open_runner(runtime: str, model_path: Path, *, device: str, providers: list
         return runner, info.meta, {"onnx_info": info}
     from pochitrain.tensorrt.runtime import open_trt_runner
 
-    runner, engine_meta = open_trt_runner(model_path, batch_size)
-    model = engine_meta.get("model")
-    meta = ModelMeta.from_dict(model, where=str(model_path)) if model else None
-    return runner, meta, {"engine_meta": engine_meta}
+    trt_runner, engine_meta = open_trt_runner(model_path, batch_size)
+    recorded = engine_meta.get("model")
+    trt_meta = ModelMeta.from_dict(recorded, where=str(model_path)) if recorded else None
+    return trt_runner, trt_meta, {"engine_meta": engine_meta}
 
 
 def _check_input_size(runtime: str, extra: dict, meta: ModelMeta) -> None:

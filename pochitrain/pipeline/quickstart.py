@@ -1,0 +1,193 @@
+"""`pochi quickstart`: every verb on the built-in digits, ending with one table.
+
+sample data -> train -> infer (PyTorch) -> export-onnx -> infer-onnx -> convert FP32 / FP16 /
+INT8 -> infer-trt. A step that cannot run here (no TensorRT backend, no GPU) is reported with
+the reason instead of failing the whole run; a step that fails for real makes the exit code 1.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pochitrain.console import console, info
+from pochitrain.errors import BackendMissingError, EngineLoadError, PochiError
+
+
+@dataclass
+class Step:
+    name: str
+    status: str  # "ok" | "skipped" | "failed"
+    detail: str = ""
+    path: Path | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class QuickstartReport:
+    root: Path
+    steps: list[Step] = field(default_factory=list)
+    runtimes: list[tuple[str, Any]] = field(default_factory=list)  # (label, InferenceResult)
+    missing_runtimes: list[tuple[str, str]] = field(default_factory=list)  # (label, why)
+
+    @property
+    def ok(self) -> bool:
+        return all(s.status != "failed" for s in self.steps)
+
+
+class _Runner:
+    """Runs steps, records them, and turns 'cannot run here' errors into skips."""
+
+    SKIPPABLE = (BackendMissingError, EngineLoadError)
+
+    def __init__(self, report: QuickstartReport) -> None:
+        self.report = report
+
+    def __call__(self, name: str, fn: Callable[[], Any],
+                 describe: Callable[[Any], tuple[str, Path | None]]) -> Any:
+        info(f"\n[bold cyan]== {name} ==[/bold cyan]")
+        start = time.perf_counter()
+        try:
+            value = fn()
+        except self.SKIPPABLE as exc:
+            self.report.steps.append(Step(name, "skipped", exc.message,
+                                          seconds=time.perf_counter() - start))
+            info(f"[yellow]skipped:[/yellow] {exc.message}")
+            return None
+        except PochiError as exc:
+            self.report.steps.append(Step(name, "failed", exc.message,
+                                          seconds=time.perf_counter() - start))
+            info(f"[red]failed:[/red] {exc.message}")
+            return None
+        detail, path = describe(value)
+        self.report.steps.append(Step(name, "ok", detail, path, time.perf_counter() - start))
+        return value
+
+
+def quickstart(root: Path | str = "pochi_quickstart", epochs: int | None = None,
+               progress: bool = True) -> QuickstartReport:
+    from pochitrain.pipeline.infer import infer
+
+    root = Path(root).resolve()
+    report = QuickstartReport(root)
+    step = _Runner(report)
+
+    data_dir = root / "data"
+    config = step("sample data", lambda: _sample_data(data_dir),
+                  lambda cfg: ("digits 0-9, 32x32 RGB PNG", data_dir))
+    if config is None:
+        return report
+    run_dir = step("train", lambda: _train(config, epochs),
+                   lambda r: (f"best val accuracy {_best_acc(r)}", r))
+    if run_dir is None:
+        return report
+    best = _best_checkpoint(run_dir)
+    val = data_dir / "val"
+
+    def infer_step(label: str, model: Path | None) -> None:
+        if model is None:
+            return
+        outcome = step(f"infer ({label})",
+                       lambda: infer(model, data=val, batch_size=32 if label != "tensorrt" else None,
+                                     progress=progress),
+                       lambda o: (f"accuracy {100 * (o.result.accuracy or 0):.2f}%", o.out_dir))
+        if outcome is not None:
+            report.runtimes.append((label, outcome.result))
+        elif report.steps[-1].status == "skipped":
+            report.missing_runtimes.append((label, report.steps[-1].detail))
+
+    infer_step("pytorch", best)
+
+    from pochitrain.pipeline.export_onnx import export_onnx
+
+    exported = step("export-onnx", lambda: export_onnx(best, data=val, progress=progress),
+                    lambda e: (f"input shape {e.input_shape}", e.path))
+    onnx_path = exported.path if exported is not None else None
+    infer_step("onnx", onnx_path)
+    if onnx_path is None:
+        return report
+
+    engines: dict[str, Path] = {}
+    for precision in ("fp32", "fp16", "int8"):
+        result = step(f"convert {precision}",
+                      lambda p=precision: _convert(onnx_path, p, val),  # type: ignore[misc]
+                      lambda r: (f"{r.engine_size / 1e6:.1f} MB, built in {r.build_seconds:.1f} s",
+                                 r.engine_path))
+        if result is not None:
+            engines[precision] = result.engine_path
+        if report.steps[-1].status == "skipped":
+            break  # no backend: the other precisions would say the same
+    for precision, engine in engines.items():
+        infer_step("tensorrt" if precision == "fp32" else f"tensorrt {precision}", engine)
+    if not engines:
+        report.missing_runtimes.append(("tensorrt", "no engine was built (see convert)"))
+    return report
+
+
+def _sample_data(data_dir: Path) -> Path:
+    """Write the digits once; a second quickstart in the same folder reuses them."""
+    from pochitrain.pipeline.sample_data import write_sample_data
+
+    config = data_dir / "config.py"
+    if config.is_file() and (data_dir / "train").is_dir():
+        info(f"reusing the sample data in {data_dir}")
+        return config
+    return write_sample_data(data_dir)
+
+
+def _train(config: Path, epochs: int | None) -> Path:
+    from pochitrain.pipeline.train import train
+
+    overrides = {"epochs": epochs} if epochs else None
+    return train(config, overrides=overrides).run_dir
+
+
+def _best_checkpoint(run_dir: Path) -> Path:
+    found = sorted((run_dir / "models").glob("best_epoch*.pth"))
+    return found[-1] if found else run_dir / "models" / "last_model.pth"
+
+
+def _best_acc(run_dir: Path) -> str:
+    import csv
+
+    rows = list(csv.DictReader((run_dir / "training_metrics.csv").open(encoding="utf-8")))
+    best = max((float(r["val_accuracy"]) for r in rows), default=float("nan"))
+    return f"{100 * best:.2f}%" if best <= 1 else f"{best:.2f}%"
+
+
+def _convert(onnx_path: Path, precision: str, val: Path) -> Any:
+    from pochitrain.pipeline.convert import ConvertOptions, convert
+
+    opts = ConvertOptions(onnx_path=onnx_path, precision=precision, overwrite=True,
+                          verify_data=val)
+    if precision == "int8":
+        from pochitrain.onnx.int8 import Int8Options
+
+        opts.int8 = Int8Options(calib_data=val)
+    return convert(opts)
+
+
+def print_report(report: QuickstartReport) -> None:
+    from rich.table import Table
+
+    steps = Table(title="pochi quickstart: what was produced and where")
+    for col in ("step", "status", "result", "where"):
+        steps.add_column(col)
+    colour = {"ok": "green", "skipped": "yellow", "failed": "red"}
+    for s in report.steps:
+        steps.add_row(s.name, f"[{colour[s.status]}]{s.status}[/]", s.detail,
+                      str(s.path) if s.path else "")
+    runtimes = Table(title="runtimes on the digits val set")
+    for col in ("runtime", "accuracy", "pure images/s", "end-to-end images/s"):
+        runtimes.add_column(col, justify="right" if col != "runtime" else "left")
+    for label, r in report.runtimes:
+        acc = f"{100 * r.accuracy:.2f}%" if r.accuracy is not None else "n/a"
+        runtimes.add_row(label, acc, f"{r.images_per_second(r.pure_seconds):.1f}",
+                         f"{r.images_per_second(r.e2e_seconds):.1f}")
+    for label, why in report.missing_runtimes:
+        runtimes.add_row(label, "-", "-", f"[yellow]not run: {why}[/]")
+    console().print(steps)
+    console().print(runtimes)
