@@ -388,23 +388,9 @@ def test_infer_pipeline_writes_tensorrt_files(digits_dir: Path, tmp_path: Path,
 # --- types: the runtime and the double against the real TensorRT API stubs -----------------
 
 def test_runtime_and_double_type_check_against_tensorrt_stubs(tmp_path: Path) -> None:
-    from importlib import metadata
+    from test_types import _patched_typings  # the stub copy and patches of test_types
 
-    try:
-        dist = metadata.distribution("tensorrt-stubs")
-    except metadata.PackageNotFoundError:
-        pytest.skip("tensorrt-stubs not installed (pip install --no-deps tensorrt-stubs)")
-    site = Path(str(dist.locate_file("")))
-    typings = tmp_path / "typings"
-    for pkg in ("tensorrt", "tensorrt_bindings"):
-        shutil.copytree(site / pkg, typings / pkg, ignore=shutil.ignore_patterns("*.py[co]"))
-    # two lines of the stub do not parse: a parameter named `in`, and a non-default
-    # parameter after defaults (DESIGN.md section 3)
-    stub = typings / "tensorrt_bindings" / "tensorrt.pyi"
-    text = stub.read_text().replace("(self, in: ", "(self, in_: ").replace(
-        "(self: IPluginV3, in: ", "(self: IPluginV3, in_: ").replace(
-        "power: Weights = None, channel_axis: int)", "power: Weights = None, channel_axis: int = ...)")
-    stub.write_text(text)
+    typings = _patched_typings(tmp_path / "typings")
     ini = tmp_path / "mypy.ini"
     ini.write_text("[mypy]\npython_version = 3.10\nignore_missing_imports = True\n"
                    "follow_imports = silent\ncache_dir = " + str(tmp_path / "cache") + "\n"
