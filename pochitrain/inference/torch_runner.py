@@ -55,13 +55,9 @@ class TorchRunner:
             from pochitrain.inference.cuda_path import CudaBatchPipe
 
             self._pipe = CudaBatchPipe(self.device)
-        model = self.model
+        from pochitrain.inference.cuda_path import torch_call
 
-        def call(d_in, d_out, stream) -> None:
-            with torch.inference_mode():
-                d_out.copy_(model(d_in))
-
-        return self._pipe.run(batch, call)
+        return self._pipe.run(batch, torch_call(self.model))
 
     def describe(self) -> dict[str, str]:
         torch = self._torch
