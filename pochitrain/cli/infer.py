@@ -64,7 +64,7 @@ def run(args: argparse.Namespace, expect_runtime: str | None = None) -> int:
     return 0
 
 
-def print_outcome(outcome) -> None:  # noqa: ANN001 - InferOutcome
+def print_outcome(outcome) -> None:
     from pochitrain.console import info
 
     r = outcome.result

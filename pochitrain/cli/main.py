@@ -24,7 +24,7 @@ VERBS: dict[str, tuple[str, str]] = {
 }
 
 
-def _verb_module(verb: str):  # noqa: ANN202 - module objects
+def _verb_module(verb: str):
     return importlib.import_module(f"pochitrain.cli.{VERBS[verb][0]}")
 
 
