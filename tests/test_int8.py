@@ -173,19 +173,33 @@ def test_convert_int8_builds_a_smaller_engine_and_reuses_calibration(
         "status"] == "hit"
 
 
-def test_convert_int8_errors_exit_cleanly(exports: dict[int, Path], tmp_path: Path,
+def test_convert_int8_pattern2_and_errors(exports: dict[int, Path], digits_dir: Path,
+                                          tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     dynamic = _copy(exports[2], tmp_path)
-    assert run(["convert", str(dynamic), "--int8", "--calib-data", str(tmp_path)]) == 2
+    flat = tmp_path / "few"
+    flat.mkdir()
+    for path in sorted((digits_dir / "val" / "5").glob("*.png"))[:10]:
+        shutil.copy(path, flat / path.name)
+    assert run(["convert", str(dynamic), "--int8", "--calib-data", str(flat)]) == 2
     err = capsys.readouterr().err
     assert "ONNXモデルに動的シェイプが含まれています" in err and "--input-size" in err
+    assert not list(tmp_path.glob("*int8*"))
+    # with --input-size it builds; 10 images < 500 asked: 2 held out, the other 8 calibrate
+    assert run(["convert", str(dynamic), "--int8", "--calib-data", str(flat), "--input-size",
+                "32", "32", "--max-accuracy-drop", "100", "--no-progress"]) == 0
+    assert "only 8 calibration images available (asked for 500" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "p2_int8.engine.json").read_text())
+    assert meta["calibration"]["samples_used"] == 8
+    assert meta["calibration"]["accuracy"]["metric"] == "agreement"  # flat: unlabelled
+
     static = _copy(exports[1], tmp_path)
     missing = tmp_path / "no_such_dir"
     assert run(["convert", str(static), "--int8", "--calib-data", str(missing),
                 "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "キャリブレーションデータが見つかりません" in err and "Traceback" not in err
-    assert not list(tmp_path.glob("*int8*"))
+    assert not list(tmp_path.glob("p1*int8*"))
 
 
 def test_trained_digits_int8_keeps_accuracy(trained_onnx: Path, digits_dir: Path) -> None:

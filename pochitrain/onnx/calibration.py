@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from pochitrain.data import ImageFolder, open_rgb
-from pochitrain.errors import CalibrationError, PochiError
+from pochitrain.errors import CalibrationError, ConfigError, PochiError
 from pochitrain.meta import ModelMeta
 from pochitrain.preprocess import Preprocess
 
@@ -46,7 +46,11 @@ class CalibSource:
 
 
 def _load_settings(path: Path) -> Any:
-    from pochitrain.config import load_config
+    try:
+        from pochitrain.config import load_config
+    except ImportError as exc:  # config support not in this build
+        raise ConfigError(f"Cannot read config files in this build of pochitrain: {path}",
+                          "Use an ONNX written by export-onnx and pass --calib-data DIR.") from exc
 
     return load_config(path)
 

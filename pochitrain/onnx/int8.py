@@ -93,9 +93,6 @@ def calibration_batch(info_: OnnxInfo, opts: Int8Options, available: int) -> int
                 f"batch dimension is fixed at {fixed} (pattern 3), and calibration runs that graph.",
                 f"Use --calib-batch-size {fixed} (the default 1 fits batch-1 models).",
             )
-        if available < fixed:
-            raise cal.not_found(info_.path.parent, f"{available} image(s), fewer than the fixed "
-                                f"batch of {fixed} the ONNX needs")
         return fixed
     if opts.calib_batch_size > available:
         say(f"  --calib-batch-size {opts.calib_batch_size} is more than the {available} "
@@ -270,14 +267,14 @@ def prepare_int8(onnx_path: Path, info: OnnxInfo, input_shape: tuple[int, int, i
     if not opts.use_cache:
         reason = "cache disabled (--no-calib-cache)"
     if reason is None and stored is not None and isinstance(stored.get("record"), dict):
-        record = dict(stored["record"])
-        record["cache"] = {"status": "hit", "key_file": str(keyfile)}
+        cached = dict(stored["record"])
+        cached["cache"] = {"status": "hit", "key_file": str(keyfile)}
         say(f"INT8 calibration cache hit: reusing {qdq_path.name} (same ONNX, preprocessing, "
              "images, samples, batch size and method)")
-        _say_accuracy(record["accuracy"], opts.max_accuracy_drop)
-        _check_drop(record["accuracy"], opts.max_accuracy_drop, cached=True)
-        record["accuracy"]["max_accuracy_drop"] = opts.max_accuracy_drop
-        return record
+        _say_accuracy(cached["accuracy"], opts.max_accuracy_drop)
+        _check_drop(cached["accuracy"], opts.max_accuracy_drop, cached=True)
+        cached["accuracy"]["max_accuracy_drop"] = opts.max_accuracy_drop
+        return cached
     say(f"INT8 calibration: {reason}")
 
     start = time.perf_counter()
@@ -291,6 +288,9 @@ def prepare_int8(onnx_path: Path, info: OnnxInfo, input_shape: tuple[int, int, i
         say(f"  only {len(used)} calibration images available (asked for "
              f"{opts.calib_samples}; {len(held)} more are held out for the accuracy check): "
              "using all of them")
+    if isinstance(info.input_shape[0], int) and len(used) < batch:
+        raise cal.not_found(src.data_root, f"{len(used)} usable image(s), fewer than the batch of "
+                            f"{batch} that {onnx_path.name} is fixed at")
     batch = min(batch, len(used))
     n_used = len(used) - len(used) % batch
     if n_used < len(used):
