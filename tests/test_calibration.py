@@ -73,6 +73,24 @@ def test_config_without_val_transform_or_data(tmp_path: Path, digits_dir: Path) 
     assert "has no val_transform" in _english_line(err.value)
 
 
+def test_config_auto_detected_gives_data_and_preprocessing(tmp_path: Path,
+                                                           digits_dir: Path) -> None:
+    pytest.importorskip("pochitrain.config")
+    run_dir = tmp_path / "20260101_001"
+    (run_dir / "models").mkdir(parents=True)
+    _write_config(run_dir, (
+        "from torchvision import transforms\n"
+        f"val_data_root = {str(digits_dir / 'val')!r}\n"
+        "val_transform = transforms.Compose([transforms.Resize((40, 40)), transforms.ToTensor(),"
+        " transforms.Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))])\n"))
+    onnx_path = run_dir / "models" / "best.onnx"  # no metadata, no -c, no --calib-data
+    src = cal.resolve_source(onnx_path, None, None, None, (40, 40))
+    assert src.config_path == run_dir / "config.py"
+    assert src.data_root == digits_dir / "val" and src.data_from.startswith("val_data_root of")
+    assert src.preprocess.resize == [40, 40] and src.preprocess.mean == [0.5, 0.5, 0.5]
+    assert src.preprocess_from.startswith("val_transform of")
+
+
 # ---- folders ------------------------------------------------------------------------------
 
 def test_missing_or_empty_folder_is_not_found(tmp_path: Path) -> None:
