@@ -9,7 +9,7 @@ exactly with PIL + NumPy: the same PIL resize call torchvision makes on PIL imag
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -72,6 +72,22 @@ class Preprocess:
     def simple(cls, height: int, width: int) -> Preprocess:
         """Resize straight to (height, width), ImageNet normalisation."""
         return cls(input_size=[height, width], resize=[height, width])
+
+    def resized_to(self, size: tuple[int, int]) -> Preprocess:
+        """The same steps producing ``size`` images, geometry rescaled.
+
+        Resize((h, w)) becomes Resize(size); Resize(s) + CenterCrop keeps the crop fraction.
+        """
+        h, w = size
+        if list(self.input_size) == [h, w]:
+            return self
+        if self.center_crop is None:
+            return replace(self, input_size=[h, w], resize=[h, w])
+        resize = self.resize
+        if resize is not None:
+            scale = h / self.center_crop[0]
+            resize = [max(1, round(v * scale)) for v in resize]
+        return replace(self, input_size=[h, w], resize=resize, center_crop=[h, w])
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
         """(H, W) this preprocessing produces from an image of the given size."""

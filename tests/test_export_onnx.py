@@ -13,7 +13,7 @@ from pochitrain.cli.main import run as cli
 from pochitrain.errors import UsageError, VerificationError
 from pochitrain.meta import META_KEY, file_sha256
 from pochitrain.onnx.inspect import read_onnx
-from pochitrain.pipeline.export_onnx import adapt_preprocess, export_onnx
+from pochitrain.pipeline.export_onnx import export_onnx
 from pochitrain.preprocess import Preprocess
 
 
@@ -128,9 +128,9 @@ def test_static_batch_new_size_random_inputs(tmp_path: Path, untrained_checkpoin
 
 def test_adapt_preprocess_keeps_crop_fraction() -> None:
     pre = Preprocess(input_size=[224, 224], resize=[256], center_crop=[224, 224])
-    new = adapt_preprocess(pre, (112, 112))
+    new = pre.resized_to((112, 112))
     assert new.resize == [128] and new.center_crop == [112, 112] and new.input_size == [112, 112]
-    assert adapt_preprocess(pre, (224, 224)) is pre
+    assert pre.resized_to((224, 224)) is pre
 
 
 def _shape(**kw):

@@ -116,11 +116,8 @@ def resolve_source(onnx_path: Path, meta: ModelMeta | None, calib_data: Path | N
         from pochitrain.config import preprocess_from_settings
 
         pre, pre_from = preprocess_from_settings(settings), f"val_transform of {where}"
-    if list(pre.input_size) != list(hw):
-        # pattern 2 built at another --input-size: same steps, geometry rescaled
-        from pochitrain.pipeline.export_onnx import adapt_preprocess
-
-        pre = adapt_preprocess(pre, hw)
+    # pattern 2 built at another --input-size: same steps, geometry rescaled
+    pre = pre.resized_to(hw)
     return CalibSource(data_root, data_from, pre, pre_from,
                        Path(found_config) if found_config else None)
 

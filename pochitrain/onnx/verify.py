@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from pochitrain.errors import ModelFileError, VerificationError
+from pochitrain.errors import DataError, ModelFileError, VerificationError
+from pochitrain.preprocess import Preprocess
 
 REL_TOL = 1e-3
 
@@ -132,3 +133,39 @@ def _progress(enabled: bool, total: int):
                     console=console(), transient=True)
     prog.start()
     return prog, prog.add_task("verify (ONNX Runtime vs PyTorch)", total=total)
+
+
+def verification_batches(pre: Preprocess, data: Path | None, sizes: list[int],
+                         ) -> tuple[list[np.ndarray], str]:
+    """One batch per size, from real images of ``data`` when it has any, else random."""
+    from pochitrain.data import open_rgb, scan_image_folder
+
+    need = sum(sizes)
+    arrays: list[np.ndarray] = []
+    source = "random inputs"
+    if data is not None:
+        folder = scan_image_folder(data, "verification data folder")
+        samples = folder.samples
+        # spread the picks over the sorted list so every class folder contributes
+        step = max(1, len(samples) // need)
+        for path, _ in samples[::step]:
+            image = open_rgb(path)
+            if image is not None:
+                arrays.append(pre(image))
+            if len(arrays) == need:
+                break
+        if not arrays:
+            raise DataError(f"No readable images in {data} to verify the export with.",
+                            "Pass --data with a folder of images, or --skip-verify.")
+        source = f"{len(arrays)} images from {data}"
+        while len(arrays) < need:  # small folders: reuse images
+            arrays.append(arrays[len(arrays) % max(1, len(arrays))])
+    else:
+        rng = np.random.default_rng(0)
+        h, w = pre.input_size
+        arrays = list(rng.standard_normal((need, 3, h, w), dtype=np.float32))
+    batches, start = [], 0
+    for n in sizes:
+        batches.append(np.stack(arrays[start:start + n]).astype(np.float32))
+        start += n
+    return batches, source

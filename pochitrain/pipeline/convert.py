@@ -96,18 +96,14 @@ def _check_free(path: Path, overwrite: bool, what: str) -> None:
 
 def _verification_batch(opts: ConvertOptions, info_: Any, profile: Profile) -> tuple[Any, str]:
     """Real images for the FP16 check (--verify-data, else the run's val data), or random."""
-    from pochitrain.pipeline.export_onnx import (
-        adapt_preprocess,
-        find_val_data,
-        verification_batches,
-    )
+    from pochitrain.onnx.verify import verification_batches
+    from pochitrain.pipeline.export_onnx import find_val_data
     from pochitrain.preprocess import Preprocess
 
     h, w = profile.input_shape[2:]
     meta = info_.meta
     pre = meta.preprocess if meta is not None else Preprocess.simple(h, w)
-    if list(pre.input_size) != [h, w]:
-        pre = adapt_preprocess(pre, (h, w))
+    pre = pre.resized_to((h, w))
     data = opts.verify_data or find_val_data(opts.onnx_path)
     if data is None:
         warn("no --verify-data and no val_data_root found near the ONNX: the FP16 check uses "

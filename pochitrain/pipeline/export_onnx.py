@@ -9,17 +9,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pochitrain.console import console, info, warn
-from pochitrain.errors import DataError, PochiError, UsageError
+from pochitrain.errors import PochiError, UsageError
 from pochitrain.meta import ModelMeta, file_sha256
 from pochitrain.onnx.export import DEFAULT_OPSET, ExportShape, export_model
-from pochitrain.preprocess import Preprocess
+from pochitrain.onnx.verify import verification_batches
 from pochitrain.workspace import atomic_path, check_writable
 
 VERIFY_BATCH = 16  # the batch > 1 that proves the dynamic axis really works
@@ -31,23 +29,6 @@ class ExportOutcome:
     meta: ModelMeta
     input_shape: list[int | str]
     report: Any | None  # onnx.verify.VerifyReport, None with --skip-verify
-
-
-def adapt_preprocess(pre: Preprocess, size: tuple[int, int]) -> Preprocess:
-    """Preprocessing that produces ``size`` images: same steps, geometry rescaled.
-
-    Resize((h, w)) becomes Resize(size); Resize(s) + CenterCrop keeps the crop fraction.
-    """
-    h, w = size
-    if list(pre.input_size) == [h, w]:
-        return pre
-    if pre.center_crop is None:
-        return replace(pre, input_size=[h, w], resize=[h, w])
-    resize = pre.resize
-    if resize is not None:
-        scale = h / pre.center_crop[0]
-        resize = [max(1, round(v * scale)) for v in resize]
-    return replace(pre, input_size=[h, w], resize=resize, center_crop=[h, w])
 
 
 def find_val_data(checkpoint: Path) -> Path | None:
@@ -76,42 +57,6 @@ def find_val_data(checkpoint: Path) -> Path | None:
             root_path = Path(root)
             return root_path if root_path.is_absolute() or root_path.exists() else folder / root
     return None
-
-
-def verification_batches(pre: Preprocess, data: Path | None, sizes: list[int],
-                         ) -> tuple[list[np.ndarray], str]:
-    """One batch per size, from real images of ``data`` when it has any, else random."""
-    from pochitrain.data import open_rgb, scan_image_folder
-
-    need = sum(sizes)
-    arrays: list[np.ndarray] = []
-    source = "random inputs"
-    if data is not None:
-        folder = scan_image_folder(data, "verification data folder")
-        samples = folder.samples
-        # spread the picks over the sorted list so every class folder contributes
-        step = max(1, len(samples) // need)
-        for path, _ in samples[::step]:
-            image = open_rgb(path)
-            if image is not None:
-                arrays.append(pre(image))
-            if len(arrays) == need:
-                break
-        if not arrays:
-            raise DataError(f"No readable images in {data} to verify the export with.",
-                            "Pass --data with a folder of images, or --skip-verify.")
-        source = f"{len(arrays)} images from {data}"
-        while len(arrays) < need:  # small folders: reuse images
-            arrays.append(arrays[len(arrays) % max(1, len(arrays))])
-    else:
-        rng = np.random.default_rng(0)
-        h, w = pre.input_size
-        arrays = list(rng.standard_normal((need, 3, h, w), dtype=np.float32))
-    batches, start = [], 0
-    for n in sizes:
-        batches.append(np.stack(arrays[start:start + n]).astype(np.float32))
-        start += n
-    return batches, source
 
 
 def _probe_folder(folder: Path) -> None:
@@ -151,7 +96,7 @@ def export_onnx(checkpoint: Path | str, input_size: tuple[int, int] | None = Non
     model, meta = load_model(checkpoint)
     size = tuple(input_size) if input_size is not None else tuple(meta.input_size)
     height, width = int(size[0]), int(size[1])
-    pre = adapt_preprocess(meta.preprocess, (height, width))
+    pre = meta.preprocess.resized_to((height, width))
     if pre is not meta.preprocess:
         info(f"Export size {height}x{width} differs from the training size "
              f"{meta.input_size[0]}x{meta.input_size[1]}; the metadata's preprocessing is "
