@@ -1,0 +1,72 @@
+"""`pochi train [-c CONFIG]`: train a classifier from a Python config file."""
+
+from __future__ import annotations
+
+import argparse
+
+from pochitrain.cli.common import positive_int
+
+DEFAULT_CONFIG = "configs/pochi_train_config.py"
+
+DESCRIPTION = """\
+Train a torchvision classifier described by a Python config file (module-level variables such
+as model_name, epochs, train_data_root, val_transform; see configs/pochi_train_config.py).
+Relative paths in the config are read from the config file's folder.
+
+Writes work_dirs/YYYYMMDD_NNN/ (under the config's work_dir, or --work-dir):
+  config.py               copy of the config
+  run.json                resolved settings, class names, input size, mean/std, versions,
+                          results and any unreadable images that were skipped
+  models/best_epochN.pth  best validation accuracy (only the current best is kept)
+  models/last_model.pth   the final model (also written when you press Ctrl+C)
+  training_metrics.csv    epoch, lr, train/val loss and accuracy, images/s, seconds
+  loss.png, accuracy.png  curves, updated after every epoch
+
+Ctrl+C stops after the current batch, saves last_model.pth and exits with code 130.
+"""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c", "--config-path", "--config", dest="config", default=DEFAULT_CONFIG,
+        metavar="CONFIG",
+        help=f"training config .py file (default: {DEFAULT_CONFIG}; "
+        "'pochi sample-data DIR' writes a ready one)")
+    parser.add_argument("--work-dir", default=None, metavar="DIR",
+                        help="folder in which the run folder YYYYMMDD_NNN is created, relative "
+                        "to the current directory (default: the config's work_dir)")
+    parser.add_argument("--epochs", type=positive_int, default=None, metavar="N",
+                        help="override the config's epochs")
+    parser.add_argument("--device", default=None,
+                        help="override the config's device: auto (CUDA when available), cpu, "
+                        "cuda or cuda:N")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars (the per-epoch lines are still printed)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pochitrain.console import info, warn
+    from pochitrain.pipeline.train import train
+
+    overrides: dict[str, object] = {}
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    if args.device is not None:
+        overrides["device"] = args.device
+    result = train(args.config, overrides=overrides, work_dir=args.work_dir,
+                   progress=not args.quiet)
+    if result.interrupted:
+        warn(f"中断しました / Interrupted after {result.epochs_run} complete epoch(s). "
+             f"Saved {result.last_checkpoint}")
+        return 130
+    acc = (f"{result.best_val_accuracy:.2%} (epoch {result.best_epoch})"
+           if result.best_val_accuracy is not None else "n/a")
+    info(f"[bold green]done[/bold green] in {result.seconds:.1f} s, "
+         f"{result.epochs_run} epoch(s) ({result.stopped_by}); best val accuracy {acc}")
+    info(f"run folder: {result.run_dir}")
+    if result.best_checkpoint:
+        info(f"best model: {result.best_checkpoint}")
+    if result.skipped_files:
+        warn(f"{len(result.skipped_files)} unreadable image(s) were skipped; listed in "
+             f"{result.run_dir / 'run.json'}")
+    return 0

@@ -1,0 +1,355 @@
+"""Training config files: a Python file of module-level variables -> validated ``Settings``.
+
+The config is executed as Python (so transforms are real torchvision objects). Names starting
+with ``_`` and imported modules, functions and classes are ignored; every other module-level
+name must be a known key. Relative paths (``train_data_root``, ``val_data_root``, ``work_dir``)
+are resolved against the folder of the config file, so a config works from any directory.
+
+``device`` is validated here but resolved (``auto`` -> cuda/cpu, ``cuda`` without a GPU -> error)
+only by :func:`resolve_device`, which training calls: inference and conversion may read a config
+written on a GPU machine on a CPU-only one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import runpy
+import traceback
+import types
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from pochitrain.errors import ConfigError
+
+OPTIMIZERS = ("SGD", "Adam", "AdamW")
+SCHEDULERS = ("StepLR", "MultiStepLR", "CosineAnnealingLR", "ExponentialLR", "LinearLR")
+EARLY_STOPPING_MONITORS = ("val_accuracy", "val_loss")
+RUN_DIR_PATTERN = re.compile(r"^\d{8}_\d{3,}$")
+NO_VAL_TRANSFORM_JA = "configにval_transformが設定されていません"
+
+
+@dataclass
+class Settings:
+    """A validated config. Paths are absolute (resolved against the config's folder)."""
+
+    model_name: str = "resnet18"
+    num_classes: int | None = None  # None: inferred from the train folder's class sub-folders
+    device: str = "auto"  # as written; resolve_device() turns it into "cpu" / "cuda[:N]"
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 0.001
+    optimizer: str = "Adam"
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # SGD only
+    train_data_root: str | None = None
+    val_data_root: str | None = None
+    train_transform: Any = None  # None: the val_transform is used for training too
+    val_transform: Any = None
+    scheduler: str | None = None
+    scheduler_params: dict[str, Any] = field(default_factory=dict)
+    early_stopping: dict[str, Any] | None = None
+    class_weights: list[float] | None = None
+    work_dir: str = "work_dirs"
+    num_workers: int = 0
+    pretrained: bool = False
+    input_size: list[int] | None = None  # [H, W]; None: taken from val_transform
+    seed: int | None = 42
+    config_path: Path | None = None  # the file these settings came from (not a config key)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view (transforms as their repr)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("train_transform", "val_transform"):
+                value = None if value is None else repr(value)
+            elif isinstance(value, Path):
+                value = str(value)
+            out[f.name] = value
+        return out
+
+
+KEYS = tuple(f.name for f in fields(Settings) if f.name != "config_path")
+_PATH_KEYS = ("train_data_root", "val_data_root", "work_dir")
+
+
+def _type_error(key: str, value: Any, expected: str) -> ConfigError:
+    return ConfigError(
+        f"config key {key!r} must be {expected}; got {value!r} ({type(value).__name__}).",
+        f"Set {key} to {expected}.",
+    )
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if isinstance(value, str):
+        lookup = {c.lower(): c for c in choices}
+        if value.lower() in lookup:
+            return lookup[value.lower()]
+    near = difflib.get_close_matches(str(value), choices, n=1)
+    hint = f" Did you mean {near[0]!r}?" if near else ""
+    raise ConfigError(f"config key {key!r} has an unsupported value {value!r}.{hint}",
+                      f"Allowed values for {key}: {', '.join(choices)}.")
+
+
+def _check_int(key: str, value: Any, minimum: int, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if not _is_int(value) or value < minimum:
+        expected = f"a whole number >= {minimum}" + (" or None" if allow_none else "")
+        raise _type_error(key, value, expected)
+    return int(value)
+
+
+def _check_float(key: str, value: Any, minimum: float, strict: bool) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or (value <= minimum if strict else value < minimum):
+        raise _type_error(key, value, f"a number {'>' if strict else '>='} {minimum}")
+    return float(value)
+
+
+def _check_transform(key: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if not callable(value) or isinstance(value, (type, types.FunctionType)):
+        raise _type_error(key, value, "a torchvision transform (a single transform or "
+                          "transforms.Compose([...])) or None")
+    return value
+
+
+def _check_scheduler(value: Any, params: Any, epochs: int) -> tuple[str | None, dict[str, Any]]:
+    if params is None:
+        params = {}
+    if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+        raise _type_error("scheduler_params", params, "a dict of keyword arguments, e.g. "
+                          "{'step_size': 10, 'gamma': 0.1}")
+    if value is None:
+        return None, dict(params)
+    name = _check_choice("scheduler", value, SCHEDULERS)
+    import inspect
+
+    import torch
+
+    cls = getattr(torch.optim.lr_scheduler, name)
+    sig = inspect.signature(cls.__init__)
+    accepted = [p for p in sig.parameters if p not in ("self", "optimizer", "last_epoch",
+                                                       "verbose")]
+    params = dict(params)
+    if name == "CosineAnnealingLR":
+        params.setdefault("T_max", epochs)
+    for key in params:
+        if key not in accepted:
+            near = difflib.get_close_matches(key, accepted, n=1)
+            hint = f" Did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(f"scheduler_params has {key!r}, which {name} does not take.{hint}",
+                              f"{name} takes: {', '.join(accepted)}.")
+    required = [p.name for p in sig.parameters.values()
+                if p.name in accepted and p.default is inspect.Parameter.empty
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    missing = [p for p in required if p not in params]
+    if missing:
+        raise ConfigError(f"scheduler {name} needs scheduler_params {', '.join(missing)}.",
+                          f"Example: scheduler_params = {{{', '.join(repr(m) + ': ...' for m in missing)}}}")
+    return name, params
+
+
+def _check_early_stopping(value: Any) -> dict[str, Any] | None:
+    if value is None or value is False:
+        return None
+    if not isinstance(value, dict):
+        raise _type_error("early_stopping", value, "None or a dict like "
+                          "{'patience': 5, 'min_delta': 0.0, 'monitor': 'val_accuracy'}")
+    allowed = ("patience", "min_delta", "monitor", "enabled")
+    for key in value:
+        if key not in allowed:
+            near = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" Did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(f"early_stopping has an unknown key {key!r}.{hint}",
+                              f"early_stopping keys: {', '.join(allowed)}.")
+    if value.get("enabled", True) is False:
+        return None
+    return {
+        "patience": _check_int("early_stopping['patience']", value.get("patience", 5), 1),
+        "min_delta": _check_float("early_stopping['min_delta']", value.get("min_delta", 0.0),
+                                  0.0, strict=False),
+        "monitor": _check_choice("early_stopping['monitor']",
+                                 value.get("monitor", "val_accuracy"), EARLY_STOPPING_MONITORS),
+    }
+
+
+def _check_input_size(value: Any) -> list[int] | None:
+    if value is None:
+        return None
+    if _is_int(value):
+        value = [value, value]
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(_is_int(v) and v > 0 for v in value)):
+        raise _type_error("input_size", value, "[HEIGHT, WIDTH] (two positive whole numbers)")
+    return [int(v) for v in value]
+
+
+def _check_device(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value.strip()):
+        raise ConfigError(f"config key 'device' has an unsupported value {value!r}.",
+                          "Allowed values for device: 'auto' (CUDA when available), 'cpu', "
+                          "'cuda', 'cuda:N'.")
+    return value.strip()
+
+
+def _validate(raw: dict[str, Any], config_dir: Path, config_path: Path) -> Settings:
+    s = Settings(config_path=config_path)
+    for key in raw:
+        if key not in KEYS:
+            near = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.6)
+            hint = f" Did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(f"Unknown config key {key!r} in {config_path}.{hint}",
+                              f"Valid keys: {', '.join(KEYS)}. Rename it, or start helper "
+                              "names with '_' so they are ignored.")
+    g = {**s.to_dict(), "train_transform": None, "val_transform": None, **raw}
+    if not isinstance(g["model_name"], str):
+        raise _type_error("model_name", g["model_name"], "a model name string like 'resnet18'")
+    from pochitrain.models import SUPPORTED_MODELS
+
+    s.model_name = _check_choice("model_name", g["model_name"], SUPPORTED_MODELS)
+    s.num_classes = _check_int("num_classes", g["num_classes"], 2, allow_none=True)
+    s.device = _check_device(g["device"])
+    s.epochs = int(_check_int("epochs", g["epochs"], 1) or 1)
+    s.batch_size = int(_check_int("batch_size", g["batch_size"], 1) or 1)
+    s.learning_rate = _check_float("learning_rate", g["learning_rate"], 0.0, strict=True)
+    s.optimizer = _check_choice("optimizer", g["optimizer"], OPTIMIZERS)
+    s.weight_decay = _check_float("weight_decay", g["weight_decay"], 0.0, strict=False)
+    s.momentum = _check_float("momentum", g["momentum"], 0.0, strict=False)
+    for key in _PATH_KEYS:
+        value = g[key]
+        if value is None and key != "work_dir":
+            continue
+        if not isinstance(value, (str, Path)) or not str(value):
+            raise _type_error(key, value, "a folder path string")
+        path = Path(value).expanduser()
+        setattr(s, key, str(path if path.is_absolute() else (config_dir / path).resolve()))
+    s.train_transform = _check_transform("train_transform", g["train_transform"])
+    s.val_transform = _check_transform("val_transform", g["val_transform"])
+    s.scheduler, s.scheduler_params = _check_scheduler(g["scheduler"], g["scheduler_params"],
+                                                       s.epochs)
+    s.early_stopping = _check_early_stopping(g["early_stopping"])
+    cw = g["class_weights"]
+    if cw is not None:
+        if (not isinstance(cw, (list, tuple)) or not cw
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+                           for v in cw)):
+            raise _type_error("class_weights", cw, "None or a list of non-negative numbers, one "
+                              "per class in sorted class-folder order")
+        cw = [float(v) for v in cw]
+    s.class_weights = cw
+    s.num_workers = int(_check_int("num_workers", g["num_workers"], 0) or 0)
+    if not isinstance(g["pretrained"], bool):
+        raise _type_error("pretrained", g["pretrained"], "True or False")
+    s.pretrained = g["pretrained"]
+    s.input_size = _check_input_size(g["input_size"])
+    s.seed = _check_int("seed", g["seed"], 0, allow_none=True)
+    return s
+
+
+def _exec_error(path: Path, exc: BaseException) -> ConfigError:
+    """The failing line of the config file (not our traceback)."""
+    line_no, text = None, ""
+    if isinstance(exc, SyntaxError) and exc.filename and Path(exc.filename) == path:
+        line_no, text = exc.lineno, (exc.text or "").strip()
+    else:
+        for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+            if frame.filename and Path(frame.filename) == path:
+                line_no, text = frame.lineno, (frame.line or "").strip()
+                break
+    where = f"{path}, line {line_no}" if line_no else str(path)
+    shown = f"\n    {text}" if text else ""
+    detail = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+    return ConfigError(f"The config file raised an error ({where}):{shown}\n"
+                       f"{type(exc).__name__}: {detail}",
+                       "Fix that line of the config file (it is run as Python).")
+
+
+def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Settings:
+    """Run a config file and return its validated ``Settings``; ConfigError on any problem.
+
+    ``overrides`` (e.g. ``{"epochs": 3}`` from the command line) replace the file's values and
+    are validated the same way.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ConfigError(f"Config file not found: {path}",
+                          "Pass -c/--config-path with an existing config .py file (see "
+                          "configs/pochi_train_config.py, or run 'pochi sample-data DIR').")
+    if not path.is_file():
+        raise ConfigError(f"Config path is not a file: {path}", "Pass the path of a .py file.")
+    path = path.resolve()
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as exc:
+        raise ConfigError(f"Cannot read the config file {path}: {exc.strerror}",
+                          "Check the file's permissions.") from exc
+    try:
+        namespace = runpy.run_path(str(path), run_name="__pochitrain_config__")
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code can raise anything
+        raise _exec_error(path, exc) from None
+    raw = {k: v for k, v in namespace.items()
+           if not k.startswith("_")
+           and not isinstance(v, (types.ModuleType, types.FunctionType,
+                                  types.BuiltinFunctionType, type))}
+    raw.update(overrides or {})
+    return _validate(raw, path.parent, path)
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when available else 'cpu'; 'cuda' without a GPU -> ConfigError."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device = {device!r} but no CUDA GPU is available here.",
+                              "Set device = 'auto' (uses the GPU when there is one) or 'cpu'.")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device = {device!r} but only {torch.cuda.device_count()} "
+                              "GPU(s) are visible.", "Use a smaller index or 'auto'.")
+    return device
+
+
+def find_config_near(model_path: Path | str) -> Path | None:
+    """``config.py`` in the model's folder or its parents, up to the run folder (YYYYMMDD_NNN).
+
+    work_dirs/20260101_001/models/best_epoch3.pth -> work_dirs/20260101_001/config.py.
+    Without a run folder above, only the model's folder and its parent are searched.
+    """
+    folder = Path(model_path).expanduser().resolve().parent
+    chain = [folder, *folder.parents]
+    run_idx = next((i for i, p in enumerate(chain) if RUN_DIR_PATTERN.match(p.name)), None)
+    limit = run_idx if run_idx is not None and run_idx <= 3 else 1
+    for candidate in (p / "config.py" for p in chain[:limit + 1]):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def preprocess_from_settings(settings: Settings) -> Any:
+    """The inference ``Preprocess`` described by the config's val_transform."""
+    from pochitrain.preprocess import from_transform
+
+    if getattr(settings, "val_transform", None) is None:
+        where = getattr(settings, "config_path", None) or "the config"
+        raise ConfigError(
+            f"{NO_VAL_TRANSFORM_JA}\n"
+            f"val_transform is not set in {where}: the inference preprocessing is unknown.",
+            "--config-path で val_transform を含む config を指定してください / Pass "
+            "--config-path with a config that defines val_transform (e.g. "
+            "transforms.Compose([transforms.Resize((H, W)), transforms.ToTensor(), "
+            "transforms.Normalize(mean, std)])).",
+        )
+    return from_transform(settings.val_transform, settings.input_size)
