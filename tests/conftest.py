@@ -34,3 +34,35 @@ def untrained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path.parent.mkdir()
     save_checkpoint(path, model, meta)
     return path
+
+
+# Training settings of the shared trained model: ~15-25 s on 2 CPU cores, val accuracy ~97%.
+TRAINED_RUN_SETTINGS = {"epochs": 3, "batch_size": 32, "learning_rate": 0.001}
+
+
+@pytest.fixture(scope="session")
+def trained_run(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run folder (work_dirs/YYYYMMDD_NNN) of a short real training on the digits.
+
+    resnet18, 32x32, the sample-data config with fewer epochs; its best model reaches >= 85%
+    val accuracy (asserted here, so tests that rely on a good model fail loudly otherwise).
+    """
+    from pochitrain.pipeline.train import train
+    from pochitrain.sample_data import write_digits_config
+
+    folder = tmp_path_factory.mktemp("trained")
+    config = write_digits_config(folder / "config.py", **TRAINED_RUN_SETTINGS)
+    text = config.read_text(encoding="utf-8")
+    text = text.replace('train_data_root = "train"',
+                        f"train_data_root = {str(digits_dir / 'train')!r}")
+    text = text.replace('val_data_root = "val"', f"val_data_root = {str(digits_dir / 'val')!r}")
+    config.write_text(text, encoding="utf-8")
+    result = train(config, work_dir=folder / "work_dirs", progress=False)
+    assert result.best_val_accuracy is not None and result.best_val_accuracy >= 0.85, result
+    return result.run_dir
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(trained_run: Path) -> Path:
+    """The best checkpoint (models/best_epochN.pth) of ``trained_run``."""
+    return next((trained_run / "models").glob("best_epoch*.pth"))

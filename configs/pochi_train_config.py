@@ -1,0 +1,102 @@
+"""pochitrain training config (example).
+
+A config is a plain Python file: every module-level variable is a setting. It is run as Python,
+so transforms are real torchvision objects and you may compute values. Names that start with
+"_" (helpers such as _mean below) and imported modules/functions are ignored; any other name
+must be one of the keys below, otherwise 'pochi train' stops and suggests the nearest key.
+
+Use it with:  pochi train -c configs/pochi_train_config.py
+
+Relative paths (train_data_root, val_data_root, work_dir) are resolved against THIS FILE's
+folder, not the current directory. For data/ and work_dirs/ at the repository root this file
+therefore uses "../data/..." and "../work_dirs".
+"""
+
+from torchvision import transforms
+
+# ---- model ---------------------------------------------------------------------------------
+# torchvision classifier: resnet18, resnet34, resnet50, resnet101, mobilenet_v3_small,
+# mobilenet_v3_large, efficientnet_b0, efficientnet_b1.
+model_name = "resnet18"
+
+# Number of classes. None (or leaving the key out) = the number of class sub-folders in
+# train_data_root. When set, it must match the folders.
+num_classes = None
+
+# True: start from torchvision's ImageNet weights. They are never downloaded during training:
+# they must already be in the torch hub cache (~/.cache/torch/hub/checkpoints), otherwise the
+# run stops with the URL to fetch.
+pretrained = False
+
+# "auto" (CUDA when a GPU is available, else CPU), "cpu", "cuda" or "cuda:N".
+# "cuda" on a machine without a GPU is an error.
+device = "auto"
+
+# ---- data ----------------------------------------------------------------------------------
+# Image folders with one sub-folder per class: <root>/<class_name>/*.png|jpg|...
+# Class names are the sorted sub-folder names; val must have the same class folders as train.
+# Unreadable/corrupt images are skipped with a warning and listed in run.json.
+train_data_root = "../data/train"
+val_data_root = "../data/val"
+
+# Model input [height, width]. Optional when val_transform fixes the size (Resize((H, W)) or
+# CenterCrop); when both are given they must agree.
+input_size = [224, 224]
+
+# DataLoader worker processes for decoding images (0 = decode in the main process).
+num_workers = 0
+
+_mean = [0.485, 0.456, 0.406]  # ImageNet statistics ("_" names are not settings)
+_std = [0.229, 0.224, 0.225]
+
+# Training-time preprocessing + augmentation (any torchvision transform, single or Compose).
+# None: val_transform is used for training too.
+train_transform = transforms.Compose([
+    transforms.Resize((224, 224)),
+    transforms.RandomHorizontalFlip(),
+    transforms.ColorJitter(brightness=0.2, contrast=0.2),
+    transforms.ToTensor(),
+    transforms.Normalize(_mean, _std),
+])
+
+# Validation / inference preprocessing. Required for training. It is stored in every model
+# file (checkpoint, ONNX, engine), so it must only use steps that can be reproduced without
+# torch: Resize, CenterCrop, ToTensor and Normalize.
+val_transform = transforms.Compose([
+    transforms.Resize((224, 224)),
+    transforms.ToTensor(),
+    transforms.Normalize(_mean, _std),
+])
+
+# ---- optimisation --------------------------------------------------------------------------
+epochs = 20
+batch_size = 32
+learning_rate = 0.001
+optimizer = "Adam"  # "SGD" (with momentum), "Adam" or "AdamW"
+weight_decay = 0.0  # L2 penalty / decoupled weight decay for AdamW
+momentum = 0.9  # SGD only
+
+# Learning-rate schedule, stepped once per epoch. None for a constant rate, or one of
+# "StepLR", "MultiStepLR", "CosineAnnealingLR", "ExponentialLR", "LinearLR" with the keyword
+# arguments of torch.optim.lr_scheduler.<name> in scheduler_params, e.g.
+#   "StepLR":            {"step_size": 10, "gamma": 0.1}
+#   "MultiStepLR":       {"milestones": [10, 15], "gamma": 0.1}
+#   "CosineAnnealingLR": {"T_max": epochs}   (T_max defaults to epochs)
+#   "ExponentialLR":     {"gamma": 0.95}
+scheduler = "StepLR"
+scheduler_params = {"step_size": 10, "gamma": 0.1}
+
+# Stop when the monitored value has not improved by more than min_delta for `patience` epochs.
+# monitor: "val_accuracy" (higher is better) or "val_loss" (lower is better). None: off.
+early_stopping = {"patience": 5, "min_delta": 0.0, "monitor": "val_accuracy"}
+
+# Per-class loss weights for imbalanced data, one per class in sorted class-folder order,
+# e.g. [1.0, 2.5]. None: all classes weigh the same.
+class_weights = None
+
+# ---- output --------------------------------------------------------------------------------
+# Each run writes <work_dir>/YYYYMMDD_NNN/ (NNN counts up; a folder is never reused).
+work_dir = "../work_dirs"
+
+# Seeds Python, NumPy and torch (and the shuffling order) for reproducible runs. None: no seed.
+seed = 42

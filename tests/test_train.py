@@ -1,0 +1,256 @@
+"""pochi train: real training runs (the shared trained_run, plus tiny ones on a few images)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pochitrain.cli.main import run
+from pochitrain.errors import ConfigError, DataError
+from pochitrain.pipeline.train import train
+
+TINY_CONFIG = """
+from torchvision import transforms
+model_name = "resnet18"
+train_data_root = {train!r}
+val_data_root = {val!r}
+epochs = {epochs}
+batch_size = 8
+learning_rate = 0.001
+device = "cpu"
+_norm = transforms.Normalize([0.5] * 3, [0.5] * 3)
+val_transform = transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor(), _norm])
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_data(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 classes, 6 train / 3 val images each: a whole epoch takes well under a second."""
+    root = tmp_path_factory.mktemp("tiny")
+    for split, n in (("train", 6), ("val", 3)):
+        for cls in ("0", "1", "2"):
+            (root / split / cls).mkdir(parents=True)
+            for f in sorted((digits_dir / split / cls).glob("*.png"))[:n]:
+                shutil.copy(f, root / split / cls / f.name)
+    return root
+
+
+def _tiny_config(folder: Path, data: Path, epochs: int = 1, extra: str = "",
+                 train: Path | None = None, val: Path | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.py"
+    path.write_text(TINY_CONFIG.format(train=str(train or data / "train"),
+                                       val=str(val or data / "val"), epochs=epochs) + extra,
+                    encoding="utf-8")
+    return path
+
+
+# ---- the shared trained run ----------------------------------------------------------------
+
+def test_trained_run_layout_and_accuracy(trained_run: Path, trained_checkpoint: Path) -> None:
+    from pochitrain.models import load_model, read_checkpoint
+
+    assert trained_run.parent.name == "work_dirs" and trained_run.name[8] == "_"
+    models = sorted(p.name for p in (trained_run / "models").iterdir())
+    assert len([m for m in models if m.startswith("best_epoch")]) == 1  # only the current best
+    assert "last_model.pth" in models and trained_checkpoint.name in models
+    assert (trained_run / "config.py").read_text().startswith('"""pochitrain config')
+    for png in ("loss.png", "accuracy.png"):
+        assert (trained_run / png).read_bytes()[:4] == b"\x89PNG"
+    rows = list(csv.DictReader((trained_run / "training_metrics.csv").open()))
+    assert list(rows[0]) == ["epoch", "lr", "train_loss", "train_accuracy", "val_loss",
+                             "val_accuracy", "images_per_second", "seconds"]
+    assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1))
+    best = max(float(r["val_accuracy"]) for r in rows)
+    assert best >= 0.85
+
+    info = json.loads((trained_run / "run.json").read_text())
+    assert info["status"] == "completed" and info["class_names"] == [str(d) for d in range(10)]
+    assert info["num_classes"] == 10 and info["input_size"] == [32, 32]
+    assert info["mean"] == [0.5] * 3 and info["preprocess"]["resize"] == [32, 32]
+    assert set(info["versions"]) >= {"python", "torch", "torchvision", "pochitrain"}
+    assert info["settings"]["model_name"] == "resnet18" and info["skipped_files"] == []
+    assert info["best_val_accuracy"] == pytest.approx(best, abs=1e-5)
+
+    payload, meta = read_checkpoint(trained_checkpoint)  # weights_only=True inside
+    assert meta.class_names == info["class_names"] and meta.model_name == "resnet18"
+    assert meta.preprocess.to_dict() == info["preprocess"]
+    assert payload["val_accuracy"] == pytest.approx(best, abs=1e-5)
+    assert trained_checkpoint.name == f"best_epoch{payload['epoch']}.pth"
+    model, _ = load_model(trained_run / "models" / "last_model.pth")
+    assert not model.training
+
+
+# ---- tiny runs -----------------------------------------------------------------------------
+
+def test_cli_train_writes_a_new_run_each_time(tiny_data: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    config = _tiny_config(tmp_path / "cfg", tiny_data, epochs=2,
+                          extra="scheduler = 'StepLR'\nscheduler_params = {'step_size': 1, "
+                          "'gamma': 0.5}\nwork_dir = 'runs'\nclass_weights = [1.0, 2.0, 1.0]\n")
+    assert run(["train", "-c", str(config), "--quiet"]) == 0
+    assert run(["train", "-c", str(config), "--quiet", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    runs = sorted((tmp_path / "cfg" / "runs").iterdir())  # work_dir relative to the config
+    assert [r.name[-3:] for r in runs] == ["001", "002"] and "best val accuracy" in out
+    rows = list(csv.DictReader((runs[0] / "training_metrics.csv").open()))
+    assert [float(r["lr"]) for r in rows] == [0.001, 0.0005]  # StepLR stepped per epoch
+    assert len(list(csv.DictReader((runs[1] / "training_metrics.csv").open()))) == 1
+
+
+def test_seeded_runs_are_reproducible(tiny_data: Path, tmp_path: Path) -> None:
+    config = _tiny_config(tmp_path, tiny_data, epochs=1)
+    losses = []
+    for _ in range(2):
+        result = train(config, progress=False)
+        rows = list(csv.DictReader((result.run_dir / "training_metrics.csv").open()))
+        losses.append(rows[0]["train_loss"])
+    assert losses[0] == losses[1]
+
+
+def test_early_stopping(tiny_data: Path, tmp_path: Path) -> None:
+    config = _tiny_config(tmp_path, tiny_data, epochs=6, extra=(
+        "early_stopping = {'patience': 1, 'min_delta': 10.0, 'monitor': 'val_loss'}\n"))
+    result = train(config, progress=False)
+    assert result.stopped_by == "early_stopping" and result.epochs_run == 2
+    assert (result.run_dir / "models" / "last_model.pth").is_file()
+
+
+def test_corrupt_and_non_image_files_are_skipped_and_counted(tiny_data: Path,
+                                                             tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    (data / "train" / "1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (data / "val" / "2" / "notes.jpg").write_text("this is text, not a JPEG")
+    config = _tiny_config(tmp_path / "cfg", data, epochs=2)
+    result = train(config, progress=False)
+    assert sorted(p.name for p in result.skipped_files) == ["broken.png", "notes.jpg"]
+    info = json.loads((result.run_dir / "run.json").read_text())
+    assert info["skipped_count"] == {"train": 1, "val": 1}
+    assert any(p.endswith("broken.png") for p in info["skipped_files"])
+
+
+def test_ctrl_c_saves_last_model_and_exits_130(tiny_data: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # A real SIGINT, sent from inside the data pipeline during the 2nd training batch.
+    extra = (
+        "import os, signal\n"
+        "class _CtrlC:\n"
+        "    calls = 0\n"
+        "    def __call__(self, image):\n"
+        "        _CtrlC.calls += 1\n"
+        "        if _CtrlC.calls == 10:\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "        return image\n"
+        "train_transform = transforms.Compose([_CtrlC(), val_transform])\n"
+    )
+    config = _tiny_config(tmp_path, tiny_data, epochs=5, extra=extra)
+    assert run(["train", "-c", str(config), "--quiet"]) == 130
+    captured = capsys.readouterr()
+    assert "Interrupted" in captured.out + captured.err
+    (run_dir,) = (tmp_path / "work_dirs").iterdir()
+    assert (run_dir / "models" / "last_model.pth").is_file()
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "interrupted" and info["epochs_run"] == 0
+
+
+def test_crash_keeps_the_metrics_written_so_far(tiny_data: Path, tmp_path: Path) -> None:
+    extra = (
+        "class _Crash:\n"
+        "    calls = 0\n"
+        "    def __call__(self, image):\n"
+        "        _Crash.calls += 1\n"
+        "        if _Crash.calls > 20:\n"  # 18 train images per epoch: crashes in epoch 2
+        "            raise RuntimeError('disk on fire')\n"
+        "        return image\n"
+        "train_transform = transforms.Compose([_Crash(), val_transform])\n"
+    )
+    config = _tiny_config(tmp_path, tiny_data, epochs=3, extra=extra)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        train(config, progress=False)
+    (run_dir,) = (tmp_path / "work_dirs").iterdir()
+    rows = list(csv.DictReader((run_dir / "training_metrics.csv").open()))
+    assert len(rows) == 1 and (run_dir / "loss.png").is_file()
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "failed" and "disk on fire" in info["error"]
+
+
+# ---- bad input -------------------------------------------------------------------------------
+
+def _cli_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = run(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+def test_data_folder_problems(tiny_data: Path, tmp_path: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    empty_class = tmp_path / "empty_class"
+    shutil.copytree(tiny_data / "train", empty_class)
+    (empty_class / "3").mkdir()
+    cases = [
+        (tmp_path / "missing", "does not exist"),
+        (empty, "No images found"),
+        (empty_class, "Class folder(s) with no images"),
+    ]
+    for i, (train_root, words) in enumerate(cases):
+        config = _tiny_config(tmp_path / f"c{i}", tiny_data, train=train_root)
+        code, err = _cli_error(["train", "-c", str(config)], capsys)
+        assert code == 1 and words in err, err
+        assert not (tmp_path / f"c{i}" / "work_dirs").exists()  # nothing half-written
+
+
+def test_val_classes_must_match_train(tiny_data: Path, tmp_path: Path) -> None:
+    val = tmp_path / "val"
+    shutil.copytree(tiny_data / "val", val)
+    shutil.move(str(val / "2"), str(val / "7"))
+    with pytest.raises(DataError, match="not in the model: 7"):
+        train(_tiny_config(tmp_path, tiny_data, val=val), progress=False)
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    ("num_classes = 5\n", "num_classes = 5 but"),
+    ("class_weights = [1.0, 2.0]\n", "class_weights has 2 values"),
+    ("input_size = [64, 64]\n", "val_transform produces [32, 32]"),
+    ("val_transform = None\n", "configにval_transformが設定されていません"),
+    ("val_data_root = None\n", "val_data_root is not set"),
+    ("val_transform = transforms.RandomHorizontalFlip()\n", "RandomHorizontalFlip"),
+])
+def test_config_does_not_fit_the_data(tiny_data: Path, tmp_path: Path, extra: str,
+                                      words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        train(_tiny_config(tmp_path, tiny_data, extra=extra), progress=False)
+    assert words in str(err.value)
+
+
+def test_cuda_without_gpu_is_a_clear_error(tiny_data: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    config = _tiny_config(tmp_path, tiny_data, extra="device = 'cuda'\n")
+    code, err = _cli_error(["train", "-c", str(config)], capsys)
+    assert code == 2 and "no CUDA GPU" in err
+    code, err = _cli_error(["train", "-c", str(_tiny_config(tmp_path, tiny_data)),
+                            "--device", "cuda:0"], capsys)
+    assert code == 2 and "no CUDA GPU" in err
+
+
+def test_train_cli_in_a_subprocess_has_no_traceback(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "config.py"
+    bad.write_text("epochs = 3\nbatch_size = 'big'\n")
+    proc = subprocess.run([sys.executable, "-m", "pochitrain.cli.main", "train", "-c", str(bad)],
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "'batch_size'" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
