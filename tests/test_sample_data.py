@@ -44,6 +44,7 @@ def test_cli_writes_folders_and_config(tmp_path: Path, digits_dir: Path,
     assert settings.model_name == "resnet18" and settings.num_classes == 10
     assert settings.epochs == DIGITS_TRAINING["epochs"]
     assert settings.scheduler_params == {"T_max": settings.epochs}
+    assert load_config(out / "config.py", {"epochs": 2}).scheduler_params == {"T_max": 2}
     assert preprocess_from_settings(settings).input_size == [32, 32]
 
 

@@ -149,10 +149,10 @@ def train(config: Path | str, *, overrides: dict[str, Any] | None = None,
     meta = ModelMeta(data.class_names, pre, model_name=settings.model_name,
                      source={"config_sha256": file_sha256(config_path),
                              "train_data_fingerprint": data.train.fingerprint()})
-    loader_args = {"batch_size": settings.batch_size, "num_workers": settings.num_workers,
-                   "device": device, "seed": settings.seed}
-    train_loader = T.make_loader(data.train, train_tf, shuffle=True, **loader_args)
-    val_loader = T.make_loader(data.val, val_tf, shuffle=False, **loader_args)
+    train_loader, val_loader = (
+        T.make_loader(folder, tf, shuffle=shuffle, batch_size=settings.batch_size,
+                      num_workers=settings.num_workers, device=device, seed=settings.seed)
+        for folder, tf, shuffle in ((data.train, train_tf, True), (data.val, val_tf, False)))
     weight = (torch.tensor(settings.class_weights, dtype=torch.float32, device=device)
               if settings.class_weights else None)
     criterion = torch.nn.CrossEntropyLoss(weight=weight)
@@ -215,9 +215,12 @@ def train(config: Path | str, *, overrides: dict[str, Any] | None = None,
                 lr = float(optimizer.param_groups[0]["lr"])
                 task = bars.add_task(f"epoch {epoch}/{settings.epochs}",
                                      total=len(data.train.samples), loss=0.0)
+
+                def advance(n: int, loss: float, task: Any = task) -> None:
+                    bars.update(task, advance=n, loss=loss)
+
                 tr = T.run_epoch(model, train_loader, criterion, device, optimizer=optimizer,
-                                 stop=stop, on_batch=lambda n, loss, t=task: bars.update(
-                                     t, advance=n, loss=loss))
+                                 stop=stop, on_batch=advance)
                 bars.remove_task(task)
                 note_skipped("train", data.train, tr.skipped)
                 if tr.images == 0:
