@@ -63,6 +63,15 @@ def collate_skipping(items: list[tuple[Any, int, int]]) -> Batch:
     return Batch(torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), skipped)
 
 
+def _init_worker(worker_id: int) -> None:
+    """DataLoader worker: leave Ctrl+C to the main process (which stops after the current
+    batch), and seed NumPy from the worker's torch seed for reproducible augmentation."""
+    import numpy as np
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    np.random.seed(torch.initial_seed() % 2**32)
+
+
 def make_loader(folder: ImageFolder, transform: Callable[[Any], Any], *, batch_size: int,
                 shuffle: bool, num_workers: int, device: str, seed: int | None) -> DataLoader:
     generator = torch.Generator()
@@ -72,6 +81,7 @@ def make_loader(folder: ImageFolder, transform: Callable[[Any], Any], *, batch_s
         ImageDataset(folder, transform), batch_size=batch_size, shuffle=shuffle,
         num_workers=num_workers, collate_fn=collate_skipping, generator=generator,
         pin_memory=device.startswith("cuda"), persistent_workers=num_workers > 0,
+        worker_init_fn=_init_worker if num_workers > 0 else None,
     )
 
 

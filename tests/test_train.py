@@ -136,19 +136,21 @@ def test_corrupt_and_non_image_files_are_skipped_and_counted(tiny_data: Path,
 
 def test_ctrl_c_saves_last_model_and_exits_130(tiny_data: Path, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    # A real SIGINT, sent from inside the data pipeline during the 2nd training batch.
+    # A real SIGINT to the main process, sent from a DataLoader worker (which itself ignores
+    # Ctrl+C, like all workers: a terminal sends it to the whole process group).
     extra = (
-        "import os, signal\n"
+        "import multiprocessing, os, signal\n"
         "class _CtrlC:\n"
         "    calls = 0\n"
         "    def __call__(self, image):\n"
         "        _CtrlC.calls += 1\n"
         "        if _CtrlC.calls == 10:\n"
-        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "            os.kill(os.getppid() if multiprocessing.parent_process() else os.getpid(),\n"
+        "                    signal.SIGINT)\n"
         "        return image\n"
         "train_transform = transforms.Compose([_CtrlC(), val_transform])\n"
     )
-    config = _tiny_config(tmp_path, tiny_data, epochs=5, extra=extra)
+    config = _tiny_config(tmp_path, tiny_data, epochs=5, extra=extra + "num_workers = 1\n")
     assert run(["train", "-c", str(config), "--quiet"]) == 130
     captured = capsys.readouterr()
     assert "Interrupted" in captured.out + captured.err
