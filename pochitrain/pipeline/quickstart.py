@@ -80,11 +80,11 @@ def quickstart(root: Path | str = "pochi_quickstart", epochs: int | None = None,
                   lambda cfg: ("digits 0-9, 32x32 RGB PNG", data_dir))
     if config is None:
         return report
-    run_dir = step("train", lambda: _train(config, epochs),
-                   lambda r: (f"best val accuracy {_best_acc(r)}", r))
-    if run_dir is None:
+    trained = step("train", lambda: _train(config, epochs, root / "work_dirs", progress),
+                   _describe_training)
+    if trained is None or trained.best_checkpoint is None:
         return report
-    best = _best_checkpoint(run_dir)
+    best = trained.best_checkpoint
     val = data_dir / "val"
 
     def infer_step(label: str, model: Path | None) -> None:
@@ -138,24 +138,18 @@ def _sample_data(data_dir: Path) -> Path:
     return write_sample_data(data_dir)
 
 
-def _train(config: Path, epochs: int | None) -> Path:
+def _train(config: Path, epochs: int | None, work_dir: Path, progress: bool) -> Any:
     from pochitrain.pipeline.train import train
 
     overrides = {"epochs": epochs} if epochs else None
-    return train(config, overrides=overrides).run_dir
+    return train(config, overrides=overrides, work_dir=work_dir, progress=progress)
 
 
-def _best_checkpoint(run_dir: Path) -> Path:
-    found = sorted((run_dir / "models").glob("best_epoch*.pth"))
-    return found[-1] if found else run_dir / "models" / "last_model.pth"
-
-
-def _best_acc(run_dir: Path) -> str:
-    import csv
-
-    rows = list(csv.DictReader((run_dir / "training_metrics.csv").open(encoding="utf-8")))
-    best = max((float(r["val_accuracy"]) for r in rows), default=float("nan"))
-    return f"{100 * best:.2f}%" if best <= 1 else f"{best:.2f}%"
+def _describe_training(result: Any) -> tuple[str, Path]:
+    acc = result.best_val_accuracy
+    acc_text = f"{100 * acc:.2f}%" if acc is not None else "n/a"
+    return (f"best val accuracy {acc_text} (epoch {result.best_epoch}), "
+            f"{result.epochs_run} epochs in {result.seconds:.0f} s", result.run_dir)
 
 
 def _convert(onnx_path: Path, precision: str, val: Path) -> Any:
@@ -170,6 +164,12 @@ def _convert(onnx_path: Path, precision: str, val: Path) -> Any:
     return convert(opts)
 
 
+def _short(message: str, limit: int = 90) -> str:
+    """The English (last) line of a bilingual message, cut to fit a table cell."""
+    line = next((ln for ln in reversed(message.splitlines()) if ln.strip()), message)
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 def print_report(report: QuickstartReport) -> None:
     from rich.table import Table
 
@@ -178,7 +178,8 @@ def print_report(report: QuickstartReport) -> None:
         steps.add_column(col)
     colour = {"ok": "green", "skipped": "yellow", "failed": "red"}
     for s in report.steps:
-        steps.add_row(s.name, f"[{colour[s.status]}]{s.status}[/]", s.detail,
+        detail = s.detail if s.status == "ok" else _short(s.detail)
+        steps.add_row(s.name, f"[{colour[s.status]}]{s.status}[/]", detail,
                       str(s.path) if s.path else "")
     runtimes = Table(title="runtimes on the digits val set")
     for col in ("runtime", "accuracy", "pure images/s", "end-to-end images/s"):
@@ -187,7 +188,10 @@ def print_report(report: QuickstartReport) -> None:
         acc = f"{100 * r.accuracy:.2f}%" if r.accuracy is not None else "n/a"
         runtimes.add_row(label, acc, f"{r.images_per_second(r.pure_seconds):.1f}",
                          f"{r.images_per_second(r.e2e_seconds):.1f}")
+    missing: dict[str, list[str]] = {}
     for label, why in report.missing_runtimes:
-        runtimes.add_row(label, "-", "-", f"[yellow]not run: {why}[/]")
+        missing.setdefault(_short(why), []).append(label)
+    for why, labels in missing.items():
+        runtimes.add_row(", ".join(labels), "-", "-", f"[yellow]not run: {why}[/]")
     console().print(steps)
     console().print(runtimes)

@@ -1,0 +1,34 @@
+"""pochi quickstart end to end (one epoch): every step runs or says why it cannot here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pochitrain.cli.main import run
+
+
+def test_quickstart_runs_every_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "qs"
+    assert run(["quickstart", str(root), "--epochs", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    for row in ("sample data", "train", "infer (pytorch)", "export-onnx", "infer (onnx)",
+                "convert fp32", "convert fp16", "convert int8", "runtimes on the digits"):
+        assert row in out, row
+    # what it produced, where the table says
+    runs = list((root / "work_dirs").iterdir())
+    assert len(runs) == 1
+    models = runs[0] / "models"
+    onnx = min(models.glob("best_epoch*.onnx"), key=lambda p: len(p.name))  # not _fp16 / _qdq
+    for suffix in (".engine", "_fp16.engine", "_int8.engine"):
+        engine = onnx.with_name(onnx.stem + suffix)
+        assert engine.is_file() and Path(f"{engine}.json").is_file()
+    results = sorted((runs[0] / "inference_results").iterdir())
+    assert [sorted(p.name for p in r.glob("*_summary.txt")) for r in results] == [
+        ["pytorch_inference_summary.txt"], ["onnx_inference_summary.txt"]]
+    # no GPU here: the TensorRT rows say why instead of failing the run
+    assert "not run" in out and "CUDA" in out
+    # a second run reuses the sample data and starts a new training run
+    assert run(["quickstart", str(root), "--epochs", "1", "--quiet"]) == 0
+    assert len(list((root / "work_dirs").iterdir())) == 2
