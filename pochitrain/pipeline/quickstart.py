@@ -148,8 +148,9 @@ def _train(config: Path, epochs: int | None, work_dir: Path, progress: bool) -> 
 def _describe_training(result: Any) -> tuple[str, Path]:
     acc = result.best_val_accuracy
     acc_text = f"{100 * acc:.2f}%" if acc is not None else "n/a"
-    return (f"best val accuracy {acc_text} (epoch {result.best_epoch}), "
-            f"{result.epochs_run} epochs in {result.seconds:.0f} s", result.run_dir)
+    detail = (f"best val accuracy {acc_text} (epoch {result.best_epoch}), "
+              f"{result.epochs_run} epochs in {result.seconds:.0f} s")
+    return detail, result.run_dir
 
 
 def _convert(onnx_path: Path, precision: str, val: Path) -> Any:
