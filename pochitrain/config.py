@@ -13,6 +13,7 @@ written on a GPU machine on a CPU-only one.
 from __future__ import annotations
 
 import difflib
+import json
 import re
 import runpy
 import traceback
@@ -302,7 +303,33 @@ def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Se
            and not isinstance(v, (types.ModuleType, types.FunctionType,
                                   types.BuiltinFunctionType, type))}
     raw.update(overrides or {})
-    return _validate(raw, path.parent, path)
+    return _validate(raw, _paths_base(path), path)
+
+
+def _paths_base(path: Path) -> Path:
+    """Folder that relative paths in ``path`` are relative to.
+
+    The copy of a config that ``pochi train`` keeps in its run folder still means the paths of
+    the original: run.json beside the copy records where that was.
+    """
+    run_json = path.parent / "run.json"
+    if run_json.is_file():
+        try:
+            original = json.loads(run_json.read_text(encoding="utf-8")).get("config_path")
+        except (OSError, ValueError):
+            original = None
+        if original and Path(original).resolve() != path:
+            return Path(original).resolve().parent
+    return path.parent
+
+
+def find_val_data(model_path: Path | str) -> Path | None:
+    """The val_data_root of the run a model file belongs to (config beside the run), if any."""
+    found = find_config_near(model_path)
+    if found is None:
+        return None
+    root = getattr(load_config(found), "val_data_root", None)
+    return Path(root) if root else None
 
 
 def resolve_device(device: str) -> str:

@@ -60,7 +60,6 @@ def _write_config(folder: Path, body: str) -> Path:
 
 
 def test_config_without_val_transform_or_data(tmp_path: Path, digits_dir: Path) -> None:
-    pytest.importorskip("pochitrain.config")
     config = _write_config(tmp_path, "model_name = 'resnet18'\nnum_classes = 10\n"
                            "train_data_root = 'data/train'\n")
     with pytest.raises(CalibrationError) as err:  # no --calib-data, config has no val_data_root
@@ -75,7 +74,6 @@ def test_config_without_val_transform_or_data(tmp_path: Path, digits_dir: Path) 
 
 def test_config_auto_detected_gives_data_and_preprocessing(tmp_path: Path,
                                                            digits_dir: Path) -> None:
-    pytest.importorskip("pochitrain.config")
     run_dir = tmp_path / "20260101_001"
     (run_dir / "models").mkdir(parents=True)
     _write_config(run_dir, (

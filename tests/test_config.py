@@ -192,3 +192,26 @@ def test_cli_config_errors_exit_2_without_traceback(tmp_path: Path,
     assert run(["train", "-c", str(typo)]) == 2
     err = capsys.readouterr().err
     assert "Did you mean 'epochs'?" in err and "Traceback" not in err
+
+
+def test_run_folder_copy_keeps_the_original_relative_paths(tmp_path: Path) -> None:
+    """pochi train copies config.py into the run folder; its relative paths still mean the
+    folders next to the original config (run.json says where that was)."""
+    import json
+
+    from pochitrain.config import find_val_data
+
+    src = tmp_path / "project"
+    (src / "val").mkdir(parents=True)
+    original = src / "config.py"
+    original.write_text('val_data_root = "val"\ntrain_data_root = "train"\n', encoding="utf-8")
+    run_dir = tmp_path / "work_dirs" / "20261128_001"
+    (run_dir / "models").mkdir(parents=True)
+    (run_dir / "config.py").write_bytes(original.read_bytes())
+    (run_dir / "run.json").write_text(json.dumps({"config_path": str(original)}))
+    settings = load_config(run_dir / "config.py")
+    assert Path(settings.val_data_root) == (src / "val").resolve()
+    assert find_val_data(run_dir / "models" / "best_epoch3.pth") == (src / "val").resolve()
+    # without run.json the copy is a config like any other
+    (run_dir / "run.json").unlink()
+    assert Path(load_config(run_dir / "config.py").val_data_root) == (run_dir / "val").resolve()

@@ -131,3 +131,42 @@ def test_output_with_results_is_not_overwritten(untrained_checkpoint: Path, smal
     before = (out / "pytorch_inference_results.csv").read_bytes()
     _fails(argv, capsys, 1, "already holds inference results")
     assert (out / "pytorch_inference_results.csv").read_bytes() == before
+
+
+def test_runtimes_agree_and_plain_onnx_works_with_config(trained_run: Path, digits_dir: Path,
+                                                        tmp_path: Path) -> None:
+    """pochi infer (.pth), infer-onnx on export-onnx's file, and infer-onnx on a plain
+    torch.onnx.export (no metadata) with -c give the same predictions on the digits val set."""
+    import torch
+
+    from pochitrain.models import load_model
+    from pochitrain.pipeline.export_onnx import export_onnx
+
+    ckpt = next((trained_run / "models").glob("best_epoch*.pth"))
+    val = digits_dir / "val"
+    exported = export_onnx(ckpt, output=tmp_path / "ours.onnx", data=val, progress=False)
+    model, _ = load_model(ckpt)
+    plain = tmp_path / "plain.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 3, 32, 32),), str(plain), dynamo=False,
+                      input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+
+    def preds(argv: list[str], out: Path) -> list[str]:
+        assert run([*argv, "--data", str(val), "-o", str(out), "-b", "16", "--quiet"]) == 0
+        csvs = list(out.glob("*_inference_results.csv"))
+        return [r["predicted"] for r in csv.DictReader(csvs[0].open())]
+
+    ref = preds(["infer", str(ckpt)], tmp_path / "pt")
+    ours = preds(["infer-onnx", str(exported.path)], tmp_path / "onnx")
+    other = preds(["infer-onnx", str(plain), "-c", str(trained_run / "config.py")],
+                  tmp_path / "plain")
+    assert len(ref) == len(ours) == len(other) == 359
+    for got in (ours, other):
+        assert sum(a == b for a, b in zip(ref, got)) / len(ref) >= 0.995
+    summary = (tmp_path / "plain" / "onnx_inference_summary.txt").read_text(encoding="utf-8")
+    assert "providers" in summary
+    # without metadata and without -c, the message says what to pass
+    lonely = tmp_path / "lonely" / "plain.onnx"
+    lonely.parent.mkdir()
+    lonely.write_bytes(plain.read_bytes())
+    assert run(["infer-onnx", str(lonely), "--data", str(val), "--quiet"]) == 2

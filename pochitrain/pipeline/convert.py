@@ -96,8 +96,8 @@ def _check_free(path: Path, overwrite: bool, what: str) -> None:
 
 def _verification_batch(opts: ConvertOptions, info_: Any, profile: Profile) -> tuple[Any, str]:
     """Real images for the FP16 check (--verify-data, else the run's val data), or random."""
+    from pochitrain.config import find_val_data
     from pochitrain.onnx.verify import verification_batches
-    from pochitrain.pipeline.export_onnx import find_val_data
     from pochitrain.preprocess import Preprocess
 
     h, w = profile.input_shape[2:]

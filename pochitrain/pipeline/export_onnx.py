@@ -6,13 +6,13 @@ and only then renamed to its final name: a failed export or verification leaves 
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pochitrain.config import find_val_data
 from pochitrain.console import console, info, warn
 from pochitrain.errors import PochiError, UsageError
 from pochitrain.meta import ModelMeta, file_sha256
@@ -29,34 +29,6 @@ class ExportOutcome:
     meta: ModelMeta
     input_shape: list[int | str]
     report: Any | None  # onnx.verify.VerifyReport, None with --skip-verify
-
-
-def find_val_data(checkpoint: Path) -> Path | None:
-    """The run's val_data_root: from its config (pochitrain.config) or its run.json."""
-    try:
-        from pochitrain.config import find_config_near, load_config
-
-        found = find_config_near(checkpoint)
-        if found is not None:
-            root = getattr(load_config(found), "val_data_root", None)
-            if root:
-                return Path(root)
-    except (ImportError, PochiError):
-        pass  # no config module yet, or a broken config: run.json may still tell
-    run_dir = checkpoint.resolve().parent
-    for folder in (run_dir, run_dir.parent):
-        run_json = folder / "run.json"
-        if not run_json.is_file():
-            continue
-        try:
-            data = json.loads(run_json.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            continue
-        root = data.get("val_data_root") or (data.get("config") or {}).get("val_data_root")
-        if root:
-            root_path = Path(root)
-            return root_path if root_path.is_absolute() or root_path.exists() else folder / root
-    return None
 
 
 def _probe_folder(folder: Path) -> None:

@@ -78,13 +78,12 @@ def _class_names_from_config(settings: Any, config_path: Path) -> list[str]:
 
 
 def resolve_meta(model_meta: ModelMeta | None, model_path: Path,
-                 config: Path | None) -> tuple[ModelMeta, Any | None]:
-    """The model's own metadata, or one built from the config (given or auto-detected)."""
-    settings, config_path = (None, None)
-    if model_meta is None or config is not None:
-        settings, config_path = _config_fallback(model_path, config)
+                 config: Path | None) -> ModelMeta:
+    """The model's own metadata; ``-c`` overrides its preprocessing; without metadata, the
+    config (given or auto-detected) supplies preprocessing and class names."""
     if model_meta is not None and config is None:
-        return model_meta, None
+        return model_meta
+    settings, config_path = _config_fallback(model_path, config)
     if settings is None or config_path is None:
         raise ConfigError(
             f"{model_path} carries no pochitrain metadata (class names, preprocessing) and no "
@@ -94,33 +93,38 @@ def resolve_meta(model_meta: ModelMeta | None, model_path: Path,
     from pochitrain.config import preprocess_from_settings
 
     preprocess = preprocess_from_settings(settings)
-    names = model_meta.class_names if model_meta else _class_names_from_config(settings,
-                                                                               config_path)
-    name = model_meta.model_name if model_meta else str(getattr(settings, "model_name", "?"))
-    return ModelMeta(names, preprocess, model_name=name), settings
+    if model_meta is not None:
+        return ModelMeta(model_meta.class_names, preprocess, model_meta.model_name,
+                         model_meta.source)
+    names = _class_names_from_config(settings, config_path)
+    return ModelMeta(names, preprocess, model_name=str(getattr(settings, "model_name", "?")))
 
 
-def _default_data(model_path: Path, settings: Any | None) -> Path:
-    if settings is None:
-        from pochitrain.config import find_config_near, load_config
+def _default_data(model_path: Path) -> Path:
+    from pochitrain.config import find_val_data
 
-        found = find_config_near(model_path)
-        settings = load_config(found) if found else None
-    root = getattr(settings, "val_data_root", None) if settings is not None else None
-    if not root:
+    root = find_val_data(model_path)
+    if root is None:
         raise DataError("No data folder given and none found in the run's config.",
                         "Pass --data DIR (a folder of class sub-folders, or of images).")
-    return Path(root)
+    return root
 
 
 def _open_runner(runtime: str, model_path: Path, *, device: str, providers: list[str] | None,
-                 batch_size: int | None) -> tuple[Any, ModelMeta | None, dict[str, Any]]:
+                 batch_size: int | None, torch_options: Any = None,
+                 ) -> tuple[Any, ModelMeta | None, dict[str, Any]]:
     if runtime == "pytorch":
         from pochitrain.inference.torch_runner import TorchRunner, resolve_device
         from pochitrain.models import load_model
 
+        resolved = resolve_device(device)
+        if device == "auto" and resolved == "cpu":
+            from pochitrain.console import info as say
+
+            say("CUDA が使えないため CPU で推論します / No CUDA GPU here: running PyTorch on "
+                 "the CPU.")
         model, meta = load_model(model_path)
-        return TorchRunner(model, resolve_device(device)), meta, {}
+        return TorchRunner(model, resolved, torch_options), meta, {}
     if runtime == "onnx":
         from pochitrain.inference.onnx_runner import open_onnx_runner
 
@@ -156,7 +160,11 @@ def infer(model_path: Path | str, data: Path | str | None = None,
           output: Path | str | None = None, batch_size: int | None = None,
           config: Path | str | None = None, device: str = "auto",
           providers: list[str] | None = None, warmup_runs: int = 2,
-          expect_runtime: str | None = None, progress: bool = True) -> InferOutcome:
+          expect_runtime: str | None = None, progress: bool = True, pipeline: str = "auto",
+          precision: str = "fp32", channels_last: bool = False,
+          cuda_graph: bool = False) -> InferOutcome:
+    """``pipeline`` (auto | cpu | gpu), ``precision``, ``channels_last`` and ``cuda_graph``
+    are PyTorch-runner options (see ``inference.torch_runner`` / ``gpu_preprocess``)."""
     model_path = Path(model_path)
     runtime = runtime_for(model_path)
     if expect_runtime is not None and runtime != expect_runtime:
@@ -166,21 +174,34 @@ def infer(model_path: Path | str, data: Path | str | None = None,
         )
     if not model_path.exists() and runtime != "tensorrt":  # infer-trt owns its own message
         raise ModelFileError(f"Model file not found: {model_path}", "Check the path.")
+    torch_options = None
+    if runtime == "pytorch":
+        from pochitrain.inference.torch_runner import TorchOptions
+
+        torch_options = TorchOptions(precision, channels_last, cuda_graph)
+    elif pipeline == "gpu" or precision != "fp32" or channels_last or cuda_graph:
+        from pochitrain.errors import UsageError
+
+        raise UsageError("--pipeline gpu, --precision, --channels-last and --cuda-graph are "
+                         f"PyTorch (.pth) options; {model_path.name} runs on {runtime}.",
+                         "Drop them (ONNX/TensorRT precision is chosen at export/convert time).")
     runner, model_meta, extra = _open_runner(runtime, model_path, device=device,
-                                             providers=providers, batch_size=batch_size)
+                                             providers=providers, batch_size=batch_size,
+                                             torch_options=torch_options)
     try:
-        meta, settings = resolve_meta(model_meta, model_path, Path(config) if config else None)
+        meta = resolve_meta(model_meta, model_path, Path(config) if config else None)
         _check_input_size(runtime, extra, meta)
-        data_dir = Path(data) if data else _default_data(model_path, settings)
+        data_dir = Path(data) if data else _default_data(model_path)
         folder = scan_image_folder(data_dir, "data folder")
         check_classes(folder, meta.class_names)
         folder = remap_labels(folder, meta.class_names)
         bs = batch_size or getattr(runner, "default_batch_size", None) or 1
+        batches, pipeline_text = _input_pipeline(runtime, runner, pipeline, meta)
         result = run_inference(runner, folder, meta.preprocess, bs, meta.class_names,
-                               warmup_runs=warmup_runs, progress=progress)
+                               warmup_runs=warmup_runs, progress=progress, batches=batches)
         info = {"model": str(model_path), "data": str(data_dir),
                 "input_size": "x".join(str(v) for v in meta.preprocess.input_size),
-                **runner.describe()}
+                "pipeline": pipeline_text, **runner.describe()}
     finally:
         runner.close()
     if not result.measured:
@@ -191,6 +212,20 @@ def infer(model_path: Path | str, data: Path | str | None = None,
 
     files = write_reports(result, out_dir, info)
     return InferOutcome(out_dir, files, result)
+
+
+def _input_pipeline(runtime: str, runner: Any, pipeline: str,
+                    meta: ModelMeta) -> tuple[Any, str]:
+    """(batch source for run_inference or None for the CPU path, text for the summary)."""
+    if runtime != "pytorch":
+        return None, "cpu (PIL, decode threads)"
+    from pochitrain.inference.gpu_preprocess import GpuBatches, resolve_pipeline
+
+    choice, why = resolve_pipeline(pipeline, runner.device, meta.preprocess)
+    if choice == "cpu":
+        return None, f"cpu (PIL, decode threads; {why})"
+    source = GpuBatches(meta.preprocess, runner.device)
+    return source, source.describe()
 
 
 def _output_dir(model_path: Path, output: Path | str | None) -> Path:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from pochitrain.errors import ModelFileError
-from pochitrain.workspace import atomic_path, check_writable
+from pochitrain.workspace import atomic_write_bytes, atomic_write_text, check_writable
 
 ENGINE_FORMAT = "pochitrain-engine-v1"
 PRECISION_SUFFIX = {"fp32": "", "fp16": "_fp16", "int8": "_int8"}
@@ -49,23 +48,12 @@ def write_engine(engine_path: Path | str, engine_bytes: bytes, meta: dict[str, A
     check_outputs(engine_path, overwrite)
     meta = dict(meta, engine_sha256=hashlib.sha256(engine_bytes).hexdigest())
     text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
-    with atomic_path(engine_path) as tmp:
-        tmp.write_bytes(engine_bytes)
-        _readable(tmp)
+    atomic_write_bytes(engine_path, engine_bytes)
     try:
-        with atomic_path(sidecar_path(engine_path)) as tmp:
-            tmp.write_text(text, encoding="utf-8")
-            _readable(tmp)
+        atomic_write_text(sidecar_path(engine_path), text)
     except BaseException:
         engine_path.unlink(missing_ok=True)
         raise
-
-
-def _readable(path: Path) -> None:
-    # temp files are created 0600; an engine is meant to be shared like any model file
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def read_engine_metadata(engine_path: Path | str) -> dict[str, Any]:
