@@ -24,7 +24,11 @@ TensorRT (see ``pochitrain.tensorrt.runtime``)::
     logits, pure_s = pipe.run(batch, execute, out_shape=(n, num_classes), out_dtype=np.float32)
 
 Buffers are sized by the largest batch seen and reused, so the last, smaller batch needs no
-padding. The module imports without CUDA; using the pipe without it raises BackendMissingError.
+padding. A batch that is already a CUDA tensor (the GPU input pipeline,
+``pochitrain.inference.gpu_preprocess``) skips the host staging and the H2D copy.
+``torch_call`` takes autocast precision and channels_last; ``CudaGraphCall`` wraps any model
+call (PyTorch or TensorRT) in CUDA graph replay for fixed batch shapes.
+The module imports without CUDA; using the pipe without it raises BackendMissingError.
 """
 
 from __future__ import annotations
@@ -70,19 +74,78 @@ def require_cuda(device: str = "cuda") -> str:
     return f"{torch.cuda.get_device_name(device)} (sm_{major}{minor})"
 
 
-def torch_call(model: Any) -> ModelCall:
-    """The model call for a PyTorch module already on the GPU."""
+def torch_call(model: Any, amp_dtype: Any = None, channels_last: bool = False) -> ModelCall:
+    """The model call for a PyTorch module already on its device.
+
+    ``amp_dtype`` (torch.float16 / torch.bfloat16): autocast; logits come back as float32.
+    ``channels_last``: the input is made NHWC (the model must be converted by the caller).
+    """
     import torch
 
     def call(d_in: torch.Tensor, d_out: torch.Tensor | None, stream: Any) -> torch.Tensor | None:
-        with torch.inference_mode():
-            y = model(d_in)
+        x = d_in.contiguous(memory_format=torch.channels_last) if channels_last else d_in
+        # cache_enabled=False: the autocast weight cache does not survive graph capture
+        with torch.inference_mode(), torch.autocast(x.device.type, dtype=amp_dtype,
+                                                    enabled=amp_dtype is not None,
+                                                    cache_enabled=False):
+            y = model(x)
+        if amp_dtype is not None:
+            y = y.float()
         if d_out is None:
             return y
         d_out.copy_(y)
         return None
 
     return call
+
+
+class CudaGraphCall:
+    """A model call replayed from a captured CUDA graph, one graph per input shape.
+
+    The first batch of a shape is run twice eagerly (cuDNN autotuning, lazy init), then
+    captured on the pipe's stream; later batches of that shape are copied into the static
+    input and replayed, which removes the per-kernel launch cost (batch 1 and 32 gain most).
+    At most ``max_graphs`` shapes are captured (the batch size and the last, smaller batch);
+    others run eagerly.
+    """
+
+    def __init__(self, call: ModelCall, max_graphs: int = 2) -> None:
+        self.call = call
+        self.max_graphs = max_graphs
+        self._graphs: dict[tuple[Any, ...], tuple[Any, Any, Any, Any]] = {}
+
+    def __call__(self, d_in: torch.Tensor, d_out: torch.Tensor | None, stream: Any) -> Any:
+        key = (tuple(d_in.shape), d_in.dtype, None if d_out is None else tuple(d_out.shape))
+        entry = self._graphs.get(key)
+        if entry is None:
+            if len(self._graphs) >= self.max_graphs:
+                return self.call(d_in, d_out, stream)
+            entry = self._graphs[key] = self._capture(d_in, d_out, stream)
+        static_in, static_out, result, graph = entry
+        static_in.copy_(d_in)
+        graph.replay()
+        if d_out is None:
+            return result
+        d_out.copy_(static_out)
+        return None
+
+    def _capture(self, d_in: torch.Tensor, d_out: torch.Tensor | None,
+                 stream: Any) -> tuple[Any, Any, Any, Any]:
+        import torch
+
+        static_in = d_in.clone()
+        static_out = None if d_out is None else torch.empty_like(d_out)
+        for _ in range(2):
+            self.call(static_in, static_out, stream)
+        stream.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: the GPU input pipeline's producer thread keeps working meanwhile
+        with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+            result = self.call(static_in, static_out, stream)
+        return static_in, static_out, result, graph
+
+    def close(self) -> None:
+        self._graphs.clear()
 
 
 class CudaBatchPipe:
@@ -113,21 +176,27 @@ class CudaBatchPipe:
             self._bufs[key] = buf
         return buf[:need].view(*shape)
 
-    def run(self, batch: np.ndarray, call: ModelCall, out_shape: Sequence[int] | None = None,
+    def run(self, batch: np.ndarray | torch.Tensor, call: ModelCall,
+            out_shape: Sequence[int] | None = None,
             out_dtype: Any = np.float32) -> tuple[np.ndarray, float]:
-        """(N, C, H, W) array -> (output as float32 array, pure seconds of ``call``)."""
+        """(N, C, H, W) array or CUDA tensor -> (output as float32 array, pure seconds)."""
         torch = self._torch
-        batch = np.ascontiguousarray(batch)
-        in_dtype = torch.from_numpy(batch[:0]).dtype
-        h_in = self._buffer("h_in", batch.shape, in_dtype, pinned=True)
-        d_in = self._buffer("d_in", batch.shape, in_dtype, pinned=False)
-        h_in.copy_(torch.from_numpy(batch))
+        on_device = isinstance(batch, torch.Tensor) and batch.device.type == "cuda"
+        if isinstance(batch, torch.Tensor) and on_device:
+            d_in = batch.contiguous()  # prepared on the GPU, complete (its producer synced)
+        else:
+            batch = np.ascontiguousarray(batch)
+            in_dtype = torch.from_numpy(batch[:0]).dtype
+            h_in = self._buffer("h_in", batch.shape, in_dtype, pinned=True)
+            d_in = self._buffer("d_in", batch.shape, in_dtype, pinned=False)
+            h_in.copy_(torch.from_numpy(batch))
         d_out = None
         if out_shape is not None:
             out_t = torch.from_numpy(np.empty(0, dtype=out_dtype)).dtype
             d_out = self._buffer("d_out", out_shape, out_t, pinned=False)
         with torch.cuda.stream(self.stream):
-            d_in.copy_(h_in, non_blocking=True)
+            if not on_device:
+                d_in.copy_(h_in, non_blocking=True)
             self._start.record(self.stream)
             result = call(d_in, d_out, self.stream)
             self._end.record(self.stream)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -110,17 +111,28 @@ def iter_batches(samples: list[tuple[Path, int]], preprocess: Preprocess, batch_
             yield batch, paths, labels, skipped
 
 
+BatchSource = Callable[[list[tuple[Path, int]], int], Iterator[tuple[Any, list[Path], list[int],
+                                                                    list[Path]]]]
+
+
 def run_inference(runner: Runner, folder: ImageFolder, preprocess: Preprocess,
                   batch_size: int, class_names: list[str], warmup_runs: int = 2,
-                  progress: bool = True) -> InferenceResult:
-    """Run ``runner`` over every image of ``folder`` (labels already in model order)."""
+                  progress: bool = True, batches: BatchSource | None = None) -> InferenceResult:
+    """Run ``runner`` over every image of ``folder`` (labels already in model order).
+
+    ``batches(samples, batch_size)`` replaces the CPU (PIL) input path, e.g. with
+    ``gpu_preprocess.GpuBatches`` whose batches are already CUDA tensors.
+    """
     runner.check_batch_size(batch_size)
     result = InferenceResult(runner.name, list(class_names), batch_size=batch_size)
     samples = list(folder.samples)
+    if batches is None:
+        def batches(s: list[tuple[Path, int]], n: int) -> Iterator[Any]:
+            return iter_batches(s, preprocess, n)
 
     # Warm-up on the first decodable batch: excluded from timing and from the results.
     if warmup_runs > 0:
-        for batch, *_ in iter_batches(samples[: batch_size * 4], preprocess, batch_size):
+        for batch, *_ in batches(samples[: batch_size * 4], batch_size):
             if batch is not None:
                 for _ in range(warmup_runs):
                     runner.run(batch)
@@ -130,7 +142,7 @@ def run_inference(runner: Runner, folder: ImageFolder, preprocess: Preprocess,
     bar = _progress(progress, len(samples), runner.name)
     start = time.perf_counter()
     try:
-        for batch, paths, labels, skipped in iter_batches(samples, preprocess, batch_size):
+        for batch, paths, labels, skipped in batches(samples, batch_size):
             result.skipped.extend(skipped)
             if batch is not None:
                 logits, pure = runner.run(batch)

@@ -1,0 +1,315 @@
+"""GPU input pipeline for the PyTorch runner (``--pipeline gpu``): keeps the GPU fed.
+
+A producer thread prepares batch k+1 on its own CUDA stream while the model runs batch k:
+file bytes are read by a thread pool; complete JPEGs of a batch are decoded together by nvJPEG
+(``torchvision.io.decode_jpeg(device="cuda")``); other formats, and JPEGs nvJPEG refuses, are
+decoded by PIL in the pool; then each uint8 image is resized (antialiased, float) and
+center-cropped on the GPU, and one normalize runs over the whole float32 NCHW batch.
+
+Skips follow the CPU path: a file is skipped when PIL (``data.open_rgb``) cannot decode it,
+i.e. truncated JPEGs (no end-of-image marker) and anything nvJPEG fails on go to PIL for the
+verdict.
+
+Differences from the CPU path (``Preprocess.__call__``, PIL): PIL resizes in fixed-point
+arithmetic on uint8, this pipeline in float32 with torch's antialiased kernels (then rounded to
+whole levels, as PIL stores them), and nvJPEG's IDCT / chroma upsampling differ slightly from
+libjpeg's. Pixels differ by a few levels at most; top-1 agreement is measured in
+``benchmarks/gpu_bench.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import threading
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pochitrain.data import open_rgb
+from pochitrain.errors import UsageError
+from pochitrain.preprocess import Preprocess
+
+PIPELINES = ("auto", "cpu", "gpu")
+# torch mode for each Preprocess interpolation the GPU reproduces; "nearest-exact" samples
+# pixel centres as PIL does.
+_TORCH_MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest-exact"}
+_DONE = object()
+
+Item = tuple[Any, list[Path], list[int], list[Path]]  # (batch or None, paths, labels, skipped)
+
+
+def gpu_unsupported(preprocess: Preprocess) -> str | None:
+    """Why ``preprocess`` cannot run on the GPU pipeline, or None when it can."""
+    if preprocess.resize is not None and preprocess.interpolation not in _TORCH_MODES:
+        return (f"interpolation {preprocess.interpolation!r} has no GPU equivalent "
+                f"(supported: {', '.join(_TORCH_MODES)})")
+    return None
+
+
+def resolve_pipeline(pipeline: str, device: str, preprocess: Preprocess) -> tuple[str, str]:
+    """(``"cpu"`` or ``"gpu"``, a one-line reason) for ``--pipeline auto|cpu|gpu``."""
+    if pipeline not in PIPELINES:
+        raise UsageError(f"Unknown --pipeline {pipeline!r}.", "Use auto, cpu or gpu.")
+    on_gpu = device.startswith("cuda")
+    why_not = gpu_unsupported(preprocess)
+    if pipeline == "gpu":
+        if not on_gpu:
+            raise UsageError("--pipeline gpu needs the model on a CUDA GPU; this run uses the "
+                             "CPU.", "Use --pipeline cpu (or auto), or --device cuda on a GPU.")
+        if why_not:
+            raise UsageError(f"--pipeline gpu cannot reproduce this preprocessing: {why_not}.",
+                             "Use --pipeline cpu (PIL), which supports every interpolation.")
+        return "gpu", "asked for"
+    if pipeline == "cpu":
+        return "cpu", "asked for"
+    if not on_gpu:
+        return "cpu", "model on the CPU"
+    if why_not:
+        return "cpu", why_not
+    return "gpu", "CUDA available"
+
+
+def is_complete_jpeg(data: bytes) -> bool:
+    """Starts with SOI and ends with EOI (zero padding allowed): safe to hand to nvJPEG."""
+    return data[:3] == b"\xff\xd8\xff" and data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
+
+
+def resize_crop(image: Any, preprocess: Preprocess) -> Any:
+    """(3, h, w) uint8 tensor -> (3, H, W) float32 tensor of 0..255 values, on its device."""
+    import torch
+    import torch.nn.functional as F
+
+    x = image.float()
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    if preprocess.resize is not None:
+        nh, nw = replace(preprocess, center_crop=None).output_size(w, h)
+        if (nh, nw) != (h, w):
+            mode = _TORCH_MODES[preprocess.interpolation]
+            smooth = mode != "nearest-exact"
+            x = F.interpolate(x[None], size=(nh, nw), mode=mode, antialias=smooth,
+                              align_corners=False if smooth else None)[0]
+            x = x.round_().clamp_(0, 255)  # PIL keeps whole uint8 levels
+            h, w = nh, nw
+    if preprocess.center_crop is not None:
+        ch, cw = preprocess.center_crop
+        if ch > h or cw > w:  # zero padding, placed as data._center_crop / torchvision do
+            ph, pw = max(h, ch), max(w, cw)
+            top, left = (ph - h) // 2, (pw - w) // 2
+            x = F.pad(x, (left, pw - w - left, top, ph - h - top))
+            h, w = ph, pw
+        top, left = round((h - ch) / 2.0), round((w - cw) / 2.0)
+        x = x[:, top:top + ch, left:left + cw]
+    return x if x.is_contiguous() else x.contiguous(memory_format=torch.contiguous_format)
+
+
+def normalize_(batch: Any, preprocess: Preprocess) -> Any:
+    """In place: 0..255 values -> (x / 255 - mean) / std, as one fused multiply-add."""
+    import torch
+
+    std = torch.tensor(preprocess.std, dtype=torch.float32, device=batch.device)
+    mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=batch.device)
+    scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1)
+    shift = (mean / std).view(1, 3, 1, 1)
+    return batch.mul_(scale).sub_(shift)
+
+
+def _read(path: Path) -> tuple[str, Any]:
+    """('jpeg', bytes) for nvJPEG, ('rgb', HWC uint8 array) decoded by PIL, or ('bad', None)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return "bad", None
+    if is_complete_jpeg(data):
+        return "jpeg", data
+    image = open_rgb(path)
+    return ("bad", None) if image is None else ("rgb", np.asarray(image))
+
+
+class GpuBatches:
+    """``batches(samples, batch_size)`` -> iterator of (float32 NCHW tensor on ``device``,
+    paths, labels, skipped paths), in input order; a drop-in for ``loop.iter_batches``.
+
+    ``device="cpu"`` runs the same code without streams or nvJPEG (used by the tests).
+    """
+
+    def __init__(self, preprocess: Preprocess, device: str = "cuda",
+                 workers: int | None = None) -> None:
+        import torch
+
+        why_not = gpu_unsupported(preprocess)
+        if why_not:
+            raise UsageError(f"The GPU pipeline cannot reproduce this preprocessing: {why_not}.",
+                             "Use --pipeline cpu.")
+        self._torch = torch
+        self.preprocess = preprocess
+        self.device = device
+        self.workers = workers or min(16, os.cpu_count() or 1)
+        self.cuda = device.startswith("cuda")
+        self.jpeg_decoder = self._probe_nvjpeg() if self.cuda else "torchvision (CPU)"
+
+    def _probe_nvjpeg(self) -> str:
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16), (200, 30, 90)).save(buf, format="JPEG")
+        try:
+            self._decode_many([buf.getvalue()])
+        except RuntimeError as exc:  # torchvision built without nvJPEG
+            self._nvjpeg_error = str(exc).splitlines()[0]
+            return f"PIL in threads (nvJPEG unavailable: {self._nvjpeg_error})"
+        return "nvJPEG"
+
+    def describe(self) -> str:
+        return f"gpu (decode: {self.jpeg_decoder}; resize/crop/normalize on {self.device})"
+
+    def _decode_many(self, datas: list[bytes]) -> list[Any]:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        tensors = [self._torch.frombuffer(bytearray(d), dtype=self._torch.uint8) for d in datas]
+        out = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=self.device)
+        return list(out)
+
+    def _decode_jpegs(self, datas: list[bytes], paths: list[Path]) -> list[Any]:
+        """Decoded (3, h, w) uint8 tensors; None where neither nvJPEG nor PIL can decode."""
+        if not datas:
+            return []
+        if not self.jpeg_decoder.startswith("PIL"):
+            try:
+                return self._decode_many(datas)
+            except RuntimeError:
+                pass  # one bad file fails the whole batch: retry one by one
+        out: list[Any] = []
+        for data, path in zip(datas, paths):
+            try:
+                if self.jpeg_decoder.startswith("PIL"):
+                    raise RuntimeError("no nvJPEG")
+                out.append(self._decode_many([data])[0])
+            except RuntimeError:
+                image = open_rgb(path)  # PIL's verdict decides, as in the CPU path
+                out.append(None if image is None else self._from_hwc(np.asarray(image)))
+        return out
+
+    def _from_hwc(self, array: np.ndarray) -> Any:
+        return self._torch.from_numpy(array).permute(2, 0, 1).to(self.device)
+
+    def _decode_chunk(self, chunk: list[tuple[Path, int, str, Any]]) -> list[Any]:
+        """(3, h, w) uint8 device tensor per file of ``chunk``; None where undecodable."""
+        jpeg_at = [i for i, c in enumerate(chunk) if c[2] == "jpeg"]
+        decoded = self._decode_jpegs([chunk[i][3] for i in jpeg_at],
+                                     [chunk[i][0] for i in jpeg_at])
+        images: list[Any] = [None] * len(chunk)
+        for i, img in zip(jpeg_at, decoded):
+            images[i] = img
+        for i, (_, _, kind, payload) in enumerate(chunk):
+            if kind == "rgb":
+                images[i] = self._from_hwc(payload)
+        return images
+
+    def _assemble(self, good: list[tuple[Path, int, Any]], skipped: list[Path]) -> Item:
+        """Resize/crop each image into one float32 NCHW batch, then normalize it."""
+        paths = [g[0] for g in good]
+        labels = [g[1] for g in good]
+        if not good:
+            return None, paths, labels, skipped
+        torch = self._torch
+        h, w = self.preprocess.input_size
+        batch = torch.empty((len(good), 3, h, w), dtype=torch.float32, device=self.device)
+        for k, (_, _, img) in enumerate(good):
+            batch[k].copy_(resize_crop(img, self.preprocess))
+        return normalize_(batch, self.preprocess), paths, labels, skipped
+
+    def _items(self, pool: ThreadPoolExecutor, samples: list[tuple[Path, int]],
+               batch_size: int) -> Iterator[Item]:
+        """Batches of exactly ``batch_size`` decodable images (the last may be smaller), as
+        in the CPU path: fixed shapes keep CUDA graphs and cuDNN plans reusable."""
+        good: list[tuple[Path, int, Any]] = []
+        skipped: list[Path] = []
+        for chunk in self._chunks(pool, samples, batch_size):
+            for (path, label, _, _), img in zip(chunk, self._decode_chunk(chunk)):
+                if img is None:
+                    skipped.append(path)
+                else:
+                    good.append((path, label, img))
+            while len(good) >= batch_size:
+                yield self._assemble(good[:batch_size], skipped)
+                good, skipped = good[batch_size:], []
+        if good or skipped:
+            yield self._assemble(good, skipped)
+
+    def _chunks(self, pool: ThreadPoolExecutor, samples: list[tuple[Path, int]],
+                batch_size: int) -> Iterator[list[tuple[Path, int, str, Any]]]:
+        ahead = max(2 * batch_size, self.workers)
+        pending: deque[tuple[Path, int, Future[tuple[str, Any]]]] = deque()
+        it = iter(samples)
+        while True:
+            while len(pending) < ahead:
+                nxt = next(it, None)
+                if nxt is None:
+                    break
+                pending.append((nxt[0], nxt[1], pool.submit(_read, nxt[0])))
+            if not pending:
+                return
+            chunk: list[tuple[Path, int, str, Any]] = []
+            while pending and len(chunk) < batch_size:
+                path, label, fut = pending.popleft()
+                chunk.append((path, label, *fut.result()))
+            yield chunk
+
+    def __call__(self, samples: list[tuple[Path, int]], batch_size: int) -> Iterator[Item]:
+        torch = self._torch
+        out: queue.Queue[Any] = queue.Queue(maxsize=2)
+        stop = threading.Event()
+
+        def put(item: Any) -> None:
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+
+        def produce() -> None:
+            try:
+                stream = torch.cuda.Stream(device=self.device) if self.cuda else None
+                ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+                with ThreadPoolExecutor(self.workers, thread_name_prefix="pochi-read") as pool, \
+                        ctx:
+                    for item in self._items(pool, samples, batch_size):
+                        if stop.is_set():
+                            return
+                        if stream is not None:
+                            stream.synchronize()  # complete before the model's stream reads it
+                        put(item)
+            except torch.cuda.OutOfMemoryError:
+                from pochitrain.inference.torch_runner import GpuMemoryError
+
+                put(GpuMemoryError(f"GPU のメモリが足りません。\nDecoding a batch of {batch_size} "
+                                   "images ran out of GPU memory.",
+                                   "Use a smaller --batch-size, or --pipeline cpu."))
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                put(exc)
+            finally:
+                put(_DONE)
+
+        thread = threading.Thread(target=produce, name="pochi-gpu-batches", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = out.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            thread.join(timeout=30)
