@@ -158,12 +158,14 @@ def test_cache_key_names_what_changed() -> None:
 # ---- convert options -----------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
+    from pochitrain.cli.common import add_config
     from pochitrain.cli.int8_args import add_int8_arguments
 
     parser = argparse.ArgumentParser()
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--fp16", action="store_true")
     add_int8_arguments(parser, precision_group=group)
+    add_config(parser)
     return parser
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from pochitrain.cli.common import add_input_size, input_size_arg, positive_int
+from pochitrain.cli.common import add_config, add_input_size, input_size_arg, positive_int
+from pochitrain.cli.int8_args import add_int8_arguments, int8_options_from_args
 
 DESCRIPTION = """\
 Build a TensorRT engine from an ONNX image classifier.
@@ -78,9 +79,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     prec.add_argument("--fp16", action="store_true",
                       help="build an FP16 engine from the FP16-cast graph (checked with ONNX "
                       "Runtime against FP32 first)")
-    prec.add_argument("--int8", action="store_true",
-                      help="build an INT8 engine from a calibrated Q/DQ graph (see the "
-                      "calibration options)")
     add_input_size(parser, "image height and width for the profile: required when the ONNX "
                    "has dynamic H/W (pattern 2); otherwise it must match the ONNX")
     parser.add_argument("--output", "-o", default=None, metavar="PATH",
@@ -119,22 +117,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "build to go on (default: 0.97)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no spinner, only the final summary (for logs and CI)")
-    try:
-        from pochitrain.cli.int8_args import add_int8_arguments
-    except ImportError:
-        return  # INT8 options arrive with the INT8 pass
+    add_config(parser, "config.py whose val_transform / val_data_root INT8 calibration uses "
+               "when the ONNX carries no preprocessing or --calib-data is not given "
+               "(default: auto-detected beside the run)")
     add_int8_arguments(parser, prec)
-
-
-def _int8_options(args: argparse.Namespace):  # -> Int8Options (imported lazily)
-    from pochitrain.errors import UsageError
-
-    try:
-        from pochitrain.cli.int8_args import int8_options_from_args
-    except ImportError as exc:
-        raise UsageError("--int8 is not implemented yet in this build of pochitrain.",
-                         "Use FP32 (default) or --fp16 for now.") from exc
-    return int8_options_from_args(args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -165,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         no_timing_cache=args.no_timing_cache,
         verify_data=Path(args.verify_data) if args.verify_data else None,
         fp16_min_agreement=agreement,
-        int8=_int8_options(args) if args.int8 else None,
+        int8=int8_options_from_args(args) if args.int8 else None,
         progress=not args.no_progress,
     )
     result = convert(opts)

@@ -31,18 +31,9 @@ def _points(text: str) -> float:
 
 
 def add_int8_arguments(parser: argparse.ArgumentParser, precision_group: Any = None) -> None:
-    """Add the INT8 options; ``--int8`` goes into ``precision_group`` when given (so that it
-    excludes --fp16). Options the caller already defined (--int8, -c/--config-path: the convert
-    CLI's own) are left alone."""
-    defined = parser._option_string_actions  # argparse keeps no public lookup
-    if "--config-path" not in defined:
-        from pochitrain.cli.common import add_config
-
-        add_config(parser, "config.py whose val_transform / val_data_root calibration uses "
-                   "when the ONNX carries no preprocessing or --calib-data is not given "
-                   "(default: auto-detected beside the run)")
-    if "--int8" not in defined:
-        _add_int8_flag(precision_group if precision_group is not None else parser)
+    """Add ``--int8`` (into ``precision_group`` when given, so that it excludes --fp16) and the
+    calibration options. ``-c/--config-path`` is the caller's (pochitrain.cli.common)."""
+    _add_int8_flag(precision_group if precision_group is not None else parser)
     _add_calibration_options(parser)
 
 
