@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from pochitrain.config import NO_VAL_TRANSFORM_JA
 from pochitrain.data import ImageFolder, open_rgb
 from pochitrain.errors import CalibrationError, ConfigError, PochiError
 from pochitrain.meta import ModelMeta
@@ -30,7 +31,6 @@ SELECTION_VERSION = 1  # bump when the selection rule changes: old caches become
 
 NO_DATA_JA = "--calib-data を指定するか, configに val_data_rootを設定してください"
 NO_CALIBRATOR_JA = "calibratorが必須です"
-NO_VAL_TRANSFORM_JA = "configにval_transformが設定されていません"
 NOT_FOUND_JA = "キャリブレーションデータが見つかりません"
 
 Sample = tuple[Path, int]
