@@ -32,6 +32,15 @@ pretrained = False
 # "cuda" on a machine without a GPU is an error.
 device = "auto"
 
+# Mixed precision for training (autocast): "auto" = bf16 on GPUs that support it (compute
+# capability 8.0+, e.g. A100/H100/RTX 30xx+), fp16 with loss scaling on older GPUs, off on
+# the CPU. "bf16" / "fp16" force one (an error on the CPU); "off" trains in float32.
+mixed_precision = "auto"
+
+# NHWC memory layout (tensor cores prefer it with bf16/fp16). "auto" = True on a CUDA GPU,
+# False on the CPU; True / False force it.
+channels_last = "auto"
+
 # ---- data ----------------------------------------------------------------------------------
 # Image folders with one sub-folder per class: <root>/<class_name>/*.png|jpg|...
 # Class names are the sorted sub-folder names; val must have the same class folders as train.

@@ -27,6 +27,7 @@ from pochitrain.errors import ConfigError
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
 SCHEDULERS = ("StepLR", "MultiStepLR", "CosineAnnealingLR", "ExponentialLR", "LinearLR")
 EARLY_STOPPING_MONITORS = ("val_accuracy", "val_loss")
+MIXED_PRECISIONS = ("auto", "bf16", "fp16", "off")
 RUN_DIR_PATTERN = re.compile(r"^\d{8}_\d{3,}$")
 NO_VAL_TRANSFORM_JA = "configにval_transformが設定されていません"
 
@@ -57,6 +58,8 @@ class Settings:
     pretrained: bool = False
     input_size: list[int] | None = None  # [H, W]; None: taken from val_transform
     seed: int | None = 42
+    mixed_precision: str = "auto"  # auto | bf16 | fp16 | off; resolved by training.resolve_amp
+    channels_last: bool | str = "auto"  # True | False | "auto" (True on CUDA)
     config_path: Path | None = None  # the file these settings came from (not a config key)
 
     def to_dict(self) -> dict[str, Any]:
@@ -253,6 +256,11 @@ def _validate(raw: dict[str, Any], config_dir: Path, config_path: Path) -> Setti
     s.pretrained = g["pretrained"]
     s.input_size = _check_input_size(g["input_size"])
     s.seed = _check_int("seed", g["seed"], 0, allow_none=True)
+    s.mixed_precision = _check_choice("mixed_precision", g["mixed_precision"], MIXED_PRECISIONS)
+    cl = g["channels_last"]
+    if not (isinstance(cl, bool) or (isinstance(cl, str) and cl.lower() == "auto")):
+        raise _type_error("channels_last", cl, "True, False or 'auto' (True on a CUDA GPU)")
+    s.channels_last = cl if isinstance(cl, bool) else "auto"
     return s
 
 

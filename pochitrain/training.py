@@ -4,7 +4,9 @@ early stopping, per-epoch metrics (CSV + PNG) and Ctrl+C handling.
 Device-aware from the start: batches are copied with ``non_blocking=True`` (useful with the
 pinned memory the loaders use on CUDA), and :func:`run_epoch` takes ``amp_dtype`` (autocast,
 e.g. torch.bfloat16) and ``channels_last`` so GPU options can be switched on without touching
-the loop. On the CPU both stay off.
+the loop. :func:`resolve_precision` turns the config keys ``mixed_precision`` and
+``channels_last`` into those arguments for a device (bf16 + channels_last on GPUs that support
+bf16; both off on the CPU); fp16 adds a ``torch.amp.GradScaler``.
 """
 
 from __future__ import annotations
@@ -150,6 +152,52 @@ class EarlyStopping:
         return self.bad_epochs >= self.patience
 
 
+# ---- precision and layout ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Precision:
+    """What ``mixed_precision`` / ``channels_last`` resolved to on a device."""
+
+    name: str  # "bf16" | "fp16" | "off"
+    channels_last: bool
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
+
+    def grad_scaler(self, device: str) -> Any:
+        """fp16 needs loss scaling (small gradients underflow); bf16 and fp32 do not."""
+        if self.name != "fp16":
+            return None
+        return torch.amp.GradScaler(device.split(":")[0])
+
+
+def _bf16_ok(device: str) -> bool:
+    # capability, not torch.cuda.is_bf16_supported(): that also says yes for slow emulation
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def resolve_precision(mixed_precision: str, channels_last: bool | str, device: str) -> Precision:
+    """``auto`` -> bf16 on CUDA GPUs with bfloat16 support (compute capability >= 8.0), fp16 on
+    older GPUs, off on the CPU; ``channels_last="auto"`` -> True on CUDA. Asking for bf16/fp16
+    on the CPU, or bf16 on a GPU without it, is a ConfigError (exit 2) naming the fix."""
+    on_gpu = device.startswith("cuda")
+    name = mixed_precision
+    if name == "auto":
+        name = ("bf16" if _bf16_ok(device) else "fp16") if on_gpu else "off"
+    elif name in ("bf16", "fp16") and not on_gpu:
+        raise ConfigError(
+            f"mixed_precision = {name!r} needs a CUDA GPU, but this run uses the CPU "
+            f"(device = {device!r}).",
+            "Set mixed_precision = 'auto' (bf16 on a GPU, off on the CPU) or 'off'.")
+    elif name == "bf16" and not _bf16_ok(device):
+        raise ConfigError("mixed_precision = 'bf16' but this GPU has no bfloat16 support "
+                          "(needs compute capability 8.0 or newer).",
+                          "Set mixed_precision = 'fp16' (or 'auto', which picks it here).")
+    cl = on_gpu if channels_last == "auto" else bool(channels_last)
+    return Precision(name, cl)
+
+
 # ---- one epoch ------------------------------------------------------------------------------
 
 @dataclass
@@ -166,8 +214,11 @@ def run_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, device
               optimizer: torch.optim.Optimizer | None = None,
               stop: threading.Event | None = None,
               on_batch: Callable[[int, float], None] | None = None,
-              amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> EpochStats:
+              amp_dtype: torch.dtype | None = None, channels_last: bool = False,
+              scaler: Any = None) -> EpochStats:
     """Train (with ``optimizer``) or evaluate (without) for one pass over ``loader``.
+
+    ``amp_dtype``: autocast dtype (None: fp32); ``scaler``: a ``torch.amp.GradScaler`` for fp16.
 
     ``stop`` set during training ends the epoch after the current batch (Ctrl+C).
     ``on_batch(images_in_batch, loss)`` drives a progress bar.
@@ -195,8 +246,13 @@ def run_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, device
                 loss = criterion(logits, y)
             if training:
                 optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
-                loss.backward()
-                optimizer.step()  # type: ignore[union-attr]
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()  # type: ignore[union-attr]
             n = int(y.shape[0])
             loss_value = float(loss.detach())
             total_loss += loss_value * n

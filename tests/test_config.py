@@ -127,6 +127,11 @@ def test_typo_key_suggests_the_nearest(tmp_path: Path) -> None:
     ("num_workers = -1\n", ["'num_workers'"]),
     ("train_data_root = 5\n", ["'train_data_root'", "folder path"]),
     ("val_transform = 'Resize(32)'\n", ["'val_transform'", "torchvision transform"]),
+    ("mixed_precision = 'bf61'\n", ["'mixed_precision'", "auto, bf16, fp16, off",
+                                    "Did you mean 'bf16'"]),
+    ("mixed_precision = True\n", ["'mixed_precision'", "auto, bf16, fp16, off"]),
+    ("channels_last = 'yes'\n", ["'channels_last'", "True, False or 'auto'"]),
+    ("channels_last = 1\n", ["'channels_last'", "True, False or 'auto'"]),
 ])
 def test_wrong_type_or_value_names_key_and_allowed(tmp_path: Path, body: str,
                                                    words: list[str]) -> None:
@@ -134,6 +139,18 @@ def test_wrong_type_or_value_names_key_and_allowed(tmp_path: Path, body: str,
     text = str(err)
     for word in words:
         assert word in text
+
+
+def test_precision_keys(tmp_path: Path) -> None:
+    s = load_config(_config(tmp_path, "epochs = 1\n"))
+    assert s.mixed_precision == "auto" and s.channels_last == "auto"
+    s = load_config(_config(tmp_path, "mixed_precision = 'BF16'\nchannels_last = False\n"))
+    assert s.mixed_precision == "bf16" and s.channels_last is False
+    assert s.to_dict()["mixed_precision"] == "bf16"
+    err = _error(tmp_path, "mixed_precison = 'bf16'\n")
+    assert "Did you mean 'mixed_precision'?" in err.message
+    err = _error(tmp_path, "channel_last = True\n")
+    assert "Did you mean 'channels_last'?" in err.message
 
 
 def test_overrides_are_validated(tmp_path: Path) -> None:

@@ -246,6 +246,64 @@ def test_cuda_without_gpu_is_a_clear_error(tiny_data: Path, tmp_path: Path,
     assert code == 2 and "no CUDA GPU" in err
 
 
+def test_mixed_precision_off_trains_in_fp32_and_is_recorded(tiny_data: Path,
+                                                             tmp_path: Path) -> None:
+    import torch
+
+    from pochitrain.models import read_checkpoint
+
+    config = _tiny_config(tmp_path, tiny_data,
+                          extra="mixed_precision = 'off'\nchannels_last = False\n")
+    result = train(config, work_dir=tmp_path / "w", progress=False)
+    assert result.stopped_by == "completed" and result.best_checkpoint is not None
+    info = json.loads((result.run_dir / "run.json").read_text(encoding="utf-8"))
+    assert info["settings"]["mixed_precision"] == "off"
+    assert info["settings"]["mixed_precision_resolved"] == "off"
+    assert info["settings"]["channels_last_resolved"] is False
+    ckpt, _ = read_checkpoint(result.best_checkpoint)
+    assert all(v.dtype != torch.bfloat16 for v in ckpt["model_state_dict"].values())
+    with open(result.run_dir / "training_metrics.csv", encoding="utf-8") as f:
+        row = next(csv.DictReader(f))
+    assert float(row["images_per_second"]) > 0
+
+
+def test_auto_precision_on_the_cpu_is_fp32(tiny_data: Path, tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = train(_tiny_config(tmp_path, tiny_data), work_dir=tmp_path / "w", progress=False)
+    info = json.loads((result.run_dir / "run.json").read_text(encoding="utf-8"))
+    assert info["settings"]["mixed_precision"] == "auto"
+    assert info["settings"]["mixed_precision_resolved"] == "off"
+    assert info["settings"]["channels_last_resolved"] is False
+
+
+@pytest.mark.parametrize("asked", ["bf16", "fp16"])
+def test_gpu_precision_on_the_cpu_is_a_clear_error(tiny_data: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str],
+                                                   asked: str) -> None:
+    """Decided: an explicit bf16/fp16 on the CPU stops before training (no silent fallback)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    config = _tiny_config(tmp_path, tiny_data, extra=f"mixed_precision = {asked!r}\n")
+    code, err = _cli_error(["train", "-c", str(config)], capsys)
+    assert code == 2 and f"mixed_precision = '{asked}' needs a CUDA GPU" in err
+    assert "'auto'" in err and "Traceback" not in err
+    assert not (tmp_path / "work_dirs").exists() or not any((tmp_path / "work_dirs").iterdir())
+
+
+def test_precision_resolution_on_the_cpu() -> None:
+    from pochitrain.training import resolve_precision
+
+    p = resolve_precision("auto", "auto", "cpu")
+    assert (p.name, p.channels_last, p.amp_dtype, p.grad_scaler("cpu")) == ("off", False, None,
+                                                                           None)
+    assert resolve_precision("off", True, "cpu").channels_last is True
+
+
 def test_train_cli_in_a_subprocess_has_no_traceback(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -12,9 +12,11 @@ Run folder layout::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,9 +145,13 @@ def train(config: Path | str, *, overrides: dict[str, Any] | None = None,
     if settings.train_transform is None:
         info("train_transform is not set: training uses val_transform (no augmentation).")
 
+    precision = T.resolve_precision(settings.mixed_precision, settings.channels_last, device)
     T.seed_everything(settings.seed)
     model = build_model(settings.model_name, len(data.class_names), settings.pretrained)
     model.to(device)
+    if precision.channels_last:
+        model.to(memory_format=torch.channels_last)
+    scaler = precision.grad_scaler(device)
     meta = ModelMeta(data.class_names, pre, model_name=settings.model_name,
                      source={"config_sha256": file_sha256(config_path),
                              "train_data_fingerprint": data.train.fingerprint()})
@@ -169,6 +175,8 @@ def train(config: Path | str, *, overrides: dict[str, Any] | None = None,
         "status": "running",
         "config_path": str(config_path),
         "settings": {**settings.to_dict(), "device_resolved": device,
+                     "mixed_precision_resolved": precision.name,
+                     "channels_last_resolved": precision.channels_last,
                      "num_classes": len(data.class_names), "input_size": pre.input_size},
         "class_names": data.class_names,
         "num_classes": len(data.class_names),
@@ -182,7 +190,9 @@ def train(config: Path | str, *, overrides: dict[str, Any] | None = None,
         "skipped_files": [],
     }
     _write_run_json(run_dir, run_info)
-    info(f"training {settings.model_name} on {device}: {len(data.train.samples)} train / "
+    info(f"training {settings.model_name} on {device} (mixed precision {precision.name}, "
+         f"channels_last {'on' if precision.channels_last else 'off'}): "
+         f"{len(data.train.samples)} train / "
          f"{len(data.val.samples)} val images, {len(data.class_names)} classes -> {run_dir}")
 
     log = T.MetricsLog(run_dir)
@@ -210,7 +220,7 @@ def train(config: Path | str, *, overrides: dict[str, Any] | None = None,
     try:
         with T.stop_on_ctrl_c(lambda: warn("Ctrl+C: stopping after this batch "
                                            "(press again to abort now)")) as stop, \
-                _progress(progress) as bars:
+                _progress(progress) as bars, _cudnn_autotune(device):
             for epoch in range(1, settings.epochs + 1):
                 lr = float(optimizer.param_groups[0]["lr"])
                 task = bars.add_task(f"epoch {epoch}/{settings.epochs}",
@@ -220,7 +230,8 @@ def train(config: Path | str, *, overrides: dict[str, Any] | None = None,
                     bars.update(task, advance=n, loss=loss)
 
                 tr = T.run_epoch(model, train_loader, criterion, device, optimizer=optimizer,
-                                 stop=stop, on_batch=advance)
+                                 stop=stop, on_batch=advance, amp_dtype=precision.amp_dtype,
+                                 channels_last=precision.channels_last, scaler=scaler)
                 bars.remove_task(task)
                 note_skipped("train", data.train, tr.skipped)
                 if tr.images == 0:
@@ -232,7 +243,9 @@ def train(config: Path | str, *, overrides: dict[str, Any] | None = None,
                     save_checkpoint(last_path, model, meta, {**extras(epoch, tr, None),
                                                              "interrupted": True})
                     break
-                va = T.run_epoch(model, val_loader, criterion, device)
+                va = T.run_epoch(model, val_loader, criterion, device,
+                                 amp_dtype=precision.amp_dtype,
+                                 channels_last=precision.channels_last)
                 note_skipped("val", data.val, va.skipped)
                 if scheduler is not None:
                     scheduler.step()
@@ -282,6 +295,20 @@ def train(config: Path | str, *, overrides: dict[str, Any] | None = None,
                     skipped_count={k: len(v) for k, v in skipped.items()})
     _write_run_json(run_dir, run_info)
     return result
+
+
+@contextlib.contextmanager
+def _cudnn_autotune(device: str) -> Iterator[None]:
+    """On CUDA, let cuDNN pick the fastest convolution for the fixed training input size;
+    restored afterwards (inference in the same process keeps its own setting)."""
+    import torch
+
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = before or device.startswith("cuda")
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def _write_run_json(run_dir: Path, data: dict[str, Any]) -> None:
