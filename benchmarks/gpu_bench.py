@@ -35,6 +35,9 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 T0 = time.perf_counter()
+LOADER_ONLY: list[float] = []  # DataLoader alone, img/s per epoch
+INPUT_ONLY: dict[str, float] = {}  # GPU input pipeline stages alone, img/s
+DIGITS: list[dict] = []  # pochi train on the digits sample, fp32 vs bf16
 
 
 def log(msg: str) -> None:
@@ -112,6 +115,20 @@ def bench_training(models: dict, folder, epochs: int, batch_size: int, workers: 
                            tf.RandomHorizontalFlip(), tf.ToTensor(),
                            tf.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
     criterion = torch.nn.CrossEntropyLoss()
+    torch.backends.cudnn.benchmark = True  # as pochi train does on CUDA
+    loader = T.make_loader(folder, train_tf, batch_size=batch_size, shuffle=True,
+                           num_workers=workers, device="cuda", seed=0)
+    for epoch in range(2):  # the DataLoader alone (decode + augment + pin + copy), no model
+        start, n = time.perf_counter(), 0
+        for b in loader:
+            if b.images is not None:
+                b.images.to("cuda", non_blocking=True)
+                n += len(b.images)
+        torch.cuda.synchronize()
+        LOADER_ONLY.append(n / (time.perf_counter() - start))
+    log(f"DataLoader alone ({workers} workers): {', '.join(f'{v:.0f}' for v in LOADER_ONLY)} "
+        "img/s per epoch")
+    del loader
     for name, model in models.items():
         for mode in ("fp32", "bf16+channels_last"):
             torch.manual_seed(0)
@@ -198,6 +215,69 @@ def bench_inference(models: dict, folder, batch_sizes: list[int], small: int,
                     f"agree {100 * agree:.2f}%  skipped {row['skipped']}")
 
 
+def bench_input_only(folder, batch_size: int) -> None:
+    """The GPU input pipeline without a model: decode alone, and decode + resize + normalize."""
+    import torch
+
+    from pochitrain.inference.gpu_preprocess import GpuBatches
+    from pochitrain.preprocess import Preprocess
+
+    pp = Preprocess(input_size=[224, 224], resize=[256], center_crop=[224, 224])
+    gb = GpuBatches(pp, "cuda")
+    samples = list(folder.samples)
+    for _ in range(2):  # second pass counts (first: warm-up, page cache)
+        start, n = time.perf_counter(), 0
+        for batch, paths, *_ in gb(samples, batch_size):
+            n += len(paths)
+        INPUT_ONLY["decode + resize + normalize (GpuBatches)"] = n / (time.perf_counter() - start)
+    datas = [p.read_bytes() for p, _ in samples if p.name[:3] != "zz_"]
+    for _ in range(2):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for i in range(0, len(datas), batch_size):
+            gb._decode_many(datas[i:i + batch_size])
+        torch.cuda.synchronize()
+        INPUT_ONLY["nvJPEG decode alone (one thread)"] = len(datas) / (time.perf_counter() - start)
+    images = gb._decode_many(datas[:batch_size])
+    out = torch.empty((len(images), 3, 224, 224), device="cuda")
+    from pochitrain.inference.gpu_resize import resize_batch
+
+    for _ in range(2):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(10):
+            resize_batch(images, pp, out)
+        torch.cuda.synchronize()
+        INPUT_ONLY["batched resize + crop alone"] = 10 * len(images) / (time.perf_counter() - start)
+    for k, v in INPUT_ONLY.items():
+        log(f"input only, batch {batch_size}: {k}: {v:.0f} img/s")
+
+
+def bench_digits(epochs: int, workers: int) -> None:
+    """pochi train on the digits sample, same seed: mixed_precision off vs bf16."""
+    from pochitrain.pipeline.sample_data import write_sample_data
+    from pochitrain.pipeline.train import train
+
+    root = Path("/tmp/pochi_digits")
+    config = root / "config.py"
+    if not config.exists():
+        config = write_sample_data(root)
+    for mp, cl in (("off", False), ("bf16", True)):
+        r = train(config, overrides={"epochs": epochs, "mixed_precision": mp,
+                                     "channels_last": cl, "device": "cuda",
+                                     "num_workers": workers},
+                  work_dir=root / "runs", progress=False)
+        import csv
+
+        with open(r.run_dir / "training_metrics.csv", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        DIGITS.append({"mode": mp + ("+channels_last" if cl else ""),
+                       "val": [float(x["val_accuracy"]) for x in rows],
+                       "ips": [float(x["images_per_second"]) for x in rows],
+                       "best": r.best_val_accuracy, "seconds": r.seconds})
+        log(f"digits {DIGITS[-1]}")
+
+
 # ---- report ---------------------------------------------------------------------------------
 
 def _env() -> dict[str, str]:
@@ -245,6 +325,22 @@ def report(env: dict, infer_rows: list[dict], train_rows: list[dict], args) -> s
     for r in train_rows:
         w(f"| {r['model']} | {r['mode']} | {r['loader']:.0f} | {r['epochs']} | "
           f"{r['resident']:.0f} |\n")
+    if LOADER_ONLY:
+        w(f"\nDataLoader alone (same transform and workers, no model): "
+          f"{', '.join(f'{v:.0f}' for v in LOADER_ONLY)} img/s per epoch.\n")
+    if INPUT_ONLY:
+        w("\n## GPU input pipeline alone (no model, batch 256, img/s)\n\n| stage | img/s |\n"
+          "|---|---:|\n")
+        for k, v in INPUT_ONLY.items():
+            w(f"| {k} | {v:.0f} |\n")
+    if DIGITS:
+        w("\n## Digits sample: `pochi train` fp32 vs bf16 (same seed, config from "
+          "`pochi sample-data`)\n\n| mixed_precision | val accuracy per epoch | best | "
+          "train img/s per epoch | seconds |\n|---|---|---:|---|---:|\n")
+        for d in DIGITS:
+            w(f"| {d['mode']} | {', '.join(f'{100 * v:.1f}%' for v in d['val'])} | "
+              f"{100 * d['best']:.2f}% | {', '.join(f'{v:.0f}' for v in d['ips'])} | "
+              f"{d['seconds']:.1f} |\n")
     w("\n## Targets\n\n")
     for line in targets(infer_rows, train_rows):
         w(f"- {line}\n")
@@ -300,6 +396,7 @@ def main() -> int:
     ap.add_argument("--train-batch", type=int, default=256, help="training batch size")
     ap.add_argument("--workers", type=int, default=min(15, os.cpu_count() or 1),
                     help="DataLoader workers")
+    ap.add_argument("--digits-epochs", type=int, default=6, help="digits training epochs")
     ap.add_argument("--data", default="/tmp/pochi_gpu_bench", help="image folder to write")
     ap.add_argument("--out", default="benchmarks/RESULTS.md", help="Markdown output")
     args = ap.parse_args()
@@ -325,6 +422,8 @@ def main() -> int:
     infer_rows: list[dict] = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    bench_digits(args.digits_epochs, min(8, args.workers))
+    bench_input_only(folder, max(args.batch_sizes))
     bench_training(models, folder, args.epochs, args.train_batch, args.workers, train_rows)
     for name in args.models:  # the report is rewritten after each model: a cut run keeps some
         bench_inference({name: models[name]}, folder, args.batch_sizes, args.small, infer_rows)

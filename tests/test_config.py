@@ -227,8 +227,8 @@ def test_run_folder_copy_keeps_the_original_relative_paths(tmp_path: Path) -> No
     (run_dir / "config.py").write_bytes(original.read_bytes())
     (run_dir / "run.json").write_text(json.dumps({"config_path": str(original)}))
     settings = load_config(run_dir / "config.py")
-    assert Path(settings.val_data_root) == (src / "val").resolve()
+    assert Path(settings.val_data_root or "") == (src / "val").resolve()
     assert find_val_data(run_dir / "models" / "best_epoch3.pth") == (src / "val").resolve()
     # without run.json the copy is a config like any other
     (run_dir / "run.json").unlink()
-    assert Path(load_config(run_dir / "config.py").val_data_root) == (run_dir / "val").resolve()
+    assert Path(load_config(run_dir / "config.py").val_data_root or "") == (run_dir / "val").resolve()

@@ -1,19 +1,19 @@
 """GPU input pipeline for the PyTorch runner (``--pipeline gpu``): keeps the GPU fed.
 
-A producer thread prepares batch k+1 on its own CUDA stream while the model runs batch k:
-file bytes are read by a thread pool; complete JPEGs of a batch are decoded together by nvJPEG
-(``torchvision.io.decode_jpeg(device="cuda")``); other formats, and JPEGs nvJPEG refuses, are
-decoded by PIL in the pool; then each uint8 image is resized (antialiased, float) and
-center-cropped on the GPU, and one normalize runs over the whole float32 NCHW batch.
+Two stages, each in its own thread on its own CUDA stream, one batch ahead of the model:
+(1) file bytes are read by a thread pool, complete JPEGs of a chunk are decoded together by
+nvJPEG (``torchvision.io.decode_jpeg(device="cuda")``), other formats and JPEGs nvJPEG refuses
+by PIL; (2) the uint8 images of a batch are resized + center-cropped together by
+``gpu_resize.resize_batch`` (grouped by size, two batched matmuls with PIL's weights) and one
+normalize runs over the whole float32 NCHW batch.
 
 Skips follow the CPU path: a file is skipped when PIL (``data.open_rgb``) cannot decode it,
 i.e. truncated JPEGs (no end-of-image marker) and anything nvJPEG fails on go to PIL for the
 verdict.
 
-Differences from the CPU path (``Preprocess.__call__``, PIL): PIL resizes in fixed-point
-arithmetic on uint8, this pipeline in float32 with torch's antialiased kernels (then rounded to
-whole levels, as PIL stores them), and nvJPEG's IDCT / chroma upsampling differ slightly from
-libjpeg's. Pixels differ by a few levels at most; top-1 agreement is measured in
+Differences from the CPU path (``Preprocess.__call__``, PIL): the resize reproduces PIL's
+fixed-point arithmetic up to float32 rounding (rare +-1 levels); nvJPEG's IDCT / chroma
+upsampling differ slightly from libjpeg's. Top-1 agreement is measured in
 ``benchmarks/gpu_bench.py``.
 """
 
@@ -24,9 +24,8 @@ import os
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ import numpy as np
 
 from pochitrain.data import open_rgb
 from pochitrain.errors import UsageError
+from pochitrain.inference.gpu_resize import resize_batch
 from pochitrain.preprocess import Preprocess
 
 PIPELINES = ("auto", "cpu", "gpu")
@@ -82,31 +82,13 @@ def is_complete_jpeg(data: bytes) -> bool:
 
 
 def resize_crop(image: Any, preprocess: Preprocess) -> Any:
-    """(3, h, w) uint8 tensor -> (3, H, W) float32 tensor of 0..255 values, on its device."""
+    """(3, h, w) uint8 tensor -> (3, H, W) float32 tensor of 0..255 values, on its device
+    (one image through :func:`gpu_resize.resize_batch`)."""
     import torch
-    import torch.nn.functional as F
 
-    x = image.float()
-    h, w = int(x.shape[-2]), int(x.shape[-1])
-    if preprocess.resize is not None:
-        nh, nw = replace(preprocess, center_crop=None).output_size(w, h)
-        if (nh, nw) != (h, w):
-            mode = _TORCH_MODES[preprocess.interpolation]
-            smooth = mode != "nearest-exact"
-            x = F.interpolate(x[None], size=(nh, nw), mode=mode, antialias=smooth,
-                              align_corners=False if smooth else None)[0]
-            x = x.round_().clamp_(0, 255)  # PIL keeps whole uint8 levels
-            h, w = nh, nw
-    if preprocess.center_crop is not None:
-        ch, cw = preprocess.center_crop
-        if ch > h or cw > w:  # zero padding, placed as data._center_crop / torchvision do
-            ph, pw = max(h, ch), max(w, cw)
-            top, left = (ph - h) // 2, (pw - w) // 2
-            x = F.pad(x, (left, pw - w - left, top, ph - h - top))
-            h, w = ph, pw
-        top, left = round((h - ch) / 2.0), round((w - cw) / 2.0)
-        x = x[:, top:top + ch, left:left + cw]
-    return x if x.is_contiguous() else x.contiguous(memory_format=torch.contiguous_format)
+    h, w = preprocess.input_size
+    out = torch.empty((1, 3, h, w), dtype=torch.float32, device=image.device)
+    return resize_batch([image], preprocess, out)[0]
 
 
 def normalize_(batch: Any, preprocess: Preprocess) -> Any:
@@ -223,27 +205,34 @@ class GpuBatches:
         torch = self._torch
         h, w = self.preprocess.input_size
         batch = torch.empty((len(good), 3, h, w), dtype=torch.float32, device=self.device)
-        for k, (_, _, img) in enumerate(good):
-            batch[k].copy_(resize_crop(img, self.preprocess))
+        resize_batch([g[2] for g in good], self.preprocess, batch)
         return normalize_(batch, self.preprocess), paths, labels, skipped
 
-    def _items(self, pool: ThreadPoolExecutor, samples: list[tuple[Path, int]],
+    def _items(self, decoded: Iterator[tuple[list[Any], list[Any]]],
                batch_size: int) -> Iterator[Item]:
         """Batches of exactly ``batch_size`` decodable images (the last may be smaller), as
         in the CPU path: fixed shapes keep CUDA graphs and cuDNN plans reusable."""
         good: list[tuple[Path, int, Any]] = []
         skipped: list[Path] = []
-        for chunk in self._chunks(pool, samples, batch_size):
-            for (path, label, _, _), img in zip(chunk, self._decode_chunk(chunk)):
+        stream = self._torch.cuda.current_stream(self.device) if self.cuda else None
+        for chunk, images in decoded:
+            for (path, label, _, _), img in zip(chunk, images):
                 if img is None:
                     skipped.append(path)
                 else:
+                    if stream is not None:  # made on the decode stream, read on this one
+                        img.record_stream(stream)
                     good.append((path, label, img))
             while len(good) >= batch_size:
                 yield self._assemble(good[:batch_size], skipped)
                 good, skipped = good[batch_size:], []
         if good or skipped:
             yield self._assemble(good, skipped)
+
+    def _decoded(self, pool: ThreadPoolExecutor, samples: list[tuple[Path, int]],
+                 batch_size: int) -> Iterator[tuple[list[Any], list[Any]]]:
+        for chunk in self._chunks(pool, samples, batch_size):
+            yield chunk, self._decode_chunk(chunk)
 
     def _chunks(self, pool: ThreadPoolExecutor, samples: list[tuple[Path, int]],
                 batch_size: int) -> Iterator[list[tuple[Path, int, str, Any]]]:
@@ -265,6 +254,23 @@ class GpuBatches:
             yield chunk
 
     def __call__(self, samples: list[tuple[Path, int]], batch_size: int) -> Iterator[Item]:
+        """Two stages, each in its own thread on its own CUDA stream, one batch ahead each:
+        read + decode chunk k+1 while chunk k is resized / normalized while the model runs."""
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="pochi-read") as pool:
+            decoded = self._threaded(lambda: self._decoded(pool, samples, batch_size),
+                                     "pochi-gpu-decode", batch_size)
+            items = self._threaded(lambda: self._items(decoded, batch_size),
+                                   "pochi-gpu-batches", batch_size)
+            try:
+                yield from items
+            finally:
+                items.close()
+                with contextlib.suppress(ValueError):  # still running after a join timeout
+                    decoded.close()
+
+    def _threaded(self, make: Any, name: str, batch_size: int) -> Generator[Any, None, None]:
+        """Run the generator ``make()`` in a thread under its own CUDA stream; each item is
+        complete on the GPU (stream synchronized) before it is handed over."""
         torch = self._torch
         out: queue.Queue[Any] = queue.Queue(maxsize=2)
         stop = threading.Event()
@@ -281,13 +287,12 @@ class GpuBatches:
             try:
                 stream = torch.cuda.Stream(device=self.device) if self.cuda else None
                 ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
-                with ThreadPoolExecutor(self.workers, thread_name_prefix="pochi-read") as pool, \
-                        ctx:
-                    for item in self._items(pool, samples, batch_size):
+                with ctx:
+                    for item in make():
                         if stop.is_set():
                             return
                         if stream is not None:
-                            stream.synchronize()  # complete before the model's stream reads it
+                            stream.synchronize()  # complete before another stream reads it
                         put(item)
             except torch.cuda.OutOfMemoryError:
                 from pochitrain.inference.torch_runner import GpuMemoryError
@@ -300,7 +305,7 @@ class GpuBatches:
             finally:
                 put(_DONE)
 
-        thread = threading.Thread(target=produce, name="pochi-gpu-batches", daemon=True)
+        thread = threading.Thread(target=produce, name=name, daemon=True)
         thread.start()
         try:
             while True:
