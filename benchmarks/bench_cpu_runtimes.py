@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from pochitrain.inference.onnx_runner import open_onnx_runner
     from pochitrain.inference.torch_runner import TorchRunner
     from pochitrain.models import load_model
-    from pochitrain.pipeline.export_onnx import adapt_preprocess, export_onnx
+    from pochitrain.pipeline.export_onnx import export_onnx
 
     threads = args.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     model, meta = load_model(ckpt)
     h, w = args.input_size or meta.input_size
     size = (int(h), int(w))
-    pre = adapt_preprocess(meta.preprocess, size)
+    pre = meta.preprocess.resized_to(size)
     onnx_path = work / "model.onnx"
     export_onnx(ckpt, input_size=size, output=onnx_path, data=data, progress=False)
 

@@ -126,7 +126,7 @@ def test_static_batch_new_size_random_inputs(tmp_path: Path, untrained_checkpoin
     assert info.meta.preprocess.resize == [40, 40]
 
 
-def test_adapt_preprocess_keeps_crop_fraction() -> None:
+def test_resized_preprocess_keeps_crop_fraction() -> None:
     pre = Preprocess(input_size=[224, 224], resize=[256], center_crop=[224, 224])
     new = pre.resized_to((112, 112))
     assert new.resize == [128] and new.center_crop == [112, 112] and new.input_size == [112, 112]
