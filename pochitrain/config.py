@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from pochitrain.errors import ConfigError
+from pochitrain.errors import BackendMissingError, ConfigError, UsageError
 
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
 SCHEDULERS = ("StepLR", "MultiStepLR", "CosineAnnealingLR", "ExponentialLR", "LinearLR")
@@ -340,20 +340,31 @@ def find_val_data(model_path: Path | str) -> Path | None:
     return Path(root) if root else None
 
 
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when available else 'cpu'; 'cuda' without a GPU -> ConfigError."""
+def resolve_device(device: str, flag: str | None = None) -> str:
+    """'auto' -> 'cuda' when available else 'cpu'; 'cuda[:N]' without that GPU is an error.
+
+    ``flag``: the command-line option the value came from (e.g. "--device"). Errors then name
+    the option (UsageError / BackendMissingError) instead of the config key (ConfigError).
+    """
     import torch
 
+    where = f"{flag} {device}" if flag else f"device = {device!r}"
+    if device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise (UsageError if flag else ConfigError)(
+            f"Unknown device in {where}.", "Use auto, cpu, cuda or cuda:N.")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
+        error = BackendMissingError if flag else ConfigError
         if not torch.cuda.is_available():
-            raise ConfigError(f"device = {device!r} but no CUDA GPU is available here.",
-                              "Set device = 'auto' (uses the GPU when there is one) or 'cpu'.")
+            raise error(f"{where} but no CUDA GPU is available here.",
+                        f"Use {flag + ' ' if flag else 'device = '}'auto' (uses the GPU when "
+                        "there is one) or 'cpu', or run on a machine with an NVIDIA GPU and a "
+                        "CUDA build of PyTorch.")
         index = int(device.split(":")[1]) if ":" in device else 0
         if index >= torch.cuda.device_count():
-            raise ConfigError(f"device = {device!r} but only {torch.cuda.device_count()} "
-                              "GPU(s) are visible.", "Use a smaller index or 'auto'.")
+            raise error(f"{where} but only {torch.cuda.device_count()} GPU(s) are visible.",
+                        "Use a smaller index or 'auto'.")
     return device
 
 

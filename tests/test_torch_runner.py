@@ -93,7 +93,7 @@ def test_channels_last_on_the_cpu_gives_the_same_logits() -> None:
 @pytest.mark.skipif(CUDA, reason="checks the CPU-only path")
 def test_cuda_without_a_gpu() -> None:
     assert resolve_device("auto") == "cpu"
-    with pytest.raises(BackendMissingError, match="no CUDA device is available"):
+    with pytest.raises(BackendMissingError, match="no CUDA GPU is available"):
         resolve_device("cuda")
 
 

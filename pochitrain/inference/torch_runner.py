@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pochitrain.errors import BackendMissingError, UsageError
+from pochitrain.errors import UsageError
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -24,20 +24,10 @@ class GpuMemoryError(UsageError):
 
 
 def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when available else 'cpu'; 'cuda' without a GPU is an error."""
-    import torch
+    """The --device option resolved (see pochitrain.config.resolve_device)."""
+    from pochitrain.config import resolve_device as resolve
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BackendMissingError(
-            f"device={device!r} was asked for, but no CUDA device is available here.",
-            "Use --device cpu (or auto), or run on a machine with an NVIDIA GPU and a CUDA "
-            "build of PyTorch.",
-        )
-    if device != "cpu" and not device.startswith("cuda"):
-        raise UsageError(f"Unknown device {device!r}.", "Use auto, cpu, cuda or cuda:N.")
-    return device
+    return resolve(device, flag="--device")
 
 
 @dataclass(frozen=True)
