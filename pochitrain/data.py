@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pochitrain.errors import DataError
+from pochitrain.errors import DataError, UsageError
 
+PIXEL_LIMIT_ENV = "POCHI_MAX_IMAGE_PIXELS"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -73,23 +77,33 @@ def scan_image_folder(root: Path | str, what: str = "data folder",
     return ImageFolder(root, [], [(p, -1) for p in files])
 
 
-def check_classes(folder: ImageFolder, model_classes: list[str]) -> None:
-    """The data's class folders must be exactly the model's classes (names, not order)."""
-    if not folder.labelled or folder.classes == list(model_classes):
+def check_classes(folder: ImageFolder, model_classes: list[str],
+                  for_training: bool = False) -> None:
+    """Every class folder of the data must be one of the model's classes (matched by name).
+
+    A subset is fine (evaluating on some classes is a normal use): labels are remapped by name
+    (:func:`remap_labels`). Only class folders the model does not know are refused.
+    ``for_training``: ``folder`` is the validation folder and ``model_classes`` the training
+    folder's classes; the message then talks about train_data_root / val_data_root.
+    """
+    if not folder.labelled:
         return
-    extra = sorted(set(folder.classes) - set(model_classes))
-    missing = sorted(set(model_classes) - set(folder.classes))
-    detail = []
-    if extra:
-        detail.append(f"not in the model: {', '.join(extra)}")
-    if missing:
-        detail.append(f"missing from the data: {', '.join(missing)}")
-    if not detail:
-        return  # same names; labels are remapped by name by the caller
+    unknown = sorted(set(folder.classes) - set(model_classes))
+    if not unknown:
+        return
+    known = ", ".join(model_classes)
+    if for_training:
+        raise DataError(
+            f"The validation data (val_data_root, {folder.root}) has class folder(s) that the "
+            f"training data (train_data_root) does not have: {', '.join(unknown)}.",
+            f"The training classes are: {known}. Make val_data_root's class sub-folders some or "
+            "all of these, or add the missing classes to train_data_root.",
+        )
     raise DataError(
-        f"The classes of {folder.root} differ from the model's classes ({'; '.join(detail)}).",
-        f"The model knows: {', '.join(model_classes)}. Point --data at a folder with these "
-        "class sub-folders (or an unlabelled folder of images).",
+        f"{folder.root} has class folder(s) that are not in the model's class list: "
+        f"{', '.join(unknown)}.",
+        f"The model's classes are: {known}. Use a data folder whose class sub-folders are some "
+        "or all of these (or a folder of unlabelled images).",
     )
 
 
@@ -102,13 +116,85 @@ def remap_labels(folder: ImageFolder, model_classes: list[str]) -> ImageFolder:
     return ImageFolder(folder.root, list(model_classes), samples)
 
 
+def _pixel_limit_from_env(environ: Mapping[str, str] = os.environ) -> None:
+    """``POCHI_MAX_IMAGE_PIXELS``: PIL's decompression-bomb limit (``none`` or 0: no limit).
+
+    Without it, ``PIL.Image.MAX_IMAGE_PIXELS`` is left as it is (a program embedding
+    pochitrain may set it itself). Images over the limit are skipped as unreadable.
+    """
+    text = environ.get(PIXEL_LIMIT_ENV, "").strip()
+    if not text:
+        return
+    if text.lower() in ("none", "0", "off"):
+        Image.MAX_IMAGE_PIXELS = None
+        return
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = -1
+    if value < 1:
+        raise UsageError(f"{PIXEL_LIMIT_ENV}={text!r} is not a number of pixels.",
+                         f"Set {PIXEL_LIMIT_ENV} to a whole number (e.g. 200000000) or 'none'.")
+    Image.MAX_IMAGE_PIXELS = value
+
+
+def _over_pixel_limit(img: Image.Image, path: Path) -> bool:
+    """PIL only warns between MAX_IMAGE_PIXELS and twice that: treat it as the limit."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None or img.width * img.height <= limit:
+        return False
+    _warn_pixel_limit(f"{path} has {img.width}x{img.height} pixels", limit)
+    return True
+
+
+_limit_warned = False
+
+
+def _warn_pixel_limit(what: str, limit: int | None) -> None:
+    """Once per process: why such a file is skipped and how to read it anyway."""
+    global _limit_warned
+    if _limit_warned:
+        return
+    _limit_warned = True
+    from pochitrain.console import warn
+
+    warn(f"{what}, over the limit of {limit} pixels: skipped like an unreadable image. "
+         f"Set the environment variable {PIXEL_LIMIT_ENV}=N (or 'none') to read larger images.")
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit grayscale (modes I;16*, I) -> 8-bit L, v -> round(v / 257); convert('RGB')
+    would clip every value over 255 to white."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        arr = np.asarray(img).astype(np.float64)
+        return Image.fromarray(np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8), "L")
+    return img
+
+
 def open_rgb(path: Path) -> Image.Image | None:
-    """Decode an image fully as RGB; None when the file is corrupt or not an image."""
+    """Decode an image fully as 8-bit RGB; None when the file is corrupt, not an image, or
+    over PIL's pixel limit (``Image.MAX_IMAGE_PIXELS``; ``POCHI_MAX_IMAGE_PIXELS`` sets it).
+
+    The EXIF orientation is applied (phone photos come out upright) and 16-bit images are
+    scaled to 8 bits, so training, CPU and GPU inference see the same pixels.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as img:
+                if _over_pixel_limit(img, path):
+                    return None
                 img.load()
-                return img.convert("RGB")
+                try:
+                    upright = ImageOps.exif_transpose(img)
+                except Exception:  # noqa: BLE001 - broken EXIF block: keep the stored pixels
+                    upright = img
+                return _to_8bit(upright).convert("RGB")
+    except Image.DecompressionBombError:
+        _warn_pixel_limit(f"{path} is too large", Image.MAX_IMAGE_PIXELS)
+        return None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return None
+
+
+_pixel_limit_from_env()

@@ -2,8 +2,9 @@
 
 Two stages, each in its own thread on its own CUDA stream, one batch ahead of the model:
 (1) file bytes are read by a thread pool, complete JPEGs of a chunk are decoded together by
-nvJPEG (``torchvision.io.decode_jpeg(device="cuda")``), other formats and JPEGs nvJPEG refuses
-by PIL; (2) the uint8 images of a batch are resized + center-cropped together by
+nvJPEG (``torchvision.io.decode_jpeg(device="cuda")``), other formats, JPEGs nvJPEG refuses
+and JPEGs with an EXIF orientation (nvJPEG ignores it) by PIL (``data.open_rgb``: upright,
+16-bit scaled to 8 bits); (2) the uint8 images of a batch are resized + center-cropped together by
 ``gpu_resize.resize_batch`` (grouped by size, two batched matmuls with PIL's weights) and one
 normalize runs over the whole float32 NCHW batch.
 
@@ -20,6 +21,7 @@ upsampling differ slightly from libjpeg's. Top-1 agreement is measured in
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import queue
 import threading
@@ -41,6 +43,7 @@ PIPELINES = ("auto", "cpu", "gpu")
 # pixel centres as PIL does.
 _TORCH_MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest-exact"}
 _DONE = object()
+EXIF_ORIENTATION = 0x0112
 
 Item = tuple[Any, list[Path], list[int], list[Path]]  # (batch or None, paths, labels, skipped)
 
@@ -102,13 +105,28 @@ def normalize_(batch: Any, preprocess: Preprocess) -> Any:
     return batch.mul_(scale).sub_(shift)
 
 
+def nvjpeg_reads_like_pil(data: bytes) -> bool:
+    """False when nvJPEG would give other pixels than ``data.open_rgb``: an EXIF orientation
+    to apply (nvJPEG ignores it), or more pixels than PIL's limit. Reads the header only."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit is not None and img.width * img.height > limit:
+                return False
+            return img.getexif().get(EXIF_ORIENTATION, 1) == 1
+    except Exception:  # noqa: BLE001 - anything odd: PIL (open_rgb) decides
+        return False
+
+
 def _read(path: Path) -> tuple[str, Any]:
     """('jpeg', bytes) for nvJPEG, ('rgb', HWC uint8 array) decoded by PIL, or ('bad', None)."""
     try:
         data = path.read_bytes()
     except OSError:
         return "bad", None
-    if is_complete_jpeg(data):
+    if is_complete_jpeg(data) and nvjpeg_reads_like_pil(data):
         return "jpeg", data
     image = open_rgb(path)
     return ("bad", None) if image is None else ("rgb", np.asarray(image))
