@@ -58,8 +58,9 @@ num_workers = 0
 _mean = [0.485, 0.456, 0.406]  # ImageNet statistics ("_" names are not settings)
 _std = [0.229, 0.224, 0.225]
 
-# Training-time preprocessing + augmentation (any torchvision transform, single or Compose).
-# None: val_transform is used for training too.
+# Training-time preprocessing + augmentation (any torchvision transform, single or Compose,
+# or your own function image -> tensor). It must give a float tensor (3, H, W) of one fixed
+# size for every image: keep the Resize and the ToTensor. None: val_transform is used.
 train_transform = transforms.Compose([
     transforms.Resize((224, 224)),
     transforms.RandomHorizontalFlip(),
@@ -70,7 +71,7 @@ train_transform = transforms.Compose([
 
 # Validation / inference preprocessing. Required for training. It is stored in every model
 # file (checkpoint, ONNX, engine), so it must only use steps that can be reproduced without
-# torch: Resize, CenterCrop, ToTensor and Normalize.
+# torch: Resize, CenterCrop, ToTensor and Normalize (a function is refused here).
 val_transform = transforms.Compose([
     transforms.Resize((224, 224)),
     transforms.ToTensor(),

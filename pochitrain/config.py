@@ -1,8 +1,9 @@
 """Training config files: a Python file of module-level variables -> validated ``Settings``.
 
 The config is executed as Python (so transforms are real torchvision objects). Names starting
-with ``_`` and imported modules, functions and classes are ignored; every other module-level
-name must be a known key. Relative paths (``train_data_root``, ``val_data_root``, ``work_dir``)
+with ``_`` and imported modules, functions and classes are ignored (except ``train_transform``
+and ``val_transform``, which are checked as transforms); every other module-level name must be
+a known key. Relative paths (``train_data_root``, ``val_data_root``, ``work_dir``)
 are resolved against the folder of the config file, so a config works from any directory.
 
 ``device`` is validated here but resolved (``auto`` -> cuda/cpu, ``cuda`` without a GPU -> error)
@@ -22,12 +23,22 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from pochitrain.config_checks import (
+    MIXED_PRECISIONS,
+    OPTIMIZERS,
+    TRANSFORM_KEYS,
+    check_choice,
+    check_device,
+    check_early_stopping,
+    check_float,
+    check_input_size,
+    check_int,
+    check_scheduler,
+    check_transform,
+    type_error,
+)
 from pochitrain.errors import BackendMissingError, ConfigError, UsageError
 
-OPTIMIZERS = ("SGD", "Adam", "AdamW")
-SCHEDULERS = ("StepLR", "MultiStepLR", "CosineAnnealingLR", "ExponentialLR", "LinearLR")
-EARLY_STOPPING_MONITORS = ("val_accuracy", "val_loss")
-MIXED_PRECISIONS = ("auto", "bf16", "fp16", "off")
 RUN_DIR_PATTERN = re.compile(r"^\d{8}_\d{3,}$")
 NO_VAL_TRANSFORM_JA = "configにval_transformが設定されていません"
 
@@ -79,132 +90,6 @@ KEYS = tuple(f.name for f in fields(Settings) if f.name != "config_path")
 _PATH_KEYS = ("train_data_root", "val_data_root", "work_dir")
 
 
-def _type_error(key: str, value: Any, expected: str) -> ConfigError:
-    return ConfigError(
-        f"config key {key!r} must be {expected}; got {value!r} ({type(value).__name__}).",
-        f"Set {key} to {expected}.",
-    )
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
-    if isinstance(value, str):
-        lookup = {c.lower(): c for c in choices}
-        if value.lower() in lookup:
-            return lookup[value.lower()]
-    near = difflib.get_close_matches(str(value), choices, n=1)
-    hint = f" Did you mean {near[0]!r}?" if near else ""
-    raise ConfigError(f"config key {key!r} has an unsupported value {value!r}.{hint}",
-                      f"Allowed values for {key}: {', '.join(choices)}.")
-
-
-def _check_int(key: str, value: Any, minimum: int, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if not _is_int(value) or value < minimum:
-        expected = f"a whole number >= {minimum}" + (" or None" if allow_none else "")
-        raise _type_error(key, value, expected)
-    return int(value)
-
-
-def _check_float(key: str, value: Any, minimum: float, strict: bool) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or (value <= minimum if strict else value < minimum):
-        raise _type_error(key, value, f"a number {'>' if strict else '>='} {minimum}")
-    return float(value)
-
-
-def _check_transform(key: str, value: Any) -> Any:
-    if value is None:
-        return None
-    if not callable(value) or isinstance(value, (type, types.FunctionType)):
-        raise _type_error(key, value, "a torchvision transform (a single transform or "
-                          "transforms.Compose([...])) or None")
-    return value
-
-
-def _check_scheduler(value: Any, params: Any, epochs: int) -> tuple[str | None, dict[str, Any]]:
-    if params is None:
-        params = {}
-    if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
-        raise _type_error("scheduler_params", params, "a dict of keyword arguments, e.g. "
-                          "{'step_size': 10, 'gamma': 0.1}")
-    if value is None:
-        return None, dict(params)
-    name = _check_choice("scheduler", value, SCHEDULERS)
-    import inspect
-
-    import torch
-
-    cls = getattr(torch.optim.lr_scheduler, name)
-    sig = inspect.signature(cls.__init__)
-    accepted = [p for p in sig.parameters if p not in ("self", "optimizer", "last_epoch",
-                                                       "verbose")]
-    params = dict(params)
-    if name == "CosineAnnealingLR":
-        params.setdefault("T_max", epochs)
-    for key in params:
-        if key not in accepted:
-            near = difflib.get_close_matches(key, accepted, n=1)
-            hint = f" Did you mean {near[0]!r}?" if near else ""
-            raise ConfigError(f"scheduler_params has {key!r}, which {name} does not take.{hint}",
-                              f"{name} takes: {', '.join(accepted)}.")
-    required = [p.name for p in sig.parameters.values()
-                if p.name in accepted and p.default is inspect.Parameter.empty
-                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    missing = [p for p in required if p not in params]
-    if missing:
-        raise ConfigError(f"scheduler {name} needs scheduler_params {', '.join(missing)}.",
-                          f"Example: scheduler_params = {{{', '.join(repr(m) + ': ...' for m in missing)}}}")
-    return name, params
-
-
-def _check_early_stopping(value: Any) -> dict[str, Any] | None:
-    if value is None or value is False:
-        return None
-    if not isinstance(value, dict):
-        raise _type_error("early_stopping", value, "None or a dict like "
-                          "{'patience': 5, 'min_delta': 0.0, 'monitor': 'val_accuracy'}")
-    allowed = ("patience", "min_delta", "monitor", "enabled")
-    for key in value:
-        if key not in allowed:
-            near = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f" Did you mean {near[0]!r}?" if near else ""
-            raise ConfigError(f"early_stopping has an unknown key {key!r}.{hint}",
-                              f"early_stopping keys: {', '.join(allowed)}.")
-    if value.get("enabled", True) is False:
-        return None
-    return {
-        "patience": _check_int("early_stopping['patience']", value.get("patience", 5), 1),
-        "min_delta": _check_float("early_stopping['min_delta']", value.get("min_delta", 0.0),
-                                  0.0, strict=False),
-        "monitor": _check_choice("early_stopping['monitor']",
-                                 value.get("monitor", "val_accuracy"), EARLY_STOPPING_MONITORS),
-    }
-
-
-def _check_input_size(value: Any) -> list[int] | None:
-    if value is None:
-        return None
-    if _is_int(value):
-        value = [value, value]
-    if (not isinstance(value, (list, tuple)) or len(value) != 2
-            or not all(_is_int(v) and v > 0 for v in value)):
-        raise _type_error("input_size", value, "[HEIGHT, WIDTH] (two positive whole numbers)")
-    return [int(v) for v in value]
-
-
-def _check_device(value: Any) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value.strip()):
-        raise ConfigError(f"config key 'device' has an unsupported value {value!r}.",
-                          "Allowed values for device: 'auto' (CUDA when available), 'cpu', "
-                          "'cuda', 'cuda:N'.")
-    return value.strip()
-
-
 def _validate(raw: dict[str, Any], config_dir: Path, config_path: Path) -> Settings:
     s = Settings(config_path=config_path)
     for key in raw:
@@ -216,50 +101,50 @@ def _validate(raw: dict[str, Any], config_dir: Path, config_path: Path) -> Setti
                               "names with '_' so they are ignored.")
     g = {**s.to_dict(), "train_transform": None, "val_transform": None, **raw}
     if not isinstance(g["model_name"], str):
-        raise _type_error("model_name", g["model_name"], "a model name string like 'resnet18'")
+        raise type_error("model_name", g["model_name"], "a model name string like 'resnet18'")
     from pochitrain.models import SUPPORTED_MODELS
 
-    s.model_name = _check_choice("model_name", g["model_name"], SUPPORTED_MODELS)
-    s.num_classes = _check_int("num_classes", g["num_classes"], 2, allow_none=True)
-    s.device = _check_device(g["device"])
-    s.epochs = int(_check_int("epochs", g["epochs"], 1) or 1)
-    s.batch_size = int(_check_int("batch_size", g["batch_size"], 1) or 1)
-    s.learning_rate = _check_float("learning_rate", g["learning_rate"], 0.0, strict=True)
-    s.optimizer = _check_choice("optimizer", g["optimizer"], OPTIMIZERS)
-    s.weight_decay = _check_float("weight_decay", g["weight_decay"], 0.0, strict=False)
-    s.momentum = _check_float("momentum", g["momentum"], 0.0, strict=False)
+    s.model_name = check_choice("model_name", g["model_name"], SUPPORTED_MODELS)
+    s.num_classes = check_int("num_classes", g["num_classes"], 2, allow_none=True)
+    s.device = check_device(g["device"])
+    s.epochs = int(check_int("epochs", g["epochs"], 1) or 1)
+    s.batch_size = int(check_int("batch_size", g["batch_size"], 1) or 1)
+    s.learning_rate = check_float("learning_rate", g["learning_rate"], 0.0, strict=True)
+    s.optimizer = check_choice("optimizer", g["optimizer"], OPTIMIZERS)
+    s.weight_decay = check_float("weight_decay", g["weight_decay"], 0.0, strict=False)
+    s.momentum = check_float("momentum", g["momentum"], 0.0, strict=False)
     for key in _PATH_KEYS:
         value = g[key]
         if value is None and key != "work_dir":
             continue
         if not isinstance(value, (str, Path)) or not str(value):
-            raise _type_error(key, value, "a folder path string")
+            raise type_error(key, value, "a folder path string")
         path = Path(value).expanduser()
         setattr(s, key, str(path if path.is_absolute() else (config_dir / path).resolve()))
-    s.train_transform = _check_transform("train_transform", g["train_transform"])
-    s.val_transform = _check_transform("val_transform", g["val_transform"])
-    s.scheduler, s.scheduler_params = _check_scheduler(g["scheduler"], g["scheduler_params"],
+    s.train_transform = check_transform("train_transform", g["train_transform"])
+    s.val_transform = check_transform("val_transform", g["val_transform"])
+    s.scheduler, s.scheduler_params = check_scheduler(g["scheduler"], g["scheduler_params"],
                                                        s.epochs)
-    s.early_stopping = _check_early_stopping(g["early_stopping"])
+    s.early_stopping = check_early_stopping(g["early_stopping"])
     cw = g["class_weights"]
     if cw is not None:
         if (not isinstance(cw, (list, tuple)) or not cw
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
                            for v in cw)):
-            raise _type_error("class_weights", cw, "None or a list of non-negative numbers, one "
+            raise type_error("class_weights", cw, "None or a list of non-negative numbers, one "
                               "per class in sorted class-folder order")
         cw = [float(v) for v in cw]
     s.class_weights = cw
-    s.num_workers = int(_check_int("num_workers", g["num_workers"], 0) or 0)
+    s.num_workers = int(check_int("num_workers", g["num_workers"], 0) or 0)
     if not isinstance(g["pretrained"], bool):
-        raise _type_error("pretrained", g["pretrained"], "True or False")
+        raise type_error("pretrained", g["pretrained"], "True or False")
     s.pretrained = g["pretrained"]
-    s.input_size = _check_input_size(g["input_size"])
-    s.seed = _check_int("seed", g["seed"], 0, allow_none=True)
-    s.mixed_precision = _check_choice("mixed_precision", g["mixed_precision"], MIXED_PRECISIONS)
+    s.input_size = check_input_size(g["input_size"])
+    s.seed = check_int("seed", g["seed"], 0, allow_none=True)
+    s.mixed_precision = check_choice("mixed_precision", g["mixed_precision"], MIXED_PRECISIONS)
     cl = g["channels_last"]
     if not (isinstance(cl, bool) or (isinstance(cl, str) and cl.lower() == "auto")):
-        raise _type_error("channels_last", cl, "True, False or 'auto' (True on a CUDA GPU)")
+        raise type_error("channels_last", cl, "True, False or 'auto' (True on a CUDA GPU)")
     s.channels_last = cl if isinstance(cl, bool) else "auto"
     return s
 
@@ -306,10 +191,10 @@ def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Se
         namespace = runpy.run_path(str(path), run_name="__pochitrain_config__")
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code can raise anything
         raise _exec_error(path, exc) from None
-    raw = {k: v for k, v in namespace.items()
+    raw = {k: v for k, v in namespace.items()  # a function is a valid train_transform
            if not k.startswith("_")
-           and not isinstance(v, (types.ModuleType, types.FunctionType,
-                                  types.BuiltinFunctionType, type))}
+           and (k in TRANSFORM_KEYS or not isinstance(v, (types.ModuleType, types.FunctionType,
+                                                           types.BuiltinFunctionType, type)))}
     raw.update(overrides or {})
     return _validate(raw, _paths_base(path), path)
 

@@ -100,8 +100,7 @@ def check_classes(folder: ImageFolder, model_classes: list[str],
             "all of these, or add the missing classes to train_data_root.",
         )
     raise DataError(
-        f"{folder.root} has class folder(s) that are not in the model's class list: "
-        f"{', '.join(unknown)}.",
+        f"{folder.root} has class folder(s) not in the model: {', '.join(unknown)}.",
         f"The model's classes are: {known}. Use a data folder whose class sub-folders are some "
         "or all of these (or a folder of unlabelled images).",
     )

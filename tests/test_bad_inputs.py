@@ -16,7 +16,7 @@ from pochitrain.data import (
     open_rgb,
     remap_labels,
 )
-from pochitrain.errors import DataError, UsageError
+from pochitrain.errors import ConfigError, DataError, UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 EXIF_ORIENTATION = 0x0112
@@ -112,3 +112,74 @@ def test_unknown_class_folders_are_refused(tmp_path: Path) -> None:
     text = str(err.value)
     assert "dog" in text and "val_data_root" in text and "train_data_root" in text
     assert "--data" not in text and "model" not in text
+
+
+# ---- config -------------------------------------------------------------------------------
+
+_TF = """
+from torchvision import transforms
+_norm = transforms.Normalize([0.5] * 3, [0.5] * 3)
+val_transform = transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor(), _norm])
+"""
+
+
+def _load(tmp_path: Path, body: str):
+    from pochitrain.config import load_config
+
+    path = tmp_path / "config.py"
+    path.write_text(_TF + body, encoding="utf-8")
+    return load_config(path)
+
+
+def _config_error(tmp_path: Path, body: str) -> str:
+    with pytest.raises(ConfigError) as err:
+        _load(tmp_path, body)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("key", ["val_transform", "train_transform"])
+def test_transform_without_to_tensor_is_refused_at_load(tmp_path: Path, key: str) -> None:
+    text = _config_error(tmp_path, f"{key} = transforms.Compose([transforms.Resize((32, 32))])\n")
+    assert key in text and "ToTensor" in text and "PIL" in text
+    text = _config_error(tmp_path, f"{key} = transforms.Compose([transforms.Resize((32, 32)), "
+                         "transforms.PILToTensor()])\n")
+    assert "uint8" in text and "ToTensor" in text
+    text = _config_error(tmp_path, f"{key} = transforms.Compose([transforms.RandomCrop(999), "
+                         "transforms.Resize(32)])\n")  # fails on the test image: steps checked
+    assert "no ToTensor step" in text
+
+
+def test_a_function_is_a_valid_train_transform(tmp_path: Path) -> None:
+    s = _load(tmp_path, "def train_transform(image):\n"
+              "    return val_transform(image.rotate(5))\n")
+    assert callable(s.train_transform) and s.train_transform.__name__ == "train_transform"
+    s = _load(tmp_path, "train_transform = lambda image: val_transform(image)\n")
+    assert s.train_transform is not None
+
+
+def test_a_function_as_val_transform_says_what_is_accepted(tmp_path: Path) -> None:
+    text = _config_error(tmp_path, "val_transform = lambda image: image\n")
+    assert "val_transform is a function" in text and "not set" not in text
+    assert "Resize, CenterCrop, ToTensor, Normalize" in text
+    text = _config_error(tmp_path, "val_transform = transforms.ToTensor\n")  # no ()
+    assert "class ToTensor" in text and "parentheses" in text
+
+
+@pytest.mark.parametrize(("params", "words"), [
+    ("{'T_max': '6'}", ["scheduler_params['T_max']", "'6' (str)", "'T_max': 6"]),
+    ("{'T_max': 0}", ["CosineAnnealingLR", "ZeroDivisionError"]),
+    ("{'T_max': None}", ["scheduler_params['T_max']", "a number"]),
+])
+def test_badly_typed_scheduler_params_are_refused_at_load(tmp_path: Path, params: str,
+                                                          words: list[str]) -> None:
+    text = _config_error(tmp_path, f"scheduler = 'CosineAnnealingLR'\nscheduler_params = {params}\n")
+    for word in words:
+        assert word in text, text
+
+
+def test_multistep_milestones_must_be_numbers(tmp_path: Path) -> None:
+    text = _config_error(tmp_path, "scheduler = 'MultiStepLR'\n"
+                         "scheduler_params = {'milestones': '3,5'}\n")
+    assert "scheduler_params['milestones']" in text and "[10, 20]" in text
+    s = _load(tmp_path, "scheduler = 'MultiStepLR'\nscheduler_params = {'milestones': [3, 5]}\n")
+    assert s.scheduler_params == {"milestones": [3, 5]}

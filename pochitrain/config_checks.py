@@ -1,0 +1,252 @@
+"""Validation of single config values (used by :mod:`pochitrain.config`).
+
+Each ``check_*`` returns the normalised value or raises a ConfigError naming the key, what was
+given and what is accepted. Transforms are tried on a small test image and schedulers are built
+on a throwaway optimizer, so a config that would fail in epoch 1 is refused at load time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+from typing import Any
+
+from pochitrain.errors import ConfigError
+
+OPTIMIZERS = ("SGD", "Adam", "AdamW")
+SCHEDULERS = ("StepLR", "MultiStepLR", "CosineAnnealingLR", "ExponentialLR", "LinearLR")
+EARLY_STOPPING_MONITORS = ("val_accuracy", "val_loss")
+MIXED_PRECISIONS = ("auto", "bf16", "fp16", "off")
+TRANSFORM_KEYS = ("train_transform", "val_transform")
+VAL_TRANSFORM_EXAMPLE = ("transforms.Compose([transforms.Resize((H, W)), transforms.ToTensor(), "
+                         "transforms.Normalize(mean, std)])")
+# Steps after which a torchvision pipeline yields a tensor (checked when the test image fails).
+_TENSOR_STEPS = ("ToTensor", "PILToTensor", "ToImage", "ToDtype", "ConvertImageDtype")
+_PROBE_SIZE = 256  # test image edge: large enough for the usual crops
+
+
+def type_error(key: str, value: Any, expected: str) -> ConfigError:
+    return ConfigError(
+        f"config key {key!r} must be {expected}; got {value!r} ({type(value).__name__}).",
+        f"Set {key} to {expected}.",
+    )
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if isinstance(value, str):
+        lookup = {c.lower(): c for c in choices}
+        if value.lower() in lookup:
+            return lookup[value.lower()]
+    near = difflib.get_close_matches(str(value), choices, n=1)
+    hint = f" Did you mean {near[0]!r}?" if near else ""
+    raise ConfigError(f"config key {key!r} has an unsupported value {value!r}.{hint}",
+                      f"Allowed values for {key}: {', '.join(choices)}.")
+
+
+def check_int(key: str, value: Any, minimum: int, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if not is_int(value) or value < minimum:
+        expected = f"a whole number >= {minimum}" + (" or None" if allow_none else "")
+        raise type_error(key, value, expected)
+    return int(value)
+
+
+def check_float(key: str, value: Any, minimum: float, strict: bool) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or (value <= minimum if strict else value < minimum):
+        raise type_error(key, value, f"a number {'>' if strict else '>='} {minimum}")
+    return float(value)
+
+
+def check_transform(key: str, value: Any) -> Any:
+    """A torchvision-style transform that turns a PIL RGB image into a float (3, H, W) tensor.
+
+    train_transform may be any callable (a function or lambda too); val_transform must be
+    data (a Compose of supported steps) because export-onnx / convert store it with the model.
+    """
+    if value is None:
+        return None
+    if isinstance(value, type):
+        raise ConfigError(
+            f"config key {key!r} is the class {value.__name__}, not a transform object.",
+            f"Create the transform with parentheses, e.g. {key} = {VAL_TRANSFORM_EXAMPLE}.")
+    if not callable(value):
+        raise type_error(key, value, "a torchvision transform (a single transform or "
+                         "transforms.Compose([...])) or None")
+    if key == "val_transform" and isinstance(value, (types.FunctionType, types.MethodType,
+                                                     types.BuiltinFunctionType)):
+        raise ConfigError(
+            f"val_transform is a function ({getattr(value, '__name__', value)!r}); "
+            "a function cannot be stored with the model for ONNX / TensorRT inference.",
+            f"Set val_transform = {VAL_TRANSFORM_EXAMPLE} (accepted steps: Resize, CenterCrop, "
+            "ToTensor, Normalize). Functions are fine in train_transform.")
+    _probe_transform(key, value)
+    return value
+
+
+def _probe_transform(key: str, transform: Any) -> None:
+    """Apply ``transform`` to a gray test image: it must give a float (3, H, W) tensor."""
+    import torch
+    from PIL import Image
+
+    try:
+        out = transform(Image.new("RGB", (_PROBE_SIZE, _PROBE_SIZE), (128, 110, 90)))
+    except Exception:  # noqa: BLE001 - e.g. a crop larger than the test image: look inside
+        steps = getattr(transform, "transforms", None)
+        if isinstance(steps, (list, tuple)) and not any(
+                type(step).__name__ in _TENSOR_STEPS for step in steps):
+            raise _no_tensor(key, "has no ToTensor step") from None
+        return
+    if (isinstance(out, torch.Tensor) and out.is_floating_point() and out.ndim == 3
+            and out.shape[0] == 3):
+        return
+    if isinstance(out, torch.Tensor):
+        got = f"a {str(out.dtype).replace('torch.', '')} tensor of shape {tuple(out.shape)}"
+    else:
+        got = f"{type(out).__module__}.{type(out).__name__}"
+    raise _no_tensor(key, f"returned {got} for a test RGB image")
+
+
+def _no_tensor(key: str, what: str) -> ConfigError:
+    return ConfigError(
+        f"{key} does not turn an image into a float tensor of shape (3, H, W): it {what}. "
+        "Training would fail at its first batch.",
+        f"End {key} with transforms.ToTensor() (then transforms.Normalize(mean, std)), e.g. "
+        f"{VAL_TRANSFORM_EXAMPLE}. PILToTensor gives uint8: use ToTensor instead.")
+
+
+def check_scheduler(value: Any, params: Any, epochs: int) -> tuple[str | None, dict[str, Any]]:
+    """Scheduler name and its keyword arguments, checked by name, type and a trial run."""
+    if params is None:
+        params = {}
+    if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+        raise type_error("scheduler_params", params, "a dict of keyword arguments, e.g. "
+                         "{'step_size': 10, 'gamma': 0.1}")
+    if value is None:
+        return None, dict(params)
+    name = check_choice("scheduler", value, SCHEDULERS)
+    import inspect
+
+    import torch
+
+    cls = getattr(torch.optim.lr_scheduler, name)
+    sig = inspect.signature(cls.__init__)
+    accepted = [p for p in sig.parameters if p not in ("self", "optimizer", "last_epoch",
+                                                       "verbose")]
+    params = dict(params)
+    if name == "CosineAnnealingLR":
+        params.setdefault("T_max", epochs)
+    for key in params:
+        if key not in accepted:
+            near = difflib.get_close_matches(key, accepted, n=1)
+            hint = f" Did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(f"scheduler_params has {key!r}, which {name} does not take.{hint}",
+                              f"{name} takes: {', '.join(accepted)}.")
+    required = [p.name for p in sig.parameters.values()
+                if p.name in accepted and p.default is inspect.Parameter.empty
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    missing = [p for p in required if p not in params]
+    if missing:
+        raise ConfigError(f"scheduler {name} needs scheduler_params {', '.join(missing)}.",
+                          f"Example: scheduler_params = {{{', '.join(repr(m) + ': ...' for m in missing)}}}")
+    for key, v in params.items():
+        _check_scheduler_value(key, v)
+    _try_scheduler(cls, name, params)
+    return name, params
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_scheduler_value(key: str, v: Any) -> None:
+    """Every argument of the supported schedulers is a number (milestones: a list of them)."""
+    if key == "milestones":
+        if isinstance(v, (list, tuple)) and all(is_int(m) for m in v):
+            return
+        expected, example = "a list of whole numbers (epochs)", "[10, 20]"
+    elif _is_number(v):
+        return
+    else:
+        expected, example = "a number", "10"
+        if isinstance(v, str):
+            try:
+                example = repr(int(v) if v.strip().lstrip("-").isdigit() else float(v))
+            except ValueError:
+                pass
+    raise ConfigError(
+        f"scheduler_params[{key!r}] must be {expected}; got {v!r} ({type(v).__name__}).",
+        f"Write it without quotes, e.g. scheduler_params = {{{key!r}: {example}, ...}}.")
+
+
+def _try_scheduler(cls: Any, name: str, params: dict[str, Any]) -> None:
+    """Build the scheduler on a throwaway optimizer and step it twice (values like T_max=0
+    only fail when the learning rate is computed)."""
+    import warnings
+
+    import torch
+
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scheduler = cls(optimizer, **params)
+            for _ in range(2):
+                optimizer.step()
+                scheduler.step()
+    except (TypeError, ValueError, ArithmeticError, KeyError, IndexError) as exc:
+        raise ConfigError(
+            f"scheduler {name} fails with scheduler_params = {params!r}: "
+            f"{type(exc).__name__}: {exc}",
+            f"Fix the scheduler_params values (see torch.optim.lr_scheduler.{name}).") from None
+
+
+
+def check_early_stopping(value: Any) -> dict[str, Any] | None:
+    if value is None or value is False:
+        return None
+    if not isinstance(value, dict):
+        raise type_error("early_stopping", value, "None or a dict like "
+                          "{'patience': 5, 'min_delta': 0.0, 'monitor': 'val_accuracy'}")
+    allowed = ("patience", "min_delta", "monitor", "enabled")
+    for key in value:
+        if key not in allowed:
+            near = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" Did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(f"early_stopping has an unknown key {key!r}.{hint}",
+                              f"early_stopping keys: {', '.join(allowed)}.")
+    if value.get("enabled", True) is False:
+        return None
+    return {
+        "patience": check_int("early_stopping['patience']", value.get("patience", 5), 1),
+        "min_delta": check_float("early_stopping['min_delta']", value.get("min_delta", 0.0),
+                                  0.0, strict=False),
+        "monitor": check_choice("early_stopping['monitor']",
+                                 value.get("monitor", "val_accuracy"), EARLY_STOPPING_MONITORS),
+    }
+
+
+def check_input_size(value: Any) -> list[int] | None:
+    if value is None:
+        return None
+    if is_int(value):
+        value = [value, value]
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(is_int(v) and v > 0 for v in value)):
+        raise type_error("input_size", value, "[HEIGHT, WIDTH] (two positive whole numbers)")
+    return [int(v) for v in value]
+
+
+def check_device(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value.strip()):
+        raise ConfigError(f"config key 'device' has an unsupported value {value!r}.",
+                          "Allowed values for device: 'auto' (CUDA when available), 'cpu', "
+                          "'cuda', 'cuda:N'.")
+    return value.strip()
