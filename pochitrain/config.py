@@ -242,10 +242,11 @@ def resolve_device(device: str, flag: str | None = None) -> str:
     if device.startswith("cuda"):
         error = BackendMissingError if flag else ConfigError
         if not torch.cuda.is_available():
+            use = (f"{flag} auto (uses the GPU when there is one) or {flag} cpu" if flag else
+                   "device = 'auto' (uses the GPU when there is one) or 'cpu'")
             raise error(f"{where} but no CUDA GPU is available here.",
-                        f"Use {flag + ' ' if flag else 'device = '}'auto' (uses the GPU when "
-                        "there is one) or 'cpu', or run on a machine with an NVIDIA GPU and a "
-                        "CUDA build of PyTorch.")
+                        f"Use {use}, or run on a machine with an NVIDIA GPU and a CUDA build of "
+                        "PyTorch.")
         index = int(device.split(":")[1]) if ":" in device else 0
         if index >= torch.cuda.device_count():
             raise error(f"{where} but only {torch.cuda.device_count()} GPU(s) are visible.",

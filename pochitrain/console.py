@@ -11,14 +11,33 @@ if TYPE_CHECKING:
     from pochitrain.errors import PochiError
 
 _console: Console | None = None
+PIPE_WIDTH = 4096  # columns when stdout is not a terminal: tables and paths are never cut
+
+
+def safe_streams() -> None:
+    """Where stdout / stderr cannot encode Japanese (PYTHONIOENCODING=ascii, some Windows
+    consoles), write \\uXXXX escapes for those characters instead of raising
+    UnicodeEncodeError: bilingual messages degrade, the English part stays readable."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            "エラー / 対処 ✓ …".encode(getattr(stream, "encoding", None) or "ascii")
+        except (UnicodeEncodeError, LookupError):
+            reconfigure = getattr(stream, "reconfigure", None)
+            if reconfigure is not None:
+                reconfigure(errors="backslashreplace")
 
 
 def console() -> Console:
+    """The shared stdout console. Lines are never folded (soft wrap); when stdout is a pipe or
+    a file, tables get their full width instead of cutting cells (paths) with "…"."""
     global _console
     if _console is None:
         from rich.console import Console
 
-        _console = Console(highlight=False)
+        safe_streams()
+        _console = Console(highlight=False, soft_wrap=True)
+        if not _console.is_terminal:
+            _console.width = PIPE_WIDTH
     return _console
 
 
@@ -35,6 +54,7 @@ def print_error(exc: PochiError) -> None:
     from rich.console import Console
     from rich.markup import escape
 
+    safe_streams()
     err = Console(stderr=True, highlight=False)
     err.print(f"[bold red]エラー / Error:[/bold red] {escape(exc.message)}", soft_wrap=True)
     if exc.remedy:

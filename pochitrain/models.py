@@ -103,8 +103,49 @@ def read_checkpoint(path: Path | str) -> tuple[dict[str, Any], ModelMeta]:
 
 
 def load_model(path: Path | str, device: str = "cpu") -> tuple[nn.Module, ModelMeta]:
-    """Rebuild the model of a checkpoint, in eval mode on ``device``."""
+    """Rebuild the model of a checkpoint, in eval mode on ``device``.
+
+    ModelFileError when the metadata (model name, number of classes) does not fit the weights.
+    """
     payload, meta = read_checkpoint(path)
-    model = build_model(meta.model_name, meta.num_classes, pretrained=False)
-    model.load_state_dict(payload["model_state_dict"])
+    try:
+        model = build_model(meta.model_name, meta.num_classes, pretrained=False)
+    except ConfigError as exc:
+        raise ModelFileError(f"{path}: {exc.message}", _EDITED_REMEDY) from None
+    state = payload.get("model_state_dict")
+    problem = _weights_mismatch(model, state)
+    if problem is None:
+        try:
+            model.load_state_dict(state)  # type: ignore[arg-type]
+        except (RuntimeError, TypeError, ValueError) as exc:
+            problem = str(exc).strip().splitlines()[-1].strip()[:300]
+    if problem is not None:
+        raise ModelFileError(
+            f"The weights in {path} do not match its metadata ({meta.model_name}, "
+            f"{meta.num_classes} classes): {problem}.", _EDITED_REMEDY)
     return model.to(device).eval(), meta
+
+
+_EDITED_REMEDY = ("The checkpoint was edited or damaged: use the .pth exactly as 'pochi train' "
+                  "wrote it (weights and metadata are saved together), or train again.")
+
+
+def _weights_mismatch(model: nn.Module, state: Any) -> str | None:
+    """A one-line summary of missing / unexpected / wrongly shaped weights, or None."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return "model_state_dict is not a dict of tensors"
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    resized = [k for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    parts = []
+    if resized:
+        k = resized[0]
+        parts.append(f"{k} has shape {tuple(state[k].shape)} in the file but "
+                     f"{tuple(expected[k].shape)} in the model"
+                     + (f" (and {len(resized) - 1} more)" if len(resized) > 1 else ""))
+    for names, what in ((missing, "missing from the file"), (unexpected, "not in the model")):
+        if names:
+            more = f" and {len(names) - 2} more" if len(names) > 2 else ""
+            parts.append(f"{len(names)} weight(s) {what} ({', '.join(names[:2])}{more})")
+    return "; ".join(parts) or None

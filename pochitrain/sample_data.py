@@ -85,6 +85,7 @@ seed = 42
 _mean = [0.5, 0.5, 0.5]
 _std = [0.5, 0.5, 0.5]
 train_transform = transforms.Compose([
+    transforms.Resize((32, 32)),  # any image size works: every tensor of a batch is 32x32
     transforms.RandomAffine(degrees=8, translate=(0.08, 0.08)),
     transforms.ToTensor(),
     transforms.Normalize(_mean, _std),

@@ -35,7 +35,7 @@ METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "va
 # ---- data ----------------------------------------------------------------------------------
 
 class ImageDataset(Dataset):
-    """``(tensor, label, index)``; tensor is None when the file cannot be decoded."""
+    """``(tensor, label, index, path)``; tensor is None when the file cannot be decoded."""
 
     def __init__(self, folder: ImageFolder, transform: Callable[[Any], Any]) -> None:
         self.samples = folder.samples
@@ -44,10 +44,10 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[Any, int, int]:
+    def __getitem__(self, index: int) -> tuple[Any, int, int, Path]:
         path, label = self.samples[index]
         image = open_rgb(path)
-        return (None if image is None else self.transform(image)), label, index
+        return (None if image is None else self.transform(image)), label, index, path
 
 
 @dataclass
@@ -57,11 +57,28 @@ class Batch:
     skipped: list[int]  # dataset indices of undecodable files
 
 
-def collate_skipping(items: list[tuple[Any, int, int]]) -> Batch:
-    good = [(x, y) for x, y, _ in items if x is not None]
-    skipped = [i for x, _, i in items if x is None]
+def collate_skipping(items: list[tuple[Any, ...]]) -> Batch:
+    """Items ``(tensor or None, label, index[, path])`` -> one Batch; undecodable files are
+    listed in ``skipped``. Tensors of different shapes are a DataError naming one file."""
+    good = [(x, y) for x, y, *_ in items if x is not None]
+    skipped = [i for x, _, i, *_ in items if x is None]
     if not good:
         return Batch(None, None, skipped)
+    shapes = [tuple(x.shape) for x, _ in good]
+    if len(set(shapes)) > 1:
+        from collections import Counter
+
+        from pochitrain.errors import DataError
+
+        common = Counter(shapes).most_common(1)[0][0]
+        odd = next(item for item in items if item[0] is not None
+                   and tuple(item[0].shape) != common)
+        name = str(odd[3]) if len(odd) > 3 else f"dataset item {odd[2]}"
+        raise DataError(
+            f"Images of one batch have different sizes after the transform: {name} gives a "
+            f"tensor of shape {tuple(odd[0].shape)}, other images {common}.",
+            "Add transforms.Resize((H, W)) to the config's train_transform (and val_transform) "
+            "so that every image has the same size, e.g. the model's input_size.")
     return Batch(torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), skipped)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +186,159 @@ def test_multistep_milestones_must_be_numbers(tmp_path: Path) -> None:
     assert "scheduler_params['milestones']" in text and "[10, 20]" in text
     s = _load(tmp_path, "scheduler = 'MultiStepLR'\nscheduler_params = {'milestones': [3, 5]}\n")
     assert s.scheduler_params == {"milestones": [3, 5]}
+
+
+# ---- training data and checkpoints --------------------------------------------------------
+
+def test_sample_config_trains_on_images_of_any_size(tmp_path: Path) -> None:
+    from pochitrain.config import load_config
+    from pochitrain.sample_data import write_digits_config
+
+    settings = load_config(write_digits_config(tmp_path / "config.py"))
+    for size in ((50, 40), (32, 32), (8, 8)):
+        assert tuple(settings.train_transform(Image.new("RGB", size)).shape) == (3, 32, 32)
+
+
+def test_a_batch_of_mixed_sizes_names_a_file_and_the_fix(tmp_path: Path) -> None:
+    import torch
+
+    from pochitrain.training import collate_skipping
+
+    a, b, c = (tmp_path / n for n in ("a.png", "b.png", "c.png"))
+    items = [(torch.zeros(3, 32, 32), 0, 0, a), (torch.zeros(3, 40, 32), 1, 1, b),
+             (torch.zeros(3, 32, 32), 0, 2, c), (None, 1, 3, tmp_path / "bad.png")]
+    with pytest.raises(DataError) as err:
+        collate_skipping(items)
+    assert str(b) in err.value.message and "(3, 40, 32)" in err.value.message
+    assert "transforms.Resize((H, W))" in (err.value.remedy or "")
+    batch = collate_skipping([items[0], items[2], items[3]])
+    assert batch.images is not None and tuple(batch.images.shape) == (2, 3, 32, 32)
+    assert batch.skipped == [3]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pochitrain.meta import ModelMeta
+    from pochitrain.models import build_model, save_checkpoint
+    from pochitrain.preprocess import Preprocess
+
+    path = tmp_path_factory.mktemp("ckpt") / "model.pth"
+    meta = ModelMeta(["a", "b", "c"], Preprocess.simple(32, 32), model_name="resnet18")
+    save_checkpoint(path, build_model("resnet18", 3), meta)
+    return path
+
+
+@pytest.mark.parametrize(("edit", "words"), [
+    ({"model_name": "resnet34"}, ["resnet34", "missing from the file", "layer1.2."]),
+    ({"class_names": [str(i) for i in range(10)]},
+     ["10 classes", "fc.weight has shape (3, 512) in the file but (10, 512)"]),
+    ({"model_name": "mobilenet_v3_small"}, ["mobilenet_v3_small", "not in the model"]),
+    ({"model_name": "resnet19"}, ["resnet19"]),
+])
+def test_checkpoint_metadata_that_does_not_fit_the_weights(
+        tiny_checkpoint: Path, tmp_path: Path, edit: dict, words: list[str]) -> None:
+    import torch
+
+    from pochitrain.errors import ModelFileError
+    from pochitrain.models import load_model
+
+    payload = torch.load(tiny_checkpoint, weights_only=True)
+    payload["meta"].update(edit)
+    edited = tmp_path / "edited.pth"
+    torch.save(payload, edited)
+    with pytest.raises(ModelFileError) as err:
+        load_model(edited)
+    text = str(err.value)
+    assert "edited" in (err.value.remedy or "") and len(text) < 700, text
+    for word in words:
+        assert word in text, text
+    _, meta = load_model(tiny_checkpoint)  # the untouched file still loads
+    assert meta.class_names == ["a", "b", "c"]
+
+
+def test_worker_errors_lose_the_worker_traceback() -> None:
+    from pochitrain.cli.main import _unwrapped
+
+    wrapped = DataError("Caught DataError in DataLoader worker process 0.\n"
+                        "Original Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+                        "pochitrain.errors.DataError: Images of one batch differ\nAdd Resize\n")
+    error = _unwrapped(wrapped)
+    assert isinstance(error, DataError) and "Traceback" not in str(error)
+    assert error.message == "Images of one batch differ\nAdd Resize"
+    plain = DataError("plain", "fix")
+    assert _unwrapped(plain) is plain
+
+
+# ---- command line -------------------------------------------------------------------------
+
+def _ascii_run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    return subprocess.run([sys.executable, *args], check=False, cwd=cwd, env=env,
+                          capture_output=True, text=True, encoding="utf-8", errors="replace",
+                          timeout=60)
+
+
+def test_ascii_console_gets_escapes_never_a_unicode_error(tmp_path: Path) -> None:
+    done = _ascii_run(["-m", "pochitrain.cli.main", "infer", "missing.pth"], tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "\\u30a8\\u30e9\\u30fc / Error:" in done.stderr and "missing.pth" in done.stderr
+    code = ("from pochitrain.console import info, warn\n"
+            "info('結果 / Results: ok')\nwarn('中断しました / Interrupted')")
+    done = _ascii_run(["-c", code], tmp_path)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "/ Results: ok" in done.stdout and "/ Interrupted" in done.stdout
+
+
+def test_piped_output_never_cuts_a_path(tmp_path: Path) -> None:
+    code = ("from rich.table import Table\nfrom pochitrain.console import console, info\n"
+            "p = '/data/' + 'long_folder_name/' * 12 + 'best_epoch3.pth'\n"
+            "t = Table()\nt.add_column('what')\nt.add_column('path')\nt.add_row('model', p)\n"
+            "console().print(t)\ninfo('model: ' + p)\nprint(p)\n")
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "80"}, timeout=60)
+    path = done.stdout.strip().splitlines()[-1]
+    assert len(path) > 200
+    assert done.stdout.count(path) == 3 and "…" not in done.stdout, done.stdout
+
+
+def test_no_verb_lists_the_verbs_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from pochitrain.cli.main import VERBS, run
+
+    assert run([]) == 2
+    err = capsys.readouterr().err
+    assert all(verb in err for verb in VERBS) and "no VERB given" in err
+
+
+@pytest.mark.parametrize("entry", ["export_onnx_main", "infer_onnx_main", "infer_trt_main",
+                                   *(f"pochi {verb}" for verb in ("train", "infer", "convert",
+                                                                  "sample-data", "quickstart"))])
+def test_version_on_every_entry_point(entry: str, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from pochitrain import __version__
+    from pochitrain.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        if entry.startswith("pochi "):
+            main.run([entry.split()[1], "--version"])
+        else:
+            monkeypatch.setattr(sys, "argv", ["x", "--version"])
+            getattr(main, entry)()
+    assert exc.value.code == 0 and __version__ in capsys.readouterr().out
+
+
+def test_train_flags_are_blamed_by_name(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from pochitrain.cli.main import run
+
+    config = tmp_path / "config.py"
+    config.write_text("epochs = 1\n", encoding="utf-8")
+    assert run(["train", "-c", str(config), "--device", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "--device gpu" in err and "config key" not in err
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for work_dir in (afile, afile / "sub"):
+        assert run(["train", "-c", str(config), "--work-dir", str(work_dir)]) == 2
+        err = capsys.readouterr().err
+        assert "--work-dir" in err and "--output" not in err and "not a folder" in err
+    assert not list(tmp_path.glob("**/models"))

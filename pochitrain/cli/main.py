@@ -38,6 +38,7 @@ def build_parser(prog: str = "pochi", only: str | None = None,
             prog=prog, description=mod.DESCRIPTION,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
+        _add_version(parser)
         mod.configure(parser)
         parser.set_defaults(_verb=only)
         return parser
@@ -48,9 +49,7 @@ def build_parser(prog: str = "pochi", only: str | None = None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run 'pochi VERB --help' for the options of a verb.",
     )
-    from pochitrain import __version__
-
-    parser.add_argument("--version", action="version", version=f"pochitrain {__version__}")
+    _add_version(parser)
     sub = parser.add_subparsers(dest="_verb", metavar="VERB", required=True)
     for name, (_, help_text) in VERBS.items():
         if name != verb:
@@ -59,23 +58,53 @@ def build_parser(prog: str = "pochi", only: str | None = None,
         mod = _verb_module(name)
         p = sub.add_parser(name, help=help_text, description=mod.DESCRIPTION,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        _add_version(p)
         mod.configure(p)
     return parser
 
 
-def run(argv: Sequence[str] | None, prog: str = "pochi", only: str | None = None) -> int:
+def _add_version(parser: argparse.ArgumentParser) -> None:
+    from pochitrain import __version__
+
+    parser.add_argument("--version", action="version", version=f"pochitrain {__version__}")
+
+
+def _unwrapped(exc: Exception) -> Exception:
+    """A PochiError raised in a DataLoader worker comes back re-created from the worker's
+    traceback text ("Caught DataError in DataLoader worker process 0. Original Traceback..."):
+    keep only what the original error said."""
     from pochitrain.errors import PochiError
 
+    text = getattr(exc, "message", "")
+    marker = f"{type(exc).__module__}.{type(exc).__name__}: "
+    if not isinstance(exc, PochiError) or "Original Traceback" not in text or marker not in text:
+        return exc
+    message = text.rsplit(marker, 1)[1].strip()
+    return type(exc)(message)
+
+
+def run(argv: Sequence[str] | None, prog: str = "pochi", only: str | None = None) -> int:
+    from pochitrain.console import safe_streams
+    from pochitrain.errors import PochiError
+
+    safe_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(prog, only, verb if verb in VERBS else None)
+    if only is None and not argv:
+        parser.print_help(sys.stderr)
+        print(f"\n{prog}: error: no VERB given. Choose one of the verbs above, e.g. "
+              f"'{prog} sample-data data/digits' ('{prog} VERB --help' for its options).",
+              file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     try:
         return int(_verb_module(args._verb).run(args) or 0)
     except PochiError as exc:
         from pochitrain.console import print_error
 
-        print_error(exc)
+        error = _unwrapped(exc)
+        print_error(error)  # type: ignore[arg-type]
         return exc.exit_code
     except KeyboardInterrupt:
         print("\n中断しました / Interrupted.", file=sys.stderr)

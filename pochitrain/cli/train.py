@@ -44,6 +44,37 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="no progress bars (the per-epoch lines are still printed)")
 
 
+def _check_work_dir(work_dir: str) -> None:
+    """--work-dir must be (or be creatable as) a folder: say so before any training."""
+    import os
+    from pathlib import Path
+
+    from pochitrain.errors import UsageError
+
+    path = Path(work_dir).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"--work-dir {work_dir}: {existing} is a file, not a folder.",
+                         "Pass a folder for --work-dir (it is created when missing), or leave "
+                         "--work-dir out to use the config's work_dir.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--work-dir {work_dir}: cannot write in {existing}.",
+                         "Pass a writable folder for --work-dir, or leave it out to use the "
+                         "config's work_dir.")
+
+
+def _check_device(device: str) -> None:
+    """Errors name --device (not the config key); no GPU for --device cuda is a usage error
+    (exit 2), as it is for device = 'cuda' in the config."""
+    from pochitrain.config import resolve_device
+    from pochitrain.errors import BackendMissingError, UsageError
+
+    try:
+        resolve_device(device, flag="--device")
+    except BackendMissingError as exc:
+        raise UsageError(exc.message, exc.remedy) from None
+
+
 def run(args: argparse.Namespace) -> int:
     from pochitrain.console import info, warn
     from pochitrain.pipeline.train import train
@@ -52,7 +83,10 @@ def run(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     if args.device is not None:
+        _check_device(args.device)
         overrides["device"] = args.device
+    if args.work_dir is not None:
+        _check_work_dir(args.work_dir)
     result = train(args.config, overrides=overrides, work_dir=args.work_dir,
                    progress=not args.quiet)
     if result.interrupted:
