@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -60,3 +62,39 @@ def print_error(exc: PochiError) -> None:
     if exc.remedy:
         err.print(f"[bold]対処 / Fix:[/bold] {escape(exc.remedy)}", soft_wrap=True)
     sys.stderr.flush()
+
+
+# ---- progress: the one place that builds rich progress displays ----------------------------
+
+def make_progress(enabled: bool = True, kind: str = "bar") -> Any:
+    """A rich ``Progress`` (use as a context manager); disabled (prints nothing) when not
+    ``enabled``. ``kind``: "bar" (count of total), "loss" (bar + a ``loss`` field + ETA),
+    "spinner" (a stage name and elapsed time, for work of unknown length)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns: list[Any]
+    if kind == "spinner":
+        columns = [SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()]
+    else:
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn()]
+        if kind == "loss":
+            columns[3:3] = [TextColumn("loss {task.fields[loss]:.4f}")]
+            columns.append(TimeRemainingColumn())
+    return Progress(*columns, console=console(), transient=True, disable=not enabled)
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool, description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """One counted task; yields ``advance(n)``."""
+    with make_progress(enabled) as prog:
+        task = prog.add_task(description, total=total)
+        yield lambda n: prog.advance(task, n)

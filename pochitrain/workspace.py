@@ -1,15 +1,87 @@
-"""Run folders (``work_dirs/YYYYMMDD_NNN``) and atomic file writes."""
+"""Run folders (``work_dirs/YYYYMMDD_NNN``) and atomic file writes.
+
+Everything pochitrain knows about a run folder lives here::
+
+    work_dirs/YYYYMMDD_NNN/
+        config.py     copy of the training config (its relative paths mean the original's)
+        run.json      what the run resolved and produced (config_path: the original config)
+        models/       checkpoints, and the ONNX / engines exported from them
+        inference_results/YYYYMMDD_NNN/   one folder per inference run
+"""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from pochitrain.errors import OutputExistsError, PochiError
+
+RUN_DIR_PATTERN = re.compile(r"^\d{8}_\d{3,}$")
+RUN_JSON = "run.json"
+CONFIG_COPY = "config.py"
+
+
+def is_run_dir(path: Path) -> bool:
+    return bool(RUN_DIR_PATTERN.match(path.name))
+
+
+def run_folder_of(model_path: Path | str) -> Path:
+    """work_dirs/X/models/best.pth -> work_dirs/X; anything else -> the model's folder."""
+    parent = Path(model_path).resolve().parent
+    return parent.parent if parent.name == "models" else parent
+
+
+def find_config_near(model_path: Path | str) -> Path | None:
+    """``config.py`` in the model's folder or its parents, up to the run folder (YYYYMMDD_NNN).
+
+    work_dirs/20260101_001/models/best_epoch3.pth -> work_dirs/20260101_001/config.py.
+    Without a run folder above, only the model's folder and its parent are searched.
+    """
+    folder = Path(model_path).expanduser().resolve().parent
+    chain = [folder, *folder.parents]
+    run_idx = next((i for i, p in enumerate(chain) if is_run_dir(p)), None)
+    limit = run_idx if run_idx is not None and run_idx <= 3 else 1
+    for candidate in (p / CONFIG_COPY for p in chain[:limit + 1]):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_run_json(folder: Path | str) -> dict[str, Any] | None:
+    """``folder/run.json`` as a dict; None when absent or unreadable (it is a record, not an
+    input anyone must provide)."""
+    path = Path(folder) / RUN_JSON
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_run_json(run_dir: Path, data: dict[str, Any]) -> None:
+    atomic_write_text(run_dir / RUN_JSON,
+                      json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def config_paths_base(config_path: Path) -> Path:
+    """The folder that relative paths in ``config_path`` are relative to.
+
+    The copy of a config that ``pochi train`` keeps in its run folder still means the paths of
+    the original: run.json beside the copy records where that was.
+    """
+    original = (read_run_json(config_path.parent) or {}).get("config_path")
+    if original and Path(original).resolve() != config_path.resolve():
+        return Path(original).resolve().parent
+    return config_path.parent
 
 
 def new_run_dir(base: Path | str, today: _dt.date | None = None) -> Path:

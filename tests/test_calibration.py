@@ -49,7 +49,7 @@ def test_no_preprocessing_is_the_spec_error(tmp_path: Path, digits_dir: Path) ->
 
 def test_preprocessing_follows_the_engine_size(digits_dir: Path, tmp_path: Path) -> None:
     src = cal.resolve_source(tmp_path / "m.onnx", META, digits_dir / "val", None, (48, 40))
-    assert src.preprocess.input_size == [48, 40] and src.preprocess_from == "ONNX metadata"
+    assert src.preprocess.input_size == [48, 40] and src.preprocess_from == "model metadata"
     assert src.data_root == digits_dir / "val" and src.data_from == "--calib-data"
 
 

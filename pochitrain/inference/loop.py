@@ -139,9 +139,10 @@ def run_inference(runner: Runner, folder: ImageFolder, preprocess: Preprocess,
                 result.warmup_samples = warmup_runs * len(batch)
                 break
 
-    bar = _progress(progress, len(samples), runner.name)
+    from pochitrain.console import progress_bar
+
     start = time.perf_counter()
-    try:
+    with progress_bar(progress, f"inference ({runner.name})", len(samples)) as advance:
         for batch, paths, labels, skipped in batches(samples, batch_size):
             result.skipped.extend(skipped)
             if batch is not None:
@@ -152,23 +153,6 @@ def run_inference(runner: Runner, folder: ImageFolder, preprocess: Preprocess,
                 result.confidences.extend(float(p) for p in probs.max(axis=1))
                 result.paths.extend(paths)
                 result.labels.extend(labels)
-            if bar is not None:
-                bar[0].update(bar[1], advance=len(paths) + len(skipped))
-    finally:
-        if bar is not None:
-            bar[0].stop()
+            advance(len(paths) + len(skipped))
     result.e2e_seconds = time.perf_counter() - start
     return result
-
-
-def _progress(enabled: bool, total: int, name: str):
-    if not enabled:
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    from pochitrain.console import console
-
-    prog = Progress("[bold]{task.description}", BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console(), transient=True)
-    prog.start()
-    return prog, prog.add_task(f"inference ({name})", total=total)

@@ -8,13 +8,12 @@ to a real image. Any other batch size is refused (UsageError), never padded or s
 
 from __future__ import annotations
 
-import os
 import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pochitrain.errors import BackendMissingError, ModelFileError, ShapeError, UsageError
+from pochitrain.errors import BackendMissingError, ShapeError, UsageError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -71,14 +70,6 @@ def _missing_provider(name: str, available: list[str]) -> BackendMissingError:
     )
 
 
-def _default_threads() -> int:
-    # Respect CPU affinity / container limits, which os.cpu_count() ignores.
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
-
-
 class OnnxRunner:
     """One ONNX Runtime session; ``run`` times ``session.run`` alone ("pure" time)."""
 
@@ -105,13 +96,13 @@ class OnnxRunner:
             )
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, float]:
+        from pochitrain.onnx.session import pad_to
+
         n = len(batch)
         if self.fixed_batch is not None:
             if n > self.fixed_batch:
                 self.check_batch_size(n)
-            if n < self.fixed_batch:  # the loop's last, shorter batch: pad, then drop the rows
-                pad = np.zeros((self.fixed_batch - n, *batch.shape[1:]), dtype=batch.dtype)
-                batch = np.concatenate([batch, pad])
+            batch = pad_to(batch, self.fixed_batch)  # the loop's last, shorter batch
         feed = {self.info.input_name: np.ascontiguousarray(batch, dtype=self._dtype)}
         try:
             start = time.perf_counter()
@@ -144,6 +135,7 @@ def open_onnx_runner(path: Path | str, providers: list[str] | None = None,
     providers: e.g. ["cuda"], ["tensorrt", "cuda"] or full provider names; CPU when None.
     """
     from pochitrain.onnx.inspect import read_onnx
+    from pochitrain.onnx.session import open_session
 
     info, _ = read_onnx(path)
     try:
@@ -152,25 +144,4 @@ def open_onnx_runner(path: Path | str, providers: list[str] | None = None,
         raise BackendMissingError("onnxruntime is not installed.",
                                   "pip install onnxruntime (or onnxruntime-gpu).") from exc
     names = resolve_providers(providers, ort.get_available_providers())
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or _default_threads()
-    options.log_severity_level = 3  # errors only: provider fallbacks are checked below
-    try:
-        session = ort.InferenceSession(str(info.path), sess_options=options, providers=names)
-    except Exception as exc:
-        raise ModelFileError(
-            f"ONNX Runtime cannot load {info.path}: {str(exc).splitlines()[0][:300]}",
-            "The graph may use operators or an opset this onnxruntime does not support; "
-            "re-export it with export-onnx (default opset 17) or upgrade onnxruntime.",
-        ) from exc
-    # A GPU provider that fails to initialise (CUDA/cuDNN mismatch) is silently dropped by ORT.
-    dropped = [n for n in names if n not in session.get_providers()]
-    if dropped:
-        raise BackendMissingError(
-            f"ONNX Runtime could not start {', '.join(dropped)} "
-            f"(session runs on {', '.join(session.get_providers())}).",
-            "Check that the CUDA / cuDNN (and TensorRT) versions match your onnxruntime-gpu "
-            "build, or use --providers cpu.",
-        )
-    return OnnxRunner(session, info), info
+    return OnnxRunner(open_session(info.path, names, threads), info), info

@@ -19,9 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from pochitrain.config import NO_VAL_TRANSFORM_JA
 from pochitrain.data import ImageFolder, open_rgb
-from pochitrain.errors import CalibrationError, ConfigError, PochiError
+from pochitrain.errors import CalibrationError, PochiError
 from pochitrain.meta import ModelMeta
 from pochitrain.preprocess import Preprocess
 
@@ -41,85 +40,48 @@ class CalibSource:
     data_root: Path
     data_from: str  # "--calib-data" or "val_data_root of <config>"
     preprocess: Preprocess
-    preprocess_from: str  # "ONNX metadata" or "val_transform of <config>"
+    preprocess_from: str  # "model metadata" or "val_transform of config <path>"
     config_path: Path | None
-
-
-def _load_settings(path: Path) -> Any:
-    try:
-        from pochitrain.config import load_config
-    except ImportError as exc:  # config support not in this build
-        raise ConfigError(f"Cannot read config files in this build of pochitrain: {path}",
-                          "Use an ONNX written by export-onnx and pass --calib-data DIR.") from exc
-
-    return load_config(path)
-
-
-def _find_config(onnx_path: Path) -> Path | None:
-    try:
-        from pochitrain.config import find_config_near
-    except ImportError:
-        return None
-    return find_config_near(onnx_path)
-
-
-def _data_root(value: Any, config_path: Path) -> Path:
-    root = Path(str(value)).expanduser()
-    if root.is_absolute() or root.exists():
-        return root
-    return config_path.parent / root  # relative to the run folder the config lives in
 
 
 def resolve_source(onnx_path: Path, meta: ModelMeta | None, calib_data: Path | None,
                    config_path: Path | None, hw: tuple[int, int]) -> CalibSource:
     """Calibration folder and preprocessing, from the options, the ONNX metadata or a config.
 
-    Config: ``config_path`` (-c), else one found beside the run. Preprocessing: the model's
-    metadata, else the config's val_transform. ``hw`` is the engine's input H, W.
+    Preprocessing: ``resolve.resolve_meta`` (the model's metadata, else the config's
+    val_transform). Images: ``--calib-data``, else the config's val_data_root (config: ``-c``,
+    else the run's). ``hw`` is the engine's input H, W.
     """
-    found_config = config_path
-    settings = None
-    if config_path is None and (calib_data is None or meta is None):
-        found_config = _find_config(onnx_path)
-    if found_config is not None:
-        settings = _load_settings(Path(found_config))
-    where = f"config {found_config}" if found_config else None
+    from pochitrain.resolve import NoPreprocessingError, config_for, resolve_meta
 
+    found_config = config_for(onnx_path, config_path)
+    where = f"config {found_config}" if found_config else None
     if calib_data is not None:
         data_root, data_from = Path(calib_data), "--calib-data"
-    elif settings is not None and getattr(settings, "val_data_root", None):
-        data_root = _data_root(settings.val_data_root, Path(str(found_config)))
-        data_from = f"val_data_root of {where}"
     else:
-        why = (f"{where} has no val_data_root" if where else
-               f"no config was given (-c) or found beside {onnx_path.name}")
-        raise CalibrationError(
-            f"{NO_CALIBRATOR_JA}: {NO_DATA_JA}\n"
-            f"INT8 needs a calibrator, i.e. calibration images: no --calib-data was given and {why}.",
-            "Pass --calib-data DIR (a few hundred images like the training data, flat or one "
-            "sub-folder per class), or -c CONFIG with val_data_root set.",
-        )
+        from pochitrain.config import load_config
 
-    if meta is not None:
-        pre, pre_from = meta.preprocess, "ONNX metadata"
-    else:
-        if settings is None or getattr(settings, "val_transform", None) is None:
-            why = (f"{where} has no val_transform" if where else
+        settings = load_config(found_config) if found_config is not None else None
+        root = getattr(settings, "val_data_root", None)
+        if not root:
+            why = (f"{where} has no val_data_root" if where else
                    f"no config was given (-c) or found beside {onnx_path.name}")
             raise CalibrationError(
-                f"{NO_VAL_TRANSFORM_JA}\n"
-                f"Calibration images must be preprocessed like at inference, but "
-                f"{onnx_path.name} carries no pochitrain metadata and {why}.",
-                "Pass --config-path CONFIG whose val_transform is the validation preprocessing, "
-                "or re-export the ONNX with 'pochi export-onnx' (it stores the preprocessing).",
+                f"{NO_CALIBRATOR_JA}: {NO_DATA_JA}\n"
+                f"INT8 needs a calibrator, i.e. calibration images: no --calib-data was given "
+                f"and {why}.",
+                "Pass --calib-data DIR (a few hundred images like the training data, flat or "
+                "one sub-folder per class), or -c CONFIG with val_data_root set.",
             )
-        from pochitrain.config import preprocess_from_settings
-
-        pre, pre_from = preprocess_from_settings(settings), f"val_transform of {where}"
+        data_root, data_from = Path(root), f"val_data_root of {where}"
+    try:
+        resolved = resolve_meta(onnx_path, meta, config_path, need_class_names=False)
+    except NoPreprocessingError as exc:  # the spec's INT8 error, as a calibration failure
+        raise CalibrationError(exc.message, exc.remedy) from exc
     # pattern 2 built at another --input-size: same steps, geometry rescaled
-    pre = pre.resized_to(hw)
-    return CalibSource(data_root, data_from, pre, pre_from,
-                       Path(found_config) if found_config else None)
+    pre = resolved.meta.preprocess.resized_to(hw)
+    return CalibSource(data_root, data_from, pre, resolved.preprocess_from,
+                       resolved.config_path or found_config)
 
 
 def scan_calibration_folder(root: Path) -> ImageFolder:
@@ -180,17 +142,13 @@ def load_images(candidates: list[Sample], wanted: int, pre: Preprocess, label: s
     Corrupt files are skipped (and returned) and the next candidate takes their place.
     Returns (float32 N x 3 x H x W, samples used, corrupt paths).
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    from pochitrain.console import console
+    from pochitrain.console import progress_bar
 
     arrays: list[np.ndarray] = []
     used: list[Sample] = []
     corrupt: list[Path] = []
     total = min(wanted, len(candidates))
-    with Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
-                  console=console(), transient=True) as progress:
-        task = progress.add_task(label, total=total)
+    with progress_bar(True, f"  {label}", total) as advance:
         for path, lab in candidates:
             if len(used) >= wanted:
                 break
@@ -200,7 +158,7 @@ def load_images(candidates: list[Sample], wanted: int, pre: Preprocess, label: s
                 continue
             arrays.append(pre(image))
             used.append((path, lab))
-            progress.advance(task)
+            advance(1)
     h, w = pre.input_size
     data = np.stack(arrays) if arrays else np.zeros((0, 3, h, w), np.float32)
     return data.astype(np.float32, copy=False), used, corrupt

@@ -138,35 +138,23 @@ class Agreement:
 
 def compare_with_onnxruntime(fp32_path: Path, fp16_path: Path, batch: np.ndarray,
                              threshold: float = MIN_TOP1_AGREEMENT,
-                             batch_size: int = 1) -> Agreement:
+                             batch_size: int | None = None) -> Agreement:
     """Run both graphs with ONNX Runtime (CPU) on ``batch`` (N,3,H,W float32); compare top-1.
 
-    Images go ``batch_size`` at a time (a fully static graph takes only its own batch); the
-    last chunk is padded by repeating images and the padding is dropped from the results.
+    Images go ``batch_size`` at a time (a fully static graph takes only its own batch, padded
+    as ``onnx.session.run_all`` does).
     """
-    import onnxruntime as ort
+    from pochitrain.onnx.session import open_session, run_all
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sessions = [ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
-                for p in (fp32_path, fp16_path)]
-    name = sessions[0].get_inputs()[0].name
-    outs: list[list[np.ndarray]] = [[], []]
-    for start in range(0, len(batch), batch_size):
-        chunk = batch[start:start + batch_size]
-        real = len(chunk)
-        if real < batch_size:
-            chunk = np.concatenate([chunk, np.resize(chunk, (batch_size - real, *chunk.shape[1:]))])
-        for k, sess in enumerate(sessions):
-            out = sess.run(None, {name: np.ascontiguousarray(chunk, dtype=np.float32)})[0]
-            outs[k].append(np.asarray(out, dtype=np.float32)[:real])
-    ref, got = np.concatenate(outs[0]), np.concatenate(outs[1])
+    ref, got = (run_all(open_session(p), batch, batch_size) for p in (fp32_path, fp16_path))
     if not np.isfinite(got).all():
         raise VerificationError(
             "The FP16 graph produced inf/NaN on the verification images (float16 overflow).",
             "Convert to FP32 instead, or use --int8 with calibration.",
         )
-    agree = float(np.mean(ref.argmax(1) == got.argmax(1)))
+    from pochitrain.onnx.session import top1_agreement
+
+    agree = top1_agreement(ref, got)
     result = Agreement(len(batch), agree, float(np.max(np.abs(ref - got))))
     if agree < threshold:
         raise VerificationError(

@@ -51,7 +51,7 @@ class OnnxInfo:
         return "(" + ", ".join(str(d) for d in self.input_shape) + ")"
 
 
-def _dims(value_info) -> list[Dim]:  # noqa: ANN001 - onnx.ValueInfoProto
+def _dims(value_info) -> list[Dim]:
     dims: list[Dim] = []
     for d in value_info.type.tensor_type.shape.dim:
         if d.HasField("dim_value") and d.dim_value > 0:
@@ -61,7 +61,7 @@ def _dims(value_info) -> list[Dim]:  # noqa: ANN001 - onnx.ValueInfoProto
     return dims
 
 
-def read_onnx(path: Path | str, load_weights: bool = False):  # noqa: ANN201
+def read_onnx(path: Path | str, load_weights: bool = False):
     """Return (OnnxInfo, onnx.ModelProto). Raises ModelFileError for anything unusable."""
     import onnx
 

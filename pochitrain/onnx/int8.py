@@ -11,12 +11,14 @@ QuantizeLinear/DequantizeLinear nodes works on TensorRT 10, 11 and TensorRT-RTX 
   4. ONNX Runtime ``quantize_static`` (QDQ, symmetric int8, per-channel weights, float biases:
      TensorRT's parser rejects int32-quantized biases);
   5. FP32 and Q/DQ graphs run in ONNX Runtime on the held-out images; a top-1 drop above
-     ``max_accuracy_drop`` points raises VerificationError and nothing is written.
+     ``max_accuracy_drop`` points *beyond its statistical uncertainty* (paired per-image
+     differences, one-sided 95%) raises VerificationError and nothing is written.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -42,7 +44,6 @@ DEFAULT_METHOD = "percentile"
 DEFAULT_SAMPLES = 500
 DEFAULT_MAX_DROP = 1.0  # top-1 points; held-out sets are small, one image can be ~1 point
 DEFAULT_VERIFY_SAMPLES = 1000
-EVAL_BATCH = 32
 
 
 @dataclass
@@ -107,6 +108,21 @@ def tool_version() -> str:
     return f"onnxruntime.quantization {onnxruntime.__version__}"
 
 
+def _copy_into(onnx_path: Path, folder: Path) -> Path:
+    """A self-contained copy of ``onnx_path`` in ``folder`` (external weights inlined)."""
+    import shutil
+
+    import onnx
+
+    dest = folder / f"source_{onnx_path.name}"
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        onnx.save(onnx.load(str(onnx_path)), str(dest))
+    else:
+        shutil.copyfile(onnx_path, dest)
+    return dest
+
+
 def quantize(onnx_path: Path, out_path: Path, input_name: str, batches: list[np.ndarray],
              method: str) -> None:
     """Write a Q/DQ graph TensorRT accepts: symmetric int8 (zero point 0), per-channel weights,
@@ -153,21 +169,6 @@ def quantize(onnx_path: Path, out_path: Path, input_name: str, batches: list[np.
         root.setLevel(level)
 
 
-def _run(path: Path, input_name: str, data: np.ndarray, fixed_batch: int | None) -> np.ndarray:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    step = fixed_batch or EVAL_BATCH
-    outs = []
-    for i in range(0, len(data), step):
-        batch = data[i:i + step]
-        n = len(batch)
-        if fixed_batch and n < fixed_batch:  # pad the last batch of a fixed-batch graph
-            batch = np.concatenate([batch, np.repeat(batch[-1:], fixed_batch - n, axis=0)])
-        outs.append(session.run(None, {input_name: batch})[0][:n])
-    return np.concatenate(outs).astype(np.float32)
-
-
 def _labels(folder_classes: list[str], samples: list[cal.Sample], meta: ModelMeta | None,
             num_outputs: Any) -> np.ndarray | None:
     """Held-out labels in the model's class order, or None when they cannot be trusted."""
@@ -183,44 +184,72 @@ def _labels(folder_classes: list[str], samples: list[cal.Sample], meta: ModelMet
     return np.array([lab for _, lab in samples])  # pochitrain trains on sorted folder names
 
 
+# One-sided 95% normal quantile: the gate fails only when the drop is above the limit with
+# 95% confidence, so a held-out set of 70 images (one image = 1.4 points) cannot fail by luck
+# while a broken quantization (tens of points) still fails on any set size.
+Z_ONE_SIDED_95 = 1.645
+
+
+def paired_drop(reference_ok: np.ndarray, candidate_ok: np.ndarray) -> dict[str, Any]:
+    """Drop of ``candidate`` against ``reference`` on the same images, in points, with its
+    standard error from the paired per-image differences (lost = +1, gained = -1)."""
+    n = len(reference_ok)
+    lost = int(np.sum(reference_ok & ~candidate_ok))
+    gained = int(np.sum(~reference_ok & candidate_ok))
+    mean = (lost - gained) / n
+    var = max((lost + gained) / n - mean * mean, 0.0) * n / max(n - 1, 1)
+    se = math.sqrt(var / n)
+    return {"drop": round(100 * mean, 3), "drop_se": round(100 * se, 3),
+            "drop_low95": round(100 * (mean - Z_ONE_SIDED_95 * se), 3),
+            "lost": lost, "gained": gained}
+
+
 def verify(onnx_path: Path, qdq_path: Path, info_: OnnxInfo, data: np.ndarray,
            labels: np.ndarray | None) -> dict[str, Any]:
     """Top-1 of FP32 and Q/DQ on the held-out images (agreement when there are no labels)."""
-    fixed = info_.input_shape[0] if isinstance(info_.input_shape[0], int) else None
-    fp32 = _run(onnx_path, info_.input_name, data, fixed)
-    int8 = _run(qdq_path, info_.input_name, data, fixed)
-    agree = float((fp32.argmax(1) == int8.argmax(1)).mean() * 100)
+    from pochitrain.onnx.session import open_session, run_all, top1_agreement
+
+    fp32, int8 = (run_all(open_session(p), data) for p in (onnx_path, qdq_path))
+    agree = top1_agreement(fp32, int8) * 100
     result: dict[str, Any] = {"held_out": len(data), "top1_agreement": round(agree, 3),
                               "max_abs_logit_diff": round(float(np.abs(fp32 - int8).max()), 5)}
-    if labels is None:
-        result.update(metric="agreement", drop=round(100 - agree, 3))
+    if labels is None:  # every disagreement counts as a loss: an upper bound of the drop
+        same = fp32.argmax(1) == int8.argmax(1)
+        result.update(metric="agreement", **paired_drop(np.ones_like(same), same))
     else:
-        a32 = float((fp32.argmax(1) == labels).mean() * 100)
-        a8 = float((int8.argmax(1) == labels).mean() * 100)
-        result.update(metric="top1", top1_fp32=round(a32, 3), top1_int8=round(a8, 3),
-                      drop=round(a32 - a8, 3))
+        ok32, ok8 = fp32.argmax(1) == labels, int8.argmax(1) == labels
+        result.update(metric="top1", top1_fp32=round(float(ok32.mean() * 100), 3),
+                      top1_int8=round(float(ok8.mean() * 100), 3), **paired_drop(ok32, ok8))
     return result
 
 
-def _say_accuracy(acc: dict[str, Any], threshold: float) -> None:
+def _measured(acc: dict[str, Any], threshold: float) -> str:
+    """What the gate saw, in one sentence (used in the log line and in the error)."""
+    n = acc["held_out"]
     if acc["metric"] == "top1":
-        say(f"INT8 check on {acc['held_out']} held-out images: top-1 FP32 {acc['top1_fp32']:.2f}%"
-             f", INT8 {acc['top1_int8']:.2f}%, drop {acc['drop']:+.2f} points "
-             f"(limit {threshold:g})")
+        head = (f"top-1 on {n} held-out images: FP32 {acc['top1_fp32']:.2f}%, INT8 "
+                f"{acc['top1_int8']:.2f}%")
     else:
-        say(f"INT8 check on {acc['held_out']} held-out unlabelled images: top-1 agreement with "
-             f"FP32 {acc['top1_agreement']:.2f}% (drop {acc['drop']:.2f} points, limit "
-             f"{threshold:g})")
+        head = (f"top-1 agreement with FP32 on {n} held-out unlabelled images: "
+                f"{acc['top1_agreement']:.2f}%")
+    se = acc.get("drop_se", 0.0)
+    return (f"{head}; drop {acc['drop']:+.2f} ± {se:.2f} points ({acc.get('lost', '?')} lost, "
+            f"{acc.get('gained', '?')} gained; one image = {100 / max(n, 1):.2f} points), "
+            f"limit {threshold:g}")
+
+
+def _say_accuracy(acc: dict[str, Any], threshold: float) -> None:
+    say(f"INT8 check: {_measured(acc, threshold)}")
 
 
 def _check_drop(acc: dict[str, Any], threshold: float, cached: bool = False) -> None:
-    if acc["drop"] > threshold:
-        what = ("top-1 drops" if acc["metric"] == "top1"
-                else "top-1 agreement with FP32 is lower")
+    """Fail when the drop is above ``threshold`` beyond its 95% one-sided uncertainty."""
+    low = acc.get("drop_low95", acc["drop"])  # caches written before the paired statistics
+    if low > threshold:
         raise VerificationError(
-            f"INT8 の精度低下が大きすぎます / The INT8 graph loses too much accuracy: {what} by "
-            f"{acc['drop']:.2f} points on {acc['held_out']} held-out images (limit "
-            f"{threshold:g}). No engine was built"
+            f"INT8 の精度低下が大きすぎます / The INT8 graph loses too much accuracy: "
+            f"{_measured(acc, threshold)}; even allowing for the uncertainty of {acc['held_out']} "
+            f"images the drop is at least {low:.2f} points. No engine was built"
             + (" (cached calibration result)." if cached else " and no Q/DQ graph kept."),
             "Try another --calib-method (percentile, entropy, minmax), more --calib-samples, "
             "calibration images closer to the real inputs, or --fp16; raise "
@@ -306,7 +335,10 @@ def prepare_int8(onnx_path: Path, info: OnnxInfo, input_shape: tuple[int, int, i
         tmp_qdq = Path(tmp) / qdq_path.name
         say(f"  quantizing with {tool_version()} ({opts.calib_method}, {n_used} images, "
              f"batch {batch})")
-        quantize(onnx_path, tmp_qdq, info.input_name, batches, opts.calib_method)
+        # ONNX Runtime writes helper files beside its input: give it a copy in the temp folder
+        # (the ONNX's own folder may be read-only)
+        quantize(_copy_into(onnx_path, Path(tmp)), tmp_qdq, info.input_name, batches,
+                 opts.calib_method)
         calib_seconds = time.perf_counter() - start
         held_data, held_used, held_corrupt = cal.load_images(
             held_candidates, opts.verify_samples, src.preprocess, "held-out images")

@@ -60,13 +60,21 @@ def check_graph(path: Path) -> None:
         ) from exc
 
 
-def compare_batch(model: Any, runner: Any, batch: np.ndarray) -> BatchCheck:
-    """Run one NCHW float32 batch through PyTorch and the ONNX runner."""
+def compare_batch(model: Any, session: Any, batch: np.ndarray) -> BatchCheck:
+    """Run one NCHW float32 batch through PyTorch and the ONNX Runtime session."""
     import torch
 
     with torch.inference_mode():
         ref = model(torch.from_numpy(np.ascontiguousarray(batch))).float().numpy()
-    got, _ = runner.run(batch)
+    name = session.get_inputs()[0].name
+    try:  # the whole batch in one call: this checks the dynamic batch axis itself
+        got = np.asarray(session.run(None, {name: np.ascontiguousarray(batch)})[0],
+                         dtype=np.float32)
+    except Exception as exc:  # onnxruntime raises its own pybind exception types
+        raise VerificationError(
+            f"ONNX Runtime could not run the exported graph on a batch of {len(batch)}: "
+            f"{str(exc).splitlines()[0][:300]}",
+            "Re-export without custom shape options and report the model name.") from exc
     if got.shape != ref.shape:
         raise VerificationError(
             f"ONNX Runtime returned shape {list(got.shape)}, PyTorch {list(ref.shape)} for a "
@@ -90,25 +98,20 @@ def compare_batch(model: Any, runner: Any, batch: np.ndarray) -> BatchCheck:
 def verify_export(path: Path, model: Any, batches: list[np.ndarray], inputs: str,
                   progress: bool = True) -> VerifyReport:
     """onnx.checker + ONNX Runtime (CPU) vs PyTorch on each batch; raise on mismatch."""
-    from pochitrain.inference.onnx_runner import open_onnx_runner
+    from pochitrain.console import progress_bar
+    from pochitrain.onnx.session import open_session
 
     check_graph(path)
     try:
-        runner, _ = open_onnx_runner(path, ["cpu"])
+        session = open_session(path)
     except ModelFileError as exc:
         raise VerificationError(f"The exported file does not open in ONNX Runtime: {exc.message}",
                                 exc.remedy) from exc
     report = VerifyReport(inputs)
-    bar = _progress(progress, len(batches))
-    try:
+    with progress_bar(progress, "verify (ONNX Runtime vs PyTorch)", len(batches)) as advance:
         for batch in batches:
-            report.checks.append(compare_batch(model, runner, batch))
-            if bar is not None:
-                bar[0].advance(bar[1])
-    finally:
-        runner.close()
-        if bar is not None:
-            bar[0].stop()
+            report.checks.append(compare_batch(model, session, batch))
+            advance(1)
     bad = [c for c in report.checks if not c.ok]
     if bad:
         c = bad[0]
@@ -120,19 +123,6 @@ def verify_export(path: Path, model: Any, batches: list[np.ndarray], inputs: str
             "(--skip-verify writes the file anyway, at your own risk).",
         )
     return report
-
-
-def _progress(enabled: bool, total: int):
-    if not enabled:
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress
-
-    from pochitrain.console import console
-
-    prog = Progress("[bold]{task.description}", BarColumn(), MofNCompleteColumn(),
-                    console=console(), transient=True)
-    prog.start()
-    return prog, prog.add_task("verify (ONNX Runtime vs PyTorch)", total=total)
 
 
 def verification_batches(pre: Preprocess, data: Path | None, sizes: list[int],

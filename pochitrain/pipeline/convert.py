@@ -1,16 +1,20 @@
 """`pochi convert`: ONNX -> TensorRT engine (+ ``<engine>.json`` metadata).
 
 Steps: read the ONNX and its shape pattern -> resolve the optimization profile (spec rule) ->
-make the precision graph (FP32: the ONNX itself; FP16: cast pass checked with ONNX Runtime;
-INT8: Q/DQ pass) -> strongly typed build -> engine and sidecar written atomically.
-Every output is checked for clobbering before any work starts.
+check every output path -> make the precision graph (``PRECISION_PASSES``: FP16 cast checked
+with ONNX Runtime, INT8 Q/DQ calibrated and checked; FP32 is the ONNX itself) -> strongly typed
+build -> engine and sidecar written atomically.
+
+Intermediate graphs belong to the engine they were made for: ``<engine stem>.onnx`` /
+``<engine stem>_qdq.onnx`` beside the engine (e.g. ``best_fp16.onnx``,
+``best_int8_qdq.onnx``), so two engines never share (or overwrite) one.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,7 @@ from pochitrain.errors import ModelFileError, UsageError
 from pochitrain.tensorrt.profile import Profile
 
 VERIFY_IMAGES = 64  # images for the FP16 check: enough to see a broken cast, quick on a CPU
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass
@@ -36,8 +41,21 @@ class ConvertOptions:
     no_timing_cache: bool = False
     verify_data: Path | None = None
     fp16_min_agreement: float | None = None
-    int8: Any = None  # pochitrain.onnx.int8.Int8Options
+    int8: Any = None  # pochitrain.onnx.int8.Int8Options (default options when None)
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        # str paths from Python callers: everything below works on Path
+        for name in ("onnx_path", "output", "timing_cache", "verify_data"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                setattr(self, name, Path(value))
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"Unknown precision {self.precision!r}.",
+                             "Use --fp16, --int8 or neither (precision='fp32'|'fp16'|'int8').")
+        if self.workspace_size is not None and self.workspace_size < 1:
+            raise UsageError("--workspace-size must be a positive number of bytes.",
+                             "Example: --workspace-size 1073741824 (1 GiB)")
 
 
 @dataclass
@@ -52,28 +70,235 @@ class ConvertResult:
     extra_files: list[Path] = field(default_factory=list)
 
 
+@dataclass
+class _Job:
+    """What the steps of one conversion share."""
+
+    opts: ConvertOptions
+    onnx_info: Any  # onnx.inspect.OnnxInfo
+    model: Any  # onnx.ModelProto (weights may be external)
+    profile: Profile
+    engine_path: Path
+    graph_path: Path  # the graph the engine is built from
+    say: Callable[[str], None] = print
+
+
 def default_timing_cache(backend_name: str, version: str) -> Path:
     """$XDG_CACHE_HOME/pochitrain/timing-<backend>-<version>.cache (~/.cache when unset)."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "pochitrain" / f"timing-{backend_name}-{version}.cache"
 
 
+def precision_graph_path(engine_path: Path, precision: str) -> Path | None:
+    """The intermediate graph of an engine: None for FP32 (built from the ONNX itself)."""
+    if precision == "fp32":
+        return None
+    stem = engine_path.stem
+    if not stem.endswith(f"_{precision}"):
+        stem = f"{stem}_{precision}"
+    return engine_path.with_name(f"{stem}_qdq.onnx" if precision == "int8" else f"{stem}.onnx")
+
+
+# ---- precision passes: (job) -> record for the sidecar ---------------------------------------
+
+def _fp16_pass(job: _Job) -> dict[str, Any]:
+    import onnx
+
+    from pochitrain.onnx.fp16 import MIN_TOP1_AGREEMENT, compare_with_onnxruntime, convert_to_fp16
+    from pochitrain.workspace import atomic_path
+
+    opts = job.opts
+    job.say("FP16 pass: casting weights and activations to float16 (float32 input/output)")
+    model = job.model
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        model = onnx.load(str(opts.onnx_path))  # external weights are needed for the cast
+    fp16, stats = convert_to_fp16(model)
+    batch, source = _verification_batch(job)
+    threshold = (opts.fp16_min_agreement if opts.fp16_min_agreement is not None
+                 else MIN_TOP1_AGREEMENT)
+    with atomic_path(job.graph_path) as tmp:  # checked before it gets its final name
+        onnx.save(fp16, str(tmp))
+        job.say(f"checking the FP16 graph against FP32 with ONNX Runtime on {source}")
+        agreement = compare_with_onnxruntime(opts.onnx_path, tmp, batch, threshold)
+    info(f"FP16 check: top-1 agreement with FP32 {agreement.top1_agreement:.1%} on "
+         f"{agreement.images} images ({source}), max |logit diff| {agreement.max_abs_diff:.4g} "
+         f"(minimum agreement {threshold:.0%})")
+    return {"cast": stats, "check": {**agreement.to_dict(), "source": source,
+                                     "min_top1_agreement": threshold}}
+
+
+def _int8_pass(job: _Job) -> dict[str, Any]:
+    from pochitrain.onnx.int8 import Int8Options, prepare_int8
+
+    job.say("INT8 pass: calibrating and writing the Q/DQ graph")
+    int8 = job.opts.int8 or Int8Options(calib_data=None)
+    return prepare_int8(job.opts.onnx_path, job.onnx_info, job.profile.input_shape,
+                        job.onnx_info.meta, int8, job.graph_path)
+
+
+PRECISION_PASSES: dict[str, Callable[[_Job], dict[str, Any]]] = {
+    "fp16": _fp16_pass,
+    "int8": _int8_pass,
+}
+
+
+def _verification_batch(job: _Job) -> tuple[Any, str]:
+    """Real images for the FP16 check (--verify-data, else the run's val data), or random."""
+    from pochitrain.onnx.verify import verification_batches
+    from pochitrain.preprocess import Preprocess
+    from pochitrain.resolve import find_val_data
+
+    h, w = job.profile.input_shape[2:]
+    meta = job.onnx_info.meta
+    pre = (meta.preprocess if meta is not None else Preprocess.simple(h, w)).resized_to((h, w))
+    data = job.opts.verify_data or find_val_data(job.opts.onnx_path)
+    if data is None:
+        warn("no --verify-data and no val_data_root found near the ONNX: the FP16 check uses "
+             "random inputs, which is weaker than real images.")
+    batches, source = verification_batches(pre, data, [VERIFY_IMAGES])
+    return batches[0], source
+
+
+# ---- steps --------------------------------------------------------------------------------
+
+def _plan(opts: ConvertOptions) -> _Job:
+    """Read the ONNX, resolve the profile and every output path; nothing is written yet."""
+    from pochitrain.onnx.inspect import read_onnx
+    from pochitrain.tensorrt.engine_file import check_outputs, default_engine_path
+    from pochitrain.tensorrt.profile import resolve_profile
+    from pochitrain.workspace import check_writable
+
+    onnx_info, model = read_onnx(opts.onnx_path)
+    if onnx_info.input_dtype != "float32":
+        raise ModelFileError(
+            f"{opts.onnx_path.name}: input {onnx_info.input_name!r} is {onnx_info.input_dtype}; "
+            "pochitrain converts float32 ONNX models (the precision passes make FP16/INT8).",
+            "Convert the float32 export; use --fp16 / --int8 for lower precision.")
+    profile = resolve_profile(onnx_info, opts.input_size, opts.batch_size, opts.batch_range)
+    engine_path = opts.output or default_engine_path(opts.onnx_path, opts.precision)
+    if engine_path.suffix == ".json" or engine_path.resolve() == opts.onnx_path.resolve():
+        raise UsageError(f"--output {engine_path} would overwrite an input or a sidecar.",
+                         "Use a path ending in .engine.")
+    check_outputs(engine_path, opts.overwrite)
+    graph = precision_graph_path(engine_path, opts.precision)
+    if graph is not None and graph.resolve() == opts.onnx_path.resolve():
+        raise UsageError(f"The {opts.precision.upper()} graph of {engine_path.name} would be "
+                         f"{graph.name}, the input ONNX itself.",
+                         "Choose another --output name for the engine.")
+    if opts.precision == "fp16" and graph is not None:
+        check_writable(graph, opts.overwrite, what="FP16 ONNX graph")
+    # the INT8 Q/DQ graph doubles as a calibration cache (reused when its key matches)
+    return _Job(opts, onnx_info, model, profile, engine_path, graph or opts.onnx_path)
+
+
+def _timing_cache(opts: ConvertOptions, backend: Any) -> Path | None:
+    if opts.no_timing_cache:
+        return None
+    if not backend.has_timing_cache:
+        if opts.timing_cache is not None:
+            warn("TensorRT-RTX has no timing cache (its timing-cache calls are no-ops); "
+                 "--timing-cache is ignored.")
+        return None
+    return opts.timing_cache or default_timing_cache(backend.name, backend.version)
+
+
+def _engine_model_meta(job: _Job) -> dict[str, Any] | None:
+    """The model metadata, its preprocessing matched to the engine's H, W (pattern 2 built at
+    another --input-size keeps the same steps, rescaled)."""
+    meta = job.onnx_info.meta
+    if meta is None:
+        return None
+    hw = (int(job.profile.input_shape[2]), int(job.profile.input_shape[3]))
+    from pochitrain.meta import ModelMeta
+
+    return ModelMeta(meta.class_names, meta.preprocess.resized_to(hw), meta.model_name,
+                     meta.source).to_dict()
+
+
+def _build_record(job: _Job, result: Any, precision_record: dict[str, Any] | None
+                  ) -> dict[str, Any]:
+    opts = job.opts
+    return {
+        "workspace_size": opts.workspace_size,
+        "timing_cache": str(result.timing_cache) if result.timing_cache else None,
+        "build_seconds": round(result.seconds, 3),
+        "precision_graph": str(job.graph_path.resolve()),
+        "options": {
+            "input_size": list(opts.input_size) if opts.input_size else None,
+            "batch_size": opts.batch_size,
+            "batch": list(opts.batch_range) if opts.batch_range else None,
+            "backend_choice": opts.backend,
+            "strongly_typed": True,
+            "network_compute_types": result.compute_types,
+            "network_tensor_types": result.layer_types,
+            "quantize_layers": result.quantize_layers,
+            "fp16": precision_record if opts.precision == "fp16" else None,
+        },
+    }
+
+
+def convert(opts: ConvertOptions | str | Path, **options: Any) -> ConvertResult:
+    """Build an engine. ``convert("best.onnx", precision="fp16")`` or ``convert(ConvertOptions(...))``;
+    keyword ``options`` are ConvertOptions fields."""
+    from pochitrain import __version__
+    from pochitrain.tensorrt.backend import load_backend
+    from pochitrain.tensorrt.build import build_engine, gpu_info
+    from pochitrain.tensorrt.engine_file import (
+        engine_metadata,
+        read_engine_metadata,
+        sidecar_path,
+        write_engine,
+    )
+
+    if not isinstance(opts, ConvertOptions):
+        unknown = set(options) - {f.name for f in fields(ConvertOptions)}
+        if unknown:
+            raise UsageError(f"Unknown convert option(s): {', '.join(sorted(unknown))}.",
+                             "See pochitrain.ConvertOptions for the accepted names.")
+        opts = ConvertOptions(onnx_path=Path(opts), **options)
+    job = _plan(opts)
+    backend = load_backend(opts.backend)
+    new_graph = opts.precision == "fp16" and not job.graph_path.exists()
+    try:
+        with _Stages(opts.progress) as job.say:
+            job.say(f"{opts.onnx_path.name}: input {job.onnx_info.input_name} "
+                    f"{job.onnx_info.shape_text()}, pattern {job.profile.pattern}, profile "
+                    f"{job.profile.text()}")
+            record = PRECISION_PASSES[opts.precision](job) if opts.precision != "fp32" else None
+            result = build_engine(backend, job.graph_path, job.profile, opts.precision,
+                                  opts.workspace_size, _timing_cache(opts, backend),
+                                  status=job.say)
+        meta = engine_metadata(
+            backend=backend, precision=opts.precision, profile=job.profile,
+            onnx_info=job.onnx_info, model=_engine_model_meta(job), source_onnx=opts.onnx_path,
+            build=_build_record(job, result, record),
+            calibration=record if opts.precision == "int8" else None, gpu=gpu_info(),
+            version=__version__)
+        write_engine(job.engine_path, result.engine, meta, opts.overwrite)
+    except BaseException:
+        if new_graph:
+            job.graph_path.unlink(missing_ok=True)  # a failed run leaves nothing new behind
+        raise
+    extra = [job.graph_path] if job.graph_path != opts.onnx_path else []
+    return ConvertResult(job.engine_path, sidecar_path(job.engine_path),
+                         read_engine_metadata(job.engine_path), job.profile,
+                         len(result.engine), result.seconds, job.graph_path, extra)
+
+
 class _Stages:
-    """A rich spinner with the current stage (or plain lines when progress is off)."""
+    """A spinner with the current stage (or nothing when progress is off); each stage is also
+    printed as a line, so the log keeps them."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.progress: Any = None
         self.task: Any = None
 
-    def __enter__(self) -> _Stages:  # noqa: PYI034
+    def __enter__(self) -> Callable[[str], None]:
         if self.enabled:
-            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+            from pochitrain.console import make_progress
 
-            from pochitrain.console import console
-
-            self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
-                                     TimeElapsedColumn(), console=console(), transient=True)
+            self.progress = make_progress(True, kind="spinner")
             self.progress.__enter__()
             self.task = self.progress.add_task("starting", total=None)
         return self
@@ -86,187 +311,3 @@ class _Stages:
     def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
             self.progress.__exit__(None, None, None)
-
-
-def _check_free(path: Path, overwrite: bool, what: str) -> None:
-    from pochitrain.workspace import check_writable
-
-    check_writable(path, overwrite, what=what)
-
-
-def _verification_batch(opts: ConvertOptions, info_: Any, profile: Profile) -> tuple[Any, str]:
-    """Real images for the FP16 check (--verify-data, else the run's val data), or random."""
-    from pochitrain.config import find_val_data
-    from pochitrain.onnx.verify import verification_batches
-    from pochitrain.preprocess import Preprocess
-
-    h, w = profile.input_shape[2:]
-    meta = info_.meta
-    pre = meta.preprocess if meta is not None else Preprocess.simple(h, w)
-    pre = pre.resized_to((h, w))
-    data = opts.verify_data or find_val_data(opts.onnx_path)
-    if data is None:
-        warn("no --verify-data and no val_data_root found near the ONNX: the FP16 check uses "
-             "random inputs, which is weaker than real images.")
-    batches, source = verification_batches(pre, data, [VERIFY_IMAGES])
-    return batches[0], source
-
-
-def _make_fp16_graph(opts: ConvertOptions, info_: Any, model: Any, profile: Profile,
-                     path: Path, say: Any) -> dict[str, Any]:
-    import onnx
-
-    from pochitrain.onnx.fp16 import MIN_TOP1_AGREEMENT, compare_with_onnxruntime, convert_to_fp16
-    from pochitrain.workspace import atomic_path
-
-    say("FP16 pass: casting weights and activations to float16 (float32 input/output)")
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
-        model = onnx.load(str(opts.onnx_path))  # external weights are needed for the cast
-    fp16, stats = convert_to_fp16(model)
-    with atomic_path(path) as tmp:
-        onnx.save(fp16, str(tmp))
-    batch, source = _verification_batch(opts, info_, profile)
-    say(f"checking the FP16 graph against FP32 with ONNX Runtime on {source}")
-    threshold = opts.fp16_min_agreement if opts.fp16_min_agreement is not None \
-        else MIN_TOP1_AGREEMENT
-    static_batch = profile.input_shape[0] if profile.pattern == 3 else 1
-    agreement = compare_with_onnxruntime(opts.onnx_path, path, batch, threshold,
-                                         batch_size=static_batch)
-    info(f"FP16 check: top-1 agreement with FP32 {agreement.top1_agreement:.1%} on "
-         f"{agreement.images} images ({source}), max |logit diff| {agreement.max_abs_diff:.4g} "
-         f"(minimum agreement {threshold:.0%})")
-    return {"cast": stats, "check": {**agreement.to_dict(), "source": source,
-                                     "min_top1_agreement": threshold}}
-
-
-def _make_int8_graph(opts: ConvertOptions, info_: Any, profile: Profile, path: Path,
-                     say: Any) -> dict[str, Any]:
-    try:
-        from pochitrain.onnx.int8 import prepare_int8
-    except ImportError as exc:
-        raise UsageError("--int8 is not implemented yet in this build of pochitrain.",
-                         "Use FP32 (default) or --fp16 for now.") from exc
-    say("INT8 pass: calibrating and writing the Q/DQ graph")
-    return prepare_int8(opts.onnx_path, info_, profile.input_shape, info_.meta, opts.int8, path)
-
-
-def convert(opts: ConvertOptions) -> ConvertResult:
-    from pochitrain import __version__
-    from pochitrain.meta import file_sha256
-    from pochitrain.onnx.inspect import read_onnx
-    from pochitrain.tensorrt.backend import load_backend
-    from pochitrain.tensorrt.build import build_engine, gpu_info
-    from pochitrain.tensorrt.engine_file import (
-        check_outputs,
-        default_engine_path,
-        read_engine_metadata,
-        sidecar_path,
-        write_engine,
-    )
-    from pochitrain.tensorrt.profile import resolve_profile
-
-    precision = opts.precision
-    if precision not in ("fp32", "fp16", "int8"):
-        raise UsageError(f"Unknown precision {precision!r}.", "Use --fp16, --int8 or neither.")
-    if opts.workspace_size is not None and opts.workspace_size < 1:
-        raise UsageError("--workspace-size must be a positive number of bytes.",
-                         "Example: --workspace-size 1073741824 (1 GiB)")
-    info_, model = read_onnx(opts.onnx_path)
-    if info_.input_dtype != "float32":
-        raise ModelFileError(
-            f"{opts.onnx_path.name}: input {info_.input_name!r} is {info_.input_dtype}; "
-            "pochitrain converts float32 ONNX models (the precision passes make FP16/INT8).",
-            "Convert the float32 export; use --fp16 / --int8 for lower precision.")
-    profile = resolve_profile(info_, opts.input_size, opts.batch_size, opts.batch_range)
-
-    engine_path = Path(opts.output) if opts.output else default_engine_path(opts.onnx_path,
-                                                                            precision)
-    if engine_path.suffix == ".json" or engine_path.resolve() == opts.onnx_path.resolve():
-        raise UsageError(f"--output {engine_path} would overwrite an input or a sidecar.",
-                         "Use a path ending in .engine.")
-    check_outputs(engine_path, opts.overwrite)
-    graph_path = opts.onnx_path
-    if precision == "fp16":
-        graph_path = engine_path.with_name(f"{opts.onnx_path.stem}_fp16.onnx")
-    elif precision == "int8":
-        graph_path = opts.onnx_path.with_name(f"{opts.onnx_path.stem}_int8_qdq.onnx")
-    if precision == "fp16":
-        _check_free(graph_path, opts.overwrite, "FP16 ONNX graph")
-    # the INT8 Q/DQ graph is also a calibration cache (reused when its key matches): the INT8
-    # pass owns it, and it is kept when the build fails
-
-    backend = load_backend(opts.backend)
-    cache: Path | None = None
-    if not opts.no_timing_cache:
-        cache = opts.timing_cache or default_timing_cache(backend.name, backend.version)
-    if cache is not None and not backend.has_timing_cache:
-        if opts.timing_cache is not None:
-            warn("TensorRT-RTX has no timing cache (its timing-cache calls are no-ops); "
-                 "--timing-cache is ignored.")
-        cache = None
-
-    created = precision == "fp16" and not graph_path.exists()
-    try:
-        with _Stages(opts.progress) as say:
-            say(f"{opts.onnx_path.name}: input {info_.input_name} {info_.shape_text()}, "
-                f"pattern {profile.pattern}, profile {profile.text()}")
-            precision_record: dict[str, Any] | None = None
-            calibration = None
-            if precision == "fp16":
-                precision_record = _make_fp16_graph(opts, info_, model, profile, graph_path, say)
-            elif precision == "int8":
-                calibration = _make_int8_graph(opts, info_, profile, graph_path, say)
-            result = build_engine(backend, graph_path, profile, precision, opts.workspace_size,
-                                  cache, status=say)
-    except BaseException:
-        if created:
-            graph_path.unlink(missing_ok=True)  # a failed run leaves nothing new behind
-        raise
-
-    meta: dict[str, Any] = {
-        "format": "pochitrain-engine-v1",
-        "backend": backend.name,
-        "backend_version": backend.version,
-        "precision": precision,
-        "pattern": profile.pattern,
-        "input": {"name": info_.input_name, "dtype": "float32",
-                  "onnx_shape": list(info_.input_shape), "profile": profile.to_dict()},
-        "output": {"name": info_.output_name, "dtype": "float32",
-                   "onnx_shape": list(info_.output_shape)},
-        "model": info_.meta.to_dict() if info_.meta is not None else None,
-        "source_onnx": {"path": str(opts.onnx_path.resolve()),
-                        "sha256": file_sha256(opts.onnx_path)},
-        "build": {
-            "workspace_size": opts.workspace_size,
-            "timing_cache": str(result.timing_cache) if result.timing_cache else None,
-            "build_seconds": round(result.seconds, 3),
-            "precision_graph": str(graph_path.resolve()),
-            "options": {
-                "input_size": list(opts.input_size) if opts.input_size else None,
-                "batch_size": opts.batch_size,
-                "batch": list(opts.batch_range) if opts.batch_range else None,
-                "backend_choice": opts.backend,
-                "strongly_typed": True,
-                "network_compute_types": result.compute_types,
-                "network_tensor_types": result.layer_types,
-                "quantize_layers": result.quantize_layers,
-                "fp16": precision_record,
-            },
-        },
-        "calibration": calibration,
-        "gpu": gpu_info(),
-        "created": _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
-        "pochitrain_version": __version__,
-    }
-    if profile.pattern == 3:
-        meta["input"]["static_shape"] = list(profile.input_shape)
-    try:
-        write_engine(engine_path, result.engine, meta, opts.overwrite)
-    except BaseException:
-        if created:
-            graph_path.unlink(missing_ok=True)
-        raise
-    written = read_engine_metadata(engine_path)
-    return ConvertResult(engine_path, sidecar_path(engine_path), written, profile,
-                         len(result.engine), result.seconds, graph_path,
-                         [graph_path] if graph_path != opts.onnx_path else [])

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pochitrain.errors import BackendMissingError, BuildError
 from pochitrain.tensorrt.backend import Backend
+from pochitrain.tensorrt.logger import make_logger
 from pochitrain.tensorrt.profile import Profile
 
 if TYPE_CHECKING:  # checked against tensorrt-stubs; TensorRT-RTX has the same API
@@ -33,24 +34,6 @@ class BuildResult:
     quantize_layers: int
     timing_cache: Path | None
     warnings: list[str] = field(default_factory=list)
-
-
-def _make_logger(trt: Any) -> Any:
-    """A logger that keeps messages (errors go into BuildError) instead of printing them."""
-
-    class _Logger(trt.ILogger):  # type: ignore[misc,name-defined]
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-            self.warnings: list[str] = []
-
-        def log(self, severity: Any, msg: str) -> None:
-            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
-                self.errors.append(msg)
-            elif severity == trt.ILogger.Severity.WARNING:
-                self.warnings.append(msg)
-
-    return _Logger()
 
 
 def _parser_errors(parser: tensorrt.OnnxParser) -> list[str]:
@@ -117,7 +100,7 @@ def build_engine(backend: Backend, onnx_path: Path, profile: Profile, precision:
     """
     trt = backend.module
     say = status or (lambda _msg: None)
-    logger = _make_logger(trt)
+    logger = make_logger(trt)
     builder: tensorrt.Builder = trt.Builder(logger)
     network: tensorrt.INetworkDefinition = builder.create_network(backend.network_flags())
     strongly = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)

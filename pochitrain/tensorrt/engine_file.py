@@ -7,18 +7,69 @@ precision, backend) lives beside it in JSON. ``engine_sha256`` ties the two toge
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-from pochitrain.errors import ModelFileError
+from pochitrain.errors import ModelFileError, UsageError
 from pochitrain.workspace import atomic_write_bytes, atomic_write_text, check_writable
 
 ENGINE_FORMAT = "pochitrain-engine-v1"
 PRECISION_SUFFIX = {"fp32": "", "fp16": "_fp16", "int8": "_int8"}
 REQUIRED_KEYS = ("format", "backend", "backend_version", "precision", "pattern", "input",
                  "output", "model", "source_onnx", "engine_sha256", "build")
+
+
+# key -> (type(s), what it must be): checked on read, so an edited sidecar gets a message
+# naming the key instead of a TypeError deep inside the runtime.
+_KEY_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "format": ((str,), "a string"),
+    "backend": ((str,), "a string"),
+    "backend_version": ((str,), "a string"),
+    "precision": ((str,), "one of fp32, fp16, int8"),
+    "pattern": ((int,), "1, 2 or 3"),
+    "input": ((dict,), "an object"),
+    "output": ((dict,), "an object"),
+    "model": ((dict, type(None)), "an object or null"),
+    "source_onnx": ((dict,), "an object"),
+    "engine_sha256": ((str,), "a string"),
+    "build": ((dict,), "an object"),
+}
+
+
+def engine_metadata(*, backend: Any, precision: str, profile: Any, onnx_info: Any,
+                    model: dict[str, Any] | None, source_onnx: Path,
+                    build: dict[str, Any], calibration: dict[str, Any] | None,
+                    gpu: dict[str, str] | None, version: str) -> dict[str, Any]:
+    """The sidecar dict for a new engine (``engine_sha256`` is added by ``write_engine``).
+
+    ``model``: the ModelMeta dict, already matched to the engine's input size.
+    """
+    from pochitrain.meta import file_sha256
+
+    meta: dict[str, Any] = {
+        "format": ENGINE_FORMAT,
+        "backend": backend.name,
+        "backend_version": backend.version,
+        "precision": precision,
+        "pattern": profile.pattern,
+        "input": {"name": onnx_info.input_name, "dtype": "float32",
+                  "onnx_shape": list(onnx_info.input_shape), "profile": profile.to_dict()},
+        "output": {"name": onnx_info.output_name, "dtype": "float32",
+                   "onnx_shape": list(onnx_info.output_shape)},
+        "model": model,
+        "source_onnx": {"path": str(source_onnx.resolve()), "sha256": file_sha256(source_onnx)},
+        "build": build,
+        "calibration": calibration,
+        "gpu": gpu,
+        "created": _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
+        "pochitrain_version": version,
+    }
+    if profile.pattern == 3:
+        meta["input"]["static_shape"] = list(profile.input_shape)
+    return meta
 
 
 def default_engine_path(onnx_path: Path, precision: str) -> Path:
@@ -32,9 +83,23 @@ def sidecar_path(engine_path: Path | str) -> Path:
 
 
 def check_outputs(engine_path: Path, overwrite: bool) -> None:
-    """Fail before building when the engine or its sidecar would be clobbered."""
+    """Fail before building when the engine or its sidecar would be clobbered.
+
+    A sidecar whose engine is gone (the user deleted the engine) is an orphan: it describes
+    nothing any more, so it is replaced with a notice instead of blocking the build.
+    """
+    if engine_path.is_dir():
+        raise UsageError(f"--output {engine_path} is a folder.",
+                         "Give a file name ending in .engine, e.g. --output "
+                         f"{engine_path / 'model.engine'}.")
     check_writable(engine_path, overwrite, what="Engine file")
-    check_writable(sidecar_path(engine_path), overwrite, what="Engine metadata file")
+    sidecar = sidecar_path(engine_path)
+    if sidecar.exists() and not engine_path.exists() and not sidecar.is_dir():
+        from pochitrain.console import info
+
+        info(f"replacing {sidecar.name}: its engine {engine_path.name} no longer exists")
+        return
+    check_writable(sidecar, overwrite, what="Engine metadata file")
 
 
 def write_engine(engine_path: Path | str, engine_bytes: bytes, meta: dict[str, Any],
@@ -76,9 +141,14 @@ def read_engine_metadata(engine_path: Path | str) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
         raise ModelFileError(f"The engine metadata {path} lacks: {', '.join(missing)}.", remedy)
-    if meta["precision"] not in PRECISION_SUFFIX or meta["pattern"] not in (1, 2, 3):
-        raise ModelFileError(f"The engine metadata {path} has an unknown precision/pattern "
-                             f"({meta['precision']!r}, {meta['pattern']!r}).", remedy)
+    for key, (types, what) in _KEY_TYPES.items():
+        value = meta[key]
+        bad_type = not isinstance(value, types) or isinstance(value, bool)
+        if bad_type or (key == "precision" and value not in PRECISION_SUFFIX) or (
+                key == "pattern" and value not in (1, 2, 3)):
+            raise ModelFileError(
+                f"The engine metadata {path} has a wrong value for {key!r}: {value!r} "
+                f"(expected {what}).", remedy)
     return meta
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pochitrain.errors import BackendMissingError, EngineLoadError, ModelFileError, UsageError
+from pochitrain.tensorrt.logger import make_logger
 
 if TYPE_CHECKING:
     import tensorrt
@@ -73,21 +74,6 @@ def _load_backend(recorded: str) -> tuple[str, Any]:
             exc.remedy,
         ) from exc
     return backend.name, backend.module
-
-
-def _make_logger(trt: Any) -> Any:
-    """A TensorRT logger that keeps errors for our message instead of printing them."""
-
-    class Recorder(trt.ILogger):  # type: ignore[misc,name-defined]
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, severity: Any, msg: str) -> None:
-            if int(severity) <= int(trt.ILogger.Severity.ERROR):
-                self.errors.append(msg)
-
-    return Recorder()
 
 
 class TensorRTRunner:
@@ -210,7 +196,7 @@ def open_trt_runner(engine_path: Path | str, batch_size: int | None = None, *,
         backend, trt = _load_backend(backend)
     installed = str(getattr(trt, "__version__", "unknown"))
 
-    logger = _make_logger(trt)
+    logger = make_logger(trt)
     runtime: tensorrt.Runtime = trt.Runtime(logger)
     try:
         engine: tensorrt.ICudaEngine | None = runtime.deserialize_cuda_engine(path.read_bytes())

@@ -1,0 +1,30 @@
+"""The one TensorRT logger: keeps messages for our own errors instead of printing them.
+
+Builder and runtime both use it; ``errors`` go into BuildError / EngineLoadError messages,
+``warnings`` into the build record.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def make_logger(trt: Any) -> Any:
+    """An ``ILogger`` of the given TensorRT module (``tensorrt`` or TensorRT-RTX) that records
+    errors (ERROR, INTERNAL_ERROR) and warnings in lists."""
+    severity = trt.ILogger.Severity
+    error_levels = {int(severity.ERROR), int(severity.INTERNAL_ERROR)}
+
+    class _Recorder(trt.ILogger):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+            self.warnings: list[str] = []
+
+        def log(self, level: Any, msg: str) -> None:
+            if int(level) in error_levels:
+                self.errors.append(msg)
+            elif int(level) == int(severity.WARNING):
+                self.warnings.append(msg)
+
+    return _Recorder()
