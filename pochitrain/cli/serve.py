@@ -1,0 +1,99 @@
+"""`pochi serve MODEL`: an HTTP inference server (API v1), micro-batched, for any model file."""
+
+from __future__ import annotations
+
+import argparse
+
+from pochitrain.cli.common import add_config, positive_int
+
+DESCRIPTION = """\
+Serve a .pth, .onnx or .engine model over HTTP (the original pochitrain's API v1).
+
+  POST /api/v1/predict     JSON (base64 'raw' BGR + shape, or 'jpeg'), a multipart upload of
+                           one or more JPEG/PNG/WebP files, or an image body; ?top_k=K
+  GET  /api/v1/health, /api/v1/model-info, /api/v1/version, /metrics (Prometheus), /docs
+
+Concurrent requests are gathered into batches of up to --max-batch images, waiting at most
+--max-wait-ms for a batch to fill; one worker thread runs the model. When --queue images are
+waiting, new requests get 503 with Retry-After. SIGTERM or Ctrl+C: stop accepting, answer the
+requests in flight, exit 0. Needs the serve extra: pip install "pochitrain[serve]".
+See docs/readme_serve.md.
+"""
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value:g}")
+    return value
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL",
+                        help="a .pth checkpoint, .onnx model or TensorRT .engine")
+    add_config(parser)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
+    parser.add_argument("--port", type=positive_int, default=8000, help="port (default: 8000)")
+    parser.add_argument("--device", default="auto",
+                        help="PyTorch only: auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument("--providers", nargs="+", default=None, metavar="EP",
+                        help="ONNX only: execution providers, e.g. cpu, cuda, tensorrt "
+                        "(default: cpu)")
+    b = parser.add_argument_group("batching and limits")
+    b.add_argument("--max-batch", type=positive_int, default=32, metavar="N",
+                   help="most images per model call (default: 32; 1 turns batching off)")
+    b.add_argument("--max-wait-ms", type=non_negative_float, default=5.0, metavar="T",
+                   help="longest wait for a batch to fill after its first image (default: 5)")
+    b.add_argument("--queue", type=positive_int, default=512, metavar="N",
+                   help="most images accepted and not yet answered; beyond it requests get "
+                   "503 + Retry-After (default: 512)")
+    b.add_argument("--max-body-mb", type=non_negative_float, default=16.0, metavar="MB",
+                   help="largest request body; larger ones get 413 (default: 16)")
+    b.add_argument("--max-images", type=positive_int, default=64, metavar="N",
+                   help="most files in one multipart request (default: 64)")
+    b.add_argument("--decode-workers", type=positive_int, default=None, metavar="N",
+                   help="threads that decode and preprocess images (default: CPU cores, "
+                   "at most 16)")
+    b.add_argument("--drain-timeout", type=non_negative_float, default=30.0, metavar="S",
+                   help="on SIGTERM, seconds to let in-flight requests finish (default: 30)")
+    b.add_argument("--no-access-log", action="store_true",
+                   help="do not log one line per request")
+    gpu = parser.add_argument_group("PyTorch on a GPU (.pth only)")
+    gpu.add_argument("--pipeline", choices=("auto", "cpu", "gpu"), default="cpu",
+                     help="input pipeline: cpu (default) = PIL decode + resize in the decode "
+                     "threads; gpu = nvJPEG decode + resize/crop/normalize on the GPU in the "
+                     "model thread; auto = gpu when the model runs on CUDA")
+    gpu.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
+                     help="autocast precision of the model call on CUDA (default: fp32)")
+    gpu.add_argument("--channels-last", action="store_true",
+                     help="run the model in channels_last (NHWC) memory layout")
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from pochitrain.serve import require_extra
+
+    require_extra()
+    from pochitrain.pipeline.infer import _torch_options
+    from pochitrain.serve.app import ServeSettings
+    from pochitrain.serve.server import ServeOptions, serve
+
+    model = Path(args.model)
+    options = ServeOptions(
+        model=model, config=Path(args.config) if args.config else None, host=args.host,
+        port=args.port, device=args.device, providers=args.providers, pipeline=args.pipeline,
+        torch_options=_torch_options(model, args.pipeline if args.pipeline == "gpu" else "auto",
+                                     args.precision, args.channels_last, False),
+        drain_timeout_s=args.drain_timeout)
+    settings = ServeSettings(
+        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue=args.queue,
+        max_body_bytes=int(args.max_body_mb * 1_000_000), max_images=args.max_images,
+        decode_workers=args.decode_workers or min(16, os.cpu_count() or 1),
+        access_log=not args.no_access_log)
+    return serve(options, settings)

@@ -1,0 +1,160 @@
+"""Micro-batching: concurrent requests -> model batches on ONE worker thread.
+
+Requests first reserve queue slots (``admit``: one per image; refused when ``queue_limit``
+would be exceeded, the caller answers 503), then ``submit`` their prepared images. The worker
+takes the oldest image, waits at most ``max_wait_s`` for more, up to ``max_batch`` images
+(from any number of requests), calls ``run_batch`` once and hands each request its rows back
+on the event loop. Nothing model-related ever runs on the event loop.
+
+``stop()`` drains: images queued before it are still run, then the worker exits.
+
+    batcher = Batcher(run_batch, max_batch=32, max_wait_s=0.005, queue_limit=512)
+    batcher.start()
+    if not batcher.admit(n): -> 503
+    rows = await batcher.submit(items)       # rows[i]: run_batch's result for items[i]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+# Hidden test hook: extra seconds per batch (a slow model without mocking the runtime).
+DELAY_ENV = "POCHI_SERVE_TEST_DELAY_MS"
+_STOP = object()
+
+# run_batch(items) -> one result per item, or an Exception instance for an item that failed
+RunBatch = Callable[[list[Any]], Sequence[Any]]
+
+
+@dataclass
+class _Job:
+    """One request: its images' results, filled in by the worker."""
+
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[list[Any]]
+    results: list[Any]
+    remaining: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Batcher:
+    def __init__(self, run_batch: RunBatch, *, max_batch: int, max_wait_s: float,
+                 queue_limit: int,
+                 on_batch: Callable[[int, float], None] | None = None) -> None:
+        self.run_batch = run_batch
+        self.max_batch = max_batch
+        self.max_wait_s = max(0.0, max_wait_s)
+        self.queue_limit = queue_limit
+        self.on_batch = on_batch  # (batch size, seconds) after each model call
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._depth = 0  # admitted images not yet answered
+        self._thread: threading.Thread | None = None
+        self._delay = float(os.environ.get(DELAY_ENV, "0") or 0) / 1000.0
+        self.batches = 0
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    def admit(self, n: int) -> bool:
+        """Reserve ``n`` queue slots; False (nothing reserved) when the queue is full."""
+        with self._lock:
+            if self._depth + n > self.queue_limit:
+                return False
+            self._depth += n
+            return True
+
+    def release(self, n: int) -> None:
+        with self._lock:
+            self._depth -= n
+
+    async def submit(self, items: list[Any]) -> list[Any]:
+        """Run ``items`` (already admitted) in the next batches; their results, in order."""
+        if not items:
+            return []
+        loop = asyncio.get_running_loop()
+        job = _Job(loop, loop.create_future(), [None] * len(items), len(items))
+        for i, item in enumerate(items):
+            self._queue.put((job, i, item))
+        return await job.future
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._work, name="pochi-serve-model",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish every image queued so far, then end the worker thread."""
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        self._thread = None
+
+    # ---- worker thread ------------------------------------------------------------------
+    def _gather(self, first: Any) -> tuple[list[Any], bool]:
+        """Up to ``max_batch`` entries: ``first`` plus whatever arrives within max_wait."""
+        entries = [first]
+        deadline = time.perf_counter() + self.max_wait_s
+        while len(entries) < self.max_batch:
+            left = deadline - time.perf_counter()
+            try:
+                entry = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if entry is _STOP:
+                return entries, True
+            entries.append(entry)
+        return entries, False
+
+    def _work(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            entries, stopping = self._gather(first)
+            start = time.perf_counter()
+            try:
+                if self._delay:
+                    time.sleep(self._delay)
+                results: Sequence[Any] = self.run_batch([e[2] for e in entries])
+            except Exception as exc:  # noqa: BLE001 - every request of the batch gets it
+                results = [exc] * len(entries)
+            self.batches += 1
+            if self.on_batch is not None:
+                self.on_batch(len(entries), time.perf_counter() - start)
+            for (job, i, _), result in zip(entries, results):
+                self._deliver(job, i, result)
+        # drain: anything still queued after the stop mark is answered too
+        while True:
+            try:
+                entry = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if entry is not _STOP:
+                self._deliver(entry[0], entry[1], RuntimeError("server stopping"))
+
+    def _deliver(self, job: _Job, index: int, result: Any) -> None:
+        with job.lock:
+            job.results[index] = result
+            job.remaining -= 1
+            done = job.remaining == 0
+        if done:
+            try:
+                job.loop.call_soon_threadsafe(_resolve, job.future, job.results)
+            except RuntimeError:  # the event loop is gone (forced exit)
+                pass
+
+
+def _resolve(future: asyncio.Future[list[Any]], results: list[Any]) -> None:
+    if not future.done():  # a cancelled request (client gone) needs no answer
+        future.set_result(results)

@@ -1,0 +1,144 @@
+"""Request payloads -> RGB images, or a ``BadInput`` carrying the HTTP status and a
+bilingual message (Japanese first, then English).
+
+Statuses: 422 for a payload that is well-formed HTTP but not a valid image description
+(broken base64, wrong shape, wrong dtype, bad JSON fields); 400 for bytes that do not decode
+as an image (corrupt, truncated, not an image, over the pixel limit); 415 for a media type
+the server does not take; 413 for bodies or images that are too large.
+
+Decoding goes through ``pochitrain.data.open_rgb`` (EXIF orientation, 16-bit scaling, pixel
+limit), exactly as ``pochi infer`` reads files, so the server's pixels are infer's pixels.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+
+# Content types of encoded images taken as a whole request body or as a multipart part.
+IMAGE_TYPES = ("image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/webp")
+# Parts sent without a precise type (curl -F defaults, some clients): sniffed by PIL.
+GENERIC_TYPES = ("", "application/octet-stream")
+ENCODED_FORMATS = ("jpeg", "jpg", "png", "webp", "image")
+
+
+class BadInput(Exception):
+    """A request the server refuses; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, code: str, ja: str, en: str) -> None:
+        super().__init__(f"{ja}\n{en}")
+        self.status = status
+        self.code = code
+        self.ja = ja
+        self.en = en
+
+    def body(self) -> dict[str, Any]:
+        return {"detail": f"{self.ja}\n{self.en}", "error": self.code}
+
+
+@dataclass
+class Payload:
+    """One image of a request before decoding: encoded bytes, or a raw HWC uint8 RGB array."""
+
+    name: str
+    data: bytes | None = None
+    array: np.ndarray | None = None
+
+
+class _Upload(io.BytesIO):
+    """Encoded bytes given to ``open_rgb`` in place of a path (its messages print the name)."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        super().__init__(data)
+        self.label = name
+
+    def __str__(self) -> str:
+        return self.label
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def check_part_type(content_type: str | None, name: str) -> None:
+    """415 unless a multipart part / body is an image type we decode (or untyped)."""
+    kind = media_type(content_type)
+    if kind not in IMAGE_TYPES and kind not in GENERIC_TYPES:
+        raise BadInput(415, "unsupported_media_type",
+                       f"対応していないメディアタイプです: {kind} ({name})",
+                       f"Unsupported media type {kind!r} for {name}: send JPEG, PNG or WebP "
+                       "images (image/jpeg, image/png, image/webp).")
+
+
+def b64decode(text: str, field: str = "image_data") -> bytes:
+    """Strict base64 (data: URL prefixes and whitespace tolerated); 422 when broken."""
+    if text.startswith("data:") and "," in text:
+        text = text.split(",", 1)[1]
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadInput(422, "bad_base64", f"{field} の base64 が壊れています。",
+                       f"{field} is not valid base64.") from None
+
+
+def raw_array(data: bytes, shape: list[int] | None, dtype: str) -> np.ndarray:
+    """v1 ``raw``: HWC uint8 **BGR** bytes (OpenCV order) -> HWC uint8 RGB array."""
+    try:
+        np_dtype = np.dtype(dtype)
+    except TypeError:
+        np_dtype = None
+    if np_dtype != np.dtype(np.uint8):
+        raise BadInput(422, "bad_dtype", f"dtype {dtype!r} には対応していません (uint8 のみ)。",
+                       f"dtype {dtype!r} is not supported: raw images must be uint8.")
+    if shape is None or len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3)):
+        raise BadInput(422, "bad_shape",
+                       f"shape {shape} は不正です。raw 形式には [H, W, 3] が必要です。",
+                       f"shape {shape} is invalid: the raw format needs shape [H, W, 3] "
+                       "(or [H, W] / [H, W, 1] for grayscale).")
+    if any(int(v) < 1 for v in shape):
+        raise BadInput(422, "bad_shape", f"shape {shape} に 0 以下の値があります。",
+                       f"shape {shape} has a dimension below 1.")
+    expected = int(np.prod(shape))
+    if len(data) != expected:
+        raise BadInput(422, "bad_shape",
+                       f"データ長 {len(data)} バイトが shape {shape} ({expected} バイト) と"
+                       "一致しません。",
+                       f"The data has {len(data)} bytes but shape {shape} needs {expected}.")
+    _check_pixels(int(shape[0]) * int(shape[1]), "raw image")
+    h, w = int(shape[0]), int(shape[1])
+    if len(shape) == 3 and shape[2] == 3:
+        return np.ascontiguousarray(np.frombuffer(data, np.uint8).reshape(h, w, 3)[..., ::-1])
+    return np.frombuffer(data, np.uint8).reshape(h, w)  # grayscale
+
+
+def _check_pixels(pixels: int, name: str) -> None:
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and pixels > limit:
+        raise BadInput(413, "too_many_pixels",
+                       f"画像が大きすぎます ({pixels} 画素、上限 {limit}): {name}",
+                       f"{name} has {pixels} pixels, over the limit of {limit}.")
+
+
+def decode_image(payload: Payload) -> Any:
+    """A decoded RGB PIL image; 400 when the bytes are not a readable image."""
+    from PIL import Image
+
+    from pochitrain.data import open_rgb
+
+    if payload.array is not None:
+        return Image.fromarray(payload.array).convert("RGB")
+    data = payload.data or b""
+    image = open_rgb(cast(Any, _Upload(data, payload.name))) if data else None
+    if image is None:
+        raise BadInput(400, "undecodable_image",
+                       f"画像をデコードできません: {payload.name}",
+                       f"{payload.name} is not a readable image (corrupt, truncated, not an "
+                       "image, or over the pixel limit). Send JPEG, PNG or WebP data.")
+    return image

@@ -1,0 +1,61 @@
+"""Prometheus metrics of one server (its own registry, so apps in one process stay apart).
+
+    pochi_requests_total{path, status}     requests answered, by route and HTTP status
+    pochi_request_seconds{path}            latency from the first byte read to the response
+    pochi_images_total                     images classified
+    pochi_batch_size                       images per model call
+    pochi_batch_seconds                    seconds per model call (decode on GPU included)
+    pochi_queue_depth                      images admitted and not yet answered
+    pochi_queue_rejected_total             requests refused with 503 (queue full)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
+                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
+
+
+class Metrics:
+    def __init__(self, queue_depth: Callable[[], float]) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("pochi_requests", "HTTP requests answered",
+                                ["path", "status"], registry=r)
+        self.latency = Histogram("pochi_request_seconds", "request latency in seconds",
+                                 ["path"], buckets=LATENCY_BUCKETS, registry=r)
+        self.images = Counter("pochi_images", "images classified", registry=r)
+        self.batch_size = Histogram("pochi_batch_size", "images per model call",
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.batch_seconds = Histogram("pochi_batch_seconds", "seconds per model call",
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("pochi_queue_depth", "images admitted and not yet answered",
+                                 registry=r)
+        self.queue_depth.set_function(queue_depth)
+        self.rejected = Counter("pochi_queue_rejected", "requests refused with 503 (queue "
+                                "full)", registry=r)
+
+    def observe_request(self, path: str, status: int, seconds: float) -> None:
+        self.requests.labels(path, str(status)).inc()
+        self.latency.labels(path).observe(seconds)
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_seconds.observe(seconds)
+        self.images.inc(size)
+
+    def render(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def route_label(path: str, known: Any) -> str:
+    """The metrics label of a request path: the route itself, or "other" (unbounded paths
+    from scanners must not create unbounded label sets)."""
+    return path if path in known else "other"

@@ -1,0 +1,108 @@
+"""Run the app on uvicorn; SIGTERM / Ctrl+C drain it and the process exits 0.
+
+Shutdown order (uvicorn's graceful shutdown, then ours): the listening socket closes (no new
+connections), idle keep-alive connections close, in-flight requests run to their answers
+(up to ``drain_timeout_s``), then the app's lifespan ends: the batcher finishes every queued
+image and its thread exits, the decode pool joins, the model closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pochitrain.serve.app import ServeSettings, create_app
+
+
+@dataclass
+class ServeOptions:
+    model: Path
+    config: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    device: str = "auto"
+    providers: list[str] | None = None
+    pipeline: str = "auto"
+    torch_options: Any = None
+    drain_timeout_s: float = 30.0
+    warmup: bool = True
+
+
+def _log_to_stderr() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    for name in ("pochitrain.serve.access", "pochitrain.serve"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def serve(options: ServeOptions, settings: ServeSettings) -> int:
+    """Open the model, serve until SIGTERM / SIGINT, drain; 0 after a clean stop."""
+    import uvicorn
+
+    from pochitrain.console import info
+    from pochitrain.serve.model import ServeModel
+
+    model = ServeModel(options.model, config=options.config, device=options.device,
+                       providers=options.providers, max_batch=settings.max_batch,
+                       pipeline=options.pipeline, torch_options=options.torch_options)
+    try:
+        if options.warmup:
+            model.warmup((1, settings.max_batch))
+        app = create_app(model, settings)
+        _log_to_stderr()
+        config = uvicorn.Config(
+            app, host=options.host, port=options.port, access_log=False, log_level="warning",
+            timeout_graceful_shutdown=int(options.drain_timeout_s) or None,
+            limit_concurrency=max(1024, 2 * settings.queue), backlog=2048)
+        server = uvicorn.Server(config)
+        details = model.info()
+        info(f"[bold]pochi serve[/bold]: {options.model.name} ({details['backend']}, "
+             f"{details['device']}, {len(model.class_names)} classes, input "
+             f"{'x'.join(str(v) for v in details['input_size'])}; pipeline "
+             f"{details['pipeline']})")
+        info(f"  max batch {settings.max_batch}, max wait {settings.max_wait_ms:g} ms, queue "
+             f"{settings.queue} images, body limit {settings.max_body_bytes / 1e6:g} MB")
+        info(f"  http://{options.host}:{options.port}/api/v1/predict   docs: "
+             f"http://{options.host}:{options.port}/docs   (Ctrl+C / SIGTERM: drain and stop)")
+        sys.stdout.flush()
+        stopped_by = _run(server)
+        if not server.started:
+            from pochitrain.errors import PochiError
+
+            raise PochiError(
+                f"サーバーを起動できません: {options.host}:{options.port}\n"
+                f"The server could not start on {options.host}:{options.port} (port in use, "
+                "or the address is not on this machine).",
+                "Choose another --port, or stop the program that uses it.")
+        info(f"停止しました / Server stopped{f' ({stopped_by})' if stopped_by else ''}; "
+             f"{app.state.batcher.batches} model batches run.")
+        return 0
+    finally:
+        model.close()
+
+
+def _run(server: Any) -> str:
+    """``server.run()`` with SIGTERM / SIGINT handlers that only record the signal: uvicorn
+    re-raises the signal it caught after its graceful shutdown, and a default SIGTERM handler
+    would then kill the process (exit 143) right after a clean drain."""
+    caught: list[str] = []
+
+    def remember(sig: int, frame: Any) -> None:
+        caught.append(signal.Signals(sig).name)
+
+    previous = {s: signal.signal(s, remember) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits 1 when it cannot bind; the caller explains why
+        pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return ", ".join(caught)

@@ -1,0 +1,355 @@
+"""pochi serve over real HTTP: real uvicorn servers in subprocesses, real models on the CPU.
+
+Three servers start once for the module, in parallel: the .pth, the .onnx (batching window
+20 ms), and a "slow" .onnx server (a hidden env var adds a delay per model batch; the runtime
+itself is real) for the 503 test and, last, the SIGTERM drain test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from pochitrain.serve.batcher import DELAY_ENV
+
+PREDICT = "/api/v1/predict"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, model: Path, log: Path, *args: str, delay_ms: int = 0) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        env = {**os.environ, DELAY_ENV: str(delay_ms)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pochitrain.cli.main", "serve", str(model),
+             "--port", str(self.port), "--decode-workers", "2", *args],
+            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+
+    def wait_ready(self, timeout: float = 60.0) -> Server:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                pytest.fail(f"server exited {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(self.url + "/api/v1/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        pytest.fail(f"server not ready:\n{self.log.read_text()}")
+
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def onnx_model(untrained_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pochitrain.pipeline.export_onnx import export_onnx
+
+    out = tmp_path_factory.mktemp("serve_onnx") / "untrained.onnx"
+    return export_onnx(untrained_checkpoint, output=out, verify=False, progress=False).path
+
+
+@pytest.fixture(scope="module")
+def servers(untrained_checkpoint: Path, request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
+    logs = tmp_path_factory.mktemp("serve_logs")
+    # the .pth server (slowest to start: torch + torchvision) starts while the .onnx exports
+    started = {"pth": Server(untrained_checkpoint, logs / "pth.log", "--device", "cpu",
+                             "--max-body-mb", "1")}
+    try:
+        onnx_model = request.getfixturevalue("onnx_model")
+        started["onnx"] = Server(onnx_model, logs / "onnx.log", "--max-wait-ms", "20")
+        # 1 s per model batch of 1 image, 2 images queued at most; SIGTERM-ed last
+        started["slow"] = Server(onnx_model, logs / "slow.log", "--queue", "2",
+                                 "--max-batch", "1", "--max-wait-ms", "0", delay_ms=1000)
+        for server in started.values():
+            server.wait_ready()
+        yield started
+    finally:
+        for server in started.values():
+            server.terminate()
+        for server in started.values():
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def images(digits_dir: Path) -> list[Path]:
+    return [sorted(d.iterdir())[i] for d in sorted((digits_dir / "val").iterdir())
+            for i in range(2)]
+
+
+def _reference(model: Path, paths: list[Path]) -> list[object]:
+    from pochitrain.predictor import Predictor
+
+    with Predictor(model, device="cpu", batch_size=1) as p:  # pochi infer's default batch
+        return list(p.predict(list(paths), top_k=3))  # type: ignore[arg-type]
+
+
+def _check(got: dict, want: object) -> None:
+    assert got["class_id"] == want.index and got["class_name"] == want.class_name  # type: ignore[attr-defined]
+    assert abs(got["confidence"] - want.probability) < 1e-5  # type: ignore[attr-defined]
+    for entry, (name, prob) in zip(got["top_k"], want.top_k):  # type: ignore[attr-defined]
+        assert entry["class_name"] == name and abs(entry["probability"] - prob) < 1e-5
+    assert abs(sum(got["probabilities"]) - 1.0) < 1e-6
+
+
+@pytest.mark.parametrize("kind", ["pth", "onnx"])
+def test_predictions_equal_pochi_infer(kind: str, servers: dict[str, Server],
+                                       untrained_checkpoint: Path, onnx_model: Path,
+                                       images: list[Path]) -> None:
+    model = untrained_checkpoint if kind == "pth" else onnx_model
+    want = _reference(model, images)
+    url = servers[kind].url + PREDICT
+    files = [("files", (p.name, p.read_bytes(), "image/png")) for p in images]
+    got = httpx.post(url, files=files, data={"top_k": "3"}, timeout=30).json()
+    assert got["count"] == len(images) and got["backend"] == ("pytorch" if kind == "pth"
+                                                               else "onnx")
+    for pred, path, ref in zip(got["predictions"], images, want):
+        assert pred["filename"] == path.name
+        _check(pred, ref)
+    # one image per request: the image body, then API v1 JSON with format "jpeg"
+    body = httpx.post(url + "?top_k=3", content=images[0].read_bytes(),
+                      headers={"content-type": "image/png"}, timeout=30).json()
+    _check(body, want[0])
+    encoded = base64.b64encode(images[1].read_bytes()).decode()
+    v1 = httpx.post(url, json={"image_data": encoded, "format": "jpeg", "top_k": 3},
+                    timeout=30).json()
+    _check(v1, want[1])
+    assert {"e2e_time_ms", "backend", "probabilities"} <= set(v1)
+
+
+def test_v1_raw_bgr(servers: dict[str, Server], onnx_model: Path, images: list[Path]) -> None:
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(images[3]).convert("RGB"))
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    got = httpx.post(servers["onnx"].url + PREDICT, timeout=30, json={
+        "image_data": base64.b64encode(bgr.tobytes()).decode(), "format": "raw",
+        "shape": list(bgr.shape), "dtype": "uint8", "top_k": 3}).json()
+    _check(got, _reference(onnx_model, [images[3]])[0])
+
+
+def test_200_concurrent_requests(servers: dict[str, Server], images: list[Path]) -> None:
+    url = servers["onnx"].url + PREDICT
+    bodies = [p.read_bytes() for p in images]
+
+    async def main() -> list[int]:
+        limits = httpx.Limits(max_connections=50)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+            async def one(i: int) -> int:
+                r = await client.post(url, content=bodies[i % len(bodies)],
+                                      headers={"content-type": "image/png"})
+                return r.status_code
+            return await asyncio.gather(*(one(i) for i in range(200)))
+
+    codes = asyncio.run(main())
+    assert codes == [200] * 200
+    metrics = httpx.get(servers["onnx"].url + "/metrics").text
+    count = _metric(metrics, "pochi_batch_size_count")
+    assert count < 200, "no request was batched with another"  # 20 ms window, 50 in flight
+    assert _metric(metrics, "pochi_batch_size_sum") >= 200
+
+
+def _metric(text: str, name: str) -> float:
+    line = next(x for x in text.splitlines() if x.startswith((name + " ", name + "{")))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def _jpeg(path: Path) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.open(path).convert("RGB").save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _bad_requests(png: bytes) -> list[tuple[str, dict, int]]:
+    """(what, httpx.post kwargs, expected status); the pth server's body limit is 1 MB."""
+    b64 = base64.b64encode(bytes(12)).decode()
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(40):  # 2.6 MB, streamed without Content-Length
+            yield bytes(65536)
+
+    return [
+        ("body over the limit", {"content": bytes(1_200_000),
+                                 "headers": {"content-type": "image/jpeg"}}, 413),
+        ("chunked body over the limit", {"content": chunks(),
+                                         "headers": {"content-type": "image/jpeg"}}, 413),
+        ("broken base64", {"json": {"image_data": "@@not base64@@", "format": "jpeg"}}, 422),
+        ("raw without shape", {"json": {"image_data": b64, "format": "raw"}}, 422),
+        ("raw wrong shape", {"json": {"image_data": b64, "shape": [3, 3, 3]}}, 422),
+        ("raw shape not HWC", {"json": {"image_data": b64, "shape": [2, 2, 3, 1]}}, 422),
+        ("raw wrong dtype", {"json": {"image_data": b64, "shape": [1, 1, 3],
+                                      "dtype": "float32"}}, 422),
+        ("raw unknown dtype", {"json": {"image_data": b64, "shape": [2, 2, 3],
+                                        "dtype": "pixels"}}, 422),
+        ("missing image_data", {"json": {"format": "jpeg"}}, 422),
+        ("malformed JSON", {"content": b"{not json", "headers": {"content-type":
+                                                                 "application/json"}}, 422),
+        ("top_k 0", {"params": {"top_k": "0"}, "content": png,
+                     "headers": {"content-type": "image/png"}}, 422),
+        ("corrupt image body", {"content": b"\xff\xd8\xff\xe0garbage" * 50,
+                                "headers": {"content-type": "image/jpeg"}}, 400),
+        ("truncated PNG upload", {"files": [("files", ("cut.png", png[:len(png) // 2],
+                                                       "image/png"))]}, 400),
+        ("not an image (base64 jpeg)", {"json": {"image_data": b64, "format": "jpeg"}}, 400),
+        ("text file upload", {"files": [("files", ("a.txt", b"hello", "text/plain"))]}, 415),
+        ("text body", {"content": b"hello", "headers": {"content-type": "text/plain"}}, 415),
+        ("no content type", {"content": png}, 415),
+        ("empty file upload", {"data": {"top_k": "2"},
+                                   "files": [("other", ("x.png", b"", "image/png"))]}, 400),
+    ]
+
+
+def test_bad_payloads_then_good_requests(servers: dict[str, Server],
+                                         untrained_checkpoint: Path, images: list[Path]) -> None:
+    url = servers["pth"].url + PREDICT
+    png = images[5].read_bytes()
+    want = _reference(untrained_checkpoint, [images[5]])[0]
+    for what, kwargs, status in _bad_requests(png):
+        with httpx.Client(timeout=30) as client:
+            try:
+                r = client.post(url, **kwargs)
+            except httpx.HTTPError as exc:  # the server may close before reading it all
+                pytest.fail(f"{what}: no answer ({exc!r})")
+        assert r.status_code == status, (what, r.status_code, r.text)
+        detail = r.json()["detail"]
+        ja, en = detail.split("\n", 1)
+        assert any(ord(c) > 0x3000 for c in ja) and en.isascii(), (what, detail)
+        good = httpx.post(url + "?top_k=3", content=png, headers={"content-type": "image/png"},
+                          timeout=30)
+        assert good.status_code == 200, (what, good.text)
+        _check(good.json(), want)
+
+
+def test_queue_full_answers_503_with_retry_after(servers: dict[str, Server],
+                                                 images: list[Path]) -> None:
+    url = servers["slow"].url + PREDICT  # queue 2 images, 1 s per batch of 1
+    body = images[0].read_bytes()
+
+    async def main() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await asyncio.gather(*(client.post(
+                url, content=body, headers={"content-type": "image/png"}) for _ in range(6)))
+
+    responses = asyncio.run(main())
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [200, 200, 503, 503, 503, 503], codes
+    busy = next(r for r in responses if r.status_code == 503)
+    assert busy.headers["retry-after"] == "1" and busy.json()["error"] == "queue_full"
+    after = httpx.post(url, content=body, headers={"content-type": "image/png"}, timeout=30)
+    assert after.status_code == 200
+    metrics = httpx.get(servers["slow"].url + "/metrics").text
+    assert _metric(metrics, "pochi_queue_rejected_total") == 4
+    assert 'pochi_requests_total{path="/api/v1/predict",status="503"} 4.0' in metrics
+
+
+def test_metrics_docs_info_and_access_log(servers: dict[str, Server]) -> None:
+    base = servers["pth"].url
+    httpx.post(base + PREDICT, content=b"x", headers={"content-type": "text/plain"})
+    metrics = httpx.get(base + "/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    for name in ("pochi_requests_total", "pochi_request_seconds_bucket",
+                 "pochi_batch_size_bucket", "pochi_queue_depth"):
+        assert name in metrics.text
+    assert httpx.get(base + "/docs").status_code == 200
+    spec = httpx.get(base + "/openapi.json").json()
+    assert {"application/json", "multipart/form-data"} <= set(
+        spec["paths"][PREDICT]["post"]["requestBody"]["content"])
+    info = httpx.get(base + "/api/v1/model-info").json()
+    assert info["class_names"] == [str(i) for i in range(10)] and info["backend"] == "pytorch"
+    version = httpx.get(base + "/api/v1/version").json()
+    assert version["api_version"] == "1.0.0" and "pytorch" in version["backend_versions"]
+    health = httpx.get(base + "/api/v1/health").json()
+    assert health == {"status": "healthy", "model_loaded": True, "backend": "pytorch"}
+    log = servers["pth"].log.read_text()
+    assert f'"POST {PREDICT} HTTP/1.1" 415' in log
+
+
+def test_sigterm_drains_in_flight_requests(servers: dict[str, Server],
+                                           images: list[Path]) -> None:
+    server = servers["slow"]  # 1 s per image: both queued requests are in flight at SIGTERM
+    url = server.url + PREDICT
+    body = images[0].read_bytes()
+
+    async def main() -> list[int]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            tasks = [asyncio.ensure_future(client.post(
+                url, content=body, headers={"content-type": "image/png"})) for _ in range(2)]
+            await asyncio.sleep(0.4)
+            server.proc.send_signal(signal.SIGTERM)
+            return [r.status_code for r in await asyncio.gather(*tasks)]
+
+    assert asyncio.run(main()) == [200] * 2
+    assert server.proc.wait(20) == 0
+    assert "Server stopped (SIGTERM)" in server.log.read_text()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(server.url + "/api/v1/health", timeout=2)
+
+
+def test_gpu_pipeline_code_matches_cpu_pipeline(untrained_checkpoint: Path,
+                                                images: list[Path]) -> None:
+    """The GPU input path (nvJPEG decode, batched resize) runs its same code on the CPU."""
+    from pochitrain.inference.gpu_preprocess import GpuBatches
+    from pochitrain.serve.decode import Payload
+    from pochitrain.serve.model import ServeModel
+
+    model = ServeModel(untrained_checkpoint, device="cpu", max_batch=8, pipeline="cpu")
+    try:
+        payloads = [Payload(p.name, data=_jpeg(p)) for p in images[:6]]
+        cpu = model.run_batch([model.prepare(p) for p in payloads])
+        model.gpu = GpuBatches(model.preprocess, "cpu", workers=1)
+        prepared = [model.prepare(p) for p in payloads]
+        assert [item[0] for item in prepared] == ["jpeg"] * 6  # left for nvJPEG
+        # a JPEG whose header and end marker look right but that neither decoder reads
+        bad = ("jpeg", b"\xff\xd8\xff" + bytes(50) + b"\xff\xd9", "bad.jpg")
+        gpu = model.run_batch([*prepared, bad])
+    finally:
+        model.close()
+    assert type(gpu[6]).__name__ == "BadInput" and gpu[6].status == 400
+    for a, b in zip(cpu, gpu[:6]):
+        assert np.abs(a - b).max() < 5e-3
+
+
+def test_missing_extra_names_it(tmp_path: Path) -> None:
+    code = ("import sys\nsys.modules['fastapi'] = None\n"
+            "from pochitrain.cli.main import run\n"
+            f"sys.exit(run(['serve', {str(tmp_path / 'm.onnx')!r}]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=False)
+    assert out.returncode == 1
+    assert 'pip install "pochitrain[serve]"' in out.stderr
