@@ -14,7 +14,6 @@ written on a GPU machine on a CPU-only one.
 from __future__ import annotations
 
 import difflib
-import json
 import re
 import runpy
 import traceback
@@ -38,8 +37,8 @@ from pochitrain.config_checks import (
     type_error,
 )
 from pochitrain.errors import BackendMissingError, ConfigError, UsageError
+from pochitrain.workspace import config_paths_base
 
-RUN_DIR_PATTERN = re.compile(r"^\d{8}_\d{3,}$")
 NO_VAL_TRANSFORM_JA = "configにval_transformが設定されていません"
 
 
@@ -196,33 +195,7 @@ def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Se
            and (k in TRANSFORM_KEYS or not isinstance(v, (types.ModuleType, types.FunctionType,
                                                            types.BuiltinFunctionType, type)))}
     raw.update(overrides or {})
-    return _validate(raw, _paths_base(path), path)
-
-
-def _paths_base(path: Path) -> Path:
-    """Folder that relative paths in ``path`` are relative to.
-
-    The copy of a config that ``pochi train`` keeps in its run folder still means the paths of
-    the original: run.json beside the copy records where that was.
-    """
-    run_json = path.parent / "run.json"
-    if run_json.is_file():
-        try:
-            original = json.loads(run_json.read_text(encoding="utf-8")).get("config_path")
-        except (OSError, ValueError):
-            original = None
-        if original and Path(original).resolve() != path:
-            return Path(original).resolve().parent
-    return path.parent
-
-
-def find_val_data(model_path: Path | str) -> Path | None:
-    """The val_data_root of the run a model file belongs to (config beside the run), if any."""
-    found = find_config_near(model_path)
-    if found is None:
-        return None
-    root = getattr(load_config(found), "val_data_root", None)
-    return Path(root) if root else None
+    return _validate(raw, config_paths_base(path), path)
 
 
 def resolve_device(device: str, flag: str | None = None) -> str:
@@ -252,22 +225,6 @@ def resolve_device(device: str, flag: str | None = None) -> str:
             raise error(f"{where} but only {torch.cuda.device_count()} GPU(s) are visible.",
                         "Use a smaller index or 'auto'.")
     return device
-
-
-def find_config_near(model_path: Path | str) -> Path | None:
-    """``config.py`` in the model's folder or its parents, up to the run folder (YYYYMMDD_NNN).
-
-    work_dirs/20260101_001/models/best_epoch3.pth -> work_dirs/20260101_001/config.py.
-    Without a run folder above, only the model's folder and its parent are searched.
-    """
-    folder = Path(model_path).expanduser().resolve().parent
-    chain = [folder, *folder.parents]
-    run_idx = next((i for i, p in enumerate(chain) if RUN_DIR_PATTERN.match(p.name)), None)
-    limit = run_idx if run_idx is not None and run_idx <= 3 else 1
-    for candidate in (p / "config.py" for p in chain[:limit + 1]):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def preprocess_from_settings(settings: Settings) -> Any:

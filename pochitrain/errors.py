@@ -74,3 +74,7 @@ class CalibrationError(PochiError):
 
 class EngineLoadError(PochiError):
     """A TensorRT engine cannot be deserialized or run here."""
+
+
+class TrainingError(PochiError):
+    """Training cannot go on (e.g. the loss became NaN / inf)."""

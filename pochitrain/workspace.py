@@ -84,8 +84,12 @@ def config_paths_base(config_path: Path) -> Path:
     return config_path.parent
 
 
-def new_run_dir(base: Path | str, today: _dt.date | None = None) -> Path:
-    """Create and return ``base/YYYYMMDD_NNN`` with the next free NNN (never reuses one)."""
+def new_run_dir(base: Path | str, today: _dt.date | None = None,
+                hint: str = "--output DIR") -> Path:
+    """Create and return ``base/YYYYMMDD_NNN`` with the next free NNN (never reuses one).
+
+    ``hint``: the option that chooses ``base`` (named in the error when it is unusable).
+    """
     base = Path(base)
     stamp = (today or _dt.date.today()).strftime("%Y%m%d")
     try:
@@ -93,7 +97,7 @@ def new_run_dir(base: Path | str, today: _dt.date | None = None) -> Path:
     except OSError as exc:
         raise PochiError(
             f"Cannot create output folder {base}: {exc.strerror}",
-            "Choose a writable location (e.g. --output DIR or work_dir in the config).",
+            f"Choose a writable location ({hint}).",
         ) from exc
     taken = [p.name for p in base.glob(f"{stamp}_*") if p.name[9:].isdigit()]
     n = max((int(name[9:]) for name in taken), default=0) + 1

@@ -11,12 +11,12 @@ from pochitrain.cli.main import run
 from pochitrain.config import (
     NO_VAL_TRANSFORM_JA,
     Settings,
-    find_config_near,
     load_config,
     preprocess_from_settings,
     resolve_device,
 )
 from pochitrain.errors import ConfigError
+from pochitrain.workspace import find_config_near
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -216,7 +216,7 @@ def test_run_folder_copy_keeps_the_original_relative_paths(tmp_path: Path) -> No
     folders next to the original config (run.json says where that was)."""
     import json
 
-    from pochitrain.config import find_val_data
+    from pochitrain.resolve import find_val_data
 
     src = tmp_path / "project"
     (src / "val").mkdir(parents=True)

@@ -213,7 +213,7 @@ def test_val_classes_must_match_train(tiny_data: Path, tmp_path: Path) -> None:
     val = tmp_path / "val"
     shutil.copytree(tiny_data / "val", val)
     shutil.move(str(val / "2"), str(val / "7"))
-    with pytest.raises(DataError, match="not in the model: 7"):
+    with pytest.raises(DataError, match=r"\(train_data_root\) does not have: 7"):
         train(_tiny_config(tmp_path, tiny_data, val=val), progress=False)
 
 
@@ -223,7 +223,8 @@ def test_val_classes_must_match_train(tiny_data: Path, tmp_path: Path) -> None:
     ("input_size = [64, 64]\n", "val_transform produces [32, 32]"),
     ("val_transform = None\n", "configにval_transformが設定されていません"),
     ("val_data_root = None\n", "val_data_root is not set"),
-    ("val_transform = transforms.RandomHorizontalFlip()\n", "RandomHorizontalFlip"),
+    (("val_transform = transforms.Compose([transforms.RandomHorizontalFlip(), "
+     "transforms.ToTensor()])\n"), "RandomHorizontalFlip"),
 ])
 def test_config_does_not_fit_the_data(tiny_data: Path, tmp_path: Path, extra: str,
                                       words: str) -> None:
@@ -314,3 +315,28 @@ def test_train_cli_in_a_subprocess_has_no_traceback(tmp_path: Path) -> None:
                           check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "'batch_size'" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_nan_loss_stops_with_a_clear_error_and_saves_no_best(tiny_data: Path,
+                                                              tmp_path: Path) -> None:
+    """class_weights all zero: CrossEntropyLoss is 0/0 = NaN on the first batch. Training
+    stops there with a message naming the fix; no 'best' model of a diverged network."""
+    from pochitrain.errors import TrainingError
+
+    config = _tiny_config(tmp_path, tiny_data, extra="class_weights = [0.0, 0.0, 0.0]\n")
+    with pytest.raises(TrainingError) as err:
+        train(config, work_dir=tmp_path / "runs", progress=False)
+    assert "loss became nan" in err.value.message and "class_weights" in err.value.remedy
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert list((run_dir / "models").iterdir()) == []
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+
+
+def test_val_without_a_readable_image_is_an_error(tiny_data: Path, tmp_path: Path) -> None:
+    val = tmp_path / "val"
+    for cls in ("0", "1"):
+        (val / cls).mkdir(parents=True)
+        (val / cls / "broken.png").write_bytes(b"not a png at all")
+    with pytest.raises(DataError, match="None of the 2 validation images could be read"):
+        train(_tiny_config(tmp_path, tiny_data, val=val), work_dir=tmp_path / "runs",
+              progress=False)

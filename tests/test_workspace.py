@@ -20,10 +20,9 @@ def test_run_dirs_increment_and_never_reuse(tmp_path: Path) -> None:
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
     target = tmp_path / "model.engine"
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(b"half")
-            raise RuntimeError("build failed")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("build failed")
     assert list(tmp_path.iterdir()) == []
     with atomic_path(target) as tmp:
         tmp.write_bytes(b"whole")

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pochitrain.config import find_val_data
 from pochitrain.console import console, info, warn
 from pochitrain.errors import PochiError, UsageError
 from pochitrain.meta import ModelMeta, file_sha256
 from pochitrain.onnx.export import DEFAULT_OPSET, ExportShape, export_model
 from pochitrain.onnx.verify import verification_batches
+from pochitrain.resolve import find_val_data
 from pochitrain.workspace import atomic_path, check_writable
 
 VERIFY_BATCH = 16  # the batch > 1 that proves the dynamic axis really works

@@ -176,7 +176,8 @@ def print_report(report: QuickstartReport) -> None:
 
     steps = Table(title="pochi quickstart: what was produced and where")
     for col in ("step", "status", "result", "where"):
-        steps.add_column(col)
+        # a user copies paths from here: fold long ones, never cut them with "…"
+        steps.add_column(col, overflow="fold", no_wrap=col in ("step", "status"))
     colour = {"ok": "green", "skipped": "yellow", "failed": "red"}
     for s in report.steps:
         detail = s.detail if s.status == "ok" else _short(s.detail)

@@ -1,0 +1,96 @@
+"""Training data: a dataset that skips undecodable files, its collate, loaders, seeding."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pochitrain.data import ImageFolder, open_rgb
+
+
+class ImageDataset(Dataset):
+    """``(tensor, label, index, path)``; tensor is None when the file cannot be decoded."""
+
+    def __init__(self, folder: ImageFolder, transform: Callable[[Any], Any]) -> None:
+        self.samples = folder.samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int, int, Path]:
+        path, label = self.samples[index]
+        image = open_rgb(path)
+        return (None if image is None else self.transform(image)), label, index, path
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor | None
+    labels: torch.Tensor | None
+    skipped: list[int]  # dataset indices of undecodable files
+
+
+def collate_skipping(items: list[tuple[Any, ...]]) -> Batch:
+    """Items ``(tensor or None, label, index[, path])`` -> one Batch; undecodable files are
+    listed in ``skipped``. Tensors of different shapes are a DataError naming one file."""
+    good = [(x, y) for x, y, *_ in items if x is not None]
+    skipped = [i for x, _, i, *_ in items if x is None]
+    if not good:
+        return Batch(None, None, skipped)
+    shapes = [tuple(x.shape) for x, _ in good]
+    if len(set(shapes)) > 1:
+        from collections import Counter
+
+        from pochitrain.errors import DataError
+
+        common = Counter(shapes).most_common(1)[0][0]
+        odd = next(item for item in items if item[0] is not None
+                   and tuple(item[0].shape) != common)
+        name = str(odd[3]) if len(odd) > 3 else f"dataset item {odd[2]}"
+        raise DataError(
+            f"Images of one batch have different sizes after the transform: {name} gives a "
+            f"tensor of shape {tuple(odd[0].shape)}, other images {common}.",
+            "Add transforms.Resize((H, W)) to the config's train_transform (and val_transform) "
+            "so that every image has the same size, e.g. the model's input_size.")
+    return Batch(torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), skipped)
+
+
+def _init_worker(worker_id: int) -> None:
+    """DataLoader worker: leave Ctrl+C to the main process (which stops after the current
+    batch), and seed NumPy from the worker's torch seed for reproducible augmentation."""
+    import numpy as np
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    np.random.seed(torch.initial_seed() % 2**32)
+
+
+def make_loader(folder: ImageFolder, transform: Callable[[Any], Any], *, batch_size: int,
+                shuffle: bool, num_workers: int, device: str, seed: int | None) -> DataLoader:
+    generator = torch.Generator()
+    if seed is not None:
+        generator.manual_seed(seed)
+    return DataLoader(
+        ImageDataset(folder, transform), batch_size=batch_size, shuffle=shuffle,
+        num_workers=num_workers, collate_fn=collate_skipping, generator=generator,
+        pin_memory=device.startswith("cuda"), persistent_workers=num_workers > 0,
+        worker_init_fn=_init_worker if num_workers > 0 else None,
+    )
+
+
+def seed_everything(seed: int | None) -> None:
+    if seed is None:
+        return
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,124 @@
+"""One pass over a loader (train or evaluate), and Ctrl+C that stops after the current batch."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from pochitrain.errors import TrainingError
+
+
+@dataclass
+class EpochStats:
+    loss: float = 0.0
+    accuracy: float = 0.0
+    images: int = 0
+    seconds: float = 0.0
+    skipped: set[int] = field(default_factory=set)
+    interrupted: bool = False
+
+
+def _diverged(value: float, optimizer: Any, done: int, training: bool) -> TrainingError:
+    where = "training" if training else "validation"
+    lr = f" (learning_rate {optimizer.param_groups[0]['lr']:g})" if optimizer else ""
+    return TrainingError(
+        f"The {where} loss became {value} after {done} images of this epoch{lr}: the model's "
+        "weights diverged, so nothing from this epoch is saved.",
+        "Lower learning_rate (e.g. 10x), make every class_weights value positive, or use "
+        "mixed_precision = 'bf16' / 'off' instead of 'fp16'.")
+
+
+def run_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, device: str, *,
+              optimizer: torch.optim.Optimizer | None = None,
+              stop: threading.Event | None = None,
+              on_batch: Callable[[int, float], None] | None = None,
+              amp_dtype: torch.dtype | None = None, channels_last: bool = False,
+              scaler: Any = None) -> EpochStats:
+    """Train (with ``optimizer``) or evaluate (without) for one pass over ``loader``.
+
+    ``amp_dtype``: autocast dtype (None: fp32); ``scaler``: a ``torch.amp.GradScaler`` for fp16.
+
+    ``stop`` set during training ends the epoch after the current batch (Ctrl+C).
+    ``on_batch(images_in_batch, loss)`` drives a progress bar.
+    """
+    training = optimizer is not None
+    model.train(training)
+    stats = EpochStats()
+    total_loss, correct = 0.0, 0
+    device_type = device.split(":")[0]
+    non_blocking = device_type == "cuda"
+    start = time.perf_counter()
+    grad = torch.enable_grad() if training else torch.inference_mode()
+    with grad:
+        for batch in loader:
+            stats.skipped.update(batch.skipped)
+            if batch.images is None or batch.labels is None:
+                continue
+            x = batch.images.to(device, non_blocking=non_blocking)
+            y = batch.labels.to(device, non_blocking=non_blocking)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type, dtype=amp_dtype or torch.float32,
+                                enabled=amp_dtype is not None):
+                logits = model(x)
+                loss = criterion(logits, y)
+            if training:
+                optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()  # type: ignore[union-attr]
+            n = int(y.shape[0])
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise _diverged(loss_value, optimizer, stats.images, training)
+            total_loss += loss_value * n
+            correct += int((logits.detach().argmax(1) == y).sum())
+            stats.images += n
+            if on_batch is not None:
+                on_batch(n, loss_value)
+            if training and stop is not None and stop.is_set():
+                stats.interrupted = True
+                break
+    if device_type == "cuda":
+        torch.cuda.synchronize()
+    stats.seconds = time.perf_counter() - start
+    if stats.images:
+        stats.loss, stats.accuracy = total_loss / stats.images, correct / stats.images
+    return stats
+
+
+@contextlib.contextmanager
+def stop_on_ctrl_c(on_first: Callable[[], None] | None = None) -> Iterator[threading.Event]:
+    """First Ctrl+C sets the event (the loop stops after the current batch); a second one
+    raises KeyboardInterrupt as usual. Outside the main thread the event is only set by hand."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if event.is_set():
+            raise KeyboardInterrupt
+        event.set()
+        if on_first is not None:
+            on_first()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,153 @@
+"""``fit``: the epoch loop, and ``CheckpointKeeper``: the best/last checkpoint files.
+
+Per epoch: train (Ctrl+C stops after the current batch) -> validate -> step the scheduler ->
+metrics row (CSV + PNG) -> best checkpoint when val accuracy improved -> early stopping. The
+last checkpoint is written when training ends for any reason after a completed or
+interrupted epoch. A non-finite loss or an unreadable split stops with a clear error before
+anything is saved from that epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pochitrain.console import info, make_progress, warn
+from pochitrain.errors import DataError
+from pochitrain.training.epoch import EpochStats, run_epoch, stop_on_ctrl_c
+from pochitrain.training.metrics import EpochRow, MetricsLog
+
+
+class CheckpointKeeper:
+    """``models/best_epochN.pth`` (only the current best is kept) and ``models/last_model.pth``.
+
+    ``save(path, extra)`` writes one checkpoint (atomically) with ``extra`` keys beside the
+    weights and metadata.
+    """
+
+    def __init__(self, models_dir: Path, save: Callable[[Path, dict[str, Any]], None]) -> None:
+        self.models_dir = models_dir
+        self._save = save
+        self.best_path: Path | None = None
+        self.best_epoch: int | None = None
+        self.best_accuracy: float | None = None
+        self.last_path: Path | None = None
+
+    def offer(self, epoch: int, accuracy: float, extra: dict[str, Any]) -> bool:
+        """Save as the new best when ``accuracy`` beats the best so far; True when it did."""
+        if self.best_accuracy is not None and accuracy <= self.best_accuracy:
+            return False
+        old, path = self.best_path, self.models_dir / f"best_epoch{epoch}.pth"
+        self._save(path, extra)
+        if old is not None and old != path:
+            old.unlink(missing_ok=True)
+        self.best_path, self.best_epoch, self.best_accuracy = path, epoch, accuracy
+        return True
+
+    def save_last(self, extra: dict[str, Any]) -> None:
+        self.last_path = self.models_dir / "last_model.pth"
+        self._save(self.last_path, extra)
+
+
+@dataclass
+class FitSetup:
+    """What the loop runs: built by the train pipeline from a config."""
+
+    model: Any
+    train_loader: Any
+    val_loader: Any
+    criterion: Any
+    optimizer: Any
+    scheduler: Any  # or None
+    stopper: Any  # EarlyStopping or None
+    precision: Any  # training.precision.Precision
+    device: str
+    epochs: int
+    scaler: Any = None
+
+
+@dataclass
+class FitOutcome:
+    stopped_by: str = "completed"  # "completed" | "early_stopping" | "interrupted"
+    epochs_run: int = 0
+    skipped: dict[str, list[Path]] = field(default_factory=lambda: {"train": [], "val": []})
+
+    def skipped_files(self) -> list[Path]:
+        return [p for files in self.skipped.values() for p in files]
+
+
+def _note_skipped(outcome: FitOutcome, split: str, loader: Any, stats: EpochStats) -> None:
+    known = set(outcome.skipped[split])
+    for index in sorted(stats.skipped):
+        path = loader.dataset.samples[index][0]
+        if path not in known:
+            outcome.skipped[split].append(path)
+            warn(f"skipped an unreadable image ({split}): {path}")
+
+
+def _check_read(stats: EpochStats, loader: Any, split: str) -> None:
+    if stats.images == 0 and not stats.interrupted:
+        folder = Path(loader.dataset.samples[0][0]).parent.parent if loader.dataset.samples \
+            else "?"
+        raise DataError(f"None of the {len(loader.dataset)} {split} images could be read "
+                        f"(in {folder}).",
+                        "Check the files: they must be PNG / JPEG / BMP / WebP ... images.")
+
+
+def _epoch_line(epoch: int, total: int, lr: float, tr: EpochStats, va: EpochStats,
+                best: bool) -> str:
+    return (f"epoch {epoch}/{total}  lr {lr:.3g}  train loss {tr.loss:.4f} acc "
+            f"{tr.accuracy:.2%}  val loss {va.loss:.4f} acc {va.accuracy:.2%}  "
+            f"{tr.images / max(tr.seconds, 1e-9):.0f} img/s  {tr.seconds + va.seconds:.1f} s"
+            + ("  [green]best[/green]" if best else ""))
+
+
+def fit(setup: FitSetup, keeper: CheckpointKeeper, log: MetricsLog,
+        extras: Callable[[int, EpochStats, EpochStats | None], dict[str, Any]],
+        progress: bool = True) -> FitOutcome:
+    """Run up to ``setup.epochs`` epochs; see the module docstring."""
+    s, out = setup, FitOutcome()
+    amp = {"amp_dtype": s.precision.amp_dtype, "channels_last": s.precision.channels_last}
+    with stop_on_ctrl_c(lambda: warn("Ctrl+C: stopping after this batch "
+                                     "(press again to abort now)")) as stop, \
+            make_progress(progress, kind="loss") as bars:
+        for epoch in range(1, s.epochs + 1):
+            lr = float(s.optimizer.param_groups[0]["lr"])
+            task = bars.add_task(f"epoch {epoch}/{s.epochs}",
+                                 total=len(s.train_loader.dataset), loss=0.0)
+
+            def advance(n: int, loss: float, task: Any = task) -> None:
+                bars.update(task, advance=n, loss=loss)
+
+            tr = run_epoch(s.model, s.train_loader, s.criterion, s.device, optimizer=s.optimizer,
+                           stop=stop, scaler=s.scaler, on_batch=advance, **amp)
+            bars.remove_task(task)
+            _note_skipped(out, "train", s.train_loader, tr)
+            _check_read(tr, s.train_loader, "training")
+            if tr.interrupted:
+                out.stopped_by = "interrupted"
+                keeper.save_last({**extras(epoch, tr, None), "interrupted": True})
+                break
+            va = run_epoch(s.model, s.val_loader, s.criterion, s.device, **amp)
+            _note_skipped(out, "val", s.val_loader, va)
+            _check_read(va, s.val_loader, "validation")
+            if s.scheduler is not None:
+                s.scheduler.step()
+            log.add(EpochRow(epoch, lr, tr.loss, tr.accuracy, va.loss, va.accuracy,
+                             tr.images / max(tr.seconds, 1e-9), tr.seconds + va.seconds))
+            out.epochs_run = epoch
+            best = keeper.offer(epoch, va.accuracy, extras(epoch, tr, va))
+            info(_epoch_line(epoch, s.epochs, lr, tr, va, best))
+            if s.stopper is not None and s.stopper.step({"val_accuracy": va.accuracy,
+                                                         "val_loss": va.loss}):
+                out.stopped_by = "early_stopping"
+                info(f"early stopping: {s.stopper.monitor} did not improve by more than "
+                     f"{s.stopper.min_delta} for {s.stopper.patience} epochs")
+            if stop.is_set():
+                out.stopped_by = "interrupted"
+            if epoch == s.epochs or out.stopped_by != "completed":
+                keeper.save_last(extras(epoch, tr, va))
+                break
+    return out
