@@ -21,8 +21,15 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
 
 class Metrics:
     def __init__(self, queue_depth: Callable[[], float]) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import (
+            CollectorRegistry,
+            Counter,
+            Gauge,
+            Histogram,
+            disable_created_metrics,
+        )
 
+        disable_created_metrics()  # no *_created series: the counters' start is known
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("pochi_requests", "HTTP requests answered",
