@@ -143,6 +143,35 @@ def run_load(url: str, files: list[Path], concurrency: int, requests: int, warmu
     }
 
 
+# ---- self-contained inputs (a bare GPU machine) ---------------------------------------------
+def prepare(root: Path, n: int) -> tuple[Path, Path]:
+    """``root/images``: ``n`` real-looking JPEGs of varied sizes (``gpu_bench.make_images``,
+    its two deliberately broken files removed); ``root/resnet18_224.pth``: a resnet18 for
+    those 8 classes with seeded random weights, ImageNet preprocessing (resize 256, center
+    crop 224). Throughput does not depend on the weights. Both are reused when present."""
+    images, model = root / "images", root / "resnet18_224.pth"
+    if not images.is_dir():
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from gpu_bench import make_images
+
+        make_images(images, n)
+        for bad in images.rglob("zz_*"):
+            bad.unlink()
+    if not model.exists():
+        import torch
+
+        from pochitrain.meta import ModelMeta
+        from pochitrain.models import build_model, save_checkpoint
+        from pochitrain.preprocess import Preprocess
+
+        classes = sorted(d.name for d in images.iterdir() if d.is_dir())
+        torch.manual_seed(0)
+        net = build_model("resnet18", len(classes)).eval()
+        pre = Preprocess(input_size=[224, 224], resize=[256], center_crop=[224, 224])
+        save_checkpoint(model, net, ModelMeta(classes, pre, model_name="resnet18"))
+    return images, model
+
+
 # ---- server ------------------------------------------------------------------------------
 def server_metrics(url: str) -> dict[str, float]:
     import httpx
@@ -203,14 +232,18 @@ def stop_server(proc: subprocess.Popen, timeout: float = 60.0) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    where = ap.add_mutually_exclusive_group(required=True)
+    where = ap.add_mutually_exclusive_group()
     where.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8000")
     where.add_argument("--model", help="start 'pochi serve MODEL' here as a subprocess")
     ap.add_argument("--serve-args", default="", help='options for pochi serve, e.g. '
                     '"--device cuda --max-batch 1" (with --model)')
     ap.add_argument("--port", type=int, default=0, help="port for --model (default: free)")
     ap.add_argument("--server-log", default=None, help="server output file (with --model)")
-    ap.add_argument("--images", required=True, help="folder of .jpg/.png/.webp (recursive)")
+    ap.add_argument("--images", default=None, help="folder of .jpg/.png/.webp (recursive)")
+    ap.add_argument("--prepare", default=None, metavar="DIR",
+                    help="write DIR/images (JPEGs) and DIR/resnet18_224.pth (resnet18, "
+                    "224x224) unless present; they are the default --images and --model")
+    ap.add_argument("--prepare-images", type=int, default=2000, help="JPEGs for --prepare")
     ap.add_argument("--max-files", type=int, default=2000, help="images held in memory")
     ap.add_argument("--concurrency", type=int, default=64, help="concurrent clients")
     ap.add_argument("--requests", type=int, default=10000, help="measured requests (total)")
@@ -232,6 +265,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.body == "image" and args.images_per_request != 1:
         ap.error("--body image sends one image per request")
 
+    if args.prepare:
+        made_images, made_model = prepare(Path(args.prepare), args.prepare_images)
+        args.images = args.images or str(made_images)
+        if not args.url:
+            args.model = args.model or str(made_model)
+    if not (args.url or args.model) or not args.images:
+        ap.error("give --url or --model (or --prepare DIR), and --images")
     files = list_images(Path(args.images), args.max_files)
     processes = args.processes or max(1, min(8, args.concurrency // 16))
     warmup = 2 * args.concurrency if args.warmup is None else args.warmup
