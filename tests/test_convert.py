@@ -236,3 +236,63 @@ def test_help_explains_patterns_and_options(capsys: pytest.CaptureFixture[str]) 
                  "--fp16", "--int8", "--batch-size", "--timing-cache", "--workspace-size",
                  "--backend", "--overwrite", "--verify-data", "min = opt = max"):
         assert text in out, text
+
+
+def test_orphaned_sidecar_is_replaced_but_a_live_one_is_protected(
+        exports: dict[int, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    onnx_path = _copy(exports[1], tmp_path)
+    assert _convert(str(onnx_path)) == 0
+    engine = tmp_path / "p1.engine"
+    engine.unlink()  # the user removed the engine; its sidecar stays behind
+    capsys.readouterr()
+    assert _convert(str(onnx_path)) == 0
+    assert "replacing p1.engine.json: its engine p1.engine no longer exists" in \
+        capsys.readouterr().out
+    assert _meta(engine)["engine_sha256"] and engine.is_file()
+    engine.with_name("other.engine.json").write_text("{}")  # a sidecar whose engine exists:
+    (tmp_path / "other.engine").write_bytes(b"x")  # still protected
+    assert _convert(str(onnx_path), "-o", str(tmp_path / "other.engine")) == 2
+    assert (tmp_path / "other.engine").read_bytes() == b"x"
+
+
+def test_output_that_is_a_folder_is_a_usage_error(exports: dict[int, Path], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    onnx_path = _copy(exports[1], tmp_path)
+    (tmp_path / "out").mkdir()
+    for extra in ([], ["--overwrite"]):
+        assert _convert(str(onnx_path), "-o", str(tmp_path / "out"), *extra) == 2
+        err = capsys.readouterr().err
+        assert "is a folder" in err and "Traceback" not in err
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_pattern2_sidecar_preprocessing_follows_input_size(
+        exports: dict[int, Path], tmp_path: Path, digits_dir: Path) -> None:
+    """A 32x32-trained model built at --input-size 64 64: the sidecar's preprocessing is 64x64,
+    so infer-trt's size check accepts the engine it just built."""
+    from pochitrain.inference.open import check_input_size
+    from pochitrain.meta import ModelMeta
+
+    onnx_path = _copy(exports[2], tmp_path)
+    assert _convert(str(onnx_path), "--input-size", "64", "64") == 0
+    meta = _meta(tmp_path / "p2.engine")
+    assert meta["model"]["preprocess"]["input_size"] == [64, 64]
+    model = ModelMeta.from_dict(meta["model"])
+    check_input_size("tensorrt", {"engine_meta": meta}, model)  # does not raise
+
+
+@pytest.mark.parametrize(("key", "value"), [("precision", ["fp32"]), ("pattern", "1"),
+                                            ("input", None), ("model", "resnet")])
+def test_edited_sidecar_names_the_wrong_key(exports: dict[int, Path], tmp_path: Path,
+                                            key: str, value: object) -> None:
+    from pochitrain.errors import ModelFileError
+    from pochitrain.tensorrt.engine_file import read_engine_metadata
+
+    engine = tmp_path / "m.engine"
+    if not engine.exists():
+        assert _convert(str(_copy(exports[1], tmp_path)), "-o", str(engine)) == 0
+    meta = _meta(engine)
+    meta[key] = value
+    Path(f"{engine}.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match=f"wrong value for '{key}'"):
+        read_engine_metadata(engine)

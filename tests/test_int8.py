@@ -3,8 +3,13 @@ checks it, TensorRT-RTX builds it; the calibration cache and the bad inputs of i
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -252,3 +257,64 @@ def test_drop_gate_allows_for_the_size_of_the_held_out_set() -> None:
     with pytest.raises(VerificationError, match="2000 held-out images"):
         _check_drop(measured(2000, 110, 10), 1.0)
     _check_drop(measured(2000, 12, 10), 1.0)  # 0.1 points: fine
+
+
+def test_second_int8_engine_keeps_the_first_ones_graph(exports: dict[int, Path],
+                                                       digits_dir: Path, tmp_path: Path) -> None:
+    """Issue 11 #1: a second INT8 build with -o other.engine used to overwrite the first
+    build's Q/DQ graph and key. Intermediate files now belong to their engine."""
+    onnx_path = _copy(exports[1], tmp_path)
+    args = ["convert", "--no-progress", "--int8", "--calib-data", str(digits_dir / "val"),
+            "--calib-samples", "40", "--verify-samples", "60", "--max-accuracy-drop", "100"]
+    assert run([*args, str(onnx_path)]) == 0
+    first_graph = tmp_path / "p1_int8_qdq.onnx"
+    before = first_graph.read_bytes()
+    key_before = key_path(first_graph).read_bytes()
+    assert run([*args, "--calib-samples", "30", str(onnx_path), "-o",
+                str(tmp_path / "other.engine")]) == 0
+    assert first_graph.read_bytes() == before and key_path(first_graph).read_bytes() == key_before
+    other = json.loads((tmp_path / "other.engine.json").read_text())
+    assert other["build"]["precision_graph"] == str((tmp_path / "other_int8_qdq.onnx").resolve())
+    first = json.loads((tmp_path / "p1_int8.engine.json").read_text())
+    assert first["build"]["precision_graph"] == str(first_graph.resolve())
+
+
+@contextlib.contextmanager
+def _read_only(folder: Path) -> Iterator[Path]:
+    """``folder`` seen through a read-only path: chmod, or (as root, who ignores modes) a
+    read-only bind mount; skipped where neither is possible."""
+    folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    mount = None
+    try:
+        if os.access(folder, os.W_OK):
+            mount = folder.with_name(folder.name + "_ro")
+            mount.mkdir()
+            done = subprocess.run(["mount", "--bind", "-o", "ro", str(folder), str(mount)],
+                                  capture_output=True, check=False)
+            if done.returncode != 0:
+                mount.rmdir()
+                mount = None
+                pytest.skip("cannot make a read-only folder here (root, no bind mounts)")
+        yield mount or folder
+    finally:
+        if mount is not None:
+            subprocess.run(["umount", str(mount)], check=False)
+            mount.rmdir()
+        folder.chmod(stat.S_IRWXU)
+
+
+def test_int8_from_a_read_only_folder(exports: dict[int, Path], digits_dir: Path,
+                                      tmp_path: Path) -> None:
+    """Issue 11 #11: ONNX Runtime's helper files go to a temp folder, not beside the ONNX."""
+    src = tmp_path / "ro"
+    src.mkdir()
+    _copy(exports[1], src)
+    out = tmp_path / "out"
+    out.mkdir()
+    with _read_only(src) as folder:
+        assert run(["convert", "--no-progress", "--int8", "--calib-data",
+                    str(digits_dir / "val"), "--calib-samples", "20", "--verify-samples", "40",
+                    "--max-accuracy-drop", "100", str(folder / "p1.onnx"), "-o",
+                    str(out / "m.engine")]) == 0
+        assert sorted(p.name for p in folder.iterdir()) == ["p1.onnx"]
+    assert (out / "m.engine").is_file() and (out / "m_int8_qdq.onnx").is_file()

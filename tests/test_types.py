@@ -1,10 +1,15 @@
-"""mypy over every module of pochitrain/tensorrt/ against the tensorrt-stubs package.
+"""One mypy run over the whole package, the TensorRT test double and two planted mistakes,
+against the tensorrt-stubs package.
 
 The full TensorRT cannot be installed on CI machines, so its API use is checked by types.
 tensorrt-stubs (``pip install --no-deps tensorrt-stubs``) is not usable as installed: mypy needs
 the .pyi files on MYPYPATH, and ``tensorrt_bindings/tensorrt.pyi`` does not parse (parameters
-named ``in``; ``add_scale_nd`` has a non-default parameter after defaults). The test copies the
-stubs into a temp folder with those lines patched. It fails, not skips, without the stubs.
+named ``in``; ``add_scale_nd`` has a non-default parameter after defaults). The fixture copies
+the stubs into a temp folder with those lines patched. It fails, not skips, without the stubs.
+
+The planted mistakes prove the stubs are really read (``ignore_missing_imports`` would
+otherwise let a broken set-up pass silently): a misspelt ``set_tensor_adress`` call, and the
+test double with its ``set_tensor_address`` misspelt (so it no longer matches the API).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -50,9 +56,12 @@ python_version = 3.10
 ignore_missing_imports = True
 follow_imports = silent
 show_error_codes = True
-[mypy-tensorrt.*,tensorrt_bindings.*]
+[mypy-tensorrt.*,tensorrt_bindings.*,tensorrt_libs.*]
 # the stub file itself has errors (pybind names as types); read it, do not judge it
 ignore_errors = True
+[mypy-torch.*,torchvision.*]
+# far faster; torch is typed where we call it through our own annotations
+follow_imports = skip
 """
 
 PROBE = """\
@@ -64,24 +73,46 @@ def f(ctx: tensorrt.IExecutionContext) -> None:
 """
 
 
-def test_tensorrt_package_type_checks(tmp_path: Path) -> None:
-    typings = _patched_typings(tmp_path / "typings")
-    config = tmp_path / "mypy.ini"
+@dataclass
+class MypyRun:
+    errors: list[str]  # "path:line: error: ..." lines
+    output: str
+
+    def errors_in(self, name: str) -> list[str]:
+        return [line for line in self.errors if Path(line.split(":", 1)[0]).name == name]
+
+
+@pytest.fixture(scope="session")
+def mypy_run(tmp_path_factory: pytest.TempPathFactory) -> MypyRun:
+    tmp = tmp_path_factory.mktemp("mypy")
+    typings = _patched_typings(tmp / "typings")
+    config = tmp / "mypy.ini"
     config.write_text(MYPY_CONFIG, encoding="utf-8")
-    # A misspelt call must be caught: proves the stubs are really read (ignore_missing_imports
-    # would otherwise let a broken set-up pass silently).
-    probe = tmp_path / "probe_typo.py"
+    probe = tmp / "probe_typo.py"
     probe.write_text(PROBE, encoding="utf-8")
-    modules = sorted(str(p) for p in (ROOT / "pochitrain" / "tensorrt").glob("*.py"))
-    assert any(m.endswith("build.py") for m in modules)
+    bad_double = tmp / "bad_double.py"
+    bad_double.write_text((ROOT / "tests" / "trt_double.py").read_text().replace(
+        "def set_tensor_address(self", "def set_tensor_adress(self"), encoding="utf-8")
     env = dict(os.environ, MYPYPATH=str(typings))
     cmd = [sys.executable, "-m", "mypy", "--config-file", str(config), "--no-error-summary",
-           "--cache-dir", str(tmp_path / "cache"), *modules, str(probe)]
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                            check=False)
-    lines = [line for line in result.stdout.splitlines() if ": error:" in line]
-    probe_errors = [line for line in lines if "probe_typo.py" in line]
-    assert any("set_tensor_adress" in line for line in probe_errors), result.stdout + \
-        result.stderr
-    others = [line for line in lines if "probe_typo.py" not in line]
+           "--cache-dir", str(tmp / "cache"), "pochitrain", "tests/trt_double.py",
+           str(probe), str(bad_double)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+                          check=False)
+    errors = [line for line in proc.stdout.splitlines() if ": error:" in line]
+    return MypyRun(errors, proc.stdout + proc.stderr)
+
+
+def test_planted_mistakes_are_caught(mypy_run: MypyRun) -> None:
+    assert any("set_tensor_adress" in e for e in mypy_run.errors_in("probe_typo.py")), \
+        mypy_run.output
+    assert any("set_tensor_adress" in e for e in mypy_run.errors_in("bad_double.py")), \
+        mypy_run.output
+
+
+def test_package_and_test_double_type_check(mypy_run: MypyRun) -> None:
+    """Every module of pochitrain (the TensorRT build and runtime among them) and the test
+    double agree with the types, the TensorRT stubs included."""
+    others = [e for e in mypy_run.errors
+              if Path(e.split(":", 1)[0]).name not in ("probe_typo.py", "bad_double.py")]
     assert others == [], "\n".join(others)

@@ -1,0 +1,92 @@
+"""The Python API: names importable from pochitrain, str paths, and the documented example."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _doc_example() -> str:
+    text = (ROOT / "docs" / "readme_python_api.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    example = next(b for b in blocks if "Predictor(onnx_path)" in b)
+    assert 'checkpoint = Path("work_dirs/' in example and 'val = Path("data/digits/val")' in example
+    return example
+
+
+def test_import_is_lazy_and_lists_the_api() -> None:
+    code = ("import sys, pochitrain; "
+            "assert {'train', 'export_onnx', 'convert', 'infer', 'Predictor'} <= set(dir(pochitrain)); "
+            "assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules; "
+            "from pochitrain import Predictor; print(Predictor.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "pochitrain.predictor"
+    import pochitrain
+
+    with pytest.raises(AttributeError):
+        pochitrain.no_such_name  # noqa: B018
+
+
+def test_documented_example_runs(trained_checkpoint: Path, digits_dir: Path, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The README example, run as written; only the two paths point at this session's data."""
+    ckpt = tmp_path / "models" / trained_checkpoint.name
+    ckpt.parent.mkdir()
+    shutil.copy(trained_checkpoint, ckpt)
+    code = _doc_example()
+    code = re.sub(r'checkpoint = Path\(".*?"\)', f"checkpoint = Path({str(ckpt)!r})", code)
+    code = code.replace('val = Path("data/digits/val")',
+                        f"val = Path({str(digits_dir / 'val')!r})")
+    namespace: dict[str, object] = {}
+    exec(compile(code, "readme_python_api.md", "exec"), namespace)  # noqa: S102
+    out = capsys.readouterr().out
+    assert "accuracy" in out and ckpt.with_suffix(".onnx").is_file()
+    assert (ckpt.parent / f"{ckpt.stem}_fp16.engine").is_file()
+    # Predictor agrees with pochi infer's CSV for the same image and model
+    from pochitrain import Predictor, infer
+
+    onnx_path = ckpt.with_suffix(".onnx")
+    image = next((digits_dir / "val" / "7").glob("*.png"))
+    row = infer(str(onnx_path), data=str(image), output=str(tmp_path / "one"), progress=False)
+    with Predictor(str(onnx_path)) as p:
+        pred = p.predict(image)
+        probs = p.probabilities(np.stack([p.preprocess(image)]))
+    assert pred.index == row.result.preds[0]
+    assert pred.probability == pytest.approx(row.result.confidences[0], abs=1e-6)
+    assert probs.shape == (1, 10) and probs.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_predictor_bad_inputs(untrained_checkpoint: Path, tmp_path: Path) -> None:
+    from pochitrain import PochiError, Predictor
+
+    with Predictor(untrained_checkpoint, device="cpu") as p:
+        for bad in (np.zeros((8, 8, 3), np.float32), np.zeros((8, 8, 4), np.uint8), 42,
+                    tmp_path / "missing.png"):
+            with pytest.raises(PochiError):
+                p.predict(bad)
+        junk = tmp_path / "junk.png"
+        junk.write_bytes(b"not an image")
+        with pytest.raises(PochiError, match="cannot be decoded"):
+            p.predict(junk)
+        assert p.predict([]) == []
+        gray = np.full((20, 20), 128, np.uint8)
+        assert len(p.predict(gray, top_k=20).top_k) == 10  # capped at the number of classes
+
+
+def test_convert_accepts_str_paths_and_refuses_unknown_options(tmp_path: Path) -> None:
+    from pochitrain import ConvertOptions, PochiError, convert
+
+    opts = ConvertOptions(onnx_path=str(tmp_path / "m.onnx"), output=str(tmp_path / "m.engine"))
+    assert isinstance(opts.onnx_path, Path) and isinstance(opts.output, Path)
+    with pytest.raises(PochiError, match="Unknown convert option"):
+        convert(str(tmp_path / "m.onnx"), fp16=True)
+    with pytest.raises(PochiError, match="Unknown precision"):
+        ConvertOptions(onnx_path=tmp_path / "m.onnx", precision="int4")
