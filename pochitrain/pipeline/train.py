@@ -175,11 +175,12 @@ def _setup(settings: Settings, data: _Data, device: str) -> Any:
 
 
 def train(config: Path | str, *, overrides: dict[str, Any] | None = None,
-          work_dir: Path | str | None = None, progress: bool = True) -> TrainResult:
+          work_dir: Path | str | None = None, progress: bool = True,
+          on_epoch: Any = None) -> TrainResult:
     """Train from a config file; see the module docstring for what is written.
 
     ``overrides`` replace config keys (validated like the file); ``work_dir`` replaces the
-    config's work_dir (relative to the current directory).
+    config's work_dir (relative to the current directory); ``on_epoch`` see ``training.fit``.
     """
     from pochitrain import training as T
     from pochitrain.models import save_checkpoint
@@ -215,7 +216,7 @@ def train(config: Path | str, *, overrides: dict[str, Any] | None = None,
     started = time.perf_counter()
     try:
         with _cudnn_autotune(device):
-            out = T.fit(setup, keeper, T.MetricsLog(run_dir), extras, progress)
+            out = T.fit(setup, keeper, T.MetricsLog(run_dir), extras, progress, on_epoch)
     except BaseException as exc:
         write_run_json(run_dir, {**record, "status": "failed",
                                  "error": f"{type(exc).__name__}: {exc}"})

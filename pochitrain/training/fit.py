@@ -104,10 +104,18 @@ def _epoch_line(epoch: int, total: int, lr: float, tr: EpochStats, va: EpochStat
             + ("  [green]best[/green]" if best else ""))
 
 
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
 def fit(setup: FitSetup, keeper: CheckpointKeeper, log: MetricsLog,
         extras: Callable[[int, EpochStats, EpochStats | None], dict[str, Any]],
-        progress: bool = True) -> FitOutcome:
-    """Run up to ``setup.epochs`` epochs; see the module docstring."""
+        progress: bool = True, on_epoch: EpochCallback | None = None) -> FitOutcome:
+    """Run up to ``setup.epochs`` epochs; see the module docstring.
+
+    ``on_epoch(epoch, {"val_accuracy", "val_loss", "train_accuracy", "train_loss", "lr"})``
+    runs after each validated epoch (e.g. Optuna pruning: an exception it raises ends the
+    run after that epoch's checkpoints are written).
+    """
     s, out = setup, FitOutcome()
     amp = {"amp_dtype": s.precision.amp_dtype, "channels_last": s.precision.channels_last}
     with stop_on_ctrl_c(lambda: warn("Ctrl+C: stopping after this batch "
@@ -140,6 +148,10 @@ def fit(setup: FitSetup, keeper: CheckpointKeeper, log: MetricsLog,
             out.epochs_run = epoch
             best = keeper.offer(epoch, va.accuracy, extras(epoch, tr, va))
             info(_epoch_line(epoch, s.epochs, lr, tr, va, best))
+            if on_epoch is not None:
+                on_epoch(epoch, {"val_accuracy": va.accuracy, "val_loss": va.loss,
+                                 "train_accuracy": tr.accuracy, "train_loss": tr.loss,
+                                 "lr": lr})
             if s.stopper is not None and s.stopper.step({"val_accuracy": va.accuracy,
                                                          "val_loss": va.loss}):
                 out.stopped_by = "early_stopping"
