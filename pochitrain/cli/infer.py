@@ -32,12 +32,20 @@ def add_infer_arguments(parser: argparse.ArgumentParser, model_help: str) -> Non
                         help="folder for the result files (default: "
                         "inference_results/YYYYMMDD_NNN next to the run); never overwritten")
     parser.add_argument("--batch-size", "-b", type=positive_int, default=None, metavar="N",
-                        help="images per model call (default: 1; TensorRT: the engine "
-                        "profile's opt batch)")
+                        help="images per model call (default: 32; a fixed-batch ONNX: its "
+                        "batch; TensorRT: the engine profile's opt batch). Use 1 to measure "
+                        "per-image latency")
     add_config(parser)
     parser.add_argument("--warmup", type=int, default=2, metavar="N",
                         help="untimed warm-up runs of the first batch (default: 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--benchmark-json", action="store_true",
+                        help="also write benchmark_result.json (the original's schema 1.0.0: "
+                        "runtime, precision, timings, accuracy) and benchmark_details.json "
+                        "(per-batch latencies, peak GPU memory), as read by 'pochi bench'")
+    parser.add_argument("--benchmark-env-name", default=None, metavar="NAME",
+                        help="env_name in benchmark_result.json (default: <OS>-<GPU name> or "
+                        "<OS>-CPU)")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -74,6 +82,8 @@ def run(args: argparse.Namespace, expect_runtime: str | None = None) -> int:
         pipeline=getattr(args, "pipeline", "auto"), precision=getattr(args, "precision", "fp32"),
         channels_last=getattr(args, "channels_last", False),
         cuda_graph=getattr(args, "cuda_graph", False),
+        benchmark_json=getattr(args, "benchmark_json", False),
+        benchmark_env_name=getattr(args, "benchmark_env_name", None),
     )
     print_outcome(outcome)
     info(f"[green]結果 / Results:[/green] {outcome.out_dir}")

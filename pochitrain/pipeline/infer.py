@@ -32,11 +32,13 @@ def infer(model_path: Path | str, data: Path | str | None = None,
           providers: list[str] | None = None, warmup_runs: int = 2,
           expect_runtime: str | None = None, progress: bool = True, pipeline: str = "auto",
           precision: str = "fp32", channels_last: bool = False,
-          cuda_graph: bool = False) -> InferOutcome:
+          cuda_graph: bool = False, benchmark_json: bool = False,
+          benchmark_env_name: str | None = None) -> InferOutcome:
     """Classify ``data`` (a folder, or one image file) with any model file; write the reports.
 
     ``pipeline`` (auto | cpu | gpu), ``precision``, ``channels_last`` and ``cuda_graph``
     are PyTorch-runner options (see ``inference.torch_runner`` / ``gpu_preprocess``).
+    ``benchmark_json`` also writes ``benchmark_result.json`` (``bench.result_json``).
     """
     model_path = Path(model_path)
     torch_options = _torch_options(model_path, pipeline, precision, channels_last, cuda_graph)
@@ -44,10 +46,15 @@ def infer(model_path: Path | str, data: Path | str | None = None,
     model = open_model(model_path, config=config, device=device, providers=providers,
                        batch_size=batch_size, torch_options=torch_options,
                        expect_runtime=expect_runtime)
+    bench = None
+    if benchmark_json:
+        from pochitrain.bench.result_json import BenchProbe
+
+        bench = BenchProbe(model, benchmark_env_name)
     try:
         data_dir = Path(data) if data else _default_data(model_path)
         folder = _data_folder(data_dir, model.meta.class_names)
-        bs = batch_size or getattr(model.runner, "default_batch_size", None) or 1
+        bs = batch_size or model.default_batch_size()
         batches, pipeline_text = _input_pipeline(model, pipeline)
         result = run_inference(model.runner, folder, model.meta.preprocess, bs,
                                model.meta.class_names, warmup_runs=warmup_runs,
@@ -55,6 +62,8 @@ def infer(model_path: Path | str, data: Path | str | None = None,
         info = {"model": str(model_path), "data": str(data_dir),
                 "input_size": "x".join(str(v) for v in model.meta.preprocess.input_size),
                 "pipeline": pipeline_text, **model.runner.describe()}
+        if bench is not None:
+            bench.capture(model, pipeline_text)
     finally:
         model.close()
     if not result.measured:
@@ -65,6 +74,8 @@ def infer(model_path: Path | str, data: Path | str | None = None,
     out_dir = (_make_output(out_dir) if out_dir is not None
                else new_run_dir(run_folder_of(model_path) / "inference_results"))
     files = write_reports(result, out_dir, info)
+    if bench is not None:
+        files += bench.write(out_dir, result)
     return InferOutcome(out_dir, files, result)
 
 
