@@ -70,6 +70,22 @@ class Settings:
     seed: int | None = 42
     mixed_precision: str = "auto"  # auto | bf16 | fp16 | off; resolved by training.resolve_amp
     channels_last: bool | str = "auto"  # True | False | "auto" (True on CUDA)
+    # Keys of the original pochitrain (config_legacy.py). None: chosen automatically.
+    train_pin_memory: bool | None = None  # pinned loader memory (auto: on with CUDA)
+    infer_pin_memory: bool | None = None
+    gpu_non_blocking: bool | None = None  # async host->GPU copies (auto: on with CUDA)
+    cudnn_benchmark: bool | None = None  # cuDNN autotune (auto: on with CUDA)
+    mean: list[float] | None = None  # informational (val_transform's Normalize is used)
+    std: list[float] | None = None
+    enable_metrics_export: bool = True  # training_metrics.csv + plots
+    enable_tensorboard: bool = False
+    enable_gradient_tracking: bool = False
+    gradient_tracking_config: dict[str, Any] = field(default_factory=dict)
+    enable_layer_wise_lr: bool = False
+    layer_wise_lr_config: dict[str, Any] = field(default_factory=dict)
+    confusion_matrix_config: dict[str, Any] | None = None
+    optuna: dict[str, Any] | None = None
+    benchmark_env_name: str | None = None
     config_path: Path | None = None  # the file these settings came from (not a config key)
 
     def to_dict(self) -> dict[str, Any]:
@@ -145,7 +161,29 @@ def _validate(raw: dict[str, Any], config_dir: Path, config_path: Path) -> Setti
     if not (isinstance(cl, bool) or (isinstance(cl, str) and cl.lower() == "auto")):
         raise type_error("channels_last", cl, "True, False or 'auto' (True on a CUDA GPU)")
     s.channels_last = cl if isinstance(cl, bool) else "auto"
+    _validate_original_keys(s, g)
     return s
+
+
+def _validate_original_keys(s: Settings, g: dict[str, Any]) -> None:
+    """The keys of the original pochitrain, with its meaning (see config_legacy)."""
+    from pochitrain import config_legacy as L
+
+    for key in ("train_pin_memory", "infer_pin_memory", "gpu_non_blocking", "cudnn_benchmark"):
+        setattr(s, key, L.check_optional_bool(key, g[key]))
+    s.mean, s.std = L.check_mean_std("mean", g["mean"]), L.check_mean_std("std", g["std"])
+    for key in ("enable_metrics_export", "enable_tensorboard", "enable_gradient_tracking",
+                "enable_layer_wise_lr"):
+        setattr(s, key, L.check_bool(key, g[key]))
+    s.gradient_tracking_config = L.check_gradient_tracking(g["gradient_tracking_config"])
+    s.layer_wise_lr_config = L.check_layer_wise_lr(s.enable_layer_wise_lr,
+                                                   g["layer_wise_lr_config"])
+    s.confusion_matrix_config = L.check_confusion_matrix_config(g["confusion_matrix_config"])
+    s.optuna = L.check_optuna(g["optuna"])
+    env = g["benchmark_env_name"]
+    if env is not None and (not isinstance(env, str) or not env.strip()):
+        raise type_error("benchmark_env_name", env, "None or a label string, e.g. 'H200-lab'")
+    s.benchmark_env_name = env
 
 
 def _exec_error(path: Path, exc: BaseException) -> ConfigError:
@@ -187,7 +225,10 @@ def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Se
         raise ConfigError(f"Cannot read the config file {path}: {exc.strerror}",
                           "Check the file's permissions.") from exc
     try:
-        namespace = runpy.run_path(str(path), run_name="__pochitrain_config__")
+        from pochitrain.fastimport import without_dynamo
+
+        with without_dynamo():  # configs import torchvision.transforms: skip its dynamo cost
+            namespace = runpy.run_path(str(path), run_name="__pochitrain_config__")
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code can raise anything
         raise _exec_error(path, exc) from None
     raw = {k: v for k, v in namespace.items()  # a function is a valid train_transform

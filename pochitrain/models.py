@@ -44,7 +44,9 @@ def build_model(name: str, num_classes: int, pretrained: bool = False) -> nn.Mod
     pretrained=True uses torchvision's ImageNet weights only if they are already in the torch
     hub cache: no download is attempted (machines may be offline).
     """
-    import torchvision
+    from pochitrain.fastimport import import_torchvision
+
+    torchvision = import_torchvision()
 
     if name not in SUPPORTED_MODELS:
         raise ConfigError(

@@ -13,6 +13,7 @@ from typing import Any
 from pochitrain.errors import ModelFileError, ShapeError
 from pochitrain.meta import ModelMeta
 
+DEFAULT_BATCH = 32  # images per model call when the model does not fix it
 RUNTIMES = {".pth": "pytorch", ".pt": "pytorch", ".onnx": "onnx", ".engine": "tensorrt",
             ".plan": "tensorrt", ".trt": "tensorrt"}
 
@@ -36,6 +37,12 @@ class OpenModel:
             lo, hi = self.runner.inp.min_shape[0], self.runner.inp.max_shape[0]
             return int(lo) if lo == hi else None
         return None
+
+    def default_batch_size(self) -> int:
+        """The engine profile's opt batch (TensorRT), the fixed batch of a static ONNX, else
+        ``DEFAULT_BATCH``: throughput first; ``--batch-size 1`` measures per-image latency."""
+        return int(self.fixed_batch or getattr(self.runner, "default_batch_size", None)
+                   if self.runtime == "tensorrt" else self.fixed_batch or DEFAULT_BATCH)
 
     def close(self) -> None:
         self.runner.close()
