@@ -52,7 +52,6 @@ def test_plain_export_without_metadata_runs(plain_onnx) -> None:
     np.testing.assert_allclose(logits, ref, atol=1e-4)
     assert runner.describe()["providers"] == "CPUExecutionProvider"
     runner.check_batch_size(7)  # dynamic batch: any size
-    assert runner.default_batch_size == 1
 
 
 def test_wrong_image_size_is_a_shape_error(plain_onnx) -> None:
@@ -63,7 +62,7 @@ def test_wrong_image_size_is_a_shape_error(plain_onnx) -> None:
 
 def test_static_batch_pads_last_batch_and_refuses_other_sizes(static_onnx: Path) -> None:
     runner, info = open_onnx_runner(static_onnx)
-    assert info.input_shape == [4, 3, 32, 32] and runner.default_batch_size == 4
+    assert info.input_shape == [4, 3, 32, 32] and runner.fixed_batch == 4
     runner.check_batch_size(4)
     with pytest.raises(UsageError, match="--batch-size 4"):
         runner.check_batch_size(8)
@@ -179,3 +178,41 @@ def test_infer_onnx_refuses_fixed_size_that_differs_from_preprocessing(
     err = capsys.readouterr().err
     assert "40x40" in err and "32x32" in err and "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_tensor_batches_are_bound_in_place_and_equal_numpy(plain_onnx, static_onnx: Path) -> None:
+    """The GPU input pipeline hands torch tensors to the runner: they are bound with IOBinding
+    (on the CPU here; the same code binds CUDA memory on a GPU), padded for a fixed batch."""
+    import torch
+
+    path, _ = plain_onnx
+    x = np.random.default_rng(1).standard_normal((5, 3, 32, 32), dtype=np.float32)
+    for model_path, n in ((path, 5), (static_onnx, 3)):
+        runner, _ = open_onnx_runner(model_path)
+        want, _ = runner.run(x[:n])
+        got, pure = runner.run(torch.from_numpy(x[:n]))
+        assert got.shape == want.shape and pure > 0
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_two_onnxruntime_installs_in_one_folder_are_reported(tmp_path: Path) -> None:
+    """Real package metadata for both onnxruntime and onnxruntime-gpu in one folder (what
+    pip leaves after installing the GPU build over the CPU one)."""
+    import subprocess
+    import sys
+
+    for name in ("onnxruntime", "onnxruntime_gpu"):
+        info = tmp_path / f"{name}-1.20.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: 1.20.0\n")
+    code = ("from pochitrain.inference.onnx_runner import check_single_install; "
+            "check_single_install()")
+    env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin", "COLUMNS": "200"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, check=True)
+    assert "both onnxruntime and onnxruntime-gpu are installed" in out.stdout
+    assert "pip uninstall -y onnxruntime onnxruntime-gpu" in out.stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout == ""  # this venv has the CPU build only

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from pochitrain.serve import require_extra
 
     require_extra()
-    from pochitrain.pipeline.infer import _torch_options
+    from pochitrain.pipeline.infer import torch_options
     from pochitrain.serve.app import ServeSettings
     from pochitrain.serve.server import ServeOptions, serve
 
@@ -88,8 +88,7 @@ def run(args: argparse.Namespace) -> int:
     options = ServeOptions(
         model=model, config=Path(args.config) if args.config else None, host=args.host,
         port=args.port, device=args.device, providers=args.providers, pipeline=args.pipeline,
-        torch_options=_torch_options(model, args.pipeline if args.pipeline == "gpu" else "auto",
-                                     args.precision, args.channels_last, False),
+        torch_options=torch_options(model, args.precision, args.channels_last, False),
         drain_timeout_s=args.drain_timeout)
     settings = ServeSettings(
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue=args.queue,

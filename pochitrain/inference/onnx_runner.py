@@ -9,7 +9,7 @@ to a real image. Any other batch size is refused (UsageError), never padded or s
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -80,8 +80,6 @@ class OnnxRunner:
         self.info = info
         batch = info.input_shape[0]
         self.fixed_batch: int | None = batch if isinstance(batch, int) else None
-        # read by the inference pipeline when --batch-size is not given
-        self.default_batch_size = self.fixed_batch or 1
         self._dtype = np.float16 if info.input_dtype == "float16" else np.float32
 
     def check_batch_size(self, batch_size: int) -> None:
@@ -95,7 +93,15 @@ class OnnxRunner:
                 "(export-onnx without --static-batch).",
             )
 
-    def run(self, batch: np.ndarray) -> tuple[np.ndarray, float]:
+    @property
+    def on_cuda(self) -> bool:
+        return "CUDAExecutionProvider" in (self.session.get_providers() if self.session else [])
+
+    def run(self, batch: Any) -> tuple[np.ndarray, float]:
+        """(N, C, H, W) float32 NumPy array, or a torch tensor from the GPU input pipeline
+        (bound in place with IOBinding: a CUDA tensor never goes through host memory)."""
+        if not isinstance(batch, np.ndarray):
+            return self._run_bound(batch)
         from pochitrain.onnx.session import pad_to
 
         n = len(batch)
@@ -109,14 +115,44 @@ class OnnxRunner:
             out = self.session.run([self.info.output_name], feed)[0]
             pure = time.perf_counter() - start
         except Exception as exc:  # onnxruntime raises its own pybind exception types
-            raise ShapeError(
-                f"ONNX Runtime could not run {self.info.path.name} on a batch of shape "
-                f"{list(batch.shape)} (model input {self.info.shape_text()}): "
-                f"{str(exc).splitlines()[0][:300]}",
-                "Check that the preprocessing size matches the model's input size "
-                "(-c CONFIG or re-export with --input-size H W).",
-            ) from exc
+            raise self._run_error(batch.shape, exc) from exc
         return np.asarray(out[:n], dtype=np.float32), pure
+
+    def _run_bound(self, batch: Any) -> tuple[np.ndarray, float]:
+        """IOBinding on the tensor's own memory (CUDA or CPU) and a preallocated output."""
+        import torch
+
+        n = int(batch.shape[0])
+        x = batch.to(torch.float16 if self._dtype == np.float16 else torch.float32)
+        if self.fixed_batch is not None and n < self.fixed_batch:
+            x = torch.cat([x, x[-1:].expand(self.fixed_batch - n, *x.shape[1:])])
+        x = x.contiguous()
+        classes = self.info.output_shape[1]
+        out = torch.empty((x.shape[0], int(classes)), dtype=torch.float32, device=x.device)
+        kind, index = ("cuda", x.device.index or 0) if x.is_cuda else ("cpu", 0)
+        binding = self.session.io_binding()
+        binding.bind_input(self.info.input_name, kind, index, self._dtype, tuple(x.shape),
+                           x.data_ptr())
+        binding.bind_output(self.info.output_name, kind, index, np.float32, tuple(out.shape),
+                            out.data_ptr())
+        if x.is_cuda:
+            torch.cuda.current_stream(x.device).synchronize()  # the batch is written
+        try:
+            start = time.perf_counter()
+            self.session.run_with_iobinding(binding)
+            pure = time.perf_counter() - start
+        except Exception as exc:  # onnxruntime raises its own pybind exception types
+            raise self._run_error(tuple(x.shape), exc) from exc
+        return out[:n].cpu().numpy(), pure
+
+    def _run_error(self, shape: Any, exc: Exception) -> ShapeError:
+        return ShapeError(
+            f"ONNX Runtime could not run {self.info.path.name} on a batch of shape "
+            f"{list(shape)} (model input {self.info.shape_text()}): "
+            f"{str(exc).splitlines()[0][:300]}",
+            "Check that the preprocessing size matches the model's input size "
+            "(-c CONFIG or re-export with --input-size H W).",
+        )
 
     def describe(self) -> dict[str, str]:
         import onnxruntime as ort
@@ -128,11 +164,42 @@ class OnnxRunner:
         self.session = None
 
 
+def check_single_install() -> None:
+    """onnxruntime and onnxruntime-gpu installed into the same folder overwrite each other's
+    files (same import name): whichever came last wins, and uninstalling either breaks the
+    other. Say so once, with the commands that fix it."""
+    import importlib.metadata as md
+
+    roots = {}
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            roots[name] = str(md.distribution(name).locate_file(""))
+        except md.PackageNotFoundError:
+            pass
+    if len(roots) == 2 and len(set(roots.values())) == 1:
+        from pochitrain.console import warn
+
+        warn("both onnxruntime and onnxruntime-gpu are installed in "
+             f"{roots['onnxruntime']}: they share one import name and overwrite each other's "
+             "files. Keep one: pip uninstall -y onnxruntime onnxruntime-gpu && pip install "
+             "onnxruntime-gpu (GPU) or onnxruntime (CPU).")
+
+
+def _gpu_visible() -> bool:
+    """An NVIDIA driver is loaded (desktop GPUs, or Jetson's integrated one)."""
+    import os
+
+    return any(os.path.exists(p) for p in ("/proc/driver/nvidia/version", "/dev/nvidia0",
+                                           "/dev/nvhost-ctrl-gpu")) or os.name == "nt"
+
+
 def open_onnx_runner(path: Path | str, providers: list[str] | None = None,
                      threads: int | None = None) -> tuple[OnnxRunner, OnnxInfo]:
     """Check ``path`` with read_onnx, then open an ONNX Runtime session on it.
 
-    providers: e.g. ["cuda"], ["tensorrt", "cuda"] or full provider names; CPU when None.
+    providers: e.g. ["cuda"], ["tensorrt", "cuda"] or full provider names. None (auto): CUDA
+    when onnxruntime-gpu and an NVIDIA GPU are present (falling back to the CPU, with a
+    notice, when CUDA cannot start), else the CPU.
     """
     from pochitrain.onnx.inspect import read_onnx
     from pochitrain.onnx.session import open_session
@@ -141,7 +208,24 @@ def open_onnx_runner(path: Path | str, providers: list[str] | None = None,
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise BackendMissingError("onnxruntime is not installed.",
-                                  "pip install onnxruntime (or onnxruntime-gpu).") from exc
-    names = resolve_providers(providers, ort.get_available_providers())
-    return OnnxRunner(open_session(info.path, names, threads), info), info
+        raise BackendMissingError(
+            "onnxruntime is not installed.",
+            'pip install onnxruntime (CPU) or pip install "pochitrain[gpu]" (CUDA).') from exc
+    check_single_install()
+    available = ort.get_available_providers()
+    auto = providers is None
+    if auto:
+        providers = ["cuda"] if "CUDAExecutionProvider" in available and _gpu_visible() \
+            else ["cpu"]
+    names = resolve_providers(providers, available)
+    try:
+        session = open_session(info.path, names, threads)
+    except BackendMissingError:
+        if not auto or names == ["CPUExecutionProvider"]:
+            raise
+        from pochitrain.console import info as say
+
+        say("CUDA を使えないため CPU で推論します / ONNX Runtime could not start CUDA here: "
+            "running on the CPU (--providers cuda makes this an error).")
+        session = open_session(info.path, ["CPUExecutionProvider"], threads)
+    return OnnxRunner(session, info), info

@@ -41,10 +41,10 @@ def infer(model_path: Path | str, data: Path | str | None = None,
     ``benchmark_json`` also writes ``benchmark_result.json`` (``bench.result_json``).
     """
     model_path = Path(model_path)
-    torch_options = _torch_options(model_path, pipeline, precision, channels_last, cuda_graph)
+    options = torch_options(model_path, precision, channels_last, cuda_graph)
     out_dir = _check_output(output)
     model = open_model(model_path, config=config, device=device, providers=providers,
-                       batch_size=batch_size, torch_options=torch_options,
+                       batch_size=batch_size, torch_options=options,
                        expect_runtime=expect_runtime)
     bench = None
     if benchmark_json:
@@ -79,7 +79,7 @@ def infer(model_path: Path | str, data: Path | str | None = None,
     return InferOutcome(out_dir, files, result)
 
 
-def _torch_options(model_path: Path, pipeline: str, precision: str, channels_last: bool,
+def torch_options(model_path: Path, precision: str, channels_last: bool,
                    cuda_graph: bool) -> Any:
     from pochitrain.inference.open import runtime_for
 
@@ -88,8 +88,8 @@ def _torch_options(model_path: Path, pipeline: str, precision: str, channels_las
         from pochitrain.inference.torch_runner import TorchOptions
 
         return TorchOptions(precision, channels_last, cuda_graph)
-    if pipeline == "gpu" or precision != "fp32" or channels_last or cuda_graph:
-        raise UsageError("--pipeline gpu, --precision, --channels-last and --cuda-graph are "
+    if precision != "fp32" or channels_last or cuda_graph:
+        raise UsageError("--precision, --channels-last and --cuda-graph are "
                          f"PyTorch (.pth) options; {model_path.name} runs on {runtime}.",
                          "Drop them (ONNX/TensorRT precision is chosen at export/convert time).")
     return None
@@ -115,16 +115,28 @@ def _default_data(model_path: Path) -> Path:
     return root
 
 
+def _model_device(model: OpenModel) -> str:
+    """Where the model runs, for the choice of input pipeline."""
+    if model.runtime == "pytorch":
+        return str(model.runner.device)
+    if model.runtime == "onnx":
+        return "cuda" if model.runner.on_cuda else "cpu"
+    return "cuda"  # TensorRT
+
+
 def _input_pipeline(model: OpenModel, pipeline: str) -> tuple[Any, str]:
-    """(batch source for run_inference or None for the CPU path, text for the summary)."""
-    if model.runtime != "pytorch":
-        return None, "cpu (PIL, decode threads)"
+    """(batch source for run_inference or None for the CPU path, text for the summary).
+
+    On a GPU every runtime gets the same GPU input pipeline (nvJPEG decode, resize and
+    normalize on the GPU): PyTorch and TensorRT take its CUDA tensors on the shared CUDA path,
+    ONNX Runtime binds them in place (IOBinding)."""
     from pochitrain.inference.gpu_preprocess import GpuBatches, resolve_pipeline
 
-    choice, why = resolve_pipeline(pipeline, model.runner.device, model.meta.preprocess)
+    choice, why = resolve_pipeline(pipeline, _model_device(model), model.meta.preprocess)
     if choice == "cpu":
         return None, f"cpu (PIL, decode threads; {why})"
-    source = GpuBatches(model.meta.preprocess, model.runner.device)
+    source = GpuBatches(model.meta.preprocess, "cuda" if model.runtime != "pytorch"
+                        else model.runner.device)
     return source, source.describe()
 
 
