@@ -78,3 +78,10 @@ class EngineLoadError(PochiError):
 
 class TrainingError(PochiError):
     """Training cannot go on (e.g. the loss became NaN / inf)."""
+
+
+class PeerLostError(TrainingError):
+    """This process of a multi-process (DDP) run stopped because another one failed; the
+    launcher reports the other one's error (exit code 3 tells them apart)."""
+
+    exit_code = 3

@@ -23,6 +23,9 @@ Writes work_dirs/YYYYMMDD_NNN/ (under the config's work_dir, or --work-dir):
   loss.png, accuracy.png  curves, updated after every epoch
 
 Ctrl+C stops after the current batch, saves last_model.pth and exits with code 130.
+
+Several GPUs: --gpus N starts N processes (PyTorch DDP, one GPU each; batch_size is the global
+batch). Same as: torchrun --standalone --nproc-per-node N -m pochitrain train -c CONFIG
 """
 
 
@@ -40,6 +43,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None,
                         help="override the config's device: auto (CUDA when available), cpu, "
                         "cuda or cuda:N")
+    parser.add_argument("--gpus", type=positive_int, default=None, metavar="N",
+                        help="train on N GPUs of this machine with PyTorch DDP (N processes; "
+                        "batch_size is the global batch). With --device cpu: N CPU processes "
+                        "(gloo), for testing")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bars (the per-epoch lines are still printed)")
 
@@ -87,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["device"] = args.device
     if args.work_dir is not None:
         _check_work_dir(args.work_dir)
+    if args.gpus is not None and args.gpus > 1:
+        return _launch(args, overrides)
     result = train(args.config, overrides=overrides, work_dir=args.work_dir,
                    progress=not args.quiet)
     if result.interrupted:
@@ -104,3 +113,51 @@ def run(args: argparse.Namespace) -> int:
         warn(f"{len(result.skipped_files)} unreadable image(s) were skipped; listed in "
              f"{result.run_dir / 'run.json'}")
     return 0
+
+
+def _launch(args: argparse.Namespace, overrides: dict[str, object]) -> int:
+    """--gpus N: check the request and the config once here, then start N ranks."""
+    from pathlib import Path
+
+    import torch
+
+    from pochitrain.config import load_config
+    from pochitrain.console import info
+    from pochitrain.errors import UsageError
+    from pochitrain.training.distributed import env_world
+    from pochitrain.training.launch import launch
+
+    if env_world() is not None:
+        raise UsageError("--gpus was given to a process already started by torchrun.",
+                         "Use either torchrun --nproc-per-node N or pochi train --gpus N.")
+    device = args.device or "cuda"
+    if device != "cpu":
+        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if device != "cuda" and device != "auto":
+            raise UsageError(f"--gpus {args.gpus} with --device {device}: each process takes "
+                             "its own GPU (cuda:0 .. cuda:N-1).",
+                             "Leave --device out (or use --device cuda), and choose the GPUs "
+                             "with CUDA_VISIBLE_DEVICES.")
+        if args.gpus > visible:
+            raise UsageError(f"--gpus {args.gpus} but only {visible} GPU(s) are visible here.",
+                             f"Use --gpus {visible} or fewer" if visible > 1 else
+                             "Run on a machine with several NVIDIA GPUs (to try multi-process "
+                             "training on the CPU, add --device cpu).")
+        device = "cuda"
+    settings = load_config(args.config, {**overrides, "device": device})
+    if settings.batch_size % args.gpus:
+        raise UsageError(f"batch_size = {settings.batch_size} cannot be split over --gpus "
+                         f"{args.gpus} processes.",
+                         f"Use a batch_size divisible by {args.gpus} in the config (it is the "
+                         "global batch).")
+    child = ["-c", str(Path(args.config).resolve()), "--device", device]
+    if args.work_dir is not None:
+        child += ["--work-dir", str(Path(args.work_dir).resolve())]
+    if args.epochs is not None:
+        child += ["--epochs", str(args.epochs)]
+    if args.quiet:
+        child.append("--quiet")
+    info(f"starting {args.gpus} training processes (DDP, "
+         f"{'gloo on the CPU' if device == 'cpu' else 'NCCL, one GPU each'}; global batch "
+         f"{settings.batch_size} = {args.gpus} x {settings.batch_size // args.gpus})")
+    return launch(child, args.gpus)

@@ -184,22 +184,30 @@ def train(config: Path | str, *, overrides: dict[str, Any] | None = None,
     """
     from pochitrain import training as T
     from pochitrain.models import save_checkpoint
+    from pochitrain.training import distributed as D
 
     settings = load_config(config, overrides)
     config_path = Path(settings.config_path or config)
     device = resolve_device(settings.device)
+    ddp = D.init(device)  # one of several ranks (torchrun / pochi train --gpus N), else None
+    device = ddp.device if ddp is not None else device
+    main = ddp is None or ddp.is_main  # only rank 0 writes the run folder
     data = _check_data(settings)
     pre = _preprocess(settings)
     setup = _setup(settings, data, device)
+    if ddp is not None:
+        ddp.prepare(setup, settings.batch_size, settings.seed)
     meta = ModelMeta(data.class_names, pre, model_name=settings.model_name,
                      source={"config_sha256": file_sha256(config_path),
                              "train_data_fingerprint": data.train.fingerprint()})
 
-    run_dir = new_run_dir(Path(work_dir).resolve() if work_dir else settings.work_dir,
-                          hint="--work-dir DIR, or work_dir in the config")
+    run_dir = (new_run_dir(Path(work_dir).resolve() if work_dir else settings.work_dir,
+                           hint="--work-dir DIR, or work_dir in the config")
+               if main else ddp.scratch_dir())  # type: ignore[union-attr]
     (run_dir / "models").mkdir()
     atomic_write_bytes(run_dir / "config.py", config_path.read_bytes())
     record = _run_record(settings, config_path, device, setup.precision, data, pre)
+    record["settings"]["world_size"] = ddp.world if ddp is not None else 1
     write_run_json(run_dir, record)
     info(f"training {settings.model_name} on {device} (mixed precision {setup.precision.name}, "
          f"channels_last {'on' if setup.precision.channels_last else 'off'}): "
@@ -212,15 +220,20 @@ def train(config: Path | str, *, overrides: dict[str, Any] | None = None,
                 "optimizer": settings.optimizer, "learning_rate": settings.learning_rate}
 
     keeper = T.CheckpointKeeper(run_dir / "models",
-                                lambda path, extra: save_checkpoint(path, setup.model, meta, extra))
+                                lambda path, extra: save_checkpoint(path, D.unwrap(setup.model),
+                                                                    meta, extra) if main else None)
     started = time.perf_counter()
     try:
         with _cudnn_autotune(device):
-            out = T.fit(setup, keeper, T.MetricsLog(run_dir), extras, progress, on_epoch)
+            out = T.fit(setup, keeper, T.MetricsLog(run_dir, plots=main), extras,
+                        progress and main, on_epoch)
     except BaseException as exc:
         write_run_json(run_dir, {**record, "status": "failed",
                                  "error": f"{type(exc).__name__}: {exc}"})
         raise
+    finally:
+        if ddp is not None:
+            ddp.close(setup.model)
     result = TrainResult(run_dir, keeper.best_path, keeper.last_path, keeper.best_epoch,
                          keeper.best_accuracy, out.epochs_run, out.stopped_by,
                          time.perf_counter() - started, out.skipped_files())

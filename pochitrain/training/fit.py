@@ -66,6 +66,7 @@ class FitSetup:
     device: str
     epochs: int
     scaler: Any = None
+    distributed: Any = None  # training.distributed.Distributed when run as several ranks
 
 
 @dataclass
@@ -121,6 +122,10 @@ def fit(setup: FitSetup, keeper: CheckpointKeeper, log: MetricsLog,
     with stop_on_ctrl_c(lambda: warn("Ctrl+C: stopping after this batch "
                                      "(press again to abort now)")) as stop, \
             make_progress(progress, kind="loss") as bars:
+        epoch_fn = run_epoch
+        if s.distributed is not None:  # one stop decision, metrics summed over ranks
+            stop = s.distributed.synced_stop(stop)
+            epoch_fn = s.distributed.epoch_runner(run_epoch)
         for epoch in range(1, s.epochs + 1):
             lr = float(s.optimizer.param_groups[0]["lr"])
             task = bars.add_task(f"epoch {epoch}/{s.epochs}",
@@ -129,8 +134,8 @@ def fit(setup: FitSetup, keeper: CheckpointKeeper, log: MetricsLog,
             def advance(n: int, loss: float, task: Any = task) -> None:
                 bars.update(task, advance=n, loss=loss)
 
-            tr = run_epoch(s.model, s.train_loader, s.criterion, s.device, optimizer=s.optimizer,
-                           stop=stop, scaler=s.scaler, on_batch=advance, **amp)
+            tr = epoch_fn(s.model, s.train_loader, s.criterion, s.device, optimizer=s.optimizer,
+                          stop=stop, scaler=s.scaler, on_batch=advance, **amp)
             bars.remove_task(task)
             _note_skipped(out, "train", s.train_loader, tr)
             _check_read(tr, s.train_loader, "training")
@@ -138,7 +143,7 @@ def fit(setup: FitSetup, keeper: CheckpointKeeper, log: MetricsLog,
                 out.stopped_by = "interrupted"
                 keeper.save_last({**extras(epoch, tr, None), "interrupted": True})
                 break
-            va = run_epoch(s.model, s.val_loader, s.criterion, s.device, **amp)
+            va = epoch_fn(s.model, s.val_loader, s.criterion, s.device, **amp)
             _note_skipped(out, "val", s.val_loader, va)
             _check_read(va, s.val_loader, "validation")
             if s.scheduler is not None:

@@ -1,0 +1,114 @@
+"""``pochi train --gpus N``: start N ranks of ``python -m pochitrain train ...`` on this machine.
+
+The ranks get the environment torchrun gives them (RANK, LOCAL_RANK, WORLD_SIZE,
+LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), so they run exactly the code path of
+``torchrun --standalone --nproc-per-node N -m pochitrain train ...``. The launcher adds:
+
+- Ctrl+C: the ranks run in their own session; each signal this process receives (SIGINT,
+  SIGTERM, SIGHUP) is forwarded once to every rank, so one Ctrl+C stops all of them after the
+  same batch (rank 0 saves last_model.pth) and a second one aborts them, as with one process.
+- A failing rank: the others get ``GRACE_S`` seconds to stop by themselves (they notice the
+  lost peer), then SIGTERM, then SIGKILL; the launcher then raises ``TrainingError`` naming the
+  rank whose error is shown above.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pochitrain.errors import TrainingError
+
+GRACE_S = 5.0
+KILL_AFTER_S = 10.0
+PEER_LOST = 3  # errors.PeerLostError.exit_code
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rank_env(rank: int, world: int, port: int) -> dict[str, str]:
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])  # so -m pochitrain finds this source tree
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+               LOCAL_WORLD_SIZE=str(world), GROUP_RANK="0", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(port), TORCHELASTIC_RUN_ID="pochi")
+    if "OMP_NUM_THREADS" not in env:  # as torchrun: do not oversubscribe the cores
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // world))
+    return env
+
+
+def launch(train_args: Sequence[str], nprocs: int) -> int:
+    """Run ``python -m pochitrain train *train_args`` as ``nprocs`` ranks; their exit code
+    (0, or 130 after Ctrl+C); a failed rank raises TrainingError after the others stopped."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "pochitrain", "train", *train_args]
+    procs = [subprocess.Popen(cmd, env=rank_env(r, nprocs, port), start_new_session=True)
+             for r in range(nprocs)]
+
+    def forward(signum: int, frame: Any) -> None:
+        for p in procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signum)
+
+    handled = (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM))
+    previous = {s: signal.signal(s, forward) for s in handled}
+    try:
+        return _wait(procs)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for p in procs:  # only when this process itself is being torn down
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.kill()
+
+
+def _wait(procs: list[subprocess.Popen]) -> int:
+    failed: tuple[int, int] | None = None
+    failed_at = 0.0
+    terminated = False
+    while True:
+        codes = [p.poll() for p in procs]
+        if failed is None:
+            bad = [(r, c) for r, c in enumerate(codes) if c not in (None, 0, 130)]
+            bad.sort(key=lambda rc: rc[1] == PEER_LOST)  # a rank that lost its peers: last
+            if bad:
+                failed, failed_at = bad[0], time.monotonic()
+        if all(c is not None for c in codes):
+            break
+        if failed is not None:
+            waited = time.monotonic() - failed_at
+            if waited > GRACE_S and not terminated:
+                terminated = True
+                for p in procs:
+                    if p.poll() is None:
+                        with contextlib.suppress(ProcessLookupError):
+                            p.terminate()
+            if waited > GRACE_S + KILL_AFTER_S:
+                for p in procs:
+                    if p.poll() is None:
+                        with contextlib.suppress(ProcessLookupError):
+                            p.kill()
+        time.sleep(0.1)
+    if failed is not None:
+        rank, code = failed
+        raise TrainingError(
+            f"rank {rank} of {len(procs)} failed (exit code {code}); the other processes "
+            "were stopped.",
+            f"See the error printed above by rank {rank} (the first process to fail).")
+    return 130 if 130 in codes else 0
+
