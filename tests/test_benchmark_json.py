@@ -127,13 +127,6 @@ def test_onnx_precision_from_graph(onnx_models: dict[str, Path], small_val: Path
         res32["metrics"]["accuracy_percent"], abs=10.0)
 
 
-def test_no_json_without_flag(untrained_checkpoint: Path, small_val: Path,
-                              tmp_path: Path) -> None:
-    assert run(["infer", str(untrained_checkpoint), "--data", str(small_val), "-o",
-                str(tmp_path / "o"), "--quiet", "--device", "cpu"]) == 0
-    assert not (tmp_path / "o" / "benchmark_result.json").exists()
-
-
 def test_tensorrt_precision_from_sidecar() -> None:
     from pochitrain.bench.result_json import model_precision
 

@@ -57,8 +57,8 @@ class LatencyProbe:
 class BenchProbe:
     """Attach to an open model before the loop, ``capture`` before it closes, then ``write``."""
 
-    def __init__(self, model: Any, env_name: str | None) -> None:
-        self.env_name = env_name
+    def __init__(self, model: Any, env_name: str | None, config: Any = None) -> None:
+        self.env_name = env_name or config_env_name(model.path, config)
         self.probe = LatencyProbe(model.runner)
         model.runner = self.probe
         self.context: dict[str, Any] = {}
@@ -75,7 +75,7 @@ class BenchProbe:
             "model_name": model.meta.model_name,
             "pipeline": pipeline_text.split(" ", 1)[0] or pipeline_text,
             "image_size": [int(v) for v in model.meta.preprocess.input_size],
-            "gpu_copies": device.startswith("cuda") and runtime in ("pytorch", "tensorrt"),
+            "gpu_copies": device.startswith("cuda"),  # pinned buffers, async copies
             "peak_gpu_memory_mb": _peak_gpu_memory_mb(),
         }
 
@@ -147,6 +147,22 @@ def default_env_name(gpu: str | None) -> str:
     return f"{platform.system()}-{gpu.replace(' ', '') if gpu else 'CPU'}"
 
 
+def config_env_name(model_path: Path, config: Any = None) -> str | None:
+    """``benchmark_env_name`` of the config (-c, else the one beside the run), if any."""
+    from pochitrain.errors import PochiError
+    from pochitrain.workspace import find_config_near
+
+    path = Path(config) if config else find_config_near(model_path)
+    if path is None or not path.is_file():
+        return None
+    try:
+        from pochitrain.config import load_config
+
+        return getattr(load_config(path), "benchmark_env_name", None)
+    except PochiError:
+        return None
+
+
 def model_precision(model: Any) -> str:
     """fp32 | fp16 | bf16 | int8, read from the model's own metadata or graph."""
     if model.runtime == "tensorrt":
@@ -178,6 +194,9 @@ def _device(runtime: str, runner: Any, described: dict[str, str]) -> str:
         return str(getattr(runner, "device", described.get("device", "cpu")))
     if runtime == "tensorrt":
         return "cuda"
+    on_cuda = getattr(runner, "on_cuda", None)
+    if on_cuda is not None:
+        return "cuda" if on_cuda else "cpu"
     first = described.get("providers", "").split(",", 1)[0].strip()
     return "cuda" if first in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
 

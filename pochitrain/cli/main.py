@@ -22,6 +22,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "infer-trt": ("infer_trt", "run inference with a TensorRT engine"),
     "quickstart": ("quickstart", "sample data -> train -> export -> convert -> infer, one command"),
     "serve": ("serve", "HTTP inference server (API v1) for a .pth, .onnx or .engine model"),
+    "bench": ("bench", "run a benchmark suite (YAML) and aggregate the results"),
 }
 
 

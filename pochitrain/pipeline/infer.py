@@ -50,7 +50,7 @@ def infer(model_path: Path | str, data: Path | str | None = None,
     if benchmark_json:
         from pochitrain.bench.result_json import BenchProbe
 
-        bench = BenchProbe(model, benchmark_env_name)
+        bench = BenchProbe(model, benchmark_env_name, config)
     try:
         data_dir = Path(data) if data else _default_data(model_path)
         folder = _data_folder(data_dir, model.meta.class_names)

@@ -1,0 +1,178 @@
+"""Run a suite: one subprocess per case and repeat, each writing benchmark_result.json.
+
+Layout of one bench run (``<root>/<suite>_<YYYYMMDD_HHMMSS>``, local time)::
+
+    suite.yaml, plan.json              the suite file as read, the expanded cases
+    raw/case_NNN_<name>/run_RRR/       the inference results + benchmark_result.json
+    raw/case_NNN_<name>/run_RRR/run.log   the command, its stdout and stderr (always kept)
+    summary/                           written by ``aggregate``
+
+Every run is a fresh ``python -m pochitrain.cli.main infer ...`` process, so one run's caches,
+allocator state or crash cannot touch the next.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pochitrain.bench.result_json import RESULT_FILE, local_now
+from pochitrain.bench.suite import Case, Suite
+from pochitrain.workspace import atomic_write_text
+
+# ``pochi infer`` takes every model type and has --pipeline for all of them.
+VERBS = {"pytorch": "infer", "onnx": "infer", "tensorrt": "infer"}
+
+
+@dataclass
+class RunRecord:
+    case: str
+    repeat: int
+    status: str  # ok | failed | skipped
+    reason: str
+    log: str | None
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def new_bench_dir(root: Path, suite: str) -> Path:
+    """``root/<suite>_<YYYYMMDD_HHMMSS>`` in local time (a suffix when that name is taken)."""
+    stamp = local_now().strftime("%Y%m%d_%H%M%S")
+    root.mkdir(parents=True, exist_ok=True)
+    for n in range(1000):
+        path = root / (f"{suite}_{stamp}" + (f"_{n}" if n else ""))
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(path)
+
+
+def command(case: Case, out_dir: Path) -> list[str]:
+    """The infer command line of one run."""
+    cmd = [sys.executable, "-m", "pochitrain.cli.main", VERBS[case.runtime],
+           str(case.model_path), "--output", str(out_dir), "--benchmark-json", "--quiet"]
+    if case.env_name:
+        cmd += ["--benchmark-env-name", str(case.env_name)]
+    if case.data is not None:
+        cmd += ["--data", str(case.data)]
+    if case.batch_size is not None:
+        cmd += ["--batch-size", str(case.batch_size)]
+    if case.warmup is not None:
+        cmd += ["--warmup", str(case.warmup)]
+    cmd += ["--pipeline", case.pipeline]
+    if case.runtime == "pytorch":
+        cmd += ["--device", case.device or "auto"]
+        if case.precision is not None:
+            cmd += ["--precision", case.precision]
+    if case.runtime == "onnx" and case.providers:
+        cmd += ["--providers", *case.providers]
+    return cmd + list(case.extra_args)
+
+
+def skip_reason(case: Case, has_gpu: bool) -> str | None:
+    if case.runtime == "tensorrt" and not has_gpu:
+        return "no CUDA GPU on this machine (TensorRT engines need one)"
+    return None
+
+
+def run_suite(suite: Suite, bench_dir: Path, fail_fast: bool = False,
+              timeout: float | None = None, has_gpu: bool | None = None,
+              say: Callable[[str], None] = print) -> list[RunRecord]:
+    """Run every case ``repeats`` times; return one record per run (failed ones included)."""
+    if has_gpu is None:
+        has_gpu = _cuda_available()
+    shutil.copy2(suite.file, bench_dir / "suite.yaml")
+    atomic_write_text(bench_dir / "plan.json", json.dumps(
+        {"suite": suite.name, "description": suite.description, "suites_file": str(suite.file),
+         "started_at": local_now().isoformat(timespec="seconds"),
+         "cases": [c.to_dict() for c in suite.cases]}, indent=2) + "\n")
+    records: list[RunRecord] = []
+    total = sum(c.repeats for c in suite.cases)
+    for ci, case in enumerate(suite.cases, start=1):
+        case_dir = bench_dir / "raw" / f"case_{ci:03d}_{case.name}"
+        case_dir.mkdir(parents=True, exist_ok=True)
+        reason = skip_reason(case, has_gpu)
+        for r in range(1, case.repeats + 1):
+            say(f"[{len(records) + 1}/{total}] {case.name} run {r}/{case.repeats}")
+            if reason is not None:
+                records.append(RunRecord(case.name, r, "skipped", reason, None, 0.0))
+                continue
+            rec = _run_one(suite.name, case, case_dir / f"run_{r:03d}", r, timeout)
+            records.append(rec)
+            if rec.status == "failed":
+                say(f"  failed: {rec.reason} (log: {rec.log})")
+                if fail_fast:
+                    return records
+    return records
+
+
+def _run_one(suite: str, case: Case, run_dir: Path, repeat: int,
+             timeout: float | None) -> RunRecord:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir / "run.log"
+    cmd = command(case, run_dir)
+    start = time.perf_counter()
+    with open(log, "w", encoding="utf-8") as f:
+        f.write("$ " + " ".join(cmd) + "\n\n")
+        f.flush()
+        try:
+            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout,
+                                  check=False, env=_env())
+            rc: int | None = proc.returncode
+        except subprocess.TimeoutExpired:
+            rc = None
+        seconds = time.perf_counter() - start
+        f.write(f"\n[pochi bench] exit code {rc}, {seconds:.1f} s\n")
+    result = run_dir / RESULT_FILE
+    if rc is None:
+        return RunRecord(case.name, repeat, "failed", f"timed out after {timeout} s",
+                         str(log), seconds)
+    if rc != 0 or not result.is_file():
+        why = (f"exit code {rc}" if rc != 0 else f"no {RESULT_FILE} written")
+        last = _last_line(log)
+        return RunRecord(case.name, repeat, "failed", f"{why}: {last}" if last else why,
+                         str(log), seconds)
+    data = json.loads(result.read_text(encoding="utf-8"))
+    data["suite_name"], data["repeat_index"] = suite, repeat
+    atomic_write_text(result, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    if case.precision and case.runtime != "pytorch" and data.get("precision") != case.precision:
+        return RunRecord(case.name, repeat, "failed",
+                         f"the model computes in {data.get('precision')}, the case asks for "
+                         f"{case.precision}", str(log), seconds)
+    return RunRecord(case.name, repeat, "ok", "", str(log), seconds)
+
+
+def _last_line(log: Path) -> str:
+    lines = [ln.strip() for ln in log.read_text(encoding="utf-8", errors="replace").splitlines()
+             if ln.strip() and not ln.startswith("[pochi bench]")]
+    errors = [ln for ln in lines[1:] if "Error" in ln]
+    return (errors[0] if errors else " / ".join(lines[1:][-2:]))[:300]
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("COLUMNS", "120")
+    return env
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001
+        return False

@@ -1,0 +1,298 @@
+"""Benchmark suite files (the original's ``configs/bench_suites.yaml`` format) -> run cases.
+
+::
+
+    suites:
+      <name>:
+        description: text
+        repeats: 3                      # runs per case (default 1)
+        defaults:
+          pipelines: [cpu, gpu]         # or "gpu"; the key ``pipeline`` is accepted too
+          benchmark_env_name: my-box
+          model_paths: {pytorch: best.pth, onnx: best.onnx, trt: best_fp16.engine}
+          batch_sizes: [1, 8]           # new axis (default: the runtime's default)
+          precisions: [fp32, fp16]      # new axis (see below)
+          data: data/val                # new (default: the val_data_root of the model's run)
+          device: cuda                  # new, PyTorch only;  providers: [cuda]  ONNX only
+          warmup: 2                     # new;  extra_args: ["--cuda-graph"]
+        cases:
+          - {name: trt_fp16, runtime: trt, model_path: ..., pipelines: ..., repeats: ...}
+
+Each case x pipeline x batch size x precision is one ``Case``. Pipelines (``auto``, ``cpu``,
+``gpu``; default ``auto``) apply to every runtime; the original's ``current`` and ``fast`` mean
+our ``cpu`` (PIL) pipeline. A model file's extension must match its case's runtime.
+Precisions: for PyTorch the autocast precision (``--precision``); for ONNX / TensorRT the
+precision is a property of the model file, so the model path holds ``{precision}`` (e.g.
+``best_{precision}.engine``) or ``model_paths`` maps precisions to files
+(``trt: {fp16: a.engine, int8: b.engine}``); the run then checks that the model really has it.
+Relative paths are read from the suite file's folder.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pochitrain.errors import ConfigError
+
+RUNTIMES = {"pytorch": "pytorch", "onnx": "onnx", "trt": "tensorrt", "tensorrt": "tensorrt"}
+PIPELINES = {"auto": "auto", "cpu": "cpu", "current": "cpu", "fast": "cpu", "gpu": "gpu"}
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+CASE_KEYS = {"name", "runtime", "model_path", "pipelines", "pipeline", "repeats",
+             "benchmark_env_name", "batch_sizes", "batch_size", "precisions", "precision",
+             "data", "device", "providers", "warmup", "extra_args"}
+DEFAULT_KEYS = (CASE_KEYS - {"name", "runtime", "model_path"}) | {"model_paths"}
+
+
+class SuiteError(ConfigError):
+    """A benchmark suite file is missing, unreadable or invalid."""
+
+
+@dataclass
+class Case:
+    name: str
+    runtime: str  # pytorch | onnx | tensorrt
+    model_path: Path
+    pipeline: str  # auto | cpu | gpu
+    repeats: int
+    batch_size: int | None = None
+    precision: str | None = None
+    env_name: str | None = None
+    data: Path | None = None
+    device: str | None = None
+    providers: list[str] | None = None
+    warmup: int | None = None
+    extra_args: list[str] = field(default_factory=list)
+    line: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class Suite:
+    name: str
+    description: str
+    repeats: int
+    cases: list[Case]
+    file: Path
+
+
+class _LineDict(dict):
+    """A YAML mapping that remembers its line and the line of each value."""
+
+    line = 0
+    lines: dict[str, int]
+
+
+def _load_yaml(path: Path) -> Any:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: Any, node: Any) -> _LineDict:
+        out = _LineDict(loader.construct_mapping(node, deep=True))
+        out.line = node.start_mark.line + 1
+        out.lines = {str(k.value): v.start_mark.line + 1 for k, v in node.value}
+        return out
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.load(f, Loader=Loader)  # a SafeLoader subclass
+    except OSError as exc:
+        raise SuiteError(f"Cannot read the suite file {path}: {exc.strerror}",
+                         "Pass --suites-file with a readable YAML file.") from exc
+    except yaml.YAMLError as exc:
+        raise SuiteError(f"The suite file {path} is not valid YAML:\n{exc}",
+                         "Fix the YAML syntax at the line shown.") from exc
+
+
+def load_suite(path: Path | str, name: str) -> Suite:
+    """Read ``path`` and expand suite ``name``; every case is checked before anything runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise SuiteError(f"Suite file not found: {path}",
+                         "Pass --suites-file FILE (see configs/bench_suites.yaml).")
+    doc = _load_yaml(path)
+    suites = doc.get("suites") if isinstance(doc, dict) else None
+    if not isinstance(suites, dict) or not suites:
+        raise SuiteError(f"{path} has no 'suites:' mapping.",
+                         "Start the file with 'suites:' and one entry per suite.")
+    if name not in suites:
+        raise SuiteError(f"Suite {name!r} is not in {path}.",
+                         f"Suites there: {', '.join(map(str, suites))}.")
+    raw = suites[name]
+    where = f"{path}, suite {name!r}, line {getattr(raw, 'line', '?')}"
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{where}: a suite is a mapping with 'cases:'.",
+                         "See configs/bench_suites.yaml for the format.")
+    repeats = _positive(raw.get("repeats", 1), "repeats", where)
+    defaults = raw.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise SuiteError(f"{where}: 'defaults' must be a mapping.", "See the format.")
+    _unknown(defaults, DEFAULT_KEYS, f"{path}, suite {name!r} defaults, line "
+             f"{getattr(defaults, 'line', '?')}")
+    cases_raw = raw.get("cases")
+    if not isinstance(cases_raw, list) or not cases_raw:
+        raise SuiteError(f"{where}: no cases.", "Add 'cases:' with at least one "
+                         "{runtime: pytorch|onnx|trt, model_path: ...} entry.")
+    cases: list[Case] = []
+    for idx, case in enumerate(cases_raw):
+        cases.extend(_expand(path, name, idx, case, defaults, repeats))
+    _dedupe(cases)
+    return Suite(name, str(raw.get("description") or ""), repeats, cases, path)
+
+
+def _expand(path: Path, suite: str, idx: int, raw: Any, defaults: dict[str, Any],
+            repeats: int) -> list[Case]:
+    line = getattr(raw, "line", 0)
+    label = raw.get("name") if isinstance(raw, dict) else None
+    where = f"{path}, line {line}: case {label or idx + 1!r} of suite {suite!r}"
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{path}: case {idx + 1} of suite {suite!r} is not a mapping.",
+                         "Write each case as {runtime: ..., model_path: ...}.")
+    _unknown(raw, CASE_KEYS, where)
+    runtime_raw = raw.get("runtime")
+    runtime = RUNTIMES.get(str(runtime_raw).lower()) if runtime_raw is not None else None
+    if runtime is None:
+        rline = raw.lines.get("runtime", line) if isinstance(raw, _LineDict) else line
+        raise SuiteError(f"{path}, line {rline}: case {label or idx + 1!r} of suite {suite!r} "
+                         f"has runtime {runtime_raw!r}.",
+                         "Use runtime: pytorch, onnx or trt.")
+
+    def get(key: str, alt: str | None = None) -> Any:
+        for src in (raw, defaults):
+            for k in (key, alt):
+                if k is not None and src.get(k) is not None:
+                    return src[k]
+        return None
+
+    base = path.parent
+    pipelines = _pipelines(get("pipelines", "pipeline"), runtime, where)
+    batch_sizes = [_positive(b, "batch_sizes", where) for b in _as_list(get("batch_sizes",
+                                                                            "batch_size"))]
+    precisions = [_precision(p, where) for p in _as_list(get("precisions", "precision"))]
+    reps = _positive(raw.get("repeats", repeats), "repeats", where)
+    data = get("data")
+    data_path = _path(base, data) if data is not None else None
+    if data_path is not None and not data_path.exists():
+        raise SuiteError(f"{where}: data folder not found: {data_path}",
+                         "Fix 'data:' (relative paths are read from the suite file's folder).")
+    name = str(label) if label else f"{runtime_raw}_{idx:02d}"
+    out: list[Case] = []
+    prec_axis: list[str | None] = list(precisions) or [None]
+    bs_axis: list[int | None] = list(batch_sizes) or [None]
+    for prec in prec_axis:
+        model = _model_path(raw, defaults, str(runtime_raw).lower(), runtime, prec, base, where)
+        for pipe in pipelines:
+            for bs in bs_axis:
+                parts = [name]
+                if len(pipelines) > 1 or not label:
+                    parts.append(pipe)
+                if len(batch_sizes) > 1:
+                    parts.append(f"bs{bs}")
+                if len(precisions) > 1:
+                    parts.append(str(prec))
+                out.append(Case(
+                    name="_".join(parts), runtime=runtime, model_path=model, pipeline=pipe,
+                    repeats=reps, batch_size=bs, precision=prec,
+                    env_name=get("benchmark_env_name"), data=data_path,
+                    device=get("device"), providers=_str_list(get("providers"), where),
+                    warmup=get("warmup"), extra_args=_str_list(get("extra_args"), where) or [],
+                    line=line))
+    return out
+
+
+def _model_path(raw: dict[str, Any], defaults: dict[str, Any], key: str, runtime: str,
+                precision: str | None, base: Path, where: str) -> Path:
+    value = raw.get("model_path")
+    if value is None:
+        paths = defaults.get("model_paths") or {}
+        value = next((paths[k] for k in (key, runtime, "trt" if runtime == "tensorrt" else key)
+                      if k in paths), None)
+    if isinstance(value, dict):
+        value = value.get(precision) if precision else None
+    if value is None:
+        raise SuiteError(f"{where}: no model path" + (f" for precision {precision}"
+                                                      if precision else "") + ".",
+                         "Give the case a model_path, or the suite defaults.model_paths."
+                         f"{key}.")
+    text = str(value)
+    if "{precision}" in text:
+        text = text.replace("{precision}", precision or "fp32")
+    path = _path(base, text)
+    if not path.is_file():
+        raise SuiteError(f"{where}: model file not found: {path}",
+                         "Fix the path (relative paths are read from the suite file's folder).")
+    from pochitrain.inference.open import RUNTIMES as BY_SUFFIX
+
+    if BY_SUFFIX.get(path.suffix.lower()) != runtime:
+        raise SuiteError(f"{where}: {path.name} is not a {runtime} model file.",
+                         "Use .pth/.pt for pytorch, .onnx for onnx, .engine/.plan for trt.")
+    return path
+
+
+def _pipelines(value: Any, runtime: str, where: str) -> list[str]:
+    names = _as_list(value) or ["auto"]
+    out: list[str] = []
+    for v in names:
+        pipe = PIPELINES.get(str(v).lower())
+        if pipe is None:
+            raise SuiteError(f"{where}: unknown pipeline {v!r}.",
+                             "Use auto, cpu or gpu (current and fast mean cpu).")
+        if pipe not in out:
+            out.append(pipe)
+    return out
+
+
+def _precision(value: Any, where: str) -> str:
+    text = str(value).lower()
+    if text not in PRECISIONS:
+        raise SuiteError(f"{where}: unknown precision {value!r}.",
+                         f"Use one of: {', '.join(PRECISIONS)}.")
+    return text
+
+
+def _positive(value: Any, key: str, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SuiteError(f"{where}: {key} must be a whole number >= 1, got {value!r}.",
+                         f"Fix {key}.")
+    return value
+
+
+def _unknown(raw: dict[str, Any], allowed: set[str], where: str) -> None:
+    extra = sorted(set(map(str, raw)) - allowed)
+    if extra:
+        raise SuiteError(f"{where}: unknown key(s) {', '.join(extra)}.",
+                         f"Known keys: {', '.join(sorted(allowed))}.")
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _str_list(value: Any, where: str) -> list[str] | None:
+    if value is None:
+        return None
+    return [str(v) for v in _as_list(value)]
+
+
+def _path(base: Path, value: Any) -> Path:
+    p = Path(str(value)).expanduser()
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def _dedupe(cases: list[Case]) -> None:
+    seen: dict[str, int] = {}
+    for i, case in enumerate(cases):
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", case.name)
+        if safe in seen:
+            safe = f"{safe}_{i:02d}"
+        seen[safe] = i
+        case.name = safe

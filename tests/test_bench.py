@@ -1,0 +1,182 @@
+"""pochi bench: a suite over the digits with PyTorch, ONNX Runtime and TensorRT, aggregated."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pochitrain.bench.suite import SuiteError, load_suite
+from pochitrain.cli.main import run
+
+
+@pytest.fixture(scope="module")
+def bench_models(untrained_checkpoint: Path, digits_dir: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The untrained checkpoint, its ONNX export, a placeholder engine, 2 images per digit."""
+    from pochitrain.pipeline.export_onnx import export_onnx
+
+    folder = tmp_path_factory.mktemp("bench_models")
+    onnx_path = folder / "model.onnx"
+    export_onnx(untrained_checkpoint, (32, 32), output=onnx_path, verify=False, progress=False)
+    engine = folder / "model_fp16.engine"
+    engine.write_bytes(b"not an engine")  # never opened here: TensorRT cases need a GPU
+    broken = folder / "broken.onnx"
+    broken.write_bytes(b"\x00garbage")
+    val = folder / "val"
+    for cls in sorted(p.name for p in (digits_dir / "val").iterdir()):
+        (val / cls).mkdir(parents=True)
+        for f in sorted((digits_dir / "val" / cls).glob("*.png"))[:2]:
+            shutil.copy(f, val / cls / f.name)
+    return {"pth": untrained_checkpoint, "onnx": onnx_path, "engine": engine,
+            "broken": broken, "val": val}
+
+
+def _suite_file(tmp_path: Path, m: dict[str, Path]) -> Path:
+    path = tmp_path / "suites.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        suites:
+          ci:
+            description: three runtimes on the digits
+            repeats: 2
+            defaults:
+              data: {m['val']}
+              benchmark_env_name: ci
+              device: cpu
+              model_paths:
+                pytorch: {m['pth']}
+                onnx: {m['onnx']}
+                trt: {m['engine']}
+            cases:
+              - {{name: torch, runtime: pytorch, pipelines: current, repeats: 1,
+                  batch_sizes: 10}}
+              - {{name: ort, runtime: onnx, batch_size: 5}}
+              - {{name: trt, runtime: trt, precisions: [fp16]}}
+              - {{name: bad, runtime: onnx, model_path: {m['broken']}, repeats: 1}}
+          failfirst:
+            cases:
+              - {{name: bad, runtime: onnx, model_path: {m['broken']}}}
+              - {{name: ort, runtime: onnx, model_path: {m['onnx']}, data: {m['val']}}}
+        """), encoding="utf-8")
+    return path
+
+
+def test_bench_suite_three_runtimes(bench_models: dict[str, Path], tmp_path: Path) -> None:
+    suites = _suite_file(tmp_path, bench_models)
+    rc = run(["bench", "--suite", "ci", "--suites-file", str(suites), "-o",
+              str(tmp_path / "runs")])
+    assert rc == 1  # the broken case failed; the others still ran
+    (bench_dir,) = (tmp_path / "runs").iterdir()
+    assert bench_dir.name.startswith("ci_") and len(bench_dir.name) == len("ci_20260101_120000")
+    summary = json.loads((bench_dir / "summary" / "benchmark_summary.json").read_text())
+    rows = {g["case_name"]: g for g in summary["groups"]}
+    assert set(rows) == {"torch", "ort"} and summary["total_benchmark_files"] == 3
+    torch_row, ort_row = rows["torch"], rows["ort"]
+    assert (torch_row["runtime"], torch_row["runs"], torch_row["batch_size"]) == ("pytorch", 1, 10)
+    assert (ort_row["runtime"], ort_row["runs"], ort_row["batch_size"]) == ("onnx", 2, 5)
+    for row in (torch_row, ort_row):
+        assert row["precision"] == "fp32" and row["env_name"] == "ci" and row["device"] == "cpu"
+        assert 0 < row["latency_p50_ms"] <= row["latency_p90_ms"] <= row["latency_p99_ms"]
+        assert row["images_per_s_e2e"] > 0 and row["accuracy_percent_mean"] is not None
+        assert row["peak_gpu_memory_mb"] is None  # CPU runs
+    assert ort_row["avg_inference_ms_stdev"] >= 0
+    # both ONNX runs are in the raw tree with the suite and repeat filled in
+    for r in (1, 2):
+        res = json.loads((bench_dir / "raw" / "case_002_ort" / f"run_{r:03d}" /
+                          "benchmark_result.json").read_text())
+        assert (res["suite_name"], res["repeat_index"]) == ("ci", r)
+    # TensorRT without a GPU: skipped, listed; the broken model: failed, its log kept
+    skipped = summary["skipped_runs"]
+    assert [(r["case"], r["repeat"]) for r in skipped] == [("trt", 1), ("trt", 2)]
+    assert all("no CUDA GPU" in r["reason"] and r["log"] is None for r in skipped)
+    (failed,) = summary["failed_runs"]
+    assert failed["case"] == "bad" and "exit code 1" in failed["reason"]
+    log = Path(failed["log"]).read_text()
+    assert "broken.onnx" in log and "Error" in log
+    # CSV (original columns first), Markdown, chart
+    with open(bench_dir / "summary" / "benchmark_summary.csv") as f:
+        header = next(csv.reader(f))
+    assert header[:3] == ["case_name", "env_name", "runtime"] and "latency_p99_ms" in header
+    md = (bench_dir / "summary" / "benchmark_summary.md").read_text()
+    assert "| ort | onnx |" in md and "## Failed runs" in md and "## Skipped runs" in md
+    assert (bench_dir / "summary" / "benchmark_chart.png").read_bytes()[:4] == b"\x89PNG"
+    assert summary["generated_at"][-6] in "+-"  # local time with its offset
+
+    # --aggregate-only re-aggregates the same folder (failed runs come from runs.json)
+    shutil.rmtree(bench_dir / "summary")
+    assert run(["bench", "--aggregate-only", str(bench_dir)]) == 0
+    again = json.loads((bench_dir / "summary" / "benchmark_summary.json").read_text())
+    assert {g["case_name"] for g in again["groups"]} == {"torch", "ort"}
+    assert len(again["failed_runs"]) == 1
+
+
+def test_fail_fast_stops_at_first_failure(bench_models: dict[str, Path], tmp_path: Path) -> None:
+    suites = _suite_file(tmp_path, bench_models)
+    assert run(["bench", "--suite", "failfirst", "--suites-file", str(suites), "-o",
+                str(tmp_path / "runs"), "--fail-fast"]) == 1
+    (bench_dir,) = (tmp_path / "runs").iterdir()
+    runs = json.loads((bench_dir / "runs.json").read_text())
+    assert [(r["case"], r["status"]) for r in runs] == [("bad", "failed")]
+    assert Path(runs[0]["log"]).is_file()
+
+
+def test_axes_expand_and_commands(bench_models: dict[str, Path], tmp_path: Path) -> None:
+    from pochitrain.bench.runner import command
+
+    m = bench_models
+    path = tmp_path / "s.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        suites:
+          axes:
+            defaults: {{pipeline: [current, gpu], batch_sizes: [1, 8]}}
+            cases:
+              - {{name: t, runtime: pytorch, model_path: {m['pth']}, precisions: [fp32, fp16]}}
+              - {{runtime: onnx, model_path: {m['onnx']}}}
+        """))
+    suite = load_suite(path, "axes")
+    names = [c.name for c in suite.cases]
+    assert names[:3] == ["t_cpu_bs1_fp32", "t_cpu_bs8_fp32", "t_gpu_bs1_fp32"]
+    assert len(names) == 8 + 4  # onnx: 2 pipelines x 2 batch sizes
+    assert names[8:10] == ["onnx_01_cpu_bs1", "onnx_01_cpu_bs8"]
+    cmd = command(suite.cases[3], Path("OUT"))
+    assert cmd[3:5] == ["infer", str(m["pth"])]
+    assert cmd[cmd.index("--pipeline") + 1] == "gpu" and cmd[cmd.index("--precision") + 1] \
+        == "fp32" and cmd[cmd.index("--batch-size") + 1] == "8"
+
+
+def test_unknown_runtime_names_case_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("suites:\n  s:\n    cases:\n      - name: ok\n        runtime: onnx\n"
+                    "        model_path: m.onnx\n      - name: fast_one\n"
+                    "        runtime: openvino\n")
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    with pytest.raises(SuiteError) as err:
+        load_suite(path, "s")
+    assert "line 8" in err.value.message and "fast_one" in err.value.message
+    assert "openvino" in err.value.message and "pytorch, onnx or trt" in (err.value.remedy or "")
+    path.write_text("suites:\n  s:\n    cases:\n      - {runtime: trt, model_path: m.onnx}\n")
+    with pytest.raises(SuiteError, match="line 4.*m.onnx is not a tensorrt model file"):
+        load_suite(path, "s")
+
+
+def test_missing_model_path_names_case_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("suites:\n  s:\n    cases:\n      - {name: a, runtime: pytorch}\n"
+                    "      - {name: b, runtime: onnx, model_path: nowhere.onnx}\n")
+    with pytest.raises(SuiteError) as err:
+        load_suite(path, "s")
+    assert "line 4" in err.value.message and "'a'" in err.value.message
+    assert "model_paths" in (err.value.remedy or "")
+    path.write_text("suites:\n  s:\n    cases:\n"
+                    "      - {name: b, runtime: onnx, model_path: nowhere.onnx}\n")
+    with pytest.raises(SuiteError) as err:
+        load_suite(path, "s")
+    assert "line 4" in err.value.message and "nowhere.onnx" in err.value.message
+    # through the CLI: exit code 2 (usage), no bench folder made
+    assert run(["bench", "--suite", "s", "--suites-file", str(path), "-o",
+                str(tmp_path / "runs")]) == 2
+    assert not (tmp_path / "runs").exists()
