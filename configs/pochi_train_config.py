@@ -110,3 +110,24 @@ work_dir = "../work_dirs"
 
 # Seeds Python, NumPy and torch (and the shuffling order) for reproducible runs. None: no seed.
 seed = 42
+
+# ---- keys of the original pochitrain (v1.8.3), same meaning (docs/migration.md) ----------
+# None: pochitrain chooses (on with a CUDA GPU); True / False overrides that choice.
+train_pin_memory = None  # pinned memory for the training loaders
+infer_pin_memory = None  # accepted; inference always uses its own pinned buffers on CUDA
+gpu_non_blocking = None  # asynchronous host -> GPU copies
+cudnn_benchmark = None  # cuDNN autotune for the fixed input size
+mean = None  # informational, e.g. [0.485, 0.456, 0.406]: val_transform's Normalize is used
+std = None
+enable_metrics_export = True  # training_metrics.csv and the loss / accuracy / LR plots
+enable_tensorboard = False  # events in <run>/tensorboard/ (pip install "pochitrain[tensorboard]")
+enable_gradient_tracking = False  # gradient_trace.csv in the run folder; plot with vis-grad
+gradient_tracking_config = {"record_frequency": 1, "exclude_patterns": ["fc\\.", "\\.bias"],
+                            "group_by_block": True, "aggregation_method": "median"}
+# Per-group learning rates; groups: layer1..layer4, conv1, bn1, fc, other (unlisted: learning_rate)
+enable_layer_wise_lr = False
+layer_wise_lr_config = {"layer_rates": {}, "graph_config": {"use_log_scale": True}}
+# Confusion matrix picture of 'pochi infer' (None: defaults). Japanese text renders.
+confusion_matrix_config = None
+optuna = None  # settings of 'pochi optimize' (the original's nested dict)
+benchmark_env_name = None  # env_name in benchmark_result.json

@@ -282,4 +282,36 @@ def preprocess_from_settings(settings: Settings) -> Any:
             "transforms.Compose([transforms.Resize((H, W)), transforms.ToTensor(), "
             "transforms.Normalize(mean, std)])).",
         )
-    return from_transform(settings.val_transform, settings.input_size)
+    try:
+        return from_transform(settings.val_transform, settings.input_size)
+    except ConfigError:
+        size = _first_image_size(settings)  # the original's configs often have no Resize
+        if size is None:
+            raise
+    from dataclasses import replace
+
+    from pochitrain.console import info
+
+    info(f"val_transform does not fix the image size: using {size[0]}x{size[1]}, the size of "
+         "the training images (set input_size = [H, W] to choose).")
+    pre = from_transform(settings.val_transform, size)
+    return pre if pre.resize is not None else replace(pre, resize=list(size))
+
+
+def _first_image_size(settings: Settings) -> list[int] | None:
+    """[H, W] of the first image of train_data_root (else val_data_root), or None."""
+    from pochitrain.data import open_rgb, scan_image_folder
+    from pochitrain.errors import DataError
+
+    for root in (settings.train_data_root, settings.val_data_root):
+        if not root or not Path(root).is_dir():
+            continue
+        try:
+            folder = scan_image_folder(root, "data folder")
+        except DataError:
+            continue
+        for path, _ in folder.samples[:20]:
+            image = open_rgb(path)
+            if image is not None:
+                return [image.height, image.width]
+    return None

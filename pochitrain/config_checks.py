@@ -209,7 +209,20 @@ def _try_scheduler(cls: Any, name: str, params: dict[str, Any]) -> None:
 
 
 
+ORIGINAL_ES_DEFAULTS = {"enabled": False, "patience": 10, "min_delta": 0.0,
+                        "monitor": "val_accuracy"}
+
+
 def check_early_stopping(value: Any) -> dict[str, Any] | None:
+    """Two forms, both given as a dict (None / False: off).
+
+    pochitrain's form ``{'patience': 5, 'min_delta': 0.0, 'monitor': 'val_accuracy'}`` measures
+    accuracy as a fraction (0-1). The original pochitrain's form has ``enabled`` (default
+    False, patience 10) and gives ``min_delta`` in percentage points for accuracy; it is
+    recognised by its ``enabled`` key and converted to fractions here. A dict without
+    ``enabled`` whose accuracy min_delta is 1 or more (percentage points: the original's unit)
+    mixes the two forms and is refused.
+    """
     if value is None or value is False:
         return None
     if not isinstance(value, dict):
@@ -222,15 +235,37 @@ def check_early_stopping(value: Any) -> dict[str, Any] | None:
             hint = f" Did you mean {near[0]!r}?" if near else ""
             raise ConfigError(f"early_stopping has an unknown key {key!r}.{hint}",
                               f"early_stopping keys: {', '.join(allowed)}.")
-    if value.get("enabled", True) is False:
-        return None
-    return {
-        "patience": check_int("early_stopping['patience']", value.get("patience", 5), 1),
-        "min_delta": check_float("early_stopping['min_delta']", value.get("min_delta", 0.0),
-                                  0.0, strict=False),
-        "monitor": check_choice("early_stopping['monitor']",
-                                 value.get("monitor", "val_accuracy"), EARLY_STOPPING_MONITORS),
+    original = "enabled" in value
+    defaults = ORIGINAL_ES_DEFAULTS if original else {"patience": 5, "min_delta": 0.0,
+                                                      "monitor": "val_accuracy"}
+    merged = {**defaults, **value}
+    if original and not isinstance(merged["enabled"], bool):
+        raise type_error("early_stopping['enabled']", merged["enabled"], "True or False")
+    delta = check_float("early_stopping['min_delta']", merged["min_delta"], 0.0, strict=False)
+    out: dict[str, Any] = {
+        "patience": check_int("early_stopping['patience']", merged["patience"], 1),
+        "min_delta": delta,
+        "monitor": check_choice("early_stopping['monitor']", merged["monitor"],
+                                 EARLY_STOPPING_MONITORS),
     }
+    accuracy = out["monitor"] == "val_accuracy"
+    if not original and accuracy and delta >= 1.0:
+        raise ConfigError(
+            f"early_stopping mixes two forms: min_delta = {delta:g} for val_accuracy "
+            "is in percentage points (the original pochitrain's form, which has the key "
+            "'enabled'), but without 'enabled' the dict is read in pochitrain's form, where "
+            "accuracy is a fraction (0-1) and an improvement of 1 or more is impossible.\n"
+            "early_stopping が2つの形式を混在しています (min_delta はパーセントポイント, "
+            "'enabled' がありません).",
+            f"Add 'enabled': True to keep the original's meaning (min_delta "
+            f"{delta:g} percentage points), or write min_delta = "
+            f"{delta / 100:g} (a fraction) in pochitrain's form.")
+    if original:
+        if not merged["enabled"]:
+            return None
+        if accuracy:  # percentage points -> fraction of 1
+            out["min_delta"] = delta / 100.0
+    return out
 
 
 def check_input_size(value: Any) -> list[int] | None:

@@ -96,6 +96,11 @@ def read_checkpoint(path: Path | str) -> tuple[dict[str, Any], ModelMeta]:
             "Pass a .pth written by 'pochi train'.",
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        from pochitrain.legacy import as_original
+
+        original = as_original(payload)
+        if original is not None:
+            raise OriginalCheckpointError(original, path)
         raise ModelFileError(
             f"{path} is not a pochitrain checkpoint (no pochitrain metadata).",
             "Pass a .pth written by 'pochi train'; for other models export ONNX yourself and "
@@ -104,18 +109,40 @@ def read_checkpoint(path: Path | str) -> tuple[dict[str, Any], ModelMeta]:
     return payload, ModelMeta.from_dict(payload["meta"], where=str(path))
 
 
-def load_model(path: Path | str, device: str = "cpu") -> tuple[nn.Module, ModelMeta]:
+class OriginalCheckpointError(ModelFileError):
+    """A checkpoint of the original pochitrain (no metadata): see ``pochitrain.legacy``."""
+
+    def __init__(self, checkpoint: Any, path: Path) -> None:
+        super().__init__(f"{path} is a checkpoint of the original pochitrain (no metadata).",
+                         "Pass -c/--config-path with its training config.")
+        self.checkpoint = checkpoint
+
+
+def load_model(path: Path | str, device: str = "cpu", *, config: Path | str | None = None,
+               verb: str = "infer", model_name: str | None = None,
+               num_classes: int | None = None) -> tuple[nn.Module, ModelMeta]:
     """Rebuild the model of a checkpoint, in eval mode on ``device``.
 
     ModelFileError when the metadata (model name, number of classes) does not fit the weights.
+    A checkpoint of the original pochitrain takes its metadata from ``config`` or the config
+    the original would have found for ``verb`` (``legacy.load_original``).
     """
-    payload, meta = read_checkpoint(path)
+    try:
+        payload, meta = read_checkpoint(path)
+    except OriginalCheckpointError as exc:
+        from pochitrain.legacy import load_original
+
+        option = "-c/--config" if verb == "export-onnx" else "-c/--config-path"
+        model, meta, _ = load_original(Path(path), exc.checkpoint, config=config, verb=verb,
+                                       model_name=model_name, num_classes=num_classes,
+                                       option=option)
+        return model.to(device), meta
     try:
         model = build_model(meta.model_name, meta.num_classes, pretrained=False)
     except ConfigError as exc:
         raise ModelFileError(f"{path}: {exc.message}", _EDITED_REMEDY) from None
     state = payload.get("model_state_dict")
-    problem = _weights_mismatch(model, state)
+    problem = weights_mismatch(model, state)
     if problem is None:
         try:
             model.load_state_dict(state)  # type: ignore[arg-type]
@@ -132,7 +159,7 @@ _EDITED_REMEDY = ("The checkpoint was edited or damaged: use the .pth exactly as
                   "wrote it (weights and metadata are saved together), or train again.")
 
 
-def _weights_mismatch(model: nn.Module, state: Any) -> str | None:
+def weights_mismatch(model: nn.Module, state: Any) -> str | None:
     """A one-line summary of missing / unexpected / wrongly shaped weights, or None."""
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         return "model_state_dict is not a dict of tensors"

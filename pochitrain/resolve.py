@@ -40,7 +40,8 @@ def config_for(model_path: Path, config: Path | str | None) -> Path | None:
     return Path(config) if config is not None else find_config_near(model_path)
 
 
-def _class_names(settings: Any, config_path: Path) -> list[str]:
+def class_names_from_config(settings: Any, config_path: Path) -> list[str]:
+    """The run's run.json class names, else the class folders of train_data_root."""
     names = (read_run_json(config_path.parent) or {}).get("class_names")
     if isinstance(names, list) and names:
         return [str(n) for n in names]
@@ -85,12 +86,16 @@ def resolve_meta(model_path: Path | str, model_meta: ModelMeta | None,
                          model_meta.source)
     else:
         try:
-            names = _class_names(settings, config_path)
+            names = class_names_from_config(settings, config_path)
         except ConfigError:
             if need_class_names:
                 raise
             names = []
         meta = ModelMeta(names, preprocess, model_name=str(getattr(settings, "model_name", "?")))
+        from pochitrain.console import info
+
+        info(f"{model_path.name} にメタデータがありません / {model_path.name} carries no "
+             f"pochitrain metadata: class names and preprocessing from {config_path}")
     return Resolved(meta, source, config_path, settings)
 
 

@@ -59,7 +59,7 @@ def runtime_for(model_path: Path) -> str:
 
 
 def _open_runner(runtime: str, model_path: Path, device: str, providers: list[str] | None,
-                 batch_size: int | None, torch_options: Any,
+                 batch_size: int | None, torch_options: Any, config: Path | str | None = None,
                  ) -> tuple[Any, ModelMeta | None, dict[str, Any]]:
     if runtime == "pytorch":
         from pochitrain.inference.torch_runner import TorchRunner, resolve_device
@@ -71,7 +71,7 @@ def _open_runner(runtime: str, model_path: Path, device: str, providers: list[st
 
             info("CUDA が使えないため CPU で推論します / No CUDA GPU here: running PyTorch on "
                  "the CPU.")
-        model, meta = load_model(model_path)
+        model, meta = load_model(model_path, config=config)  # config: original checkpoints
         return TorchRunner(model, resolved, torch_options), meta, {}
     if runtime == "onnx":
         from pochitrain.inference.onnx_runner import open_onnx_runner
@@ -129,7 +129,7 @@ def open_model(model_path: Path | str, *, config: Path | str | None = None,
     if not model_path.exists() and runtime != "tensorrt":  # infer-trt owns its own message
         raise ModelFileError(f"Model file not found: {model_path}", "Check the path.")
     runner, model_meta, extra = _open_runner(runtime, model_path, device, providers,
-                                             batch_size, torch_options)
+                                             batch_size, torch_options, config)
     try:
         resolved = resolve_meta(model_path, model_meta, config)
         check_input_size(runtime, extra, resolved.meta)

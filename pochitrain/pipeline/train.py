@@ -159,11 +159,18 @@ def _setup(settings: Settings, data: _Data, device: str) -> Any:
         model.to(memory_format=torch.channels_last)
     train_loader, val_loader = (
         T.make_loader(folder, tf, shuffle=shuffle, batch_size=settings.batch_size,
-                      num_workers=settings.num_workers, device=device, seed=settings.seed)
+                      num_workers=settings.num_workers, device=device, seed=settings.seed,
+                      pin_memory=settings.train_pin_memory)
         for folder, tf, shuffle in ((data.train, train_tf, True), (data.val, val_tf, False)))
     weight = (torch.tensor(settings.class_weights, dtype=torch.float32, device=device)
               if settings.class_weights else None)
-    optimizer = T.build_optimizer(settings.optimizer, model.parameters(), settings.learning_rate,
+    from pochitrain.training.optim import layer_param_groups
+
+    params = (layer_param_groups(model, settings.model_name,
+                                   settings.layer_wise_lr_config["layer_rates"],
+                                   settings.learning_rate)
+              if settings.enable_layer_wise_lr else model.parameters())
+    optimizer = T.build_optimizer(settings.optimizer, params, settings.learning_rate,
                                   settings.weight_decay, settings.momentum)
     return T.FitSetup(
         model=model, train_loader=train_loader, val_loader=val_loader,
@@ -171,7 +178,7 @@ def _setup(settings: Settings, data: _Data, device: str) -> Any:
         scheduler=T.build_scheduler(settings.scheduler, settings.scheduler_params, optimizer),
         stopper=T.EarlyStopping(**settings.early_stopping) if settings.early_stopping else None,
         precision=precision, device=device, epochs=settings.epochs,
-        scaler=precision.grad_scaler(device))
+        scaler=precision.grad_scaler(device), non_blocking=settings.gpu_non_blocking)
 
 
 def train(config: Path | str, *, overrides: dict[str, Any] | None = None,
@@ -185,6 +192,7 @@ def train(config: Path | str, *, overrides: dict[str, Any] | None = None,
     from pochitrain import training as T
     from pochitrain.models import save_checkpoint
     from pochitrain.training import distributed as D
+    from pochitrain.training.observers import build_observer
 
     settings = load_config(config, overrides)
     config_path = Path(settings.config_path or config)
@@ -224,14 +232,20 @@ def train(config: Path | str, *, overrides: dict[str, Any] | None = None,
                                                                     meta, extra) if main else None)
     started = time.perf_counter()
     try:
-        with _cudnn_autotune(device):
-            out = T.fit(setup, keeper, T.MetricsLog(run_dir, plots=main), extras,
+        setup.observer = build_observer(settings, run_dir, data, setup.model) if main else None
+        log = T.MetricsLog(run_dir, plots=main, enabled=settings.enable_metrics_export,
+                           lr_log_scale=settings.layer_wise_lr_config["graph_config"]
+                           ["use_log_scale"])
+        with _cudnn_autotune(device, settings.cudnn_benchmark):
+            out = T.fit(setup, keeper, log, extras,
                         progress and main, on_epoch)
     except BaseException as exc:
         write_run_json(run_dir, {**record, "status": "failed",
                                  "error": f"{type(exc).__name__}: {exc}"})
         raise
     finally:
+        if setup.observer is not None:
+            setup.observer.close()
         if ddp is not None:
             ddp.close(setup.model)
     result = TrainResult(run_dir, keeper.best_path, keeper.last_path, keeper.best_epoch,
@@ -242,13 +256,15 @@ def train(config: Path | str, *, overrides: dict[str, Any] | None = None,
 
 
 @contextlib.contextmanager
-def _cudnn_autotune(device: str) -> Iterator[None]:
-    """On CUDA, let cuDNN pick the fastest convolution for the fixed training input size;
-    restored afterwards (inference in the same process keeps its own setting)."""
+def _cudnn_autotune(device: str, wanted: bool | None = None) -> Iterator[None]:
+    """On CUDA, let cuDNN pick the fastest convolution for the fixed training input size
+    (config cudnn_benchmark = True / False overrides); restored afterwards (inference in the
+    same process keeps its own setting)."""
     import torch
 
     before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = before or device.startswith("cuda")
+    auto = before or device.startswith("cuda")
+    torch.backends.cudnn.benchmark = auto if wanted is None else wanted
     try:
         yield
     finally:

@@ -72,14 +72,17 @@ def _init_worker(worker_id: int) -> None:
 
 
 def make_loader(folder: ImageFolder, transform: Callable[[Any], Any], *, batch_size: int,
-                shuffle: bool, num_workers: int, device: str, seed: int | None) -> DataLoader:
+                shuffle: bool, num_workers: int, device: str, seed: int | None,
+                pin_memory: bool | None = None) -> DataLoader:
+    """``pin_memory``: None pins on CUDA; False (config train_pin_memory) turns it off."""
     generator = torch.Generator()
     if seed is not None:
         generator.manual_seed(seed)
     return DataLoader(
         ImageDataset(folder, transform), batch_size=batch_size, shuffle=shuffle,
         num_workers=num_workers, collate_fn=collate_skipping, generator=generator,
-        pin_memory=device.startswith("cuda"), persistent_workers=num_workers > 0,
+        pin_memory=device.startswith("cuda") and pin_memory is not False,
+        persistent_workers=num_workers > 0,
         worker_init_fn=_init_worker if num_workers > 0 else None,
     )
 

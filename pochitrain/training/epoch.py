@@ -26,6 +26,7 @@ class EpochStats:
     seconds: float = 0.0
     skipped: set[int] = field(default_factory=set)
     interrupted: bool = False
+    confusion: Any = None  # (K, K) int64 tensor [true, predicted] when num_classes is given
 
 
 def _diverged(value: float, optimizer: Any, done: int, training: bool) -> TrainingError:
@@ -43,20 +44,29 @@ def run_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, device
               stop: threading.Event | None = None,
               on_batch: Callable[[int, float], None] | None = None,
               amp_dtype: torch.dtype | None = None, channels_last: bool = False,
-              scaler: Any = None) -> EpochStats:
+              scaler: Any = None, non_blocking: bool | None = None,
+              num_classes: int | None = None,
+              after_backward: Callable[[], None] | None = None) -> EpochStats:
     """Train (with ``optimizer``) or evaluate (without) for one pass over ``loader``.
 
     ``amp_dtype``: autocast dtype (None: fp32); ``scaler``: a ``torch.amp.GradScaler`` for fp16.
 
     ``stop`` set during training ends the epoch after the current batch (Ctrl+C).
     ``on_batch(images_in_batch, loss)`` drives a progress bar.
+    ``non_blocking``: async host-to-GPU copies (None: on with CUDA; config gpu_non_blocking).
+    ``num_classes``: also count the confusion matrix (``stats.confusion``).
+    ``after_backward()``: called after each backward pass, gradients unscaled (gradient
+    tracking).
     """
     training = optimizer is not None
     model.train(training)
     stats = EpochStats()
     total_loss, correct = 0.0, 0
     device_type = device.split(":")[0]
-    non_blocking = device_type == "cuda"
+    if non_blocking is None:
+        non_blocking = device_type == "cuda"
+    confusion = (torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+                 if num_classes else None)
     start = time.perf_counter()
     grad = torch.enable_grad() if training else torch.inference_mode()
     with grad:
@@ -76,17 +86,26 @@ def run_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, device
                 optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
                 if scaler is not None:
                     scaler.scale(loss).backward()
+                    if after_backward is not None:
+                        scaler.unscale_(optimizer)
+                        after_backward()
                     scaler.step(optimizer)
                     scaler.update()
                 else:
                     loss.backward()
+                    if after_backward is not None:
+                        after_backward()
                     optimizer.step()  # type: ignore[union-attr]
             n = int(y.shape[0])
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 raise _diverged(loss_value, optimizer, stats.images, training)
             total_loss += loss_value * n
-            correct += int((logits.detach().argmax(1) == y).sum())
+            predicted = logits.detach().argmax(1)
+            correct += int((predicted == y).sum())
+            if confusion is not None:
+                confusion += torch.bincount(y * num_classes + predicted,
+                                            minlength=confusion.numel())
             stats.images += n
             if on_batch is not None:
                 on_batch(n, loss_value)
@@ -96,6 +115,8 @@ def run_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, device
     if device_type == "cuda":
         torch.cuda.synchronize()
     stats.seconds = time.perf_counter() - start
+    if confusion is not None:
+        stats.confusion = confusion.view(-1, int(num_classes or 1)).cpu()
     if stats.images:
         stats.loss, stats.accuracy = total_loss / stats.images, correct / stats.images
     return stats

@@ -67,6 +67,8 @@ class FitSetup:
     epochs: int
     scaler: Any = None
     distributed: Any = None  # training.distributed.Distributed when run as several ranks
+    non_blocking: bool | None = None  # config gpu_non_blocking (None: on with CUDA)
+    observer: Any = None  # training.observers.RunObserver (confusion log, TensorBoard, ...)
 
 
 @dataclass
@@ -108,6 +110,14 @@ def _epoch_line(epoch: int, total: int, lr: float, tr: EpochStats, va: EpochStat
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
+def _group_lrs(optimizer: Any) -> dict[str, float]:
+    """Per-group learning rates by group name (layer-wise LR), {} with one group."""
+    groups = optimizer.param_groups
+    if len(groups) < 2:
+        return {}
+    return {str(g.get("name", i)): float(g["lr"]) for i, g in enumerate(groups)}
+
+
 def fit(setup: FitSetup, keeper: CheckpointKeeper, log: MetricsLog,
         extras: Callable[[int, EpochStats, EpochStats | None], dict[str, Any]],
         progress: bool = True, on_epoch: EpochCallback | None = None) -> FitOutcome:
@@ -118,7 +128,9 @@ def fit(setup: FitSetup, keeper: CheckpointKeeper, log: MetricsLog,
     run after that epoch's checkpoints are written).
     """
     s, out = setup, FitOutcome()
-    amp = {"amp_dtype": s.precision.amp_dtype, "channels_last": s.precision.channels_last}
+    amp = {"amp_dtype": s.precision.amp_dtype, "channels_last": s.precision.channels_last,
+           "non_blocking": s.non_blocking}
+    watch = s.observer
     with stop_on_ctrl_c(lambda: warn("Ctrl+C: stopping after this batch "
                                      "(press again to abort now)")) as stop, \
             make_progress(progress, kind="loss") as bars:
@@ -128,6 +140,7 @@ def fit(setup: FitSetup, keeper: CheckpointKeeper, log: MetricsLog,
             epoch_fn = s.distributed.epoch_runner(run_epoch)
         for epoch in range(1, s.epochs + 1):
             lr = float(s.optimizer.param_groups[0]["lr"])
+            group_lrs = _group_lrs(s.optimizer)
             task = bars.add_task(f"epoch {epoch}/{s.epochs}",
                                  total=len(s.train_loader.dataset), loss=0.0)
 
@@ -135,7 +148,8 @@ def fit(setup: FitSetup, keeper: CheckpointKeeper, log: MetricsLog,
                 bars.update(task, advance=n, loss=loss)
 
             tr = epoch_fn(s.model, s.train_loader, s.criterion, s.device, optimizer=s.optimizer,
-                          stop=stop, scaler=s.scaler, on_batch=advance, **amp)
+                          stop=stop, scaler=s.scaler, on_batch=advance, **amp,
+                          after_backward=watch.after_backward if watch else None)
             bars.remove_task(task)
             _note_skipped(out, "train", s.train_loader, tr)
             _check_read(tr, s.train_loader, "training")
@@ -143,13 +157,17 @@ def fit(setup: FitSetup, keeper: CheckpointKeeper, log: MetricsLog,
                 out.stopped_by = "interrupted"
                 keeper.save_last({**extras(epoch, tr, None), "interrupted": True})
                 break
-            va = epoch_fn(s.model, s.val_loader, s.criterion, s.device, **amp)
+            va = epoch_fn(s.model, s.val_loader, s.criterion, s.device, **amp,
+                          num_classes=watch.num_classes if watch else None)
             _note_skipped(out, "val", s.val_loader, va)
             _check_read(va, s.val_loader, "validation")
             if s.scheduler is not None:
                 s.scheduler.step()
-            log.add(EpochRow(epoch, lr, tr.loss, tr.accuracy, va.loss, va.accuracy,
-                             tr.images / max(tr.seconds, 1e-9), tr.seconds + va.seconds))
+            row = EpochRow(epoch, lr, tr.loss, tr.accuracy, va.loss, va.accuracy,
+                           tr.images / max(tr.seconds, 1e-9), tr.seconds + va.seconds, group_lrs)
+            log.add(row)
+            if watch is not None:
+                watch.epoch_end(row, va)
             out.epochs_run = epoch
             best = keeper.offer(epoch, va.accuracy, extras(epoch, tr, va))
             info(_epoch_line(epoch, s.epochs, lr, tr, va, best))

@@ -1,9 +1,14 @@
-"""Per-epoch metrics: training_metrics.csv plus loss.png / accuracy.png."""
+"""Per-epoch metrics: training_metrics.csv plus loss.png / accuracy.png.
+
+With layer-wise learning rates (config ``enable_layer_wise_lr``) the CSV gains one
+``lr_<group>`` column per parameter group and ``layer_wise_lr.png`` plots them (log or linear
+scale per ``layer_wise_lr_config['graph_config']['use_log_scale']``, as in the original).
+"""
 
 from __future__ import annotations
 
 import csv
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
@@ -20,22 +25,30 @@ class EpochRow:
     val_accuracy: float
     images_per_second: float
     seconds: float
+    group_lrs: dict[str, float] = field(default_factory=dict)  # layer-wise LR: group -> lr
 
 
 class MetricsLog:
     """training_metrics.csv plus loss.png / accuracy.png, rewritten (atomically) every epoch."""
 
-    def __init__(self, run_dir: Path, plots: bool = True) -> None:
+    def __init__(self, run_dir: Path, plots: bool = True, enabled: bool = True,
+                 lr_log_scale: bool = True) -> None:
         self.run_dir = run_dir
         self.rows: list[EpochRow] = []
         self.plots = plots
+        self.enabled = enabled  # config enable_metrics_export
+        self.lr_log_scale = lr_log_scale
         self.csv_path = run_dir / "training_metrics.csv"
 
     def add(self, row: EpochRow) -> None:
         self.rows.append(row)
+        if not self.enabled:
+            return
         self._write_csv()
         if self.plots:
             plot_metrics(self.rows, self.run_dir)
+            if row.group_lrs:
+                plot_group_lrs(self.rows, self.run_dir / "layer_wise_lr.png", self.lr_log_scale)
 
     def _write_csv(self) -> None:
         from pochitrain.workspace import atomic_path
@@ -43,12 +56,14 @@ class MetricsLog:
         with atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="",
                                                      encoding="utf-8") as f:
             writer = csv.writer(f)
-            writer.writerow(METRIC_COLUMNS)
+            groups = list(self.rows[0].group_lrs) if self.rows else []
+            writer.writerow(list(METRIC_COLUMNS) + [f"lr_{g}" for g in groups])
             for r in self.rows:
                 d = asdict(r)
                 writer.writerow([d["epoch"], f"{d['lr']:.6g}"]
                                 + [f"{d[c]:.6f}" for c in METRIC_COLUMNS[2:6]]
-                                + [f"{d['images_per_second']:.1f}", f"{d['seconds']:.2f}"])
+                                + [f"{d['images_per_second']:.1f}", f"{d['seconds']:.2f}"]
+                                + [f"{r.group_lrs.get(g, float('nan')):.6g}" for g in groups])
 
 
 def plot_metrics(rows: list[EpochRow], out_dir: Path) -> None:
@@ -58,8 +73,10 @@ def plot_metrics(rows: list[EpochRow], out_dir: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from pochitrain.plotting import use_cjk_font
     from pochitrain.workspace import atomic_path
 
+    use_cjk_font()
     epochs = [r.epoch for r in rows]
     for name, train_key, val_key, label in (
         ("loss.png", "train_loss", "val_loss", "loss"),
@@ -77,3 +94,34 @@ def plot_metrics(rows: list[EpochRow], out_dir: Path) -> None:
         with atomic_path(out_dir / name) as tmp:
             fig.savefig(tmp, format="png")
         plt.close(fig)
+
+
+def plot_group_lrs(rows: list[EpochRow], path: Path, log_scale: bool = True) -> None:
+    """One line per parameter group (tab10 up to 10 groups, else tab20), as the original."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pochitrain.plotting import use_cjk_font
+    from pochitrain.workspace import atomic_path
+
+    use_cjk_font()
+    groups = list(rows[0].group_lrs)
+    cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
+    epochs = [r.epoch for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for i, group in enumerate(groups):
+        ax.plot(epochs, [r.group_lrs.get(group, float("nan")) for r in rows], "o-",
+                color=cmap(i % cmap.N), label=group)
+    if log_scale:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("learning rate" + (" (log scale)" if log_scale else ""))
+    ax.set_title("layer-wise learning rates")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

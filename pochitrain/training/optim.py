@@ -1,4 +1,5 @@
-"""Optimizers, per-epoch LR schedulers and early stopping."""
+"""Optimizers (with the original's layer-wise learning rates), per-epoch LR schedulers and
+early stopping."""
 
 from __future__ import annotations
 
@@ -18,6 +19,36 @@ def build_optimizer(name: str, params: Any, lr: float, weight_decay: float = 0.0
     if name == "AdamW":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     raise ConfigError(f"Unknown optimizer {name!r}.", "Use SGD, Adam or AdamW.")
+
+
+def layer_group(name: str) -> str:
+    """The original's ResNetLayerGrouper: the first of layer1..layer4, conv1, bn1, fc found in
+    the parameter name (substring), else "other"."""
+    from pochitrain.config_legacy import LAYER_GROUPS
+
+    return next((g for g in LAYER_GROUPS[:-1] if g in name), "other")
+
+
+def layer_param_groups(model: torch.nn.Module, model_name: str, rates: dict[str, float],
+                       base_lr: float) -> list[dict[str, Any]]:
+    """Parameter groups named by ``layer_group``; groups missing from ``rates`` get
+    ``base_lr``. A rate for a group that holds no parameter of this model is a ConfigError."""
+    from pochitrain.config_legacy import LAYER_GROUPS
+
+    groups: dict[str, list[Any]] = {g: [] for g in LAYER_GROUPS}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups[layer_group(name)].append(param)
+    present = [g for g, params in groups.items() if params]
+    empty = [g for g in rates if g not in present]
+    if empty:
+        raise ConfigError(
+            f"layer_wise_lr_config['layer_rates'] names {', '.join(repr(g) for g in empty)}, "
+            f"which match(es) no parameter of {model_name}.\n"
+            "layer_rates のグループに該当するパラメータがありません.",
+            f"Groups of {model_name}: {', '.join(present)}. Remove the others, or use a ResNet "
+            "(the original's layer grouping is made for ResNet layer names).")
+    return [{"params": groups[g], "lr": rates.get(g, base_lr), "name": g} for g in present]
 
 
 def build_scheduler(name: str | None, params: dict[str, Any],

@@ -1,0 +1,207 @@
+"""Checks for the config keys of the original pochitrain (v1.8.3) that this project accepts.
+
+Each key keeps the original's meaning (reference section 2.2); where the original silently
+ignored a typo or fell back to a default, this module names the problem instead. Every
+``check_*`` returns the value normalised (defaults filled in) or raises a ConfigError.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any
+
+from pochitrain.config_checks import check_choice, check_float, check_int, is_int, type_error
+from pochitrain.errors import ConfigError
+
+# The original's ResNetLayerGrouper: first substring match in this order, else "other".
+LAYER_GROUPS = ("layer1", "layer2", "layer3", "layer4", "conv1", "bn1", "fc", "other")
+AGGREGATIONS = ("median", "mean", "max", "rms")
+GRADIENT_DEFAULTS: dict[str, Any] = {"record_frequency": 1,
+                                     "exclude_patterns": ["fc\\.", "\\.bias"],
+                                     "group_by_block": True, "aggregation_method": "median"}
+CONFUSION_DEFAULTS: dict[str, Any] = {"title": "Confusion Matrix", "xlabel": "Predicted Label",
+                                      "ylabel": "True Label", "fontsize": 14,
+                                      "title_fontsize": 16, "label_fontsize": 12,
+                                      "figsize": (8, 6), "cmap": "Blues"}
+OPTUNA_DEFAULTS: dict[str, Any] = {"study_name": "pochitrain_optimization",
+                                   "direction": "maximize", "n_trials": 20, "n_jobs": 1,
+                                   "sampler": "TPESampler", "pruner": "MedianPruner",
+                                   "optuna_epochs": 10, "storage": None, "search_space": {}}
+SEARCH_TYPES = ("float", "int", "categorical")
+
+
+def _unknown(where: str, key: Any, allowed: tuple[str, ...] | list[str]) -> ConfigError:
+    near = difflib.get_close_matches(str(key), list(allowed), n=1)
+    hint = f" Did you mean {near[0]!r}?" if near else ""
+    return ConfigError(f"{where} has an unknown key {key!r}.{hint}",
+                       f"{where} keys: {', '.join(allowed)}.")
+
+
+def _dict(key: str, value: Any, example: str) -> dict[str, Any]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise type_error(key, value, f"None or a dict like {example}")
+    return value
+
+
+def _known(where: str, value: dict[str, Any], allowed: tuple[str, ...] | list[str]) -> None:
+    for k in value:
+        if k not in allowed:
+            raise _unknown(where, k, allowed)
+
+
+def check_optional_bool(key: str, value: Any) -> bool | None:
+    """None (pochitrain chooses automatically) or True / False (overrides that choice)."""
+    if value is None or isinstance(value, bool):
+        return value
+    raise type_error(key, value, "True, False or None (None: chosen automatically)")
+
+
+def check_bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise type_error(key, value, "True or False")
+    return value
+
+
+def check_mean_std(key: str, value: Any) -> list[float] | None:
+    """Informational, as in the original (the pipelines read val_transform's Normalize)."""
+    if value is None:
+        return None
+    ok = (isinstance(value, (list, tuple)) and len(value) == 3
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+    if not ok or (key == "std" and min(value) <= 0):
+        raise type_error(key, value, "three numbers, one per RGB channel"
+                         + (" (each > 0)" if key == "std" else ""))
+    return [float(v) for v in value]
+
+
+def check_layer_wise_lr(enabled: bool, value: Any) -> dict[str, Any]:
+    """``{"layer_rates": {group: lr}, "graph_config": {"use_log_scale": bool}}``.
+
+    Groups are the original's (``LAYER_GROUPS``); a group that matches no parameter of the
+    model is refused when the optimizer is built (``training.optim.param_groups``).
+    """
+    example = "{'layer_rates': {'layer4': 1e-3, 'fc': 1e-2}, 'graph_config': {'use_log_scale': True}}"
+    cfg = {} if value is None else dict(_dict("layer_wise_lr_config", value, example))
+    _known("layer_wise_lr_config", cfg, ("layer_rates", "graph_config"))
+    rates = cfg.get("layer_rates") or {}
+    rates = _dict("layer_wise_lr_config['layer_rates']", rates, "{'fc': 0.01}")
+    for group, lr in rates.items():
+        if group not in LAYER_GROUPS:
+            near = difflib.get_close_matches(group, LAYER_GROUPS, n=1)
+            hint = f" Did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(
+                f"layer_wise_lr_config['layer_rates'] has an unknown group {group!r}.{hint}",
+                f"Groups (matched in this order, as in the original pochitrain): "
+                f"{', '.join(LAYER_GROUPS)}.")
+        check_float(f"layer_wise_lr_config['layer_rates'][{group!r}]", lr, 0.0, strict=True)
+    if enabled and not rates:
+        raise ConfigError("enable_layer_wise_lr = True but layer_wise_lr_config has no "
+                          "layer_rates.",
+                          f"Give at least one group rate, e.g. layer_wise_lr_config = {example}, "
+                          "or set enable_layer_wise_lr = False.")
+    graph = cfg.get("graph_config") or {}
+    graph = _dict("layer_wise_lr_config['graph_config']", graph, "{'use_log_scale': True}")
+    _known("layer_wise_lr_config['graph_config']", graph, ("use_log_scale",))
+    log = check_bool("layer_wise_lr_config['graph_config']['use_log_scale']",
+                     graph.get("use_log_scale", True))
+    return {"layer_rates": {g: float(v) for g, v in rates.items()},
+            "graph_config": {"use_log_scale": log}}
+
+
+def check_gradient_tracking(value: Any) -> dict[str, Any]:
+    where = "gradient_tracking_config"
+    cfg = {} if value is None else dict(_dict(where, value, "{'record_frequency': 1}"))
+    _known(where, cfg, tuple(GRADIENT_DEFAULTS))
+    out = {**GRADIENT_DEFAULTS, **cfg}
+    out["record_frequency"] = check_int(f"{where}['record_frequency']",
+                                        out["record_frequency"], 1)
+    patterns = out["exclude_patterns"] or []
+    if not isinstance(patterns, (list, tuple)) or not all(isinstance(p, str) for p in patterns):
+        raise type_error(f"{where}['exclude_patterns']", patterns,
+                         "a list of regular expressions, e.g. ['fc\\\\.', '\\\\.bias']")
+    for p in patterns:
+        try:
+            re.compile(p)
+        except re.error as exc:
+            raise ConfigError(f"{where}['exclude_patterns'] has an invalid regular expression "
+                              f"{p!r}: {exc}.", "Fix the pattern (Python re syntax).") from None
+    out["exclude_patterns"] = list(patterns)
+    out["group_by_block"] = check_bool(f"{where}['group_by_block']", out["group_by_block"])
+    out["aggregation_method"] = check_choice(f"{where}['aggregation_method']",
+                                             out["aggregation_method"], AGGREGATIONS)
+    return out
+
+
+def check_confusion_matrix_config(value: Any) -> dict[str, Any] | None:
+    where = "confusion_matrix_config"
+    if value is None:
+        return None
+    cfg = dict(_dict(where, value, "{'title': 'Confusion Matrix', 'cmap': 'Blues'}"))
+    _known(where, cfg, tuple(CONFUSION_DEFAULTS))
+    out = {**CONFUSION_DEFAULTS, **cfg}
+    for key in ("title", "xlabel", "ylabel", "cmap"):
+        if not isinstance(out[key], str):
+            raise type_error(f"{where}[{key!r}]", out[key], "a string")
+    for key in ("fontsize", "title_fontsize", "label_fontsize"):
+        out[key] = check_float(f"{where}[{key!r}]", out[key], 0.0, strict=True)
+    size = out["figsize"]
+    if (not isinstance(size, (list, tuple)) or len(size) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                       for v in size)):
+        raise type_error(f"{where}['figsize']", size, "(width, height) in inches, e.g. (8, 6)")
+    out["figsize"] = (float(size[0]), float(size[1]))
+    import matplotlib
+
+    if out["cmap"] not in matplotlib.colormaps:
+        near = difflib.get_close_matches(out["cmap"], list(matplotlib.colormaps), n=1)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        raise ConfigError(f"{where}['cmap'] is not a matplotlib colormap: {out['cmap']!r}.{hint}",
+                          "Use a name such as 'Blues', 'viridis' or 'YlOrRd'.")
+    return out
+
+
+def _check_search_space(space: Any) -> dict[str, Any]:
+    where = "optuna['search_space']"
+    space = _dict(where, space, "{'learning_rate': {'type': 'float', 'low': 1e-4, 'high': 1e-2}}")
+    for name, spec in space.items():
+        w = f"{where}[{name!r}]"
+        spec = _dict(w, spec, "{'type': 'float', 'low': 1e-4, 'high': 1e-2, 'log': True}")
+        kind = check_choice(f"{w}['type']", spec.get("type"), SEARCH_TYPES)
+        if kind == "categorical":
+            _known(w, spec, ("type", "choices"))
+            if not isinstance(spec.get("choices"), (list, tuple)) or not spec["choices"]:
+                raise type_error(f"{w}['choices']", spec.get("choices"), "a non-empty list")
+            continue
+        _known(w, spec, ("type", "low", "high", "log", "step"))
+        low, high = spec.get("low"), spec.get("high")
+        number = is_int if kind == "int" else (
+            lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
+        if not number(low) or not number(high) or low > high:  # type: ignore[operator]
+            raise ConfigError(f"{w} needs low <= high ({kind}s); got low={low!r}, "
+                              f"high={high!r}.", f"Example: {{'type': {kind!r}, 'low': 1, "
+                              "'high': 10}")
+        if not isinstance(spec.get("log", False), bool):
+            raise type_error(f"{w}['log']", spec["log"], "True or False")
+    return dict(space)
+
+
+def check_optuna(value: Any) -> dict[str, Any] | None:
+    """The original's nested ``optuna`` dict (for ``pochi optimize``), defaults filled in."""
+    if value is None:
+        return None
+    cfg = dict(_dict("optuna", value, "{'n_trials': 20, 'search_space': {...}}"))
+    _known("optuna", cfg, tuple(OPTUNA_DEFAULTS))
+    out = {**OPTUNA_DEFAULTS, **cfg}
+    for key in ("study_name", "sampler"):
+        if not isinstance(out[key], str):
+            raise type_error(f"optuna[{key!r}]", out[key], "a string")
+    out["direction"] = check_choice("optuna['direction']", out["direction"],
+                                    ("maximize", "minimize"))
+    for key in ("n_trials", "n_jobs", "optuna_epochs"):
+        out[key] = check_int(f"optuna[{key!r}]", out[key], 1)
+    for key in ("pruner", "storage"):
+        if out[key] is not None and not isinstance(out[key], str):
+            raise type_error(f"optuna[{key!r}]", out[key], "a string or None")
+    out["search_space"] = _check_search_space(out["search_space"] or {})
+    return out

@@ -1,0 +1,53 @@
+"""Matplotlib set-up shared by every plot: Agg backend and a font that has Japanese glyphs.
+
+Class names and titles are often Japanese (the original pochitrain's users); DejaVu Sans, the
+default font, has no CJK glyphs and draws empty boxes. ``use_cjk_font`` registers IPAex Gothic
+from the ``matplotlib-fontja`` package (a dependency) as a fallback after DejaVu Sans, so
+Latin text keeps its look and Japanese text renders. A CJK font installed on the system
+(Noto Sans CJK, ...) is used when the package is missing.
+"""
+
+from __future__ import annotations
+
+import functools
+
+_SYSTEM_CJK = ("Noto Sans CJK JP", "Noto Sans JP", "IPAexGothic", "IPAGothic", "TakaoGothic",
+               "Yu Gothic", "Meiryo", "MS Gothic", "Hiragino Sans", "Source Han Sans JP")
+
+
+@functools.lru_cache(maxsize=1)
+def use_cjk_font() -> str | None:
+    """Make Japanese text render in every later figure; returns the CJK font's name (None when
+    no CJK font is available, then Japanese text draws as boxes with a warning)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import font_manager
+
+    name = None
+    try:
+        from importlib.resources import files
+
+        ttf = files("matplotlib_fontja") / "fonts" / "ipaexg.ttf"
+        if ttf.is_file():
+            font_manager.fontManager.addfont(str(ttf))
+            name = font_manager.FontProperties(fname=str(ttf)).get_name()
+    except (ModuleNotFoundError, OSError):
+        name = None
+    if name is None:
+        installed = {f.name for f in font_manager.fontManager.ttflist}
+        name = next((n for n in _SYSTEM_CJK if n in installed), None)
+    if name is not None:
+        family = ["DejaVu Sans", name]
+        matplotlib.rcParams["font.family"] = "sans-serif"
+        matplotlib.rcParams["font.sans-serif"] = family + [
+            f for f in matplotlib.rcParams["font.sans-serif"] if f not in family]
+    return name
+
+
+def pyplot():  # type: ignore[no-untyped-def]
+    """``matplotlib.pyplot`` on the Agg backend with the CJK font set up."""
+    use_cjk_font()
+    import matplotlib.pyplot as plt
+
+    return plt

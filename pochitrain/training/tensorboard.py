@@ -1,0 +1,47 @@
+"""TensorBoard event files with the original pochitrain's tags (config ``enable_tensorboard``).
+
+Tags: ``Loss/train``, ``Accuracy/train``, ``LearningRate/base``, ``Loss/val``,
+``Accuracy/val`` (accuracy in percent, as the original logged it) and, with layer-wise
+learning rates, ``LearningRate/lr_<group>``. TensorBoard is an optional extra:
+``pip install "pochitrain[tensorboard]"``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pochitrain.errors import BackendMissingError
+
+
+def _summary_writer() -> Any:
+    try:
+        import tensorboard  # noqa: F401 - torch.utils.tensorboard needs it
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise BackendMissingError(
+            "enable_tensorboard = True but TensorBoard is not installed.\n"
+            "TensorBoard がインストールされていません.",
+            'Install it with: pip install "pochitrain[tensorboard]" (or set '
+            "enable_tensorboard = False).") from exc
+    return SummaryWriter
+
+
+class TensorBoardLog:
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.writer = _summary_writer()(log_dir=str(log_dir))
+
+    def log(self, row: Any) -> None:
+        w, step = self.writer, row.epoch
+        w.add_scalar("Loss/train", row.train_loss, step)
+        w.add_scalar("Accuracy/train", 100.0 * row.train_accuracy, step)
+        w.add_scalar("LearningRate/base", row.lr, step)
+        w.add_scalar("Loss/val", row.val_loss, step)
+        w.add_scalar("Accuracy/val", 100.0 * row.val_accuracy, step)
+        for group, lr in row.group_lrs.items():
+            w.add_scalar(f"LearningRate/lr_{group}", lr, step)
+        w.flush()
+
+    def close(self) -> None:
+        self.writer.close()

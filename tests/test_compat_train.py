@@ -1,0 +1,87 @@
+"""pochi train on the original pochitrain's sample config: its run-folder files and features."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from test_compat_config import original_config, tiny_data  # noqa: F401 - fixture
+
+from pochitrain.pipeline.train import train
+
+
+@pytest.fixture(scope="module")
+def original_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    """Two epochs of the original's sample config (data paths changed, 32x32 images)."""
+    folder = tmp_path_factory.mktemp("original_run")
+    result = train(original_config(folder, tiny_data, epochs=2), progress=False)
+    assert result.epochs_run == 2
+    return result.run_dir
+
+
+def test_layer_wise_lr_columns_and_plot(original_run: Path) -> None:
+    with open(original_run / "training_metrics.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2
+    for group, lr in (("conv1", 0.0001), ("layer4", 0.002), ("fc", 0.01)):
+        assert float(rows[0][f"lr_{group}"]) == pytest.approx(lr)
+        assert float(rows[1][f"lr_{group}"]) == pytest.approx(lr * 0.95)  # ExponentialLR
+    assert (original_run / "layer_wise_lr.png").stat().st_size > 1000
+
+
+def test_confusion_log_and_paths(original_run: Path, tiny_data: Path) -> None:  # noqa: F811
+    text = (original_run / "confusion_matrix.log").read_text(encoding="utf-8").splitlines()
+    assert text[0] == "epoch1" and text[4] == "epoch2" and len(text) == 8
+    counts = [[int(v) for v in line.split()] for line in text[1:4]]
+    assert [sum(r) for r in counts] == [2, 2, 2]  # 2 val images per true class
+    train_paths = (original_run / "paths" / "train.txt").read_text(encoding="utf-8").split()
+    val_paths = (original_run / "paths" / "val.txt").read_text(encoding="utf-8").split()
+    assert len(train_paths) == 12 and len(val_paths) == 6
+    assert all(Path(p).is_file() and str(tiny_data / "val") in p for p in val_paths)
+
+
+def test_gradient_trace_csv(original_run: Path) -> None:
+    with open(original_run / "gradient_trace.csv", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    header = rows[0]
+    assert header[0] == "epoch" and [r[0] for r in rows[1:]] == ["1", "2"]
+    assert {"layer1", "layer2", "layer3", "layer4", "conv1.weight", "bn1.weight"} <= set(header)
+    assert not any(h.startswith("fc.") or h.endswith(".bias") for h in header)  # excluded
+    assert all(float(v) > 0 for v in rows[1][1:])
+
+
+def test_image_size_taken_from_training_images(original_run: Path) -> None:
+    import json
+
+    record = json.loads((original_run / "run.json").read_text(encoding="utf-8"))
+    assert record["input_size"] == [32, 32]  # val_transform has no Resize
+
+
+def test_overrides_of_automatic_choices(tiny_data: Path) -> None:  # noqa: F811
+    import torch
+
+    from pochitrain.data import scan_image_folder
+    from pochitrain.pipeline.train import _cudnn_autotune
+    from pochitrain.training.data import make_loader
+
+    folder = scan_image_folder(tiny_data / "train")
+    loader = make_loader(folder, lambda x: x, batch_size=2, shuffle=False, num_workers=0,
+                         device="cuda", seed=0, pin_memory=False)
+    assert loader.pin_memory is False
+    before = torch.backends.cudnn.benchmark
+    with _cudnn_autotune("cuda", False):
+        assert torch.backends.cudnn.benchmark is False
+    with _cudnn_autotune("cpu", True):
+        assert torch.backends.cudnn.benchmark is True
+    assert torch.backends.cudnn.benchmark == before
+
+
+def test_metrics_export_off(tiny_data: Path, tmp_path: Path) -> None:  # noqa: F811
+    config = original_config(tmp_path, tiny_data, **{
+        "enable_metrics_export = True": "enable_metrics_export = False",
+        "enable_gradient_tracking = True": "enable_gradient_tracking = False",
+        "enable_layer_wise_lr = True": "enable_layer_wise_lr = False"})
+    run_dir = train(config, progress=False).run_dir
+    assert not (run_dir / "training_metrics.csv").exists()
+    assert not (run_dir / "loss.png").exists() and (run_dir / "confusion_matrix.log").is_file()
