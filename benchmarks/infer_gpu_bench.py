@@ -113,6 +113,24 @@ def input_stage(data: Path) -> dict[str, Any]:
             resize_batch(images, pp, dest)
         torch.cuda.synchronize()
         out["resize_alone_img_s"] = round(10 * len(images) / (time.perf_counter() - start), 1)
+    exact = dest.clone()
+    # the same matmuls in TF32 (tensor cores): how much faster, and how far from PIL-exact
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        for _ in range(2):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(10):
+                resize_batch(images, pp, dest)
+            torch.cuda.synchronize()
+            out["resize_alone_tf32_img_s"] = round(10 * len(images) / (time.perf_counter() - start),
+                                                   1)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
+    delta = (dest - exact).abs()
+    out["tf32_vs_exact_resize"] = {"max_grey_levels": round(float(delta.max()), 2),
+                                   "share_differing": round(float((delta > 0.5).float().mean()),
+                                                            6)}
     # how pixels differ from the CPU (PIL) pipeline: the same 64 images through both
     from pochitrain.data import open_rgb
 
