@@ -70,6 +70,8 @@ class Settings:
     seed: int | None = 42
     mixed_precision: str = "auto"  # auto | bf16 | fp16 | off; resolved by training.resolve_amp
     channels_last: bool | str = "auto"  # True | False | "auto" (True on CUDA)
+    gpu_input: bool | str = "auto"  # decode + transforms on the GPU (training.gpu_input)
+    gpu_input_cache: str | None = None  # None | "ram" | "gpu": decode the images once
     # Keys of the original pochitrain (config_legacy.py). None: chosen automatically.
     train_pin_memory: bool | None = None  # pinned loader memory (auto: on with CUDA)
     infer_pin_memory: bool | None = None
@@ -161,6 +163,13 @@ def _validate(raw: dict[str, Any], config_dir: Path, config_path: Path) -> Setti
     if not (isinstance(cl, bool) or (isinstance(cl, str) and cl.lower() == "auto")):
         raise type_error("channels_last", cl, "True, False or 'auto' (True on a CUDA GPU)")
     s.channels_last = cl if isinstance(cl, bool) else "auto"
+    gi = g["gpu_input"]
+    if not (isinstance(gi, bool) or gi == "auto"):
+        raise type_error("gpu_input", gi, "True, False or 'auto' (GPU decode when possible)")
+    s.gpu_input = gi
+    if g["gpu_input_cache"] not in (None, "ram", "gpu"):
+        raise type_error("gpu_input_cache", g["gpu_input_cache"], "None, 'ram' or 'gpu'")
+    s.gpu_input_cache = g["gpu_input_cache"]
     _validate_original_keys(s, g)
     return s
 

@@ -162,6 +162,11 @@ def _setup(settings: Settings, data: _Data, device: str) -> Any:
                       num_workers=settings.num_workers, device=device, seed=settings.seed,
                       pin_memory=settings.train_pin_memory)
         for folder, tf, shuffle in ((data.train, train_tf, True), (data.val, val_tf, False)))
+    from pochitrain.training.gpu_input import gpu_loaders
+
+    gpu = gpu_loaders(settings, data.train, data.val, device, train_tf, val_tf)
+    if gpu is not None:  # decode + transforms on the GPU (config gpu_input)
+        train_loader, val_loader = gpu
     weight = (torch.tensor(settings.class_weights, dtype=torch.float32, device=device)
               if settings.class_weights else None)
     from pochitrain.training.optim import layer_param_groups
