@@ -218,6 +218,14 @@ def open_onnx_runner(path: Path | str, providers: list[str] | None = None,
         providers = ["cuda"] if "CUDAExecutionProvider" in available and _gpu_visible() \
             else ["cpu"]
     names = resolve_providers(providers, available)
+    if "CUDAExecutionProvider" in names and hasattr(ort, "preload_dlls"):
+        # CUDA / cuDNN come from the nvidia-* wheels or torch's own copies (no system
+        # CUDA needed); ORT >= 1.21 finds and loads them here. Best effort: the session's own
+        # check below says what is still missing.
+        try:
+            ort.preload_dlls()
+        except Exception:  # noqa: BLE001, S110 - a missing library is reported by the session
+            pass
     try:
         session = open_session(info.path, names, threads)
     except BackendMissingError:
