@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One step of a GPU-machine session (run by hand through the device tool, from the repo root).
+#   carry            copy what .carry/ holds into /root/carry (big wheels arrive in parts)
+#   install          join the onnxruntime-gpu parts, install it and the serve wheels into /root
+#   infer|serve|train  run that benchmark, results into $OUT (infer: also serve, if time)
+# Wheels are installed with --target and put first on PYTHONPATH; the machine's own torch,
+# torchvision and CPU onnxruntime stay as they are.
+set -uo pipefail
+step=${1:?step}
+OUT=${OUT:-/tmp/out}
+mkdir -p /root/carry "$OUT"
+export PYTHONUNBUFFERED=1
+export PYTHONPATH=/root/ortgpu:/root/site:$PWD
+case "$step" in
+  carry)
+    cp -r .carry/. /root/carry/ && ls -la /root/carry ;;
+  install)
+    cat /root/carry/ortgpu.part* > /root/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /root/ortgpu \
+      /root/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /root/site /root/carry/serve/*.whl
+    python3 -c "import onnxruntime as o; print(o.__version__, o.__file__, o.get_available_providers())"
+    python3 -c "import fastapi, uvicorn, multipart; print('serve deps ok', fastapi.__version__)" ;;
+  infer)
+    python3 benchmarks/infer_gpu_bench.py --out "$OUT" 2>&1 | tee "$OUT/infer.log" ;;
+  serve)
+    for mode in batched mb1; do
+      if [ $mode = batched ]; then a="--device cuda --no-access-log --max-batch 64 --max-wait-ms 2"; else a="--device cuda --no-access-log --max-batch 1"; fi
+      timeout 200 python3 benchmarks/serve_load.py --prepare /tmp/serve_bench --serve-args="$a" \
+        --concurrency 64 --requests 12000 --label $mode --json "$OUT/serve_$mode.json" 2>&1 | tail -5
+    done ;;
+  train)
+    python3 benchmarks/train_bench.py "${@:2}" --out "$OUT" 2>&1 | tee "$OUT/train.log" ;;
+  *) echo "unknown step $step"; exit 2 ;;
+esac
