@@ -228,11 +228,19 @@ def test_missing_engine_file(tmp_path: Path) -> None:
     assert "Engine file not found" in err.value.message and "pochi convert" in err.value.remedy
 
 
-def test_missing_sidecar_metadata(tmp_path: Path) -> None:
+def test_engine_without_sidecar_runs_as_plain_tensorrt(tmp_path: Path) -> None:
+    """Engines built elsewhere (the original pochitrain, trtexec) have no sidecar: they open
+    with precision unknown and no model metadata (infer-trt -c config.py supplies it)."""
     engine = tmp_path / "bare.engine"
-    engine.write_bytes(EngineSpec().to_bytes())
-    with pytest.raises(ModelFileError, match="metadata"):
-        _open(engine)
+    spec = EngineSpec()
+    engine.write_bytes(spec.to_bytes())
+    runner, meta = _open(engine)
+    assert meta["model"] is None and meta["sidecar"] is False
+    assert runner.describe()["precision"] == "unknown"
+    images = _images(2)
+    logits, _ = runner.run(images)
+    np.testing.assert_allclose(logits, spec.reference(images), rtol=1e-5, atol=1e-5)
+    runner.close()
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,9 @@ import argparse
 
 from pochitrain.cli.common import add_input_size, input_size_arg, positive_int
 
+MODEL_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_small",
+               "mobilenet_v3_large", "efficientnet_b0", "efficientnet_b1")  # models.py
+
 DESCRIPTION = """\
 Export a pochitrain checkpoint (.pth) to ONNX and check the result.
 
@@ -13,6 +16,10 @@ The input is named 'input' with shape (batch_size, 3, H, W): batch dynamic, H/W 
 (pattern 1 of the conversion guide, what 'pochi convert' expects by default). The model's
 metadata (class names, input size, mean/std, preprocessing, checkpoint sha256) is stored in
 the ONNX metadata_props, so infer-onnx and convert need no config file.
+
+A checkpoint of the original pochitrain (no metadata) takes its model name, class names and
+preprocessing from its training config: -c/--config, else config.py beside the checkpoint or
+one folder up (the original's rule).
 
 Verification (unless --skip-verify): onnx.checker, then ONNX Runtime (CPU) against PyTorch on
 images of the validation folder at batch 1 and 16; the file is only written when they agree.
@@ -30,8 +37,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    "(default: the input size recorded in the checkpoint)")
     parser.add_argument("--output", "-o", default=None, metavar="PATH",
                         help="ONNX file to write (default: MODEL.onnx beside the checkpoint)")
-    parser.add_argument("--opset", type=positive_int, default=17, metavar="N",
+    parser.add_argument("--opset", "--opset-version", dest="opset", type=positive_int,
+                        default=17, metavar="N",
                         help="ONNX opset version (default: 17; supported 9-20)")
+    parser.add_argument("-c", "--config", "--config-path", dest="config", default=None,
+                        metavar="CONFIG", help="training config of an original pochitrain "
+                        "checkpoint (default: config.py beside the checkpoint, then one folder "
+                        "up); pochitrain checkpoints carry their own metadata")
+    parser.add_argument("--model-name", default=None, choices=MODEL_NAMES,
+                        help="network of an original pochitrain checkpoint (default: the "
+                        "config's model_name; this option wins over the config)")
+    parser.add_argument("--num-classes", type=positive_int, default=None, metavar="N",
+                        help="outputs of an original pochitrain checkpoint (checked against "
+                        "the checkpoint and the config's class folders)")
+    parser.add_argument("--device", default="cpu",
+                        help="device to load the checkpoint on: cpu (default), cuda or "
+                        "cuda:N; the exported graph is the same")
     parser.add_argument("--skip-verify", action="store_true",
                         help="write the file without comparing ONNX Runtime to PyTorch")
     shape = parser.add_mutually_exclusive_group()
@@ -60,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         Path(args.model), input_size=size, output=args.output, opset=args.opset,
         verify=not args.skip_verify,
         shape=ExportShape(dynamic_spatial=args.dynamic_spatial, static_batch=args.static_batch),
-        overwrite=args.overwrite, data=args.data,
+        overwrite=args.overwrite, data=args.data, config=args.config,
+        model_name=args.model_name, num_classes=args.num_classes, device=args.device,
     )
     _print_summary(outcome, info)
     return 0

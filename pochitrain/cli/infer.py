@@ -24,7 +24,7 @@ Writes into inference_results/YYYYMMDD_NNN/ next to the run (or --output):
 
 def add_infer_arguments(parser: argparse.ArgumentParser, model_help: str) -> None:
     parser.add_argument("model", metavar="MODEL", help=model_help)
-    parser.add_argument("--data", default=None, metavar="DIR",
+    parser.add_argument("--data", "-d", default=None, metavar="DIR",
                         help="images to classify: DIR/<class>/*.png (labelled, accuracy is "
                         "reported) or DIR/*.png (unlabelled). Default: the val_data_root of the "
                         "run's config")

@@ -46,7 +46,12 @@ def export_onnx(checkpoint: Path | str, input_size: tuple[int, int] | None = Non
                 output: Path | str | None = None, opset: int = DEFAULT_OPSET,
                 verify: bool = True, shape: ExportShape | None = None,
                 overwrite: bool = False, data: Path | str | None = None,
-                progress: bool = True) -> ExportOutcome:
+                progress: bool = True, config: Path | str | None = None,
+                model_name: str | None = None, num_classes: int | None = None,
+                device: str = "cpu") -> ExportOutcome:
+    """``config`` / ``model_name`` / ``num_classes``: for checkpoints of the original
+    pochitrain (``legacy``); ``device``: where the checkpoint is loaded (checked, then the
+    export itself runs on the CPU)."""
     from pochitrain import __version__
     from pochitrain.models import load_model
     from pochitrain.onnx.export import check_opset
@@ -65,7 +70,11 @@ def export_onnx(checkpoint: Path | str, input_size: tuple[int, int] | None = Non
     check_writable(out, overwrite)
     _probe_folder(out.parent)
 
-    model, meta = load_model(checkpoint)
+    from pochitrain.config import resolve_device
+
+    resolve_device(device, flag="--device")
+    model, meta = load_model(checkpoint, config=config, verb="export-onnx",
+                             model_name=model_name, num_classes=num_classes)
     size = tuple(input_size) if input_size is not None else tuple(meta.input_size)
     height, width = int(size[0]), int(size[1])
     pre = meta.preprocess.resized_to((height, width))

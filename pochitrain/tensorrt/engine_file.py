@@ -121,6 +121,20 @@ def write_engine(engine_path: Path | str, engine_bytes: bytes, meta: dict[str, A
         raise
 
 
+def bare_engine_metadata(engine_path: Path | str) -> dict[str, Any]:
+    """Metadata for an engine without a sidecar (built by the original pochitrain, trtexec...):
+    TensorRT assumed, precision unknown, no model metadata (class names and preprocessing then
+    come from a config: ``infer-trt ENGINE -c config.py``)."""
+    from pochitrain.console import info
+
+    info(f"{Path(engine_path).name} にメタデータファイルがありません / no "
+         f"{sidecar_path(engine_path).name} beside the engine: running it as a plain TensorRT "
+         "engine (precision unknown).")
+    return {"format": None, "backend": "tensorrt", "backend_version": "unknown",
+            "precision": "unknown", "pattern": None, "input": {}, "output": {}, "model": None,
+            "source_onnx": {}, "engine_sha256": None, "build": {}, "sidecar": False}
+
+
 def read_engine_metadata(engine_path: Path | str) -> dict[str, Any]:
     """The sidecar of ``engine_path`` as a dict; ModelFileError when missing or malformed."""
     path = sidecar_path(engine_path)

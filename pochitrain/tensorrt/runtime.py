@@ -183,9 +183,14 @@ def open_trt_runner(engine_path: Path | str, batch_size: int | None = None, *,
             f"エンジンファイルが見つかりません: {path}\nEngine file not found: {path}",
             "Check the path, or build the engine first: pochi convert MODEL.onnx",
         )
-    from pochitrain.tensorrt.engine_file import read_engine_metadata
+    from pochitrain.tensorrt.engine_file import (
+        bare_engine_metadata,
+        read_engine_metadata,
+        sidecar_path,
+    )
 
-    meta = read_engine_metadata(path)
+    meta = (read_engine_metadata(path) if sidecar_path(path).exists()
+            else bare_engine_metadata(path))  # an engine built elsewhere: config supplies meta
     gpu = "injected pipe"
     if pipe is None:
         from pochitrain.inference.cuda_path import require_cuda
