@@ -24,8 +24,10 @@ case "$step" in
   infer)
     python3 benchmarks/infer_gpu_bench.py --out "$OUT" 2>&1 | tee "$OUT/infer.log" ;;
   serve)
-    for mode in batched mb1; do
-      if [ $mode = batched ]; then a="--device cuda --no-access-log --max-batch 64 --max-wait-ms 2"; else a="--device cuda --no-access-log --max-batch 1"; fi
+    for mode in batched batched_gpu_pipeline mb1; do
+      a="--device cuda --no-access-log --max-batch 64 --max-wait-ms 2"
+      [ $mode = batched_gpu_pipeline ] && a="$a --pipeline gpu"
+      [ $mode = mb1 ] && a="--device cuda --no-access-log --max-batch 1"
       timeout 200 python3 benchmarks/serve_load.py --prepare /tmp/serve_bench --serve-args="$a" \
         --concurrency 64 --requests 12000 --label $mode --json "$OUT/serve_$mode.json" 2>&1 | tail -5
     done ;;
