@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pochitrain.errors import ConfigError, ModelFileError
+from pochitrain.errors import ConfigError, ModelFileError, PochiError
 from pochitrain.meta import ModelMeta
 
 CHECKPOINT_FORMAT = "pochitrain-checkpoint-v1"
@@ -41,8 +41,9 @@ def _family(name: str) -> str:
 def build_model(name: str, num_classes: int, pretrained: bool = False) -> nn.Module:
     """A torchvision classifier with ``num_classes`` outputs.
 
-    pretrained=True uses torchvision's ImageNet weights only if they are already in the torch
-    hub cache: no download is attempted (machines may be offline).
+    pretrained=True loads torchvision's ImageNet weights from the torch hub cache
+    (``$TORCH_HOME/hub/checkpoints``), downloading them there first (with progress) when
+    missing; offline, the error names the URL and the exact file to place by hand.
     """
     from pochitrain.fastimport import import_torchvision
 
@@ -55,19 +56,45 @@ def build_model(name: str, num_classes: int, pretrained: bool = False) -> nn.Mod
     if not pretrained:
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     weights = torchvision.models.get_model_weights(name).DEFAULT
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    if not cached.is_file():
-        raise ConfigError(
-            f"pretrained=True but the ImageNet weights for {name} are not on this machine "
-            f"(looked for {cached}).",
-            f"Download {weights.url} into {cached.parent} on a connected machine, "
-            "or set pretrained = False.",
-        )
+    cached = pretrained_weights_file(name, weights.url)
     model = torchvision.models.get_model(name, weights=None)
-    model.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
+    try:
+        model.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
+    except Exception as exc:  # noqa: BLE001 - a damaged cache file fails in many ways
+        raise WeightsDownloadError(
+            f"事前学習済み重みを読み込めません / The cached ImageNet weights {cached} cannot be "
+            f"loaded ({type(exc).__name__}).",
+            f"Delete {cached} so that it is downloaded again from {weights.url}.") from None
     if num_classes != 1000:
         _HEADS[_family(name)](model, num_classes)
     return model
+
+
+class WeightsDownloadError(PochiError):
+    """Pretrained weights are not cached and cannot be downloaded (offline), or are damaged."""
+
+
+def pretrained_weights_file(name: str, url: str) -> Path:
+    """The torch hub cache file of ``url``, downloaded (atomically, with progress) if absent."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if cached.is_file():
+        return cached
+    from pochitrain.console import info
+
+    info(f"ImageNet の事前学習済み重みをダウンロードします / Downloading the ImageNet weights for "
+         f"{name}: {url} -> {cached}")
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(cached), progress=True)
+    except Exception as exc:  # noqa: BLE001 - URLError, HTTPError, socket errors, ...
+        reason = getattr(exc, "reason", None) or exc
+        raise WeightsDownloadError(
+            f"事前学習済み重みをダウンロードできません (オフライン?) / pretrained = True but the "
+            f"ImageNet weights for {name} could not be downloaded ({reason}).\n"
+            f"URL: {url}\nCache file: {cached}",
+            f"On a machine with internet access download {url} and copy it to exactly {cached} "
+            "(TORCH_HOME moves the cache), or set pretrained = False.") from None
+    return cached
 
 
 def save_checkpoint(path: Path, model: nn.Module, meta: ModelMeta,
