@@ -38,10 +38,8 @@ def use_cjk_font() -> str | None:
         installed = {f.name for f in font_manager.fontManager.ttflist}
         name = next((n for n in _SYSTEM_CJK if n in installed), None)
     if name is not None:
-        family = ["DejaVu Sans", name]
-        matplotlib.rcParams["font.family"] = "sans-serif"
-        matplotlib.rcParams["font.sans-serif"] = family + [
-            f for f in matplotlib.rcParams["font.sans-serif"] if f not in family]
+        # a list of families: glyphs missing from DejaVu Sans fall back to the CJK font
+        matplotlib.rcParams["font.family"] = ["DejaVu Sans", name]
     return name
 
 

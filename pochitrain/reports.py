@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -105,27 +106,34 @@ def summary_text(result: InferenceResult, info: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_confusion(cm: np.ndarray, class_names: list[str], path: Path, title: str) -> None:
-    import matplotlib
+def plot_confusion(cm: np.ndarray, class_names: list[str], path: Path, title: str,
+                   style: dict[str, Any] | None = None) -> None:
+    """The confusion-matrix PNG. ``style``: the config's ``confusion_matrix_config`` (title,
+    xlabel, ylabel, fontsize, title_fontsize, label_fontsize, figsize, cmap), as in the
+    original; Japanese labels render (``plotting.use_cjk_font``)."""
+    from pochitrain.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
+    st = dict(style or {})
     n = len(class_names)
     size = max(4.0, 0.5 * n + 2)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
-    im = ax.imshow(cm, cmap="Blues")
+    fig, ax = plt.subplots(figsize=st.get("figsize") or (size, size * 0.9))
+    im = ax.imshow(cm, cmap=st.get("cmap", "Blues"))
     fig.colorbar(im, ax=ax, fraction=0.046)
-    ax.set_xticks(range(n), class_names, rotation=45 if n > 12 else 0, ha="right" if n > 12 else "center")
+    label_size = st.get("label_fontsize")
+    ax.set_xticks(range(n), class_names, rotation=45 if n > 12 else 0,
+                  ha="right" if n > 12 else "center")
     ax.set_yticks(range(n), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
+    ax.set_xlabel(st.get("xlabel", "predicted"), fontsize=label_size)
+    ax.set_ylabel(st.get("ylabel", "true"), fontsize=label_size)
+    ax.set_title(f"{st['title']}\n{title}" if "title" in st else title,
+                 fontsize=st.get("title_fontsize"))
     if n <= 30:
         thresh = cm.max() / 2 if cm.size else 0
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
+                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center",
+                        fontsize=st.get("fontsize", 8),
                         color="white" if cm[i, j] > thresh else "black")
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -133,8 +141,36 @@ def plot_confusion(cm: np.ndarray, class_names: list[str], path: Path, title: st
     plt.close(fig)
 
 
-def write_reports(result: InferenceResult, out_dir: Path, info: dict[str, str]) -> list[Path]:
-    """Write every result file into ``out_dir``; return their paths."""
+def write_model_info(out_dir: Path, model_path: Path, model_name: str, num_classes: int,
+                     device: str) -> Path:
+    """model_info.json beside PyTorch results (the original's keys): model_name, num_classes,
+    device, model_path, best_accuracy (percent) and epoch of the checkpoint (null if absent)."""
+    import json
+
+    import torch
+
+    payload: Any = {}
+    try:
+        payload = torch.load(model_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - the model loaded already; the extras are optional
+        payload = {}
+    payload = payload if isinstance(payload, dict) else {}
+    best = payload.get("best_accuracy")
+    if best is None and isinstance(payload.get("val_accuracy"), (int, float)):
+        best = 100.0 * float(payload["val_accuracy"])  # ours: a fraction
+    info = {"model_name": model_name, "num_classes": num_classes, "device": device,
+            "model_path": str(model_path),
+            "best_accuracy": float(best) if isinstance(best, (int, float)) else None,
+            "epoch": payload.get("epoch") if isinstance(payload.get("epoch"), int) else None}
+    path = out_dir / "model_info.json"
+    atomic_write_text(path, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+def write_reports(result: InferenceResult, out_dir: Path, info: dict[str, str],
+                  cm_style: dict[str, Any] | None = None) -> list[Path]:
+    """Write every result file into ``out_dir``; return their paths. ``cm_style``: the
+    config's confusion_matrix_config."""
     prefix = result.runtime
     written = []
     path = out_dir / f"{prefix}_inference_results.csv"
@@ -150,6 +186,6 @@ def write_reports(result: InferenceResult, out_dir: Path, info: dict[str, str]) 
         path = out_dir / "confusion_matrix.png"
         acc = result.accuracy or 0.0
         plot_confusion(confusion(result), result.class_names, path,
-                       f"{prefix}: accuracy {100 * acc:.2f}%")
+                       f"{prefix}: accuracy {100 * acc:.2f}%", cm_style)
         written.append(path)
     return written

@@ -108,3 +108,17 @@ def find_val_data(model_path: Path | str) -> Path | None:
         return None
     root = getattr(load_config(found), "val_data_root", None)
     return Path(root) if root else None
+
+
+def confusion_style(model_path: Path | str, config: Path | str | None) -> dict[str, Any] | None:
+    """The confusion_matrix_config of the config given (-c) or found beside the model's run,
+    None without one (or when that config cannot be read: the picture keeps its defaults)."""
+    from pochitrain.config import load_config
+
+    path = config_for(Path(model_path), config)
+    if path is None:
+        return None
+    try:
+        return getattr(load_config(path), "confusion_matrix_config", None)
+    except ConfigError:
+        return None

@@ -73,7 +73,14 @@ def infer(model_path: Path | str, data: Path | str | None = None,
 
     out_dir = (_make_output(out_dir) if out_dir is not None
                else new_run_dir(run_folder_of(model_path) / "inference_results"))
-    files = write_reports(result, out_dir, info)
+    from pochitrain.resolve import confusion_style
+
+    files = write_reports(result, out_dir, info, confusion_style(model_path, config))
+    if model.runtime == "pytorch":  # the original's model_info.json
+        from pochitrain.reports import write_model_info
+
+        files.append(write_model_info(out_dir, model_path, model.meta.model_name,
+                                      model.meta.num_classes, str(model.runner.device)))
     if bench is not None:
         files += bench.write(out_dir, result)
     return InferOutcome(out_dir, files, result)
