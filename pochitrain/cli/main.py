@@ -129,5 +129,9 @@ def infer_trt_main() -> None:
     sys.exit(run(None, prog="infer-trt", only="infer-trt"))
 
 
+def vis_grad_main() -> None:
+    sys.exit(run(None, prog="vis-grad", only="vis-grad"))
+
+
 if __name__ == "__main__":
     main()

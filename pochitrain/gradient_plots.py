@@ -1,0 +1,176 @@
+"""``vis-grad CSV``: the original pochitrain's gradient-trace plots, from a gradient CSV.
+
+The CSV is the one gradient tracking writes (``epoch`` then one column per layer or block).
+Ten PNGs (150 dpi) named ``<csv stem>_<kind>.png``: ``timeline_all`` (+ ``timeline_early`` /
+``timeline_late`` with more than 3 layers; a red line at 1e-3 in the early one marks
+vanishing gradients), ``heatmap``, ``statistics_initial_vs_final``, ``statistics_stability``
+(std over epochs; red bars above twice the median std), ``statistics_max``,
+``statistics_min``, ``snapshots`` and ``snapshots_linear`` (up to 6 evenly spaced epochs).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pochitrain.errors import DataError
+
+VANISHING = 1e-3
+
+
+@dataclass
+class GradientTrace:
+    path: Path
+    epochs: np.ndarray  # (E,)
+    layers: list[str]
+    values: np.ndarray  # (E, L)
+
+
+def read_trace(path: Path | str) -> GradientTrace:
+    """The CSV as arrays; DataError naming the file and line for anything unusable."""
+    path = Path(path)
+    remedy = ("Pass the gradient_trace.csv that 'pochi train' writes with "
+              "enable_gradient_tracking = True (columns: epoch, then one per layer).")
+    if not path.is_file():
+        raise DataError(f"勾配CSVが見つかりません / Gradient CSV not found: {path}", remedy)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"Cannot read the gradient CSV {path}: {exc}", remedy) from None
+    if not rows or not rows[0] or rows[0][0].strip() != "epoch" or len(rows[0]) < 2:
+        raise DataError(f"{path} is not a gradient trace CSV: its first line must be "
+                        "'epoch,<layer>,...'.", remedy)
+    header = [h.strip() for h in rows[0]]
+    data = [r for r in rows[1:] if any(c.strip() for c in r)]
+    if not data:
+        raise DataError(f"The gradient CSV {path} has no epochs (only the header).", remedy)
+    values = []
+    for line_no, row in enumerate(data, start=2):
+        if len(row) != len(header):
+            raise DataError(f"{path}, line {line_no}: {len(row)} values, the header has "
+                            f"{len(header)} columns.", remedy)
+        try:
+            values.append([float(v) for v in row])
+        except ValueError:
+            raise DataError(f"{path}, line {line_no}: not a number in {row!r}.", remedy) from None
+    array = np.asarray(values, dtype=np.float64)
+    return GradientTrace(path, array[:, 0], header[1:], array[:, 1:])
+
+
+def _save(fig: Any, plt: Any, path: Path, written: list[Path]) -> None:
+    from pochitrain.workspace import atomic_path
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=150)
+    plt.close(fig)
+    written.append(path)
+
+
+def _timeline(plt: Any, trace: GradientTrace, idx: list[int], title: str,
+              vanishing_line: bool = False) -> Any:
+    fig, ax = plt.subplots(figsize=(10, 6))
+    cmap = plt.get_cmap("tab20" if len(idx) > 10 else "tab10")
+    for n, i in enumerate(idx):
+        ax.plot(trace.epochs, np.maximum(trace.values[:, i], 1e-12), marker="o", markersize=3,
+                color=cmap(n % cmap.N), label=trace.layers[i])
+    if vanishing_line:
+        ax.axhline(VANISHING, color="red", linestyle="--", label=f"{VANISHING:g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("エポック / epoch")
+    ax.set_ylabel("勾配ノルム / gradient norm (log)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2 if len(idx) > 8 else 1, loc="best")
+    return fig
+
+
+def _bars(plt: Any, names: list[str], heights: np.ndarray, title: str, ylabel: str,
+          colors: list[str] | None = None, log: bool = True) -> Any:
+    fig, ax = plt.subplots(figsize=(max(8, 0.4 * len(names) + 2), 6))
+    ax.bar(range(len(names)), heights, color=colors or "steelblue")
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    if log and np.all(heights > 0):
+        ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    return fig
+
+
+def plot_trace(csv_path: Path | str, output_dir: Path | str | None = None,
+               aggregation: str | None = None) -> list[Path]:
+    """Write the ten PNGs; return their paths. ``aggregation``: named in the titles."""
+    from pochitrain.plotting import pyplot
+
+    trace = read_trace(csv_path)
+    out = Path(output_dir) if output_dir is not None else trace.path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
+    stem, written = trace.path.stem, list[Path]()
+    how = f" ({aggregation})" if aggregation else ""
+    n = len(trace.layers)
+    all_idx = list(range(n))
+
+    _save(_timeline(plt, trace, all_idx, f"勾配ノルムの推移 / gradient norm per layer{how}"),
+          plt, out / f"{stem}_timeline_all.png", written)
+    if n > 3:
+        half = n // 2
+        _save(_timeline(plt, trace, all_idx[:half], "入力側の層 / early layers", True),
+              plt, out / f"{stem}_timeline_early.png", written)
+        _save(_timeline(plt, trace, all_idx[half:], "出力側の層 / late layers"),
+              plt, out / f"{stem}_timeline_late.png", written)
+
+    fig, ax = plt.subplots(figsize=(max(8, 0.3 * len(trace.epochs) + 4), max(4, 0.35 * n + 2)))
+    im = ax.imshow(np.log10(np.maximum(trace.values.T, 1e-12)), aspect="auto", cmap="YlOrRd")
+    fig.colorbar(im, ax=ax, label="log10(勾配ノルム / gradient norm)")
+    ax.set_yticks(range(n), trace.layers, fontsize=7)
+    step = max(1, len(trace.epochs) // 20)
+    ax.set_xticks(range(0, len(trace.epochs), step),
+                  [str(int(e)) for e in trace.epochs[::step]])
+    ax.set_xlabel("エポック / epoch")
+    ax.set_title(f"勾配ヒートマップ / gradient heatmap{how}")
+    _save(fig, plt, out / f"{stem}_heatmap.png", written)
+
+    fig, ax = plt.subplots(figsize=(max(8, 0.4 * n + 2), 6))
+    x = np.arange(n)
+    ax.bar(x - 0.2, trace.values[0], 0.4, label=f"epoch {int(trace.epochs[0])}")
+    ax.bar(x + 0.2, trace.values[-1], 0.4, label=f"epoch {int(trace.epochs[-1])}")
+    ax.set_xticks(x, trace.layers, rotation=60, ha="right", fontsize=8)
+    if np.all(trace.values[[0, -1]] > 0):
+        ax.set_yscale("log")
+    ax.set_title("初期と最終の勾配 / initial vs final gradient norm")
+    ax.legend()
+    _save(fig, plt, out / f"{stem}_statistics_initial_vs_final.png", written)
+
+    std = trace.values.std(axis=0)
+    limit = 2 * float(np.median(std))
+    colors = ["red" if s > limit else "steelblue" for s in std]
+    _save(_bars(plt, trace.layers, std, "勾配の安定性 (標準偏差) / stability: std over epochs "
+                "(red: > 2x median)", "std", colors, log=False),
+          plt, out / f"{stem}_statistics_stability.png", written)
+    _save(_bars(plt, trace.layers, trace.values.max(axis=0), "最大勾配 / max gradient norm",
+                "max"), plt, out / f"{stem}_statistics_max.png", written)
+    _save(_bars(plt, trace.layers, trace.values.min(axis=0), "最小勾配 / min gradient norm",
+                "min"), plt, out / f"{stem}_statistics_min.png", written)
+
+    picks = sorted(set(np.linspace(0, len(trace.epochs) - 1, min(6, len(trace.epochs)))
+                       .round().astype(int).tolist()))
+    for suffix, log in (("snapshots", True), ("snapshots_linear", False)):
+        fig, ax = plt.subplots(figsize=(max(8, 0.4 * n + 2), 6))
+        for i in picks:
+            ax.plot(range(n), trace.values[i], marker="o", label=f"epoch {int(trace.epochs[i])}")
+        ax.set_xticks(range(n), trace.layers, rotation=60, ha="right", fontsize=8)
+        if log and np.all(trace.values[picks] > 0):
+            ax.set_yscale("log")
+        ax.set_title("エポックごとの勾配分布 / gradient norm by layer at selected epochs"
+                     + ("" if log else " (linear)"))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        _save(fig, plt, out / f"{stem}_{suffix}.png", written)
+    return written

@@ -1,0 +1,95 @@
+"""vis-grad / pochi vis-grad: the gradient-trace PNGs, and bad CSVs."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from pochitrain.cli.main import run
+
+KINDS = ("timeline_all", "timeline_early", "timeline_late", "heatmap",
+         "statistics_initial_vs_final", "statistics_stability", "statistics_max",
+         "statistics_min", "snapshots", "snapshots_linear")
+
+
+def _trace(path: Path, layers: int = 5, epochs: int = 8) -> Path:
+    from pochitrain.training.gradients import GradientTracker  # same writer as training
+
+    header = ["epoch"] + [f"layer{i}" for i in range(1, layers + 1)]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for e in range(1, epochs + 1):
+            w.writerow([e] + [f"{(0.5 ** i) / e:.6g}" for i in range(layers)])
+    assert GradientTracker  # the format of training/gradients.py
+    return path
+
+
+def test_vis_grad_writes_the_ten_plots(tmp_path: Path) -> None:
+    from PIL import Image
+
+    csv_path = _trace(tmp_path / "gradient_trace.csv")
+    assert run(["vis-grad", str(csv_path)]) == 0
+    for kind in KINDS:
+        png = tmp_path / f"gradient_trace_{kind}.png"
+        with Image.open(png) as image:
+            assert image.format == "PNG" and image.size[0] >= 1000  # 150 dpi
+    out = tmp_path / "plots"
+    assert run(["vis-grad", str(csv_path), "--output-dir", str(out)]) == 0
+    assert len(list(out.glob("*.png"))) == 10
+
+
+def test_few_layers_have_no_early_late_split(tmp_path: Path) -> None:
+    from pochitrain.gradient_plots import plot_trace
+
+    files = plot_trace(_trace(tmp_path / "g.csv", layers=2, epochs=1))
+    assert len(files) == 8 and not (tmp_path / "g_timeline_early.png").exists()
+
+
+def test_vis_grad_on_a_training_runs_csv(tmp_path: Path) -> None:
+    """The CSV the tracker writes during training (real gradients of a tiny model)."""
+    import torch
+
+    from pochitrain.gradient_plots import read_trace
+    from pochitrain.models import build_model
+    from pochitrain.training.gradients import GradientTracker
+
+    model = build_model("resnet18", 3)
+    tracker = GradientTracker(model, tmp_path / "gradient_trace.csv",
+                              exclude_patterns=["fc\\.", "\\.bias"], aggregation_method="rms")
+    for epoch in (1, 2):
+        loss = model(torch.randn(2, 3, 32, 32)).sum()
+        model.zero_grad()
+        loss.backward()
+        tracker.after_backward()
+        tracker.epoch_end(epoch)
+    trace = read_trace(tmp_path / "gradient_trace.csv")
+    assert list(trace.epochs) == [1.0, 2.0] and "layer3" in trace.layers
+    assert (trace.values > 0).all()
+    assert run(["pochi", "vis-grad", str(tmp_path / "gradient_trace.csv")][1:]) == 0
+
+
+@pytest.mark.parametrize("content, words", [
+    (None, ["not found"]),
+    ("", ["first line must be"]),
+    ("loss,acc\n1,2\n", ["first line must be"]),
+    ("epoch,layer1\n", ["no epochs"]),
+    ("epoch,layer1\n1,abc\n", ["line 2", "not a number"]),
+    ("epoch,layer1,layer2\n1,0.1\n", ["line 2", "header has 3"]),
+    (b"\xff\xfe\x00garbage", ["Cannot read"]),
+])
+def test_bad_gradient_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                          content: str | bytes | None, words: list[str]) -> None:
+    path = tmp_path / "gradient_trace.csv"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content, encoding="utf-8")
+    assert run(["vis-grad", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in err
+    assert not list(tmp_path.glob("*.png"))
