@@ -85,3 +85,25 @@ def test_metrics_export_off(tiny_data: Path, tmp_path: Path) -> None:  # noqa: F
     run_dir = train(config, progress=False).run_dir
     assert not (run_dir / "training_metrics.csv").exists()
     assert not (run_dir / "loss.png").exists() and (run_dir / "confusion_matrix.log").is_file()
+
+
+def test_later_commands_work_on_the_original_configs_run(original_run: Path,
+                                                        tiny_data: Path,  # noqa: F811
+                                                        tmp_path: Path) -> None:
+    """export-onnx -> infer-onnx -> pochi infer -> vis-grad on the run's own outputs."""
+    from pochitrain.cli.main import run
+
+    best = next((original_run / "models").glob("best_epoch*.pth"))
+    assert run(["export-onnx", str(best), "--overwrite"]) == 0  # verified vs PyTorch
+    onnx_path = best.with_suffix(".onnx")  # beside the checkpoint, as the original
+    assert run(["infer-onnx", str(onnx_path), "-o", str(tmp_path / "onnx"), "--quiet"]) == 0
+    assert run(["infer", str(best), "-o", str(tmp_path / "pt"), "--quiet",
+                "--device", "cpu"]) == 0
+    for folder in ("onnx", "pt"):
+        with open(next((tmp_path / folder).glob("*_inference_results.csv")),
+                  encoding="utf-8") as f:
+            assert len(list(csv.DictReader(f))) == 6  # the config's val_data_root
+    assert (tmp_path / "pt" / "model_info.json").is_file()
+    assert run(["vis-grad", str(original_run / "gradient_trace.csv"), "-o",
+                str(tmp_path / "grad")]) == 0
+    assert len(list((tmp_path / "grad").glob("*.png"))) == 10
