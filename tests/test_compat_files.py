@@ -153,3 +153,22 @@ def test_model_name_option_wins_over_config(original_run: tuple[Path, Path, Path
         load_model(original_run[1], verb="export-onnx", model_name="resnet34")
     _, meta = load_model(original_run[1], verb="export-onnx", model_name="resnet18")
     assert meta.model_name == "resnet18"
+
+
+def test_original_onnx_converts(original_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """pochi convert on the original's ONNX (no metadata): a real TensorRT-RTX engine whose
+    sidecar has no model metadata (infer-trt then reads the run's config, like the original)."""
+    import json
+
+    pytest.importorskip("tensorrt_rtx_bindings")
+    from pochitrain.models import load_model
+
+    model, _ = load_model(original_run[2])
+    onnx_path = tmp_path / "orig.onnx"
+    torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(onnx_path), opset_version=17,
+                      input_names=["input"], output_names=["output"], dynamo=False,
+                      dynamic_axes={"input": {0: "batch_size"}, "output": {0: "batch_size"}})
+    assert run(["convert", str(onnx_path)]) == 0
+    meta = json.loads((tmp_path / "orig.engine.json").read_text(encoding="utf-8"))
+    assert meta["model"] is None and meta["precision"] == "fp32"
+    assert meta["input"]["profile"]["opt"] == [1, 3, 32, 32]
