@@ -37,7 +37,7 @@ def test_infer_writes_all_files(untrained_checkpoint: Path, small_val: Path, tmp
     assert len(results) == 1 and results[0].name.endswith("_001")
     out = results[0]
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["classification_report.csv", "confusion_matrix.png",
+    assert names == ["classification_report.csv", "confusion_matrix.png", "model_info.json",
                      "pytorch_inference_results.csv", "pytorch_inference_summary.txt"]
     rows = list(csv.DictReader((out / "pytorch_inference_results.csv").open()))
     assert list(rows[0].keys()) == RESULT_COLUMNS
