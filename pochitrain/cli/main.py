@@ -24,6 +24,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "serve": ("serve", "HTTP inference server (API v1) for a .pth, .onnx or .engine model"),
     "bench": ("bench", "run a benchmark suite (YAML) and aggregate the results"),
     "vis-grad": ("vis_grad", "plot a training run's gradient trace CSV"),
+    "optimize": ("optimize", "hyperparameter search with Optuna (the config's optuna dict)"),
 }
 
 

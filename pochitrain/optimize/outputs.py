@@ -1,0 +1,141 @@
+"""The files of a study, as the original writes them (plus what it left out).
+
+  best_params.json       study_name, best_value, best_params, n_trials, timestamp (+ metric,
+                         direction, best_trial, overrides, storage)
+  trials_history.json    number, value, params, state, datetime_start, datetime_complete
+                         (+ intermediate values per epoch, overrides, run folder)
+  study_statistics.json  best/worst/mean/std of the completed values, n_completed, n_pruned,
+                         n_failed, param_importances (null when they cannot be computed)
+  optimized_config.py    the original config file, verbatim, with the best trial's values
+                         assigned at its end (later assignments win), and the data/work paths
+                         made absolute so the copy trains from any folder
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from pochitrain.bench.result_json import local_now
+from pochitrain.workspace import atomic_write_text
+
+PATH_KEYS = ("train_data_root", "val_data_root", "work_dir")
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+def _write(path: Path, data: Any) -> Path:
+    atomic_write_text(path, json.dumps(_json(data), indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+def trial_record(t: Any) -> dict[str, Any]:
+    return {
+        "number": t.number,
+        "value": t.value,
+        "params": dict(t.params),
+        "state": t.state.name,
+        "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
+        "datetime_complete": t.datetime_complete.isoformat() if t.datetime_complete else None,
+        "intermediate_values": {str(k): v for k, v in sorted(t.intermediate_values.items())},
+        "overrides": t.user_attrs.get("overrides"),
+        "run_dir": t.user_attrs.get("run_dir"),
+        "pruned_at_epoch": t.user_attrs.get("pruned_at_epoch"),
+        "error": t.user_attrs.get("error"),
+    }
+
+
+def importances(study: Any) -> dict[str, float] | None:
+    import optuna
+
+    try:
+        return {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
+    except Exception:  # noqa: BLE001 - too few / identical trials, one parameter, ...
+        return None
+
+
+def write_outputs(study: Any, out_dir: Path, *, config: Path, settings: Any, metric: str,
+                  storage: str) -> tuple[list[Path], dict[str, Any], dict[str, Any]]:
+    """Write the JSON files and optimized_config.py; return (files, best, statistics)."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    best = _best(study, done)
+    now = local_now().isoformat(timespec="seconds")
+    best_info = {
+        "study_name": study.study_name,
+        "best_value": best.value if best else None,
+        "best_params": dict(best.params) if best else {},
+        "n_trials": len(trials),
+        "timestamp": now,
+        "metric": metric,
+        "direction": study.direction.name.lower(),
+        "best_trial": best.number if best else None,
+        "overrides": best.user_attrs.get("overrides") if best else None,
+        "storage": storage,
+    }
+    files = [_write(out_dir / "best_params.json", best_info),
+             _write(out_dir / "trials_history.json", [trial_record(t) for t in trials])]
+    values = [float(t.value) for t in done]
+    maximize = study.direction.name.lower() == "maximize"
+    stats = {
+        "study_name": study.study_name,
+        "metric": metric,
+        "direction": study.direction.name.lower(),
+        "best_value": best.value if best else None,
+        "worst_value": (min(values) if maximize else max(values)) if values else None,
+        "mean_value": statistics.fmean(values) if values else None,
+        "std_value": statistics.pstdev(values) if len(values) > 1 else (0.0 if values else None),
+        "n_trials": len(trials),
+        "n_completed": len(done),
+        "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
+        "n_failed": sum(t.state == TrialState.FAIL for t in trials),
+        "param_importances": importances(study) if len(done) >= 2 else None,
+        "timestamp": now,
+    }
+    files.append(_write(out_dir / "study_statistics.json", stats))
+    if best is not None:
+        files.append(write_optimized_config(out_dir / "optimized_config.py", config, settings,
+                                            best, study.study_name, metric))
+    return files, _json(best_info), _json(stats)
+
+
+def _best(study: Any, done: list[Any]) -> Any:
+    if not done:
+        return None
+    return study.best_trial
+
+
+def write_optimized_config(path: Path, config: Path, settings: Any, best: Any,
+                           study_name: str, metric: str) -> Path:
+    overrides = dict(best.user_attrs.get("overrides") or {})
+    overrides.pop("epochs", None)  # the trial's optuna_epochs; full training keeps the config's
+    lines = ["", "", "# " + "-" * 86,
+             (f"# pochi optimize: best trial {best.number} of study {study_name!r} "
+             f"({metric} = {best.value:.6g}), {local_now().isoformat(timespec='seconds')}."),
+             f"# Original config: {config}",
+             ("# Its values below replace the ones above; the paths are absolute so this copy "
+             "trains from any folder.")]
+    for key in PATH_KEYS:
+        value = getattr(settings, key, None)
+        if value is not None:
+            lines.append(f"{key} = {str(value)!r}")
+    for key, value in overrides.items():
+        lines.append(f"{key} = {value!r}")
+    text = Path(config).read_text(encoding="utf-8").rstrip("\n") + "\n".join(lines) + "\n"
+    atomic_write_text(path, text)
+    return path

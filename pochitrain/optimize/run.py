@@ -1,0 +1,185 @@
+"""``pochi optimize``: an Optuna study over the config's ``optuna['search_space']``.
+
+config -> check the search space (every choice, both ends of every range) -> study (sampler,
+pruner, storage, direction from the metric) -> trials: each one a real ``pipeline.train`` run of
+``optuna_epochs`` epochs with the suggested values as config overrides, reporting the metric
+after every validated epoch (``on_epoch``) so the pruner can stop it -> the study's files and
+charts (``outputs``, ``charts``) in the output folder.
+
+A trial's value is the best value of the metric over its epochs. A trial whose training fails
+with a pochitrain error (NaN loss, out of memory, ...) is marked FAIL and the study goes on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pochitrain.console import info, warn
+from pochitrain.errors import BackendMissingError, ConfigError, PochiError, TrainingError
+
+DEFAULT_OUTPUT = Path("work_dirs") / "optuna_results"
+
+
+@dataclass
+class OptimizeResult:
+    out_dir: Path
+    study_name: str
+    metric: str
+    direction: str
+    best_value: float | None
+    best_params: dict[str, Any]
+    n_trials: int  # in the whole study (other processes' trials included)
+    storage: str
+    files: list[Path] = field(default_factory=list)
+    skipped_charts: dict[str, str] = field(default_factory=dict)
+
+
+class Objective:
+    """One trial = one short training run with the trial's values as config overrides."""
+
+    def __init__(self, config: Path, params: list[Any], settings: Any, epochs: int,
+                 metric: str, maximize: bool, trials_dir: Path) -> None:
+        self.config, self.params, self.settings = config, params, settings
+        self.epochs, self.metric, self.maximize = epochs, metric, maximize
+        self.trials_dir = trials_dir
+
+    def __call__(self, trial: Any) -> float:
+        import optuna
+
+        from pochitrain.optimize.space import overrides_for
+        from pochitrain.pipeline.train import train
+
+        values = {p.name: p.suggest(trial) for p in self.params}
+        overrides = overrides_for(self.params, values, self.settings, self.epochs)
+        trial.set_user_attr("overrides", overrides)
+        best: list[float] = []
+
+        def on_epoch(epoch: int, metrics: dict[str, Any]) -> None:
+            value = float(metrics[self.metric])
+            if not best or (value > best[0] if self.maximize else value < best[0]):
+                best[:] = [value]
+            trial.report(value, epoch)
+            if trial.should_prune():
+                trial.set_user_attr("pruned_at_epoch", epoch)
+                raise optuna.TrialPruned(f"pruned after epoch {epoch} ({self.metric} {value:.4g})")
+
+        try:
+            result = train(self.config, overrides=overrides, work_dir=self.trials_dir,
+                           progress=False, on_epoch=on_epoch)
+        except PochiError as exc:
+            trial.set_user_attr("error", exc.message)
+            raise
+        trial.set_user_attr("run_dir", str(result.run_dir))
+        if not best:
+            raise TrainingError(f"Trial {trial.number} validated no epoch.",
+                                "Check the validation data.")
+        return best[0]
+
+
+def optimize(config: Path | str, *, output: Path | str | None = None,
+             storage: str | None = None, n_trials: int | None = None,
+             n_jobs: int | None = None, metric: str | None = None,
+             study_name: str | None = None) -> OptimizeResult:
+    """Run (or join) a study; write its files; see the module docstring."""
+    try:
+        import optuna
+    except ImportError as exc:
+        raise BackendMissingError("pochi optimize needs Optuna, which is not installed.",
+                                  "pip install 'pochitrain[optimize]' (optuna, plotly).") from exc
+    from pochitrain.config import load_config
+    from pochitrain.optimize import study as S
+    from pochitrain.optimize.space import check_space, parse_space
+
+    config = Path(config)
+    settings = load_config(config)
+    config = Path(settings.config_path or config)
+    cfg = getattr(settings, "optuna", None)
+    if not cfg:
+        raise ConfigError(f"{config} has no optuna dict.",
+                          "Add optuna = {'n_trials': 20, 'optuna_epochs': 5, 'search_space': "
+                          "{'learning_rate': {'type': 'float', 'low': 1e-4, 'high': 1e-2, "
+                          "'log': True}}} (see docs/readme_optimize.md).")
+    params = parse_space(cfg.get("search_space"))
+    metric, direction = S.metric_and_direction(cfg, metric)
+    if cfg.get("direction") not in (None, direction) and "metric" in cfg:
+        raise ConfigError(f"optuna['direction'] = {cfg['direction']!r} contradicts the metric "
+                          f"{metric} (which is {direction}d).",
+                          "Remove 'direction': it follows the metric.")
+    epochs = int(cfg.get("optuna_epochs") or 10)
+    check_space(config, params, settings, epochs)
+    sampler = S.build_sampler(cfg, S.grid_of(params))
+    pruner = S.build_pruner(cfg)
+    out_dir = _output_dir(output)
+    url = S.storage_url(storage, cfg, out_dir)
+    name = study_name or str(cfg.get("study_name") or "pochitrain_optimization")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=S.open_storage(url), sampler=sampler, pruner=pruner,
+                                study_name=name, direction=direction,  # type: ignore[arg-type]
+                                load_if_exists=True)
+    if study.direction.name.lower() != direction:
+        raise ConfigError(f"The study {name!r} in {S.masked(url)} is "
+                          f"{study.direction.name.lower()}d; {metric} needs {direction}.",
+                          "Use another --study-name, or the metric the study was made for.")
+    info(f"study {name!r}: {metric} ({direction}), {len(params)} parameters, storage "
+         f"{S.masked(url)}, trials in {out_dir / 'trials'}")
+    objective = Objective(config, params, settings, epochs, metric, direction == "maximize",
+                          out_dir / "trials")
+    study.optimize(objective, n_trials=int(n_trials or cfg.get("n_trials") or 20),
+                   n_jobs=int(n_jobs or cfg.get("n_jobs") or 1), catch=(PochiError,),
+                   callbacks=[_say], gc_after_trial=True)
+    return _finish(study, out_dir, config, settings, metric, direction, url)
+
+
+def _finish(study: Any, out_dir: Path, config: Path, settings: Any, metric: str,
+            direction: str, url: str) -> OptimizeResult:
+    from pochitrain.optimize import charts, outputs
+    from pochitrain.optimize.study import masked
+
+    files, best, stats = outputs.write_outputs(study, out_dir, config=config,
+                                               settings=settings, metric=metric,
+                                               storage=masked(url))
+    chart_files, skipped = charts.write_charts(study, out_dir, stats["param_importances"])
+    if best["best_value"] is None:
+        raise TrainingError(f"No trial of study {study.study_name!r} completed "
+                            f"({stats['n_pruned']} pruned, {stats['n_failed']} failed); "
+                            f"see {out_dir / 'trials_history.json'}.",
+                            "Widen the search space, loosen the pruner or raise optuna_epochs.")
+    return OptimizeResult(out_dir, study.study_name, metric, direction, best["best_value"],
+                          best["best_params"], best["n_trials"], masked(url),
+                          files + chart_files, skipped)
+
+
+def _say(study: Any, trial: Any) -> None:
+    state = trial.state.name.lower()
+    value = f"{trial.value:.4g}" if trial.value is not None else "-"
+    extra = (f" at epoch {trial.user_attrs['pruned_at_epoch']}"
+             if "pruned_at_epoch" in trial.user_attrs else "")
+    line = f"trial {trial.number}: {state}{extra}, value {value}, params {trial.params}"
+    if state == "fail":
+        warn(line + f" ({trial.user_attrs.get('error', 'see the log')})")
+    else:
+        info(line)
+
+
+def _output_dir(output: Path | str | None) -> Path:
+    """``--output`` as is (an existing folder joins its study); else work_dirs/optuna_results,
+    or the next free optuna_results_NNN when that exists (the original's rule)."""
+    if output is not None:
+        out = Path(output)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PochiError(f"Cannot create the output folder {out}: {exc.strerror}",
+                             "Choose a writable --output folder.") from exc
+        return out
+    out = DEFAULT_OUTPUT
+    n = 0
+    while True:
+        try:
+            out.mkdir(parents=True)
+            return out
+        except FileExistsError:
+            n += 1
+            out = DEFAULT_OUTPUT.with_name(f"{DEFAULT_OUTPUT.name}_{n:03d}")

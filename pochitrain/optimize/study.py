@@ -1,0 +1,197 @@
+"""Sampler, pruner, storage and direction of a study, from the config's ``optuna`` dict.
+
+Samplers and pruners take their arguments in the string itself, as Python call syntax with
+literal values: ``"TPESampler(seed=0, n_startup_trials=5)"``,
+``"PercentilePruner(25.0, n_startup_trials=3)"`` (positional literals work too).
+``sampler_params`` / ``pruner_params`` dicts in the optuna dict are merged in when present.
+``GridSampler`` gets its grid from the search space (categorical choices, int ranges, float
+ranges with a ``step``).
+
+Storage: ``--storage`` URL, else ``optuna['storage']``, else ``sqlite:///<output>/study.db``.
+Any SQLAlchemy URL works (``postgresql://...``, ``mysql+pymysql://...``); a bare file path
+means SQLite. Several ``pochi optimize`` processes (one machine or many) with the same storage
+and study name share one study.
+
+Direction follows the metric: ``val_accuracy`` is maximized, ``val_loss`` minimized.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+from typing import Any
+
+from pochitrain.errors import BackendMissingError, ConfigError, PochiError, UsageError
+
+METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
+SAMPLERS = ("TPESampler", "RandomSampler", "CmaEsSampler", "GridSampler", "QMCSampler",
+            "GPSampler", "BruteForceSampler", "NSGAIISampler")
+PRUNERS = ("MedianPruner", "PercentilePruner", "SuccessiveHalvingPruner", "HyperbandPruner",
+           "NopPruner", "ThresholdPruner", "WilcoxonPruner")
+DRIVERS = {"psycopg2": "psycopg2-binary", "psycopg": "psycopg[binary]", "pymysql": "PyMySQL",
+           "MySQLdb": "mysqlclient", "mysql": "mysql-connector-python", "asyncpg": "asyncpg",
+           "cx_Oracle": "cx_Oracle", "oracledb": "oracledb", "pyodbc": "pyodbc"}
+
+
+def metric_and_direction(cfg: dict[str, Any], metric: str | None) -> tuple[str, str]:
+    """The metric (CLI, else ``optuna['metric']``, else the one ``direction`` implies) and the
+    direction it needs."""
+    metric = metric or cfg.get("metric")
+    if metric is None:
+        metric = "val_loss" if cfg.get("direction") == "minimize" else "val_accuracy"
+    if metric not in METRICS:
+        raise ConfigError(f"Unknown optimization metric {metric!r}.",
+                          f"Use one of: {', '.join(METRICS)}.")
+    return metric, METRICS[metric]
+
+
+def parse_call(text: str, where: str) -> tuple[str, list[Any], dict[str, Any]]:
+    """``"Name(1, a=2)"`` -> ("Name", [1], {"a": 2}); only literal arguments."""
+    try:
+        node = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError:
+        node = None
+    if isinstance(node, ast.Name):
+        return node.id, [], {}
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        try:
+            args = [ast.literal_eval(a) for a in node.args]
+            kwargs = {str(k.arg): ast.literal_eval(k.value) for k in node.keywords}
+        except ValueError:
+            raise ConfigError(f"{where} = {text!r}: arguments must be literal values.",
+                              f"Example: {where} = 'TPESampler(seed=0)'.") from None
+        return node.func.id, args, kwargs
+    raise ConfigError(f"{where} = {text!r} is not a name or a call like 'Name(key=value)'.",
+                      f"Example: {where} = 'MedianPruner(n_startup_trials=5)'.")
+
+
+def _construct(kind: str, text: str, known: tuple[str, ...], module: Any,
+               extra: dict[str, Any], more: dict[str, Any] | None = None) -> Any:
+    where = f"optuna[{kind!r}]"
+    name, args, kwargs = parse_call(text, where)
+    if name not in known:
+        import difflib
+
+        near = difflib.get_close_matches(name, known, n=1)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        raise ConfigError(f"{where}: unknown {kind} {name!r}.{hint}",
+                          f"Use one of: {', '.join(known)}.")
+    kwargs = {**(more or {}), **dict(extra or {}), **kwargs}
+    try:
+        return getattr(module, name)(*args, **kwargs)
+    except (TypeError, ValueError) as exc:
+        import inspect
+
+        sig = inspect.signature(getattr(module, name))
+        raise ConfigError(f"{where}: {name} cannot be built with these arguments: {exc}",
+                          f"{name}{sig}") from None
+
+
+def build_sampler(cfg: dict[str, Any], grid: dict[str, list[Any]] | None) -> Any:
+    import optuna
+
+    text = str(cfg.get("sampler") or "TPESampler")
+    more = None
+    if parse_call(text, "optuna['sampler']")[0] == "GridSampler":
+        if grid is None:
+            raise ConfigError("GridSampler needs a grid: every search_space entry categorical, "
+                              "int, or float with a 'step'.",
+                              "Add 'step' to float ranges, or use another sampler.")
+        more = {"search_space": grid}
+    return _construct("sampler", text, SAMPLERS, optuna.samplers,
+                      cfg.get("sampler_params") or {}, more)
+
+
+def build_pruner(cfg: dict[str, Any]) -> Any:
+    import optuna
+
+    text = cfg.get("pruner") or "NopPruner"
+    return _construct("pruner", str(text), PRUNERS, optuna.pruners,
+                      cfg.get("pruner_params") or {})
+
+
+def grid_of(params: list[Any]) -> dict[str, list[Any]] | None:
+    grid: dict[str, list[Any]] = {}
+    for p in params:
+        s = p.spec
+        if p.kind == "categorical":
+            grid[p.name] = list(s["choices"])
+        elif p.kind == "int":
+            grid[p.name] = list(range(int(s["low"]), int(s["high"]) + 1, int(s.get("step") or 1)))
+        elif s.get("step"):
+            n = round((float(s["high"]) - float(s["low"])) / float(s["step"]))
+            grid[p.name] = [round(float(s["low"]) + i * float(s["step"]), 12)
+                            for i in range(n + 1)]
+        else:
+            return None
+    return grid
+
+
+def storage_url(cli: str | None, cfg: dict[str, Any], out_dir: Path) -> str:
+    url = cli or cfg.get("storage") or str(out_dir / "study.db")
+    if "://" not in url:  # a file path: SQLite
+        url = f"sqlite:///{Path(url).expanduser().resolve()}"
+    return str(url)
+
+
+def masked(url: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
+
+
+def open_storage(url: str) -> Any:
+    """An Optuna RDBStorage (errors name the missing driver / bad URL)."""
+    import optuna
+
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs = {"connect_args": {"timeout": 60}}  # concurrent processes wait for the lock
+    try:
+        return _rdb_storage(optuna, url, kwargs)
+    except ImportError as exc:
+        module = _missing_module(exc)
+        raise BackendMissingError(
+            f"The storage {masked(url)} needs the database driver {module!r}, which is not "
+            "installed.", f"pip install {DRIVERS.get(module, module)} (or use a sqlite:/// URL)."
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's URL / connection errors
+        kind = type(exc).__name__
+        if kind == "ArgumentError":
+            raise UsageError(f"--storage {masked(url)} is not a database URL.",
+                             "Use e.g. sqlite:///study.db or "
+                             "postgresql://user:pass@host/db.") from None
+        raise PochiError(f"Cannot open the study storage {masked(url)}: {kind}: "
+                         f"{str(exc).splitlines()[0][:300]}",
+                         "Check the URL, that the database server runs and that it can be "
+                         "reached from here.") from None
+
+
+def _rdb_storage(optuna: Any, url: str, kwargs: dict[str, Any]) -> Any:
+    """RDBStorage, retried briefly: processes starting together race to create the tables."""
+    import time
+
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except Exception as exc:
+            # tables created twice ("already exists"), alembic_version inserted twice
+            # (IntegrityError), or the file locked by the other process: try again
+            text = str(exc).lower()
+            racing = ("already exists" in text or "locked" in text
+                      or type(exc).__name__ == "IntegrityError")
+            if attempt == 4 or not racing:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _missing_module(exc: BaseException) -> str:
+    """The top-level module a (possibly wrapped: Optuna re-raises) ImportError names."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        name = getattr(seen, "name", None)
+        if isinstance(seen, ImportError) and name:
+            return str(name).split(".")[0]
+        seen = seen.__cause__ or seen.__context__
+    match = re.search(r"No module named '([^'.]+)", str(exc))
+    return match.group(1) if match else "the database driver"

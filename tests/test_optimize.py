@@ -1,0 +1,210 @@
+"""pochi optimize: real Optuna studies over real (tiny) training runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pochitrain.cli.main import run
+from pochitrain.errors import BackendMissingError, ConfigError
+
+# 3 classes, 16x16 images: one epoch of resnet18 on 12 images takes well under a second idle.
+CONFIG = """
+from torchvision import transforms
+model_name = "resnet18"
+train_data_root = {train!r}
+val_data_root = {val!r}
+epochs = 3
+batch_size = 4
+learning_rate = 0.001
+device = "cpu"
+_norm = transforms.Normalize([0.5] * 3, [0.5] * 3)
+val_transform = transforms.Compose([transforms.Resize((16, 16)), transforms.ToTensor(), _norm])
+optuna = {optuna}
+"""
+
+
+@pytest.fixture(scope="module")
+def opt_data(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("opt_tiny")
+    for split, n in (("train", 4), ("val", 3)):
+        for cls in ("0", "1", "2"):
+            (root / split / cls).mkdir(parents=True)
+            for f in sorted((digits_dir / split / cls).glob("*.png"))[:n]:
+                shutil.copy(f, root / split / cls / f.name)
+    return root
+
+
+def _config(folder: Path, data: Path, optuna: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.py"
+    path.write_text(CONFIG.format(train=str(data / "train"), val=str(data / "val"),
+                                  optuna=repr(optuna)), encoding="utf-8")
+    return path
+
+
+def _has_layer_wise_lr() -> bool:
+    from pochitrain.config import KEYS
+
+    return "layer_wise_lr_config" in KEYS
+
+
+def test_four_trials_pruned_and_loadable_config(opt_data: Path, tmp_path: Path) -> None:
+    space = {
+        # 0.01 blows the BatchNorm statistics up (val loss in the hundreds): pruned at epoch 1
+        "learning_rate": {"type": "categorical", "choices": [0.001, 0.01]},
+        "optimizer": {"type": "categorical", "choices": ["Adam", "AdamW"]},
+        "batch_size": {"type": "int", "low": 6, "high": 6},
+        "weight_decay": {"type": "categorical", "choices": [0.0001]},
+        "scheduler": {"type": "categorical", "choices": ["StepLR"]},
+        "scheduler_step_size": {"type": "int", "low": 1, "high": 1},
+        "scheduler_params.gamma": {"type": "float", "low": 0.5, "high": 0.5, "step": 0.1},
+    }
+    if _has_layer_wise_lr():
+        space["layer_rates.fc"] = {"type": "categorical", "choices": [0.002]}
+    config = _config(tmp_path, opt_data, {
+        "study_name": "tiny", "n_trials": 4, "optuna_epochs": 1, "direction": "minimize",
+        "sampler": "GridSampler(seed=0)", "pruner": "ThresholdPruner(upper=10.0)",
+        "search_space": space})
+    out = tmp_path / "study"
+    assert run(["optimize", "-c", str(config), "-o", str(out)]) == 0
+
+    history = json.loads((out / "trials_history.json").read_text())
+    assert len(history) == 4
+    states = {(t["params"]["learning_rate"], t["params"]["optimizer"]): t["state"]
+              for t in history}
+    assert states == {(0.001, "Adam"): "COMPLETE", (0.001, "AdamW"): "COMPLETE",
+                      (0.01, "Adam"): "PRUNED", (0.01, "AdamW"): "PRUNED"}
+    assert all(t["pruned_at_epoch"] == 1 for t in history if t["state"] == "PRUNED")
+    stats = json.loads((out / "study_statistics.json").read_text())
+    assert (stats["n_completed"], stats["n_pruned"], stats["n_failed"]) == (2, 2, 0)
+    assert (stats["metric"], stats["direction"]) == ("val_loss", "minimize")
+    assert "param_importances" in stats
+    best = json.loads((out / "best_params.json").read_text())
+    assert best["study_name"] == "tiny" and best["n_trials"] == 4
+    assert best["best_params"]["learning_rate"] == 0.001
+    assert best["best_value"] == min(t["value"] for t in history if t["state"] == "COMPLETE")
+
+    # every searched key reached the trial's training (its run.json records the settings)
+    for t in (t for t in history if t["state"] == "COMPLETE"):
+        settings = json.loads((Path(t["run_dir"]) / "run.json").read_text())["settings"]
+        assert settings["learning_rate"] == 0.001 and settings["epochs"] == 1
+        assert settings["optimizer"] == t["params"]["optimizer"]
+        assert settings["batch_size"] == 6 and settings["weight_decay"] == 0.0001
+        assert settings["scheduler"] == "StepLR"
+        assert settings["scheduler_params"] == {"step_size": 1, "gamma": 0.5}
+        if _has_layer_wise_lr():
+            assert settings["enable_layer_wise_lr"] is True
+            assert settings["layer_wise_lr_config"]["layer_rates"]["fc"] == 0.002
+
+    # charts: HTML (Plotly) and PNG (matplotlib)
+    assert (out / "optimization_history.html").stat().st_size > 1000
+    assert (out / "optimization_history.png").read_bytes()[:4] == b"\x89PNG"
+
+    # optimized_config.py loads and trains as is (the config's epochs, the best values)
+    from pochitrain.config import load_config
+    from pochitrain.pipeline.train import train
+
+    optimized = out / "optimized_config.py"
+    moved = tmp_path / "elsewhere" / "optimized_config.py"  # absolute paths: works anywhere
+    moved.parent.mkdir()
+    shutil.copy(optimized, moved)
+    s = load_config(moved)
+    assert (s.learning_rate, s.batch_size, s.scheduler, s.epochs) == (0.001, 6, "StepLR", 3)
+    assert s.scheduler_params == {"step_size": 1, "gamma": 0.5}
+    result = train(moved, overrides={"epochs": 1}, work_dir=tmp_path / "wd", progress=False)
+    assert result.epochs_run == 1 and result.best_checkpoint is not None
+
+
+def test_two_processes_share_one_sqlite_study(opt_data: Path, tmp_path: Path) -> None:
+    config = _config(tmp_path, opt_data, {
+        "study_name": "shared", "n_trials": 1, "optuna_epochs": 1,
+        "sampler": "RandomSampler", "pruner": None,
+        "search_space": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3,
+                                           "log": True}}})
+    out = tmp_path / "shared"
+    cmd = [sys.executable, "-m", "pochitrain.cli.main", "optimize", "-c", str(config),
+           "-o", str(out)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    import optuna
+
+    study = optuna.load_study(study_name="shared", storage=f"sqlite:///{out / 'study.db'}")
+    assert len(study.trials) == 2  # 1 + 1
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE  # val_accuracy by default
+    assert len(list((out / "trials").iterdir())) == 2
+    assert json.loads((out / "best_params.json").read_text())["n_trials"] >= 1
+
+
+# ---- bad input: caught before the first trial ---------------------------------------------
+
+def _optimize(tmp_path: Path, data: Path, optuna: dict, **kw):
+    from pochitrain.optimize.run import optimize
+
+    config = _config(tmp_path, data, {"n_trials": 1, "optuna_epochs": 1, **optuna})
+    return optimize(config, output=tmp_path / "out", **kw)
+
+
+def test_empty_search_space(opt_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="search_space'\\] is empty"):
+        _optimize(tmp_path, opt_data, {"search_space": {}})
+    assert not (tmp_path / "out").exists()
+
+
+def test_invalid_categorical_choice_before_first_trial(opt_data: Path, tmp_path: Path) -> None:
+    space = {"optimizer": {"type": "categorical", "choices": ["Adam", "Adagrad"]}}
+    with pytest.raises(ConfigError) as err:
+        _optimize(tmp_path, opt_data, {"search_space": space})
+    assert "['optimizer']" in err.value.message and "'Adagrad'" in err.value.message
+    assert "SGD, Adam, AdamW" in (err.value.remedy or "")
+    assert not (tmp_path / "out").exists()  # no study, no trial
+    space = {"learning_rat": {"type": "float", "low": 1e-4, "high": 1e-2}}
+    with pytest.raises(ConfigError, match="Did you mean 'learning_rate'"):
+        _optimize(tmp_path, opt_data, {"search_space": space})
+
+
+def test_storage_driver_missing(opt_data: Path, tmp_path: Path) -> None:
+    pytest.importorskip("sqlalchemy")
+    space = {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2}}
+    with pytest.raises(BackendMissingError) as err:
+        _optimize(tmp_path, opt_data, {"search_space": space},
+                  storage="postgresql+psycopg2://me:secret@db.example/optuna")
+    assert "psycopg2" in err.value.message and "secret" not in err.value.message
+    assert "pip install psycopg2-binary" in (err.value.remedy or "")
+
+
+def test_sampler_and_pruner_arguments() -> None:
+    from pochitrain.optimize.space import parse_space
+    from pochitrain.optimize.study import (
+        build_pruner,
+        build_sampler,
+        grid_of,
+        metric_and_direction,
+    )
+
+    assert build_pruner({"pruner": "PercentilePruner(25.0, n_startup_trials=2)"})._percentile \
+        == 25.0
+    with pytest.raises(ConfigError, match="PercentilePruner cannot be built"):
+        build_pruner({"pruner": "PercentilePruner"})  # the original's bug: needs arguments
+    with pytest.raises(ConfigError, match="Did you mean 'MedianPruner'"):
+        build_pruner({"pruner": "MedianPrunner"})
+    params = parse_space({"optimizer": {"type": "categorical", "choices": ["SGD", "Adam"]},
+                          "batch_size": {"type": "int", "low": 8, "high": 32, "step": 8}})
+    assert grid_of(params) == {"optimizer": ["SGD", "Adam"], "batch_size": [8, 16, 24, 32]}
+    assert type(build_sampler({"sampler": "GridSampler"}, grid_of(params))).__name__ \
+        == "GridSampler"
+    float_space = parse_space({"learning_rate": {"type": "float", "low": 0.1, "high": 1.0}})
+    with pytest.raises(ConfigError, match="GridSampler needs a grid"):
+        build_sampler({"sampler": "GridSampler"}, grid_of(float_space))
+    assert metric_and_direction({"direction": "maximize"}, None) == ("val_accuracy", "maximize")
+    assert metric_and_direction({"direction": "minimize"}, None) == ("val_loss", "minimize")
+    assert metric_and_direction({"direction": "maximize"}, "val_loss") == ("val_loss",
+                                                                           "minimize")
