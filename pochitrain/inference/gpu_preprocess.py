@@ -110,7 +110,13 @@ def nvjpeg_reads_like_pil(data: bytes) -> bool:
     to apply (nvJPEG ignores it), or more pixels than PIL's limit. Reads the header only."""
     from PIL import Image
 
-    try:
+    from pochitrain.inference.jpeg_header import read_header
+
+    header = read_header(data)
+    if header is not None:
+        limit = Image.MAX_IMAGE_PIXELS
+        return header.orientation == 1 and (limit is None or header.width * header.height <= limit)
+    try:  # markers we cannot read: ask PIL
         with Image.open(io.BytesIO(data)) as img:
             limit = Image.MAX_IMAGE_PIXELS
             if limit is not None and img.width * img.height > limit:

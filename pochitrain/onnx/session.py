@@ -31,6 +31,18 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+# cuDNN's exhaustive convolution search (ORT's default) re-times every convolution for each
+# new input shape: seconds per shape, paid again by the shorter last batch of every run.
+_PROVIDER_OPTIONS: dict[str, dict[str, str]] = {
+    "CUDAExecutionProvider": {"cudnn_conv_algo_search": "HEURISTIC"},
+}
+
+
+def _with_options(name: str) -> Any:
+    options = _PROVIDER_OPTIONS.get(name)
+    return (name, options) if options else name
+
+
 def open_session(path: Path | str, providers: list[str] | None = None,
                  threads: int | None = None) -> Any:
     """An ``onnxruntime.InferenceSession`` on ``path``.
@@ -50,7 +62,8 @@ def open_session(path: Path | str, providers: list[str] | None = None,
     options.intra_op_num_threads = threads or default_threads()
     options.log_severity_level = 3  # errors only: provider fallbacks are checked below
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=names)
+        session = ort.InferenceSession(str(path), sess_options=options,
+                                       providers=[_with_options(n) for n in names])
     except Exception as exc:  # onnxruntime raises its own pybind exception types
         raise ModelFileError(
             f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:300]}",

@@ -1,0 +1,76 @@
+"""What the GPU path must know about a JPEG before handing it to nvJPEG, read from its header
+bytes alone: the size (PIL's pixel limit) and the EXIF orientation (nvJPEG ignores it).
+
+Parsing the markers directly costs microseconds; opening every file with PIL to ask the same
+took most of the GPU input pipeline's time (measured on an H200: 2,900 images/s with PIL's
+header read against 26,000 for nvJPEG decoding alone).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_ORIENTATION_TAG = 0x0112
+
+
+@dataclass(frozen=True)
+class JpegHeader:
+    width: int
+    height: int
+    orientation: int  # EXIF orientation, 1 (upright) when there is none
+
+
+def _orientation(exif: bytes) -> int:
+    """The orientation tag of IFD0 in a TIFF block (the APP1 payload after 'Exif\\0\\0')."""
+    if len(exif) < 8 or exif[:2] not in (b"II", b"MM"):
+        return 1
+    order = "<" if exif[:2] == b"II" else ">"
+    (ifd,) = struct.unpack_from(order + "I", exif, 4)
+    if ifd + 2 > len(exif):
+        return 1
+    (count,) = struct.unpack_from(order + "H", exif, ifd)
+    for i in range(count):
+        at = ifd + 2 + 12 * i
+        if at + 12 > len(exif):
+            break
+        tag, kind = struct.unpack_from(order + "HH", exif, at)
+        if tag == _ORIENTATION_TAG and kind == 3:  # SHORT
+            (value,) = struct.unpack_from(order + "H", exif, at + 8)
+            return int(value)
+    return 1
+
+
+def read_header(data: bytes) -> JpegHeader | None:
+    """Size and orientation of a baseline/progressive JPEG; None when the markers cannot be
+    read (the caller then asks PIL)."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    at, orientation, size = 2, 1, None
+    try:
+        while at + 4 <= len(data):
+            if data[at] != 0xFF:
+                return None
+            marker = data[at + 1]
+            if marker == 0xFF:  # fill byte
+                at += 1
+                continue
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
+                at += 2
+                continue
+            (length,) = struct.unpack_from(">H", data, at + 2)
+            body = data[at + 4:at + 2 + length]
+            if marker == 0xE1 and body[:6] == b"Exif\x00\x00":
+                orientation = _orientation(body[6:])
+            elif marker in _SOF and len(body) >= 5:
+                height, width = struct.unpack_from(">HH", body, 1)
+                size = (width, height)
+            elif marker == 0xDA:  # start of scan: the headers are over
+                break
+            at += 2 + length
+    except struct.error:
+        return None
+    if size is None:
+        return None
+    return JpegHeader(size[0], size[1], orientation)

@@ -1,0 +1,53 @@
+"""The JPEG header reader agrees with PIL on size and EXIF orientation."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from pochitrain.inference.gpu_preprocess import nvjpeg_reads_like_pil
+from pochitrain.inference.jpeg_header import read_header
+
+
+def _jpeg(size: tuple[int, int], orientation: int | None = None,
+          progressive: bool = False) -> bytes:
+    image = Image.new("RGB", size, (120, 60, 30))
+    buf = io.BytesIO()
+    kwargs: dict = {"format": "JPEG", "progressive": progressive}
+    if orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        exif[0x010F] = "pochitrain test camera"  # another tag before/after orientation
+        kwargs["exif"] = exif.tobytes()
+    image.save(buf, **kwargs)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("orientation", [None, 1, 3, 6, 8])
+@pytest.mark.parametrize("progressive", [False, True])
+def test_size_and_orientation_match_pil(orientation: int | None, progressive: bool) -> None:
+    data = _jpeg((37, 23), orientation, progressive)
+    header = read_header(data)
+    with Image.open(io.BytesIO(data)) as img:
+        want = img.getexif().get(0x0112, 1)
+        assert header is not None and (header.width, header.height) == img.size
+    assert header.orientation == want
+    assert nvjpeg_reads_like_pil(data) == (want == 1)
+
+
+def test_big_endian_exif_and_oddities() -> None:
+    # a hand-made Motorola (big-endian) TIFF block with one IFD0 entry: orientation 6
+    tiff = b"MM\x00*" + (8).to_bytes(4, "big") + (1).to_bytes(2, "big") + \
+        (0x0112).to_bytes(2, "big") + (3).to_bytes(2, "big") + (1).to_bytes(4, "big") + \
+        (6).to_bytes(2, "big") + b"\x00\x00" + (0).to_bytes(4, "big")
+    base = _jpeg((10, 12))
+    app1 = b"Exif\x00\x00" + tiff
+    data = base[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + base[2:]
+    header = read_header(data)
+    assert header is not None and header.orientation == 6 and (header.width, header.height) == (10, 12)
+    with Image.open(io.BytesIO(data)) as img:
+        assert img.getexif().get(0x0112) == 6
+    assert read_header(b"\x89PNG\r\n\x1a\n") is None
+    assert read_header(base[:20]) is None  # cut before the frame header
