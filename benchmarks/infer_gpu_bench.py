@@ -224,6 +224,31 @@ def commands(models: dict[str, Path], data: Path, out_dir: Path) -> dict[str, An
     return {"rows": rows}
 
 
+@section("where a command's time goes (cProfile of one later run)")
+def profile_commands(models: dict[str, Path], data: Path, out_dir: Path) -> dict[str, Any]:
+    import pstats
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    rows = {}
+    pth = models["resnet18"]
+    for label, verb, model in (("pochi infer .pth", "infer", pth),
+                               ("infer-onnx", "infer-onnx", pth.with_suffix(".onnx"))):
+        if not model.exists():
+            continue
+        prof = out_dir / f"{verb}.prof"
+        cmd = [sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "pochitrain.cli.main",
+               verb, str(model), "--data", str(data), "--quiet", "-o",
+               str(out_dir / f"prof_{verb}")]
+        wall = _wall(cmd, env)
+        stats = pstats.Stats(str(prof))
+        top = sorted(((v[3], f"{k[0].split('site-packages/')[-1]}:{k[2]}")
+                      for k, v in stats.stats.items()  # type: ignore[attr-defined]
+                      if "pochitrain" in k[0] or k[2] == "<module>"), reverse=True)[:30]
+        rows[label] = {"wall_s": round(wall, 2),
+                       "top_cumulative_s": [[round(t, 2), name] for t, name in top]}
+    return {"rows": rows}
+
+
 @section("batch-1 latency, end to end (serial: read, nvJPEG, resize, model, logits)")
 def latency(models: dict[str, Path], data: Path) -> dict[str, Any]:
     import torch
@@ -265,7 +290,7 @@ def main() -> int:
     ap.add_argument("--out", default="/tmp/infer_gpu_bench")
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--data", default="/tmp/pochi_infer_bench")
-    ap.add_argument("--skip", nargs="*", default=[], help="section numbers to skip (1-5)")
+    ap.add_argument("--skip", nargs="*", default=[], help="section numbers to skip (1-6)")
     args = ap.parse_args()
     import torch
     from gpu_bench import make_images
@@ -282,7 +307,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     steps = [lambda: input_stage(data), lambda: torch_e2e(models, data, work),
              lambda: ort_e2e(models, data, work), lambda: commands(models, data, work),
-             lambda: latency(models, data)]
+             lambda: latency(models, data), lambda: profile_commands(models, data, work)]
     for i, step in enumerate(steps, 1):
         if str(i) not in args.skip:
             step()
