@@ -25,6 +25,7 @@ learning_rate = 0.001
 device = "cpu"
 _norm = transforms.Normalize([0.5] * 3, [0.5] * 3)
 val_transform = transforms.Compose([transforms.Resize((16, 16)), transforms.ToTensor(), _norm])
+enable_metrics_export = False  # no per-epoch plots in the trials
 optuna = {optuna}
 """
 
