@@ -41,8 +41,9 @@ class OpenModel:
     def default_batch_size(self) -> int:
         """The engine profile's opt batch (TensorRT), the fixed batch of a static ONNX, else
         ``DEFAULT_BATCH``: throughput first; ``--batch-size 1`` measures per-image latency."""
-        return int(self.fixed_batch or getattr(self.runner, "default_batch_size", None)
-                   if self.runtime == "tensorrt" else self.fixed_batch or DEFAULT_BATCH)
+        if self.runtime == "tensorrt":
+            return int(self.runner.default_batch_size)
+        return self.fixed_batch or DEFAULT_BATCH
 
     def close(self) -> None:
         self.runner.close()

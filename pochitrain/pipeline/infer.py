@@ -126,9 +126,7 @@ def _model_device(model: OpenModel) -> str:
     """Where the model runs, for the choice of input pipeline."""
     if model.runtime == "pytorch":
         return str(model.runner.device)
-    if model.runtime == "onnx":
-        return "cuda" if model.runner.on_cuda else "cpu"
-    return "cuda"  # TensorRT
+    return "cuda" if model.runner.on_cuda else "cpu"  # ONNX Runtime provider, TensorRT pipe
 
 
 def _input_pipeline(model: OpenModel, pipeline: str) -> tuple[Any, str]:

@@ -157,7 +157,7 @@ def _setup(settings: Settings, data: _Data, device: str) -> Any:
     model.to(device)
     if precision.channels_last:
         model.to(memory_format=torch.channels_last)
-    train_loader, val_loader = (
+    loaders: Any = tuple(
         T.make_loader(folder, tf, shuffle=shuffle, batch_size=settings.batch_size,
                       num_workers=settings.num_workers, device=device, seed=settings.seed,
                       pin_memory=settings.train_pin_memory)
@@ -165,8 +165,8 @@ def _setup(settings: Settings, data: _Data, device: str) -> Any:
     from pochitrain.training.gpu_input import gpu_loaders
 
     gpu = gpu_loaders(settings, data.train, data.val, device, train_tf, val_tf)
-    if gpu is not None:  # decode + transforms on the GPU (config gpu_input)
-        train_loader, val_loader = gpu
+    # decode + transforms on the GPU (config gpu_input), else the CPU DataLoaders
+    train_loader, val_loader = gpu if gpu is not None else loaders
     weight = (torch.tensor(settings.class_weights, dtype=torch.float32, device=device)
               if settings.class_weights else None)
     from pochitrain.training.optim import layer_param_groups
@@ -186,64 +186,45 @@ def _setup(settings: Settings, data: _Data, device: str) -> Any:
         scaler=precision.grad_scaler(device), non_blocking=settings.gpu_non_blocking)
 
 
-def train(config: Path | str, *, overrides: dict[str, Any] | None = None,
-          work_dir: Path | str | None = None, progress: bool = True,
-          on_epoch: Any = None) -> TrainResult:
-    """Train from a config file; see the module docstring for what is written.
-
-    ``overrides`` replace config keys (validated like the file); ``work_dir`` replaces the
-    config's work_dir (relative to the current directory); ``on_epoch`` see ``training.fit``.
-    """
-    from pochitrain import training as T
-    from pochitrain.models import save_checkpoint
-    from pochitrain.training import distributed as D
-    from pochitrain.training.observers import build_observer
-
-    settings = load_config(config, overrides)
-    config_path = Path(settings.config_path or config)
-    device = resolve_device(settings.device)
-    ddp = D.init(device)  # one of several ranks (torchrun / pochi train --gpus N), else None
-    device = ddp.device if ddp is not None else device
-    main = ddp is None or ddp.is_main  # only rank 0 writes the run folder
-    data = _check_data(settings)
-    pre = _preprocess(settings)
-    setup = _setup(settings, data, device)
-    if ddp is not None:
-        ddp.prepare(setup, settings.batch_size, settings.seed)
-    meta = ModelMeta(data.class_names, pre, model_name=settings.model_name,
-                     source={"config_sha256": file_sha256(config_path),
-                             "train_data_fingerprint": data.train.fingerprint()})
-
-    run_dir = (new_run_dir(Path(work_dir).resolve() if work_dir else settings.work_dir,
-                           hint="--work-dir DIR, or work_dir in the config")
-               if main else ddp.scratch_dir())  # type: ignore[union-attr]
-    (run_dir / "models").mkdir()
-    atomic_write_bytes(run_dir / "config.py", config_path.read_bytes())
-    record = _run_record(settings, config_path, device, setup.precision, data, pre)
-    record["settings"]["world_size"] = ddp.world if ddp is not None else 1
-    write_run_json(run_dir, record)
-    info(f"training {settings.model_name} on {device} (mixed precision {setup.precision.name}, "
-         f"channels_last {'on' if setup.precision.channels_last else 'off'}): "
-         f"{len(data.train.samples)} train / {len(data.val.samples)} val images, "
-         f"{len(data.class_names)} classes -> {run_dir}")
-
+def _epoch_extras(settings: Settings) -> Any:
+    """What every checkpoint records beside the weights, for an epoch."""
     def extras(epoch: int, tr: Any, va: Any) -> dict[str, Any]:
         return {"epoch": epoch, "train_loss": tr.loss, "train_accuracy": tr.accuracy,
                 "val_loss": va.loss if va else None, "val_accuracy": va.accuracy if va else None,
                 "optimizer": settings.optimizer, "learning_rate": settings.learning_rate}
+    return extras
 
-    keeper = T.CheckpointKeeper(run_dir / "models",
-                                lambda path, extra: save_checkpoint(path, D.unwrap(setup.model),
-                                                                    meta, extra) if main else None)
-    started = time.perf_counter()
+
+def _open_run(settings: Settings, config_path: Path, work_dir: Path | str | None,
+              ddp: Any) -> Path:
+    """The new run folder with models/ and the config copy (other DDP ranks: a scratch
+    folder nobody keeps)."""
+    if ddp is not None and not ddp.is_main:
+        run_dir = ddp.scratch_dir()
+    else:
+        run_dir = new_run_dir(Path(work_dir).resolve() if work_dir else settings.work_dir,
+                              hint="--work-dir DIR, or work_dir in the config")
+    (run_dir / "models").mkdir()
+    atomic_write_bytes(run_dir / "config.py", config_path.read_bytes())
+    return run_dir
+
+
+def _run_fit(settings: Settings, setup: Any, keeper: Any, run_dir: Path, data: _Data,
+             record: dict[str, Any], progress: bool, on_epoch: Any, ddp: Any) -> Any:
+    """``training.fit`` with the run's observers (TensorBoard, gradient tracking) and metrics
+    log; run.json says "failed" when it raises."""
+    from pochitrain import training as T
+    from pochitrain.training.observers import build_observer
+
+    main = ddp is None or ddp.is_main
     try:
         setup.observer = build_observer(settings, run_dir, data, setup.model) if main else None
         log = T.MetricsLog(run_dir, plots=main, enabled=settings.enable_metrics_export,
                            lr_log_scale=settings.layer_wise_lr_config["graph_config"]
                            ["use_log_scale"])
-        with _cudnn_autotune(device, settings.cudnn_benchmark):
-            out = T.fit(setup, keeper, log, extras,
-                        progress and main, on_epoch)
+        with _cudnn_autotune(setup.device, settings.cudnn_benchmark):
+            return T.fit(setup, keeper, log, _epoch_extras(settings), progress and main,
+                         on_epoch)
     except BaseException as exc:
         write_run_json(run_dir, {**record, "status": "failed",
                                  "error": f"{type(exc).__name__}: {exc}"})
@@ -253,6 +234,48 @@ def train(config: Path | str, *, overrides: dict[str, Any] | None = None,
             setup.observer.close()
         if ddp is not None:
             ddp.close(setup.model)
+
+
+def train(config: Path | str, *, overrides: dict[str, Any] | None = None,
+          work_dir: Path | str | None = None, progress: bool = True,
+          on_epoch: Any = None) -> TrainResult:
+    """Train from a config file; see the module docstring for what is written.
+
+    ``overrides`` replace config keys (validated like the file); ``work_dir`` replaces the
+    config's work_dir (relative to the current directory); ``on_epoch`` see ``training.fit``.
+    Under torchrun / ``pochi train --gpus N`` every rank runs this; only rank 0 writes.
+    """
+    from pochitrain import training as T
+    from pochitrain.models import save_checkpoint
+    from pochitrain.training import distributed as D
+
+    settings = load_config(config, overrides)
+    config_path = Path(settings.config_path or config)
+    device = resolve_device(settings.device)
+    ddp = D.init(device)  # one of several ranks (torchrun / --gpus N), else None
+    device = ddp.device if ddp is not None else device
+    main = ddp is None or ddp.is_main
+    data = _check_data(settings)
+    pre = _preprocess(settings)
+    setup = _setup(settings, data, device)
+    if ddp is not None:
+        ddp.prepare(setup, settings.batch_size, settings.seed)
+    meta = ModelMeta(data.class_names, pre, model_name=settings.model_name,
+                     source={"config_sha256": file_sha256(config_path),
+                             "train_data_fingerprint": data.train.fingerprint()})
+    run_dir = _open_run(settings, config_path, work_dir, ddp)
+    record = _run_record(settings, config_path, device, setup.precision, data, pre)
+    record["settings"]["world_size"] = ddp.world if ddp is not None else 1
+    write_run_json(run_dir, record)
+    info(f"training {settings.model_name} on {device} (mixed precision {setup.precision.name}, "
+         f"channels_last {'on' if setup.precision.channels_last else 'off'}): "
+         f"{len(data.train.samples)} train / {len(data.val.samples)} val images, "
+         f"{len(data.class_names)} classes -> {run_dir}")
+    keeper = T.CheckpointKeeper(run_dir / "models",
+                                lambda path, extra: save_checkpoint(path, D.unwrap(setup.model),
+                                                                    meta, extra) if main else None)
+    started = time.perf_counter()
+    out = _run_fit(settings, setup, keeper, run_dir, data, record, progress, on_epoch, ddp)
     result = TrainResult(run_dir, keeper.best_path, keeper.last_path, keeper.best_epoch,
                          keeper.best_accuracy, out.epochs_run, out.stopped_by,
                          time.perf_counter() - started, out.skipped_files())

@@ -91,6 +91,13 @@ class TensorRTRunner:
         self._keep = keep  # runtime + logger must outlive the engine
         self.default_batch_size = inp.opt_shape[0]
 
+    @property
+    def on_cuda(self) -> bool:
+        """True on the real CUDA path (the GPU input pipeline can feed it device tensors)."""
+        from pochitrain.inference.cuda_path import CudaBatchPipe
+
+        return isinstance(self.pipe, CudaBatchPipe)
+
     def check_batch_size(self, batch_size: int) -> None:
         lo, hi = self.inp.min_shape[0], self.inp.max_shape[0]
         if not lo <= batch_size <= hi:
