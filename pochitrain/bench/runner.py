@@ -108,7 +108,12 @@ def run_suite(suite: Suite, bench_dir: Path, fail_fast: bool = False,
             if reason is not None:
                 records.append(RunRecord(case.name, r, "skipped", reason, None, 0.0))
                 continue
-            rec = _run_one(suite.name, case, case_dir / f"run_{r:03d}", r, timeout)
+            try:
+                rec = _run_one(suite.name, case, case_dir / f"run_{r:03d}", r, timeout)
+            except KeyboardInterrupt:  # the child got the Ctrl+C too: keep what ran
+                records.append(RunRecord(case.name, r, "failed", "interrupted (Ctrl+C)",
+                                         str(case_dir / f"run_{r:03d}" / "run.log"), 0.0))
+                return records
             records.append(rec)
             if rec.status == "failed":
                 say(f"  failed: {rec.reason} (log: {rec.log})")

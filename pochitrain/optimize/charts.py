@@ -112,6 +112,7 @@ def _history_png(study: Any, trials: list[Any], imp: Any, pair: list[str]) -> by
                    [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
                    marker="x", color="gray", label="pruned (last report)")
     ax.set_xlabel("trial")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("objective value")
     ax.set_title(f"Optimization history ({study.direction.name.lower()})")
     ax.legend(fontsize=8)
@@ -138,13 +139,16 @@ def _contour_png(study: Any, trials: list[Any], imp: Any, pair: list[str]) -> by
     xs, x_labels = _axis([t.params[x_name] for t in done])
     ys, y_labels = _axis([t.params[y_name] for t in done])
     zs = [float(t.value) for t in done]
+    cs = None
     if len(set(zip(xs, ys))) >= 3:
         try:
             cs = ax.tricontourf(xs, ys, zs, levels=12, cmap="viridis", alpha=0.6)
             fig.colorbar(cs, ax=ax, label="objective value")
         except (ValueError, RuntimeError):  # collinear points: the scatter alone
             cs = None
-    ax.scatter(xs, ys, c=zs, cmap="viridis", edgecolors="black", zorder=3)
+    points = ax.scatter(xs, ys, c=zs, cmap="viridis", edgecolors="black", zorder=3)
+    if cs is None:
+        fig.colorbar(points, ax=ax, label="objective value")
     for axis, labels in ((ax.xaxis, x_labels), (ax.yaxis, y_labels)):
         if labels:
             axis.set_ticks(range(len(labels)), labels)

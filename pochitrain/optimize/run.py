@@ -126,14 +126,19 @@ def optimize(config: Path | str, *, output: Path | str | None = None,
          f"{S.masked(url)}, trials in {out_dir / 'trials'}")
     objective = Objective(config, params, settings, epochs, metric, direction == "maximize",
                           out_dir / "trials")
-    study.optimize(objective, n_trials=int(n_trials or cfg.get("n_trials") or 20),
-                   n_jobs=int(n_jobs or cfg.get("n_jobs") or 1), catch=(PochiError,),
-                   callbacks=[_say], gc_after_trial=True)
+    try:
+        study.optimize(objective, n_trials=int(n_trials or cfg.get("n_trials") or 20),
+                       n_jobs=int(n_jobs or cfg.get("n_jobs") or 1), catch=(PochiError,),
+                       callbacks=[_say], gc_after_trial=True)
+    except KeyboardInterrupt:
+        warn("Ctrl+C: writing the study's files from the trials so far")
+        _finish(study, out_dir, config, settings, metric, direction, url, strict=False)
+        raise
     return _finish(study, out_dir, config, settings, metric, direction, url)
 
 
 def _finish(study: Any, out_dir: Path, config: Path, settings: Any, metric: str,
-            direction: str, url: str) -> OptimizeResult:
+            direction: str, url: str, strict: bool = True) -> OptimizeResult:
     from pochitrain.optimize import charts, outputs
     from pochitrain.optimize.study import masked
 
@@ -141,7 +146,7 @@ def _finish(study: Any, out_dir: Path, config: Path, settings: Any, metric: str,
                                                settings=settings, metric=metric,
                                                storage=masked(url))
     chart_files, skipped = charts.write_charts(study, out_dir, stats["param_importances"])
-    if best["best_value"] is None:
+    if best["best_value"] is None and strict:
         raise TrainingError(f"No trial of study {study.study_name!r} completed "
                             f"({stats['n_pruned']} pruned, {stats['n_failed']} failed); "
                             f"see {out_dir / 'trials_history.json'}.",
