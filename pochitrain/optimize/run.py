@@ -103,10 +103,6 @@ def optimize(config: Path | str, *, output: Path | str | None = None,
                           "'log': True}}} (see docs/readme_optimize.md).")
     params = parse_space(cfg.get("search_space"))
     metric, direction = S.metric_and_direction(cfg, metric)
-    if cfg.get("direction") not in (None, direction) and "metric" in cfg:
-        raise ConfigError(f"optuna['direction'] = {cfg['direction']!r} contradicts the metric "
-                          f"{metric} (which is {direction}d).",
-                          "Remove 'direction': it follows the metric.")
     epochs = int(cfg.get("optuna_epochs") or 10)
     check_space(config, params, settings, epochs)
     sampler = S.build_sampler(cfg, S.grid_of(params))

@@ -36,7 +36,8 @@ DRIVERS = {"psycopg2": "psycopg2-binary", "psycopg": "psycopg[binary]", "pymysql
 
 def metric_and_direction(cfg: dict[str, Any], metric: str | None) -> tuple[str, str]:
     """The metric (CLI, else ``optuna['metric']``, else the one ``direction`` implies) and the
-    direction it needs."""
+    direction it needs. A named metric wins over ``direction`` (which the config check fills
+    with its default, so it cannot tell a deliberate value)."""
     metric = metric or cfg.get("metric")
     if metric is None:
         metric = "val_loss" if cfg.get("direction") == "minimize" else "val_accuracy"
