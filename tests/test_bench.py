@@ -193,3 +193,36 @@ def test_missing_model_path_names_case_and_line(tmp_path: Path) -> None:
     assert run(["bench", "--suite", "s", "--suites-file", str(path), "-o",
                 str(tmp_path / "runs")]) == 2
     assert not (tmp_path / "runs").exists()
+
+
+def test_aggregate_only_original_files(tmp_path: Path) -> None:
+    """Files as the original writes them (no details beside them) aggregate too; population
+    stdev as the original; percentiles fall back to the runs' means; broken files listed."""
+    base = {"schema_version": "1.0.0", "timestamp_jst": "2026-01-01 09:00:00",
+            "env_name": "RTX4070Ti", "suite_name": "s", "repeat_index": None,
+            "runtime": "tensorrt", "precision": "int8", "model_name": "resnet18",
+            "pipeline": "gpu", "device": "cuda",
+            "options": {"gpu_non_blocking": True, "pin_memory": True, "batch_size": 1,
+                        "image_size": [512, 512]},
+            "samples": {"num_samples": 100, "measured_samples": 99, "warmup_samples": 1}}
+    for i, (ms, e2e) in enumerate(((0.2, 1.0), (0.4, 2.0), (0.3, 1.5)), start=1):
+        run_dir = tmp_path / "raw" / "case_001_trt_int8" / f"run_{i:03d}"
+        run_dir.mkdir(parents=True)
+        metrics = {"avg_inference_ms": ms, "avg_e2e_ms": e2e,
+                   "throughput_inference_ips": 1000 / ms, "throughput_e2e_ips": 1000 / e2e,
+                   "accuracy_percent": 100.0}
+        (run_dir / "benchmark_result.json").write_text(json.dumps({**base, "metrics": metrics}))
+    bad = tmp_path / "raw" / "case_002_x" / "run_001"
+    bad.mkdir(parents=True)
+    (bad / "benchmark_result.json").write_text('{"schema_version": "1.0.0"}')
+    assert run(["bench", "--aggregate-only", "--input-dir", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary" / "benchmark_summary.json").read_text())
+    (g,) = summary["groups"]
+    assert (g["case_name"], g["runs"], g["precision"], g["batch_size"]) == ("trt_int8", 3,
+                                                                           "int8", 1)
+    assert g["avg_inference_ms_mean"] == pytest.approx(0.3)
+    assert g["avg_inference_ms_stdev"] == pytest.approx(0.0816, abs=1e-4)  # population
+    assert (g["latency_p50_ms"], g["latency_p99_ms"]) == (0.3, pytest.approx(0.398))
+    assert g["peak_gpu_memory_mb"] is None
+    (invalid,) = summary["invalid_files"]
+    assert "case_002_x" in invalid["file"] and "missing" in invalid["reason"]
