@@ -149,6 +149,9 @@ class GpuBatches:
                  workers: int | None = None) -> None:
         import torch
 
+        from pochitrain.fastimport import import_torchvision
+
+        import_torchvision()  # decode_jpeg lives there; skip TorchDynamo's ~2-5 s import
         why_not = gpu_unsupported(preprocess)
         if why_not:
             raise UsageError(f"The GPU pipeline cannot reproduce this preprocessing: {why_not}.",

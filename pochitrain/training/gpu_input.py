@@ -117,6 +117,9 @@ def _pil_tensor(path: Path) -> torch.Tensor | None:
 
 def decode(paths: list[Path], device: str, pool: ThreadPoolExecutor) -> list[Any]:
     """uint8 (3, H, W) tensors on ``device`` (None where the file cannot be read)."""
+    from pochitrain.fastimport import import_torchvision
+
+    import_torchvision()  # without TorchDynamo's import cost
     from torchvision.io import ImageReadMode, decode_jpeg
 
     from pochitrain.inference.gpu_preprocess import is_complete_jpeg, nvjpeg_reads_like_pil
