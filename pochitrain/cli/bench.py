@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 DESCRIPTION = """\
 Run a benchmark suite from a YAML file (the original pochitrain's bench_suites.yaml format,
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else rc
 
 
-def _save_runs(bench_dir, runs) -> None:
+def _save_runs(bench_dir: Any, runs: list[dict[str, Any]]) -> None:
     import json
 
     from pochitrain.workspace import atomic_write_text
@@ -88,7 +89,7 @@ def _save_runs(bench_dir, runs) -> None:
     atomic_write_text(bench_dir / "runs.json", json.dumps(runs, indent=2) + "\n")
 
 
-def _previous_runs(folder) -> list:
+def _previous_runs(folder: Any) -> list[dict[str, Any]]:
     import json
 
     path = folder / "runs.json"
@@ -98,7 +99,7 @@ def _previous_runs(folder) -> list:
         return []
 
 
-def _aggregate(folder, runs, info, warn) -> int:
+def _aggregate(folder: Any, runs: list[dict[str, Any]], info: Any, warn: Any) -> int:
     from pochitrain.bench.report import write_summary
 
     source = folder / "raw" if (folder / "raw").is_dir() else folder
