@@ -131,8 +131,8 @@ def test_pytorch_benchmark_json(untrained_checkpoint: Path, small_val: Path,
 
 def test_onnx_precision_from_graph(onnx_models: dict[str, Path], small_val: Path,
                                    tmp_path: Path) -> None:
-    res32 = _run("infer-onnx", onnx_models["fp32"], small_val, tmp_path / "a")
-    res16 = _run("infer-onnx", onnx_models["fp16"], small_val, tmp_path / "b")
+    res32 = _run("infer-onnx", onnx_models["fp32"], small_val, tmp_path / "a", "--providers", "cpu")
+    res16 = _run("infer-onnx", onnx_models["fp16"], small_val, tmp_path / "b", "--providers", "cpu")
     assert (res32["runtime"], res32["precision"], res32["device"]) == ("onnx", "fp32", "cpu")
     assert res16["precision"] == "fp16"  # file name says fp32, the graph says fp16
     assert res32["env_name"].endswith("-CPU")
