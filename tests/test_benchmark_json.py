@@ -146,3 +146,6 @@ def test_tensorrt_precision_from_sidecar() -> None:
     model = SimpleNamespace(runtime="tensorrt", path=Path("model_fp16.engine"),
                             extra={"engine_meta": {"precision": "int8"}})
     assert model_precision(model) == "int8"  # the sidecar wins over the file name
+    bare = SimpleNamespace(runtime="tensorrt", path=Path("model_fp16.engine"),
+                           extra={"engine_meta": {"precision": "unknown"}})
+    assert model_precision(bare) is None  # no sidecar: unknown (null), never the file name

@@ -163,10 +163,12 @@ def config_env_name(model_path: Path, config: Any = None) -> str | None:
         return None
 
 
-def model_precision(model: Any) -> str:
-    """fp32 | fp16 | bf16 | int8, read from the model's own metadata or graph."""
+def model_precision(model: Any) -> str | None:
+    """fp32 | fp16 | bf16 | int8, read from the model's own metadata or graph; None (the
+    original's null) for an engine without metadata."""
     if model.runtime == "tensorrt":
-        return str(model.extra["engine_meta"].get("precision") or "unknown")
+        precision = (model.extra.get("engine_meta") or {}).get("precision")
+        return None if precision in (None, "", "unknown") else str(precision)
     if model.runtime == "onnx":
         return onnx_graph_precision(model.path)
     runner = getattr(model.runner, "_runner", model.runner)

@@ -150,6 +150,11 @@ def _run_one(suite: str, case: Case, run_dir: Path, repeat: int,
                          str(log), seconds)
     data = json.loads(result.read_text(encoding="utf-8"))
     data["suite_name"], data["repeat_index"] = suite, repeat
+    if data.get("precision") is None and case.precision:  # an engine without metadata
+        data["precision"] = case.precision
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"[pochi bench] the model records no precision: {case.precision} from the "
+                    "suite\n")
     atomic_write_text(result, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     if case.precision and case.runtime != "pytorch" and data.get("precision") != case.precision:
         return RunRecord(case.name, repeat, "failed",
