@@ -194,11 +194,11 @@ def onnx_graph_precision(path: Path) -> str:
 def _device(runtime: str, runner: Any, described: dict[str, str]) -> str:
     if runtime == "pytorch":
         return str(getattr(runner, "device", described.get("device", "cpu")))
-    if runtime == "tensorrt":
-        return "cuda"
-    on_cuda = getattr(runner, "on_cuda", None)
+    on_cuda = getattr(runner, "on_cuda", None)  # ONNX Runtime's provider, TensorRT's pipe
     if on_cuda is not None:
         return "cuda" if on_cuda else "cpu"
+    if runtime == "tensorrt":
+        return "cuda"
     first = described.get("providers", "").split(",", 1)[0].strip()
     return "cuda" if first in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
 
