@@ -40,6 +40,13 @@ mixed_precision = "auto"
 # NHWC memory layout (tensor cores prefer it with bf16/fp16). "auto" = True on a CUDA GPU,
 # False on the CPU; True / False force it.
 channels_last = "auto"
+# GPU input for training: JPEG decode (nvJPEG) and the train_transform on the GPU.
+# "auto": on when training on CUDA and every transform has a GPU version (else the CPU
+# DataLoader, said once); True: required; False: always the CPU DataLoader.
+gpu_input = "auto"
+# Decode a small dataset once and keep it as uint8 tensors: None, "ram" or "gpu"
+# (the memory it takes is printed first; too large is an error with the fix).
+gpu_input_cache = None
 
 # ---- data ----------------------------------------------------------------------------------
 # Image folders with one sub-folder per class: <root>/<class_name>/*.png|jpg|...
