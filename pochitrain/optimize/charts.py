@@ -32,7 +32,8 @@ def write_charts(study: Any, out_dir: Path,
         ("optimization_history", _history_html, _history_png,
          None if done else "no completed trial"),
         ("param_importances", _importance_html, _importance_png,
-         None if importances else "importances need 2+ completed trials with varied params"),
+         None if importances and len(importances) > 1
+         else "importances need 2+ parameters and 2+ completed trials"),
         ("contour", _contour_html, _contour_png,
          None if len(pair) == 2 and len(done) >= 2 else "needs 2+ parameters and 2+ trials"),
     ):

@@ -60,7 +60,12 @@ def trial_record(t: Any) -> dict[str, Any]:
 
 def importances(study: Any) -> dict[str, float] | None:
     import optuna
+    from optuna.trial import TrialState
 
+    names = {k for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+             for k in t.params}
+    if len(names) == 1:  # one parameter explains everything; no fANOVA (and sklearn) needed
+        return {names.pop(): 1.0}
     try:
         return {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
     except Exception:  # noqa: BLE001 - too few / identical trials, one parameter, ...
