@@ -27,7 +27,10 @@ CONFUSION_DEFAULTS: dict[str, Any] = {"title": "Confusion Matrix", "xlabel": "Pr
 OPTUNA_DEFAULTS: dict[str, Any] = {"study_name": "pochitrain_optimization",
                                    "direction": "maximize", "n_trials": 20, "n_jobs": 1,
                                    "sampler": "TPESampler", "pruner": "MedianPruner",
-                                   "optuna_epochs": 10, "storage": None, "search_space": {}}
+                                   "optuna_epochs": 10, "storage": None, "search_space": {},
+                                   # ours, beside the original's keys (see readme_optimize):
+                                   "metric": None, "sampler_params": None,
+                                   "pruner_params": None}
 SEARCH_TYPES = ("float", "int", "categorical")
 
 
