@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
+from tiny import copy_tiny
 
 from pochitrain.config import load_config
 from pochitrain.errors import ConfigError
@@ -74,13 +74,7 @@ optuna = {{
 @pytest.fixture(scope="module")
 def tiny_data(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 classes, 4 train / 2 val digit images each (all 32x32)."""
-    root = tmp_path_factory.mktemp("tiny_compat")
-    for split, n in (("train", 4), ("val", 2)):
-        for cls in ("0", "1", "2"):
-            (root / split / cls).mkdir(parents=True)
-            for f in sorted((digits_dir / split / cls).glob("*.png"))[:n]:
-                shutil.copy(f, root / split / cls / f.name)
-    return root
+    return copy_tiny(digits_dir, tmp_path_factory.mktemp("tiny_compat"), train=4, val=2)
 
 
 def original_config(folder: Path, data: Path, epochs: int = 1, tensorboard: bool = False,

@@ -8,45 +8,19 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tiny import copy_tiny, tiny_config
 
 from pochitrain.cli.main import run
 from pochitrain.errors import ConfigError, DataError
 from pochitrain.pipeline.train import train
 
-TINY_CONFIG = """
-from torchvision import transforms
-model_name = "resnet18"
-train_data_root = {train!r}
-val_data_root = {val!r}
-epochs = {epochs}
-batch_size = 8
-learning_rate = 0.001
-device = "cpu"
-_norm = transforms.Normalize([0.5] * 3, [0.5] * 3)
-val_transform = transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor(), _norm])
-"""
-
 
 @pytest.fixture(scope="module")
 def tiny_data(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """3 classes, 6 train / 3 val images each: a whole epoch takes well under a second."""
-    root = tmp_path_factory.mktemp("tiny")
-    for split, n in (("train", 6), ("val", 3)):
-        for cls in ("0", "1", "2"):
-            (root / split / cls).mkdir(parents=True)
-            for f in sorted((digits_dir / split / cls).glob("*.png"))[:n]:
-                shutil.copy(f, root / split / cls / f.name)
-    return root
+    return copy_tiny(digits_dir, tmp_path_factory.mktemp("tiny"))
 
 
-def _tiny_config(folder: Path, data: Path, epochs: int = 1, extra: str = "",
-                 train: Path | None = None, val: Path | None = None) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "config.py"
-    path.write_text(TINY_CONFIG.format(train=str(train or data / "train"),
-                                       val=str(val or data / "val"), epochs=epochs) + extra,
-                    encoding="utf-8")
-    return path
+_tiny_config = tiny_config
 
 
 # ---- the shared trained run ----------------------------------------------------------------
