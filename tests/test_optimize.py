@@ -30,17 +30,8 @@ optuna = {optuna}
 """
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch: pytest.MonkeyPatch):
-    """One intra-op thread here and in the child processes: the CI machine's cores are shared,
-    and oversubscribed OpenMP threads spin (3x slower measured), which tells nothing."""
-    import torch
-
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# the CI machine's cores are shared: see conftest.one_thread
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
