@@ -99,6 +99,22 @@ def resolve_meta(model_path: Path | str, model_meta: ModelMeta | None,
     return Resolved(meta, source, config_path, settings)
 
 
+def _recorded_setting(config_path: Path, key: str) -> tuple[bool, Any]:
+    """(found, value) of a setting from the run.json beside a run's config copy: reading the
+    record costs nothing, executing the config imports torch and torchvision (seconds). A
+    config edited after the run (newer than its run.json) is read instead."""
+    record = config_path.parent / "run.json"
+    try:
+        if config_path.stat().st_mtime_ns > record.stat().st_mtime_ns:
+            return False, None
+    except OSError:
+        return False, None
+    settings = (read_run_json(config_path.parent) or {}).get("settings")
+    if isinstance(settings, dict) and key in settings:
+        return True, settings[key]
+    return False, None
+
+
 def find_val_data(model_path: Path | str) -> Path | None:
     """The val_data_root of the run a model file belongs to (config beside the run), if any."""
     from pochitrain.config import load_config
@@ -106,7 +122,9 @@ def find_val_data(model_path: Path | str) -> Path | None:
     found = find_config_near(model_path)
     if found is None:
         return None
-    root = getattr(load_config(found), "val_data_root", None)
+    recorded, root = _recorded_setting(found, "val_data_root")
+    if not recorded:
+        root = getattr(load_config(found), "val_data_root", None)
     return Path(root) if root else None
 
 
@@ -118,6 +136,10 @@ def confusion_style(model_path: Path | str, config: Path | str | None) -> dict[s
     path = config_for(Path(model_path), config)
     if path is None:
         return None
+    if config is None:
+        recorded, style = _recorded_setting(path, "confusion_matrix_config")
+        if recorded:
+            return style if isinstance(style, dict) else None
     try:
         return getattr(load_config(path), "confusion_matrix_config", None)
     except ConfigError:
