@@ -49,3 +49,12 @@ def pyplot():  # type: ignore[no-untyped-def]
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def figure(**kwargs):  # type: ignore[no-untyped-def]
+    """A ``matplotlib.figure.Figure`` with the CJK font set up, without pyplot: no global
+    figure state to close, and a command that draws one picture skips pyplot's import."""
+    use_cjk_font()
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)

@@ -111,13 +111,13 @@ def plot_confusion(cm: np.ndarray, class_names: list[str], path: Path, title: st
     """The confusion-matrix PNG. ``style``: the config's ``confusion_matrix_config`` (title,
     xlabel, ylabel, fontsize, title_fontsize, label_fontsize, figsize, cmap), as in the
     original; Japanese labels render (``plotting.use_cjk_font``)."""
-    from pochitrain.plotting import pyplot
+    from pochitrain.plotting import figure
 
-    plt = pyplot()
     st = dict(style or {})
     n = len(class_names)
     size = max(4.0, 0.5 * n + 2)
-    fig, ax = plt.subplots(figsize=st.get("figsize") or (size, size * 0.9))
+    fig = figure(figsize=st.get("figsize") or (size, size * 0.9))
+    ax = fig.subplots()
     im = ax.imshow(cm, cmap=st.get("cmap", "Blues"))
     fig.colorbar(im, ax=ax, fraction=0.046)
     label_size = st.get("label_fontsize")
@@ -138,7 +138,6 @@ def plot_confusion(cm: np.ndarray, class_names: list[str], path: Path, title: st
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
 
 
 def write_model_info(out_dir: Path, model_path: Path, model_name: str, num_classes: int,
