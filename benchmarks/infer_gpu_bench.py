@@ -207,6 +207,10 @@ def commands(models: dict[str, Path], data: Path, out_dir: Path) -> dict[str, An
     rows = {}
     pth = models["resnet18"]
     onnx_path = pth.with_suffix(".onnx")
+    if not onnx_path.exists():
+        from pochitrain.pipeline.export_onnx import export_onnx
+
+        export_onnx(pth, verify=False, progress=False)
     runs = {"pochi infer resnet18.pth": [py, "-m", "pochitrain.cli.main", "infer", str(pth)],
             "infer-onnx resnet18.onnx": [py, "-m", "pochitrain.cli.main", "infer-onnx",
                                          str(onnx_path)],
