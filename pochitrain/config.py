@@ -236,7 +236,10 @@ def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Se
     try:
         from pochitrain.fastimport import without_dynamo
 
-        with without_dynamo():  # configs import torchvision.transforms: skip its dynamo cost
+        try:
+            with without_dynamo():  # configs import torchvision.transforms: skip dynamo's cost
+                namespace = runpy.run_path(str(path), run_name="__pochitrain_config__")
+        except ImportError:  # a config that needs TorchDynamo itself: run it the plain way
             namespace = runpy.run_path(str(path), run_name="__pochitrain_config__")
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code can raise anything
         raise _exec_error(path, exc) from None

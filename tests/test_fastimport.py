@@ -29,3 +29,15 @@ def test_torchvision_without_dynamo_and_dynamo_intact_afterwards() -> None:
     out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True,
                          timeout=300, check=False)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
+
+
+def test_a_config_that_imports_dynamo_itself_still_loads(tmp_path) -> None:
+    config = tmp_path / "config.py"
+    config.write_text("import torch._dynamo\nfrom torch._dynamo.utils import counters as _counters\n"
+                      "from torchvision import transforms\nepochs = 2\n", encoding="utf-8")
+    code = ("import sys; from pochitrain.config import load_config; "
+            f"s = load_config({str(config)!r}); assert s.epochs == 2; "
+            "import torch._dynamo.utils as u; assert hasattr(u, 'counters'); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr

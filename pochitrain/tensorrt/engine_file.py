@@ -82,7 +82,7 @@ def sidecar_path(engine_path: Path | str) -> Path:
     return engine_path.with_name(engine_path.name + ".json")
 
 
-def check_outputs(engine_path: Path, overwrite: bool) -> None:
+def check_outputs(engine_path: Path, overwrite: bool, notice: bool = True) -> None:
     """Fail before building when the engine or its sidecar would be clobbered.
 
     A sidecar whose engine is gone (the user deleted the engine) is an orphan: it describes
@@ -95,9 +95,10 @@ def check_outputs(engine_path: Path, overwrite: bool) -> None:
     check_writable(engine_path, overwrite, what="Engine file")
     sidecar = sidecar_path(engine_path)
     if sidecar.exists() and not engine_path.exists() and not sidecar.is_dir():
-        from pochitrain.console import info
+        if notice:
+            from pochitrain.console import info
 
-        info(f"replacing {sidecar.name}: its engine {engine_path.name} no longer exists")
+            info(f"replacing {sidecar.name}: its engine {engine_path.name} no longer exists")
         return
     check_writable(sidecar, overwrite, what="Engine metadata file")
 
@@ -110,7 +111,7 @@ def write_engine(engine_path: Path | str, engine_bytes: bytes, meta: dict[str, A
     engine is removed again, so an engine never appears without its metadata.
     """
     engine_path = Path(engine_path)
-    check_outputs(engine_path, overwrite)
+    check_outputs(engine_path, overwrite, notice=False)  # said when the build started
     meta = dict(meta, engine_sha256=hashlib.sha256(engine_bytes).hexdigest())
     text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
     atomic_write_bytes(engine_path, engine_bytes)
