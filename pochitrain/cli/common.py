@@ -15,6 +15,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value:g}")
+    return value
+
+
 def add_input_size(parser: argparse.ArgumentParser, help_text: str) -> None:
     parser.add_argument("--input-size", nargs="+", type=positive_int, metavar=("H", "W"),
                         default=None, help=help_text)

@@ -39,6 +39,11 @@ def add_infer_arguments(parser: argparse.ArgumentParser, model_help: str) -> Non
     parser.add_argument("--warmup", type=int, default=2, metavar="N",
                         help="untimed warm-up runs of the first batch (default: 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--pipeline", choices=("auto", "cpu", "gpu"), default="auto",
+                        help="input pipeline: cpu = PIL decode + resize in threads; gpu = JPEG "
+                        "decode by nvJPEG, resize/crop/normalize on the GPU, handed to the "
+                        "runtime in device memory (ONNX Runtime: IOBinding); auto (default) = "
+                        "gpu when the model runs on CUDA and the interpolation is supported")
     parser.add_argument("--benchmark-json", action="store_true",
                         help="also write benchmark_result.json (the original's schema 1.0.0: "
                         "runtime, precision, timings, accuracy) and benchmark_details.json "
@@ -54,12 +59,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="PyTorch only: auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--providers", nargs="+", default=None, metavar="EP",
                         help="ONNX only: execution providers, e.g. cpu, cuda, tensorrt "
-                        "(default: cpu)")
+                        "(default: cuda when onnxruntime-gpu and an NVIDIA GPU are present, "
+                        "else cpu)")
     gpu = parser.add_argument_group("PyTorch on a GPU (.pth only)")
-    gpu.add_argument("--pipeline", choices=("auto", "cpu", "gpu"), default="auto",
-                     help="input pipeline: cpu = PIL decode + resize in threads; gpu = JPEG "
-                     "decode by nvJPEG, resize/crop/normalize on the GPU; auto (default) = gpu "
-                     "when the model runs on CUDA and the interpolation is supported")
     gpu.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
                      help="autocast precision of the model call on CUDA (default: fp32)")
     gpu.add_argument("--channels-last", action="store_true",

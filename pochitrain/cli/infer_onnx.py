@@ -22,10 +22,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="execution providers in order of preference: cpu, cuda, tensorrt "
                         "or full names like CUDAExecutionProvider (default: cuda when "
                         "onnxruntime-gpu and an NVIDIA GPU are present, else cpu)")
-    parser.add_argument("--pipeline", choices=("auto", "cpu", "gpu"), default="auto",
-                        help="input pipeline: cpu = PIL decode + resize in threads; gpu = nvJPEG "
-                        "decode and resize on the GPU, bound to ONNX Runtime in place "
-                        "(IOBinding); auto (default) = gpu when the session runs on CUDA")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,10 +21,6 @@ an engine built on another machine or TensorRT version must be rebuilt with 'poc
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_infer_arguments(parser, "a TensorRT .engine file built by 'pochi convert'")
-    parser.add_argument("--pipeline", choices=("auto", "cpu", "gpu"), default="auto",
-                        help="input pipeline: cpu = PIL decode + resize in threads; gpu = nvJPEG "
-                        "decode and resize on the GPU, handed to TensorRT as device memory; "
-                        "auto (default) = gpu when the preprocessing allows it")
 
 
 def run(args: argparse.Namespace) -> int:

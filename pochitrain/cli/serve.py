@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pochitrain.cli.common import add_config, positive_int
+from pochitrain.cli.common import add_config, non_negative_float, positive_int
 
 DESCRIPTION = """\
 Serve a .pth, .onnx or .engine model over HTTP (the original pochitrain's API v1).
@@ -19,16 +19,6 @@ waiting, new requests get 503 with Retry-After. SIGTERM or Ctrl+C: stop acceptin
 requests in flight, exit 0. Needs the serve extra: pip install "pochitrain[serve]".
 See docs/readme_serve.md.
 """
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value:g}")
-    return value
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
