@@ -77,6 +77,20 @@ def _rates(outcome: Any) -> dict[str, float]:
             "e2e_over_pure": round(r.pure_seconds / r.e2e_seconds, 3) if r.e2e_seconds else 0.0}
 
 
+def _gpu_rate(work: Any, images: int) -> float:
+    """Images/s of ``work()`` (GPU work, synchronized), timed on its second run: the first
+    pays warm-up and the page cache."""
+    import torch
+
+    for _ in range(2):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        work()
+        torch.cuda.synchronize()
+        rate = images / (time.perf_counter() - start)
+    return round(rate, 1)
+
+
 @section("input stage alone (decode + resize + normalize, batch 256)")
 def input_stage(data: Path) -> dict[str, Any]:
     import torch
@@ -97,34 +111,24 @@ def input_stage(data: Path) -> dict[str, Any]:
         torch.cuda.synchronize()
         out["pipeline_img_s"] = round(n / (time.perf_counter() - start), 1)
     datas = [p.read_bytes() for p, _ in samples][:1024]
-    for _ in range(2):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
+    def decode_all() -> None:
         for i in range(0, len(datas), 256):
             gb._decode_many(datas[i:i + 256])
-        torch.cuda.synchronize()
-        out["decode_alone_img_s"] = round(len(datas) / (time.perf_counter() - start), 1)
+
+    out["decode_alone_img_s"] = _gpu_rate(decode_all, len(datas))
     images = gb._decode_many(datas[:256])
     dest = torch.empty((len(images), 3, 224, 224), device="cuda")
-    for _ in range(2):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
+
+    def resize_ten() -> None:
         for _ in range(10):
             resize_batch(images, pp, dest)
-        torch.cuda.synchronize()
-        out["resize_alone_img_s"] = round(10 * len(images) / (time.perf_counter() - start), 1)
+
+    out["resize_alone_img_s"] = _gpu_rate(resize_ten, 10 * len(images))
     exact = dest.clone()
     # the same matmuls in TF32 (tensor cores): how much faster, and how far from PIL-exact
     torch.backends.cuda.matmul.allow_tf32 = True
     try:
-        for _ in range(2):
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            for _ in range(10):
-                resize_batch(images, pp, dest)
-            torch.cuda.synchronize()
-            out["resize_alone_tf32_img_s"] = round(10 * len(images) / (time.perf_counter() - start),
-                                                   1)
+        out["resize_alone_tf32_img_s"] = _gpu_rate(resize_ten, 10 * len(images))
     finally:
         torch.backends.cuda.matmul.allow_tf32 = False
     delta = (dest - exact).abs()
