@@ -1,0 +1,381 @@
+"""A torchvision transform chain compiled into a few whole-batch stages for the GPU input.
+
+``compile_chain(ops)`` turns the (flattened) transforms of a config's Compose into a ``Plan``:
+
+- a geometric stage: consecutive axis-aligned ops (Resize, CenterCrop, RandomResizedCrop,
+  RandomCrop, Pad, RandomHorizontalFlip / VerticalFlip) folded into ONE antialiased resample
+  per image straight into the output size (``gpu_resample``); the first stage takes the
+  decoded uint8 images of different sizes, later ones the (N, C, H, W) batch;
+- pixel stages on the (N, C, H, W) float batch: ColorJitter (brightness, contrast,
+  saturation, hue, in a random order per image), Grayscale, RandomGrayscale, RandomRotation,
+  RandomAffine (one ``grid_sample`` with a matrix per image), Normalize, and the dtype
+  conversions (ToTensor, ConvertImageDtype, ToDtype, ToImage, PILToTensor).
+
+Every image gets its own random parameters, from the same distributions torchvision uses
+(drawn for the whole batch at once from the global torch RNG, so ``seed`` and the per-rank
+seeds of DDP apply). Values stay float between stages (torchvision rounds uint8 images after
+each op: differences are below one grey level). A chain this cannot reproduce (another
+transform, a non-zero fill, ``expand=True``, an op other than a dtype conversion before the
+images have one size, ...) gives ``(None, reason)``; the loader then runs it per image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from pochitrain.training import gpu_resample as R
+
+GEOMETRIC: dict[str, Callable[[R.Geometry, Any], None]] = {
+    "Resize": R.resize, "CenterCrop": R.center_crop, "RandomResizedCrop": R.random_resized_crop,
+    "RandomCrop": R.random_crop, "Pad": R.pad, "RandomHorizontalFlip": R.horizontal_flip,
+    "RandomVerticalFlip": R.vertical_flip,
+}
+DTYPE = frozenset({"ToFloat", "ToTensor", "ConvertImageDtype", "ToDtype", "ToImage",
+                   "PILToTensor"})
+GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
+
+
+class Unsupported(Exception):
+    """This chain has no batched equivalent (the message says which transform and why)."""
+
+
+@dataclass
+class Stage:
+    kind: str  # "geo" or "pix"
+    ops: list[Any]
+    size: tuple[int, int] | None = None  # geo: the output size
+    fn: Callable[[torch.Tensor], torch.Tensor] | None = None  # pix
+
+
+@dataclass
+class Plan:
+    stages: list[Stage]
+    is_float: bool  # else the values are divided by 255 at the end, as gpu_input.apply does
+
+    def __call__(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """(N, C, H, W) float32 from N decoded (C, h_i, w_i) uint8 tensors."""
+        x: Any = images
+        for stage in self.stages:
+            x = _geometry(stage, x) if stage.kind == "geo" else stage.fn(x)  # type: ignore[misc]
+        return x if self.is_float else x / 255.0
+
+
+def _geometry(stage: Stage, x: Any) -> torch.Tensor:
+    sizes = ([(int(im.shape[-2]), int(im.shape[-1])) for im in x] if isinstance(x, list)
+             else [tuple(x.shape[-2:])] * int(x.shape[0]))
+    geo = R.Geometry.of(sizes)
+    for t in stage.ops:
+        GEOMETRIC[type(t).__name__](geo, t)
+    out_h, out_w = stage.size or (0, 0)
+    if isinstance(x, torch.Tensor) and all(type(t).__name__.endswith("Flip") for t in stage.ops):
+        # flips only, on a batch: no resample needed
+        mx, my = (geo.x.a < 0).to(x.device), (geo.y.a < 0).to(x.device)
+        x = torch.where(mx[:, None, None, None], x.flip(-1), x)
+        return torch.where(my[:, None, None, None], x.flip(-2), x)
+    return R.resample(list(x) if isinstance(x, torch.Tensor) else x, geo, out_h, out_w)
+
+
+# ---- compile --------------------------------------------------------------------------------
+
+def _size_after(name: str, t: Any, size: tuple[int, int] | None) -> tuple[int, int] | None:
+    if name in ("RandomHorizontalFlip", "RandomVerticalFlip"):
+        return size
+    if name in ("CenterCrop", "RandomResizedCrop", "RandomCrop"):
+        return R._pair(t.size)
+    if name == "Pad":
+        if size is None:
+            return None
+        left, top, right, bottom = R._padding(t.padding)
+        return size[0] + top + bottom, size[1] + left + right
+    # Resize
+    if isinstance(t.size, (list, tuple)) and len(t.size) == 2:
+        return int(t.size[0]), int(t.size[1])
+    if size is None:
+        return None
+    geo = R.Geometry.of([size])
+    R.resize(geo, t)
+    h, w = geo.hw()
+    return int(h[0]), int(w[0])
+
+
+def _check_geometric(name: str, t: Any) -> None:
+    if name in ("Resize", "RandomResizedCrop"):
+        mode = str(getattr(t.interpolation, "value", t.interpolation)).lower()
+        if mode not in ("bilinear", "bicubic", "nearest"):
+            raise Unsupported(f"{name}(interpolation={mode})")
+        if name == "Resize" and t.size is None:
+            raise Unsupported("Resize(size=None)")
+    if name in ("Pad", "RandomCrop"):
+        if getattr(t, "padding_mode", "constant") != "constant" or t.fill not in (0, None):
+            raise Unsupported(f"{name} with fill={t.fill!r} / padding_mode="
+                              f"{getattr(t, 'padding_mode', None)!r}")
+
+
+def compile_chain(ops: list[Any]) -> tuple[Plan | None, str | None]:
+    """(Plan, None), or (None, why not) naming the transform that has no batched form."""
+    try:
+        return _compile(ops), None
+    except Unsupported as exc:
+        return None, str(exc)
+
+
+def _compile(ops: list[Any]) -> Plan:
+    stages: list[Stage] = []
+    geo: list[Any] = []
+    deferred: list[Any] = []  # dtype conversions met before / inside a geometric run
+    size: tuple[int, int] | None = None
+    is_float = [False]
+
+    def convert(t: Any) -> None:
+        stage = _dtype(t, is_float)
+        if stage is not None:
+            stages.append(stage)
+
+    def close() -> None:
+        if geo:
+            if size is None:
+                raise Unsupported("the transforms leave images of different sizes")
+            stages.append(Stage("geo", list(geo), size))
+            geo.clear()
+        for t in deferred:  # a scaling commutes with the (linear) resample
+            convert(t)
+        deferred.clear()
+
+    for t in ops:
+        name = type(t).__name__
+        if name != "ToFloat" and not type(t).__module__.startswith("torchvision.transforms"):
+            raise Unsupported(f"{name} (not a torchvision transform)")
+        if name in GEOMETRIC:
+            _check_geometric(name, t)
+            geo.append(t)
+            size = _size_after(name, t, size)
+        elif name in DTYPE:
+            if geo or size is None:
+                deferred.append(t)
+            else:
+                convert(t)
+        elif size is None:
+            raise Unsupported(f"{name} before the images have one size")
+        else:
+            close()
+            stages.append(Stage("pix", [t], fn=_pixel(name, t, is_float[0])))
+    close()
+    if size is None:
+        raise Unsupported("the transforms leave images of different sizes")
+    return Plan(stages, is_float[0])
+
+
+def _dtype(t: Any, is_float: list[bool]) -> Stage | None:
+    """The /255 stage of a conversion to float (None when nothing changes)."""
+    name = type(t).__name__
+    if name in ("ToImage", "PILToTensor"):
+        return None
+    dtype = getattr(t, "dtype", torch.float32)
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise Unsupported(f"{name}({dtype})")
+    if is_float[0]:
+        return None
+    is_float[0] = True
+    if name == "ToDtype" and not getattr(t, "scale", False):
+        return None  # float, still 0..255
+    return Stage("pix", [t], fn=_div255)
+
+
+def _div255(x: torch.Tensor) -> torch.Tensor:
+    return x / 255.0
+
+
+def _pixel(name: str, t: Any, is_float: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The batched op for a pixel transform; clamps at 1 on float images, 255 on uint8."""
+    make = _PIXEL.get(name)
+    if make is None:
+        raise Unsupported(f"{name} has no batched GPU form")
+    if name == "Normalize" and not is_float:
+        raise Unsupported("Normalize before ToTensor")
+    return make(t, 1.0 if is_float else 255.0)
+
+
+# ---- pixel ops: (transform, bound) -> batched function ---------------------------------------
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(-3)
+    return (GRAY[0] * r + GRAY[1] * g + GRAY[2] * b).unsqueeze(-3)
+
+
+def _uniform(n: int, lo_hi: Any) -> torch.Tensor:
+    return torch.empty(n).uniform_(float(lo_hi[0]), float(lo_hi[1]))
+
+
+def _per_image(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return v.to(x.device, x.dtype).view(-1, 1, 1, 1)
+
+
+def _hue(x: torch.Tensor, shift: torch.Tensor, bound: float) -> torch.Tensor:
+    """torchvision's adjust_hue (RGB -> HSV, h + shift, back) with one shift per image."""
+    x = x / bound
+    maxc, minc = x.max(-3).values, x.min(-3).values
+    r, g, b = x.unbind(-3)
+    eq = maxc == minc
+    cr = maxc - minc
+    s = cr / torch.where(eq, torch.ones_like(maxc), maxc)
+    div = torch.where(eq, torch.ones_like(cr), cr)
+    rc, gc, bc = (maxc - r) / div, (maxc - g) / div, (maxc - b) / div
+    h = ((maxc == r) * (bc - gc) + ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
+         + ((maxc != g) & (maxc != r)) * (4.0 + gc - rc))
+    h = torch.fmod(h / 6.0 + 1.0, 1.0)
+    h = torch.remainder(h + shift.to(x.device, x.dtype).view(-1, 1, 1), 1.0)
+    i = torch.floor(h * 6.0)
+    f = h * 6.0 - i
+    i = i.long() % 6
+    p = (maxc * (1.0 - s)).clamp(0.0, 1.0)
+    q = (maxc * (1.0 - s * f)).clamp(0.0, 1.0)
+    t = (maxc * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0)
+    v = maxc
+    table = torch.stack([torch.stack(c, -3) for c in ((v, t, p), (q, v, p), (p, v, t),
+                                                        (p, q, v), (t, p, v), (v, p, q))], 1)
+    out = table.gather(1, i[:, None, None].expand(-1, 1, 3, -1, -1)).squeeze(1)
+    return out * bound
+
+
+def _color_jitter(t: Any, bound: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    def blend(x: torch.Tensor, other: Any, f: torch.Tensor) -> torch.Tensor:
+        f = _per_image(f, x)
+        return (f * x + (1.0 - f) * other).clamp_(0.0, bound)
+
+    def brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        return blend(x, 0.0, f)
+
+    def contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        return blend(x, _gray(x).mean((-3, -2, -1), keepdim=True), f)
+
+    def saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        return blend(x, _gray(x), f)
+
+    def hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        return _hue(x, f, bound)
+
+    fns = (brightness, contrast, saturation, hue)
+    ranges = (t.brightness, t.contrast, t.saturation, t.hue)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        n = int(x.shape[0])
+        order = torch.rand(n, 4).argsort(1)  # a random permutation per image (randperm(4))
+        factors = [None if r is None else _uniform(n, r) for r in ranges]
+        x = x.clone()
+        for k in range(4):
+            for j, fn in enumerate(fns):
+                f = factors[j]
+                if f is None:
+                    continue
+                sel = (order[:, k] == j).nonzero()[:, 0]
+                if sel.numel():
+                    dev = sel.to(x.device)
+                    x[dev] = fn(x[dev], f[sel])
+        return x
+    return run
+
+
+def _grayscale(t: Any, bound: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    channels = int(getattr(t, "num_output_channels", 1))
+    return lambda x: _gray(x).expand(-1, channels, -1, -1).contiguous()
+
+
+def _random_grayscale(t: Any, bound: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        pick = _per_image(torch.rand(int(x.shape[0])) < t.p, x).bool()
+        return torch.where(pick, _gray(x).expand_as(x), x)
+    return run
+
+
+def _normalize(t: Any, bound: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    mean = torch.as_tensor(t.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.as_tensor(t.std, dtype=torch.float32).view(1, -1, 1, 1)
+    return lambda x: (x - mean.to(x.device)) / std.to(x.device)
+
+
+def _affine(t: Any, bound: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """RandomRotation / RandomAffine: torchvision's inverse matrices, one grid_sample."""
+    rotation = type(t).__name__ == "RandomRotation"
+    if rotation and t.expand:
+        raise Unsupported("RandomRotation(expand=True)")
+    mode = str(getattr(t.interpolation, "value", t.interpolation)).lower()
+    if mode not in ("nearest", "bilinear", "bicubic"):
+        raise Unsupported(f"{type(t).__name__}(interpolation={mode})")
+    fill = t.fill
+    if isinstance(fill, dict):
+        raise Unsupported(f"{type(t).__name__}(fill={fill!r})")
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        angle = _uniform(n, t.degrees).double()
+        tx = ty = torch.zeros(n, dtype=torch.float64)
+        scale = torch.ones(n, dtype=torch.float64)
+        sx = sy = torch.zeros(n, dtype=torch.float64)
+        if rotation:
+            angle = -angle  # torchvision: rotate passes -angle to the affine matrix
+        else:
+            if t.translate is not None:
+                mx, my = float(t.translate[0] * w), float(t.translate[1] * h)
+                tx = torch.empty(n, dtype=torch.float64).uniform_(-mx, mx).round()
+                ty = torch.empty(n, dtype=torch.float64).uniform_(-my, my).round()
+            if t.scale is not None:
+                scale = _uniform(n, t.scale).double()
+            if t.shear is not None:
+                sx = _uniform(n, t.shear[:2]).double()
+                if len(t.shear) == 4:
+                    sy = _uniform(n, t.shear[2:]).double()
+        centre = (0.0, 0.0) if t.center is None else (t.center[0] - w * 0.5,
+                                                      t.center[1] - h * 0.5)
+        theta = _inverse_affine(centre, angle, tx, ty, scale, sx, sy)
+        return _warp(x, theta, mode, fill)
+    return run
+
+
+def _inverse_affine(centre: tuple[float, float], angle: torch.Tensor, tx: torch.Tensor,
+                    ty: torch.Tensor, scale: torch.Tensor, sx: torch.Tensor,
+                    sy: torch.Tensor) -> torch.Tensor:
+    """(N, 2, 3) float64: torchvision's ``_get_inverse_affine_matrix``, per image."""
+    rot, sx, sy = angle * (math.pi / 180), sx * (math.pi / 180), sy * (math.pi / 180)
+    cx, cy = centre
+    a = torch.cos(rot - sy) / torch.cos(sy)
+    b = -torch.cos(rot - sy) * torch.tan(sx) / torch.cos(sy) - torch.sin(rot)
+    c = torch.sin(rot - sy) / torch.cos(sy)
+    d = -torch.sin(rot - sy) * torch.tan(sx) / torch.cos(sy) + torch.cos(rot)
+    m = torch.stack([d, -b, torch.zeros_like(d), -c, a, torch.zeros_like(d)], 1) / scale[:, None]
+    m[:, 2] += m[:, 0] * (-cx - tx) + m[:, 1] * (-cy - ty) + cx
+    m[:, 5] += m[:, 3] * (-cx - tx) + m[:, 4] * (-cy - ty) + cy
+    return m.view(-1, 2, 3)
+
+
+def _warp(x: torch.Tensor, theta: torch.Tensor, mode: str, fill: Any) -> torch.Tensor:
+    """torchvision's ``_gen_affine_grid`` + ``_apply_grid_transform`` for a batch."""
+    n, c, h, w = x.shape
+    xs = torch.linspace(-w * 0.5 + 0.5, w * 0.5 - 0.5, w, dtype=torch.float64)
+    ys = torch.linspace(-h * 0.5 + 0.5, h * 0.5 - 0.5, h, dtype=torch.float64)
+    base = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w), torch.ones(h, w,
+                        dtype=torch.float64)], -1).view(1, h * w, 3)
+    scale = torch.tensor([0.5 * w, 0.5 * h], dtype=torch.float64)
+    grid = base.expand(n, -1, -1).bmm(theta.transpose(1, 2) / scale).view(n, h, w, 2)
+    grid = grid.to(x.device, x.dtype)
+    if fill is None:
+        return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+    values = [float(fill)] * c if isinstance(fill, (int, float)) else [float(v) for v in fill]
+    out = F.grid_sample(torch.cat([x, torch.ones_like(x[:, :1])], 1), grid, mode=mode,
+                        padding_mode="zeros", align_corners=False)
+    img, mask = out[:, :c], out[:, c:]
+    fill_img = torch.tensor(values, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    if mode == "nearest":
+        return torch.where(mask < 0.5, fill_img.expand_as(img), img)
+    return img * mask + (1.0 - mask) * fill_img
+
+
+_PIXEL: dict[str, Callable[[Any, float], Callable[[torch.Tensor], torch.Tensor]]] = {
+    "ColorJitter": _color_jitter, "Grayscale": _grayscale, "RandomGrayscale": _random_grayscale,
+    "Normalize": _normalize, "RandomRotation": _affine, "RandomAffine": _affine,
+}

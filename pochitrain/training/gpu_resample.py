@@ -1,0 +1,306 @@
+"""Batched geometry for the GPU training input: one resample per image, whatever the chain.
+
+The axis-aligned transforms of a chain (Resize, CenterCrop, RandomResizedCrop, RandomCrop, Pad,
+RandomHorizontalFlip / VerticalFlip) are folded, per image and per axis, into one map from
+output to source pixel coordinates, ``source = a * out + b`` (``a < 0``: flipped), plus the
+output interval that comes from the image (outside it: zero fill, as crop padding gives). Each
+op updates these (N,) tensors with its own random parameters, drawn as torchvision draws them
+(same distributions, vectorised over the batch, from the global torch RNG).
+
+``resample`` then produces every output image in ONE pass: the source window each image needs
+is copied into a zero-padded (n, Hwin, 3, Wwin) float buffer and resampled by two batched
+matmuls whose weights are torchvision's antialiased filters (PIL's: a triangle for bilinear,
+Keys a=-0.5 for bicubic, stretched by the downscale factor, normalised, clipped to the image),
+so downscaling averages like the CPU pipeline. Images are sorted by window size and chunked so
+that a buffer stays under ``CHUNK_ELEMENTS`` floats.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+CHUNK_ELEMENTS = 2**26  # floats per padded buffer (256 MiB): bounds memory for large images
+_SUPPORT = {"bilinear": 1.0, "bicubic": 2.0, "nearest": 0.5}
+F64 = torch.float64
+
+
+@dataclass
+class Axis:
+    """One axis of every image: (N,) float64 CPU tensors."""
+
+    src: torch.Tensor  # source length
+    length: torch.Tensor  # current (virtual) length
+    a: torch.Tensor
+    b: torch.Tensor
+    lo: torch.Tensor  # [lo, hi): virtual coordinates that come from the image
+    hi: torch.Tensor
+
+    @classmethod
+    def of(cls, lengths: torch.Tensor) -> Axis:
+        n = lengths.to(F64)
+        return cls(n, n.clone(), torch.ones_like(n), torch.zeros_like(n), torch.zeros_like(n),
+                   n.clone())
+
+    def crop(self, start: torch.Tensor, size: Any) -> None:
+        """Keep [start, start + size); a negative start pads with zeros before."""
+        start = start.to(F64)
+        self.b = self.b + self.a * start
+        self.lo, self.hi = self.lo - start, self.hi - start
+        self.length = torch.as_tensor(size, dtype=F64).expand_as(self.a).clone()
+
+    def resize(self, size: Any) -> None:
+        size = torch.as_tensor(size, dtype=F64).expand_as(self.a)
+        ratio = self.length / size
+        self.a = self.a * ratio
+        self.lo, self.hi = self.lo / ratio, self.hi / ratio
+        self.length = size.clone()
+
+    def flip(self, mask: torch.Tensor) -> None:
+        b = torch.where(mask, self.b + self.a * self.length, self.b)
+        lo = torch.where(mask, self.length - self.hi, self.lo)
+        self.hi = torch.where(mask, self.length - self.lo, self.hi)
+        self.a, self.b, self.lo = torch.where(mask, -self.a, self.a), b, lo
+
+
+@dataclass
+class Geometry:
+    """The folded map of every image of a batch (y: rows, x: columns)."""
+
+    y: Axis
+    x: Axis
+    mode: str = "bilinear"
+    antialias: bool = True
+    sizing: list[str] = field(default_factory=list)  # modes of the ops that resized
+
+    @classmethod
+    def of(cls, sizes: list[tuple[int, int]]) -> Geometry:
+        hw = torch.tensor(sizes, dtype=torch.int64).reshape(-1, 2)
+        return cls(Axis.of(hw[:, 0]), Axis.of(hw[:, 1]))
+
+    @property
+    def n(self) -> int:
+        return int(self.y.a.numel())
+
+    def hw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Current (virtual) heights and widths as int64 (N,) tensors."""
+        return self.y.length.round().long(), self.x.length.round().long()
+
+    def interpolation(self, mode: Any, antialias: Any = True) -> None:
+        name = str(getattr(mode, "value", mode)).lower()
+        if name not in _SUPPORT:
+            raise ValueError(name)
+        # several resizes become one: the first non-bilinear filter named wins
+        if self.mode == "bilinear":
+            self.mode = name
+        self.antialias = self.antialias and antialias is not False
+
+
+def _weights(axis: Axis, start: torch.Tensor, width: torch.Tensor, n_in: int, n_out: int,
+             mode: str, antialias: bool, device: Any) -> torch.Tensor:
+    """(n, n_out, n_in) float32 resample matrices; column j is source pixel start + j."""
+    a, b = axis.a.to(device), axis.b.to(device)
+    o = torch.arange(n_out, device=device, dtype=F64) + 0.5
+    centre = a[:, None] * o[None] + b[:, None]  # (n, n_out) source coordinate
+    j = torch.arange(n_in, device=device, dtype=F64)
+    pos = start.to(device, F64)[:, None, None] + j[None, None] + 0.5  # pixel centres
+    inside_win = (j[None, None] < width.to(device)[:, None, None])
+    if mode == "nearest":
+        top = axis.src.to(device)[:, None] - 1
+        pick = torch.minimum(centre.floor().clamp(min=0), top)
+        w = ((pos - 0.5) == pick[:, :, None]) & inside_win
+        w = w.to(F64)
+    else:
+        stretch = a.abs().clamp(min=1.0) if antialias else torch.ones_like(a)
+        d = ((pos - centre[:, :, None]) / stretch[:, None, None]).abs()
+        if mode == "bilinear":
+            w = (1.0 - d).clamp(min=0.0)
+        else:  # Keys cubic, a = -0.5 (PIL, torchvision)
+            inner = (1.5 * d - 2.5) * d * d + 1.0
+            outer = ((-0.5 * d + 2.5) * d - 4.0) * d + 2.0
+            w = torch.where(d < 1.0, inner, torch.where(d < 2.0, outer, torch.zeros_like(d)))
+        w = w * inside_win
+        total = w.sum(-1, keepdim=True)
+        w = torch.where(total != 0, w / torch.where(total != 0, total, 1.0), 0.0)
+    valid = (o[None] >= axis.lo.to(device)[:, None]) & (o[None] < axis.hi.to(device)[:, None])
+    return (w * valid[:, :, None]).to(torch.float32)
+
+
+def _windows(axis: Axis, n_out: int, mode: str, antialias: bool) -> tuple[list[int], list[int]]:
+    """Per image, the first source pixel and the count of them the output reads."""
+    ends = torch.stack([axis.a * 0.5 + axis.b, axis.a * (n_out - 0.5) + axis.b])
+    support = _SUPPORT[mode] * (axis.a.abs().clamp(min=1.0) if antialias and mode != "nearest"
+                                else torch.ones_like(axis.a))
+    first = (ends.min(0).values - support).floor().clamp(min=0)
+    last = torch.minimum((ends.max(0).values + support).ceil() + 1, axis.src)
+    first = torch.minimum(first, last)
+    return first.long().tolist(), (last - first).clamp(min=0).long().tolist()
+
+
+def resample(images: list[torch.Tensor], geo: Geometry, out_h: int, out_w: int) -> torch.Tensor:
+    """(N, C, out_h, out_w) float32 from N (C, h_i, w_i) tensors (same value scale)."""
+    device = images[0].device
+    channels = int(images[0].shape[0])
+    ys, hs = _windows(geo.y, out_h, geo.mode, geo.antialias)
+    xs, ws = _windows(geo.x, out_w, geo.mode, geo.antialias)
+    out = torch.empty(len(images), channels, out_h, out_w, device=device)
+    order = sorted(range(len(images)), key=lambda i: hs[i] * ws[i])
+    chunk: list[int] = []
+    for i in order + [-1]:
+        if i >= 0:
+            grown = chunk + [i]
+            size = len(grown) * max(hs[k] for k in grown) * max(ws[k] for k in grown)
+            if not chunk or size * channels <= CHUNK_ELEMENTS:
+                chunk = grown
+                continue
+        _resample_chunk(images, geo, chunk, (ys, hs, xs, ws), out, channels)
+        chunk = [i]
+    return out
+
+
+def _resample_chunk(images: list[torch.Tensor], geo: Geometry, chunk: list[int],
+                    win: tuple[list[int], ...], out: torch.Tensor, channels: int) -> None:
+    ys, hs, xs, ws = win
+    device = out.device
+    h_in, w_in = max(1, max(hs[k] for k in chunk)), max(1, max(ws[k] for k in chunk))
+    buf = torch.zeros(len(chunk), h_in, channels, w_in, device=device)
+    for row, k in enumerate(chunk):
+        if hs[k] and ws[k]:
+            src = images[k][:, ys[k]:ys[k] + hs[k], xs[k]:xs[k] + ws[k]]
+            buf[row, :hs[k], :, :ws[k]].copy_(src.permute(1, 0, 2))
+    idx = torch.tensor(chunk)
+
+    def part(axis: Axis) -> Axis:
+        return Axis(*(getattr(axis, f)[idx] for f in ("src", "length", "a", "b", "lo", "hi")))
+
+    out_h, out_w = out.shape[-2:]
+    wy = _weights(part(geo.y), torch.tensor([ys[k] for k in chunk]),
+                  torch.tensor([hs[k] for k in chunk]), h_in, out_h, geo.mode, geo.antialias,
+                  device)
+    wx = _weights(part(geo.x), torch.tensor([xs[k] for k in chunk]),
+                  torch.tensor([ws[k] for k in chunk]), w_in, out_w, geo.mode, geo.antialias,
+                  device)
+    rows = torch.bmm(buf.view(len(chunk), h_in * channels, w_in), wx.transpose(1, 2))
+    res = torch.bmm(wy, rows.view(len(chunk), h_in, channels * out_w))
+    res = res.view(len(chunk), out_h, channels, out_w).permute(0, 2, 1, 3)
+    out[idx.to(device)] = res
+
+
+# ---- the axis-aligned ops, each (geo, transform) -> None, drawing its random parameters ----
+
+def _pair(size: Any) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    size = list(size)
+    return (int(size[0]), int(size[0])) if len(size) == 1 else (int(size[0]), int(size[1]))
+
+
+def resize(geo: Geometry, t: Any) -> None:
+    size, max_size = t.size, getattr(t, "max_size", None)
+    geo.interpolation(t.interpolation, getattr(t, "antialias", True))
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        geo.y.resize(float(size[0]))
+        geo.x.resize(float(size[1]))
+        return
+    want = size if isinstance(size, int) else size[0]
+    h, w = geo.y.length, geo.x.length
+    short, long = torch.minimum(h, w), torch.maximum(h, w)
+    new_short, new_long = torch.full_like(h, float(want)), (want * long / short).floor()
+    if max_size is not None:
+        over = new_long > max_size
+        new_short = torch.where(over, (max_size * new_short / new_long).floor(), new_short)
+        new_long = torch.where(over, torch.full_like(h, float(max_size)), new_long)
+    portrait = w <= h
+    geo.y.resize(torch.where(portrait, new_long, new_short))
+    geo.x.resize(torch.where(portrait, new_short, new_long))
+
+
+def _center_start(length: torch.Tensor, crop: int) -> torch.Tensor:
+    pad_before = ((crop - length) / 2).floor()
+    return torch.where(length < crop, -pad_before, ((length - crop) / 2.0).round())
+
+
+def center_crop(geo: Geometry, t: Any) -> None:
+    ch, cw = _pair(t.size)
+    geo.y.crop(_center_start(geo.y.length, ch), float(ch))
+    geo.x.crop(_center_start(geo.x.length, cw), float(cw))
+
+
+def _randint(high: torch.Tensor) -> torch.Tensor:
+    """Uniform integers in [0, high) per element (high >= 1)."""
+    return (torch.rand(high.shape, dtype=F64) * high).floor().clamp(max=high - 1)
+
+
+def random_resized_crop(geo: Geometry, t: Any) -> None:
+    """torchvision's get_params, 10 tries per image, then its centre-crop fallback."""
+    geo.interpolation(t.interpolation, getattr(t, "antialias", True))
+    h, w = geo.y.length, geo.x.length
+    n = geo.n
+    area = (h * w)[:, None]
+    lo_s, hi_s = float(t.scale[0]), float(t.scale[1])
+    log_r = (math.log(t.ratio[0]), math.log(t.ratio[1]))
+    target = area * torch.empty(n, 10, dtype=F64).uniform_(lo_s, hi_s)
+    aspect = torch.exp(torch.empty(n, 10, dtype=F64).uniform_(*log_r))
+    cw = torch.sqrt(target * aspect).round()
+    ch = torch.sqrt(target / aspect).round()
+    ok = (cw > 0) & (cw <= w[:, None]) & (ch > 0) & (ch <= h[:, None])
+    first = ok.to(torch.int8).argmax(1, keepdim=True)
+    found = ok.any(1)
+    cw, ch = cw.gather(1, first)[:, 0], ch.gather(1, first)[:, 0]
+    in_ratio = w / h
+    fw = torch.where(in_ratio < min(t.ratio), w, torch.where(in_ratio > max(t.ratio),
+                     (h * max(t.ratio)).round(), w))
+    fh = torch.where(in_ratio < min(t.ratio), (w / min(t.ratio)).round(), h)
+    ch, cw = torch.where(found, ch, fh), torch.where(found, cw, fw)
+    top = torch.where(found, _randint(h - ch + 1), ((h - ch) / 2).floor())
+    left = torch.where(found, _randint(w - cw + 1), ((w - cw) / 2).floor())
+    out_h, out_w = _pair(t.size)
+    geo.y.crop(top, ch)
+    geo.x.crop(left, cw)
+    geo.y.resize(float(out_h))
+    geo.x.resize(float(out_w))
+
+
+def _padding(padding: Any) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) from torchvision's int / 2-seq / 4-seq padding."""
+    if isinstance(padding, int):
+        return padding, padding, padding, padding
+    p = [int(v) for v in padding]
+    if len(p) == 1:
+        return p[0], p[0], p[0], p[0]
+    if len(p) == 2:
+        return p[0], p[1], p[0], p[1]
+    return p[0], p[1], p[2], p[3]
+
+
+def pad(geo: Geometry, t: Any) -> None:
+    left, top, right, bottom = _padding(t.padding)
+    geo.y.crop(torch.full_like(geo.y.a, -top), geo.y.length + top + bottom)
+    geo.x.crop(torch.full_like(geo.x.a, -left), geo.x.length + left + right)
+
+
+def random_crop(geo: Geometry, t: Any) -> None:
+    th, tw = _pair(t.size)
+    if t.padding is not None:
+        pad(geo, t)
+    if t.pad_if_needed:
+        for axis, want in ((geo.x, tw), (geo.y, th)):  # torchvision pads width first
+            short = (want - axis.length).clamp(min=0)
+            axis.crop(-short, axis.length + 2 * short)
+    h, w = geo.y.length, geo.x.length
+    if bool((h < th).any() or (w < tw).any()):
+        raise ValueError(f"Required crop size {(th, tw)} is larger than input image size "
+                         f"{(int(h.min()), int(w.min()))}")
+    geo.y.crop(_randint(h - th + 1), float(th))
+    geo.x.crop(_randint(w - tw + 1), float(tw))
+
+
+def horizontal_flip(geo: Geometry, t: Any) -> None:
+    geo.x.flip(torch.rand(geo.n) < t.p)
+
+
+def vertical_flip(geo: Geometry, t: Any) -> None:
+    geo.y.flip(torch.rand(geo.n) < t.p)
