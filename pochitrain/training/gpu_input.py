@@ -13,12 +13,21 @@ formats, JPEGs nvJPEG refuses and EXIF-rotated JPEGs by PIL (``data.open_rgb``),
 and orientation follow the CPU path. ``gpu_input_cache = "ram" | "gpu"`` decodes the dataset
 once and keeps uint8 tensors (the memory it takes is printed first; too large is a DataError).
 
+Transforms: ``gpu_batch.compile_chain`` runs a chain as a few whole-batch kernels (one
+antialiased resample per image for resize / crop / flip, then colour, rotation, Normalize on
+the (N, 3, H, W) batch); a chain it cannot reproduce runs per image (``apply``), said once.
+Batches are prepared one or two ahead in a thread, on their own CUDA stream, while the model
+trains on the current one.
+
 The same code runs on CPU tensors (``device="cpu"``), which is how the tests exercise it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,6 +38,7 @@ import torch
 from pochitrain.data import ImageFolder, open_rgb
 from pochitrain.errors import ConfigError, DataError
 from pochitrain.training.data import Batch
+from pochitrain.training.gpu_batch import Plan, compile_chain
 
 # torchvision transforms (v1 names, also in transforms.v2) that accept uint8 tensors and give
 # the same kind of result as on PIL images
@@ -41,6 +51,8 @@ TENSOR_OK = frozenset({
 })
 TO_FLOAT = frozenset({"ToTensor"})
 CHOICES = ("auto", True, False)
+# the train loader drops its last partial batch when there are at least this many full ones
+TRAIN_DROP_LAST_BATCHES = 8
 
 
 class ToFloat(torch.nn.Module):
@@ -161,15 +173,26 @@ class GpuLoader:
 
     ``sampler``: dataset indices per pass (a torch Sampler, e.g. ``DistributedSampler``), or
     None for ``shuffle`` with ``seed``. ``cache``: a list of uint8 tensors (decode-once).
+    ``batched``: run the transforms as whole-batch kernels when the chain allows it (else per
+    image, said once naming ``split``). ``prefetch``: batches prepared ahead in a thread.
     """
 
     def __init__(self, folder: ImageFolder, ops: list[Any], *, batch_size: int, shuffle: bool,
                  device: str, seed: int | None, sampler: Any = None, drop_last: bool = False,
-                 cache: list[Any] | None = None, threads: int | None = None) -> None:
+                 cache: list[Any] | None = None, threads: int | None = None,
+                 batched: bool = True, prefetch: int = 2, split: str = "train") -> None:
         self.folder, self.ops, self.batch_size = folder, ops, batch_size
         self.shuffle, self.device, self.sampler, self.drop_last = shuffle, device, sampler, drop_last
         self.dataset = _Samples(folder)
-        self.cache = cache
+        self.cache, self.prefetch = cache, prefetch
+        self.plan: Plan | None = None
+        why = "batched = False"
+        if batched:
+            self.plan, why = compile_chain(ops)
+        if self.plan is None:
+            from pochitrain.console import info
+
+            info(f"GPU input: {split}_transform runs image by image ({why}).")
         self.generator = torch.Generator()
         if seed is not None:
             self.generator.manual_seed(seed)
@@ -193,13 +216,20 @@ class GpuLoader:
         n = len(self.sampler) if self.sampler is not None else len(self.dataset)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self) -> Iterator[Batch]:
+    def _chunks(self) -> list[list[int]]:
         idx = self._indices()
-        for start in range(0, len(idx), self.batch_size):
-            chunk = idx[start:start + self.batch_size]
-            if self.drop_last and len(chunk) < self.batch_size:
-                break
-            yield self._batch(chunk)
+        chunks = [idx[s:s + self.batch_size] for s in range(0, len(idx), self.batch_size)]
+        if self.drop_last and chunks and len(chunks[-1]) < self.batch_size:
+            chunks.pop()
+        return chunks
+
+    def __iter__(self) -> Iterator[Batch]:
+        chunks = self._chunks()
+        if self.prefetch <= 0:
+            for chunk in chunks:
+                yield self._batch(chunk)
+            return
+        yield from _prefetched(self, chunks)
 
     def _batch(self, chunk: list[int]) -> Batch:
         samples = self.folder.samples
@@ -209,14 +239,85 @@ class GpuLoader:
                       for im in images]
         else:
             images = decode([samples[i][0] for i in chunk], self.device, self.pool)
-        good = [(apply(self.ops, im), samples[i][1]) for im, i in zip(images, chunk, strict=True)
+        good = [(im, samples[i][1]) for im, i in zip(images, chunk, strict=True)
                 if im is not None]
         skipped = [i for im, i in zip(images, chunk, strict=True) if im is None]
         if not good:
             return Batch(None, None, skipped)
-        x = torch.stack([g for g, _ in good])
+        if self.plan is not None:
+            x = self.plan([im for im, _ in good])
+        else:
+            x = torch.stack([apply(self.ops, im) for im, _ in good])
         y = torch.tensor([label for _, label in good], device=self.device)
         return Batch(x, y, skipped)
+
+    def warm_up(self) -> None:
+        """Decode one image and transform it once, so that nvJPEG's start and the first
+        kernels' loading are not counted in the first epoch (the RNG state is kept)."""
+        with torch.random.fork_rng(devices=[]):
+            for i in range(min(8, len(self.folder.samples))):
+                if self._batch([i]).images is not None:
+                    break
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize(self.device)
+
+
+_END = object()
+
+
+def _prefetched(loader: GpuLoader, chunks: list[list[int]]) -> Iterator[Batch]:
+    """The loader's batches, made ``loader.prefetch`` ahead in a thread (CUDA: on a side
+    stream, so decoding and transforms overlap the training step)."""
+    cuda = loader.device.startswith("cuda")
+    stream = torch.cuda.Stream(loader.device) if cuda else None
+    out: queue.Queue[Any] = queue.Queue(maxsize=loader.prefetch)
+    stop = threading.Event()
+
+    def put(item: Any) -> None:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        try:
+            ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+            with ctx:
+                for chunk in chunks:
+                    if stop.is_set():
+                        return
+                    batch = loader._batch(chunk)
+                    event = None
+                    if stream is not None:
+                        event = torch.cuda.Event()
+                        event.record(stream)
+                    put((batch, event))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            put(exc)
+        put(_END)
+
+    worker = threading.Thread(target=produce, name="pochi-gpu-input", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = out.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            batch, event = item
+            if event is not None:
+                current = torch.cuda.current_stream(loader.device)
+                current.wait_event(event)
+                for t in (batch.images, batch.labels):
+                    if t is not None:
+                        t.record_stream(current)
+            yield batch
+    finally:
+        stop.set()
+        worker.join()
 
 
 def cache_bytes(folder: ImageFolder) -> int:
@@ -286,7 +387,11 @@ def gpu_loaders(settings: Any, train: ImageFolder, val: ImageFolder, device: str
                                        ("val", val, val_tf, False)):
         ops, _ = map_transforms(tf)
         cache = build_cache(folder, cache_where, device, split) if cache_where else None
+        # a last, smaller train batch is a new shape: cuDNN autotunes it again in epoch 1
+        drop = shuffle and len(folder.samples) >= TRAIN_DROP_LAST_BATCHES * settings.batch_size
         loaders.append(GpuLoader(folder, ops or [], batch_size=settings.batch_size,
                                  shuffle=shuffle, device=device, seed=settings.seed,
-                                 cache=cache))
+                                 cache=cache, drop_last=drop, split=split))
+    for loader in loaders:
+        loader.warm_up()
     return loaders[0], loaders[1]
