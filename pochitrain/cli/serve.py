@@ -16,7 +16,8 @@ Serve a .pth, .onnx or .engine model over HTTP (the original pochitrain's API v1
 Concurrent requests are gathered into batches of up to --max-batch images, waiting at most
 --max-wait-ms for a batch to fill; one worker thread runs the model. When --queue images are
 waiting, new requests get 503 with Retry-After. SIGTERM or Ctrl+C: stop accepting, answer the
-requests in flight, exit 0. Needs the serve extra: pip install "pochitrain[serve]".
+requests in flight, exit 0. --workers N runs N such server processes on the port (the
+kernel spreads connections over them; each has its own model). Needs the serve extra: pip install "pochitrain[serve]".
 See docs/readme_serve.md.
 """
 
@@ -33,6 +34,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--providers", nargs="+", default=None, metavar="EP",
                         help="ONNX only: execution providers, e.g. cpu, cuda, tensorrt "
                         "(default: cpu)")
+    parser.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                        help="server processes sharing the port, each with its own model, "
+                        "batcher and decode threads (default: 1); /metrics sums them all")
     b = parser.add_argument_group("batching and limits")
     b.add_argument("--max-batch", type=positive_int, default=32, metavar="N",
                    help="most images per model call (default: 32; 1 turns batching off)")
@@ -46,8 +50,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--max-images", type=positive_int, default=64, metavar="N",
                    help="most files in one multipart request (default: 64)")
     b.add_argument("--decode-workers", type=positive_int, default=None, metavar="N",
-                   help="threads that decode and preprocess images (default: CPU cores, "
-                   "at most 16)")
+                   help="threads that decode and preprocess images, per worker (default: "
+                   "CPU cores / --workers, at most 16)")
     b.add_argument("--drain-timeout", type=non_negative_float, default=30.0, metavar="S",
                    help="on SIGTERM, seconds to let in-flight requests finish (default: 30)")
     b.add_argument("--no-access-log", action="store_true",
@@ -79,10 +83,11 @@ def run(args: argparse.Namespace) -> int:
         model=model, config=Path(args.config) if args.config else None, host=args.host,
         port=args.port, device=args.device, providers=args.providers, pipeline=args.pipeline,
         torch_options=torch_options(model, args.precision, args.channels_last, False),
-        drain_timeout_s=args.drain_timeout)
+        drain_timeout_s=args.drain_timeout, workers=args.workers)
     settings = ServeSettings(
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue=args.queue,
         max_body_bytes=int(args.max_body_mb * 1_000_000), max_images=args.max_images,
-        decode_workers=args.decode_workers or min(16, os.cpu_count() or 1),
+        decode_workers=args.decode_workers or max(1, min(16, (os.cpu_count() or 1)
+                                                         // args.workers)),
         access_log=not args.no_access_log)
     return serve(options, settings)

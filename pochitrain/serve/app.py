@@ -149,11 +149,13 @@ def create_app(model: Any, settings: ServeSettings) -> FastAPI:
             metrics.rejected.inc()
             return JSONResponse(_queue_full(settings.queue), status_code=503,
                                 headers={"Retry-After": str(settings.retry_after_s)})
+        metrics.queued(len(payloads))
         try:
             prepared = await asyncio.gather(*(in_pool(model.prepare, p) for p in payloads))
             rows = await batcher.submit(list(prepared))
         finally:
             batcher.release(len(payloads))
+            metrics.queued(-len(payloads))
         for row in rows:
             if isinstance(row, BadInput):
                 raise row

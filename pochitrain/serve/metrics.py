@@ -7,10 +7,14 @@
     pochi_batch_seconds                    seconds per model call (decode on GPU included)
     pochi_queue_depth                      images admitted and not yet answered
     pochi_queue_rejected_total             requests refused with 503 (queue full)
+
+With ``--workers N`` (``PROMETHEUS_MULTIPROC_DIR`` set by the parent) every worker writes its
+values to that directory and /metrics sums the files of all workers.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -41,9 +45,11 @@ class Metrics:
                                     buckets=BATCH_BUCKETS, registry=r)
         self.batch_seconds = Histogram("pochi_batch_seconds", "seconds per model call",
                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.queue_depth = Gauge("pochi_queue_depth", "images admitted and not yet answered",
-                                 registry=r)
-        self.queue_depth.set_function(queue_depth)
+                                 registry=r, multiprocess_mode="livesum")
+        if not self.multiprocess:  # a callback cannot be read from another process
+            self.queue_depth.set_function(queue_depth)
         self.rejected = Counter("pochi_queue_rejected", "requests refused with 503 (queue "
                                 "full)", registry=r)
 
@@ -51,15 +57,26 @@ class Metrics:
         self.requests.labels(path, str(status)).inc()
         self.latency.labels(path).observe(seconds)
 
+    def queued(self, n: int) -> None:
+        """``n`` images admitted (negative: answered); only counted here with workers."""
+        if self.multiprocess:
+            self.queue_depth.inc(n)
+
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
         self.batch_seconds.observe(seconds)
         self.images.inc(size)
 
     def render(self) -> tuple[bytes, str]:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        registry = self.registry
+        if self.multiprocess:
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
 def route_label(path: str, known: Any) -> str:

@@ -30,11 +30,14 @@ class ServeOptions:
     torch_options: Any = None
     drain_timeout_s: float = 30.0
     warmup: bool = True
+    workers: int = 1  # server processes on the port
 
 
-def _log_to_stderr() -> None:
+def _log_to_stderr(pid: bool = False) -> None:
+    """One line per record on stderr; with workers, each line names its process."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    fmt = "%(asctime)s [%(process)d] %(message)s" if pid else "%(asctime)s %(message)s"
+    handler.setFormatter(logging.Formatter(fmt, "%Y-%m-%d %H:%M:%S"))
     for name in ("pochitrain.serve.access", "pochitrain.serve"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
@@ -42,11 +45,10 @@ def _log_to_stderr() -> None:
         logger.propagate = False
 
 
-def serve(options: ServeOptions, settings: ServeSettings) -> int:
-    """Open the model, serve until SIGTERM / SIGINT, drain; 0 after a clean stop."""
+def open_server(options: ServeOptions, settings: ServeSettings) -> tuple[Any, Any, Any]:
+    """(model, app, uvicorn.Config): the model opened and warmed up, the app over it."""
     import uvicorn
 
-    from pochitrain.console import info
     from pochitrain.serve.model import ServeModel
 
     model = ServeModel(options.model, config=options.config, device=options.device,
@@ -56,31 +58,63 @@ def serve(options: ServeOptions, settings: ServeSettings) -> int:
         if options.warmup:
             model.warmup((1, settings.max_batch))
         app = create_app(model, settings)
-        _log_to_stderr()
+        _log_to_stderr(pid=options.workers > 1)
         config = uvicorn.Config(
             app, host=options.host, port=options.port, access_log=False, log_level="warning",
             timeout_graceful_shutdown=int(options.drain_timeout_s) or None,
             limit_concurrency=max(1024, 2 * settings.queue), backlog=2048)
+    except BaseException:
+        model.close()
+        raise
+    return model, app, config
+
+
+def banner(options: ServeOptions, settings: ServeSettings, details: dict[str, Any],
+           workers: int = 1) -> None:
+    from pochitrain.console import info
+
+    info(f"[bold]pochi serve[/bold]: {options.model.name} ({details['backend']}, "
+         f"{details['device']}, {details['num_classes']} classes, input "
+         f"{'x'.join(str(v) for v in details['input_size'])}; pipeline "
+         f"{details['pipeline']})")
+    procs = f"{workers} worker processes" if workers > 1 else "1 worker process"
+    info(f"  {procs}, each: max batch {settings.max_batch}, max wait "
+         f"{settings.max_wait_ms:g} ms, queue {settings.queue} images, "
+         f"{settings.decode_workers} decode threads; body limit "
+         f"{settings.max_body_bytes / 1e6:g} MB")
+    info(f"  http://{options.host}:{options.port}/api/v1/predict   docs: "
+         f"http://{options.host}:{options.port}/docs   (Ctrl+C / SIGTERM: drain and stop)")
+    sys.stdout.flush()
+
+
+def port_error(host: str, port: int) -> Exception:
+    from pochitrain.errors import PochiError
+
+    return PochiError(
+        f"サーバーを起動できません: {host}:{port}\n"
+        f"The server could not start on {host}:{port} (port in use, "
+        "or the address is not on this machine).",
+        "Choose another --port, or stop the program that uses it.")
+
+
+def serve(options: ServeOptions, settings: ServeSettings) -> int:
+    """Open the model, serve until SIGTERM / SIGINT, drain; 0 after a clean stop.
+    ``options.workers`` > 1: that many processes on the port (``serve.workers``)."""
+    import uvicorn
+
+    from pochitrain.console import info
+
+    if options.workers > 1:
+        from pochitrain.serve.workers import serve_workers
+
+        return serve_workers(options, settings)
+    model, app, config = open_server(options, settings)
+    try:
         server = uvicorn.Server(config)
-        details = model.info()
-        info(f"[bold]pochi serve[/bold]: {options.model.name} ({details['backend']}, "
-             f"{details['device']}, {len(model.class_names)} classes, input "
-             f"{'x'.join(str(v) for v in details['input_size'])}; pipeline "
-             f"{details['pipeline']})")
-        info(f"  max batch {settings.max_batch}, max wait {settings.max_wait_ms:g} ms, queue "
-             f"{settings.queue} images, body limit {settings.max_body_bytes / 1e6:g} MB")
-        info(f"  http://{options.host}:{options.port}/api/v1/predict   docs: "
-             f"http://{options.host}:{options.port}/docs   (Ctrl+C / SIGTERM: drain and stop)")
-        sys.stdout.flush()
+        banner(options, settings, model.info())
         stopped_by = _run(server)
         if not server.started:
-            from pochitrain.errors import PochiError
-
-            raise PochiError(
-                f"サーバーを起動できません: {options.host}:{options.port}\n"
-                f"The server could not start on {options.host}:{options.port} (port in use, "
-                "or the address is not on this machine).",
-                "Choose another --port, or stop the program that uses it.")
+            raise port_error(options.host, options.port)
         info(f"停止しました / Server stopped{f' ({stopped_by})' if stopped_by else ''}; "
              f"{app.state.batcher.batches} model batches run.")
         return 0
@@ -88,7 +122,7 @@ def serve(options: ServeOptions, settings: ServeSettings) -> int:
         model.close()
 
 
-def _run(server: Any) -> str:
+def _run(server: Any, sockets: list[Any] | None = None) -> str:
     """``server.run()`` with SIGTERM / SIGINT handlers that only record the signal: uvicorn
     re-raises the signal it caught after its graceful shutdown, and a default SIGTERM handler
     would then kill the process (exit 143) right after a clean drain."""
@@ -99,7 +133,7 @@ def _run(server: Any) -> str:
 
     previous = {s: signal.signal(s, remember) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server.run()
+        server.run(sockets)
     except SystemExit:  # uvicorn exits 1 when it cannot bind; the caller explains why
         pass
     finally:

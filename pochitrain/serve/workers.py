@@ -1,0 +1,259 @@
+"""``pochi serve --workers N``: N server processes on one port, each with its own model,
+batcher, decode threads and event loop (one process tops out at what its GIL allows).
+
+The parent binds N listening sockets with SO_REUSEPORT, so the kernel spreads incoming
+connections over them (no balancer of ours), and starts one spawned worker per socket. Each
+worker opens the model and serves with uvicorn exactly as the single-process server does,
+then reports "ready" on a pipe. The parent prints the banner once all are ready, turns
+SIGTERM / SIGINT into SIGTERM for every worker (each drains as one server does) and exits 0
+when all have stopped cleanly. A worker that fails to start sends its error back: the parent
+stops the others and raises that same error. Prometheus metrics go through
+prometheus_client's multiprocess mode in a private temp dir, removed at exit, so /metrics on
+any worker reports the totals of all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from pochitrain.serve.app import ServeSettings
+from pochitrain.serve.server import ServeOptions, _run, banner, open_server, port_error
+
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+STOP_GRACE_S = 70.0  # beyond --drain-timeout: the batcher's drain and closing the model
+
+
+def bind_sockets(host: str, port: int, n: int) -> list[socket.socket]:
+    """``n`` listening sockets in one SO_REUSEPORT group on host:port. A plain bind first,
+    so a port held by anything else (another --workers server included) is an error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sockets: list[socket.socket] = []
+    try:
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+        for _ in range(n):
+            sock = socket.socket(family)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            sock.listen(2048)
+    except (OSError, OverflowError):
+        for sock in sockets:
+            sock.close()
+        raise port_error(host, port) from None
+    return sockets
+
+
+# ---- worker process -------------------------------------------------------------------
+def _watch_parent(parent: int) -> None:
+    """SIGTERM ourselves (a clean drain) if the parent dies: no orphan keeps the port."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="pochi-parent-watch", daemon=True).start()
+
+
+def worker_main(index: int, options: ServeOptions, settings: ServeSettings,
+                sock: socket.socket, conn: Any, parent: int) -> None:
+    """One worker: open the model, serve ``sock``, say ready / stopped / error on ``conn``."""
+    import uvicorn
+
+    from pochitrain.errors import PochiError
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl+C into SIGTERM
+    _watch_parent(parent)
+    try:
+        model, app, config = open_server(options, settings)
+    except PochiError as exc:
+        conn.send(("error", type(exc), exc.message, exc.remedy))
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - a bug: its traceback here, its name there
+        traceback.print_exc()
+        conn.send(("error", PochiError, f"{type(exc).__name__}: {exc}", None))
+        sys.exit(1)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                conn.send(("ready", model.info()))
+
+    # From here a late SIGTERM (the parent's, after Ctrl+C already stopped us) is ignored.
+    signal.signal(signal.SIGTERM, lambda sig, frame: None)
+    try:
+        server = Server(config)
+        stopped_by = _run(server, [sock])
+        if server.started:
+            conn.send(("stopped", app.state.batcher.batches, stopped_by))
+        else:
+            conn.send(("error", PochiError, f"Worker {index} could not start serving (see "
+                       "the messages above).", None))
+    finally:
+        model.close()
+    sys.exit(0 if server.started else 1)
+
+
+# ---- parent ---------------------------------------------------------------------------
+@dataclass
+class _Worker:
+    index: int
+    process: Any
+    conn: Any
+    ready: dict[str, Any] | None = None
+    error: tuple[Any, ...] | None = None
+    batches: int | None = None  # said when it stopped cleanly
+    open: bool = True
+
+    @property
+    def alive(self) -> bool:
+        return self.process.exitcode is None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None or (not self.alive and self.ready is None)
+
+    def read(self) -> None:
+        try:
+            message = self.conn.recv()
+        except (EOFError, OSError):
+            self.open = False
+            return
+        if message[0] == "ready":
+            self.ready = message[1]
+        elif message[0] == "error":
+            self.error = message[1:]
+        elif message[0] == "stopped":
+            self.batches = int(message[1])
+
+
+def _poll(workers: list[_Worker], timeout: float) -> None:
+    from multiprocessing.connection import wait
+
+    waitables: list[Any] = [w.conn for w in workers if w.open]
+    waitables += [w.process.sentinel for w in workers if w.alive]
+    for ready in wait(waitables, timeout):
+        for w in workers:
+            if ready is w.conn:
+                w.read()
+
+
+def _stop(workers: list[_Worker], timeout: float) -> None:
+    """SIGTERM every live worker, read their last words, SIGKILL what outlives ``timeout``."""
+    for w in workers:
+        if w.alive:
+            os.kill(w.process.pid, signal.SIGTERM)
+    end = time.monotonic() + timeout
+    while any(w.alive or w.open for w in workers) and time.monotonic() < end:
+        _poll(workers, 0.2)
+    for w in workers:
+        if w.alive:
+            w.process.kill()
+        w.process.join(5)
+
+
+def _startup_error(workers: list[_Worker]) -> Exception:
+    from pochitrain.errors import PochiError
+
+    for w in workers:
+        while w.open and not w.alive:  # its last words are still in the pipe
+            w.read()
+    for w in workers:
+        if w.error is not None:
+            kind, message, remedy = w.error
+            try:
+                return kind(message, remedy)  # type: ignore[no-any-return]
+            except TypeError:
+                return PochiError(message, remedy)
+    w = next(w for w in workers if w.failed)
+    return PochiError(
+        f"ワーカー {w.index} が起動前に終了しました (終了コード {w.process.exitcode})。\n"
+        f"Worker {w.index} exited with code {w.process.exitcode} before it was ready.",
+        "See the messages above (out of memory?); try fewer --workers.")
+
+
+def serve_workers(options: ServeOptions, settings: ServeSettings) -> int:
+    """Serve with ``options.workers`` processes; 0 after a clean stop of all of them."""
+    import multiprocessing as mp
+
+    from pochitrain.console import info
+    from pochitrain.errors import PochiError
+
+    sockets = bind_sockets(options.host, options.port, options.workers)
+    metrics_dir = tempfile.mkdtemp(prefix="pochi_serve_metrics_")
+    previous_env = os.environ.get(METRICS_ENV)
+    os.environ[METRICS_ENV] = metrics_dir  # the spawned workers inherit it
+    caught: list[str] = []
+    handlers = {s: signal.signal(s, lambda sig, _: caught.append(signal.Signals(sig).name))
+                for s in (signal.SIGTERM, signal.SIGINT)}
+    ctx = mp.get_context("spawn")
+    workers: list[_Worker] = []
+    try:
+        for i, sock in enumerate(sockets):
+            ours, theirs = ctx.Pipe(duplex=False)
+            process = ctx.Process(target=worker_main, name=f"pochi-serve-worker-{i}",
+                                  args=(i, options, settings, sock, theirs, os.getpid()))
+            process.start()
+            theirs.close()
+            sock.close()  # the worker holds it now; closed there, it stops listening
+            workers.append(_Worker(i, process, ours))
+        while not caught and not all(w.ready for w in workers) \
+                and not any(w.failed for w in workers):
+            _poll(workers, 0.5)
+        if not caught and any(w.ready is None for w in workers):
+            error = _startup_error(workers)
+            _stop(workers, 15.0)
+            raise error
+        if all(w.ready is not None for w in workers):
+            banner(options, settings, workers[0].ready or {}, len(workers))
+            while not caught and all(w.alive for w in workers):
+                _poll(workers, 0.5)
+        died = [w for w in workers if not w.alive]
+        _stop(workers, options.drain_timeout_s + STOP_GRACE_S)
+        if died and not caught:
+            w = died[0]
+            raise PochiError(
+                f"ワーカー {w.index} が終了したため、サーバーを停止しました "
+                f"(終了コード {w.process.exitcode})。\n"
+                f"Worker {w.index} exited with code {w.process.exitcode}; the server stopped.",
+                "See the messages above (out of memory?), then start it again.")
+        if "SIGINT" in caught and any(w.ready is None for w in workers):
+            raise KeyboardInterrupt
+        bad = [w for w in workers if w.ready is not None and w.batches is None]
+        if bad:
+            raise PochiError(
+                f"ワーカー {bad[0].index} が正常に停止しませんでした "
+                f"(終了コード {bad[0].process.exitcode})。\n"
+                f"Worker {bad[0].index} did not stop cleanly (exit code "
+                f"{bad[0].process.exitcode}).",
+                "Give in-flight requests more time with --drain-timeout.")
+        info(f"停止しました / Server stopped ({', '.join(dict.fromkeys(caught))}); "
+             f"{len(workers)} workers, {sum(w.batches or 0 for w in workers)} model batches run.")
+        return 0
+    finally:
+        for w in workers:
+            if w.alive:
+                w.process.kill()
+                w.process.join(5)
+        for sock in sockets:
+            sock.close()
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        if previous_env is None:
+            os.environ.pop(METRICS_ENV, None)
+        else:
+            os.environ[METRICS_ENV] = previous_env
+        shutil.rmtree(metrics_dir, ignore_errors=True)
