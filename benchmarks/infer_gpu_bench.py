@@ -110,6 +110,13 @@ def input_stage(data: Path) -> dict[str, Any]:
             n += len(paths)
         torch.cuda.synchronize()
         out["pipeline_img_s"] = round(n / (time.perf_counter() - start), 1)
+    os.environ["POCHI_GPU_RESIZE"] = "matmul"  # the previous resize, for comparison
+    start, n = time.perf_counter(), 0
+    for _batch, paths, *_ in gb(samples, 256):
+        n += len(paths)
+    torch.cuda.synchronize()
+    out["pipeline_with_matmul_resize_img_s"] = round(n / (time.perf_counter() - start), 1)
+    del os.environ["POCHI_GPU_RESIZE"]
     datas = [p.read_bytes() for p, _ in samples][:1024]
     def decode_all() -> None:
         for i in range(0, len(datas), 256):
@@ -123,18 +130,49 @@ def input_stage(data: Path) -> dict[str, Any]:
         for _ in range(10):
             resize_batch(images, pp, dest)
 
-    out["resize_alone_img_s"] = _gpu_rate(resize_ten, 10 * len(images))
-    exact = dest.clone()
-    # the same matmuls in TF32 (tensor cores): how much faster, and how far from PIL-exact
-    torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        out["resize_alone_tf32_img_s"] = _gpu_rate(resize_ten, 10 * len(images))
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = False
-    delta = (dest - exact).abs()
-    out["tf32_vs_exact_resize"] = {"max_grey_levels": round(float(delta.max()), 2),
-                                   "share_differing": round(float((delta > 0.5).float().mean()),
-                                                            6)}
+    os.environ["POCHI_GPU_RESIZE"] = "matmul"
+    out["resize_matmul_alone_img_s"] = _gpu_rate(resize_ten, 10 * len(images))
+    matmul = dest.clone()
+    del os.environ["POCHI_GPU_RESIZE"]
+    from pochitrain.inference.gpu_preprocess import normalize_, resize_path, to_batch
+
+    out["resize_path"] = resize_path(pp, "cuda")
+
+    def fused_ten() -> None:
+        for _ in range(10):
+            to_batch(images, pp, dest)
+
+    out["resize_fused_alone_img_s"] = _gpu_rate(fused_ten, 10 * len(images))
+    normalize_(matmul, pp)
+    std = torch.tensor(pp.std, device="cuda").view(1, 3, 1, 1)
+    delta = (dest - matmul).abs() * std * 255
+    out["fused_vs_matmul"] = {"max_grey_levels": round(float(delta.max()), 3),
+                              "share_differing": round(float((delta > 0.5).float().mean()), 6)}
+    # the same, for a fixed-size batch in bf16 straight from the kernels (no float32 batch)
+    dest16 = torch.empty((len(images), 3, 224, 224), device="cuda", dtype=torch.bfloat16)
+
+    def fused_bf16() -> None:
+        for _ in range(10):
+            to_batch(images, pp, dest16)
+
+    out["resize_fused_bf16_alone_img_s"] = _gpu_rate(fused_bf16, 10 * len(images))
+    # stage costs inside the pipeline, one thread, no overlap: read, decode, resize
+    import threading  # noqa: F401 - documents that the pipeline itself is threaded
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pochitrain.inference.gpu_preprocess import _read
+
+    paths = [p for p, _ in samples][:1024]
+    with ThreadPoolExecutor(gb.workers) as pool:
+        t0 = time.perf_counter()
+        read = list(pool.map(_read, paths))
+        out["read_and_check_img_s"] = round(len(paths) / (time.perf_counter() - t0), 1)
+    t0 = time.perf_counter()
+    for i in range(0, len(read), 256):
+        imgs = gb._decode_many([r[1] for r in read[i:i + 256] if r[0] == "jpeg"])
+        to_batch(imgs, pp, torch.empty((len(imgs), 3, 224, 224), device="cuda"))
+    torch.cuda.synchronize()
+    out["decode_then_resize_serial_img_s"] = round(len(read) / (time.perf_counter() - t0), 1)
     # how pixels differ from the CPU (PIL) pipeline: the same 64 images through both
     from pochitrain.data import open_rgb
 
@@ -262,8 +300,7 @@ def latency(models: dict[str, Path], data: Path) -> dict[str, Any]:
     import torch
 
     from pochitrain.data import scan_image_folder
-    from pochitrain.inference.gpu_preprocess import GpuBatches, normalize_
-    from pochitrain.inference.gpu_resize import resize_batch
+    from pochitrain.inference.gpu_preprocess import GpuBatches, to_batch
     from pochitrain.inference.torch_runner import TorchOptions, TorchRunner
     from pochitrain.models import load_model
 
@@ -281,8 +318,7 @@ def latency(models: dict[str, Path], data: Path) -> dict[str, Any]:
         for i, path in enumerate(paths):
             start = time.perf_counter()
             image = gb._decode_many([path.read_bytes()])
-            resize_batch(image, pp, dest)
-            normalize_(dest, pp)
+            to_batch(image, pp, dest)
             runner.run(dest)
             if i >= 100:  # warm-up (graph capture, cuDNN choice) excluded
                 times.append(1000 * (time.perf_counter() - start))

@@ -79,9 +79,26 @@ def resolve_pipeline(pipeline: str, device: str, preprocess: Preprocess) -> tupl
     return "gpu", "CUDA available"
 
 
-def is_complete_jpeg(data: bytes) -> bool:
+def is_complete_jpeg(data: bytes | bytearray) -> bool:
     """Starts with SOI and ends with EOI (zero padding allowed): safe to hand to nvJPEG."""
-    return data[:3] == b"\xff\xd8\xff" and data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
+    if data[:3] != b"\xff\xd8\xff":
+        return False
+    end = len(data)
+    while end and data[end - 1] == 0:  # usually no padding: no copy of the file
+        end -= 1
+    return data[end - 2:end] == b"\xff\xd9"
+
+
+def read_file(path: Path) -> bytearray:
+    """The file's bytes in a writable buffer (``torch.frombuffer`` shares it, no copy)."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        buf = bytearray(size)
+        got = f.readinto(buf)
+        if got != size:  # the file changed while read: take what is there
+            del buf[got:]
+            buf += f.read()
+    return buf
 
 
 def resize_crop(image: Any, preprocess: Preprocess) -> Any:
@@ -92,6 +109,39 @@ def resize_crop(image: Any, preprocess: Preprocess) -> Any:
     h, w = preprocess.input_size
     out = torch.empty((1, 3, h, w), dtype=torch.float32, device=image.device)
     return resize_batch([image], preprocess, out)[0]
+
+
+_fused_broken: list[str] = []  # the reason, once the Triton kernels failed in this process
+
+
+def resize_path(preprocess: Preprocess, device: str) -> str:
+    """Which resize :func:`to_batch` uses for ``preprocess`` on ``device``."""
+    from pochitrain.inference import resize_kernel
+
+    if (device.startswith("cuda") and not _fused_broken and resize_kernel.supports(preprocess)
+            and os.environ.get("POCHI_GPU_RESIZE", "") != "matmul"
+            and resize_kernel.triton_available()):
+        return "banded Triton kernels, PIL-exact"
+    return "batched matmuls, PIL's weights"
+
+
+def to_batch(images: list[Any], preprocess: Preprocess, out: Any) -> Any:
+    """Decoded (3, h, w) uint8 images -> ``out`` (n, 3, H, W): resized, center-cropped and
+    normalized. On CUDA, two fused Triton kernels (a banded resize, bit-exact to PIL) where
+    Triton is present; otherwise, or if they fail to compile, the batched matmuls + one
+    normalize (said once)."""
+    if resize_path(preprocess, str(out.device)).startswith("banded"):
+        from pochitrain.inference.resize_kernel import resize_normalize
+
+        try:
+            return resize_normalize(images, preprocess, out)
+        except Exception as exc:  # noqa: BLE001 - a Triton/driver problem: keep serving
+            from pochitrain.console import warn
+
+            _fused_broken.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+            warn(f"GPU resize kernels unavailable ({_fused_broken[0]}); using the matmul resize.")
+    resize_batch(images, preprocess, out)
+    return normalize_(out, preprocess)
 
 
 def normalize_(batch: Any, preprocess: Preprocess) -> Any:
@@ -129,7 +179,7 @@ def nvjpeg_reads_like_pil(data: bytes) -> bool:
 def _read(path: Path) -> tuple[str, Any]:
     """('jpeg', bytes) for nvJPEG, ('rgb', HWC uint8 array) decoded by PIL, or ('bad', None)."""
     try:
-        data = path.read_bytes()
+        data = read_file(path)
     except OSError:
         return "bad", None
     if is_complete_jpeg(data) and nvjpeg_reads_like_pil(data):
@@ -178,12 +228,14 @@ class GpuBatches:
         return "nvJPEG"
 
     def describe(self) -> str:
-        return f"gpu (decode: {self.jpeg_decoder}; resize/crop/normalize on {self.device})"
+        return (f"gpu (decode: {self.jpeg_decoder}; resize/crop/normalize on {self.device}: "
+                f"{resize_path(self.preprocess, self.device)})")
 
     def _decode_many(self, datas: list[bytes]) -> list[Any]:
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        tensors = [self._torch.frombuffer(bytearray(d), dtype=self._torch.uint8) for d in datas]
+        tensors = [self._torch.frombuffer(d if isinstance(d, bytearray) else bytearray(d),
+                                          dtype=self._torch.uint8) for d in datas]
         out = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=self.device)
         return list(out)
 
@@ -232,8 +284,7 @@ class GpuBatches:
         torch = self._torch
         h, w = self.preprocess.input_size
         batch = torch.empty((len(good), 3, h, w), dtype=torch.float32, device=self.device)
-        resize_batch([g[2] for g in good], self.preprocess, batch)
-        return normalize_(batch, self.preprocess), paths, labels, skipped
+        return to_batch([g[2] for g in good], self.preprocess, batch), paths, labels, skipped
 
     def _items(self, decoded: Iterator[tuple[list[Any], list[Any]]],
                batch_size: int) -> Iterator[Item]:

@@ -1,0 +1,242 @@
+"""Fused, banded resize + center-crop + normalize on the GPU (Triton), bit-exact to PIL.
+
+The dense-matmul resize (``gpu_resize.resize_group``) multiplies every output pixel by every
+input pixel of its row, pads images to a common size and needs ~10 launches per size group.
+Here each output pixel reads only its filter window (``ceil(support) * 2 + 1`` taps, 5 for a
+500 -> 256 bilinear), straight from the decoded images concatenated into one flat buffer, in
+two kernels per batch whatever the image sizes:
+
+1. horizontal pass: (image, channel, input row) -> resized columns of the crop, uint8;
+2. vertical pass: rows of the crop, clip8, then ``(v / 255 - mean) / std`` into the batch.
+
+The arithmetic is PIL's own: coefficients normalised in float64 and stored as 22-bit fixed
+point, int32 sums starting at one half, ``clip8`` after each pass. So every pixel equals
+``Image.resize`` + crop (the matmul path is exact only up to float32 rounding). Only the input
+rows the crop needs are resampled horizontally.
+
+Coefficients are built on the device by a few vectorised float64 torch ops (no host sync),
+from per-image geometry computed with Python scalars.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Any
+
+from pochitrain.inference.gpu_resize import _SUPPORT, _filter, geometry
+from pochitrain.preprocess import Preprocess
+
+_BITS = 22  # PIL's PRECISION_BITS for 8-bit images
+_BLOCK_X = 64
+_BLOCK_R = 16
+
+
+@lru_cache(maxsize=1)
+def triton_available() -> bool:
+    """True when Triton imports and can compile for this machine's GPU."""
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import problem: use the matmul resize
+        return False
+    return True
+
+
+def supports(preprocess: Preprocess) -> bool:
+    """Bilinear and bicubic (and crop-only) run here; nearest keeps the matmul path, which
+    reproduces PIL's accumulated nearest coordinates exactly."""
+    return preprocess.resize is None or preprocess.interpolation in _SUPPORT
+
+
+def taps(in_len: int, out_len: int, mode: str) -> int:
+    """Window length PIL allocates for one output pixel (``ksize``)."""
+    support = _SUPPORT[mode] * max(in_len / out_len, 1.0)
+    return int(math.ceil(support)) * 2 + 1
+
+
+def window_bounds(in_len: int, out_len: int, first: int, last: int,
+                  mode: str) -> tuple[int, int]:
+    """[lo, hi) input pixels that resized pixels ``first..last`` (inclusive) read."""
+    scale = in_len / out_len
+    support = _SUPPORT[mode] * max(scale, 1.0)
+    lo = max(int((first + 0.5) * scale - support + 0.5), 0)
+    hi = min(int((last + 0.5) * scale + support + 0.5), in_len)
+    return lo, hi
+
+
+def band(in_len: Any, out_len: Any, offset: Any, lo: Any, n_out: int, n_taps: int,
+         mode: str) -> tuple[Any, Any]:
+    """PIL's resample window per output pixel, for a batch of images along one axis.
+
+    ``in_len``, ``out_len``, ``offset``, ``lo``: (n,) int64 tensors (input length, resized
+    length, crop offset, first input pixel kept in the intermediate buffer). Returns
+    ``start`` (n, n_out) int32, the first input pixel relative to ``lo``, and ``coef``
+    (n, n_out, n_taps) int32 fixed-point weights (zero outside the window and for output
+    pixels outside the resized image, which is the crop's zero padding). The float64 steps
+    are PIL's ``precompute_coeffs`` and ``normalize_coeffs_8bpc``."""
+    import torch
+
+    dev = in_len.device
+    f64 = torch.float64
+    size_in = in_len.to(f64)[:, None]
+    size_out = out_len.to(f64)[:, None]
+    o = torch.arange(n_out, device=dev, dtype=f64)[None, :] + offset.to(f64)[:, None]
+    inside = (o >= 0) & (o < size_out)
+    scale = size_in / size_out
+    t = torch.arange(n_taps, device=dev, dtype=f64)[None, None, :]
+    filterscale = scale.clamp(min=1.0)
+    support = _SUPPORT[mode] * filterscale
+    center = (o + 0.5) * scale
+    xmin = torch.trunc(center - support + 0.5).clamp(min=0.0)
+    xmax = torch.minimum(torch.trunc(center + support + 0.5), size_in)
+    j = xmin[:, :, None] + t
+    w = _filter((j - center[:, :, None] + 0.5) * (1.0 / filterscale[:, :, None]), mode)  # PIL: * ss
+    w = w * ((j < xmax[:, :, None]) & inside[:, :, None])
+    total = w[:, :, :1].clone()
+    for i in range(1, n_taps):  # PIL's summation order, so that rounding agrees
+        total += w[:, :, i:i + 1]
+    w = torch.where(total != 0, w / torch.where(total != 0, total, 1.0), 0.0)
+    coef = torch.trunc(w * float(1 << _BITS) + torch.where(w < 0, -0.5, 0.5))
+    start = torch.where(inside, xmin, 0.0)
+    start = (start - lo.to(f64)[:, None]).clamp(min=0.0)
+    return start.to(torch.int32), coef.to(torch.int32)
+
+
+def _kernels() -> tuple[Any, Any]:
+    from pochitrain.inference import resize_triton  # imports triton: only when used
+
+    return resize_triton.horizontal, resize_triton.vertical
+
+
+def _norm(preprocess: Preprocess, device: Any) -> Any:
+    """(scale[3], shift[3]) so that ``v * scale - shift == (v / 255 - mean) / std``."""
+    import torch
+
+    std = torch.tensor(preprocess.std, dtype=torch.float32)
+    mean = torch.tensor(preprocess.mean, dtype=torch.float32)
+    return torch.cat([1.0 / (255.0 * std), mean / std]).to(device, non_blocking=True)
+
+
+@lru_cache(maxsize=1)
+def pil_vertical_first_rule() -> bool:
+    """Whether the installed Pillow runs the vertical pass first when the height shrinks by
+    more than twice as many pixels as the width (Pillow 13 does; earlier releases always
+    start horizontally). Found by resizing a probe both ways, so the GPU follows the Pillow
+    that the CPU pipeline uses."""
+    import numpy as np
+    from PIL import Image
+
+    probe = Image.fromarray(np.random.default_rng(7).integers(0, 256, (64, 37, 3), np.uint8))
+    bil = Image.Resampling.BILINEAR
+    direct = np.asarray(probe.resize((30, 40), bil))
+    horizontal_first = np.asarray(probe.resize((30, 64), bil).resize((30, 40), bil))
+    return not np.array_equal(direct, horizontal_first)
+
+
+def vertical_first(h: int, w: int, rh: int, rw: int) -> bool:
+    """The pass order Pillow uses for an h x w -> rh x rw resize."""
+    return pil_vertical_first_rule() and h - rh > 0 and h - rh > (w - rw) * 2
+
+
+def _plan(images: list[Any], preprocess: Preprocess, out_h: int, out_w: int,
+          mode: str) -> list[dict[str, Any]]:
+    """Per image: geometry, the input window the crop reads, tap counts and pass order."""
+    plans = []
+    base = 0
+    for im in images:
+        h, w = int(im.shape[1]), int(im.shape[2])
+        rh, rw, oy, ox = geometry(preprocess, h, w)
+        if preprocess.center_crop is None and (rh, rw) != (out_h, out_w):
+            raise ValueError("images resize to different sizes and there is no center crop")
+        wins = []
+        for size, resized, off, n in ((h, rh, oy, out_h), (w, rw, ox, out_w)):
+            first, last = max(off, 0), min(off + n, resized) - 1
+            wins.append(window_bounds(size, resized, first, last, mode) if last >= first
+                        else (0, 1))
+        plans.append({"base": base, "h": h, "w": w, "rh": rh, "rw": rw, "oy": oy, "ox": ox,
+                      "rows": wins[0], "cols": wins[1], "tx": taps(w, rw, mode),
+                      "ty": taps(h, rh, mode), "vfirst": vertical_first(h, w, rh, rw)})
+        base += 3 * h * w
+    return plans
+
+
+def resize_normalize(images: list[Any], preprocess: Preprocess, out: Any) -> Any:
+    """(3, h_k, w_k) uint8 tensors -> ``out`` ((n, 3, H, W), float32 / fp16 / bf16):
+    resized, center-cropped and normalized exactly as ``Preprocess.__call__`` (PIL) does.
+    Runs on CUDA (or, for tests, on CPU tensors under ``TRITON_INTERPRET=1``)."""
+    import torch
+
+    mode = preprocess.interpolation if preprocess.resize is not None else "bilinear"
+    if mode not in _SUPPORT:
+        raise ValueError(f"no banded GPU resize for interpolation {mode!r}")
+    out_h, out_w = int(out.shape[2]), int(out.shape[3])
+    dev = images[0].device
+    plans = _plan(images, preprocess, out_h, out_w, mode)
+    src = torch.cat([im.reshape(-1) for im in images]) if len(images) > 1 else \
+        images[0].reshape(-1)
+    norm = _norm(preprocess, dev)
+    for vfirst in (False, True):
+        idx = [i for i, p in enumerate(plans) if p["vfirst"] == vfirst]
+        if idx:
+            dst = out if len(idx) == len(plans) else torch.empty(
+                (len(idx), 3, out_h, out_w), dtype=out.dtype, device=dev)
+            _two_passes([plans[i] for i in idx], src, dst, norm, mode, vfirst)
+            if dst is not out:
+                out[torch.tensor(idx, device=dev)] = dst
+    return out
+
+
+def _two_passes(plans: list[dict[str, Any]], src: Any, out: Any, norm: Any, mode: str,
+                vfirst: bool) -> None:
+    import torch
+
+    n, dev = len(plans), src.device
+    out_h, out_w = int(out.shape[2]), int(out.shape[3])
+    t_x = _bucket(max(p["tx"] for p in plans))
+    t_y = _bucket(max(p["ty"] for p in plans))
+    keep = "cols" if vfirst else "rows"  # the axis the first pass keeps at input resolution
+    span = max(max(p[keep][1] - p[keep][0] for p in plans), 1)
+    geo = torch.tensor([[p["h"], p["w"], p["rh"], p["rw"], p["oy"], p["ox"], p["rows"][0],
+                         p["cols"][0]] for p in plans], dtype=torch.int64).to(dev,
+                                                                              non_blocking=True)
+    # windows relative to what the first pass keeps: rows from rows[0] (horizontal first),
+    # columns from cols[0] (vertical first); the other axis starts at 0 of the source
+    zero = torch.zeros(n, dtype=torch.int64, device=dev)
+    sy, cy = band(geo[:, 0], geo[:, 2], geo[:, 4], zero if vfirst else geo[:, 6], out_h,
+                  t_y, mode)
+    sx, cx = band(geo[:, 1], geo[:, 3], geo[:, 5], geo[:, 7] if vfirst else zero, out_w,
+                  t_x, mode)
+    src_rows = [[p["base"], p["h"] * p["w"], p["w"],
+                 0 if vfirst else p["rows"][0], p["cols"][0] if vfirst else 0,
+                 p["h"] - (0 if vfirst else p["rows"][0]),
+                 p["w"] - (p["cols"][0] if vfirst else 0)] for p in plans]
+    lines, outs = (out_h, span) if vfirst else (span, out_w)
+    tmp_rows = [[k * 3 * lines * outs, lines * outs, outs, 0, 0, lines, outs]
+                for k in range(n)]
+    img = torch.tensor(src_rows + tmp_rows, dtype=torch.int64).to(dev, non_blocking=True)
+    tmp = torch.empty((n, 3, lines, outs), dtype=torch.uint8, device=dev)
+    horizontal, vertical = _kernels()
+
+    def grid(n_i: int, n_j: int) -> tuple[int, int, int]:
+        return (n * 3, -(-n_i // _BLOCK_R), -(-n_j // _BLOCK_X))
+
+    blocks = {"BLOCK_L": _BLOCK_R, "BLOCK_O": _BLOCK_X}
+    if vfirst:
+        vertical[grid(out_h, span)](src, img[:n], sy, cy, tmp, norm, out_h, span, TAPS=t_y,
+                                    FINAL=False, **blocks)
+        horizontal[grid(out_h, out_w)](tmp, img[n:], sx, cx, out, norm, out_h, out_w,
+                                       TAPS=t_x, FINAL=True, **blocks)
+    else:
+        horizontal[grid(span, out_w)](src, img[:n], sx, cx, tmp, norm, span, out_w, TAPS=t_x,
+                                      FINAL=False, **blocks)
+        vertical[grid(out_h, out_w)](tmp, img[n:], sy, cy, out, norm, out_h, out_w,
+                                     TAPS=t_y, FINAL=True, **blocks)
+
+
+def _bucket(n_taps: int) -> int:
+    """Round the tap count up so that a few compiled variants serve every image size."""
+    for b in (1, 3, 5, 7, 9, 13, 17, 25, 33):
+        if n_taps <= b:
+            return b
+    return n_taps
