@@ -1,8 +1,9 @@
 """pochi serve over real HTTP: real uvicorn servers in subprocesses, real models on the CPU.
 
-Three servers start once for the module, in parallel: the .pth, the .onnx (batching window
-20 ms), and a "slow" .onnx server (a hidden env var adds a delay per model batch; the runtime
-itself is real) for the 503 test and, last, the SIGTERM drain test.
+Four servers start once for the module, in parallel: the .pth, the .onnx (batching window
+20 ms), a "slow" .onnx server (a hidden env var adds a delay per model batch; the runtime
+itself is real) for the 503 test and, last, the SIGTERM drain test, and a ``--workers 2``
+.onnx server (also slowed down, so requests are in flight at its SIGTERM).
 """
 
 from __future__ import annotations
@@ -95,6 +96,8 @@ def servers(untrained_checkpoint: Path, request: pytest.FixtureRequest,
         # 1 s per model batch of 1 image, 2 images queued at most; SIGTERM-ed last
         started["slow"] = Server(onnx_model, logs / "slow.log", "--queue", "2",
                                  "--max-batch", "1", "--max-wait-ms", "0", delay_ms=1000)
+        started["workers"] = Server(onnx_model, logs / "workers.log", "--workers", "2",
+                                    "--decode-workers", "1", delay_ms=300)
         for server in started.values():
             server.wait_ready()
         yield started
@@ -353,3 +356,89 @@ def test_missing_extra_names_it(tmp_path: Path) -> None:
                          check=False)
     assert out.returncode == 1
     assert 'pip install "pochitrain[serve]"' in out.stderr
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def _workers_of(server: Server) -> tuple[list[int], Path]:
+    """The worker pids (spawned pochi-serve workers) and their shared metrics dir."""
+    pids, metrics_dir = [], None
+    for pid in _children(server.proc.pid):
+        env = dict(x.split("=", 1) for x in Path(f"/proc/{pid}/environ").read_text(
+            errors="replace").split("\0") if "=" in x)
+        if "PROMETHEUS_MULTIPROC_DIR" in env and "resource_tracker" not in Path(
+                f"/proc/{pid}/cmdline").read_text(errors="replace"):
+            pids.append(pid)
+            metrics_dir = Path(env["PROMETHEUS_MULTIPROC_DIR"])
+    assert metrics_dir is not None, "no worker process found"
+    return pids, metrics_dir
+
+
+async def _separate_connections(url: str, body: bytes, n: int) -> list[int]:
+    """``n`` concurrent requests, each on its own connection (the kernel picks the worker)."""
+    async def one() -> int:
+        async with httpx.AsyncClient(timeout=30) as client:
+            r = await client.post(url, content=body, headers={"content-type": "image/png"})
+            return r.status_code
+
+    return await asyncio.gather(*(one() for _ in range(n)))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_answer_like_infer_and_metrics_sum_them(
+        servers: dict[str, Server], onnx_model: Path, images: list[Path]) -> None:
+    server = servers["workers"]
+    want = _reference(onnx_model, images)
+    files = [("files", (p.name, p.read_bytes(), "image/png")) for p in images]
+    got = httpx.post(server.url + PREDICT, files=files, data={"top_k": "3"}, timeout=30).json()
+    for pred, ref in zip(got["predictions"], want):
+        _check(pred, ref)
+    codes = asyncio.run(_separate_connections(server.url + PREDICT, images[0].read_bytes(), 16))
+    assert codes == [200] * 16
+    pids, _ = _workers_of(server)
+    served = {int(line.split("[", 1)[1].split("]", 1)[0])
+              for line in server.log.read_text().splitlines() if f"POST {PREDICT}" in line}
+    assert len(pids) == 2 and served == set(pids), (pids, served)  # both workers answered
+    metrics = httpx.get(server.url + "/metrics").text  # one worker answers for all
+    assert 'pochi_requests_total{path="/api/v1/predict",status="200"} 17.0' in metrics
+    assert _metric(metrics, "pochi_images_total") == len(images) + 16
+    assert _metric(metrics, "pochi_queue_depth") == 0
+    assert "2 worker processes" in server.log.read_text()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_sigterm_drains_all_and_leaves_nothing(servers: dict[str, Server],
+                                                       images: list[Path]) -> None:
+    server = servers["workers"]
+    pids, metrics_dir = _workers_of(server)
+    assert metrics_dir.is_dir()
+
+    async def main() -> list[int]:
+        task = asyncio.ensure_future(_separate_connections(
+            server.url + PREDICT, images[0].read_bytes(), 8))
+        await asyncio.sleep(0.15)  # in flight: each model batch takes 300 ms
+        server.proc.send_signal(signal.SIGTERM)
+        return await task
+
+    assert asyncio.run(main()) == [200] * 8
+    assert server.proc.wait(20) == 0
+    assert "Server stopped (SIGTERM); 2 workers" in server.log.read_text()
+    end = time.monotonic() + 5
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids), "orphan worker"
+    assert not metrics_dir.exists()
+
+
+def test_workers_bad_model_fails_like_one_process(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    runs = [subprocess.Popen([sys.executable, "-m", "pochitrain.cli.main", "serve", str(bad),
+                              "--port", str(_free_port()), *extra], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for extra in ([], ["--workers", "2"])]
+    (_, one), (_, two) = (r.communicate(timeout=60) for r in runs)
+    assert [r.returncode for r in runs] == [1, 1]
+    assert "bad.onnx" in one and "Traceback" not in two and two.strip() == one.strip()
