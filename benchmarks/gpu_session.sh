@@ -24,12 +24,14 @@ case "$step" in
   infer)
     python3 benchmarks/infer_gpu_bench.py --out "$OUT" 2>&1 | tee "$OUT/infer.log" ;;
   serve)
-    for mode in batched batched_gpu_pipeline mb1; do
+    # batched (PIL decode, then the GPU pipeline), unbatched, then 8 server processes of each
+    for mode in batched batched_gpu_pipeline mb1 workers8 workers8_gpu_pipeline; do
       a="--device cuda --no-access-log --max-batch 64 --max-wait-ms 2"
-      [ $mode = batched_gpu_pipeline ] && a="$a --pipeline gpu"
+      case $mode in *gpu_pipeline) a="$a --pipeline gpu" ;; esac
+      case $mode in workers8*) a="$a --workers 8" ;; esac
       [ $mode = mb1 ] && a="--device cuda --no-access-log --max-batch 1"
       timeout 200 python3 benchmarks/serve_load.py --prepare /tmp/serve_bench --serve-args="$a" \
-        --concurrency 64 --requests 12000 --label $mode --json "$OUT/serve_$mode.json" 2>&1 | tail -5
+        --concurrency 64 --procs 4 --requests 12000 --label $mode --json "$OUT/serve_$mode.json" 2>&1 | tail -5
     done ;;
   train)
     python3 benchmarks/train_bench.py "${@:2}" --out "$OUT" 2>&1 | tee "$OUT/train.log" ;;
