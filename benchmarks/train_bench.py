@@ -10,6 +10,10 @@ training_metrics.csv: images/s per steady epoch (mean of epochs after the first)
 epoch's seconds, and the best val accuracy. Cases: resnet18 / resnet50 at 224, bf16 +
 channels_last, cpu DataLoader vs gpu_input; with 2 visible GPUs also --gpus 2 (scaling).
 Prints a Markdown table and writes a JSON.
+
+``--transforms-only`` times the transform stage alone instead (no training): 256 decoded JPEGs
+through the batched plan (``training.gpu_batch``) and the per-image path, on CUDA when there
+is a GPU, else on the CPU (there it only shows the kernel-count savings).
 """
 
 from __future__ import annotations
@@ -108,6 +112,70 @@ def run_case(work: Path, name: str, model: str, gpu_input: bool, gpus: int, epoc
     return row
 
 
+TRAIN_CHAINS = {
+    "train: RandomResizedCrop+flip+ToTensor+Normalize": "rrc",
+    "train + ColorJitter(0.4,0.4,0.4,0.1) + RandomRotation(10)": "heavy",
+    "val: Resize(256)+CenterCrop(224)+ToTensor+Normalize": "val",
+}
+
+
+def _chain(kind: str) -> object:
+    from torchvision import transforms as T
+
+    norm = T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    if kind == "val":
+        return T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), norm])
+    extra = ([T.ColorJitter(0.4, 0.4, 0.4, 0.1), T.RandomRotation(10)] if kind == "heavy"
+             else [])
+    return T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), *extra,
+                      T.ToTensor(), norm])
+
+
+def bench_transforms(folder: Path, n: int = 256, repeats: int = 3) -> list[dict[str, object]]:
+    """img/s of the transform stage alone on ``n`` decoded JPEGs of ``folder``."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from pochitrain.training import gpu_batch, gpu_input
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    paths = sorted(folder.rglob("*.jpg"))[:n]
+    data = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in paths]
+    images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+
+    def timed(fn: object) -> float:
+        best = float("inf")
+        for _ in range(repeats):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()  # type: ignore[operator]
+            if device == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t0)
+        return len(images) / best
+
+    rows = []
+    for label, kind in TRAIN_CHAINS.items():
+        ops, _ = gpu_input.map_transforms(_chain(kind))
+        plan, why = gpu_batch.compile_chain(ops or [])
+        assert plan is not None, why
+        torch.manual_seed(0)
+        plan(images[:8])  # first kernels / allocations
+        batched = timed(lambda: plan(images))  # noqa: B023
+        per_image = timed(lambda: torch.stack([gpu_input.apply(ops or [], im)  # noqa: B023
+                                               for im in images]))
+        row = {"chain": label, "device": device, "images": len(images),
+               "batched_img_s": round(batched), "per_image_img_s": round(per_image),
+               "speedup": round(batched / per_image, 2)}
+        if kind == "val":
+            ref = torch.stack([gpu_input.apply(ops or [], im) for im in images])
+            row["val_mean_abs_diff_vs_per_image"] = float((plan(images) - ref).abs().mean())
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--images", type=int, default=4000)
@@ -117,6 +185,8 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/pochi_train_bench")
     ap.add_argument("--out", default="benchmarks/train_bench.json")
     ap.add_argument("--models", default="resnet18,resnet50")
+    ap.add_argument("--transforms-only", action="store_true",
+                    help="time the transform stage alone (batched vs per image), no training")
     args = ap.parse_args()
 
     import torch
@@ -128,6 +198,11 @@ def main() -> None:
         make_images(data / "train", args.images)
         make_images(data / "val", max(500, args.images // 8))
         print(f"made images in {time.perf_counter() - t0:.1f} s", flush=True)
+    if args.transforms_only:
+        sys.path.insert(0, str(ROOT))
+        rows = bench_transforms(data / "train")
+        Path(args.out).write_text(json.dumps({"transforms": rows}, indent=1), encoding="utf-8")
+        return
     n_gpus = torch.cuda.device_count()
     results = []
     for model in args.models.split(","):

@@ -101,32 +101,38 @@ class Geometry:
 
 def _weights(axis: Axis, start: torch.Tensor, width: torch.Tensor, n_in: int, n_out: int,
              mode: str, antialias: bool, device: Any) -> torch.Tensor:
-    """(n, n_out, n_in) float32 resample matrices; column j is source pixel start + j."""
+    """(n, n_out, n_in) float32 resample matrices; column j is source pixel start + j.
+
+    Only the taps inside each filter window are computed ((n, n_out, K), K ~ 2 * support *
+    stretch + 2) and scattered into the zero matrix."""
     a, b = axis.a.to(device), axis.b.to(device)
+    start, width = start.to(device, F64)[:, None, None], width.to(device)[:, None, None]
     o = torch.arange(n_out, device=device, dtype=F64) + 0.5
-    centre = a[:, None] * o[None] + b[:, None]  # (n, n_out) source coordinate
-    j = torch.arange(n_in, device=device, dtype=F64)
-    pos = start.to(device, F64)[:, None, None] + j[None, None] + 0.5  # pixel centres
-    inside_win = (j[None, None] < width.to(device)[:, None, None])
+    centre = (a[:, None] * o[None] + b[:, None])[:, :, None]  # (n, n_out, 1) source coordinate
     if mode == "nearest":
-        top = axis.src.to(device)[:, None] - 1
-        pick = torch.minimum(centre.floor().clamp(min=0), top)
-        w = ((pos - 0.5) == pick[:, :, None]) & inside_win
-        w = w.to(F64)
+        top = axis.src.to(device)[:, None, None] - 1
+        j = torch.minimum(centre.floor().clamp(min=0), top) - start
+        w = torch.ones_like(j)
     else:
-        stretch = a.abs().clamp(min=1.0) if antialias else torch.ones_like(a)
-        d = ((pos - centre[:, :, None]) / stretch[:, None, None]).abs()
+        stretch = (a.abs().clamp(min=1.0) if antialias else torch.ones_like(a))[:, None, None]
+        support = _SUPPORT[mode] * stretch
+        taps = int(math.ceil(2 * float(support.max()))) + 2
+        j = ((centre - support + 0.5).floor() - start
+             + torch.arange(taps, device=device, dtype=F64))  # (n, n_out, taps)
+        d = ((start + j + 0.5 - centre) / stretch).abs()
         if mode == "bilinear":
             w = (1.0 - d).clamp(min=0.0)
         else:  # Keys cubic, a = -0.5 (PIL, torchvision)
             inner = (1.5 * d - 2.5) * d * d + 1.0
             outer = ((-0.5 * d + 2.5) * d - 4.0) * d + 2.0
             w = torch.where(d < 1.0, inner, torch.where(d < 2.0, outer, torch.zeros_like(d)))
-        w = w * inside_win
-        total = w.sum(-1, keepdim=True)
-        w = torch.where(total != 0, w / torch.where(total != 0, total, 1.0), 0.0)
+    w = w * ((j >= 0) & (j < width))
+    total = w.sum(-1, keepdim=True)
+    w = torch.where(total != 0, w / torch.where(total != 0, total, 1.0), 0.0)
     valid = (o[None] >= axis.lo.to(device)[:, None]) & (o[None] < axis.hi.to(device)[:, None])
-    return (w * valid[:, :, None]).to(torch.float32)
+    w = (w * valid[:, :, None]).to(torch.float32)
+    dense = torch.zeros(len(w), n_out, n_in, device=device)
+    return dense.scatter_add_(2, j.clamp(0, n_in - 1).long(), w)
 
 
 def _windows(axis: Axis, n_out: int, mode: str, antialias: bool) -> tuple[list[int], list[int]]:
@@ -186,6 +192,8 @@ def _resample_chunk(images: list[torch.Tensor], geo: Geometry, chunk: list[int],
     rows = torch.bmm(buf.view(len(chunk), h_in * channels, w_in), wx.transpose(1, 2))
     res = torch.bmm(wy, rows.view(len(chunk), h_in, channels * out_w))
     res = res.view(len(chunk), out_h, channels, out_w).permute(0, 2, 1, 3)
+    if geo.mode == "bicubic" and images[0].dtype == torch.uint8:
+        res = res.clamp(0.0, 255.0)  # cubic overshoots; torchvision clamps uint8 results
     out[idx.to(device)] = res
 
 
