@@ -151,7 +151,10 @@ def create_app(model: Any, settings: ServeSettings) -> FastAPI:
                                 headers={"Retry-After": str(settings.retry_after_s)})
         metrics.queued(len(payloads))
         try:
-            prepared = await asyncio.gather(*(in_pool(model.prepare, p) for p in payloads))
+            if len(payloads) == 1:  # the common case, without gather's extra future
+                prepared = [await in_pool(model.prepare, payloads[0])]
+            else:
+                prepared = await asyncio.gather(*(in_pool(model.prepare, p) for p in payloads))
             rows = await batcher.submit(list(prepared))
         finally:
             batcher.release(len(payloads))
@@ -193,21 +196,19 @@ def create_app(model: Any, settings: ServeSettings) -> FastAPI:
 
 
 async def _multipart(request: Request, max_images: int) -> tuple[list[Payload], int | None]:
-    from starlette.datastructures import UploadFile
+    from pochitrain.serve.multipart import parse
 
-    try:
-        form = await request.form(max_files=max_images, max_fields=16)
-    except Exception as exc:  # noqa: BLE001 - starlette: too many files / malformed body
-        raise BadInput(400, "bad_multipart", "multipart の本文を読めません。",
-                       f"The multipart body cannot be read: {exc}") from None
+    parts = parse(await request.body(), request.headers.get("content-type", ""),
+                  max_files=max_images, max_fields=16)
     payloads: list[Payload] = []
     top_k: int | None = None
-    for key, value in form.multi_items():
-        if isinstance(value, UploadFile):
-            name = value.filename or key
-            check_part_type(value.content_type, name)
-            payloads.append(Payload(name, data=await value.read()))
-        elif key == "top_k":
+    for part in parts:
+        if part.filename is not None:
+            name = part.filename or part.name
+            check_part_type(part.content_type, name)
+            payloads.append(Payload(name, data=part.data))
+        elif part.name == "top_k":
+            value = part.data.decode("utf-8", "replace")
             try:
                 top_k = int(value)
             except ValueError:
@@ -216,7 +217,6 @@ async def _multipart(request: Request, max_images: int) -> tuple[list[Payload], 
             if top_k < 1:
                 raise BadInput(422, "bad_top_k", "top_k は 1 以上にしてください。",
                                f"top_k must be 1 or more, got {top_k}.")
-    await form.close()
     if not payloads:
         raise BadInput(422, "no_files", "画像ファイルがありません。",
                        "The multipart body has no file: send images in the 'files' field.")
