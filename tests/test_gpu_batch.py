@@ -32,7 +32,7 @@ def _photo_paths() -> list[Path]:
                      ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg")):
         spec = importlib.util.find_spec(pkg)
         if spec is not None and spec.submodule_search_locations:
-            path = Path(list(spec.submodule_search_locations)[0]) / rel
+            path = Path(next(iter(spec.submodule_search_locations))) / rel
             if path.exists():
                 found.append(path)
     return found

@@ -111,9 +111,9 @@ def _check_geometric(name: str, t: Any) -> None:
             raise Unsupported(f"{name}(interpolation={mode})")
         if name == "Resize" and t.size is None:
             raise Unsupported("Resize(size=None)")
-    if name in ("Pad", "RandomCrop"):
-        if getattr(t, "padding_mode", "constant") != "constant" or t.fill not in (0, None):
-            raise Unsupported(f"{name} with fill={t.fill!r} / padding_mode="
+    if name in ("Pad", "RandomCrop") and (getattr(t, "padding_mode", "constant") != "constant"
+                                          or t.fill not in (0, None)):
+        raise Unsupported(f"{name} with fill={t.fill!r} / padding_mode="
                               f"{getattr(t, 'padding_mode', None)!r}")
 
 
@@ -312,7 +312,7 @@ def _affine(t: Any, bound: float) -> Callable[[torch.Tensor], torch.Tensor]:
         raise Unsupported(f"{type(t).__name__}(fill={fill!r})")
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
+        n, _, h, w = x.shape
         angle = _uniform(n, t.degrees).double()
         tx = ty = torch.zeros(n, dtype=torch.float64)
         scale = torch.ones(n, dtype=torch.float64)

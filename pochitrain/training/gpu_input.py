@@ -186,7 +186,7 @@ class GpuLoader:
         self.dataset = _Samples(folder)
         self.cache, self.prefetch = cache, prefetch
         self.plan: Plan | None = None
-        why = "batched = False"
+        why: str | None = "batched = False"
         if batched:
             self.plan, why = compile_chain(ops)
         if self.plan is None:

@@ -116,7 +116,7 @@ def _weights(axis: Axis, start: torch.Tensor, width: torch.Tensor, n_in: int, n_
     else:
         stretch = (a.abs().clamp(min=1.0) if antialias else torch.ones_like(a))[:, None, None]
         support = _SUPPORT[mode] * stretch
-        taps = int(math.ceil(2 * float(support.max()))) + 2
+        taps = math.ceil(2 * float(support.max())) + 2
         j = ((centre - support + 0.5).floor() - start
              + torch.arange(taps, device=device, dtype=F64))  # (n, n_out, taps)
         d = ((start + j + 0.5 - centre) / stretch).abs()
