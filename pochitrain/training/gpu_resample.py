@@ -12,7 +12,7 @@ is copied into a zero-padded (n, Hwin, 3, Wwin) float buffer and resampled by tw
 matmuls whose weights are torchvision's antialiased filters (PIL's: a triangle for bilinear,
 Keys a=-0.5 for bicubic, stretched by the downscale factor, normalised, clipped to the image),
 so downscaling averages like the CPU pipeline. Images are sorted by window size and chunked so
-that a buffer stays under ``CHUNK_ELEMENTS`` floats.
+that a buffer stays under ``CHUNK_ELEMENTS`` floats and padding stays under about a third.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 CHUNK_ELEMENTS = 2**26  # floats per padded buffer (256 MiB): bounds memory for large images
+MIN_CHUNK = 16  # images per chunk before padding waste may start a new one (fewer launches)
 _SUPPORT = {"bilinear": 1.0, "bicubic": 2.0, "nearest": 0.5}
 F64 = torch.float64
 
@@ -153,17 +154,21 @@ def resample(images: list[torch.Tensor], geo: Geometry, out_h: int, out_w: int) 
     ys, hs = _windows(geo.y, out_h, geo.mode, geo.antialias)
     xs, ws = _windows(geo.x, out_w, geo.mode, geo.antialias)
     out = torch.empty(len(images), channels, out_h, out_w, device=device)
-    order = sorted(range(len(images)), key=lambda i: hs[i] * ws[i])
+    order = sorted(range(len(images)), key=lambda i: (hs[i] * ws[i], hs[i]))
     chunk: list[int] = []
+    area = 0
     for i in order + [-1]:
         if i >= 0:
             grown = chunk + [i]
             size = len(grown) * max(hs[k] for k in grown) * max(ws[k] for k in grown)
-            if not chunk or size * channels <= CHUNK_ELEMENTS:
-                chunk = grown
+            fits = size * channels <= CHUNK_ELEMENTS
+            # padding is computed too: start a new chunk when it would waste a third
+            wasteful = len(chunk) >= MIN_CHUNK and size > 1.5 * (area + hs[i] * ws[i])
+            if not chunk or (fits and not wasteful):
+                chunk, area = grown, area + hs[i] * ws[i]
                 continue
         _resample_chunk(images, geo, chunk, (ys, hs, xs, ws), out, channels)
-        chunk = [i]
+        chunk, area = [i], hs[i] * ws[i]
     return out
 
 
