@@ -211,7 +211,18 @@ class GpuBatches:
         self.device = device
         self.workers = workers or min(16, os.cpu_count() or 1)
         self.cuda = device.startswith("cuda")
-        self.jpeg_decoder = self._probe_nvjpeg() if self.cuda else "torchvision (CPU)"
+        self._decoder: list[str] = [] if self.cuda else ["torchvision (CPU)"]
+        if self.cuda:  # nvJPEG's start-up (~0.5 s) overlaps the model's warm-up
+            self._probe = threading.Thread(target=lambda: self._decoder.append(
+                self._probe_nvjpeg()), name="pochi-nvjpeg-probe", daemon=True)
+            self._probe.start()
+
+    @property
+    def jpeg_decoder(self) -> str:
+        """"nvJPEG", or why PIL decodes instead (known once the start-up probe is done)."""
+        if not self._decoder:
+            self._probe.join()
+        return self._decoder[0] if self._decoder else "PIL in threads (nvJPEG probe failed)"
 
     def _probe_nvjpeg(self) -> str:
         import io

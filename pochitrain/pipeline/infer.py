@@ -41,6 +41,9 @@ def infer(model_path: Path | str, data: Path | str | None = None,
     ``benchmark_json`` also writes ``benchmark_result.json`` (``bench.result_json``).
     """
     model_path = Path(model_path)
+    from pochitrain.plotting import preload
+
+    preload()  # the confusion matrix is drawn at the end: import matplotlib meanwhile
     options = torch_options(model_path, precision, channels_last, cuda_graph)
     out_dir = _check_output(output)
     model = open_model(model_path, config=config, device=device, providers=providers,
@@ -83,6 +86,9 @@ def infer(model_path: Path | str, data: Path | str | None = None,
                                       model.meta.num_classes, str(model.runner.device)))
     if bench is not None:
         files += bench.write(out_dir, result)
+    from pochitrain.plotting import wait_preload
+
+    wait_preload()
     return InferOutcome(out_dir, files, result)
 
 
