@@ -230,3 +230,23 @@ def test_loader_falls_back_per_image_and_says_so_once(photos: list[Image.Image],
         assert [int(b.images.shape[0]) for b in loader if b.images is not None] == [8, 4]
     said = capsys.readouterr().out
     assert said.count("image by image") == 1 and "GaussianBlur" in said
+
+
+def test_gpu_loaders_drop_the_last_train_batch_and_warm_up(
+        photos: list[Image.Image], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from types import SimpleNamespace
+
+    folder = scan_image_folder(_jpeg_folder(photos, tmp_path / "d"), "test",
+                               allow_unlabelled=False)
+    monkeypatch.setattr(G, "decide", lambda *a: (True, "test"))  # CUDA's path, on the CPU
+    settings = SimpleNamespace(gpu_input=True, gpu_input_cache=None, batch_size=1, seed=0)
+    state = torch.random.get_rng_state()
+    loaders = G.gpu_loaders(settings, folder, folder, "cpu", VAL, VAL)
+    assert loaders is not None and torch.equal(state, torch.random.get_rng_state())
+    train, val = loaders
+    assert train.drop_last and not val.drop_last  # 12 >= 8 full batches
+    assert "(train batched, val batched)" in capsys.readouterr().out
+    settings.batch_size = 5
+    train, _ = G.gpu_loaders(settings, folder, folder, "cpu", VAL, VAL)  # type: ignore[misc]
+    assert not train.drop_last and len(train) == 3

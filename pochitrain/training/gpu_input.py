@@ -380,7 +380,6 @@ def gpu_loaders(settings: Any, train: ImageFolder, val: ImageFolder, device: str
         if device.startswith("cuda") and choice == "auto":
             warn(f"GPU input not used ({why}): images are decoded by the CPU DataLoader.")
         return None
-    info("GPU input: JPEGs decoded by nvJPEG, transforms run on the GPU")
     cache_where = getattr(settings, "gpu_input_cache", None)
     loaders = []
     for split, folder, tf, shuffle in (("train", train, train_tf, True),
@@ -392,6 +391,9 @@ def gpu_loaders(settings: Any, train: ImageFolder, val: ImageFolder, device: str
         loaders.append(GpuLoader(folder, ops or [], batch_size=settings.batch_size,
                                  shuffle=shuffle, device=device, seed=settings.seed,
                                  cache=cache, drop_last=drop, split=split))
+    how = ", ".join(f"{split} {'batched' if lo.plan is not None else 'image by image'}"
+                    for split, lo in zip(("train", "val"), loaders, strict=True))
+    info(f"GPU input: JPEGs decoded by nvJPEG, transforms run on the GPU ({how})")
     for loader in loaders:
         loader.warm_up()
     return loaders[0], loaders[1]
