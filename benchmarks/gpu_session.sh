@@ -15,11 +15,14 @@ case "$step" in
   carry)
     cp -r .carry/. /root/carry/ && ls -la /root/carry ;;
   install)
-    cat /root/carry/ortgpu.part* > /root/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /root/ortgpu \
-      /root/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /root/site /root/carry/serve/*.whl
-    python3 -c "import onnxruntime as o; print(o.__version__, o.__file__, o.get_available_providers())"
+    if ls /root/carry/ortgpu.part* >/dev/null 2>&1; then
+      cat /root/carry/ortgpu.part* > /root/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl
+      python3 -m pip install -q --no-index --no-deps --no-compile --target /root/ortgpu \
+        /root/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl
+      python3 -c "import onnxruntime as o; print(o.__version__, o.__file__, o.get_available_providers())"
+    fi
+    wheels=$(ls /root/carry/serve/*.whl .carry/serve/*.whl 2>/dev/null)
+    [ -n "$wheels" ] && python3 -m pip install -q --no-index --no-deps --no-compile --target /root/site $wheels
     python3 -c "import fastapi, uvicorn, multipart; print('serve deps ok', fastapi.__version__)" ;;
   infer)
     python3 benchmarks/infer_gpu_bench.py --out "$OUT" 2>&1 | tee "$OUT/infer.log" ;;
