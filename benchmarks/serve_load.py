@@ -223,9 +223,10 @@ def _client_process(args: tuple[Any, ...]) -> dict[str, Any]:
         try:
             import uvloop
 
-            result = uvloop.run(_raw_clients(*rest))
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         except ImportError:
-            result = asyncio.run(_raw_clients(*rest))
+            pass
+        result = asyncio.run(_raw_clients(*rest))
     else:
         result = asyncio.run(_clients(*rest))
     result["cpu_s"] = time.process_time() - cpu

@@ -92,6 +92,8 @@ def worker_main(index: int, options: ServeOptions, settings: ServeSettings,
             if self.started:
                 conn.send(("ready", model.info()))
 
+    if "torch" in sys.modules:  # N processes x all cores of intra-op threads would thrash
+        sys.modules["torch"].set_num_threads(max(1, (os.cpu_count() or 1) // options.workers))
     # From here a late SIGTERM (the parent's, after Ctrl+C already stopped us) is ignored.
     signal.signal(signal.SIGTERM, lambda sig, frame: None)
     try:
@@ -100,8 +102,9 @@ def worker_main(index: int, options: ServeOptions, settings: ServeSettings,
         if server.started:
             conn.send(("stopped", app.state.batcher.batches, stopped_by))
         else:
-            conn.send(("error", PochiError, f"Worker {index} could not start serving (see "
-                       "the messages above).", None))
+            message = (f"ワーカー {index} がサーバーを起動できませんでした。\n"
+                       f"Worker {index} could not start serving (see the messages above).")
+            conn.send(("error", PochiError, message, None))
     finally:
         model.close()
     sys.exit(0 if server.started else 1)
