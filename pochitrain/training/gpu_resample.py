@@ -100,40 +100,44 @@ class Geometry:
         self.antialias = self.antialias and antialias is not False
 
 
-def _weights(axis: Axis, start: torch.Tensor, width: torch.Tensor, n_in: int, n_out: int,
-             mode: str, antialias: bool, device: Any) -> torch.Tensor:
-    """(n, n_out, n_in) float32 resample matrices; column j is source pixel start + j.
-
-    Only the taps inside each filter window are computed ((n, n_out, K), K ~ 2 * support *
-    stretch + 2) and scattered into the zero matrix."""
+def _taps(axis: Axis, start: list[int], width: list[int], n_out: int, mode: str,
+          antialias: bool, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The filter taps of every image: (N, n_out, K) window columns (int64) and float32
+    weights, K ~ 2 * support * downscale + 2; column j is source pixel start + j."""
     a, b = axis.a.to(device), axis.b.to(device)
-    start, width = start.to(device, F64)[:, None, None], width.to(device)[:, None, None]
+    start_t = torch.tensor(start, device=device, dtype=F64)[:, None, None]
+    width_t = torch.tensor(width, device=device)[:, None, None]
     o = torch.arange(n_out, device=device, dtype=F64) + 0.5
     centre = (a[:, None] * o[None] + b[:, None])[:, :, None]  # (n, n_out, 1) source coordinate
     if mode == "nearest":
         top = axis.src.to(device)[:, None, None] - 1
-        j = torch.minimum(centre.floor().clamp(min=0), top) - start
+        j = torch.minimum(centre.floor().clamp(min=0), top) - start_t
         w = torch.ones_like(j)
     else:
         stretch = (a.abs().clamp(min=1.0) if antialias else torch.ones_like(a))[:, None, None]
         support = _SUPPORT[mode] * stretch
         taps = math.ceil(2 * float(support.max())) + 2
-        j = ((centre - support + 0.5).floor() - start
+        j = ((centre - support + 0.5).floor() - start_t
              + torch.arange(taps, device=device, dtype=F64))  # (n, n_out, taps)
-        d = ((start + j + 0.5 - centre) / stretch).abs()
+        d = ((start_t + j + 0.5 - centre) / stretch).abs()
         if mode == "bilinear":
             w = (1.0 - d).clamp(min=0.0)
         else:  # Keys cubic, a = -0.5 (PIL, torchvision)
             inner = (1.5 * d - 2.5) * d * d + 1.0
             outer = ((-0.5 * d + 2.5) * d - 4.0) * d + 2.0
             w = torch.where(d < 1.0, inner, torch.where(d < 2.0, outer, torch.zeros_like(d)))
-    w = w * ((j >= 0) & (j < width))
+    w = w * ((j >= 0) & (j < width_t))
     total = w.sum(-1, keepdim=True)
     w = torch.where(total != 0, w / torch.where(total != 0, total, 1.0), 0.0)
     valid = (o[None] >= axis.lo.to(device)[:, None]) & (o[None] < axis.hi.to(device)[:, None])
-    w = (w * valid[:, :, None]).to(torch.float32)
-    dense = torch.zeros(len(w), n_out, n_in, device=device)
-    return dense.scatter_add_(2, j.clamp(0, n_in - 1).long(), w)
+    return j.clamp(min=0).long(), (w * valid[:, :, None]).to(torch.float32)
+
+
+def _matrix(taps: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor, n_in: int) -> Any:
+    """(n, n_out, n_in) resample matrices of the images ``rows`` (taps scattered)."""
+    j, w = taps[0][rows], taps[1][rows]
+    dense = torch.zeros(*j.shape[:2], n_in, device=w.device)
+    return dense.scatter_add_(2, j.clamp(max=n_in - 1), w)
 
 
 def _windows(axis: Axis, n_out: int, mode: str, antialias: bool) -> tuple[list[int], list[int]]:
@@ -154,6 +158,8 @@ def resample(images: list[torch.Tensor], geo: Geometry, out_h: int, out_w: int) 
     ys, hs = _windows(geo.y, out_h, geo.mode, geo.antialias)
     xs, ws = _windows(geo.x, out_w, geo.mode, geo.antialias)
     out = torch.empty(len(images), channels, out_h, out_w, device=device)
+    taps = (_taps(geo.y, ys, hs, out_h, geo.mode, geo.antialias, device),
+            _taps(geo.x, xs, ws, out_w, geo.mode, geo.antialias, device))
     order = sorted(range(len(images)), key=lambda i: (hs[i] * ws[i], hs[i]))
     chunk: list[int] = []
     area = 0
@@ -167,39 +173,30 @@ def resample(images: list[torch.Tensor], geo: Geometry, out_h: int, out_w: int) 
             if not chunk or (fits and not wasteful):
                 chunk, area = grown, area + hs[i] * ws[i]
                 continue
-        _resample_chunk(images, geo, chunk, (ys, hs, xs, ws), out, channels)
+        _resample_chunk(images, geo.mode, chunk, (ys, hs, xs, ws), taps, out)
         chunk, area = [i], hs[i] * ws[i]
     return out
 
 
-def _resample_chunk(images: list[torch.Tensor], geo: Geometry, chunk: list[int],
-                    win: tuple[list[int], ...], out: torch.Tensor, channels: int) -> None:
+def _resample_chunk(images: list[torch.Tensor], mode: str, chunk: list[int],
+                    win: tuple[list[int], ...], taps: Any, out: torch.Tensor) -> None:
     ys, hs, xs, ws = win
-    device = out.device
+    device, channels = out.device, int(out.shape[1])
     h_in, w_in = max(1, max(hs[k] for k in chunk)), max(1, max(ws[k] for k in chunk))
     buf = torch.zeros(len(chunk), h_in, channels, w_in, device=device)
     for row, k in enumerate(chunk):
         if hs[k] and ws[k]:
             src = images[k][:, ys[k]:ys[k] + hs[k], xs[k]:xs[k] + ws[k]]
             buf[row, :hs[k], :, :ws[k]].copy_(src.permute(1, 0, 2))
-    idx = torch.tensor(chunk)
-
-    def part(axis: Axis) -> Axis:
-        return Axis(*(getattr(axis, f)[idx] for f in ("src", "length", "a", "b", "lo", "hi")))
-
+    idx = torch.tensor(chunk, device=device)
     out_h, out_w = out.shape[-2:]
-    wy = _weights(part(geo.y), torch.tensor([ys[k] for k in chunk]),
-                  torch.tensor([hs[k] for k in chunk]), h_in, out_h, geo.mode, geo.antialias,
-                  device)
-    wx = _weights(part(geo.x), torch.tensor([xs[k] for k in chunk]),
-                  torch.tensor([ws[k] for k in chunk]), w_in, out_w, geo.mode, geo.antialias,
-                  device)
+    wy, wx = _matrix(taps[0], idx, h_in), _matrix(taps[1], idx, w_in)
     rows = torch.bmm(buf.view(len(chunk), h_in * channels, w_in), wx.transpose(1, 2))
     res = torch.bmm(wy, rows.view(len(chunk), h_in, channels * out_w))
     res = res.view(len(chunk), out_h, channels, out_w).permute(0, 2, 1, 3)
-    if geo.mode == "bicubic" and images[0].dtype == torch.uint8:
+    if mode == "bicubic" and images[0].dtype == torch.uint8:
         res = res.clamp(0.0, 255.0)  # cubic overshoots; torchvision clamps uint8 results
-    out[idx.to(device)] = res
+    out[idx] = res
 
 
 # ---- the axis-aligned ops, each (geo, transform) -> None, drawing its random parameters ----
