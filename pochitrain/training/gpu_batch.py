@@ -356,13 +356,14 @@ def _inverse_affine(centre: tuple[float, float], angle: torch.Tensor, tx: torch.
 def _warp(x: torch.Tensor, theta: torch.Tensor, mode: str, fill: Any) -> torch.Tensor:
     """torchvision's ``_gen_affine_grid`` + ``_apply_grid_transform`` for a batch."""
     n, c, h, w = x.shape
-    xs = torch.linspace(-w * 0.5 + 0.5, w * 0.5 - 0.5, w, dtype=torch.float64)
-    ys = torch.linspace(-h * 0.5 + 0.5, h * 0.5 - 0.5, h, dtype=torch.float64)
-    base = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w), torch.ones(h, w,
-                        dtype=torch.float64)], -1).view(1, h * w, 3)
+    dev, dt = x.device, x.dtype  # the grid is built where the images are (no host work)
+    xs = torch.linspace(-w * 0.5 + 0.5, w * 0.5 - 0.5, w, dtype=dt, device=dev)
+    ys = torch.linspace(-h * 0.5 + 0.5, h * 0.5 - 0.5, h, dtype=dt, device=dev)
+    base = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w),
+                        torch.ones(h, w, dtype=dt, device=dev)], -1).view(1, h * w, 3)
     scale = torch.tensor([0.5 * w, 0.5 * h], dtype=torch.float64)
-    grid = base.expand(n, -1, -1).bmm(theta.transpose(1, 2) / scale).view(n, h, w, 2)
-    grid = grid.to(x.device, x.dtype)
+    theta = (theta.transpose(1, 2) / scale).to(dev, dt)
+    grid = base.expand(n, -1, -1).bmm(theta).view(n, h, w, 2)
     if fill is None:
         return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
     values = [float(fill)] * c if isinstance(fill, (int, float)) else [float(v) for v in fill]
