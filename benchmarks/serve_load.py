@@ -334,7 +334,10 @@ def start_server(model: str, serve_args: str, port: int, log: Path) -> subproces
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
-def wait_healthy(url: str, proc: subprocess.Popen | None, timeout: float) -> None:
+def wait_healthy(url: str, proc: subprocess.Popen | None, timeout: float,
+                 log: Path | None = None) -> None:
+    """Until /api/v1/health answers and, for a server we started, its banner is out: with
+    --workers the banner waits for every worker, where one healthy answer does not."""
     import httpx
 
     end = time.monotonic() + timeout
@@ -342,7 +345,8 @@ def wait_healthy(url: str, proc: subprocess.Popen | None, timeout: float) -> Non
         if proc is not None and proc.poll() is not None:
             sys.exit(f"the server exited with {proc.returncode} before it was ready")
         try:
-            if httpx.get(f"{url}/api/v1/health", timeout=2).status_code == 200:
+            banner = log is None or "/api/v1/predict" in log.read_text(errors="replace")
+            if banner and httpx.get(f"{url}/api/v1/health", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -420,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     warmup = 2 * args.concurrency if args.warmup is None else args.warmup
     proc = None
     exit_code = None
+    log: Path | None = None
     if args.model:
         port = args.port or free_port()
         url = f"http://127.0.0.1:{port}"
@@ -428,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         url = args.url.rstrip("/")
     try:
-        wait_healthy(url, proc, args.ready_timeout)
+        wait_healthy(url, proc, args.ready_timeout, log if proc is not None else None)
         import httpx
 
         info = httpx.get(f"{url}/api/v1/model-info", timeout=10).json()
