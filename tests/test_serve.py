@@ -417,11 +417,18 @@ def test_workers_sigterm_drains_all_and_leaves_nothing(servers: dict[str, Server
     assert metrics_dir.is_dir()
 
     async def main() -> list[int]:
-        task = asyncio.ensure_future(_separate_connections(
-            server.url + PREDICT, images[0].read_bytes(), 8))
-        await asyncio.sleep(0.15)  # in flight: each model batch takes 300 ms
-        server.proc.send_signal(signal.SIGTERM)
-        return await task
+        clients = [httpx.AsyncClient(timeout=30) for _ in range(8)]
+        try:  # connections accepted first, so the requests are read before the SIGTERM
+            await asyncio.gather(*(c.get(server.url + "/api/v1/health") for c in clients))
+            tasks = [asyncio.ensure_future(c.post(
+                server.url + PREDICT, content=images[0].read_bytes(),
+                headers={"content-type": "image/png"})) for c in clients]
+            await asyncio.sleep(0.2)  # in flight: each model batch takes 300 ms
+            server.proc.send_signal(signal.SIGTERM)
+            return [r.status_code for r in await asyncio.gather(*tasks)]
+        finally:
+            for c in clients:
+                await c.aclose()
 
     assert asyncio.run(main()) == [200] * 8
     assert server.proc.wait(20) == 0
