@@ -155,7 +155,7 @@ def normalize_(batch: Any, preprocess: Preprocess) -> Any:
     return batch.mul_(scale).sub_(shift)
 
 
-def nvjpeg_reads_like_pil(data: bytes) -> bool:
+def nvjpeg_reads_like_pil(data: bytes | bytearray) -> bool:
     """False when nvJPEG would give other pixels than ``data.open_rgb``: an EXIF orientation
     to apply (nvJPEG ignores it), or more pixels than PIL's limit. Reads the header only."""
     from PIL import Image

@@ -22,7 +22,7 @@ class JpegHeader:
     orientation: int  # EXIF orientation, 1 (upright) when there is none
 
 
-def _orientation(exif: bytes) -> int:
+def _orientation(exif: bytes | bytearray) -> int:
     """The orientation tag of IFD0 in a TIFF block (the APP1 payload after 'Exif\\0\\0')."""
     if len(exif) < 8 or exif[:2] not in (b"II", b"MM"):
         return 1
@@ -42,7 +42,7 @@ def _orientation(exif: bytes) -> int:
     return 1
 
 
-def read_header(data: bytes) -> JpegHeader | None:
+def read_header(data: bytes | bytearray) -> JpegHeader | None:
     """Size and orientation of a baseline/progressive JPEG; None when the markers cannot be
     read (the caller then asks PIL)."""
     if data[:2] != b"\xff\xd8":
