@@ -99,3 +99,29 @@ def test_cpu_and_nearest_use_the_matmul_resize() -> None:
     to_batch([image], pp, out)
     ref = pp(_photo(3, 20, 14))
     assert np.abs(out[0].numpy() - ref).max() * 0.229 * 255 < 1.01
+
+
+@pytest.mark.parametrize("capability", [87, 89, 90])  # Jetson Orin, RTX 40, H100/H200
+def test_kernels_compile_to_gpu_code(capability: int, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """No GPU here: Triton compiles the real kernels down to a cubin for each target anyway,
+    which catches what the interpreter lets through (types, pointer arithmetic)."""
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from pochitrain.inference import resize_triton
+
+    for fn, final, out in ((resize_triton.horizontal, False, "*u8"),
+                           (resize_triton.vertical, True, "*fp32"),
+                           (resize_triton.horizontal, True, "*bf16")):
+        names = fn.arg_names
+        sig = {"src": "*u8", "img": "*i64", "start": "*i32", "coef": "*i32", "dst": out,
+               "norm": "*fp32", names[6]: "i32", names[7]: "i32", "TAPS": "constexpr",
+               "FINAL": "constexpr", "BLOCK_L": "constexpr", "BLOCK_O": "constexpr"}
+        consts = {"TAPS": 5, "FINAL": final, "BLOCK_L": 16, "BLOCK_O": 64}
+        kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts),
+                                target=GPUTarget("cuda", capability, 32))
+        assert len(kernel.asm["cubin"]) > 1000
+        assert f"sm_{capability}" in kernel.asm["ptx"]
