@@ -51,3 +51,17 @@ def test_big_endian_exif_and_oddities() -> None:
         assert img.getexif().get(0x0112) == 6
     assert read_header(b"\x89PNG\r\n\x1a\n") is None
     assert read_header(base[:20]) is None  # cut before the frame header
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "CMYK"])
+def test_colour_model_decides_who_decodes(mode: str) -> None:
+    """Grey and YCbCr JPEGs go to nvJPEG; CMYK ones (PIL writes them with an Adobe marker)
+    are left to PIL, whose CMYK -> RGB conversion the CPU pipeline uses."""
+    buf = io.BytesIO()
+    Image.new(mode, (40, 30)).save(buf, format="JPEG")
+    header = read_header(buf.getvalue())
+    assert header is not None
+    assert header.components == {"L": 1, "RGB": 3, "CMYK": 4}[mode]
+    assert header.plain_colour == (mode != "CMYK")
+    assert nvjpeg_reads_like_pil(buf.getvalue()) == (mode != "CMYK")
+    assert header.adobe_transform is None or mode == "CMYK"

@@ -157,7 +157,8 @@ def normalize_(batch: Any, preprocess: Preprocess) -> Any:
 
 def nvjpeg_reads_like_pil(data: bytes | bytearray) -> bool:
     """False when nvJPEG would give other pixels than ``data.open_rgb``: an EXIF orientation
-    to apply (nvJPEG ignores it), or more pixels than PIL's limit. Reads the header only."""
+    to apply (nvJPEG ignores it), CMYK / YCCK or RGB-coded colour (PIL converts those its own
+    way), or more pixels than PIL's limit. Reads the header only."""
     from PIL import Image
 
     from pochitrain.inference.jpeg_header import read_header
@@ -165,7 +166,8 @@ def nvjpeg_reads_like_pil(data: bytes | bytearray) -> bool:
     header = read_header(data)
     if header is not None:
         limit = Image.MAX_IMAGE_PIXELS
-        return header.orientation == 1 and (limit is None or header.width * header.height <= limit)
+        return (header.orientation == 1 and header.plain_colour
+                and (limit is None or header.width * header.height <= limit))
     try:  # markers we cannot read: ask PIL
         with Image.open(io.BytesIO(data)) as img:
             limit = Image.MAX_IMAGE_PIXELS

@@ -20,6 +20,16 @@ class JpegHeader:
     width: int
     height: int
     orientation: int  # EXIF orientation, 1 (upright) when there is none
+    components: int = 3  # 1 grey, 3 YCbCr (or RGB), 4 CMYK / YCCK
+    adobe_transform: int | None = None  # APP14 'Adobe' colour transform, when present
+
+    @property
+    def plain_colour(self) -> bool:
+        """Grey or YCbCr: what nvJPEG's RGB output and PIL's ``convert("RGB")`` agree on.
+        CMYK / YCCK (4 components) and RGB-coded JPEGs (Adobe transform 0) go to PIL."""
+        if self.components == 1:
+            return True
+        return self.components == 3 and self.adobe_transform != 0
 
 
 def _orientation(exif: bytes | bytearray) -> int:
@@ -47,7 +57,7 @@ def read_header(data: bytes | bytearray) -> JpegHeader | None:
     read (the caller then asks PIL)."""
     if data[:2] != b"\xff\xd8":
         return None
-    at, orientation, size = 2, 1, None
+    at, orientation, size, components, adobe = 2, 1, None, 3, None
     try:
         while at + 4 <= len(data):
             if data[at] != 0xFF:
@@ -66,6 +76,9 @@ def read_header(data: bytes | bytearray) -> JpegHeader | None:
             elif marker in _SOF and len(body) >= 5:
                 height, width = struct.unpack_from(">HH", body, 1)
                 size = (width, height)
+                components = body[5] if len(body) > 5 else 3
+            elif marker == 0xEE and body[:5] == b"Adobe" and len(body) >= 12:
+                adobe = body[11]
             elif marker == 0xDA:  # start of scan: the headers are over
                 break
             at += 2 + length
@@ -73,4 +86,4 @@ def read_header(data: bytes | bytearray) -> JpegHeader | None:
         return None
     if size is None:
         return None
-    return JpegHeader(size[0], size[1], orientation)
+    return JpegHeader(size[0], size[1], orientation, components, adobe)
