@@ -139,12 +139,17 @@ def test_calibration_batch_and_fixed_batch(exports: dict[int, Path], digits_dir:
 
 def test_accuracy_drop_over_the_limit_writes_nothing(exports: dict[int, Path], digits_dir: Path,
                                                      tmp_path: Path) -> None:
-    """Unlabelled folder: agreement with FP32 is the metric. An untrained network's logits are
-    nearly tied, so INT8 flips some top-1 answers: over a 0-point limit, nothing is kept."""
+    """Unlabelled folder: agreement with FP32 is the metric. On seeded noise images an
+    untrained network's logits are nearly tied, so INT8 flips several top-1 answers (5 of 60
+    measured; digits gave none with onnxruntime 1.32): over a 0-point limit, nothing is kept."""
+    from PIL import Image
+
     flat = tmp_path / "flat"
     flat.mkdir()
-    for path in sorted((digits_dir / "val").rglob("*.png"))[::3]:
-        shutil.copy(path, flat / f"{path.parent.name}_{path.name}")
+    rng = np.random.default_rng(0)
+    for i in range(180):
+        noise = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(flat / f"noise_{i:03d}.png")
     onnx_path = _copy(exports[1], tmp_path)
     with pytest.raises(VerificationError) as err:
         _prepare(onnx_path, flat, max_accuracy_drop=0.0)
