@@ -53,7 +53,7 @@ def preload() -> None:
     if not _preloading:
         def load() -> None:
             use_cjk_font()
-            import matplotlib.backends.backend_agg  # noqa: F401
+            import matplotlib.backends.backend_agg
             import matplotlib.figure  # noqa: F401
 
         _preloading.append(threading.Thread(target=load, name="pochi-preload-mpl",

@@ -68,8 +68,8 @@ def test_every_pixel_equals_pil(tmp_path: Path, digits_dir: Path) -> None:
     paths.append(next((digits_dir / "val" / "3").glob("*.png")))
     args = json.dumps([[str(p) for p in paths], [c.to_dict() for c in CASES]])
     env = dict(os.environ, TRITON_INTERPRET="1")
-    done = subprocess.run([sys.executable, "-c", CHECK, args], capture_output=True, text=True,
-                          env=env, timeout=300)
+    done = subprocess.run([sys.executable, "-c", CHECK, args], check=False, capture_output=True,
+                          text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     worst = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(worst) == len(CASES)

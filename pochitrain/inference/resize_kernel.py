@@ -36,7 +36,7 @@ _BLOCK_R = 16
 def triton_available() -> bool:
     """True when Triton imports and can compile for this machine's GPU."""
     try:
-        import triton  # noqa: F401
+        import triton
         import triton.language  # noqa: F401
     except Exception:  # noqa: BLE001 - any import problem: use the matmul resize
         return False
@@ -52,7 +52,7 @@ def supports(preprocess: Preprocess) -> bool:
 def taps(in_len: int, out_len: int, mode: str) -> int:
     """Window length PIL allocates for one output pixel (``ksize``)."""
     support = _SUPPORT[mode] * max(in_len / out_len, 1.0)
-    return int(math.ceil(support)) * 2 + 1
+    return math.ceil(support) * 2 + 1
 
 
 def window_bounds(in_len: int, out_len: int, first: int, last: int,

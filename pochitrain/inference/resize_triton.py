@@ -1,7 +1,6 @@
 """The two Triton kernels of ``resize_kernel`` (separate so that importing that module does
 not import Triton)."""
 
-# ruff: noqa: ANN001, ANN202 - Triton kernels: parameters are pointers and constexprs
 from __future__ import annotations
 
 import triton
