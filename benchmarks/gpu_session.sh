@@ -32,9 +32,10 @@ case "$step" in
       a="--device cuda --no-access-log --max-batch 64 --max-wait-ms 2"
       case $mode in *gpu_pipeline) a="$a --pipeline gpu" ;; esac
       case $mode in workers8*) a="$a --workers 8" ;; esac
-      [ $mode = mb1 ] && a="--device cuda --no-access-log --max-batch 1"
+      n=12000
+      [ $mode = mb1 ] && a="--device cuda --no-access-log --max-batch 1" && n=3000
       timeout 200 python3 benchmarks/serve_load.py --prepare /tmp/serve_bench --serve-args="$a" \
-        --concurrency 64 --procs 4 --requests 12000 --label $mode --json "$OUT/serve_$mode.json" 2>&1 | tail -5
+        --concurrency 64 --procs 4 --requests $n --label $mode --json "$OUT/serve_$mode.json" 2>&1 | tail -5
     done ;;
   train)
     python3 benchmarks/train_bench.py "${@:2}" --out "$OUT" 2>&1 | tee "$OUT/train.log" ;;
