@@ -185,6 +185,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/pochi_train_bench")
     ap.add_argument("--out", default="benchmarks/train_bench.json")
     ap.add_argument("--models", default="resnet18,resnet50")
+    ap.add_argument("--inputs", default="cpu,gpu", help="which inputs: cpu, gpu or both")
     ap.add_argument("--transforms-only", action="store_true",
                     help="time the transform stage alone (batched vs per image), no training")
     args = ap.parse_args()
@@ -206,7 +207,7 @@ def main() -> None:
     n_gpus = torch.cuda.device_count()
     results = []
     for model in args.models.split(","):
-        for gpu_input in (False, True):
+        for gpu_input in [i == "gpu" for i in args.inputs.split(",")]:
             cases = [1, 2] if gpu_input and n_gpus >= 2 else [1]
             if not gpu_input and n_gpus >= 2 and model == "resnet18":
                 cases = [1, 2]

@@ -44,6 +44,8 @@ PIPELINES = ("auto", "cpu", "gpu")
 _TORCH_MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest-exact"}
 _DONE = object()
 EXIF_ORIENTATION = 0x0112
+READ_GROUP = 32  # files per read task
+READ_THREADS = 4
 
 Item = tuple[Any, list[Path], list[int], list[Path]]  # (batch or None, paths, labels, skipped)
 
@@ -178,6 +180,30 @@ def nvjpeg_reads_like_pil(data: bytes | bytearray) -> bool:
         return False
 
 
+def read_threads() -> int:
+    """Threads that read files. Reading a cached file takes microseconds and holds the GIL
+    for most of them: many threads mostly fight over it, so few are used (measured in
+    ``benchmarks/read_probe.py``); ``POCHI_READ_THREADS`` overrides."""
+    env = os.environ.get("POCHI_READ_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else min(READ_THREADS, os.cpu_count() or 1)
+
+
+def map_grouped(pool: ThreadPoolExecutor, fn: Any, items: list[Any]) -> Iterator[Any]:
+    """``fn`` over ``items`` in order, ``READ_GROUP`` items per pool task (a hand-off per file
+    costs more than reading a cached file)."""
+    def run(part: list[Any]) -> list[Any]:
+        return [fn(x) for x in part]
+
+    futures = [pool.submit(run, items[i:i + READ_GROUP])
+               for i in range(0, len(items), READ_GROUP)]
+    for fut in futures:
+        yield from fut.result()
+
+
+def _read_group(paths: list[Path]) -> list[tuple[str, Any]]:
+    return [_read(p) for p in paths]
+
+
 def _read(path: Path) -> tuple[str, Any]:
     """('jpeg', bytes) for nvJPEG, ('rgb', HWC uint8 array) decoded by PIL, or ('bad', None)."""
     try:
@@ -211,7 +237,7 @@ class GpuBatches:
         self._torch = torch
         self.preprocess = preprocess
         self.device = device
-        self.workers = workers or min(16, os.cpu_count() or 1)
+        self.workers = workers or read_threads()
         self.cuda = device.startswith("cuda")
         self._decoder: list[str] = [] if self.cuda else ["torchvision (CPU)"]
         if self.cuda:  # nvJPEG's start-up (~0.5 s) overlaps the model's warm-up
@@ -327,22 +353,28 @@ class GpuBatches:
 
     def _chunks(self, pool: ThreadPoolExecutor, samples: list[tuple[Path, int]],
                 batch_size: int) -> Iterator[list[tuple[Path, int, str, Any]]]:
-        ahead = max(2 * batch_size, self.workers)
-        pending: deque[tuple[Path, int, Future[tuple[str, Any]]]] = deque()
-        it = iter(samples)
+        """Chunks of ``batch_size`` read files, in order; files are read in groups (one pool
+        task per group) a few batches ahead."""
+        ahead = max(2 * batch_size, self.workers * READ_GROUP)  # files in flight
+        pending: deque[tuple[list[tuple[Path, int]], Future[list[tuple[str, Any]]]]] = deque()
+        starts = iter(range(0, len(samples), READ_GROUP))
+        queued = 0
+        chunk: list[tuple[Path, int, str, Any]] = []
         while True:
-            while len(pending) < ahead:
-                nxt = next(it, None)
-                if nxt is None:
-                    break
-                pending.append((nxt[0], nxt[1], pool.submit(_read, nxt[0])))
+            while queued < ahead and (start := next(starts, None)) is not None:
+                part = samples[start:start + READ_GROUP]
+                pending.append((part, pool.submit(_read_group, [p for p, _ in part])))
+                queued += len(part)
             if not pending:
+                if chunk:
+                    yield chunk
                 return
-            chunk: list[tuple[Path, int, str, Any]] = []
-            while pending and len(chunk) < batch_size:
-                path, label, fut = pending.popleft()
-                chunk.append((path, label, *fut.result()))
-            yield chunk
+            part, fut = pending.popleft()
+            queued -= len(part)
+            chunk += [(path, label, *got) for (path, label), got in zip(part, fut.result())]
+            while len(chunk) >= batch_size:
+                yield chunk[:batch_size]
+                chunk = chunk[batch_size:]
 
     def __call__(self, samples: list[tuple[Path, int]], batch_size: int) -> Iterator[Item]:
         """Two stages, each in its own thread on its own CUDA stream, one batch ahead each:

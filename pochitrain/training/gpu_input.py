@@ -37,6 +37,7 @@ import torch
 
 from pochitrain.data import ImageFolder, open_rgb
 from pochitrain.errors import ConfigError, DataError
+from pochitrain.inference.gpu_preprocess import read_threads
 from pochitrain.training.data import Batch
 from pochitrain.training.gpu_batch import Plan, compile_chain
 
@@ -134,11 +135,15 @@ def decode(paths: list[Path], device: str, pool: ThreadPoolExecutor) -> list[Any
     import_torchvision()  # without TorchDynamo's import cost
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    from pochitrain.inference.gpu_preprocess import is_complete_jpeg, nvjpeg_reads_like_pil
+    from pochitrain.inference.gpu_preprocess import (
+        is_complete_jpeg,
+        map_grouped,
+        nvjpeg_reads_like_pil,
+    )
 
     out: list[Any] = [None] * len(paths)
     jpeg_i, jpeg_data = [], []
-    for i, (data, path) in enumerate(pool.map(_read, paths)):
+    for i, (data, path) in enumerate(map_grouped(pool, _read, paths)):
         if data is not None and is_complete_jpeg(data) and nvjpeg_reads_like_pil(data):
             jpeg_i.append(i)
             jpeg_data.append(torch.frombuffer(bytearray(data), dtype=torch.uint8))
@@ -196,7 +201,7 @@ class GpuLoader:
         self.generator = torch.Generator()
         if seed is not None:
             self.generator.manual_seed(seed)
-        self.pool = ThreadPoolExecutor(threads or min(16, os.cpu_count() or 1))
+        self.pool = ThreadPoolExecutor(threads or read_threads())
 
     def resharded(self, sampler: Any, batch_size: int, drop_last: bool = False) -> GpuLoader:
         new = GpuLoader.__new__(GpuLoader)
@@ -356,7 +361,7 @@ def build_cache(folder: ImageFolder, where: str, device: str, split: str) -> lis
                         "'gpu', or resize the images on disk first.")
     target = device if where == "gpu" else "cpu"
     out: list[Any] = []
-    with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(read_threads()) as pool:
         paths = [p for p, _ in folder.samples]
         for start in range(0, len(paths), 256):
             for im in decode(paths[start:start + 256], device, pool):
