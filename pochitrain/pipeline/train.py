@@ -183,7 +183,8 @@ def _setup(settings: Settings, data: _Data, device: str) -> Any:
         scheduler=T.build_scheduler(settings.scheduler, settings.scheduler_params, optimizer),
         stopper=T.EarlyStopping(**settings.early_stopping) if settings.early_stopping else None,
         precision=precision, device=device, epochs=settings.epochs,
-        scaler=precision.grad_scaler(device), non_blocking=settings.gpu_non_blocking)
+        scaler=precision.grad_scaler(device), non_blocking=settings.gpu_non_blocking,
+        input_size=list(_preprocess(settings).input_size))
 
 
 def _epoch_extras(settings: Settings) -> Any:

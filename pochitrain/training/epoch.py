@@ -143,3 +143,31 @@ def stop_on_ctrl_c(on_first: Callable[[], None] | None = None) -> Iterator[threa
         yield event
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def warm_up(model: nn.Module, input_size: list[int], batch_sizes: list[int], device: str, *,
+            amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> float:
+    """Seconds spent running the model once per batch shape on zeros (forward + backward),
+    so that cuDNN's autotuning and the lazy loading of CUDA kernels happen before epoch 1
+    is timed. Nothing the training uses changes: BatchNorm runs in eval mode (its running
+    statistics stay), gradients are cleared, the optimizer is not touched, and the DDP
+    wrapper is bypassed (no gradient all-reduce)."""
+    net = getattr(model, "module", model)
+    was_training = net.training
+    start = time.perf_counter()
+    net.eval()
+    try:
+        for n in dict.fromkeys(batch_sizes):  # each shape once, in order
+            x = torch.zeros((n, 3, *input_size), device=device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.split(":")[0], dtype=amp_dtype or torch.float32,
+                                enabled=amp_dtype is not None):
+                out = net(x)
+            out.float().sum().backward()
+    finally:
+        net.zero_grad(set_to_none=True)
+        net.train(was_training)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start

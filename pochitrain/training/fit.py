@@ -16,7 +16,7 @@ from typing import Any
 
 from pochitrain.console import info, make_progress, warn
 from pochitrain.errors import DataError
-from pochitrain.training.epoch import EpochStats, run_epoch, stop_on_ctrl_c
+from pochitrain.training.epoch import EpochStats, run_epoch, stop_on_ctrl_c, warm_up
 from pochitrain.training.metrics import EpochRow, MetricsLog
 
 
@@ -69,6 +69,7 @@ class FitSetup:
     distributed: Any = None  # training.distributed.Distributed when run as several ranks
     non_blocking: bool | None = None  # config gpu_non_blocking (None: on with CUDA)
     observer: Any = None  # training.observers.RunObserver (confusion log, TensorBoard, ...)
+    input_size: list[int] | None = None  # (H, W): on CUDA, the model is warmed up first
 
 
 @dataclass
@@ -131,6 +132,13 @@ def fit(setup: FitSetup, keeper: CheckpointKeeper, log: MetricsLog,
     amp = {"amp_dtype": s.precision.amp_dtype, "channels_last": s.precision.channels_last,
            "non_blocking": s.non_blocking}
     watch = s.observer
+    if s.input_size is not None and s.device.startswith("cuda"):
+        sizes = [getattr(s.train_loader, "batch_size", None), getattr(s.val_loader,
+                                                                      "batch_size", None)]
+        seconds = warm_up(s.model, s.input_size, [n for n in sizes if n], s.device,
+                          amp_dtype=s.precision.amp_dtype,
+                          channels_last=s.precision.channels_last)
+        info(f"warm-up (cuDNN autotuning, CUDA kernel loading): {seconds:.1f} s")
     with stop_on_ctrl_c(lambda: warn("Ctrl+C: stopping after this batch "
                                      "(press again to abort now)")) as stop, \
             make_progress(progress, kind="loss") as bars:

@@ -1,0 +1,27 @@
+"""training.epoch.warm_up: runs the model once per batch shape and leaves no trace."""
+
+from __future__ import annotations
+
+import torch
+from torchvision.models import resnet18
+
+from pochitrain.training.epoch import warm_up
+
+
+def test_warm_up_changes_nothing_the_training_uses() -> None:
+    torch.manual_seed(0)
+    model = resnet18(num_classes=3)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # a forward in train mode first, so that BN statistics have moved from their start
+    model(torch.randn(4, 3, 32, 32)).sum().backward()
+    stats = {k: v.clone() for k, v in model.state_dict().items()}
+    assert not torch.equal(stats["bn1.running_mean"], before["bn1.running_mean"])
+
+    seconds = warm_up(model, [32, 32], [4, 2, 4], "cpu")
+
+    assert seconds > 0
+    assert model.training
+    after = model.state_dict()
+    assert all(torch.equal(after[k], stats[k]) for k in stats)  # weights, BN stats, counters
+    assert all(p.grad is None for p in model.parameters())
