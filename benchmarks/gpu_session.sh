@@ -40,21 +40,20 @@ case "$step" in
   train)
     python3 benchmarks/train_bench.py "${@:2}" --out "$OUT" 2>&1 | tee "$OUT/train.log" ;;
   round)
-    # one call's worth: inference (input stage, e2e, command profile), the read stage and
-    # its thread count, training with GPU input, then serving; at most 8 files into $OUT
-    timeout 150 python3 benchmarks/infer_gpu_bench.py --out "$OUT" --skip 3 4 5 > "$OUT/infer.log" 2>&1
-    rm -f "$OUT/infer_gpu.md"; grep -v '^  ' "$OUT/infer.log" | cut -c1-400 | tail -8
+    # one call's worth: serving, inference (input stage, e2e), the read thread count, then
+    # training with GPU input; at most 8 files into $OUT
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /root/site .carry/serve/*.whl
+    timeout 260 bash "$0" serve
+    python3 -c "import json,glob,sys; json.dump({f: json.load(open(f)) for f in sorted(glob.glob(sys.argv[1]+'/serve_*.json'))}, open(sys.argv[1]+'/serve.json','w'), indent=1)" "$OUT"
+    rm -f "$OUT"/serve_*.json; cp /tmp/pochi_serve_*.log "$OUT/" 2>/dev/null; ls "$OUT"
+    timeout 100 python3 benchmarks/infer_gpu_bench.py --out "$OUT" --skip 3 4 5 6 > "$OUT/infer.log" 2>&1
+    rm -f "$OUT/infer_gpu.md"; grep -v '^  ' "$OUT/infer.log" | cut -c1-600 | tail -4
     for t in 1 16; do
       POCHI_READ_THREADS=$t timeout 60 python3 benchmarks/infer_gpu_bench.py --out /tmp/t$t \
         --skip 2 3 4 5 6 > /dev/null 2>&1
       echo "read threads $t: $(grep -o '"pipeline_img_s": [0-9.]*' /tmp/t$t/infer_gpu.json)"
     done
-    timeout 40 python3 benchmarks/read_probe.py --json "$OUT/read.json" | tr -d '\n'; echo
     timeout 120 python3 benchmarks/train_bench.py --models resnet18,resnet50 --inputs gpu \
-      --out "$OUT/train.json" > "$OUT/train.log" 2>&1; grep '^|' "$OUT/train.log"
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /root/site .carry/serve/*.whl
-    timeout 240 bash "$0" serve
-    python3 -c "import json,glob,sys; json.dump({f: json.load(open(f)) for f in sorted(glob.glob(sys.argv[1]+'/serve_*.json'))}, open(sys.argv[1]+'/serve.json','w'), indent=1)" "$OUT"
-    rm -f "$OUT"/serve_*.json ;;
+      --out "$OUT/train.json" > "$OUT/train.log" 2>&1; grep '^|' "$OUT/train.log" ;;
   *) echo "unknown step $step"; exit 2 ;;
 esac

@@ -133,3 +133,17 @@ def test_batched_resize_reproduces_pil_across_groups(interpolation: str) -> None
     got = resize_batch(tensors, pp, out, budget=budget).numpy()
     diff = np.abs(got - want)
     assert diff.max() <= 1.0 and (diff > 0).mean() < 0.01
+
+
+def test_quick_gil_handoff_is_scoped_and_nests() -> None:
+    import sys
+
+    from pochitrain.inference.gpu_preprocess import SWITCH_INTERVAL, quick_gil_handoff
+
+    before = sys.getswitchinterval()
+    with quick_gil_handoff():
+        assert sys.getswitchinterval() == min(before, SWITCH_INTERVAL)
+        with quick_gil_handoff():  # a second pipeline in the same process (serve)
+            pass
+        assert sys.getswitchinterval() == min(before, SWITCH_INTERVAL)
+    assert sys.getswitchinterval() == before

@@ -37,7 +37,7 @@ import torch
 
 from pochitrain.data import ImageFolder, open_rgb
 from pochitrain.errors import ConfigError, DataError
-from pochitrain.inference.gpu_preprocess import read_threads
+from pochitrain.inference.gpu_preprocess import quick_gil_handoff, read_threads
 from pochitrain.training.data import Batch
 from pochitrain.training.gpu_batch import Plan, compile_chain
 
@@ -230,11 +230,12 @@ class GpuLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         chunks = self._chunks()
-        if self.prefetch <= 0:
-            for chunk in chunks:
-                yield self._batch(chunk)
-            return
-        yield from _prefetched(self, chunks)
+        with quick_gil_handoff():  # the readers and the prefetch thread beside the training
+            if self.prefetch <= 0:
+                for chunk in chunks:
+                    yield self._batch(chunk)
+                return
+            yield from _prefetched(self, chunks)
 
     def _batch(self, chunk: list[int]) -> Batch:
         samples = self.folder.samples
