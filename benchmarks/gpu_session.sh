@@ -45,7 +45,7 @@ case "$step" in
     python3 -m pip install -q --no-index --no-deps --no-compile --target /root/site .carry/serve/*.whl
     timeout 260 bash "$0" serve
     python3 -c "import json,glob,sys; json.dump({f: json.load(open(f)) for f in sorted(glob.glob(sys.argv[1]+'/serve_*.json'))}, open(sys.argv[1]+'/serve.json','w'), indent=1)" "$OUT"
-    rm -f "$OUT"/serve_*.json; cp /tmp/pochi_serve_*.log "$OUT/" 2>/dev/null; ls "$OUT"
+    rm -f "$OUT"/serve_*.json; tail -n 4 /tmp/pochi_serve_*.log > "$OUT/serve_logs.txt" 2>&1
     timeout 100 python3 benchmarks/infer_gpu_bench.py --out "$OUT" --skip 3 4 5 6 > "$OUT/infer.log" 2>&1
     rm -f "$OUT/infer_gpu.md"; grep -v '^  ' "$OUT/infer.log" | cut -c1-600 | tail -4
     for t in 1 16; do
