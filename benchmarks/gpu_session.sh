@@ -28,7 +28,7 @@ case "$step" in
     python3 benchmarks/infer_gpu_bench.py --out "$OUT" 2>&1 | tee "$OUT/infer.log" ;;
   serve)
     # batched (PIL decode, then the GPU pipeline), unbatched, then 8 server processes of each
-    for mode in workers8 workers8_gpu_pipeline batched mb1 batched_gpu_pipeline; do
+    for mode in ${SERVE_MODES:-workers8 workers8_gpu_pipeline batched mb1 batched_gpu_pipeline}; do
       a="--device cuda --no-access-log --max-batch 64 --max-wait-ms 2"
       case $mode in *gpu_pipeline) a="$a --pipeline gpu" ;; esac
       case $mode in workers8*) a="$a --workers 8" ;; esac
@@ -43,17 +43,17 @@ case "$step" in
     # one call's worth: serving, inference (input stage, e2e), the read thread count, then
     # training with GPU input; at most 8 files into $OUT
     python3 -m pip install -q --no-index --no-deps --no-compile --target /root/site .carry/serve/*.whl
-    timeout 250 bash "$0" serve
+    SERVE_MODES="workers8 batched mb1 workers8_gpu_pipeline" timeout 200 bash "$0" serve
     python3 -c "import json,glob,sys; json.dump({f: json.load(open(f)) for f in sorted(glob.glob(sys.argv[1]+'/serve_*.json'))}, open(sys.argv[1]+'/serve.json','w'), indent=1)" "$OUT"
     rm -f "$OUT"/serve_*.json; tail -n 4 /tmp/pochi_serve_*.log > "$OUT/serve_logs.txt" 2>&1
-    timeout 130 python3 benchmarks/infer_gpu_bench.py --out "$OUT" --skip 3 5 6 > "$OUT/infer.log" 2>&1
+    timeout 70 python3 benchmarks/infer_gpu_bench.py --out "$OUT" --skip 3 4 5 6 > "$OUT/infer.log" 2>&1
     rm -f "$OUT/infer_gpu.md"; grep -v '^  ' "$OUT/infer.log" | cut -c1-700 | tail -6
     for t in 1; do
       POCHI_READ_THREADS=$t timeout 40 python3 benchmarks/infer_gpu_bench.py --out /tmp/t$t \
         --skip 2 3 4 5 6 > /dev/null 2>&1
       echo "read threads $t: $(grep -o '"pipeline_img_s": [0-9.]*' /tmp/t$t/infer_gpu.json)"
     done
-    timeout 100 python3 benchmarks/train_bench.py --models resnet18,resnet50 --inputs gpu \
+    timeout 90 python3 benchmarks/train_bench.py --models resnet18,resnet50 --inputs gpu \
       --out "$OUT/train.json" > "$OUT/train.log" 2>&1; grep '^|' "$OUT/train.log" ;;
   *) echo "unknown step $step"; exit 2 ;;
 esac
