@@ -201,7 +201,7 @@ class GpuLoader:
         self.generator = torch.Generator()
         if seed is not None:
             self.generator.manual_seed(seed)
-        self.pool = ThreadPoolExecutor(threads or read_threads())
+        self.pool = ThreadPoolExecutor(threads or read_threads("training"))
 
     def resharded(self, sampler: Any, batch_size: int, drop_last: bool = False) -> GpuLoader:
         new = GpuLoader.__new__(GpuLoader)
@@ -362,7 +362,7 @@ def build_cache(folder: ImageFolder, where: str, device: str, split: str) -> lis
                         "'gpu', or resize the images on disk first.")
     target = device if where == "gpu" else "cpu"
     out: list[Any] = []
-    with ThreadPoolExecutor(read_threads()) as pool:
+    with ThreadPoolExecutor(read_threads("training")) as pool:
         paths = [p for p, _ in folder.samples]
         for start in range(0, len(paths), 256):
             for im in decode(paths[start:start + 256], device, pool):
