@@ -135,10 +135,13 @@ def fit(setup: FitSetup, keeper: CheckpointKeeper, log: MetricsLog,
     if s.input_size is not None and s.device.startswith("cuda"):
         sizes = [getattr(s.train_loader, "batch_size", None), getattr(s.val_loader,
                                                                       "batch_size", None)]
-        seconds = warm_up(s.model, s.input_size, [n for n in sizes if n], s.device,
-                          amp_dtype=s.precision.amp_dtype,
-                          channels_last=s.precision.channels_last)
-        info(f"warm-up (cuDNN autotuning, CUDA kernel loading): {seconds:.1f} s")
+        try:
+            seconds = warm_up(s.model, s.input_size, [n for n in sizes if n], s.device,
+                              amp_dtype=s.precision.amp_dtype,
+                              channels_last=s.precision.channels_last)
+            info(f"warm-up (cuDNN autotuning, CUDA kernel loading): {seconds:.1f} s")
+        except Exception as exc:  # noqa: BLE001 - only a speed-up: training decides
+            warn(f"warm-up skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
     with stop_on_ctrl_c(lambda: warn("Ctrl+C: stopping after this batch "
                                      "(press again to abort now)")) as stop, \
             make_progress(progress, kind="loss") as bars:
