@@ -4,7 +4,12 @@
 #   install          join the onnxruntime-gpu parts, install it and the serve wheels into /root
 #   infer|serve|train  run that benchmark, results into $OUT (infer: also serve, if time)
 # Wheels are installed with --target and put first on PYTHONPATH; the machine's own torch,
-# torchvision and CPU onnxruntime stay as they are.
+# torchvision and CPU onnxruntime stay as they are. .carry/serve (8.8 MB, not committed) is
+# made here with `pip download --no-deps --only-binary=:all: --python-version 3.12
+# --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform any` of:
+# fastapi starlette opentelemetry-api pydantic pydantic-core annotated-types
+# typing-inspection uvicorn python-multipart httptools websockets uvloop prometheus-client
+# httpx httpcore h11 anyio sniffio idna certifi typing-extensions (the versions of the venv).
 set -uo pipefail
 step=${1:?step}
 OUT=${OUT:-/tmp/out}
