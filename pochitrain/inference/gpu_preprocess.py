@@ -221,17 +221,15 @@ def read_threads(use: str = "inference") -> int:
 def map_grouped(pool: ThreadPoolExecutor, fn: Any, items: list[Any]) -> Iterator[Any]:
     """``fn`` over ``items`` in order, ``READ_GROUP`` items per pool task (a hand-off per file
     costs more than reading a cached file)."""
-    def run(part: list[Any]) -> list[Any]:
-        return [fn(x) for x in part]
-
-    futures = [pool.submit(run, items[i:i + READ_GROUP])
+    futures = [pool.submit(_each, fn, items[i:i + READ_GROUP])
                for i in range(0, len(items), READ_GROUP)]
     for fut in futures:
         yield from fut.result()
 
 
-def _read_group(paths: list[Path]) -> list[tuple[str, Any]]:
-    return [_read(p) for p in paths]
+def _each(fn: Any, part: list[Any]) -> list[Any]:
+    """One pool task of :func:`map_grouped` and of ``GpuBatches._chunks``."""
+    return [fn(x) for x in part]
 
 
 def _read(path: Path) -> tuple[str, Any]:
@@ -393,7 +391,7 @@ class GpuBatches:
         while True:
             while queued < ahead and (start := next(starts, None)) is not None:
                 part = samples[start:start + READ_GROUP]
-                pending.append((part, pool.submit(_read_group, [p for p, _ in part])))
+                pending.append((part, pool.submit(_each, _read, [p for p, _ in part])))
                 queued += len(part)
             if not pending:
                 if chunk:

@@ -133,8 +133,8 @@ def fit(setup: FitSetup, keeper: CheckpointKeeper, log: MetricsLog,
            "non_blocking": s.non_blocking}
     watch = s.observer
     if s.input_size is not None and s.device.startswith("cuda"):
-        sizes = [getattr(s.train_loader, "batch_size", None), getattr(s.val_loader,
-                                                                      "batch_size", None)]
+        sizes = [getattr(loader, "batch_size", None) for loader in (s.train_loader,
+                                                                     s.val_loader)]
         try:
             seconds = warm_up(s.model, s.input_size, [n for n in sizes if n], s.device,
                               amp_dtype=s.precision.amp_dtype,
