@@ -21,6 +21,7 @@ upsampling differ slightly from libjpeg's. Top-1 agreement is measured in
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import queue
@@ -85,7 +86,7 @@ def resolve_pipeline(pipeline: str, device: str, preprocess: Preprocess) -> tupl
     return "gpu", "CUDA available"
 
 
-def is_complete_jpeg(data: bytes | bytearray) -> bool:
+def is_complete_jpeg(data: bytes | bytearray | memoryview) -> bool:
     """Starts with SOI and ends with EOI (zero padding allowed): safe to hand to nvJPEG."""
     if data[:3] != b"\xff\xd8\xff":
         return False
@@ -95,7 +96,7 @@ def is_complete_jpeg(data: bytes | bytearray) -> bool:
     return data[end - 2:end] == b"\xff\xd9"
 
 
-def read_file(path: Path) -> bytearray:
+def read_file_python(path: Path) -> bytearray:
     """The file's bytes in a writable buffer (``torch.frombuffer`` shares it, no copy)."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
@@ -105,6 +106,40 @@ def read_file(path: Path) -> bytearray:
             del buf[got:]
             buf += f.read()
     return buf
+
+
+@functools.lru_cache(maxsize=1)
+def _native_read() -> Any:
+    """torchvision's C++ ``read_file`` op, or None where torchvision has no image ops."""
+    try:
+        import torch
+
+        from pochitrain.fastimport import import_torchvision
+
+        import_torchvision()
+        return torch.ops.image.read_file
+    except Exception:  # noqa: BLE001 - no compiled image ops: Python reads the files
+        return None
+
+
+def read_file(path: Path) -> Any:
+    """The file's bytes as a 1-D uint8 CPU tensor (what nvJPEG takes, no copy).
+
+    torchvision's C++ reader opens, reads and closes the file under one release of the GIL;
+    Python's reads release and retake it for each system call, which beside busy threads
+    costs far more than the read (2 cores: 18,600 against 5,900 files/s beside one thread
+    running Python, ``benchmarks/read_probe.py``). Python reads the rest: empty or
+    unreadable files (the OSError is raised from there), names C++ cannot take."""
+    import torch
+
+    native = _native_read()
+    if native is not None:
+        try:
+            return native(os.fspath(path))
+        except Exception:  # noqa: BLE001 - Python's read gives the verdict (OSError or bytes)
+            pass
+    buf = read_file_python(path)
+    return torch.frombuffer(buf, dtype=torch.uint8) if buf else torch.empty(0, dtype=torch.uint8)
 
 
 def resize_crop(image: Any, preprocess: Preprocess) -> Any:
@@ -161,7 +196,7 @@ def normalize_(batch: Any, preprocess: Preprocess) -> Any:
     return batch.mul_(scale).sub_(shift)
 
 
-def nvjpeg_reads_like_pil(data: bytes | bytearray) -> bool:
+def nvjpeg_reads_like_pil(data: bytes | bytearray | memoryview) -> bool:
     """False when nvJPEG would give other pixels than ``data.open_rgb``: an EXIF orientation
     to apply (nvJPEG ignores it), CMYK / YCCK or RGB-coded colour (PIL converts those its own
     way), or more pixels than PIL's limit. Reads the header only."""
@@ -220,11 +255,11 @@ def read_threads(use: str = "inference") -> int:
 
 def map_grouped(pool: ThreadPoolExecutor, fn: Any, items: list[Any]) -> Iterator[Any]:
     """``fn`` over ``items`` in order, ``READ_GROUP`` items per pool task (a hand-off per file
-    costs more than reading a cached file)."""
+    costs more than reading a cached file). Every task is submitted now, before the first
+    result is asked for, so a caller can start the reads of its next batch early."""
     futures = [pool.submit(_each, fn, items[i:i + READ_GROUP])
                for i in range(0, len(items), READ_GROUP)]
-    for fut in futures:
-        yield from fut.result()
+    return (x for fut in futures for x in fut.result())
 
 
 def _each(fn: Any, part: list[Any]) -> list[Any]:
@@ -233,12 +268,14 @@ def _each(fn: Any, part: list[Any]) -> list[Any]:
 
 
 def _read(path: Path) -> tuple[str, Any]:
-    """('jpeg', bytes) for nvJPEG, ('rgb', HWC uint8 array) decoded by PIL, or ('bad', None)."""
+    """('jpeg', uint8 tensor of the file) for nvJPEG, ('rgb', HWC uint8 array) decoded by PIL,
+    or ('bad', None)."""
     try:
         data = read_file(path)
     except OSError:
         return "bad", None
-    if is_complete_jpeg(data) and nvjpeg_reads_like_pil(data):
+    view = memoryview(data.numpy())
+    if is_complete_jpeg(view) and nvjpeg_reads_like_pil(view):
         return "jpeg", data
     image = open_rgb(path)
     return ("bad", None) if image is None else ("rgb", np.asarray(image))
@@ -298,15 +335,18 @@ class GpuBatches:
         return (f"gpu (decode: {self.jpeg_decoder}; resize/crop/normalize on {self.device}: "
                 f"{resize_path(self.preprocess, self.device)})")
 
-    def _decode_many(self, datas: list[bytes]) -> list[Any]:
+    def _decode_many(self, datas: list[Any]) -> list[Any]:
+        """nvJPEG over file contents: uint8 tensors (from :func:`read_file`) or bytes."""
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        tensors = [self._torch.frombuffer(d if isinstance(d, bytearray) else bytearray(d),
-                                          dtype=self._torch.uint8) for d in datas]
+        torch = self._torch
+        tensors = [d if isinstance(d, torch.Tensor) else
+                   torch.frombuffer(d if isinstance(d, bytearray) else bytearray(d),
+                                    dtype=torch.uint8) for d in datas]
         out = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=self.device)
         return list(out)
 
-    def _decode_jpegs(self, datas: list[bytes], paths: list[Path]) -> list[Any]:
+    def _decode_jpegs(self, datas: list[Any], paths: list[Path]) -> list[Any]:
         """Decoded (3, h, w) uint8 tensors; None where neither nvJPEG nor PIL can decode."""
         if not datas:
             return []

@@ -32,7 +32,7 @@ class JpegHeader:
         return self.components == 3 and self.adobe_transform != 0
 
 
-def _orientation(exif: bytes | bytearray) -> int:
+def _orientation(exif: bytes | bytearray | memoryview) -> int:
     """The orientation tag of IFD0 in a TIFF block (the APP1 payload after 'Exif\\0\\0')."""
     if len(exif) < 8 or exif[:2] not in (b"II", b"MM"):
         return 1
@@ -52,7 +52,7 @@ def _orientation(exif: bytes | bytearray) -> int:
     return 1
 
 
-def read_header(data: bytes | bytearray) -> JpegHeader | None:
+def read_header(data: bytes | bytearray | memoryview) -> JpegHeader | None:
     """Size and orientation of a baseline/progressive JPEG; None when the markers cannot be
     read (the caller then asks PIL)."""
     if data[:2] != b"\xff\xd8":

@@ -112,13 +112,6 @@ def decide(choice: Any, device: str, transforms: dict[str, Any]) -> tuple[bool, 
     return True, "CUDA and every transform has a GPU equivalent"
 
 
-def _read(path: Path) -> tuple[bytes | None, Path]:
-    try:
-        return path.read_bytes(), path
-    except OSError:
-        return None, path
-
-
 def _pil_tensor(path: Path) -> torch.Tensor | None:
     import numpy as np
 
@@ -128,27 +121,28 @@ def _pil_tensor(path: Path) -> torch.Tensor | None:
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
 
 
-def decode(paths: list[Path], device: str, pool: ThreadPoolExecutor) -> list[Any]:
-    """uint8 (3, H, W) tensors on ``device`` (None where the file cannot be read)."""
+def decode(paths: list[Path], device: str, pool: ThreadPoolExecutor,
+           reads: Iterator[tuple[str, Any]] | None = None) -> list[Any]:
+    """uint8 (3, H, W) tensors on ``device`` (None where the file cannot be decoded).
+    ``reads``: the files' ``gpu_preprocess._read`` results, when already started
+    (``GpuLoader._reads``, one batch ahead)."""
     from pochitrain.fastimport import import_torchvision
 
     import_torchvision()  # without TorchDynamo's import cost
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    from pochitrain.inference.gpu_preprocess import (
-        is_complete_jpeg,
-        map_grouped,
-        nvjpeg_reads_like_pil,
-    )
+    from pochitrain.inference.gpu_preprocess import _read, map_grouped
 
     out: list[Any] = [None] * len(paths)
     jpeg_i, jpeg_data = [], []
-    for i, (data, path) in enumerate(map_grouped(pool, _read, paths)):
-        if data is not None and is_complete_jpeg(data) and nvjpeg_reads_like_pil(data):
+    for i, (kind, payload) in enumerate(reads if reads is not None
+                                        else map_grouped(pool, _read, paths)):
+        if kind == "jpeg":
             jpeg_i.append(i)
-            jpeg_data.append(torch.frombuffer(bytearray(data), dtype=torch.uint8))
-        else:
-            out[i] = path
+            jpeg_data.append(payload)
+        elif kind == "rgb":  # decoded by PIL in the reading thread
+            out[i] = torch.from_numpy(payload.copy()).permute(2, 0, 1).contiguous().to(
+                device, non_blocking=True)
     if jpeg_data:
         try:
             images = decode_jpeg(jpeg_data, mode=ImageReadMode.RGB, device=device)
@@ -237,14 +231,22 @@ class GpuLoader:
                 return
             yield from _prefetched(self, chunks)
 
-    def _batch(self, chunk: list[int]) -> Batch:
+    def _reads(self, chunk: list[int]) -> Iterator[tuple[str, Any]] | None:
+        """Start reading the files of ``chunk`` (None when the images are cached)."""
+        if self.cache is not None:
+            return None
+        from pochitrain.inference.gpu_preprocess import _read, map_grouped
+
+        return map_grouped(self.pool, _read, [self.folder.samples[i][0] for i in chunk])
+
+    def _batch(self, chunk: list[int], reads: Iterator[tuple[str, Any]] | None = None) -> Batch:
         samples = self.folder.samples
         if self.cache is not None:
             images = [self.cache[i] for i in chunk]
             images = [None if im is None else im.to(self.device, non_blocking=True)
                       for im in images]
         else:
-            images = decode([samples[i][0] for i in chunk], self.device, self.pool)
+            images = decode([samples[i][0] for i in chunk], self.device, self.pool, reads)
         good = [(im, samples[i][1]) for im, i in zip(images, chunk, strict=True)
                 if im is not None]
         skipped = [i for im, i in zip(images, chunk, strict=True) if im is None]
@@ -291,10 +293,13 @@ def _prefetched(loader: GpuLoader, chunks: list[list[int]]) -> Iterator[Batch]:
         try:
             ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
             with ctx:
-                for chunk in chunks:
+                ahead = loader._reads(chunks[0]) if chunks else None
+                for k, chunk in enumerate(chunks):
                     if stop.is_set():
                         return
-                    batch = loader._batch(chunk)
+                    reads = ahead  # the next batch's files are read while this one is made
+                    ahead = loader._reads(chunks[k + 1]) if k + 1 < len(chunks) else None
+                    batch = loader._batch(chunk, reads)
                     event = None
                     if stream is not None:
                         event = torch.cuda.Event()
