@@ -3,6 +3,7 @@ CPU (PIL) path, resize within a grey level, and --pipeline resolution with clear
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +148,35 @@ def test_quick_gil_handoff_is_scoped_and_nests() -> None:
             pass
         assert abs(sys.getswitchinterval() - min(before, SWITCH_INTERVAL)) < 1e-9
     assert sys.getswitchinterval() == before
+
+
+def test_read_file_gives_the_bytes_whatever_reads_them(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchvision's C++ reader and Python's reads give the same tensor; Python takes over
+    for empty files and names C++ cannot take, and a missing file is an OSError."""
+    from pochitrain.inference.gpu_preprocess import read_file, read_file_python
+
+    _photo(3, 50, 40).save(tmp_path / "x.jpg")
+    odd = Path(os.fsdecode(b"\xff\xfe.jpg"))  # not UTF-8: std::string cannot take it
+    (tmp_path / odd).write_bytes((tmp_path / "x.jpg").read_bytes())
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    want = bytes(read_file_python(tmp_path / "x.jpg"))
+    for reader in ("native", "python"):
+        monkeypatch.setenv("POCHI_READER", reader)
+        for name in ("x.jpg", odd):
+            got = read_file(tmp_path / name)
+            assert got.dtype == torch.uint8 and bytes(got.numpy()) == want
+        assert read_file(tmp_path / "empty.jpg").numel() == 0
+        with pytest.raises(OSError):
+            read_file(tmp_path / "missing.jpg")
+
+
+def test_read_threads_setting(monkeypatch: pytest.MonkeyPatch,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    from pochitrain.inference.gpu_preprocess import READ_THREADS, read_threads
+
+    monkeypatch.setenv("POCHI_READ_THREADS", "3")
+    assert read_threads("training") == 3
+    monkeypatch.setenv("POCHI_READ_THREADS", "many")
+    assert read_threads("inference") == min(READ_THREADS["inference"], os.cpu_count() or 1)
+    assert "POCHI_READ_THREADS='many'" in capsys.readouterr().out

@@ -129,15 +129,14 @@ def read_file(path: Path) -> Any:
     Python's reads release and retake it for each system call, which beside busy threads
     costs far more than the read (2 cores: 18,600 against 5,900 files/s beside one thread
     running Python, ``benchmarks/read_probe.py``). Python reads the rest: empty or
-    unreadable files (the OSError is raised from there), names C++ cannot take."""
+    unreadable files (the OSError is raised from there), names C++ cannot take, and every
+    file under ``POCHI_READER=python`` (to compare the two)."""
     import torch
 
-    native = _native_read()
+    native = _native_read() if os.environ.get("POCHI_READER", "") != "python" else None
     if native is not None:
-        try:
+        with contextlib.suppress(Exception):  # Python's read gives the verdict below
             return native(os.fspath(path))
-        except Exception:  # noqa: BLE001 - Python's read gives the verdict (OSError or bytes)
-            pass
     buf = read_file_python(path)
     return torch.frombuffer(buf, dtype=torch.uint8) if buf else torch.empty(0, dtype=torch.uint8)
 
@@ -248,9 +247,20 @@ def read_threads(use: str = "inference") -> int:
     """Threads that read files. Reading a cached file takes microseconds and holds the GIL
     for most of them: many threads mostly fight over it, so few are used (measured in
     ``benchmarks/read_probe.py``); ``POCHI_READ_THREADS`` overrides."""
-    env = os.environ.get("POCHI_READ_THREADS", "")
-    return int(env) if env.isdigit() and int(env) > 0 else min(READ_THREADS[use],
-                                                                  os.cpu_count() or 1)
+    env = os.environ.get("POCHI_READ_THREADS", "").strip()
+    if env:
+        if env.isdigit() and int(env) > 0:
+            return int(env)
+        if env not in _warned:
+            from pochitrain.console import warn
+
+            _warned.add(env)
+            warn(f"POCHI_READ_THREADS={env!r} is not a positive whole number; ignored "
+                 f"(using {READ_THREADS[use]}).")
+    return min(READ_THREADS[use], os.cpu_count() or 1)
+
+
+_warned: set[str] = set()
 
 
 def map_grouped(pool: ThreadPoolExecutor, fn: Any, items: list[Any]) -> Iterator[Any]:
