@@ -87,6 +87,7 @@ case "$step" in
     spy pipe_files --gil -- python3 benchmarks/gil_probe.py pipeline --passes 6
     grep '"probe"' $S/pipe_files.log > $S/probes.jsonl
     python3 benchmarks/gil_probe.py pipeline --reads memory --passes 6 >> $S/probes.jsonl
+    POCHI_READER=python python3 benchmarks/gil_probe.py pipeline --passes 4 | sed 's/"probe": "pipeline"/"probe": "pipeline python reads"/' >> $S/probes.jsonl
     POCHI_READ_THREADS=2 python3 benchmarks/gil_probe.py pipeline --passes 4 >> $S/probes.jsonl
     python3 benchmarks/gil_probe.py pipeline --batch 64 --passes 4 >> $S/probes.jsonl
     for pb in "1 256" "2 256" "1 64" "4 64"; do set -- $pb
