@@ -9,6 +9,7 @@ part of the results.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections import deque
@@ -130,29 +131,39 @@ def run_inference(runner: Runner, folder: ImageFolder, preprocess: Preprocess,
         def batches(s: list[tuple[Path, int]], n: int) -> Iterator[Any]:
             return iter_batches(s, preprocess, n)
 
-    # Warm-up on the first decodable batch: excluded from timing and from the results.
-    if warmup_runs > 0:
-        for batch, *_ in batches(samples[: batch_size * 4], batch_size):
-            if batch is not None:
-                for _ in range(warmup_runs):
-                    runner.run(batch)
-                result.warmup_samples = warmup_runs * len(batch)
-                break
+    # One pass over the data. The model warms up on the first decodable batch before the clock
+    # starts, while the input pipeline goes on preparing the next batches; the warm-up runs
+    # are not part of the results, that batch is (it runs again in the timed loop).
+    items = iter(batches(samples, batch_size))
+    early: list[tuple[Any, list[Path], list[int], list[Path]]] = []
+    try:
+        if warmup_runs > 0:
+            for item in items:
+                early.append(item)
+                if item[0] is not None:
+                    for _ in range(warmup_runs):
+                        runner.run(item[0])
+                    result.warmup_samples = warmup_runs * len(item[0])
+                    break
 
-    from pochitrain.console import progress_bar
+        from pochitrain.console import progress_bar
 
-    start = time.perf_counter()
-    with progress_bar(progress, f"inference ({runner.name})", len(samples)) as advance:
-        for batch, paths, labels, skipped in batches(samples, batch_size):
-            result.skipped.extend(skipped)
-            if batch is not None:
-                logits, pure = runner.run(batch)
-                probs = softmax(logits)
-                result.pure_seconds += pure
-                result.preds.extend(int(i) for i in probs.argmax(axis=1))
-                result.confidences.extend(float(p) for p in probs.max(axis=1))
-                result.paths.extend(paths)
-                result.labels.extend(labels)
-            advance(len(paths) + len(skipped))
+        start = time.perf_counter()
+        with progress_bar(progress, f"inference ({runner.name})", len(samples)) as advance:
+            for batch, paths, labels, skipped in itertools.chain(early, items):
+                result.skipped.extend(skipped)
+                if batch is not None:
+                    logits, pure = runner.run(batch)
+                    probs = softmax(logits)
+                    result.pure_seconds += pure
+                    result.preds.extend(int(i) for i in probs.argmax(axis=1))
+                    result.confidences.extend(float(p) for p in probs.max(axis=1))
+                    result.paths.extend(paths)
+                    result.labels.extend(labels)
+                advance(len(paths) + len(skipped))
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
     result.e2e_seconds = time.perf_counter() - start
     return result
