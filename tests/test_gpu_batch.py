@@ -250,3 +250,56 @@ def test_gpu_loaders_drop_the_last_train_batch_and_warm_up(
     settings.batch_size = 5
     train, _ = G.gpu_loaders(settings, folder, folder, "cpu", VAL, VAL)  # type: ignore[misc]
     assert not train.drop_last and len(train) == 3
+
+
+BANDED_CHECK = r"""
+import json, sys
+import numpy as np, torch
+from PIL import Image
+from torchvision import transforms as T
+from pochitrain.training import gpu_batch as B, gpu_input as G, gpu_resample as R
+paths = json.loads(sys.argv[1])
+images = [torch.from_numpy(np.asarray(Image.open(p).convert("RGB")).copy()).permute(2, 0, 1)
+          .contiguous() for p in paths]
+worst = []
+assert R._use_banded(images, "bilinear")
+for chain in (T.Compose([T.RandomResizedCrop(24, scale=(0.2, 1.0)), T.RandomHorizontalFlip(),
+                         T.RandomVerticalFlip()]),
+              T.Compose([T.Resize(30, interpolation=T.InterpolationMode.BICUBIC),
+                         T.CenterCrop(26)]),
+              T.Compose([T.Resize(260), T.RandomCrop(250, padding=5)])):
+    plan, why = B.compile_chain(G.map_transforms(chain)[0])
+    got = []
+    for banded in (True, False):
+        R._banded_broken[:] = [] if banded else ["off"]
+        torch.manual_seed(3)
+        got.append(plan(images))
+    assert R._banded_broken == ["off"]
+    d = (got[0] - got[1]).abs() * 255  # grey levels
+    worst.append([float(d.max()), float(d.mean())])
+print(json.dumps(worst))
+"""
+
+
+def test_banded_kernels_agree_with_the_matmul_resample(photos: list[Image.Image],
+                                                       tmp_path: Path) -> None:
+    """The Triton kernels (run by Triton's interpreter on the CPU) give the matmul resample's
+    pixels within a few grey levels (mean under half a level), flips, crops, padding and
+    upscales included."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    paths = []
+    for i, im in enumerate(photos[:3]):
+        paths.append(str(tmp_path / f"{i}.png"))
+        im.save(paths[-1])
+    done = subprocess.run([sys.executable, "-c", BANDED_CHECK, json.dumps(paths)],
+                          capture_output=True, text=True, timeout=300, check=False,
+                          env=dict(os.environ, TRITON_INTERPRET="1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    worst = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(worst) == 3
+    for max_diff, mean_diff in worst:  # a uint8 intermediate (PIL's) against float matmuls
+        assert max_diff <= 3.0 and mean_diff < 0.5, worst
