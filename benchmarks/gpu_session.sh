@@ -99,6 +99,9 @@ case "$step" in
     spy train18 --gil --subprocesses -- python3 benchmarks/train_bench.py --models resnet18 --inputs gpu \
       --out $S/train.json
     grep '^|' $S/train18.log
+    for r in banded matmul; do [ $r = matmul ] && export POCHI_GPU_RESIZE=matmul
+      timeout 60 python3 benchmarks/train_bench.py --transforms-only --out $S/transforms_$r.json 2>&1 | grep '^|' | tail -3; done
+    unset POCHI_GPU_RESIZE
     spy serve --gil --subprocesses -- python3 benchmarks/serve_load.py --prepare /tmp/serve_bench \
       --serve-args="--device cuda --no-access-log --max-batch 64 --max-wait-ms 2 --pipeline gpu --workers 8" \
       --concurrency 64 --procs 4 --requests 12000 --json $S/serve8.json
