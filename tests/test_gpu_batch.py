@@ -267,7 +267,7 @@ for chain in (T.Compose([T.RandomResizedCrop(24, scale=(0.2, 1.0)), T.RandomHori
                          T.RandomVerticalFlip()]),
               T.Compose([T.Resize(30, interpolation=T.InterpolationMode.BICUBIC),
                          T.CenterCrop(26)]),
-              T.Compose([T.Resize(260), T.RandomCrop(250, padding=5)])):
+              T.Compose([T.Resize(90), T.RandomCrop(84, padding=5)])):
     plan, why = B.compile_chain(G.map_transforms(chain)[0])
     got = []
     for banded in (True, False):
