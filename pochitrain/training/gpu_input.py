@@ -260,11 +260,13 @@ class GpuLoader:
         return Batch(x, y, skipped)
 
     def warm_up(self) -> None:
-        """Decode one image and transform it once, so that nvJPEG's start and the first
-        kernels' loading are not counted in the first epoch (the RNG state is kept)."""
+        """Decode and transform one full batch, so that nvJPEG's start, the first kernels'
+        loading and the Triton kernels' compilation (the tap counts a full batch needs) are
+        not counted in the first epoch (the RNG state is kept)."""
+        n = min(self.batch_size, len(self.folder.samples))
         with torch.random.fork_rng(devices=[]):
-            for i in range(min(8, len(self.folder.samples))):
-                if self._batch([i]).images is not None:
+            for start in range(0, min(len(self.folder.samples), 8 * n), n):
+                if self._batch(list(range(start, start + n))).images is not None:
                     break
         if self.device.startswith("cuda"):
             torch.cuda.synchronize(self.device)
