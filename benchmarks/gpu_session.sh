@@ -96,7 +96,7 @@ case "$step" in
     spy e2e18 --gil -- python3 benchmarks/gil_probe.py e2e --model resnet18 --passes 3
     grep '"probe"' $S/e2e50.log $S/e2e18.log >> $S/probes.jsonl
     cat $S/probes.jsonl
-    spy train18 --gil --subprocesses -- python3 benchmarks/train_bench.py --models resnet18 --inputs gpu \
+    spy train18 --gil --subprocesses -- python3 benchmarks/train_bench.py --models resnet18,resnet50 --inputs gpu \
       --out $S/train.json
     grep '^|' $S/train18.log
     for r in banded matmul; do [ $r = matmul ] && export POCHI_GPU_RESIZE=matmul
