@@ -75,23 +75,12 @@ case "$step" in
         spy() { local name=$1; shift; while [[ $1 == --* ]]; do shift; done
           timeout 150 "$@" > $S/$name.log 2>&1; }; }
     python3 -c "import sys; sys.path.insert(0,'benchmarks'); from gpu_bench import make_images; from pathlib import Path; make_images(Path('/tmp/pochi_infer_bench'), 2000)"
-    for i in 1 2; do python3 -X importtime -c "import torch" 2> /tmp/imp.txt; done
-    sort -t'|' -k2 -n /tmp/imp.txt | tail -25 > $S/import_torch.txt
-    python3 -X importtime -c "import pochitrain.cli.main" 2> /tmp/imp2.txt; sort -t'|' -k2 -n /tmp/imp2.txt | tail -8 >> $S/import_torch.txt
-    python3 benchmarks/gil_probe.py e2e --model resnet18 --passes 1 > /dev/null 2>&1  # the models
-    M=/tmp/gil_probe_models/resnet18/models/resnet18.pth
-    for i in 1 2 3; do /usr/bin/time -f "pochi infer wall %e s" python3 -m pochitrain.cli.main infer $M \
-      --data /tmp/pochi_infer_bench -o /tmp/cmd$i --quiet 2>&1 | tail -1; done | tee $S/commands.txt
-    python3 -m pochitrain.cli.main infer $M --data /tmp/pochi_infer_bench -o /tmp/cmd_v > $S/infer_out.txt 2>&1
-    spy infer_idle --idle -- python3 -m pochitrain.cli.main infer $M --data /tmp/pochi_infer_bench -o /tmp/cmd9 --quiet
     spy pipe_files --gil -- python3 benchmarks/gil_probe.py pipeline --passes 6
     grep '"probe"' $S/pipe_files.log > $S/probes.jsonl
     python3 benchmarks/gil_probe.py pipeline --reads memory --passes 6 >> $S/probes.jsonl
     POCHI_READER=python python3 benchmarks/gil_probe.py pipeline --passes 4 | sed 's/"probe": "pipeline"/"probe": "pipeline python reads"/' >> $S/probes.jsonl
     POCHI_READ_THREADS=2 python3 benchmarks/gil_probe.py pipeline --passes 4 >> $S/probes.jsonl
     python3 benchmarks/gil_probe.py pipeline --batch 64 --passes 4 >> $S/probes.jsonl
-    for pb in "1 256" "2 256" "1 64" "4 64"; do set -- $pb
-      timeout 60 python3 benchmarks/gil_probe.py decode --procs $1 --batch $2 --passes 4 >> $S/probes.jsonl; done
     spy e2e50 --gil -- python3 benchmarks/gil_probe.py e2e --model resnet50 --passes 3
     spy e2e18 --gil -- python3 benchmarks/gil_probe.py e2e --model resnet18 --passes 3
     grep '"probe"' $S/e2e50.log $S/e2e18.log >> $S/probes.jsonl
@@ -107,6 +96,17 @@ case "$step" in
       --concurrency 64 --procs 4 --requests 12000 --json $S/serve8.json
     timeout 100 python3 benchmarks/serve_load.py --prepare /tmp/serve_bench \
       --serve-args="--device cuda --no-access-log --max-batch 64 --max-wait-ms 2 --pipeline gpu --workers 12" \
-      --concurrency 64 --procs 4 --requests 12000 --json $S/serve12.json 2>&1 | tail -3 ;;
+      --concurrency 64 --procs 4 --requests 12000 --json $S/serve12.json 2>&1 | tail -3
+    for i in 1 2; do python3 -X importtime -c "import torch" 2> /tmp/imp.txt; done
+    sort -t'|' -k2 -n /tmp/imp.txt | tail -25 > $S/import_torch.txt
+    python3 -X importtime -c "import pochitrain.cli.main" 2> /tmp/imp2.txt; sort -t'|' -k2 -n /tmp/imp2.txt | tail -8 >> $S/import_torch.txt
+    M=/tmp/gil_probe_models/resnet18/models/resnet18.pth
+    for i in 1 2 3; do python3 -c "import subprocess as s, sys, time; t = time.time(); s.run(sys.argv[1:]); print('pochi infer wall', round(time.time() - t, 2), 's')" \
+      python3 -m pochitrain.cli.main infer $M --data /tmp/pochi_infer_bench -o /tmp/cmd$i --quiet 2>&1 | tail -1; done | tee $S/commands.txt
+    python3 -m pochitrain.cli.main infer $M --data /tmp/pochi_infer_bench -o /tmp/cmd_v > $S/infer_out.txt 2>&1
+    spy infer_idle --idle -- python3 -m pochitrain.cli.main infer $M --data /tmp/pochi_infer_bench -o /tmp/cmd9 --quiet
+    for pb in "1 256" "2 256"; do set -- $pb
+      timeout 60 python3 benchmarks/gil_probe.py decode --procs $1 --batch $2 --passes 4 >> $S/probes.jsonl; done
+    cat $S/probes.jsonl | tail -3 ;;
   *) echo "unknown step $step"; exit 2 ;;
 esac
