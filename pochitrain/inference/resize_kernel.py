@@ -239,4 +239,4 @@ def _bucket(n_taps: int) -> int:
     for b in (1, 3, 5, 7, 9, 13, 17, 25, 33):
         if n_taps <= b:
             return b
-    return n_taps
+    return -(-n_taps // 32) * 32

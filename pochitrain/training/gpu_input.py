@@ -37,7 +37,7 @@ import torch
 
 from pochitrain.data import ImageFolder, open_rgb
 from pochitrain.errors import ConfigError, DataError
-from pochitrain.inference.gpu_preprocess import quick_gil_handoff, read_threads
+from pochitrain.inference.gpu_preprocess import _read, map_grouped, quick_gil_handoff, read_threads
 from pochitrain.training.data import Batch
 from pochitrain.training.gpu_batch import Plan, compile_chain
 
@@ -130,8 +130,6 @@ def decode(paths: list[Path], device: str, pool: ThreadPoolExecutor,
 
     import_torchvision()  # without TorchDynamo's import cost
     from torchvision.io import ImageReadMode, decode_jpeg
-
-    from pochitrain.inference.gpu_preprocess import _read, map_grouped
 
     out: list[Any] = [None] * len(paths)
     jpeg_i, jpeg_data = [], []
@@ -235,8 +233,6 @@ class GpuLoader:
         """Start reading the files of ``chunk`` (None when the images are cached)."""
         if self.cache is not None:
             return None
-        from pochitrain.inference.gpu_preprocess import _read, map_grouped
-
         return map_grouped(self.pool, _read, [self.folder.samples[i][0] for i in chunk])
 
     def _batch(self, chunk: list[int], reads: Iterator[tuple[str, Any]] | None = None) -> Batch:

@@ -205,12 +205,13 @@ def _use_banded(images: list[torch.Tensor], mode: str) -> bool:
 
 def _fixed_point(taps: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The kernels' form of ``_taps``: the first window pixel per output pixel (int32,
-    relative to the image's window), 22-bit fixed-point weights (int32, PIL's rounding) and their count, rounded
-    up so that a few compiled variants serve every scale."""
+    relative to the image's window), 22-bit fixed-point weights (int32, PIL's rounding) and
+    their count, rounded up as the inference kernels round it."""
+    from pochitrain.inference.resize_kernel import _bucket
+
     j, w = taps
     n_taps = int(w.shape[-1])
-    bucket = next((b for b in (3, 5, 7, 9, 13, 17, 25, 33) if n_taps <= b),
-                  -(-n_taps // 32) * 32)
+    bucket = _bucket(n_taps)
     coef = torch.trunc(w.double() * float(1 << 22) + torch.where(w < 0, -0.5, 0.5))
     coef = torch.nn.functional.pad(coef, (0, bucket - n_taps)).to(torch.int32).contiguous()
     return j[..., 0].to(torch.int32).contiguous(), coef, bucket
@@ -222,6 +223,7 @@ def _banded(images: list[torch.Tensor], win: tuple[list[int], ...], taps: Any,
     only its filter window, straight from the decoded images (the inference pipeline's
     kernels, ``inference/resize_triton.py``). A uint8 intermediate (PIL's clip8) between the
     passes: results within 2-3 grey levels of the float matmuls, 0.3 on average."""
+    from pochitrain.inference.resize_kernel import _BLOCK_R, _BLOCK_X
     from pochitrain.inference.resize_triton import horizontal, vertical
 
     ys, hs, xs, _ = win
@@ -240,10 +242,10 @@ def _banded(images: list[torch.Tensor], win: tuple[list[int], ...], taps: Any,
     sx, cx, t_x = _fixed_point(taps[1])
     norm = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0], device=device)  # values stay 0..255
     tmp = torch.empty((n, 3, span, out_w), dtype=torch.uint8, device=device)
-    blocks = {"BLOCK_L": 16, "BLOCK_O": 64}
-    horizontal[(n * 3, -(-span // 16), -(-out_w // 64))](
+    blocks = {"BLOCK_L": _BLOCK_R, "BLOCK_O": _BLOCK_X}
+    horizontal[(n * 3, -(-span // _BLOCK_R), -(-out_w // _BLOCK_X))](
         src, img[:n], sx, cx, tmp, norm, span, out_w, TAPS=t_x, FINAL=False, **blocks)
-    vertical[(n * 3, -(-out_h // 16), -(-out_w // 64))](
+    vertical[(n * 3, -(-out_h // _BLOCK_R), -(-out_w // _BLOCK_X))](
         tmp, img[n:], sy, cy, out, norm, out_h, out_w, TAPS=t_y, FINAL=True, **blocks)
     return out
 
