@@ -292,9 +292,9 @@ def test_banded_kernels_agree_with_the_matmul_resample(photos: list[Image.Image]
     import sys
 
     paths = []
-    for i, im in enumerate(photos[:3]):
+    for i, im in enumerate(photos[:3]):  # halved: Triton's interpreter runs each pixel in Python
         paths.append(str(tmp_path / f"{i}.png"))
-        im.save(paths[-1])
+        im.resize((im.width // 2, im.height // 2)).save(paths[-1])
     done = subprocess.run([sys.executable, "-c", BANDED_CHECK, json.dumps(paths)],
                           capture_output=True, text=True, timeout=300, check=False,
                           env=dict(os.environ, TRITON_INTERPRET="1"))
