@@ -94,9 +94,10 @@ case "$step" in
     spy serve --gil --subprocesses -- python3 benchmarks/serve_load.py --prepare /tmp/serve_bench \
       --serve-args="--device cuda --no-access-log --max-batch 64 --max-wait-ms 2 --pipeline gpu --workers 8" \
       --concurrency 64 --procs 4 --requests 12000 --json $S/serve8.json
-    timeout 100 python3 benchmarks/serve_load.py --prepare /tmp/serve_bench \
-      --serve-args="--device cuda --no-access-log --max-batch 64 --max-wait-ms 2 --pipeline gpu --workers 12" \
-      --concurrency 64 --procs 4 --requests 12000 --json $S/serve12.json 2>&1 | tail -3
+    for sh in "8 fp32" "8 bf16"; do set -- $sh
+      timeout 100 python3 benchmarks/serve_load.py --prepare /tmp/serve_bench \
+        --serve-args="--device cuda --no-access-log --max-batch 64 --max-wait-ms 2 --pipeline gpu --workers $1 --shared-model --precision $2" \
+        --concurrency 64 --procs 4 --requests 12000 --json $S/serve_shared$1_$2.json 2>&1 | tail -3; done
     for i in 1 2; do python3 -X importtime -c "import torch" 2> /tmp/imp.txt; done
     sort -t'|' -k2 -n /tmp/imp.txt | tail -25 > $S/import_torch.txt
     python3 -X importtime -c "import pochitrain.cli.main" 2> /tmp/imp2.txt; sort -t'|' -k2 -n /tmp/imp2.txt | tail -8 >> $S/import_torch.txt

@@ -449,3 +449,82 @@ def test_workers_bad_model_fails_like_one_process(tmp_path: Path) -> None:
     (_, one), (_, two) = (r.communicate(timeout=60) for r in runs)
     assert [r.returncode for r in runs] == [1, 1]
     assert "bad.onnx" in one and "Traceback" not in two and two.strip() == one.strip()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_shared_model_serves_every_worker_and_drains(onnx_model: Path, images: list[Path],
+                                                      tmp_path: Path) -> None:
+    """--workers 2 --shared-model: both workers answer with the main process's one model
+    (infer's probabilities), images are counted once, SIGTERM drains and leaves nothing."""
+    server = Server(onnx_model, tmp_path / "shared.log", "--workers", "2", "--shared-model",
+                    "--decode-workers", "1", "--max-wait-ms", "20", delay_ms=200)
+    try:
+        server.wait_ready()
+        pids, metrics_dir = _workers_of(server)
+        assert len(pids) == 2 and (metrics_dir / "model.sock").exists()
+        want = _reference(onnx_model, images)
+        files = [("files", (p.name, p.read_bytes(), "image/png")) for p in images]
+        got = httpx.post(server.url + PREDICT, files=files, data={"top_k": "3"},
+                         timeout=30).json()
+        for pred, ref in zip(got["predictions"], want):
+            _check(pred, ref)
+        codes = asyncio.run(_separate_connections(server.url + PREDICT,
+                                                  images[0].read_bytes(), 16))
+        assert codes == [200] * 16
+        served = {int(line.split("[", 1)[1].split("]", 1)[0])
+                  for line in server.log.read_text().splitlines() if f"POST {PREDICT}" in line}
+        assert served == set(pids), (pids, served)  # both workers answered
+        bad = httpx.post(server.url + PREDICT, content=b"\xff\xd8\xff broken",
+                         headers={"content-type": "image/jpeg"}, timeout=30)
+        assert bad.status_code == 400 and "画像をデコードできません" in bad.json()["detail"]
+        metrics = httpx.get(server.url + "/metrics").text
+        # the model process counts images and batches; the workers only their requests
+        assert _metric(metrics, "pochi_images_total") == len(images) + 16
+        assert _metric(metrics, "pochi_batch_size_sum") == len(images) + 16
+        info = httpx.get(server.url + "/api/v1/model-info").json()
+        assert info["backend"] == "onnx" and info["num_classes"] == 10
+
+        async def in_flight() -> list[int]:
+            async with httpx.AsyncClient(timeout=30) as client:
+                tasks = [asyncio.ensure_future(client.post(
+                    server.url + PREDICT, content=images[1].read_bytes(),
+                    headers={"content-type": "image/png"})) for _ in range(4)]
+                await asyncio.sleep(0.3)  # sent; each batch takes at least 200 ms
+                server.proc.send_signal(signal.SIGTERM)
+                return [r.status_code for r in await asyncio.gather(*tasks)]
+
+        assert asyncio.run(in_flight()) == [200] * 4
+        assert server.proc.wait(30) == 0
+        log = server.log.read_text()
+        assert "one model in the main process" in log and "Traceback" not in log
+        assert "Server stopped (SIGTERM); 2 workers" in log
+        assert not any(Path(f"/proc/{pid}").exists() for pid in pids), "orphan worker"
+        assert not metrics_dir.exists()
+    finally:
+        server.stop()
+
+
+def test_shared_model_results_cross_processes_intact() -> None:
+    """What the model process sends back: rows and BadInput as they are (status, both
+    languages), any other failure as a RuntimeError carrying its message."""
+    import pickle
+
+    from pochitrain.errors import PochiError
+    from pochitrain.serve.decode import BadInput
+    from pochitrain.serve.shared import FRAME, pack, portable
+
+    bad = BadInput(400, "undecodable_image", "画像をデコードできません: a.jpg", "a.jpg is not...")
+    failed = PochiError("GPU のメモリが足りません。", "Use a smaller batch.")
+    frame = pack([portable(r) for r in [np.array([0.25, 0.75]), bad, failed]])
+    (size,) = FRAME.unpack(frame[:FRAME.size])
+    row, bad2, failed2 = pickle.loads(frame[FRAME.size:])
+    assert size == len(frame) - FRAME.size and row.tolist() == [0.25, 0.75]
+    assert isinstance(bad2, BadInput) and bad2.body() == bad.body() and bad2.status == 400
+    assert type(failed2) is RuntimeError and "GPU のメモリが足りません" in str(failed2)
+
+
+def test_shared_model_needs_workers(onnx_model: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "pochitrain.cli.main", "serve",
+                           str(onnx_model), "--shared-model", "--port", str(_free_port())],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--workers" in proc.stderr and "Traceback" not in proc.stderr

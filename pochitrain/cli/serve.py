@@ -17,7 +17,8 @@ Concurrent requests are gathered into batches of up to --max-batch images, waiti
 --max-wait-ms for a batch to fill; one worker thread runs the model. When --queue images are
 waiting, new requests get 503 with Retry-After. SIGTERM or Ctrl+C: stop accepting, answer the
 requests in flight, exit 0. --workers N runs N such server processes on the port (the
-kernel spreads connections over them; each has its own model). Needs the serve extra: pip install "pochitrain[serve]".
+kernel spreads connections over them; each has its own model, or with --shared-model
+one model in the main process batches for all of them). Needs the serve extra: pip install "pochitrain[serve]".
 See docs/readme_serve.md.
 """
 
@@ -37,6 +38,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=positive_int, default=1, metavar="N",
                         help="server processes sharing the port, each with its own model, "
                         "batcher and decode threads (default: 1); /metrics sums them all")
+    parser.add_argument("--shared-model", action="store_true",
+                        help="with --workers N: one model in the main process runs the "
+                        "batches of all N worker processes (one CUDA context, fuller "
+                        "batches); the workers only handle HTTP and decoding")
     b = parser.add_argument_group("batching and limits")
     b.add_argument("--max-batch", type=positive_int, default=32, metavar="N",
                    help="most images per model call (default: 32; 1 turns batching off)")
@@ -78,12 +83,19 @@ def run(args: argparse.Namespace) -> int:
     from pochitrain.serve.app import ServeSettings
     from pochitrain.serve.server import ServeOptions, serve
 
+    if args.shared_model and args.workers < 2:
+        from pochitrain.errors import UsageError
+
+        raise UsageError("--shared-model shares one model between worker processes, and "
+                         f"--workers is {args.workers}.",
+                         "Add --workers N (2 or more), or drop --shared-model.")
     model = Path(args.model)
     options = ServeOptions(
         model=model, config=Path(args.config) if args.config else None, host=args.host,
         port=args.port, device=args.device, providers=args.providers, pipeline=args.pipeline,
         torch_options=torch_options(model, args.precision, args.channels_last, False),
-        drain_timeout_s=args.drain_timeout, workers=args.workers)
+        drain_timeout_s=args.drain_timeout, workers=args.workers,
+        shared_model=args.shared_model)
     settings = ServeSettings(
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue=args.queue,
         max_body_bytes=int(args.max_body_mb * 1_000_000), max_images=args.max_images,

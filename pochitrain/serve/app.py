@@ -63,9 +63,13 @@ def create_app(model: Any, settings: ServeSettings) -> FastAPI:
     from pochitrain import __version__
 
     metrics = Metrics(lambda: float(batcher.depth))
+    # A shared model (``--shared-model``) gathers and counts the batches itself: here they
+    # are sent as soon as the previous one is answered.
+    remote = getattr(model, "remote", False)
     batcher = Batcher(model.run_batch, max_batch=settings.max_batch,
-                      max_wait_s=settings.max_wait_ms / 1000.0, queue_limit=settings.queue,
-                      on_batch=metrics.observe_batch)
+                      max_wait_s=0.0 if remote else settings.max_wait_ms / 1000.0,
+                      queue_limit=settings.queue,
+                      on_batch=None if remote else metrics.observe_batch)
     pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="pochi-decode")
 
     @asynccontextmanager

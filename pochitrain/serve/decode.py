@@ -37,6 +37,9 @@ class BadInput(Exception):
         self.ja = ja
         self.en = en
 
+    def __reduce__(self) -> Any:  # sent between processes by ``--shared-model``
+        return (BadInput, (self.status, self.code, self.ja, self.en))
+
     def body(self) -> dict[str, Any]:
         return {"detail": f"{self.ja}\n{self.en}", "error": self.code}
 

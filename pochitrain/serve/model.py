@@ -21,7 +21,23 @@ import numpy as np
 from pochitrain.serve.decode import BadInput, Payload, _Upload, decode_image
 
 
+def prepare(payload: Payload, preprocess: Any, gpu: bool) -> Any:
+    """One image for ``run_batch`` (decode thread pool); BadInput when it is not an image.
+    CPU pipeline: decoded and preprocessed, float32 (3, H, W). GPU pipeline: complete JPEGs
+    that nvJPEG reads like PIL stay encoded, the rest are decoded to (h, w, 3) uint8."""
+    if not gpu:
+        return preprocess(decode_image(payload))
+    from pochitrain.inference.gpu_preprocess import is_complete_jpeg, nvjpeg_reads_like_pil
+
+    data = payload.data
+    if data is not None and is_complete_jpeg(data) and nvjpeg_reads_like_pil(data):
+        return ("jpeg", data, payload.name)
+    return ("rgb", np.array(decode_image(payload)), payload.name)
+
+
 class ServeModel:
+    remote = False  # runs its batches here (``serve.shared.RemoteModel`` sends them away)
+
     def __init__(self, path: Path | str, *, config: Path | str | None = None,
                  device: str = "auto", providers: list[str] | None = None,
                  max_batch: int = 32, pipeline: str = "auto", torch_options: Any = None) -> None:
@@ -88,18 +104,7 @@ class ServeModel:
 
     # ---- decode pool ----------------------------------------------------------------------
     def prepare(self, payload: Payload) -> Any:
-        """Decode + preprocess one image (thread pool); BadInput when it is not an image."""
-        if self.gpu is not None:
-            return self._prepare_gpu(payload)
-        return self.preprocess(decode_image(payload))
-
-    def _prepare_gpu(self, payload: Payload) -> Any:
-        from pochitrain.inference.gpu_preprocess import is_complete_jpeg, nvjpeg_reads_like_pil
-
-        data = payload.data
-        if data is not None and is_complete_jpeg(data) and nvjpeg_reads_like_pil(data):
-            return ("jpeg", data, payload.name)
-        return ("rgb", np.array(decode_image(payload)), payload.name)
+        return prepare(payload, self.preprocess, gpu=self.gpu is not None)
 
     # ---- model worker thread --------------------------------------------------------------
     def run_batch(self, items: list[Any]) -> list[Any]:

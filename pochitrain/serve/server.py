@@ -31,6 +31,7 @@ class ServeOptions:
     drain_timeout_s: float = 30.0
     warmup: bool = True
     workers: int = 1  # server processes on the port
+    shared_model: bool = False  # workers send their batches to one model in the main process
 
 
 def _log_to_stderr(pid: bool = False) -> None:
@@ -45,10 +46,8 @@ def _log_to_stderr(pid: bool = False) -> None:
         logger.propagate = False
 
 
-def open_server(options: ServeOptions, settings: ServeSettings) -> tuple[Any, Any, Any]:
-    """(model, app, uvicorn.Config): the model opened and warmed up, the app over it."""
-    import uvicorn
-
+def open_model(options: ServeOptions, settings: ServeSettings) -> Any:
+    """The ``ServeModel``, warmed up unless ``options.warmup`` is off."""
     from pochitrain.serve.model import ServeModel
 
     model = ServeModel(options.model, config=options.config, device=options.device,
@@ -57,6 +56,20 @@ def open_server(options: ServeOptions, settings: ServeSettings) -> tuple[Any, An
     try:
         if options.warmup:
             model.warmup((1, settings.max_batch))
+    except BaseException:
+        model.close()
+        raise
+    return model
+
+
+def open_server(options: ServeOptions, settings: ServeSettings,
+                model: Any = None) -> tuple[Any, Any, Any]:
+    """(model, app, uvicorn.Config): the model (opened here unless given), the app over it."""
+    import uvicorn
+
+    if model is None:
+        model = open_model(options, settings)
+    try:
         app = create_app(model, settings)
         _log_to_stderr(pid=options.workers > 1)
         config = uvicorn.Config(
@@ -78,10 +91,13 @@ def banner(options: ServeOptions, settings: ServeSettings, details: dict[str, An
          f"{'x'.join(str(v) for v in details['input_size'])}; pipeline "
          f"{details['pipeline']})")
     procs = f"{workers} worker processes" if workers > 1 else "1 worker process"
-    info(f"  {procs}, each: max batch {settings.max_batch}, max wait "
-         f"{settings.max_wait_ms:g} ms, queue {settings.queue} images, "
-         f"{settings.decode_workers} decode threads; body limit "
-         f"{settings.max_body_bytes / 1e6:g} MB")
+    batching = (f"max batch {settings.max_batch}, max wait {settings.max_wait_ms:g} ms")
+    each = (f"queue {settings.queue} images, {settings.decode_workers} decode threads; body "
+            f"limit {settings.max_body_bytes / 1e6:g} MB")
+    if options.shared_model:
+        info(f"  one model in the main process ({batching}) for {procs}, each: {each}")
+    else:
+        info(f"  {procs}, each: {batching}, {each}")
     info(f"  http://{options.host}:{options.port}/api/v1/predict   docs: "
          f"http://{options.host}:{options.port}/docs   (Ctrl+C / SIGTERM: drain and stop)")
     sys.stdout.flush()

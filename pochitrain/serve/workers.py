@@ -10,6 +10,10 @@ when all have stopped cleanly. A worker that fails to start sends its error back
 stops the others and raises that same error. Prometheus metrics go through
 prometheus_client's multiprocess mode in a private temp dir, removed at exit, so /metrics on
 any worker reports the totals of all of them.
+
+With ``--shared-model`` the parent opens the model itself (its errors are raised as one
+process raises them) and the workers send it their batches (``serve.shared``); it closes
+the model after every worker has stopped.
 """
 
 from __future__ import annotations
@@ -24,10 +28,19 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pochitrain.serve.app import ServeSettings
-from pochitrain.serve.server import ServeOptions, _run, banner, open_server, port_error
+from pochitrain.serve.server import (
+    ServeOptions,
+    _run,
+    banner,
+    open_model,
+    open_server,
+    port_error,
+)
+from pochitrain.serve.shared import model_facts
 
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 STOP_GRACE_S = 70.0  # beyond --drain-timeout: the batcher's drain and closing the model
@@ -68,8 +81,10 @@ def _watch_parent(parent: int) -> None:
 
 
 def worker_main(index: int, options: ServeOptions, settings: ServeSettings,
-                sock: socket.socket, conn: Any, parent: int) -> None:
-    """One worker: open the model, serve ``sock``, say ready / stopped / error on ``conn``."""
+                sock: socket.socket, conn: Any, parent: int,
+                host: tuple[str, dict[str, Any]] | None = None) -> None:
+    """One worker: open the model (or, given ``host``, connect to the shared one), serve
+    ``sock``, say ready / stopped / error on ``conn``."""
     import uvicorn
 
     from pochitrain.errors import PochiError
@@ -77,7 +92,12 @@ def worker_main(index: int, options: ServeOptions, settings: ServeSettings,
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl+C into SIGTERM
     _watch_parent(parent)
     try:
-        model, app, config = open_server(options, settings)
+        remote = None
+        if host is not None:
+            from pochitrain.serve.shared import RemoteModel
+
+            remote = RemoteModel(*host)
+        model, app, config = open_server(options, settings, remote)
     except PochiError as exc:
         conn.send(("error", type(exc), exc.message, exc.remedy))
         sys.exit(exc.exit_code)
@@ -188,6 +208,20 @@ def _startup_error(workers: list[_Worker]) -> Exception:
         "See the messages above (out of memory?); try fewer --workers.")
 
 
+def _open_shared(options: ServeOptions, settings: ServeSettings, folder: str) -> Any:
+    """The model, opened and warmed up here, listening on a socket in ``folder``."""
+    from pochitrain.serve.shared import ModelHost
+
+    model = open_model(options, settings)
+    host = ModelHost(model, settings, Path(folder) / "model.sock")
+    try:
+        host.start()
+    except BaseException:
+        host.close()
+        raise
+    return host
+
+
 def serve_workers(options: ServeOptions, settings: ServeSettings) -> int:
     """Serve with ``options.workers`` processes; 0 after a clean stop of all of them."""
     import multiprocessing as mp
@@ -204,11 +238,16 @@ def serve_workers(options: ServeOptions, settings: ServeSettings) -> int:
                 for s in (signal.SIGTERM, signal.SIGINT)}
     ctx = mp.get_context("spawn")
     workers: list[_Worker] = []
+    shared: Any = None
     try:
+        host = None
+        if options.shared_model:  # errors here are one process's errors, raised as they are
+            shared = _open_shared(options, settings, metrics_dir)
+            host = (str(shared.path), model_facts(shared.model))
         for i, sock in enumerate(sockets):
             ours, theirs = ctx.Pipe(duplex=False)
             process = ctx.Process(target=worker_main, name=f"pochi-serve-worker-{i}",
-                                  args=(i, options, settings, sock, theirs, os.getpid()))
+                                  args=(i, options, settings, sock, theirs, os.getpid(), host))
             process.start()
             theirs.close()
             sock.close()  # the worker holds it now; closed there, it stops listening
@@ -243,14 +282,20 @@ def serve_workers(options: ServeOptions, settings: ServeSettings) -> int:
                 f"Worker {bad[0].index} did not stop cleanly (exit code "
                 f"{bad[0].process.exitcode}).",
                 "Give in-flight requests more time with --drain-timeout.")
+        if shared is not None:  # every worker has stopped: nothing more will be sent
+            shared.close()
+        batches = shared.batcher.batches if shared is not None else \
+            sum(w.batches or 0 for w in workers)
         info(f"停止しました / Server stopped ({', '.join(dict.fromkeys(caught))}); "
-             f"{len(workers)} workers, {sum(w.batches or 0 for w in workers)} model batches run.")
+             f"{len(workers)} workers, {batches} model batches run.")
         return 0
     finally:
         for w in workers:
             if w.alive:
                 w.process.kill()
                 w.process.join(5)
+        if shared is not None:
+            shared.close()
         for sock in sockets:
             sock.close()
         for s, handler in handlers.items():
