@@ -18,6 +18,7 @@ its message (the worker answers 500, as one process does).
 from __future__ import annotations
 
 import asyncio
+import json
 import pickle
 import socket
 import struct
@@ -47,9 +48,12 @@ def portable(result: Any) -> Any:
 
 def model_facts(model: Any) -> dict[str, Any]:
     """What a worker needs to answer without the model: /model-info, /version, prepare()."""
-    return {"runtime": model.runtime, "class_names": model.class_names, "info": model.info(),
-            "versions": model.backend_versions(), "preprocess": model.preprocess.to_dict(),
-            "gpu": model.gpu is not None}
+    facts = {"runtime": model.runtime, "class_names": model.class_names, "info": model.info(),
+             "versions": model.backend_versions(), "preprocess": model.preprocess.to_dict(),
+             "gpu": model.gpu is not None}
+    # plain JSON values: torch's version string is a class of torch, and unpickling it would
+    # import torch into every worker
+    return dict(json.loads(json.dumps(facts, default=str)))
 
 
 # ---- main process ---------------------------------------------------------------------
