@@ -24,7 +24,10 @@ def _store(dst, norm, k, c, i, j, n_i, n_j, acc, mask, FINAL: tl.constexpr):
         tl.store(ptr, v.to(tl.uint8), mask=mask)
 
 
-@triton.jit
+# Sizes that change from batch to batch are not specialized on: Triton would otherwise
+# compile a variant for each of "equals 1", "a multiple of 16" and "other" per argument, and
+# random crops (training) meet each of them in the first epoch.
+@triton.jit(do_not_specialize=["n_lines", "n_out"])
 def horizontal(src, img, start, coef, dst, norm, n_lines, n_out, TAPS: tl.constexpr,
                FINAL: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_O: tl.constexpr):
     k = tl.program_id(0) // 3
@@ -46,7 +49,7 @@ def horizontal(src, img, start, coef, dst, norm, n_lines, n_out, TAPS: tl.conste
            (lines < n_lines)[:, None] & omask[None, :], FINAL)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_out", "n_cols"])
 def vertical(src, img, start, coef, dst, norm, n_out, n_cols, TAPS: tl.constexpr,
              FINAL: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_O: tl.constexpr):
     k = tl.program_id(0) // 3
