@@ -175,8 +175,5 @@ class RemoteModel:
             got += k
         return buf
 
-    def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
-        """The main process warmed the model up."""
-
     def close(self) -> None:
         self._sock.close()
