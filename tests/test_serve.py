@@ -530,3 +530,19 @@ def test_shared_model_needs_workers(onnx_model: Path) -> None:
                            str(onnx_model), "--shared-model", "--port", str(_free_port())],
                           check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--workers" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_shared_model_socket_that_cannot_be_made_is_a_clear_error(onnx_model: Path,
+                                                                   tmp_path: Path) -> None:
+    """A TMPDIR too long for a Unix socket name: a message naming the fix, exit 1, no
+    traceback, no worker left behind."""
+    deep = tmp_path / ("d" * 120)
+    deep.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "pochitrain.cli.main", "serve",
+                           str(onnx_model), "--workers", "2", "--shared-model",
+                           "--port", str(_free_port())],
+                          check=False, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, TMPDIR=str(deep)))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "TMPDIR" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(deep.glob("pochi_serve_metrics_*"))  # removed again

@@ -80,9 +80,15 @@ class ModelHost:
 
     def start(self) -> None:
         self._thread.start()
-        self._ready.wait(30)
+        ready = self._ready.wait(30)
         if self._error:
             raise self._error[0]
+        if not ready:  # the workers would only fail to connect: say why here
+            from pochitrain.errors import PochiError
+
+            raise PochiError(f"The shared model did not start listening on {self.path} "
+                             "within 30 s.", "Run without --shared-model (one model per "
+                             "worker), or check that the folder allows Unix sockets.")
 
     def close(self) -> None:
         """Stop listening, finish what was sent, close the model (once)."""
@@ -106,7 +112,14 @@ class ModelHost:
         self._stop = asyncio.Event()
         self.batcher.start()
         try:
-            server = await asyncio.start_unix_server(self._client, path=str(self.path))
+            try:
+                server = await asyncio.start_unix_server(self._client, path=str(self.path))
+            except OSError as exc:  # e.g. a TMPDIR too long for a socket name (~107 bytes)
+                from pochitrain.errors import PochiError
+
+                raise PochiError(f"The shared model cannot listen on {self.path}: {exc}.",
+                                 "Set TMPDIR to a short local folder, or run without "
+                                 "--shared-model.") from exc
             self._ready.set()
             await self._stop.wait()
             server.close()
