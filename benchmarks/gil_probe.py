@@ -18,6 +18,7 @@ import argparse
 import json
 import multiprocessing as mp
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def _pipeline(args: argparse.Namespace) -> dict[str, object]:
     from pochitrain.inference import gpu_preprocess as gp
     from pochitrain.preprocess import Preprocess
 
-    samples = scan_image_folder(Path(args.data)).samples
+    samples = scan_image_folder(Path(args.data)).samples * args.repeat
     if args.reads == "memory":
         cache = {p: gp._read(p) for p, _ in samples}
         gp._read = cache.__getitem__  # type: ignore[assignment]
@@ -46,7 +47,7 @@ def _pipeline(args: argparse.Namespace) -> dict[str, object]:
         torch.cuda.synchronize()
         rates.append(round(n / (time.perf_counter() - start), 1))
     return {"probe": "pipeline", "reads": args.reads, "batch": args.batch,
-            "read_threads": gb.workers, "img_s": rates}
+            "images": len(samples), "read_threads": gb.workers, "img_s": rates}
 
 
 def _e2e(args: argparse.Namespace) -> dict[str, object]:
@@ -56,8 +57,9 @@ def _e2e(args: argparse.Namespace) -> dict[str, object]:
 
     models = make_models(Path("/tmp/gil_probe_models"))
     rows = []
+    outs = Path(tempfile.mkdtemp(prefix="gil_probe_"))
     for i in range(args.passes):
-        o = infer(models[args.model], data=Path(args.data), output=Path(f"/tmp/gil_probe_{i}"),
+        o = infer(models[args.model], data=Path(args.data), output=outs / str(i),
                   batch_size=args.batch, precision="bf16", channels_last=True, pipeline="gpu",
                   progress=False)
         rows.append(_rates(o))
@@ -115,6 +117,8 @@ def main() -> int:
     ap.add_argument("--reads", choices=("files", "memory"), default="files")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--passes", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="pipeline: the file list this many times over (a steady rate)")
     ap.add_argument("--model", default="resnet50")
     ap.add_argument("--procs", type=int, default=1)
     args = ap.parse_args()

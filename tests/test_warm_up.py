@@ -25,3 +25,21 @@ def test_warm_up_changes_nothing_the_training_uses() -> None:
     after = model.state_dict()
     assert all(torch.equal(after[k], stats[k]) for k in stats)  # weights, BN stats, counters
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_warm_up_with_loss_and_optimizer_leaves_them_untouched() -> None:
+    """With the criterion, the confusion counting and the optimizer: the real optimizer
+    keeps no state, the weights and the dropout RNG are those of before."""
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(resnet18(num_classes=4), torch.nn.Dropout(0.5))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+
+    warm_up(model, [32, 32], [3], "cpu", criterion=torch.nn.CrossEntropyLoss(),
+            optimizer=optimizer, num_classes=4)
+
+    assert not optimizer.state  # no momentum buffers made
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(p.grad is None for p in model.parameters())

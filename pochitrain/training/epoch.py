@@ -146,28 +146,88 @@ def stop_on_ctrl_c(on_first: Callable[[], None] | None = None) -> Iterator[threa
 
 
 def warm_up(model: nn.Module, input_size: list[int], batch_sizes: list[int], device: str, *,
-            amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> float:
-    """Seconds spent running the model once per batch shape on zeros (forward + backward),
-    so that cuDNN's autotuning and the lazy loading of CUDA kernels happen before epoch 1
-    is timed. Nothing the training uses changes: BatchNorm runs in eval mode (its running
-    statistics stay), gradients are cleared, the optimizer is not touched, and the DDP
-    wrapper is bypassed (no gradient all-reduce)."""
+            amp_dtype: torch.dtype | None = None, channels_last: bool = False,
+            criterion: nn.Module | None = None, optimizer: Any = None,
+            num_classes: int | None = None) -> float:
+    """Seconds spent running one training step per batch shape on zeros, so that cuDNN's
+    autotuning and the lazy loading of CUDA kernels happen before epoch 1 is timed.
+
+    It runs what an epoch runs: the model in train mode (BatchNorm's training kernels differ
+    from its eval ones), ``criterion`` and its backward, the accuracy / confusion counting, and
+    the update kernels of ``optimizer``'s class, stepped on scratch copies of a few
+    parameters. Nothing the training uses changes: BatchNorm's running statistics and every
+    other buffer are put back, the random number generators too (dropout), gradients are
+    cleared, ``optimizer`` itself is not touched, and the DDP wrapper is bypassed (no
+    gradient all-reduce)."""
     net = getattr(model, "module", model)
     was_training = net.training
     start = time.perf_counter()
-    net.eval()
+    buffers = {name: b.detach().clone() for name, b in net.named_buffers()}
+    devices = [torch.device(device)] if device.startswith("cuda") else []
     try:
-        for n in dict.fromkeys(batch_sizes):  # each shape once, in order
-            x = torch.zeros((n, 3, *input_size), device=device)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.split(":")[0], dtype=amp_dtype or torch.float32,
-                                enabled=amp_dtype is not None):
-                out = net(x)
-            out.float().sum().backward()
+        with torch.random.fork_rng(devices=devices):
+            net.train()
+            for n in dict.fromkeys(batch_sizes):  # each shape once, in order
+                _warm_step(net, n, input_size, device, amp_dtype, channels_last, criterion,
+                           num_classes)
+            net.eval()  # and validation's kernels
+            with torch.inference_mode():
+                for n in dict.fromkeys(batch_sizes):
+                    _warm_forward(net, n, input_size, device, amp_dtype, channels_last)
+            if optimizer is not None:
+                _warm_optimizer(optimizer)
     finally:
         net.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for name, b in net.named_buffers():
+                if name in buffers:
+                    b.copy_(buffers[name])
         net.train(was_training)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return time.perf_counter() - start
+
+
+def _warm_forward(net: nn.Module, n: int, input_size: list[int], device: str,
+                  amp_dtype: torch.dtype | None, channels_last: bool) -> torch.Tensor:
+    x = torch.zeros((n, 3, *input_size), device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.split(":")[0], dtype=amp_dtype or torch.float32,
+                        enabled=amp_dtype is not None):
+        return net(x)
+
+
+def _warm_step(net: nn.Module, n: int, input_size: list[int], device: str,
+               amp_dtype: torch.dtype | None, channels_last: bool,
+               criterion: nn.Module | None, num_classes: int | None) -> None:
+    y = torch.zeros(n, dtype=torch.int64, device=device)
+    out = _warm_forward(net, n, input_size, device, amp_dtype, channels_last)
+    with torch.autocast(device.split(":")[0], dtype=amp_dtype or torch.float32,
+                        enabled=amp_dtype is not None):
+        loss = criterion(out, y) if criterion is not None else out.float().sum()
+    loss.backward()
+    predicted = out.detach().argmax(1)
+    float(loss.detach()) + int((predicted == y).sum())  # the host reads of run_epoch
+    if num_classes:
+        torch.bincount(y * num_classes + predicted, minlength=num_classes * num_classes)
+
+
+def _warm_optimizer(optimizer: Any) -> None:
+    """One step of a fresh optimizer of the same class and settings on copies of a few of the
+    parameters (one per dtype and device): loads its update kernels, leaves the real one
+    alone. Optimizers that cannot be made this way are skipped."""
+    seen: dict[tuple[Any, Any], Any] = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            seen.setdefault((p.dtype, p.device), p)
+    scratch = []
+    for p in seen.values():
+        q = p.detach().clone().requires_grad_(True)
+        q.grad = torch.zeros_like(q)
+        scratch.append(q)
+    try:
+        twin = type(optimizer)(scratch, **optimizer.defaults)
+    except (TypeError, ValueError):
+        return
+    twin.step()

@@ -138,7 +138,9 @@ def fit(setup: FitSetup, keeper: CheckpointKeeper, log: MetricsLog,
         try:
             seconds = warm_up(s.model, s.input_size, [n for n in sizes if n], s.device,
                               amp_dtype=s.precision.amp_dtype,
-                              channels_last=s.precision.channels_last)
+                              channels_last=s.precision.channels_last,
+                              criterion=s.criterion, optimizer=s.optimizer,
+                              num_classes=watch.num_classes if watch else None)
             info(f"warm-up (cuDNN autotuning, CUDA kernel loading): {seconds:.1f} s")
         except Exception as exc:  # noqa: BLE001 - only a speed-up: training decides
             warn(f"warm-up skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
