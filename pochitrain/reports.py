@@ -167,9 +167,10 @@ def write_model_info(out_dir: Path, model_path: Path, model_name: str, num_class
 
 
 def write_reports(result: InferenceResult, out_dir: Path, info: dict[str, str],
-                  cm_style: dict[str, Any] | None = None) -> list[Path]:
+                  cm_style: dict[str, Any] | None = None, plotter: Any = None) -> list[Path]:
     """Write every result file into ``out_dir``; return their paths. ``cm_style``: the
-    config's confusion_matrix_config."""
+    config's confusion_matrix_config; ``plotter``: a started ``plot_helper.PlotHelper`` that
+    draws the picture (else, or when it fails, it is drawn here)."""
     prefix = result.runtime
     written = []
     path = out_dir / f"{prefix}_inference_results.csv"
@@ -184,7 +185,9 @@ def write_reports(result: InferenceResult, out_dir: Path, info: dict[str, str],
         written.append(path)
         path = out_dir / "confusion_matrix.png"
         acc = result.accuracy or 0.0
-        plot_confusion(confusion(result), result.class_names, path,
-                       f"{prefix}: accuracy {100 * acc:.2f}%", cm_style)
+        job = (confusion(result), result.class_names, path,
+               f"{prefix}: accuracy {100 * acc:.2f}%", cm_style)
+        if plotter is None or not plotter.draw("plot_confusion", *job):
+            plot_confusion(*job)
         written.append(path)
     return written

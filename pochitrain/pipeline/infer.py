@@ -41,55 +41,56 @@ def infer(model_path: Path | str, data: Path | str | None = None,
     ``benchmark_json`` also writes ``benchmark_result.json`` (``bench.result_json``).
     """
     model_path = Path(model_path)
-    from pochitrain.plotting import preload
+    from pochitrain.plot_helper import PlotHelper
 
-    preload()  # the confusion matrix is drawn at the end: import matplotlib meanwhile
-    options = torch_options(model_path, precision, channels_last, cuda_graph)
-    out_dir = _check_output(output)
-    model = open_model(model_path, config=config, device=device, providers=providers,
-                       batch_size=batch_size, torch_options=options,
-                       expect_runtime=expect_runtime)
-    bench = None
-    if benchmark_json:
-        from pochitrain.bench.result_json import BenchProbe
-
-        bench = BenchProbe(model, benchmark_env_name, config)
+    plotter = PlotHelper().start()  # imports matplotlib on another core meanwhile
     try:
-        data_dir = Path(data) if data else _default_data(model_path)
-        folder = _data_folder(data_dir, model.meta.class_names)
-        bs = batch_size or model.default_batch_size()
-        batches, pipeline_text = _input_pipeline(model, pipeline)
-        result = run_inference(model.runner, folder, model.meta.preprocess, bs,
-                               model.meta.class_names, warmup_runs=warmup_runs,
-                               progress=progress, batches=batches)
-        info = {"model": str(model_path), "data": str(data_dir),
-                "input_size": "x".join(str(v) for v in model.meta.preprocess.input_size),
-                "pipeline": pipeline_text, **model.runner.describe()}
+        options = torch_options(model_path, precision, channels_last, cuda_graph)
+        out_dir = _check_output(output)
+        model = open_model(model_path, config=config, device=device, providers=providers,
+                           batch_size=batch_size, torch_options=options,
+                           expect_runtime=expect_runtime)
+        bench = None
+        if benchmark_json:
+            from pochitrain.bench.result_json import BenchProbe
+
+            bench = BenchProbe(model, benchmark_env_name, config)
+        try:
+            data_dir = Path(data) if data else _default_data(model_path)
+            folder = _data_folder(data_dir, model.meta.class_names)
+            bs = batch_size or model.default_batch_size()
+            batches, pipeline_text = _input_pipeline(model, pipeline)
+            result = run_inference(model.runner, folder, model.meta.preprocess, bs,
+                                   model.meta.class_names, warmup_runs=warmup_runs,
+                                   progress=progress, batches=batches)
+            info = {"model": str(model_path), "data": str(data_dir),
+                    "input_size": "x".join(str(v) for v in model.meta.preprocess.input_size),
+                    "pipeline": pipeline_text, **model.runner.describe()}
+            if bench is not None:
+                bench.capture(model, pipeline_text)
+        finally:
+            model.close()
+        if not result.measured:
+            raise DataError(f"None of the {len(result.skipped)} files in {data_dir} could be read "
+                            "as images.", "Check the data folder.")
+        from pochitrain.reports import write_reports
+
+        out_dir = (_make_output(out_dir) if out_dir is not None
+                   else new_run_dir(run_folder_of(model_path) / "inference_results"))
+        from pochitrain.resolve import confusion_style
+
+        files = write_reports(result, out_dir, info, confusion_style(model_path, config),
+                              plotter)
+        if model.runtime == "pytorch":  # the original's model_info.json
+            from pochitrain.reports import write_model_info
+
+            files.append(write_model_info(out_dir, model_path, model.meta.model_name,
+                                          model.meta.num_classes, str(model.runner.device)))
         if bench is not None:
-            bench.capture(model, pipeline_text)
+            files += bench.write(out_dir, result)
+        return InferOutcome(out_dir, files, result)
     finally:
-        model.close()
-    if not result.measured:
-        raise DataError(f"None of the {len(result.skipped)} files in {data_dir} could be read "
-                        "as images.", "Check the data folder.")
-    from pochitrain.reports import write_reports
-
-    out_dir = (_make_output(out_dir) if out_dir is not None
-               else new_run_dir(run_folder_of(model_path) / "inference_results"))
-    from pochitrain.resolve import confusion_style
-
-    files = write_reports(result, out_dir, info, confusion_style(model_path, config))
-    if model.runtime == "pytorch":  # the original's model_info.json
-        from pochitrain.reports import write_model_info
-
-        files.append(write_model_info(out_dir, model_path, model.meta.model_name,
-                                      model.meta.num_classes, str(model.runner.device)))
-    if bench is not None:
-        files += bench.write(out_dir, result)
-    from pochitrain.plotting import wait_preload
-
-    wait_preload()
-    return InferOutcome(out_dir, files, result)
+        plotter.close()
 
 
 def torch_options(model_path: Path, precision: str, channels_last: bool,
