@@ -124,8 +124,7 @@ case "$step" in
     cat $R/probes.jsonl
     timeout 150 python3 benchmarks/train_bench.py --models resnet18,resnet50 --inputs gpu \
       --out $R/train.json > $R/train.log 2>&1; grep '^|' $R/train.log
-    for sh in "per-worker" "--shared-model"; do a="--device cuda --no-access-log --max-batch 64 --max-wait-ms 2 --pipeline gpu --workers 8"
-      [ "$sh" = "--shared-model" ] && a="$a --shared-model"
+    for sh in "--no-shared-model" "--shared-model"; do a="--device cuda --no-access-log --max-batch 64 --max-wait-ms 2 --pipeline gpu --workers 8 $sh"
       timeout 100 python3 benchmarks/serve_load.py --prepare /tmp/serve_bench --serve-args="$a" \
         --concurrency 64 --procs 4 --requests 12000 --json $R/serve_${sh#--}.json 2>&1 | tail -1; done
     M=/tmp/gil_probe_models/resnet18/models/resnet18.pth
