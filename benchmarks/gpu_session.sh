@@ -36,7 +36,7 @@ case "$step" in
     for mode in ${SERVE_MODES:-workers8 workers8_gpu_pipeline batched mb1 batched_gpu_pipeline}; do
       a="--device cuda --no-access-log --max-batch 64 --max-wait-ms 2"
       case $mode in *gpu_pipeline) a="$a --pipeline gpu" ;; esac
-      case $mode in workers8*) a="$a --workers 8" ;; esac
+      case $mode in workers8*) a="$a --workers 8 --no-shared-model" ;; esac
       n=12000
       [ $mode = mb1 ] && a="--device cuda --no-access-log --max-batch 1" && n=3000
       timeout 200 python3 benchmarks/serve_load.py --prepare /tmp/serve_bench --serve-args="$a" \
@@ -92,7 +92,7 @@ case "$step" in
       timeout 60 python3 benchmarks/train_bench.py --transforms-only --out $S/transforms_$r.json 2>&1 | grep '^|' | tail -3; done
     unset POCHI_GPU_RESIZE
     spy serve --gil --subprocesses -- python3 benchmarks/serve_load.py --prepare /tmp/serve_bench \
-      --serve-args="--device cuda --no-access-log --max-batch 64 --max-wait-ms 2 --pipeline gpu --workers 8" \
+      --serve-args="--device cuda --no-access-log --max-batch 64 --max-wait-ms 2 --pipeline gpu --workers 8 --no-shared-model" \
       --concurrency 64 --procs 4 --requests 12000 --json $S/serve8.json
     for sh in "8 fp32" "8 bf16"; do set -- $sh
       timeout 100 python3 benchmarks/serve_load.py --prepare /tmp/serve_bench \
