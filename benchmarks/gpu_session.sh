@@ -110,23 +110,22 @@ case "$step" in
       timeout 60 python3 benchmarks/gil_probe.py decode --procs $1 --batch $2 --passes 4 >> $S/probes.jsonl; done
     cat $S/probes.jsonl | tail -3 ;;
   round2)
-    # after spy: resnet18/50 end to end, the pipeline's steady rate (the file list 4 times
-    # over), training with the train-mode warm-up, serving with one model per worker against
-    # --shared-model, and the whole `pochi infer` (walls + a cProfile); results in $OUT/r2
+    # after spy: serving with one model per worker against --shared-model, resnet18 end to
+    # end, the pipeline's steady rate (the file list 4 times over), training with the
+    # train-mode warm-up, and the whole `pochi infer` (walls + a cProfile); results in $OUT/r2
     python3 -m pip install -q --no-index --no-deps --no-compile --target /root/site .carry/serve/*.whl
     R=$OUT/r2; mkdir -p $R; export PYTHONPYCACHEPREFIX=/tmp/pochi_pycache
-    python3 -c "import sys; sys.path.insert(0,'benchmarks'); from gpu_bench import make_images; from pathlib import Path; make_images(Path('/tmp/pochi_infer_bench'), 2000)"
-    for m in resnet18 resnet50; do
-      timeout 120 python3 benchmarks/gil_probe.py e2e --model $m --passes 3 2>&1 | grep '"probe"' >> $R/probes.jsonl; done
-    for r in files memory; do
-      timeout 60 python3 benchmarks/gil_probe.py pipeline --reads $r --repeat 4 --passes 4 >> $R/probes.jsonl; done
-    POCHI_READ_THREADS=2 timeout 60 python3 benchmarks/gil_probe.py pipeline --repeat 4 --passes 4 >> $R/probes.jsonl
-    cat $R/probes.jsonl
-    timeout 150 python3 benchmarks/train_bench.py --models resnet18,resnet50 --inputs gpu \
-      --out $R/train.json > $R/train.log 2>&1; grep '^|' $R/train.log
     for sh in "--no-shared-model" "--shared-model"; do a="--device cuda --no-access-log --max-batch 64 --max-wait-ms 2 --pipeline gpu --workers 8 $sh"
       timeout 100 python3 benchmarks/serve_load.py --prepare /tmp/serve_bench --serve-args="$a" \
         --concurrency 64 --procs 4 --requests 12000 --json $R/serve_${sh#--}.json 2>&1 | tail -1; done
+    python3 -c "import sys; sys.path.insert(0,'benchmarks'); from gpu_bench import make_images; from pathlib import Path; make_images(Path('/tmp/pochi_infer_bench'), 2000)"
+    for m in ${R2_MODELS:-resnet18}; do
+      timeout 120 python3 benchmarks/gil_probe.py e2e --model $m --passes 3 2>&1 | grep '"probe"' >> $R/probes.jsonl; done
+    for r in files memory; do
+      timeout 60 python3 benchmarks/gil_probe.py pipeline --reads $r --repeat 4 --passes 3 >> $R/probes.jsonl; done
+    cat $R/probes.jsonl
+    timeout 150 python3 benchmarks/train_bench.py --models resnet18,resnet50 --inputs gpu \
+      --out $R/train.json > $R/train.log 2>&1; grep '^|' $R/train.log
     M=/tmp/gil_probe_models/resnet18/models/resnet18.pth
     for i in 1 2 3; do python3 -c "import subprocess as s, sys, time; t = time.time(); s.run(sys.argv[1:]); print('pochi infer wall', round(time.time() - t, 2), 's')" \
       python3 -m pochitrain.cli.main infer $M --data /tmp/pochi_infer_bench -o /tmp/r2cmd$i --quiet 2>&1 | tail -1; done | tee $R/commands.txt
