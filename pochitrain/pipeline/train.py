@@ -218,15 +218,19 @@ def _run_fit(settings: Settings, setup: Any, keeper: Any, run_dir: Path, data: _
     from pochitrain.training.observers import build_observer
 
     main = ddp is None or ddp.is_main
+    log: Any = None
     try:
         setup.observer = build_observer(settings, run_dir, data, setup.model) if main else None
         log = T.MetricsLog(run_dir, plots=main, enabled=settings.enable_metrics_export,
                            lr_log_scale=settings.layer_wise_lr_config["graph_config"]
                            ["use_log_scale"])
         with _cudnn_autotune(setup.device, settings.cudnn_benchmark):
-            return T.fit(setup, keeper, log, _epoch_extras(settings), progress and main,
-                         on_epoch)
+            out = T.fit(setup, keeper, log, _epoch_extras(settings), progress and main,
+                        on_epoch)
+        log.close()
+        return out
     except BaseException as exc:
+        _close_after_error(log)
         write_run_json(run_dir, {**record, "status": "failed",
                                  "error": f"{type(exc).__name__}: {exc}"})
         raise
@@ -235,6 +239,19 @@ def _run_fit(settings: Settings, setup: Any, keeper: Any, run_dir: Path, data: _
             setup.observer.close()
         if ddp is not None:
             ddp.close(setup.model)
+
+
+def _close_after_error(log: Any) -> None:
+    """The pictures of the epochs that finished; one that cannot be drawn now is only warned
+    about (the error being raised is the run's)."""
+    if log is None:
+        return
+    try:
+        log.close()
+    except Exception as exc:  # noqa: BLE001 - the run's own error goes on
+        from pochitrain.console import warn
+
+        warn(f"training plots not drawn ({type(exc).__name__}: {exc})")
 
 
 def train(config: Path | str, *, overrides: dict[str, Any] | None = None,

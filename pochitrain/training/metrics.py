@@ -8,6 +8,7 @@ scale per ``layer_wise_lr_config['graph_config']['use_log_scale']``, as in the o
 from __future__ import annotations
 
 import csv
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,8 +29,15 @@ class EpochRow:
     group_lrs: dict[str, float] = field(default_factory=dict)  # layer-wise LR: group -> lr
 
 
+# Pictures are redrawn at most this often during training (and always at the end): drawing
+# two PNGs takes 0.15-0.5 s in the training process, which short GPU epochs (0.6 s measured
+# for resnet18 on an H100) would otherwise wait for after every epoch.
+PLOT_EVERY_S = 15.0
+
+
 class MetricsLog:
-    """training_metrics.csv plus loss.png / accuracy.png, rewritten (atomically) every epoch."""
+    """training_metrics.csv, rewritten (atomically) every epoch, and loss.png / accuracy.png
+    (layer_wise_lr.png), redrawn when ``PLOT_EVERY_S`` have passed and by :meth:`close`."""
 
     def __init__(self, run_dir: Path, plots: bool = True, enabled: bool = True,
                  lr_log_scale: bool = True) -> None:
@@ -39,16 +47,28 @@ class MetricsLog:
         self.enabled = enabled  # config enable_metrics_export
         self.lr_log_scale = lr_log_scale
         self.csv_path = run_dir / "training_metrics.csv"
+        self._drawn_at = time.monotonic()  # training starts: the first picture after 15 s
+        self._drawn_rows = 0
 
     def add(self, row: EpochRow) -> None:
         self.rows.append(row)
         if not self.enabled:
             return
         self._write_csv()
-        if self.plots:
+        if time.monotonic() - self._drawn_at >= PLOT_EVERY_S:
+            self._draw()
+
+    def close(self) -> None:
+        """Draw the pictures of every epoch so far (once; the CSV is always up to date)."""
+        if self.enabled and self._drawn_rows < len(self.rows):
+            self._draw()
+
+    def _draw(self) -> None:
+        if self.plots and self.rows:
             plot_metrics(self.rows, self.run_dir)
-            if row.group_lrs:
+            if self.rows[-1].group_lrs:
                 plot_group_lrs(self.rows, self.run_dir / "layer_wise_lr.png", self.lr_log_scale)
+        self._drawn_at, self._drawn_rows = time.monotonic(), len(self.rows)
 
     def _write_csv(self) -> None:
         from pochitrain.workspace import atomic_path
