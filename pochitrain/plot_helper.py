@@ -21,6 +21,7 @@ from typing import Any
 
 READY = b"ready\n"
 DONE = b"done\n"
+_started: list[bool] = []  # a helper was started in this process
 
 
 class PlotHelper:
@@ -30,6 +31,12 @@ class PlotHelper:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> PlotHelper:
+        """Start the helper, only for the first picture of a process that has not imported
+        matplotlib: a long-lived process (the Python API, a notebook, the tests) imports it
+        once and then draws faster itself than a new helper can start."""
+        if _started or "matplotlib.figure" in sys.modules:
+            return self
+        _started.append(True)
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "pochitrain.plot_helper"], stdin=subprocess.PIPE,

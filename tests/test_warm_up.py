@@ -43,3 +43,15 @@ def test_warm_up_with_loss_and_optimizer_leaves_them_untouched() -> None:
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_batch_shapes_include_the_last_smaller_batch_unless_dropped() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from pochitrain.training.fit import batch_shapes
+
+    data = TensorDataset(torch.zeros(10, 1))
+    assert batch_shapes(DataLoader(data, batch_size=4)) == [4, 2]
+    assert batch_shapes(DataLoader(data, batch_size=4, drop_last=True)) == [4]
+    assert batch_shapes(DataLoader(data, batch_size=5)) == [5]
+    assert batch_shapes(DataLoader(data, batch_size=16)) == [10]

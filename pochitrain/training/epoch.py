@@ -146,16 +146,18 @@ def stop_on_ctrl_c(on_first: Callable[[], None] | None = None) -> Iterator[threa
 
 
 def warm_up(model: nn.Module, input_size: list[int], batch_sizes: list[int], device: str, *,
+            eval_sizes: list[int] | None = None,
             amp_dtype: torch.dtype | None = None, channels_last: bool = False,
             criterion: nn.Module | None = None, optimizer: Any = None,
             num_classes: int | None = None) -> float:
     """Seconds spent running one training step per batch shape on zeros, so that cuDNN's
     autotuning and the lazy loading of CUDA kernels happen before epoch 1 is timed.
 
-    It runs what an epoch runs: the model in train mode (BatchNorm's training kernels differ
-    from its eval ones), ``criterion`` and its backward, the accuracy / confusion counting, and
-    the update kernels of ``optimizer``'s class, stepped on scratch copies of a few
-    parameters. Nothing the training uses changes: BatchNorm's running statistics and every
+    It runs what an epoch runs: for each of ``batch_sizes`` the model in train mode
+    (BatchNorm's training kernels differ from its eval ones), ``criterion`` and its backward,
+    the accuracy / confusion counting; then the update kernels of ``optimizer``'s class,
+    stepped on scratch copies of a few parameters; then, for each of ``eval_sizes`` (default:
+    ``batch_sizes``), the model in eval mode as validation runs it. Nothing the training uses changes: BatchNorm's running statistics and every
     other buffer are put back, the random number generators too (dropout), gradients are
     cleared, ``optimizer`` itself is not touched, and the DDP wrapper is bypassed (no
     gradient all-reduce)."""
@@ -170,9 +172,9 @@ def warm_up(model: nn.Module, input_size: list[int], batch_sizes: list[int], dev
             for n in dict.fromkeys(batch_sizes):  # each shape once, in order
                 _warm_step(net, n, input_size, device, amp_dtype, channels_last, criterion,
                            num_classes)
-            net.eval()  # and validation's kernels
+            net.eval()  # and validation's kernels, for ``eval_sizes`` (default: the same)
             with torch.inference_mode():
-                for n in dict.fromkeys(batch_sizes):
+                for n in dict.fromkeys(batch_sizes if eval_sizes is None else eval_sizes):
                     _warm_forward(net, n, input_size, device, amp_dtype, channels_last)
             if optimizer is not None:
                 _warm_optimizer(optimizer)

@@ -119,6 +119,23 @@ def _group_lrs(optimizer: Any) -> dict[str, float]:
     return {str(g.get("name", i)): float(g["lr"]) for i, g in enumerate(groups)}
 
 
+def batch_shapes(loader: Any) -> list[int]:
+    """The batch sizes one epoch of ``loader`` runs: the full one and, unless dropped, the
+    smaller last one (each a new shape for cuDNN's autotuning)."""
+    size = getattr(loader, "batch_size", None)
+    if not size:
+        return []
+    try:
+        sampler = getattr(loader, "sampler", None)
+        n = len(sampler) if sampler is not None else len(loader.dataset)
+    except TypeError:  # a sampler without a length
+        return [size]
+    sizes = [size] if n >= size else []
+    if n % size and not getattr(loader, "drop_last", False):
+        sizes.append(n % size)
+    return sizes
+
+
 def fit(setup: FitSetup, keeper: CheckpointKeeper, log: MetricsLog,
         extras: Callable[[int, EpochStats, EpochStats | None], dict[str, Any]],
         progress: bool = True, on_epoch: EpochCallback | None = None) -> FitOutcome:
@@ -133,10 +150,9 @@ def fit(setup: FitSetup, keeper: CheckpointKeeper, log: MetricsLog,
            "non_blocking": s.non_blocking}
     watch = s.observer
     if s.input_size is not None and s.device.startswith("cuda"):
-        sizes = [getattr(loader, "batch_size", None) for loader in (s.train_loader,
-                                                                     s.val_loader)]
         try:
-            seconds = warm_up(s.model, s.input_size, [n for n in sizes if n], s.device,
+            seconds = warm_up(s.model, s.input_size, batch_shapes(s.train_loader), s.device,
+                              eval_sizes=batch_shapes(s.val_loader),
                               amp_dtype=s.precision.amp_dtype,
                               channels_last=s.precision.channels_last,
                               criterion=s.criterion, optimizer=s.optimizer,
