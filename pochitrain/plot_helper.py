@@ -7,13 +7,15 @@ run on another core while the command works. At the end the command hands over o
 job (a function of ``pochitrain.reports`` and its arguments, pickled through a pipe) and
 waits for it.
 
-When the helper cannot start, dies, or its drawing fails, :meth:`PlotHelper.draw` returns
-False and the caller draws in its own process, where a real error (a bad
-``confusion_matrix_config`` value, say) is raised as it always was.
+On a machine with fewer than ``SPARE_CORES`` cores a thread of the command imports matplotlib
+instead (``plotting.preload``). When the helper cannot start, dies, or its drawing fails,
+:meth:`PlotHelper.draw` returns False and the caller draws in its own process, where a real
+error (a bad ``confusion_matrix_config`` value, say) is raised as it always was.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -22,6 +24,9 @@ from typing import Any
 READY = b"ready\n"
 DONE = b"done\n"
 _started: list[bool] = []  # a helper was started in this process
+# Fewer cores than this: matplotlib is imported by a thread of the command instead (a helper
+# process would only take CPU from the command; measured no faster on 2 cores).
+SPARE_CORES = 4
 
 
 class PlotHelper:
@@ -37,6 +42,11 @@ class PlotHelper:
         if _started or "matplotlib.figure" in sys.modules:
             return self
         _started.append(True)
+        if (os.cpu_count() or 1) < SPARE_CORES:  # no core to spare: a thread, as before
+            from pochitrain.plotting import preload
+
+            preload()
+            return self
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "pochitrain.plot_helper"], stdin=subprocess.PIPE,
@@ -66,6 +76,9 @@ class PlotHelper:
         proc, self._proc = self._proc, None
         if proc is not None:
             _stop(proc)
+        from pochitrain.plotting import wait_preload
+
+        wait_preload()  # a thread cut off mid-import at exit can crash the interpreter
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

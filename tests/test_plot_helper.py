@@ -15,7 +15,9 @@ DRAW = """
 import sys
 from pathlib import Path
 import numpy as np
+from pochitrain import plot_helper
 from pochitrain.plot_helper import PlotHelper
+plot_helper.SPARE_CORES = 1  # as on a machine with cores to spare
 helper = PlotHelper().start()
 started = helper._proc is not None
 cm = np.array([[5, 1], [2, 7]])
@@ -27,8 +29,10 @@ BAD_STYLE = """
 import sys
 from pathlib import Path
 import numpy as np
+from pochitrain import plot_helper
 from pochitrain.plot_helper import PlotHelper
 from pochitrain.reports import plot_confusion
+plot_helper.SPARE_CORES = 1
 job = (np.eye(2, dtype=int), ["a", "b"], Path(sys.argv[1]), "t", {"cmap": "no_such"})
 helper = PlotHelper().start()
 print(helper._proc is not None, helper.draw("plot_confusion", *job), flush=True)
@@ -36,7 +40,9 @@ plot_confusion(*job)
 """
 
 CLOSE = """
+from pochitrain import plot_helper
 from pochitrain.plot_helper import PlotHelper
+plot_helper.SPARE_CORES = 1
 helper = PlotHelper().start()
 proc = helper._proc
 helper.close()
@@ -71,3 +77,24 @@ def test_a_failing_drawing_is_left_to_the_caller(tmp_path: Path) -> None:
 def test_close_without_a_job_ends_the_helper() -> None:
     out = _run(CLOSE)
     assert out.stdout.split() == ["True", "True", "False"], out.stderr[-2000:]
+
+
+FEW_CORES = """
+import sys, threading
+from pathlib import Path
+import numpy as np
+from pochitrain import plot_helper
+from pochitrain.plot_helper import PlotHelper
+plot_helper.SPARE_CORES = 10_000  # no core to spare: a thread imports matplotlib instead
+helper = PlotHelper().start()
+thread = [t.name for t in threading.enumerate() if t.name == "pochi-preload-mpl"]
+job = (np.eye(2, dtype=int), ["a", "b"], Path(sys.argv[1]), "t", None)
+print(helper._proc is None, thread == ["pochi-preload-mpl"], helper.draw("plot_confusion", *job))
+helper.close()
+"""
+
+
+def test_without_spare_cores_a_thread_preloads_and_the_caller_draws(tmp_path: Path) -> None:
+    out = _run(FEW_CORES, str(tmp_path / "cm.png"))
+    assert out.stdout.split() == ["True", "True", "False"], out.stderr[-2000:]
+    assert not (tmp_path / "cm.png").exists()  # draw() said False: the caller would draw it

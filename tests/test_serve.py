@@ -547,20 +547,3 @@ def test_shared_model_socket_that_cannot_be_made_is_a_clear_error(onnx_model: Pa
     assert "TMPDIR" in proc.stderr and "Traceback" not in proc.stderr
     assert not list(deep.glob("pochi_serve_metrics_*"))  # removed again
 
-
-@pytest.mark.parametrize(("argv", "gpu"), [
-    (["m.pth"], False), (["m.pth", "--device", "cuda:1"], True),
-    (["m.pth", "--pipeline", "gpu"], True), (["m.onnx", "--providers", "cpu"], False),
-    (["m.onnx", "--providers", "CUDAExecutionProvider"], True),
-    (["m.onnx", "--providers", "tensorrt", "cpu"], True), (["m.engine"], True)])
-def test_the_model_is_shared_by_default_when_the_options_say_gpu(argv: list[str],
-                                                                  gpu: bool) -> None:
-    import argparse
-
-    from pochitrain.cli.serve import configure, on_gpu
-
-    parser = argparse.ArgumentParser()
-    configure(parser)
-    args = parser.parse_args(argv)
-    assert args.shared_model is None and on_gpu(args) is gpu
-    assert parser.parse_args([*argv, "--no-shared-model"]).shared_model is False
