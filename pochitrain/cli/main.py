@@ -88,9 +88,11 @@ def _unwrapped(exc: Exception) -> Exception:
 
 
 def run(argv: Sequence[str] | None, prog: str = "pochi", only: str | None = None) -> int:
+    from pochitrain.bytecode import keep_bytecode
     from pochitrain.console import safe_streams
     from pochitrain.errors import PochiError
 
+    keep_bytecode()  # before any verb imports torch
     safe_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = next((a for a in argv if not a.startswith("-")), None)
