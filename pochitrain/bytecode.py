@@ -1,14 +1,16 @@
 """Keep compiled bytecode between commands where Python would not.
 
-Python caches each module's compiled bytecode in ``__pycache__`` beside its source. Where it
-cannot (``PYTHONDONTWRITEBYTECODE=1``, common in container images, or a read-only
-site-packages) every command compiles PyTorch's ~1,350 modules from source again: 2.9 s of an
-8.2 s ``pochi infer`` on the GPU machine (cProfile, ``builtins.compile``), on every run.
+Python caches each module's compiled bytecode in ``__pycache__`` beside its source (pip
+writes it at install time). Where there is none and Python may not write it
+(``PYTHONDONTWRITEBYTECODE=1``, common in container images, or a read-only site-packages),
+every command compiles PyTorch's ~1,350 modules from source again: 2.9 s of an 8.2 s
+``pochi infer`` on the GPU machine (cProfile, ``builtins.compile``), on every run.
 
-There, a command keeps the bytecode in a cache folder of its own instead
-(``$XDG_CACHE_HOME/pochitrain/pycache``, else ``~/.cache/pochitrain/pycache``; Python's
-``sys.pycache_prefix``, also passed to child processes as ``PYTHONPYCACHEPREFIX``). Nothing
-is written beside the sources. ``POCHI_BYTECODE_CACHE=0`` turns this off; an explicit
+Only there (judged by torch's ``__init__``), a command keeps the bytecode in a cache folder of
+its own instead (``$XDG_CACHE_HOME/pochitrain/pycache``, else ``~/.cache/pochitrain/pycache``;
+Python's ``sys.pycache_prefix``, also passed to child processes as ``PYTHONPYCACHEPREFIX``).
+Nothing is written beside the sources. Where bytecode exists beside the sources it is used as
+always: a prefix would make Python ignore it. ``POCHI_BYTECODE_CACHE=0`` turns this off; an explicit
 ``PYTHONPYCACHEPREFIX`` is left as it is.
 """
 
@@ -27,18 +29,22 @@ def cache_dir() -> Path:
     return Path(base) / "pochitrain" / "pycache"
 
 
-def _heavy_package_writable() -> bool:
-    """Whether Python can write ``__pycache__`` beside torch's sources (torch holds most of
-    what a command imports); True when torch is absent (nothing to gain)."""
+def _recompiles_torch() -> bool:
+    """Whether importing torch would compile it from source: no bytecode beside its
+    ``__init__.py`` (a fresh, never-imported install) and Python may not or cannot write it
+    there. False when torch is absent (nothing to gain)."""
     try:
         spec = importlib.util.find_spec("torch")
     except (ImportError, ValueError):
-        return True
-    if spec is None or not spec.origin:
-        return True
+        return False
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return False
+    if Path(importlib.util.cache_from_source(spec.origin)).is_file():
+        return False  # cached beside the sources (pip compiles at install): keep using it
     folder = Path(spec.origin).parent
     cache = folder / "__pycache__"
-    return os.access(cache if cache.is_dir() else folder, os.W_OK)
+    return sys.dont_write_bytecode or not os.access(cache if cache.is_dir() else folder,
+                                                    os.W_OK)
 
 
 def keep_bytecode() -> Path | None:
@@ -46,7 +52,7 @@ def keep_bytecode() -> Path | None:
     heavy packages on every run; the folder used, or None when nothing changed."""
     if os.environ.get(ENV, "").strip() == "0" or sys.pycache_prefix is not None:
         return None
-    if not sys.dont_write_bytecode and _heavy_package_writable():
+    if not _recompiles_torch():
         return None
     folder = cache_dir()
     try:
