@@ -136,7 +136,7 @@ case "$step" in
     # the whole `pochi infer` with the bytecode cache (pochitrain.bytecode) against without:
     # three walls each, after one run that fills the cache; the machine's Python settings
     R=$OUT/r3; mkdir -p $R; unset PYTHONPYCACHEPREFIX
-    { env | grep -E '^PYTHON' ; python3 -c "import sys, torch, os; print('dont_write', sys.dont_write_bytecode, 'prefix', sys.pycache_prefix, 'torch dir writable', os.access(os.path.dirname(torch.__file__), os.W_OK))"; } > $R/env.txt 2>&1; cat $R/env.txt
+    { env | grep -E '^PYTHON' ; python3 -c "import sys, torch, os; import importlib.util as u; print('dont_write', sys.dont_write_bytecode, 'prefix', sys.pycache_prefix, 'torch dir writable', os.access(os.path.dirname(torch.__file__), os.W_OK), 'torch pyc', os.path.exists(u.cache_from_source(torch.__file__)))"; } > $R/env.txt 2>&1; cat $R/env.txt
     python3 -c "import sys; sys.path.insert(0,'benchmarks'); from gpu_bench import make_images; from infer_gpu_bench import make_models; from pathlib import Path; make_images(Path('/tmp/pochi_infer_bench'), 2000); make_models(Path('/tmp/gil_probe_models'))" > /dev/null 2>&1
     M=/tmp/gil_probe_models/resnet18/models/resnet18.pth
     wall() { python3 -c "import subprocess as s, sys, time; t = time.time(); s.run(sys.argv[1:]); print(round(time.time() - t, 2))" python3 -m pochitrain.cli.main infer $M --data /tmp/pochi_infer_bench -o /tmp/r3_$1 --quiet 2>&1 | tail -1; }
