@@ -57,6 +57,24 @@ def model_facts(model: Any) -> dict[str, Any]:
 
 
 # ---- main process ---------------------------------------------------------------------
+def socket_error(path: Path) -> Any:
+    """A PochiError when a Unix socket cannot be made at ``path`` (e.g. a TMPDIR too long for
+    a socket name, about 107 bytes), else None; checked before the model is loaded."""
+    from pochitrain.errors import PochiError
+
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.bind(str(path))
+    except OSError as exc:
+        return PochiError(f"The shared model cannot listen on {path}: {exc}.",
+                          "Set TMPDIR to a short local folder, or run without "
+                          "--shared-model.")
+    finally:
+        probe.close()
+        path.unlink(missing_ok=True)
+    return None
+
+
 class ModelHost:
     """The model behind a Unix socket: one batcher over the images of every connection."""
 
@@ -114,12 +132,8 @@ class ModelHost:
         try:
             try:
                 server = await asyncio.start_unix_server(self._client, path=str(self.path))
-            except OSError as exc:  # e.g. a TMPDIR too long for a socket name (~107 bytes)
-                from pochitrain.errors import PochiError
-
-                raise PochiError(f"The shared model cannot listen on {self.path}: {exc}.",
-                                 "Set TMPDIR to a short local folder, or run without "
-                                 "--shared-model.") from exc
+            except OSError as exc:  # checked before the model was loaded; in case it changed
+                raise (socket_error(self.path) or exc) from exc
             self._ready.set()
             await self._stop.wait()
             server.close()

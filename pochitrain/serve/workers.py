@@ -210,10 +210,14 @@ def _startup_error(workers: list[_Worker]) -> Exception:
 
 def _open_shared(options: ServeOptions, settings: ServeSettings, folder: str) -> Any:
     """The model, opened and warmed up here, listening on a socket in ``folder``."""
-    from pochitrain.serve.shared import ModelHost
+    from pochitrain.serve.shared import ModelHost, socket_error
 
+    path = Path(folder) / "model.sock"
+    error = socket_error(path)
+    if error is not None:  # say so before loading the model, not after
+        raise error
     model = open_model(options, settings)
-    host = ModelHost(model, settings, Path(folder) / "model.sock")
+    host = ModelHost(model, settings, path)
     try:
         host.start()
     except BaseException:
