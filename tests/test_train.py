@@ -86,6 +86,15 @@ def test_seeded_runs_are_reproducible(tiny_data: Path, tmp_path: Path) -> None:
     assert losses[0] == losses[1]
 
 
+def test_a_last_batch_of_one_image_is_dropped_not_a_crash(tiny_data: Path,
+                                                          tmp_path: Path) -> None:
+    """18 images at batch 17: a last batch of one would stop BatchNorm ("Expected more
+    than 1 value per channel when training"); the training loader drops it."""
+    config = _tiny_config(tmp_path, tiny_data, epochs=1, extra="batch_size = 17\n")
+    result = train(config, progress=False)
+    assert result.epochs_run == 1 and result.stopped_by == "completed"
+
+
 def test_early_stopping(tiny_data: Path, tmp_path: Path) -> None:
     config = _tiny_config(tmp_path, tiny_data, epochs=6, extra=(
         "early_stopping = {'patience': 1, 'min_delta': 10.0, 'monitor': 'val_loss'}\n"))

@@ -71,6 +71,13 @@ def _init_worker(worker_id: int) -> None:
     np.random.seed(torch.initial_seed() % 2**32)
 
 
+def lone_last_image(n: int, batch_size: int) -> bool:
+    """Whether an epoch of ``n`` images would end with a batch of one, which BatchNorm cannot
+    train on ("Expected more than 1 value per channel"): the training loaders drop it (a
+    different image each epoch, as they shuffle)."""
+    return n > batch_size and n % batch_size == 1
+
+
 def make_loader(folder: ImageFolder, transform: Callable[[Any], Any], *, batch_size: int,
                 shuffle: bool, num_workers: int, device: str, seed: int | None,
                 pin_memory: bool | None = None) -> DataLoader:
@@ -80,6 +87,7 @@ def make_loader(folder: ImageFolder, transform: Callable[[Any], Any], *, batch_s
         generator.manual_seed(seed)
     return DataLoader(
         ImageDataset(folder, transform), batch_size=batch_size, shuffle=shuffle,
+        drop_last=shuffle and lone_last_image(len(folder.samples), batch_size),
         num_workers=num_workers, collate_fn=collate_skipping, generator=generator,
         pin_memory=device.startswith("cuda") and pin_memory is not False,
         persistent_workers=num_workers > 0,

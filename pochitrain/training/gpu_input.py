@@ -38,7 +38,7 @@ import torch
 from pochitrain.data import ImageFolder, open_rgb
 from pochitrain.errors import ConfigError, DataError
 from pochitrain.inference.gpu_preprocess import _read, map_grouped, quick_gil_handoff, read_threads
-from pochitrain.training.data import Batch
+from pochitrain.training.data import Batch, lone_last_image
 from pochitrain.training.gpu_batch import Plan, compile_chain
 
 # torchvision transforms (v1 names, also in transforms.v2) that accept uint8 tensors and give
@@ -396,7 +396,9 @@ def gpu_loaders(settings: Any, train: ImageFolder, val: ImageFolder, device: str
         ops, _ = map_transforms(tf)
         cache = build_cache(folder, cache_where, device, split) if cache_where else None
         # a last, smaller train batch is a new shape: cuDNN autotunes it again in epoch 1
-        drop = shuffle and len(folder.samples) >= TRAIN_DROP_LAST_BATCHES * settings.batch_size
+        n = len(folder.samples)
+        drop = shuffle and (n >= TRAIN_DROP_LAST_BATCHES * settings.batch_size
+                            or lone_last_image(n, settings.batch_size))
         loaders.append(GpuLoader(folder, ops or [], batch_size=settings.batch_size,
                                  shuffle=shuffle, device=device, seed=settings.seed,
                                  cache=cache, drop_last=drop, split=split))
