@@ -106,4 +106,3 @@ def run(args: argparse.Namespace) -> int:
                                                          // args.workers)),
         access_log=not args.no_access_log)
     return serve(options, settings)
-

@@ -157,10 +157,11 @@ def warm_up(model: nn.Module, input_size: list[int], batch_sizes: list[int], dev
     (BatchNorm's training kernels differ from its eval ones), ``criterion`` and its backward,
     the accuracy / confusion counting; then the update kernels of ``optimizer``'s class,
     stepped on scratch copies of a few parameters; then, for each of ``eval_sizes`` (default:
-    ``batch_sizes``), the model in eval mode as validation runs it. Nothing the training uses changes: BatchNorm's running statistics and every
-    other buffer are put back, the random number generators too (dropout), gradients are
-    cleared, ``optimizer`` itself is not touched, and the DDP wrapper is bypassed (no
-    gradient all-reduce)."""
+    ``batch_sizes``), the model in eval mode as validation runs it. Nothing the training uses
+    changes: BatchNorm's running statistics and every other buffer are put back, the random
+    number generators too (dropout), gradients are cleared, ``optimizer`` itself is not
+    touched, and the DDP wrapper is bypassed (no gradient all-reduce). A train shape of one
+    image is skipped (BatchNorm cannot train on it; the loaders drop such a batch)."""
     net = getattr(model, "module", model)
     was_training = net.training
     start = time.perf_counter()
@@ -169,7 +170,7 @@ def warm_up(model: nn.Module, input_size: list[int], batch_sizes: list[int], dev
     try:
         with torch.random.fork_rng(devices=devices):
             net.train()
-            for n in dict.fromkeys(batch_sizes):  # each shape once, in order
+            for n in dict.fromkeys(n for n in batch_sizes if n > 1):  # each shape once
                 _warm_step(net, n, input_size, device, amp_dtype, channels_last, criterion,
                            num_classes)
             net.eval()  # and validation's kernels, for ``eval_sizes`` (default: the same)
