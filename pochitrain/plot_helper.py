@@ -82,17 +82,17 @@ class PlotHelper:
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """End a helper with no job left: at once (it may still be importing matplotlib; it has
+    written nothing, and waiting for it would only delay the command)."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
     for pipe in (proc.stdin, proc.stdout):
         if pipe is not None:
             try:
                 pipe.close()
             except OSError:
                 pass
-    try:
-        proc.wait(timeout=2)  # closing stdin ends a helper that waits for its job
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def main() -> int:
