@@ -84,7 +84,7 @@ def _photos(root: Path, epochs: int, n: int) -> Path:
     from train_bench import make_images
 
     make_images(root / "train", n)
-    make_images(root / "val", max(n // 5, 50))
+    make_images(root / "val", max(n // 5, 50), start=n)  # not the training images again
     config = root / "config.py"
     config.write_text(PHOTO_CONFIG.format(train=str(root / "train"), val=str(root / "val"),
                                           epochs=epochs), encoding="utf-8")

@@ -69,11 +69,14 @@ def _one(args: tuple[int, str, int]) -> None:
     im.save(Path(root) / str(cls) / f"{i:05d}.jpg", quality=90)
 
 
-def make_images(root: Path, n: int) -> Path:
+def make_images(root: Path, n: int, start: int = 0) -> Path:
+    """``n`` images (seeds ``start`` .. ``start + n - 1``): give a validation split another
+    ``start`` than its training split, or it repeats the first training images."""
     for c in range(CLASSES):
         (root / str(c)).mkdir(parents=True, exist_ok=True)
     with Pool(min(16, os.cpu_count() or 1)) as pool:
-        pool.map(_one, [(i, str(root), i % CLASSES) for i in range(n)], chunksize=32)
+        pool.map(_one, [(i, str(root), i % CLASSES) for i in range(start, start + n)],
+                 chunksize=32)
     return root
 
 
@@ -197,7 +200,7 @@ def main() -> None:
     if not (data / "train").exists():
         t0 = time.perf_counter()
         make_images(data / "train", args.images)
-        make_images(data / "val", max(500, args.images // 8))
+        make_images(data / "val", max(500, args.images // 8), start=args.images)
         print(f"made images in {time.perf_counter() - t0:.1f} s", flush=True)
     if args.transforms_only:
         sys.path.insert(0, str(ROOT))
