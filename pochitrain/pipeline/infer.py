@@ -59,10 +59,11 @@ def infer(model_path: Path | str, data: Path | str | None = None,
             data_dir = Path(data) if data else _default_data(model_path)
             folder = _data_folder(data_dir, model.meta.class_names)
             bs = batch_size or model.default_batch_size()
-            batches, pipeline_text = _input_pipeline(model, pipeline)
+            batches, describe = _input_pipeline(model, pipeline)
             result = run_inference(model.runner, folder, model.meta.preprocess, bs,
                                    model.meta.class_names, warmup_runs=warmup_runs,
                                    progress=progress, batches=batches)
+            pipeline_text = describe()
             info = {"model": str(model_path), "data": str(data_dir),
                     "input_size": "x".join(str(v) for v in model.meta.preprocess.input_size),
                     "pipeline": pipeline_text, **model.runner.describe()}
@@ -136,8 +137,10 @@ def _model_device(model: OpenModel) -> str:
     return "cuda" if model.runner.on_cuda else "cpu"  # ONNX Runtime provider, TensorRT pipe
 
 
-def _input_pipeline(model: OpenModel, pipeline: str) -> tuple[Any, str]:
-    """(batch source for run_inference or None for the CPU path, text for the summary).
+def _input_pipeline(model: OpenModel, pipeline: str) -> tuple[Any, Any]:
+    """(batch source for run_inference or None for the CPU path, a callable giving the text
+    for the summary: asked after the run, so that nvJPEG's start-up probe, which it waits for,
+    overlaps the first batches instead of delaying them).
 
     On a GPU every runtime gets the same GPU input pipeline (nvJPEG decode, resize and
     normalize on the GPU): PyTorch and TensorRT take its CUDA tensors on the shared CUDA path,
@@ -146,10 +149,10 @@ def _input_pipeline(model: OpenModel, pipeline: str) -> tuple[Any, str]:
 
     choice, why = resolve_pipeline(pipeline, _model_device(model), model.meta.preprocess)
     if choice == "cpu":
-        return None, f"cpu (PIL, decode threads; {why})"
+        return None, lambda: f"cpu (PIL, decode threads; {why})"
     source = GpuBatches(model.meta.preprocess, "cuda" if model.runtime != "pytorch"
                         else model.runner.device)
-    return source, source.describe()
+    return source, source.describe
 
 
 def _check_output(output: Path | str | None) -> Path | None:
