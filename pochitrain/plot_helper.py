@@ -27,6 +27,7 @@ _started: list[bool] = []  # a helper was started in this process
 # Fewer cores than this: matplotlib is imported by a thread of the command instead (a helper
 # process would only take CPU from the command; measured no faster on 2 cores).
 SPARE_CORES = 4
+DRAW_TIMEOUT_S = 120.0  # matplotlib's import plus one picture take 1-2 s
 
 
 class PlotHelper:
@@ -62,12 +63,9 @@ class PlotHelper:
         if proc is None or proc.stdin is None or proc.stdout is None:
             return False
         try:
-            proc.stdin.write(pickle.dumps((name, args, kwargs)))
-            proc.stdin.close()
-            out = proc.stdout.read()
-            proc.wait(timeout=60)
+            out, _ = proc.communicate(pickle.dumps((name, args, kwargs)), timeout=DRAW_TIMEOUT_S)
         except (OSError, ValueError, pickle.PicklingError, subprocess.TimeoutExpired):
-            _stop(proc)
+            _stop(proc)  # a helper that hangs must not hang the command: draw here instead
             return False
         return proc.returncode == 0 and out.endswith(DONE)
 

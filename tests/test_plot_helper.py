@@ -98,3 +98,25 @@ def test_without_spare_cores_a_thread_preloads_and_the_caller_draws(tmp_path: Pa
     out = _run(FEW_CORES, str(tmp_path / "cm.png"))
     assert out.stdout.split() == ["True", "True", "False"], out.stderr[-2000:]
     assert not (tmp_path / "cm.png").exists()  # draw() said False: the caller would draw it
+
+
+SLOW = """
+import sys
+from pathlib import Path
+import numpy as np
+from pochitrain import plot_helper
+from pochitrain.plot_helper import PlotHelper
+plot_helper.SPARE_CORES = 1
+plot_helper.DRAW_TIMEOUT_S = 0.001  # a helper that does not answer in time
+helper = PlotHelper().start()
+proc = helper._proc
+job = (np.eye(2, dtype=int), ["a", "b"], Path(sys.argv[1]), "t", None)
+print(helper.draw("plot_confusion", *job), proc.returncode is not None)
+"""
+
+
+def test_a_helper_that_does_not_answer_is_stopped_and_left_to_the_caller(
+        tmp_path: Path) -> None:
+    out = _run(SLOW, str(tmp_path / "cm.png"))
+    assert out.stdout.split() == ["False", "True"], out.stderr[-2000:]
+    assert not (tmp_path / "cm.png").exists()
