@@ -21,7 +21,6 @@ import subprocess
 import sys
 from typing import Any
 
-READY = b"ready\n"
 DONE = b"done\n"
 _started: list[bool] = []  # a helper was started in this process
 # Fewer cores than this: matplotlib is imported by a thread of the command instead (a helper
@@ -102,8 +101,6 @@ def main() -> int:
 
     from pochitrain import reports
 
-    sys.stdout.buffer.write(READY)
-    sys.stdout.buffer.flush()
     data = sys.stdin.buffer.read()
     if not data:  # the command ended without a picture to draw
         return 0
