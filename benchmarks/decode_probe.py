@@ -35,6 +35,43 @@ def _rate(fn: Any, n: int) -> float:
     return round(n / best, 1)
 
 
+def _threads(nvimgcodec: Any, blobs: list[bytes]) -> dict[str, Any]:
+    """The hardware decoder fed by 1, 2 and 4 threads, each with its own Decoder and CUDA
+    stream, over the batches in turn: does the engine have room past one caller?"""
+    import threading
+
+    import torch
+
+    params = nvimgcodec.DecodeParams(apply_exif_orientation=False,
+                                     color_spec=nvimgcodec.ColorSpec.SRGB,
+                                     sample_format=nvimgcodec.SampleFormat.P_RGB)
+    backends = [nvimgcodec.Backend(nvimgcodec.BackendKind.HW_GPU_ONLY)]
+    streams = [nvimgcodec.CodeStream(b) for b in blobs]
+    batches = [streams[i:i + 256] for i in range(0, len(streams), 256)] * 4
+    rows: dict[str, Any] = {}
+    for k in (1, 2, 4):
+        decs = [nvimgcodec.Decoder(backends=backends) for _ in range(k)]
+        cstreams = [torch.cuda.Stream() for _ in range(k)]
+
+        def work(j: int, k: int = k, decs: list[Any] = decs,
+                 cstreams: list[Any] = cstreams) -> None:
+            for b in batches[j::k]:
+                decs[j].decode(b, params=params, cuda_stream=cstreams[j].cuda_stream)
+            cstreams[j].synchronize()
+
+        for j in range(k):  # first calls: handles, buffers
+            decs[j].decode(batches[0][:8], params=params, cuda_stream=cstreams[j].cuda_stream)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=work, args=(j,)) for j in range(k)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        rows[f"{k}_threads_img_s"] = round(sum(map(len, batches)) / (time.perf_counter() - t0), 1)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="/tmp/pochi_infer_bench")
@@ -99,6 +136,8 @@ def main() -> int:
                 out[f"nvimgcodec_{label}"] = row
             except Exception as e:  # noqa: BLE001 - a probe: record what failed and go on
                 out[f"nvimgcodec_{label}"] = f"{type(e).__name__}: {e}"[:300]
+    if nvimgcodec is not None and isinstance(out.get("nvimgcodec_hw"), dict):
+        out["nvimgcodec_hw_threads"] = _threads(nvimgcodec, blobs)
     text = json.dumps(out, indent=1)
     print(text)
     if args.json:

@@ -26,6 +26,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+def _timed(owner: object, name: str, totals: dict[str, float]) -> None:
+    """Wrap ``owner.name`` so the seconds spent inside it (all threads) add up in totals."""
+    fn = getattr(owner, name)
+    totals[name] = 0.0
+
+    def wrapper(*a: object, **k: object) -> object:
+        t0 = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            totals[name] += time.perf_counter() - t0
+
+    setattr(owner, name, wrapper)
+
+
 def _pipeline(args: argparse.Namespace) -> dict[str, object]:
     import torch
 
@@ -37,17 +52,39 @@ def _pipeline(args: argparse.Namespace) -> dict[str, object]:
     if args.reads == "memory":
         cache = {p: gp._read(p) for p, _ in samples}
         gp._read = cache.__getitem__  # type: ignore[assignment]
+    if args.no_record_stream:  # what the per-image record_stream calls cost
+        torch.Tensor.record_stream = lambda self, stream: None  # type: ignore[method-assign]
+    totals: dict[str, float] = {}
+    if args.stages:  # seconds inside each stage, summed over calls (threads overlap)
+        _timed(gp, "_read", totals)
+        _timed(gp.GpuBatches, "_decode_many", totals)
+        _timed(gp.GpuBatches, "_assemble", totals)
     pp = Preprocess(input_size=[224, 224], resize=[256], center_crop=[224, 224])
-    gb = gp.GpuBatches(pp, "cuda")
-    rates = []
+    gb = gp.GpuBatches(pp, args.device)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    rates, steady, stages = [], [], []
     for _ in range(args.passes):
-        start, n = time.perf_counter(), 0
+        totals.update(dict.fromkeys(totals, 0.0))
+        start, n, first = time.perf_counter(), 0, None
         for _b, paths, *_ in gb(samples, args.batch):
             n += len(paths)
-        torch.cuda.synchronize()
-        rates.append(round(n / (time.perf_counter() - start), 1))
-    return {"probe": "pipeline", "reads": args.reads, "batch": args.batch,
-            "images": len(samples), "read_threads": gb.workers, "img_s": rates}
+            if first is None:  # the pipeline's fill ends with the first batch
+                first, n_first = time.perf_counter(), n
+        sync()
+        end = time.perf_counter()
+        rates.append(round(n / (end - start), 1))
+        if first is not None and n > n_first:
+            steady.append(round((n - n_first) / (end - first), 1))
+        if totals:
+            stages.append({k: round(v / (end - start), 3) for k, v in totals.items()})
+    out: dict[str, object] = {
+        "probe": "pipeline", "reads": args.reads, "batch": args.batch, "images": len(samples),
+        "read_threads": gb.workers, "img_s": rates, "steady_img_s": steady}
+    if args.no_record_stream:
+        out["record_stream"] = "off"
+    if stages:
+        out["busy_fraction_of_wall"] = stages
+    return out
 
 
 def _e2e(args: argparse.Namespace) -> dict[str, object]:
@@ -119,6 +156,10 @@ def main() -> int:
     ap.add_argument("--passes", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=1,
                     help="pipeline: the file list this many times over (a steady rate)")
+    ap.add_argument("--stages", action="store_true",
+                    help="pipeline: time spent inside read, decode and assemble")
+    ap.add_argument("--no-record-stream", action="store_true")
+    ap.add_argument("--device", default="cuda", help="pipeline: cpu for a smoke run")
     ap.add_argument("--model", default="resnet50")
     ap.add_argument("--procs", type=int, default=1)
     args = ap.parse_args()

@@ -144,5 +144,27 @@ case "$step" in
     for i in 0 1 2; do echo "bytecode cache, run $i: $(wall c$i) s"; done | tee -a $R/walls.txt
     du -sh ~/.cache/pochitrain/pycache 2>&1 | tee -a $R/walls.txt
     python3 -X importtime -m pochitrain.cli.main --help 2> /tmp/imp.txt > /dev/null; tail -1 /tmp/imp.txt | tee -a $R/walls.txt ;;
+  round4)
+    # round3, then where the input stage's time goes: seconds inside read / decode / assemble
+    # (files, memory, record_stream off), its steady rate beside resnet18 end to end, nvJPEG
+    # alone, nvImageCodec's hardware decoder fed by 1/2/4 threads, a py-spy --gil profile of
+    # the pipeline, and a cProfile of `pochi infer` with the bytecode cache; into $OUT/r3, r4
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /root/nvimg .carry/nvimg/*.whl
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /root/site .carry/tools/*.whl
+    bash "$0" round3
+    R=$OUT/r4; mkdir -p $R; export PATH=/root/site/bin:$PATH
+    for v in "--reads files" "--reads memory" "--reads files --no-record-stream"; do
+      timeout 60 python3 benchmarks/gil_probe.py pipeline $v --repeat 4 --passes 3 --stages >> $R/probes.jsonl; done
+    timeout 120 python3 benchmarks/gil_probe.py e2e --model resnet18 --passes 3 2>&1 | grep '"probe"' >> $R/probes.jsonl
+    timeout 60 python3 benchmarks/gil_probe.py decode --procs 1 --passes 4 >> $R/probes.jsonl
+    cat $R/probes.jsonl
+    timeout 120 python3 benchmarks/decode_probe.py --json $R/decode.json --nvimg-path /root/nvimg 2>&1 | tail -30
+    timeout 90 py-spy record --nonblocking --gil --threads -r 250 -f raw -o /tmp/pf.raw -- \
+      python3 benchmarks/gil_probe.py pipeline --repeat 4 --passes 3 > /dev/null 2>&1
+    python3 benchmarks/spy_summary.py /tmp/pf.raw > $R/spy_pipe_files.txt 2>&1; head -40 $R/spy_pipe_files.txt
+    M=/tmp/gil_probe_models/resnet18/models/resnet18.pth
+    python3 -m cProfile -o /tmp/infer.prof -m pochitrain.cli.main infer $M --data /tmp/pochi_infer_bench -o /tmp/r4prof --quiet > /dev/null 2>&1
+    python3 -c "import pstats; pstats.Stats('/tmp/infer.prof').sort_stats('cumulative').print_stats(50)" > $R/infer_profile_cached.txt 2>&1
+    grep -E 'function calls|compile' $R/infer_profile_cached.txt | head -5 ;;
   *) echo "unknown step $step"; exit 2 ;;
 esac
