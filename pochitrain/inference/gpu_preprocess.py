@@ -315,10 +315,33 @@ class GpuBatches:
         self.workers = workers or read_threads()
         self.cuda = device.startswith("cuda")
         self._decoder: list[str] = [] if self.cuda else ["torchvision (CPU)"]
-        if self.cuda:  # nvJPEG's start-up (~0.5 s) overlaps the model's warm-up
+        self._resize_warm: threading.Thread | None = None
+        if self.cuda:  # nvJPEG's start-up (~0.65 s on an H100) overlaps the model's warm-up
             self._probe = threading.Thread(target=lambda: self._decoder.append(
                 self._probe_nvjpeg()), name="pochi-nvjpeg-probe", daemon=True)
             self._probe.start()
+            # and so does the resize kernels' (Triton hashes its own library, ~0.3 s, before
+            # it finds the compiled kernels in its cache; then loads them, ~0.1 s)
+            self._resize_warm = threading.Thread(target=self._warm_resize,
+                                                 name="pochi-resize-warm", daemon=True)
+            self._resize_warm.start()
+
+    def _warm_resize(self) -> None:
+        """One resize of a blank image the size of a typical photo for this preprocessing."""
+        torch = self._torch
+        h, w = self.preprocess.input_size
+        with contextlib.suppress(Exception):  # a real batch meets (and reports) any problem
+            stream = torch.cuda.Stream(self.device)  # its own: a model may be capturing a graph
+            with torch.cuda.stream(stream):
+                blank = torch.zeros((3, h * 3 // 2 + 1, w * 2), dtype=torch.uint8,
+                                    device=self.device)
+                to_batch([blank], self.preprocess, self.blank_batch(1))
+            stream.synchronize()
+
+    def blank_batch(self, n: int) -> Any:
+        """Zeros shaped, typed and placed like this pipeline's batches (the model's warm-up)."""
+        h, w = self.preprocess.input_size
+        return self._torch.zeros((n, 3, h, w), dtype=self._torch.float32, device=self.device)
 
     @property
     def jpeg_decoder(self) -> str:
@@ -399,6 +422,9 @@ class GpuBatches:
         if not good:
             return None, paths, labels, skipped
         torch = self._torch
+        if self._resize_warm is not None:  # its kernels are ours: do not compile them twice
+            self._resize_warm.join()
+            self._resize_warm = None
         h, w = self.preprocess.input_size
         batch = torch.empty((len(good), 3, h, w), dtype=torch.float32, device=self.device)
         return to_batch([g[2] for g in good], self.preprocess, batch), paths, labels, skipped
@@ -409,14 +435,14 @@ class GpuBatches:
         in the CPU path: fixed shapes keep CUDA graphs and cuDNN plans reusable."""
         good: list[tuple[Path, int, Any]] = []
         skipped: list[Path] = []
-        stream = self._torch.cuda.current_stream(self.device) if self.cuda else None
+        # The images were made on the decode thread's stream and are read on this one. No
+        # record_stream is needed (it cost 5-10 % of the stage, one call per image): an image
+        # is released only after a later yield, i.e. after _threaded synchronized this stream.
         for chunk, images in decoded:
             for (path, label, _, _), img in zip(chunk, images):
                 if img is None:
                     skipped.append(path)
                 else:
-                    if stream is not None:  # made on the decode stream, read on this one
-                        img.record_stream(stream)
                     good.append((path, label, img))
             while len(good) >= batch_size:
                 yield self._assemble(good[:batch_size], skipped)

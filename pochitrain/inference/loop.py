@@ -3,8 +3,8 @@
 decode + preprocess (a small thread pool runs ahead of the model, bounded) -> batch ->
 ``Runner.run`` -> softmax -> records.  "Pure" time is what the runner reports for the model
 call alone; "end-to-end" is the wall clock of the whole timed loop (decode, preprocess, copies,
-model, postprocess). Warm-up runs happen before the timed loop on the first batch and are not
-part of the results.
+model, postprocess). Warm-up runs, on a blank batch of the first batch's shape while the first
+batch is being prepared, happen before the timed loop and are not part of the results.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,16 @@ def iter_batches(samples: list[tuple[Path, int]], preprocess: Preprocess, batch_
             yield batch, paths, labels, skipped
 
 
+def _blank_batch(batches: Any, preprocess: Preprocess, n: int) -> Any:
+    """Zeros shaped like the source's batches: its own ``blank_batch`` (a CUDA tensor from the
+    GPU pipeline), else a float32 NCHW array as the CPU path makes."""
+    make = getattr(batches, "blank_batch", None)
+    if make is not None:
+        return make(n)
+    h, w = preprocess.input_size
+    return np.zeros((n, 3, h, w), dtype=np.float32)
+
+
 BatchSource = Callable[[list[tuple[Path, int]], int], Iterator[tuple[Any, list[Path], list[int],
                                                                     list[Path]]]]
 
@@ -131,20 +141,26 @@ def run_inference(runner: Runner, folder: ImageFolder, preprocess: Preprocess,
         def batches(s: list[tuple[Path, int]], n: int) -> Iterator[Any]:
             return iter_batches(s, preprocess, n)
 
-    # One pass over the data. The model warms up on the first decodable batch before the clock
-    # starts, while the input pipeline goes on preparing the next batches; the warm-up runs
-    # are not part of the results, that batch is (it runs again in the timed loop).
+    # One pass over the data. The model warms up on a blank batch of the first batch's shape
+    # while another thread waits for that first batch, so the input pipeline's start-up
+    # (nvJPEG's, the resize kernels', the file reads) overlaps the model's (cuDNN plans,
+    # CUDA graphs, TensorRT contexts) instead of following it. Neither is timed.
     items = iter(batches(samples, batch_size))
     early: list[tuple[Any, list[Path], list[int], list[Path]]] = []
     try:
-        if warmup_runs > 0:
-            for item in items:
-                early.append(item)
-                if item[0] is not None:
+        if warmup_runs > 0 and samples:
+            with ThreadPoolExecutor(1, thread_name_prefix="pochi-first-batch") as first:
+                pending = first.submit(next, items, None)
+                try:
+                    blank = _blank_batch(batches, preprocess, min(batch_size, len(samples)))
                     for _ in range(warmup_runs):
-                        runner.run(item[0])
-                    result.warmup_samples = warmup_runs * len(item[0])
-                    break
+                        runner.run(blank)
+                finally:  # the generator must not be closed while that thread runs it
+                    wait([pending])
+            item = pending.result()
+            result.warmup_samples = warmup_runs * len(blank)
+            if item is not None:
+                early.append(item)
 
         from pochitrain.console import progress_bar
 
