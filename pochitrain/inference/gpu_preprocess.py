@@ -38,6 +38,7 @@ import numpy as np
 from pochitrain.data import open_rgb
 from pochitrain.errors import UsageError
 from pochitrain.inference.gpu_resize import resize_batch
+from pochitrain.inference.jpeg_header import header_verdict, is_complete_jpeg
 from pochitrain.preprocess import Preprocess
 
 PIPELINES = ("auto", "cpu", "gpu")
@@ -51,6 +52,8 @@ READ_GROUP = 32  # files per read task
 # with 4 and 5,086 with 16); training was measured with 4 (3,837 img/s for resnet18)
 READ_THREADS = {"inference": 1, "training": 4}
 SWITCH_INTERVAL = 1e-4  # seconds; see quick_gil_handoff
+# passes over at least this many files read them in a helper process (read_proc.py)
+PROCESS_READER_MIN_FILES = 4096
 
 Item = tuple[Any, list[Path], list[int], list[Path]]  # (batch or None, paths, labels, skipped)
 
@@ -84,16 +87,6 @@ def resolve_pipeline(pipeline: str, device: str, preprocess: Preprocess) -> tupl
     if why_not:
         return "cpu", why_not
     return "gpu", "CUDA available"
-
-
-def is_complete_jpeg(data: bytes | bytearray | memoryview) -> bool:
-    """Starts with SOI and ends with EOI (zero padding allowed): safe to hand to nvJPEG."""
-    if data[:3] != b"\xff\xd8\xff":
-        return False
-    end = len(data)
-    while end and data[end - 1] == 0:  # usually no padding: no copy of the file
-        end -= 1
-    return data[end - 2:end] == b"\xff\xd9"
 
 
 def read_file_python(path: Path) -> bytearray:
@@ -201,13 +194,9 @@ def nvjpeg_reads_like_pil(data: bytes | bytearray | memoryview) -> bool:
     way), or more pixels than PIL's limit. Reads the header only."""
     from PIL import Image
 
-    from pochitrain.inference.jpeg_header import read_header
-
-    header = read_header(data)
-    if header is not None:
-        limit = Image.MAX_IMAGE_PIXELS
-        return (header.orientation == 1 and header.plain_colour
-                and (limit is None or header.width * header.height <= limit))
+    verdict = header_verdict(data, Image.MAX_IMAGE_PIXELS)
+    if verdict is not None:
+        return verdict
     try:  # markers we cannot read: ask PIL
         with Image.open(io.BytesIO(data)) as img:
             limit = Image.MAX_IMAGE_PIXELS
@@ -316,6 +305,7 @@ class GpuBatches:
         self.cuda = device.startswith("cuda")
         self._decoder: list[str] = [] if self.cuda else ["torchvision (CPU)"]
         self._resize_warm: threading.Thread | None = None
+        self.reader_failed: str | None = None
         if self.cuda:  # nvJPEG's start-up (~0.65 s on an H100) overlaps the model's warm-up
             self._probe = threading.Thread(target=lambda: self._decoder.append(
                 self._probe_nvjpeg()), name="pochi-nvjpeg-probe", daemon=True)
@@ -452,8 +442,44 @@ class GpuBatches:
 
     def _decoded(self, pool: ThreadPoolExecutor, samples: list[tuple[Path, int]],
                  batch_size: int) -> Iterator[tuple[list[Any], list[Any]]]:
-        for chunk in self._chunks(pool, samples, batch_size):
-            yield chunk, self._decode_chunk(chunk)
+        reader = self._reader_process(len(samples))
+        if reader is None:
+            for chunk in self._chunks(pool, samples, batch_size):
+                yield chunk, self._decode_chunk(chunk)
+            return
+        from pochitrain.inference.read_proc import SlotChunks
+
+        chunks = SlotChunks(reader, samples, batch_size,
+                            lambda paths: list(map_grouped(pool, _read, paths)))
+        try:
+            for chunk in chunks:
+                images = self._decode_chunk(chunk)
+                chunks.consumed(len(chunk))  # their bytes are no longer needed
+                yield [(path, label, kind, None) for path, label, kind, _ in chunk], images
+        finally:
+            reader.close()
+            if chunks.failed and not self.reader_failed:
+                from pochitrain.console import warn
+
+                self.reader_failed = chunks.failed
+                warn(f"The file reader process stopped ({chunks.failed}); reading in this "
+                     "process instead.")
+
+    def _reader_process(self, n_files: int) -> Any:
+        """A :class:`read_proc.ReaderProcess` for a pass over ``n_files``, or None: the read
+        thread is used for small jobs (the helper's start-up would cost more than it saves),
+        on machines with few cores, off Linux, and under ``POCHI_READER=thread|python``."""
+        mode = os.environ.get("POCHI_READER", "").strip() or "auto"
+        if mode in ("thread", "python") or self.reader_failed:
+            return None
+        if mode != "process" and (n_files < PROCESS_READER_MIN_FILES or not self.cuda
+                                  or (os.cpu_count() or 1) < 4):
+            return None
+        from PIL import Image
+
+        from pochitrain.inference.read_proc import ReaderProcess
+
+        return ReaderProcess.start(Image.MAX_IMAGE_PIXELS)
 
     def _chunks(self, pool: ThreadPoolExecutor, samples: list[tuple[Path, int]],
                 batch_size: int) -> Iterator[list[tuple[Path, int, str, Any]]]:

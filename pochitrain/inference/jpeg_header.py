@@ -87,3 +87,24 @@ def read_header(data: bytes | bytearray | memoryview) -> JpegHeader | None:
     if size is None:
         return None
     return JpegHeader(size[0], size[1], orientation, components, adobe)
+
+
+def is_complete_jpeg(data: bytes | bytearray | memoryview) -> bool:
+    """Starts with SOI and ends with EOI (zero padding allowed): safe to hand to nvJPEG."""
+    if data[:3] != b"\xff\xd8\xff":
+        return False
+    end = len(data)
+    while end and data[end - 1] == 0:  # usually no padding: no copy of the file
+        end -= 1
+    return data[end - 2:end] == b"\xff\xd9"
+
+
+def header_verdict(data: bytes | bytearray | memoryview, limit: int | None) -> bool | None:
+    """Whether nvJPEG gives the pixels PIL would, from the header alone: True, False (an EXIF
+    orientation, CMYK / YCCK or RGB-coded colour, more pixels than ``limit``), or None when
+    the markers cannot be read here (PIL must be asked)."""
+    header = read_header(data)
+    if header is None:
+        return None
+    return (header.orientation == 1 and header.plain_colour
+            and (limit is None or header.width * header.height <= limit))

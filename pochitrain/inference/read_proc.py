@@ -1,0 +1,221 @@
+"""Files read and checked by a helper process, handed over in shared memory (GPU pipeline).
+
+Reading a file and checking its JPEG header cost 15-25 us of interpreter time per file. In
+the command's process that time holds the GIL against the decode and resize threads: on an
+H100 the input stage ran at 10,000-12,000 images/s from files against 16,000-18,000 with every
+file already in memory, its read thread busy 61 % of the time. Here a process of its own
+reads and checks on another core, and the command gets one message per group of files.
+
+Protocol, over a socket pair: the command sends ``(slot, [path, ...])``; the helper reads the
+files one after another into that slot of a buffer both processes map (a ``memfd``: it
+vanishes with the last process that maps it, whatever happens) and answers
+``(slot, [(kind, offset, size), ...])``, in the order of the requests, where kind is
+
+- ``"jpeg"``: a complete JPEG whose header says nvJPEG decodes it as PIL would;
+- ``"other"``: anything else (not a JPEG, cut off, rotated, CMYK, a header this parser cannot
+  read, too big for the slot, unreadable): the command reads it itself with
+  ``gpu_preprocess._read``, so PIL gives the verdict exactly as before.
+
+The command hands a slot back once every file in it has been decoded (``SlotChunks``).
+Linux only (``os.memfd_create``); elsewhere, or when the helper cannot start, the pipeline's
+read thread does the work as before.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from pochitrain.inference.jpeg_header import header_verdict, is_complete_jpeg
+
+GROUP = 32  # files per request
+SLOTS = 24  # requests in flight (a slot each)
+SLOT_BYTES = 2 << 20  # 2 MiB: 32 files of 64 KB; a bigger file is read by the command
+
+Entry = tuple[Path, int, str, Any]  # (path, label, kind, payload) as GpuBatches' chunks hold
+
+
+def serve(conn: Connection, buf: memoryview, limit: int | None) -> None:
+    """The helper's loop: answer requests until the command closes its end."""
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        slot, paths = msg
+        at, end = slot * SLOT_BYTES, (slot + 1) * SLOT_BYTES
+        answers = []
+        for path in paths:
+            kind, off, size = "other", 0, 0
+            try:
+                with open(path, "rb", buffering=0) as f:
+                    size = os.fstat(f.fileno()).st_size
+                    if 0 < size <= end - at and f.readinto(buf[at:at + size]) == size:
+                        data = buf[at:at + size]
+                        if is_complete_jpeg(data) and header_verdict(data, limit):
+                            kind, off = "jpeg", at
+                            at += size
+            except OSError:
+                pass
+            answers.append((kind, off, size))
+        conn.send((slot, answers))
+
+
+class ReaderProcess:
+    """The command's side: start with :meth:`start` (None when it cannot), then
+    ``request`` / ``receive`` in order, ``close`` at the end."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], conn: Connection, buf: mmap.mmap,
+                 view: Any) -> None:
+        self._proc, self._conn, self._buf = proc, conn, buf
+        self.slots = len(buf) // SLOT_BYTES
+        self.view = view  # 1-D uint8 CPU tensor over the whole shared buffer
+
+    @classmethod
+    def start(cls, limit: int | None) -> ReaderProcess | None:
+        import socket
+
+        import torch
+
+        if not hasattr(os, "memfd_create"):
+            return None
+        fd = ours = theirs = -1
+        try:
+            fd = os.memfd_create("pochi-read")
+            os.ftruncate(fd, SLOTS * SLOT_BYTES)
+            buf = mmap.mmap(fd, SLOTS * SLOT_BYTES)
+            ours_sock, theirs_sock = socket.socketpair()
+            ours, theirs = ours_sock.detach(), theirs_sock.detach()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pochitrain.inference.read_proc", str(theirs), str(fd),
+                 str(SLOTS), "" if limit is None else str(limit)],
+                pass_fds=(theirs, fd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL)
+        except OSError:
+            for f in (ours, theirs, fd):
+                if f >= 0:
+                    os.close(f)
+            return None
+        os.close(theirs)
+        os.close(fd)  # the mapping keeps the memory
+        return cls(proc, Connection(ours), buf, torch.frombuffer(buf, dtype=torch.uint8))
+
+    def request(self, slot: int, paths: list[Path]) -> None:
+        self._conn.send((slot, [os.fspath(p) for p in paths]))
+
+    def receive(self) -> tuple[int, list[tuple[str, int, int]]]:
+        slot, answers = self._conn.recv()
+        return int(slot), answers
+
+    def close(self) -> None:
+        try:
+            self._conn.send(None)
+        except OSError:
+            pass
+        self._conn.close()
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self.view = None
+        try:
+            self._buf.close()
+        except BufferError:  # a tensor view still alive somewhere: the GC unmaps it later
+            pass
+
+
+class SlotChunks:
+    """Chunks of ``batch_size`` read files, in order, as ``GpuBatches._chunks`` gives them, read
+    by a :class:`ReaderProcess`. Call :meth:`consumed` after decoding each chunk: it hands
+    the slots of those files back. ``fallback(paths)`` reads files in the command (the
+    thread pool's ``_read``): the "other" answers, and everything once the helper failed."""
+
+    def __init__(self, reader: ReaderProcess, samples: list[tuple[Path, int]], batch_size: int,
+                 fallback: Callable[[list[Path]], list[tuple[str, Any]]]) -> None:
+        self.reader, self.samples, self.batch_size = reader, samples, batch_size
+        self.fallback = fallback
+        self.free: deque[int] = deque(range(reader.slots))
+        self.held: deque[list[int]] = deque()  # [slot, files not yet decoded], in order
+        self.failed: str | None = None
+
+    def consumed(self, n: int) -> None:
+        while n and self.held:
+            take = min(n, self.held[0][1])
+            self.held[0][1] -= take
+            n -= take
+            if self.held[0][1] == 0:
+                slot = self.held.popleft()[0]
+                if slot >= 0:
+                    self.free.append(slot)
+
+    def _groups(self) -> Iterator[list[Entry]]:
+        """Each group of files, read, in order."""
+        starts = deque(range(0, len(self.samples), GROUP))
+        inflight: deque[tuple[int, list[tuple[Path, int]]]] = deque()
+        while starts or inflight:
+            while self.failed is None and self.free and starts:
+                part = self.samples[starts[0]:starts[0] + GROUP]
+                try:
+                    self.reader.request(self.free[0], [p for p, _ in part])
+                except OSError as exc:
+                    self.failed = f"{type(exc).__name__}: {exc}"
+                    break
+                starts.popleft()
+                inflight.append((self.free.popleft(), part))
+            if inflight:
+                slot, part = inflight.popleft()
+                answers = None
+                if self.failed is None:
+                    try:
+                        got, answers = self.reader.receive()
+                        assert got == slot, (got, slot)
+                    except (EOFError, OSError) as exc:
+                        self.failed = f"{type(exc).__name__}: {exc}"
+                if answers is None:  # the helper is gone: this group is read here
+                    self.free.append(slot)
+                    slot, answers = -1, [("other", 0, 0)] * len(part)
+            else:  # every slot waits for a decode (batch_size > SLOTS * GROUP), or failed
+                part = self.samples[starts[0]:starts.popleft() + GROUP]
+                slot, answers = -1, [("other", 0, 0)] * len(part)
+            self.held.append([slot, len(part)])
+            yield self._entries(part, answers)
+
+    def _entries(self, part: list[tuple[Path, int]],
+                 answers: list[tuple[str, int, int]]) -> list[Entry]:
+        view = self.reader.view
+        others = [p for (p, _), (kind, _, _) in zip(part, answers) if kind != "jpeg"]
+        read = iter(self.fallback(others) if others else [])
+        return [(path, label, "jpeg", view[off:off + size]) if kind == "jpeg"
+                else (path, label, *next(read))
+                for (path, label), (kind, off, size) in zip(part, answers)]
+
+    def __iter__(self) -> Iterator[list[Entry]]:
+        chunk: list[Entry] = []
+        for group in self._groups():
+            chunk += group
+            while len(chunk) >= self.batch_size:
+                yield chunk[:self.batch_size]
+                chunk = chunk[self.batch_size:]
+        if chunk:
+            yield chunk
+
+
+def main(argv: list[str]) -> int:
+    conn_fd, buf_fd, slots, limit = int(argv[0]), int(argv[1]), int(argv[2]), argv[3]
+    buf = mmap.mmap(buf_fd, slots * SLOT_BYTES)  # unmapped at exit
+    serve(Connection(conn_fd), memoryview(buf), int(limit) if limit else None)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
