@@ -166,5 +166,26 @@ case "$step" in
     python3 -m cProfile -o /tmp/infer.prof -m pochitrain.cli.main infer $M --data /tmp/pochi_infer_bench -o /tmp/r4prof --quiet > /dev/null 2>&1
     python3 -c "import pstats; pstats.Stats('/tmp/infer.prof').sort_stats('cumulative').print_stats(50)" > $R/infer_profile_cached.txt 2>&1
     grep -E 'function calls|compile' $R/infer_profile_cached.txt | head -5 ;;
+  round5)
+    # after round4: the reader process against the read thread (input stage, resnet18 and
+    # resnet50 end to end), and the whole `pochi infer` with the start-up overlaps (walls
+    # after one run that fills the bytecode cache, then a py-spy --idle timeline); into $OUT/r5
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /root/site .carry/tools/*.whl
+    R=$OUT/r5; mkdir -p $R; export PATH=/root/site/bin:$PATH
+    python3 -c "import sys; sys.path.insert(0,'benchmarks'); from gpu_bench import make_images; from infer_gpu_bench import make_models; from pathlib import Path; make_images(Path('/tmp/pochi_infer_bench'), 2000); make_models(Path('/tmp/gil_probe_models'))" > /dev/null 2>&1
+    M=/tmp/gil_probe_models/resnet18/models/resnet18.pth
+    wall() { python3 -c "import subprocess as s, sys, time; t = time.time(); s.run(sys.argv[1:]); print(round(time.time() - t, 2))" python3 -m pochitrain.cli.main infer $M --data /tmp/pochi_infer_bench -o /tmp/r5_$1 --quiet 2>&1 | tail -1; }
+    for i in 0 1 2 3; do echo "pochi infer, run $i: $(wall c$i) s"; done | tee $R/walls.txt
+    for rd in thread process; do for v in "--reads files --stages" "--reads files"; do
+      POCHI_READER=$rd timeout 60 python3 benchmarks/gil_probe.py pipeline $v --repeat 4 --passes 3 | sed "s/\"probe\": \"pipeline\"/\"probe\": \"pipeline $rd\"/" >> $R/probes.jsonl; done; done
+    POCHI_READER=thread timeout 60 python3 benchmarks/gil_probe.py pipeline --reads memory --repeat 4 --passes 3 >> $R/probes.jsonl
+    for rd in thread process; do for m in resnet18 resnet50; do
+      POCHI_READER=$rd timeout 120 python3 benchmarks/gil_probe.py e2e --model $m --passes 3 2>&1 | grep '"probe"' | sed "s/\"probe\": \"e2e\"/\"probe\": \"e2e $rd\"/" >> $R/probes.jsonl; done; done
+    cat $R/probes.jsonl
+    timeout 60 py-spy record --nonblocking --idle --threads -r 250 -f raw -o /tmp/ci.raw -- \
+      python3 -m pochitrain.cli.main infer $M --data /tmp/pochi_infer_bench -o /tmp/r5spy --quiet > /dev/null 2>&1
+    python3 benchmarks/spy_summary.py /tmp/ci.raw > $R/spy_infer_idle.txt 2>&1; head -60 $R/spy_infer_idle.txt
+    python3 -X importtime -m pochitrain.cli.main infer $M --data /tmp/pochi_infer_bench -o /tmp/r5imp --quiet 2> /tmp/imp.txt > /dev/null
+    sort -t'|' -k2 -n /tmp/imp.txt | tail -30 > $R/importtime.txt ;;
   *) echo "unknown step $step"; exit 2 ;;
 esac
