@@ -176,6 +176,7 @@ case "$step" in
     M=/tmp/gil_probe_models/resnet18/models/resnet18.pth
     wall() { python3 -c "import subprocess as s, sys, time; t = time.time(); s.run(sys.argv[1:]); print(round(time.time() - t, 2))" python3 -m pochitrain.cli.main infer $M --data /tmp/pochi_infer_bench -o /tmp/r5_$1 --quiet 2>&1 | tail -1; }
     for i in 0 1 2 3; do echo "pochi infer, run $i: $(wall c$i) s"; done | tee $R/walls.txt
+    for f in "" --fast "" --fast; do python3 benchmarks/exit_probe.py $f infer $M --data /tmp/pochi_infer_bench -o /tmp/r5x$RANDOM --quiet; done | tee -a $R/walls.txt
     for rd in thread process; do for v in "--reads files --stages" "--reads files"; do
       POCHI_READER=$rd timeout 60 python3 benchmarks/gil_probe.py pipeline $v --repeat 4 --passes 3 | sed "s/\"probe\": \"pipeline\"/\"probe\": \"pipeline $rd\"/" >> $R/probes.jsonl; done; done
     POCHI_READER=thread timeout 60 python3 benchmarks/gil_probe.py pipeline --reads memory --repeat 4 --passes 3 >> $R/probes.jsonl
