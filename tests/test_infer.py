@@ -170,3 +170,26 @@ def test_runtimes_agree_and_plain_onnx_works_with_config(trained_run: Path, digi
     lonely.parent.mkdir()
     lonely.write_bytes(plain.read_bytes())
     assert run(["infer-onnx", str(lonely), "--data", str(val), "--quiet"]) == 2
+
+
+def test_console_command_ends_quickly_with_its_output_and_exit_code(
+        untrained_checkpoint: Path, small_val: Path, tmp_path: Path) -> None:
+    """The console entry skips the interpreter's finalization after an inference verb: what
+    it printed into a pipe still arrives, every file is whole, and the exit code is kept."""
+    import subprocess
+    import sys
+
+    def pochi(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pochitrain.cli.main", *argv],
+                              capture_output=True, text=True, timeout=300)
+
+    out = tmp_path / "out"
+    done = pochi("infer", str(untrained_checkpoint), "--data", str(small_val), "-o", str(out),
+                 "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip().endswith(f"結果 / Results: {out}")  # the last line, flushed
+    rows = list(csv.DictReader((out / "pytorch_inference_results.csv").open()))
+    assert len(rows) == 30
+    assert (out / "confusion_matrix.png").read_bytes()[-8:] == b"IEND\xaeB`\x82"  # whole PNG
+    again = pochi("infer", str(untrained_checkpoint), "--data", str(small_val), "-o", str(out))
+    assert again.returncode == 1 and "already holds inference results" in again.stderr
