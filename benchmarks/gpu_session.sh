@@ -188,5 +188,22 @@ case "$step" in
     python3 benchmarks/spy_summary.py /tmp/ci.raw > $R/spy_infer_idle.txt 2>&1; head -60 $R/spy_infer_idle.txt
     python3 -X importtime -m pochitrain.cli.main infer $M --data /tmp/pochi_infer_bench -o /tmp/r5imp --quiet 2> /tmp/imp.txt > /dev/null
     sort -t'|' -k2 -n /tmp/imp.txt | tail -30 > $R/importtime.txt ;;
+  round6)
+    # the reader process against the read thread on 2,000 files: whole `pochi infer` walls
+    # (alternating, after one run that fills the bytecode cache), the input stage and
+    # resnet18 end to end; into $OUT/r6
+    R=$OUT/r6; mkdir -p $R
+    python3 -c "import sys; sys.path.insert(0,'benchmarks'); from gpu_bench import make_images; from infer_gpu_bench import make_models; from pathlib import Path; make_images(Path('/tmp/pochi_infer_bench'), 2000); make_models(Path('/tmp/gil_probe_models'))" > /dev/null 2>&1
+    M=/tmp/gil_probe_models/resnet18/models/resnet18.pth
+    wall() { python3 -c "import subprocess as s, sys, time; t = time.time(); s.run(sys.argv[1:]); print(round(time.time() - t, 2))" python3 -m pochitrain.cli.main infer $M --data /tmp/pochi_infer_bench -o /tmp/r6_$1 --quiet 2>&1 | tail -1; }
+    wall fill > /dev/null
+    for i in 1 2 3; do for rd in thread process; do echo "pochi infer, $rd reader: $(POCHI_READER=$rd wall $rd$i) s"; done; done | tee $R/walls.txt
+    for rd in thread process; do
+      POCHI_READER=$rd timeout 60 python3 benchmarks/gil_probe.py pipeline --reads files --passes 4 | sed "s/\"probe\": \"pipeline\"/\"probe\": \"pipeline 2000 $rd\"/" >> $R/probes.jsonl
+      POCHI_READER=$rd timeout 60 python3 benchmarks/gil_probe.py pipeline --reads files --repeat 4 --passes 3 | sed "s/\"probe\": \"pipeline\"/\"probe\": \"pipeline $rd\"/" >> $R/probes.jsonl
+      POCHI_READER=$rd timeout 120 python3 benchmarks/gil_probe.py e2e --model resnet18 --passes 3 2>&1 | grep '"probe"' | sed "s/\"probe\": \"e2e\"/\"probe\": \"e2e $rd\"/" >> $R/probes.jsonl; done
+    timeout 60 python3 benchmarks/gil_probe.py pipeline --reads memory --repeat 4 --passes 3 >> $R/probes.jsonl
+    timeout 60 python3 benchmarks/gil_probe.py decode --procs 1 --passes 4 >> $R/probes.jsonl
+    cat $R/probes.jsonl ;;
   *) echo "unknown step $step"; exit 2 ;;
 esac
