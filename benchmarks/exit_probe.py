@@ -34,7 +34,8 @@ def main() -> int:
     code = f"import sys; sys.path.insert(0, {os.getcwd()!r}); sys.argv = ['x'] + {args!r}; " \
            f"from benchmarks.exit_probe import child; child(sys.argv[1:], {fast})"
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
     end = time.time()
     m = re.search(r"returned_at (\S+)", proc.stderr)
     out = {"rc": proc.returncode, "fast_exit": fast, "wall_s": round(end - t0, 3),

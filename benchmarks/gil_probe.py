@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import sys
 import tempfile
 import time
@@ -49,7 +50,8 @@ def _pipeline(args: argparse.Namespace) -> dict[str, object]:
     from pochitrain.preprocess import Preprocess
 
     samples = scan_image_folder(Path(args.data)).samples * args.repeat
-    if args.reads == "memory":
+    if args.reads == "memory":  # a read thread served from memory (no reader process)
+        os.environ["POCHI_READER"] = "thread"
         cache = {p: gp._read(p) for p, _ in samples}
         gp._read = cache.__getitem__  # type: ignore[assignment]
     if args.no_record_stream:  # what the per-image record_stream calls cost

@@ -202,7 +202,7 @@ case "$step" in
       POCHI_READER=$rd timeout 60 python3 benchmarks/gil_probe.py pipeline --reads files --passes 4 | sed "s/\"probe\": \"pipeline\"/\"probe\": \"pipeline 2000 $rd\"/" >> $R/probes.jsonl
       POCHI_READER=$rd timeout 60 python3 benchmarks/gil_probe.py pipeline --reads files --repeat 4 --passes 3 | sed "s/\"probe\": \"pipeline\"/\"probe\": \"pipeline $rd\"/" >> $R/probes.jsonl
       POCHI_READER=$rd timeout 120 python3 benchmarks/gil_probe.py e2e --model resnet18 --passes 3 2>&1 | grep '"probe"' | sed "s/\"probe\": \"e2e\"/\"probe\": \"e2e $rd\"/" >> $R/probes.jsonl; done
-    timeout 60 python3 benchmarks/gil_probe.py pipeline --reads memory --repeat 4 --passes 3 >> $R/probes.jsonl
+    POCHI_READER=thread timeout 60 python3 benchmarks/gil_probe.py pipeline --reads memory --repeat 4 --passes 3 >> $R/probes.jsonl
     timeout 60 python3 benchmarks/gil_probe.py decode --procs 1 --passes 4 >> $R/probes.jsonl
     cat $R/probes.jsonl ;;
   *) echo "unknown step $step"; exit 2 ;;
