@@ -23,9 +23,11 @@ from typing import Any
 
 DONE = b"done\n"
 _started: list[bool] = []  # a helper was started in this process
-# Fewer cores than this: matplotlib is imported by a thread of the command instead (a helper
-# process would only take CPU from the command; measured no faster on 2 cores).
-SPARE_CORES = 4
+# Fewer cores than this (one): matplotlib is imported by a thread of the command instead.
+# On 2 cores the helper wins too, once the command's other costs were cut: `pochi infer` on
+# the digits val set, 8 alternating pairs, 3.31-4.34 s with the helper against 4.04-4.87 s
+# with the thread (whose import holds the GIL against torch's own import).
+SPARE_CORES = 2
 DRAW_TIMEOUT_S = 120.0  # matplotlib's import plus one picture take 1-2 s
 
 
