@@ -37,7 +37,8 @@ def add_infer_arguments(parser: argparse.ArgumentParser, model_help: str) -> Non
                         "per-image latency")
     add_config(parser)
     parser.add_argument("--warmup", type=int, default=2, metavar="N",
-                        help="untimed warm-up runs of the first batch (default: 2)")
+                        help="untimed warm-up runs on a blank batch of the first batch's shape "
+                             "(default: 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--pipeline", choices=("auto", "cpu", "gpu"), default="auto",
                         help="input pipeline: cpu = PIL decode + resize in threads; gpu = JPEG "
