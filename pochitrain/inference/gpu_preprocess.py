@@ -262,7 +262,7 @@ def map_grouped(pool: ThreadPoolExecutor, fn: Any, items: list[Any]) -> Iterator
 
 
 def _each(fn: Any, part: list[Any]) -> list[Any]:
-    """One pool task of :func:`map_grouped` and of ``GpuBatches._chunks``."""
+    """One pool task of :func:`map_grouped` and of ``GpuBatches._read_groups``."""
     return [fn(x) for x in part]
 
 
@@ -485,26 +485,26 @@ class GpuBatches:
                 batch_size: int) -> Iterator[list[tuple[Path, int, str, Any]]]:
         """Chunks of ``batch_size`` read files, in order; files are read in groups (one pool
         task per group) a few batches ahead."""
+        from pochitrain.inference.read_proc import rebatch
+
+        return rebatch(self._read_groups(pool, samples, batch_size), batch_size)
+
+    def _read_groups(self, pool: ThreadPoolExecutor, samples: list[tuple[Path, int]],
+                     batch_size: int) -> Iterator[list[tuple[Path, int, str, Any]]]:
         ahead = max(2 * batch_size, self.workers * READ_GROUP)  # files in flight
         pending: deque[tuple[list[tuple[Path, int]], Future[list[tuple[str, Any]]]]] = deque()
         starts = iter(range(0, len(samples), READ_GROUP))
         queued = 0
-        chunk: list[tuple[Path, int, str, Any]] = []
         while True:
             while queued < ahead and (start := next(starts, None)) is not None:
                 part = samples[start:start + READ_GROUP]
                 pending.append((part, pool.submit(_each, _read, [p for p, _ in part])))
                 queued += len(part)
             if not pending:
-                if chunk:
-                    yield chunk
                 return
             part, fut = pending.popleft()
             queued -= len(part)
-            chunk += [(path, label, *got) for (path, label), got in zip(part, fut.result())]
-            while len(chunk) >= batch_size:
-                yield chunk[:batch_size]
-                chunk = chunk[batch_size:]
+            yield [(path, label, *got) for (path, label), got in zip(part, fut.result())]
 
     def __call__(self, samples: list[tuple[Path, int]], batch_size: int) -> Iterator[Item]:
         """Two stages, each in its own thread on its own CUDA stream, one batch ahead each:

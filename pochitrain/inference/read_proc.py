@@ -28,10 +28,10 @@ import os
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pochitrain.inference.jpeg_header import header_verdict, is_complete_jpeg
 
@@ -39,6 +39,7 @@ GROUP = 32  # files per request
 SLOTS = 24  # requests in flight (a slot each)
 SLOT_BYTES = 2 << 20  # 2 MiB: 32 files of 64 KB; a bigger file is read by the command
 
+T = TypeVar("T")
 Entry = tuple[Path, int, str, Any]  # (path, label, kind, payload) as GpuBatches' chunks hold
 
 
@@ -200,14 +201,20 @@ class SlotChunks:
                 for (path, label), (kind, off, size) in zip(part, answers)]
 
     def __iter__(self) -> Iterator[list[Entry]]:
-        chunk: list[Entry] = []
-        for group in self._groups():
-            chunk += group
-            while len(chunk) >= self.batch_size:
-                yield chunk[:self.batch_size]
-                chunk = chunk[self.batch_size:]
-        if chunk:
-            yield chunk
+        return rebatch(self._groups(), self.batch_size)
+
+
+def rebatch(groups: Iterable[list[T]], size: int) -> Iterator[list[T]]:
+    """The items of ``groups``, in order, in lists of ``size`` (the last may be shorter); a
+    group is asked for only when the items in hand do not fill a list."""
+    chunk: list[T] = []
+    for group in groups:
+        chunk += group
+        while len(chunk) >= size:
+            yield chunk[:size]
+            chunk = chunk[size:]
+    if chunk:
+        yield chunk
 
 
 def main(argv: list[str]) -> int:
