@@ -35,38 +35,38 @@ def results_csv(result: InferenceResult) -> str:
 
 
 def confusion(result: InferenceResult) -> np.ndarray:
-    n = len(result.class_names)
-    cm = np.zeros((n, n), dtype=np.int64)
-    for t, p in zip(result.labels, result.preds):
-        cm[t, p] += 1
-    return cm
+    """Rows: true class, columns: predicted class, every class of the model in order."""
+    from sklearn.metrics import confusion_matrix
+
+    labels = list(range(len(result.class_names)))
+    return np.asarray(confusion_matrix(result.labels, result.preds, labels=labels))
 
 
 def classification_report_csv(result: InferenceResult) -> str:
-    """Per-class precision / recall / f1 / support, then accuracy, macro and weighted averages."""
-    cm = confusion(result)
-    tp = np.diag(cm).astype(float)
-    support = cm.sum(axis=1).astype(float)
-    predicted = cm.sum(axis=0).astype(float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(predicted > 0, tp / predicted, 0.0)
-        recall = np.where(support > 0, tp / support, 0.0)
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    """Per-class precision / recall / f1 / support, then accuracy, macro and weighted averages.
+
+    Every class of the model is listed and counted in the macro average, also one with no
+    image in the data (scikit-learn's rule with ``labels=`` given, and the original's)."""
+    from sklearn.metrics import classification_report
+
+    labels = list(range(len(result.class_names)))
+    report = classification_report(result.labels, result.preds, labels=labels,
+                                   output_dict=True, zero_division=0)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["class", "precision", "recall", "f1-score", "support"])
-    for i, name in enumerate(result.class_names):
-        w.writerow([name, f"{precision[i]:.4f}", f"{recall[i]:.4f}", f"{f1[i]:.4f}",
-                    int(support[i])])
-    total = support.sum()
-    present = support > 0
-    w.writerow(["accuracy", "", "", f"{tp.sum() / total:.4f}", int(total)])
-    w.writerow(["macro avg", f"{precision[present].mean():.4f}", f"{recall[present].mean():.4f}",
-                f"{f1[present].mean():.4f}", int(total)])
-    w.writerow(["weighted avg", f"{(precision * support).sum() / total:.4f}",
-                f"{(recall * support).sum() / total:.4f}", f"{(f1 * support).sum() / total:.4f}",
-                int(total)])
+    for label, name in zip(labels, result.class_names):
+        w.writerow([name, *_scores(report[str(label)])])
+    total = len(result.labels)
+    w.writerow(["accuracy", "", "", f"{report['accuracy']:.4f}", total])
+    for row in ("macro avg", "weighted avg"):
+        w.writerow([row, *_scores(report[row])])
     return buf.getvalue()
+
+
+def _scores(row: dict[str, float]) -> list[str | int]:
+    return [f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1-score']:.4f}",
+            int(row["support"])]
 
 
 def summary_text(result: InferenceResult, info: dict[str, str]) -> str:
