@@ -6,8 +6,9 @@
         top = p.predict("photo.jpg", top_k=3)
         print(top.class_name, top.probability, top.top_k)
 
-It opens the model exactly as ``pochi infer`` does (same runners, metadata and
-preprocessing), so a prediction here equals the row of ``pochi infer``'s CSV for that image.
+It opens the model through the model facade (``pochitrain.model``) as ``pochi infer`` does
+(same runners, metadata and preprocessing), so a prediction here equals the row of
+``pochi infer``'s CSV for that image.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pochitrain.errors import DataError, UsageError
+
+if TYPE_CHECKING:
+    from pochitrain.meta import ModelMeta
 
 ImageLike = Any  # a PIL image, an HxWx3 (RGB) or HxW uint8 NumPy array, or a file path
 
@@ -80,46 +84,39 @@ class Predictor:
     def __init__(self, model: str | Path, *, config: str | Path | None = None,
                  device: str = "auto", providers: list[str] | None = None,
                  batch_size: int = 32) -> None:
-        from pochitrain.inference.open import open_model
+        from pochitrain.model import open_model
 
         if batch_size < 1:
             raise UsageError(f"batch_size must be 1 or more, got {batch_size}.")
         self._model = open_model(model, config=config, device=device, providers=providers)
-        self.batch_size = self._model.fixed_batch or batch_size
-        self._model.runner.check_batch_size(self.batch_size)
+        try:
+            self.batch_size = self._model.fixed_batch or batch_size
+            self._model.runner.check_batch_size(self.batch_size)
+        except BaseException:
+            self._model.close()
+            raise
 
     @property
     def class_names(self) -> list[str]:
-        return list(self._model.meta.class_names)
+        return self._model.class_names
 
     @property
     def runtime(self) -> str:
         return self._model.runtime
 
     @property
-    def meta(self) -> Any:
+    def meta(self) -> ModelMeta:
         """The model's ``ModelMeta`` (class names, preprocessing, model name, provenance)."""
         return self._model.meta
 
     def preprocess(self, image: ImageLike) -> np.ndarray:
         """One image -> float32 (3, H, W), exactly as ``pochi infer`` prepares it."""
-        return self._model.meta.preprocess(to_pil(image))
+        return self._model.preprocess(to_pil(image))
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """float32 (N, 3, H, W) preprocessed images -> (N, classes) softmax probabilities,
         run ``batch_size`` at a time (a fixed-batch model gets padded chunks)."""
-        from pochitrain.inference.loop import softmax
-        from pochitrain.onnx.session import pad_to
-
-        out = []
-        for start in range(0, len(batch), self.batch_size):
-            chunk = np.ascontiguousarray(batch[start:start + self.batch_size], np.float32)
-            n = len(chunk)
-            if self._model.fixed_batch:
-                chunk = pad_to(chunk, self._model.fixed_batch)
-            logits, _ = self._model.runner.run(chunk)
-            out.append(softmax(np.asarray(logits)[:n]))
-        return np.concatenate(out) if out else np.zeros((0, len(self.class_names)))
+        return self._model.probabilities(batch, self.batch_size)
 
     def predict(self, images: ImageLike | Sequence[ImageLike],
                 top_k: int = 1) -> Prediction | list[Prediction]:

@@ -1,5 +1,5 @@
-"""The one metadata resolver: what a model file needs (class names, preprocessing) and where
-it came from.
+"""The one resolver of a model's context: what a model file needs besides its weights, and
+where each part came from.
 
 Order: the model file's own metadata (checkpoint dict, ONNX ``metadata_props``, engine
 sidecar); a config given with ``-c`` overrides its preprocessing; without metadata, the
@@ -7,37 +7,122 @@ config (``-c``, else ``config.py`` of the run the model belongs to) supplies the
 preprocessing (``val_transform``) and the class names (the run's ``run.json``, else
 ``train_data_root``). Class names never come from the data being inferred.
 
-Used by ``pochi infer`` (all runtimes), ``export-onnx``, ``pochi convert`` and INT8
-calibration.
+The config is executed at most once per ``RunConfig`` (executing it imports torch and
+torchvision). Settings recorded in the run's ``run.json`` are read from there when the
+config copy has not been edited since the run, so ``infer-onnx`` never imports torch.
+
+Used by the model facade (``pochi infer``, ``Predictor``, ``pochi serve``), ``export-onnx``,
+``pochi convert`` and INT8 calibration.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pochitrain.config import NO_VAL_TRANSFORM_JA
 from pochitrain.errors import ConfigError
 from pochitrain.meta import ModelMeta
 from pochitrain.workspace import find_config_near, read_run_json
 
+if TYPE_CHECKING:
+    from pochitrain.config import Settings
+
 
 class NoPreprocessingError(ConfigError):
     """Neither the model file nor a config says how to preprocess images."""
 
 
+class RunConfig:
+    """The config that goes with a model: ``-c`` when given, else ``config.py`` of its run."""
+
+    def __init__(self, path: Path | None, given: bool) -> None:
+        self.path = path
+        self.given = given
+
+    @classmethod
+    def for_model(cls, model_path: Path | str, config: Path | str | None = None) -> RunConfig:
+        if config is not None:
+            return cls(Path(config), True)
+        return cls(find_config_near(model_path), False)
+
+    @cached_property
+    def settings(self) -> Settings | None:
+        """The validated settings (the config executed once), None without a config."""
+        from pochitrain.config import load_config
+
+        return load_config(self.path) if self.path is not None else None
+
+    @cached_property
+    def recorded(self) -> dict[str, Any]:
+        """Settings from the run.json beside a found config copy that has not been edited
+        since the run ({} otherwise: the config itself is then read)."""
+        if self.given or self.path is None:
+            return {}
+        record = self.path.parent / "run.json"
+        try:
+            if self.path.stat().st_mtime_ns > record.stat().st_mtime_ns:
+                return {}
+        except OSError:
+            return {}
+        settings = (read_run_json(self.path.parent) or {}).get("settings")
+        return settings if isinstance(settings, dict) else {}
+
+    def setting(self, key: str) -> Any:
+        """One setting: the run's record when it has it, else the config, None without one."""
+        if key in self.recorded:
+            return self.recorded[key]
+        return getattr(self.settings, key, None)
+
+    def describe(self) -> str:
+        return f"config {self.path}" if self.path is not None else "no config"
+
+
 @dataclass
-class Resolved:
+class ModelContext:
+    """A model's resolved context: metadata and the run settings that go with it.
+
+    ``meta``: class names, preprocessing, model name, provenance. ``sources`` says where
+    each part came from (for summaries and messages).
+    """
+
     meta: ModelMeta
-    preprocess_from: str  # "model metadata" | "val_transform of config <path>"
-    config_path: Path | None  # the config that was read (given or found), if any
-    settings: Any | None  # its validated Settings
+    config: RunConfig
+    sources: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def preprocess_from(self) -> str:
+        return self.sources["preprocess"]
 
-def config_for(model_path: Path, config: Path | str | None) -> Path | None:
-    """``-c`` when given, else the run's config.py beside the model (or None)."""
-    return Path(config) if config is not None else find_config_near(model_path)
+    @cached_property
+    def data_root(self) -> Path | None:
+        """The run's val_data_root (``pochi infer`` without ``--data``), if any."""
+        root = self.config.setting("val_data_root")
+        self.sources["data_root"] = self.config.describe()
+        return Path(root) if root else None
+
+    @cached_property
+    def confusion_style(self) -> dict[str, Any] | None:
+        """The config's confusion_matrix_config; None without one, or when the config cannot
+        be read (the picture then keeps its defaults)."""
+        try:
+            style = self.config.setting("confusion_matrix_config")
+        except ConfigError:
+            return None
+        return style if isinstance(style, dict) else None
+
+    @cached_property
+    def benchmark_env_name(self) -> str | None:
+        """The config's benchmark_env_name (``--benchmark-json``), if any."""
+        from pochitrain.errors import PochiError
+
+        try:
+            name = self.config.setting("benchmark_env_name")
+        except PochiError:
+            return None
+        return str(name) if name else None
 
 
 def class_names_from_config(settings: Any, config_path: Path) -> list[str]:
@@ -57,90 +142,58 @@ def class_names_from_config(settings: Any, config_path: Path) -> list[str]:
     )
 
 
-def resolve_meta(model_path: Path | str, model_meta: ModelMeta | None,
-                 config: Path | str | None = None, *, need_class_names: bool = True) -> Resolved:
+def resolve_context(model_path: Path | str, model_meta: ModelMeta | None,
+                    config: Path | str | RunConfig | None = None, *,
+                    need_class_names: bool = True) -> ModelContext:
     """See the module docstring. ``need_class_names=False`` (INT8 calibration) accepts a
     config without them (the result then has no class names)."""
-    from pochitrain.config import load_config, preprocess_from_settings
-
     model_path = Path(model_path)
-    if model_meta is not None and config is None:
-        return Resolved(model_meta, "model metadata", None, None)
-    config_path = config_for(model_path, config)
-    settings = load_config(config_path) if config_path is not None else None
+    run_config = config if isinstance(config, RunConfig) else RunConfig.for_model(model_path,
+                                                                                   config)
+    if model_meta is not None and not run_config.given:
+        return ModelContext(model_meta, run_config, {"preprocess": "model metadata",
+                                                     "class_names": "model metadata"})
+    settings = run_config.settings
     if settings is None or getattr(settings, "val_transform", None) is None:
-        why = (f"config {config_path} has no val_transform" if config_path is not None
-               else f"no config was given (-c) or found beside {model_path.name}")
-        raise NoPreprocessingError(
-            f"{NO_VAL_TRANSFORM_JA}\n{model_path.name} carries no pochitrain metadata "
-            f"(preprocessing, class names) and {why}.",
-            "--config-path で val_transform を含む config を指定してください / Pass "
-            "-c/--config-path with the training config (its val_transform is the "
-            "preprocessing), or re-export the model with this version of pochitrain.",
-        )
-    assert config_path is not None
+        raise _no_preprocessing(model_path, run_config)
+    assert run_config.path is not None
+    from pochitrain.config import preprocess_from_settings
+
     preprocess = preprocess_from_settings(settings)
-    source = f"val_transform of config {config_path}"
+    sources = {"preprocess": f"val_transform of config {run_config.path}",
+               "class_names": "model metadata"}
     if model_meta is not None:
         meta = ModelMeta(model_meta.class_names, preprocess, model_meta.model_name,
                          model_meta.source)
-    else:
-        try:
-            names = class_names_from_config(settings, config_path)
-        except ConfigError:
-            if need_class_names:
-                raise
-            names = []
-        meta = ModelMeta(names, preprocess, model_name=str(getattr(settings, "model_name", "?")))
-        from pochitrain.console import info
-
-        info(f"{model_path.name} にメタデータがありません / {model_path.name} carries no "
-             f"pochitrain metadata: class names and preprocessing from {config_path}")
-    return Resolved(meta, source, config_path, settings)
-
-
-def _recorded_setting(config_path: Path, key: str) -> tuple[bool, Any]:
-    """(found, value) of a setting from the run.json beside a run's config copy: reading the
-    record costs nothing, executing the config imports torch and torchvision (seconds). A
-    config edited after the run (newer than its run.json) is read instead."""
-    record = config_path.parent / "run.json"
+        return ModelContext(meta, run_config, sources)
     try:
-        if config_path.stat().st_mtime_ns > record.stat().st_mtime_ns:
-            return False, None
-    except OSError:
-        return False, None
-    settings = (read_run_json(config_path.parent) or {}).get("settings")
-    if isinstance(settings, dict) and key in settings:
-        return True, settings[key]
-    return False, None
+        names = class_names_from_config(settings, run_config.path)
+    except ConfigError:
+        if need_class_names:
+            raise
+        names = []
+    sources["class_names"] = run_config.describe()
+    meta = ModelMeta(names, preprocess, model_name=str(getattr(settings, "model_name", "?")))
+    from pochitrain.console import info
+
+    info(f"{model_path.name} にメタデータがありません / {model_path.name} carries no "
+         f"pochitrain metadata: class names and preprocessing from {run_config.path}")
+    return ModelContext(meta, run_config, sources)
+
+
+def _no_preprocessing(model_path: Path, run_config: RunConfig) -> NoPreprocessingError:
+    why = (f"config {run_config.path} has no val_transform" if run_config.path is not None
+           else f"no config was given (-c) or found beside {model_path.name}")
+    return NoPreprocessingError(
+        f"{NO_VAL_TRANSFORM_JA}\n{model_path.name} carries no pochitrain metadata "
+        f"(preprocessing, class names) and {why}.",
+        "--config-path で val_transform を含む config を指定してください / Pass "
+        "-c/--config-path with the training config (its val_transform is the "
+        "preprocessing), or re-export the model with this version of pochitrain.",
+    )
 
 
 def find_val_data(model_path: Path | str) -> Path | None:
     """The val_data_root of the run a model file belongs to (config beside the run), if any."""
-    from pochitrain.config import load_config
-
-    found = find_config_near(model_path)
-    if found is None:
-        return None
-    recorded, root = _recorded_setting(found, "val_data_root")
-    if not recorded:
-        root = getattr(load_config(found), "val_data_root", None)
+    root = RunConfig.for_model(model_path).setting("val_data_root")
     return Path(root) if root else None
-
-
-def confusion_style(model_path: Path | str, config: Path | str | None) -> dict[str, Any] | None:
-    """The confusion_matrix_config of the config given (-c) or found beside the model's run,
-    None without one (or when that config cannot be read: the picture keeps its defaults)."""
-    from pochitrain.config import load_config
-
-    path = config_for(Path(model_path), config)
-    if path is None:
-        return None
-    if config is None:
-        recorded, style = _recorded_setting(path, "confusion_matrix_config")
-        if recorded:
-            return style if isinstance(style, dict) else None
-    try:
-        return getattr(load_config(path), "confusion_matrix_config", None)
-    except ConfigError:
-        return None

@@ -132,11 +132,10 @@ def test_onnx_precision_from_graph(onnx_models: dict[str, Path], small_val: Path
 
 
 def test_tensorrt_precision_from_sidecar() -> None:
-    from pochitrain.bench.result_json import model_precision
+    from pochitrain.tensorrt.runtime import TensorRTRunner
 
-    model = SimpleNamespace(runtime="tensorrt", path=Path("model_fp16.engine"),
-                            extra={"engine_meta": {"precision": "int8"}})
-    assert model_precision(model) == "int8"  # the sidecar wins over the file name
-    bare = SimpleNamespace(runtime="tensorrt", path=Path("model_fp16.engine"),
-                           extra={"engine_meta": {"precision": "unknown"}})
-    assert model_precision(bare) is None  # no sidecar: unknown (null), never the file name
+    precision = TensorRTRunner.precision.fget  # type: ignore[attr-defined]
+    # the runner of model_fp16.engine whose sidecar records int8: the sidecar wins
+    assert precision(SimpleNamespace(info={"precision": "int8"})) == "int8"
+    # no sidecar: unknown (null), never the file name
+    assert precision(SimpleNamespace(info={"precision": "unknown"})) is None

@@ -270,15 +270,16 @@ def test_pattern2_sidecar_preprocessing_follows_input_size(
         exports: dict[int, Path], tmp_path: Path, digits_dir: Path) -> None:
     """A 32x32-trained model built at --input-size 64 64: the sidecar's preprocessing is 64x64,
     so infer-trt's size check accepts the engine it just built."""
-    from pochitrain.inference.open import check_input_size
     from pochitrain.meta import ModelMeta
+    from pochitrain.model import check_input_size
 
     onnx_path = _copy(exports[2], tmp_path)
     assert _convert(str(onnx_path), "--input-size", "64", "64") == 0
     meta = _meta(tmp_path / "p2.engine")
     assert meta["model"]["preprocess"]["input_size"] == [64, 64]
     model = ModelMeta.from_dict(meta["model"])
-    check_input_size("tensorrt", {"engine_meta": meta}, model)  # does not raise
+    opt = meta["input"]["profile"]["opt"]  # the H, W the engine's runner states
+    check_input_size((opt[2], opt[3]), model)  # does not raise
 
 
 @pytest.mark.parametrize(("key", "value"), [("precision", ["fp32"]), ("pattern", "1"),

@@ -5,9 +5,9 @@ tool and from pochitrain aggregate together. The schema is fixed (no extra keys)
 has no room for goes into ``benchmark_details.json`` beside it: per-batch latencies (for the
 p50/p90/p99 of ``pochi bench``), peak GPU memory and the local time with its UTC offset.
 
-Precision comes from the model itself, never from its file name: the engine sidecar's
-``precision`` (TensorRT), the ONNX graph (Q/DQ nodes -> int8, float16 weights -> fp16) and the
-PyTorch runner's autocast setting on CUDA (a checkpoint runs in fp32 on the CPU).
+Precision comes from the model itself (``Runner.precision``), never from its file name: the
+engine sidecar's ``precision`` (TensorRT), the ONNX graph (Q/DQ nodes -> int8, float16
+weights -> fp16) and the PyTorch runner's autocast setting on CUDA (fp32 on the CPU).
 """
 
 from __future__ import annotations
@@ -18,9 +18,12 @@ import math
 import platform
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pochitrain.workspace import atomic_write_text
+from pochitrain.workspace import atomic_write_text, local_now
+
+if TYPE_CHECKING:
+    from pochitrain.model import Model
 
 SCHEMA_VERSION = "1.0.0"
 RESULT_FILE = "benchmark_result.json"
@@ -31,11 +34,6 @@ RUNTIMES = ("pytorch", "onnx", "tensorrt")
 TOP_KEYS = ("schema_version", "timestamp_jst", "env_name", "suite_name", "repeat_index",
             "runtime", "precision", "model_name", "pipeline", "device", "options", "metrics",
             "samples")
-
-
-def local_now() -> _dt.datetime:
-    """The current local time with its UTC offset (the machine's zone, never a fixed one)."""
-    return _dt.datetime.now().astimezone()
 
 
 class LatencyProbe:
@@ -57,21 +55,19 @@ class LatencyProbe:
 class BenchProbe:
     """Attach to an open model before the loop, ``capture`` before it closes, then ``write``."""
 
-    def __init__(self, model: Any, env_name: str | None, config: Any = None) -> None:
-        self.env_name = env_name or config_env_name(model.path, config)
+    def __init__(self, model: Model, env_name: str | None) -> None:
+        self.env_name = env_name or model.context.benchmark_env_name
         self.probe = LatencyProbe(model.runner)
         model.runner = self.probe
         self.context: dict[str, Any] = {}
 
-    def capture(self, model: Any, pipeline_text: str) -> None:
-        runner = self.probe._runner
-        described = runner.describe()
-        runtime = model.runtime
-        device = _device(runtime, runner, described)
+    def capture(self, model: Model, pipeline_text: str) -> None:
+        described = model.runner.describe()
+        device = model.device
         gpu = described.get("gpu") or (_gpu_name() if device.startswith("cuda") else None)
         self.context = {
-            "runtime": runtime, "device": device, "gpu": gpu,
-            "precision": model_precision(model),
+            "runtime": model.runtime, "device": device, "gpu": gpu,
+            "precision": model.precision,
             "model_name": model.meta.model_name,
             "pipeline": pipeline_text.split(" ", 1)[0] or pipeline_text,
             "image_size": [int(v) for v in model.meta.preprocess.input_size],
@@ -145,62 +141,6 @@ def _num(value: float) -> float:
 def default_env_name(gpu: str | None) -> str:
     """The original's rule: ``<OS>-<GPU name without spaces>`` or ``<OS>-CPU``."""
     return f"{platform.system()}-{gpu.replace(' ', '') if gpu else 'CPU'}"
-
-
-def config_env_name(model_path: Path, config: Any = None) -> str | None:
-    """``benchmark_env_name`` of the config (-c, else the one beside the run), if any."""
-    from pochitrain.errors import PochiError
-    from pochitrain.workspace import find_config_near
-
-    path = Path(config) if config else find_config_near(model_path)
-    if path is None or not path.is_file():
-        return None
-    try:
-        from pochitrain.config import load_config
-
-        return getattr(load_config(path), "benchmark_env_name", None)
-    except PochiError:
-        return None
-
-
-def model_precision(model: Any) -> str | None:
-    """fp32 | fp16 | bf16 | int8, read from the model's own metadata or graph; None (the
-    original's null) for an engine without metadata."""
-    if model.runtime == "tensorrt":
-        precision = (model.extra.get("engine_meta") or {}).get("precision")
-        return None if precision in (None, "", "unknown") else str(precision)
-    if model.runtime == "onnx":
-        return onnx_graph_precision(model.path)
-    runner = getattr(model.runner, "_runner", model.runner)
-    options = getattr(runner, "options", None)
-    if str(getattr(runner, "device", "cpu")).startswith("cuda") and options is not None:
-        return str(options.precision)
-    return "fp32"
-
-
-def onnx_graph_precision(path: Path) -> str:
-    """int8 when the graph quantizes (Q/DQ), fp16 when its weights are float16, else fp32."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node):
-        return "int8"
-    f16 = onnx.TensorProto.FLOAT16
-    if any(t.data_type == f16 for t in graph.initializer):
-        return "fp16"
-    return "fp32"
-
-
-def _device(runtime: str, runner: Any, described: dict[str, str]) -> str:
-    if runtime == "pytorch":
-        return str(getattr(runner, "device", described.get("device", "cpu")))
-    on_cuda = getattr(runner, "on_cuda", None)  # ONNX Runtime's provider, TensorRT's pipe
-    if on_cuda is not None:
-        return "cuda" if on_cuda else "cpu"
-    if runtime == "tensorrt":
-        return "cuda"
-    first = described.get("providers", "").split(",", 1)[0].strip()
-    return "cuda" if first in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
 
 
 def _gpu_name() -> str | None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from pochitrain.batching import softmax
 from pochitrain.data import ImageFolder, open_rgb
 from pochitrain.inference.runner import Runner
 from pochitrain.preprocess import Preprocess
@@ -59,12 +60,6 @@ class InferenceResult:
 
     def images_per_second(self, seconds: float) -> float:
         return self.measured / seconds if seconds > 0 else float("nan")
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _load(path: Path, preprocess: Preprocess) -> np.ndarray | None:

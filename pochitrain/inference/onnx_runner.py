@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pochitrain.batching import pad_to
 from pochitrain.errors import BackendMissingError, ShapeError, UsageError
+from pochitrain.inference.runner import RunnerInput
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -82,6 +84,17 @@ class OnnxRunner:
         self.fixed_batch: int | None = batch if isinstance(batch, int) else None
         self._dtype = np.float16 if info.input_dtype == "float16" else np.float32
 
+    @property
+    def input(self) -> RunnerInput:
+        return RunnerInput(self.fixed_batch, self.info.fixed_hw,
+                           "cuda" if self.on_cuda else "cpu")
+
+    @property
+    def precision(self) -> str:
+        from pochitrain.onnx.inspect import graph_precision
+
+        return graph_precision(self.info.path)
+
     def check_batch_size(self, batch_size: int) -> None:
         if batch_size < 1:
             raise UsageError(f"--batch-size must be 1 or more, got {batch_size}.")
@@ -102,8 +115,6 @@ class OnnxRunner:
         (bound in place with IOBinding: a CUDA tensor never goes through host memory)."""
         if not isinstance(batch, np.ndarray):
             return self._run_bound(batch)
-        from pochitrain.onnx.session import pad_to
-
         n = len(batch)
         if self.fixed_batch is not None:
             if n > self.fixed_batch:

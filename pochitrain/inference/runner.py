@@ -7,18 +7,50 @@ comparable across runtimes.
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class RunnerInput:
+    """What a runner's model takes, as the runner states it.
+
+    ``fixed_batch``: its only batch size (None: any); ``fixed_hw``: the H, W the model file
+    is built for (None: any); ``device``: where its input batches should live ("cpu",
+    "cuda", "cuda:N"); ``default_batch``: the batch the model was built for (an engine
+    profile's opt), None when the caller chooses.
+    """
+
+    fixed_batch: int | None
+    fixed_hw: tuple[int, int] | None
+    device: str
+    default_batch: int | None = None
 
 
 class Runner(Protocol):
     #: file prefix and display name: "pytorch", "onnx" or "tensorrt"
     name: str
 
-    def run(self, batch: np.ndarray) -> tuple[np.ndarray, float]:
+    @property
+    def input(self) -> RunnerInput:
+        """The input metadata of the model this runner runs."""
+        ...
+
+    @property
+    def precision(self) -> str | None:
+        """fp32 | fp16 | bf16 | int8 as the model itself says (None: not recorded)."""
+        ...
+
+    def run(self, batch: np.ndarray | torch.Tensor) -> tuple[np.ndarray, float]:
         """(N, 3, H, W) float32 -> ((N, num_classes) float32 logits, pure seconds).
 
+        ``batch`` is a NumPy array, or a tensor on ``input.device`` from the GPU input
+        pipeline.
         "Pure" seconds cover the model call alone (CUDA-event time on GPUs).
         """
         ...

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from pochitrain.errors import UsageError
+from pochitrain.inference.runner import RunnerInput
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -90,6 +91,15 @@ class TorchRunner:
         self._call: Any = None
         # cudnn.benchmark stays off: each new batch shape (the last, smaller batch) would
         # autotune inside the timed loop, costing far more than it saves here.
+
+    @property
+    def input(self) -> RunnerInput:
+        return RunnerInput(None, None, self.device)
+
+    @property
+    def precision(self) -> str:
+        """Autocast precision on CUDA; a checkpoint runs in fp32 on the CPU."""
+        return self.options.precision if self.device.startswith("cuda") else "fp32"
 
     def check_batch_size(self, batch_size: int) -> None:
         if batch_size < 1:

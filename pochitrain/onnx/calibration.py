@@ -48,21 +48,18 @@ def resolve_source(onnx_path: Path, meta: ModelMeta | None, calib_data: Path | N
                    config_path: Path | None, hw: tuple[int, int]) -> CalibSource:
     """Calibration folder and preprocessing, from the options, the ONNX metadata or a config.
 
-    Preprocessing: ``resolve.resolve_meta`` (the model's metadata, else the config's
+    Preprocessing: ``resolve.resolve_context`` (the model's metadata, else the config's
     val_transform). Images: ``--calib-data``, else the config's val_data_root (config: ``-c``,
     else the run's). ``hw`` is the engine's input H, W.
     """
-    from pochitrain.resolve import NoPreprocessingError, config_for, resolve_meta
+    from pochitrain.resolve import NoPreprocessingError, RunConfig, resolve_context
 
-    found_config = config_for(onnx_path, config_path)
-    where = f"config {found_config}" if found_config else None
+    run_config = RunConfig.for_model(onnx_path, config_path)  # executed at most once
+    where = f"config {run_config.path}" if run_config.path else None
     if calib_data is not None:
         data_root, data_from = Path(calib_data), "--calib-data"
     else:
-        from pochitrain.config import load_config
-
-        settings = load_config(found_config) if found_config is not None else None
-        root = getattr(settings, "val_data_root", None)
+        root = getattr(run_config.settings, "val_data_root", None)
         if not root:
             why = (f"{where} has no val_data_root" if where else
                    f"no config was given (-c) or found beside {onnx_path.name}")
@@ -75,13 +72,12 @@ def resolve_source(onnx_path: Path, meta: ModelMeta | None, calib_data: Path | N
             )
         data_root, data_from = Path(root), f"val_data_root of {where}"
     try:
-        resolved = resolve_meta(onnx_path, meta, config_path, need_class_names=False)
+        resolved = resolve_context(onnx_path, meta, run_config, need_class_names=False)
     except NoPreprocessingError as exc:  # the spec's INT8 error, as a calibration failure
         raise CalibrationError(exc.message, exc.remedy) from exc
     # pattern 2 built at another --input-size: same steps, geometry rescaled
     pre = resolved.meta.preprocess.resized_to(hw)
-    return CalibSource(data_root, data_from, pre, resolved.preprocess_from,
-                       resolved.config_path or found_config)
+    return CalibSource(data_root, data_from, pre, resolved.preprocess_from, run_config.path)
 
 
 def scan_calibration_folder(root: Path) -> ImageFolder:

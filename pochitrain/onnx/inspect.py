@@ -111,3 +111,17 @@ def read_onnx(path: Path | str, load_weights: bool = False):
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     info = OnnxInfo(path, inp.name, in_shape, elem, out.name, out_shape, meta, opset)
     return info, model
+
+
+def graph_precision(path: Path) -> str:
+    """int8 when the graph quantizes (Q/DQ), fp16 when its weights are float16, else fp32:
+    precision read from the graph itself, never from the file name."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node):
+        return "int8"
+    f16 = onnx.TensorProto.FLOAT16
+    if any(t.data_type == f16 for t in graph.initializer):
+        return "fp16"
+    return "fp32"

@@ -1,11 +1,8 @@
-"""The one place that opens ONNX Runtime sessions and runs padded fixed-batch inference.
+"""The one place that opens ONNX Runtime sessions; ``run_all`` runs a whole array through one.
 
 Used by the ONNX runner (``pochi infer``), export verification, and the FP16 and INT8 checks,
-so provider choice, thread count and the padding rule are the same everywhere.
-
-Padding rule: a graph whose batch dimension is fixed (spec pattern 3) only takes batches of
-exactly that size. A shorter chunk is padded by repeating its last image and the padded rows
-are dropped from the output, so every returned row belongs to a real input.
+so provider choice and thread count are the same everywhere; the padding rule for graphs
+with a fixed batch (spec pattern 3) is ``batching.run_chunked``'s.
 """
 
 from __future__ import annotations
@@ -16,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from pochitrain.batching import run_chunked
 from pochitrain.errors import BackendMissingError, ModelFileError
 
 # Rows per call when the graph's batch is dynamic: large enough to amortise call overhead,
@@ -88,14 +86,6 @@ def fixed_batch_of(session: Any) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
-def pad_to(batch: np.ndarray, size: int) -> np.ndarray:
-    """Repeat the last row until ``batch`` has ``size`` rows (size >= len(batch))."""
-    short = size - len(batch)
-    if short <= 0:
-        return batch
-    return np.concatenate([batch, np.repeat(batch[-1:], short, axis=0)])
-
-
 def run_all(session: Any, data: np.ndarray, batch: int | None = None) -> np.ndarray:
     """Logits of every row of ``data`` (N, C, H, W): float32 (N, K).
 
@@ -103,18 +93,8 @@ def run_all(session: Any, data: np.ndarray, batch: int | None = None) -> np.ndar
     (default ``EVAL_BATCH``) when the batch is dynamic.
     """
     name = session.get_inputs()[0].name
-    fixed = fixed_batch_of(session)
-    step = fixed or batch or EVAL_BATCH
-    outs = []
-    for start in range(0, len(data), step):
-        chunk = np.ascontiguousarray(data[start:start + step], dtype=np.float32)
-        n = len(chunk)
-        if fixed:
-            chunk = pad_to(chunk, fixed)
-        outs.append(np.asarray(session.run(None, {name: chunk})[0], dtype=np.float32)[:n])
-    if not outs:
-        return np.zeros((0, 0), dtype=np.float32)
-    return np.concatenate(outs)
+    return run_chunked(lambda chunk: session.run(None, {name: chunk})[0], data,
+                       batch or EVAL_BATCH, fixed_batch_of(session))
 
 
 def top1_agreement(reference: np.ndarray, other: np.ndarray) -> float:

@@ -1,8 +1,8 @@
 """`pochi infer` / `infer-onnx` / `infer-trt`: one function, the runtime picked by file type.
 
-Steps: open the model (``inference.open``: runner + metadata from ``resolve``) -> list the
-images -> the shared inference loop -> reports. Class names never come from the folder being
-inferred.
+Steps: open the model (the model facade: runner, context, input pipeline) -> list the images
+-> the shared inference loop -> reports. Class names never come from the folder being
+inferred; the model's config is read at most once.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from pochitrain.data import ImageFolder, check_classes, remap_labels, scan_image_folder
-from pochitrain.errors import DataError, PochiError, UsageError
+from pochitrain.errors import DataError, PochiError
 from pochitrain.inference.loop import InferenceResult, run_inference
-from pochitrain.inference.open import OpenModel, open_model
+from pochitrain.model import Model, open_model, torch_options
 from pochitrain.workspace import new_run_dir, run_folder_of
 
 
@@ -24,6 +24,17 @@ class InferOutcome:
     out_dir: Path
     files: list[Path]
     result: InferenceResult
+
+
+@dataclass
+class _Pass:
+    """One pass of the inference loop over the data, with what the reports need."""
+
+    model: Model
+    data_dir: Path
+    result: InferenceResult
+    info: dict[str, str]
+    bench: Any  # bench.result_json.BenchProbe, or None
 
 
 def infer(model_path: Path | str, data: Path | str | None = None,
@@ -36,8 +47,8 @@ def infer(model_path: Path | str, data: Path | str | None = None,
           benchmark_env_name: str | None = None) -> InferOutcome:
     """Classify ``data`` (a folder, or one image file) with any model file; write the reports.
 
-    ``pipeline`` (auto | cpu | gpu), ``precision``, ``channels_last`` and ``cuda_graph``
-    are PyTorch-runner options (see ``inference.torch_runner`` / ``gpu_preprocess``).
+    ``pipeline`` (auto | cpu | gpu) is the input pipeline (``Model.input_pipeline``);
+    ``precision``, ``channels_last`` and ``cuda_graph`` are PyTorch-runner options.
     ``benchmark_json`` also writes ``benchmark_result.json`` (``bench.result_json``).
     """
     model_path = Path(model_path)
@@ -50,64 +61,56 @@ def infer(model_path: Path | str, data: Path | str | None = None,
         model = open_model(model_path, config=config, device=device, providers=providers,
                            batch_size=batch_size, torch_options=options,
                            expect_runtime=expect_runtime)
-        bench = None
-        if benchmark_json:
-            from pochitrain.bench.result_json import BenchProbe
+        with model:
+            bench = None
+            if benchmark_json:
+                from pochitrain.bench.result_json import BenchProbe
 
-            bench = BenchProbe(model, benchmark_env_name, config)
-        try:
-            data_dir = Path(data) if data else _default_data(model_path)
-            folder = _data_folder(data_dir, model.meta.class_names)
-            bs = batch_size or model.default_batch_size()
-            batches, describe = _input_pipeline(model, pipeline)
-            result = run_inference(model.runner, folder, model.meta.preprocess, bs,
-                                   model.meta.class_names, warmup_runs=warmup_runs,
-                                   progress=progress, batches=batches)
-            pipeline_text = describe()
-            info = {"model": str(model_path), "data": str(data_dir),
-                    "input_size": "x".join(str(v) for v in model.meta.preprocess.input_size),
-                    "pipeline": pipeline_text, **model.runner.describe()}
-            if bench is not None:
-                bench.capture(model, pipeline_text)
-        finally:
-            model.close()
-        if not result.measured:
-            raise DataError(f"None of the {len(result.skipped)} files in {data_dir} could be read "
-                            "as images.", "Check the data folder.")
-        from pochitrain.reports import write_reports
-
-        out_dir = (_make_output(out_dir) if out_dir is not None
-                   else new_run_dir(run_folder_of(model_path) / "inference_results"))
-        from pochitrain.resolve import confusion_style
-
-        files = write_reports(result, out_dir, info, confusion_style(model_path, config),
-                              plotter)
-        if model.runtime == "pytorch":  # the original's model_info.json
-            from pochitrain.reports import write_model_info
-
-            files.append(write_model_info(out_dir, model_path, model.meta.model_name,
-                                          model.meta.num_classes, str(model.runner.device)))
-        if bench is not None:
-            files += bench.write(out_dir, result)
-        return InferOutcome(out_dir, files, result)
+                bench = BenchProbe(model, benchmark_env_name)
+            done = _run_pass(model, data, batch_size, warmup_runs, progress, pipeline, bench)
+        if out_dir is None:
+            out_dir = new_run_dir(run_folder_of(model_path) / "inference_results")
+        else:
+            out_dir = _make_output(out_dir)
+        return InferOutcome(out_dir, _write(done, out_dir, plotter), done.result)
     finally:
         plotter.close()
 
 
-def torch_options(model_path: Path, precision: str, channels_last: bool,
-                   cuda_graph: bool) -> Any:
-    from pochitrain.inference.open import runtime_for
+def _run_pass(model: Model, data: Path | str | None, batch_size: int | None,
+              warmup_runs: int, progress: bool, pipeline: str, bench: Any) -> _Pass:
+    data_dir = Path(data) if data else _default_data(model)
+    folder = _data_folder(data_dir, model.class_names)
+    source = model.input_pipeline(pipeline)
+    result = run_inference(model.runner, folder, model.preprocess,
+                           batch_size or model.default_batch_size(), model.class_names,
+                           warmup_runs=warmup_runs, progress=progress, batches=source.batches)
+    pipeline_text = source.describe()
+    info = {"model": str(model.path), "data": str(data_dir),
+            "input_size": "x".join(str(v) for v in model.preprocess.input_size),
+            "pipeline": pipeline_text, **model.runner.describe()}
+    if bench is not None:
+        bench.capture(model, pipeline_text)
+    if not result.measured:
+        raise DataError(f"None of the {len(result.skipped)} files in {data_dir} could be read "
+                        "as images.", "Check the data folder.")
+    return _Pass(model, data_dir, result, info, bench)
 
-    runtime = runtime_for(model_path)
-    if runtime == "pytorch":
-        from pochitrain.inference.torch_runner import TorchOptions
 
-        return TorchOptions(precision, channels_last, cuda_graph)
-    if precision != "fp32" or channels_last or cuda_graph:
-        raise UsageError("--precision, --channels-last and --cuda-graph are "
-                         f"PyTorch (.pth) options; {model_path.name} runs on {runtime}.",
-                         "Drop them (ONNX/TensorRT precision is chosen at export/convert time).")
-    return None
+def _write(done: _Pass, out_dir: Path, plotter: Any) -> list[Path]:
+    from pochitrain.reports import write_reports
+
+    model = done.model
+    files = write_reports(done.result, out_dir, done.info, model.context.confusion_style,
+                          plotter)
+    if model.backend.writes_model_info:  # the original's model_info.json
+        from pochitrain.reports import write_model_info
+
+        files.append(write_model_info(out_dir, model.path, model.meta.model_name,
+                                      model.meta.num_classes, model.device))
+    if done.bench is not None:
+        files += done.bench.write(out_dir, done.result)
+    return files
 
 
 def _data_folder(data: Path, class_names: list[str]) -> ImageFolder:
@@ -120,39 +123,12 @@ def _data_folder(data: Path, class_names: list[str]) -> ImageFolder:
     return remap_labels(folder, class_names)
 
 
-def _default_data(model_path: Path) -> Path:
-    from pochitrain.resolve import find_val_data
-
-    root = find_val_data(model_path)
+def _default_data(model: Model) -> Path:
+    root = model.context.data_root
     if root is None:
         raise DataError("No data folder given and none found in the run's config.",
                         "Pass --data DIR (a folder of class sub-folders, or of images).")
     return root
-
-
-def _model_device(model: OpenModel) -> str:
-    """Where the model runs, for the choice of input pipeline."""
-    if model.runtime == "pytorch":
-        return str(model.runner.device)
-    return "cuda" if model.runner.on_cuda else "cpu"  # ONNX Runtime provider, TensorRT pipe
-
-
-def _input_pipeline(model: OpenModel, pipeline: str) -> tuple[Any, Any]:
-    """(batch source for run_inference or None for the CPU path, a callable giving the text
-    for the summary: asked after the run, so that nvJPEG's start-up probe, which it waits for,
-    overlaps the first batches instead of delaying them).
-
-    On a GPU every runtime gets the same GPU input pipeline (nvJPEG decode, resize and
-    normalize on the GPU): PyTorch and TensorRT take its CUDA tensors on the shared CUDA path,
-    ONNX Runtime binds them in place (IOBinding)."""
-    from pochitrain.inference.gpu_preprocess import GpuBatches, resolve_pipeline
-
-    choice, why = resolve_pipeline(pipeline, _model_device(model), model.meta.preprocess)
-    if choice == "cpu":
-        return None, lambda: f"cpu (PIL, decode threads; {why})"
-    source = GpuBatches(model.meta.preprocess, "cuda" if model.runtime != "pytorch"
-                        else model.runner.device)
-    return source, source.describe
 
 
 def _check_output(output: Path | str | None) -> Path | None:

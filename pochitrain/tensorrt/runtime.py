@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pochitrain.errors import BackendMissingError, EngineLoadError, ModelFileError, UsageError
+from pochitrain.inference.runner import RunnerInput
 from pochitrain.tensorrt.logger import make_logger
 
 if TYPE_CHECKING:
@@ -97,6 +98,19 @@ class TensorRTRunner:
         from pochitrain.inference.cuda_path import CudaBatchPipe
 
         return isinstance(self.pipe, CudaBatchPipe)
+
+    @property
+    def input(self) -> RunnerInput:
+        lo, hi = self.inp.min_shape[0], self.inp.max_shape[0]
+        h, w = self.inp.opt_shape[2], self.inp.opt_shape[3]
+        return RunnerInput(lo if lo == hi else None, (int(h), int(w)),
+                           "cuda" if self.on_cuda else "cpu", int(self.default_batch_size))
+
+    @property
+    def precision(self) -> str | None:
+        """The sidecar's precision; None (the original's null) for an engine without one."""
+        precision = self.info.get("precision")
+        return None if precision in (None, "", "unknown") else str(precision)
 
     def check_batch_size(self, batch_size: int) -> None:
         lo, hi = self.inp.min_shape[0], self.inp.max_shape[0]

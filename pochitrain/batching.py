@@ -1,0 +1,56 @@
+"""Chunk, pad, run, softmax: the one way a batch of images goes through a model call.
+
+Used by the model facade (``Predictor``, ``pochi serve``), the shared inference loop and the
+ONNX checks of export / FP16 / INT8, so the padding rule is the same everywhere.
+
+Padding rule: a model whose batch dimension is fixed only takes batches of exactly that
+size. A shorter chunk is padded by repeating its last image and the padded rows are dropped
+from the output, so every returned row belongs to a real input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+def pad_to(batch: Any, size: int) -> Any:
+    """Repeat the last row until ``batch`` (NumPy array or torch tensor) has ``size`` rows."""
+    short = size - len(batch)
+    if short <= 0:
+        return batch
+    if isinstance(batch, np.ndarray):
+        return np.concatenate([batch, np.repeat(batch[-1:], short, axis=0)])
+    import torch
+
+    return torch.cat([batch, batch[-1:].expand(short, *batch.shape[1:])])
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 (stable for large logits)."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def run_chunked(call: Callable[[Any], Any], data: Any, step: int,
+                fixed: int | None = None) -> np.ndarray:
+    """Float32 (N, K) outputs of ``call`` over ``data`` (N, C, H, W), ``step`` rows a call.
+
+    ``fixed``: the model's only batch size; chunks are then ``fixed`` rows, the last one
+    padded. NumPy chunks are made contiguous float32; device tensors are passed as they are.
+    """
+    step = fixed or step
+    outs = []
+    for start in range(0, len(data), step):
+        chunk = data[start:start + step]
+        n = len(chunk)
+        if isinstance(chunk, np.ndarray):
+            chunk = np.ascontiguousarray(chunk, dtype=np.float32)
+        if fixed:
+            chunk = pad_to(chunk, fixed)
+        outs.append(np.asarray(call(chunk), dtype=np.float32)[:n])
+    return np.concatenate(outs) if outs else np.zeros((0, 0), dtype=np.float32)
