@@ -1,0 +1,37 @@
+"""benchmarks/run.py infer: one repetition over the digits, a CSV row with positive figures."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MACHINE = ["cpu", "cpu_cores", "gpu", "os", "python", "pochitrain", "torch", "torchvision",
+           "onnxruntime"]
+
+
+def test_infer_writes_one_row_per_repetition(trained_checkpoint: Path, digits_dir: Path,
+                                             tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "infer", str(trained_checkpoint),
+         "--data", str(digits_dir / "val"), "--out", str(out), "--repeat", "1",
+         "--warmup-runs", "0", "-b", "64", "--args", "--device cpu"],
+        check=False, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    csv_path = out / "infer_resnet18_b64_cpu.csv"
+    assert done.stdout.strip() == str(csv_path)
+    with csv_path.open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1
+    row = rows[0]
+    assert set(MACHINE) <= set(row)
+    assert (row["command"], row["runtime"], row["device"]) == ("infer", "pytorch", "cpu")
+    assert row["batch_size"] == "64" and row["repetition"] == "1"
+    assert int(row["images"]) > 0
+    for column in ("pure_images_per_s", "e2e_images_per_s", "pure_ms_per_image",
+                   "e2e_ms_per_image", "accuracy_percent", "command_wall_s"):
+        assert float(row[column]) > 0, column
