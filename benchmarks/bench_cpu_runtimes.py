@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from pochitrain.inference.loop import run_inference
     from pochitrain.inference.onnx_runner import open_onnx_runner
     from pochitrain.inference.torch_runner import TorchRunner
-    from pochitrain.models import load_model
+    from pochitrain.checkpoint import load_model
     from pochitrain.pipeline.export_onnx import export_onnx
 
     threads = args.threads or len(os.sched_getaffinity(0))
@@ -104,7 +104,8 @@ def _untrained_checkpoint(work: Path, name: str) -> Path:
     import torch
 
     from pochitrain.meta import ModelMeta
-    from pochitrain.models import build_model, save_checkpoint
+    from pochitrain.checkpoint import save_checkpoint
+    from pochitrain.models import build_model
     from pochitrain.preprocess import Preprocess
     from pochitrain.sample_data import CLASS_NAMES, SAMPLE_SIZE
 

@@ -54,7 +54,8 @@ def make_models(folder: Path) -> dict[str, Path]:
     import torch
 
     from pochitrain.meta import ModelMeta
-    from pochitrain.models import build_model, save_checkpoint
+    from pochitrain.checkpoint import save_checkpoint
+    from pochitrain.models import build_model
     from pochitrain.preprocess import Preprocess
 
     pre = Preprocess(input_size=[224, 224], resize=[256], center_crop=[224, 224])
@@ -313,7 +314,7 @@ def latency(models: dict[str, Path], data: Path) -> dict[str, Any]:
     from pochitrain.data import scan_image_folder
     from pochitrain.inference.gpu_preprocess import GpuBatches, to_batch
     from pochitrain.inference.torch_runner import TorchOptions, TorchRunner
-    from pochitrain.models import load_model
+    from pochitrain.checkpoint import load_model
 
     model, meta = load_model(models["resnet18"], "cuda")
     pp = meta.preprocess

@@ -291,7 +291,8 @@ def prepare(root: Path, n: int) -> tuple[Path, Path]:
         import torch
 
         from pochitrain.meta import ModelMeta
-        from pochitrain.models import build_model, save_checkpoint
+        from pochitrain.checkpoint import save_checkpoint
+        from pochitrain.models import build_model
         from pochitrain.preprocess import Preprocess
 
         classes = sorted(d.name for d in images.iterdir() if d.is_dir())

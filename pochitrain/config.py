@@ -37,7 +37,7 @@ from pochitrain.config_checks import (
     type_error,
 )
 from pochitrain.errors import BackendMissingError, ConfigError, UsageError
-from pochitrain.workspace import config_paths_base
+from pochitrain.workspace import config_paths_base, read_run_json
 
 NO_VAL_TRANSFORM_JA = "configにval_transformが設定されていません"
 
@@ -107,8 +107,7 @@ KEYS = tuple(f.name for f in fields(Settings) if f.name != "config_path")
 _PATH_KEYS = ("train_data_root", "val_data_root", "work_dir")
 
 
-def _validate(raw: dict[str, Any], config_dir: Path, config_path: Path) -> Settings:
-    s = Settings(config_path=config_path)
+def _check_known_keys(raw: dict[str, Any], config_path: Path) -> None:
     for key in raw:
         if key not in KEYS:
             near = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.6)
@@ -116,6 +115,34 @@ def _validate(raw: dict[str, Any], config_dir: Path, config_path: Path) -> Setti
             raise ConfigError(f"Unknown config key {key!r} in {config_path}.{hint}",
                               f"Valid keys: {', '.join(KEYS)}. Rename it, or start helper "
                               "names with '_' so they are ignored.")
+
+
+def _resolve_paths(s: Settings, g: dict[str, Any], config_dir: Path) -> None:
+    """Relative folder paths are relative to the config file's folder."""
+    for key in _PATH_KEYS:
+        value = g[key]
+        if value is None and key != "work_dir":
+            continue
+        if not isinstance(value, (str, Path)) or not str(value):
+            raise type_error(key, value, "a folder path string")
+        path = Path(value).expanduser()
+        setattr(s, key, str(path if path.is_absolute() else (config_dir / path).resolve()))
+
+
+def _check_class_weights(cw: Any) -> list[float] | None:
+    if cw is None:
+        return None
+    if (not isinstance(cw, (list, tuple)) or not cw
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+                       for v in cw)):
+        raise type_error("class_weights", cw, "None or a list of non-negative numbers, one "
+                          "per class in sorted class-folder order")
+    return [float(v) for v in cw]
+
+
+def _validate(raw: dict[str, Any], config_dir: Path, config_path: Path) -> Settings:
+    s = Settings(config_path=config_path)
+    _check_known_keys(raw, config_path)
     g = {**s.to_dict(), "train_transform": None, "val_transform": None, **raw}
     if not isinstance(g["model_name"], str):
         raise type_error("model_name", g["model_name"], "a model name string like 'resnet18'")
@@ -130,28 +157,13 @@ def _validate(raw: dict[str, Any], config_dir: Path, config_path: Path) -> Setti
     s.optimizer = check_choice("optimizer", g["optimizer"], OPTIMIZERS)
     s.weight_decay = check_float("weight_decay", g["weight_decay"], 0.0, strict=False)
     s.momentum = check_float("momentum", g["momentum"], 0.0, strict=False)
-    for key in _PATH_KEYS:
-        value = g[key]
-        if value is None and key != "work_dir":
-            continue
-        if not isinstance(value, (str, Path)) or not str(value):
-            raise type_error(key, value, "a folder path string")
-        path = Path(value).expanduser()
-        setattr(s, key, str(path if path.is_absolute() else (config_dir / path).resolve()))
+    _resolve_paths(s, g, config_dir)
     s.train_transform = check_transform("train_transform", g["train_transform"])
     s.val_transform = check_transform("val_transform", g["val_transform"])
     s.scheduler, s.scheduler_params = check_scheduler(g["scheduler"], g["scheduler_params"],
                                                        s.epochs)
     s.early_stopping = check_early_stopping(g["early_stopping"])
-    cw = g["class_weights"]
-    if cw is not None:
-        if (not isinstance(cw, (list, tuple)) or not cw
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
-                           for v in cw)):
-            raise type_error("class_weights", cw, "None or a list of non-negative numbers, one "
-                              "per class in sorted class-folder order")
-        cw = [float(v) for v in cw]
-    s.class_weights = cw
+    s.class_weights = _check_class_weights(g["class_weights"])
     s.num_workers = int(check_int("num_workers", g["num_workers"], 0) or 0)
     if not isinstance(g["pretrained"], bool):
         raise type_error("pretrained", g["pretrained"], "True or False")
@@ -308,6 +320,23 @@ def preprocess_from_settings(settings: Settings) -> Any:
          "the training images (set input_size = [H, W] to choose).")
     pre = from_transform(settings.val_transform, size)
     return pre if pre.resize is not None else replace(pre, resize=list(size))
+
+
+def class_names_from_config(settings: Settings, config_path: Path) -> list[str]:
+    """The run's run.json class names, else the class folders of train_data_root."""
+    names = (read_run_json(config_path.parent) or {}).get("class_names")
+    if isinstance(names, list) and names:
+        return [str(n) for n in names]
+    train_root = getattr(settings, "train_data_root", None)
+    if train_root:
+        from pochitrain.data import scan_image_folder
+
+        return scan_image_folder(train_root, "training data folder").classes
+    raise ConfigError(
+        f"Cannot find the class names for this model: no metadata in the model file, no "
+        f"run.json beside {config_path} and no train_data_root in it.",
+        "Use a model exported by pochitrain, or set train_data_root in the config.",
+    )
 
 
 def _first_image_size(settings: Settings) -> list[int] | None:

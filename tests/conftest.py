@@ -36,8 +36,9 @@ def untrained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A resnet18 checkpoint for the digits classes with random (seeded) weights."""
     import torch
 
+    from pochitrain.checkpoint import save_checkpoint
     from pochitrain.meta import ModelMeta
-    from pochitrain.models import build_model, save_checkpoint
+    from pochitrain.models import build_model
     from pochitrain.preprocess import Preprocess
     from pochitrain.sample_data import CLASS_NAMES
 

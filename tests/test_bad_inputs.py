@@ -218,8 +218,9 @@ def test_a_batch_of_mixed_sizes_names_a_file_and_the_fix(tmp_path: Path) -> None
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pochitrain.checkpoint import save_checkpoint
     from pochitrain.meta import ModelMeta
-    from pochitrain.models import build_model, save_checkpoint
+    from pochitrain.models import build_model
     from pochitrain.preprocess import Preprocess
 
     path = tmp_path_factory.mktemp("ckpt") / "model.pth"
@@ -239,8 +240,8 @@ def test_checkpoint_metadata_that_does_not_fit_the_weights(
         tiny_checkpoint: Path, tmp_path: Path, edit: dict, words: list[str]) -> None:
     import torch
 
+    from pochitrain.checkpoint import load_model
     from pochitrain.errors import ModelFileError
-    from pochitrain.models import load_model
 
     payload = torch.load(tiny_checkpoint, weights_only=True)
     payload["meta"].update(edit)

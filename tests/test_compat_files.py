@@ -27,9 +27,10 @@ def _original_checkpoint(path: Path, model: torch.nn.Module) -> Path:
 def original_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
                  ) -> tuple[Path, Path, Path]:
     """(original run folder, its checkpoint, our checkpoint of the same weights)."""
+    from pochitrain.checkpoint import save_checkpoint
     from pochitrain.config import load_config, preprocess_from_settings
     from pochitrain.meta import ModelMeta
-    from pochitrain.models import build_model, save_checkpoint
+    from pochitrain.models import build_model
 
     root = tmp_path_factory.mktemp("orig")
     run_dir = root / "work_dirs" / "20250101_001"
@@ -94,7 +95,7 @@ def test_original_onnx_file_uses_the_run_config(original_run: tuple[Path, Path, 
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """The original's export: legacy exporter, input/output names, dynamic batch, no
     metadata; the config is found at <model>/../../config.py."""
-    from pochitrain.models import load_model
+    from pochitrain.checkpoint import load_model
 
     run_dir, _, ours = original_run
     model, _ = load_model(ours)
@@ -117,7 +118,8 @@ def test_original_onnx_file_uses_the_run_config(original_run: tuple[Path, Path, 
 
 def test_class_count_differs_from_config(original_run: tuple[Path, Path, Path],
                                          tmp_path: Path) -> None:
-    from pochitrain.models import build_model, load_model
+    from pochitrain.checkpoint import load_model
+    from pochitrain.models import build_model
 
     run_dir = original_run[0]
     bad = _original_checkpoint(run_dir / "models" / "four.pth", build_model("resnet18", 4))
@@ -131,7 +133,8 @@ def test_class_count_differs_from_config(original_run: tuple[Path, Path, Path],
 
 
 def test_original_checkpoint_without_config(tmp_path: Path) -> None:
-    from pochitrain.models import build_model, load_model
+    from pochitrain.checkpoint import load_model
+    from pochitrain.models import build_model
 
     lone = _original_checkpoint(tmp_path / "a" / "b" / "best.pth", build_model("resnet18", 3))
     with pytest.raises(ConfigError) as err:
@@ -147,7 +150,7 @@ def test_original_checkpoint_without_config(tmp_path: Path) -> None:
 
 def test_model_name_option_wins_over_config(original_run: tuple[Path, Path, Path]) -> None:
     """The original let the config's model_name override --model-name (a bug)."""
-    from pochitrain.models import load_model
+    from pochitrain.checkpoint import load_model
 
     with pytest.raises(ModelFileError, match="resnet34"):
         load_model(original_run[1], verb="export-onnx", model_name="resnet34")
@@ -161,7 +164,7 @@ def test_original_onnx_converts(original_run: tuple[Path, Path, Path], tmp_path:
     import json
 
     pytest.importorskip("tensorrt_rtx_bindings")
-    from pochitrain.models import load_model
+    from pochitrain.checkpoint import load_model
 
     model, _ = load_model(original_run[2])
     onnx_path = tmp_path / "orig.onnx"

@@ -40,7 +40,7 @@ def _pochi(args: list[str], env: dict[str, str], cwd: Path,
 
 def test_two_processes_write_one_run_with_equal_weights(tiny_data: Path,
                                                         tmp_path: Path) -> None:
-    from pochitrain.models import load_model
+    from pochitrain.checkpoint import load_model
     from pochitrain.training.distributed import state_hash
 
     config = _tiny_config(tmp_path / "cfg", tiny_data, epochs=2, extra=AUGMENT)

@@ -77,7 +77,7 @@ def test_onnx_runtime_matches_pytorch(exported, ckpt_dir: Path, digits_dir: Path
     import torch
 
     from pochitrain.inference.onnx_runner import open_onnx_runner
-    from pochitrain.models import load_model
+    from pochitrain.checkpoint import load_model
 
     runner, _ = open_onnx_runner(ckpt_dir / "best.onnx")
     x = _val_batch(digits_dir, batch)

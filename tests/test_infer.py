@@ -139,7 +139,7 @@ def test_runtimes_agree_and_plain_onnx_works_with_config(trained_run: Path, digi
     torch.onnx.export (no metadata) with -c give the same predictions on the digits val set."""
     import torch
 
-    from pochitrain.models import load_model
+    from pochitrain.checkpoint import load_model
     from pochitrain.pipeline.export_onnx import export_onnx
 
     ckpt = next((trained_run / "models").glob("best_epoch*.pth"))

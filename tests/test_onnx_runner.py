@@ -165,8 +165,8 @@ def test_infer_onnx_refuses_fixed_size_that_differs_from_preprocessing(
         tmp_path: Path, untrained_checkpoint: Path, digits_dir: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     """A 40x40 graph whose metadata preprocessing yields 32x32: refused before any image runs."""
+    from pochitrain.checkpoint import load_model
     from pochitrain.cli.main import run as cli
-    from pochitrain.models import load_model
     from pochitrain.onnx.export import export_model
 
     model, meta = load_model(untrained_checkpoint)

@@ -26,7 +26,7 @@ _tiny_config = tiny_config
 # ---- the shared trained run ----------------------------------------------------------------
 
 def test_trained_run_layout_and_accuracy(trained_run: Path, trained_checkpoint: Path) -> None:
-    from pochitrain.models import load_model, read_checkpoint
+    from pochitrain.checkpoint import load_model, read_checkpoint
 
     assert trained_run.parent.name == "work_dirs" and trained_run.name[8] == "_"
     models = sorted(p.name for p in (trained_run / "models").iterdir())
@@ -234,7 +234,7 @@ def test_mixed_precision_off_trains_in_fp32_and_is_recorded(tiny_data: Path,
                                                              tmp_path: Path) -> None:
     import torch
 
-    from pochitrain.models import read_checkpoint
+    from pochitrain.checkpoint import read_checkpoint
 
     config = _tiny_config(tmp_path, tiny_data,
                           extra="mixed_precision = 'off'\nchannels_last = False\n")

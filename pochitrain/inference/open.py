@@ -64,7 +64,7 @@ def _open_runner(runtime: str, model_path: Path, device: str, providers: list[st
                  ) -> tuple[Any, ModelMeta | None, dict[str, Any]]:
     if runtime == "pytorch":
         from pochitrain.inference.torch_runner import TorchRunner, resolve_device
-        from pochitrain.models import load_model
+        from pochitrain.checkpoint import load_model
 
         resolved = resolve_device(device)
         if device == "auto" and resolved == "cpu":

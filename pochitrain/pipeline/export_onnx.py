@@ -53,7 +53,7 @@ def export_onnx(checkpoint: Path | str, input_size: tuple[int, int] | None = Non
     pochitrain (``legacy``); ``device``: where the checkpoint is loaded (checked, then the
     export itself runs on the CPU)."""
     from pochitrain import __version__
-    from pochitrain.models import load_model
+    from pochitrain.checkpoint import load_model
     from pochitrain.onnx.export import check_opset
 
     checkpoint = Path(checkpoint)

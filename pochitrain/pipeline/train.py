@@ -264,7 +264,7 @@ def train(config: Path | str, *, overrides: dict[str, Any] | None = None,
     Under torchrun / ``pochi train --gpus N`` every rank runs this; only rank 0 writes.
     """
     from pochitrain import training as T
-    from pochitrain.models import save_checkpoint
+    from pochitrain.checkpoint import save_checkpoint
     from pochitrain.training import distributed as D
 
     settings = load_config(config, overrides)

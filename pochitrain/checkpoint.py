@@ -1,0 +1,272 @@
+"""Checkpoint files: ours (weights with their metadata) and the original pochitrain's.
+
+Our checkpoints are plain dicts of tensors, strings, numbers and lists (``format`` is
+``CHECKPOINT_FORMAT``, the metadata under ``meta``), so they load with
+``torch.load(weights_only=True)``.
+
+The original pochitrain (v1.8.3) wrote ``{"epoch", "model_state_dict",
+"optimizer_state_dict", "best_accuracy"}`` (or a bare state dict) whose keys carry a
+``model.`` prefix, and no class names, config or preprocessing. Those come from the training
+config, found as the original found it (``-c`` first): ``pochi infer``
+``<model>/../../config.py``; ``export-onnx`` ``<model>/../config.py`` then
+``<model>/../../config.py``. Class names are the training folder's class sub-folders (the
+original's ``num_classes`` was overwritten with their count).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pochitrain.errors import ConfigError, ModelFileError
+from pochitrain.meta import ModelMeta
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from pochitrain.config import Settings
+
+CHECKPOINT_FORMAT = "pochitrain-checkpoint-v1"
+PREFIX = "model."
+NO_CONFIG_JA = "設定ファイルが見つかりません"
+EDITED_REMEDY = ("The checkpoint was edited or damaged: use the .pth exactly as 'pochi train' "
+                 "wrote it (weights and metadata are saved together), or train again.")
+
+
+def save_checkpoint(path: Path, model: nn.Module, meta: ModelMeta,
+                    extra: dict[str, Any] | None = None) -> None:
+    """Write atomically: a crash never leaves a truncated checkpoint."""
+    import torch
+
+    from pochitrain.workspace import atomic_path
+
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"format": CHECKPOINT_FORMAT, "meta": meta.to_dict(), "model_state_dict": state,
+               **(extra or {})}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_checkpoint(path: Path | str) -> tuple[dict[str, Any], ModelMeta]:
+    """Load a pochitrain checkpoint dict (weights_only) and its metadata."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"Checkpoint not found: {path}",
+                             "Pass the .pth written by 'pochi train' (work_dirs/*/models/).")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for non-checkpoint files
+        raise ModelFileError(
+            f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}).",
+            "Pass a .pth written by 'pochi train'.",
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        original = as_original(payload)
+        if original is not None:
+            raise OriginalCheckpointError(original, path)
+        raise ModelFileError(
+            f"{path} is not a pochitrain checkpoint (no pochitrain metadata).",
+            "Pass a .pth written by 'pochi train'; for other models export ONNX yourself and "
+            "use 'pochi infer model.onnx -c config.py'.",
+        )
+    return payload, ModelMeta.from_dict(payload["meta"], where=str(path))
+
+
+def load_model(path: Path | str, device: str = "cpu", *, config: Path | str | None = None,
+               verb: str = "infer", model_name: str | None = None,
+               num_classes: int | None = None) -> tuple[nn.Module, ModelMeta]:
+    """Rebuild the model of a checkpoint, in eval mode on ``device``.
+
+    ModelFileError when the metadata (model name, number of classes) does not fit the weights.
+    A checkpoint of the original pochitrain takes its metadata from ``config`` or the config
+    the original would have found for ``verb`` (:func:`load_original`).
+    """
+    from pochitrain.models import build_model
+
+    try:
+        payload, meta = read_checkpoint(path)
+    except OriginalCheckpointError as exc:
+        option = "-c/--config" if verb == "export-onnx" else "-c/--config-path"
+        model, meta, _ = load_original(Path(path), exc.checkpoint, config=config, verb=verb,
+                                       model_name=model_name, num_classes=num_classes,
+                                       option=option)
+        return model.to(device), meta
+    try:
+        model = build_model(meta.model_name, meta.num_classes, pretrained=False)
+    except ConfigError as exc:
+        raise ModelFileError(f"{path}: {exc.message}", EDITED_REMEDY) from None
+    state = payload.get("model_state_dict")
+    problem = weights_mismatch(model, state)
+    if problem is None:
+        try:
+            model.load_state_dict(state)  # type: ignore[arg-type]
+        except (RuntimeError, TypeError, ValueError) as exc:
+            problem = str(exc).strip().splitlines()[-1].strip()[:300]
+    if problem is not None:
+        raise ModelFileError(
+            f"The weights in {path} do not match its metadata ({meta.model_name}, "
+            f"{meta.num_classes} classes): {problem}.", EDITED_REMEDY)
+    return model.to(device).eval(), meta
+
+
+def weights_mismatch(model: nn.Module, state: Any) -> str | None:
+    """A one-line summary of missing / unexpected / wrongly shaped weights, or None."""
+    import torch
+
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return "model_state_dict is not a dict of tensors"
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    resized = [k for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    parts = []
+    if resized:
+        k = resized[0]
+        parts.append(f"{k} has shape {tuple(state[k].shape)} in the file but "
+                     f"{tuple(expected[k].shape)} in the model"
+                     + (f" (and {len(resized) - 1} more)" if len(resized) > 1 else ""))
+    for names, what in ((missing, "missing from the file"), (unexpected, "not in the model")):
+        if names:
+            more = f" and {len(names) - 2} more" if len(names) > 2 else ""
+            parts.append(f"{len(names)} weight(s) {what} ({', '.join(names[:2])}{more})")
+    return "; ".join(parts) or None
+
+
+# The original pochitrain's checkpoints.
+
+
+@dataclass
+class OriginalCheckpoint:
+    """A loaded original-format checkpoint."""
+
+    state_dict: dict[str, Any]  # prefix removed
+    epoch: int | None
+    best_accuracy: float | None
+
+    @property
+    def num_classes(self) -> int | None:
+        """Rows of the classifier's last weight (fc / classifier.N)."""
+        heads = [k for k, v in self.state_dict.items()
+                 if k.endswith(".weight") and getattr(v, "ndim", 0) == 2]
+        return int(self.state_dict[heads[-1]].shape[0]) if heads else None
+
+
+class OriginalCheckpointError(ModelFileError):
+    """A checkpoint of the original pochitrain (no metadata): see :func:`load_original`."""
+
+    def __init__(self, checkpoint: OriginalCheckpoint, path: Path) -> None:
+        super().__init__(f"{path} is a checkpoint of the original pochitrain (no metadata).",
+                         "Pass -c/--config-path with its training config.")
+        self.checkpoint = checkpoint
+
+
+def as_original(payload: Any) -> OriginalCheckpoint | None:
+    """The checkpoint as the original wrote it, or None when it is not in that format."""
+    import torch
+
+    if not isinstance(payload, dict) or "format" in payload:
+        return None
+    state = payload.get("model_state_dict", payload)
+    if (not isinstance(state, dict) or not state
+            or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                       for k, v in state.items())):
+        return None
+    if all(k.startswith(PREFIX) for k in state):
+        state = {k[len(PREFIX):]: v for k, v in state.items()}
+    epoch = payload.get("epoch") if "model_state_dict" in payload else None
+    best = payload.get("best_accuracy") if "model_state_dict" in payload else None
+    return OriginalCheckpoint(state, epoch if isinstance(epoch, int) else None,
+                              float(best) if isinstance(best, (int, float)) else None)
+
+
+def original_config_candidates(model_path: Path, verb: str) -> list[Path]:
+    """Where the original looked for the config of a model file (reference 2.3)."""
+    model_path = Path(model_path).expanduser().resolve()
+    if verb == "export-onnx":
+        return [model_path.parent / "config.py", model_path.parent.parent / "config.py"]
+    return [model_path.parent.parent / "config.py"]
+
+
+def find_original_config(model_path: Path, config: Path | str | None, verb: str,
+                         option: str = "-c/--config-path") -> Path:
+    """``config`` when given, else the first existing candidate; ConfigError naming the files
+    looked for and the option to pass."""
+    if config is not None:
+        return Path(config)
+    candidates = original_config_candidates(model_path, verb)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    looked = ", ".join(str(c) for c in candidates)
+    raise ConfigError(
+        f"{NO_CONFIG_JA}: {looked}\n{Path(model_path).name} is a checkpoint of the original "
+        "pochitrain (no class names or preprocessing inside), and no config was found. "
+        f"Looked for: {looked}.",
+        f"Pass {option} CONFIG.py (the training config: model_name, train_data_root and "
+        "val_transform are read from it).")
+
+
+def meta_from_config(config_path: Path, model_path: Path) -> tuple[ModelMeta, Settings]:
+    """(metadata, settings) built from a training config: class names from run.json or the
+    training folder, preprocessing from val_transform."""
+    from pochitrain.config import class_names_from_config, load_config, preprocess_from_settings
+
+    settings = load_config(config_path)
+    pre = preprocess_from_settings(settings)
+    names = class_names_from_config(settings, config_path)
+    return ModelMeta(names, pre, model_name=settings.model_name,
+                     source={"original_checkpoint": model_path.name}), settings
+
+
+def load_original(model_path: Path, checkpoint: OriginalCheckpoint, *,
+                  config: Path | str | None, verb: str = "infer",
+                  model_name: str | None = None, num_classes: int | None = None,
+                  option: str = "-c/--config-path") -> tuple[nn.Module, ModelMeta, Path]:
+    """(model in eval mode on the CPU, metadata, config path) for an original checkpoint.
+
+    ``model_name`` / ``num_classes`` given on the command line win over the config (the
+    original let the config's model_name override an explicit --model-name: a bug).
+    """
+    from pochitrain.console import info
+    from pochitrain.models import build_model
+
+    config_path = find_original_config(model_path, config, verb, option)
+    meta, settings = meta_from_config(config_path, model_path)
+    name = model_name or settings.model_name
+    _check_class_count(model_path, config_path, checkpoint.num_classes, num_classes, meta)
+    model = build_model(name, meta.num_classes, pretrained=False)
+    problem = weights_mismatch(model, checkpoint.state_dict)
+    if problem is None:
+        model.load_state_dict(checkpoint.state_dict)
+    else:
+        raise ModelFileError(
+            f"The weights in {model_path} do not fit {name} with {meta.num_classes} classes: "
+            f"{problem}.", "Pass --model-name (or fix model_name in the config) to match the "
+            "network the checkpoint was trained as.")
+    meta.model_name = name
+    extra = "".join(f", {k} {v}" for k, v in (("epoch", checkpoint.epoch),
+                                               ("best_accuracy", checkpoint.best_accuracy))
+                    if v is not None)
+    info(f"元の pochitrain のチェックポイント / Original pochitrain checkpoint ({name}{extra}): "
+         f"class names and preprocessing from {config_path}")
+    return model.eval(), meta, config_path
+
+
+def _check_class_count(model_path: Path, config_path: Path, n_file: int | None,
+                       num_classes: int | None, meta: ModelMeta) -> None:
+    """ModelFileError when --num-classes or the config disagrees with the checkpoint's head."""
+    if num_classes is not None and n_file is not None and num_classes != n_file:
+        raise ModelFileError(
+            f"--num-classes {num_classes} but the checkpoint {model_path.name} has "
+            f"{n_file} outputs.", f"Use --num-classes {n_file}.")
+    if n_file is not None and n_file != meta.num_classes:
+        raise ModelFileError(
+            f"The checkpoint {model_path.name} has {n_file} classes but its config "
+            f"{config_path} gives {meta.num_classes} ({', '.join(meta.class_names[:10])}"
+            f"{' ...' if meta.num_classes > 10 else ''}).\n"
+            "チェックポイントのクラス数が config と一致しません.",
+            "Pass -c with the config this checkpoint was trained with (its train_data_root "
+            "must hold the same class folders).")
