@@ -84,6 +84,11 @@ def config_paths_base(config_path: Path) -> Path:
     return config_path.parent
 
 
+def local_now() -> _dt.datetime:
+    """The current local time with its UTC offset (the machine's zone, never a fixed one)."""
+    return _dt.datetime.now().astimezone()
+
+
 def new_run_dir(base: Path | str, today: _dt.date | None = None,
                 hint: str = "--output DIR") -> Path:
     """Create and return ``base/YYYYMMDD_NNN`` with the next free NNN (never reuses one).

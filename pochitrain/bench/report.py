@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from pochitrain.bench.aggregate import collect
-from pochitrain.bench.result_json import JST, local_now
-from pochitrain.workspace import atomic_write_bytes, atomic_write_text
+from pochitrain.bench.result_json import JST
+from pochitrain.workspace import atomic_write_bytes, atomic_write_text, local_now
 
 ORIGINAL_COLUMNS = ["case_name", "env_name", "runtime", "precision", "model_name", "pipeline",
                     "device", "runs", "avg_inference_ms_mean", "avg_inference_ms_stdev",

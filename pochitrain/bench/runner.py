@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pochitrain.bench.result_json import RESULT_FILE, local_now
+from pochitrain.bench.result_json import RESULT_FILE
 from pochitrain.bench.suite import Case, Suite
-from pochitrain.workspace import atomic_write_text
+from pochitrain.workspace import atomic_write_text, local_now
 
 # ``pochi infer`` takes every model type and has --pipeline for all of them.
 VERBS = {"pytorch": "infer", "onnx": "infer", "tensorrt": "infer"}

@@ -3,7 +3,7 @@
 Modules:
   space    the config's search_space -> trial suggestions -> config overrides (checked first)
   study    sampler / pruner (with arguments), storage URL, direction from the metric
-  run      the study loop (``optimize``) and the objective (``pipeline.train`` + pruning)
+  run      the study loop (``optimize``) and the objective (``training.run`` + pruning)
   outputs  best_params.json, trials_history.json, study_statistics.json, optimized_config.py
   charts   history / importance / contour charts as Plotly HTML and matplotlib PNG
 """

@@ -19,8 +19,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from pochitrain.bench.result_json import local_now
-from pochitrain.workspace import atomic_write_text
+from pochitrain.workspace import atomic_write_text, local_now
 
 PATH_KEYS = ("train_data_root", "val_data_root", "work_dir")
 

@@ -1,10 +1,11 @@
 """``pochi optimize``: an Optuna study over the config's ``optuna['search_space']``.
 
 config -> check the search space (every choice, both ends of every range) -> study (sampler,
-pruner, storage, direction from the metric) -> trials: each one a real ``pipeline.train`` run of
-``optuna_epochs`` epochs with the suggested values as config overrides, reporting the metric
-after every validated epoch (``on_epoch``) so the pruner can stop it -> the study's files and
-charts (``outputs``, ``charts``) in the output folder.
+pruner, storage, direction from the metric) -> trials: each one a real training run
+(``training.run``, the run of ``pochi train``) of ``optuna_epochs`` epochs with the suggested
+values as config overrides, reporting the metric after every validated epoch (``on_epoch``) so
+the pruner can stop it -> the study's files and charts (``outputs``, ``charts``) in the output
+folder.
 
 A trial's value is the best value of the metric over its epochs. A trial whose training fails
 with a pochitrain error (NaN loss, out of memory, ...) is marked FAIL and the study goes on.
@@ -49,7 +50,7 @@ class Objective:
         import optuna
 
         from pochitrain.optimize.space import overrides_for
-        from pochitrain.pipeline.train import train
+        from pochitrain.training.run import run_training
 
         values = {p.name: p.suggest(trial) for p in self.params}
         overrides = overrides_for(self.params, values, self.settings, self.epochs)
@@ -66,8 +67,8 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned after epoch {epoch} ({self.metric} {value:.4g})")
 
         try:
-            result = train(self.config, overrides=overrides, work_dir=self.trials_dir,
-                           progress=False, on_epoch=on_epoch)
+            result = run_training(self.config, overrides=overrides,
+                                  work_dir=self.trials_dir, progress=False, on_epoch=on_epoch)
         except PochiError as exc:
             trial.set_user_attr("error", exc.message)
             raise

@@ -1,6 +1,6 @@
 """The ``optuna['search_space']`` of a config: what each key means for a training run.
 
-Every searchable key becomes a config override of the trial's training (``pipeline.train``
+Every searchable key becomes a config override of the trial's training (``training.run``
 validates it like a config file would), so nothing suggested is silently dropped:
 
   config keys          learning_rate, optimizer, batch_size, weight_decay, momentum,

@@ -1,0 +1,318 @@
+"""One training run from a config file: what ``pochi train`` does, and each trial of
+``pochi optimize``.
+
+Run folder layout::
+
+    config.py               copy of the config file as given
+    run.json                resolved settings, classes, preprocessing, versions, results
+    models/best_epochN.pth  best validation accuracy so far (only the current best is kept)
+    models/last_model.pth   the model after the last epoch (or after Ctrl+C)
+    training_metrics.csv    one row per epoch, rewritten after every epoch
+    loss.png, accuracy.png  curves, rewritten after every epoch
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pochitrain.config import Settings, load_config, preprocess_from_settings, resolve_device
+from pochitrain.console import info
+from pochitrain.data import ImageFolder, check_classes, remap_labels, scan_image_folder
+from pochitrain.errors import ConfigError, DataError
+from pochitrain.meta import ModelMeta, file_sha256
+from pochitrain.preprocess import Preprocess
+from pochitrain.workspace import atomic_write_bytes, new_run_dir, write_run_json
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    best_epoch: int | None
+    best_val_accuracy: float | None
+    epochs_run: int
+    stopped_by: str  # "completed" | "early_stopping" | "interrupted"
+    seconds: float
+    skipped_files: list[Path] = field(default_factory=list)
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stopped_by == "interrupted"
+
+
+@dataclass
+class _Data:
+    train: ImageFolder
+    val: ImageFolder
+    class_names: list[str]
+
+
+def _check_data(settings: Settings) -> _Data:
+    for key in ("train_data_root", "val_data_root"):
+        if getattr(settings, key) is None:
+            raise ConfigError(f"{key} is not set in {settings.config_path}.",
+                              f"Add {key} = 'path/to/folder' (one sub-folder of images per "
+                              "class; relative paths are read from the config's folder).")
+    train = scan_image_folder(settings.train_data_root or "", "training data folder "
+                              "(train_data_root)", allow_unlabelled=False)
+    val = scan_image_folder(settings.val_data_root or "", "validation data folder "
+                            "(val_data_root)", allow_unlabelled=False)
+    if len(train.classes) < 2:
+        raise DataError(f"The training data folder has only one class: {train.root}",
+                        "A classifier needs at least two class sub-folders.")
+    check_classes(val, train.classes, for_training=True)
+    val = remap_labels(val, train.classes)
+    n = len(train.classes)
+    if settings.num_classes is not None and settings.num_classes != n:
+        raise ConfigError(
+            f"num_classes = {settings.num_classes} but {train.root} has {n} class folders "
+            f"({', '.join(train.classes)}).",
+            f"Set num_classes = {n}, or remove it (None) to use the number of folders.",
+        )
+    if settings.class_weights is not None and len(settings.class_weights) != n:
+        raise ConfigError(
+            f"class_weights has {len(settings.class_weights)} values but there are {n} classes.",
+            f"Give one weight per class, in this order: {', '.join(train.classes)}.",
+        )
+    return _Data(train, val, list(train.classes))
+
+
+def _preprocess(settings: Settings) -> Preprocess:
+    pre = preprocess_from_settings(settings)
+    if settings.input_size is not None and list(settings.input_size) != pre.input_size:
+        raise ConfigError(
+            f"input_size = {settings.input_size} but val_transform produces {pre.input_size}.",
+            "Make them agree (or remove input_size: it is read from val_transform).",
+        )
+    return pre
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import torchvision
+
+    from pochitrain import __version__
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "pochitrain": __version__,
+            "platform": platform.platform()}
+
+
+def _run_record(settings: Settings, config_path: Path, device: str, precision: Any,
+                data: _Data, pre: Preprocess) -> dict[str, Any]:
+    """run.json as written when training starts; ``_finish_record`` adds the results."""
+    n = len(data.class_names)
+    return {
+        "status": "running",
+        "config_path": str(config_path),
+        "settings": {**settings.to_dict(), "device_resolved": device,
+                     "mixed_precision_resolved": precision.name,
+                     "channels_last_resolved": precision.channels_last,
+                     "num_classes": n, "input_size": pre.input_size},
+        "class_names": data.class_names,
+        "num_classes": n,
+        "input_size": pre.input_size,
+        "mean": pre.mean,
+        "std": pre.std,
+        "preprocess": pre.to_dict(),
+        "data": {"train_root": str(data.train.root), "val_root": str(data.val.root),
+                 "train_images": len(data.train.samples), "val_images": len(data.val.samples)},
+        "versions": _versions(),
+        "skipped_files": [],
+    }
+
+
+def _finish_record(record: dict[str, Any], result: TrainResult,
+                   skipped_by_split: dict[str, list[Path]]) -> dict[str, Any]:
+    skipped = [str(p) for p in result.skipped_files]
+    return {**record, "status": result.stopped_by, "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
+            "seconds": round(result.seconds, 2),
+            "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
+            "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
+            "skipped_files": skipped,
+            "skipped_count": {k: len(v) for k, v in skipped_by_split.items()}}
+
+
+def _setup(settings: Settings, data: _Data, device: str) -> Any:
+    """Model, loaders, loss, optimizer, scheduler, early stopping: a ``training.FitSetup``."""
+    import torch
+
+    from pochitrain import training as T
+    from pochitrain.models import build_model
+
+    val_tf = settings.val_transform
+    train_tf = settings.train_transform or val_tf
+    if settings.train_transform is None:
+        info("train_transform is not set: training uses val_transform (no augmentation).")
+    precision = T.resolve_precision(settings.mixed_precision, settings.channels_last, device)
+    T.seed_everything(settings.seed)
+    model = build_model(settings.model_name, len(data.class_names), settings.pretrained)
+    model.to(device)
+    if precision.channels_last:
+        model.to(memory_format=torch.channels_last)
+    loaders: Any = tuple(
+        T.make_loader(folder, tf, shuffle=shuffle, batch_size=settings.batch_size,
+                      num_workers=settings.num_workers, device=device, seed=settings.seed,
+                      pin_memory=settings.train_pin_memory)
+        for folder, tf, shuffle in ((data.train, train_tf, True), (data.val, val_tf, False)))
+    from pochitrain.training.gpu_loader import gpu_loaders
+
+    gpu = gpu_loaders(settings, data.train, data.val, device, train_tf, val_tf)
+    # decode + transforms on the GPU (config gpu_input), else the CPU DataLoaders
+    train_loader, val_loader = gpu if gpu is not None else loaders
+    weight = (torch.tensor(settings.class_weights, dtype=torch.float32, device=device)
+              if settings.class_weights else None)
+    from pochitrain.training.optim import layer_param_groups
+
+    params = (layer_param_groups(model, settings.model_name,
+                                   settings.layer_wise_lr_config["layer_rates"],
+                                   settings.learning_rate)
+              if settings.enable_layer_wise_lr else model.parameters())
+    optimizer = T.build_optimizer(settings.optimizer, params, settings.learning_rate,
+                                  settings.weight_decay, settings.momentum)
+    return T.FitSetup(
+        model=model, train_loader=train_loader, val_loader=val_loader,
+        criterion=torch.nn.CrossEntropyLoss(weight=weight), optimizer=optimizer,
+        scheduler=T.build_scheduler(settings.scheduler, settings.scheduler_params, optimizer),
+        stopper=T.EarlyStopping(**settings.early_stopping) if settings.early_stopping else None,
+        precision=precision, device=device, epochs=settings.epochs,
+        scaler=precision.grad_scaler(device), non_blocking=settings.gpu_non_blocking,
+        input_size=list(_preprocess(settings).input_size))
+
+
+def _epoch_extras(settings: Settings) -> Any:
+    """What every checkpoint records beside the weights, for an epoch."""
+    def extras(epoch: int, tr: Any, va: Any) -> dict[str, Any]:
+        return {"epoch": epoch, "train_loss": tr.loss, "train_accuracy": tr.accuracy,
+                "val_loss": va.loss if va else None, "val_accuracy": va.accuracy if va else None,
+                "optimizer": settings.optimizer, "learning_rate": settings.learning_rate}
+    return extras
+
+
+def _open_run(settings: Settings, config_path: Path, work_dir: Path | str | None,
+              ddp: Any) -> Path:
+    """The new run folder with models/ and the config copy (other DDP ranks: a scratch
+    folder nobody keeps)."""
+    if ddp is not None and not ddp.is_main:
+        run_dir = ddp.scratch_dir()
+    else:
+        run_dir = new_run_dir(Path(work_dir).resolve() if work_dir else settings.work_dir,
+                              hint="--work-dir DIR, or work_dir in the config")
+    (run_dir / "models").mkdir()
+    atomic_write_bytes(run_dir / "config.py", config_path.read_bytes())
+    return run_dir
+
+
+def _run_fit(settings: Settings, setup: Any, keeper: Any, run_dir: Path, data: _Data,
+             record: dict[str, Any], progress: bool, on_epoch: Any, ddp: Any) -> Any:
+    """``training.fit`` with the run's observers (TensorBoard, gradient tracking) and metrics
+    log; run.json says "failed" when it raises."""
+    from pochitrain import training as T
+    from pochitrain.training.observers import build_observer
+
+    main = ddp is None or ddp.is_main
+    log: Any = None
+    try:
+        setup.observer = build_observer(settings, run_dir, data, setup.model) if main else None
+        log = T.MetricsLog(run_dir, plots=main, enabled=settings.enable_metrics_export,
+                           lr_log_scale=settings.layer_wise_lr_config["graph_config"]
+                           ["use_log_scale"])
+        with cudnn_autotune(setup.device, settings.cudnn_benchmark):
+            out = T.fit(setup, keeper, log, _epoch_extras(settings), progress and main,
+                        on_epoch)
+        log.close()
+        return out
+    except BaseException as exc:
+        _close_after_error(log)
+        write_run_json(run_dir, {**record, "status": "failed",
+                                 "error": f"{type(exc).__name__}: {exc}"})
+        raise
+    finally:
+        if setup.observer is not None:
+            setup.observer.close()
+        if ddp is not None:
+            ddp.close(setup.model)
+
+
+def _close_after_error(log: Any) -> None:
+    """The pictures of the epochs that finished; one that cannot be drawn now is only warned
+    about (the error being raised is the run's)."""
+    if log is None:
+        return
+    try:
+        log.close()
+    except Exception as exc:  # noqa: BLE001 - the run's own error goes on
+        from pochitrain.console import warn
+
+        warn(f"training plots not drawn ({type(exc).__name__}: {exc})")
+
+
+def run_training(config: Path | str, *, overrides: dict[str, Any] | None = None,
+          work_dir: Path | str | None = None, progress: bool = True,
+          on_epoch: Any = None) -> TrainResult:
+    """Train from a config file; see the module docstring for what is written.
+
+    ``overrides`` replace config keys (validated like the file); ``work_dir`` replaces the
+    config's work_dir (relative to the current directory); ``on_epoch`` see ``training.fit``.
+    Under torchrun / ``pochi train --gpus N`` every rank runs this; only rank 0 writes.
+    """
+    from pochitrain import training as T
+    from pochitrain.checkpoint import save_checkpoint
+    from pochitrain.training import distributed as D
+
+    settings = load_config(config, overrides)
+    config_path = Path(settings.config_path or config)
+    device = resolve_device(settings.device)
+    ddp = D.init(device)  # one of several ranks (torchrun / --gpus N), else None
+    device = ddp.device if ddp is not None else device
+    main = ddp is None or ddp.is_main
+    data = _check_data(settings)
+    pre = _preprocess(settings)
+    setup = _setup(settings, data, device)
+    if ddp is not None:
+        ddp.prepare(setup, settings.batch_size, settings.seed)
+    meta = ModelMeta(data.class_names, pre, model_name=settings.model_name,
+                     source={"config_sha256": file_sha256(config_path),
+                             "train_data_fingerprint": data.train.fingerprint()})
+    run_dir = _open_run(settings, config_path, work_dir, ddp)
+    record = _run_record(settings, config_path, device, setup.precision, data, pre)
+    record["settings"]["world_size"] = ddp.world if ddp is not None else 1
+    write_run_json(run_dir, record)
+    info(f"training {settings.model_name} on {device} (mixed precision {setup.precision.name}, "
+         f"channels_last {'on' if setup.precision.channels_last else 'off'}): "
+         f"{len(data.train.samples)} train / {len(data.val.samples)} val images, "
+         f"{len(data.class_names)} classes -> {run_dir}")
+    keeper = T.CheckpointKeeper(run_dir / "models",
+                                lambda path, extra: save_checkpoint(path, D.unwrap(setup.model),
+                                                                    meta, extra) if main else None)
+    started = time.perf_counter()
+    out = _run_fit(settings, setup, keeper, run_dir, data, record, progress, on_epoch, ddp)
+    result = TrainResult(run_dir, keeper.best_path, keeper.last_path, keeper.best_epoch,
+                         keeper.best_accuracy, out.epochs_run, out.stopped_by,
+                         time.perf_counter() - started, out.skipped_files())
+    write_run_json(run_dir, _finish_record(record, result, out.skipped))
+    return result
+
+
+@contextlib.contextmanager
+def cudnn_autotune(device: str, wanted: bool | None = None) -> Iterator[None]:
+    """On CUDA, let cuDNN pick the fastest convolution for the fixed training input size
+    (config cudnn_benchmark = True / False overrides); restored afterwards (inference in the
+    same process keeps its own setting)."""
+    import torch
+
+    before = torch.backends.cudnn.benchmark
+    auto = before or device.startswith("cuda")
+    torch.backends.cudnn.benchmark = auto if wanted is None else wanted
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
