@@ -51,9 +51,10 @@ Opened = tuple["Runner", ModelMeta | None]  # the runner, the metadata the file 
 
 def _open_torch(path: Path, request: OpenRequest) -> Opened:
     from pochitrain.checkpoint import load_model
-    from pochitrain.inference.torch_runner import TorchRunner, resolve_device
+    from pochitrain.config import resolve_device
+    from pochitrain.inference.torch_runner import TorchRunner
 
-    device = resolve_device(request.device)
+    device = resolve_device(request.device, flag="--device")
     if request.device == "auto" and device == "cpu":
         from pochitrain.console import info
 

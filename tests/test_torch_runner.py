@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from pochitrain.config import resolve_device
 from pochitrain.errors import BackendMissingError, UsageError
 from pochitrain.inference.torch_runner import (
     GpuMemoryError,
     TorchOptions,
     TorchRunner,
     largest_fitting_batch,
-    resolve_device,
 )
 
 CUDA = torch.cuda.is_available()
@@ -92,9 +92,9 @@ def test_channels_last_on_the_cpu_gives_the_same_logits() -> None:
 
 @pytest.mark.skipif(CUDA, reason="checks the CPU-only path")
 def test_cuda_without_a_gpu() -> None:
-    assert resolve_device("auto") == "cpu"
+    assert resolve_device("auto", flag="--device") == "cpu"
     with pytest.raises(BackendMissingError, match="no CUDA GPU is available"):
-        resolve_device("cuda")
+        resolve_device("cuda", flag="--device")
 
 
 @pytest.mark.skipif(CUDA, reason="checks the CPU-only path")

@@ -63,10 +63,11 @@ def _open_runner(runtime: str, model_path: Path, device: str, providers: list[st
                  batch_size: int | None, torch_options: Any, config: Path | str | None = None,
                  ) -> tuple[Any, ModelMeta | None, dict[str, Any]]:
     if runtime == "pytorch":
-        from pochitrain.inference.torch_runner import TorchRunner, resolve_device
         from pochitrain.checkpoint import load_model
+        from pochitrain.config import resolve_device
+        from pochitrain.inference.torch_runner import TorchRunner
 
-        resolved = resolve_device(device)
+        resolved = resolve_device(device, flag="--device")
         if device == "auto" and resolved == "cpu":
             from pochitrain.console import info
 

@@ -24,13 +24,6 @@ class GpuMemoryError(UsageError):
     """A batch does not fit in the GPU's memory."""
 
 
-def resolve_device(device: str) -> str:
-    """The --device option resolved (see pochitrain.config.resolve_device)."""
-    from pochitrain.config import resolve_device as resolve
-
-    return resolve(device, flag="--device")
-
-
 @dataclass(frozen=True)
 class TorchOptions:
     precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast)
