@@ -3,8 +3,8 @@
 Python caches each module's compiled bytecode in ``__pycache__`` beside its source (pip
 writes it at install time). Where there is none and Python may not write it
 (``PYTHONDONTWRITEBYTECODE=1``, common in container images, or a read-only site-packages),
-every command compiles PyTorch's ~1,350 modules from source again: 2.9 s of an 8.2 s
-``pochi infer`` on the GPU machine (cProfile, ``builtins.compile``), on every run.
+every command compiles PyTorch's modules from source again, on every run (a large part of a
+short command: docs/benchmarks.md).
 
 Only there (judged by torch's ``__init__``), a command keeps the bytecode in a cache folder of
 its own instead (``$XDG_CACHE_HOME/pochitrain/pycache``, else ``~/.cache/pochitrain/pycache``;

@@ -203,7 +203,7 @@ def _validate_original_keys(s: Settings, g: dict[str, Any]) -> None:
     s.optuna = L.check_optuna(g["optuna"])
     env = g["benchmark_env_name"]
     if env is not None and (not isinstance(env, str) or not env.strip()):
-        raise type_error("benchmark_env_name", env, "None or a label string, e.g. 'H200-lab'")
+        raise type_error("benchmark_env_name", env, "None or a label string, e.g. 'lab-gpu'")
     s.benchmark_env_name = env
 
 

@@ -1,9 +1,8 @@
-"""Import torchvision without paying for ``torch._dynamo`` (about 2 s of every command).
+"""Import torchvision without paying for ``torch._dynamo`` (most of torchvision's import).
 
 ``torchvision.ops.roi_align`` runs ``from torch._dynamo.utils import is_compile_supported`` at
 import time, which imports all of TorchDynamo (and sympy) although nothing pochitrain does
-uses it: measured on a 2-core machine, ``import torchvision`` took 2.45 s, 2.18 s of it in
-``torch._dynamo``; with the stand-in below it takes about 0.2 s.
+uses it; that is most of ``import torchvision``'s time (docs/benchmarks.md).
 
 While torchvision is being imported (directly, or by a config file that imports
 ``torchvision.transforms``), ``sys.modules["torch._dynamo.utils"]`` holds a small stand-in

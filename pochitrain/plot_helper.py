@@ -1,9 +1,8 @@
 """Draw a command's pictures in a helper process started when the command starts.
 
-matplotlib's import and the font set-up cost about a second of interpreter time. In a thread
-of the command they hold the GIL against the GPU input pipeline and the model (measured on
-the GPU machine: 1.8 s of a 9 s ``pochi infer`` under py-spy); in a process of their own they
-run on another core while the command works. At the end the command hands over one drawing
+matplotlib's import and the font set-up take interpreter time. In a thread of the command
+they hold the GIL against the GPU input pipeline and the model; in a process of their own they
+run on another core while the command works (timings: docs/benchmarks.md). At the end the command hands over one drawing
 job (a function of ``pochitrain.reports`` and its arguments, pickled through a pipe) and
 waits for it.
 
@@ -24,11 +23,9 @@ from typing import Any
 DONE = b"done\n"
 _started: list[bool] = []  # a helper was started in this process
 # Fewer cores than this (one): matplotlib is imported by a thread of the command instead.
-# On 2 cores the helper wins too, once the command's other costs were cut: `pochi infer` on
-# the digits val set, 8 alternating pairs, 3.31-4.34 s with the helper against 4.04-4.87 s
-# with the thread (whose import holds the GIL against torch's own import).
+# On 2 cores the helper is still faster: a thread's import holds the GIL against torch's.
 SPARE_CORES = 2
-DRAW_TIMEOUT_S = 120.0  # matplotlib's import plus one picture take 1-2 s
+DRAW_TIMEOUT_S = 120.0  # a hang guard: matplotlib's import plus one picture is far shorter
 
 
 class PlotHelper:

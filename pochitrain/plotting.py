@@ -49,7 +49,7 @@ _preloading: list[threading.Thread] = []
 
 def preload() -> None:
     """Import matplotlib and set the font up in a background thread, so that a command that
-    draws at its end has it ready (about 0.5 s it would otherwise wait for after its work)."""
+    draws at its end has it ready instead of waiting for the import after its work."""
     if not _preloading:
         def load() -> None:
             use_cjk_font()

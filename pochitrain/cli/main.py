@@ -124,9 +124,9 @@ def run(argv: Sequence[str] | None, prog: str = "pochi", only: str | None = None
 
 def _exit(code: int) -> NoReturn:
     """End a console command. After an inference verb the interpreter's finalization is
-    skipped: tearing down ~1,700 modules and torch's state took 0.65-0.82 s of a 4.1-4.8 s
-    ``pochi infer`` on 2 cores (``benchmarks/exit_probe.py``), for nothing: the verb has
-    written and closed its files and stopped its helper processes by then.
+    skipped: tearing down every module and torch's state is a noticeable part of a short
+    ``pochi infer`` (docs/benchmarks.md), for nothing: the verb has written and closed its
+    files and stopped its helper processes by then.
     ``POCHI_QUICK_EXIT=0`` ends the usual way."""
     if _ran and _ran[-1] in QUICK_EXIT_VERBS and os.environ.get("POCHI_QUICK_EXIT") != "0":
         import logging

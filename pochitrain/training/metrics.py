@@ -30,8 +30,8 @@ class EpochRow:
 
 
 # Pictures are redrawn at most this often during training (and always at the end): drawing
-# two PNGs takes 0.15-0.5 s in the training process, which short GPU epochs (0.6 s measured
-# for resnet18 on an H100) would otherwise wait for after every epoch.
+# two PNGs in the training process can take longer than a short GPU epoch, which would
+# otherwise wait for it after every epoch.
 PLOT_EVERY_S = 15.0
 
 
