@@ -22,7 +22,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pochitrain.config import NO_VAL_TRANSFORM_JA
+from pochitrain.config import NO_VAL_TRANSFORM_JA, class_names_from_config
 from pochitrain.errors import ConfigError
 from pochitrain.meta import ModelMeta
 from pochitrain.workspace import find_config_near, read_run_json
@@ -123,23 +123,6 @@ class ModelContext:
         except PochiError:
             return None
         return str(name) if name else None
-
-
-def class_names_from_config(settings: Any, config_path: Path) -> list[str]:
-    """The run's run.json class names, else the class folders of train_data_root."""
-    names = (read_run_json(config_path.parent) or {}).get("class_names")
-    if isinstance(names, list) and names:
-        return [str(n) for n in names]
-    train_root = getattr(settings, "train_data_root", None)
-    if train_root:
-        from pochitrain.data import scan_image_folder
-
-        return scan_image_folder(train_root, "training data folder").classes
-    raise ConfigError(
-        f"Cannot find the class names for this model: no metadata in the model file, no "
-        f"run.json beside {config_path} and no train_data_root in it.",
-        "Use a model exported by pochitrain, or set train_data_root in the config.",
-    )
 
 
 def resolve_context(model_path: Path | str, model_meta: ModelMeta | None,
