@@ -1,9 +1,13 @@
 """pochi serve over real HTTP: real uvicorn servers in subprocesses, real models on the CPU.
 
 Four servers start once for the module, in parallel: the .pth, the .onnx (batching window
-20 ms), a "slow" .onnx server (a hidden env var adds a delay per model batch; the runtime
-itself is real) for the 503 test and, last, the SIGTERM drain test, and a ``--workers 2``
-.onnx server (also slowed down, so requests are in flight at its SIGTERM).
+20 ms), a "slow" .onnx server (queue of 2 images, batches of 1) for the 503 test and, last,
+the SIGTERM drain test, and a ``--workers 2`` .onnx server.
+
+No test waits for a duration. The .onnx servers take a gate file (a hidden test hook of the
+batcher): while it exists their model thread runs no batch, so requests stay in flight
+until the test deletes it; the tests wait for conditions the server reports (its queue
+depth on /metrics, its listening socket closing).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +31,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from pochitrain.serve.batcher import DELAY_ENV
+from pochitrain.serve.batcher import GATE_ENV
 
 PREDICT = "/api/v1/predict"
 
@@ -39,11 +43,12 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, model: Path, log: Path, *args: str, delay_ms: int = 0) -> None:
+    def __init__(self, model: Path, log: Path, *args: str, gated: bool = False) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        env = {**os.environ, DELAY_ENV: str(delay_ms)}
+        self.gate = log.with_suffix(".gate")
+        env = {**os.environ, GATE_ENV: str(self.gate) if gated else ""}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pochitrain.cli.main", "serve", str(model),
              "--port", str(self.port), "--decode-workers", "2", *args],
@@ -62,7 +67,36 @@ class Server:
             time.sleep(0.1)
         pytest.fail(f"server not ready:\n{self.log.read_text()}")
 
+    def hold(self, until_waiting: int | None = None) -> None:
+        """Close the gate: no model batch runs (with a count: until that many images wait)."""
+        self.gate.write_text("" if until_waiting is None else str(until_waiting))
+
+    def release(self) -> None:
+        self.gate.unlink(missing_ok=True)
+
+    async def wait_metric(self, name: str, done: Callable[[float], bool]) -> float:
+        """Poll /metrics until ``done(value)``; the value."""
+        async with httpx.AsyncClient(timeout=30) as client:
+            for _ in range(3000):
+                value = _metric((await client.get(self.url + "/metrics")).text, name)
+                if done(value):
+                    return value
+                await asyncio.sleep(0.01)
+        pytest.fail(f"{name} on {self.url} never reached the expected value")
+
+    async def wait_closed(self) -> None:
+        """Until the listening socket refuses connections (a SIGTERM is being handled)."""
+        for _ in range(3000):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                return
+            writer.close()
+            await asyncio.sleep(0.01)
+        pytest.fail(f"{self.url} still accepts connections")
+
     def terminate(self) -> None:
+        self.release()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
 
@@ -92,12 +126,13 @@ def servers(untrained_checkpoint: Path, request: pytest.FixtureRequest,
                              "--max-body-mb", "1")}
     try:
         onnx_model = request.getfixturevalue("onnx_model")
-        started["onnx"] = Server(onnx_model, logs / "onnx.log", "--max-wait-ms", "20")
-        # 1 s per model batch of 1 image, 2 images queued at most; SIGTERM-ed last
+        started["onnx"] = Server(onnx_model, logs / "onnx.log", "--max-wait-ms", "20",
+                                 gated=True)
+        # batches of 1 image, 2 images queued at most; SIGTERM-ed last
         started["slow"] = Server(onnx_model, logs / "slow.log", "--queue", "2",
-                                 "--max-batch", "1", "--max-wait-ms", "0", delay_ms=1000)
+                                 "--max-batch", "1", "--max-wait-ms", "0", gated=True)
         started["workers"] = Server(onnx_model, logs / "workers.log", "--workers", "2",
-                                    "--decode-workers", "1", delay_ms=300)
+                                    "--decode-workers", "1", gated=True)
         for server in started.values():
             server.wait_ready()
         yield started
@@ -166,8 +201,10 @@ def test_v1_raw_bgr(servers: dict[str, Server], onnx_model: Path, images: list[P
 
 
 def test_200_concurrent_requests(servers: dict[str, Server], images: list[Path]) -> None:
-    url = servers["onnx"].url + PREDICT
+    server = servers["onnx"]
+    url = server.url + PREDICT
     bodies = [p.read_bytes() for p in images]
+    before = _metric(httpx.get(server.url + "/metrics").text, "pochi_batch_size_count")
 
     async def main() -> list[int]:
         limits = httpx.Limits(max_connections=50)
@@ -176,13 +213,21 @@ def test_200_concurrent_requests(servers: dict[str, Server], images: list[Path])
                 r = await client.post(url, content=bodies[i % len(bodies)],
                                       headers={"content-type": "image/png"})
                 return r.status_code
-            return await asyncio.gather(*(one(i) for i in range(200)))
+            sent = asyncio.gather(*(one(i) for i in range(200)))
+            # the first batch waits for the 50 requests in flight (a full --max-batch of 32)
+            await server.wait_metric("pochi_batch_size_count", lambda n: n > before)
+            server.release()
+            return await sent
 
-    codes = asyncio.run(main())
+    server.hold(until_waiting=50)
+    try:
+        codes = asyncio.run(main())
+    finally:
+        server.release()
     assert codes == [200] * 200
     metrics = httpx.get(servers["onnx"].url + "/metrics").text
     count = _metric(metrics, "pochi_batch_size_count")
-    assert count < 200, "no request was batched with another"  # 20 ms window, 50 in flight
+    assert count < 200, "no request was batched with another"
     assert _metric(metrics, "pochi_batch_size_sum") >= 200
 
 
@@ -261,15 +306,27 @@ def test_bad_payloads_then_good_requests(servers: dict[str, Server],
 
 def test_queue_full_answers_503_with_retry_after(servers: dict[str, Server],
                                                  images: list[Path]) -> None:
-    url = servers["slow"].url + PREDICT  # queue 2 images, 1 s per batch of 1
+    server = servers["slow"]  # queue 2 images, batches of 1
+    url = server.url + PREDICT
     body = images[0].read_bytes()
 
     async def main() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=30) as client:
-            return await asyncio.gather(*(client.post(
-                url, content=body, headers={"content-type": "image/png"}) for _ in range(6)))
+            def post() -> asyncio.Future[httpx.Response]:
+                return asyncio.ensure_future(client.post(
+                    url, content=body, headers={"content-type": "image/png"}))
 
-    responses = asyncio.run(main())
+            queued = [post() for _ in range(2)]  # held by the gate: the queue is full
+            await server.wait_metric("pochi_queue_depth", lambda n: n == 2)
+            refused = await asyncio.gather(*(post() for _ in range(4)))
+            server.release()
+            return [*await asyncio.gather(*queued), *refused]
+
+    server.hold()
+    try:
+        responses = asyncio.run(main())
+    finally:
+        server.release()
     codes = sorted(r.status_code for r in responses)
     assert codes == [200, 200, 503, 503, 503, 503], codes
     busy = next(r for r in responses if r.status_code == 503)
@@ -305,7 +362,7 @@ def test_metrics_docs_info_and_access_log(servers: dict[str, Server]) -> None:
 
 def test_sigterm_drains_in_flight_requests(servers: dict[str, Server],
                                            images: list[Path]) -> None:
-    server = servers["slow"]  # 1 s per image: both queued requests are in flight at SIGTERM
+    server = servers["slow"]  # gated: both queued requests are in flight at SIGTERM
     url = server.url + PREDICT
     body = images[0].read_bytes()
 
@@ -313,11 +370,17 @@ def test_sigterm_drains_in_flight_requests(servers: dict[str, Server],
         async with httpx.AsyncClient(timeout=30) as client:
             tasks = [asyncio.ensure_future(client.post(
                 url, content=body, headers={"content-type": "image/png"})) for _ in range(2)]
-            await asyncio.sleep(0.4)
+            await server.wait_metric("pochi_queue_depth", lambda n: n == 2)
             server.proc.send_signal(signal.SIGTERM)
+            await server.wait_closed()
+            server.release()
             return [r.status_code for r in await asyncio.gather(*tasks)]
 
-    assert asyncio.run(main()) == [200] * 2
+    server.hold()
+    try:
+        assert asyncio.run(main()) == [200] * 2
+    finally:
+        server.release()
     assert server.proc.wait(20) == 0
     assert "Server stopped (SIGTERM)" in server.log.read_text()
     with pytest.raises(httpx.ConnectError):
@@ -327,7 +390,7 @@ def test_sigterm_drains_in_flight_requests(servers: dict[str, Server],
 def test_gpu_pipeline_code_matches_cpu_pipeline(untrained_checkpoint: Path,
                                                 images: list[Path]) -> None:
     """The GPU input path (nvJPEG decode, batched resize) runs its same code on the CPU."""
-    from pochitrain.inference.gpu_preprocess import GpuBatches
+    from pochitrain.gpu_input import GpuBatches
     from pochitrain.serve.decode import Payload
     from pochitrain.serve.model import ServeModel
 
@@ -423,14 +486,21 @@ def test_workers_sigterm_drains_all_and_leaves_nothing(servers: dict[str, Server
             tasks = [asyncio.ensure_future(c.post(
                 server.url + PREDICT, content=images[0].read_bytes(),
                 headers={"content-type": "image/png"})) for c in clients]
-            await asyncio.sleep(0.2)  # in flight: each model batch takes 300 ms
+            # in flight: the gate holds them, /metrics sums both workers' queues
+            await server.wait_metric("pochi_queue_depth", lambda n: n == 8)
             server.proc.send_signal(signal.SIGTERM)
+            await server.wait_closed()
+            server.release()
             return [r.status_code for r in await asyncio.gather(*tasks)]
         finally:
             for c in clients:
                 await c.aclose()
 
-    assert asyncio.run(main()) == [200] * 8
+    server.hold()
+    try:
+        assert asyncio.run(main()) == [200] * 8
+    finally:
+        server.release()
     assert server.proc.wait(20) == 0
     assert "Server stopped (SIGTERM); 2 workers" in server.log.read_text()
     end = time.monotonic() + 5
@@ -451,99 +521,12 @@ def test_workers_bad_model_fails_like_one_process(tmp_path: Path) -> None:
     assert "bad.onnx" in one and "Traceback" not in two and two.strip() == one.strip()
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_shared_model_serves_every_worker_and_drains(onnx_model: Path, images: list[Path],
-                                                      tmp_path: Path) -> None:
-    """--workers 2 --shared-model: both workers answer with the main process's one model
-    (infer's probabilities), images are counted once, SIGTERM drains and leaves nothing."""
-    server = Server(onnx_model, tmp_path / "shared.log", "--workers", "2", "--shared-model",
-                    "--decode-workers", "1", "--max-wait-ms", "20", delay_ms=200)
-    try:
-        server.wait_ready()
-        pids, metrics_dir = _workers_of(server)
-        assert len(pids) == 2 and (metrics_dir / "model.sock").exists()
-        for pid in pids:  # the workers never load the runtime (nor its memory)
-            assert "onnxruntime" not in Path(f"/proc/{pid}/maps").read_text()
-        want = _reference(onnx_model, images)
-        files = [("files", (p.name, p.read_bytes(), "image/png")) for p in images]
-        got = httpx.post(server.url + PREDICT, files=files, data={"top_k": "3"},
-                         timeout=30).json()
-        for pred, ref in zip(got["predictions"], want):
-            _check(pred, ref)
-        codes = asyncio.run(_separate_connections(server.url + PREDICT,
-                                                  images[0].read_bytes(), 16))
-        assert codes == [200] * 16
-        served = {int(line.split("[", 1)[1].split("]", 1)[0])
-                  for line in server.log.read_text().splitlines() if f"POST {PREDICT}" in line}
-        assert served == set(pids), (pids, served)  # both workers answered
-        bad = httpx.post(server.url + PREDICT, content=b"\xff\xd8\xff broken",
-                         headers={"content-type": "image/jpeg"}, timeout=30)
-        assert bad.status_code == 400 and "画像をデコードできません" in bad.json()["detail"]
-        metrics = httpx.get(server.url + "/metrics").text
-        # the model process counts images and batches; the workers only their requests
-        assert _metric(metrics, "pochi_images_total") == len(images) + 16
-        assert _metric(metrics, "pochi_batch_size_sum") == len(images) + 16
-        info = httpx.get(server.url + "/api/v1/model-info").json()
-        assert info["backend"] == "onnx" and info["num_classes"] == 10
+def test_shared_model_option_is_gone(capsys: pytest.CaptureFixture[str]) -> None:
+    """--shared-model was removed: argparse refuses it like any unknown option."""
+    from pochitrain.cli.main import build_parser
 
-        async def in_flight() -> list[int]:
-            async with httpx.AsyncClient(timeout=30) as client:
-                tasks = [asyncio.ensure_future(client.post(
-                    server.url + PREDICT, content=images[1].read_bytes(),
-                    headers={"content-type": "image/png"})) for _ in range(4)]
-                await asyncio.sleep(0.3)  # sent; each batch takes at least 200 ms
-                server.proc.send_signal(signal.SIGTERM)
-                return [r.status_code for r in await asyncio.gather(*tasks)]
-
-        assert asyncio.run(in_flight()) == [200] * 4
-        assert server.proc.wait(30) == 0
-        log = server.log.read_text()
-        assert "one model in the main process" in log and "Traceback" not in log
-        assert "Server stopped (SIGTERM); 2 workers" in log
-        assert not any(Path(f"/proc/{pid}").exists() for pid in pids), "orphan worker"
-        assert not metrics_dir.exists()
-    finally:
-        server.stop()
-
-
-def test_shared_model_results_cross_processes_intact() -> None:
-    """What the model process sends back: rows and BadInput as they are (status, both
-    languages), any other failure as a RuntimeError carrying its message."""
-    import pickle
-
-    from pochitrain.errors import PochiError
-    from pochitrain.serve.decode import BadInput
-    from pochitrain.serve.shared import FRAME, pack, portable
-
-    bad = BadInput(400, "undecodable_image", "画像をデコードできません: a.jpg", "a.jpg is not...")
-    failed = PochiError("GPU のメモリが足りません。", "Use a smaller batch.")
-    frame = pack([portable(r) for r in [np.array([0.25, 0.75]), bad, failed]])
-    (size,) = FRAME.unpack(frame[:FRAME.size])
-    row, bad2, failed2 = pickle.loads(frame[FRAME.size:])
-    assert size == len(frame) - FRAME.size and row.tolist() == [0.25, 0.75]
-    assert isinstance(bad2, BadInput) and bad2.body() == bad.body() and bad2.status == 400
-    assert type(failed2) is RuntimeError and "GPU のメモリが足りません" in str(failed2)
-
-
-def test_shared_model_needs_workers(onnx_model: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "pochitrain.cli.main", "serve",
-                           str(onnx_model), "--shared-model", "--port", str(_free_port())],
-                          check=False, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "--workers" in proc.stderr and "Traceback" not in proc.stderr
-
-
-def test_shared_model_socket_that_cannot_be_made_is_a_clear_error(onnx_model: Path,
-                                                                   tmp_path: Path) -> None:
-    """A TMPDIR too long for a Unix socket name: a message naming the fix, exit 1, no
-    traceback, no worker left behind."""
-    deep = tmp_path / ("d" * 120)
-    deep.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "pochitrain.cli.main", "serve",
-                           str(onnx_model), "--workers", "2", "--shared-model",
-                           "--port", str(_free_port())],
-                          check=False, capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, TMPDIR=str(deep)))
-    assert proc.returncode == 1, proc.stderr[-2000:]
-    assert "TMPDIR" in proc.stderr and "Traceback" not in proc.stderr
-    assert not list(deep.glob("pochi_serve_metrics_*"))  # removed again
-
+    parser = build_parser("pochi", None, "serve")
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args(["serve", "m.onnx", "--workers", "2", "--shared-model"])
+    assert exited.value.code == 2
+    assert "unrecognized arguments: --shared-model" in capsys.readouterr().err

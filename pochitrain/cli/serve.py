@@ -17,8 +17,7 @@ Concurrent requests are gathered into batches of up to --max-batch images, waiti
 --max-wait-ms for a batch to fill; one worker thread runs the model. When --queue images are
 waiting, new requests get 503 with Retry-After. SIGTERM or Ctrl+C: stop accepting, answer the
 requests in flight, exit 0. --workers N runs N such server processes on the port (the
-kernel spreads connections over them); each has its own model, or with --shared-model one
-model in the main process batches for all of them. Needs the serve extra:
+kernel spreads connections over them), each with its own model. Needs the serve extra:
 pip install "pochitrain[serve]".
 See docs/readme_serve.md.
 """
@@ -39,12 +38,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=positive_int, default=1, metavar="N",
                         help="server processes sharing the port, each with its own model, "
                         "batcher and decode threads (default: 1); /metrics sums them all")
-    parser.add_argument("--shared-model", action="store_true",
-                        help="with --workers N: one model in the main process runs the "
-                        "batches of all N worker processes (one CUDA context, fuller "
-                        "batches; less GPU memory); the workers only handle HTTP and "
-                        "decoding. Off by default: on an H100, resnet18 at 224, 8 workers "
-                        "with their own models served 2,982-3,411 img/s against 2,779-2,871")
     b = parser.add_argument_group("batching and limits")
     b.add_argument("--max-batch", type=positive_int, default=32, metavar="N",
                    help="most images per model call (default: 32; 1 turns batching off)")
@@ -84,21 +77,15 @@ def run(args: argparse.Namespace) -> int:
     require_extra()
     from pochitrain.pipeline.infer import torch_options
     from pochitrain.serve.app import ServeSettings
-    from pochitrain.serve.server import ServeOptions, serve
+    from pochitrain.serve.run import serve
+    from pochitrain.serve.server import ServeOptions
 
-    if args.shared_model and args.workers < 2:
-        from pochitrain.errors import UsageError
-
-        raise UsageError("--shared-model shares one model between worker processes, and "
-                         f"--workers is {args.workers}.",
-                         "Add --workers N (2 or more), or drop --shared-model.")
     model = Path(args.model)
     options = ServeOptions(
         model=model, config=Path(args.config) if args.config else None, host=args.host,
         port=args.port, device=args.device, providers=args.providers, pipeline=args.pipeline,
         torch_options=torch_options(model, args.precision, args.channels_last, False),
-        drain_timeout_s=args.drain_timeout, workers=args.workers,
-        shared_model=args.shared_model)
+        drain_timeout_s=args.drain_timeout, workers=args.workers)
     settings = ServeSettings(
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue=args.queue,
         max_body_bytes=int(args.max_body_mb * 1_000_000), max_images=args.max_images,

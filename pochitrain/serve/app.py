@@ -1,4 +1,4 @@
-"""FastAPI routes of API v1 over a ``ServeModel``.
+"""FastAPI routes of API v1 over a served model.
 
 ``POST /api/v1/predict`` takes (by Content-Type):
   application/json      the original's PredictRequest: one image, base64 ``raw`` BGR + shape,
@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
@@ -36,14 +37,16 @@ from pochitrain.serve.decode import (
     BadInput,
     Payload,
     b64decode,
-    check_part_type,
     media_type,
     raw_array,
 )
 from pochitrain.serve.metrics import Metrics
 from pochitrain.serve.middleware import LimitAndLog
+from pochitrain.serve.multipart import read_form
 
 PREFIX = "/api/v1"
+ROUTES = {f"{PREFIX}/predict", f"{PREFIX}/health", f"{PREFIX}/model-info",
+          f"{PREFIX}/version", "/metrics", "/docs", "/openapi.json"}
 
 
 @dataclass
@@ -58,22 +61,51 @@ class ServeSettings:
     access_log: bool = True
 
 
-def create_app(model: Any, settings: ServeSettings) -> FastAPI:
+class ServedModel(Protocol):
+    """What the app needs of a model (``serve.model.ServeModel``)."""
+
+    @property
+    def runtime(self) -> str: ...
+
+    @property
+    def class_names(self) -> list[str]: ...
+
+    def info(self) -> dict[str, Any]: ...
+
+    def backend_versions(self) -> dict[str, str]: ...
+
+    def prepare(self, payload: Payload) -> Any:
+        """One decoded, preprocessed image (decode threads); raises BadInput."""
+
+    def run_batch(self, items: list[Any]) -> list[Any]:
+        """One probability row per item, or an exception for an item that failed."""
+
+    def close(self) -> None: ...
+
+
+def create_app(model: ServedModel, settings: ServeSettings) -> FastAPI:
     """The app; its lifespan starts the decode pool and the batcher and drains them."""
-    from pochitrain import __version__
-
     metrics = Metrics(lambda: float(batcher.depth))
-    # A shared model (``--shared-model``) gathers and counts the batches itself: here they
-    # are sent as soon as the previous one is answered.
-    remote = getattr(model, "remote", False)
     batcher = Batcher(model.run_batch, max_batch=settings.max_batch,
-                      max_wait_s=0.0 if remote else settings.max_wait_ms / 1000.0,
-                      queue_limit=settings.queue,
-                      on_batch=None if remote else metrics.observe_batch)
+                      max_wait_s=settings.max_wait_ms / 1000.0, queue_limit=settings.queue,
+                      on_batch=metrics.observe_batch)
     pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="pochi-decode")
+    app = FastAPI(title="pochitrain serve", version=schemas.API_VERSION,
+                  lifespan=_lifespan(batcher, pool),
+                  description="Image classification over HTTP (API v1 of pochitrain).")
+    app.state.batcher = batcher
+    app.add_middleware(LimitAndLog, max_body=settings.max_body_bytes, metrics=metrics,
+                       routes=ROUTES, log=settings.access_log)
+    add_error_handlers(app)
+    add_predict_route(app, Predict(model, settings, batcher, metrics, pool))
+    add_info_routes(app, model, settings, metrics)
+    return app
 
+
+def _lifespan(batcher: Batcher, pool: ThreadPoolExecutor
+              ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> Any:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         batcher.start()
         try:
             yield
@@ -81,14 +113,11 @@ def create_app(model: Any, settings: ServeSettings) -> FastAPI:
             await asyncio.get_running_loop().run_in_executor(None, batcher.stop, 60.0)
             pool.shutdown(wait=True)
 
-    app = FastAPI(title="pochitrain serve", version=schemas.API_VERSION, lifespan=lifespan,
-                  description="Image classification over HTTP (API v1 of pochitrain).")
-    app.state.batcher = batcher
-    routes = {f"{PREFIX}/predict", f"{PREFIX}/health", f"{PREFIX}/model-info",
-              f"{PREFIX}/version", "/metrics", "/docs", "/openapi.json"}
-    app.add_middleware(LimitAndLog, max_body=settings.max_body_bytes, metrics=metrics,
-                       routes=routes, log=settings.access_log)
+    return lifespan
 
+
+def add_error_handlers(app: FastAPI) -> None:
+    """BadInput and FastAPI's validation errors as JSON ``{"detail": ja + en, "error"}``."""
     @app.exception_handler(BadInput)
     async def bad_input(request: Request, exc: BadInput) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)
@@ -97,30 +126,30 @@ def create_app(model: Any, settings: ServeSettings) -> FastAPI:
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(_invalid(exc.errors()).body(), status_code=422)
 
-    async def in_pool(fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
-    def prepare_json(body: bytes) -> tuple[Payload, int | None]:
-        """JSON body -> (payload, top_k); runs in the pool (base64 of big images)."""
-        from pydantic import ValidationError
+@dataclass
+class Predict:
+    """``POST /predict``: payloads -> decode pool -> batcher -> JSON answer."""
 
-        try:
-            req = schemas.PredictRequest.model_validate_json(body)
-        except ValidationError as exc:
-            raise _invalid(exc.errors()) from None
-        data = b64decode(req.image_data)
-        if req.format in ENCODED_FORMATS:
-            return Payload("image_data", data=data), req.top_k
-        return Payload("image_data", array=raw_array(data, req.shape, req.dtype)), req.top_k
+    model: ServedModel
+    settings: ServeSettings
+    batcher: Batcher
+    metrics: Metrics
+    pool: ThreadPoolExecutor
 
-    async def read_payloads(request: Request) -> tuple[list[Payload], int | None, bool]:
+    async def in_pool(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def read_payloads(self, request: Request) -> tuple[list[Payload], int | None, bool]:
         """(payloads, top_k from the body, single-image response?)"""
         kind = media_type(request.headers.get("content-type"))
         if kind == "application/json":
-            payload, k = await in_pool(prepare_json, await request.body())
+            payload, k = await self.in_pool(_prepare_json, await request.body())
             return [payload], k, True
         if kind == "multipart/form-data":
-            return await _multipart(request, settings.max_images) + (False,)
+            payloads, k = read_form(await request.body(), request.headers["content-type"],
+                                    max_files=self.settings.max_images)
+            return payloads, k, False
         if kind in IMAGE_TYPES or kind in GENERIC_TYPES[1:]:
             return [Payload("body", data=await request.body())], None, True
         raise BadInput(415, "unsupported_media_type",
@@ -129,6 +158,54 @@ def create_app(model: Any, settings: ServeSettings) -> FastAPI:
                        "(API v1), multipart/form-data (files) or an image/jpeg, image/png or "
                        "image/webp body.")
 
+    async def classify(self, payloads: list[Payload]) -> list[Any] | JSONResponse:
+        """One result per payload (a row or an exception), or the 503 answer."""
+        queue = self.settings.queue
+        if len(payloads) > queue:
+            raise BadInput(413, "too_many_images",
+                           f"画像が多すぎます ({len(payloads)} 枚、上限 {queue} 枚)。",
+                           f"{len(payloads)} images in one request, more than the queue of "
+                           f"{queue}: send fewer per request.")
+        if not self.batcher.admit(len(payloads)):
+            self.metrics.rejected.inc()
+            return JSONResponse(_queue_full(queue), status_code=503,
+                                headers={"Retry-After": str(self.settings.retry_after_s)})
+        self.metrics.queued(len(payloads))
+        try:
+            if len(payloads) == 1:  # the common case, without gather's extra future
+                prepared = [await self.in_pool(self.model.prepare, payloads[0])]
+            else:
+                prepared = await asyncio.gather(
+                    *(self.in_pool(self.model.prepare, p) for p in payloads))
+            return await self.batcher.submit(list(prepared))
+        finally:
+            self.batcher.release(len(payloads))
+            self.metrics.queued(-len(payloads))
+
+    async def __call__(self, request: Request, top_k: int | None) -> Response:
+        start = time.perf_counter()
+        payloads, body_k, single = await self.read_payloads(request)
+        k = min(top_k or body_k or 1, len(self.model.class_names))
+        rows = await self.classify(payloads)
+        if isinstance(rows, Response):
+            return rows
+        for row in rows:
+            if isinstance(row, BadInput):
+                raise row
+            if isinstance(row, BaseException):
+                return JSONResponse(_model_failed(row), status_code=500)
+        preds = [_prediction(row, k, self.model.class_names) for row in rows]
+        ms = round((time.perf_counter() - start) * 1000.0, 3)
+        backend = self.model.runtime
+        if single:
+            return JSONResponse({**preds[0], "e2e_time_ms": ms, "backend": backend})
+        for pred, payload in zip(preds, payloads):
+            pred["filename"] = payload.name
+        return JSONResponse({"predictions": preds, "count": len(preds), "e2e_time_ms": ms,
+                             "backend": backend})
+
+
+def add_predict_route(app: FastAPI, predict: Predict) -> None:
     @app.post(f"{PREFIX}/predict", response_model=schemas.PredictResponse,
               responses={200: {"model": schemas.BatchPredictResponse,
                                "description": "PredictResponse for JSON / image bodies, "
@@ -138,44 +215,16 @@ def create_app(model: Any, settings: ServeSettings) -> FastAPI:
                   "application/json": {"schema": schemas.PredictRequest.model_json_schema()},
                   "multipart/form-data": {"schema": schemas.MULTIPART_SCHEMA},
                   "image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}})
-    async def predict(request: Request,
-                      top_k: int | None = Query(None, ge=1, description="k best classes "
-                                                "to return (default 1)")) -> Response:
-        start = time.perf_counter()
-        payloads, body_k, single = await read_payloads(request)
-        k = min(top_k or body_k or 1, len(model.class_names))
-        if len(payloads) > settings.queue:
-            raise BadInput(413, "too_many_images",
-                           f"画像が多すぎます ({len(payloads)} 枚、上限 {settings.queue} 枚)。",
-                           f"{len(payloads)} images in one request, more than the queue of "
-                           f"{settings.queue}: send fewer per request.")
-        if not batcher.admit(len(payloads)):
-            metrics.rejected.inc()
-            return JSONResponse(_queue_full(settings.queue), status_code=503,
-                                headers={"Retry-After": str(settings.retry_after_s)})
-        metrics.queued(len(payloads))
-        try:
-            if len(payloads) == 1:  # the common case, without gather's extra future
-                prepared = [await in_pool(model.prepare, payloads[0])]
-            else:
-                prepared = await asyncio.gather(*(in_pool(model.prepare, p) for p in payloads))
-            rows = await batcher.submit(list(prepared))
-        finally:
-            batcher.release(len(payloads))
-            metrics.queued(-len(payloads))
-        for row in rows:
-            if isinstance(row, BadInput):
-                raise row
-            if isinstance(row, BaseException):
-                return JSONResponse(_model_failed(row), status_code=500)
-        preds = [_prediction(row, k, model.class_names) for row in rows]
-        ms = round((time.perf_counter() - start) * 1000.0, 3)
-        if single:
-            return JSONResponse({**preds[0], "e2e_time_ms": ms, "backend": model.runtime})
-        for pred, payload in zip(preds, payloads):
-            pred["filename"] = payload.name
-        return JSONResponse({"predictions": preds, "count": len(preds), "e2e_time_ms": ms,
-                             "backend": model.runtime})
+    async def predict_route(request: Request,
+                            top_k: int | None = Query(None, ge=1, description="k best classes "
+                                                      "to return (default 1)")) -> Response:
+        return await predict(request, top_k)
+
+
+def add_info_routes(app: FastAPI, model: ServedModel, settings: ServeSettings,
+                    metrics: Metrics) -> None:
+    """health, model-info, version and the Prometheus ``/metrics``."""
+    from pochitrain import __version__
 
     @app.get(f"{PREFIX}/health", response_model=schemas.Health)
     async def health() -> dict[str, Any]:
@@ -196,35 +245,19 @@ def create_app(model: Any, settings: ServeSettings) -> FastAPI:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    return app
 
+def _prepare_json(body: bytes) -> tuple[Payload, int | None]:
+    """JSON body -> (payload, top_k); runs in the pool (base64 of big images)."""
+    from pydantic import ValidationError
 
-async def _multipart(request: Request, max_images: int) -> tuple[list[Payload], int | None]:
-    from pochitrain.serve.multipart import parse
-
-    parts = parse(await request.body(), request.headers.get("content-type", ""),
-                  max_files=max_images, max_fields=16)
-    payloads: list[Payload] = []
-    top_k: int | None = None
-    for part in parts:
-        if part.filename is not None:
-            name = part.filename or part.name
-            check_part_type(part.content_type, name)
-            payloads.append(Payload(name, data=part.data))
-        elif part.name == "top_k":
-            value = part.data.decode("utf-8", "replace")
-            try:
-                top_k = int(value)
-            except ValueError:
-                raise BadInput(422, "bad_top_k", f"top_k が整数ではありません: {value!r}",
-                               f"top_k must be a whole number, got {value!r}.") from None
-            if top_k < 1:
-                raise BadInput(422, "bad_top_k", "top_k は 1 以上にしてください。",
-                               f"top_k must be 1 or more, got {top_k}.")
-    if not payloads:
-        raise BadInput(422, "no_files", "画像ファイルがありません。",
-                       "The multipart body has no file: send images in the 'files' field.")
-    return payloads, top_k
+    try:
+        req = schemas.PredictRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise _invalid(exc.errors()) from None
+    data = b64decode(req.image_data)
+    if req.format in ENCODED_FORMATS:
+        return Payload("image_data", data=data), req.top_k
+    return Payload("image_data", array=raw_array(data, req.shape, req.dtype)), req.top_k
 
 
 def _prediction(row: np.ndarray, k: int, names: list[str]) -> dict[str, Any]:

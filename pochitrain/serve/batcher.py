@@ -23,10 +23,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-# Hidden test hook: extra seconds per batch (a slow model without mocking the runtime).
-DELAY_ENV = "POCHI_SERVE_TEST_DELAY_MS"
+# Hidden test hook: a file path. While that file exists the model thread starts no batch,
+# unless the file holds a number and at least that many images are waiting. Tests hold
+# requests in flight with it (no sleeps) and let them go by deleting the file.
+GATE_ENV = "POCHI_SERVE_TEST_GATE"
 _STOP = object()
 
 # run_batch(items) -> one result per item, or an Exception instance for an item that failed
@@ -57,7 +60,7 @@ class Batcher:
         self._lock = threading.Lock()
         self._depth = 0  # admitted images not yet answered
         self._thread: threading.Thread | None = None
-        self._delay = float(os.environ.get(DELAY_ENV, "0") or 0) / 1000.0
+        self._gate = os.environ.get(GATE_ENV, "")
         self.batches = 0
 
     @property
@@ -121,11 +124,11 @@ class Batcher:
             first = self._queue.get()
             if first is _STOP:
                 break
+            if self._gate:
+                self._wait_at_gate()
             entries, stopping = self._gather(first)
             start = time.perf_counter()
             try:
-                if self._delay:
-                    time.sleep(self._delay)
                 results: Sequence[Any] = self.run_batch([e[2] for e in entries])
             except Exception as exc:  # noqa: BLE001 - every request of the batch gets it
                 results = [exc] * len(entries)
@@ -142,6 +145,17 @@ class Batcher:
                 return
             if entry is not _STOP:
                 self._deliver(entry[0], entry[1], RuntimeError("server stopping"))
+
+    def _wait_at_gate(self) -> None:
+        """The test hook (``GATE_ENV``); ``first`` is taken, so it counts as one waiting."""
+        while True:
+            try:
+                text = Path(self._gate).read_text().strip()
+            except OSError:  # no file: the gate is open
+                return
+            if text.isdigit() and self._queue.qsize() + 1 >= int(text):
+                return
+            time.sleep(0.005)
 
     def _deliver(self, job: _Job, index: int, result: Any) -> None:
         with job.lock:

@@ -37,9 +37,6 @@ class BadInput(Exception):
         self.ja = ja
         self.en = en
 
-    def __reduce__(self) -> Any:  # sent between processes by ``--shared-model``
-        return (BadInput, (self.status, self.code, self.ja, self.en))
-
     def body(self) -> dict[str, Any]:
         return {"detail": f"{self.ja}\n{self.en}", "error": self.code}
 
@@ -53,8 +50,8 @@ class Payload:
     array: np.ndarray | None = None
 
 
-class _Upload(io.BytesIO):
-    """Encoded bytes given to ``open_rgb`` in place of a path (its messages print the name)."""
+class Upload(io.BytesIO):
+    """Encoded bytes given to a decoder in place of a path (its messages print the name)."""
 
     def __init__(self, data: bytes, name: str) -> None:
         super().__init__(data)
@@ -62,6 +59,9 @@ class _Upload(io.BytesIO):
 
     def __str__(self) -> str:
         return self.label
+
+
+_Upload = Upload  # the name serve/model.py still imports
 
 
 def media_type(content_type: str | None) -> str:
@@ -138,7 +138,7 @@ def decode_image(payload: Payload) -> Any:
     if payload.array is not None:
         return Image.fromarray(payload.array).convert("RGB")
     data = payload.data or b""
-    image = open_rgb(cast(Any, _Upload(data, payload.name))) if data else None
+    image = open_rgb(cast(Any, Upload(data, payload.name))) if data else None
     if image is None:
         raise BadInput(400, "undecodable_image",
                        f"画像をデコードできません: {payload.name}",

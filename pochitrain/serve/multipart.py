@@ -1,29 +1,41 @@
-"""multipart/form-data over a body already in memory (the middleware bounds its size).
+"""multipart/form-data request bodies -> image payloads, parsed by python-multipart.
 
-Splitting on the boundary with ``bytes.find`` costs a few microseconds per request, where the
-streaming form parser (python-multipart through Starlette's ``request.form()``, a spooled
-temp file per upload) cost about a third of the event loop's time per request.
+The body is already in memory (the middleware bounds its size), so python-multipart's
+``MultipartParser`` runs over it in one ``write`` and callbacks collect each part; nothing is
+spooled to a temp file as Starlette's ``request.form()`` would do.
 
-    parts = parse(body, content_type, max_files=64, max_fields=16)
-    parts[i].name, .filename (None for a plain field), .content_type, .data
+Answers: a malformed body or too many parts 400 ``bad_multipart``; a file that is not an image
+type 415; no file, or a ``top_k`` field that is not a whole number >= 1, 422.
+
+    payloads, top_k = read_form(body, content_type, max_files=64)
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from urllib.parse import unquote
+import email.message
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from pochitrain.serve.decode import BadInput
+from pochitrain.serve.decode import BadInput, Payload, check_part_type
 
-# name=value or name="quoted \"value\"" in a header's parameters
-_PARAM = re.compile(r';\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
+
+try:  # python-multipart 0.0.13 and later
+    from python_multipart.multipart import MultipartParser, parse_options_header
+except ImportError:  # earlier releases install the same module as ``multipart``
+    from multipart.multipart import (  # type: ignore[no-redef]
+        MultipartParser,
+        parse_options_header,
+    )
+
+MAX_FIELDS = 16  # plain form fields per request (only ``top_k`` is read)
 
 
 @dataclass
 class Part:
     name: str
-    filename: str | None
+    filename: str | None  # None for a plain field
     content_type: str
     data: bytes
 
@@ -33,58 +45,135 @@ def _bad(detail: str) -> BadInput:
                     f"The multipart body cannot be read: {detail}")
 
 
-def params(value: str) -> dict[str, str]:
-    """The parameters of a header value: 'form-data; name="files"; filename="a.jpg"'."""
-    out = {}
-    for key, raw in _PARAM.findall(value):
-        raw = raw.strip()
-        if raw.startswith('"') and raw.endswith('"') and len(raw) >= 2:
-            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
-        out[key.lower()] = raw
-    if "filename*" in out:  # RFC 5987: charset'lang'percent-encoded
-        charset, _, rest = out["filename*"].partition("'")
-        out["filename"] = unquote(rest.partition("'")[2], charset or "utf-8", "replace")
-    return out
+def _filename_star(header: bytes) -> str | None:
+    """An RFC 5987 ``filename*=charset''percent-encoded`` value, which python-multipart
+    skips (RFC 7578 forbids it, yet some clients send it): decoded by the email package."""
+    message = email.message.Message()
+    message["content-disposition"] = header.decode("utf-8", "replace")
+    return message.get_filename()
 
 
-def parse(body: bytes, content_type: str, *, max_files: int, max_fields: int) -> list[Part]:
-    boundary = params(content_type).get("boundary", "")
+def _disposition(header: bytes) -> tuple[str, str | None]:
+    """(name, filename) of a Content-Disposition header; filename None for a plain field."""
+    # latin-1 in and out keeps the header's bytes; the names in it are UTF-8
+    _, options = parse_options_header(header.decode("latin-1"))
+    if b"name" not in options:
+        raise _bad("a part has no Content-Disposition name.")
+    name = options[b"name"].decode("utf-8", "replace")
+    if b"filename*" in header:
+        return name, _filename_star(header)
+    filename = options.get(b"filename")
+    return name, None if filename is None else filename.decode("utf-8", "replace")
+
+
+@dataclass
+class _Parts:
+    """python-multipart's callbacks, collecting the parts of one body."""
+
+    max_files: int
+    parts: list[Part] = field(default_factory=list)
+    ended: bool = False
+    _headers: dict[str, bytes] = field(default_factory=dict)
+    _field: bytearray = field(default_factory=bytearray)
+    _value: bytearray = field(default_factory=bytearray)
+    _chunks: list[bytes] = field(default_factory=list)
+    _name: tuple[str, str | None] = ("", None)
+    _files: int = 0
+    _fields: int = 0
+
+    def callbacks(self) -> MultipartCallbacks:
+        return {"on_part_begin": self._begin, "on_header_field": self._on_field,
+                "on_header_value": self._on_value, "on_header_end": self._header_end,
+                "on_headers_finished": self._count, "on_part_data": self._data,
+                "on_part_end": self._end, "on_end": self._finish}
+
+    def _begin(self) -> None:
+        self._headers.clear()
+        self._chunks.clear()
+
+    def _on_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def _on_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _header_end(self) -> None:
+        self._headers[self._field.decode("latin-1").strip().lower()] = bytes(self._value)
+        self._field.clear()
+        self._value.clear()
+
+    def _count(self) -> None:
+        """The limits, checked as each part's headers end (before its data is kept)."""
+        self._name = _disposition(self._headers.get("content-disposition", b""))
+        filename = self._name[1]
+        if filename is not None:
+            self._files += 1
+            if self._files > self.max_files:
+                raise _bad(f"Too many files. Maximum number of files is {self.max_files}.")
+        else:
+            self._fields += 1
+            if self._fields > MAX_FIELDS:
+                raise _bad(f"Too many fields. Maximum number of fields is {MAX_FIELDS}.")
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        self._chunks.append(data[start:end])
+
+    def _end(self) -> None:
+        name, filename = self._name
+        content_type = self._headers.get("content-type", b"").decode("utf-8", "replace")
+        self.parts.append(Part(name, filename, content_type.strip(), b"".join(self._chunks)))
+
+    def _finish(self) -> None:
+        self.ended = True
+
+
+def parse(body: bytes, content_type: str, *, max_files: int) -> list[Part]:
+    """The parts of a multipart/form-data ``body``, in order; BadInput 400 when malformed."""
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary", b"")
     if not boundary:
         raise _bad("the Content-Type has no boundary.")
-    delimiter = b"--" + boundary.encode("latin-1")
-    separator = b"\r\n" + delimiter
-    start = body.find(delimiter)
+    start = body.find(b"--" + boundary)
     if start < 0:
         raise _bad("the boundary does not occur in the body.")
-    pos = start + len(delimiter)
-    parts: list[Part] = []
-    files = fields = 0
-    while not body.startswith(b"--", pos):  # "--" after a delimiter closes the body
-        line_end = body.find(b"\r\n", pos)
-        end = body.find(separator, line_end)
-        if line_end < 0 or end < 0:
-            raise _bad("it ends before its closing boundary.")
-        head_end = body.find(b"\r\n\r\n", line_end, end + 2)
-        if head_end < 0:
-            raise _bad("a part has no header block.")
-        headers = {}
-        for line in body[line_end + 2:head_end].decode("utf-8", "replace").split("\r\n"):
-            key, colon, value = line.partition(":")
-            if colon:
-                headers[key.strip().lower()] = value.strip()
-        disposition = params(headers.get("content-disposition", ""))
-        if "name" not in disposition:
-            raise _bad("a part has no Content-Disposition name.")
-        filename = disposition.get("filename")
-        if filename is not None:
-            files += 1
-            if files > max_files:
-                raise _bad(f"Too many files. Maximum number of files is {max_files}.")
-        else:
-            fields += 1
-            if fields > max_fields:
-                raise _bad(f"Too many fields. Maximum number of fields is {max_fields}.")
-        parts.append(Part(disposition["name"], filename, headers.get("content-type", ""),
-                          body[head_end + 4:end]))
-        pos = end + len(separator)
-    return parts
+    collected = _Parts(max_files)
+    try:
+        # a preamble before the first boundary is allowed (RFC 2046); the parser does not skip it
+        parser = MultipartParser(boundary, collected.callbacks())
+        parser.write(body[start:] if start else body)
+        parser.finalize()
+    except ValueError as exc:  # python-multipart's FormParserError and its subclasses
+        raise _bad(f"{exc}.") from None
+    if not collected.ended:
+        raise _bad("it ends before its closing boundary.")
+    return collected.parts
+
+
+def read_form(body: bytes, content_type: str, *,
+              max_files: int) -> tuple[list[Payload], int | None]:
+    """(one payload per file part, the ``top_k`` form field or None)."""
+    payloads: list[Payload] = []
+    top_k: int | None = None
+    for part in parse(body, content_type, max_files=max_files):
+        if part.filename is not None:
+            name = part.filename or part.name
+            check_part_type(part.content_type, name)
+            payloads.append(Payload(name, data=part.data))
+        elif part.name == "top_k":
+            top_k = _top_k(part.data.decode("utf-8", "replace"))
+    if not payloads:
+        raise BadInput(422, "no_files", "画像ファイルがありません。",
+                       "The multipart body has no file: send images in the 'files' field.")
+    return payloads, top_k
+
+
+def _top_k(value: str) -> int:
+    try:
+        top_k = int(value)
+    except ValueError:
+        raise BadInput(422, "bad_top_k", f"top_k が整数ではありません: {value!r}",
+                       f"top_k must be a whole number, got {value!r}.") from None
+    if top_k < 1:
+        raise BadInput(422, "bad_top_k", "top_k は 1 以上にしてください。",
+                       f"top_k must be 1 or more, got {top_k}.")
+    return top_k

@@ -1,4 +1,5 @@
-"""Run the app on uvicorn; SIGTERM / Ctrl+C drain it and the process exits 0.
+"""One server process: the model, the app over it on uvicorn; SIGTERM / Ctrl+C drain it and
+the process exits 0. ``serve.run.serve`` picks this or ``serve.workers`` (several processes).
 
 Shutdown order (uvicorn's graceful shutdown, then ours): the listening socket closes (no new
 connections), idle keep-alive connections close, in-flight requests run to their answers
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pochitrain.serve.app import ServeSettings, create_app
+from pochitrain.serve.app import ServedModel, ServeSettings, create_app
 
 
 @dataclass
@@ -31,7 +32,6 @@ class ServeOptions:
     drain_timeout_s: float = 30.0
     warmup: bool = True
     workers: int = 1  # server processes on the port
-    shared_model: bool = False  # workers send their batches to one model in the main process
 
 
 def _log_to_stderr(pid: bool = False) -> None:
@@ -46,7 +46,7 @@ def _log_to_stderr(pid: bool = False) -> None:
         logger.propagate = False
 
 
-def open_model(options: ServeOptions, settings: ServeSettings) -> Any:
+def open_model(options: ServeOptions, settings: ServeSettings) -> ServedModel:
     """The ``ServeModel``, warmed up unless ``options.warmup`` is off."""
     from pochitrain.serve.model import ServeModel
 
@@ -62,13 +62,11 @@ def open_model(options: ServeOptions, settings: ServeSettings) -> Any:
     return model
 
 
-def open_server(options: ServeOptions, settings: ServeSettings,
-                model: Any = None) -> tuple[Any, Any, Any]:
-    """(model, app, uvicorn.Config): the model (opened here unless given), the app over it."""
+def open_server(options: ServeOptions, settings: ServeSettings) -> tuple[ServedModel, Any, Any]:
+    """(model, app, uvicorn.Config): the model opened here, the app over it."""
     import uvicorn
 
-    if model is None:
-        model = open_model(options, settings)
+    model = open_model(options, settings)
     try:
         app = create_app(model, settings)
         _log_to_stderr(pid=options.workers > 1)
@@ -94,10 +92,7 @@ def banner(options: ServeOptions, settings: ServeSettings, details: dict[str, An
     batching = (f"max batch {settings.max_batch}, max wait {settings.max_wait_ms:g} ms")
     each = (f"queue {settings.queue} images, {settings.decode_workers} decode threads; body "
             f"limit {settings.max_body_bytes / 1e6:g} MB")
-    if options.shared_model:
-        info(f"  one model in the main process ({batching}) for {procs}, each: {each}")
-    else:
-        info(f"  {procs}, each: {batching}, {each}")
+    info(f"  {procs}, each: {batching}, {each}")
     info(f"  http://{options.host}:{options.port}/api/v1/predict   docs: "
          f"http://{options.host}:{options.port}/docs   (Ctrl+C / SIGTERM: drain and stop)")
     sys.stdout.flush()
@@ -113,22 +108,18 @@ def port_error(host: str, port: int) -> Exception:
         "Choose another --port, or stop the program that uses it.")
 
 
-def serve(options: ServeOptions, settings: ServeSettings) -> int:
-    """Open the model, serve until SIGTERM / SIGINT, drain; 0 after a clean stop.
-    ``options.workers`` > 1: that many processes on the port (``serve.workers``)."""
+def serve_one(options: ServeOptions, settings: ServeSettings) -> int:
+    """Open the model, serve in this process until SIGTERM / SIGINT, drain; 0 after a clean
+    stop."""
     import uvicorn
 
     from pochitrain.console import info
 
-    if options.workers > 1:
-        from pochitrain.serve.workers import serve_workers
-
-        return serve_workers(options, settings)
     model, app, config = open_server(options, settings)
     try:
         server = uvicorn.Server(config)
         banner(options, settings, model.info())
-        stopped_by = _run(server)
+        stopped_by = run_server(server)
         if not server.started:
             raise port_error(options.host, options.port)
         info(f"停止しました / Server stopped{f' ({stopped_by})' if stopped_by else ''}; "
@@ -138,7 +129,7 @@ def serve(options: ServeOptions, settings: ServeSettings) -> int:
         model.close()
 
 
-def _run(server: Any, sockets: list[Any] | None = None) -> str:
+def run_server(server: Any, sockets: list[Any] | None = None) -> str:
     """``server.run()`` with SIGTERM / SIGINT handlers that only record the signal: uvicorn
     re-raises the signal it caught after its graceful shutdown, and a default SIGTERM handler
     would then kill the process (exit 143) right after a clean drain."""

@@ -4,16 +4,12 @@ batcher, decode threads and event loop (one process tops out at what its GIL all
 The parent binds N listening sockets with SO_REUSEPORT, so the kernel spreads incoming
 connections over them (no balancer of ours), and starts one spawned worker per socket. Each
 worker opens the model and serves with uvicorn exactly as the single-process server does,
-then reports "ready" on a pipe. The parent prints the banner once all are ready, turns
+then reports ``Ready`` on a pipe. The parent prints the banner once all are ready, turns
 SIGTERM / SIGINT into SIGTERM for every worker (each drains as one server does) and exits 0
 when all have stopped cleanly. A worker that fails to start sends its error back: the parent
 stops the others and raises that same error. Prometheus metrics go through
 prometheus_client's multiprocess mode in a private temp dir, removed at exit, so /metrics on
 any worker reports the totals of all of them.
-
-With ``--shared-model`` the parent opens the model itself (its errors are raised as one
-process raises them) and the workers send it their batches (``serve.shared``); it closes
-the model after every worker has stopped.
 """
 
 from __future__ import annotations
@@ -27,23 +23,41 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pochitrain.serve.app import ServeSettings
 from pochitrain.serve.server import (
     ServeOptions,
-    _run,
     banner,
-    open_model,
     open_server,
     port_error,
+    run_server,
 )
-from pochitrain.serve.shared import model_facts
 
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 STOP_GRACE_S = 70.0  # beyond --drain-timeout: the batcher's drain and closing the model
+
+
+# ---- what a worker tells the parent ---------------------------------------------------
+@dataclass
+class Ready:
+    info: dict[str, Any]  # the model's /model-info facts, for the banner
+
+
+@dataclass
+class Stopped:
+    batches: int
+    signal: str
+
+
+@dataclass
+class Failed:
+    kind: type  # the PochiError subclass, raised again by the parent
+    message: str
+    remedy: str | None
 
 
 def bind_sockets(host: str, port: int, n: int) -> list[socket.socket]:
@@ -81,10 +95,8 @@ def _watch_parent(parent: int) -> None:
 
 
 def worker_main(index: int, options: ServeOptions, settings: ServeSettings,
-                sock: socket.socket, conn: Any, parent: int,
-                host: tuple[str, dict[str, Any]] | None = None) -> None:
-    """One worker: open the model (or, given ``host``, connect to the shared one), serve
-    ``sock``, say ready / stopped / error on ``conn``."""
+                sock: socket.socket, conn: Any, parent: int) -> None:
+    """One worker: open the model, serve ``sock``, send Ready / Stopped / Failed on ``conn``."""
     import uvicorn
 
     from pochitrain.errors import PochiError
@@ -92,25 +104,20 @@ def worker_main(index: int, options: ServeOptions, settings: ServeSettings,
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl+C into SIGTERM
     _watch_parent(parent)
     try:
-        remote = None
-        if host is not None:
-            from pochitrain.serve.shared import RemoteModel
-
-            remote = RemoteModel(*host)
-        model, app, config = open_server(options, settings, remote)
+        model, app, config = open_server(options, settings)
     except PochiError as exc:
-        conn.send(("error", type(exc), exc.message, exc.remedy))
+        conn.send(Failed(type(exc), exc.message, exc.remedy))
         sys.exit(exc.exit_code)
     except Exception as exc:  # noqa: BLE001 - a bug: its traceback here, its name there
         traceback.print_exc()
-        conn.send(("error", PochiError, f"{type(exc).__name__}: {exc}", None))
+        conn.send(Failed(PochiError, f"{type(exc).__name__}: {exc}", None))
         sys.exit(1)
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets=sockets)
             if self.started:
-                conn.send(("ready", model.info()))
+                conn.send(Ready(model.info()))
 
     if "torch" in sys.modules:  # N processes x all cores of intra-op threads would thrash
         sys.modules["torch"].set_num_threads(max(1, (os.cpu_count() or 1) // options.workers))
@@ -118,13 +125,13 @@ def worker_main(index: int, options: ServeOptions, settings: ServeSettings,
     signal.signal(signal.SIGTERM, lambda sig, frame: None)
     try:
         server = Server(config)
-        stopped_by = _run(server, [sock])
+        stopped_by = run_server(server, [sock])
         if server.started:
-            conn.send(("stopped", app.state.batcher.batches, stopped_by))
+            conn.send(Stopped(app.state.batcher.batches, stopped_by))
         else:
             message = (f"ワーカー {index} がサーバーを起動できませんでした。\n"
                        f"Worker {index} could not start serving (see the messages above).")
-            conn.send(("error", PochiError, message, None))
+            conn.send(Failed(PochiError, message, None))
     finally:
         model.close()
     sys.exit(0 if server.started else 1)
@@ -137,7 +144,7 @@ class _Worker:
     process: Any
     conn: Any
     ready: dict[str, Any] | None = None
-    error: tuple[Any, ...] | None = None
+    error: Failed | None = None
     batches: int | None = None  # said when it stopped cleanly
     open: bool = True
 
@@ -155,12 +162,12 @@ class _Worker:
         except (EOFError, OSError):
             self.open = False
             return
-        if message[0] == "ready":
-            self.ready = message[1]
-        elif message[0] == "error":
-            self.error = message[1:]
-        elif message[0] == "stopped":
-            self.batches = int(message[1])
+        if isinstance(message, Ready):
+            self.ready = message.info
+        elif isinstance(message, Failed):
+            self.error = message
+        elif isinstance(message, Stopped):
+            self.batches = message.batches
 
 
 def _poll(workers: list[_Worker], timeout: float) -> None:
@@ -196,11 +203,10 @@ def _startup_error(workers: list[_Worker]) -> Exception:
             w.read()
     for w in workers:
         if w.error is not None:
-            kind, message, remedy = w.error
             try:
-                return kind(message, remedy)  # type: ignore[no-any-return]
+                return w.error.kind(w.error.message, w.error.remedy)  # type: ignore[no-any-return]
             except TypeError:
-                return PochiError(message, remedy)
+                return PochiError(w.error.message, w.error.remedy)
     w = next(w for w in workers if w.failed)
     return PochiError(
         f"ワーカー {w.index} が起動前に終了しました (終了コード {w.process.exitcode})。\n"
@@ -208,104 +214,113 @@ def _startup_error(workers: list[_Worker]) -> Exception:
         "See the messages above (out of memory?); try fewer --workers.")
 
 
-def _open_shared(options: ServeOptions, settings: ServeSettings, folder: str) -> Any:
-    """The model, opened and warmed up here, listening on a socket in ``folder``."""
-    from pochitrain.serve.shared import ModelHost, socket_error
-
-    path = Path(folder) / "model.sock"
-    error = socket_error(path)
-    if error is not None:  # say so before loading the model, not after
-        raise error
-    model = open_model(options, settings)
-    host = ModelHost(model, settings, path)
+@contextmanager
+def _metrics_folder() -> Iterator[str]:
+    """A private folder for prometheus_client's multiprocess files, removed at the end."""
+    folder = tempfile.mkdtemp(prefix="pochi_serve_metrics_")
+    previous = os.environ.get(METRICS_ENV)
+    os.environ[METRICS_ENV] = folder  # the spawned workers inherit it
     try:
-        host.start()
-    except BaseException:
-        host.close()
-        raise
-    return host
+        yield folder
+    finally:
+        if previous is None:
+            os.environ.pop(METRICS_ENV, None)
+        else:
+            os.environ[METRICS_ENV] = previous
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def _signals_recorded() -> Iterator[list[str]]:
+    """SIGTERM / SIGINT only noted (names, in order) while the workers run."""
+    caught: list[str] = []
+    handlers = {s: signal.signal(s, lambda sig, _: caught.append(signal.Signals(sig).name))
+                for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield caught
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+
+
+def _start(options: ServeOptions, settings: ServeSettings, sockets: list[socket.socket],
+           workers: list[_Worker]) -> None:
+    """One spawned worker per socket, appended to ``workers`` as it starts."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    for i, sock in enumerate(sockets):
+        ours, theirs = ctx.Pipe(duplex=False)
+        process = ctx.Process(target=worker_main, name=f"pochi-serve-worker-{i}",
+                              args=(i, options, settings, sock, theirs, os.getpid()))
+        process.start()
+        theirs.close()
+        sock.close()  # the worker holds it now; closed there, it stops listening
+        workers.append(_Worker(i, process, ours))
+
+
+def _await_ready(workers: list[_Worker], caught: list[str]) -> None:
+    """Until every worker is ready (or a signal came); a worker's start-up error is raised."""
+    while not caught and not all(w.ready for w in workers) \
+            and not any(w.failed for w in workers):
+        _poll(workers, 0.5)
+    if not caught and any(w.ready is None for w in workers):
+        error = _startup_error(workers)
+        _stop(workers, 15.0)
+        raise error
+
+
+def _run_until_signal(options: ServeOptions, settings: ServeSettings,
+                      workers: list[_Worker], caught: list[str]) -> None:
+    """Serve until a signal or a worker's death, stop them all, raise what went wrong."""
+    from pochitrain.errors import PochiError
+
+    if all(w.ready is not None for w in workers):
+        banner(options, settings, workers[0].ready or {}, len(workers))
+        while not caught and all(w.alive for w in workers):
+            _poll(workers, 0.5)
+    died = [w for w in workers if not w.alive]
+    _stop(workers, options.drain_timeout_s + STOP_GRACE_S)
+    if died and not caught:
+        w = died[0]
+        raise PochiError(
+            f"ワーカー {w.index} が終了したため、サーバーを停止しました "
+            f"(終了コード {w.process.exitcode})。\n"
+            f"Worker {w.index} exited with code {w.process.exitcode}; the server stopped.",
+            "See the messages above (out of memory?), then start it again.")
+    if "SIGINT" in caught and any(w.ready is None for w in workers):
+        raise KeyboardInterrupt
+    bad = [w for w in workers if w.ready is not None and w.batches is None]
+    if bad:
+        raise PochiError(
+            f"ワーカー {bad[0].index} が正常に停止しませんでした "
+            f"(終了コード {bad[0].process.exitcode})。\n"
+            f"Worker {bad[0].index} did not stop cleanly (exit code "
+            f"{bad[0].process.exitcode}).",
+            "Give in-flight requests more time with --drain-timeout.")
 
 
 def serve_workers(options: ServeOptions, settings: ServeSettings) -> int:
     """Serve with ``options.workers`` processes; 0 after a clean stop of all of them."""
-    import multiprocessing as mp
-
     from pochitrain.console import info
-    from pochitrain.errors import PochiError
 
     sockets = bind_sockets(options.host, options.port, options.workers)
-    metrics_dir = tempfile.mkdtemp(prefix="pochi_serve_metrics_")
-    previous_env = os.environ.get(METRICS_ENV)
-    os.environ[METRICS_ENV] = metrics_dir  # the spawned workers inherit it
-    caught: list[str] = []
-    handlers = {s: signal.signal(s, lambda sig, _: caught.append(signal.Signals(sig).name))
-                for s in (signal.SIGTERM, signal.SIGINT)}
-    ctx = mp.get_context("spawn")
     workers: list[_Worker] = []
-    shared: Any = None
     try:
-        host = None
-        if options.shared_model:  # errors here are one process's errors, raised as they are
-            shared = _open_shared(options, settings, metrics_dir)
-            host = (str(shared.path), model_facts(shared.model))
-        for i, sock in enumerate(sockets):
-            ours, theirs = ctx.Pipe(duplex=False)
-            process = ctx.Process(target=worker_main, name=f"pochi-serve-worker-{i}",
-                                  args=(i, options, settings, sock, theirs, os.getpid(), host))
-            process.start()
-            theirs.close()
-            sock.close()  # the worker holds it now; closed there, it stops listening
-            workers.append(_Worker(i, process, ours))
-        while not caught and not all(w.ready for w in workers) \
-                and not any(w.failed for w in workers):
-            _poll(workers, 0.5)
-        if not caught and any(w.ready is None for w in workers):
-            error = _startup_error(workers)
-            _stop(workers, 15.0)
-            raise error
-        if all(w.ready is not None for w in workers):
-            banner(options, settings, workers[0].ready or {}, len(workers))
-            while not caught and all(w.alive for w in workers):
-                _poll(workers, 0.5)
-        died = [w for w in workers if not w.alive]
-        _stop(workers, options.drain_timeout_s + STOP_GRACE_S)
-        if died and not caught:
-            w = died[0]
-            raise PochiError(
-                f"ワーカー {w.index} が終了したため、サーバーを停止しました "
-                f"(終了コード {w.process.exitcode})。\n"
-                f"Worker {w.index} exited with code {w.process.exitcode}; the server stopped.",
-                "See the messages above (out of memory?), then start it again.")
-        if "SIGINT" in caught and any(w.ready is None for w in workers):
-            raise KeyboardInterrupt
-        bad = [w for w in workers if w.ready is not None and w.batches is None]
-        if bad:
-            raise PochiError(
-                f"ワーカー {bad[0].index} が正常に停止しませんでした "
-                f"(終了コード {bad[0].process.exitcode})。\n"
-                f"Worker {bad[0].index} did not stop cleanly (exit code "
-                f"{bad[0].process.exitcode}).",
-                "Give in-flight requests more time with --drain-timeout.")
-        if shared is not None:  # every worker has stopped: nothing more will be sent
-            shared.close()
-        batches = shared.batcher.batches if shared is not None else \
-            sum(w.batches or 0 for w in workers)
-        info(f"停止しました / Server stopped ({', '.join(dict.fromkeys(caught))}); "
-             f"{len(workers)} workers, {batches} model batches run.")
-        return 0
+        with _metrics_folder(), _signals_recorded() as caught:
+            try:
+                _start(options, settings, sockets, workers)
+                _await_ready(workers, caught)
+                _run_until_signal(options, settings, workers, caught)
+            finally:
+                for w in workers:
+                    if w.alive:
+                        w.process.kill()
+                        w.process.join(5)
     finally:
-        for w in workers:
-            if w.alive:
-                w.process.kill()
-                w.process.join(5)
-        if shared is not None:
-            shared.close()
         for sock in sockets:
             sock.close()
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
-        if previous_env is None:
-            os.environ.pop(METRICS_ENV, None)
-        else:
-            os.environ[METRICS_ENV] = previous_env
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+    batches = sum(w.batches or 0 for w in workers)
+    info(f"停止しました / Server stopped ({', '.join(dict.fromkeys(caught))}); "
+         f"{len(workers)} workers, {batches} model batches run.")
+    return 0
