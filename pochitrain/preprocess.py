@@ -93,7 +93,7 @@ class Preprocess:
         """(H, W) this preprocessing produces from an image of the given size."""
         h, w = height, width
         if self.resize is not None:
-            h, w = _resized_hw(h, w, self.resize)
+            h, w = resized_size(h, w, self.resize)
         if self.center_crop is not None:
             h, w = self.center_crop
         return h, w
@@ -102,7 +102,7 @@ class Preprocess:
         if image.mode != "RGB":
             image = image.convert("RGB")
         if self.resize is not None:
-            h, w = _resized_hw(image.height, image.width, self.resize)
+            h, w = resized_size(image.height, image.width, self.resize)
             if (h, w) != (image.height, image.width):
                 image = image.resize((w, h), _PIL_MODES[self.interpolation])
         if self.center_crop is not None:
@@ -114,7 +114,8 @@ class Preprocess:
         return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
-def _resized_hw(h: int, w: int, size: list[int]) -> tuple[int, int]:
+def resized_size(h: int, w: int, size: list[int]) -> tuple[int, int]:
+    """(h, w) of an h x w image after ``Resize(size)`` alone: [H, W], or the short edge."""
     if len(size) == 2:
         return size[0], size[1]
     # torchvision semantics for an int size: the smaller edge becomes `size`.
