@@ -220,7 +220,7 @@ def test_trained_digits_int8_keeps_accuracy(trained_onnx: Path, digits_dir: Path
     near 10%) and its drop must not be significantly above 1 point (paired, one-sided 95%):
     thresholds with room for the few near-ties a briefly trained model has."""
     from pochitrain.data import open_rgb, scan_image_folder
-    from pochitrain.onnx.int8 import paired_drop
+    from pochitrain.onnx.int8_check import paired_drop
     from pochitrain.onnx.session import open_session, run_all, top1_agreement
 
     info, _ = read_onnx(trained_onnx)
@@ -242,7 +242,7 @@ def test_drop_gate_allows_for_the_size_of_the_held_out_set() -> None:
     drop, but one image is 1.43 points): not evidence of a drop above 1 point, so it passes.
     A broken quantization (30 of 70 lost) fails on the same set; so does a real 5-point drop
     measured on 2,000 images."""
-    from pochitrain.onnx.int8 import _check_drop, paired_drop
+    from pochitrain.onnx.int8_check import check_drop, paired_drop
 
     def measured(n: int, lost: int, gained: int) -> dict:
         ref = np.zeros(n, dtype=bool)
@@ -256,12 +256,12 @@ def test_drop_gate_allows_for_the_size_of_the_held_out_set() -> None:
 
     flaky = measured(70, 3, 1)
     assert flaky["drop"] == pytest.approx(2.857, abs=1e-3) and flaky["drop_low95"] < 1.0
-    _check_drop(flaky, 1.0)
+    check_drop(flaky, 1.0)
     with pytest.raises(VerificationError, match="on 70 held-out images"):
-        _check_drop(measured(70, 30, 0), 1.0)
+        check_drop(measured(70, 30, 0), 1.0)
     with pytest.raises(VerificationError, match="2000 held-out images"):
-        _check_drop(measured(2000, 110, 10), 1.0)
-    _check_drop(measured(2000, 12, 10), 1.0)  # 0.1 points: fine
+        check_drop(measured(2000, 110, 10), 1.0)
+    check_drop(measured(2000, 12, 10), 1.0)  # 0.1 points: fine
 
 
 def test_second_int8_engine_keeps_the_first_ones_graph(exports: dict[int, Path],

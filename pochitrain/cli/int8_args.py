@@ -1,16 +1,21 @@
-"""INT8 options of `pochi convert` (only argparse here: defaults are repeated as literals so that
-`pochi --help` does not import numpy / ONNX; tests check they match pochitrain.onnx.int8)."""
+"""INT8 options of `pochi convert`. Their defaults come from pochitrain.onnx.int8_defaults,
+a module of constants only, so `pochi --help` imports neither numpy nor ONNX."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-METHODS = ("percentile", "entropy", "minmax")
-DEFAULT_METHOD = "percentile"
-DEFAULT_SAMPLES = 500
-DEFAULT_MAX_DROP = 1.0
-DEFAULT_VERIFY_SAMPLES = 1000
+from pochitrain.onnx.int8_defaults import (
+    CALIB_METHODS,
+    DEFAULT_CALIB_BATCH_SIZE,
+    DEFAULT_MAX_DROP,
+    DEFAULT_METHOD,
+    DEFAULT_SAMPLES,
+    DEFAULT_VERIFY_SAMPLES,
+)
+
+METHODS = CALIB_METHODS  # the --calib-method choices
 
 
 def _whole_number(text: str) -> int:
@@ -60,10 +65,11 @@ def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
         help=f"number of calibration images, picked deterministically (seeded); fewer available "
         f"-> all are used (default: {DEFAULT_SAMPLES})")
     group.add_argument(
-        "--calib-batch-size", type=_whole_number, default=1, metavar="N",
+        "--calib-batch-size", type=_whole_number, default=DEFAULT_CALIB_BATCH_SIZE, metavar="N",
         help="images per calibration batch. Calibration runs in ONNX Runtime on the CPU, so it "
         "is not limited by the engine profile; a fully static ONNX (pattern 3) needs its own "
-        "batch size. Only full batches are used (default: 1)")
+        "batch size. Only full batches are used "
+        f"(default: {DEFAULT_CALIB_BATCH_SIZE})")
     group.add_argument(
         "--calib-method", choices=METHODS, default=DEFAULT_METHOD,
         help="how activation ranges are chosen: 'percentile' clips the top 0.001%% of "

@@ -18,39 +18,44 @@ QuantizeLinear/DequantizeLinear nodes works on TensorRT 10, 11 and TensorRT-RTX 
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from pochitrain.console import info as say
 from pochitrain.console import warn
-from pochitrain.errors import CalibrationError, UsageError, VerificationError
+from pochitrain.data import ImageFolder
+from pochitrain.errors import CalibrationError, UsageError
 from pochitrain.meta import ModelMeta, file_sha256
 from pochitrain.onnx import calibration as cal
 from pochitrain.onnx.inspect import OnnxInfo
+from pochitrain.onnx.int8_check import check_drop, held_out_labels, say_accuracy, verify
+from pochitrain.onnx.int8_defaults import (
+    CALIB_METHODS,
+    DEFAULT_CALIB_BATCH_SIZE,
+    DEFAULT_MAX_DROP,
+    DEFAULT_METHOD,
+    DEFAULT_SAMPLES,
+    DEFAULT_VERIFY_SAMPLES,
+)
 
 # name -> (ORT CalibrationMethod member, extra options). Measured on the digits (README_int8).
-METHODS: dict[str, tuple[str, dict[str, Any]]] = {
-    "percentile": ("Percentile", {"CalibPercentile": 99.999}),
-    "entropy": ("Entropy", {}),
-    "minmax": ("MinMax", {}),
-}
-DEFAULT_METHOD = "percentile"
-DEFAULT_SAMPLES = 500
-DEFAULT_MAX_DROP = 1.0  # top-1 points; held-out sets are small, one image can be ~1 point
-DEFAULT_VERIFY_SAMPLES = 1000
+METHODS: dict[str, tuple[str, dict[str, Any]]] = dict(zip(CALIB_METHODS, (
+    ("Percentile", {"CalibPercentile": 99.999}),
+    ("Entropy", {}),
+    ("MinMax", {}),
+)))
 
 
 @dataclass
 class Int8Options:
     calib_data: Path | None
     calib_samples: int = DEFAULT_SAMPLES
-    calib_batch_size: int = 1
+    calib_batch_size: int = DEFAULT_CALIB_BATCH_SIZE
     calib_method: str = DEFAULT_METHOD
     config_path: Path | None = None
     max_accuracy_drop: float = DEFAULT_MAX_DROP
@@ -92,7 +97,8 @@ def calibration_batch(info_: OnnxInfo, opts: Int8Options, available: int) -> int
             raise UsageError(
                 f"--calib-batch-size {opts.calib_batch_size} does not fit {info_.path.name}: its "
                 f"batch dimension is fixed at {fixed} (pattern 3), and calibration runs that graph.",
-                f"Use --calib-batch-size {fixed} (the default 1 fits batch-1 models).",
+                f"Use --calib-batch-size {fixed} (the default {DEFAULT_CALIB_BATCH_SIZE} fits "
+                "batch-1 models).",
             )
         return fixed
     if opts.calib_batch_size > available:
@@ -169,101 +175,31 @@ def quantize(onnx_path: Path, out_path: Path, input_name: str, batches: list[np.
         root.setLevel(level)
 
 
-def _labels(folder_classes: list[str], samples: list[cal.Sample], meta: ModelMeta | None,
-            num_outputs: Any) -> np.ndarray | None:
-    """Held-out labels in the model's class order, or None when they cannot be trusted."""
-    if not folder_classes:
-        return None
-    if meta is not None:
-        if set(folder_classes) != set(meta.class_names):
-            return None
-        index = {name: i for i, name in enumerate(meta.class_names)}
-        return np.array([index[folder_classes[lab]] for _, lab in samples])
-    if num_outputs != len(folder_classes):
-        return None
-    return np.array([lab for _, lab in samples])  # pochitrain trains on sorted folder names
+@dataclass
+class _Images:
+    """The calibration folder, split into calibration candidates and held-out images."""
+    source: cal.CalibSource
+    folder: ImageFolder
+    pool: list[cal.Sample]
+    held: list[cal.Sample]
+    batch: int
 
 
-# One-sided 95% normal quantile: the gate fails only when the drop is above the limit with
-# 95% confidence, so a held-out set of 70 images (one image = 1.4 points) cannot fail by luck
-# while a broken quantization (tens of points) still fails on any set size.
-Z_ONE_SIDED_95 = 1.645
+class _Calibration(NamedTuple):
+    batches: list[np.ndarray]
+    used: list[cal.Sample]  # the images calibrated on (full batches only)
+    corrupt: list[Path]
+    batch: int
 
 
-def paired_drop(reference_ok: np.ndarray, candidate_ok: np.ndarray) -> dict[str, Any]:
-    """Drop of ``candidate`` against ``reference`` on the same images, in points, with its
-    standard error from the paired per-image differences (lost = +1, gained = -1)."""
-    n = len(reference_ok)
-    lost = int(np.sum(reference_ok & ~candidate_ok))
-    gained = int(np.sum(~reference_ok & candidate_ok))
-    mean = (lost - gained) / n
-    var = max((lost + gained) / n - mean * mean, 0.0) * n / max(n - 1, 1)
-    se = math.sqrt(var / n)
-    return {"drop": round(100 * mean, 3), "drop_se": round(100 * se, 3),
-            "drop_low95": round(100 * (mean - Z_ONE_SIDED_95 * se), 3),
-            "lost": lost, "gained": gained}
+class _Checked(NamedTuple):
+    accuracy: dict[str, Any]
+    seconds: float  # calibration, quantization included
+    held_corrupt: int
 
 
-def verify(onnx_path: Path, qdq_path: Path, info_: OnnxInfo, data: np.ndarray,
-           labels: np.ndarray | None) -> dict[str, Any]:
-    """Top-1 of FP32 and Q/DQ on the held-out images (agreement when there are no labels)."""
-    from pochitrain.onnx.session import open_session, run_all, top1_agreement
-
-    fp32, int8 = (run_all(open_session(p), data) for p in (onnx_path, qdq_path))
-    agree = top1_agreement(fp32, int8) * 100
-    result: dict[str, Any] = {"held_out": len(data), "top1_agreement": round(agree, 3),
-                              "max_abs_logit_diff": round(float(np.abs(fp32 - int8).max()), 5)}
-    if labels is None:  # every disagreement counts as a loss: an upper bound of the drop
-        same = fp32.argmax(1) == int8.argmax(1)
-        result.update(metric="agreement", **paired_drop(np.ones_like(same), same))
-    else:
-        ok32, ok8 = fp32.argmax(1) == labels, int8.argmax(1) == labels
-        result.update(metric="top1", top1_fp32=round(float(ok32.mean() * 100), 3),
-                      top1_int8=round(float(ok8.mean() * 100), 3), **paired_drop(ok32, ok8))
-    return result
-
-
-def _measured(acc: dict[str, Any], threshold: float) -> str:
-    """What the gate saw, in one sentence (used in the log line and in the error)."""
-    n = acc["held_out"]
-    if acc["metric"] == "top1":
-        head = (f"top-1 on {n} held-out images: FP32 {acc['top1_fp32']:.2f}%, INT8 "
-                f"{acc['top1_int8']:.2f}%")
-    else:
-        head = (f"top-1 agreement with FP32 on {n} held-out unlabelled images: "
-                f"{acc['top1_agreement']:.2f}%")
-    se = acc.get("drop_se", 0.0)
-    return (f"{head}; drop {acc['drop']:+.2f} ± {se:.2f} points ({acc.get('lost', '?')} lost, "
-            f"{acc.get('gained', '?')} gained; one image = {100 / max(n, 1):.2f} points), "
-            f"limit {threshold:g}")
-
-
-def _say_accuracy(acc: dict[str, Any], threshold: float) -> None:
-    say(f"INT8 check: {_measured(acc, threshold)}")
-
-
-def _check_drop(acc: dict[str, Any], threshold: float, cached: bool = False) -> None:
-    """Fail when the drop is above ``threshold`` beyond its 95% one-sided uncertainty."""
-    low = acc.get("drop_low95", acc["drop"])  # caches written before the paired statistics
-    if low > threshold:
-        raise VerificationError(
-            f"INT8 の精度低下が大きすぎます / The INT8 graph loses too much accuracy: "
-            f"{_measured(acc, threshold)}; even allowing for the uncertainty of {acc['held_out']} "
-            f"images the drop is at least {low:.2f} points. No engine was built"
-            + (" (cached calibration result)." if cached else " and no Q/DQ graph kept."),
-            "Try another --calib-method (percentile, entropy, minmax), more --calib-samples, "
-            "calibration images closer to the real inputs, or --fp16; raise "
-            "--max-accuracy-drop only if the loss is acceptable.",
-        )
-
-
-def prepare_int8(onnx_path: Path, info: OnnxInfo, input_shape: tuple[int, int, int, int],
-                 meta: ModelMeta | None, opts: Int8Options, qdq_path: Path) -> dict[str, Any]:
-    """Write the calibrated Q/DQ ONNX to ``qdq_path`` (atomically) and return the record."""
-    from pochitrain.workspace import atomic_path, atomic_write_text
-
-    onnx_path, qdq_path = Path(onnx_path), Path(qdq_path)
-    check_options(opts)
+def _find_images(onnx_path: Path, info: OnnxInfo, input_shape: tuple[int, int, int, int],
+                 meta: ModelMeta | None, opts: Int8Options) -> _Images:
     hw = (int(input_shape[2]), int(input_shape[3]))
     src = cal.resolve_source(onnx_path, meta if meta is not None else info.meta,
                              opts.calib_data, opts.config_path, hw)
@@ -274,20 +210,31 @@ def prepare_int8(onnx_path: Path, info: OnnxInfo, input_shape: tuple[int, int, i
     batch = calibration_batch(info, opts, min(opts.calib_samples, len(pool)))
     say(f"calibration data: {src.data_root} ({src.data_from}, {len(folder.samples)} images, "
          f"{len(folder.classes) or 'no'} class folders); preprocessing from {src.preprocess_from}")
+    return _Images(src, folder, pool, held, batch)
 
-    key = {
+
+def _cache_key(onnx_path: Path, input_shape: tuple[int, int, int, int], images: _Images,
+               opts: Int8Options) -> dict[str, Any]:
+    """Every input of the calibration: a cached Q/DQ graph is reused only when all match."""
+    return {
         "onnx_sha256": file_sha256(onnx_path),
         "input_shape": [int(v) for v in input_shape],
-        "preprocess": src.preprocess.to_dict(),
-        "images_fingerprint": folder.fingerprint(),
+        "preprocess": images.source.preprocess.to_dict(),
+        "images_fingerprint": images.folder.fingerprint(),
         "calib_samples": opts.calib_samples,
-        "calib_batch_size": batch,
+        "calib_batch_size": images.batch,
         "calib_method": opts.calib_method,
         "verify_samples": opts.verify_samples,
         "selection": {"seed": cal.SEED, "holdout_fraction": cal.HOLDOUT_FRACTION,
                       "version": cal.SELECTION_VERSION},
         "tool": tool_version(),
     }
+
+
+def _cached_record(qdq_path: Path, key: dict[str, Any],
+                   opts: Int8Options) -> tuple[dict[str, Any] | None, str | None]:
+    """(the cached record, None) when the cache holds this calibration and it still passes
+    the accuracy gate; else (None, why it is not used)."""
     keyfile = key_path(qdq_path)
     stored = cal.read_key(keyfile) if keyfile.is_file() and qdq_path.is_file() else None
     reason = cal.describe_change(stored.get("key") if stored else None, key)
@@ -295,84 +242,125 @@ def prepare_int8(onnx_path: Path, info: OnnxInfo, input_shape: tuple[int, int, i
         reason = f"{qdq_path.name} was modified after calibration"
     if not opts.use_cache:
         reason = "cache disabled (--no-calib-cache)"
-    if reason is None and stored is not None and isinstance(stored.get("record"), dict):
-        cached = dict(stored["record"])
-        cached["cache"] = {"status": "hit", "key_file": str(keyfile)}
-        say(f"INT8 calibration cache hit: reusing {qdq_path.name} (same ONNX, preprocessing, "
-             "images, samples, batch size and method)")
-        _say_accuracy(cached["accuracy"], opts.max_accuracy_drop)
-        _check_drop(cached["accuracy"], opts.max_accuracy_drop, cached=True)
-        cached["accuracy"]["max_accuracy_drop"] = opts.max_accuracy_drop
-        return cached
-    say(f"INT8 calibration: {reason}")
+    if reason is not None or stored is None or not isinstance(stored.get("record"), dict):
+        return None, reason
+    cached = dict(stored["record"])
+    cached["cache"] = {"status": "hit", "key_file": str(keyfile)}
+    say(f"INT8 calibration cache hit: reusing {qdq_path.name} (same ONNX, preprocessing, "
+         "images, samples, batch size and method)")
+    say_accuracy(cached["accuracy"], opts.max_accuracy_drop)
+    check_drop(cached["accuracy"], opts.max_accuracy_drop, cached=True)
+    cached["accuracy"]["max_accuracy_drop"] = opts.max_accuracy_drop
+    return cached, None
 
-    start = time.perf_counter()
-    data, used, corrupt = cal.load_images(pool, opts.calib_samples, src.preprocess,
-                                          "calibration images")
+
+def _calibration_batches(onnx_path: Path, info: OnnxInfo, images: _Images,
+                         opts: Int8Options) -> _Calibration:
+    """Decode the calibration images; only full batches are kept."""
+    root = images.source.data_root
+    data, used, corrupt = cal.load_images(images.pool, opts.calib_samples,
+                                          images.source.preprocess, "calibration images")
     if corrupt:
         warn(f"skipped {len(corrupt)} corrupt calibration image(s), e.g. {corrupt[0]}")
     if len(used) == 0:
-        raise cal.not_found(src.data_root, f"none of the {len(corrupt)} images could be decoded")
+        raise cal.not_found(root, f"none of the {len(corrupt)} images could be decoded")
     if len(used) < opts.calib_samples:
         say(f"  only {len(used)} calibration images available (asked for "
-             f"{opts.calib_samples}; {len(held)} more are held out for the accuracy check): "
-             "using all of them")
-    if isinstance(info.input_shape[0], int) and len(used) < batch:
-        raise cal.not_found(src.data_root, f"{len(used)} usable image(s), fewer than the batch of "
-                            f"{batch} that {onnx_path.name} is fixed at")
-    batch = min(batch, len(used))
+             f"{opts.calib_samples}; {len(images.held)} more are held out for the accuracy "
+             "check): using all of them")
+    if isinstance(info.input_shape[0], int) and len(used) < images.batch:
+        raise cal.not_found(root, f"{len(used)} usable image(s), fewer than the batch of "
+                            f"{images.batch} that {onnx_path.name} is fixed at")
+    batch = min(images.batch, len(used))
     n_used = len(used) - len(used) % batch
     if n_used < len(used):
         say(f"  calibrating on {n_used} images: full batches of {batch} only "
              f"({len(used) - n_used} left over)")
-    used = used[:n_used]
     batches = [data[i:i + batch] for i in range(0, n_used, batch)]
+    return _Calibration(batches, used[:n_used], corrupt, batch)
+
+
+def _quantize_checked(onnx_path: Path, info: OnnxInfo, meta: ModelMeta | None,
+                      qdq_path: Path, images: _Images, calib: _Calibration,
+                      opts: Int8Options, start: float) -> _Checked:
+    """Quantize into a temp folder, run the accuracy gate, then move the graph to
+    ``qdq_path``; a graph that fails the gate is never written."""
+    from pochitrain.workspace import atomic_path
 
     # held-out: the reserved images plus pool images not calibrated on (never a calibration one)
-    skip = {p for p, _ in used} | set(corrupt)
-    held_candidates = cal.stratified_order(held + [s for s in pool if s[0] not in skip])
+    skip = {p for p, _ in calib.used} | set(calib.corrupt)
+    held_candidates = cal.stratified_order(images.held
+                                           + [s for s in images.pool if s[0] not in skip])
     with tempfile.TemporaryDirectory(prefix="pochi-int8-") as tmp:
         tmp_qdq = Path(tmp) / qdq_path.name
-        say(f"  quantizing with {tool_version()} ({opts.calib_method}, {n_used} images, "
-             f"batch {batch})")
+        say(f"  quantizing with {tool_version()} ({opts.calib_method}, {len(calib.used)} "
+             f"images, batch {calib.batch})")
         # ONNX Runtime writes helper files beside its input: give it a copy in the temp folder
         # (the ONNX's own folder may be read-only)
-        quantize(_copy_into(onnx_path, Path(tmp)), tmp_qdq, info.input_name, batches,
+        quantize(_copy_into(onnx_path, Path(tmp)), tmp_qdq, info.input_name, calib.batches,
                  opts.calib_method)
-        calib_seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start
         held_data, held_used, held_corrupt = cal.load_images(
-            held_candidates, opts.verify_samples, src.preprocess, "held-out images")
+            held_candidates, opts.verify_samples, images.source.preprocess, "held-out images")
         if len(held_used) == 0:
-            raise cal.not_found(src.data_root, "no decodable images left for the accuracy check")
-        labels = _labels(folder.classes, held_used, meta or info.meta, info.output_shape[1])
+            raise cal.not_found(images.source.data_root,
+                                "no decodable images left for the accuracy check")
+        labels = held_out_labels(images.folder.classes, held_used, meta or info.meta,
+                                 info.output_shape[1])
         acc = verify(onnx_path, tmp_qdq, info, held_data, labels)
         acc["max_accuracy_drop"] = opts.max_accuracy_drop
-        _say_accuracy(acc, opts.max_accuracy_drop)
-        _check_drop(acc, opts.max_accuracy_drop)
+        say_accuracy(acc, opts.max_accuracy_drop)
+        check_drop(acc, opts.max_accuracy_drop)
         with atomic_path(qdq_path) as out:
             out.write_bytes(tmp_qdq.read_bytes())
+    return _Checked(acc, seconds, len(held_corrupt))
 
-    record: dict[str, Any] = {
+
+def _record(opts: Int8Options, images: _Images, calib: _Calibration, checked: _Checked,
+            qdq_path: Path, key: dict[str, Any]) -> dict[str, Any]:
+    """What the engine's sidecar and the cache key file say about the calibration."""
+    return {
         "method": opts.calib_method,
         "method_options": {"per_channel_weights": True, "symmetric": True,
                            "quantize_bias": False, **METHODS[opts.calib_method][1]},
         "samples_requested": opts.calib_samples,
-        "samples_used": n_used,
-        "batch_size": batch,
-        "corrupt_skipped": len(corrupt) + len(held_corrupt),
-        "data": {"path": str(src.data_root.resolve()), "from": src.data_from,
+        "samples_used": len(calib.used),
+        "batch_size": calib.batch,
+        "corrupt_skipped": len(calib.corrupt) + checked.held_corrupt,
+        "data": {"path": str(images.source.data_root.resolve()),
+                 "from": images.source.data_from,
                  "fingerprint": key["images_fingerprint"],
-                 "calibration_images_sha256": cal.list_sha256(used, folder.root)},
-        "preprocess_from": src.preprocess_from,
-        "accuracy": acc,
-        "calibration_seconds": round(calib_seconds, 2),
+                 "calibration_images_sha256": cal.list_sha256(calib.used, images.folder.root)},
+        "preprocess_from": images.source.preprocess_from,
+        "accuracy": checked.accuracy,
+        "calibration_seconds": round(checked.seconds, 2),
         "qdq_graph": str(qdq_path.resolve()),
         "tool": key["tool"],
     }
+
+
+def prepare_int8(onnx_path: Path, info: OnnxInfo, input_shape: tuple[int, int, int, int],
+                 meta: ModelMeta | None, opts: Int8Options, qdq_path: Path) -> dict[str, Any]:
+    """Write the calibrated Q/DQ ONNX to ``qdq_path`` (atomically) and return the record."""
+    from pochitrain.workspace import atomic_write_text
+
+    onnx_path, qdq_path = Path(onnx_path), Path(qdq_path)
+    check_options(opts)
+    images = _find_images(onnx_path, info, input_shape, meta, opts)
+    key = _cache_key(onnx_path, input_shape, images, opts)
+    cached, reason = _cached_record(qdq_path, key, opts)
+    if cached is not None:
+        return cached
+    say(f"INT8 calibration: {reason}")
+    start = time.perf_counter()
+    calib = _calibration_batches(onnx_path, info, images, opts)
+    checked = _quantize_checked(onnx_path, info, meta, qdq_path, images, calib, opts, start)
+    record = _record(opts, images, calib, checked, qdq_path, key)
+    keyfile = key_path(qdq_path)
     atomic_write_text(keyfile, json.dumps(
         {"key": key, "qdq_sha256": file_sha256(qdq_path), "record": record}, indent=2,
         ensure_ascii=False))
     record["cache"] = {"status": "miss", "reason": reason, "key_file": str(keyfile)}
-    say(f"INT8 Q/DQ graph: {qdq_path} ({n_used} images calibrated in {calib_seconds:.1f} s)")
+    say(f"INT8 Q/DQ graph: {qdq_path} ({len(calib.used)} images calibrated in "
+         f"{checked.seconds:.1f} s)")
     return record
-
