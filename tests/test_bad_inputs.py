@@ -1,4 +1,4 @@
-"""Bad or unusual inputs (issue 11): each case gets a clear message or a correct result."""
+"""Bad or unusual inputs: each case gets a clear message or a correct result."""
 
 from __future__ import annotations
 
@@ -79,16 +79,16 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
 
 
 def test_gpu_pipeline_reads_exif_rotated_and_16_bit_files_like_pil(tmp_path: Path) -> None:
-    from pochitrain.inference.gpu_preprocess import _read
+    from pochitrain.gpu_input import read_item
 
-    kind, pixels = _read(_rotated_jpeg(tmp_path / "phone.jpg"))
+    kind, pixels = read_item(_rotated_jpeg(tmp_path / "phone.jpg"))
     assert kind == "rgb" and pixels.shape == (40, 20, 3)  # PIL path: nvJPEG ignores EXIF
     plain = tmp_path / "plain.jpg"
     Image.new("RGB", (8, 8)).save(plain)
-    assert _read(plain)[0] == "jpeg"
+    assert read_item(plain)[0] == "jpeg"
     gray16 = tmp_path / "gray16.png"
     Image.fromarray(np.full((4, 4), 25700, dtype=np.uint16)).save(gray16)
-    kind, pixels = _read(gray16)
+    kind, pixels = read_item(gray16)
     assert kind == "rgb" and np.all(pixels == 100)
 
 
@@ -276,7 +276,7 @@ def _ascii_run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONIOENCODING": "ascii"}
     return subprocess.run([sys.executable, *args], check=False, cwd=cwd, env=env,
                           capture_output=True, text=True, encoding="utf-8", errors="replace",
-                          timeout=60)
+                          timeout=300)  # hang guard only
 
 
 def test_ascii_console_gets_escapes_never_a_unicode_error(tmp_path: Path) -> None:
@@ -296,7 +296,7 @@ def test_piped_output_never_cuts_a_path(tmp_path: Path) -> None:
             "t = Table()\nt.add_column('what')\nt.add_column('path')\nt.add_row('model', p)\n"
             "console().print(t)\ninfo('model: ' + p)\nprint(p)\n")
     done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "80"}, timeout=60)
+                          env={**os.environ, "COLUMNS": "80"}, timeout=300)
     path = done.stdout.strip().splitlines()[-1]
     assert len(path) > 200
     assert done.stdout.count(path) == 3 and "…" not in done.stdout, done.stdout

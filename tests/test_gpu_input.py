@@ -1,4 +1,4 @@
-"""training.gpu_input: transform mapping, the GPU/CPU decision, and the loader on CPU tensors."""
+"""training.gpu_loader: transform mapping, the GPU/CPU decision, and the loader on CPU tensors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torchvision import transforms as T
 
 from pochitrain.data import scan_image_folder
 from pochitrain.errors import ConfigError
-from pochitrain.training import gpu_input as G
+from pochitrain.training import gpu_loader as G
 
 NORM = T.Normalize([0.5] * 3, [0.5] * 3)
 AUGMENT = T.Compose([T.RandomResizedCrop(24), T.RandomHorizontalFlip(), T.RandomVerticalFlip(),

@@ -13,12 +13,7 @@ from PIL import Image
 
 from pochitrain.data import scan_image_folder
 from pochitrain.errors import UsageError
-from pochitrain.inference.gpu_preprocess import (
-    GpuBatches,
-    is_complete_jpeg,
-    resize_crop,
-    resolve_pipeline,
-)
+from pochitrain.gpu_input import GpuBatches, is_complete_jpeg, resize_crop, resolve_pipeline
 from pochitrain.inference.loop import iter_batches, run_inference
 from pochitrain.inference.torch_runner import TorchRunner
 from pochitrain.preprocess import Preprocess
@@ -119,7 +114,7 @@ def test_pipeline_resolution() -> None:
 def test_batched_resize_reproduces_pil_across_groups(interpolation: str) -> None:
     """Images of different sizes, split into several padded groups (small budget), come out
     in input order and equal PIL's resize + crop to within one grey level on rare pixels."""
-    from pochitrain.inference.gpu_resize import groups, resize_batch
+    from pochitrain.gpu_input.resample import groups, resize_batch
 
     pp = Preprocess(input_size=[40, 40], resize=[48], center_crop=[40, 40],
                     interpolation=interpolation)
@@ -139,7 +134,7 @@ def test_batched_resize_reproduces_pil_across_groups(interpolation: str) -> None
 def test_quick_gil_handoff_is_scoped_and_nests() -> None:
     import sys
 
-    from pochitrain.inference.gpu_preprocess import SWITCH_INTERVAL, quick_gil_handoff
+    from pochitrain.gpu_input import SWITCH_INTERVAL, quick_gil_handoff
 
     before = sys.getswitchinterval()
     with quick_gil_handoff():
@@ -154,7 +149,7 @@ def test_read_file_gives_the_bytes_whatever_reads_them(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """torchvision's C++ reader and Python's reads give the same tensor; Python takes over
     for empty files and names C++ cannot take, and a missing file is an OSError."""
-    from pochitrain.inference.gpu_preprocess import read_file, read_file_python
+    from pochitrain.gpu_input import read_file, read_file_python
 
     _photo(3, 50, 40).save(tmp_path / "x.jpg")
     odd = Path(os.fsdecode(b"\xff\xfe.jpg"))  # not UTF-8: std::string cannot take it
@@ -173,7 +168,7 @@ def test_read_file_gives_the_bytes_whatever_reads_them(tmp_path: Path,
 
 def test_read_threads_setting(monkeypatch: pytest.MonkeyPatch,
                               capsys: pytest.CaptureFixture[str]) -> None:
-    from pochitrain.inference.gpu_preprocess import READ_THREADS, read_threads
+    from pochitrain.gpu_input import READ_THREADS, read_threads
 
     monkeypatch.setenv("POCHI_READ_THREADS", "3")
     assert read_threads("training") == 3

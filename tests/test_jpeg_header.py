@@ -7,8 +7,7 @@ import io
 import pytest
 from PIL import Image
 
-from pochitrain.inference.gpu_preprocess import nvjpeg_reads_like_pil
-from pochitrain.inference.jpeg_header import read_header
+from pochitrain.gpu_input import nvjpeg_reads_like_pil, read_header
 
 
 def _jpeg(size: tuple[int, int], orientation: int | None = None,

@@ -1,4 +1,4 @@
-"""The file-reader helper process of the GPU pipeline (``inference/read_proc.py``), run for real:
+"""The file-reader helper process of the GPU pipeline (``gpu_input/read_proc.py``), run for real:
 same batches, skips and order as the read thread over odd files, a helper that dies, and more
 files in a batch than its shared buffer holds."""
 
@@ -14,9 +14,7 @@ import torch
 from PIL import Image
 
 from pochitrain.data import scan_image_folder
-from pochitrain.inference import read_proc
-from pochitrain.inference.gpu_preprocess import GpuBatches, _read
-from pochitrain.inference.read_proc import ReaderProcess, SlotChunks
+from pochitrain.gpu_input import GpuBatches, ReaderProcess, SlotChunks, read_item, read_proc
 from pochitrain.preprocess import Preprocess
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="Linux only")
@@ -96,31 +94,39 @@ def test_helper_answers_what_the_command_must_read_itself(odd_folder: Path) -> N
 
 def test_a_helper_that_dies_leaves_the_command_reading(odd_folder: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    # one slot: the helper cannot have answered every group before it is killed (with 24
-    # slots it may have, and then nothing is left to fail)
+    # one slot, and the helper is killed (and waited for) just before the second request is
+    # sent: whatever the timing, that request and every later one find it gone
     monkeypatch.setattr(read_proc, "SLOTS", 1)
     samples = scan_image_folder(odd_folder).samples
     reader = ReaderProcess.start(None)
     assert reader is not None
-    chunks = SlotChunks(reader, samples, 10, lambda paths: [_read(p) for p in paths])
+    send = reader.request
+    sent: list[int] = []
+
+    def request(slot: int, paths: list[Path]) -> None:
+        if len(sent) == 1:
+            reader.stop()  # a helper killed mid-run
+        sent.append(slot)
+        send(slot, paths)
+
+    monkeypatch.setattr(reader, "request", request)
+    chunks = SlotChunks(reader, samples, 10, lambda paths: [read_item(p) for p in paths])
     got = []
     for chunk in chunks:
-        if not got:
-            reader._proc.kill()  # a helper killed mid-run
-            reader._proc.wait()
         got += [(p, kind) for p, _, kind, _ in chunk]
         chunks.consumed(len(chunk))
     reader.close()
+    assert len(sent) == 2  # the first request answered, the second failed
     assert chunks.failed is not None
     assert [p for p, _ in got] == [p for p, _ in samples]
-    want = {p: _read(p)[0] for p, _ in samples}
+    want = {p: read_item(p)[0] for p, _ in samples}
     assert all(kind == want[p] for p, kind in got)
 
 
 def test_helper_imports_nothing_heavy() -> None:
     import subprocess
 
-    code = ("import sys, pochitrain.inference.read_proc; "
+    code = ("import sys, pochitrain.gpu_input.read_proc; "
             "print(sorted(m for m in ('torch', 'numpy', 'PIL') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout

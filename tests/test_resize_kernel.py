@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pochitrain.inference.gpu_preprocess import resize_path, to_batch
-from pochitrain.inference.resize_kernel import supports, taps, window_bounds
+from pochitrain.gpu_input import resize_path, supports, taps, to_batch, window_bounds
 from pochitrain.preprocess import Preprocess
 
 pytest.importorskip("triton")
@@ -24,7 +23,7 @@ import json, sys
 import numpy as np, torch
 from PIL import Image
 from pochitrain.data import open_rgb
-from pochitrain.inference.resize_kernel import resize_normalize
+from pochitrain.gpu_input import resize_normalize
 from pochitrain.preprocess import Preprocess
 
 paths, cases = json.loads(sys.argv[1])
@@ -111,11 +110,11 @@ def test_kernels_compile_to_gpu_code(capability: int, tmp_path: Path,
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from pochitrain.inference import resize_triton
+    from pochitrain.gpu_input import triton_kernels
 
-    for fn, final, out in ((resize_triton.horizontal, False, "*u8"),
-                           (resize_triton.vertical, True, "*fp32"),
-                           (resize_triton.horizontal, True, "*bf16")):
+    for fn, final, out in ((triton_kernels.horizontal, False, "*u8"),
+                           (triton_kernels.vertical, True, "*fp32"),
+                           (triton_kernels.horizontal, True, "*bf16")):
         names = fn.arg_names
         sig = {"src": "*u8", "img": "*i64", "start": "*i32", "coef": "*i32", "dst": out,
                "norm": "*fp32", names[6]: "i32", names[7]: "i32", "TAPS": "constexpr",

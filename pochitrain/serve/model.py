@@ -7,7 +7,7 @@ used by two kinds of threads.
   decoded by PIL to (h, w, 3) uint8.
 - ``run_batch(items)`` runs on the batcher's single worker thread: stack -> runner ->
   softmax, one (num_classes,) float64 row per item. GPU pipeline: nvJPEG decode +
-  resize/crop/normalize on the GPU (``inference.gpu_preprocess``) before the model call.
+  resize/crop/normalize on the GPU (``pochitrain.gpu_input``) before the model call.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ def prepare(payload: Payload, preprocess: Any, gpu: bool) -> Any:
     that nvJPEG reads like PIL stay encoded, the rest are decoded to (h, w, 3) uint8."""
     if not gpu:
         return preprocess(decode_image(payload))
-    from pochitrain.inference.gpu_preprocess import is_complete_jpeg, nvjpeg_reads_like_pil
+    from pochitrain.gpu_input import for_nvjpeg
 
     data = payload.data
-    if data is not None and is_complete_jpeg(data) and nvjpeg_reads_like_pil(data):
+    if data is not None and for_nvjpeg(data):
         return ("jpeg", data, payload.name)
     return ("rgb", np.array(decode_image(payload)), payload.name)
 
@@ -64,7 +64,7 @@ class ServeModel:
                                  f"{self.path.name} runs on {self.model.runtime}.",
                                  "Drop --pipeline gpu.")
             return None
-        from pochitrain.inference.gpu_preprocess import GpuBatches, resolve_pipeline
+        from pochitrain.gpu_input import GpuBatches, resolve_pipeline
 
         choice, _ = resolve_pipeline(pipeline, self.model.runner.device, self.preprocess)
         return GpuBatches(self.preprocess, self.model.runner.device, workers=1) \
@@ -133,23 +133,19 @@ class ServeModel:
         return np.concatenate(out)
 
     def _run_gpu(self, items: list[Any]) -> list[Any]:
-        gpu = self.gpu
-        chunk = [(_Upload(payload, name) if kind == "jpeg" else None, 0, kind, payload)
-                 for kind, payload, name in items]
-        images = gpu._decode_chunk(chunk)
+        from pochitrain.gpu_input import Entry
+
+        batch, failed = self.gpu.assemble(
+            [Entry(_Upload(payload, name) if kind == "jpeg" else None, 0, kind, payload)
+             for kind, payload, name in items])
         results: list[Any] = [None] * len(items)
-        good = []
-        for i, image in enumerate(images):
-            if image is None:
-                results[i] = BadInput(400, "undecodable_image",
-                                      f"画像をデコードできません: {items[i][2]}",
-                                      f"{items[i][2]} is not a readable image.")
-            else:
-                good.append(i)
-        if good:
-            batch = gpu._assemble([(None, 0, images[i]) for i in good], [])[0]
-            if gpu.cuda:
-                gpu._torch.cuda.current_stream(gpu.device).synchronize()
+        for i in failed:
+            results[i] = BadInput(400, "undecodable_image",
+                                  f"画像をデコードできません: {items[i][2]}",
+                                  f"{items[i][2]} is not a readable image.")
+        bad = set(failed)
+        good = [i for i in range(len(items)) if i not in bad]
+        if batch is not None:
             for i, row in zip(good, self.probabilities(batch)):
                 results[i] = row
         return results

@@ -56,7 +56,7 @@ class Stage:
 @dataclass
 class Plan:
     stages: list[Stage]
-    is_float: bool  # else the values are divided by 255 at the end, as gpu_input.apply does
+    is_float: bool  # else the values are divided by 255 at the end, as gpu_loader.apply does
 
     def __call__(self, images: list[torch.Tensor]) -> torch.Tensor:
         """(N, C, H, W) float32 from N decoded (C, h_i, w_i) uint8 tensors."""
@@ -87,11 +87,11 @@ def _size_after(name: str, t: Any, size: tuple[int, int] | None) -> tuple[int, i
     if name in ("RandomHorizontalFlip", "RandomVerticalFlip"):
         return size
     if name in ("CenterCrop", "RandomResizedCrop", "RandomCrop"):
-        return R._pair(t.size)
+        return R.pair(t.size)
     if name == "Pad":
         if size is None:
             return None
-        left, top, right, bottom = R._padding(t.padding)
+        left, top, right, bottom = R.padding_ltrb(t.padding)
         return size[0] + top + bottom, size[1] + left + right
     # Resize
     if isinstance(t.size, (list, tuple)) and len(t.size) == 2:

@@ -13,6 +13,8 @@ matmuls whose weights are torchvision's antialiased filters (PIL's: a triangle f
 Keys a=-0.5 for bicubic, stretched by the downscale factor, normalised, clipped to the image),
 so downscaling averages like the CPU pipeline. Images are sorted by window size and chunked so
 that a buffer stays under ``CHUNK_ELEMENTS`` floats and padding stays under about a third.
+Where the banded Triton kernels of ``pochitrain.gpu_input`` run (uint8 RGB on CUDA, bilinear
+or bicubic), they do the resample instead, with the same taps in PIL's fixed point.
 """
 
 from __future__ import annotations
@@ -24,9 +26,20 @@ from typing import Any
 
 import torch
 
+from pochitrain.gpu_input import (
+    KERNELS,
+    SUPPORT,
+    Band,
+    banded_usable,
+    bucket_taps,
+    fixed_point,
+    pil_filter,
+    two_passes,
+)
+
 CHUNK_ELEMENTS = 2**26  # floats per padded buffer (256 MiB): bounds memory for large images
 MIN_CHUNK = 16  # images per chunk before padding waste may start a new one (fewer launches)
-_SUPPORT = {"bilinear": 1.0, "bicubic": 2.0, "nearest": 0.5}
+_SUPPORT = {**SUPPORT, "nearest": 0.5}
 F64 = torch.float64
 
 
@@ -120,13 +133,7 @@ def _taps(axis: Axis, start: list[int], width: list[int], n_out: int, mode: str,
         taps = math.ceil(2 * float(support.max())) + 2
         j = ((centre - support + 0.5).floor() - start_t
              + torch.arange(taps, device=device, dtype=F64))  # (n, n_out, taps)
-        d = ((start_t + j + 0.5 - centre) / stretch).abs()
-        if mode == "bilinear":
-            w = (1.0 - d).clamp(min=0.0)
-        else:  # Keys cubic, a = -0.5 (PIL, torchvision)
-            inner = (1.5 * d - 2.5) * d * d + 1.0
-            outer = ((-0.5 * d + 2.5) * d - 4.0) * d + 2.0
-            w = torch.where(d < 1.0, inner, torch.where(d < 2.0, outer, torch.zeros_like(d)))
+        w = pil_filter((start_t + j + 0.5 - centre) / stretch, mode)
     w = w * ((j >= 0) & (j < width_t))
     total = w.sum(-1, keepdim=True)
     w = torch.where(total != 0, w / torch.where(total != 0, total, 1.0), 0.0)
@@ -161,14 +168,11 @@ def resample(images: list[torch.Tensor], geo: Geometry, out_h: int, out_w: int) 
     out = torch.empty(len(images), channels, out_h, out_w, device=device)
     taps = (_taps(geo.y, ys, hs, out_h, geo.mode, geo.antialias, device),
             _taps(geo.x, xs, ws, out_w, geo.mode, geo.antialias, device))
-    if _use_banded(images, geo.mode):
+    if use_banded(images, geo.mode):
         try:
             return _banded(images, (ys, hs, xs, ws), taps, out)
         except Exception as exc:  # noqa: BLE001 - a Triton/driver problem: the matmuls go on
-            from pochitrain.console import warn
-
-            _banded_broken.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
-            warn(f"GPU resample kernels unavailable ({_banded_broken[0]}); using matmuls.")
+            KERNELS.fail(exc, "resample")
     order = sorted(range(len(images)), key=lambda i: (hs[i] * ws[i], hs[i]))
     chunk: list[int] = []
     area = 0
@@ -187,66 +191,45 @@ def resample(images: list[torch.Tensor], geo: Geometry, out_h: int, out_w: int) 
     return out
 
 
-_banded_broken: list[str] = []  # the reason, once the kernels failed in this process
-
-
-def _use_banded(images: list[torch.Tensor], mode: str) -> bool:
-    """The banded Triton kernels of the inference pipeline take uint8 RGB images on CUDA
-    (or on the CPU under ``TRITON_INTERPRET=1``, for the tests), bilinear or bicubic."""
-    from pochitrain.inference.resize_kernel import triton_available
-
+def use_banded(images: list[torch.Tensor], mode: str) -> bool:
+    """The banded Triton kernels take uint8 RGB images on CUDA (or on the CPU under
+    ``TRITON_INTERPRET=1``, for the tests), bilinear or bicubic."""
     on = images[0].is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-    return (on and mode in ("bilinear", "bicubic") and not _banded_broken
-            and os.environ.get("POCHI_GPU_RESIZE", "") != "matmul"
-            and all(im.dtype == torch.uint8 and im.dim() == 3 and im.shape[0] == 3
-                    for im in images)
-            and triton_available())
+    return (all(im.dtype == torch.uint8 and im.dim() == 3 and im.shape[0] == 3
+                for im in images)
+            and banded_usable(on, mode))
 
 
-def _fixed_point(taps: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _band(taps: tuple[torch.Tensor, torch.Tensor]) -> Band:
     """The kernels' form of ``_taps``: the first window pixel per output pixel (int32,
     relative to the image's window), 22-bit fixed-point weights (int32, PIL's rounding) and
     their count, rounded up as the inference kernels round it."""
-    from pochitrain.inference.resize_kernel import _bucket
-
     j, w = taps
     n_taps = int(w.shape[-1])
-    bucket = _bucket(n_taps)
-    coef = torch.trunc(w.double() * float(1 << 22) + torch.where(w < 0, -0.5, 0.5))
+    bucket = bucket_taps(n_taps)
+    coef = fixed_point(w.double())
     coef = torch.nn.functional.pad(coef, (0, bucket - n_taps)).to(torch.int32).contiguous()
-    return j[..., 0].to(torch.int32).contiguous(), coef, bucket
+    return Band(j[..., 0].to(torch.int32).contiguous(), coef, bucket)
 
 
 def _banded(images: list[torch.Tensor], win: tuple[list[int], ...], taps: Any,
             out: torch.Tensor) -> torch.Tensor:
     """Two launches for the whole batch, whatever the image sizes: each output pixel reads
-    only its filter window, straight from the decoded images (the inference pipeline's
-    kernels, ``inference/resize_triton.py``). A uint8 intermediate (PIL's clip8) between the
-    passes: results within 2-3 grey levels of the float matmuls, 0.3 on average."""
-    from pochitrain.inference.resize_kernel import _BLOCK_R, _BLOCK_X
-    from pochitrain.inference.resize_triton import horizontal, vertical
-
+    only its filter window, straight from the decoded images. A uint8 intermediate (PIL's
+    clip8) between the passes: results within a few grey levels of the float matmuls."""
     ys, hs, xs, _ = win
-    n, device = len(images), out.device
-    out_h, out_w = int(out.shape[2]), int(out.shape[3])
-    src = torch.cat([im.reshape(-1) for im in images]) if n > 1 else images[0].reshape(-1)
-    span = max(max(hs), 1)
+    device = out.device
+    src = torch.cat([im.reshape(-1) for im in images]) if len(images) > 1 else \
+        images[0].reshape(-1)
     rows, base = [], 0
     for im, y0, x0, h in zip(images, ys, xs, hs, strict=True):
         ih, iw = int(im.shape[1]), int(im.shape[2])
         rows.append([base, ih * iw, iw, y0, x0, h, iw - x0])
         base += 3 * ih * iw
-    rows += [[k * 3 * span * out_w, span * out_w, out_w, 0, 0, span, out_w] for k in range(n)]
-    img = torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True)
-    sy, cy, t_y = _fixed_point(taps[0])  # from the window's first row / column (the table)
-    sx, cx, t_x = _fixed_point(taps[1])
     norm = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0], device=device)  # values stay 0..255
-    tmp = torch.empty((n, 3, span, out_w), dtype=torch.uint8, device=device)
-    blocks = {"BLOCK_L": _BLOCK_R, "BLOCK_O": _BLOCK_X}
-    horizontal[(n * 3, -(-span // _BLOCK_R), -(-out_w // _BLOCK_X))](
-        src, img[:n], sx, cx, tmp, norm, span, out_w, TAPS=t_x, FINAL=False, **blocks)
-    vertical[(n * 3, -(-out_h // _BLOCK_R), -(-out_w // _BLOCK_X))](
-        tmp, img[n:], sy, cy, out, norm, out_h, out_w, TAPS=t_y, FINAL=True, **blocks)
+    # taps from the window's first row / column (the table)
+    two_passes(src, rows, _band(taps[0]), _band(taps[1]), out, norm, max(max(hs), 1),
+               vfirst=False)
     return out
 
 
@@ -273,7 +256,7 @@ def _resample_chunk(images: list[torch.Tensor], mode: str, chunk: list[int],
 
 # ---- the axis-aligned ops, each (geo, transform) -> None, drawing its random parameters ----
 
-def _pair(size: Any) -> tuple[int, int]:
+def pair(size: Any) -> tuple[int, int]:
     if isinstance(size, int):
         return size, size
     size = list(size)
@@ -306,7 +289,7 @@ def _center_start(length: torch.Tensor, crop: int) -> torch.Tensor:
 
 
 def center_crop(geo: Geometry, t: Any) -> None:
-    ch, cw = _pair(t.size)
+    ch, cw = pair(t.size)
     geo.y.crop(_center_start(geo.y.length, ch), float(ch))
     geo.x.crop(_center_start(geo.x.length, cw), float(cw))
 
@@ -339,14 +322,14 @@ def random_resized_crop(geo: Geometry, t: Any) -> None:
     ch, cw = torch.where(found, ch, fh), torch.where(found, cw, fw)
     top = torch.where(found, _randint(h - ch + 1), ((h - ch) / 2).floor())
     left = torch.where(found, _randint(w - cw + 1), ((w - cw) / 2).floor())
-    out_h, out_w = _pair(t.size)
+    out_h, out_w = pair(t.size)
     geo.y.crop(top, ch)
     geo.x.crop(left, cw)
     geo.y.resize(float(out_h))
     geo.x.resize(float(out_w))
 
 
-def _padding(padding: Any) -> tuple[int, int, int, int]:
+def padding_ltrb(padding: Any) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) from torchvision's int / 2-seq / 4-seq padding."""
     if isinstance(padding, int):
         return padding, padding, padding, padding
@@ -359,13 +342,13 @@ def _padding(padding: Any) -> tuple[int, int, int, int]:
 
 
 def pad(geo: Geometry, t: Any) -> None:
-    left, top, right, bottom = _padding(t.padding)
+    left, top, right, bottom = padding_ltrb(t.padding)
     geo.y.crop(torch.full_like(geo.y.a, -top), geo.y.length + top + bottom)
     geo.x.crop(torch.full_like(geo.x.a, -left), geo.x.length + left + right)
 
 
 def random_crop(geo: Geometry, t: Any) -> None:
-    th, tw = _pair(t.size)
+    th, tw = pair(t.size)
     if t.padding is not None:
         pad(geo, t)
     if t.pad_if_needed:

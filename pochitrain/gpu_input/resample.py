@@ -22,13 +22,29 @@ About 10 kernel launches per group plus one copy per image, instead of ~5 launch
 
 from __future__ import annotations
 
-from typing import Any
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
-from pochitrain.preprocess import Preprocess, _resized_hw
+from pochitrain.preprocess import Preprocess
 
-_SUPPORT = {"bilinear": 1.0, "bicubic": 2.0}
+if TYPE_CHECKING:
+    import torch
+
+SUPPORT = {"bilinear": 1.0, "bicubic": 2.0}  # filter support radius, in source pixels
 FILTERS = ("bilinear", "bicubic", "nearest")
-_PRECISION_BITS = 32 - 8 - 2  # PIL's fixed-point precision for 8-bit images
+PRECISION_BITS = 32 - 8 - 2  # PIL's fixed-point precision for 8-bit images
+
+
+@lru_cache(maxsize=8)
+def _resize_step(resize: tuple[int, ...]) -> Preprocess:
+    return Preprocess(input_size=[0, 0], resize=list(resize))
+
+
+def resized_hw(preprocess: Preprocess, h: int, w: int) -> tuple[int, int]:
+    """(h, w) of an h x w image after the resize step alone (before any crop)."""
+    if preprocess.resize is None:
+        return h, w
+    return _resize_step(tuple(preprocess.resize)).output_size(w, h)
 
 
 def geometry(preprocess: Preprocess, h: int, w: int) -> tuple[int, int, int, int]:
@@ -36,7 +52,7 @@ def geometry(preprocess: Preprocess, h: int, w: int) -> tuple[int, int, int, int
 
     The offset is where output row/column 0 falls in the resized image: negative when the
     crop is larger than the image (zero padding, placed as ``preprocess._center_crop``)."""
-    rh, rw = (h, w) if preprocess.resize is None else _resized_hw(h, w, preprocess.resize)
+    rh, rw = resized_hw(preprocess, h, w)
     if preprocess.center_crop is None:
         return rh, rw, 0, 0
     ch, cw = preprocess.center_crop
@@ -47,7 +63,9 @@ def geometry(preprocess: Preprocess, h: int, w: int) -> tuple[int, int, int, int
     return rh, rw, offset(rh, ch), offset(rw, cw)
 
 
-def _filter(x: Any, mode: str) -> Any:
+def pil_filter(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """PIL's filter weight at distance ``x`` (in filter units): a triangle for bilinear, Keys
+    a = -0.5 for bicubic."""
     import torch
 
     x = x.abs()
@@ -79,15 +97,15 @@ def weights(in_len: Any, out_len: Any, offset: Any, n_out: int, n_in: int, mode:
         src = _nearest_sources(in_len.tolist(), out_len.tolist(), offset.tolist(), n_out)
         return ((j == src.to(dev)[:, :, None]) & inside).to(torch.float32)
     filterscale = scale.clamp(min=1.0)
-    support = _SUPPORT[mode] * filterscale
+    support = SUPPORT[mode] * filterscale
     center = (o + 0.5) * scale
     xmin = torch.trunc(center - support + 0.5).clamp(min=0.0)
     xmax = torch.minimum(torch.trunc(center + support + 0.5), size_in)
-    w = _filter((j - center + 0.5) / filterscale, mode)
+    w = pil_filter((j - center + 0.5) / filterscale, mode)
     w = w * ((j >= xmin) & (j < xmax) & inside)
     total = w.sum(-1, keepdim=True)
     w = torch.where(total != 0, w / torch.where(total != 0, total, 1.0), 0.0)
-    one = float(1 << _PRECISION_BITS)
+    one = float(1 << PRECISION_BITS)
     w = torch.trunc(w * one + torch.where(w < 0, -0.5, 0.5)) / one  # PIL's normalize_coeffs_8bpc
     return w.to(torch.float32)
 

@@ -14,11 +14,11 @@ vanishes with the last process that maps it, whatever happens) and answers
 - ``"jpeg"``: a complete JPEG whose header says nvJPEG decodes it as PIL would;
 - ``"other"``: anything else (not a JPEG, cut off, rotated, CMYK, a header this parser cannot
   read, too big for the slot, unreadable): the command reads it itself with
-  ``gpu_preprocess._read``, so PIL gives the verdict exactly as before.
+  ``read.read_item``, so PIL gives the verdict as for any file.
 
 The command hands a slot back once every file in it has been decoded (``SlotChunks``).
 Linux only (``os.memfd_create``); elsewhere, or when the helper cannot start, the pipeline's
-read thread does the work as before.
+read thread does the work. This module imports nothing heavy: it is the helper's program.
 """
 
 from __future__ import annotations
@@ -29,18 +29,35 @@ import subprocess
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
-from pochitrain.inference.jpeg_header import header_verdict, is_complete_jpeg
+from pochitrain.gpu_input.vet import nvjpeg_verdict
+
+if TYPE_CHECKING:
+    import torch
+
+    from pochitrain.gpu_input.read import Entry, Read
 
 GROUP = 32  # files per request
 SLOTS = 24  # requests in flight (a slot each)
 SLOT_BYTES = 2 << 20  # 2 MiB: 32 files of 64 KB; a bigger file is read by the command
 
 T = TypeVar("T")
-Entry = tuple[Path, int, str, Any]  # (path, label, kind, payload) as GpuBatches' chunks hold
+
+
+class Answer(NamedTuple):
+    """The helper's word on one file: kind ``"jpeg"`` (its bytes at ``offset``, ``size``
+    long, in the shared buffer) or ``"other"`` (the command reads it)."""
+
+    kind: str
+    offset: int
+    size: int
+
+
+OTHER = Answer("other", 0, 0)
 
 
 def serve(conn: Connection, buf: memoryview, limit: int | None) -> None:
@@ -62,7 +79,7 @@ def serve(conn: Connection, buf: memoryview, limit: int | None) -> None:
                     size = os.fstat(f.fileno()).st_size
                     if 0 < size <= end - at and f.readinto(buf[at:at + size]) == size:
                         data = buf[at:at + size]
-                        if is_complete_jpeg(data) and header_verdict(data, limit):
+                        if nvjpeg_verdict(data, limit) is True:
                             kind, off = "jpeg", at
                             at += size
             except OSError:
@@ -76,10 +93,10 @@ class ReaderProcess:
     ``request`` / ``receive`` in order, ``close`` at the end."""
 
     def __init__(self, proc: subprocess.Popen[bytes], conn: Connection, buf: mmap.mmap,
-                 view: Any) -> None:
+                 view: torch.Tensor) -> None:
         self._proc, self._conn, self._buf = proc, conn, buf
         self.slots = len(buf) // SLOT_BYTES
-        self.view = view  # 1-D uint8 CPU tensor over the whole shared buffer
+        self.view: torch.Tensor | None = view  # 1-D uint8 CPU tensor over the buffer
 
     @classmethod
     def start(cls, limit: int | None) -> ReaderProcess | None:
@@ -97,7 +114,7 @@ class ReaderProcess:
             ours_sock, theirs_sock = socket.socketpair()
             ours, theirs = ours_sock.detach(), theirs_sock.detach()
             proc = subprocess.Popen(
-                [sys.executable, "-m", "pochitrain.inference.read_proc", str(theirs), str(fd),
+                [sys.executable, "-m", "pochitrain.gpu_input.read_proc", str(theirs), str(fd),
                  str(SLOTS), "" if limit is None else str(limit)],
                 pass_fds=(theirs, fd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL)
@@ -113,9 +130,14 @@ class ReaderProcess:
     def request(self, slot: int, paths: list[Path]) -> None:
         self._conn.send((slot, [os.fspath(p) for p in paths]))
 
-    def receive(self) -> tuple[int, list[tuple[str, int, int]]]:
+    def receive(self) -> tuple[int, list[Answer]]:
         slot, answers = self._conn.recv()
-        return int(slot), answers
+        return int(slot), [Answer(*a) for a in answers]
+
+    def stop(self) -> None:
+        """Kill the helper and wait for it (what a crash does; used by the tests)."""
+        self._proc.kill()
+        self._proc.wait()
 
     def close(self) -> None:
         try:
@@ -136,28 +158,29 @@ class ReaderProcess:
 
 
 class SlotChunks:
-    """Chunks of ``batch_size`` read files, in order, as ``GpuBatches._chunks`` gives them, read
-    by a :class:`ReaderProcess`. Call :meth:`consumed` after decoding each chunk: it hands
-    the slots of those files back. ``fallback(paths)`` reads files in the command (the
-    thread pool's ``_read``): the "other" answers, and everything once the helper failed."""
+    """Chunks of ``batch_size`` read files (``read.Entry`` lists), in order, read by a
+    :class:`ReaderProcess`. Call :meth:`consumed` after decoding each chunk: it hands the
+    slots of those files back. ``fallback(paths)`` reads files in the command (the thread
+    pool's ``read_item``): the "other" answers, and everything once the helper failed."""
 
     def __init__(self, reader: ReaderProcess, samples: list[tuple[Path, int]], batch_size: int,
-                 fallback: Callable[[list[Path]], list[tuple[str, Any]]]) -> None:
+                 fallback: Callable[[list[Path]], Iterable[Read]]) -> None:
         self.reader, self.samples, self.batch_size = reader, samples, batch_size
         self.fallback = fallback
         self.free: deque[int] = deque(range(reader.slots))
-        self.held: deque[list[int]] = deque()  # [slot, files not yet decoded], in order
+        self.held: deque[_Held] = deque()  # in order
         self.failed: str | None = None
 
     def consumed(self, n: int) -> None:
         while n and self.held:
-            take = min(n, self.held[0][1])
-            self.held[0][1] -= take
+            held = self.held[0]
+            take = min(n, held.pending)
+            held.pending -= take
             n -= take
-            if self.held[0][1] == 0:
-                slot = self.held.popleft()[0]
-                if slot >= 0:
-                    self.free.append(slot)
+            if held.pending == 0:
+                self.held.popleft()
+                if held.slot >= 0:
+                    self.free.append(held.slot)
 
     def _groups(self) -> Iterator[list[Entry]]:
         """Each group of files, read, in order."""
@@ -184,24 +207,34 @@ class SlotChunks:
                         self.failed = f"{type(exc).__name__}: {exc}"
                 if answers is None:  # the helper is gone: this group is read here
                     self.free.append(slot)
-                    slot, answers = -1, [("other", 0, 0)] * len(part)
+                    slot, answers = -1, [OTHER] * len(part)
             else:  # every slot waits for a decode (batch_size > SLOTS * GROUP), or failed
                 part = self.samples[starts[0]:starts.popleft() + GROUP]
-                slot, answers = -1, [("other", 0, 0)] * len(part)
-            self.held.append([slot, len(part)])
+                slot, answers = -1, [OTHER] * len(part)
+            self.held.append(_Held(slot, len(part)))
             yield self._entries(part, answers)
 
-    def _entries(self, part: list[tuple[Path, int]],
-                 answers: list[tuple[str, int, int]]) -> list[Entry]:
+    def _entries(self, part: list[tuple[Path, int]], answers: list[Answer]) -> list[Entry]:
+        from pochitrain.gpu_input.read import Entry
+
         view = self.reader.view
-        others = [p for (p, _), (kind, _, _) in zip(part, answers) if kind != "jpeg"]
+        assert view is not None
+        others = [p for (p, _), a in zip(part, answers) if a.kind != "jpeg"]
         read = iter(self.fallback(others) if others else [])
-        return [(path, label, "jpeg", view[off:off + size]) if kind == "jpeg"
-                else (path, label, *next(read))
-                for (path, label), (kind, off, size) in zip(part, answers)]
+        return [Entry(path, label, "jpeg", view[a.offset:a.offset + a.size])
+                if a.kind == "jpeg" else Entry(path, label, *next(read))
+                for (path, label), a in zip(part, answers)]
 
     def __iter__(self) -> Iterator[list[Entry]]:
         return rebatch(self._groups(), self.batch_size)
+
+
+@dataclass
+class _Held:
+    """A group handed out: its slot (-1: read in the command) and files not yet decoded."""
+
+    slot: int
+    pending: int
 
 
 def rebatch(groups: Iterable[list[T]], size: int) -> Iterator[list[T]]:

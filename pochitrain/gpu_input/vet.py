@@ -1,5 +1,6 @@
-"""What the GPU path must know about a JPEG before handing it to nvJPEG, read from its header
-bytes alone: the size (PIL's pixel limit) and the EXIF orientation (nvJPEG ignores it).
+"""Will nvJPEG read this file as PIL would? Decided here, from the header bytes alone where
+they can be parsed: the size (PIL's pixel limit), the EXIF orientation (nvJPEG ignores it) and
+the colour model; PIL is asked only for headers this parser cannot read.
 
 Parsing the markers directly costs microseconds; opening every file with PIL to ask the same
 took most of the GPU input pipeline's time (measured on an H200: 2,900 images/s with PIL's
@@ -8,6 +9,7 @@ header read against 26,000 for nvJPEG decoding alone).
 
 from __future__ import annotations
 
+import io
 import struct
 from dataclasses import dataclass
 
@@ -108,3 +110,35 @@ def header_verdict(data: bytes | bytearray | memoryview, limit: int | None) -> b
         return None
     return (header.orientation == 1 and header.plain_colour
             and (limit is None or header.width * header.height <= limit))
+
+
+def nvjpeg_verdict(data: bytes | bytearray | memoryview, limit: int | None) -> bool | None:
+    """Whether ``data`` is a complete JPEG that nvJPEG decodes as PIL would, from the bytes
+    alone: True, False, or None when the header cannot be parsed here (ask PIL)."""
+    if not is_complete_jpeg(data):
+        return False
+    return header_verdict(data, limit)
+
+
+def nvjpeg_reads_like_pil(data: bytes | bytearray | memoryview) -> bool:
+    """False when nvJPEG would give other pixels than ``data.open_rgb``: an EXIF orientation
+    to apply (nvJPEG ignores it), CMYK / YCCK or RGB-coded colour (PIL converts those its own
+    way), or more pixels than PIL's limit. Reads the header only."""
+    from PIL import Image
+
+    verdict = header_verdict(data, Image.MAX_IMAGE_PIXELS)
+    if verdict is not None:
+        return verdict
+    try:  # markers we cannot read: ask PIL
+        with Image.open(io.BytesIO(data)) as img:
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit is not None and img.width * img.height > limit:
+                return False
+            return img.getexif().get(_ORIENTATION_TAG, 1) == 1
+    except Exception:  # noqa: BLE001 - anything odd: PIL (open_rgb) decides
+        return False
+
+
+def for_nvjpeg(data: bytes | bytearray | memoryview) -> bool:
+    """A complete JPEG that nvJPEG reads like PIL: hand it over still encoded."""
+    return is_complete_jpeg(data) and nvjpeg_reads_like_pil(data)

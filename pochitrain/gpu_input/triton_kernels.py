@@ -1,5 +1,5 @@
-"""The two Triton kernels of ``resize_kernel`` (separate so that importing that module does
-not import Triton)."""
+"""The two Triton kernels of ``banded`` (separate so that importing that module does not
+import Triton)."""
 
 from __future__ import annotations
 

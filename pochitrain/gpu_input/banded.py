@@ -1,6 +1,6 @@
 """Fused, banded resize + center-crop + normalize on the GPU (Triton), bit-exact to PIL.
 
-The dense-matmul resize (``gpu_resize.resize_group``) multiplies every output pixel by every
+The dense-matmul resize (``resample.resize_group``) multiplies every output pixel by every
 input pixel of its row, pads images to a common size and needs ~10 launches per size group.
 Here each output pixel reads only its filter window (``ceil(support) * 2 + 1`` taps, 5 for a
 500 -> 256 bilinear), straight from the decoded images concatenated into one flat buffer, in
@@ -22,14 +22,25 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from pochitrain.inference.gpu_resize import _SUPPORT, _filter, geometry
+from pochitrain.gpu_input.resample import PRECISION_BITS, SUPPORT, geometry, pil_filter
 from pochitrain.preprocess import Preprocess
 
-_BITS = 22  # PIL's PRECISION_BITS for 8-bit images
-_BLOCK_X = 64
-_BLOCK_R = 16
+if TYPE_CHECKING:
+    import torch
+
+BLOCK_X = 64
+BLOCK_R = 16
+
+
+class Band(NamedTuple):
+    """One axis of a batch for the kernels: the first input pixel of each output pixel's
+    window (n, n_out) int32, its fixed-point weights (n, n_out, taps) int32, and taps."""
+
+    start: torch.Tensor
+    coef: torch.Tensor
+    taps: int
 
 
 @lru_cache(maxsize=1)
@@ -46,12 +57,12 @@ def triton_available() -> bool:
 def supports(preprocess: Preprocess) -> bool:
     """Bilinear and bicubic (and crop-only) run here; nearest keeps the matmul path, which
     reproduces PIL's accumulated nearest coordinates exactly."""
-    return preprocess.resize is None or preprocess.interpolation in _SUPPORT
+    return preprocess.resize is None or preprocess.interpolation in SUPPORT
 
 
 def taps(in_len: int, out_len: int, mode: str) -> int:
     """Window length PIL allocates for one output pixel (``ksize``)."""
-    support = _SUPPORT[mode] * max(in_len / out_len, 1.0)
+    support = SUPPORT[mode] * max(in_len / out_len, 1.0)
     return math.ceil(support) * 2 + 1
 
 
@@ -59,7 +70,7 @@ def window_bounds(in_len: int, out_len: int, first: int, last: int,
                   mode: str) -> tuple[int, int]:
     """[lo, hi) input pixels that resized pixels ``first..last`` (inclusive) read."""
     scale = in_len / out_len
-    support = _SUPPORT[mode] * max(scale, 1.0)
+    support = SUPPORT[mode] * max(scale, 1.0)
     lo = max(int((first + 0.5) * scale - support + 0.5), 0)
     hi = min(int((last + 0.5) * scale + support + 0.5), in_len)
     return lo, hi
@@ -86,27 +97,29 @@ def band(in_len: Any, out_len: Any, offset: Any, lo: Any, n_out: int, n_taps: in
     scale = size_in / size_out
     t = torch.arange(n_taps, device=dev, dtype=f64)[None, None, :]
     filterscale = scale.clamp(min=1.0)
-    support = _SUPPORT[mode] * filterscale
+    support = SUPPORT[mode] * filterscale
     center = (o + 0.5) * scale
     xmin = torch.trunc(center - support + 0.5).clamp(min=0.0)
     xmax = torch.minimum(torch.trunc(center + support + 0.5), size_in)
     j = xmin[:, :, None] + t
-    w = _filter((j - center[:, :, None] + 0.5) * (1.0 / filterscale[:, :, None]), mode)  # PIL: * ss
+    w = pil_filter((j - center[:, :, None] + 0.5) * (1.0 / filterscale[:, :, None]),
+                   mode)  # PIL: * ss
     w = w * ((j < xmax[:, :, None]) & inside[:, :, None])
     total = w[:, :, :1].clone()
     for i in range(1, n_taps):  # PIL's summation order, so that rounding agrees
         total += w[:, :, i:i + 1]
     w = torch.where(total != 0, w / torch.where(total != 0, total, 1.0), 0.0)
-    coef = torch.trunc(w * float(1 << _BITS) + torch.where(w < 0, -0.5, 0.5))
+    coef = fixed_point(w)
     start = torch.where(inside, xmin, 0.0)
     start = (start - lo.to(f64)[:, None]).clamp(min=0.0)
     return start.to(torch.int32), coef.to(torch.int32)
 
 
-def _kernels() -> tuple[Any, Any]:
-    from pochitrain.inference import resize_triton  # imports triton: only when used
+def fixed_point(w: torch.Tensor) -> torch.Tensor:
+    """float64 weights -> PIL's 22-bit fixed point (``normalize_coeffs_8bpc``), still float."""
+    import torch
 
-    return resize_triton.horizontal, resize_triton.vertical
+    return torch.trunc(w * float(1 << PRECISION_BITS) + torch.where(w < 0, -0.5, 0.5))
 
 
 def _norm(preprocess: Preprocess, device: Any) -> Any:
@@ -168,7 +181,7 @@ def resize_normalize(images: list[Any], preprocess: Preprocess, out: Any) -> Any
     import torch
 
     mode = preprocess.interpolation if preprocess.resize is not None else "bilinear"
-    if mode not in _SUPPORT:
+    if mode not in SUPPORT:
         raise ValueError(f"no banded GPU resize for interpolation {mode!r}")
     out_h, out_w = int(out.shape[2]), int(out.shape[3])
     dev = images[0].device
@@ -193,8 +206,8 @@ def _two_passes(plans: list[dict[str, Any]], src: Any, out: Any, norm: Any, mode
 
     n, dev = len(plans), src.device
     out_h, out_w = int(out.shape[2]), int(out.shape[3])
-    t_x = _bucket(max(p["tx"] for p in plans))
-    t_y = _bucket(max(p["ty"] for p in plans))
+    t_x = bucket_taps(max(p["tx"] for p in plans))
+    t_y = bucket_taps(max(p["ty"] for p in plans))
     keep = "cols" if vfirst else "rows"  # the axis the first pass keeps at input resolution
     span = max(max(p[keep][1] - p[keep][0] for p in plans), 1)
     geo = torch.tensor([[p["h"], p["w"], p["rh"], p["rw"], p["oy"], p["ox"], p["rows"][0],
@@ -203,38 +216,53 @@ def _two_passes(plans: list[dict[str, Any]], src: Any, out: Any, norm: Any, mode
     # windows relative to what the first pass keeps: rows from rows[0] (horizontal first),
     # columns from cols[0] (vertical first); the other axis starts at 0 of the source
     zero = torch.zeros(n, dtype=torch.int64, device=dev)
-    sy, cy = band(geo[:, 0], geo[:, 2], geo[:, 4], zero if vfirst else geo[:, 6], out_h,
-                  t_y, mode)
-    sx, cx = band(geo[:, 1], geo[:, 3], geo[:, 5], geo[:, 7] if vfirst else zero, out_w,
-                  t_x, mode)
+    y = Band(*band(geo[:, 0], geo[:, 2], geo[:, 4], zero if vfirst else geo[:, 6], out_h,
+                   t_y, mode), t_y)
+    x = Band(*band(geo[:, 1], geo[:, 3], geo[:, 5], geo[:, 7] if vfirst else zero, out_w,
+                   t_x, mode), t_x)
     src_rows = [[p["base"], p["h"] * p["w"], p["w"],
                  0 if vfirst else p["rows"][0], p["cols"][0] if vfirst else 0,
                  p["h"] - (0 if vfirst else p["rows"][0]),
                  p["w"] - (p["cols"][0] if vfirst else 0)] for p in plans]
+    two_passes(src, src_rows, y, x, out, norm, span, vfirst)
+
+
+def two_passes(src: torch.Tensor, src_rows: list[list[int]], y: Band, x: Band,
+               out: torch.Tensor, norm: torch.Tensor, span: int, vfirst: bool) -> None:
+    """Launch the two kernels over a batch: ``src`` the images' uint8 pixels concatenated,
+    ``src_rows`` one addressing row per image (``triton_kernels``: flat offset, plane stride,
+    row stride, first row, first column, rows, columns), ``span`` the lines the first pass
+    keeps at input resolution, ``out`` (n, 3, H, W) written as ``v * scale - shift`` with
+    ``norm`` = (scale[3], shift[3])."""
+    import torch
+
+    from pochitrain.gpu_input import triton_kernels as kernels  # imports triton: when used
+
+    n, dev = len(src_rows), src.device
+    out_h, out_w = int(out.shape[2]), int(out.shape[3])
     lines, outs = (out_h, span) if vfirst else (span, out_w)
     tmp_rows = [[k * 3 * lines * outs, lines * outs, outs, 0, 0, lines, outs]
                 for k in range(n)]
     img = torch.tensor(src_rows + tmp_rows, dtype=torch.int64).to(dev, non_blocking=True)
     tmp = torch.empty((n, 3, lines, outs), dtype=torch.uint8, device=dev)
-    horizontal, vertical = _kernels()
 
     def grid(n_i: int, n_j: int) -> tuple[int, int, int]:
-        return (n * 3, -(-n_i // _BLOCK_R), -(-n_j // _BLOCK_X))
+        return (n * 3, -(-n_i // BLOCK_R), -(-n_j // BLOCK_X))
 
-    blocks = {"BLOCK_L": _BLOCK_R, "BLOCK_O": _BLOCK_X}
+    blocks = {"BLOCK_L": BLOCK_R, "BLOCK_O": BLOCK_X}
     if vfirst:
-        vertical[grid(out_h, span)](src, img[:n], sy, cy, tmp, norm, out_h, span, TAPS=t_y,
-                                    FINAL=False, **blocks)
-        horizontal[grid(out_h, out_w)](tmp, img[n:], sx, cx, out, norm, out_h, out_w,
-                                       TAPS=t_x, FINAL=True, **blocks)
+        kernels.vertical[grid(out_h, span)](src, img[:n], y.start, y.coef, tmp, norm, out_h,
+                                            span, TAPS=y.taps, FINAL=False, **blocks)
+        kernels.horizontal[grid(out_h, out_w)](tmp, img[n:], x.start, x.coef, out, norm, out_h,
+                                               out_w, TAPS=x.taps, FINAL=True, **blocks)
     else:
-        horizontal[grid(span, out_w)](src, img[:n], sx, cx, tmp, norm, span, out_w, TAPS=t_x,
-                                      FINAL=False, **blocks)
-        vertical[grid(out_h, out_w)](tmp, img[n:], sy, cy, out, norm, out_h, out_w,
-                                     TAPS=t_y, FINAL=True, **blocks)
+        kernels.horizontal[grid(span, out_w)](src, img[:n], x.start, x.coef, tmp, norm, span,
+                                              out_w, TAPS=x.taps, FINAL=False, **blocks)
+        kernels.vertical[grid(out_h, out_w)](tmp, img[n:], y.start, y.coef, out, norm, out_h,
+                                             out_w, TAPS=y.taps, FINAL=True, **blocks)
 
 
-def _bucket(n_taps: int) -> int:
+def bucket_taps(n_taps: int) -> int:
     """Round the tap count up so that a few compiled variants serve every image size."""
     for b in (1, 3, 5, 7, 9, 13, 17, 25, 33):
         if n_taps <= b:

@@ -1,4 +1,4 @@
-"""GPU input for training: decode JPEGs with nvJPEG and run the config's transforms on the GPU.
+"""The training loader of the GPU input: nvJPEG decode and the config's transforms on the GPU.
 
 ``gpu_input = "auto" | True | False`` (config) picks it. The train / val transforms are mapped
 transform by transform (``map_transforms``): torchvision's transforms that work on tensors
@@ -8,26 +8,22 @@ Normalize, ...) run unchanged on a (3, H, W) uint8 CUDA tensor, each image with 
 parameters; ``ToTensor`` becomes a division by 255. Anything else (a lambda, a custom class,
 a PIL-only transform) makes the whole run use the CPU DataLoader, said once with the reason.
 
-Images: JPEGs are decoded in chunks by ``torchvision.io.decode_jpeg(device="cuda")``; other
-formats, JPEGs nvJPEG refuses and EXIF-rotated JPEGs by PIL (``data.open_rgb``), so skips
-and orientation follow the CPU path. ``gpu_input_cache = "ram" | "gpu"`` decodes the dataset
+Images are read and decoded by the ``pochitrain.gpu_input`` package (nvJPEG, else PIL's
+``data.open_rgb``), so skips and orientation follow the CPU path. ``gpu_input_cache = "ram" | "gpu"`` decodes the dataset
 once and keeps uint8 tensors (the memory it takes is printed first; too large is a DataError).
 
 Transforms: ``gpu_batch.compile_chain`` runs a chain as a few whole-batch kernels (one
 antialiased resample per image for resize / crop / flip, then colour, rotation, Normalize on
 the (N, 3, H, W) batch); a chain it cannot reproduce runs per image (``apply``), said once.
-Batches are prepared one or two ahead in a thread, on their own CUDA stream, while the model
-trains on the current one.
+Batches are prepared one or two ahead (``gpu_input.prefetch``), on their own CUDA stream,
+while the model trains on the current one.
 
 The same code runs on CPU tensors (``device="cpu"``), which is how the tests exercise it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import queue
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,9 +31,19 @@ from typing import Any
 
 import torch
 
-from pochitrain.data import ImageFolder, open_rgb
+from pochitrain.data import ImageFolder
 from pochitrain.errors import ConfigError, DataError
-from pochitrain.inference.gpu_preprocess import _read, map_grouped, quick_gil_handoff, read_threads
+from pochitrain.gpu_input import (
+    Decoder,
+    Entry,
+    Options,
+    Read,
+    map_grouped,
+    prefetch,
+    quick_gil_handoff,
+    read_threads,
+    reader_for,
+)
 from pochitrain.training.data import Batch, lone_last_image
 from pochitrain.training.gpu_batch import Plan, compile_chain
 
@@ -112,47 +118,14 @@ def decide(choice: Any, device: str, transforms: dict[str, Any]) -> tuple[bool, 
     return True, "CUDA and every transform has a GPU equivalent"
 
 
-def _pil_tensor(path: Path) -> torch.Tensor | None:
-    import numpy as np
-
-    image = open_rgb(path)
-    if image is None:
-        return None
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
-
-
-def decode(paths: list[Path], device: str, pool: ThreadPoolExecutor,
-           reads: Iterator[tuple[str, Any]] | None = None) -> list[Any]:
-    """uint8 (3, H, W) tensors on ``device`` (None where the file cannot be decoded).
-    ``reads``: the files' ``gpu_preprocess._read`` results, when already started
+def decode(paths: list[Path], decoder: Decoder, pool: ThreadPoolExecutor,
+           reads: Iterator[Read] | None = None) -> list[torch.Tensor | None]:
+    """uint8 (3, H, W) tensors on the decoder's device (None where the file cannot be
+    decoded). ``reads``: the files' ``gpu_input.read_item`` results, when already started
     (``GpuLoader._reads``, one batch ahead)."""
-    from pochitrain.fastimport import import_torchvision
-
-    import_torchvision()  # without TorchDynamo's import cost
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    out: list[Any] = [None] * len(paths)
-    jpeg_i, jpeg_data = [], []
-    for i, (kind, payload) in enumerate(reads if reads is not None
-                                        else map_grouped(pool, _read, paths)):
-        if kind == "jpeg":
-            jpeg_i.append(i)
-            jpeg_data.append(payload)
-        elif kind == "rgb":  # decoded by PIL in the reading thread
-            out[i] = torch.from_numpy(payload.copy()).permute(2, 0, 1).contiguous().to(
-                device, non_blocking=True)
-    if jpeg_data:
-        try:
-            images = decode_jpeg(jpeg_data, mode=ImageReadMode.RGB, device=device)
-        except RuntimeError:  # one bad file fails the batch: let PIL decide each one
-            images = [paths[i] for i in jpeg_i]
-        for i, image in zip(jpeg_i, images, strict=True):
-            out[i] = image
-    for i, item in enumerate(out):
-        if isinstance(item, Path):
-            t = _pil_tensor(item)
-            out[i] = None if t is None else t.to(device, non_blocking=True)
-    return out
+    if reads is None:
+        reads = map_grouped(pool, reader_for(Options.from_env().native_reads), paths)
+    return decoder.decode([Entry(path, 0, *got) for path, got in zip(paths, reads)])
 
 
 class _Samples:
@@ -194,6 +167,8 @@ class GpuLoader:
         if seed is not None:
             self.generator.manual_seed(seed)
         self.pool = ThreadPoolExecutor(threads or read_threads("training"))
+        self.decoder = Decoder(device)
+        self.read = reader_for(Options.from_env().native_reads)
 
     def resharded(self, sampler: Any, batch_size: int, drop_last: bool = False) -> GpuLoader:
         new = GpuLoader.__new__(GpuLoader)
@@ -227,22 +202,32 @@ class GpuLoader:
                 for chunk in chunks:
                     yield self._batch(chunk)
                 return
-            yield from _prefetched(self, chunks)
+            yield from prefetch(lambda: self._read_ahead(chunks), self.device,
+                                depth=self.prefetch, name="pochi-gpu-input", handoff="event",
+                                tensors=lambda b: (b.images, b.labels))
 
-    def _reads(self, chunk: list[int]) -> Iterator[tuple[str, Any]] | None:
+    def _read_ahead(self, chunks: list[list[int]]) -> Iterator[Batch]:
+        """The batches of ``chunks``; the next batch's files are read while one is made."""
+        ahead = self._reads(chunks[0]) if chunks else None
+        for k, chunk in enumerate(chunks):
+            reads = ahead
+            ahead = self._reads(chunks[k + 1]) if k + 1 < len(chunks) else None
+            yield self._batch(chunk, reads)
+
+    def _reads(self, chunk: list[int]) -> Iterator[Read] | None:
         """Start reading the files of ``chunk`` (None when the images are cached)."""
         if self.cache is not None:
             return None
-        return map_grouped(self.pool, _read, [self.folder.samples[i][0] for i in chunk])
+        return map_grouped(self.pool, self.read, [self.folder.samples[i][0] for i in chunk])
 
-    def _batch(self, chunk: list[int], reads: Iterator[tuple[str, Any]] | None = None) -> Batch:
+    def _batch(self, chunk: list[int], reads: Iterator[Read] | None = None) -> Batch:
         samples = self.folder.samples
         if self.cache is not None:
             images = [self.cache[i] for i in chunk]
             images = [None if im is None else im.to(self.device, non_blocking=True)
                       for im in images]
         else:
-            images = decode([samples[i][0] for i in chunk], self.device, self.pool, reads)
+            images = decode([samples[i][0] for i in chunk], self.decoder, self.pool, reads)
         good = [(im, samples[i][1]) for im, i in zip(images, chunk, strict=True)
                 if im is not None]
         skipped = [i for im, i in zip(images, chunk, strict=True) if im is None]
@@ -266,67 +251,6 @@ class GpuLoader:
                     break
         if self.device.startswith("cuda"):
             torch.cuda.synchronize(self.device)
-
-
-_END = object()
-
-
-def _prefetched(loader: GpuLoader, chunks: list[list[int]]) -> Iterator[Batch]:
-    """The loader's batches, made ``loader.prefetch`` ahead in a thread (CUDA: on a side
-    stream, so decoding and transforms overlap the training step)."""
-    cuda = loader.device.startswith("cuda")
-    stream = torch.cuda.Stream(loader.device) if cuda else None
-    out: queue.Queue[Any] = queue.Queue(maxsize=loader.prefetch)
-    stop = threading.Event()
-
-    def put(item: Any) -> None:
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def produce() -> None:
-        try:
-            ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
-            with ctx:
-                ahead = loader._reads(chunks[0]) if chunks else None
-                for k, chunk in enumerate(chunks):
-                    if stop.is_set():
-                        return
-                    reads = ahead  # the next batch's files are read while this one is made
-                    ahead = loader._reads(chunks[k + 1]) if k + 1 < len(chunks) else None
-                    batch = loader._batch(chunk, reads)
-                    event = None
-                    if stream is not None:
-                        event = torch.cuda.Event()
-                        event.record(stream)
-                    put((batch, event))
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
-            put(exc)
-        put(_END)
-
-    worker = threading.Thread(target=produce, name="pochi-gpu-input", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = out.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            batch, event = item
-            if event is not None:
-                current = torch.cuda.current_stream(loader.device)
-                current.wait_event(event)
-                for t in (batch.images, batch.labels):
-                    if t is not None:
-                        t.record_stream(current)
-            yield batch
-    finally:
-        stop.set()
-        worker.join()
 
 
 def cache_bytes(folder: ImageFolder) -> int:
@@ -365,10 +289,11 @@ def build_cache(folder: ImageFolder, where: str, device: str, split: str) -> lis
                         "'gpu', or resize the images on disk first.")
     target = device if where == "gpu" else "cpu"
     out: list[Any] = []
+    decoder = Decoder(device)
     with ThreadPoolExecutor(read_threads("training")) as pool:
         paths = [p for p, _ in folder.samples]
         for start in range(0, len(paths), 256):
-            for im in decode(paths[start:start + 256], device, pool):
+            for im in decode(paths[start:start + 256], decoder, pool):
                 out.append(None if im is None else im.to(target))
     return out
 

@@ -1,0 +1,170 @@
+"""GPU input: image files -> decoded, resized, normalized batches on the GPU.
+
+Used by inference (``pochi infer``, ``Predictor``), training (``training.gpu_loader``) and
+``pochi serve`` through the names below only. The same code runs on CPU tensors, which is
+how the tests exercise it.
+
+Read + vet (``read``, ``vet``, ``read_proc``)
+    ``read_item(path) -> Read(kind, payload)``: ``"jpeg"`` (the bytes, for nvJPEG),
+    ``"rgb"`` (decoded by PIL) or ``"bad"``; ``for_nvjpeg(data)`` is the one answer to
+    "will nvJPEG read this like PIL"; ``read_file``, ``map_grouped``; ``ReaderProcess`` /
+    ``SlotChunks``: files read by a helper process into shared memory.
+Decode (``decode``)
+    ``Decoder(device).decode(entries)``: nvJPEG, else PIL; None for undecodable inputs.
+Resample (``resample``, ``banded``, ``resize``)
+    PIL-exact resize: the banded Triton kernels (``resize_normalize``, ``two_passes``,
+    ``band``, ``fixed_point``) and the batched-matmul fallback (``resize_batch``);
+    ``to_batch`` picks one. ``pil_filter`` / ``SUPPORT`` / ``bucket_taps`` /
+    ``banded_usable`` serve the training's geometric stage.
+Prefetch (``prefetcher``)
+    ``prefetch(make, device)``: a generator run ahead in a thread on its own CUDA stream.
+Batches (``batches``)
+    ``GpuBatches(preprocess, device)(samples, batch_size)`` -> ``InputBatch`` items;
+    ``GpuBatches.assemble(entries) -> Assembled(batch, failed)`` for inputs in memory;
+    ``resolve_pipeline`` for ``--pipeline auto|cpu|gpu``.
+Options (``options``)
+    ``Options.from_env()``: the ``POCHI_READER``, ``POCHI_READ_THREADS`` and
+    ``POCHI_GPU_RESIZE`` switches; ``quick_gil_handoff``; ``KERNELS`` (kernel failures).
+
+Names are loaded on first use: importing this package imports neither torch nor PIL (the
+reader helper process runs ``python -m pochitrain.gpu_input.read_proc``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pochitrain.gpu_input.banded import (
+        Band,
+        band,
+        bucket_taps,
+        fixed_point,
+        resize_normalize,
+        supports,
+        taps,
+        triton_available,
+        two_passes,
+        window_bounds,
+    )
+    from pochitrain.gpu_input.batches import (
+        PIPELINES,
+        Assembled,
+        GpuBatches,
+        InputBatch,
+        gpu_unsupported,
+        resolve_pipeline,
+    )
+    from pochitrain.gpu_input.decode import Decoder
+    from pochitrain.gpu_input.options import (
+        KERNELS,
+        READ_THREADS,
+        SWITCH_INTERVAL,
+        Options,
+        quick_gil_handoff,
+        read_threads,
+    )
+    from pochitrain.gpu_input.prefetcher import prefetch
+    from pochitrain.gpu_input.read import (
+        Entry,
+        Read,
+        map_grouped,
+        read_file,
+        read_file_python,
+        read_item,
+        reader_for,
+    )
+    from pochitrain.gpu_input.read_proc import ReaderProcess, SlotChunks, rebatch
+    from pochitrain.gpu_input.resample import SUPPORT, geometry, pil_filter, resize_batch
+    from pochitrain.gpu_input.resize import (
+        banded_usable,
+        normalize_,
+        resize_crop,
+        resize_path,
+        to_batch,
+    )
+    from pochitrain.gpu_input.vet import (
+        JpegHeader,
+        for_nvjpeg,
+        is_complete_jpeg,
+        nvjpeg_reads_like_pil,
+        read_header,
+    )
+
+__all__ = [
+    "KERNELS",
+    "PIPELINES",
+    "READ_THREADS",
+    "SUPPORT",
+    "SWITCH_INTERVAL",
+    "Assembled",
+    "Band",
+    "Decoder",
+    "Entry",
+    "GpuBatches",
+    "InputBatch",
+    "JpegHeader",
+    "Options",
+    "Read",
+    "ReaderProcess",
+    "SlotChunks",
+    "band",
+    "banded_usable",
+    "bucket_taps",
+    "fixed_point",
+    "for_nvjpeg",
+    "geometry",
+    "gpu_unsupported",
+    "is_complete_jpeg",
+    "map_grouped",
+    "normalize_",
+    "nvjpeg_reads_like_pil",
+    "pil_filter",
+    "prefetch",
+    "quick_gil_handoff",
+    "read_file",
+    "read_file_python",
+    "read_header",
+    "read_item",
+    "read_threads",
+    "reader_for",
+    "rebatch",
+    "resize_batch",
+    "resize_crop",
+    "resize_normalize",
+    "resize_path",
+    "resolve_pipeline",
+    "supports",
+    "taps",
+    "to_batch",
+    "triton_available",
+    "two_passes",
+    "window_bounds",
+]
+
+_HOMES = {
+    "banded": ("Band", "band", "bucket_taps", "fixed_point", "resize_normalize", "supports",
+               "taps", "triton_available", "two_passes", "window_bounds"),
+    "batches": ("PIPELINES", "Assembled", "GpuBatches", "InputBatch", "gpu_unsupported",
+                "resolve_pipeline"),
+    "decode": ("Decoder",),
+    "options": ("KERNELS", "READ_THREADS", "SWITCH_INTERVAL", "Options", "quick_gil_handoff",
+                "read_threads"),
+    "prefetcher": ("prefetch",),
+    "read": ("Entry", "Read", "map_grouped", "read_file", "read_file_python", "read_item",
+             "reader_for"),
+    "read_proc": ("ReaderProcess", "SlotChunks", "rebatch"),
+    "resample": ("SUPPORT", "geometry", "pil_filter", "resize_batch"),
+    "resize": ("banded_usable", "normalize_", "resize_crop", "resize_path", "to_batch"),
+    "vet": ("JpegHeader", "for_nvjpeg", "is_complete_jpeg", "nvjpeg_reads_like_pil",
+            "read_header"),
+}
+_WHERE = {name: module for module, names in _HOMES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pochitrain.gpu_input' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"pochitrain.gpu_input.{module}"), name)

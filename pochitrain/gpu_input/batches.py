@@ -1,0 +1,271 @@
+"""GPU input pipeline for inference (``--pipeline gpu``): keeps the GPU fed.
+
+Two stages, each in its own thread on its own CUDA stream (``prefetch``), one batch ahead of
+the model: (1) files are read (``read``: a thread pool, or the reader process of
+``read_proc`` for long passes) and each chunk is decoded (``decode``: nvJPEG, else PIL);
+(2) the uint8 images of a batch are resized, center-cropped and normalized together
+(``resize.to_batch``).
+
+Skips follow the CPU path: a file is skipped when PIL (``data.open_rgb``) cannot decode it.
+Differences from the CPU path (``Preprocess.__call__``, PIL): the matmul resize reproduces
+PIL's fixed-point arithmetic up to float32 rounding (rare +-1 levels); nvJPEG's IDCT / chroma
+upsampling differ slightly from libjpeg's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+from pochitrain.errors import UsageError
+from pochitrain.gpu_input.decode import Decoder
+from pochitrain.gpu_input.options import Options, quick_gil_handoff, read_threads
+from pochitrain.gpu_input.read import READ_GROUP, Entry, map_grouped, read_groups, reader_for
+from pochitrain.gpu_input.resize import resize_path, to_batch
+from pochitrain.preprocess import Preprocess
+
+if TYPE_CHECKING:
+    import torch
+
+    from pochitrain.gpu_input.read_proc import ReaderProcess
+
+PIPELINES = ("auto", "cpu", "gpu")
+# the Preprocess interpolations the GPU reproduces
+GPU_INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
+
+class InputBatch(NamedTuple):
+    """One batch, as ``loop.iter_batches`` gives it: images (None when every file of it was
+    skipped), paths, labels and skipped paths."""
+
+    images: torch.Tensor | None
+    paths: list[Path]
+    labels: list[int]
+    skipped: list[Path]
+
+
+class Assembled(NamedTuple):
+    """Decoded inputs as one batch (None when none decoded) and the indices that failed."""
+
+    batch: torch.Tensor | None
+    failed: list[int]
+
+
+def gpu_unsupported(preprocess: Preprocess) -> str | None:
+    """Why ``preprocess`` cannot run on the GPU pipeline, or None when it can."""
+    if preprocess.resize is not None and preprocess.interpolation not in GPU_INTERPOLATIONS:
+        return (f"interpolation {preprocess.interpolation!r} has no GPU equivalent "
+                f"(supported: {', '.join(GPU_INTERPOLATIONS)})")
+    return None
+
+
+def resolve_pipeline(pipeline: str, device: str, preprocess: Preprocess) -> tuple[str, str]:
+    """(``"cpu"`` or ``"gpu"``, a one-line reason) for ``--pipeline auto|cpu|gpu``."""
+    if pipeline not in PIPELINES:
+        raise UsageError(f"Unknown --pipeline {pipeline!r}.", "Use auto, cpu or gpu.")
+    on_gpu = device.startswith("cuda")
+    why_not = gpu_unsupported(preprocess)
+    if pipeline == "gpu":
+        if not on_gpu:
+            raise UsageError("--pipeline gpu needs the model on a CUDA GPU; this run uses the "
+                             "CPU.", "Use --pipeline cpu (or auto), or --device cuda on a GPU.")
+        if why_not:
+            raise UsageError(f"--pipeline gpu cannot reproduce this preprocessing: {why_not}.",
+                             "Use --pipeline cpu (PIL), which supports every interpolation.")
+        return "gpu", "asked for"
+    if pipeline == "cpu":
+        return "cpu", "asked for"
+    if not on_gpu:
+        return "cpu", "model on the CPU"
+    if why_not:
+        return "cpu", why_not
+    return "gpu", "CUDA available"
+
+
+class GpuBatches:
+    """``batches(samples, batch_size)`` -> iterator of :class:`InputBatch` (float32 NCHW
+    tensor on ``device``), in input order; a drop-in for ``loop.iter_batches``.
+    :meth:`assemble` makes one batch of inputs already in memory (``pochi serve``).
+
+    ``device="cpu"`` runs the same code without streams or nvJPEG (used by the tests).
+    """
+
+    def __init__(self, preprocess: Preprocess, device: str = "cuda",
+                 workers: int | None = None) -> None:
+        import torch
+
+        why_not = gpu_unsupported(preprocess)
+        if why_not:
+            raise UsageError(f"The GPU pipeline cannot reproduce this preprocessing: {why_not}.",
+                             "Use --pipeline cpu.")
+        self._torch = torch
+        self.preprocess = preprocess
+        self.device = device
+        self.workers = workers or read_threads()
+        self.cuda = device.startswith("cuda")
+        self.decoder = Decoder(device)  # on CUDA nvJPEG's start overlaps the model's warm-up
+        self.reader_failed: str | None = None
+        self._resize_warm: threading.Thread | None = None
+        if self.cuda:  # and so does the resize kernels' (Triton finds and loads them)
+            self._resize_warm = threading.Thread(target=self._warm_resize,
+                                                 name="pochi-resize-warm", daemon=True)
+            self._resize_warm.start()
+
+    def _warm_resize(self) -> None:
+        """One resize of a blank image the size of a typical photo for this preprocessing."""
+        torch = self._torch
+        h, w = self.preprocess.input_size
+        with contextlib.suppress(Exception):  # a real batch meets (and reports) any problem
+            stream = torch.cuda.Stream(self.device)  # its own: a model may be capturing a graph
+            with torch.cuda.stream(stream):
+                blank = torch.zeros((3, h * 3 // 2 + 1, w * 2), dtype=torch.uint8,
+                                    device=self.device)
+                to_batch([blank], self.preprocess, self.blank_batch(1))
+            stream.synchronize()
+
+    def blank_batch(self, n: int) -> torch.Tensor:
+        """Zeros shaped, typed and placed like this pipeline's batches (the model's warm-up)."""
+        h, w = self.preprocess.input_size
+        return self._torch.zeros((n, 3, h, w), dtype=self._torch.float32, device=self.device)
+
+    @property
+    def jpeg_decoder(self) -> str:
+        """"nvJPEG", or why PIL decodes instead (known once the start-up probe is done)."""
+        return self.decoder.name
+
+    def describe(self) -> str:
+        return (f"gpu (decode: {self.jpeg_decoder}; resize/crop/normalize on {self.device}: "
+                f"{resize_path(self.preprocess, self.device)})")
+
+    def to_batch(self, images: list[torch.Tensor]) -> torch.Tensor | None:
+        """Decoded (3, h, w) uint8 images -> one float32 NCHW batch (None for no images)."""
+        if not images:
+            return None
+        if self._resize_warm is not None:  # its kernels are ours: do not compile them twice
+            self._resize_warm.join()
+            self._resize_warm = None
+        h, w = self.preprocess.input_size
+        batch = self._torch.empty((len(images), 3, h, w), dtype=self._torch.float32,
+                                  device=self.device)
+        return to_batch(images, self.preprocess, batch)
+
+    def assemble(self, entries: Sequence[Entry]) -> Assembled:
+        """Inputs in memory -> one batch, ready on the current stream, and the indices that
+        could not be decoded. ``Entry.kind``: ``"jpeg"`` (payload: encoded bytes, source:
+        what PIL opens if nvJPEG cannot) or ``"rgb"`` (payload: (h, w, 3) uint8 array)."""
+        images = self.decoder.decode(entries)
+        failed = [i for i, image in enumerate(images) if image is None]
+        batch = self.to_batch([image for image in images if image is not None])
+        if batch is not None and self.cuda:
+            self._torch.cuda.current_stream(self.device).synchronize()
+        return Assembled(batch, failed)
+
+    def _items(self, decoded: Iterator[tuple[list[Entry], list[torch.Tensor | None]]],
+               batch_size: int) -> Iterator[InputBatch]:
+        """Batches of exactly ``batch_size`` decodable images (the last may be smaller), as
+        in the CPU path: fixed shapes keep CUDA graphs and cuDNN plans reusable."""
+        good: list[tuple[Entry, torch.Tensor]] = []
+        skipped: list[Path] = []
+        # The images were made on the decode thread's stream and are read on this one. No
+        # record_stream is needed (one call per image costs a visible share of the stage):
+        # an image is released only after a later yield, i.e. after the prefetcher
+        # synchronized this stream.
+        for chunk, images in decoded:
+            for entry, image in zip(chunk, images):
+                if image is None:
+                    skipped.append(entry.source)
+                else:
+                    good.append((entry, image))
+            while len(good) >= batch_size:
+                yield self._batch(good[:batch_size], skipped)
+                good, skipped = good[batch_size:], []
+        if good or skipped:
+            yield self._batch(good, skipped)
+
+    def _batch(self, good: list[tuple[Entry, torch.Tensor]], skipped: list[Path]) -> InputBatch:
+        return InputBatch(self.to_batch([image for _, image in good]),
+                          [e.source for e, _ in good], [e.label for e, _ in good], skipped)
+
+    def _decoded(self, pool: ThreadPoolExecutor, samples: list[tuple[Path, int]],
+                 batch_size: int, options: Options,
+                 ) -> Iterator[tuple[list[Entry], list[torch.Tensor | None]]]:
+        read = reader_for(options.native_reads)
+        reader = self._reader_process(len(samples), options)
+        if reader is None:
+            from pochitrain.gpu_input.read_proc import rebatch
+
+            ahead = max(2 * batch_size, self.workers * READ_GROUP)  # files in flight
+            for chunk in rebatch(read_groups(pool, read, samples, ahead), batch_size):
+                yield chunk, self.decoder.decode(chunk)
+            return
+        from pochitrain.gpu_input.read_proc import SlotChunks
+
+        chunks = SlotChunks(reader, samples, batch_size,
+                            lambda paths: list(map_grouped(pool, read, paths)))
+        try:
+            for chunk in chunks:
+                images = self.decoder.decode(chunk)
+                chunks.consumed(len(chunk))  # their bytes are no longer needed
+                yield [e._replace(payload=None) for e in chunk], images
+        finally:
+            reader.close()
+            if chunks.failed and not self.reader_failed:
+                from pochitrain.console import warn
+
+                self.reader_failed = chunks.failed
+                warn(f"The file reader process stopped ({chunks.failed}); reading in this "
+                     "process instead.")
+
+    def _reader_process(self, n_files: int, options: Options) -> ReaderProcess | None:
+        """A :class:`read_proc.ReaderProcess` for a pass over ``n_files``, or None: the read
+        thread is used for small jobs (the helper's start-up would cost more than it saves),
+        on machines with few cores, off Linux, and under ``POCHI_READER=thread|python``."""
+        if options.reader in ("thread", "python") or self.reader_failed:
+            return None
+        if options.reader != "process" and (n_files < options.process_reader_min_files
+                                            or not self.cuda or (os.cpu_count() or 1) < 4):
+            return None
+        from PIL import Image
+
+        from pochitrain.gpu_input.read_proc import ReaderProcess
+
+        return ReaderProcess.start(Image.MAX_IMAGE_PIXELS)
+
+    def __call__(self, samples: list[tuple[Path, int]],
+                 batch_size: int) -> Iterator[InputBatch]:
+        """Two stages, each in its own thread on its own CUDA stream, one batch ahead each:
+        read + decode chunk k+1 while chunk k is resized / normalized while the model runs."""
+        from pochitrain.gpu_input.prefetcher import prefetch
+
+        options = Options.from_env()
+        with quick_gil_handoff(options.switch_interval), \
+                ThreadPoolExecutor(self.workers, thread_name_prefix="pochi-read") as pool:
+            on_error = _out_of_memory(batch_size)
+            decoded = prefetch(lambda: self._decoded(pool, samples, batch_size, options),
+                               self.device, name="pochi-gpu-decode", on_error=on_error)
+            items = prefetch(lambda: self._items(decoded, batch_size), self.device,
+                             name="pochi-gpu-batches", on_error=on_error)
+            try:
+                yield from items
+            finally:
+                items.close()
+                with contextlib.suppress(ValueError):  # still running after a join timeout
+                    decoded.close()
+
+
+def _out_of_memory(batch_size: int) -> Callable[[BaseException], BaseException]:
+    """The prefetchers' ``on_error``: CUDA out of memory becomes a usage error."""
+    import torch
+
+    def convert(exc: BaseException) -> BaseException:
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return UsageError(f"GPU のメモリが足りません。\nDecoding a batch of {batch_size} "
+                              "images ran out of GPU memory.",
+                              "Use a smaller --batch-size, or --pipeline cpu.")
+        return exc
+    return convert

@@ -1,0 +1,124 @@
+"""Decode with fallback: nvJPEG for the JPEGs it reads like PIL, PIL for everything else.
+
+``Decoder(device).decode(entries)`` gives a (3, h, w) uint8 tensor on the device per
+``read.Entry``, or None where the image cannot be decoded. JPEGs go to nvJPEG together
+(``torchvision.io.decode_jpeg(device="cuda")``); when one of them fails the others are
+retried one by one, and each that nvJPEG refuses is decoded by PIL (``data.open_rgb``) from
+the entry's source, whose verdict decides, as on the CPU path. On the CPU (the tests) the
+same code runs with torchvision's CPU decoder.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from pochitrain.gpu_input.read import Entry
+
+
+class Decoder:
+    """Decodes chunks of entries on ``device``. On CUDA a start-up probe (a tiny JPEG)
+    runs in a thread, so nvJPEG's start overlaps other work; :attr:`name` waits for it."""
+
+    def __init__(self, device: str) -> None:
+        from pochitrain.fastimport import import_torchvision
+
+        import_torchvision()  # decode_jpeg lives there; skip TorchDynamo's import
+        self.device = device
+        self.cuda = device.startswith("cuda")
+        self._name: str | None = None if self.cuda else "torchvision (CPU)"
+        self._probe: threading.Thread | None = None
+        if self.cuda:
+            self._probe = threading.Thread(target=self._run_probe, name="pochi-nvjpeg-probe",
+                                           daemon=True)
+            self._probe.start()
+
+    @property
+    def name(self) -> str:
+        """"nvJPEG", or why PIL decodes instead (known once the start-up probe is done)."""
+        if self._name is None and self._probe is not None:
+            self._probe.join()
+        return self._name or "PIL in threads (nvJPEG probe failed)"
+
+    @property
+    def nvjpeg(self) -> bool:
+        return not self.name.startswith("PIL")
+
+    def _run_probe(self) -> None:
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16), (200, 30, 90)).save(buf, format="JPEG")
+        try:
+            self._decode_many([buf.getvalue()])
+        except RuntimeError as exc:  # torchvision built without nvJPEG
+            self._name = ("PIL in threads (nvJPEG unavailable: "
+                          f"{str(exc).splitlines()[0]})")
+            return
+        self._name = "nvJPEG"
+
+    def _decode_many(self, datas: Sequence[Any]) -> list[torch.Tensor]:
+        """nvJPEG over file contents: uint8 tensors (``read.read_file``) or bytes."""
+        import torch
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        tensors = [d if isinstance(d, torch.Tensor) else
+                   torch.frombuffer(d if isinstance(d, bytearray) else bytearray(d),
+                                    dtype=torch.uint8) for d in datas]
+        return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=self.device))
+
+    def _decode_jpegs(self, entries: Sequence[Entry]) -> list[torch.Tensor | None]:
+        """Decoded images of JPEG entries; None where neither nvJPEG nor PIL can decode."""
+        if not entries:
+            return []
+        if self.nvjpeg:
+            try:
+                return list(self._decode_many([e.payload for e in entries]))
+            except RuntimeError:
+                pass  # one bad file fails the whole batch: retry one by one
+        out: list[torch.Tensor | None] = []
+        for entry in entries:
+            try:
+                if not self.nvjpeg:
+                    raise RuntimeError("no nvJPEG")
+                out.append(self._decode_many([entry.payload])[0])
+            except RuntimeError:
+                out.append(self.decode_pil(entry.source))
+        return out
+
+    def decode_pil(self, source: Any) -> torch.Tensor | None:
+        """PIL's decode (``data.open_rgb``) of a path or file-like object, on the device."""
+        import numpy as np
+
+        from pochitrain.data import open_rgb
+
+        image = open_rgb(source)
+        return None if image is None else self.from_hwc(np.asarray(image))
+
+    def from_hwc(self, array: np.ndarray) -> torch.Tensor:
+        """(h, w, 3) uint8 array -> (3, h, w) uint8 tensor on the device."""
+        import torch
+
+        if not array.flags.writeable:  # torch shares the memory: it must be ours
+            array = array.copy()
+        image = torch.from_numpy(array).permute(2, 0, 1)
+        return image.to(self.device, non_blocking=True) if self.cuda else image.contiguous()
+
+    def decode(self, entries: Sequence[Entry]) -> list[torch.Tensor | None]:
+        """(3, h, w) uint8 device tensor per entry; None where undecodable."""
+        jpeg_at = [i for i, e in enumerate(entries) if e.kind == "jpeg"]
+        decoded = self._decode_jpegs([entries[i] for i in jpeg_at])
+        images: list[torch.Tensor | None] = [None] * len(entries)
+        for i, image in zip(jpeg_at, decoded):
+            images[i] = image
+        for i, entry in enumerate(entries):
+            if entry.kind == "rgb":
+                images[i] = self.from_hwc(entry.payload)
+        return images

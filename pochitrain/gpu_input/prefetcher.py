@@ -1,0 +1,98 @@
+"""One prefetcher: a generator run ahead in a thread, on its own CUDA stream, through a
+bounded queue.
+
+``prefetch(make, device)`` yields what the generator ``make()`` yields, in order, while the
+thread prepares the next ``depth`` items. On CUDA each item is complete for the consumer's
+stream before it is handed over, in one of two ways:
+
+- ``handoff="sync"``: the thread synchronizes its stream (nothing is asked of the consumer);
+- ``handoff="event"``: the thread records an event, the consumer's stream waits for it and
+  the item's tensors (``tensors(item)``) are marked as used there (``record_stream``).
+
+An exception in the thread is raised in the consumer (``on_error`` may replace it first);
+closing the generator stops the thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Generator, Iterable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    import torch
+
+T = TypeVar("T")
+
+
+class _Handed(Generic[T]):
+    """An item on the queue, with the event recorded after it was made (``"event"``)."""
+
+    def __init__(self, item: T, event: Any) -> None:
+        self.item, self.event = item, event
+
+
+class _Done:
+    """The end of the items."""
+
+
+def prefetch(make: Callable[[], Iterable[T]], device: str, *, depth: int = 2,
+             name: str = "pochi-prefetch", handoff: str = "sync",
+             tensors: Callable[[T], Iterable[torch.Tensor | None]] | None = None,
+             on_error: Callable[[BaseException], BaseException] | None = None,
+             ) -> Generator[T, None, None]:
+    import torch
+
+    cuda = device.startswith("cuda")
+    out: queue.Queue[Any] = queue.Queue(maxsize=max(depth, 1))
+    stop = threading.Event()
+
+    def put(item: Any) -> None:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        try:
+            stream = torch.cuda.Stream(device=device) if cuda else None
+            ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+            with ctx:
+                for item in make():
+                    event = None
+                    if stream is not None and handoff == "sync":
+                        stream.synchronize()  # complete before another stream reads it
+                    elif stream is not None:
+                        event = torch.cuda.Event()
+                        event.record(stream)
+                    put(_Handed(item, event))
+                    if stop.is_set():  # the consumer is gone: make no more
+                        return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put(on_error(exc) if on_error is not None else exc)
+        finally:
+            put(_Done())
+
+    thread = threading.Thread(target=produce, name=name, daemon=True)
+    thread.start()
+    try:
+        while True:
+            got = out.get()
+            if isinstance(got, _Done):
+                return
+            if isinstance(got, BaseException):
+                raise got
+            if got.event is not None:
+                current = torch.cuda.current_stream(device)
+                current.wait_event(got.event)
+                for t in tensors(got.item) if tensors is not None else ():
+                    if t is not None:
+                        t.record_stream(current)
+            yield got.item
+    finally:
+        stop.set()
+        thread.join(timeout=30)

@@ -1,0 +1,72 @@
+"""Decoded images -> the model's batch: resize, center-crop and normalize on the device.
+
+On CUDA the banded Triton kernels (``banded``, bit-exact to PIL) run where Triton is present;
+elsewhere, or once they failed in this process (``options.KERNELS``), the batched matmuls of
+``resample`` with PIL's weights and one normalize.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pochitrain.gpu_input.options import KERNELS, Options
+from pochitrain.gpu_input.resample import SUPPORT, resize_batch
+from pochitrain.preprocess import Preprocess
+
+if TYPE_CHECKING:
+    import torch
+
+
+def banded_usable(on_device: bool, mode: str) -> bool:
+    """Whether the banded kernels may run: images on a device they run on, a filter they
+    have, no earlier failure, no ``POCHI_GPU_RESIZE=matmul``, and Triton importable."""
+    from pochitrain.gpu_input.banded import triton_available
+
+    return (on_device and mode in SUPPORT and KERNELS.broken is None
+            and Options.from_env().gpu_resize != "matmul" and triton_available())
+
+
+def resize_path(preprocess: Preprocess, device: str) -> str:
+    """Which resize :func:`to_batch` uses for ``preprocess`` on ``device``."""
+    mode = preprocess.interpolation if preprocess.resize is not None else "bilinear"
+    if banded_usable(device.startswith("cuda"), mode):
+        return "banded Triton kernels, PIL-exact"
+    return "batched matmuls, PIL's weights"
+
+
+def to_batch(images: list[torch.Tensor], preprocess: Preprocess,
+             out: torch.Tensor) -> torch.Tensor:
+    """Decoded (3, h, w) uint8 images -> ``out`` (n, 3, H, W): resized, center-cropped and
+    normalized. On CUDA, two fused Triton kernels (a banded resize, bit-exact to PIL) where
+    Triton is present; otherwise, or if they fail to compile, the batched matmuls + one
+    normalize (said once)."""
+    if resize_path(preprocess, str(out.device)).startswith("banded"):
+        from pochitrain.gpu_input.banded import resize_normalize
+
+        try:
+            return resize_normalize(images, preprocess, out)
+        except Exception as exc:  # noqa: BLE001 - a Triton/driver problem: keep serving
+            KERNELS.fail(exc, "resize")
+    resize_batch(images, preprocess, out)
+    return normalize_(out, preprocess)
+
+
+def normalize_(batch: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    """In place: 0..255 values -> (x / 255 - mean) / std, as one fused multiply-add."""
+    import torch
+
+    std = torch.tensor(preprocess.std, dtype=torch.float32, device=batch.device)
+    mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=batch.device)
+    scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1)
+    shift = (mean / std).view(1, 3, 1, 1)
+    return batch.mul_(scale).sub_(shift)
+
+
+def resize_crop(image: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    """(3, h, w) uint8 tensor -> (3, H, W) float32 tensor of 0..255 values, on its device
+    (one image through :func:`resample.resize_batch`)."""
+    import torch
+
+    h, w = preprocess.input_size
+    out = torch.empty((1, 3, h, w), dtype=torch.float32, device=image.device)
+    return resize_batch([image], preprocess, out)[0]
