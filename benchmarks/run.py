@@ -151,9 +151,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
+    if args.repeat < 1:
+        cli.error("--repeat must be 1 or more")
     bench = {"infer": bench_infer, "serve": bench_serve, "train": bench_train}[args.verb]
-    for path in bench(args, machine_columns()):
+    for path in dict.fromkeys(bench(args, machine_columns())):  # each CSV once
         print(path)
     return 0
 
