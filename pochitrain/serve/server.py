@@ -14,9 +14,15 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pochitrain.serve.app import ServedModel, ServeSettings, create_app
+
+if TYPE_CHECKING:
+    import socket
+
+    import uvicorn
+    from fastapi import FastAPI
 
 
 @dataclass
@@ -62,7 +68,8 @@ def open_model(options: ServeOptions, settings: ServeSettings) -> ServedModel:
     return model
 
 
-def open_server(options: ServeOptions, settings: ServeSettings) -> tuple[ServedModel, Any, Any]:
+def open_server(options: ServeOptions, settings: ServeSettings
+                ) -> tuple[ServedModel, FastAPI, uvicorn.Config]:
     """(model, app, uvicorn.Config): the model opened here, the app over it."""
     import uvicorn
 
@@ -129,7 +136,7 @@ def serve_one(options: ServeOptions, settings: ServeSettings) -> int:
         model.close()
 
 
-def run_server(server: Any, sockets: list[Any] | None = None) -> str:
+def run_server(server: uvicorn.Server, sockets: list[socket.socket] | None = None) -> str:
     """``server.run()`` with SIGTERM / SIGINT handlers that only record the signal: uvicorn
     re-raises the signal it caught after its graceful shutdown, and a default SIGTERM handler
     would then kill the process (exit 143) right after a clean drain."""
