@@ -12,9 +12,9 @@ Read + vet (``read``, ``vet``, ``read_proc``)
 Decode (``decode``)
     ``Decoder(device).decode(entries)``: nvJPEG, else PIL; None for undecodable inputs.
 Resample (``resample``, ``banded``, ``resize``)
-    PIL-exact resize: the banded Triton kernels (``resize_normalize``, ``two_passes``,
-    ``band``, ``fixed_point``) and the batched-matmul fallback (``resize_batch``);
-    ``to_batch`` picks one. ``pil_filter`` / ``SUPPORT`` / ``bucket_taps`` /
+    PIL-exact resize: PIL's windows and fixed-point weights (``band``, ``fixed_point``),
+    applied by the banded Triton kernels (``resize_normalize``, ``two_passes``) or, as
+    dense matrices, by the batched-matmul fallback (``resize_batch``); ``to_batch`` picks. ``pil_filter`` / ``SUPPORT`` / ``bucket_taps`` /
     ``banded_usable`` serve the training's geometric stage.
 Prefetch (``prefetcher``)
     ``prefetch(make, device)``: a generator run ahead in a thread on its own CUDA stream.
@@ -30,6 +30,7 @@ Names are loaded on first use: importing this package imports neither torch nor 
 reader helper process runs ``python -m pochitrain.gpu_input.read_proc``).
 """
 
+# ruff: noqa: F401 - the TYPE_CHECKING imports name the re-exports for type checkers
 from __future__ import annotations
 
 import importlib
@@ -38,15 +39,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pochitrain.gpu_input.banded import (
         Band,
-        band,
         bucket_taps,
-        fixed_point,
         resize_normalize,
         supports,
-        taps,
         triton_available,
         two_passes,
-        window_bounds,
     )
     from pochitrain.gpu_input.batches import (
         PIPELINES,
@@ -76,7 +73,16 @@ if TYPE_CHECKING:
         reader_for,
     )
     from pochitrain.gpu_input.read_proc import ReaderProcess, SlotChunks, rebatch
-    from pochitrain.gpu_input.resample import SUPPORT, geometry, pil_filter, resize_batch
+    from pochitrain.gpu_input.resample import (
+        SUPPORT,
+        band,
+        fixed_point,
+        geometry,
+        pil_filter,
+        resize_batch,
+        taps,
+        window_bounds,
+    )
     from pochitrain.gpu_input.resize import (
         banded_usable,
         normalize_,
@@ -92,60 +98,9 @@ if TYPE_CHECKING:
         read_header,
     )
 
-__all__ = [
-    "KERNELS",
-    "PIPELINES",
-    "READ_THREADS",
-    "SUPPORT",
-    "SWITCH_INTERVAL",
-    "Assembled",
-    "Band",
-    "Decoder",
-    "Entry",
-    "GpuBatches",
-    "InputBatch",
-    "JpegHeader",
-    "Options",
-    "Read",
-    "ReaderProcess",
-    "SlotChunks",
-    "band",
-    "banded_usable",
-    "bucket_taps",
-    "fixed_point",
-    "for_nvjpeg",
-    "geometry",
-    "gpu_unsupported",
-    "is_complete_jpeg",
-    "map_grouped",
-    "normalize_",
-    "nvjpeg_reads_like_pil",
-    "pil_filter",
-    "prefetch",
-    "quick_gil_handoff",
-    "read_file",
-    "read_file_python",
-    "read_header",
-    "read_item",
-    "read_threads",
-    "reader_for",
-    "rebatch",
-    "resize_batch",
-    "resize_crop",
-    "resize_normalize",
-    "resize_path",
-    "resolve_pipeline",
-    "supports",
-    "taps",
-    "to_batch",
-    "triton_available",
-    "two_passes",
-    "window_bounds",
-]
-
 _HOMES = {
-    "banded": ("Band", "band", "bucket_taps", "fixed_point", "resize_normalize", "supports",
-               "taps", "triton_available", "two_passes", "window_bounds"),
+    "banded": ("Band", "bucket_taps", "resize_normalize", "supports", "triton_available",
+               "two_passes"),
     "batches": ("PIPELINES", "Assembled", "GpuBatches", "InputBatch", "gpu_unsupported",
                 "resolve_pipeline"),
     "decode": ("Decoder",),
@@ -155,7 +110,8 @@ _HOMES = {
     "read": ("Entry", "Read", "map_grouped", "read_file", "read_file_python", "read_item",
              "reader_for"),
     "read_proc": ("ReaderProcess", "SlotChunks", "rebatch"),
-    "resample": ("SUPPORT", "geometry", "pil_filter", "resize_batch"),
+    "resample": ("SUPPORT", "band", "fixed_point", "geometry", "pil_filter", "resize_batch",
+                 "taps", "window_bounds"),
     "resize": ("banded_usable", "normalize_", "resize_crop", "resize_path", "to_batch"),
     "vet": ("JpegHeader", "for_nvjpeg", "is_complete_jpeg", "nvjpeg_reads_like_pil",
             "read_header"),

@@ -20,11 +20,10 @@ from per-image geometry computed with Python scalars.
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from pochitrain.gpu_input.resample import PRECISION_BITS, SUPPORT, geometry, pil_filter
+from pochitrain.gpu_input.resample import SUPPORT, band, geometry, taps, window_bounds
 from pochitrain.preprocess import Preprocess
 
 if TYPE_CHECKING:
@@ -58,68 +57,6 @@ def supports(preprocess: Preprocess) -> bool:
     """Bilinear and bicubic (and crop-only) run here; nearest keeps the matmul path, which
     reproduces PIL's accumulated nearest coordinates exactly."""
     return preprocess.resize is None or preprocess.interpolation in SUPPORT
-
-
-def taps(in_len: int, out_len: int, mode: str) -> int:
-    """Window length PIL allocates for one output pixel (``ksize``)."""
-    support = SUPPORT[mode] * max(in_len / out_len, 1.0)
-    return math.ceil(support) * 2 + 1
-
-
-def window_bounds(in_len: int, out_len: int, first: int, last: int,
-                  mode: str) -> tuple[int, int]:
-    """[lo, hi) input pixels that resized pixels ``first..last`` (inclusive) read."""
-    scale = in_len / out_len
-    support = SUPPORT[mode] * max(scale, 1.0)
-    lo = max(int((first + 0.5) * scale - support + 0.5), 0)
-    hi = min(int((last + 0.5) * scale + support + 0.5), in_len)
-    return lo, hi
-
-
-def band(in_len: Any, out_len: Any, offset: Any, lo: Any, n_out: int, n_taps: int,
-         mode: str) -> tuple[Any, Any]:
-    """PIL's resample window per output pixel, for a batch of images along one axis.
-
-    ``in_len``, ``out_len``, ``offset``, ``lo``: (n,) int64 tensors (input length, resized
-    length, crop offset, first input pixel kept in the intermediate buffer). Returns
-    ``start`` (n, n_out) int32, the first input pixel relative to ``lo``, and ``coef``
-    (n, n_out, n_taps) int32 fixed-point weights (zero outside the window and for output
-    pixels outside the resized image, which is the crop's zero padding). The float64 steps
-    are PIL's ``precompute_coeffs`` and ``normalize_coeffs_8bpc``."""
-    import torch
-
-    dev = in_len.device
-    f64 = torch.float64
-    size_in = in_len.to(f64)[:, None]
-    size_out = out_len.to(f64)[:, None]
-    o = torch.arange(n_out, device=dev, dtype=f64)[None, :] + offset.to(f64)[:, None]
-    inside = (o >= 0) & (o < size_out)
-    scale = size_in / size_out
-    t = torch.arange(n_taps, device=dev, dtype=f64)[None, None, :]
-    filterscale = scale.clamp(min=1.0)
-    support = SUPPORT[mode] * filterscale
-    center = (o + 0.5) * scale
-    xmin = torch.trunc(center - support + 0.5).clamp(min=0.0)
-    xmax = torch.minimum(torch.trunc(center + support + 0.5), size_in)
-    j = xmin[:, :, None] + t
-    w = pil_filter((j - center[:, :, None] + 0.5) * (1.0 / filterscale[:, :, None]),
-                   mode)  # PIL: * ss
-    w = w * ((j < xmax[:, :, None]) & inside[:, :, None])
-    total = w[:, :, :1].clone()
-    for i in range(1, n_taps):  # PIL's summation order, so that rounding agrees
-        total += w[:, :, i:i + 1]
-    w = torch.where(total != 0, w / torch.where(total != 0, total, 1.0), 0.0)
-    coef = fixed_point(w)
-    start = torch.where(inside, xmin, 0.0)
-    start = (start - lo.to(f64)[:, None]).clamp(min=0.0)
-    return start.to(torch.int32), coef.to(torch.int32)
-
-
-def fixed_point(w: torch.Tensor) -> torch.Tensor:
-    """float64 weights -> PIL's 22-bit fixed point (``normalize_coeffs_8bpc``), still float."""
-    import torch
-
-    return torch.trunc(w * float(1 << PRECISION_BITS) + torch.where(w < 0, -0.5, 0.5))
 
 
 def _norm(preprocess: Preprocess, device: Any) -> Any:

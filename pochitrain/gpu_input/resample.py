@@ -9,8 +9,9 @@ two matrix products, so a whole group of images is resized by two batched matmul
     T = round(X @ Wx^T)        X: (n, H, 3, W) uint8 -> float, Wx: (n, out_w, W)
     Y = round(Wy @ T)          Wy: (n, out_h, H)
 
-The weight matrices are built on the device for the whole group at once, with PIL's exact
-window bounds and fixed-point coefficients; rows outside the resized image are zero, which is
+PIL's window and fixed-point weights of every output pixel are computed once here
+(:func:`band`, shared with the banded Triton kernels of ``banded``) and laid out as dense
+matrices on the device for the whole group at once; rows outside the resized image are zero, which is
 the center crop's zero padding, and only the rows/columns kept by the center crop are computed.
 Images of different sizes share one product by zero-padding X to the group's largest size
 (padded columns get weight 0). Results equal PIL's up to float32 rounding in the sums (a
@@ -22,6 +23,7 @@ About 10 kernel launches per group plus one copy per image, instead of ~5 launch
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -77,37 +79,88 @@ def pil_filter(x: torch.Tensor, mode: str) -> torch.Tensor:
     return torch.where(x < 1.0, inner, torch.where(x < 2.0, outer, torch.zeros_like(x)))
 
 
-def weights(in_len: Any, out_len: Any, offset: Any, n_out: int, n_in: int, mode: str) -> Any:
-    """(n, n_out, n_in) float32 resize matrices, one per image, on the inputs' device.
+def taps(in_len: int, out_len: int, mode: str) -> int:
+    """Window length PIL allocates for one output pixel (``ksize``)."""
+    support = SUPPORT[mode] * max(in_len / out_len, 1.0)
+    return math.ceil(support) * 2 + 1
+
+
+def window_bounds(in_len: int, out_len: int, first: int, last: int,
+                  mode: str) -> tuple[int, int]:
+    """[lo, hi) input pixels that resized pixels ``first..last`` (inclusive) read."""
+    scale = in_len / out_len
+    support = SUPPORT[mode] * max(scale, 1.0)
+    lo = max(int((first + 0.5) * scale - support + 0.5), 0)
+    hi = min(int((last + 0.5) * scale + support + 0.5), in_len)
+    return lo, hi
+
+
+def band(in_len: Any, out_len: Any, offset: Any, lo: Any, n_out: int, n_taps: int,
+         mode: str) -> tuple[Any, Any]:
+    """PIL's resample window per output pixel, for a batch of images along one axis.
+
+    ``in_len``, ``out_len``, ``offset``, ``lo``: (n,) int64 tensors (input length, resized
+    length, crop offset, first input pixel kept in the intermediate buffer). Returns
+    ``start`` (n, n_out) int32, the first input pixel relative to ``lo``, and ``coef``
+    (n, n_out, n_taps) int32 fixed-point weights (zero outside the window and for output
+    pixels outside the resized image, which is the crop's zero padding). The float64 steps
+    are PIL's ``precompute_coeffs`` and ``normalize_coeffs_8bpc``."""
+    import torch
+
+    dev = in_len.device
+    f64 = torch.float64
+    size_in = in_len.to(f64)[:, None]
+    size_out = out_len.to(f64)[:, None]
+    o = torch.arange(n_out, device=dev, dtype=f64)[None, :] + offset.to(f64)[:, None]
+    inside = (o >= 0) & (o < size_out)
+    scale = size_in / size_out
+    t = torch.arange(n_taps, device=dev, dtype=f64)[None, None, :]
+    filterscale = scale.clamp(min=1.0)
+    support = SUPPORT[mode] * filterscale
+    center = (o + 0.5) * scale
+    xmin = torch.trunc(center - support + 0.5).clamp(min=0.0)
+    xmax = torch.minimum(torch.trunc(center + support + 0.5), size_in)
+    j = xmin[:, :, None] + t
+    w = pil_filter((j - center[:, :, None] + 0.5) * (1.0 / filterscale[:, :, None]),
+                   mode)  # PIL: * ss
+    w = w * ((j < xmax[:, :, None]) & inside[:, :, None])
+    total = w[:, :, :1].clone()
+    for i in range(1, n_taps):  # PIL's summation order, so that rounding agrees
+        total += w[:, :, i:i + 1]
+    w = torch.where(total != 0, w / torch.where(total != 0, total, 1.0), 0.0)
+    coef = fixed_point(w)
+    start = torch.where(inside, xmin, 0.0)
+    start = (start - lo.to(f64)[:, None]).clamp(min=0.0)
+    return start.to(torch.int32), coef.to(torch.int32)
+
+
+def fixed_point(w: torch.Tensor) -> torch.Tensor:
+    """float64 weights -> PIL's 22-bit fixed point (``normalize_coeffs_8bpc``), still float."""
+    import torch
+
+    return torch.trunc(w * float(1 << PRECISION_BITS) + torch.where(w < 0, -0.5, 0.5))
+
+
+def weights(in_len: torch.Tensor, out_len: torch.Tensor, offset: torch.Tensor, n_out: int,
+            n_in: int, mode: str, n_taps: int = 0) -> torch.Tensor:
+    """(n, n_out, n_in) float32 resize matrices, one per image, on the inputs' device: the
+    taps of :func:`band` (``n_taps``: the widest window, :func:`taps`) laid out densely.
 
     ``in_len``, ``out_len``, ``offset``: (n,) int64 tensors (input length, resized length,
     crop offset); output index i samples resized pixel ``offset + i`` (zero row outside)."""
     import torch
 
     dev = in_len.device
-    f64 = torch.float64
-    size_in = in_len.to(f64)[:, None, None]
-    size_out = out_len.to(f64)[:, None, None]
-    o = (torch.arange(n_out, device=dev, dtype=f64)[None, :, None]
-         + offset.to(f64)[:, None, None])  # (n, n_out, 1)
-    j = torch.arange(n_in, device=dev, dtype=f64)[None, None, :]  # (1, 1, n_in)
-    inside = (o >= 0) & (o < size_out)
-    scale = size_in / size_out
     if mode == "nearest":
         src = _nearest_sources(in_len.tolist(), out_len.tolist(), offset.tolist(), n_out)
+        o = torch.arange(n_out, device=dev)[None, :] + offset[:, None]
+        inside = ((o >= 0) & (o < out_len[:, None]))[:, :, None]
+        j = torch.arange(n_in, device=dev)[None, None, :]
         return ((j == src.to(dev)[:, :, None]) & inside).to(torch.float32)
-    filterscale = scale.clamp(min=1.0)
-    support = SUPPORT[mode] * filterscale
-    center = (o + 0.5) * scale
-    xmin = torch.trunc(center - support + 0.5).clamp(min=0.0)
-    xmax = torch.minimum(torch.trunc(center + support + 0.5), size_in)
-    w = pil_filter((j - center + 0.5) / filterscale, mode)
-    w = w * ((j >= xmin) & (j < xmax) & inside)
-    total = w.sum(-1, keepdim=True)
-    w = torch.where(total != 0, w / torch.where(total != 0, total, 1.0), 0.0)
-    one = float(1 << PRECISION_BITS)
-    w = torch.trunc(w * one + torch.where(w < 0, -0.5, 0.5)) / one  # PIL's normalize_coeffs_8bpc
-    return w.to(torch.float32)
+    start, coef = band(in_len, out_len, offset, torch.zeros_like(in_len), n_out, n_taps, mode)
+    cols = (start.long()[..., None] + torch.arange(n_taps, device=dev)).clamp(max=n_in - 1)
+    dense = torch.zeros((len(in_len), n_out, n_in), dtype=torch.float32, device=dev)
+    return dense.scatter_add_(2, cols, coef.to(torch.float32) / float(1 << PRECISION_BITS))
 
 
 def _nearest_sources(in_len: list[int], out_len: list[int], offset: list[int],
@@ -156,8 +209,10 @@ def resize_group(images: list[Any], preprocess: Preprocess, mode: str) -> Any:
             x8[k, :hs[k], :, :ws[k]].copy_(im.permute(1, 0, 2))
     params = torch.tensor([[hs[k], ws[k], *geo[k]] for k in range(n)], dtype=torch.int64)
     params = params.to(dev, non_blocking=False)
-    wy = weights(params[:, 0], params[:, 2], params[:, 4], out_h, hmax, mode)
-    wx = weights(params[:, 1], params[:, 3], params[:, 5], out_w, wmax, mode)
+    t_y = 0 if mode == "nearest" else max(taps(h, g[0], mode) for h, g in zip(hs, geo))
+    t_x = 0 if mode == "nearest" else max(taps(w, g[1], mode) for w, g in zip(ws, geo))
+    wy = weights(params[:, 0], params[:, 2], params[:, 4], out_h, hmax, mode, t_y)
+    wx = weights(params[:, 1], params[:, 3], params[:, 5], out_w, wmax, mode, t_x)
     t = torch.bmm(x8.view(n, hmax * 3, wmax).float(), wx.transpose(1, 2))  # (n, H*3, out_w)
     _round_u8_(t)
     y = torch.bmm(wy, t.view(n, hmax, 3 * out_w))  # (n, out_h, 3*out_w)
