@@ -12,10 +12,14 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pochitrain.errors import ExportError, UsageError
 from pochitrain.meta import META_KEY, ModelMeta
+
+if TYPE_CHECKING:
+    import onnx
+    from torch import nn
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -66,7 +70,7 @@ def check_opset(opset: int) -> None:
         )
 
 
-def export_model(model: Any, path: Path, meta: ModelMeta, input_size: tuple[int, int],
+def export_model(model: nn.Module, path: Path, meta: ModelMeta, input_size: tuple[int, int],
                  shape: ExportShape = ExportShape(), opset: int = DEFAULT_OPSET,
                  producer_version: str = "") -> None:
     """Export ``model`` (eval mode, CPU) to ``path`` with ``meta`` in metadata_props.
@@ -104,7 +108,7 @@ def export_model(model: Any, path: Path, meta: ModelMeta, input_size: tuple[int,
     onnx.save(proto, str(path))
 
 
-def set_metadata(proto: Any, props: dict[str, str]) -> None:
+def set_metadata(proto: onnx.ModelProto, props: dict[str, str]) -> None:
     """Replace or add string entries in an ONNX ModelProto's metadata_props."""
     keep = [(p.key, p.value) for p in proto.metadata_props if p.key not in props]
     del proto.metadata_props[:]

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pochitrain.errors import DataError, ModelFileError, VerificationError
 from pochitrain.preprocess import Preprocess
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+    from torch import nn
 
 REL_TOL = 1e-3
 
@@ -60,7 +64,8 @@ def check_graph(path: Path) -> None:
         ) from exc
 
 
-def compare_batch(model: Any, session: Any, batch: np.ndarray) -> BatchCheck:
+def compare_batch(model: nn.Module, session: ort.InferenceSession, batch: np.ndarray
+                  ) -> BatchCheck:
     """Run one NCHW float32 batch through PyTorch and the ONNX Runtime session."""
     import torch
 
@@ -95,7 +100,7 @@ def compare_batch(model: Any, session: Any, batch: np.ndarray) -> BatchCheck:
     return BatchCheck(len(batch), len(batch), max_diff, tol, agree, real)
 
 
-def verify_export(path: Path, model: Any, batches: list[np.ndarray], inputs: str,
+def verify_export(path: Path, model: nn.Module, batches: list[np.ndarray], inputs: str,
                   progress: bool = True) -> VerifyReport:
     """onnx.checker + ONNX Runtime (CPU) vs PyTorch on each batch; raise on mismatch."""
     from pochitrain.console import progress_bar

@@ -11,10 +11,15 @@ import datetime as _dt
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pochitrain.errors import ModelFileError, UsageError
 from pochitrain.workspace import atomic_write_bytes, atomic_write_text, check_writable
+
+if TYPE_CHECKING:
+    from pochitrain.onnx.inspect import OnnxInfo
+    from pochitrain.tensorrt.backend import Backend
+    from pochitrain.tensorrt.profile import Profile
 
 ENGINE_FORMAT = "pochitrain-engine-v1"
 PRECISION_SUFFIX = {"fp32": "", "fp16": "_fp16", "int8": "_int8"}
@@ -39,7 +44,7 @@ _KEY_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
 }
 
 
-def engine_metadata(*, backend: Any, precision: str, profile: Any, onnx_info: Any,
+def engine_metadata(*, backend: Backend, precision: str, profile: Profile, onnx_info: OnnxInfo,
                     model: dict[str, Any] | None, source_onnx: Path,
                     build: dict[str, Any], calibration: dict[str, Any] | None,
                     gpu: dict[str, str] | None, version: str) -> dict[str, Any]:

@@ -11,14 +11,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pochitrain.workspace import atomic_write_text
+
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import nn
+
+    from pochitrain.config import Settings
+    from pochitrain.data import ImageFolder
+    from pochitrain.training.epoch import EpochStats
+    from pochitrain.training.gradients import GradientTracker
+    from pochitrain.training.metrics import EpochRow
+    from pochitrain.training.tensorboard import TensorBoardLog
 
 CONFUSION_LOG = "confusion_matrix.log"
 
 
-def write_paths(run_dir: Path, train: Any, val: Any) -> None:
+def write_paths(run_dir: Path, train: ImageFolder, val: ImageFolder) -> None:
     """paths/train.txt and paths/val.txt: the images of each split, one path per line."""
     folder = run_dir / "paths"
     folder.mkdir(exist_ok=True)
@@ -26,7 +37,7 @@ def write_paths(run_dir: Path, train: Any, val: Any) -> None:
         atomic_write_text(folder / name, "".join(f"{p}\n" for p, _ in images.samples))
 
 
-def format_confusion(epoch: int, matrix: Any, class_names: list[str]) -> str:
+def format_confusion(epoch: int, matrix: np.ndarray, class_names: list[str]) -> str:
     """``epoch{N}`` then one row per true class (columns: predicted), as the original."""
     rows = matrix.tolist()
     width = max(len(str(v)) for row in rows for v in row)
@@ -36,8 +47,9 @@ def format_confusion(epoch: int, matrix: Any, class_names: list[str]) -> str:
 
 
 class RunObserver:
-    def __init__(self, run_dir: Path, class_names: list[str], *, tensorboard: Any = None,
-                 gradients: Any = None) -> None:
+    def __init__(self, run_dir: Path, class_names: list[str], *,
+                 tensorboard: TensorBoardLog | None = None,
+                 gradients: GradientTracker | None = None) -> None:
         self.run_dir = run_dir
         self.class_names = class_names
         self.num_classes = len(class_names)
@@ -47,7 +59,7 @@ class RunObserver:
             gradients.after_backward if gradients is not None else None)
         (run_dir / CONFUSION_LOG).write_text("", encoding="utf-8")
 
-    def epoch_end(self, row: Any, val_stats: Any) -> None:
+    def epoch_end(self, row: EpochRow, val_stats: EpochStats) -> None:
         if getattr(val_stats, "confusion", None) is not None:
             with open(self.run_dir / CONFUSION_LOG, "a", encoding="utf-8") as f:
                 f.write(format_confusion(row.epoch, val_stats.confusion, self.class_names))
@@ -61,7 +73,7 @@ class RunObserver:
             self.tensorboard.close()
 
 
-def build_observer(settings: Any, run_dir: Path, data: Any, model: Any) -> RunObserver:
+def build_observer(settings: Settings, run_dir: Path, data: Any, model: nn.Module) -> RunObserver:
     """The observer for a run folder; writes paths/*.txt now."""
     write_paths(run_dir, data.train, data.val)
     tensorboard = gradients = None

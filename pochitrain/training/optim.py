@@ -3,14 +3,18 @@ early stopping."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from pochitrain.errors import ConfigError
 
+if TYPE_CHECKING:
+    from torch.optim.lr_scheduler import LRScheduler
+    from torch.optim.optimizer import ParamsT
 
-def build_optimizer(name: str, params: Any, lr: float, weight_decay: float = 0.0,
+
+def build_optimizer(name: str, params: ParamsT, lr: float, weight_decay: float = 0.0,
                     momentum: float = 0.9) -> torch.optim.Optimizer:
     if name == "SGD":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -35,7 +39,7 @@ def layer_param_groups(model: torch.nn.Module, model_name: str, rates: dict[str,
     ``base_lr``. A rate for a group that holds no parameter of this model is a ConfigError."""
     from pochitrain.config_legacy import LAYER_GROUPS
 
-    groups: dict[str, list[Any]] = {g: [] for g in LAYER_GROUPS}
+    groups: dict[str, list[torch.nn.Parameter]] = {g: [] for g in LAYER_GROUPS}
     for name, param in model.named_parameters():
         if param.requires_grad:
             groups[layer_group(name)].append(param)
@@ -52,7 +56,7 @@ def layer_param_groups(model: torch.nn.Module, model_name: str, rates: dict[str,
 
 
 def build_scheduler(name: str | None, params: dict[str, Any],
-                    optimizer: torch.optim.Optimizer) -> Any:
+                    optimizer: torch.optim.Optimizer) -> LRScheduler | None:
     """A per-epoch LR scheduler (stepped once after each epoch), or None."""
     if name is None:
         return None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -21,7 +20,7 @@ class Precision:
     def amp_dtype(self) -> torch.dtype | None:
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
 
-    def grad_scaler(self, device: str) -> Any:
+    def grad_scaler(self, device: str) -> torch.amp.GradScaler | None:
         """fp16 needs loss scaling (small gradients underflow); bf16 and fp32 do not."""
         if self.name != "fp16":
             return None

@@ -9,12 +9,17 @@ learning rates, ``LearningRate/lr_<group>``. TensorBoard is an optional extra:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pochitrain.errors import BackendMissingError
 
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
-def _summary_writer() -> Any:
+    from pochitrain.training.metrics import EpochRow
+
+
+def _summary_writer() -> type[SummaryWriter]:
     try:
         import tensorboard  # noqa: F401 - torch.utils.tensorboard needs it
         from torch.utils.tensorboard import SummaryWriter
@@ -32,7 +37,7 @@ class TensorBoardLog:
         self.log_dir = log_dir
         self.writer = _summary_writer()(log_dir=str(log_dir))
 
-    def log(self, row: Any) -> None:
+    def log(self, row: EpochRow) -> None:
         w, step = self.writer, row.epoch
         w.add_scalar("Loss/train", row.train_loss, step)
         w.add_scalar("Accuracy/train", 100.0 * row.train_accuracy, step)
