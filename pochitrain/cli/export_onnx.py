@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 
 from pochitrain.cli.common import add_input_size, input_size_arg, positive_int
-
-MODEL_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_small",
-               "mobilenet_v3_large", "efficientnet_b0", "efficientnet_b1")  # models.py
+from pochitrain.models import SUPPORTED_MODELS  # the registry imports no torch
 
 DESCRIPTION = """\
 Export a pochitrain checkpoint (.pth) to ONNX and check the result.
@@ -44,7 +42,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         metavar="CONFIG", help="training config of an original pochitrain "
                         "checkpoint (default: config.py beside the checkpoint, then one folder "
                         "up); pochitrain checkpoints carry their own metadata")
-    parser.add_argument("--model-name", default=None, choices=MODEL_NAMES,
+    parser.add_argument("--model-name", default=None, choices=SUPPORTED_MODELS,
                         help="network of an original pochitrain checkpoint (default: the "
                         "config's model_name; this option wins over the config)")
     parser.add_argument("--num-classes", type=positive_int, default=None, metavar="N",
