@@ -39,6 +39,50 @@ def _diverged(value: float, optimizer: Any, done: int, training: bool) -> Traini
         "mixed_precision = 'bf16' / 'off' instead of 'fp16'.")
 
 
+class _Tally:
+    """Loss, correct predictions and the confusion counts of one epoch, kept on the device
+    where they can be (one host read of the loss per batch)."""
+
+    def __init__(self, num_classes: int | None, device: str) -> None:
+        self.num_classes = num_classes
+        self.total_loss, self.correct = 0.0, 0
+        self.confusion = (torch.zeros(num_classes * num_classes, dtype=torch.int64,
+                                      device=device) if num_classes else None)
+
+    def add(self, logits: torch.Tensor, y: torch.Tensor, loss_value: float, n: int) -> None:
+        self.total_loss += loss_value * n
+        predicted = logits.detach().argmax(1)
+        self.correct += int((predicted == y).sum())
+        if self.confusion is not None:
+            self.confusion += torch.bincount(y * int(self.num_classes or 1) + predicted,
+                                             minlength=self.confusion.numel())
+
+    def finish(self, stats: EpochStats) -> None:
+        if self.confusion is not None:
+            stats.confusion = self.confusion.view(-1, int(self.num_classes or 1)).cpu()
+        if stats.images:
+            stats.loss = self.total_loss / stats.images
+            stats.accuracy = self.correct / stats.images
+
+
+def _update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: Any,
+            after_backward: Callable[[], None] | None) -> None:
+    """Backward pass and optimizer step (through the fp16 gradient scaler when given)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        if after_backward is not None:
+            scaler.unscale_(optimizer)
+            after_backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        if after_backward is not None:
+            after_backward()
+        optimizer.step()
+
+
 def run_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, device: str, *,
               optimizer: torch.optim.Optimizer | None = None,
               stop: threading.Event | None = None,
@@ -58,18 +102,14 @@ def run_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, device
     ``after_backward()``: called after each backward pass, gradients unscaled (gradient
     tracking).
     """
-    training = optimizer is not None
-    model.train(training)
+    model.train(optimizer is not None)
     stats = EpochStats()
-    total_loss, correct = 0.0, 0
     device_type = device.split(":")[0]
     if non_blocking is None:
         non_blocking = device_type == "cuda"
-    confusion = (torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
-                 if num_classes else None)
+    tally = _Tally(num_classes, device)
     start = time.perf_counter()
-    grad = torch.enable_grad() if training else torch.inference_mode()
-    with grad:
+    with torch.enable_grad() if optimizer is not None else torch.inference_mode():
         for batch in loader:
             stats.skipped.update(batch.skipped)
             if batch.images is None or batch.labels is None:
@@ -82,43 +122,23 @@ def run_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, device
                                 enabled=amp_dtype is not None):
                 logits = model(x)
                 loss = criterion(logits, y)
-            if training:
-                optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    if after_backward is not None:
-                        scaler.unscale_(optimizer)
-                        after_backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    if after_backward is not None:
-                        after_backward()
-                    optimizer.step()  # type: ignore[union-attr]
+            if optimizer is not None:
+                _update(loss, optimizer, scaler, after_backward)
             n = int(y.shape[0])
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
-                raise _diverged(loss_value, optimizer, stats.images, training)
-            total_loss += loss_value * n
-            predicted = logits.detach().argmax(1)
-            correct += int((predicted == y).sum())
-            if confusion is not None:
-                confusion += torch.bincount(y * num_classes + predicted,
-                                            minlength=confusion.numel())
+                raise _diverged(loss_value, optimizer, stats.images, optimizer is not None)
+            tally.add(logits, y, loss_value, n)
             stats.images += n
             if on_batch is not None:
                 on_batch(n, loss_value)
-            if training and stop is not None and stop.is_set():
+            if optimizer is not None and stop is not None and stop.is_set():
                 stats.interrupted = True
                 break
     if device_type == "cuda":
         torch.cuda.synchronize()
     stats.seconds = time.perf_counter() - start
-    if confusion is not None:
-        stats.confusion = confusion.view(-1, int(num_classes or 1)).cpu()
-    if stats.images:
-        stats.loss, stats.accuracy = total_loss / stats.images, correct / stats.images
+    tally.finish(stats)
     return stats
 
 

@@ -136,6 +136,68 @@ def batch_shapes(loader: Any) -> list[int]:
     return sizes
 
 
+def _amp(s: FitSetup) -> dict[str, Any]:
+    """The precision arguments of ``run_epoch``."""
+    return {"amp_dtype": s.precision.amp_dtype, "channels_last": s.precision.channels_last,
+            "non_blocking": s.non_blocking}
+
+
+def _warm_up(s: FitSetup) -> None:
+    watch = s.observer
+    try:
+        seconds = warm_up(s.model, s.input_size or [], batch_shapes(s.train_loader), s.device,
+                          eval_sizes=batch_shapes(s.val_loader),
+                          amp_dtype=s.precision.amp_dtype,
+                          channels_last=s.precision.channels_last,
+                          criterion=s.criterion, optimizer=s.optimizer,
+                          num_classes=watch.num_classes if watch else None)
+        info(f"warm-up (cuDNN autotuning, CUDA kernel loading): {seconds:.1f} s")
+    except Exception as exc:  # noqa: BLE001 - only a speed-up: training decides
+        warn(f"warm-up skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
+
+
+def _train_epoch(s: FitSetup, epoch: int, epoch_fn: Any, stop: Any, bars: Any,
+                 out: FitOutcome) -> EpochStats:
+    """One training pass with its progress bar; unreadable images noted."""
+    task = bars.add_task(f"epoch {epoch}/{s.epochs}", total=len(s.train_loader.dataset),
+                         loss=0.0)
+
+    def advance(n: int, loss: float) -> None:
+        bars.update(task, advance=n, loss=loss)
+
+    watch = s.observer
+    tr: EpochStats = epoch_fn(s.model, s.train_loader, s.criterion, s.device,
+                              optimizer=s.optimizer, stop=stop, scaler=s.scaler,
+                              on_batch=advance, **_amp(s),
+                              after_backward=watch.after_backward if watch else None)
+    bars.remove_task(task)
+    _note_skipped(out, "train", s.train_loader, tr)
+    _check_read(tr, s.train_loader, "training")
+    return tr
+
+
+def _validate(s: FitSetup, epoch_fn: Any, out: FitOutcome) -> EpochStats:
+    watch = s.observer
+    va: EpochStats = epoch_fn(s.model, s.val_loader, s.criterion, s.device, **_amp(s),
+                              num_classes=watch.num_classes if watch else None)
+    _note_skipped(out, "val", s.val_loader, va)
+    _check_read(va, s.val_loader, "validation")
+    return va
+
+
+def _stopped_by(s: FitSetup, va: EpochStats, stop: Any) -> str:
+    """After a validated epoch: early stopping, Ctrl+C, or go on ("completed")."""
+    by = "completed"
+    if s.stopper is not None and s.stopper.step({"val_accuracy": va.accuracy,
+                                                 "val_loss": va.loss}):
+        by = "early_stopping"
+        info(f"early stopping: {s.stopper.monitor} did not improve by more than "
+             f"{s.stopper.min_delta} for {s.stopper.patience} epochs")
+    if stop.is_set():
+        by = "interrupted"
+    return by
+
+
 def fit(setup: FitSetup, keeper: CheckpointKeeper, log: MetricsLog,
         extras: Callable[[int, EpochStats, EpochStats | None], dict[str, Any]],
         progress: bool = True, on_epoch: EpochCallback | None = None) -> FitOutcome:
@@ -146,20 +208,8 @@ def fit(setup: FitSetup, keeper: CheckpointKeeper, log: MetricsLog,
     run after that epoch's checkpoints are written).
     """
     s, out = setup, FitOutcome()
-    amp = {"amp_dtype": s.precision.amp_dtype, "channels_last": s.precision.channels_last,
-           "non_blocking": s.non_blocking}
-    watch = s.observer
     if s.input_size is not None and s.device.startswith("cuda"):
-        try:
-            seconds = warm_up(s.model, s.input_size, batch_shapes(s.train_loader), s.device,
-                              eval_sizes=batch_shapes(s.val_loader),
-                              amp_dtype=s.precision.amp_dtype,
-                              channels_last=s.precision.channels_last,
-                              criterion=s.criterion, optimizer=s.optimizer,
-                              num_classes=watch.num_classes if watch else None)
-            info(f"warm-up (cuDNN autotuning, CUDA kernel loading): {seconds:.1f} s")
-        except Exception as exc:  # noqa: BLE001 - only a speed-up: training decides
-            warn(f"warm-up skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
+        _warm_up(s)
     with stop_on_ctrl_c(lambda: warn("Ctrl+C: stopping after this batch "
                                      "(press again to abort now)")) as stop, \
             make_progress(progress, kind="loss") as bars:
@@ -170,33 +220,19 @@ def fit(setup: FitSetup, keeper: CheckpointKeeper, log: MetricsLog,
         for epoch in range(1, s.epochs + 1):
             lr = float(s.optimizer.param_groups[0]["lr"])
             group_lrs = _group_lrs(s.optimizer)
-            task = bars.add_task(f"epoch {epoch}/{s.epochs}",
-                                 total=len(s.train_loader.dataset), loss=0.0)
-
-            def advance(n: int, loss: float, task: Any = task) -> None:
-                bars.update(task, advance=n, loss=loss)
-
-            tr = epoch_fn(s.model, s.train_loader, s.criterion, s.device, optimizer=s.optimizer,
-                          stop=stop, scaler=s.scaler, on_batch=advance, **amp,
-                          after_backward=watch.after_backward if watch else None)
-            bars.remove_task(task)
-            _note_skipped(out, "train", s.train_loader, tr)
-            _check_read(tr, s.train_loader, "training")
+            tr = _train_epoch(s, epoch, epoch_fn, stop, bars, out)
             if tr.interrupted:
                 out.stopped_by = "interrupted"
                 keeper.save_last({**extras(epoch, tr, None), "interrupted": True})
                 break
-            va = epoch_fn(s.model, s.val_loader, s.criterion, s.device, **amp,
-                          num_classes=watch.num_classes if watch else None)
-            _note_skipped(out, "val", s.val_loader, va)
-            _check_read(va, s.val_loader, "validation")
+            va = _validate(s, epoch_fn, out)
             if s.scheduler is not None:
                 s.scheduler.step()
             row = EpochRow(epoch, lr, tr.loss, tr.accuracy, va.loss, va.accuracy,
                            tr.images / max(tr.seconds, 1e-9), tr.seconds + va.seconds, group_lrs)
             log.add(row)
-            if watch is not None:
-                watch.epoch_end(row, va)
+            if s.observer is not None:
+                s.observer.epoch_end(row, va)
             out.epochs_run = epoch
             best = keeper.offer(epoch, va.accuracy, extras(epoch, tr, va))
             info(_epoch_line(epoch, s.epochs, lr, tr, va, best))
@@ -204,13 +240,7 @@ def fit(setup: FitSetup, keeper: CheckpointKeeper, log: MetricsLog,
                 on_epoch(epoch, {"val_accuracy": va.accuracy, "val_loss": va.loss,
                                  "train_accuracy": tr.accuracy, "train_loss": tr.loss,
                                  "lr": lr})
-            if s.stopper is not None and s.stopper.step({"val_accuracy": va.accuracy,
-                                                         "val_loss": va.loss}):
-                out.stopped_by = "early_stopping"
-                info(f"early stopping: {s.stopper.monitor} did not improve by more than "
-                     f"{s.stopper.min_delta} for {s.stopper.patience} epochs")
-            if stop.is_set():
-                out.stopped_by = "interrupted"
+            out.stopped_by = _stopped_by(s, va, stop)
             if epoch == s.epochs or out.stopped_by != "completed":
                 keeper.save_last(extras(epoch, tr, va))
                 break
