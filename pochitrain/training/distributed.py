@@ -31,12 +31,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from pochitrain.errors import ConfigError, PeerLostError, TrainingError
+
+if TYPE_CHECKING:
+    import threading
+
+    from pochitrain.training.epoch import EpochStats
 
 ENV_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 
@@ -91,7 +96,7 @@ class EpochSampler(torch.utils.data.DistributedSampler):
 class SyncedStop:
     """``is_set()`` is True on every rank when Ctrl+C reached any of them (one all-reduce)."""
 
-    def __init__(self, event: Any, device: str) -> None:
+    def __init__(self, event: threading.Event, device: str) -> None:
         self.event, self.device, self._stopped = event, device, False
 
     def set(self) -> None:
@@ -148,7 +153,7 @@ class Distributed:
 
     # ---- per epoch (used by training.fit) ---------------------------------------------------
 
-    def synced_stop(self, event: Any) -> SyncedStop:
+    def synced_stop(self, event: threading.Event) -> SyncedStop:
         return SyncedStop(event, self.device)
 
     def epoch_runner(self, run_epoch: Callable[..., Any]) -> Callable[..., Any]:
@@ -185,7 +190,7 @@ class Distributed:
                 dist.all_reduce(buf, op=dist.ReduceOp.SUM)
                 buf.div_(self.world)
 
-    def reduce(self, stats: Any) -> Any:
+    def reduce(self, stats: EpochStats) -> EpochStats:
         """Sum loss / accuracy (weighted by images) and images over ranks; seconds = the
         slowest rank's; skipped = the union of dataset indices; interrupted = any rank."""
         import torch.distributed as dist
