@@ -24,10 +24,8 @@ MAX_FUNCTION_LINES = 60
 # the contract test below stops being an expected failure when it is empty.
 KNOWN_LAYER_VIOLATIONS: set[str] = {
     "pochitrain.reports -> pochitrain.inference.loop",
-    "pochitrain.inference.open -> pochitrain.tensorrt.runtime",
     "pochitrain.tensorrt.runtime -> pochitrain.inference.cuda_path",
     "pochitrain.tensorrt.runtime -> pochitrain.inference.runner",
-    "cycle: pochitrain.inference -> pochitrain.tensorrt",
 }
 
 # Underscore names used outside the module that defines them ("importer: module._name").
