@@ -20,7 +20,7 @@ import traceback
 import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pochitrain.config_checks import (
     MIXED_PRECISIONS,
@@ -38,6 +38,9 @@ from pochitrain.config_checks import (
 )
 from pochitrain.errors import BackendMissingError, ConfigError, UsageError
 from pochitrain.workspace import config_paths_base, read_run_json
+
+if TYPE_CHECKING:
+    from pochitrain.preprocess import Preprocess
 
 NO_VAL_TRANSFORM_JA = "configにval_transformが設定されていません"
 
@@ -292,7 +295,7 @@ def resolve_device(device: str, flag: str | None = None) -> str:
     return device
 
 
-def preprocess_from_settings(settings: Settings) -> Any:
+def preprocess_from_settings(settings: Settings) -> Preprocess:
     """The inference ``Preprocess`` described by the config's val_transform."""
     from pochitrain.preprocess import from_transform
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
 
 DESCRIPTION = """\
 Run a benchmark suite from a YAML file (the original pochitrain's bench_suites.yaml format,
@@ -81,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else rc
 
 
-def _save_runs(bench_dir: Any, runs: list[dict[str, Any]]) -> None:
+def _save_runs(bench_dir: Path, runs: list[dict[str, Any]]) -> None:
     import json
 
     from pochitrain.workspace import atomic_write_text
@@ -89,7 +93,7 @@ def _save_runs(bench_dir: Any, runs: list[dict[str, Any]]) -> None:
     atomic_write_text(bench_dir / "runs.json", json.dumps(runs, indent=2) + "\n")
 
 
-def _previous_runs(folder: Any) -> list[dict[str, Any]]:
+def _previous_runs(folder: Path) -> list[dict[str, Any]]:
     import json
 
     path = folder / "runs.json"
@@ -99,7 +103,8 @@ def _previous_runs(folder: Any) -> list[dict[str, Any]]:
         return []
 
 
-def _aggregate(folder: Any, runs: list[dict[str, Any]], info: Any, warn: Any) -> int:
+def _aggregate(folder: Path, runs: list[dict[str, Any]], info: Callable[[str], None],
+               warn: Callable[[str], None]) -> int:
     from pochitrain.bench.report import write_summary
 
     source = folder / "raw" if (folder / "raw").is_dir() else folder
