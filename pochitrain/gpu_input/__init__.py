@@ -26,101 +26,71 @@ Options (``options``)
     ``Options.from_env()``: the ``POCHI_READER``, ``POCHI_READ_THREADS`` and
     ``POCHI_GPU_RESIZE`` switches; ``quick_gil_handoff``; ``KERNELS`` (kernel failures).
 
-Names are loaded on first use: importing this package imports neither torch nor PIL (the
-reader helper process runs ``python -m pochitrain.gpu_input.read_proc``).
+Importing this package imports neither torch, NumPy nor PIL (each function imports what it
+needs when called): the reader helper process runs ``python -m pochitrain.gpu_input.read_proc``
+and ``pochi --help`` stays quick.
 """
 
-# ruff: noqa: F401 - the TYPE_CHECKING imports name the re-exports for type checkers
+# ruff: noqa: F401 - re-exports
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from pochitrain.gpu_input.banded import (
-        Band,
-        bucket_taps,
-        resize_normalize,
-        supports,
-        triton_available,
-        two_passes,
-    )
-    from pochitrain.gpu_input.batches import (
-        PIPELINES,
-        Assembled,
-        GpuBatches,
-        InputBatch,
-        gpu_unsupported,
-        resolve_pipeline,
-    )
-    from pochitrain.gpu_input.decode import Decoder
-    from pochitrain.gpu_input.options import (
-        KERNELS,
-        READ_THREADS,
-        SWITCH_INTERVAL,
-        Options,
-        quick_gil_handoff,
-        read_threads,
-    )
-    from pochitrain.gpu_input.prefetcher import prefetch
-    from pochitrain.gpu_input.read import (
-        Entry,
-        Read,
-        map_grouped,
-        read_file,
-        read_file_python,
-        read_item,
-        reader_for,
-    )
-    from pochitrain.gpu_input.read_proc import ReaderProcess, SlotChunks, rebatch
-    from pochitrain.gpu_input.resample import (
-        SUPPORT,
-        band,
-        fixed_point,
-        geometry,
-        pil_filter,
-        resize_batch,
-        taps,
-        window_bounds,
-    )
-    from pochitrain.gpu_input.resize import (
-        banded_usable,
-        normalize_,
-        resize_crop,
-        resize_path,
-        to_batch,
-    )
-    from pochitrain.gpu_input.vet import (
-        JpegHeader,
-        for_nvjpeg,
-        is_complete_jpeg,
-        nvjpeg_reads_like_pil,
-        read_header,
-    )
-
-_HOMES = {
-    "banded": ("Band", "bucket_taps", "resize_normalize", "supports", "triton_available",
-               "two_passes"),
-    "batches": ("PIPELINES", "Assembled", "GpuBatches", "InputBatch", "gpu_unsupported",
-                "resolve_pipeline"),
-    "decode": ("Decoder",),
-    "options": ("KERNELS", "READ_THREADS", "SWITCH_INTERVAL", "Options", "quick_gil_handoff",
-                "read_threads"),
-    "prefetcher": ("prefetch",),
-    "read": ("Entry", "Read", "map_grouped", "read_file", "read_file_python", "read_item",
-             "reader_for"),
-    "read_proc": ("ReaderProcess", "SlotChunks", "rebatch"),
-    "resample": ("SUPPORT", "band", "fixed_point", "geometry", "pil_filter", "resize_batch",
-                 "taps", "window_bounds"),
-    "resize": ("banded_usable", "normalize_", "resize_crop", "resize_path", "to_batch"),
-    "vet": ("JpegHeader", "for_nvjpeg", "is_complete_jpeg", "nvjpeg_reads_like_pil",
-            "read_header"),
-}
-_WHERE = {name: module for module, names in _HOMES.items() for name in names}
-
-
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pochitrain.gpu_input' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"pochitrain.gpu_input.{module}"), name)
+from pochitrain.gpu_input.banded import (
+    Band,
+    bucket_taps,
+    resize_normalize,
+    supports,
+    triton_available,
+    two_passes,
+)
+from pochitrain.gpu_input.batches import (
+    PIPELINES,
+    Assembled,
+    GpuBatches,
+    InputBatch,
+    gpu_unsupported,
+    resolve_pipeline,
+)
+from pochitrain.gpu_input.decode import Decoder
+from pochitrain.gpu_input.options import (
+    KERNELS,
+    READ_THREADS,
+    SWITCH_INTERVAL,
+    Options,
+    quick_gil_handoff,
+    read_threads,
+)
+from pochitrain.gpu_input.prefetcher import prefetch
+from pochitrain.gpu_input.read import (
+    Entry,
+    Read,
+    map_grouped,
+    read_file,
+    read_file_python,
+    read_item,
+    reader_for,
+)
+from pochitrain.gpu_input.read_proc import ReaderProcess, SlotChunks, rebatch
+from pochitrain.gpu_input.resample import (
+    SUPPORT,
+    band,
+    fixed_point,
+    geometry,
+    pil_filter,
+    resize_batch,
+    taps,
+    window_bounds,
+)
+from pochitrain.gpu_input.resize import (
+    banded_usable,
+    normalize_,
+    resize_crop,
+    resize_path,
+    to_batch,
+)
+from pochitrain.gpu_input.vet import (
+    JpegHeader,
+    for_nvjpeg,
+    is_complete_jpeg,
+    nvjpeg_reads_like_pil,
+    read_header,
+)

@@ -24,10 +24,11 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pochitrain.gpu_input.resample import SUPPORT, band, geometry, taps, window_bounds
-from pochitrain.preprocess import Preprocess
 
 if TYPE_CHECKING:
     import torch
+
+    from pochitrain.preprocess import Preprocess
 
 BLOCK_X = 64
 BLOCK_R = 16

@@ -27,12 +27,12 @@ from pochitrain.gpu_input.decode import Decoder
 from pochitrain.gpu_input.options import Options, quick_gil_handoff, read_threads
 from pochitrain.gpu_input.read import READ_GROUP, Entry, map_grouped, read_groups, reader_for
 from pochitrain.gpu_input.resize import resize_path, to_batch
-from pochitrain.preprocess import Preprocess
 
 if TYPE_CHECKING:
     import torch
 
     from pochitrain.gpu_input.read_proc import ReaderProcess
+    from pochitrain.preprocess import Preprocess
 
 PIPELINES = ("auto", "cpu", "gpu")
 # the Preprocess interpolations the GPU reproduces

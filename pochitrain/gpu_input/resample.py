@@ -27,10 +27,10 @@ import math
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from pochitrain.preprocess import Preprocess
-
 if TYPE_CHECKING:
     import torch
+
+    from pochitrain.preprocess import Preprocess
 
 SUPPORT = {"bilinear": 1.0, "bicubic": 2.0}  # filter support radius, in source pixels
 FILTERS = ("bilinear", "bicubic", "nearest")
@@ -39,6 +39,8 @@ PRECISION_BITS = 32 - 8 - 2  # PIL's fixed-point precision for 8-bit images
 
 @lru_cache(maxsize=8)
 def _resize_step(resize: tuple[int, ...]) -> Preprocess:
+    from pochitrain.preprocess import Preprocess
+
     return Preprocess(input_size=[0, 0], resize=list(resize))
 
 

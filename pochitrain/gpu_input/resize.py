@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 
 from pochitrain.gpu_input.options import KERNELS, Options
 from pochitrain.gpu_input.resample import SUPPORT, resize_batch
-from pochitrain.preprocess import Preprocess
 
 if TYPE_CHECKING:
     import torch
+
+    from pochitrain.preprocess import Preprocess
 
 
 def banded_usable(on_device: bool, mode: str) -> bool:
