@@ -61,7 +61,6 @@ class Upload(io.BytesIO):
         return self.label
 
 
-
 def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
