@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pochitrain.errors import BackendMissingError, BuildError
 from pochitrain.tensorrt.backend import Backend
@@ -49,8 +49,14 @@ def _dtype_name(dtype: Any) -> str:
     return str(dtype).split(".")[-1]
 
 
-def network_types(trt: Any, network: tensorrt.INetworkDefinition) -> tuple[Counter[str], Counter[str], int]:
-    """(all layer output dtypes, conv/matmul output dtypes, number of INT8 quantize layers)."""
+class NetworkTypes(NamedTuple):
+    every: Counter[str]  # output tensor dtype -> count, over all layers
+    compute: Counter[str]  # the same for conv / matmul layers only
+    quantize: int  # INT8 (or FP8 / INT4) quantize layers
+
+
+def network_types(trt: Any, network: tensorrt.INetworkDefinition) -> NetworkTypes:
+    """The output dtypes of the parsed network's layers; see ``NetworkTypes``."""
     every: Counter[str] = Counter()
     compute: Counter[str] = Counter()
     quantize = 0
@@ -64,7 +70,7 @@ def network_types(trt: Any, network: tensorrt.INetworkDefinition) -> tuple[Count
                 compute[name] += 1
             if kind == "QUANTIZE" and name in ("INT8", "FP8", "INT4"):
                 quantize += 1
-    return every, compute, quantize
+    return NetworkTypes(every, compute, quantize)
 
 
 def check_precision(precision: str, compute: Counter[str], quantize: int) -> None:
@@ -91,18 +97,9 @@ def check_precision(precision: str, compute: Counter[str], quantize: int) -> Non
         )
 
 
-def build_engine(backend: Backend, onnx_path: Path, profile: Profile, precision: str,
-                 workspace_size: int | None = None, timing_cache: Path | None = None,
-                 status: Any = None) -> BuildResult:
-    """Parse ``onnx_path`` into a strongly typed network and build a serialized engine.
-
-    ``status`` is an optional callable(str) that shows the current stage.
-    """
-    trt = backend.module
-    say = status or (lambda _msg: None)
-    logger = make_logger(trt)
-    builder: tensorrt.Builder = trt.Builder(logger)
-    network: tensorrt.INetworkDefinition = builder.create_network(backend.network_flags())
+def _require_strong_typing(trt: Any, backend: Backend,
+                           network: tensorrt.INetworkDefinition, precision: str) -> None:
+    """FP16 / INT8 come from the graph's types: only a strongly typed network keeps them."""
     strongly = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     if strongly is not None and not network.get_flag(strongly) and precision != "fp32":
         raise BackendMissingError(
@@ -116,8 +113,12 @@ def build_engine(backend: Backend, onnx_path: Path, profile: Profile, precision:
             "ONNX graph would not be honoured.",
             "Install TensorRT 10 or later, or TensorRT-RTX.",
         )
+
+
+def _parse(trt: Any, backend: Backend, network: tensorrt.INetworkDefinition, logger: Any,
+           onnx_path: Path) -> tensorrt.OnnxParser:
+    """The parser that filled ``network``: it owns the weights, so keep it until the build."""
     parser: tensorrt.OnnxParser = trt.OnnxParser(network, logger)
-    say(f"parsing {onnx_path.name}")
     # parse_from_file resolves external weight files (.onnx.data) next to the model
     if not parser.parse_from_file(str(onnx_path)):
         details = _parser_errors(parser) or logger.errors[-5:] or ["(no details)"]
@@ -127,9 +128,12 @@ def build_engine(backend: Backend, onnx_path: Path, profile: Profile, precision:
             "The graph uses an operator or form this TensorRT version does not support: "
             "re-export with another opset (e.g. 17), or simplify the graph (onnxsim).",
         )
-    every, compute, quantize = network_types(trt, network)
-    check_precision(precision, compute, quantize)
+    return parser
 
+
+def _builder_config(trt: Any, builder: tensorrt.Builder, network: tensorrt.INetworkDefinition,
+                    profile: Profile, workspace_size: int | None) -> tensorrt.IBuilderConfig:
+    """Workspace limit, the batch profile (not for a fixed-shape graph), detailed layer info."""
     config: tensorrt.IBuilderConfig = builder.create_builder_config()
     if workspace_size is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_size)
@@ -139,16 +143,48 @@ def build_engine(backend: Backend, onnx_path: Path, profile: Profile, precision:
         opt.set_shape(name, trt.Dims(profile.min), trt.Dims(profile.opt), trt.Dims(profile.max))
         config.add_optimization_profile(opt)
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    return config
 
-    cache_used = None
-    if timing_cache is not None and backend.has_timing_cache:
-        data = timing_cache.read_bytes() if timing_cache.is_file() else b""
-        cache = config.create_timing_cache(data)
-        if not config.set_timing_cache(cache, False):
-            cache = config.create_timing_cache(b"")  # stale/foreign cache: start afresh
-            config.set_timing_cache(cache, True)
-        cache_used = timing_cache
 
+def _load_timing_cache(config: tensorrt.IBuilderConfig, backend: Backend,
+                       timing_cache: Path | None) -> Path | None:
+    """Give the builder the timing cache file's contents; the path to save it to, or None."""
+    if timing_cache is None or not backend.has_timing_cache:
+        return None
+    data = timing_cache.read_bytes() if timing_cache.is_file() else b""
+    cache = config.create_timing_cache(data)
+    if not config.set_timing_cache(cache, False):
+        cache = config.create_timing_cache(b"")  # stale/foreign cache: start afresh
+        config.set_timing_cache(cache, True)
+    return timing_cache
+
+
+def _save_timing_cache(config: tensorrt.IBuilderConfig, path: Path) -> None:
+    from pochitrain.workspace import atomic_write_bytes
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, bytes(memoryview(config.get_timing_cache().serialize())))
+
+
+def build_engine(backend: Backend, onnx_path: Path, profile: Profile, precision: str,
+                 workspace_size: int | None = None, timing_cache: Path | None = None,
+                 status: Any = None) -> BuildResult:
+    """Parse ``onnx_path`` into a strongly typed network and build a serialized engine.
+
+    ``status`` is an optional callable(str) that shows the current stage.
+    """
+    trt = backend.module
+    say = status or (lambda _msg: None)
+    logger = make_logger(trt)
+    builder: tensorrt.Builder = trt.Builder(logger)
+    network: tensorrt.INetworkDefinition = builder.create_network(backend.network_flags())
+    _require_strong_typing(trt, backend, network, precision)
+    say(f"parsing {onnx_path.name}")
+    parser = _parse(trt, backend, network, logger, onnx_path)  # noqa: F841 - owns the weights
+    types = network_types(trt, network)
+    check_precision(precision, types.compute, types.quantize)
+    config = _builder_config(trt, builder, network, profile, workspace_size)
+    cache_used = _load_timing_cache(config, backend, timing_cache)
     say(f"building {precision.upper()} engine with {backend.describe()}")
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
@@ -162,12 +198,9 @@ def build_engine(backend: Backend, onnx_path: Path, profile: Profile, precision:
         )
     engine = bytes(memoryview(serialized))
     if cache_used is not None:
-        from pochitrain.workspace import atomic_write_bytes
-
-        cache_used.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(cache_used, bytes(memoryview(config.get_timing_cache().serialize())))
-    return BuildResult(engine, seconds, dict(every), dict(compute), quantize, cache_used,
-                       list(logger.warnings))
+        _save_timing_cache(config, cache_used)
+    return BuildResult(engine, seconds, dict(types.every), dict(types.compute), types.quantize,
+                       cache_used, list(logger.warnings))
 
 
 def gpu_info() -> dict[str, str] | None:

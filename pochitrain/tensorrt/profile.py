@@ -61,11 +61,9 @@ def dynamic_shape_error(info: OnnxInfo) -> ShapeError:
     )
 
 
-def resolve_profile(info: OnnxInfo, input_size: tuple[int, int] | None = None,
-                    batch_size: int | None = None,
-                    batch_range: tuple[int, int, int] | None = None) -> Profile:
-    """Profile for ``info`` following the spec (see module docstring)."""
-    pattern = info.pattern
+def _check_options(info: OnnxInfo, batch_size: int | None,
+                   batch_range: tuple[int, int, int] | None) -> int:
+    """The batch options make sense together; returns the graph's fixed channel count."""
     if batch_size is not None and batch_range is not None:
         raise UsageError("--batch-size and --batch cannot be used together.",
                          "Use --batch-size N for a fixed batch, or --batch MIN OPT MAX.")
@@ -79,40 +77,35 @@ def resolve_profile(info: OnnxInfo, input_size: tuple[int, int] | None = None,
             f"{info.shape_text()}; pochitrain handles RGB input with 3 fixed channels.",
             "Re-export the model with a fixed channel dimension (3).",
         )
-    if pattern == 3:
-        if batch_size is not None or batch_range is not None:
-            raise UsageError(
-                f"{info.path.name} は完全静的 ONNX です (パターン3): バッチサイズ変更不可。\n"
-                f"The ONNX input is fully static {info.shape_text()}: its batch size is fixed "
-                "in the graph, so --batch-size / --batch cannot change it.",
-                "Drop --batch-size/--batch, or re-export with a dynamic batch dimension "
-                '(dynamic_axes={"input": {0: "batch_size"}, "output": {0: "batch_size"}}).',
-            )
-        static = tuple(int(d) for d in info.input_shape)
-        if input_size is not None and tuple(input_size) != static[2:]:
-            raise UsageError(
-                f"--input-size {input_size[0]} {input_size[1]} does not match the static ONNX "
-                f"input {info.shape_text()}.",
-                "Drop --input-size: a fully static ONNX takes its H/W from the graph.",
-            )
-        return Profile(3, None, None, None, static_shape=static)  # type: ignore[arg-type]
+    return channels
 
+
+def _static_profile(info: OnnxInfo, input_size: tuple[int, int] | None,
+                    batch_options: bool) -> Profile:
+    """Pattern 3: the graph's own shape, no optimization profile."""
+    if batch_options:
+        raise UsageError(
+            f"{info.path.name} は完全静的 ONNX です (パターン3): バッチサイズ変更不可。\n"
+            f"The ONNX input is fully static {info.shape_text()}: its batch size is fixed "
+            "in the graph, so --batch-size / --batch cannot change it.",
+            "Drop --batch-size/--batch, or re-export with a dynamic batch dimension "
+            '(dynamic_axes={"input": {0: "batch_size"}, "output": {0: "batch_size"}}).',
+        )
+    static = tuple(int(d) for d in info.input_shape)
+    if input_size is not None and tuple(input_size) != static[2:]:
+        raise UsageError(
+            f"--input-size {input_size[0]} {input_size[1]} does not match the static ONNX "
+            f"input {info.shape_text()}.",
+            "Drop --input-size: a fully static ONNX takes its H/W from the graph.",
+        )
+    return Profile(3, None, None, None, static_shape=static)  # type: ignore[arg-type]
+
+
+def _height_width(info: OnnxInfo, input_size: tuple[int, int] | None) -> tuple[int, int]:
+    """H/W from the graph when fixed there, else from ``--input-size`` (which must agree with
+    any dimension the graph does fix)."""
     fixed = info.fixed_hw
-    if fixed is None:
-        if input_size is None:
-            raise dynamic_shape_error(info)
-        h, w = input_size
-        # one of H/W may still be fixed in the graph: it must agree
-        for axis, value in ((2, h), (3, w)):
-            dim = info.input_shape[axis]
-            if isinstance(dim, int) and dim != value:
-                raise UsageError(
-                    f"--input-size {h} {w} conflicts with the ONNX input {info.shape_text()} "
-                    f"(dim {axis} is fixed at {dim}).",
-                    "Give the sizes the graph allows.",
-                )
-    else:
-        h, w = fixed
+    if fixed is not None:
         if input_size is not None and tuple(input_size) != fixed:
             raise UsageError(
                 f"--input-size {input_size[0]} {input_size[1]} does not match the ONNX input "
@@ -120,15 +113,46 @@ def resolve_profile(info: OnnxInfo, input_size: tuple[int, int] | None = None,
                 "Drop --input-size (pattern 1 takes H/W from the ONNX), or re-export the model "
                 "at the size you want.",
             )
+        return fixed
+    if input_size is None:
+        raise dynamic_shape_error(info)
+    h, w = input_size
+    for axis, value in ((2, h), (3, w)):
+        dim = info.input_shape[axis]
+        if isinstance(dim, int) and dim != value:
+            raise UsageError(
+                f"--input-size {h} {w} conflicts with the ONNX input {info.shape_text()} "
+                f"(dim {axis} is fixed at {dim}).",
+                "Give the sizes the graph allows.",
+            )
+    return h, w
+
+
+def _batch_range(info: OnnxInfo, batch_size: int | None,
+                 batch_range: tuple[int, int, int] | None) -> tuple[int, int, int]:
+    """(min, opt, max) batch: the graph's fixed batch, ``--batch``, or ``--batch-size`` (1)."""
     batch = info.input_shape[0]
     if isinstance(batch, int):
         # pattern 2 with a fixed batch: nothing to choose for the batch
         if batch_size is not None or batch_range is not None:
             raise UsageError(f"The batch dimension of {info.shape_text()} is fixed at {batch}.",
                              "Drop --batch-size/--batch.")
-        lo = opt = hi = batch
-    elif batch_range is not None:
-        lo, opt, hi = batch_range
-    else:
-        lo = opt = hi = batch_size or 1
-    return Profile(pattern, (lo, channels, h, w), (opt, channels, h, w), (hi, channels, h, w))
+        return batch, batch, batch
+    if batch_range is not None:
+        return batch_range
+    n = batch_size or 1
+    return n, n, n
+
+
+def resolve_profile(info: OnnxInfo, input_size: tuple[int, int] | None = None,
+                    batch_size: int | None = None,
+                    batch_range: tuple[int, int, int] | None = None) -> Profile:
+    """Profile for ``info`` following the spec (see module docstring)."""
+    channels = _check_options(info, batch_size, batch_range)
+    if info.pattern == 3:
+        return _static_profile(info, input_size,
+                               batch_size is not None or batch_range is not None)
+    h, w = _height_width(info, input_size)
+    lo, opt, hi = _batch_range(info, batch_size, batch_range)
+    return Profile(info.pattern, (lo, channels, h, w), (opt, channels, h, w),
+                   (hi, channels, h, w))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     import torch
 
     from pochitrain.inference.cuda_path import BatchPipe
+    from pochitrain.tensorrt.backend import Backend
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -63,18 +65,17 @@ def _gpu_text(gpu: Any) -> str:
     return str(gpu)
 
 
-def _load_backend(recorded: str) -> tuple[str, Any]:
-    """(name, module) of the TensorRT flavour recorded in the engine metadata."""
+def _load_backend(recorded: str) -> Backend:
+    """The TensorRT flavour recorded in the engine metadata."""
     from pochitrain.tensorrt.backend import load_backend
 
     try:
-        backend = load_backend(recorded)
+        return load_backend(recorded)
     except BackendMissingError as exc:
         raise BackendMissingError(
             f"This engine was built with {recorded}, which is not installed here.\n{exc.message}",
             exc.remedy,
         ) from exc
-    return backend.name, backend.module
 
 
 class TensorRTRunner:
@@ -165,7 +166,17 @@ class TensorRTRunner:
         self.pipe.close()
 
 
-def _io_specs(trt: Any, engine: tensorrt.ICudaEngine, path: Path) -> tuple[TensorSpec, TensorSpec]:
+class EngineIO(NamedTuple):
+    input: TensorSpec
+    output: TensorSpec
+
+
+class OpenedEngine(NamedTuple):
+    runner: TensorRTRunner
+    meta: dict[str, Any]  # the sidecar ``<engine>.json`` (or what a bare engine tells)
+
+
+def _io_specs(trt: Any, engine: tensorrt.ICudaEngine, path: Path) -> EngineIO:
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
     outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -187,18 +198,10 @@ def _io_specs(trt: Any, engine: tensorrt.ICudaEngine, path: Path) -> tuple[Tenso
     inp = TensorSpec(i_name, _np_dtype(trt, engine.get_tensor_dtype(i_name), i_name), lo, opt, hi)
     o_dtype = _np_dtype(trt, engine.get_tensor_dtype(o_name), o_name)
     o_shape = _dims(engine.get_tensor_shape(o_name))
-    return inp, TensorSpec(o_name, o_dtype, o_shape, o_shape, o_shape)
+    return EngineIO(inp, TensorSpec(o_name, o_dtype, o_shape, o_shape, o_shape))
 
 
-def open_trt_runner(engine_path: Path | str, batch_size: int | None = None, *,
-                    trt: Any = None, pipe: BatchPipe | None = None,
-                    ) -> tuple[TensorRTRunner, dict[str, Any]]:
-    """Load ``engine_path`` -> (runner, its sidecar metadata ``<engine>.json`` as a dict).
-
-    ``batch_size`` defaults to the profile's opt and must lie within its min..max.
-    ``trt`` / ``pipe`` replace the backend module and the CUDA path (tests).
-    """
-    path = Path(engine_path)
+def _read_sidecar(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ModelFileError(
             f"エンジンファイルが見つかりません: {path}\nEngine file not found: {path}",
@@ -210,8 +213,62 @@ def open_trt_runner(engine_path: Path | str, batch_size: int | None = None, *,
         sidecar_path,
     )
 
-    meta = (read_engine_metadata(path) if sidecar_path(path).exists()
+    return (read_engine_metadata(path) if sidecar_path(path).exists()
             else bare_engine_metadata(path))  # an engine built elsewhere: config supplies meta
+
+
+def _deserialize(runtime: tensorrt.Runtime, logger: Any,
+                 path: Path) -> tensorrt.ICudaEngine | None:
+    try:
+        return runtime.deserialize_cuda_engine(path.read_bytes())
+    except Exception as exc:  # noqa: BLE001 - the bindings raise for some malformed files
+        logger.errors.append(f"{type(exc).__name__}: {exc}")
+        return None
+
+
+def _load_error(path: Path, meta: dict[str, Any], backend: str, installed: str, gpu: str,
+                logger: Any) -> EngineLoadError:
+    """Why the engine does not load here: where it was built, what is installed."""
+    recorded = f"{meta.get('backend', '?')} {meta.get('backend_version', '?')}"
+    built_on = f", GPU {_gpu_text(meta.get('gpu'))}" if meta.get("gpu") else ""
+    detail = f"\nTensorRT: {logger.errors[-1]}" if logger.errors else ""
+    source = (meta.get("source_onnx") or {}).get("path", "the original .onnx")
+    remedy = "Re-run `pochi convert` on this machine to rebuild the engine"
+    if backend == "tensorrt_rtx" and "(sm_90)" in gpu:
+        detail += "\nTensorRT-RTX does not run on compute capability 9.0 (H100/H200)."
+        remedy = ('Install TensorRT (pip install "pochitrain[tensorrt]") and rebuild with '
+                  "`pochi convert --backend tensorrt`")
+    return EngineLoadError(
+        f"エンジンを読み込めません: {path}\nThe engine cannot be deserialized here. It was "
+        f"built with {recorded}{built_on}; installed: {backend} {installed}, GPU {gpu}. "
+        "Engines only load with the TensorRT version and GPU they were built for."
+        + detail,
+        f"{remedy} (source ONNX: {source}).",
+    )
+
+
+def _runner_info(backend: str, installed: str, meta: dict[str, Any], io: EngineIO,
+                 gpu: str) -> dict[str, str]:
+    inp, out = io
+    lo, opt, hi = inp.min_shape[0], inp.opt_shape[0], inp.max_shape[0]
+    return {
+        "backend": f"{backend} {installed}",
+        "precision": str(meta.get("precision", "unknown")),
+        "engine_io": f"{inp.dtype.name} -> {out.dtype.name}",
+        "batch_profile": f"min {lo} / opt {opt} / max {hi}",
+        "gpu": gpu,
+    }
+
+
+def open_trt_runner(engine_path: Path | str, batch_size: int | None = None, *,
+                    trt: Any = None, pipe: BatchPipe | None = None) -> OpenedEngine:
+    """Load ``engine_path`` -> (runner, its sidecar metadata ``<engine>.json`` as a dict).
+
+    ``batch_size`` defaults to the profile's opt and must lie within its min..max.
+    ``trt`` / ``pipe`` replace the backend module and the CUDA path (tests).
+    """
+    path = Path(engine_path)
+    meta = _read_sidecar(path)
     gpu = "injected pipe"
     if pipe is None:
         from pochitrain.inference.cuda_path import require_cuda
@@ -219,48 +276,22 @@ def open_trt_runner(engine_path: Path | str, batch_size: int | None = None, *,
         gpu = require_cuda()
     backend = str(meta["backend"])
     if trt is None:
-        backend, trt = _load_backend(backend)
+        loaded = _load_backend(backend)
+        backend, trt = loaded.name, loaded.module
     installed = str(getattr(trt, "__version__", "unknown"))
-
     logger = make_logger(trt)
     runtime: tensorrt.Runtime = trt.Runtime(logger)
-    try:
-        engine: tensorrt.ICudaEngine | None = runtime.deserialize_cuda_engine(path.read_bytes())
-    except Exception as exc:  # noqa: BLE001 - the bindings raise for some malformed files
-        logger.errors.append(f"{type(exc).__name__}: {exc}")
-        engine = None
+    engine = _deserialize(runtime, logger, path)
     if engine is None:
-        recorded = f"{meta.get('backend', '?')} {meta.get('backend_version', '?')}"
-        built_on = f", GPU {_gpu_text(meta.get('gpu'))}" if meta.get("gpu") else ""
-        detail = f"\nTensorRT: {logger.errors[-1]}" if logger.errors else ""
-        source = (meta.get("source_onnx") or {}).get("path", "the original .onnx")
-        remedy = "Re-run `pochi convert` on this machine to rebuild the engine"
-        if backend == "tensorrt_rtx" and "(sm_90)" in gpu:
-            detail += "\nTensorRT-RTX does not run on compute capability 9.0 (H100/H200)."
-            remedy = ('Install TensorRT (pip install "pochitrain[tensorrt]") and rebuild with '
-                      "`pochi convert --backend tensorrt`")
-        raise EngineLoadError(
-            f"エンジンを読み込めません: {path}\nThe engine cannot be deserialized here. It was "
-            f"built with {recorded}{built_on}; installed: {backend} {installed}, GPU {gpu}. "
-            "Engines only load with the TensorRT version and GPU they were built for."
-            + detail,
-            f"{remedy} (source ONNX: {source}).",
-        )
-
-    inp, out = _io_specs(trt, engine, path)
+        raise _load_error(path, meta, backend, installed, gpu, logger)
+    io = _io_specs(trt, engine, path)
     if pipe is None:
         from pochitrain.inference.cuda_path import CudaBatchPipe
 
         pipe = CudaBatchPipe()
-    lo, opt, hi = inp.min_shape[0], inp.opt_shape[0], inp.max_shape[0]
-    info = {
-        "backend": f"{backend} {installed}",
-        "precision": str(meta.get("precision", "unknown")),
-        "engine_io": f"{inp.dtype.name} -> {out.dtype.name}",
-        "batch_profile": f"min {lo} / opt {opt} / max {hi}",
-        "gpu": gpu,
-    }
-    runner = TensorRTRunner(engine, inp, out, pipe, info, keep=(runtime, logger))
+    runner = TensorRTRunner(engine, io.input, io.output, pipe,
+                            _runner_info(backend, installed, meta, io, gpu),
+                            keep=(runtime, logger))
     if batch_size is not None:
         runner.check_batch_size(batch_size)
-    return runner, meta
+    return OpenedEngine(runner, meta)
