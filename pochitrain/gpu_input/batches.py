@@ -142,7 +142,7 @@ class GpuBatches:
         return (f"gpu (decode: {self.jpeg_decoder}; resize/crop/normalize on {self.device}: "
                 f"{resize_path(self.preprocess, self.device)})")
 
-    def to_batch(self, images: list[torch.Tensor]) -> torch.Tensor | None:
+    def batch_of(self, images: list[torch.Tensor]) -> torch.Tensor | None:
         """Decoded (3, h, w) uint8 images -> one float32 NCHW batch (None for no images)."""
         if not images:
             return None
@@ -160,7 +160,7 @@ class GpuBatches:
         what PIL opens if nvJPEG cannot) or ``"rgb"`` (payload: (h, w, 3) uint8 array)."""
         images = self.decoder.decode(entries)
         failed = [i for i, image in enumerate(images) if image is None]
-        batch = self.to_batch([image for image in images if image is not None])
+        batch = self.batch_of([image for image in images if image is not None])
         if batch is not None and self.cuda:
             self._torch.cuda.current_stream(self.device).synchronize()
         return Assembled(batch, failed)
@@ -188,7 +188,7 @@ class GpuBatches:
             yield self._batch(good, skipped)
 
     def _batch(self, good: list[tuple[Entry, torch.Tensor]], skipped: list[Path]) -> InputBatch:
-        return InputBatch(self.to_batch([image for _, image in good]),
+        return InputBatch(self.batch_of([image for _, image in good]),
                           [e.source for e, _ in good], [e.label for e, _ in good], skipped)
 
     def _decoded(self, pool: ThreadPoolExecutor, samples: list[tuple[Path, int]],
