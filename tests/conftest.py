@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tiny import copy_tiny
+from typecheck import TypeCheck
 
 
 @pytest.fixture
 def one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """One intra-op thread here and in child processes (OMP_NUM_THREADS=1): on the shared
-    2-core CI machine, oversubscribed OpenMP threads spin (3x slower measured)."""
+    """One intra-op thread here and in child processes (OMP_NUM_THREADS=1): on a busy
+    machine with few cores, oversubscribed OpenMP threads spin instead of working."""
     import torch
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -19,6 +26,20 @@ def one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def type_check(request: pytest.FixtureRequest,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[TypeCheck | None]:
+    """The mypy run of test_types.py, started as the session begins when that module is
+    selected: it reads the whole package and the libraries it calls, a long job for one core,
+    so it runs beside the other tests instead of after them."""
+    if not any(item.path.name == "test_types.py" for item in request.session.items):
+        yield None
+        return
+    check = TypeCheck(tmp_path_factory.mktemp("mypy"))
+    yield check
+    check.stop()
 
 
 @pytest.fixture(scope="session")
@@ -51,23 +72,87 @@ def untrained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-# Training settings of the shared trained model: ~26 s on 2 idle CPU cores (more when the
-# machine is busy), best val accuracy 98.9% (measured; the fixture asserts >= 85%, so thread
-# counts and seeds cannot flip it). Tests that need a good model compare runtimes with each
-# other rather than with a fixed accuracy.
-TRAINED_RUN_SETTINGS = {"epochs": 2, "batch_size": 32, "learning_rate": 0.001}
+@pytest.fixture(scope="session")
+def onnx_export(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``onnx_export(checkpoint, pattern=1)``: ``<folder>/p<pattern>.onnx``, the checkpoint
+    exported by export-onnx at 32x32 without verification, in export pattern 1 (batch dynamic),
+    2 (height and width dynamic too) or 3 (every dimension fixed, batch 2).
+
+    Each (checkpoint, pattern) is exported once per session and shared by every module, so the
+    file is read-only: tests that write beside a model copy it into their own folder first.
+    """
+    from pochitrain.onnx.export import ExportShape
+    from pochitrain.pipeline.export_onnx import export_onnx
+
+    shapes = {1: ExportShape(), 2: ExportShape(dynamic_spatial=True),
+              3: ExportShape(static_batch=2)}
+    made: dict[tuple[Path, int], Path] = {}
+
+    def export(checkpoint: Path, pattern: int = 1) -> Path:
+        key = (checkpoint, pattern)
+        if key not in made:
+            folder = tmp_path_factory.mktemp(f"{checkpoint.stem}_onnx")
+            made[key] = export_onnx(checkpoint, (32, 32), output=folder / f"p{pattern}.onnx",
+                                    shape=shapes[pattern], verify=False, progress=False).path
+        return made[key]
+
+    return export
 
 
 @pytest.fixture(scope="session")
-def trained_run(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The run folder (work_dirs/YYYYMMDD_NNN) of a short real training on the digits.
+def tiny_data(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 classes, 6 train / 3 val digit images each (32x32): a training epoch in a moment.
+    Read-only: tests that change files copy it first."""
+    return copy_tiny(digits_dir, tmp_path_factory.mktemp("tiny"))
 
-    resnet18, 32x32, the sample-data config with fewer epochs; its best model reaches >= 85%
-    val accuracy (asserted here, so tests that rely on a good model fail loudly otherwise).
-    """
-    from pochitrain.pipeline.train import train
+
+@pytest.fixture(scope="session")
+def compat_data(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 classes, 4 train / 2 val digit images each: the data of the original's sample config
+    in the compatibility tests (``tiny.original_config``)."""
+    return copy_tiny(digits_dir, tmp_path_factory.mktemp("compat"), train=4, val=2)
+
+
+# Training settings of the shared trained model: the shortest training whose best val
+# accuracy stays well above the 85% the fixture asserts, so thread counts and seeds cannot
+# flip it. Tests that need a good model compare runtimes with each other rather than with a
+# fixed accuracy.
+TRAINED_RUN_SETTINGS = {"epochs": 2, "batch_size": 32, "learning_rate": 0.001}
+# Hang guard only: the training ends long before it.
+TRAINING_HANG_GUARD_S = 1200
+
+
+def _needs_trained_run(item: pytest.Item) -> bool:
+    return "trained_run" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with tests that use the trained model run last (in their usual order), so the
+    training, started in its own process as the session begins, runs beside the other modules
+    instead of before the first test. Whole modules move, so module fixtures are built once."""
+    late = {item.path for item in items if _needs_trained_run(item)}
+    items[:] = ([item for item in items if item.path not in late]
+                + [item for item in items if item.path in late])
+
+
+@dataclass
+class TrainingJob:
+    proc: subprocess.Popen[bytes]
+    work_dir: Path
+    log: Path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def training_job(request: pytest.FixtureRequest,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainingJob | None]:
+    """``pochi train`` of the shared trained model, started as the session begins when a
+    selected test needs it: one thread in its own process, beside the tests that run first."""
+    if not any(_needs_trained_run(item) for item in request.session.items):
+        yield None
+        return
     from pochitrain.sample_data import write_digits_config
 
+    digits_dir = request.getfixturevalue("digits_dir")
     folder = tmp_path_factory.mktemp("trained")
     config = write_digits_config(folder / "config.py", **TRAINED_RUN_SETTINGS)
     text = config.read_text(encoding="utf-8")
@@ -75,9 +160,38 @@ def trained_run(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
                         f"train_data_root = {str(digits_dir / 'train')!r}")
     text = text.replace('val_data_root = "val"', f"val_data_root = {str(digits_dir / 'val')!r}")
     config.write_text(text, encoding="utf-8")
-    result = train(config, work_dir=folder / "work_dirs", progress=False)
-    assert result.best_val_accuracy is not None and result.best_val_accuracy >= 0.85, result
-    return result.run_dir
+    job = TrainingJob(_start_training(config, folder), folder / "work_dirs", folder / "train.log")
+    yield job
+    if job.proc.poll() is None:
+        job.proc.kill()
+        job.proc.wait()
+
+
+def _start_training(config: Path, folder: Path) -> subprocess.Popen[bytes]:
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    cmd = [sys.executable, "-m", "pochitrain", "train", "-c", str(config),
+           "--work-dir", str(folder / "work_dirs"), "--quiet"]
+    with open(folder / "train.log", "wb") as log:
+        return subprocess.Popen(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(scope="session")
+def trained_run(training_job: TrainingJob | None) -> Path:
+    """The run folder (work_dirs/YYYYMMDD_NNN) of a short real training on the digits.
+
+    resnet18, 32x32, the sample-data config with fewer epochs; its best model reaches >= 85%
+    val accuracy (asserted here, so tests that rely on a good model fail loudly otherwise).
+    """
+    assert training_job is not None
+    code = training_job.proc.wait(timeout=TRAINING_HANG_GUARD_S)
+    assert code == 0, training_job.log.read_text(encoding="utf-8", errors="replace")[-3000:]
+    (run_dir,) = training_job.work_dir.iterdir()
+    info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    best = info["best_val_accuracy"]
+    assert info["status"] == "completed" and best is not None and best >= 0.85, info
+    return run_dir
 
 
 @pytest.fixture(scope="session")

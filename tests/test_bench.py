@@ -6,6 +6,7 @@ import csv
 import json
 import shutil
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,14 +19,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def bench_models(untrained_checkpoint: Path, digits_dir: Path,
+def bench_models(untrained_checkpoint: Path, onnx_export: Callable[..., Path], digits_dir: Path,
                  tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The untrained checkpoint, its ONNX export, a placeholder engine, 2 images per digit."""
-    from pochitrain.pipeline.export_onnx import export_onnx
-
     folder = tmp_path_factory.mktemp("bench_models")
-    onnx_path = folder / "model.onnx"
-    export_onnx(untrained_checkpoint, (32, 32), output=onnx_path, verify=False, progress=False)
+    onnx_path = onnx_export(untrained_checkpoint)
     engine = folder / "model_fp16.engine"
     engine.write_bytes(b"not an engine")  # never opened here: TensorRT cases need a GPU
     broken = folder / "broken.onnx"

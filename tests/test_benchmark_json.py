@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -77,17 +78,15 @@ def small_val(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 @pytest.fixture(scope="module")
-def onnx_models(untrained_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
-                ) -> dict[str, Path]:
+def onnx_models(untrained_checkpoint: Path, onnx_export: Callable[..., Path],
+                tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The FP32 export and its FP16 pass, the latter under a misleading file name."""
     import onnx
 
     from pochitrain.onnx.fp16 import convert_to_fp16
-    from pochitrain.pipeline.export_onnx import export_onnx
 
     folder = tmp_path_factory.mktemp("bench_onnx")
-    fp32 = folder / "model.onnx"
-    export_onnx(untrained_checkpoint, (32, 32), output=fp32, verify=False, progress=False)
+    fp32 = onnx_export(untrained_checkpoint)
     fp16, _ = convert_to_fp16(onnx.load(str(fp32)))
     named_fp32 = folder / "model_fp32.onnx"  # precision must come from the graph, not the name
     onnx.save(fp16, str(named_fp32))

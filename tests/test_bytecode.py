@@ -18,7 +18,7 @@ def _pochi(tmp_path: Path, pythonpath: Path | None = None, **env: str) -> Path:
     if pythonpath is not None:
         full["PYTHONPATH"] = os.pathsep.join([str(pythonpath), full.get("PYTHONPATH", "")])
     done = subprocess.run([sys.executable, "-m", "pochitrain.cli.main", "sample-data", "--help"],
-                          capture_output=True, text=True, timeout=60, env=full, check=False)
+                          capture_output=True, text=True, timeout=300, env=full, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     return cache / "pochitrain" / "pycache"
 

@@ -5,90 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tiny import copy_tiny
+from tiny import original_config
 
 from pochitrain.config import load_config
 from pochitrain.errors import ConfigError
-
-# The keys of the original's sample config (reference 2.2), written here from that list.
-ORIGINAL_CONFIG = '''
-import torchvision.transforms as transforms
-model_name = "resnet18"
-num_classes = 3
-pretrained = False
-train_data_root = {train!r}
-val_data_root = {val!r}
-batch_size = 4
-num_workers = 0
-train_pin_memory = True
-infer_pin_memory = True
-gpu_non_blocking = True
-epochs = {epochs}
-learning_rate = 0.001
-optimizer = "SGD"
-scheduler = "ExponentialLR"
-scheduler_params = {{"gamma": 0.95}}
-class_weights = None
-work_dir = {work!r}
-device = "cpu"
-cudnn_benchmark = False
-enable_metrics_export = True
-enable_tensorboard = {tensorboard}
-enable_gradient_tracking = True
-gradient_tracking_config = {{
-    "record_frequency": 1,
-    "exclude_patterns": ["fc\\\\.", "\\\\.bias"],
-    "group_by_block": True,
-    "aggregation_method": "median",
-}}
-early_stopping = {{"enabled": False, "patience": 30, "min_delta": 3.0, "monitor": "val_accuracy"}}
-enable_layer_wise_lr = True
-layer_wise_lr_config = {{
-    "layer_rates": {{"conv1": 0.0001, "bn1": 0.0001, "layer1": 0.0002, "layer2": 0.0005,
-                    "layer3": 0.001, "layer4": 0.002, "fc": 0.01}},
-    "graph_config": {{"use_log_scale": True}},
-}}
-mean = [0.485, 0.456, 0.406]
-std = [0.229, 0.224, 0.225]
-train_transform = transforms.Compose([transforms.ToTensor(),
-                                      transforms.Normalize(mean=mean, std=std)])
-val_transform = transforms.Compose([transforms.ToTensor(),
-                                    transforms.Normalize(mean=mean, std=std)])
-confusion_matrix_config = {{
-    "title": "混同行列", "xlabel": "予測ラベル", "ylabel": "実際ラベル", "fontsize": 14,
-    "title_fontsize": 16, "label_fontsize": 12, "figsize": (8, 6), "cmap": "Blues",
-}}
-optuna = {{
-    "study_name": "pochitrain_optimization", "direction": "maximize", "n_trials": 20,
-    "n_jobs": 1, "sampler": "TPESampler", "pruner": "MedianPruner", "optuna_epochs": 10,
-    "storage": None,
-    "search_space": {{
-        "learning_rate": {{"type": "float", "low": 1e-5, "high": 1e-1, "log": True}},
-        "batch_size": {{"type": "categorical", "choices": [16, 32]}},
-        "optimizer": {{"type": "categorical", "choices": ["SGD", "Adam", "AdamW"]}},
-    }},
-}}
-'''
-
-
-@pytest.fixture(scope="module")
-def tiny_data(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """3 classes, 4 train / 2 val digit images each (all 32x32)."""
-    return copy_tiny(digits_dir, tmp_path_factory.mktemp("tiny_compat"), train=4, val=2)
-
-
-def original_config(folder: Path, data: Path, epochs: int = 1, tensorboard: bool = False,
-                    **replace: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    text = ORIGINAL_CONFIG.format(train=str(data / "train"), val=str(data / "val"),
-                                  work=str(folder / "work_dirs"), epochs=epochs,
-                                  tensorboard=tensorboard)
-    for old, new in replace.items():
-        assert old in text
-        text = text.replace(old, new)
-    path = folder / "config.py"
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def _write(tmp_path: Path, body: str) -> Path:
@@ -99,9 +19,9 @@ def _write(tmp_path: Path, body: str) -> Path:
     return path
 
 
-def test_original_sample_config_is_accepted_with_its_meaning(tiny_data: Path,
+def test_original_sample_config_is_accepted_with_its_meaning(compat_data: Path,
                                                              tmp_path: Path) -> None:
-    s = load_config(original_config(tmp_path, tiny_data))
+    s = load_config(original_config(tmp_path, compat_data))
     assert s.train_pin_memory is True and s.gpu_non_blocking is True
     assert s.cudnn_benchmark is False and s.infer_pin_memory is True
     assert s.mean == [0.485, 0.456, 0.406] and s.std == [0.229, 0.224, 0.225]

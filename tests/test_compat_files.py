@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_compat_config import original_config, tiny_data  # noqa: F401 - fixture
+from tiny import original_config
 
 from pochitrain.cli.main import run
 from pochitrain.errors import ConfigError, ModelFileError
@@ -24,7 +24,7 @@ def _original_checkpoint(path: Path, model: torch.nn.Module) -> Path:
 
 
 @pytest.fixture(scope="module")
-def original_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
+def original_run(compat_data: Path, tmp_path_factory: pytest.TempPathFactory
                  ) -> tuple[Path, Path, Path]:
     """(original run folder, its checkpoint, our checkpoint of the same weights)."""
     from pochitrain.checkpoint import save_checkpoint
@@ -34,7 +34,7 @@ def original_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory  # no
 
     root = tmp_path_factory.mktemp("orig")
     run_dir = root / "work_dirs" / "20250101_001"
-    original_config(run_dir, tiny_data)  # its config.py copy in the run folder
+    original_config(run_dir, compat_data)  # its config.py copy in the run folder
     torch.manual_seed(1)
     model = build_model("resnet18", 3).eval()
     original = _original_checkpoint(run_dir / "models" / "best_epoch3.pth", model)
@@ -54,10 +54,10 @@ def _predictions(out: Path) -> list[tuple[str, str, str]]:
 
 
 def test_original_checkpoint_infers_like_ours(original_run: tuple[Path, Path, Path],
-                                              tiny_data: Path, tmp_path: Path,  # noqa: F811
+                                              compat_data: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     _, original, ours = original_run
-    data = str(tiny_data / "val")
+    data = str(compat_data / "val")
     assert run(["infer", str(original), "-d", data, "-o", str(tmp_path / "a"), "--quiet",
                 "--device", "cpu"]) == 0
     said = capsys.readouterr()
@@ -70,7 +70,7 @@ def test_original_checkpoint_infers_like_ours(original_run: tuple[Path, Path, Pa
 
 
 def test_original_checkpoint_exports_and_onnx_agrees(original_run: tuple[Path, Path, Path],
-                                                     tiny_data: Path,  # noqa: F811
+                                                     compat_data: Path,
                                                      tmp_path: Path) -> None:
     from pochitrain.onnx.inspect import read_onnx
 
@@ -81,7 +81,7 @@ def test_original_checkpoint_exports_and_onnx_agrees(original_run: tuple[Path, P
                 "--num-classes", "3", "--skip-verify"]) == 0
     info, _ = read_onnx(onnx_path)
     assert info.meta is not None and info.meta.class_names == ["0", "1", "2"]
-    data = str(tiny_data / "val")
+    data = str(compat_data / "val")
     assert run(["infer-onnx", str(onnx_path), "-d", data, "-o", str(tmp_path / "o"),
                 "--quiet"]) == 0
     assert run(["infer", str(ours), "-d", data, "-o", str(tmp_path / "p"), "--quiet",
@@ -91,7 +91,7 @@ def test_original_checkpoint_exports_and_onnx_agrees(original_run: tuple[Path, P
 
 
 def test_original_onnx_file_uses_the_run_config(original_run: tuple[Path, Path, Path],
-                                                tiny_data: Path, tmp_path: Path,  # noqa: F811
+                                                compat_data: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """The original's export: legacy exporter, input/output names, dynamic batch, no
     metadata; the config is found at <model>/../../config.py."""
@@ -104,7 +104,7 @@ def test_original_onnx_file_uses_the_run_config(original_run: tuple[Path, Path, 
                       opset_version=17, do_constant_folding=True, input_names=["input"],
                       output_names=["output"], dynamo=False,
                       dynamic_axes={"input": {0: "batch_size"}, "output": {0: "batch_size"}})
-    data = str(tiny_data / "val")
+    data = str(compat_data / "val")
     capsys.readouterr()
     assert run(["infer-onnx", str(onnx_path), "-d", data, "-o", str(tmp_path / "o"),
                 "--quiet"]) == 0

@@ -6,19 +6,19 @@ import builtins
 from pathlib import Path
 
 import pytest
-from test_compat_config import original_config, tiny_data  # noqa: F401 - fixture
+from tiny import original_config
 
 from pochitrain.errors import BackendMissingError
 
 
-def test_tensorboard_events_with_the_original_tags(tiny_data: Path,  # noqa: F811
+def test_tensorboard_events_with_the_original_tags(compat_data: Path,
                                                    tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from pochitrain.pipeline.train import train
 
-    config = original_config(tmp_path, tiny_data, epochs=2, tensorboard=True, **{
+    config = original_config(tmp_path, compat_data, epochs=2, tensorboard=True, **{
         "enable_gradient_tracking = True": "enable_gradient_tracking = False"})
     run_dir = train(config, progress=False).run_dir
     log_dir = run_dir / "tensorboard" / run_dir.name

@@ -6,16 +6,16 @@ import csv
 from pathlib import Path
 
 import pytest
-from test_compat_config import original_config, tiny_data  # noqa: F401 - fixture
+from tiny import original_config
 
 from pochitrain.pipeline.train import train
 
 
 @pytest.fixture(scope="module")
-def original_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+def original_run(compat_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two epochs of the original's sample config (data paths changed, 32x32 images)."""
     folder = tmp_path_factory.mktemp("original_run")
-    result = train(original_config(folder, tiny_data, epochs=2), progress=False)
+    result = train(original_config(folder, compat_data, epochs=2), progress=False)
     assert result.epochs_run == 2
     return result.run_dir
 
@@ -30,7 +30,7 @@ def test_layer_wise_lr_columns_and_plot(original_run: Path) -> None:
     assert (original_run / "layer_wise_lr.png").stat().st_size > 1000
 
 
-def test_confusion_log_and_paths(original_run: Path, tiny_data: Path) -> None:  # noqa: F811
+def test_confusion_log_and_paths(original_run: Path, compat_data: Path) -> None:
     text = (original_run / "confusion_matrix.log").read_text(encoding="utf-8").splitlines()
     assert text[0] == "epoch1" and text[4] == "epoch2" and len(text) == 8
     counts = [[int(v) for v in line.split()] for line in text[1:4]]
@@ -38,7 +38,7 @@ def test_confusion_log_and_paths(original_run: Path, tiny_data: Path) -> None:  
     train_paths = (original_run / "paths" / "train.txt").read_text(encoding="utf-8").split()
     val_paths = (original_run / "paths" / "val.txt").read_text(encoding="utf-8").split()
     assert len(train_paths) == 12 and len(val_paths) == 6
-    assert all(Path(p).is_file() and str(tiny_data / "val") in p for p in val_paths)
+    assert all(Path(p).is_file() and str(compat_data / "val") in p for p in val_paths)
 
 
 def test_gradient_trace_csv(original_run: Path) -> None:
@@ -58,27 +58,27 @@ def test_image_size_taken_from_training_images(original_run: Path) -> None:
     assert record["input_size"] == [32, 32]  # val_transform has no Resize
 
 
-def test_overrides_of_automatic_choices(tiny_data: Path) -> None:  # noqa: F811
+def test_overrides_of_automatic_choices(compat_data: Path) -> None:
     import torch
 
     from pochitrain.data import scan_image_folder
-    from pochitrain.pipeline.train import _cudnn_autotune
     from pochitrain.training.data import make_loader
+    from pochitrain.training.run import cudnn_autotune
 
-    folder = scan_image_folder(tiny_data / "train")
+    folder = scan_image_folder(compat_data / "train")
     loader = make_loader(folder, lambda x: x, batch_size=2, shuffle=False, num_workers=0,
                          device="cuda", seed=0, pin_memory=False)
     assert loader.pin_memory is False
     before = torch.backends.cudnn.benchmark
-    with _cudnn_autotune("cuda", False):
+    with cudnn_autotune("cuda", False):
         assert torch.backends.cudnn.benchmark is False
-    with _cudnn_autotune("cpu", True):
+    with cudnn_autotune("cpu", True):
         assert torch.backends.cudnn.benchmark is True
     assert torch.backends.cudnn.benchmark == before
 
 
-def test_metrics_export_off(tiny_data: Path, tmp_path: Path) -> None:  # noqa: F811
-    config = original_config(tmp_path, tiny_data, **{
+def test_metrics_export_off(compat_data: Path, tmp_path: Path) -> None:
+    config = original_config(tmp_path, compat_data, **{
         "enable_metrics_export = True": "enable_metrics_export = False",
         "enable_gradient_tracking = True": "enable_gradient_tracking = False",
         "enable_layer_wise_lr = True": "enable_layer_wise_lr = False"})
@@ -88,7 +88,7 @@ def test_metrics_export_off(tiny_data: Path, tmp_path: Path) -> None:  # noqa: F
 
 
 def test_later_commands_work_on_the_original_configs_run(original_run: Path,
-                                                        tiny_data: Path,  # noqa: F811
+                                                        compat_data: Path,
                                                         tmp_path: Path) -> None:
     """export-onnx -> infer-onnx -> pochi infer -> vis-grad on the run's own outputs."""
     from pochitrain.cli.main import run

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,30 +14,9 @@ from pochitrain.cli.main import run
 
 
 @pytest.fixture(scope="module")
-def checkpoint(request: pytest.FixtureRequest) -> Path:
-    """The trained digits model when the shared fixture exists, else the untrained one."""
-    try:
-        return request.getfixturevalue("trained_checkpoint")
-    except pytest.FixtureLookupError:
-        return request.getfixturevalue("untrained_checkpoint")
-
-
-@pytest.fixture(scope="module")
-def exports(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
-    """pattern -> ONNX written by pochitrain's export-onnx (32x32 digits model)."""
-    from pochitrain.onnx.export import ExportShape
-    from pochitrain.pipeline.export_onnx import export_onnx
-
-    folder = tmp_path_factory.mktemp("exports")
-    shapes = {1: ExportShape(), 2: ExportShape(dynamic_spatial=True),
-              3: ExportShape(static_batch=2)}
-    out = {}
-    for pattern, shape in shapes.items():
-        path = folder / f"p{pattern}.onnx"
-        export_onnx(checkpoint, (32, 32), output=path, shape=shape, verify=False,
-                    progress=False)
-        out[pattern] = path
-    return out
+def exports(trained_checkpoint: Path, onnx_export: Callable[..., Path]) -> dict[int, Path]:
+    """pattern -> ONNX written by pochitrain's export-onnx (the trained 32x32 digits model)."""
+    return {pattern: onnx_export(trained_checkpoint, pattern) for pattern in (1, 2, 3)}
 
 
 def _copy(src: Path, folder: Path) -> Path:

@@ -97,8 +97,7 @@ def test_pipe_with_a_preallocated_output_like_tensorrt() -> None:
 @needs_cuda
 def test_tensorrt_runner_through_the_real_cuda_path(tmp_path: Path) -> None:
     import trt_double
-    from test_trt_runtime import _double_engine
-    from trt_double import EngineSpec
+    from trt_double import EngineSpec, double_engine
 
     from pochitrain.tensorrt.runtime import open_trt_runner
 
@@ -120,7 +119,7 @@ def test_tensorrt_runner_through_the_real_cuda_path(tmp_path: Path) -> None:
             return super().run(batch, wrapped, out_shape, out_dtype)
 
     spec = EngineSpec(chw=(3, 16, 16), profile=(1, 4, 8))
-    runner, _ = open_trt_runner(_double_engine(tmp_path, spec), trt=trt_double,
+    runner, _ = open_trt_runner(double_engine(tmp_path, spec), trt=trt_double,
                                 pipe=RegisteringPipe())
     images = _images(10)
     logits = np.concatenate([runner.run(images[i:i + 4])[0] for i in range(0, 10, 4)])

@@ -5,37 +5,39 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from tiny import copy_tiny, tiny_config
+from tiny import tiny_config
 
 from pochitrain.cli.main import run
-
-
-@pytest.fixture(scope="module")
-def tiny_data(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return copy_tiny(digits_dir, tmp_path_factory.mktemp("tiny_ddp"))
-
-
-def _tiny_config(folder: Path, data: Path, epochs: int = 1, extra: str = "") -> Path:
-    return tiny_config(folder, data, epochs, extra)
-
 
 ROOT = Path(__file__).resolve().parents[1]
 AUGMENT = ("train_transform = transforms.Compose([transforms.Resize((32, 32)), "
            "transforms.RandomHorizontalFlip(), transforms.ToTensor(), _norm])\n")
 
 
-def _pochi(args: list[str], env: dict[str, str], cwd: Path,
-           timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "POCHI_DDP_TIMEOUT": "60", **env}
-    return subprocess.run([sys.executable, "-m", "pochitrain", "train", *args], check=False,
-                          cwd=cwd,
-                          env=full_env, capture_output=True, text=True, timeout=timeout)
+# Hang guard only: a run that works ends long before it. The process-group timeout is longer
+# still, so a rank left waiting for a failed peer hits the guard instead of ending on its own.
+HANG_GUARD_S = 300
+
+
+def _pochi(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "POCHI_DDP_TIMEOUT": "900", **env}
+    cmd = [sys.executable, "-m", "pochitrain", "train", *args]
+    # a session of its own, so that the guard can stop the ranks too, not just the launcher
+    with subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=HANG_GUARD_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def test_two_processes_write_one_run_with_equal_weights(tiny_data: Path,
@@ -43,14 +45,12 @@ def test_two_processes_write_one_run_with_equal_weights(tiny_data: Path,
     from pochitrain.checkpoint import load_model
     from pochitrain.training.distributed import state_hash
 
-    config = _tiny_config(tmp_path / "cfg", tiny_data, epochs=2, extra=AUGMENT)
+    config = tiny_config(tmp_path / "cfg", tiny_data, epochs=2, extra=AUGMENT)
     debug = tmp_path / "hashes"
-    started = time.perf_counter()
     proc = _pochi(["-c", str(config), "--gpus", "2", "--device", "cpu", "--work-dir",
                    str(tmp_path / "runs"), "--quiet"], {"POCHI_DDP_DEBUG_DIR": str(debug)},
                   tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert time.perf_counter() - started < 60
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1  # only rank 0 writes a run folder
     run_dir = runs[0]
@@ -75,12 +75,11 @@ def test_two_processes_write_one_run_with_equal_weights(tiny_data: Path,
 
 
 def test_a_failing_rank_stops_the_others(tiny_data: Path, tmp_path: Path) -> None:
-    config = _tiny_config(tmp_path / "cfg", tiny_data, epochs=2)
-    started = time.perf_counter()
+    config = tiny_config(tmp_path / "cfg", tiny_data, epochs=2)
+    # the launcher stops the other rank: it does not wait out the process-group timeout
     proc = _pochi(["-c", str(config), "--gpus", "2", "--device", "cpu", "--work-dir",
                    str(tmp_path / "runs"), "--quiet"], {"POCHI_DDP_DEBUG_FAIL_RANK": "1"},
-                  tmp_path, timeout=90)
-    assert time.perf_counter() - started < 60  # no hang
+                  tmp_path)
     assert proc.returncode == 1
     assert "rank 1 failed on purpose" in proc.stderr
     assert "rank 1 of 2 failed" in proc.stderr and "Traceback" not in proc.stderr
@@ -92,12 +91,12 @@ def test_gpus_needs_gpus_or_device_cpu(tiny_data: Path, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     import torch
 
-    config = _tiny_config(tmp_path / "cfg", tiny_data)
+    config = tiny_config(tmp_path / "cfg", tiny_data)
     too_many = torch.cuda.device_count() + 1
     assert run(["train", "-c", str(config), "--gpus", str(max(too_many, 2))]) == 2
     err = capsys.readouterr().err
     assert "--gpus" in err and "GPU(s) are visible" in err
     assert run(["train", "-c", str(config), "--gpus", "2", "--device", "cuda:1"]) == 2
-    config3 = _tiny_config(tmp_path / "cfg3", tiny_data, extra="batch_size = 7\n")
+    config3 = tiny_config(tmp_path / "cfg3", tiny_data, extra="batch_size = 7\n")
     assert run(["train", "-c", str(config3), "--gpus", "2", "--device", "cpu"]) == 2
     assert "divisible by 2" in capsys.readouterr().err

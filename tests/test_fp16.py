@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,8 @@ from pochitrain.onnx.fp16 import compare_with_onnxruntime, convert_to_fp16, coun
 
 
 @pytest.fixture(scope="module")
-def fp32_onnx(untrained_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pochitrain.pipeline.export_onnx import export_onnx
-
-    path = tmp_path_factory.mktemp("fp16") / "model.onnx"
-    export_onnx(untrained_checkpoint, (32, 32), output=path, verify=False, progress=False)
-    return path
+def fp32_onnx(untrained_checkpoint: Path, onnx_export: Callable[..., Path]) -> Path:
+    return onnx_export(untrained_checkpoint)
 
 
 def _images(digits_dir: Path, n: int = 32) -> np.ndarray:

@@ -9,7 +9,7 @@ import os
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,33 +26,17 @@ FAST = {"calib_samples": 40, "verify_samples": 60, "max_accuracy_drop": 100.0}
 
 
 @pytest.fixture(scope="module")
-def exports(untrained_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory,
-            ) -> dict[int, Path]:
+def exports(untrained_checkpoint: Path, onnx_export: Callable[..., Path]) -> dict[int, Path]:
     """pattern -> ONNX export of the (untrained) digits resnet18: fast, real graphs."""
-    from pochitrain.onnx.export import ExportShape
-    from pochitrain.pipeline.export_onnx import export_onnx
-
-    folder = tmp_path_factory.mktemp("int8_exports")
-    out = {}
-    for pattern, shape in {1: ExportShape(), 2: ExportShape(dynamic_spatial=True),
-                           3: ExportShape(static_batch=2)}.items():
-        out[pattern] = folder / f"p{pattern}.onnx"
-        export_onnx(untrained_checkpoint, (32, 32), output=out[pattern], shape=shape,
-                    verify=False, progress=False)
-    return out
+    return {pattern: onnx_export(untrained_checkpoint, pattern) for pattern in (1, 2, 3)}
 
 
 @pytest.fixture(scope="module")
-def trained_onnx(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-                 ) -> Path:
-    try:
-        checkpoint = request.getfixturevalue("trained_checkpoint")
-    except pytest.FixtureLookupError:
-        pytest.skip("needs the shared trained_checkpoint fixture (tests/conftest.py)")
-    from pochitrain.pipeline.export_onnx import export_onnx
-
+def trained_onnx(trained_checkpoint: Path, onnx_export: Callable[..., Path],
+                 tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained model's export, copied: the tests write beside it."""
     path = tmp_path_factory.mktemp("int8_trained") / "best.onnx"
-    export_onnx(checkpoint, None, output=path, verify=False, progress=False)
+    shutil.copy(onnx_export(trained_checkpoint), path)
     return path
 
 

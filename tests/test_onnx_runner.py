@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -140,13 +141,11 @@ def _predictions(csv_path: Path) -> dict[str, str]:
 
 
 def test_infer_onnx_agrees_with_pytorch(tmp_path: Path, untrained_checkpoint: Path,
-                                        digits_dir: Path) -> None:
+                                        onnx_export: Callable[..., Path], digits_dir: Path) -> None:
     """pochi infer on the .pth and infer-onnx on its export give the same predictions."""
     from pochitrain.cli.main import run as cli
-    from pochitrain.pipeline.export_onnx import export_onnx
 
-    onnx_path = tmp_path / "model.onnx"
-    export_onnx(untrained_checkpoint, output=onnx_path, verify=False, progress=False)
+    onnx_path = onnx_export(untrained_checkpoint)
     data = str(digits_dir / "val")
     assert cli(["infer", str(untrained_checkpoint), "--data", data, "-b", "32", "--quiet",
                 "--device", "cpu", "-o", str(tmp_path / "pt")]) == 0

@@ -110,11 +110,8 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def onnx_model(untrained_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pochitrain.pipeline.export_onnx import export_onnx
-
-    out = tmp_path_factory.mktemp("serve_onnx") / "untrained.onnx"
-    return export_onnx(untrained_checkpoint, output=out, verify=False, progress=False).path
+def onnx_model(untrained_checkpoint: Path, onnx_export: Callable[..., Path]) -> Path:
+    return onnx_export(untrained_checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -392,7 +389,7 @@ def test_gpu_pipeline_code_matches_cpu_pipeline(untrained_checkpoint: Path,
     """The GPU input path (nvJPEG decode, batched resize) runs its same code on the CPU."""
     from pochitrain.gpu_input import GpuBatches
     from pochitrain.serve.decode import Payload
-    from pochitrain.serve.model import ServeModel
+    from pochitrain.serve.model import ForGpu, ServeModel
 
     model = ServeModel(untrained_checkpoint, device="cpu", max_batch=8, pipeline="cpu")
     try:
@@ -402,7 +399,7 @@ def test_gpu_pipeline_code_matches_cpu_pipeline(untrained_checkpoint: Path,
         prepared = [model.prepare(p) for p in payloads]
         assert [item[0] for item in prepared] == ["jpeg"] * 6  # left for nvJPEG
         # a JPEG whose header and end marker look right but that neither decoder reads
-        bad = ("jpeg", b"\xff\xd8\xff" + bytes(50) + b"\xff\xd9", "bad.jpg")
+        bad = ForGpu("jpeg", b"\xff\xd8\xff" + bytes(50) + b"\xff\xd9", "bad.jpg")
         gpu = model.run_batch([*prepared, bad])
     finally:
         model.close()

@@ -8,20 +8,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tiny import copy_tiny, tiny_config
+from tiny import tiny_config
 
 from pochitrain.cli.main import run
 from pochitrain.errors import ConfigError, DataError
 from pochitrain.pipeline.train import train
-
-
-@pytest.fixture(scope="module")
-def tiny_data(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return copy_tiny(digits_dir, tmp_path_factory.mktemp("tiny"))
-
-
-_tiny_config = tiny_config
-
 
 # ---- the shared trained run ----------------------------------------------------------------
 
@@ -63,7 +54,7 @@ def test_trained_run_layout_and_accuracy(trained_run: Path, trained_checkpoint: 
 
 def test_cli_train_writes_a_new_run_each_time(tiny_data: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    config = _tiny_config(tmp_path / "cfg", tiny_data, epochs=2,
+    config = tiny_config(tmp_path / "cfg", tiny_data, epochs=2,
                           extra="scheduler = 'StepLR'\nscheduler_params = {'step_size': 1, "
                           "'gamma': 0.5}\nwork_dir = 'runs'\nclass_weights = [1.0, 2.0, 1.0]\n")
     assert run(["train", "-c", str(config), "--quiet"]) == 0
@@ -77,7 +68,7 @@ def test_cli_train_writes_a_new_run_each_time(tiny_data: Path, tmp_path: Path,
 
 
 def test_seeded_runs_are_reproducible(tiny_data: Path, tmp_path: Path) -> None:
-    config = _tiny_config(tmp_path, tiny_data, epochs=1)
+    config = tiny_config(tmp_path, tiny_data, epochs=1)
     losses = []
     for _ in range(2):
         result = train(config, progress=False)
@@ -90,13 +81,13 @@ def test_a_last_batch_of_one_image_is_dropped_not_a_crash(tiny_data: Path,
                                                           tmp_path: Path) -> None:
     """18 images at batch 17: a last batch of one would stop BatchNorm ("Expected more
     than 1 value per channel when training"); the training loader drops it."""
-    config = _tiny_config(tmp_path, tiny_data, epochs=1, extra="batch_size = 17\n")
+    config = tiny_config(tmp_path, tiny_data, epochs=1, extra="batch_size = 17\n")
     result = train(config, progress=False)
     assert result.epochs_run == 1 and result.stopped_by == "completed"
 
 
 def test_early_stopping(tiny_data: Path, tmp_path: Path) -> None:
-    config = _tiny_config(tmp_path, tiny_data, epochs=6, extra=(
+    config = tiny_config(tmp_path, tiny_data, epochs=6, extra=(
         "early_stopping = {'patience': 1, 'min_delta': 10.0, 'monitor': 'val_loss'}\n"))
     result = train(config, progress=False)
     assert result.stopped_by == "early_stopping" and result.epochs_run == 2
@@ -109,7 +100,7 @@ def test_corrupt_and_non_image_files_are_skipped_and_counted(tiny_data: Path,
     shutil.copytree(tiny_data, data)
     (data / "train" / "1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     (data / "val" / "2" / "notes.jpg").write_text("this is text, not a JPEG")
-    config = _tiny_config(tmp_path / "cfg", data, epochs=2)
+    config = tiny_config(tmp_path / "cfg", data, epochs=2)
     result = train(config, progress=False)
     assert sorted(p.name for p in result.skipped_files) == ["broken.png", "notes.jpg"]
     info = json.loads((result.run_dir / "run.json").read_text())
@@ -133,7 +124,7 @@ def test_ctrl_c_saves_last_model_and_exits_130(tiny_data: Path, tmp_path: Path,
         "        return image\n"
         "train_transform = transforms.Compose([_CtrlC(), val_transform])\n"
     )
-    config = _tiny_config(tmp_path, tiny_data, epochs=5, extra=extra + "num_workers = 1\n")
+    config = tiny_config(tmp_path, tiny_data, epochs=5, extra=extra + "num_workers = 1\n")
     assert run(["train", "-c", str(config), "--quiet"]) == 130
     captured = capsys.readouterr()
     assert "Interrupted" in captured.out + captured.err
@@ -154,7 +145,7 @@ def test_crash_keeps_the_metrics_written_so_far(tiny_data: Path, tmp_path: Path)
         "        return image\n"
         "train_transform = transforms.Compose([_Crash(), val_transform])\n"
     )
-    config = _tiny_config(tmp_path, tiny_data, epochs=3, extra=extra)
+    config = tiny_config(tmp_path, tiny_data, epochs=3, extra=extra)
     with pytest.raises(RuntimeError, match="disk on fire"):
         train(config, progress=False)
     (run_dir,) = (tmp_path / "work_dirs").iterdir()
@@ -186,7 +177,7 @@ def test_data_folder_problems(tiny_data: Path, tmp_path: Path,
         (empty_class, "Class folder(s) with no images"),
     ]
     for i, (train_root, words) in enumerate(cases):
-        config = _tiny_config(tmp_path / f"c{i}", tiny_data, train=train_root)
+        config = tiny_config(tmp_path / f"c{i}", tiny_data, train=train_root)
         code, err = _cli_error(["train", "-c", str(config)], capsys)
         assert code == 1 and words in err, err
         assert not (tmp_path / f"c{i}" / "work_dirs").exists()  # nothing half-written
@@ -197,7 +188,7 @@ def test_val_classes_must_match_train(tiny_data: Path, tmp_path: Path) -> None:
     shutil.copytree(tiny_data / "val", val)
     shutil.move(str(val / "2"), str(val / "7"))
     with pytest.raises(DataError, match=r"\(train_data_root\) does not have: 7"):
-        train(_tiny_config(tmp_path, tiny_data, val=val), progress=False)
+        train(tiny_config(tmp_path, tiny_data, val=val), progress=False)
 
 
 @pytest.mark.parametrize(("extra", "words"), [
@@ -212,7 +203,7 @@ def test_val_classes_must_match_train(tiny_data: Path, tmp_path: Path) -> None:
 def test_config_does_not_fit_the_data(tiny_data: Path, tmp_path: Path, extra: str,
                                       words: str) -> None:
     with pytest.raises(ConfigError) as err:
-        train(_tiny_config(tmp_path, tiny_data, extra=extra), progress=False)
+        train(tiny_config(tmp_path, tiny_data, extra=extra), progress=False)
     assert words in str(err.value)
 
 
@@ -222,10 +213,10 @@ def test_cuda_without_gpu_is_a_clear_error(tiny_data: Path, tmp_path: Path,
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    config = _tiny_config(tmp_path, tiny_data, extra="device = 'cuda'\n")
+    config = tiny_config(tmp_path, tiny_data, extra="device = 'cuda'\n")
     code, err = _cli_error(["train", "-c", str(config)], capsys)
     assert code == 2 and "no CUDA GPU" in err
-    code, err = _cli_error(["train", "-c", str(_tiny_config(tmp_path, tiny_data)),
+    code, err = _cli_error(["train", "-c", str(tiny_config(tmp_path, tiny_data)),
                             "--device", "cuda:0"], capsys)
     assert code == 2 and "no CUDA GPU" in err
 
@@ -236,7 +227,7 @@ def test_mixed_precision_off_trains_in_fp32_and_is_recorded(tiny_data: Path,
 
     from pochitrain.checkpoint import read_checkpoint
 
-    config = _tiny_config(tmp_path, tiny_data,
+    config = tiny_config(tmp_path, tiny_data,
                           extra="mixed_precision = 'off'\nchannels_last = False\n")
     result = train(config, work_dir=tmp_path / "w", progress=False)
     assert result.stopped_by == "completed" and result.best_checkpoint is not None
@@ -256,7 +247,7 @@ def test_auto_precision_on_the_cpu_is_fp32(tiny_data: Path, tmp_path: Path) -> N
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    result = train(_tiny_config(tmp_path, tiny_data), work_dir=tmp_path / "w", progress=False)
+    result = train(tiny_config(tmp_path, tiny_data), work_dir=tmp_path / "w", progress=False)
     info = json.loads((result.run_dir / "run.json").read_text(encoding="utf-8"))
     assert info["settings"]["mixed_precision"] == "auto"
     assert info["settings"]["mixed_precision_resolved"] == "off"
@@ -272,7 +263,7 @@ def test_gpu_precision_on_the_cpu_is_a_clear_error(tiny_data: Path, tmp_path: Pa
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    config = _tiny_config(tmp_path, tiny_data, extra=f"mixed_precision = {asked!r}\n")
+    config = tiny_config(tmp_path, tiny_data, extra=f"mixed_precision = {asked!r}\n")
     code, err = _cli_error(["train", "-c", str(config)], capsys)
     assert code == 2 and f"mixed_precision = '{asked}' needs a CUDA GPU" in err
     assert "'auto'" in err and "Traceback" not in err
@@ -306,7 +297,7 @@ def test_nan_loss_stops_with_a_clear_error_and_saves_no_best(tiny_data: Path,
     stops there with a message naming the fix; no 'best' model of a diverged network."""
     from pochitrain.errors import TrainingError
 
-    config = _tiny_config(tmp_path, tiny_data, extra="class_weights = [0.0, 0.0, 0.0]\n")
+    config = tiny_config(tmp_path, tiny_data, extra="class_weights = [0.0, 0.0, 0.0]\n")
     with pytest.raises(TrainingError) as err:
         train(config, work_dir=tmp_path / "runs", progress=False)
     assert "loss became nan" in err.value.message and "class_weights" in err.value.remedy
@@ -321,5 +312,5 @@ def test_val_without_a_readable_image_is_an_error(tiny_data: Path, tmp_path: Pat
         (val / cls).mkdir(parents=True)
         (val / cls / "broken.png").write_bytes(b"not a png at all")
     with pytest.raises(DataError, match="None of the 2 validation images could be read"):
-        train(_tiny_config(tmp_path, tiny_data, val=val), work_dir=tmp_path / "runs",
+        train(tiny_config(tmp_path, tiny_data, val=val), work_dir=tmp_path / "runs",
               progress=False)

@@ -12,40 +12,13 @@ from typing import Any
 import numpy as np
 import pytest
 import trt_double
-from trt_double import ContractViolation, CpuPipe, EngineSpec
+from trt_double import ContractViolation, CpuPipe, EngineSpec, double_engine, engine_meta
 
 from pochitrain.errors import BackendMissingError, EngineLoadError, ModelFileError, UsageError
 from pochitrain.tensorrt.engine_file import write_engine
 from pochitrain.tensorrt.runtime import open_trt_runner
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _meta(backend: str, version: str, chw: tuple[int, int, int], num_classes: int,
-          profile: tuple[int, int, int] | None, model: dict[str, Any] | None = None,
-          ) -> dict[str, Any]:
-    """Sidecar metadata in the schema pochi convert writes."""
-    prof = None if profile is None else {
-        k: [n, *chw] for k, n in zip(("min", "opt", "max"), profile)}
-    return {
-        "format": "pochitrain-engine-v1", "backend": backend, "backend_version": version,
-        "precision": "fp32", "pattern": 1 if profile else 3,
-        "input": {"name": "input", "dtype": "float32", "onnx_shape": ["batch_size", *chw],
-                  "profile": prof},
-        "output": {"name": "output", "dtype": "float32",
-                   "onnx_shape": ["batch_size", num_classes]},
-        "model": model, "source_onnx": {"path": "/models/best.onnx", "sha256": "0" * 64},
-        "build": {}, "calibration": None, "gpu": None, "created": "2026-11-28T00:00:00+00:00",
-        "pochitrain_version": "0.1.0",
-    }
-
-
-def _double_engine(tmp_path: Path, spec: EngineSpec, model: dict[str, Any] | None = None,
-                   name: str = "model.engine") -> Path:
-    path = tmp_path / name
-    meta = _meta("tensorrt", spec.version, spec.chw, spec.num_classes, spec.profile, model)
-    write_engine(path, spec.to_bytes(), meta, overwrite=False)
-    return path
 
 
 def _open(path: Path, batch_size: int | None = None, **pipe_kw: Any):
@@ -60,7 +33,7 @@ def _images(n: int, chw: tuple[int, int, int] = (3, 4, 4), seed: int = 1) -> np.
 
 def test_runner_matches_reference_and_sets_shape_every_batch(tmp_path: Path) -> None:
     spec = EngineSpec(profile=(1, 4, 8))
-    runner, meta = _open(_double_engine(tmp_path, spec))
+    runner, meta = _open(double_engine(tmp_path, spec))
     assert runner.name == "tensorrt" and meta["backend"] == "tensorrt"
     assert runner.default_batch_size == 4  # the profile's opt
     images = _images(10)
@@ -84,7 +57,7 @@ def test_runner_matches_reference_and_sets_shape_every_batch(tmp_path: Path) -> 
 
 def test_fp16_io_is_converted(tmp_path: Path) -> None:
     spec = EngineSpec(io_dtype="float16", profile=(1, 2, 2))
-    runner, _ = _open(_double_engine(tmp_path, spec))
+    runner, _ = _open(double_engine(tmp_path, spec))
     images = _images(2)
     logits, _ = runner.run(images)
     assert logits.dtype == np.float32
@@ -94,7 +67,7 @@ def test_fp16_io_is_converted(tmp_path: Path) -> None:
 
 def test_static_engine_runs_its_fixed_batch_only(tmp_path: Path) -> None:
     spec = EngineSpec(profile=None, static_batch=1)  # spec pattern 3: no profile
-    runner, _ = _open(_double_engine(tmp_path, spec))
+    runner, _ = _open(double_engine(tmp_path, spec))
     assert runner.default_batch_size == 1
     logits, _ = runner.run(_images(1))
     np.testing.assert_allclose(logits, spec.reference(_images(1)), rtol=1e-5, atol=1e-5)
@@ -103,7 +76,7 @@ def test_static_engine_runs_its_fixed_batch_only(tmp_path: Path) -> None:
 
 
 def test_batch_outside_profile_is_a_usage_error(tmp_path: Path) -> None:
-    engine = _double_engine(tmp_path, EngineSpec(profile=(2, 4, 8)))
+    engine = double_engine(tmp_path, EngineSpec(profile=(2, 4, 8)))
     with pytest.raises(UsageError, match="allowed: 2 to 8") as err:
         _open(engine, batch_size=9)
     assert err.value.exit_code == 2 and "pochi convert" in (err.value.remedy or "")
@@ -117,11 +90,11 @@ def test_batch_outside_profile_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_two_inputs_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelFileError, match="2 input"):
-        _open(_double_engine(tmp_path, EngineSpec(extra_inputs=1)))
+        _open(double_engine(tmp_path, EngineSpec(extra_inputs=1)))
 
 
 def test_engine_of_another_version_says_reconvert(tmp_path: Path) -> None:
-    engine = _double_engine(tmp_path, EngineSpec(version="8.6.1"))
+    engine = double_engine(tmp_path, EngineSpec(version="8.6.1"))
     with pytest.raises(EngineLoadError) as err:
         _open(engine)
     text = str(err.value)
@@ -215,7 +188,7 @@ def test_double_refuses_shapes_outside_the_profile_and_unknown_names() -> None:
 
 
 def test_runner_on_the_default_stream_is_caught(tmp_path: Path) -> None:
-    runner, _ = _open(_double_engine(tmp_path, EngineSpec()), stream_handle=0)
+    runner, _ = _open(double_engine(tmp_path, EngineSpec()), stream_handle=0)
     with pytest.raises(ContractViolation, match="default stream"):
         runner.run(_images(2))
 
@@ -271,7 +244,7 @@ def rtx_engine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = build_engine(backend, onnx_path, profile, "fp32")
     engine = root / "tiny.engine"
     write_engine(engine, result.engine,
-                 _meta("tensorrt_rtx", backend.version, (3, 8, 8), 10, (1, 2, 4)),
+                 engine_meta("tensorrt_rtx", backend.version, (3, 8, 8), 10, (1, 2, 4)),
                  overwrite=False)
     return engine
 
@@ -359,7 +332,7 @@ def test_infer_pipeline_writes_tensorrt_files(digits_dir: Path, tmp_path: Path,
             shutil.copy(img, data / cls.name / img.name)
     model = ModelMeta(CLASS_NAMES, Preprocess.simple(32, 32), model_name="linear").to_dict()
     spec = EngineSpec(chw=(3, 32, 32), profile=(1, 8, 8))
-    engine = _double_engine(tmp_path, spec, model=model)
+    engine = double_engine(tmp_path, spec, model=model)
     monkeypatch.setattr(runtime, "open_trt_runner", functools.partial(
         runtime.open_trt_runner, trt=trt_double, pipe=CpuPipe()))
     trt_out = infer(engine, data=data, output=tmp_path / "trt", progress=False)

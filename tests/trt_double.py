@@ -25,6 +25,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -342,3 +343,33 @@ class CpuPipe:
 
     def close(self) -> None:
         self.closed = True
+
+
+def engine_meta(backend: str, version: str, chw: tuple[int, int, int], num_classes: int,
+                profile: tuple[int, int, int] | None, model: dict[str, Any] | None = None,
+                ) -> dict[str, Any]:
+    """Sidecar metadata in the schema pochi convert writes (``profile``: min/opt/max batch)."""
+    prof = None if profile is None else {
+        k: [n, *chw] for k, n in zip(("min", "opt", "max"), profile)}
+    return {
+        "format": "pochitrain-engine-v1", "backend": backend, "backend_version": version,
+        "precision": "fp32", "pattern": 1 if profile else 3,
+        "input": {"name": "input", "dtype": "float32", "onnx_shape": ["batch_size", *chw],
+                  "profile": prof},
+        "output": {"name": "output", "dtype": "float32",
+                   "onnx_shape": ["batch_size", num_classes]},
+        "model": model, "source_onnx": {"path": "/models/best.onnx", "sha256": "0" * 64},
+        "build": {}, "calibration": None, "gpu": None, "created": "2026-11-28T00:00:00+00:00",
+        "pochitrain_version": "0.1.0",
+    }
+
+
+def double_engine(folder: Path, spec: EngineSpec, model: dict[str, Any] | None = None,
+                  name: str = "model.engine") -> Path:
+    """An engine file (plus sidecar) holding ``spec``: what this double deserializes."""
+    from pochitrain.tensorrt.engine_file import write_engine
+
+    path = folder / name
+    meta = engine_meta("tensorrt", spec.version, spec.chw, spec.num_classes, spec.profile, model)
+    write_engine(path, spec.to_bytes(), meta, overwrite=False)
+    return path
