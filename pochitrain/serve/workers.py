@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pochitrain.serve.app import ServeSettings
 from pochitrain.serve.server import (
@@ -36,6 +36,10 @@ from pochitrain.serve.server import (
     port_error,
     run_server,
 )
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+    from multiprocessing.process import BaseProcess
 
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 STOP_GRACE_S = 70.0  # beyond --drain-timeout: the batcher's drain and closing the model
@@ -95,7 +99,7 @@ def _watch_parent(parent: int) -> None:
 
 
 def worker_main(index: int, options: ServeOptions, settings: ServeSettings,
-                sock: socket.socket, conn: Any, parent: int) -> None:
+                sock: socket.socket, conn: Connection, parent: int) -> None:
     """One worker: open the model, serve ``sock``, send Ready / Stopped / Failed on ``conn``."""
     import uvicorn
 
@@ -141,8 +145,8 @@ def worker_main(index: int, options: ServeOptions, settings: ServeSettings,
 @dataclass
 class _Worker:
     index: int
-    process: Any
-    conn: Any
+    process: BaseProcess
+    conn: Connection
     ready: dict[str, Any] | None = None
     error: Failed | None = None
     batches: int | None = None  # said when it stopped cleanly
@@ -185,7 +189,7 @@ def _stop(workers: list[_Worker], timeout: float) -> None:
     """SIGTERM every live worker, read their last words, SIGKILL what outlives ``timeout``."""
     for w in workers:
         if w.alive:
-            os.kill(w.process.pid, signal.SIGTERM)
+            w.process.terminate()  # SIGTERM
     end = time.monotonic() + timeout
     while any(w.alive or w.open for w in workers) and time.monotonic() < end:
         _poll(workers, 0.2)
