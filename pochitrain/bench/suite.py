@@ -228,9 +228,10 @@ def _model_path(raw: dict[str, Any], defaults: dict[str, Any], key: str, runtime
     if not path.is_file():
         raise SuiteError(f"{where}: model file not found: {path}",
                          "Fix the path (relative paths are read from the suite file's folder).")
-    from pochitrain.inference.open import RUNTIMES as BY_SUFFIX
+    from pochitrain.model import BACKENDS
 
-    if BY_SUFFIX.get(path.suffix.lower()) != runtime:
+    backend = BACKENDS.get(path.suffix.lower())
+    if backend is None or backend.runtime != runtime:
         raise SuiteError(f"{where}: {path.name} is not a {runtime} model file.",
                          "Use .pth/.pt for pytorch, .onnx for onnx, .engine/.plan for trt.")
     return path

@@ -1,27 +1,44 @@
-"""The served model: opened once (``inference.open.open_model``, as ``pochi infer`` does),
-used by two kinds of threads.
+"""The served model: opened once through the model facade (``pochitrain.model``), as
+``pochi infer`` opens it, and used by two kinds of threads.
 
 - ``prepare(payload)`` runs in the decode thread pool: decode (``data.open_rgb``) and
   preprocess (the model's ``Preprocess``) -> float32 (3, H, W). With the GPU input pipeline
   it only sorts the bytes: complete JPEGs nvJPEG reads like PIL stay encoded, the rest are
   decoded by PIL to (h, w, 3) uint8.
-- ``run_batch(items)`` runs on the batcher's single worker thread: stack -> runner ->
-  softmax, one (num_classes,) float64 row per item. GPU pipeline: nvJPEG decode +
-  resize/crop/normalize on the GPU (``pochitrain.gpu_input``) before the model call.
+- ``run_batch(items)`` runs on the batcher's single worker thread: stack -> the model's
+  ``probabilities`` (chunk, pad, run, softmax), one (num_classes,) float64 row per item. GPU
+  pipeline: nvJPEG decode + resize/crop/normalize on the GPU (``pochitrain.gpu_input``)
+  before the model call.
+
+``--pipeline`` means what it means for ``pochi infer``: on a CUDA device the GPU input
+pipeline feeds every runtime.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from pochitrain.serve.decode import BadInput, Payload, _Upload, decode_image
+from pochitrain.serve.decode import BadInput, Payload, Upload, decode_image
+
+if TYPE_CHECKING:
+    from pochitrain.inference.torch_runner import TorchOptions
+    from pochitrain.preprocess import Preprocess
 
 
-def prepare(payload: Payload, preprocess: Any, gpu: bool) -> Any:
+class ForGpu(NamedTuple):
+    """One image prepared for the GPU input pipeline: ``kind`` "jpeg" (``data``: the
+    encoded bytes, left for nvJPEG) or "rgb" (``data``: (h, w, 3) uint8 decoded by PIL)."""
+
+    kind: str
+    data: Any
+    name: str
+
+
+def prepare(payload: Payload, preprocess: Preprocess, gpu: bool) -> np.ndarray | ForGpu:
     """One image for ``run_batch`` (decode thread pool); BadInput when it is not an image.
     CPU pipeline: decoded and preprocessed, float32 (3, H, W). GPU pipeline: complete JPEGs
     that nvJPEG reads like PIL stay encoded, the rest are decoded to (h, w, 3) uint8."""
@@ -31,44 +48,31 @@ def prepare(payload: Payload, preprocess: Any, gpu: bool) -> Any:
 
     data = payload.data
     if data is not None and for_nvjpeg(data):
-        return ("jpeg", data, payload.name)
-    return ("rgb", np.array(decode_image(payload)), payload.name)
+        return ForGpu("jpeg", data, payload.name)
+    return ForGpu("rgb", np.array(decode_image(payload)), payload.name)
 
 
 class ServeModel:
-    remote = False  # runs its batches here (``serve.shared.RemoteModel`` sends them away)
+    """A ``pochitrain.model.Model`` with the serve-side steps around it."""
 
     def __init__(self, path: Path | str, *, config: Path | str | None = None,
                  device: str = "auto", providers: list[str] | None = None,
-                 max_batch: int = 32, pipeline: str = "auto", torch_options: Any = None) -> None:
-        from pochitrain.inference.open import open_model
+                 max_batch: int = 32, pipeline: str = "auto",
+                 torch_options: TorchOptions | None = None) -> None:
+        from pochitrain.model import open_model
 
         self.path = Path(path)
         self.model = open_model(self.path, config=config, device=device, providers=providers,
                                 batch_size=max_batch, torch_options=torch_options)
-        self.preprocess = self.model.meta.preprocess
+        self.preprocess = self.model.preprocess
         try:
             self.chunk = self.model.fixed_batch or max_batch
             self.model.runner.check_batch_size(self.chunk)
-            self.gpu = self._gpu_input(pipeline)
+            self.input = self.model.input_pipeline(pipeline, workers=1)
+            self.gpu = self.input.batches
         except BaseException:
             self.model.close()
             raise
-
-    def _gpu_input(self, pipeline: str) -> Any:
-        if self.model.runtime != "pytorch":
-            if pipeline == "gpu":
-                from pochitrain.errors import UsageError
-
-                raise UsageError("--pipeline gpu is for .pth models (the PyTorch runner); "
-                                 f"{self.path.name} runs on {self.model.runtime}.",
-                                 "Drop --pipeline gpu.")
-            return None
-        from pochitrain.gpu_input import GpuBatches, resolve_pipeline
-
-        choice, _ = resolve_pipeline(pipeline, self.model.runner.device, self.preprocess)
-        return GpuBatches(self.preprocess, self.model.runner.device, workers=1) \
-            if choice == "gpu" else None
 
     # ---- facts for /model-info and /version ---------------------------------------------
     @property
@@ -77,7 +81,7 @@ class ServeModel:
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.model.meta.class_names)
+        return self.model.class_names
 
     def info(self) -> dict[str, Any]:
         described = self.model.runner.describe()
@@ -103,7 +107,7 @@ class ServeModel:
         return versions
 
     # ---- decode pool ----------------------------------------------------------------------
-    def prepare(self, payload: Payload) -> Any:
+    def prepare(self, payload: Payload) -> np.ndarray | ForGpu:
         return prepare(payload, self.preprocess, gpu=self.gpu is not None)
 
     # ---- model worker thread --------------------------------------------------------------
@@ -111,42 +115,24 @@ class ServeModel:
         """One result per item: a float64 probability row, or a BadInput (GPU decode)."""
         if self.gpu is not None:
             return self._run_gpu(items)
-        return list(self.probabilities(np.stack(items)))
+        return list(self.model.probabilities(np.stack(items), self.chunk))
 
-    def probabilities(self, batch: Any) -> np.ndarray:
-        """(N, 3, H, W) -> (N, classes) softmax, ``chunk`` images per model call (a
-        fixed-batch model gets padded chunks), as ``Predictor.probabilities``."""
-        from pochitrain.inference.loop import softmax
-        from pochitrain.onnx.session import pad_to
-
-        fixed = self.model.fixed_batch
-        out = []
-        for start in range(0, len(batch), self.chunk):
-            part = batch[start:start + self.chunk]
-            n = len(part)
-            if isinstance(part, np.ndarray):
-                part = np.ascontiguousarray(part, np.float32)
-                if fixed:
-                    part = pad_to(part, fixed)
-            logits, _ = self.model.runner.run(part)
-            out.append(softmax(np.asarray(logits)[:n]))
-        return np.concatenate(out)
-
-    def _run_gpu(self, items: list[Any]) -> list[Any]:
+    def _run_gpu(self, items: list[ForGpu]) -> list[Any]:
         from pochitrain.gpu_input import Entry
 
+        assert self.gpu is not None
         batch, failed = self.gpu.assemble(
-            [Entry(_Upload(payload, name) if kind == "jpeg" else None, 0, kind, payload)
-             for kind, payload, name in items])
+            [Entry(Upload(item.data, item.name) if item.kind == "jpeg" else None, 0,
+                   item.kind, item.data) for item in items])
         results: list[Any] = [None] * len(items)
         for i in failed:
             results[i] = BadInput(400, "undecodable_image",
-                                  f"画像をデコードできません: {items[i][2]}",
-                                  f"{items[i][2]} is not a readable image.")
+                                  f"画像をデコードできません: {items[i].name}",
+                                  f"{items[i].name} is not a readable image.")
         bad = set(failed)
         good = [i for i in range(len(items)) if i not in bad]
         if batch is not None:
-            for i, row in zip(good, self.probabilities(batch)):
+            for i, row in zip(good, self.model.probabilities(batch, self.chunk)):
                 results[i] = row
         return results
 
@@ -154,7 +140,8 @@ class ServeModel:
         """Run the model once per batch size so the first requests do not pay for it."""
         h, w = self.preprocess.input_size
         for n in batch_sizes:
-            self.probabilities(np.zeros((min(n, self.chunk), 3, h, w), np.float32))
+            self.model.probabilities(np.zeros((min(n, self.chunk), 3, h, w), np.float32),
+                                     self.chunk)
 
     def close(self) -> None:
         self.model.close()
