@@ -14,7 +14,8 @@ Decode (``decode``)
 Resample (``resample``, ``banded``, ``resize``)
     PIL-exact resize: PIL's windows and fixed-point weights (``band``, ``fixed_point``),
     applied by the banded Triton kernels (``resize_normalize``, ``two_passes``) or, as
-    dense matrices, by the batched-matmul fallback (``resize_batch``); ``to_batch`` picks. ``pil_filter`` / ``SUPPORT`` / ``bucket_taps`` /
+    dense matrices (``dense``), by two batched matmuls (``separable``, ``resize_batch``);
+    ``to_batch`` picks. ``pil_filter`` / ``SUPPORT`` / ``bucket_taps`` /
     ``banded_usable`` serve the training's geometric stage.
 Prefetch (``prefetcher``)
     ``prefetch(make, device)``: a generator run ahead in a thread on its own CUDA stream.
@@ -73,10 +74,12 @@ from pochitrain.gpu_input.read_proc import ReaderProcess, SlotChunks, rebatch
 from pochitrain.gpu_input.resample import (
     SUPPORT,
     band,
+    dense,
     fixed_point,
     geometry,
     pil_filter,
     resize_batch,
+    separable,
     taps,
     window_bounds,
 )

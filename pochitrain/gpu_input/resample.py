@@ -160,9 +160,35 @@ def weights(in_len: torch.Tensor, out_len: torch.Tensor, offset: torch.Tensor, n
         j = torch.arange(n_in, device=dev)[None, None, :]
         return ((j == src.to(dev)[:, :, None]) & inside).to(torch.float32)
     start, coef = band(in_len, out_len, offset, torch.zeros_like(in_len), n_out, n_taps, mode)
-    cols = (start.long()[..., None] + torch.arange(n_taps, device=dev)).clamp(max=n_in - 1)
-    dense = torch.zeros((len(in_len), n_out, n_in), dtype=torch.float32, device=dev)
-    return dense.scatter_add_(2, cols, coef.to(torch.float32) / float(1 << PRECISION_BITS))
+    cols = start.long()[..., None] + torch.arange(n_taps, device=dev)
+    return dense(cols, coef.to(torch.float32) / float(1 << PRECISION_BITS), n_in)
+
+
+def dense(j: torch.Tensor, w: torch.Tensor, n_in: int) -> torch.Tensor:
+    """(n, n_out, n_in) float32 matrices from taps: input pixel ``j`` (n, n_out, K) int64
+    with weight ``w`` (n, n_out, K); indices outside 0..n_in-1 must carry weight 0."""
+    import torch
+
+    out = torch.zeros((*j.shape[:2], n_in), dtype=torch.float32, device=w.device)
+    return out.scatter_add_(2, j.clamp(0, n_in - 1), w.to(torch.float32))
+
+
+def separable(x: torch.Tensor, wy: torch.Tensor, wx: torch.Tensor,
+              clip8: bool) -> torch.Tensor:
+    """(n, H, C, W) float -> (n, C, out_h, out_w): the columns, then the rows, resampled by
+    two batched matmuls (channels between rows and columns make each pass one ``bmm``).
+    ``clip8``: round to whole levels in 0..255 after each pass, as PIL stores 8-bit images."""
+    import torch
+
+    n, h, c, w = x.shape
+    out_h, out_w = int(wy.shape[1]), int(wx.shape[1])
+    t = torch.bmm(x.reshape(n, h * c, w), wx.transpose(1, 2))  # (n, H*C, out_w)
+    if clip8:
+        _round_u8_(t)
+    y = torch.bmm(wy, t.view(n, h, c * out_w))  # (n, out_h, C*out_w)
+    if clip8:
+        _round_u8_(y)
+    return y.view(n, out_h, c, out_w).permute(0, 2, 1, 3)
 
 
 def _nearest_sources(in_len: list[int], out_len: list[int], offset: list[int],
@@ -202,7 +228,7 @@ def resize_group(images: list[Any], preprocess: Preprocess, mode: str) -> Any:
     out_w = preprocess.center_crop[1] if preprocess.center_crop else geo[0][1]
     if preprocess.center_crop is None and len({(g[0], g[1]) for g in geo}) > 1:
         raise ValueError("images resize to different sizes and there is no center crop")
-    # (n, H, 3, W): channels between rows and columns, so both passes are single bmm calls
+    # (n, H, 3, W), as separable takes them
     if len(set(zip(hs, ws))) == 1:
         x8 = torch.stack([im.permute(1, 0, 2) for im in images])
     else:
@@ -215,11 +241,7 @@ def resize_group(images: list[Any], preprocess: Preprocess, mode: str) -> Any:
     t_x = 0 if mode == "nearest" else max(taps(w, g[1], mode) for w, g in zip(ws, geo))
     wy = weights(params[:, 0], params[:, 2], params[:, 4], out_h, hmax, mode, t_y)
     wx = weights(params[:, 1], params[:, 3], params[:, 5], out_w, wmax, mode, t_x)
-    t = torch.bmm(x8.view(n, hmax * 3, wmax).float(), wx.transpose(1, 2))  # (n, H*3, out_w)
-    _round_u8_(t)
-    y = torch.bmm(wy, t.view(n, hmax, 3 * out_w))  # (n, out_h, 3*out_w)
-    _round_u8_(y)
-    return y.view(n, out_h, 3, out_w).permute(0, 2, 1, 3)
+    return separable(x8.float(), wy, wx, clip8=True)
 
 
 def groups(sizes: list[tuple[int, int]], budget: int) -> list[list[int]]:

@@ -32,8 +32,10 @@ from pochitrain.gpu_input import (
     Band,
     banded_usable,
     bucket_taps,
+    dense,
     fixed_point,
     pil_filter,
+    separable,
     two_passes,
 )
 
@@ -141,13 +143,6 @@ def _taps(axis: Axis, start: list[int], width: list[int], n_out: int, mode: str,
     return j.long(), (w * valid[:, :, None]).to(torch.float32)  # j < 0: weight 0
 
 
-def _matrix(taps: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor, n_in: int) -> Any:
-    """(n, n_out, n_in) resample matrices of the images ``rows`` (taps scattered)."""
-    j, w = taps[0][rows], taps[1][rows]
-    dense = torch.zeros(*j.shape[:2], n_in, device=w.device)
-    return dense.scatter_add_(2, j.clamp(0, n_in - 1), w)
-
-
 def _windows(axis: Axis, n_out: int, mode: str, antialias: bool) -> tuple[list[int], list[int]]:
     """Per image, the first source pixel and the count of them the output reads."""
     ends = torch.stack([axis.a * 0.5 + axis.b, axis.a * (n_out - 0.5) + axis.b])
@@ -244,11 +239,9 @@ def _resample_chunk(images: list[torch.Tensor], mode: str, chunk: list[int],
             src = images[k][:, ys[k]:ys[k] + hs[k], xs[k]:xs[k] + ws[k]]
             buf[row, :hs[k], :, :ws[k]].copy_(src.permute(1, 0, 2))
     idx = torch.tensor(chunk, device=device)
-    out_h, out_w = out.shape[-2:]
-    wy, wx = _matrix(taps[0], idx, h_in), _matrix(taps[1], idx, w_in)
-    rows = torch.bmm(buf.view(len(chunk), h_in * channels, w_in), wx.transpose(1, 2))
-    res = torch.bmm(wy, rows.view(len(chunk), h_in, channels * out_w))
-    res = res.view(len(chunk), out_h, channels, out_w).permute(0, 2, 1, 3)
+    wy = dense(taps[0][0][idx], taps[0][1][idx], h_in)
+    wx = dense(taps[1][0][idx], taps[1][1][idx], w_in)
+    res = separable(buf, wy, wx, clip8=False)  # float between the passes, as torchvision
     if mode == "bicubic" and images[0].dtype == torch.uint8:
         res = res.clamp(0.0, 255.0)  # cubic overshoots; torchvision clamps uint8 results
     out[idx] = res
