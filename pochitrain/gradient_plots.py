@@ -11,7 +11,9 @@ vanishing gradients), ``heatmap``, ``statistics_initial_vs_final``, ``statistics
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -103,29 +105,8 @@ def _bars(plt: Any, names: list[str], heights: np.ndarray, title: str, ylabel: s
     return fig
 
 
-def plot_trace(csv_path: Path | str, output_dir: Path | str | None = None,
-               aggregation: str | None = None) -> list[Path]:
-    """Write the ten PNGs; return their paths. ``aggregation``: named in the titles."""
-    from pochitrain.plotting import pyplot
-
-    trace = read_trace(csv_path)
-    out = Path(output_dir) if output_dir is not None else trace.path.parent
-    out.mkdir(parents=True, exist_ok=True)
-    plt = pyplot()
-    stem, written = trace.path.stem, list[Path]()
-    how = f" ({aggregation})" if aggregation else ""
+def _heatmap(plt: Any, trace: GradientTrace, how: str) -> Any:
     n = len(trace.layers)
-    all_idx = list(range(n))
-
-    _save(_timeline(plt, trace, all_idx, f"勾配ノルムの推移 / gradient norm per layer{how}"),
-          plt, out / f"{stem}_timeline_all.png", written)
-    if n > 3:
-        half = n // 2
-        _save(_timeline(plt, trace, all_idx[:half], "入力側の層 / early layers", True),
-              plt, out / f"{stem}_timeline_early.png", written)
-        _save(_timeline(plt, trace, all_idx[half:], "出力側の層 / late layers"),
-              plt, out / f"{stem}_timeline_late.png", written)
-
     fig, ax = plt.subplots(figsize=(max(8, 0.3 * len(trace.epochs) + 4), max(4, 0.35 * n + 2)))
     im = ax.imshow(np.log10(np.maximum(trace.values.T, 1e-12)), aspect="auto", cmap="YlOrRd")
     fig.colorbar(im, ax=ax, label="log10(勾配ノルム / gradient norm)")
@@ -135,8 +116,11 @@ def plot_trace(csv_path: Path | str, output_dir: Path | str | None = None,
                   [str(int(e)) for e in trace.epochs[::step]])
     ax.set_xlabel("エポック / epoch")
     ax.set_title(f"勾配ヒートマップ / gradient heatmap{how}")
-    _save(fig, plt, out / f"{stem}_heatmap.png", written)
+    return fig
 
+
+def _initial_vs_final(plt: Any, trace: GradientTrace) -> Any:
+    n = len(trace.layers)
     fig, ax = plt.subplots(figsize=(max(8, 0.4 * n + 2), 6))
     x = np.arange(n)
     ax.bar(x - 0.2, trace.values[0], 0.4, label=f"epoch {int(trace.epochs[0])}")
@@ -146,31 +130,72 @@ def plot_trace(csv_path: Path | str, output_dir: Path | str | None = None,
         ax.set_yscale("log")
     ax.set_title("初期と最終の勾配 / initial vs final gradient norm")
     ax.legend()
-    _save(fig, plt, out / f"{stem}_statistics_initial_vs_final.png", written)
+    return fig
 
+
+def _snapshots(plt: Any, trace: GradientTrace, log: bool) -> Any:
+    """The layers' norms at up to 6 evenly spaced epochs."""
+    n = len(trace.layers)
+    picks = sorted(set(np.linspace(0, len(trace.epochs) - 1, min(6, len(trace.epochs)))
+                       .round().astype(int).tolist()))
+    fig, ax = plt.subplots(figsize=(max(8, 0.4 * n + 2), 6))
+    for i in picks:
+        ax.plot(range(n), trace.values[i], marker="o", label=f"epoch {int(trace.epochs[i])}")
+    ax.set_xticks(range(n), trace.layers, rotation=60, ha="right", fontsize=8)
+    if log and np.all(trace.values[picks] > 0):
+        ax.set_yscale("log")
+    ax.set_title("エポックごとの勾配分布 / gradient norm by layer at selected epochs"
+                 + ("" if log else " (linear)"))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _figures(plt: Any, trace: GradientTrace, how: str) -> list[tuple[str, Callable[[], Any]]]:
+    """(file suffix, figure maker) for every plot, in the order they are written; each
+    figure is drawn only when its turn comes (one open at a time)."""
+    n = len(trace.layers)
+    all_idx = list(range(n))
+    figures: list[tuple[str, Callable[[], Any]]] = [
+        ("timeline_all", partial(_timeline, plt, trace, all_idx,
+                                 f"勾配ノルムの推移 / gradient norm per layer{how}"))]
+    if n > 3:
+        half = n // 2
+        figures += [
+            ("timeline_early", partial(_timeline, plt, trace, all_idx[:half],
+                                       "入力側の層 / early layers", True)),
+            ("timeline_late", partial(_timeline, plt, trace, all_idx[half:],
+                                      "出力側の層 / late layers")),
+        ]
     std = trace.values.std(axis=0)
     limit = 2 * float(np.median(std))
     colors = ["red" if s > limit else "steelblue" for s in std]
-    _save(_bars(plt, trace.layers, std, "勾配の安定性 (標準偏差) / stability: std over epochs "
-                "(red: > 2x median)", "std", colors, log=False),
-          plt, out / f"{stem}_statistics_stability.png", written)
-    _save(_bars(plt, trace.layers, trace.values.max(axis=0), "最大勾配 / max gradient norm",
-                "max"), plt, out / f"{stem}_statistics_max.png", written)
-    _save(_bars(plt, trace.layers, trace.values.min(axis=0), "最小勾配 / min gradient norm",
-                "min"), plt, out / f"{stem}_statistics_min.png", written)
+    return figures + [
+        ("heatmap", partial(_heatmap, plt, trace, how)),
+        ("statistics_initial_vs_final", partial(_initial_vs_final, plt, trace)),
+        ("statistics_stability", partial(_bars, plt, trace.layers, std,
+                                         "勾配の安定性 (標準偏差) / stability: std over epochs "
+                                         "(red: > 2x median)", "std", colors, log=False)),
+        ("statistics_max", partial(_bars, plt, trace.layers, trace.values.max(axis=0),
+                                   "最大勾配 / max gradient norm", "max")),
+        ("statistics_min", partial(_bars, plt, trace.layers, trace.values.min(axis=0),
+                                   "最小勾配 / min gradient norm", "min")),
+        ("snapshots", partial(_snapshots, plt, trace, log=True)),
+        ("snapshots_linear", partial(_snapshots, plt, trace, log=False)),
+    ]
 
-    picks = sorted(set(np.linspace(0, len(trace.epochs) - 1, min(6, len(trace.epochs)))
-                       .round().astype(int).tolist()))
-    for suffix, log in (("snapshots", True), ("snapshots_linear", False)):
-        fig, ax = plt.subplots(figsize=(max(8, 0.4 * n + 2), 6))
-        for i in picks:
-            ax.plot(range(n), trace.values[i], marker="o", label=f"epoch {int(trace.epochs[i])}")
-        ax.set_xticks(range(n), trace.layers, rotation=60, ha="right", fontsize=8)
-        if log and np.all(trace.values[picks] > 0):
-            ax.set_yscale("log")
-        ax.set_title("エポックごとの勾配分布 / gradient norm by layer at selected epochs"
-                     + ("" if log else " (linear)"))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        _save(fig, plt, out / f"{stem}_{suffix}.png", written)
+
+def plot_trace(csv_path: Path | str, output_dir: Path | str | None = None,
+               aggregation: str | None = None) -> list[Path]:
+    """Write the ten PNGs; return their paths. ``aggregation``: named in the titles."""
+    from pochitrain.plotting import pyplot
+
+    trace = read_trace(csv_path)
+    out = Path(output_dir) if output_dir is not None else trace.path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
+    how = f" ({aggregation})" if aggregation else ""
+    written: list[Path] = []
+    for suffix, draw in _figures(plt, trace, how):
+        _save(draw(), plt, out / f"{trace.path.stem}_{suffix}.png", written)
     return written

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -29,20 +29,26 @@ MIN_TOP1_AGREEMENT = 0.97
 _KEEP_FP32_INPUTS = {("Resize", 1), ("Resize", 2), ("Upsample", 1)}
 
 
-def _to_fp16_array(arr: np.ndarray) -> tuple[np.ndarray, int]:
+class Clipped(NamedTuple):
+    array: np.ndarray  # float16
+    clipped: int  # finite values beyond the float16 range, clamped to it
+
+
+def _to_fp16_array(arr: np.ndarray) -> Clipped:
     finite = np.isfinite(arr)
     clipped = int(np.count_nonzero(np.abs(arr[finite]) > FP16_MAX))
     out = np.where(finite, np.clip(arr, -FP16_MAX, FP16_MAX), arr).astype(np.float16)
-    return out, clipped
+    return Clipped(out, clipped)
 
 
-def convert_to_fp16(model: Any) -> tuple[Any, dict[str, int]]:
-    """Return (new ModelProto, stats). The input model is not modified."""
+class Fp16Graph(NamedTuple):
+    model: Any  # onnx.ModelProto
+    stats: dict[str, int]  # initializers, constants, casts, clipped_values
+
+
+def _refuse_control_flow(graph: Any) -> None:
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
 
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    graph = model.graph
     for node in graph.node:
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                for a in node.attribute):
@@ -51,24 +57,38 @@ def convert_to_fp16(model: Any) -> tuple[Any, dict[str, int]]:
                 f"{node.name!r}).",
                 "Convert this model to FP32, or simplify it (e.g. onnxsim) first.",
             )
-    keep = {node.input[i] for node in graph.node for (op, i) in _KEEP_FP32_INPUTS
-            if node.op_type == op and len(node.input) > i}
-    stats = {"initializers": 0, "constants": 0, "casts": 0, "clipped_values": 0}
+
+
+def _cast_initializers(graph: Any, keep: set[str], stats: dict[str, int]) -> None:
+    from onnx import TensorProto, numpy_helper
 
     for idx, init in enumerate(graph.initializer):
         if init.data_type == TensorProto.FLOAT and init.name not in keep:
-            arr, clipped = _to_fp16_array(numpy_helper.to_array(init))
-            graph.initializer[idx].CopyFrom(numpy_helper.from_array(arr, init.name))
+            cast = _to_fp16_array(numpy_helper.to_array(init))
+            graph.initializer[idx].CopyFrom(numpy_helper.from_array(cast.array, init.name))
             stats["initializers"] += 1
-            stats["clipped_values"] += clipped
+            stats["clipped_values"] += cast.clipped
+
+
+def _cast_tensor_attribute(attr: Any) -> int:
+    """A float32 tensor attribute becomes float16; returns the values clamped."""
+    from onnx import numpy_helper
+
+    cast = _to_fp16_array(numpy_helper.to_array(attr.t))
+    attr.t.CopyFrom(numpy_helper.from_array(cast.array, attr.t.name))
+    return cast.clipped
+
+
+def _cast_nodes(graph: Any, keep: set[str], stats: dict[str, int]) -> None:
+    """Constant and ConstantOfShape values to float16, Cast(to=float) to Cast(to=float16)."""
+    from onnx import TensorProto
+
     for node in graph.node:
         if node.op_type == "Constant" and node.output[0] not in keep:
             for attr in node.attribute:
                 if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
-                    arr, clipped = _to_fp16_array(numpy_helper.to_array(attr.t))
-                    attr.t.CopyFrom(numpy_helper.from_array(arr, attr.t.name))
+                    stats["clipped_values"] += _cast_tensor_attribute(attr)
                     stats["constants"] += 1
-                    stats["clipped_values"] += clipped
                 elif attr.name == "value_float":
                     raise ModelFileError(  # rare; not produced by torch.onnx.export
                         "The FP16 pass does not handle Constant(value_float).",
@@ -76,15 +96,18 @@ def convert_to_fp16(model: Any) -> tuple[Any, dict[str, int]]:
         elif node.op_type == "ConstantOfShape":
             for attr in node.attribute:
                 if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
-                    arr, _ = _to_fp16_array(numpy_helper.to_array(attr.t))
-                    attr.t.CopyFrom(numpy_helper.from_array(arr, attr.t.name))
+                    _cast_tensor_attribute(attr)
         elif node.op_type == "Cast":
             for attr in node.attribute:
                 if attr.name == "to" and attr.i == TensorProto.FLOAT:
                     attr.i = TensorProto.FLOAT16
                     stats["casts"] += 1
 
-    # FP32 at the boundary: cast right after the input and right before the output.
+
+def _fp32_boundary(graph: Any) -> None:
+    """FP32 at the boundary: cast right after the input and right before the output."""
+    from onnx import TensorProto, helper
+
     for vi in list(graph.input) + list(graph.output):
         if vi.type.tensor_type.elem_type != TensorProto.FLOAT:
             raise ModelFileError(f"Graph input/output {vi.name!r} is not float32.",
@@ -98,8 +121,13 @@ def convert_to_fp16(model: Any) -> tuple[Any, dict[str, int]]:
                                           name="pochitrain_input_to_fp16"))
     graph.node.append(helper.make_node("Cast", [out16], [out], to=TensorProto.FLOAT,
                                        name="pochitrain_output_to_fp32"))
-    # intermediate types changed: let shape inference recompute them
-    del graph.value_info[:]
+
+
+def _validated(model: Any) -> Any:
+    """Shape inference recomputes the intermediate types, then the ONNX checker runs."""
+    import onnx
+
+    del model.graph.value_info[:]
     try:
         model = onnx.shape_inference.infer_shapes(model)
         onnx.checker.check_model(model)
@@ -110,7 +138,23 @@ def convert_to_fp16(model: Any) -> tuple[Any, dict[str, int]]:
             "The model uses operators or types the ONNX checker does not know; convert it "
             "to FP32, or export it with standard ONNX operators.",
         ) from exc
-    return model, stats
+    return model
+
+
+def convert_to_fp16(model: Any) -> Fp16Graph:
+    """Return (new ModelProto, stats). The input model is not modified."""
+    import onnx
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    _refuse_control_flow(graph)
+    keep = {node.input[i] for node in graph.node for (op, i) in _KEEP_FP32_INPUTS
+            if node.op_type == op and len(node.input) > i}
+    stats = {"initializers": 0, "constants": 0, "casts": 0, "clipped_values": 0}
+    _cast_initializers(graph, keep, stats)
+    _cast_nodes(graph, keep, stats)
+    _fp32_boundary(graph)
+    return Fp16Graph(_validated(model), stats)
 
 
 def count_float_types(model: Any) -> dict[str, int]:

@@ -10,7 +10,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pochitrain.console import console, info, warn
 from pochitrain.errors import PochiError, UsageError
@@ -19,6 +19,9 @@ from pochitrain.onnx.export import DEFAULT_OPSET, ExportShape, export_model
 from pochitrain.onnx.verify import verification_batches
 from pochitrain.resolve import find_val_data
 from pochitrain.workspace import atomic_path, check_writable
+
+if TYPE_CHECKING:
+    import numpy as np
 
 VERIFY_BATCH = 16  # the batch > 1 that proves the dynamic axis really works
 
@@ -42,6 +45,58 @@ def _probe_folder(folder: Path) -> None:
                          "Choose a writable location with --output PATH.") from exc
 
 
+def _output_path(checkpoint: Path, output: Path | str | None,
+                 input_size: tuple[int, int] | None, overwrite: bool) -> Path:
+    """The ONNX file to write, checked before anything slow runs."""
+    if input_size is not None and min(input_size) < 1:
+        raise UsageError(f"--input-size must be positive, got {list(input_size)}.",
+                         "Example: --input-size 224 224")
+    out = Path(output) if output is not None else checkpoint.with_suffix(".onnx")
+    if out.suffix.lower() != ".onnx":
+        raise UsageError(f"--output must end in .onnx, got {out}.", "Example: --output best.onnx")
+    if out.is_dir():
+        raise UsageError(f"--output {out} is a folder.", "Give a file name ending in .onnx.")
+    check_writable(out, overwrite)
+    _probe_folder(out.parent)
+    return out
+
+
+class _Target(NamedTuple):
+    meta: ModelMeta  # what the ONNX file carries
+    height: int
+    width: int
+
+
+def _export_target(meta: ModelMeta, checkpoint: Path,
+                   input_size: tuple[int, int] | None) -> _Target:
+    """The export size (the training size unless given) and the metadata for it."""
+    size = tuple(input_size) if input_size is not None else tuple(meta.input_size)
+    height, width = int(size[0]), int(size[1])
+    pre = meta.preprocess.resized_to((height, width))
+    if pre is not meta.preprocess:
+        info(f"Export size {height}x{width} differs from the training size "
+             f"{meta.input_size[0]}x{meta.input_size[1]}; the metadata's preprocessing is "
+             "rescaled to match.")
+    source = {**meta.source, "checkpoint": checkpoint.name,
+              "checkpoint_sha256": file_sha256(checkpoint)}
+    return _Target(ModelMeta(meta.class_names, pre, meta.model_name, source), height, width)
+
+
+def _verification_inputs(checkpoint: Path, data: Path | str | None, target: _Target,
+                         shape: ExportShape) -> tuple[list[np.ndarray], str]:
+    """(batches, where they came from): the run's validation images, else random inputs."""
+    verify_data = Path(data) if data is not None else find_val_data(checkpoint)
+    if data is None and verify_data is not None and not verify_data.is_dir():
+        warn(f"The run's val_data_root {verify_data} is missing; verifying on random "
+             "inputs instead.")
+        verify_data = None
+    elif verify_data is None:
+        warn("No --data given and no val_data_root found for this run: verifying on "
+             "random inputs (pass --data DIR to check on real images).")
+    sizes = [shape.static_batch] if shape.static_batch else [1, VERIFY_BATCH]
+    return verification_batches(target.meta.preprocess, verify_data, sizes)
+
+
 def export_onnx(checkpoint: Path | str, input_size: tuple[int, int] | None = None,
                 output: Path | str | None = None, opset: int = DEFAULT_OPSET,
                 verify: bool = True, shape: ExportShape | None = None,
@@ -54,60 +109,27 @@ def export_onnx(checkpoint: Path | str, input_size: tuple[int, int] | None = Non
     export itself runs on the CPU)."""
     from pochitrain import __version__
     from pochitrain.checkpoint import load_model
+    from pochitrain.config import resolve_device
     from pochitrain.onnx.export import check_opset
 
     checkpoint = Path(checkpoint)
     shape = shape or ExportShape()
     check_opset(opset)
-    if input_size is not None and min(input_size) < 1:
-        raise UsageError(f"--input-size must be positive, got {list(input_size)}.",
-                         "Example: --input-size 224 224")
-    out = Path(output) if output is not None else checkpoint.with_suffix(".onnx")
-    if out.suffix.lower() != ".onnx":
-        raise UsageError(f"--output must end in .onnx, got {out}.", "Example: --output best.onnx")
-    if out.is_dir():
-        raise UsageError(f"--output {out} is a folder.", "Give a file name ending in .onnx.")
-    check_writable(out, overwrite)
-    _probe_folder(out.parent)
-
-    from pochitrain.config import resolve_device
-
+    out = _output_path(checkpoint, output, input_size, overwrite)
     resolve_device(device, flag="--device")
     model, meta = load_model(checkpoint, config=config, verb="export-onnx",
                              model_name=model_name, num_classes=num_classes)
-    size = tuple(input_size) if input_size is not None else tuple(meta.input_size)
-    height, width = int(size[0]), int(size[1])
-    pre = meta.preprocess.resized_to((height, width))
-    if pre is not meta.preprocess:
-        info(f"Export size {height}x{width} differs from the training size "
-             f"{meta.input_size[0]}x{meta.input_size[1]}; the metadata's preprocessing is "
-             "rescaled to match.")
-    source = {**meta.source, "checkpoint": checkpoint.name,
-              "checkpoint_sha256": file_sha256(checkpoint)}
-    out_meta = ModelMeta(meta.class_names, pre, meta.model_name, source)
-
-    verify_data: Path | None = None
-    if verify:
-        verify_data = Path(data) if data is not None else find_val_data(checkpoint)
-        if data is None and verify_data is not None and not verify_data.is_dir():
-            warn(f"The run's val_data_root {verify_data} is missing; verifying on random "
-                 "inputs instead.")
-            verify_data = None
-        elif verify_data is None:
-            warn("No --data given and no val_data_root found for this run: verifying on "
-                 "random inputs (pass --data DIR to check on real images).")
-
-        # read the images first: a bad --data fails before the (slow) export
-        sizes = [shape.static_batch] if shape.static_batch else [1, VERIFY_BATCH]
-        batches, inputs = verification_batches(pre, verify_data, sizes)
-
+    target = _export_target(meta, checkpoint, input_size)
+    hw = (target.height, target.width)
+    # read the images first: a bad --data fails before the (slow) export
+    batches, inputs = (_verification_inputs(checkpoint, data, target, shape) if verify
+                       else ([], ""))
     with atomic_path(out) as tmp:
         with console().status(f"Exporting {meta.model_name} to ONNX (opset {opset})..."):
-            export_model(model, tmp, out_meta, (height, width), shape, opset,
-                         producer_version=__version__)
+            export_model(model, tmp, target.meta, hw, shape, opset, producer_version=__version__)
         report = None
         if verify:
             from pochitrain.onnx.verify import verify_export
 
             report = verify_export(tmp, model, batches, inputs, progress=progress)
-    return ExportOutcome(out, out_meta, shape.input_shape(height, width), report)
+    return ExportOutcome(out, target.meta, shape.input_shape(*hw), report)
