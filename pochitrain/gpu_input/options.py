@@ -21,7 +21,6 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-READER_MODES = ("auto", "thread", "python", "process")
 # threads reading files: inference is fastest with one, training with four (docs/benchmarks.md)
 READ_THREADS = {"inference": 1, "training": 4}
 SWITCH_INTERVAL = 1e-4  # seconds; see quick_gil_handoff
@@ -31,7 +30,7 @@ PROCESS_READER_MIN_FILES = 4096
 
 @dataclass(frozen=True)
 class Options:
-    reader: str = "auto"  # one of READER_MODES
+    reader: str = "auto"  # auto | thread | python | process
     read_threads: int | None = None  # None: READ_THREADS for the use
     gpu_resize: str = "auto"  # "auto" or "matmul"
     switch_interval: float = SWITCH_INTERVAL
@@ -114,8 +113,7 @@ class KernelHealth:
 
     def fail(self, exc: BaseException, what: str) -> None:
         """Record the first failure and say it once; later calls use the matmuls."""
-        first = self.broken is None
-        if first:
+        if self.broken is None:
             self.broken = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
             from pochitrain.console import warn
 

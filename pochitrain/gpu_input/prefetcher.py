@@ -19,23 +19,20 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable, Generator, Iterable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
     import torch
 
 T = TypeVar("T")
+_DONE = object()  # the end of the items
 
 
-class _Handed(Generic[T]):
+class _Handed(NamedTuple):
     """An item on the queue, with the event recorded after it was made (``"event"``)."""
 
-    def __init__(self, item: T, event: Any) -> None:
-        self.item, self.event = item, event
-
-
-class _Done:
-    """The end of the items."""
+    item: Any
+    event: Any
 
 
 def prefetch(make: Callable[[], Iterable[T]], device: str, *, depth: int = 2,
@@ -75,14 +72,14 @@ def prefetch(make: Callable[[], Iterable[T]], device: str, *, depth: int = 2,
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             put(on_error(exc) if on_error is not None else exc)
         finally:
-            put(_Done())
+            put(_DONE)
 
     thread = threading.Thread(target=produce, name=name, daemon=True)
     thread.start()
     try:
         while True:
             got = out.get()
-            if isinstance(got, _Done):
+            if got is _DONE:
                 return
             if isinstance(got, BaseException):
                 raise got
