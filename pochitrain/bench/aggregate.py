@@ -15,7 +15,7 @@ import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pochitrain.bench.result_json import DETAILS_FILE, RESULT_FILE, RUNTIMES, TOP_KEYS
 
@@ -99,7 +99,13 @@ def case_name_of(path: Path, data: dict[str, Any]) -> str:
     return f"{data['runtime']}_{data.get('pipeline')}"
 
 
-def collect(source: Path) -> tuple[list[Group], list[dict[str, str]], int]:
+class Collected(NamedTuple):
+    groups: list[Group]
+    invalid: list[dict[str, str]]  # files that could not be read, with the reason
+    n_files: int
+
+
+def collect(source: Path) -> Collected:
     """(groups in first-seen order, invalid files with reasons, number of files found)."""
     groups: dict[tuple[Any, ...], Group] = {}
     invalid: list[dict[str, str]] = []
@@ -122,7 +128,7 @@ def collect(source: Path) -> tuple[list[Group], list[dict[str, str]], int]:
         group.runs.append(data)
         group.files.append(str(path))
         _add_details(group, path.parent / DETAILS_FILE)
-    return list(groups.values()), invalid, len(files)
+    return Collected(list(groups.values()), invalid, len(files))
 
 
 def _add_details(group: Group, path: Path) -> None:

@@ -231,10 +231,14 @@ def _cache_key(onnx_path: Path, input_shape: tuple[int, int, int, int], images: 
     }
 
 
-def _cached_record(qdq_path: Path, key: dict[str, Any],
-                   opts: Int8Options) -> tuple[dict[str, Any] | None, str | None]:
-    """(the cached record, None) when the cache holds this calibration and it still passes
-    the accuracy gate; else (None, why it is not used)."""
+class _CacheCheck(NamedTuple):
+    record: dict[str, Any] | None  # the cached record, when it can be reused
+    reason: str | None  # else why not
+
+
+def _cached_record(qdq_path: Path, key: dict[str, Any], opts: Int8Options) -> _CacheCheck:
+    """The cached record when the cache holds this calibration and it still passes the
+    accuracy gate; else why it is not used."""
     keyfile = key_path(qdq_path)
     stored = cal.read_key(keyfile) if keyfile.is_file() and qdq_path.is_file() else None
     reason = cal.describe_change(stored.get("key") if stored else None, key)
@@ -243,7 +247,7 @@ def _cached_record(qdq_path: Path, key: dict[str, Any],
     if not opts.use_cache:
         reason = "cache disabled (--no-calib-cache)"
     if reason is not None or stored is None or not isinstance(stored.get("record"), dict):
-        return None, reason
+        return _CacheCheck(None, reason)
     cached = dict(stored["record"])
     cached["cache"] = {"status": "hit", "key_file": str(keyfile)}
     say(f"INT8 calibration cache hit: reusing {qdq_path.name} (same ONNX, preprocessing, "
@@ -251,7 +255,7 @@ def _cached_record(qdq_path: Path, key: dict[str, Any],
     say_accuracy(cached["accuracy"], opts.max_accuracy_drop)
     check_drop(cached["accuracy"], opts.max_accuracy_drop, cached=True)
     cached["accuracy"]["max_accuracy_drop"] = opts.max_accuracy_drop
-    return cached, None
+    return _CacheCheck(cached, None)
 
 
 def _calibration_batches(onnx_path: Path, info: OnnxInfo, images: _Images,

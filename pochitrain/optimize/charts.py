@@ -16,13 +16,17 @@ import io
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pochitrain.workspace import atomic_write_bytes
 
 
-def write_charts(study: Any, out_dir: Path,
-                 importances: dict[str, float] | None) -> tuple[list[Path], dict[str, str]]:
+class Charts(NamedTuple):
+    files: list[Path]
+    skipped: dict[str, str]  # chart or file name -> why it was not drawn
+
+
+def write_charts(study: Any, out_dir: Path, importances: dict[str, float] | None) -> Charts:
     files: list[Path] = []
     skipped: dict[str, str] = {}
     from optuna.trial import TrialState
@@ -55,7 +59,7 @@ def write_charts(study: Any, out_dir: Path,
             files.append(png)
         except Exception as exc:  # noqa: BLE001
             skipped[f"{name}.png"] = f"{type(exc).__name__}: {exc}"
-    return files, skipped
+    return Charts(files, skipped)
 
 
 @contextlib.contextmanager

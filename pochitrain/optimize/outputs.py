@@ -17,7 +17,7 @@ import json
 import math
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pochitrain.workspace import atomic_write_text, local_now
 
@@ -71,9 +71,15 @@ def importances(study: Any) -> dict[str, float] | None:
         return None
 
 
+class StudyFiles(NamedTuple):
+    files: list[Path]
+    best: dict[str, Any]  # best_params.json's content
+    stats: dict[str, Any]  # study_statistics.json's content
+
+
 def write_outputs(study: Any, out_dir: Path, *, config: Path, settings: Any, metric: str,
-                  storage: str) -> tuple[list[Path], dict[str, Any], dict[str, Any]]:
-    """Write the JSON files and optimized_config.py; return (files, best, statistics)."""
+                  storage: str) -> StudyFiles:
+    """Write the JSON files and optimized_config.py; return them with what they say."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
@@ -115,7 +121,7 @@ def write_outputs(study: Any, out_dir: Path, *, config: Path, settings: Any, met
     if best is not None:
         files.append(write_optimized_config(out_dir / "optimized_config.py", config, settings,
                                             best, study.study_name, metric))
-    return files, _json(best_info), _json(stats)
+    return StudyFiles(files, _json(best_info), _json(stats))
 
 
 def _best(study: Any, done: list[Any]) -> Any:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pochitrain.errors import ConfigError
 
@@ -34,12 +34,19 @@ FIXED_KEYS = {"train_data_root", "val_data_root", "work_dir", "optuna", "epochs"
 LAYER_GROUPS = ("layer1", "layer2", "layer3", "layer4", "conv1", "bn1", "fc", "other")
 
 
+class Target(NamedTuple):
+    """Where a suggested value goes: ("key", None) | ("scheduler_params", arg) |
+    ("layer", group)."""
+    kind: str
+    arg: str | None
+
+
 @dataclass
 class Param:
     name: str  # as written in search_space
     kind: str  # float | int | categorical
     spec: dict[str, Any]
-    target: tuple[str, str | None]  # ("key", None) | ("scheduler_params", arg) | ("layer", g)
+    target: Target
 
     def suggest(self, trial: Any) -> Any:
         s = self.spec
@@ -86,9 +93,9 @@ def parse_space(space: dict[str, Any] | None) -> list[Param]:
     return params
 
 
-def _target(name: str, keys: tuple[str, ...], where: str) -> tuple[str, str | None]:
+def _target(name: str, keys: tuple[str, ...], where: str) -> Target:
     if name.startswith("scheduler_params."):
-        return "scheduler_params", name.split(".", 1)[1]
+        return Target("scheduler_params", name.split(".", 1)[1])
     if name.startswith(("layer_rates.", "layer_wise_lr.")):
         group = name.split(".", 1)[1]
         if group not in LAYER_GROUPS:
@@ -97,15 +104,15 @@ def _target(name: str, keys: tuple[str, ...], where: str) -> tuple[str, str | No
         if "layer_wise_lr_config" not in keys:
             raise ConfigError(f"{where}: this pochitrain has no layer-wise learning rates.",
                               "Remove the key.")
-        return "layer", group
+        return Target("layer", group)
     if name in FIXED_KEYS:
         raise ConfigError(f"{where}: {name} is not a hyperparameter a trial can change.",
                           "optuna_epochs sets the epochs of a trial; the data, model and "
                           "transforms stay those of the config.")
     if name in keys:
-        return name, None
+        return Target(name, None)
     if name.startswith("scheduler_") and name not in keys:
-        return "scheduler_params", name[len("scheduler_"):]
+        return Target("scheduler_params", name[len("scheduler_"):])
     import difflib
 
     near = difflib.get_close_matches(name, [k for k in keys if k not in FIXED_KEYS], n=1)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import ast
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pochitrain.errors import BackendMissingError, ConfigError, PochiError, UsageError
 
@@ -47,14 +47,20 @@ def metric_and_direction(cfg: dict[str, Any], metric: str | None) -> tuple[str, 
     return metric, METRICS[metric]
 
 
-def parse_call(text: str, where: str) -> tuple[str, list[Any], dict[str, Any]]:
-    """``"Name(1, a=2)"`` -> ("Name", [1], {"a": 2}); only literal arguments."""
+class Call(NamedTuple):
+    name: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+
+
+def parse_call(text: str, where: str) -> Call:
+    """``"Name(1, a=2)"`` -> Call("Name", [1], {"a": 2}); only literal arguments."""
     try:
         node = ast.parse(text.strip(), mode="eval").body
     except SyntaxError:
         node = None
     if isinstance(node, ast.Name):
-        return node.id, [], {}
+        return Call(node.id, [], {})
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
         try:
             args = [ast.literal_eval(a) for a in node.args]
@@ -62,7 +68,7 @@ def parse_call(text: str, where: str) -> tuple[str, list[Any], dict[str, Any]]:
         except ValueError:
             raise ConfigError(f"{where} = {text!r}: arguments must be literal values.",
                               f"Example: {where} = 'TPESampler(seed=0)'.") from None
-        return node.func.id, args, kwargs
+        return Call(node.func.id, args, kwargs)
     raise ConfigError(f"{where} = {text!r} is not a name or a call like 'Name(key=value)'.",
                       f"Example: {where} = 'MedianPruner(n_startup_trials=5)'.")
 
@@ -94,7 +100,7 @@ def build_sampler(cfg: dict[str, Any], grid: dict[str, list[Any]] | None) -> Any
 
     text = str(cfg.get("sampler") or "TPESampler")
     more = None
-    if parse_call(text, "optuna['sampler']")[0] == "GridSampler":
+    if parse_call(text, "optuna['sampler']").name == "GridSampler":
         if grid is None:
             raise ConfigError("GridSampler needs a grid: every search_space entry categorical, "
                               "int, or float with a 'step'.",
