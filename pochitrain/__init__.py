@@ -31,15 +31,22 @@ _API = {
     "ConvertOptions": ("pochitrain.pipeline.convert", "ConvertOptions"),
     "Int8Options": ("pochitrain.onnx.int8", "Int8Options"),
     "PochiError": ("pochitrain.errors", "PochiError"),
+    # the original pochitrain's API (docs/readme_python_api.md)
+    "PochiTrainer": ("pochitrain.compat_api.trainer", "PochiTrainer"),
+    "PochiPredictor": ("pochitrain.compat_api.predictor", "PochiPredictor"),
+    "create_data_loaders": ("pochitrain.compat_api.data", "create_data_loaders"),
 }
 __all__ = [
     "ConvertOptions",
     "Int8Options",
     "PochiError",
+    "PochiPredictor",
+    "PochiTrainer",
     "Prediction",
     "Predictor",
     "__version__",
     "convert",
+    "create_data_loaders",
     "export_onnx",
     "infer",
     "train",

@@ -1,0 +1,182 @@
+"""The original's ``create_data_loaders``, and what the original API's trainer and predictor
+share: loaders of ``(images, labels)`` pairs seen as the training loop's batches, checkpoint
+metadata read from those loaders, and settings from a config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pochitrain.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from pochitrain.config import Settings
+    from pochitrain.data import ImageFolder
+    from pochitrain.meta import ModelMeta
+
+class FolderDataset:
+    """``root/<class>/<image>`` as ``(transform(image), label)`` pairs (the original's
+    ``PochiImageDataset``); without a transform, images become tensors (``ToTensor``)."""
+
+    def __init__(self, folder: ImageFolder, transform: Callable[[Any], Any] | None) -> None:
+        if transform is None:
+            from torchvision.transforms import ToTensor
+
+            transform = ToTensor()
+        self.root = folder.root
+        self.classes = list(folder.classes)
+        self.samples = folder.samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        from pochitrain.data import open_rgb
+
+        path, label = self.samples[index]
+        image = open_rgb(path)
+        if image is None:
+            raise DataError(f"画像を読み込めません: {path}\nCannot decode the image {path}.",
+                            "Remove or replace the file.")
+        return self.transform(image), label
+
+    def get_classes(self) -> list[str]:
+        return list(self.classes)
+
+
+def _collate(items: list[tuple[Any, int]]) -> Any:
+    """The default collate, with a clear error when images differ in size."""
+    from torch.utils.data import default_collate
+
+    shapes = {tuple(getattr(x, "shape", ())) for x, _ in items}
+    if len(shapes) > 1:
+        raise DataError(
+            f"バッチ内の画像サイズが異なります: {sorted(shapes)}\n"
+            f"Images of one batch have different sizes after the transform: {sorted(shapes)}.",
+            "Add transforms.Resize((H, W)) to train_transform and val_transform.")
+    return default_collate(items)
+
+
+def create_data_loaders(
+    train_root: str | Path, val_root: str | Path, batch_size: int = 32, num_workers: int = 4,
+    pin_memory: bool = True, train_transform: Callable[[Any], Any] | None = None,
+    val_transform: Callable[[Any], Any] | None = None,
+) -> tuple[DataLoader, DataLoader, list[str]]:
+    """(train loader, val loader, class names): batches are ``(images, labels)`` tensors.
+
+    Class names are the sorted class sub-folders of ``train_root``; ``val_root`` may hold
+    some or all of them (labels follow the training classes by name).
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    from pochitrain.data import check_classes, remap_labels, scan_image_folder
+    from pochitrain.training.data import lone_last_image
+
+    train = scan_image_folder(train_root, "training data folder (train_root)",
+                              allow_unlabelled=False)
+    val = scan_image_folder(val_root, "validation data folder (val_root)",
+                            allow_unlabelled=False)
+    check_classes(val, train.classes, for_training=True)
+    val = remap_labels(val, train.classes)
+    pin = pin_memory and torch.cuda.is_available()
+
+    def loader(folder: ImageFolder, transform: Any, shuffle: bool) -> DataLoader:
+        n = len(folder.samples)  # BatchNorm cannot train on a last batch of one image
+        return DataLoader(FolderDataset(folder, transform),  # type: ignore[arg-type]
+                          batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                          pin_memory=pin, collate_fn=_collate,
+                          drop_last=shuffle and lone_last_image(n, batch_size))
+
+    return (loader(train, train_transform, True), loader(val, val_transform, False),
+            list(train.classes))
+
+
+class TrainingBatches:
+    """A loader of ``(images, labels)`` pairs seen as the training loop's ``Batch`` items."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.dataset = loader.dataset
+        self.batch_size = getattr(loader, "batch_size", None)
+        self.sampler = getattr(loader, "sampler", None)
+        self.drop_last = getattr(loader, "drop_last", False)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        from pochitrain.training import Batch
+
+        for item in self.loader:
+            yield item if isinstance(item, Batch) else Batch(item[0], item[1], [])
+
+
+def batch_images(item: Any) -> Any:
+    """The image tensor of a loader item: a ``Batch`` or an ``(images, labels)`` pair."""
+    return getattr(item, "images", None) if not isinstance(item, (tuple, list)) else item[0]
+
+
+# ---- checkpoint metadata from the loaders ------------------------------------------------
+
+
+def loader_meta(model_name: str, num_classes: int, train_loader: Any,
+                val_loader: Any) -> ModelMeta | None:
+    """Metadata for the checkpoints: class names from the training dataset (else "0".."N-1"),
+    preprocessing from the validation dataset's transform; None when that transform cannot be
+    described as data (the checkpoints are then written in the original's format)."""
+    from pochitrain.console import warn
+    from pochitrain.meta import ModelMeta
+    from pochitrain.preprocess import from_transform
+
+    names = [str(c) for c in getattr(train_loader.dataset, "classes", None) or []]
+    if len(names) != num_classes:
+        names = [str(i) for i in range(num_classes)]
+    dataset = val_loader.dataset
+    try:
+        hw = [int(v) for v in dataset[0][0].shape[-2:]]
+        pre = from_transform(getattr(dataset, "transform", None), input_size=hw)
+    except (ConfigError, TypeError, AttributeError, IndexError) as exc:
+        warn("val_transform を前処理メタデータにできないため、元の形式で保存します / the "
+             f"validation transform cannot be recorded ({exc}); checkpoints are written in "
+             "the original's format (pass -c CONFIG when using them).")
+        return None
+    return ModelMeta(names, pre, model_name=model_name, source={"api": "PochiTrainer"})
+
+
+def save_weights(path: Path, model: torch.nn.Module, meta: ModelMeta | None,
+                 extra: dict[str, Any]) -> None:
+    """Our checkpoint (weights + metadata), or the original's dict when ``meta`` is None."""
+    import torch
+
+    from pochitrain.checkpoint import save_checkpoint
+    from pochitrain.workspace import atomic_path
+
+    if meta is not None:
+        save_checkpoint(path, model, meta, extra)
+        return
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"model_state_dict": state, **extra}, tmp)
+
+
+
+
+def settings_of(config: Settings | str | Path) -> Settings:
+    """``Settings`` as given, or loaded from a config file."""
+    from pochitrain.config import load_config
+
+    return load_config(config) if isinstance(config, (str, Path)) else config
+
+
+def num_classes_of(settings: Settings) -> int:
+    if settings.num_classes is None:
+        raise ConfigError("config に num_classes がありません。\n"
+                          f"num_classes is not set in {settings.config_path}.",
+                          "Add num_classes = N (the number of class folders).")
+    return int(settings.num_classes)

@@ -1,0 +1,226 @@
+"""The original's ``PochiTrainer``: a model, ``setup_training(...)``, then ``train(loaders)``.
+
+``train`` runs ``training.fit``, the epoch loop of ``pochi train``: the run folder
+(``work_dirs/YYYYMMDD_NNN``, made when the trainer is created, as the original did) gets
+``models/best_epochN.pth``, ``models/last_model.pth`` and the metrics CSV and plots.
+Accuracies returned or kept on the trainer are percentages, as in the original.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pochitrain.compat_api.data import (
+    TrainingBatches,
+    loader_meta,
+    num_classes_of,
+    save_weights,
+    settings_of,
+)
+from pochitrain.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from pochitrain.config import Settings
+    from pochitrain.training import EarlyStopping, EpochStats
+
+# The original's fixed optimizer settings (its configs cannot change them).
+ORIGINAL_WEIGHT_DECAY = {"SGD": 1e-4, "Adam": 0.0, "AdamW": 1e-2}
+ORIGINAL_MOMENTUM = 0.9
+
+
+class StopRequested(Exception):
+    """Raised from the epoch callback when ``stop_flag_callback()`` asks to stop."""
+
+
+class PochiTrainer:
+    """``PochiTrainer(model_name, num_classes, device, pretrained, work_dir,
+    create_workspace, cudnn_benchmark)``: the original's arguments. ``device`` may be left
+    out ("auto": the GPU when there is one), as the original's README shows it."""
+
+    def __init__(self, model_name: str, num_classes: int, device: str = "auto",
+                 pretrained: bool = True, work_dir: str | Path = "work_dirs",
+                 create_workspace: bool = True, cudnn_benchmark: bool = False) -> None:
+        import torch
+
+        from pochitrain.config import resolve_device
+        from pochitrain.models import build_model
+        from pochitrain.workspace import new_run_dir
+
+        self.model_name, self.num_classes = model_name, num_classes
+        self.device = torch.device(resolve_device(device))
+        self.cudnn_benchmark = cudnn_benchmark and self.device.type == "cuda"
+        if self.cudnn_benchmark:
+            torch.backends.cudnn.benchmark = True
+        self.current_workspace: Path | None = None
+        self.work_dir = Path(work_dir)
+        if create_workspace:
+            self.current_workspace = new_run_dir(work_dir, hint="work_dir")
+            self.work_dir = self.current_workspace / "models"
+            self.work_dir.mkdir()
+        self.model = build_model(model_name, num_classes, pretrained).to(self.device)
+        self.epoch = 0
+        self.best_accuracy = 0.0  # percent
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+        self.criterion: torch.nn.Module | None = None
+        self.early_stopping: EarlyStopping | None = None
+        self.enable_layer_wise_lr = False
+        self.base_learning_rate = 0.0
+        self.layer_wise_lr_config: dict[str, Any] = {}
+        self.enable_metrics_export = True
+        self.enable_gradient_tracking = False
+        self.enable_tensorboard = False
+        self.gradient_tracking_config: dict[str, Any] = {"record_frequency": 1}
+
+    @classmethod
+    def from_config(cls, config: Settings | str | Path,
+                    create_workspace: bool = True) -> PochiTrainer:
+        """From a config file (or its loaded ``Settings``)."""
+        s = settings_of(config)
+        return cls(s.model_name, num_classes_of(s), s.device, s.pretrained, str(s.work_dir),
+                   create_workspace, bool(s.cudnn_benchmark))
+
+    @property
+    def _device(self) -> str:
+        return str(self.device)
+
+    def setup_training(self, learning_rate: float = 0.001, optimizer_name: str = "Adam",
+                       scheduler_name: str | None = None,
+                       scheduler_params: dict[str, Any] | None = None,
+                       class_weights: list[float] | None = None,
+                       num_classes: int | None = None, enable_layer_wise_lr: bool = False,
+                       layer_wise_lr_config: dict[str, Any] | None = None,
+                       early_stopping_config: dict[str, Any] | None = None) -> None:
+        """Optimizer (the original's fixed settings), scheduler, loss, early stopping."""
+        import torch
+
+        from pochitrain.config_checks import check_early_stopping
+        from pochitrain.training import EarlyStopping, build_optimizer, build_scheduler
+        from pochitrain.training.optim import layer_param_groups
+
+        n = num_classes or self.num_classes
+        if class_weights is not None and len(class_weights) != n:
+            raise UsageError(f"class_weights の数がクラス数と一致しません ({len(class_weights)} "
+                             f"!= {n})。\nclass_weights has {len(class_weights)} values but "
+                             f"there are {n} classes.", "Give one weight per class.")
+        rates = (layer_wise_lr_config or {}).get("layer_rates") or {}
+        if enable_layer_wise_lr and not rates:
+            raise UsageError("層別学習率には layer_rates が必要です。\nenable_layer_wise_lr "
+                             "needs layer_wise_lr_config={'layer_rates': {group: lr}}.")
+        params = (layer_param_groups(self.model, self.model_name, rates, learning_rate)
+                  if enable_layer_wise_lr else self.model.parameters())
+        self.optimizer = build_optimizer(optimizer_name, params, learning_rate,
+                                         ORIGINAL_WEIGHT_DECAY.get(optimizer_name, 0.0),
+                                         ORIGINAL_MOMENTUM)
+        self.scheduler = build_scheduler(scheduler_name, scheduler_params or {}, self.optimizer)
+        weight = (torch.tensor(class_weights, dtype=torch.float32, device=self.device)
+                  if class_weights else None)
+        self.criterion = torch.nn.CrossEntropyLoss(weight=weight)
+        self.enable_layer_wise_lr = enable_layer_wise_lr
+        self.base_learning_rate = learning_rate
+        self.layer_wise_lr_config = dict(layer_wise_lr_config or {})
+        stop = check_early_stopping({"enabled": False, **(early_stopping_config or {})})
+        self.early_stopping = EarlyStopping(**stop) if stop else None
+
+    def _parts(self) -> tuple[torch.optim.Optimizer, torch.nn.Module]:
+        if self.optimizer is None or self.criterion is None:
+            raise UsageError("訓練コンポーネントが未設定です。train() の前に setup_training() を"
+                             "呼び出してください。\nTraining is not set up.",
+                             "Call setup_training() before train().")
+        return self.optimizer, self.criterion
+
+    def _pass(self, loader: Any, optimizer: Any = None) -> EpochStats:
+        from pochitrain.training import run_epoch
+
+        batches: Any = TrainingBatches(loader)  # run_epoch only iterates it
+        return run_epoch(self.model, batches, self._parts()[1], self._device,
+                         optimizer=optimizer)
+
+    def train_one_epoch(self, epoch: int, train_loader: Any) -> dict[str, float]:
+        """One training epoch: ``{"loss", "accuracy"}`` (accuracy in percent)."""
+        self.epoch = epoch
+        stats = self._pass(train_loader, self._parts()[0])
+        return {"loss": stats.loss, "accuracy": stats.accuracy * 100.0}
+
+    def validate(self, val_loader: Any) -> dict[str, float]:
+        """``{"val_loss", "val_accuracy"}`` (accuracy in percent)."""
+        stats = self._pass(val_loader)
+        return {"val_loss": stats.loss, "val_accuracy": stats.accuracy * 100.0}
+
+    def train(self, train_loader: Any, val_loader: Any = None, epochs: int = 10,
+              stop_flag_callback: Callable[[], bool] | None = None) -> None:
+        """Train ``epochs`` epochs. ``stop_flag_callback()`` returning True stops after the
+        current epoch (the last checkpoint is written, as in the original)."""
+        optimizer, criterion = self._parts()
+        if val_loader is None:
+            raise UsageError("val_loader が必要です。\nval_loader is required: the best "
+                             "checkpoint is chosen by validation accuracy.",
+                             "Pass a validation loader (create_data_loaders gives one).")
+        if self.enable_tensorboard or self.enable_gradient_tracking:
+            from pochitrain.console import warn
+
+            warn("TensorBoard / gradient tracking: use 'pochi train' with a config for these.")
+        if stop_flag_callback is not None and stop_flag_callback():
+            return
+        self._fit(train_loader, val_loader, epochs, optimizer, criterion, stop_flag_callback)
+
+    def _fit(self, train_loader: Any, val_loader: Any, epochs: int, optimizer: Any,
+             criterion: Any, stop_flag: Callable[[], bool] | None) -> None:
+        from pochitrain import training as T
+
+        meta = loader_meta(self.model_name, self.num_classes, train_loader, val_loader)
+        keeper = T.CheckpointKeeper(self.work_dir, lambda path, extra: save_weights(
+            path, self.model, meta, extra))
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = self.current_workspace or self.work_dir
+        log = T.MetricsLog(run_dir, enabled=self.enable_metrics_export
+                           and self.current_workspace is not None)
+        setup = T.FitSetup(
+            model=self.model, train_loader=TrainingBatches(train_loader),
+            val_loader=TrainingBatches(val_loader), criterion=criterion, optimizer=optimizer,
+            scheduler=self.scheduler, stopper=self.early_stopping,
+            precision=T.resolve_precision("off", False, self._device), device=self._device,
+            epochs=epochs)
+        best = [self.best_accuracy]
+
+        def extras(epoch: int, tr: Any, va: Any) -> dict[str, Any]:
+            self.epoch = epoch
+            if va is not None:
+                best[0] = max(best[0], va.accuracy * 100.0)
+            out = {"epoch": epoch, "best_accuracy": best[0],
+                   "optimizer_state_dict": optimizer.state_dict()}
+            if self.scheduler is not None:
+                out["scheduler_state_dict"] = self.scheduler.state_dict()
+            return out
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            if stop_flag is not None and stop_flag():
+                raise StopRequested
+
+        try:
+            T.fit(setup, keeper, log, extras, progress=False, on_epoch=on_epoch)
+        except StopRequested:
+            keeper.save_last(extras(self.epoch, None, None))
+        finally:
+            log.close()
+        self.best_accuracy = best[0]
+
+    def get_base_learning_rate(self) -> float:
+        """The base learning rate (the configured one under layer-wise rates)."""
+        if self.enable_layer_wise_lr or self.optimizer is None:
+            return self.base_learning_rate
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def is_layer_wise_lr_enabled(self) -> bool:
+        return self.enable_layer_wise_lr
+
+    def get_layer_wise_learning_rates(self) -> dict[str, float]:
+        """Current learning rate of each layer group (layer-wise learning rates only)."""
+        if not self.enable_layer_wise_lr or self.optimizer is None:
+            return {}
+        return {str(g.get("name", i)): float(g["lr"])
+                for i, g in enumerate(self.optimizer.param_groups)}

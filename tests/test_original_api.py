@@ -1,0 +1,248 @@
+"""The original pochitrain's Python API, used as its README and client docs use it:
+``create_data_loaders`` + ``PochiTrainer`` (a short real training), ``PochiPredictor`` on
+our checkpoints and on the original's format, and request bodies from
+``pochitrain.api.serializers`` answered by a real ``pochi serve``."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+CLASSES = ["0", "1", "2"]  # tiny_data: 6 train / 3 val 32x32 digit images per class
+
+
+def _transform() -> Any:
+    from torchvision import transforms
+
+    return transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor(),
+                               transforms.Normalize([0.5] * 3, [0.5] * 3)])
+
+
+@pytest.fixture(scope="module")
+def loaders(tiny_data: Path) -> tuple[Any, Any, list[str]]:
+    from pochitrain import create_data_loaders
+
+    return create_data_loaders(train_root=str(tiny_data / "train"),
+                               val_root=str(tiny_data / "val"), batch_size=4, num_workers=0,
+                               train_transform=_transform(), val_transform=_transform())
+
+
+@pytest.fixture(scope="module")
+def trained(loaders: tuple[Any, Any, list[str]],
+            tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The README's three steps, one short epoch on the CPU."""
+    import torch
+
+    from pochitrain import PochiTrainer
+
+    torch.manual_seed(0)
+    train_loader, val_loader, classes = loaders
+    trainer = PochiTrainer(model_name="resnet18", num_classes=len(classes), device="cpu",
+                           pretrained=False,
+                           work_dir=str(tmp_path_factory.mktemp("api") / "work_dirs"))
+    trainer.setup_training(learning_rate=0.001, optimizer_name="Adam")
+    trainer.train(train_loader=train_loader, val_loader=val_loader, epochs=1)
+    return trainer
+
+
+def test_create_data_loaders(loaders: tuple[Any, Any, list[str]]) -> None:
+    import torch
+
+    train_loader, val_loader, classes = loaders
+    assert classes == CLASSES
+    images, labels = next(iter(train_loader))
+    assert tuple(images.shape) == (4, 3, 32, 32) and images.dtype == torch.float32
+    assert labels.dtype == torch.int64 and set(labels.tolist()) <= {0, 1, 2}
+    assert len(val_loader.dataset) == 9
+    assert [int(y) for _, y in val_loader.dataset] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+
+
+def test_trainer_writes_the_run_folder(trained: Any) -> None:
+    from pochitrain.checkpoint import read_checkpoint
+
+    run = trained.current_workspace
+    assert re.fullmatch(r"\d{8}_001", run.name)
+    assert trained.work_dir == run / "models"
+    assert trained.epoch == 1 and 0.0 <= trained.best_accuracy <= 100.0
+    best = run / "models" / "best_epoch1.pth"
+    assert best.is_file() and (run / "models" / "last_model.pth").is_file()
+    payload, meta = read_checkpoint(best)
+    assert meta.class_names == CLASSES and meta.input_size == [32, 32]
+    assert payload["epoch"] == 1 and payload["best_accuracy"] == trained.best_accuracy
+    assert "optimizer_state_dict" in payload
+
+
+def test_trainer_epoch_and_validate(trained: Any, loaders: tuple[Any, Any, list[str]]) -> None:
+    train_loader, val_loader, _ = loaders
+    step = trained.train_one_epoch(2, train_loader)
+    assert set(step) == {"loss", "accuracy"} and 0.0 <= step["accuracy"] <= 100.0
+    val = trained.validate(val_loader)
+    assert set(val) == {"val_loss", "val_accuracy"} and val["val_loss"] > 0
+    assert trained.get_layer_wise_learning_rates() == {}
+
+
+def test_stop_flag_stops_after_the_epoch(loaders: tuple[Any, Any, list[str]],
+                                         tmp_path: Path) -> None:
+    from pochitrain import PochiTrainer
+
+    train_loader, val_loader, classes = loaders
+    trainer = PochiTrainer("resnet18", len(classes), "cpu", pretrained=False,
+                           create_workspace=False, work_dir=str(tmp_path / "models"))
+    trainer.setup_training(optimizer_name="SGD", scheduler_name="StepLR",
+                           scheduler_params={"step_size": 1})
+    trainer.train(train_loader, val_loader, epochs=3, stop_flag_callback=lambda: True)
+    assert trainer.epoch == 0 and not (tmp_path / "models").exists()  # asked before epoch 1
+    calls = iter([False, True])
+    trainer.train(train_loader, val_loader, epochs=3, stop_flag_callback=lambda: next(calls))
+    assert trainer.epoch == 1
+    assert (tmp_path / "models" / "last_model.pth").is_file()
+
+
+def test_predictor_matches_predictor_api(trained: Any,
+                                         loaders: tuple[Any, Any, list[str]]) -> None:
+    from pochitrain import PochiPredictor, Predictor
+
+    _, val_loader, classes = loaders
+    best = trained.current_workspace / "models" / "best_epoch1.pth"
+    predictor = PochiPredictor(model_name="resnet18", num_classes=len(classes), device="cpu",
+                               model_path=str(best))
+    predictions, confidences, metrics = predictor.predict(val_loader)
+    assert predictions.shape == (9,) and confidences.shape == (9,)
+    assert ((confidences > 0) & (confidences <= 1)).all()
+    assert metrics["warmup_samples"] == 4 and metrics["total_samples"] == 5
+    assert metrics["avg_time_per_image"] > 0
+    info = predictor.get_model_info()
+    assert info["epoch"] == 1 and info["best_accuracy"] == trained.best_accuracy
+    assert predictor.class_names == CLASSES
+    paths = [p for p, _ in val_loader.dataset.samples]
+    with Predictor(best, device="cpu") as reference:
+        want = [p.index for p in reference.predict(paths)]
+    assert predictions.tolist() == want
+
+
+def test_predictor_reads_the_originals_checkpoint(loaders: tuple[Any, Any, list[str]],
+                                                  tmp_path: Path) -> None:
+    import torch
+
+    from pochitrain import PochiPredictor
+    from pochitrain.errors import ModelFileError
+    from pochitrain.models import build_model
+
+    torch.manual_seed(1)
+    state = {f"model.{k}": v for k, v in build_model("resnet18", 3).state_dict().items()}
+    path = tmp_path / "best_epoch7.pth"
+    torch.save({"epoch": 7, "model_state_dict": state, "best_accuracy": 66.7}, path)
+    predictor = PochiPredictor("resnet18", 3, "cpu", str(path))
+    assert (predictor.epoch, predictor.best_accuracy) == (7, 66.7)
+    predictions, _, _ = predictor.predict(loaders[1])
+    assert len(predictions) == 9 and set(predictions.tolist()) <= {0, 1, 2}
+    with pytest.raises(ModelFileError, match="resnet18 with 4 classes"):
+        PochiPredictor("resnet18", 4, "cpu", str(path))
+    with pytest.raises(ModelFileError, match="見つかりません"):
+        PochiPredictor("resnet18", 3, "cpu", str(tmp_path / "missing.pth"))
+
+
+# ---- serializers against a real server -----------------------------------------------------
+
+
+def test_serializers_round_trip_and_errors() -> None:
+    from pochitrain.api.serializers import (
+        JpegSerializer,
+        PayloadError,
+        RawArraySerializer,
+        create_serializer,
+    )
+
+    image = np.random.default_rng(0).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    raw = RawArraySerializer().serialize(image)
+    assert set(raw) == {"image_data", "shape", "dtype", "format"}
+    assert raw["shape"] == [12, 16, 3] and raw["dtype"] == "uint8" and raw["format"] == "raw"
+    assert (RawArraySerializer().deserialize(raw) == image).all()
+    jpeg = JpegSerializer(quality=95).serialize(np.full((8, 8, 3), (255, 0, 0), np.uint8))
+    assert set(jpeg) == {"image_data", "format"} and jpeg["format"] == "jpeg"
+    blue_bgr = JpegSerializer().deserialize(jpeg)[4, 4]
+    assert blue_bgr[0] > 200 and blue_bgr[2] < 60  # BGR order kept through the JPEG
+    assert isinstance(create_serializer("jpeg"), JpegSerializer)
+    with pytest.raises(ValueError):  # the original's error type still catches it
+        create_serializer("png")
+    with pytest.raises(PayloadError, match="uint8"):
+        RawArraySerializer().serialize(image.astype(np.float32))
+
+
+def test_serializers_import_no_torch() -> None:
+    code = ("import sys, pochitrain.api.serializers, pochitrain\n"
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(untrained_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``pochi serve`` on the untrained 10-class digits checkpoint; its base URL."""
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("api_serve") / "serve.log"
+    proc = subprocess.Popen([sys.executable, "-m", "pochitrain.cli.main", "serve",
+                             str(untrained_checkpoint), "--port", str(port), "--device", "cpu"],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180  # hang guard only
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited {proc.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(url + "/api/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.mark.parametrize("fmt", ["raw", "jpeg"])
+def test_serve_answers_serialized_requests(fmt: str, server: str, digits_dir: Path,
+                                           untrained_checkpoint: Path) -> None:
+    import httpx
+    from PIL import Image
+
+    from pochitrain import Prediction, Predictor
+    from pochitrain.api.serializers import create_serializer
+
+    path = min((digits_dir / "val" / "3").iterdir())
+    bgr = np.ascontiguousarray(np.asarray(Image.open(path).convert("RGB"))[..., ::-1])
+    payload = create_serializer(fmt).serialize(bgr)
+    reply = httpx.post(server + "/api/v1/predict", json=payload, timeout=60)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert len(body["probabilities"]) == 10
+    assert {"class_id", "class_name", "confidence", "e2e_time_ms", "backend"} <= set(body)
+    if fmt == "raw":  # lossless: the same prediction as the Python API on the file
+        with Predictor(untrained_checkpoint, device="cpu") as reference:
+            want = reference.predict(path)
+        assert isinstance(want, Prediction) and body["class_id"] == want.index
+        assert body["confidence"] == pytest.approx(want.probability, abs=1e-5)
