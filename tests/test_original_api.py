@@ -246,3 +246,21 @@ def test_serve_answers_serialized_requests(fmt: str, server: str, digits_dir: Pa
             want = reference.predict(path)
         assert isinstance(want, Prediction) and body["class_id"] == want.index
         assert body["confidence"] == pytest.approx(want.probability, abs=1e-5)
+
+
+def test_documented_migration_example_runs(tiny_data: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The example of docs/readme_python_api.md, run as written from a project folder."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "readme_python_api.md").read_text(
+        encoding="utf-8")
+    section = text.split("## Coming from the original pochitrain", 1)[1]
+    code = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)[0]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "digits").symlink_to(tiny_data, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "readme_python_api.md", "exec"), namespace)  # noqa: S102
+    assert namespace["classes"] == CLASSES
+    metrics = namespace["metrics"]  # one batch of 9: the unmeasured first batch
+    assert len(namespace["predictions"]) == 9
+    assert (metrics["warmup_samples"], metrics["total_samples"]) == (9, 0)
