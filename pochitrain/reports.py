@@ -8,13 +8,52 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pochitrain.inference.loop import InferenceResult
 from pochitrain.workspace import atomic_path, atomic_write_text
+
+
+@dataclass
+class InferenceResult:
+    """What one run of the inference loop measured and predicted; every file here is
+    written from it."""
+
+    runtime: str
+    class_names: list[str]
+    paths: list[Path] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)  # -1 when the data is unlabelled
+    preds: list[int] = field(default_factory=list)
+    confidences: list[float] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)  # corrupt / unreadable files
+    pure_seconds: float = 0.0
+    e2e_seconds: float = 0.0
+    warmup_samples: int = 0
+    batch_size: int = 1
+
+    @property
+    def measured(self) -> int:
+        return len(self.preds)
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.labels) and min(self.labels) >= 0
+
+    @property
+    def accuracy(self) -> float | None:
+        if not self.labelled:
+            return None
+        return float(np.mean(np.asarray(self.preds) == np.asarray(self.labels)))
+
+    def per_image_ms(self, seconds: float) -> float:
+        return 1000.0 * seconds / self.measured if self.measured else float("nan")
+
+    def images_per_second(self, seconds: float) -> float:
+        return self.measured / seconds if seconds > 0 else float("nan")
+
 
 RESULT_COLUMNS = ["image_path", "predicted", "predicted_class", "true", "true_class",
                   "confidence", "correct"]

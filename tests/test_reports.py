@@ -7,7 +7,7 @@ import io
 
 import numpy as np
 
-from pochitrain.inference.loop import InferenceResult
+from pochitrain.reports import InferenceResult
 from pochitrain.reports import classification_report_csv, confusion
 
 # "d" is predicted once but has no image; "e" is neither predicted nor present.

@@ -15,7 +15,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,41 +24,7 @@ from pochitrain.batching import softmax
 from pochitrain.data import ImageFolder, open_rgb
 from pochitrain.inference.runner import Runner
 from pochitrain.preprocess import Preprocess
-
-
-@dataclass
-class InferenceResult:
-    runtime: str
-    class_names: list[str]
-    paths: list[Path] = field(default_factory=list)
-    labels: list[int] = field(default_factory=list)  # -1 when the data is unlabelled
-    preds: list[int] = field(default_factory=list)
-    confidences: list[float] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)  # corrupt / unreadable files
-    pure_seconds: float = 0.0
-    e2e_seconds: float = 0.0
-    warmup_samples: int = 0
-    batch_size: int = 1
-
-    @property
-    def measured(self) -> int:
-        return len(self.preds)
-
-    @property
-    def labelled(self) -> bool:
-        return bool(self.labels) and min(self.labels) >= 0
-
-    @property
-    def accuracy(self) -> float | None:
-        if not self.labelled:
-            return None
-        return float(np.mean(np.asarray(self.preds) == np.asarray(self.labels)))
-
-    def per_image_ms(self, seconds: float) -> float:
-        return 1000.0 * seconds / self.measured if self.measured else float("nan")
-
-    def images_per_second(self, seconds: float) -> float:
-        return self.measured / seconds if seconds > 0 else float("nan")
+from pochitrain.reports import InferenceResult
 
 
 def _load(path: Path, preprocess: Preprocess) -> np.ndarray | None:
@@ -127,7 +92,7 @@ def run_inference(runner: Runner, folder: ImageFolder, preprocess: Preprocess,
     """Run ``runner`` over every image of ``folder`` (labels already in model order).
 
     ``batches(samples, batch_size)`` replaces the CPU (PIL) input path, e.g. with
-    ``gpu_preprocess.GpuBatches`` whose batches are already CUDA tensors.
+    ``gpu_input.GpuBatches`` whose batches are already CUDA tensors.
     """
     runner.check_batch_size(batch_size)
     result = InferenceResult(runner.name, list(class_names), batch_size=batch_size)
