@@ -12,11 +12,11 @@ Read + vet (``read``, ``vet``, ``read_proc``)
 Decode (``decode``)
     ``Decoder(device).decode(entries)``: nvJPEG, else PIL; None for undecodable inputs.
 Resample (``resample``, ``banded``, ``resize``)
-    PIL-exact resize: PIL's windows and fixed-point weights (``band``, ``fixed_point``),
-    applied by the banded Triton kernels (``resize_normalize``, ``two_passes``) or, as
-    dense matrices (``dense``), by two batched matmuls (``separable``, ``resize_batch``);
-    ``to_batch`` picks. ``pil_filter`` / ``SUPPORT`` / ``bucket_taps`` /
-    ``banded_usable`` serve the training's geometric stage.
+    One PIL-exact resampler: PIL's windows and weights (``pil_window``; ``band`` and
+    ``fixed_point`` for a resize + crop), applied by the banded Triton kernels
+    (``two_passes``, ``resize_normalize``) or, as dense matrices (``dense``), by two batched
+    matmuls (``separable``, ``resize_batch``); ``to_batch`` picks. The training's geometric
+    stage uses the same functions for its own maps (crops, flips, random sizes).
 Prefetch (``prefetcher``)
     ``prefetch(make, device)``: a generator run ahead in a thread on its own CUDA stream.
 Batches (``batches``)
@@ -78,6 +78,7 @@ from pochitrain.gpu_input.resample import (
     fixed_point,
     geometry,
     pil_filter,
+    pil_window,
     resize_batch,
     separable,
     taps,

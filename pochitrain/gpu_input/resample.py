@@ -97,43 +97,52 @@ def window_bounds(in_len: int, out_len: int, first: int, last: int,
     return lo, hi
 
 
-def band(in_len: Any, out_len: Any, offset: Any, lo: Any, n_out: int, n_taps: int,
-         mode: str) -> tuple[Any, Any]:
-    """PIL's resample window per output pixel, for a batch of images along one axis.
-
-    ``in_len``, ``out_len``, ``offset``, ``lo``: (n,) int64 tensors (input length, resized
-    length, crop offset, first input pixel kept in the intermediate buffer). Returns
-    ``start`` (n, n_out) int32, the first input pixel relative to ``lo``, and ``coef``
-    (n, n_out, n_taps) int32 fixed-point weights (zero outside the window and for output
-    pixels outside the resized image, which is the crop's zero padding). The float64 steps
-    are PIL's ``precompute_coeffs`` and ``normalize_coeffs_8bpc``."""
+def pil_window(center: torch.Tensor, inside: torch.Tensor, src_len: torch.Tensor,
+               filterscale: torch.Tensor, n_taps: int, mode: str,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """PIL's resample window for every output pixel of a batch along one axis (PIL's
+    ``precompute_coeffs``, in float64): ``center`` (n, n_out) is the source coordinate of
+    each output pixel's centre, ``inside`` (n, n_out) whether the pixel comes from the image
+    (else zero: crop padding), ``src_len`` and ``filterscale`` (n,) the source length and the
+    filter stretch (the downscale factor, at least 1; 1 without antialiasing). Returns the
+    first input pixel (n, n_out) and ``n_taps`` weights (n, n_out, n_taps), normalised in
+    PIL's summation order (zero past the window)."""
     import torch
 
-    dev = in_len.device
-    f64 = torch.float64
-    size_in = in_len.to(f64)[:, None]
-    size_out = out_len.to(f64)[:, None]
-    o = torch.arange(n_out, device=dev, dtype=f64)[None, :] + offset.to(f64)[:, None]
-    inside = (o >= 0) & (o < size_out)
-    scale = size_in / size_out
-    t = torch.arange(n_taps, device=dev, dtype=f64)[None, None, :]
-    filterscale = scale.clamp(min=1.0)
-    support = SUPPORT[mode] * filterscale
-    center = (o + 0.5) * scale
+    fs = filterscale[:, None]
+    support = SUPPORT[mode] * fs
     xmin = torch.trunc(center - support + 0.5).clamp(min=0.0)
-    xmax = torch.minimum(torch.trunc(center + support + 0.5), size_in)
-    j = xmin[:, :, None] + t
-    w = pil_filter((j - center[:, :, None] + 0.5) * (1.0 / filterscale[:, :, None]),
-                   mode)  # PIL: * ss
+    xmax = torch.minimum(torch.trunc(center + support + 0.5), src_len[:, None])
+    j = xmin[:, :, None] + torch.arange(n_taps, device=center.device, dtype=center.dtype)
+    w = pil_filter((j - center[:, :, None] + 0.5) * (1.0 / fs[:, :, None]), mode)  # PIL: * ss
     w = w * ((j < xmax[:, :, None]) & inside[:, :, None])
     total = w[:, :, :1].clone()
     for i in range(1, n_taps):  # PIL's summation order, so that rounding agrees
         total += w[:, :, i:i + 1]
     w = torch.where(total != 0, w / torch.where(total != 0, total, 1.0), 0.0)
-    coef = fixed_point(w)
-    start = torch.where(inside, xmin, 0.0)
-    start = (start - lo.to(f64)[:, None]).clamp(min=0.0)
-    return start.to(torch.int32), coef.to(torch.int32)
+    return torch.where(inside, xmin, 0.0), w
+
+
+def band(in_len: torch.Tensor, out_len: torch.Tensor, offset: torch.Tensor, lo: torch.Tensor,
+         n_out: int, n_taps: int, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """PIL's windows (:func:`pil_window`) for a resize + center crop, in the kernels' form.
+
+    ``in_len``, ``out_len``, ``offset``, ``lo``: (n,) int64 tensors (input length, resized
+    length, crop offset, first input pixel kept in the intermediate buffer). Returns
+    ``start`` (n, n_out) int32, the first input pixel relative to ``lo``, and ``coef``
+    (n, n_out, n_taps) int32 fixed-point weights (zero outside the window and for output
+    pixels outside the resized image, which is the crop's zero padding)."""
+    import torch
+
+    f64 = torch.float64
+    size_in = in_len.to(f64)
+    scale = size_in / out_len.to(f64)
+    o = torch.arange(n_out, device=in_len.device, dtype=f64)[None, :] + offset.to(f64)[:, None]
+    inside = (o >= 0) & (o < out_len.to(f64)[:, None])
+    xmin, w = pil_window((o + 0.5) * scale[:, None], inside, size_in, scale.clamp(min=1.0),
+                         n_taps, mode)
+    start = (xmin - lo.to(f64)[:, None]).clamp(min=0.0)
+    return start.to(torch.int32), fixed_point(w).to(torch.int32)
 
 
 def fixed_point(w: torch.Tensor) -> torch.Tensor:

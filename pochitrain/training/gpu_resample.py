@@ -34,7 +34,7 @@ from pochitrain.gpu_input import (
     bucket_taps,
     dense,
     fixed_point,
-    pil_filter,
+    pil_window,
     separable,
     two_passes,
 )
@@ -116,31 +116,24 @@ class Geometry:
         self.antialias = self.antialias and antialias is not False
 
 
-def _taps(axis: Axis, start: list[int], width: list[int], n_out: int, mode: str,
-          antialias: bool, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _taps(axis: Axis, start: list[int], n_out: int, mode: str, antialias: bool,
+          device: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """The filter taps of every image: (N, n_out, K) window columns (int64) and float32
-    weights, K ~ 2 * support * downscale + 2; column j is source pixel start + j."""
+    weights (PIL's windows, ``gpu_input.pil_window``); column j is source pixel start + j."""
     a, b = axis.a.to(device), axis.b.to(device)
     start_t = torch.tensor(start, device=device, dtype=F64)[:, None, None]
-    width_t = torch.tensor(width, device=device)[:, None, None]
     o = torch.arange(n_out, device=device, dtype=F64) + 0.5
-    centre = (a[:, None] * o[None] + b[:, None])[:, :, None]  # (n, n_out, 1) source coordinate
+    centre = a[:, None] * o[None] + b[:, None]  # (n, n_out) source coordinate
+    valid = (o[None] >= axis.lo.to(device)[:, None]) & (o[None] < axis.hi.to(device)[:, None])
     if mode == "nearest":
         top = axis.src.to(device)[:, None, None] - 1
-        j = torch.minimum(centre.floor().clamp(min=0), top) - start_t
-        w = torch.ones_like(j)
-    else:
-        stretch = (a.abs().clamp(min=1.0) if antialias else torch.ones_like(a))[:, None, None]
-        support = _SUPPORT[mode] * stretch
-        taps = math.ceil(2 * float(support.max())) + 2
-        j = ((centre - support + 0.5).floor() - start_t
-             + torch.arange(taps, device=device, dtype=F64))  # (n, n_out, taps)
-        w = pil_filter((start_t + j + 0.5 - centre) / stretch, mode)
-    w = w * ((j >= 0) & (j < width_t))
-    total = w.sum(-1, keepdim=True)
-    w = torch.where(total != 0, w / torch.where(total != 0, total, 1.0), 0.0)
-    valid = (o[None] >= axis.lo.to(device)[:, None]) & (o[None] < axis.hi.to(device)[:, None])
-    return j.long(), (w * valid[:, :, None]).to(torch.float32)  # j < 0: weight 0
+        j = torch.minimum(centre[:, :, None].floor().clamp(min=0), top) - start_t
+        return j.long(), valid[:, :, None].to(torch.float32)
+    stretch = a.abs().clamp(min=1.0) if antialias else torch.ones_like(a)
+    n_taps = math.ceil(_SUPPORT[mode] * float(stretch.max())) * 2 + 1  # PIL's ksize
+    first, w = pil_window(centre, valid, axis.src.to(device), stretch, n_taps, mode)
+    j = first[:, :, None] - start_t + torch.arange(n_taps, device=device, dtype=F64)
+    return j.long(), w.to(torch.float32)  # j outside the window: weight 0
 
 
 def _windows(axis: Axis, n_out: int, mode: str, antialias: bool) -> tuple[list[int], list[int]]:
@@ -161,8 +154,8 @@ def resample(images: list[torch.Tensor], geo: Geometry, out_h: int, out_w: int) 
     ys, hs = _windows(geo.y, out_h, geo.mode, geo.antialias)
     xs, ws = _windows(geo.x, out_w, geo.mode, geo.antialias)
     out = torch.empty(len(images), channels, out_h, out_w, device=device)
-    taps = (_taps(geo.y, ys, hs, out_h, geo.mode, geo.antialias, device),
-            _taps(geo.x, xs, ws, out_w, geo.mode, geo.antialias, device))
+    taps = (_taps(geo.y, ys, out_h, geo.mode, geo.antialias, device),
+            _taps(geo.x, xs, out_w, geo.mode, geo.antialias, device))
     if use_banded(images, geo.mode):
         try:
             return _banded(images, (ys, hs, xs, ws), taps, out)
