@@ -264,3 +264,27 @@ def test_documented_migration_example_runs(tiny_data: Path, tmp_path: Path,
     metrics = namespace["metrics"]  # one batch of 9: the unmeasured first batch
     assert len(namespace["predictions"]) == 9
     assert (metrics["warmup_samples"], metrics["total_samples"]) == (9, 0)
+
+
+def test_setup_training_takes_the_originals_options(tmp_path: Path) -> None:
+    from pochitrain import PochiTrainer
+    from pochitrain.errors import UsageError
+
+    trainer = PochiTrainer("resnet18", 3, "cpu", pretrained=False, create_workspace=False,
+                           work_dir=str(tmp_path))
+    with pytest.raises(UsageError, match="setup_training"):
+        trainer.train(None, None)  # type: ignore[arg-type]
+    trainer.setup_training(
+        learning_rate=0.001, optimizer_name="SGD", scheduler_name="StepLR",
+        scheduler_params={"step_size": 2}, class_weights=[1.0, 2.0, 1.0],
+        enable_layer_wise_lr=True, layer_wise_lr_config={"layer_rates": {"fc": 0.01}},
+        early_stopping_config={"enabled": True, "patience": 2, "min_delta": 3.0})
+    rates = trainer.get_layer_wise_learning_rates()
+    assert rates["fc"] == 0.01 and rates["layer1"] == 0.001 and trainer.is_layer_wise_lr_enabled()
+    assert trainer.optimizer is not None
+    group = trainer.optimizer.param_groups[0]
+    assert group["weight_decay"] == 1e-4 and group["momentum"] == 0.9  # the original's SGD
+    assert trainer.early_stopping is not None
+    assert trainer.early_stopping.min_delta == pytest.approx(0.03)  # percentage points
+    with pytest.raises(UsageError, match="class_weights"):
+        trainer.setup_training(class_weights=[1.0, 1.0])

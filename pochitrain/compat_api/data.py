@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from pochitrain.data import ImageFolder
     from pochitrain.meta import ModelMeta
 
+
 class FolderDataset:
     """``root/<class>/<image>`` as ``(transform(image), label)`` pairs (the original's
     ``PochiImageDataset``); without a transform, images become tensors (``ToTensor``)."""
@@ -163,8 +164,6 @@ def save_weights(path: Path, model: torch.nn.Module, meta: ModelMeta | None,
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         torch.save({"model_state_dict": state, **extra}, tmp)
-
-
 
 
 def settings_of(config: Settings | str | Path) -> Settings:

@@ -17,6 +17,7 @@ from pochitrain.errors import ModelFileError
 
 if TYPE_CHECKING:
     import torch
+    from torch.utils.data import DataLoader
 
     from pochitrain.config import Settings
     from pochitrain.inference.runner import Runner
@@ -101,11 +102,12 @@ class PochiPredictor:
         settings = settings_of(config)
         return cls(settings.model_name, num_classes_of(settings), settings.device, model_path)
 
-    def _logits(self, images: Any) -> tuple[np.ndarray, float]:
+    def _logits(self, images: torch.Tensor | np.ndarray) -> tuple[np.ndarray, float]:
         array = images.detach().cpu().numpy() if hasattr(images, "detach") else images
         return self._runner.run(np.ascontiguousarray(array, dtype=np.float32))
 
-    def predict(self, data_loader: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    def predict(self, data_loader: DataLoader[Any]
+                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """(predicted ids (int64), confidences (float32), metrics) for every image, in order."""
         import torch
 

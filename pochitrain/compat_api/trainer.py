@@ -23,6 +23,7 @@ from pochitrain.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
+    from torch.utils.data import DataLoader
 
     from pochitrain.config import Settings
     from pochitrain.training import EarlyStopping, EpochStats
@@ -133,25 +134,27 @@ class PochiTrainer:
                              "Call setup_training() before train().")
         return self.optimizer, self.criterion
 
-    def _pass(self, loader: Any, optimizer: Any = None) -> EpochStats:
+    def _pass(self, loader: DataLoader[Any],
+              optimizer: torch.optim.Optimizer | None = None) -> EpochStats:
         from pochitrain.training import run_epoch
 
         batches: Any = TrainingBatches(loader)  # run_epoch only iterates it
         return run_epoch(self.model, batches, self._parts()[1], self._device,
                          optimizer=optimizer)
 
-    def train_one_epoch(self, epoch: int, train_loader: Any) -> dict[str, float]:
+    def train_one_epoch(self, epoch: int, train_loader: DataLoader[Any]) -> dict[str, float]:
         """One training epoch: ``{"loss", "accuracy"}`` (accuracy in percent)."""
         self.epoch = epoch
         stats = self._pass(train_loader, self._parts()[0])
         return {"loss": stats.loss, "accuracy": stats.accuracy * 100.0}
 
-    def validate(self, val_loader: Any) -> dict[str, float]:
+    def validate(self, val_loader: DataLoader[Any]) -> dict[str, float]:
         """``{"val_loss", "val_accuracy"}`` (accuracy in percent)."""
         stats = self._pass(val_loader)
         return {"val_loss": stats.loss, "val_accuracy": stats.accuracy * 100.0}
 
-    def train(self, train_loader: Any, val_loader: Any = None, epochs: int = 10,
+    def train(self, train_loader: DataLoader[Any], val_loader: DataLoader[Any] | None = None,
+              epochs: int = 10,
               stop_flag_callback: Callable[[], bool] | None = None) -> None:
         """Train ``epochs`` epochs. ``stop_flag_callback()`` returning True stops after the
         current epoch (the last checkpoint is written, as in the original)."""
@@ -163,13 +166,15 @@ class PochiTrainer:
         if self.enable_tensorboard or self.enable_gradient_tracking:
             from pochitrain.console import warn
 
-            warn("TensorBoard / gradient tracking: use 'pochi train' with a config for these.")
+            warn("PochiTrainer は TensorBoard と勾配トラッキングを記録しません / PochiTrainer "
+                 "records no TensorBoard or gradient trace: use 'pochi train' with a config.")
         if stop_flag_callback is not None and stop_flag_callback():
             return
         self._fit(train_loader, val_loader, epochs, optimizer, criterion, stop_flag_callback)
 
-    def _fit(self, train_loader: Any, val_loader: Any, epochs: int, optimizer: Any,
-             criterion: Any, stop_flag: Callable[[], bool] | None) -> None:
+    def _fit(self, train_loader: DataLoader[Any], val_loader: DataLoader[Any], epochs: int,
+             optimizer: torch.optim.Optimizer, criterion: torch.nn.Module,
+             stop_flag: Callable[[], bool] | None) -> None:
         from pochitrain import training as T
 
         meta = loader_meta(self.model_name, self.num_classes, train_loader, val_loader)
