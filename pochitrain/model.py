@@ -73,7 +73,7 @@ def _open_onnx(path: Path, request: OpenRequest) -> Opened:
 
 
 def _open_tensorrt(path: Path, request: OpenRequest) -> Opened:
-    from pochitrain.tensorrt.runtime import open_trt_runner
+    from pochitrain.inference.trt_runner import open_trt_runner
 
     runner, engine_meta = open_trt_runner(path, request.batch_size)
     recorded = engine_meta.get("model")

@@ -131,7 +131,7 @@ def test_onnx_precision_from_graph(onnx_models: dict[str, Path], small_val: Path
 
 
 def test_tensorrt_precision_from_sidecar() -> None:
-    from pochitrain.tensorrt.runtime import TensorRTRunner
+    from pochitrain.inference.trt_runner import TensorRTRunner
 
     precision = TensorRTRunner.precision.fget  # type: ignore[attr-defined]
     # the runner of model_fp16.engine whose sidecar records int8: the sidecar wins

@@ -99,7 +99,7 @@ def test_tensorrt_runner_through_the_real_cuda_path(tmp_path: Path) -> None:
     import trt_double
     from trt_double import EngineSpec, double_engine
 
-    from pochitrain.tensorrt.runtime import open_trt_runner
+    from pochitrain.inference.trt_runner import open_trt_runner
 
     class RegisteringPipe(CudaBatchPipe):
         """The real pipe; its device buffers are registered so the double can use them."""

@@ -15,8 +15,8 @@ import trt_double
 from trt_double import ContractViolation, CpuPipe, EngineSpec, double_engine, engine_meta
 
 from pochitrain.errors import BackendMissingError, EngineLoadError, ModelFileError, UsageError
+from pochitrain.inference.trt_runner import open_trt_runner
 from pochitrain.tensorrt.engine_file import write_engine
-from pochitrain.tensorrt.runtime import open_trt_runner
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -317,13 +317,13 @@ def test_cli_errors_are_clear(rtx_engine: Path, digits_dir: Path, tmp_path: Path
 
 def test_infer_pipeline_writes_tensorrt_files(digits_dir: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from pochitrain.inference import trt_runner as runtime
     from pochitrain.inference.loop import InferenceResult
     from pochitrain.meta import ModelMeta
     from pochitrain.pipeline.infer import infer
     from pochitrain.preprocess import Preprocess
     from pochitrain.reports import RESULT_COLUMNS, summary_text
     from pochitrain.sample_data import CLASS_NAMES
-    from pochitrain.tensorrt import runtime
 
     data = tmp_path / "val"
     for cls in sorted((digits_dir / "val").iterdir()):

@@ -19,7 +19,7 @@ PyTorch on the GPU::
     pipe = CudaBatchPipe("cuda")
     logits, pure_s = pipe.run(batch, torch_call(model))
 
-TensorRT (see ``pochitrain.tensorrt.runtime``)::
+TensorRT (see ``pochitrain.inference.trt_runner``)::
 
     logits, pure_s = pipe.run(batch, execute, out_shape=(n, num_classes), out_dtype=np.float32)
 

@@ -1,8 +1,11 @@
 """Run a TensorRT (10.x / 11.x) or TensorRT-RTX (1.x) engine: the ``tensorrt`` Runner.
 
 Loading order, so that each failure gets its own clear error (and the errors are testable on a
-machine without a GPU): engine file exists -> sidecar metadata (``<engine>.json``) -> CUDA device -> backend import
--> deserialization -> one input / one output -> profile and batch size.
+machine without a GPU): engine file exists -> sidecar metadata (``<engine>.json``) -> CUDA
+device -> backend import -> deserialization -> one input / one output -> profile and batch size.
+
+The engine itself (build, file, sidecar, logger) is ``pochitrain.tensorrt``'s; this runner sits
+beside the PyTorch and ONNX Runtime runners on the shared CUDA path.
 
 Per batch: ``set_input_shape`` with the real batch size (the last, smaller batch too, no
 padding), output shape read back from the context, ``set_tensor_address`` for both tensors and
