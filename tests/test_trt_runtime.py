@@ -65,6 +65,20 @@ def test_fp16_io_is_converted(tmp_path: Path) -> None:
     assert runner.describe()["engine_io"] == "float16 -> float16"
 
 
+@pytest.mark.parametrize("io_dtype", ["float32", "float16"])
+def test_tensor_batches_run_like_arrays(tmp_path: Path, io_dtype: str) -> None:
+    """A batch that is already a tensor (the GPU input pipeline's) takes the engine's input
+    type and gives the same logits as the array."""
+    import torch
+
+    spec = EngineSpec(io_dtype=io_dtype, profile=(1, 2, 2))
+    runner, _ = _open(double_engine(tmp_path, spec))
+    images = _images(2)
+    from_array, _ = runner.run(images)
+    from_tensor, _ = runner.run(torch.from_numpy(images))
+    np.testing.assert_array_equal(from_tensor, from_array)
+
+
 def test_static_engine_runs_its_fixed_batch_only(tmp_path: Path) -> None:
     spec = EngineSpec(profile=None, static_batch=1)  # spec pattern 3: no profile
     runner, _ = _open(double_engine(tmp_path, spec))

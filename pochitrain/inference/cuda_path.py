@@ -49,7 +49,8 @@ ModelCall = Callable[[Any, Any, Any], Any]
 class BatchPipe(Protocol):
     """What a runner needs from the CUDA path (tests use a CPU stand-in with this interface)."""
 
-    def run(self, batch: np.ndarray, call: ModelCall, out_shape: Sequence[int] | None = None,
+    def run(self, batch: np.ndarray | torch.Tensor, call: ModelCall,
+            out_shape: Sequence[int] | None = None,
             out_dtype: Any = np.float32) -> tuple[np.ndarray, float]:
         ...
 

@@ -127,8 +127,9 @@ class TensorRTRunner:
                 "engine for it: pochi convert MODEL.onnx --batch-size N (or --batch MIN OPT MAX).",
             )
 
-    def run(self, batch: np.ndarray) -> tuple[np.ndarray, float]:
-        """(N, C, H, W) float32 -> ((N, K) float32 logits, pure seconds)."""
+    def run(self, batch: np.ndarray | torch.Tensor) -> tuple[np.ndarray, float]:
+        """(N, C, H, W) float32 array, or CUDA tensor from the GPU input pipeline ->
+        ((N, K) float32 logits, pure seconds)."""
         shape = tuple(int(d) for d in batch.shape)
         want = self.inp.opt_shape[1:]
         if shape[1:] != want:
@@ -159,8 +160,12 @@ class TensorRTRunner:
                 raise EngineLoadError("TensorRT failed to run the engine on this batch.",
                                       "Re-run `pochi convert` on this machine and try again.")
 
-        host = np.ascontiguousarray(batch, dtype=inp.dtype)
-        return self.pipe.run(host, execute, out_shape=out_shape, out_dtype=out.dtype)
+        data: np.ndarray | torch.Tensor
+        if isinstance(batch, np.ndarray):
+            data = np.ascontiguousarray(batch, dtype=inp.dtype)
+        else:  # already on the GPU: only the engine's input type is matched there
+            data = batch.half() if inp.dtype == np.float16 else batch.float()
+        return self.pipe.run(data, execute, out_shape=out_shape, out_dtype=out.dtype)
 
     def describe(self) -> dict[str, str]:
         return dict(self.info)
