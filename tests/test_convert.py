@@ -262,17 +262,24 @@ def test_pattern2_sidecar_preprocessing_follows_input_size(
     check_input_size((opt[2], opt[3]), model)  # does not raise
 
 
+@pytest.fixture(scope="module")
+def fp32_engine(exports: dict[int, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One pattern-1 FP32 engine (and its sidecar), built once for the tests that edit copies."""
+    folder = tmp_path_factory.mktemp("fp32_engine")
+    engine = folder / "m.engine"
+    assert _convert(str(_copy(exports[1], folder)), "-o", str(engine)) == 0
+    return engine
+
+
 @pytest.mark.parametrize(("key", "value"), [("precision", ["fp32"]), ("pattern", "1"),
                                             ("input", None), ("model", "resnet")])
-def test_edited_sidecar_names_the_wrong_key(exports: dict[int, Path], tmp_path: Path,
+def test_edited_sidecar_names_the_wrong_key(fp32_engine: Path, tmp_path: Path,
                                             key: str, value: object) -> None:
     from pochitrain.errors import ModelFileError
     from pochitrain.tensorrt.engine_file import read_engine_metadata
 
-    engine = tmp_path / "m.engine"
-    if not engine.exists():
-        assert _convert(str(_copy(exports[1], tmp_path)), "-o", str(engine)) == 0
-    meta = _meta(engine)
+    engine = _copy(fp32_engine, tmp_path)
+    meta = _meta(fp32_engine)
     meta[key] = value
     Path(f"{engine}.json").write_text(json.dumps(meta))
     with pytest.raises(ModelFileError, match=f"wrong value for '{key}'"):

@@ -26,7 +26,9 @@ HANG_GUARD_S = 300
 
 
 def _pochi(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "POCHI_DDP_TIMEOUT": "900", **env}
+    # one thread per rank: two ranks already fill a small machine's cores
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "POCHI_DDP_TIMEOUT": "900",
+                "OMP_NUM_THREADS": "1", **env}
     cmd = [sys.executable, "-m", "pochitrain", "train", *args]
     # a session of its own, so that the guard can stop the ranks too, not just the launcher
     with subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE,

@@ -8,6 +8,9 @@ import pytest
 
 from pochitrain.cli.main import run
 
+# it runs while the session's background jobs (conftest.py) use a core: see conftest.one_thread
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_quickstart_runs_every_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "qs"
