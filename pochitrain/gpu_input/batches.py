@@ -25,13 +25,14 @@ from typing import TYPE_CHECKING, NamedTuple
 from pochitrain.errors import UsageError
 from pochitrain.gpu_input.decode import Decoder
 from pochitrain.gpu_input.options import Options, quick_gil_handoff, read_threads
+from pochitrain.gpu_input.prefetcher import prefetch
 from pochitrain.gpu_input.read import READ_GROUP, Entry, map_grouped, read_groups, reader_for
+from pochitrain.gpu_input.read_proc import ReaderProcess, SlotChunks, rebatch
 from pochitrain.gpu_input.resize import resize_path, to_batch
 
 if TYPE_CHECKING:
     import torch
 
-    from pochitrain.gpu_input.read_proc import ReaderProcess
     from pochitrain.preprocess import Preprocess
 
 PIPELINES = ("auto", "cpu", "gpu")
@@ -197,14 +198,10 @@ class GpuBatches:
         read = reader_for(options.native_reads)
         reader = self._reader_process(len(samples), options)
         if reader is None:
-            from pochitrain.gpu_input.read_proc import rebatch
-
             ahead = max(2 * batch_size, self.workers * READ_GROUP)  # files in flight
             for chunk in rebatch(read_groups(pool, read, samples, ahead), batch_size):
                 yield chunk, self.decoder.decode(chunk)
             return
-        from pochitrain.gpu_input.read_proc import SlotChunks
-
         chunks = SlotChunks(reader, samples, batch_size,
                             lambda paths: list(map_grouped(pool, read, paths)))
         try:
@@ -232,16 +229,12 @@ class GpuBatches:
             return None
         from PIL import Image
 
-        from pochitrain.gpu_input.read_proc import ReaderProcess
-
         return ReaderProcess.start(Image.MAX_IMAGE_PIXELS)
 
     def __call__(self, samples: list[tuple[Path, int]],
                  batch_size: int) -> Iterator[InputBatch]:
         """Two stages, each in its own thread on its own CUDA stream, one batch ahead each:
         read + decode chunk k+1 while chunk k is resized / normalized while the model runs."""
-        from pochitrain.gpu_input.prefetcher import prefetch
-
         options = Options.from_env()
         with quick_gil_handoff(options.switch_interval), \
                 ThreadPoolExecutor(self.workers, thread_name_prefix="pochi-read") as pool:

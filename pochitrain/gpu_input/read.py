@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
+from pochitrain.gpu_input.options import Options
 from pochitrain.gpu_input.vet import for_nvjpeg
 
 if TYPE_CHECKING:
@@ -82,8 +83,6 @@ def read_file(path: Path, native: bool | None = None) -> torch.Tensor:
     import torch
 
     if native is None:
-        from pochitrain.gpu_input.options import Options
-
         native = Options.from_env().native_reads
     reader = _native_read() if native else None
     if reader is not None:

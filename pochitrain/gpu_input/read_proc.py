@@ -34,12 +34,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
+from pochitrain.gpu_input.read import Entry, Read
 from pochitrain.gpu_input.vet import nvjpeg_verdict
 
 if TYPE_CHECKING:
     import torch
-
-    from pochitrain.gpu_input.read import Entry, Read
 
 GROUP = 32  # files per request
 SLOTS = 24  # requests in flight (a slot each)
@@ -215,8 +214,6 @@ class SlotChunks:
             yield self._entries(part, answers)
 
     def _entries(self, part: list[tuple[Path, int]], answers: list[Answer]) -> list[Entry]:
-        from pochitrain.gpu_input.read import Entry
-
         view = self.reader.view
         assert view is not None
         others = [p for (p, _), a in zip(part, answers) if a.kind != "jpeg"]

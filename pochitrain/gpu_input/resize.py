@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pochitrain.gpu_input.banded import resize_normalize, triton_available
 from pochitrain.gpu_input.options import KERNELS, Options
 from pochitrain.gpu_input.resample import SUPPORT, resize_batch
 
@@ -21,8 +22,6 @@ if TYPE_CHECKING:
 def banded_usable(on_device: bool, mode: str) -> bool:
     """Whether the banded kernels may run: images on a device they run on, a filter they
     have, no earlier failure, no ``POCHI_GPU_RESIZE=matmul``, and Triton importable."""
-    from pochitrain.gpu_input.banded import triton_available
-
     return (on_device and mode in SUPPORT and KERNELS.broken is None
             and Options.from_env().gpu_resize != "matmul" and triton_available())
 
@@ -42,8 +41,6 @@ def to_batch(images: list[torch.Tensor], preprocess: Preprocess,
     Triton is present; otherwise, or if they fail to compile, the batched matmuls + one
     normalize (said once)."""
     if resize_path(preprocess, str(out.device)).startswith("banded"):
-        from pochitrain.gpu_input.banded import resize_normalize
-
         try:
             return resize_normalize(images, preprocess, out)
         except Exception as exc:  # noqa: BLE001 - a Triton/driver problem: keep serving
