@@ -15,16 +15,19 @@ The run itself is ``training.run.run_training``, which ``pochi optimize`` runs p
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pochitrain.training.run import TrainResult, run_training
+
+if TYPE_CHECKING:
+    from pochitrain.training.fit import EpochCallback
 
 __all__ = ["TrainResult", "train"]
 
 
 def train(config: Path | str, *, overrides: dict[str, Any] | None = None,
           work_dir: Path | str | None = None, progress: bool = True,
-          on_epoch: Any = None) -> TrainResult:
+          on_epoch: EpochCallback | None = None) -> TrainResult:
     """Train from a config file; see the module docstring for what is written.
 
     ``overrides`` replace config keys (validated like the file); ``work_dir`` replaces the

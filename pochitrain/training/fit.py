@@ -12,12 +12,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from pochitrain.console import info, make_progress, warn
 from pochitrain.errors import DataError
 from pochitrain.training.epoch import EpochStats, run_epoch, stop_on_ctrl_c, warm_up
 from pochitrain.training.metrics import EpochRow, MetricsLog
+
+if TYPE_CHECKING:
+    import threading
+
+    import torch
+    from torch import nn
+
+    from pochitrain.training.distributed import Distributed, SyncedStop
+    from pochitrain.training.observers import RunObserver
+    from pochitrain.training.optim import EarlyStopping
+    from pochitrain.training.precision import Precision
 
 
 class CheckpointKeeper:
@@ -55,20 +66,20 @@ class CheckpointKeeper:
 class FitSetup:
     """What the loop runs: built by the train pipeline from a config."""
 
-    model: Any
-    train_loader: Any
+    model: nn.Module
+    train_loader: Any  # a DataLoader, or the GPU input's loader (config gpu_input)
     val_loader: Any
-    criterion: Any
-    optimizer: Any
-    scheduler: Any  # or None
-    stopper: Any  # EarlyStopping or None
-    precision: Any  # training.precision.Precision
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    stopper: EarlyStopping | None
+    precision: Precision
     device: str
     epochs: int
-    scaler: Any = None
-    distributed: Any = None  # training.distributed.Distributed when run as several ranks
+    scaler: torch.amp.GradScaler | None = None
+    distributed: Distributed | None = None  # when run as several ranks
     non_blocking: bool | None = None  # config gpu_non_blocking (None: on with CUDA)
-    observer: Any = None  # training.observers.RunObserver (confusion log, TensorBoard, ...)
+    observer: RunObserver | None = None  # confusion log, TensorBoard, gradient tracking
     input_size: list[int] | None = None  # (H, W): on CUDA, the model is warmed up first
 
 
@@ -109,6 +120,7 @@ def _epoch_line(epoch: int, total: int, lr: float, tr: EpochStats, va: EpochStat
 
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+StopFlag: TypeAlias = "threading.Event | SyncedStop"  # Ctrl+C, agreed on by every rank under DDP
 
 
 def _group_lrs(optimizer: Any) -> dict[str, float]:
@@ -156,7 +168,7 @@ def _warm_up(s: FitSetup) -> None:
         warn(f"warm-up skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
 
 
-def _train_epoch(s: FitSetup, epoch: int, epoch_fn: Any, stop: Any, bars: Any,
+def _train_epoch(s: FitSetup, epoch: int, epoch_fn: Any, stop: StopFlag, bars: Any,
                  out: FitOutcome) -> EpochStats:
     """One training pass with its progress bar; unreadable images noted."""
     task = bars.add_task(f"epoch {epoch}/{s.epochs}", total=len(s.train_loader.dataset),
@@ -185,7 +197,7 @@ def _validate(s: FitSetup, epoch_fn: Any, out: FitOutcome) -> EpochStats:
     return va
 
 
-def _stopped_by(s: FitSetup, va: EpochStats, stop: Any) -> str:
+def _stopped_by(s: FitSetup, va: EpochStats, stop: StopFlag) -> str:
     """After a validated epoch: early stopping, Ctrl+C, or go on ("completed")."""
     by = "completed"
     if s.stopper is not None and s.stopper.step({"val_accuracy": va.accuracy,
@@ -211,11 +223,12 @@ def fit(setup: FitSetup, keeper: CheckpointKeeper, log: MetricsLog,
     if s.input_size is not None and s.device.startswith("cuda"):
         _warm_up(s)
     with stop_on_ctrl_c(lambda: warn("Ctrl+C: stopping after this batch "
-                                     "(press again to abort now)")) as stop, \
+                                     "(press again to abort now)")) as ctrl_c, \
             make_progress(progress, kind="loss") as bars:
         epoch_fn = run_epoch
+        stop: StopFlag = ctrl_c
         if s.distributed is not None:  # one stop decision, metrics summed over ranks
-            stop = s.distributed.synced_stop(stop)
+            stop = s.distributed.synced_stop(ctrl_c)
             epoch_fn = s.distributed.epoch_runner(run_epoch)
         for epoch in range(1, s.epochs + 1):
             lr = float(s.optimizer.param_groups[0]["lr"])

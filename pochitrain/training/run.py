@@ -16,10 +16,10 @@ from __future__ import annotations
 import contextlib
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pochitrain.config import Settings, load_config, preprocess_from_settings, resolve_device
 from pochitrain.console import info
@@ -28,6 +28,18 @@ from pochitrain.errors import ConfigError, DataError
 from pochitrain.meta import ModelMeta, file_sha256
 from pochitrain.preprocess import Preprocess
 from pochitrain.workspace import atomic_write_bytes, new_run_dir, write_run_json
+
+if TYPE_CHECKING:
+    from pochitrain.training.distributed import Distributed
+    from pochitrain.training.epoch import EpochStats
+    from pochitrain.training.fit import (
+        CheckpointKeeper,
+        EpochCallback,
+        FitOutcome,
+        FitSetup,
+    )
+    from pochitrain.training.metrics import MetricsLog
+    from pochitrain.training.precision import Precision
 
 
 @dataclass
@@ -105,7 +117,7 @@ def _versions() -> dict[str, str]:
             "platform": platform.platform()}
 
 
-def _run_record(settings: Settings, config_path: Path, device: str, precision: Any,
+def _run_record(settings: Settings, config_path: Path, device: str, precision: Precision,
                 data: _Data, pre: Preprocess) -> dict[str, Any]:
     """run.json as written when training starts; ``_finish_record`` adds the results."""
     n = len(data.class_names)
@@ -141,7 +153,7 @@ def _finish_record(record: dict[str, Any], result: TrainResult,
             "skipped_count": {k: len(v) for k, v in skipped_by_split.items()}}
 
 
-def _setup(settings: Settings, data: _Data, device: str) -> Any:
+def _setup(settings: Settings, data: _Data, device: str) -> FitSetup:
     """Model, loaders, loss, optimizer, scheduler, early stopping: a ``training.FitSetup``."""
     import torch
 
@@ -188,9 +200,10 @@ def _setup(settings: Settings, data: _Data, device: str) -> Any:
         input_size=list(_preprocess(settings).input_size))
 
 
-def _epoch_extras(settings: Settings) -> Any:
+def _epoch_extras(settings: Settings,
+                  ) -> Callable[[int, EpochStats, EpochStats | None], dict[str, Any]]:
     """What every checkpoint records beside the weights, for an epoch."""
-    def extras(epoch: int, tr: Any, va: Any) -> dict[str, Any]:
+    def extras(epoch: int, tr: EpochStats, va: EpochStats | None) -> dict[str, Any]:
         return {"epoch": epoch, "train_loss": tr.loss, "train_accuracy": tr.accuracy,
                 "val_loss": va.loss if va else None, "val_accuracy": va.accuracy if va else None,
                 "optimizer": settings.optimizer, "learning_rate": settings.learning_rate}
@@ -198,7 +211,7 @@ def _epoch_extras(settings: Settings) -> Any:
 
 
 def _open_run(settings: Settings, config_path: Path, work_dir: Path | str | None,
-              ddp: Any) -> Path:
+              ddp: Distributed | None) -> Path:
     """The new run folder with models/ and the config copy (other DDP ranks: a scratch
     folder nobody keeps)."""
     if ddp is not None and not ddp.is_main:
@@ -211,15 +224,16 @@ def _open_run(settings: Settings, config_path: Path, work_dir: Path | str | None
     return run_dir
 
 
-def _run_fit(settings: Settings, setup: Any, keeper: Any, run_dir: Path, data: _Data,
-             record: dict[str, Any], progress: bool, on_epoch: Any, ddp: Any) -> Any:
+def _run_fit(settings: Settings, setup: FitSetup, keeper: CheckpointKeeper, run_dir: Path,
+             data: _Data, record: dict[str, Any], progress: bool,
+             on_epoch: EpochCallback | None, ddp: Distributed | None) -> FitOutcome:
     """``training.fit`` with the run's observers (TensorBoard, gradient tracking) and metrics
     log; run.json says "failed" when it raises."""
     from pochitrain import training as T
     from pochitrain.training.observers import build_observer
 
     main = ddp is None or ddp.is_main
-    log: Any = None
+    log: MetricsLog | None = None
     try:
         setup.observer = build_observer(settings, run_dir, data, setup.model) if main else None
         log = T.MetricsLog(run_dir, plots=main, enabled=settings.enable_metrics_export,
@@ -242,7 +256,7 @@ def _run_fit(settings: Settings, setup: Any, keeper: Any, run_dir: Path, data: _
             ddp.close(setup.model)
 
 
-def _close_after_error(log: Any) -> None:
+def _close_after_error(log: MetricsLog | None) -> None:
     """The pictures of the epochs that finished; one that cannot be drawn now is only warned
     about (the error being raised is the run's)."""
     if log is None:
@@ -256,8 +270,8 @@ def _close_after_error(log: Any) -> None:
 
 
 def run_training(config: Path | str, *, overrides: dict[str, Any] | None = None,
-          work_dir: Path | str | None = None, progress: bool = True,
-          on_epoch: Any = None) -> TrainResult:
+                 work_dir: Path | str | None = None, progress: bool = True,
+                 on_epoch: EpochCallback | None = None) -> TrainResult:
     """Train from a config file; see the module docstring for what is written.
 
     ``overrides`` replace config keys (validated like the file); ``work_dir`` replaces the
