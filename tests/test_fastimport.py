@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
+
+import pytest
 
 CODE = """
 import sys
@@ -25,19 +28,41 @@ print('ok')
 """
 
 
-def test_torchvision_without_dynamo_and_dynamo_intact_afterwards() -> None:
-    out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True,
-                         timeout=300, check=False)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
+CONFIG = ("import torch._dynamo\nfrom torch._dynamo.utils import counters as _counters\n"
+          "from torchvision import transforms\nepochs = 2\n")
+HANG_GUARD_S = 300
 
 
-def test_a_config_that_imports_dynamo_itself_still_loads(tmp_path) -> None:
-    config = tmp_path / "config.py"
-    config.write_text("import torch._dynamo\nfrom torch._dynamo.utils import counters as _counters\n"
-                      "from torchvision import transforms\nepochs = 2\n", encoding="utf-8")
-    code = ("import sys; from pochitrain.config import load_config; "
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, subprocess.Popen[str]]]:
+    """Both fresh interpreters, started together: each spends its time importing torch."""
+    config = tmp_path_factory.mktemp("fastimport") / "config.py"
+    config.write_text(CONFIG, encoding="utf-8")
+    load = ("import sys; from pochitrain.config import load_config; "
             f"s = load_config({str(config)!r}); assert s.epochs == 2; "
             "import torch._dynamo.utils as u; assert hasattr(u, 'counters'); print('ok')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300, check=False)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
+    procs = {name: subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+             for name, code in (("torchvision", CODE), ("config", load))}
+    yield procs
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def _output(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=HANG_GUARD_S)
+    return proc.returncode, out, err
+
+
+def test_torchvision_without_dynamo_and_dynamo_intact_afterwards(
+        runs: dict[str, subprocess.Popen[str]]) -> None:
+    code, out, err = _output(runs["torchvision"])
+    assert code == 0 and out.strip() == "ok", out + err
+
+
+def test_a_config_that_imports_dynamo_itself_still_loads(
+        runs: dict[str, subprocess.Popen[str]]) -> None:
+    code, out, err = _output(runs["config"])
+    assert code == 0 and out.strip() == "ok", out + err

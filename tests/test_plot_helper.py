@@ -101,14 +101,20 @@ def test_without_spare_cores_a_thread_preloads_and_the_caller_draws(tmp_path: Pa
 
 
 SLOW = """
-import sys
+import subprocess, sys
 from pathlib import Path
 import numpy as np
 from pochitrain import plot_helper
 from pochitrain.plot_helper import PlotHelper
 plot_helper.SPARE_CORES = 1
-plot_helper.DRAW_TIMEOUT_S = 0.001  # a helper that does not answer in time
+plot_helper.DRAW_TIMEOUT_S = 1.0
 helper = PlotHelper().start()
+helper._proc.kill()
+helper._proc.wait()
+# in its place, a helper that takes the job and never answers (no race with a real drawing)
+never = "import sys, threading; sys.stdin.buffer.read(); threading.Event().wait()"
+helper._proc = subprocess.Popen([sys.executable, "-c", never], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE)
 proc = helper._proc
 job = (np.eye(2, dtype=int), ["a", "b"], Path(sys.argv[1]), "t", None)
 print(helper.draw("plot_confusion", *job), proc.returncode is not None)
