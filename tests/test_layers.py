@@ -22,11 +22,7 @@ MAX_FUNCTION_LINES = 60
 # Imports that break a contract today, as lint-imports reports them ("importer -> imported",
 # "cycle: a -> b" for a cycle it would break there, "not in a layer: m" for a new module). Empty this list as they are fixed;
 # the contract test below stops being an expected failure when it is empty.
-KNOWN_LAYER_VIOLATIONS: set[str] = {
-    "pochitrain.reports -> pochitrain.inference.loop",
-    "pochitrain.tensorrt.runtime -> pochitrain.inference.cuda_path",
-    "pochitrain.tensorrt.runtime -> pochitrain.inference.runner",
-}
+KNOWN_LAYER_VIOLATIONS: set[str] = set()
 
 # Underscore names used outside the module that defines them ("importer: module._name").
 KNOWN_PRIVATE_IMPORTS: set[str] = set()
