@@ -105,8 +105,8 @@ def export_onnx(checkpoint: Path | str, input_size: tuple[int, int] | None = Non
                 model_name: str | None = None, num_classes: int | None = None,
                 device: str = "cpu") -> ExportOutcome:
     """``config`` / ``model_name`` / ``num_classes``: for checkpoints of the original
-    pochitrain (``pochitrain.checkpoint``); ``device``: where the checkpoint is loaded (checked, then the
-    export itself runs on the CPU)."""
+    pochitrain (``pochitrain.checkpoint``); ``device``: where the checkpoint is loaded
+    (checked, then the export itself runs on the CPU)."""
     from pochitrain import __version__
     from pochitrain.checkpoint import load_model
     from pochitrain.config import resolve_device
