@@ -60,7 +60,7 @@ def supports(preprocess: Preprocess) -> bool:
     return preprocess.resize is None or preprocess.interpolation in SUPPORT
 
 
-def _norm(preprocess: Preprocess, device: Any) -> Any:
+def _norm(preprocess: Preprocess, device: torch.device) -> torch.Tensor:
     """(scale[3], shift[3]) so that ``v * scale - shift == (v / 255 - mean) / std``."""
     import torch
 
@@ -90,7 +90,7 @@ def vertical_first(h: int, w: int, rh: int, rw: int) -> bool:
     return pil_vertical_first_rule() and h - rh > 0 and h - rh > (w - rw) * 2
 
 
-def _plan(images: list[Any], preprocess: Preprocess, out_h: int, out_w: int,
+def _plan(images: list[torch.Tensor], preprocess: Preprocess, out_h: int, out_w: int,
           mode: str) -> list[dict[str, Any]]:
     """Per image: geometry, the input window the crop reads, tap counts and pass order."""
     plans = []
@@ -112,7 +112,8 @@ def _plan(images: list[Any], preprocess: Preprocess, out_h: int, out_w: int,
     return plans
 
 
-def resize_normalize(images: list[Any], preprocess: Preprocess, out: Any) -> Any:
+def resize_normalize(images: list[torch.Tensor], preprocess: Preprocess,
+                     out: torch.Tensor) -> torch.Tensor:
     """(3, h_k, w_k) uint8 tensors -> ``out`` ((n, 3, H, W), float32 / fp16 / bf16):
     resized, center-cropped and normalized exactly as ``Preprocess.__call__`` (PIL) does.
     Runs on CUDA (or, for tests, on CPU tensors under ``TRITON_INTERPRET=1``)."""
@@ -138,8 +139,8 @@ def resize_normalize(images: list[Any], preprocess: Preprocess, out: Any) -> Any
     return out
 
 
-def _two_passes(plans: list[dict[str, Any]], src: Any, out: Any, norm: Any, mode: str,
-                vfirst: bool) -> None:
+def _two_passes(plans: list[dict[str, Any]], src: torch.Tensor, out: torch.Tensor,
+                norm: torch.Tensor, mode: str, vfirst: bool) -> None:
     import torch
 
     n, dev = len(plans), src.device

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
@@ -201,7 +201,7 @@ def separable(x: torch.Tensor, wy: torch.Tensor, wx: torch.Tensor,
 
 
 def _nearest_sources(in_len: list[int], out_len: list[int], offset: list[int],
-                     n_out: int) -> Any:
+                     n_out: int) -> torch.Tensor:
     """(n, n_out) source index per output pixel, as PIL's ImagingScaleAffine finds it: the
     coordinate is accumulated by repeated float64 addition (sequential, hence on the CPU),
     so pixels that land exactly on a boundary go where PIL puts them."""
@@ -218,12 +218,13 @@ def _nearest_sources(in_len: list[int], out_len: list[int], offset: list[int],
     return torch.from_numpy(out)
 
 
-def _round_u8_(x: Any) -> Any:
+def _round_u8_(x: torch.Tensor) -> torch.Tensor:
     """PIL's clip8: floor(v + 0.5) clamped to 0..255, in place."""
     return x.add_(0.5).floor_().clamp_(0.0, 255.0)
 
 
-def resize_group(images: list[Any], preprocess: Preprocess, mode: str) -> Any:
+def resize_group(images: list[torch.Tensor], preprocess: Preprocess,
+                 mode: str) -> torch.Tensor:
     """(3, h_k, w_k) uint8 tensors on one device -> (n, 3, H, W) float32 of 0..255 values
     (resized, rounded to whole levels as PIL stores them, and center-cropped)."""
     import torch
@@ -273,8 +274,8 @@ def groups(sizes: list[tuple[int, int]], budget: int) -> list[list[int]]:
     return out
 
 
-def resize_batch(images: list[Any], preprocess: Preprocess, out: Any,
-                 budget: int = 96 * 2**20) -> Any:
+def resize_batch(images: list[torch.Tensor], preprocess: Preprocess, out: torch.Tensor,
+                 budget: int = 96 * 2**20) -> torch.Tensor:
     """Resize + center-crop ``images`` into ``out`` ((n, 3, H, W) float32, 0..255 values),
     one :func:`resize_group` per group of similar sizes."""
     import torch
