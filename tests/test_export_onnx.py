@@ -76,8 +76,8 @@ def test_onnx_runtime_matches_pytorch(exported, ckpt_dir: Path, digits_dir: Path
                                       batch: int) -> None:
     import torch
 
-    from pochitrain.inference.onnx_runner import open_onnx_runner
     from pochitrain.checkpoint import load_model
+    from pochitrain.inference.onnx_runner import open_onnx_runner
 
     runner, _ = open_onnx_runner(ckpt_dir / "best.onnx")
     x = _val_batch(digits_dir, batch)
