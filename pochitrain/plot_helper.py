@@ -97,6 +97,7 @@ def main() -> int:
     use_cjk_font()
     import matplotlib.backends.backend_agg
     import matplotlib.figure  # noqa: F401
+    import sklearn.metrics  # noqa: F401 - the classification report's
 
     from pochitrain import reports
 

@@ -205,11 +205,24 @@ def write_model_info(out_dir: Path, model_path: Path, model_name: str, num_class
     return path
 
 
+REPORT_CSV = "classification_report.csv"
+CONFUSION_PNG = "confusion_matrix.png"
+
+
+def write_labelled_reports(result: InferenceResult, out_dir: Path, title: str,
+                           style: dict[str, Any] | None) -> None:
+    """The files only labelled data has: the classification report and the confusion matrix
+    (scikit-learn for both, matplotlib for the picture)."""
+    atomic_write_text(out_dir / REPORT_CSV, classification_report_csv(result))
+    plot_confusion(confusion(result), result.class_names, out_dir / CONFUSION_PNG, title, style)
+
+
 def write_reports(result: InferenceResult, out_dir: Path, info: dict[str, str],
                   cm_style: dict[str, Any] | None = None, plotter: Any = None) -> list[Path]:
     """Write every result file into ``out_dir``; return their paths. ``cm_style``: the
     config's confusion_matrix_config; ``plotter``: a started ``plot_helper.PlotHelper`` that
-    draws the picture (else, or when it fails, it is drawn here)."""
+    writes the report and draws the picture, having imported scikit-learn and matplotlib
+    while the command worked (else, or when it fails, they are written here)."""
     prefix = result.runtime
     written = []
     path = out_dir / f"{prefix}_inference_results.csv"
@@ -219,14 +232,9 @@ def write_reports(result: InferenceResult, out_dir: Path, info: dict[str, str],
     atomic_write_text(path, summary_text(result, info))
     written.append(path)
     if result.labelled and result.measured:
-        path = out_dir / "classification_report.csv"
-        atomic_write_text(path, classification_report_csv(result))
-        written.append(path)
-        path = out_dir / "confusion_matrix.png"
         acc = result.accuracy or 0.0
-        job = (confusion(result), result.class_names, path,
-               f"{prefix}: accuracy {100 * acc:.2f}%", cm_style)
-        if plotter is None or not plotter.draw("plot_confusion", *job):
-            plot_confusion(*job)
-        written.append(path)
+        job = (result, out_dir, f"{prefix}: accuracy {100 * acc:.2f}%", cm_style)
+        if plotter is None or not plotter.draw("write_labelled_reports", *job):
+            write_labelled_reports(*job)
+        written += [out_dir / REPORT_CSV, out_dir / CONFUSION_PNG]
     return written
