@@ -126,65 +126,70 @@ def compile_chain(ops: list[Any]) -> tuple[Plan | None, str | None]:
 
 
 def _compile(ops: list[Any]) -> Plan:
-    stages: list[Stage] = []
-    geo: list[Any] = []
-    deferred: list[Any] = []  # dtype conversions met before / inside a geometric run
-    size: tuple[int, int] | None = None
-    is_float = [False]
-
-    def convert(t: Any) -> None:
-        stage = _dtype(t, is_float)
-        if stage is not None:
-            stages.append(stage)
-
-    def close() -> None:
-        if geo:
-            if size is None:
-                raise Unsupported("the transforms leave images of different sizes")
-            stages.append(Stage("geo", list(geo), size))
-            geo.clear()
-        for t in deferred:  # a scaling commutes with the (linear) resample
-            convert(t)
-        deferred.clear()
-
+    state = _Compiler()
     for t in ops:
+        state.add(t)
+    state.close()
+    if state.size is None:
+        raise Unsupported("the transforms leave images of different sizes")
+    return Plan(state.stages, state.is_float)
+
+
+class _Compiler:
+    """One compile's state: the stages so far, the geometric run being collected, the dtype
+    conversions deferred past it, the image size once known, whether values are float."""
+
+    def __init__(self) -> None:
+        self.stages: list[Stage] = []
+        self.geo: list[Any] = []
+        self.deferred: list[Any] = []  # dtype conversions met before / inside a geometric run
+        self.size: tuple[int, int] | None = None
+        self.is_float = False
+
+    def add(self, t: Any) -> None:
         name = type(t).__name__
         if name != "ToFloat" and not type(t).__module__.startswith("torchvision.transforms"):
             raise Unsupported(f"{name} (not a torchvision transform)")
         if name in GEOMETRIC:
             _check_geometric(name, t)
-            geo.append(t)
-            size = _size_after(name, t, size)
+            self.geo.append(t)
+            self.size = _size_after(name, t, self.size)
         elif name in DTYPE:
-            if geo or size is None:
-                deferred.append(t)
+            if self.geo or self.size is None:
+                self.deferred.append(t)
             else:
-                convert(t)
-        elif size is None:
+                self.convert(t)
+        elif self.size is None:
             raise Unsupported(f"{name} before the images have one size")
         else:
-            close()
-            stages.append(Stage("pix", [t], fn=_pixel(name, t, is_float[0])))
-    close()
-    if size is None:
-        raise Unsupported("the transforms leave images of different sizes")
-    return Plan(stages, is_float[0])
+            self.close()
+            self.stages.append(Stage("pix", [t], fn=_pixel(name, t, self.is_float)))
 
+    def close(self) -> None:
+        """End the geometric run: its stage, then the conversions deferred past it."""
+        if self.geo:
+            if self.size is None:
+                raise Unsupported("the transforms leave images of different sizes")
+            self.stages.append(Stage("geo", list(self.geo), self.size))
+            self.geo.clear()
+        for t in self.deferred:  # a scaling commutes with the (linear) resample
+            self.convert(t)
+        self.deferred.clear()
 
-def _dtype(t: Any, is_float: list[bool]) -> Stage | None:
-    """The /255 stage of a conversion to float (None when nothing changes)."""
-    name = type(t).__name__
-    if name in ("ToImage", "PILToTensor"):
-        return None
-    dtype = getattr(t, "dtype", torch.float32)
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise Unsupported(f"{name}({dtype})")
-    if is_float[0]:
-        return None
-    is_float[0] = True
-    if name == "ToDtype" and not getattr(t, "scale", False):
-        return None  # float, still 0..255
-    return Stage("pix", [t], fn=_div255)
+    def convert(self, t: Any) -> None:
+        """The /255 stage of a conversion to float (none when nothing changes)."""
+        name = type(t).__name__
+        if name in ("ToImage", "PILToTensor"):
+            return
+        dtype = getattr(t, "dtype", torch.float32)
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise Unsupported(f"{name}({dtype})")
+        if self.is_float:
+            return
+        self.is_float = True
+        if name == "ToDtype" and not getattr(t, "scale", False):
+            return  # float, still 0..255
+        self.stages.append(Stage("pix", [t], fn=_div255))
 
 
 def _div255(x: torch.Tensor) -> torch.Tensor:
