@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -116,6 +116,22 @@ class Geometry:
         self.antialias = self.antialias and antialias is not False
 
 
+class Plane(NamedTuple):
+    """One axis of every image of a resample: the source window the output reads (first
+    pixel and length, per image) and the filter taps, (N, n_out, K) source columns relative
+    to the window's first pixel (int64) with their float32 weights."""
+
+    start: list[int]
+    length: list[int]
+    j: torch.Tensor
+    w: torch.Tensor
+
+
+def _plane(axis: Axis, n_out: int, mode: str, antialias: bool, device: Any) -> Plane:
+    start, count = _windows(axis, n_out, mode, antialias)
+    return Plane(start, count, *_taps(axis, start, n_out, mode, antialias, device))
+
+
 def _taps(axis: Axis, start: list[int], n_out: int, mode: str, antialias: bool,
           device: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """The filter taps of every image: (N, n_out, K) window columns (int64) and float32
@@ -151,14 +167,13 @@ def resample(images: list[torch.Tensor], geo: Geometry, out_h: int, out_w: int) 
     """(N, C, out_h, out_w) float32 from N (C, h_i, w_i) tensors (same value scale)."""
     device = images[0].device
     channels = int(images[0].shape[0])
-    ys, hs = _windows(geo.y, out_h, geo.mode, geo.antialias)
-    xs, ws = _windows(geo.x, out_w, geo.mode, geo.antialias)
+    y = _plane(geo.y, out_h, geo.mode, geo.antialias, device)
+    x = _plane(geo.x, out_w, geo.mode, geo.antialias, device)
+    hs, ws = y.length, x.length
     out = torch.empty(len(images), channels, out_h, out_w, device=device)
-    taps = (_taps(geo.y, ys, out_h, geo.mode, geo.antialias, device),
-            _taps(geo.x, xs, out_w, geo.mode, geo.antialias, device))
     if use_banded(images, geo.mode):
         try:
-            return _banded(images, (ys, hs, xs, ws), taps, out)
+            return _banded(images, y, x, out)
         except Exception as exc:  # noqa: BLE001 - a Triton/driver problem: the matmuls go on
             KERNELS.fail(exc, "resample")
     order = sorted(range(len(images)), key=lambda i: (hs[i] * ws[i], hs[i]))
@@ -174,7 +189,7 @@ def resample(images: list[torch.Tensor], geo: Geometry, out_h: int, out_w: int) 
             if not chunk or (fits and not wasteful):
                 chunk, area = grown, area + hs[i] * ws[i]
                 continue
-        _resample_chunk(images, geo.mode, chunk, (ys, hs, xs, ws), taps, out)
+        _resample_chunk(images, geo.mode, chunk, y, x, out)
         chunk, area = [i], hs[i] * ws[i]
     return out
 
@@ -188,11 +203,11 @@ def use_banded(images: list[torch.Tensor], mode: str) -> bool:
             and banded_usable(on, mode))
 
 
-def _band(taps: tuple[torch.Tensor, torch.Tensor]) -> Band:
-    """The kernels' form of ``_taps``: the first window pixel per output pixel (int32,
+def _band(plane: Plane) -> Band:
+    """The kernels' form of the taps: the first window pixel per output pixel (int32,
     relative to the image's window), 22-bit fixed-point weights (int32, PIL's rounding) and
     their count, rounded up as the inference kernels round it."""
-    j, w = taps
+    j, w = plane.j, plane.w
     n_taps = int(w.shape[-1])
     bucket = bucket_taps(n_taps)
     coef = fixed_point(w.double())
@@ -200,30 +215,27 @@ def _band(taps: tuple[torch.Tensor, torch.Tensor]) -> Band:
     return Band(j[..., 0].to(torch.int32).contiguous(), coef, bucket)
 
 
-def _banded(images: list[torch.Tensor], win: tuple[list[int], ...], taps: Any,
-            out: torch.Tensor) -> torch.Tensor:
+def _banded(images: list[torch.Tensor], y: Plane, x: Plane, out: torch.Tensor) -> torch.Tensor:
     """Two launches for the whole batch, whatever the image sizes: each output pixel reads
     only its filter window, straight from the decoded images. A uint8 intermediate (PIL's
     clip8) between the passes: results within a few grey levels of the float matmuls."""
-    ys, hs, xs, _ = win
     device = out.device
     src = torch.cat([im.reshape(-1) for im in images]) if len(images) > 1 else \
         images[0].reshape(-1)
     rows, base = [], 0
-    for im, y0, x0, h in zip(images, ys, xs, hs, strict=True):
+    for im, y0, x0, h in zip(images, y.start, x.start, y.length, strict=True):
         ih, iw = int(im.shape[1]), int(im.shape[2])
         rows.append([base, ih * iw, iw, y0, x0, h, iw - x0])
         base += 3 * ih * iw
     norm = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0], device=device)  # values stay 0..255
     # taps from the window's first row / column (the table)
-    two_passes(src, rows, _band(taps[0]), _band(taps[1]), out, norm, max(max(hs), 1),
-               vfirst=False)
+    two_passes(src, rows, _band(y), _band(x), out, norm, max(max(y.length), 1), vfirst=False)
     return out
 
 
-def _resample_chunk(images: list[torch.Tensor], mode: str, chunk: list[int],
-                    win: tuple[list[int], ...], taps: Any, out: torch.Tensor) -> None:
-    ys, hs, xs, ws = win
+def _resample_chunk(images: list[torch.Tensor], mode: str, chunk: list[int], y: Plane,
+                    x: Plane, out: torch.Tensor) -> None:
+    ys, hs, xs, ws = y.start, y.length, x.start, x.length
     device, channels = out.device, int(out.shape[1])
     h_in, w_in = max(1, max(hs[k] for k in chunk)), max(1, max(ws[k] for k in chunk))
     buf = torch.zeros(len(chunk), h_in, channels, w_in, device=device)
@@ -232,8 +244,7 @@ def _resample_chunk(images: list[torch.Tensor], mode: str, chunk: list[int],
             src = images[k][:, ys[k]:ys[k] + hs[k], xs[k]:xs[k] + ws[k]]
             buf[row, :hs[k], :, :ws[k]].copy_(src.permute(1, 0, 2))
     idx = torch.tensor(chunk, device=device)
-    wy = dense(taps[0][0][idx], taps[0][1][idx], h_in)
-    wx = dense(taps[1][0][idx], taps[1][1][idx], w_in)
+    wy, wx = dense(y.j[idx], y.w[idx], h_in), dense(x.j[idx], x.w[idx], w_in)
     res = separable(buf, wy, wx, clip8=False)  # float between the passes, as torchvision
     if mode == "bicubic" and images[0].dtype == torch.uint8:
         res = res.clamp(0.0, 255.0)  # cubic overshoots; torchvision clamps uint8 results
