@@ -21,7 +21,7 @@ from per-image geometry computed with Python scalars.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from pochitrain.gpu_input.resample import SUPPORT, band, geometry, taps, window_bounds
 
@@ -90,8 +90,27 @@ def vertical_first(h: int, w: int, rh: int, rw: int) -> bool:
     return pil_vertical_first_rule() and h - rh > 0 and h - rh > (w - rw) * 2
 
 
+class _Image(NamedTuple):
+    """One image of a batch: where its pixels start in the concatenated source, its size,
+    resized size and crop offsets, the input rows / columns the crop reads ([lo, hi)), tap
+    counts and pass order."""
+
+    base: int
+    h: int
+    w: int
+    rh: int
+    rw: int
+    oy: int
+    ox: int
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+    tx: int
+    ty: int
+    vfirst: bool
+
+
 def _plan(images: list[torch.Tensor], preprocess: Preprocess, out_h: int, out_w: int,
-          mode: str) -> list[dict[str, Any]]:
+          mode: str) -> list[_Image]:
     """Per image: geometry, the input window the crop reads, tap counts and pass order."""
     plans = []
     base = 0
@@ -105,9 +124,8 @@ def _plan(images: list[torch.Tensor], preprocess: Preprocess, out_h: int, out_w:
             first, last = max(off, 0), min(off + n, resized) - 1
             wins.append(window_bounds(size, resized, first, last, mode) if last >= first
                         else (0, 1))
-        plans.append({"base": base, "h": h, "w": w, "rh": rh, "rw": rw, "oy": oy, "ox": ox,
-                      "rows": wins[0], "cols": wins[1], "tx": taps(w, rw, mode),
-                      "ty": taps(h, rh, mode), "vfirst": vertical_first(h, w, rh, rw)})
+        plans.append(_Image(base, h, w, rh, rw, oy, ox, wins[0], wins[1], taps(w, rw, mode),
+                            taps(h, rh, mode), vertical_first(h, w, rh, rw)))
         base += 3 * h * w
     return plans
 
@@ -129,7 +147,7 @@ def resize_normalize(images: list[torch.Tensor], preprocess: Preprocess,
         images[0].reshape(-1)
     norm = _norm(preprocess, dev)
     for vfirst in (False, True):
-        idx = [i for i, p in enumerate(plans) if p["vfirst"] == vfirst]
+        idx = [i for i, p in enumerate(plans) if p.vfirst == vfirst]
         if idx:
             dst = out if len(idx) == len(plans) else torch.empty(
                 (len(idx), 3, out_h, out_w), dtype=out.dtype, device=dev)
@@ -139,19 +157,18 @@ def resize_normalize(images: list[torch.Tensor], preprocess: Preprocess,
     return out
 
 
-def _two_passes(plans: list[dict[str, Any]], src: torch.Tensor, out: torch.Tensor,
+def _two_passes(plans: list[_Image], src: torch.Tensor, out: torch.Tensor,
                 norm: torch.Tensor, mode: str, vfirst: bool) -> None:
     import torch
 
     n, dev = len(plans), src.device
     out_h, out_w = int(out.shape[2]), int(out.shape[3])
-    t_x = bucket_taps(max(p["tx"] for p in plans))
-    t_y = bucket_taps(max(p["ty"] for p in plans))
-    keep = "cols" if vfirst else "rows"  # the axis the first pass keeps at input resolution
-    span = max(max(p[keep][1] - p[keep][0] for p in plans), 1)
-    geo = torch.tensor([[p["h"], p["w"], p["rh"], p["rw"], p["oy"], p["ox"], p["rows"][0],
-                         p["cols"][0]] for p in plans], dtype=torch.int64).to(dev,
-                                                                              non_blocking=True)
+    t_x = bucket_taps(max(p.tx for p in plans))
+    t_y = bucket_taps(max(p.ty for p in plans))
+    # the axis the first pass keeps at input resolution
+    span = max(max(hi - lo for lo, hi in (p.cols if vfirst else p.rows for p in plans)), 1)
+    geo = torch.tensor([[p.h, p.w, p.rh, p.rw, p.oy, p.ox, p.rows[0], p.cols[0]]
+                        for p in plans], dtype=torch.int64).to(dev, non_blocking=True)
     # windows relative to what the first pass keeps: rows from rows[0] (horizontal first),
     # columns from cols[0] (vertical first); the other axis starts at 0 of the source
     zero = torch.zeros(n, dtype=torch.int64, device=dev)
@@ -159,10 +176,9 @@ def _two_passes(plans: list[dict[str, Any]], src: torch.Tensor, out: torch.Tenso
                    t_y, mode), t_y)
     x = Band(*band(geo[:, 1], geo[:, 3], geo[:, 5], geo[:, 7] if vfirst else zero, out_w,
                    t_x, mode), t_x)
-    src_rows = [[p["base"], p["h"] * p["w"], p["w"],
-                 0 if vfirst else p["rows"][0], p["cols"][0] if vfirst else 0,
-                 p["h"] - (0 if vfirst else p["rows"][0]),
-                 p["w"] - (p["cols"][0] if vfirst else 0)] for p in plans]
+    src_rows = [[p.base, p.h * p.w, p.w, 0 if vfirst else p.rows[0],
+                 p.cols[0] if vfirst else 0, p.h - (0 if vfirst else p.rows[0]),
+                 p.w - (p.cols[0] if vfirst else 0)] for p in plans]
     two_passes(src, src_rows, y, x, out, norm, span, vfirst)
 
 
