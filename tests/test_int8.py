@@ -1,5 +1,5 @@
 """INT8 pass for real: ONNX Runtime calibrates a Q/DQ graph of a pochitrain export, ONNX Runtime
-checks it, TensorRT-RTX builds it; the calibration cache and the bad inputs of issue 5."""
+checks it, TensorRT-RTX builds it; the calibration cache and bad calibration inputs."""
 
 from __future__ import annotations
 
@@ -198,7 +198,7 @@ def test_convert_int8_pattern2_and_errors(exports: dict[int, Path], digits_dir: 
 
 
 def test_trained_digits_int8_keeps_accuracy(trained_onnx: Path, digits_dir: Path) -> None:
-    """Issue 5's bar, judged soundly: calibrated on train (500, default method), checked by
+    """The accuracy bar, judged soundly: calibrated on train (500, default method), checked by
     prepare_int8 on held-out train images and here on the whole val split, which calibration
     never saw. INT8 must pick FP32's class on >= 97% of val images (a broken quantization lands
     near 10%) and its drop must not be significantly above 1 point (paired, one-sided 95%):
@@ -222,7 +222,7 @@ def test_trained_digits_int8_keeps_accuracy(trained_onnx: Path, digits_dir: Path
 
 
 def test_drop_gate_allows_for_the_size_of_the_held_out_set() -> None:
-    """Issue 10's flaky case: 70 held-out images, INT8 loses 3 and gains 1 (a 2.86-point
+    """A small held-out set: 70 images, INT8 loses 3 and gains 1 (a 2.86-point
     drop, but one image is 1.43 points): not evidence of a drop above 1 point, so it passes.
     A broken quantization (30 of 70 lost) fails on the same set; so does a real 5-point drop
     measured on 2,000 images."""
@@ -250,8 +250,8 @@ def test_drop_gate_allows_for_the_size_of_the_held_out_set() -> None:
 
 def test_second_int8_engine_keeps_the_first_ones_graph(exports: dict[int, Path],
                                                        digits_dir: Path, tmp_path: Path) -> None:
-    """Issue 11 #1: a second INT8 build with -o other.engine used to overwrite the first
-    build's Q/DQ graph and key. Intermediate files now belong to their engine."""
+    """A second INT8 build with -o other.engine keeps the first build's Q/DQ graph and key:
+    intermediate files belong to their engine."""
     onnx_path = _copy(exports[1], tmp_path)
     args = ["convert", "--no-progress", "--int8", "--calib-data", str(digits_dir / "val"),
             "--calib-samples", "40", "--verify-samples", "60", "--max-accuracy-drop", "100"]
@@ -294,7 +294,7 @@ def _read_only(folder: Path) -> Iterator[Path]:
 
 def test_int8_from_a_read_only_folder(exports: dict[int, Path], digits_dir: Path,
                                       tmp_path: Path) -> None:
-    """Issue 11 #11: ONNX Runtime's helper files go to a temp folder, not beside the ONNX."""
+    """ONNX Runtime's helper files go to a temp folder, not beside the ONNX."""
     src = tmp_path / "ro"
     src.mkdir()
     _copy(exports[1], src)
