@@ -12,7 +12,8 @@ QuantizeLinear/DequantizeLinear nodes works on TensorRT 10, 11 and TensorRT-RTX 
      TensorRT's parser rejects int32-quantized biases);
   5. FP32 and Q/DQ graphs run in ONNX Runtime on the held-out images; a top-1 drop above
      ``max_accuracy_drop`` points *beyond its statistical uncertainty* (paired per-image
-     differences, one-sided 95%) raises VerificationError and nothing is written.
+     differences, one-sided 95%; ``int8_check``) raises VerificationError and nothing is
+     written.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ from pochitrain.onnx.int8_defaults import (
     DEFAULT_VERIFY_SAMPLES,
 )
 
-# name -> (ORT CalibrationMethod member, extra options). Measured on the digits (README_int8).
+# name -> (ORT CalibrationMethod member, extra options), in the order of CALIB_METHODS.
+# Measured on the digits (README_int8).
 METHODS: dict[str, tuple[str, dict[str, Any]]] = dict(zip(CALIB_METHODS, (
     ("Percentile", {"CalibPercentile": 99.999}),
     ("Entropy", {}),
