@@ -137,61 +137,78 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @dataclass
 class TrainingJob:
+    """``pochi train`` of the shared trained model, running in its own process."""
+
     proc: subprocess.Popen[bytes]
     work_dir: Path
     log: Path
+
+    @classmethod
+    def start(cls, digits_dir: Path, folder: Path) -> TrainingJob:
+        from pochitrain.sample_data import write_digits_config
+
+        config = write_digits_config(folder / "config.py", **TRAINED_RUN_SETTINGS)
+        text = config.read_text(encoding="utf-8")
+        text = text.replace('train_data_root = "train"',
+                            f"train_data_root = {str(digits_dir / 'train')!r}")
+        text = text.replace('val_data_root = "val"',
+                            f"val_data_root = {str(digits_dir / 'val')!r}")
+        config.write_text(text, encoding="utf-8")
+        root = Path(__file__).resolve().parents[1]
+        path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+        cmd = [sys.executable, "-m", "pochitrain", "train", "-c", str(config),
+               "--work-dir", str(folder / "work_dirs"), "--quiet"]
+        with open(folder / "train.log", "wb") as log:
+            proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT)
+        return cls(proc, folder / "work_dirs", folder / "train.log")
+
+    def run_dir(self) -> Path:
+        """Waits for the training; its run folder, checked."""
+        code = self.proc.wait(timeout=TRAINING_HANG_GUARD_S)
+        assert code == 0, self.log.read_text(encoding="utf-8", errors="replace")[-3000:]
+        (run_dir,) = self.work_dir.iterdir()
+        info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        best = info["best_val_accuracy"]
+        assert info["status"] == "completed" and best is not None and best >= 0.85, info
+        return run_dir
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 @pytest.fixture(scope="session", autouse=True)
 def training_job(request: pytest.FixtureRequest,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainingJob | None]:
-    """``pochi train`` of the shared trained model, started as the session begins when a
-    selected test needs it: one thread in its own process, beside the tests that run first."""
+    """The shared training, started as the session begins when a selected test needs it:
+    one thread in its own process, beside the tests that run first."""
     if not any(_needs_trained_run(item) for item in request.session.items):
         yield None
         return
-    from pochitrain.sample_data import write_digits_config
-
-    digits_dir = request.getfixturevalue("digits_dir")
-    folder = tmp_path_factory.mktemp("trained")
-    config = write_digits_config(folder / "config.py", **TRAINED_RUN_SETTINGS)
-    text = config.read_text(encoding="utf-8")
-    text = text.replace('train_data_root = "train"',
-                        f"train_data_root = {str(digits_dir / 'train')!r}")
-    text = text.replace('val_data_root = "val"', f"val_data_root = {str(digits_dir / 'val')!r}")
-    config.write_text(text, encoding="utf-8")
-    job = TrainingJob(_start_training(config, folder), folder / "work_dirs", folder / "train.log")
+    job = TrainingJob.start(request.getfixturevalue("digits_dir"),
+                            tmp_path_factory.mktemp("trained"))
     yield job
-    if job.proc.poll() is None:
-        job.proc.kill()
-        job.proc.wait()
-
-
-def _start_training(config: Path, folder: Path) -> subprocess.Popen[bytes]:
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    cmd = [sys.executable, "-m", "pochitrain", "train", "-c", str(config),
-           "--work-dir", str(folder / "work_dirs"), "--quiet"]
-    with open(folder / "train.log", "wb") as log:
-        return subprocess.Popen(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
+    job.stop()
 
 
 @pytest.fixture(scope="session")
-def trained_run(training_job: TrainingJob | None) -> Path:
+def trained_run(training_job: TrainingJob | None, digits_dir: Path,
+                tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The run folder (work_dirs/YYYYMMDD_NNN) of a short real training on the digits.
 
     resnet18, 32x32, the sample-data config with fewer epochs; its best model reaches >= 85%
     val accuracy (asserted here, so tests that rely on a good model fail loudly otherwise).
     """
-    assert training_job is not None
-    code = training_job.proc.wait(timeout=TRAINING_HANG_GUARD_S)
-    assert code == 0, training_job.log.read_text(encoding="utf-8", errors="replace")[-3000:]
-    (run_dir,) = training_job.work_dir.iterdir()
-    info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    best = info["best_val_accuracy"]
-    assert info["status"] == "completed" and best is not None and best >= 0.85, info
-    return run_dir
+    if training_job is not None:
+        return training_job.run_dir()
+    job = TrainingJob.start(digits_dir, tmp_path_factory.mktemp("trained"))  # asked for late
+    try:
+        return job.run_dir()
+    finally:
+        job.stop()
 
 
 @pytest.fixture(scope="session")
