@@ -16,9 +16,13 @@ import io
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pochitrain.workspace import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from optuna import Study
+
 
 
 class Charts(NamedTuple):
@@ -26,7 +30,7 @@ class Charts(NamedTuple):
     skipped: dict[str, str]  # chart or file name -> why it was not drawn
 
 
-def write_charts(study: Any, out_dir: Path, importances: dict[str, float] | None) -> Charts:
+def write_charts(study: Study, out_dir: Path, importances: dict[str, float] | None) -> Charts:
     files: list[Path] = []
     skipped: dict[str, str] = {}
     from optuna.trial import TrialState
@@ -73,14 +77,14 @@ def _no_experimental_warning() -> Iterator[None]:
         yield
 
 
-def _plotly(plot: str, study: Any, kwargs: dict[str, Any]) -> Any:
+def _plotly(plot: str, study: Study, kwargs: dict[str, Any]) -> Any:
     import optuna.visualization
 
     with _no_experimental_warning():
         return getattr(optuna.visualization, plot)(study, **kwargs)
 
 
-def _matplotlib_png(plot: str, study: Any, kwargs: dict[str, Any]) -> bytes:
+def _matplotlib_png(plot: str, study: Study, kwargs: dict[str, Any]) -> bytes:
     from pochitrain.plotting import use_cjk_font
 
     use_cjk_font()  # the Agg backend before pyplot is imported

@@ -17,9 +17,16 @@ import json
 import math
 import statistics
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pochitrain.workspace import atomic_write_text, local_now
+
+if TYPE_CHECKING:
+    from optuna import Study
+    from optuna.trial import FrozenTrial
+
+    from pochitrain.config import Settings
+
 
 PATH_KEYS = ("train_data_root", "val_data_root", "work_dir")
 
@@ -41,7 +48,7 @@ def _write(path: Path, data: Any) -> Path:
     return path
 
 
-def trial_record(t: Any) -> dict[str, Any]:
+def trial_record(t: FrozenTrial) -> dict[str, Any]:
     return {
         "number": t.number,
         "value": t.value,
@@ -57,7 +64,7 @@ def trial_record(t: Any) -> dict[str, Any]:
     }
 
 
-def importances(study: Any) -> dict[str, float] | None:
+def importances(study: Study) -> dict[str, float] | None:
     import optuna
     from optuna.trial import TrialState
 
@@ -77,7 +84,7 @@ class StudyFiles(NamedTuple):
     stats: dict[str, Any]  # study_statistics.json's content
 
 
-def write_outputs(study: Any, out_dir: Path, *, config: Path, settings: Any, metric: str,
+def write_outputs(study: Study, out_dir: Path, *, config: Path, settings: Settings, metric: str,
                   storage: str) -> StudyFiles:
     """Write the JSON files and optimized_config.py; return them with what they say."""
     from optuna.trial import TrialState
@@ -100,7 +107,7 @@ def write_outputs(study: Any, out_dir: Path, *, config: Path, settings: Any, met
     }
     files = [_write(out_dir / "best_params.json", best_info),
              _write(out_dir / "trials_history.json", [trial_record(t) for t in trials])]
-    values = [float(t.value) for t in done]
+    values = [float(t.value) for t in done if t.value is not None]
     maximize = study.direction.name.lower() == "maximize"
     stats = {
         "study_name": study.study_name,
@@ -124,13 +131,13 @@ def write_outputs(study: Any, out_dir: Path, *, config: Path, settings: Any, met
     return StudyFiles(files, _json(best_info), _json(stats))
 
 
-def _best(study: Any, done: list[Any]) -> Any:
+def _best(study: Study, done: list[FrozenTrial]) -> FrozenTrial | None:
     if not done:
         return None
     return study.best_trial
 
 
-def write_optimized_config(path: Path, config: Path, settings: Any, best: Any,
+def write_optimized_config(path: Path, config: Path, settings: Settings, best: FrozenTrial,
                            study_name: str, metric: str) -> Path:
     overrides = dict(best.user_attrs.get("overrides") or {})
     overrides.pop("epochs", None)  # the trial's optuna_epochs; full training keeps the config's

@@ -15,10 +15,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pochitrain.console import info, warn
 from pochitrain.errors import BackendMissingError, ConfigError, PochiError, TrainingError
+
+if TYPE_CHECKING:
+    from optuna import Study
+    from optuna.trial import FrozenTrial, Trial
+
+    from pochitrain.config import Settings
+    from pochitrain.optimize.space import Param
+
 
 DEFAULT_OUTPUT = Path("work_dirs") / "optuna_results"
 
@@ -40,13 +48,13 @@ class OptimizeResult:
 class Objective:
     """One trial = one short training run with the trial's values as config overrides."""
 
-    def __init__(self, config: Path, params: list[Any], settings: Any, epochs: int,
+    def __init__(self, config: Path, params: list[Param], settings: Settings, epochs: int,
                  metric: str, maximize: bool, trials_dir: Path) -> None:
         self.config, self.params, self.settings = config, params, settings
         self.epochs, self.metric, self.maximize = epochs, metric, maximize
         self.trials_dir = trials_dir
 
-    def __call__(self, trial: Any) -> float:
+    def __call__(self, trial: Trial) -> float:
         import optuna
 
         from pochitrain.optimize.space import overrides_for
@@ -134,7 +142,7 @@ def optimize(config: Path | str, *, output: Path | str | None = None,
     return _finish(study, out_dir, config, settings, metric, direction, url)
 
 
-def _finish(study: Any, out_dir: Path, config: Path, settings: Any, metric: str,
+def _finish(study: Study, out_dir: Path, config: Path, settings: Settings, metric: str,
             direction: str, url: str, strict: bool = True) -> OptimizeResult:
     from pochitrain.optimize import charts, outputs
     from pochitrain.optimize.study import masked
@@ -153,7 +161,7 @@ def _finish(study: Any, out_dir: Path, config: Path, settings: Any, metric: str,
                           files + chart_files, skipped)
 
 
-def _say(study: Any, trial: Any) -> None:
+def _say(study: Study, trial: FrozenTrial) -> None:
     state = trial.state.name.lower()
     value = f"{trial.value:.4g}" if trial.value is not None else "-"
     extra = (f" at epoch {trial.user_attrs['pruned_at_epoch']}"
