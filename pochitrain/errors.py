@@ -26,6 +26,10 @@ class UsageError(PochiError):
     exit_code = 2
 
 
+class GpuMemoryError(UsageError):
+    """A batch does not fit in the GPU's memory (a smaller batch size is the remedy)."""
+
+
 class ConfigError(PochiError):
     """A config file is missing, unreadable or invalid."""
 

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from pochitrain.config import resolve_device
-from pochitrain.errors import BackendMissingError, UsageError
+from pochitrain.errors import BackendMissingError, GpuMemoryError, UsageError
 from pochitrain.inference.torch_runner import (
-    GpuMemoryError,
     TorchOptions,
     TorchRunner,
     largest_fitting_batch,

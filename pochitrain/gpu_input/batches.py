@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from pochitrain.errors import UsageError
+from pochitrain.errors import GpuMemoryError, UsageError
 from pochitrain.gpu_input.decode import Decoder
 from pochitrain.gpu_input.options import Options, quick_gil_handoff, read_threads
 from pochitrain.gpu_input.prefetcher import prefetch
@@ -257,7 +257,7 @@ def _out_of_memory(batch_size: int) -> Callable[[BaseException], BaseException]:
 
     def convert(exc: BaseException) -> BaseException:
         if isinstance(exc, torch.cuda.OutOfMemoryError):
-            return UsageError(f"GPU のメモリが足りません。\nDecoding a batch of {batch_size} "
+            return GpuMemoryError(f"GPU のメモリが足りません。\nDecoding a batch of {batch_size} "
                               "images ran out of GPU memory.",
                               "Use a smaller --batch-size, or --pipeline cpu.")
         return exc

@@ -25,7 +25,7 @@ TensorRT (see ``pochitrain.inference.trt_runner``)::
 
 Buffers are sized by the largest batch seen and reused, so the last, smaller batch needs no
 padding. A batch that is already a CUDA tensor (the GPU input pipeline,
-``pochitrain.inference.gpu_preprocess``) skips the host staging and the H2D copy.
+``pochitrain.gpu_input``) skips the host staging and the H2D copy.
 ``torch_call`` takes autocast precision and channels_last; ``CudaGraphCall`` wraps any model
 call (PyTorch or TensorRT) in CUDA graph replay for fixed batch shapes.
 The module imports without CUDA; using the pipe without it raises BackendMissingError.

@@ -14,14 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from pochitrain.errors import UsageError
+from pochitrain.errors import GpuMemoryError, UsageError
 from pochitrain.inference.runner import RunnerInput
 
 PRECISIONS = ("fp32", "fp16", "bf16")
-
-
-class GpuMemoryError(UsageError):
-    """A batch does not fit in the GPU's memory."""
 
 
 @dataclass(frozen=True)
