@@ -332,11 +332,10 @@ def test_cli_errors_are_clear(rtx_engine: Path, digits_dir: Path, tmp_path: Path
 def test_infer_pipeline_writes_tensorrt_files(digits_dir: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     from pochitrain.inference import trt_runner as runtime
-    from pochitrain.inference.loop import InferenceResult
     from pochitrain.meta import ModelMeta
     from pochitrain.pipeline.infer import infer
     from pochitrain.preprocess import Preprocess
-    from pochitrain.reports import RESULT_COLUMNS, summary_text
+    from pochitrain.reports import RESULT_COLUMNS, InferenceResult, summary_text
     from pochitrain.sample_data import CLASS_NAMES
 
     data = tmp_path / "val"
