@@ -14,8 +14,9 @@ from typing import Any
 
 from pochitrain.data import ImageFolder, check_classes, remap_labels, scan_image_folder
 from pochitrain.errors import DataError, PochiError
-from pochitrain.inference.loop import InferenceResult, run_inference
+from pochitrain.inference.loop import run_inference
 from pochitrain.model import Model, open_model, torch_options
+from pochitrain.reports import InferenceResult
 from pochitrain.workspace import new_run_dir, run_folder_of
 
 
