@@ -74,7 +74,10 @@ def test_no_new_layer_violations(lint_report: subprocess.CompletedProcess[str]) 
     output = lint_report.stdout + lint_report.stderr
     assert "Contracts:" in output, f"lint-imports did not check the contracts:\n{output}"
     new = _reported_violations(output) - KNOWN_LAYER_VIOLATIONS
-    assert not new, f"imports against the layers: {sorted(new)}\n{output}"
+    assert not new, (f"imports against the layers: {sorted(new)}\n"
+                     "A new top-level module goes into one layer of [tool.importlinter] in "
+                     "pyproject.toml (the lowest its imports allow); an upward import means the "
+                     f"imported code belongs lower down.\n{output}")
 
 
 @pytest.mark.xfail(bool(KNOWN_LAYER_VIOLATIONS), strict=False,
