@@ -3,8 +3,11 @@
 The config is executed as Python (so transforms are real torchvision objects). Names starting
 with ``_`` and imported modules, functions and classes are ignored (except ``train_transform``
 and ``val_transform``, which are checked as transforms); every other module-level name must be
-a known key. Relative paths (``train_data_root``, ``val_data_root``, ``work_dir``)
-are resolved against the folder of the config file, so a config works from any directory.
+a known key. Relative paths (``train_data_root``, ``val_data_root``, ``work_dir``) are
+tried against the working directory (the original pochitrain's meaning) and the config's folder
+(so a config works from any directory): see :mod:`pochitrain.config_paths`. A ``work_dir``
+that exists in neither follows the data folders: the working directory when a data folder was
+found there, else the config's folder.
 
 ``device`` is validated here but resolved (``auto`` -> cuda/cpu, ``cuda`` without a GPU -> error)
 only by :func:`resolve_device`, which training calls: inference and conversion may read a config
@@ -36,6 +39,7 @@ from pochitrain.config_checks import (
     check_transform,
     type_error,
 )
+from pochitrain.config_paths import ResolvedPath, missing_path_error, resolve_relative
 from pochitrain.errors import BackendMissingError, ConfigError, UsageError
 from pochitrain.workspace import config_paths_base, read_run_json
 
@@ -93,6 +97,12 @@ class Settings:
     benchmark_env_name: str | None = None
     config_path: Path | None = None  # the file these settings came from (not a config key)
 
+    @property
+    def missing_paths(self) -> dict[str, ResolvedPath]:
+        """Relative paths found in neither candidate folder (see config_paths); not a key."""
+        found: dict[str, ResolvedPath] = self.__dict__.setdefault("_missing_paths", {})
+        return found
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view (transforms as their repr)."""
         out: dict[str, Any] = {}
@@ -105,6 +115,12 @@ class Settings:
             out[f.name] = value
         return out
 
+    def require_paths(self, *keys: str, what: str = "") -> None:
+        """MissingPathError (naming both candidates) for the first of ``keys`` found nowhere."""
+        for key in keys:
+            if key in self.missing_paths:
+                raise missing_path_error(key, self.missing_paths[key], self.config_path, what)
+
 
 KEYS = tuple(f.name for f in fields(Settings) if f.name != "config_path")
 _PATH_KEYS = ("train_data_root", "val_data_root", "work_dir")
@@ -115,21 +131,32 @@ def _check_known_keys(raw: dict[str, Any], config_path: Path) -> None:
         if key not in KEYS:
             near = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.6)
             hint = f" Did you mean {near[0]!r}?" if near else ""
-            raise ConfigError(f"Unknown config key {key!r} in {config_path}.{hint}",
+            raise ConfigError("不明な config のキーがあります\n"
+                              f"Unknown config key {key!r} in {config_path}.{hint}",
                               f"Valid keys: {', '.join(KEYS)}. Rename it, or start helper "
                               "names with '_' so they are ignored.")
 
 
 def _resolve_paths(s: Settings, g: dict[str, Any], config_dir: Path) -> None:
-    """Relative folder paths are relative to the config file's folder."""
+    """Each path key resolved by config_paths.resolve_relative; see the module docstring."""
+    source = s.config_path or config_dir
+    anchors = []
     for key in _PATH_KEYS:
         value = g[key]
         if value is None and key != "work_dir":
             continue
         if not isinstance(value, (str, Path)) or not str(value):
             raise type_error(key, value, "a folder path string")
-        path = Path(value).expanduser()
-        setattr(s, key, str(path if path.is_absolute() else (config_dir / path).resolve()))
+        found = resolve_relative(key, value, config_dir, source)
+        if found.anchor == "missing" and key == "work_dir" and found.candidates:
+            # an output folder made on first use: beside the data found in the working directory
+            cwd_first = "cwd" in anchors
+            found = ResolvedPath(found.value, found.candidates[0 if cwd_first else 1],
+                                 "cwd" if cwd_first else "file")
+        elif found.anchor == "missing":
+            s.missing_paths[key] = found
+        anchors.append(found.anchor)
+        setattr(s, key, str(found.path))
 
 
 def _check_class_weights(cw: Any) -> list[float] | None:
@@ -223,7 +250,8 @@ def _exec_error(path: Path, exc: BaseException) -> ConfigError:
     where = f"{path}, line {line_no}" if line_no else str(path)
     shown = f"\n    {text}" if text else ""
     detail = exc.msg if isinstance(exc, SyntaxError) else str(exc)
-    return ConfigError(f"The config file raised an error ({where}):{shown}\n"
+    return ConfigError("config ファイルの実行中にエラーが発生しました\n"
+                       f"The config file raised an error ({where}):{shown}\n"
                        f"{type(exc).__name__}: {detail}",
                        "Fix that line of the config file (it is run as Python).")
 
@@ -236,17 +264,20 @@ def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Se
     """
     path = Path(path).expanduser()
     if not path.exists():
-        raise ConfigError(f"Config file not found: {path}",
+        raise ConfigError("config ファイルが見つかりません\n"
+                          f"Config file not found: {path}",
                           "Pass -c/--config-path with an existing config .py file (see "
                           "configs/pochi_train_config.py, or run 'pochi sample-data DIR').")
     if not path.is_file():
-        raise ConfigError(f"Config path is not a file: {path}", "Pass the path of a .py file.")
+        raise ConfigError("config のパスがファイルではありません\n"
+                          f"Config path is not a file: {path}", "Pass the path of a .py file.")
     path = path.resolve()
     try:
         with open(path, "rb") as f:
             f.read(1)
     except OSError as exc:
-        raise ConfigError(f"Cannot read the config file {path}: {exc.strerror}",
+        raise ConfigError("config ファイルを読み込めません\n"
+                          f"Cannot read the config file {path}: {exc.strerror}",
                           "Check the file's permissions.") from exc
     try:
         from pochitrain.fastimport import without_dynamo
@@ -313,7 +344,8 @@ def preprocess_from_settings(settings: Settings) -> Preprocess:
         return from_transform(settings.val_transform, settings.input_size)
     except ConfigError:
         size = _first_image_size(settings)  # the original's configs often have no Resize
-        if size is None:
+        if size is None:  # an unresolved data folder is the real cause, not the transform
+            settings.require_paths("train_data_root", "val_data_root")
             raise
     from dataclasses import replace
 
@@ -334,8 +366,10 @@ def class_names_from_config(settings: Settings, config_path: Path) -> list[str]:
     if train_root:
         from pochitrain.data import scan_image_folder
 
+        settings.require_paths("train_data_root")
         return scan_image_folder(train_root, "training data folder").classes
     raise ConfigError(
+        "このモデルのクラス名が見つかりません\n"
         f"Cannot find the class names for this model: no metadata in the model file, no "
         f"run.json beside {config_path} and no train_data_root in it.",
         "Use a model exported by pochitrain, or set train_data_root in the config.",

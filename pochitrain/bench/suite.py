@@ -25,7 +25,8 @@ Precisions: for PyTorch the autocast precision (``--precision``); for ONNX / Ten
 precision is a property of the model file, so the model path holds ``{precision}`` (e.g.
 ``best_{precision}.engine``) or ``model_paths`` maps precisions to files
 (``trt: {fp16: a.engine, int8: b.engine}``); the run then checks that the model really has it.
-Relative paths are read from the suite file's folder.
+Relative paths are tried against the working directory (the original's meaning) and the suite
+file's folder, as config paths are (:mod:`pochitrain.config_paths`).
 """
 
 from __future__ import annotations
@@ -104,10 +105,12 @@ def _load_yaml(path: Path) -> Any:
         with open(path, encoding="utf-8") as f:
             return yaml.load(f, Loader=Loader)  # a SafeLoader subclass
     except OSError as exc:
-        raise SuiteError(f"Cannot read the suite file {path}: {exc.strerror}",
+        raise SuiteError("スイートファイルを読み込めません\n"
+                         f"Cannot read the suite file {path}: {exc.strerror}",
                          "Pass --suites-file with a readable YAML file.") from exc
     except yaml.YAMLError as exc:
-        raise SuiteError(f"The suite file {path} is not valid YAML:\n{exc}",
+        raise SuiteError("スイートファイルが正しい YAML ではありません\n"
+                         f"The suite file {path} is not valid YAML:\n{exc}",
                          "Fix the YAML syntax at the line shown.") from exc
 
 
@@ -115,30 +118,36 @@ def load_suite(path: Path | str, name: str) -> Suite:
     """Read ``path`` and expand suite ``name``; every case is checked before anything runs."""
     path = Path(path)
     if not path.is_file():
-        raise SuiteError(f"Suite file not found: {path}",
+        raise SuiteError("スイートファイルが見つかりません\n"
+                         f"Suite file not found: {path}",
                          "Pass --suites-file FILE (see configs/bench_suites.yaml).")
     doc = _load_yaml(path)
     suites = doc.get("suites") if isinstance(doc, dict) else None
     if not isinstance(suites, dict) or not suites:
-        raise SuiteError(f"{path} has no 'suites:' mapping.",
+        raise SuiteError("スイートファイルに suites: の定義がありません\n"
+                         f"{path} has no 'suites:' mapping.",
                          "Start the file with 'suites:' and one entry per suite.")
     if name not in suites:
-        raise SuiteError(f"Suite {name!r} is not in {path}.",
+        raise SuiteError("指定したスイートがファイルにありません\n"
+                         f"Suite {name!r} is not in {path}.",
                          f"Suites there: {', '.join(map(str, suites))}.")
     raw = suites[name]
     where = f"{path}, suite {name!r}, line {getattr(raw, 'line', '?')}"
     if not isinstance(raw, dict):
-        raise SuiteError(f"{where}: a suite is a mapping with 'cases:'.",
+        raise SuiteError("スイートは cases: を持つマッピングにしてください\n"
+                         f"{where}: a suite is a mapping with 'cases:'.",
                          "See configs/bench_suites.yaml for the format.")
     repeats = _positive(raw.get("repeats", 1), "repeats", where)
     defaults = raw.get("defaults") or {}
     if not isinstance(defaults, dict):
-        raise SuiteError(f"{where}: 'defaults' must be a mapping.", "See the format.")
+        raise SuiteError("defaults はマッピングにしてください\n"
+                         f"{where}: 'defaults' must be a mapping.", "See the format.")
     _unknown(defaults, DEFAULT_KEYS, f"{path}, suite {name!r} defaults, line "
              f"{getattr(defaults, 'line', '?')}")
     cases_raw = raw.get("cases")
     if not isinstance(cases_raw, list) or not cases_raw:
-        raise SuiteError(f"{where}: no cases.", "Add 'cases:' with at least one "
+        raise SuiteError("スイートにケースがありません\n"
+                         f"{where}: no cases.", "Add 'cases:' with at least one "
                          "{runtime: pytorch|onnx|trt, model_path: ...} entry.")
     cases: list[Case] = []
     for idx, case in enumerate(cases_raw):
@@ -153,14 +162,16 @@ def _expand(path: Path, suite: str, idx: int, raw: Any, defaults: dict[str, Any]
     label = raw.get("name") if isinstance(raw, dict) else None
     where = f"{path}, line {line}: case {label or idx + 1!r} of suite {suite!r}"
     if not isinstance(raw, dict):
-        raise SuiteError(f"{path}: case {idx + 1} of suite {suite!r} is not a mapping.",
+        raise SuiteError("ケースがマッピングになっていません\n"
+                         f"{path}: case {idx + 1} of suite {suite!r} is not a mapping.",
                          "Write each case as {runtime: ..., model_path: ...}.")
     _unknown(raw, CASE_KEYS, where)
     runtime_raw = raw.get("runtime")
     runtime = RUNTIMES.get(str(runtime_raw).lower()) if runtime_raw is not None else None
     if runtime is None:
         rline = raw.lines.get("runtime", line) if isinstance(raw, _LineDict) else line
-        raise SuiteError(f"{path}, line {rline}: case {label or idx + 1!r} of suite {suite!r} "
+        raise SuiteError("ケースのランタイムが不正です\n"
+                         f"{path}, line {rline}: case {label or idx + 1!r} of suite {suite!r} "
                          f"has runtime {runtime_raw!r}.",
                          "Use runtime: pytorch, onnx or trt.")
 
@@ -178,10 +189,7 @@ def _expand(path: Path, suite: str, idx: int, raw: Any, defaults: dict[str, Any]
     precisions = [_precision(p, where) for p in _as_list(get("precisions", "precision"))]
     reps = _positive(raw.get("repeats", repeats), "repeats", where)
     data = get("data")
-    data_path = _path(base, data) if data is not None else None
-    if data_path is not None and not data_path.exists():
-        raise SuiteError(f"{where}: data folder not found: {data_path}",
-                         "Fix 'data:' (relative paths are read from the suite file's folder).")
+    data_path = _path(base, data, "data", where) if data is not None else None
     name = str(label) if label else f"{runtime_raw}_{idx:02d}"
     out: list[Case] = []
     prec_axis: list[str | None] = list(precisions) or [None]
@@ -217,22 +225,25 @@ def _model_path(raw: dict[str, Any], defaults: dict[str, Any], key: str, runtime
     if isinstance(value, dict):
         value = value.get(precision) if precision else None
     if value is None:
-        raise SuiteError(f"{where}: no model path" + (f" for precision {precision}"
+        raise SuiteError("モデルのパスが指定されていません\n"
+                         f"{where}: no model path" + (f" for precision {precision}"
                                                       if precision else "") + ".",
                          "Give the case a model_path, or the suite defaults.model_paths."
                          f"{key}.")
     text = str(value)
     if "{precision}" in text:
         text = text.replace("{precision}", precision or "fp32")
-    path = _path(base, text)
+    path = _path(base, text, "model_path", where)
     if not path.is_file():
-        raise SuiteError(f"{where}: model file not found: {path}",
-                         "Fix the path (relative paths are read from the suite file's folder).")
+        raise SuiteError("モデルファイルではありません\n"
+                         f"{where}: not a model file: {path}",
+                         "Fix the path.")
     from pochitrain.model import BACKENDS
 
     backend = BACKENDS.get(path.suffix.lower())
     if backend is None or backend.runtime != runtime:
-        raise SuiteError(f"{where}: {path.name} is not a {runtime} model file.",
+        raise SuiteError("モデルファイルの種類がランタイムと合いません\n"
+                         f"{where}: {path.name} is not a {runtime} model file.",
                          "Use .pth/.pt for pytorch, .onnx for onnx, .engine/.plan for trt.")
     return path
 
@@ -243,7 +254,8 @@ def _pipelines(value: Any, runtime: str, where: str) -> list[str]:
     for v in names:
         pipe = PIPELINES.get(str(v).lower())
         if pipe is None:
-            raise SuiteError(f"{where}: unknown pipeline {v!r}.",
+            raise SuiteError("不明なパイプラインが指定されています\n"
+                             f"{where}: unknown pipeline {v!r}.",
                              "Use auto, cpu or gpu (current and fast mean cpu).")
         if pipe not in out:
             out.append(pipe)
@@ -253,14 +265,16 @@ def _pipelines(value: Any, runtime: str, where: str) -> list[str]:
 def _precision(value: Any, where: str) -> str:
     text = str(value).lower()
     if text not in PRECISIONS:
-        raise SuiteError(f"{where}: unknown precision {value!r}.",
+        raise SuiteError("不明な精度が指定されています\n"
+                         f"{where}: unknown precision {value!r}.",
                          f"Use one of: {', '.join(PRECISIONS)}.")
     return text
 
 
 def _positive(value: Any, key: str, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SuiteError(f"{where}: {key} must be a whole number >= 1, got {value!r}.",
+        raise SuiteError("1 以上の整数を指定してください\n"
+                         f"{where}: {key} must be a whole number >= 1, got {value!r}.",
                          f"Fix {key}.")
     return value
 
@@ -268,7 +282,8 @@ def _positive(value: Any, key: str, where: str) -> int:
 def _unknown(raw: dict[str, Any], allowed: set[str], where: str) -> None:
     extra = sorted(set(map(str, raw)) - allowed)
     if extra:
-        raise SuiteError(f"{where}: unknown key(s) {', '.join(extra)}.",
+        raise SuiteError("不明なキーがあります\n"
+                         f"{where}: unknown key(s) {', '.join(extra)}.",
                          f"Known keys: {', '.join(sorted(allowed))}.")
 
 
@@ -284,9 +299,16 @@ def _str_list(value: Any, where: str) -> list[str] | None:
     return [str(v) for v in _as_list(value)]
 
 
-def _path(base: Path, value: Any) -> Path:
-    p = Path(str(value)).expanduser()
-    return p if p.is_absolute() else (base / p).resolve()
+def _path(base: Path, value: Any, key: str, where: str) -> Path:
+    """``value`` resolved by config_paths.resolve_relative; SuiteError when it exists nowhere."""
+    from pochitrain.config_paths import missing_path_error, resolve_relative
+
+    found = resolve_relative(key, str(value), base, base)
+    if found.path.exists():
+        return found.path
+    error = missing_path_error(key, found, None)
+    ja, _, en = error.message.partition("\n")
+    raise SuiteError(f"{ja}\n{where}: {en}", error.remedy)
 
 
 def _dedupe(cases: list[Case]) -> None:

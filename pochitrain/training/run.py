@@ -9,6 +9,8 @@ Run folder layout::
     models/last_model.pth   the model after the last epoch (or after Ctrl+C)
     training_metrics.csv    one row per epoch, rewritten after every epoch
     loss.png, accuracy.png  curves, rewritten after every epoch
+    visualization/          the original's training_metrics_<timestamp>.csv (percent) and
+                            its _loss.png / _accuracy.png, for scripts written for it
 """
 
 from __future__ import annotations
@@ -69,27 +71,32 @@ class _Data:
 def _check_data(settings: Settings) -> _Data:
     for key in ("train_data_root", "val_data_root"):
         if getattr(settings, key) is None:
-            raise ConfigError(f"{key} is not set in {settings.config_path}.",
+            raise ConfigError("config に必要なキーがありません\n"
+                              f"{key} is not set in {settings.config_path}.",
                               f"Add {key} = 'path/to/folder' (one sub-folder of images per "
                               "class; relative paths are read from the config's folder).")
+    settings.require_paths("train_data_root", "val_data_root")
     train = scan_image_folder(settings.train_data_root or "", "training data folder "
                               "(train_data_root)", allow_unlabelled=False)
     val = scan_image_folder(settings.val_data_root or "", "validation data folder "
                             "(val_data_root)", allow_unlabelled=False)
     if len(train.classes) < 2:
-        raise DataError(f"The training data folder has only one class: {train.root}",
+        raise DataError("学習データのクラスが 1 つしかありません\n"
+                        f"The training data folder has only one class: {train.root}",
                         "A classifier needs at least two class sub-folders.")
     check_classes(val, train.classes, for_training=True)
     val = remap_labels(val, train.classes)
     n = len(train.classes)
     if settings.num_classes is not None and settings.num_classes != n:
         raise ConfigError(
+            "num_classes がクラスフォルダの数と一致しません\n"
             f"num_classes = {settings.num_classes} but {train.root} has {n} class folders "
             f"({', '.join(train.classes)}).",
             f"Set num_classes = {n}, or remove it (None) to use the number of folders.",
         )
     if settings.class_weights is not None and len(settings.class_weights) != n:
         raise ConfigError(
+            "class_weights の数がクラス数と一致しません\n"
             f"class_weights has {len(settings.class_weights)} values but there are {n} classes.",
             f"Give one weight per class, in this order: {', '.join(train.classes)}.",
         )
@@ -100,6 +107,7 @@ def _preprocess(settings: Settings) -> Preprocess:
     pre = preprocess_from_settings(settings)
     if settings.input_size is not None and list(settings.input_size) != pre.input_size:
         raise ConfigError(
+            "input_size が val_transform の出力サイズと一致しません\n"
             f"input_size = {settings.input_size} but val_transform produces {pre.input_size}.",
             "Make them agree (or remove input_size: it is read from val_transform).",
         )
@@ -238,7 +246,7 @@ def _run_fit(settings: Settings, setup: FitSetup, keeper: CheckpointKeeper, run_
         setup.observer = build_observer(settings, run_dir, data, setup.model) if main else None
         log = T.MetricsLog(run_dir, plots=main, enabled=settings.enable_metrics_export,
                            lr_log_scale=settings.layer_wise_lr_config["graph_config"]
-                           ["use_log_scale"])
+                           ["use_log_scale"], base_lr=settings.learning_rate)
         with cudnn_autotune(setup.device, settings.cudnn_benchmark):
             out = T.fit(setup, keeper, log, _epoch_extras(settings), progress and main,
                         on_epoch)

@@ -1,0 +1,98 @@
+"""Relative paths in config and suite files: the working directory or the file's folder.
+
+The original pochitrain read ``train_data_root = "data/train"`` from the working directory
+(its sample config lives in ``configs/`` and is run from the project root); pochitrain reads
+it from the config's folder, so a config works from anywhere. Both meanings are kept: a
+relative path is tried against both folders, and
+
+* one that exists in exactly one of them is used from there (a notice line when that is the
+  working directory);
+* one that exists in both, as two different places, is refused (which one was meant?);
+* one that exists in neither keeps the file-folder candidate and remembers both, so the error
+  a command raises names the missing path and its two candidates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pochitrain.errors import ConfigError
+
+CWD_NOTICE_JA = "作業ディレクトリから解決しました"
+
+
+class AmbiguousPathError(ConfigError):
+    """A relative path exists both under the working directory and the file's folder."""
+
+
+class MissingPathError(ConfigError):
+    """A relative path exists neither under the working directory nor the file's folder."""
+
+
+@dataclass(frozen=True)
+class ResolvedPath:
+    """Where a path value led. ``anchor``: "absolute", "cwd", "file" or "missing";
+    ``candidates``: (working-directory candidate, file-folder candidate) of a relative value."""
+
+    value: str
+    path: Path
+    anchor: str
+    candidates: tuple[Path, Path] | None = None
+
+
+def resolve_relative(key: str, value: str | Path, base: Path, source: Path,
+                     must_exist: bool = False) -> ResolvedPath:
+    """Resolve ``value`` (the ``key`` of file ``source``) as described in the module docstring.
+
+    ``base``: the folder the file's own paths are relative to. ``must_exist``: raise
+    MissingPathError instead of returning an anchor of "missing".
+    """
+    text = str(value)
+    path = Path(text).expanduser()
+    if path.is_absolute():
+        return ResolvedPath(text, path, "absolute")
+    in_cwd, in_base = (Path.cwd() / path).resolve(), (base / path).resolve()
+    if in_cwd == in_base:
+        return ResolvedPath(text, in_base, "file" if in_base.exists() else "missing",
+                            (in_cwd, in_base))
+    cwd_ok, base_ok = in_cwd.exists(), in_base.exists()
+    if cwd_ok and base_ok:
+        raise AmbiguousPathError(
+            f"{key} = {text!r} ({source}) はどちらのフォルダを指すか決められません: "
+            f"{in_cwd} と {in_base} の両方があります\n"
+            f"{key} = {text!r} in {source} exists in two places: {in_cwd} (from the working "
+            f"directory) and {in_base} (from the folder of {source.name}).",
+            f"{key} に絶対パスを書いてください / Write {key} as an absolute path, or run from "
+            "a directory where only the intended one exists.")
+    if cwd_ok:
+        from pochitrain.console import info
+
+        info(f"{key} = {text!r}: {CWD_NOTICE_JA} / resolved against the working directory: "
+             f"{in_cwd}")
+        return ResolvedPath(text, in_cwd, "cwd", (in_cwd, in_base))
+    resolved = ResolvedPath(text, in_base, "file" if base_ok else "missing", (in_cwd, in_base))
+    if must_exist and not base_ok:
+        raise missing_path_error(key, resolved, source)
+    return resolved
+
+
+def missing_path_error(key: str, resolved: ResolvedPath, source: Path | None,
+                       what: str = "") -> MissingPathError:
+    """The error for a path that exists nowhere: the value, and each candidate tried."""
+    where = f" ({source})" if source is not None else ""
+    label = f"{what} " if what else ""
+    if resolved.candidates is None or resolved.candidates[0] == resolved.candidates[1]:
+        tried_ja, tried_en = f"{resolved.path} がありません", f"{resolved.path} does not exist."
+    else:
+        cwd, base = resolved.candidates
+        tried_ja = (f"{cwd} (作業ディレクトリ基準) にも {base} (ファイルのフォルダ基準) にも"
+                    "ありません")
+        tried_en = (f"Neither {cwd} (from the working directory) nor {base} (from the "
+                    f"file's folder) exists.")
+    return MissingPathError(
+        f"{label}{key} = {resolved.value!r}{where} が見つかりません: {tried_ja}\n"
+        f"{label}{key} = {resolved.value!r}{where} was not found. {tried_en}",
+        "パスを直すか、そのパスが有効なディレクトリから実行してください / Fix the path, or run "
+        "from the directory it is relative to (the original pochitrain read relative paths "
+        "from the working directory).")
