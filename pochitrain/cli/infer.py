@@ -22,6 +22,22 @@ Writes into inference_results/YYYYMMDD_NNN/ next to the run (or --output):
 """
 
 
+# the original pochitrain's CPU pipelines (PIL decode; torchvision decode), both our cpu one
+ORIGINAL_PIPELINES = ("current", "fast")
+
+
+def pipeline_arg(value: str) -> str:
+    """``--pipeline`` as the input pipeline takes it: the original's names become ``cpu``,
+    with a notice."""
+    if value not in ORIGINAL_PIPELINES:
+        return value
+    from pochitrain.console import info
+
+    info(f"注意: --pipeline {value} は CPU パイプラインで実行します / Note: --pipeline {value} "
+         "(the original's name) runs as --pipeline cpu: PIL decode + resize in threads")
+    return "cpu"
+
+
 def add_infer_arguments(parser: argparse.ArgumentParser, model_help: str) -> None:
     parser.add_argument("model", metavar="MODEL", help=model_help)
     parser.add_argument("--data", "-d", default=None, metavar="DIR",
@@ -40,11 +56,14 @@ def add_infer_arguments(parser: argparse.ArgumentParser, model_help: str) -> Non
                         help="untimed warm-up runs on a blank batch of the first batch's shape "
                              "(default: 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--pipeline", choices=("auto", "cpu", "gpu"), default="auto",
+    parser.add_argument("--pipeline", choices=("auto", "cpu", "gpu", *ORIGINAL_PIPELINES),
+                        default="auto",
                         help="input pipeline: cpu = PIL decode + resize in threads; gpu = JPEG "
                         "decode by nvJPEG, resize/crop/normalize on the GPU, handed to the "
-                        "runtime in device memory (ONNX Runtime: IOBinding); auto (default) = "
-                        "gpu when the model runs on CUDA and the interpolation is supported")
+                        "runtime in device memory (ONNX Runtime: IOBinding), falling back to "
+                        "cpu without a CUDA GPU; auto (default) = gpu when the model runs on "
+                        "CUDA and the interpolation is supported. The original's current and "
+                        "fast run as cpu")
     parser.add_argument("--benchmark-json", action="store_true",
                         help="also write benchmark_result.json (the original's schema 1.0.0: "
                         "runtime, precision, timings, accuracy) and benchmark_details.json "
@@ -82,7 +101,8 @@ def run(args: argparse.Namespace, expect_runtime: str | None = None) -> int:
         config=args.config, device=getattr(args, "device", "auto"),
         providers=getattr(args, "providers", None), warmup_runs=max(0, args.warmup),
         expect_runtime=expect_runtime, progress=not args.quiet,
-        pipeline=getattr(args, "pipeline", "auto"), precision=getattr(args, "precision", "fp32"),
+        pipeline=pipeline_arg(getattr(args, "pipeline", "auto")),
+        precision=getattr(args, "precision", "fp32"),
         channels_last=getattr(args, "channels_last", False),
         cuda_graph=getattr(args, "cuda_graph", False),
         benchmark_json=getattr(args, "benchmark_json", False),

@@ -47,6 +47,7 @@ def build_parser(prog: str = "pochi", only: str | None = None,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         _add_version(parser)
+        _add_debug(parser)
         mod.configure(parser)
         parser.set_defaults(_verb=only)
         return parser
@@ -58,6 +59,7 @@ def build_parser(prog: str = "pochi", only: str | None = None,
         epilog="Run 'pochi VERB --help' for the options of a verb.",
     )
     _add_version(parser)
+    _add_debug(parser)
     sub = parser.add_subparsers(dest="_verb", metavar="VERB", required=True)
     for name, (_, help_text) in VERBS.items():
         if name != verb:
@@ -67,6 +69,9 @@ def build_parser(prog: str = "pochi", only: str | None = None,
         p = sub.add_parser(name, help=help_text, description=mod.DESCRIPTION,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         _add_version(p)
+        # after the verb too (the original's README writes it there); SUPPRESS keeps a
+        # `pochi --debug VERB` from being reset by the sub-command's default
+        _add_debug(p, default=argparse.SUPPRESS)
         mod.configure(p)
     return parser
 
@@ -75,6 +80,25 @@ def _add_version(parser: argparse.ArgumentParser) -> None:
     from pochitrain import __version__
 
     parser.add_argument("--version", action="version", version=f"pochitrain {__version__}")
+
+
+def _add_debug(parser: argparse.ArgumentParser, default: object = False) -> None:
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="verbose logging; errors also print their full traceback")
+
+
+def start_debug_logging(argv: Sequence[str]) -> None:
+    """``--debug``: pochitrain's loggers at DEBUG, in the original's line format."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s|%(levelname)-5s|%(name)s|%(lineno)d| %(message)s")
+    logger = logging.getLogger("pochitrain")
+    logger.setLevel(logging.DEBUG)
+    from pochitrain import __version__
+
+    logger.debug("pochitrain %s, Python %s, arguments: %s", __version__,
+                 sys.version.split()[0], " ".join(argv))
 
 
 def _unwrapped(exc: Exception) -> Exception:
@@ -109,6 +133,9 @@ def run(argv: Sequence[str] | None, prog: str = "pochi", only: str | None = None
         return 2
     args = parser.parse_args(argv)
     _ran.append(args._verb)
+    debug = bool(getattr(args, "debug", False))
+    if debug:
+        start_debug_logging(argv)
     try:
         return int(_verb_module(args._verb).run(args) or 0)
     except PochiError as exc:
@@ -116,6 +143,10 @@ def run(argv: Sequence[str] | None, prog: str = "pochi", only: str | None = None
 
         error = _unwrapped(exc)
         print_error(error)  # type: ignore[arg-type]
+        if debug:
+            import traceback
+
+            traceback.print_exception(exc, file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("\n中断しました / Interrupted.", file=sys.stderr)
@@ -155,6 +186,10 @@ def infer_onnx_main() -> None:
 
 def infer_trt_main() -> None:
     _exit(run(None, prog="infer-trt", only="infer-trt"))
+
+
+def bench_main() -> None:
+    _exit(run(None, prog="bench", only="bench"))
 
 
 def vis_grad_main() -> None:

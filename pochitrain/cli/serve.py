@@ -27,6 +27,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL",
                         help="a .pth checkpoint, .onnx model or TensorRT .engine")
     add_config(parser)
+    parser.add_argument("--backend", choices=tuple(BACKEND_NAMES), default=None,
+                        help="the original's option: the runtime MODEL is expected to need "
+                        "(pytorch, onnx, tensorrt or trt); checked against MODEL's file type, "
+                        "which picks the runtime anyway")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
     parser.add_argument("--port", type=positive_int, default=8000, help="port (default: 8000)")
@@ -68,12 +72,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
                      help="run the model in channels_last (NHWC) memory layout")
 
 
+# --backend name -> the runtime of the model file's type (pochitrain.model.BACKENDS)
+BACKEND_NAMES = {"pytorch": "pytorch", "onnx": "onnx", "tensorrt": "tensorrt", "trt": "tensorrt"}
+
+
+def check_backend(model: str, backend: str | None) -> None:
+    """UsageError when ``--backend`` names another runtime than the model file's type."""
+    if backend is None:
+        return
+    from pochitrain.errors import UsageError
+    from pochitrain.model import backend_for
+
+    runtime = backend_for(model).runtime
+    if BACKEND_NAMES[backend] != runtime:
+        raise UsageError(
+            f"--backend {backend} ですが, {model} は {runtime} 用のモデルです。\n"
+            f"--backend {backend} was given, but {model} is for the {runtime} runtime.",
+            f"Use --backend {runtime}, or leave it out: the file type picks the runtime.")
+
+
 def run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
     from pochitrain.serve import require_extra
 
+    check_backend(args.model, getattr(args, "backend", None))
     require_extra()
     from pochitrain.pipeline.infer import torch_options
     from pochitrain.serve.app import ServeSettings

@@ -66,17 +66,23 @@ def gpu_unsupported(preprocess: Preprocess) -> str | None:
 
 
 def resolve_pipeline(pipeline: str, device: str, preprocess: Preprocess) -> tuple[str, str]:
-    """(``"cpu"`` or ``"gpu"``, a one-line reason) for ``--pipeline auto|cpu|gpu``."""
+    """(``"cpu"`` or ``"gpu"``, a one-line reason) for ``--pipeline auto|cpu|gpu``; ``gpu``
+    with the model on the CPU falls back to ``cpu`` with a notice."""
     if pipeline not in PIPELINES:
-        raise UsageError(f"Unknown --pipeline {pipeline!r}.", "Use auto, cpu or gpu.")
+        raise UsageError("不明な --pipeline が指定されています\n"
+                         f"Unknown --pipeline {pipeline!r}.", "Use auto, cpu or gpu.")
     on_gpu = device.startswith("cuda")
     why_not = gpu_unsupported(preprocess)
     if pipeline == "gpu":
-        if not on_gpu:
-            raise UsageError("--pipeline gpu needs the model on a CUDA GPU; this run uses the "
-                             "CPU.", "Use --pipeline cpu (or auto), or --device cuda on a GPU.")
+        if not on_gpu:  # the original fell back too
+            from pochitrain.console import warn
+
+            warn("--pipeline gpu: モデルが CUDA GPU 上にないため CPU パイプラインで実行します / "
+                 "the model is not on a CUDA GPU, so the CPU pipeline (PIL) runs instead")
+            return "cpu", "no CUDA GPU for --pipeline gpu"
         if why_not:
-            raise UsageError(f"--pipeline gpu cannot reproduce this preprocessing: {why_not}.",
+            raise UsageError("--pipeline gpu ではこの前処理を再現できません\n"
+                             f"--pipeline gpu cannot reproduce this preprocessing: {why_not}.",
                              "Use --pipeline cpu (PIL), which supports every interpolation.")
         return "gpu", "asked for"
     if pipeline == "cpu":
@@ -102,7 +108,8 @@ class GpuBatches:
 
         why_not = gpu_unsupported(preprocess)
         if why_not:
-            raise UsageError(f"The GPU pipeline cannot reproduce this preprocessing: {why_not}.",
+            raise UsageError("GPU パイプラインではこの前処理を再現できません\n"
+                             f"The GPU pipeline cannot reproduce this preprocessing: {why_not}.",
                              "Use --pipeline cpu.")
         self._torch = torch
         self.preprocess = preprocess

@@ -82,7 +82,8 @@ class Objective:
             raise
         trial.set_user_attr("run_dir", str(result.run_dir))
         if not best:
-            raise TrainingError(f"Trial {trial.number} validated no epoch.",
+            raise TrainingError("試行で検証したエポックがありません\n"
+                                f"Trial {trial.number} validated no epoch.",
                                 "Check the validation data.")
         return best[0]
 
@@ -95,18 +96,20 @@ def optimize(config: Path | str, *, output: Path | str | None = None,
     try:
         import optuna
     except ImportError as exc:
-        raise BackendMissingError("pochi optimize needs Optuna, which is not installed.",
+        raise BackendMissingError("pochi optimize には Optuna が必要です\n"
+                                  "pochi optimize needs Optuna, which is not installed.",
                                   "pip install 'pochitrain[optimize]' (optuna, plotly).") from exc
     from pochitrain.config import load_config
     from pochitrain.optimize import study as S
-    from pochitrain.optimize.space import check_space, parse_space
+    from pochitrain.optimize.space import check_space, parse_space, warn_unused_learning_rate
 
     config = Path(config)
     settings = load_config(config)
     config = Path(settings.config_path or config)
     cfg = getattr(settings, "optuna", None)
     if not cfg:
-        raise ConfigError(f"{config} has no optuna dict.",
+        raise ConfigError("config に optuna の設定がありません\n"
+                          f"{config} has no optuna dict.",
                           "Add optuna = {'n_trials': 20, 'optuna_epochs': 5, 'search_space': "
                           "{'learning_rate': {'type': 'float', 'low': 1e-4, 'high': 1e-2, "
                           "'log': True}}} (see docs/readme_optimize.md).")
@@ -114,6 +117,7 @@ def optimize(config: Path | str, *, output: Path | str | None = None,
     metric, direction = S.metric_and_direction(cfg, metric)
     epochs = int(cfg.get("optuna_epochs") or 10)
     check_space(config, params, settings, epochs)
+    warn_unused_learning_rate(params, settings)
     sampler = S.build_sampler(cfg, S.grid_of(params))
     pruner = S.build_pruner(cfg)
     out_dir = _output_dir(output)
@@ -124,7 +128,8 @@ def optimize(config: Path | str, *, output: Path | str | None = None,
                                 study_name=name, direction=direction,  # type: ignore[arg-type]
                                 load_if_exists=True)
     if study.direction.name.lower() != direction:
-        raise ConfigError(f"The study {name!r} in {S.masked(url)} is "
+        raise ConfigError("スタディの向きが指標と合いません\n"
+                          f"The study {name!r} in {S.masked(url)} is "
                           f"{study.direction.name.lower()}d; {metric} needs {direction}.",
                           "Use another --study-name, or the metric the study was made for.")
     info(f"study {name!r}: {metric} ({direction}), {len(params)} parameters, storage "
@@ -152,7 +157,8 @@ def _finish(study: Study, out_dir: Path, config: Path, settings: Settings, metri
                                                storage=masked(url))
     chart_files, skipped = charts.write_charts(study, out_dir, stats["param_importances"])
     if best["best_value"] is None and strict:
-        raise TrainingError(f"No trial of study {study.study_name!r} completed "
+        raise TrainingError("完了した試行がありません\n"
+                            f"No trial of study {study.study_name!r} completed "
                             f"({stats['n_pruned']} pruned, {stats['n_failed']} failed); "
                             f"see {out_dir / 'trials_history.json'}.",
                             "Widen the search space, loosen the pruner or raise optuna_epochs.")
@@ -181,7 +187,8 @@ def _output_dir(output: Path | str | None) -> Path:
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise PochiError(f"Cannot create the output folder {out}: {exc.strerror}",
+            raise PochiError("出力フォルダを作成できません\n"
+                             f"Cannot create the output folder {out}: {exc.strerror}",
                              "Choose a writable --output folder.") from exc
         return out
     out = DEFAULT_OUTPUT

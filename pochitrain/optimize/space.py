@@ -73,7 +73,8 @@ def _config_keys() -> tuple[str, ...]:
 
 def parse_space(space: dict[str, Any] | None) -> list[Param]:
     if not space:
-        raise ConfigError("optuna['search_space'] is empty: there is nothing to optimize.",
+        raise ConfigError("search_space が空です\n"
+                          "optuna['search_space'] is empty: there is nothing to optimize.",
                           "Add at least one key, e.g. optuna = {'search_space': "
                           "{'learning_rate': {'type': 'float', 'low': 1e-4, 'high': 1e-2, "
                           "'log': True}}}.")
@@ -82,12 +83,15 @@ def parse_space(space: dict[str, Any] | None) -> list[Param]:
     for name, spec in space.items():
         where = f"optuna['search_space'][{name!r}]"
         if not isinstance(spec, dict) or spec.get("type") not in ("float", "int", "categorical"):
-            raise ConfigError(f"{where} must be a dict with 'type': float, int or categorical.",
+            raise ConfigError("探索範囲には type (float, int, categorical) を持つ dict を指定してください\n"
+                              f"{where} must be a dict with 'type': float, int or categorical.",
                               "Example: {'type': 'float', 'low': 1e-4, 'high': 1e-2, 'log': True}")
         if spec["type"] == "categorical" and not spec.get("choices"):
-            raise ConfigError(f"{where} has no choices.", "Give 'choices': [a, b, ...].")
+            raise ConfigError("choices が空です\n"
+                              f"{where} has no choices.", "Give 'choices': [a, b, ...].")
         if spec["type"] != "categorical" and ("low" not in spec or "high" not in spec):
-            raise ConfigError(f"{where} needs 'low' and 'high'.",
+            raise ConfigError("low と high を指定してください\n"
+                              f"{where} needs 'low' and 'high'.",
                               "Example: {'type': 'int', 'low': 8, 'high': 64}")
         params.append(Param(name, spec["type"], dict(spec), _target(name, keys, where)))
     return params
@@ -99,14 +103,17 @@ def _target(name: str, keys: tuple[str, ...], where: str) -> Target:
     if name.startswith(("layer_rates.", "layer_wise_lr.")):
         group = name.split(".", 1)[1]
         if group not in LAYER_GROUPS:
-            raise ConfigError(f"{where}: unknown layer group {group!r}.",
+            raise ConfigError("不明なレイヤーグループです\n"
+                              f"{where}: unknown layer group {group!r}.",
                               f"Groups: {', '.join(LAYER_GROUPS)}.")
         if "layer_wise_lr_config" not in keys:
-            raise ConfigError(f"{where}: this pochitrain has no layer-wise learning rates.",
+            raise ConfigError("レイヤーごとの学習率には対応していません\n"
+                              f"{where}: this pochitrain has no layer-wise learning rates.",
                               "Remove the key.")
         return Target("layer", group)
     if name in FIXED_KEYS:
-        raise ConfigError(f"{where}: {name} is not a hyperparameter a trial can change.",
+        raise ConfigError("試行で変えられるハイパーパラメータではありません\n"
+                          f"{where}: {name} is not a hyperparameter a trial can change.",
                           "optuna_epochs sets the epochs of a trial; the data, model and "
                           "transforms stay those of the config.")
     if name in keys:
@@ -117,7 +124,8 @@ def _target(name: str, keys: tuple[str, ...], where: str) -> Target:
 
     near = difflib.get_close_matches(name, [k for k in keys if k not in FIXED_KEYS], n=1)
     hint = f" Did you mean {near[0]!r}?" if near else ""
-    raise ConfigError(f"{where}: {name!r} is not a config key.{hint}",
+    raise ConfigError("config のキーではありません\n"
+                      f"{where}: {name!r} is not a config key.{hint}",
                       "Search config keys (learning_rate, optimizer, batch_size, weight_decay, "
                       "scheduler, ...), scheduler_params.<arg> / scheduler_<arg>, or "
                       "layer_rates.<group>.")
@@ -181,6 +189,40 @@ def check_space(config: Path, params: list[Param], settings: Any, epochs: int) -
                 load_config(config, overrides)
             except ConfigError as exc:
                 raise ConfigError(
+                    "search_space の値が config として正しくありません\n"
                     f"optuna['search_space'][{p.name!r}]: the value {value!r} is not valid "
                     f"for the config:\n{exc.message}",
                     exc.remedy or "Fix the search space.") from None
+
+
+def warn_unused_learning_rate(params: list[Param], settings: Any) -> None:
+    """Warn (once, before the first trial) when the searched ``learning_rate`` sets no
+    parameter group's rate: every trial trains with layer-wise rates covering every group."""
+    kinds = {p.target.kind for p in params}
+    if "learning_rate" not in kinds:
+        return
+    searched = {str(p.target.arg) for p in params if p.target.kind == "layer"}
+    if not searched and ("enable_layer_wise_lr" in kinds or not settings.enable_layer_wise_lr):
+        return  # some trial (or every one) trains without layer-wise rates
+    rates = dict((settings.layer_wise_lr_config or {}).get("layer_rates") or {})
+    if not model_groups(settings.model_name) <= set(rates) | searched:
+        return
+    from pochitrain.console import warn
+
+    warn("search_space の learning_rate は効きません: layer-wise の学習率 (layer_rates) が "
+         f"{settings.model_name} のすべてのパラメータグループを指定しています。\n"
+         "The searched learning_rate cannot matter: the layer-wise rates (layer_rates) set "
+         f"every parameter group of {settings.model_name}. Remove it from search_space, or "
+         "search layer_rates.<group> instead.")
+
+
+def model_groups(model_name: str) -> set[str]:
+    """The layer-wise parameter groups that hold a trainable parameter of ``model_name``."""
+    import torch
+
+    from pochitrain.models import build_model
+    from pochitrain.training.optim import layer_group
+
+    with torch.device("meta"):  # the structure only: no memory, no initialisation cost
+        model = build_model(model_name, 2)
+    return {layer_group(name) for name, p in model.named_parameters() if p.requires_grad}
