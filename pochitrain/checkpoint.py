@@ -54,12 +54,14 @@ def read_checkpoint(path: Path | str) -> tuple[dict[str, Any], ModelMeta]:
 
     path = Path(path)
     if not path.is_file():
-        raise ModelFileError(f"Checkpoint not found: {path}",
+        raise ModelFileError("チェックポイントが見つかりません\n"
+                             f"Checkpoint not found: {path}",
                              "Pass the .pth written by 'pochi train' (work_dirs/*/models/).")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for non-checkpoint files
         raise ModelFileError(
+            "PyTorch のチェックポイントとして読み込めません\n"
             f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}).",
             "Pass a .pth written by 'pochi train'.",
         ) from exc
@@ -68,6 +70,7 @@ def read_checkpoint(path: Path | str) -> tuple[dict[str, Any], ModelMeta]:
         if original is not None:
             raise OriginalCheckpointError(original, path)
         raise ModelFileError(
+            "pochitrain のチェックポイントではありません\n"
             f"{path} is not a pochitrain checkpoint (no pochitrain metadata).",
             "Pass a .pth written by 'pochi train'; for other models export ONNX yourself and "
             "use 'pochi infer model.onnx -c config.py'.",
@@ -107,6 +110,7 @@ def load_model(path: Path | str, device: str = "cpu", *, config: Path | str | No
             problem = str(exc).strip().splitlines()[-1].strip()[:300]
     if problem is not None:
         raise ModelFileError(
+            "チェックポイントの重みがメタデータと一致しません\n"
             f"The weights in {path} do not match its metadata ({meta.model_name}, "
             f"{meta.num_classes} classes): {problem}.", EDITED_REMEDY)
     return model.to(device).eval(), meta
@@ -243,6 +247,7 @@ def load_original(model_path: Path, checkpoint: OriginalCheckpoint, *,
         model.load_state_dict(checkpoint.state_dict)
     else:
         raise ModelFileError(
+            "チェックポイントの重みがモデルに合いません\n"
             f"The weights in {model_path} do not fit {name} with {meta.num_classes} classes: "
             f"{problem}.", "Pass --model-name (or fix model_name in the config) to match the "
             "network the checkpoint was trained as.")
@@ -260,13 +265,14 @@ def _check_class_count(model_path: Path, config_path: Path, n_file: int | None,
     """ModelFileError when --num-classes or the config disagrees with the checkpoint's head."""
     if num_classes is not None and n_file is not None and num_classes != n_file:
         raise ModelFileError(
+            "--num-classes がチェックポイントの出力数と一致しません\n"
             f"--num-classes {num_classes} but the checkpoint {model_path.name} has "
             f"{n_file} outputs.", f"Use --num-classes {n_file}.")
     if n_file is not None and n_file != meta.num_classes:
         raise ModelFileError(
+            "チェックポイントのクラス数が config と一致しません\n"
             f"The checkpoint {model_path.name} has {n_file} classes but its config "
             f"{config_path} gives {meta.num_classes} ({', '.join(meta.class_names[:10])}"
-            f"{' ...' if meta.num_classes > 10 else ''}).\n"
-            "チェックポイントのクラス数が config と一致しません.",
+            f"{' ...' if meta.num_classes > 10 else ''}).",
             "Pass -c with the config this checkpoint was trained with (its train_data_root "
             "must hold the same class folders).")

@@ -28,6 +28,7 @@ _PROBE_SIZE = 256  # test image edge: large enough for the usual crops
 
 def type_error(key: str, value: Any, expected: str) -> ConfigError:
     return ConfigError(
+        "config の値の型が正しくありません\n"
         f"config key {key!r} must be {expected}; got {value!r} ({type(value).__name__}).",
         f"Set {key} to {expected}.",
     )
@@ -44,7 +45,8 @@ def check_choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
             return lookup[value.lower()]
     near = difflib.get_close_matches(str(value), choices, n=1)
     hint = f" Did you mean {near[0]!r}?" if near else ""
-    raise ConfigError(f"config key {key!r} has an unsupported value {value!r}.{hint}",
+    raise ConfigError("config のキーに対応していない値が指定されています\n"
+                      f"config key {key!r} has an unsupported value {value!r}.{hint}",
                       f"Allowed values for {key}: {', '.join(choices)}.")
 
 
@@ -74,6 +76,7 @@ def check_transform(key: str, value: Any) -> Any:
         return None
     if isinstance(value, type):
         raise ConfigError(
+            "config のキーに変換のオブジェクトではなくクラスが指定されています\n"
             f"config key {key!r} is the class {value.__name__}, not a transform object.",
             f"Create the transform with parentheses, e.g. {key} = {VAL_TRANSFORM_EXAMPLE}.")
     if not callable(value):
@@ -82,6 +85,7 @@ def check_transform(key: str, value: Any) -> Any:
     if key == "val_transform" and isinstance(value, (types.FunctionType, types.MethodType,
                                                      types.BuiltinFunctionType)):
         raise ConfigError(
+            "val_transform に関数は使えません\n"
             f"val_transform is a function ({getattr(value, '__name__', value)!r}); "
             "a function cannot be stored with the model for ONNX / TensorRT inference.",
             f"Set val_transform = {VAL_TRANSFORM_EXAMPLE} (accepted steps: Resize, CenterCrop, "
@@ -115,6 +119,7 @@ def _probe_transform(key: str, transform: Any) -> None:
 
 def _no_tensor(key: str, what: str) -> ConfigError:
     return ConfigError(
+        "変換の結果が (3, H, W) の float テンソルになりません\n"
         f"{key} does not turn an image into a float tensor of shape (3, H, W): it {what}. "
         "Training would fail at its first batch.",
         f"End {key} with transforms.ToTensor() (then transforms.Normalize(mean, std)), e.g. "
@@ -146,14 +151,16 @@ def check_scheduler(value: Any, params: Any, epochs: int) -> tuple[str | None, d
         if key not in accepted:
             near = difflib.get_close_matches(key, accepted, n=1)
             hint = f" Did you mean {near[0]!r}?" if near else ""
-            raise ConfigError(f"scheduler_params has {key!r}, which {name} does not take.{hint}",
+            raise ConfigError("scheduler が受け付けない scheduler_params があります\n"
+                              f"scheduler_params has {key!r}, which {name} does not take.{hint}",
                               f"{name} takes: {', '.join(accepted)}.")
     required = [p.name for p in sig.parameters.values()
                 if p.name in accepted and p.default is inspect.Parameter.empty
                 and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     missing = [p for p in required if p not in params]
     if missing:
-        raise ConfigError(f"scheduler {name} needs scheduler_params {', '.join(missing)}.",
+        raise ConfigError("scheduler に必要な scheduler_params がありません\n"
+                          f"scheduler {name} needs scheduler_params {', '.join(missing)}.",
                           f"Example: scheduler_params = {{{', '.join(repr(m) + ': ...' for m in missing)}}}")
     for key, v in params.items():
         _check_scheduler_value(key, v)
@@ -181,6 +188,7 @@ def _check_scheduler_value(key: str, v: Any) -> None:
             except ValueError:
                 pass
     raise ConfigError(
+        "scheduler_params の値の型が正しくありません\n"
         f"scheduler_params[{key!r}] must be {expected}; got {v!r} ({type(v).__name__}).",
         f"Write it without quotes, e.g. scheduler_params = {{{key!r}: {example}, ...}}.")
 
@@ -203,6 +211,7 @@ def _try_scheduler(cls: Any, name: str, params: dict[str, Any]) -> None:
                 scheduler.step()
     except (TypeError, ValueError, ArithmeticError, KeyError, IndexError) as exc:
         raise ConfigError(
+            "scheduler_params で scheduler を作成できません\n"
             f"scheduler {name} fails with scheduler_params = {params!r}: "
             f"{type(exc).__name__}: {exc}",
             f"Fix the scheduler_params values (see torch.optim.lr_scheduler.{name}).") from None
@@ -233,7 +242,8 @@ def check_early_stopping(value: Any) -> dict[str, Any] | None:
         if key not in allowed:
             near = difflib.get_close_matches(str(key), allowed, n=1)
             hint = f" Did you mean {near[0]!r}?" if near else ""
-            raise ConfigError(f"early_stopping has an unknown key {key!r}.{hint}",
+            raise ConfigError("early_stopping に不明なキーがあります\n"
+                              f"early_stopping has an unknown key {key!r}.{hint}",
                               f"early_stopping keys: {', '.join(allowed)}.")
     original = "enabled" in value
     defaults = ORIGINAL_ES_DEFAULTS if original else {"patience": 5, "min_delta": 0.0,
@@ -251,6 +261,7 @@ def check_early_stopping(value: Any) -> dict[str, Any] | None:
     accuracy = out["monitor"] == "val_accuracy"
     if not original and accuracy and delta >= 1.0:
         raise ConfigError(
+            "early_stopping に 2 つの形式が混在しています\n"
             f"early_stopping mixes two forms: min_delta = {delta:g} for val_accuracy "
             "is in percentage points (the original pochitrain's form, which has the key "
             "'enabled'), but without 'enabled' the dict is read in pochitrain's form, where "
@@ -281,7 +292,8 @@ def check_input_size(value: Any) -> list[int] | None:
 
 def check_device(value: Any) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value.strip()):
-        raise ConfigError(f"config key 'device' has an unsupported value {value!r}.",
+        raise ConfigError("device に対応していない値が指定されています\n"
+                          f"config key 'device' has an unsupported value {value!r}.",
                           "Allowed values for device: 'auto' (CUDA when available), 'cpu', "
                           "'cuda', 'cuda:N'.")
     return value.strip()

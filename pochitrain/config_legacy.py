@@ -37,7 +37,8 @@ SEARCH_TYPES = ("float", "int", "categorical")
 def _unknown(where: str, key: Any, allowed: tuple[str, ...] | list[str]) -> ConfigError:
     near = difflib.get_close_matches(str(key), list(allowed), n=1)
     hint = f" Did you mean {near[0]!r}?" if near else ""
-    return ConfigError(f"{where} has an unknown key {key!r}.{hint}",
+    return ConfigError("不明なキーがあります\n"
+                       f"{where} has an unknown key {key!r}.{hint}",
                        f"{where} keys: {', '.join(allowed)}.")
 
 
@@ -94,12 +95,14 @@ def check_layer_wise_lr(enabled: bool, value: Any) -> dict[str, Any]:
             near = difflib.get_close_matches(group, LAYER_GROUPS, n=1)
             hint = f" Did you mean {near[0]!r}?" if near else ""
             raise ConfigError(
+                "layer_rates に不明なグループがあります\n"
                 f"layer_wise_lr_config['layer_rates'] has an unknown group {group!r}.{hint}",
                 f"Groups (matched in this order, as in the original pochitrain): "
                 f"{', '.join(LAYER_GROUPS)}.")
         check_float(f"layer_wise_lr_config['layer_rates'][{group!r}]", lr, 0.0, strict=True)
     if enabled and not rates:
-        raise ConfigError("enable_layer_wise_lr = True but layer_wise_lr_config has no "
+        raise ConfigError("layer_wise_lr_config に layer_rates を指定してください\n"
+                          "enable_layer_wise_lr = True but layer_wise_lr_config has no "
                           "layer_rates.",
                           f"Give at least one group rate, e.g. layer_wise_lr_config = {example}, "
                           "or set enable_layer_wise_lr = False.")
@@ -127,7 +130,8 @@ def check_gradient_tracking(value: Any) -> dict[str, Any]:
         try:
             re.compile(p)
         except re.error as exc:
-            raise ConfigError(f"{where}['exclude_patterns'] has an invalid regular expression "
+            raise ConfigError("exclude_patterns の正規表現が正しくありません\n"
+                              f"{where}['exclude_patterns'] has an invalid regular expression "
                               f"{p!r}: {exc}.", "Fix the pattern (Python re syntax).") from None
     out["exclude_patterns"] = list(patterns)
     out["group_by_block"] = check_bool(f"{where}['group_by_block']", out["group_by_block"])
@@ -159,7 +163,8 @@ def check_confusion_matrix_config(value: Any) -> dict[str, Any] | None:
     if out["cmap"] not in matplotlib.colormaps:
         near = difflib.get_close_matches(out["cmap"], list(matplotlib.colormaps), n=1)
         hint = f" Did you mean {near[0]!r}?" if near else ""
-        raise ConfigError(f"{where}['cmap'] is not a matplotlib colormap: {out['cmap']!r}.{hint}",
+        raise ConfigError("cmap が matplotlib のカラーマップではありません\n"
+                          f"{where}['cmap'] is not a matplotlib colormap: {out['cmap']!r}.{hint}",
                           "Use a name such as 'Blues', 'viridis' or 'YlOrRd'.")
     return out
 
@@ -181,7 +186,8 @@ def _check_search_space(space: Any) -> dict[str, Any]:
         number = is_int if kind == "int" else (
             lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
         if not number(low) or not number(high) or low > high:  # type: ignore[operator]
-            raise ConfigError(f"{w} needs low <= high ({kind}s); got low={low!r}, "
+            raise ConfigError("low は high 以下にしてください\n"
+                              f"{w} needs low <= high ({kind}s); got low={low!r}, "
                               f"high={high!r}.", f"Example: {{'type': {kind!r}, 'low': 1, "
                               "'high': 10}")
         if not isinstance(spec.get("log", False), bool):

@@ -48,10 +48,12 @@ def scan_image_folder(root: Path | str, what: str = "data folder",
     """List images under ``root``; class folders are the sorted sub-folder names."""
     root = Path(root)
     if not root.exists():
-        raise DataError(f"The {what} does not exist: {root}",
+        raise DataError("データフォルダが存在しません\n"
+                        f"The {what} does not exist: {root}",
                         "Check the path (e.g. --data DIR or the config's *_data_root).")
     if not root.is_dir():
-        raise DataError(f"The {what} is not a folder: {root}",
+        raise DataError("データのパスがフォルダではありません\n"
+                        f"The {what} is not a folder: {root}",
                         "Pass a folder that holds one sub-folder of images per class.")
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if subdirs:
@@ -64,6 +66,7 @@ def scan_image_folder(root: Path | str, what: str = "data folder",
             samples.extend((p, idx) for p in files)
         if empty:
             raise DataError(
+                "画像のないクラスフォルダがあります\n"
                 f"Class folder(s) with no images in {root}: {', '.join(empty)}",
                 f"Add images ({', '.join(IMAGE_EXTENSIONS)}) or remove the empty folder(s).",
             )
@@ -71,6 +74,7 @@ def scan_image_folder(root: Path | str, what: str = "data folder",
     files = sorted(p for p in root.iterdir() if _is_image(p))
     if not files or not allow_unlabelled:
         raise DataError(
+            "データフォルダに画像が見つかりません\n"
             f"No images found in the {what}: {root}",
             "Expected <folder>/<class_name>/*.png|jpg (one sub-folder per class).",
         )
@@ -94,12 +98,14 @@ def check_classes(folder: ImageFolder, model_classes: list[str],
     known = ", ".join(model_classes)
     if for_training:
         raise DataError(
+            "検証データに学習データにないクラスのフォルダがあります\n"
             f"The validation data (val_data_root, {folder.root}) has class folder(s) that the "
             f"training data (train_data_root) does not have: {', '.join(unknown)}.",
             f"The training classes are: {known}. Make val_data_root's class sub-folders some or "
             "all of these, or add the missing classes to train_data_root.",
         )
     raise DataError(
+        "モデルにないクラスのフォルダがあります\n"
         f"{folder.root} has class folder(s) not in the model: {', '.join(unknown)}.",
         f"The model's classes are: {known}. Use a data folder whose class sub-folders are some "
         "or all of these (or a folder of unlabelled images).",
@@ -132,7 +138,8 @@ def _pixel_limit_from_env(environ: Mapping[str, str] = os.environ) -> None:
     except ValueError:
         value = -1
     if value < 1:
-        raise UsageError(f"{PIXEL_LIMIT_ENV}={text!r} is not a number of pixels.",
+        raise UsageError("POCHI_MAX_IMAGE_PIXELS には画素数を指定してください\n"
+                         f"{PIXEL_LIMIT_ENV}={text!r} is not a number of pixels.",
                          f"Set {PIXEL_LIMIT_ENV} to a whole number (e.g. 200000000) or 'none'.")
     Image.MAX_IMAGE_PIXELS = value
 

@@ -1,11 +1,27 @@
 """User-facing errors.
 
 Every failure a user can cause is a ``PochiError`` subclass carrying what went wrong and how to
-fix it. The CLI prints ``message`` and ``remedy`` and exits with ``exit_code`` (2: usage, 1:
-runtime); it never shows a traceback for these.
+fix it. ``message`` is a Japanese line, then an English line (more English lines may follow);
+the CLI prints ``message`` and ``remedy`` through ``pochitrain.console.print_error`` and exits
+with ``exit_code`` (2: usage, 1: runtime); it never shows a traceback for these.
 """
 
 from __future__ import annotations
+
+import re
+
+# Hiragana, katakana, CJK ideographs and full-width forms: what makes a line Japanese.
+_JAPANESE = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uff00-\uffef]")
+_KANA = re.compile(r"[\u3040-\u30ff]")
+
+
+def is_bilingual(message: str) -> bool:
+    """True when ``message`` is a Japanese line followed by an English line (one without
+    kana, with Latin letters): the convention every ``PochiError`` message follows."""
+    first, _, rest = message.partition("\n")
+    english = rest.split("\n", 1)[0]
+    return (bool(_JAPANESE.search(first)) and not _KANA.search(english)
+            and re.search("[A-Za-z]", english) is not None)
 
 
 class PochiError(Exception):

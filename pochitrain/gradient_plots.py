@@ -38,28 +38,34 @@ def read_trace(path: Path | str) -> GradientTrace:
     remedy = ("Pass the gradient_trace.csv that 'pochi train' writes with "
               "enable_gradient_tracking = True (columns: epoch, then one per layer).")
     if not path.is_file():
-        raise DataError(f"勾配CSVが見つかりません / Gradient CSV not found: {path}", remedy)
+        raise DataError("勾配 CSV が見つかりません\n"
+                        f"Gradient CSV not found: {path}", remedy)
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"Cannot read the gradient CSV {path}: {exc}", remedy) from None
+        raise DataError("勾配 CSV を読み込めません\n"
+                        f"Cannot read the gradient CSV {path}: {exc}", remedy) from None
     if not rows or not rows[0] or rows[0][0].strip() != "epoch" or len(rows[0]) < 2:
-        raise DataError(f"{path} is not a gradient trace CSV: its first line must be "
+        raise DataError("勾配トレースの CSV ではありません\n"
+                        f"{path} is not a gradient trace CSV: its first line must be "
                         "'epoch,<layer>,...'.", remedy)
     header = [h.strip() for h in rows[0]]
     data = [r for r in rows[1:] if any(c.strip() for c in r)]
     if not data:
-        raise DataError(f"The gradient CSV {path} has no epochs (only the header).", remedy)
+        raise DataError("勾配 CSV にエポックの行がありません\n"
+                        f"The gradient CSV {path} has no epochs (only the header).", remedy)
     values = []
     for line_no, row in enumerate(data, start=2):
         if len(row) != len(header):
-            raise DataError(f"{path}, line {line_no}: {len(row)} values, the header has "
+            raise DataError("勾配 CSV の列数がヘッダーと一致しません\n"
+                            f"{path}, line {line_no}: {len(row)} values, the header has "
                             f"{len(header)} columns.", remedy)
         try:
             values.append([float(v) for v in row])
         except ValueError:
-            raise DataError(f"{path}, line {line_no}: not a number in {row!r}.", remedy) from None
+            raise DataError("勾配 CSV に数値でない値があります\n"
+                            f"{path}, line {line_no}: not a number in {row!r}.", remedy) from None
     array = np.asarray(values, dtype=np.float64)
     return GradientTrace(path, array[:, 0], header[1:], array[:, 1:])
 

@@ -57,6 +57,7 @@ class ModelMeta:
             )
         except (KeyError, TypeError) as exc:
             raise ModelFileError(
+                "pochitrain のメタデータが不完全です\n"
                 f"The pochitrain metadata in {where} is incomplete (missing {exc}).",
                 "Re-create the file with this version of pochitrain, or pass -c CONFIG.",
             ) from exc

@@ -101,6 +101,7 @@ def backend_for(model_path: Path | str) -> Backend:
     backend = BACKENDS.get(Path(model_path).suffix.lower())
     if backend is None:
         raise ModelFileError(
+            "拡張子からモデルの種類を判断できません\n"
             f"Cannot tell the model type of {model_path} from its extension.",
             "Pass a .pth checkpoint, an .onnx model or a TensorRT .engine file.",
         )
@@ -203,6 +204,7 @@ def check_input_size(fixed_hw: tuple[int, int] | None, meta: ModelMeta) -> None:
     want = tuple(meta.preprocess.input_size)
     if fixed_hw is not None and tuple(fixed_hw) != want:
         raise ShapeError(
+            "モデルの入力サイズと前処理の出力サイズが一致しません\n"
             f"The model expects {fixed_hw[0]}x{fixed_hw[1]} images but the preprocessing "
             f"produces {want[0]}x{want[1]}.",
             "Use the config the model was trained with (-c), or re-export/convert the model "
@@ -219,7 +221,8 @@ def torch_options(model_path: Path | str, precision: str = "fp32", channels_last
 
         return TorchOptions(precision, channels_last, cuda_graph)
     if precision != "fp32" or channels_last or cuda_graph:
-        raise UsageError("--precision, --channels-last and --cuda-graph are "
+        raise UsageError("このオプションは PyTorch (.pth) のモデルでのみ使えます\n"
+                         "--precision, --channels-last and --cuda-graph are "
                          f"PyTorch (.pth) options; {Path(model_path).name} runs on "
                          f"{backend.runtime}.",
                          "Drop them (ONNX/TensorRT precision is chosen at export/convert time).")
@@ -240,11 +243,13 @@ def open_model(model_path: Path | str, *, config: Path | str | None = None,
     backend = backend_for(model_path)
     if expect_runtime is not None and backend.runtime != expect_runtime:
         raise ModelFileError(
+            "モデルファイルの種類が違います\n"
             f"{model_path} is not a {expect_runtime} model (it looks like {backend.runtime}).",
             "Use 'pochi infer MODEL' to pick the runtime from the file type.",
         )
     if not model_path.exists() and not backend.says_not_found:
-        raise ModelFileError(f"Model file not found: {model_path}", "Check the path.")
+        raise ModelFileError("モデルファイルが見つかりません\n"
+                             f"Model file not found: {model_path}", "Check the path.")
     request = OpenRequest(RunConfig.for_model(model_path, config), device, providers,
                           batch_size, torch_options)
     runner, file_meta = backend.open(model_path, request)

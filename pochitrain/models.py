@@ -60,6 +60,7 @@ def build_model(name: str, num_classes: int, pretrained: bool = False) -> nn.Mod
 
     if name not in SUPPORTED_MODELS:
         raise ConfigError(
+            "不明な model_name が指定されています\n"
             f"Unknown model_name {name!r}.", f"Choose one of: {', '.join(SUPPORTED_MODELS)}"
         )
     if not pretrained:
@@ -71,7 +72,8 @@ def build_model(name: str, num_classes: int, pretrained: bool = False) -> nn.Mod
         model.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
     except Exception as exc:  # noqa: BLE001 - a damaged cache file fails in many ways
         raise WeightsDownloadError(
-            f"事前学習済み重みを読み込めません / The cached ImageNet weights {cached} cannot be "
+            "事前学習済み重みを読み込めません\n"
+            f"The cached ImageNet weights {cached} cannot be "
             f"loaded ({type(exc).__name__}).",
             f"Delete {cached} so that it is downloaded again from {weights.url}.") from None
     if num_classes != 1000:

@@ -52,16 +52,19 @@ def to_pil(image: ImageLike) -> Any:
     if isinstance(image, (str, Path)):
         path = Path(image)
         if not path.is_file():
-            raise DataError(f"Image file not found: {path}", "Check the path.")
+            raise DataError("画像ファイルが見つかりません\n"
+                            f"Image file not found: {path}", "Check the path.")
         decoded = open_rgb(path)
         if decoded is None:
-            raise DataError(f"{path} cannot be decoded as an image.",
+            raise DataError("画像としてデコードできません\n"
+                            f"{path} cannot be decoded as an image.",
                             "Pass a PNG / JPEG / BMP / WebP ... file.")
         return decoded
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3) or (
                 image.ndim == 3 and image.shape[2] not in (1, 3)):
             raise DataError(
+                "NumPy の画像は uint8 の HxW か HxWx3 (RGB) にしてください\n"
                 f"A NumPy image must be uint8 HxW or HxWx3 (RGB); got {image.dtype} "
                 f"{tuple(image.shape)}.",
                 "Convert it first, e.g. np.asarray(pil_image.convert('RGB')); OpenCV's BGR "
@@ -69,7 +72,8 @@ def to_pil(image: ImageLike) -> Any:
         if image.ndim == 3 and image.shape[2] == 1:
             image = image[..., 0]
         return Image.fromarray(np.ascontiguousarray(image)).convert("RGB")
-    raise UsageError(f"Cannot classify a {type(image).__name__}.",
+    raise UsageError("この種類の入力は分類できません\n"
+                     f"Cannot classify a {type(image).__name__}.",
                      "Pass a PIL image, a uint8 NumPy array (HxWx3 RGB) or a file path.")
 
 
@@ -87,7 +91,8 @@ class Predictor:
         from pochitrain.model import open_model
 
         if batch_size < 1:
-            raise UsageError(f"batch_size must be 1 or more, got {batch_size}.")
+            raise UsageError("batch_size は 1 以上にしてください\n"
+                             f"batch_size must be 1 or more, got {batch_size}.")
         self._model = open_model(model, config=config, device=device, providers=providers)
         try:
             self.batch_size = self._model.fixed_batch or batch_size
@@ -124,7 +129,8 @@ class Predictor:
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
         if top_k < 1:
-            raise UsageError(f"top_k must be 1 or more, got {top_k}.")
+            raise UsageError("top_k は 1 以上にしてください\n"
+                             f"top_k must be 1 or more, got {top_k}.")
         if not items:
             return []
         probs = self.probabilities(np.stack([self.preprocess(im) for im in items]))

@@ -64,6 +64,7 @@ class Preprocess:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(
+                "前処理のメタデータが正しくありません\n"
                 f"Preprocessing metadata is malformed: {data!r}",
                 "Re-export the model with this version of pochitrain, or pass -c CONFIG.",
             ) from exc
@@ -171,6 +172,7 @@ def from_transform(transform: Any, input_size: list[int] | None = None) -> Prepr
     if out is None:
         if input_size is None:
             raise ConfigError(
+                "val_transform で画像サイズが決まりません\n"
                 "val_transform does not fix the image size (no CenterCrop or Resize((h, w))).",
                 "Add transforms.Resize((H, W)) or CenterCrop to val_transform, or set input_size.",
             )
@@ -181,6 +183,7 @@ def from_transform(transform: Any, input_size: list[int] | None = None) -> Prepr
 
 def _unsupported(name: str) -> ConfigError:
     return ConfigError(
+        "この val_transform の処理は ONNX/TensorRT の推論で再現できません\n"
         f"val_transform step {name} cannot be reproduced for ONNX/TensorRT inference.",
         "Use Resize, CenterCrop, ToTensor and Normalize in val_transform (augmentations belong "
         "in train_transform).",

@@ -26,6 +26,7 @@ def write_digits(out_dir: Path | str, val_fraction: float = 0.2, seed: int = 0) 
     for split in ("train", "val"):
         if (out_dir / split).exists() and any((out_dir / split).iterdir()):
             raise DataError(
+                "指定したフォルダは空ではありません\n"
                 f"{out_dir / split} already exists and is not empty.",
                 "Choose a new folder for the sample data (existing files are never overwritten).",
             )

@@ -101,6 +101,7 @@ def new_run_dir(base: Path | str, today: _dt.date | None = None,
         base.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise PochiError(
+            "出力フォルダを作成できません\n"
             f"Cannot create output folder {base}: {exc.strerror}",
             f"Choose a writable location ({hint}).",
         ) from exc
@@ -115,6 +116,7 @@ def new_run_dir(base: Path | str, today: _dt.date | None = None,
             n += 1
         except OSError as exc:
             raise PochiError(
+                "出力フォルダを作成できません\n"
                 f"Cannot create output folder {path}: {exc.strerror}",
                 "Choose a writable location.",
             ) from exc
@@ -124,14 +126,17 @@ def check_writable(path: Path, overwrite: bool = False, what: str = "Output file
     """Refuse to clobber ``path`` unless asked; check its folder exists and is writable."""
     if path.exists() and not overwrite:
         raise OutputExistsError(
+            "出力先がすでに存在します\n"
             f"{what} already exists: {path}",
             "Pass --overwrite to replace it, or --output to write elsewhere.",
         )
     parent = path.parent
     if not parent.is_dir():
-        raise PochiError(f"Output folder does not exist: {parent}", "Create it or choose another.")
+        raise PochiError("出力フォルダが存在しません\n"
+                         f"Output folder does not exist: {parent}", "Create it or choose another.")
     if not os.access(parent, os.W_OK):
-        raise PochiError(f"Output folder is not writable: {parent}", "Choose a writable location.")
+        raise PochiError("出力フォルダに書き込めません\n"
+                         f"Output folder is not writable: {parent}", "Choose a writable location.")
 
 
 @contextlib.contextmanager

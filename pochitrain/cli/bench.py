@@ -57,15 +57,18 @@ def run(args: argparse.Namespace) -> int:
     if args.aggregate_only is not None:
         folder = args.aggregate_only if isinstance(args.aggregate_only, str) else args.input_dir
         if not folder:
-            raise UsageError("--aggregate-only needs a folder.",
+            raise UsageError("--aggregate-only にはフォルダを指定してください\n"
+                             "--aggregate-only needs a folder.",
                              "Use --aggregate-only DIR (or --aggregate-only --input-dir DIR).")
         src = Path(folder)
         if not src.is_dir():
-            raise UsageError(f"--aggregate-only: folder not found: {src}",
+            raise UsageError("--aggregate-only のフォルダが見つかりません\n"
+                             f"--aggregate-only: folder not found: {src}",
                              "Pass a bench run folder (benchmark_runs/<suite>_<time>).")
         return _aggregate(src, _previous_runs(src), info, warn)
     if not args.suite:
-        raise UsageError("No suite given.", "Use --suite NAME, or --aggregate-only DIR.")
+        raise UsageError("スイートを指定してください\n"
+                         "No suite given.", "Use --suite NAME, or --aggregate-only DIR.")
 
     from pochitrain.bench.runner import command, new_bench_dir, run_suite
     from pochitrain.bench.suite import load_suite

@@ -38,6 +38,7 @@ def input_size_arg(value: list[int] | None) -> tuple[int, int] | None:
         from pochitrain.errors import UsageError
 
         raise UsageError(
+            "--input-size には高さと幅の 2 つの値を指定してください\n"
             f"--input-size takes two values, HEIGHT WIDTH; got {len(value)}: {value}",
             "Example: --input-size 224 224",
         )

@@ -130,11 +130,13 @@ def run(args: argparse.Namespace) -> int:
     from pochitrain.pipeline.convert import ConvertOptions, convert
 
     if args.fp16 and args.int8:  # parse_args already refuses; kept for programmatic callers
-        raise UsageError("--fp16 and --int8 cannot be used together.",
+        raise UsageError("--fp16 と --int8 は同時に指定できません\n"
+                         "--fp16 and --int8 cannot be used together.",
                          "Choose one precision: --fp16 or --int8.")
     agreement = args.fp16_min_agreement
     if agreement is not None and not 0.0 <= agreement <= 1.0:
-        raise UsageError(f"--fp16-min-agreement must be between 0 and 1, got {agreement}.",
+        raise UsageError("--fp16-min-agreement は 0 から 1 の間で指定してください\n"
+                         f"--fp16-min-agreement must be between 0 and 1, got {agreement}.",
                          "Example: --fp16-min-agreement 0.95")
     precision = "fp16" if args.fp16 else "int8" if args.int8 else "fp32"
     opts = ConvertOptions(

@@ -61,11 +61,13 @@ def _check_work_dir(work_dir: str) -> None:
     path = Path(work_dir).expanduser().absolute()
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir():
-        raise UsageError(f"--work-dir {work_dir}: {existing} is a file, not a folder.",
+        raise UsageError("--work-dir がフォルダではなくファイルです\n"
+                         f"--work-dir {work_dir}: {existing} is a file, not a folder.",
                          "Pass a folder for --work-dir (it is created when missing), or leave "
                          "--work-dir out to use the config's work_dir.")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"--work-dir {work_dir}: cannot write in {existing}.",
+        raise UsageError("--work-dir に書き込めません\n"
+                         f"--work-dir {work_dir}: cannot write in {existing}.",
                          "Pass a writable folder for --work-dir, or leave it out to use the "
                          "config's work_dir.")
 
@@ -128,25 +130,29 @@ def _launch(args: argparse.Namespace, overrides: dict[str, object]) -> int:
     from pochitrain.training.launch import launch
 
     if env_world() is not None:
-        raise UsageError("--gpus was given to a process already started by torchrun.",
+        raise UsageError("torchrun で起動したプロセスには --gpus を指定できません\n"
+                         "--gpus was given to a process already started by torchrun.",
                          "Use either torchrun --nproc-per-node N or pochi train --gpus N.")
     device = args.device or "cuda"
     if device != "cpu":
         visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if device != "cuda" and device != "auto":
-            raise UsageError(f"--gpus {args.gpus} with --device {device}: each process takes "
+            raise UsageError("--gpus と --device は同時に指定できません\n"
+                             f"--gpus {args.gpus} with --device {device}: each process takes "
                              "its own GPU (cuda:0 .. cuda:N-1).",
                              "Leave --device out (or use --device cuda), and choose the GPUs "
                              "with CUDA_VISIBLE_DEVICES.")
         if args.gpus > visible:
-            raise UsageError(f"--gpus {args.gpus} but only {visible} GPU(s) are visible here.",
+            raise UsageError("--gpus の数だけ GPU が見えていません\n"
+                             f"--gpus {args.gpus} but only {visible} GPU(s) are visible here.",
                              f"Use --gpus {visible} or fewer" if visible > 1 else
                              "Run on a machine with several NVIDIA GPUs (to try multi-process "
                              "training on the CPU, add --device cpu).")
         device = "cuda"
     settings = load_config(args.config, {**overrides, "device": device})
     if settings.batch_size % args.gpus:
-        raise UsageError(f"batch_size = {settings.batch_size} cannot be split over --gpus "
+        raise UsageError("batch_size を --gpus のプロセス数で割り切れません\n"
+                         f"batch_size = {settings.batch_size} cannot be split over --gpus "
                          f"{args.gpus} processes.",
                          f"Use a batch_size divisible by {args.gpus} in the config (it is the "
                          "global batch).")

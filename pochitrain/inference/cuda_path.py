@@ -63,7 +63,8 @@ def require_cuda(device: str = "cuda") -> str:
     try:
         import torch
     except ImportError as exc:  # pragma: no cover - torch is a hard dependency
-        raise BackendMissingError("PyTorch is not installed.", "pip install torch") from exc
+        raise BackendMissingError("PyTorch がインストールされていません\n"
+                                  "PyTorch is not installed.", "pip install torch") from exc
     if not torch.cuda.is_available():
         raise BackendMissingError(
             "CUDA デバイスがありません。\nNo CUDA device is available on this machine "

@@ -47,7 +47,8 @@ def resolve_providers(requested: list[str] | None, available: list[str]) -> list
             name = PROVIDER_ALIASES.get(part.lower(), part)
             if not name.endswith("ExecutionProvider"):
                 known = ", ".join(sorted(PROVIDER_ALIASES))
-                raise UsageError(f"Unknown ONNX Runtime provider {part!r}.",
+                raise UsageError("不明な ONNX Runtime のプロバイダーです\n"
+                                 f"Unknown ONNX Runtime provider {part!r}.",
                                  f"Use one of: {known}, or a full name like CUDAExecutionProvider.")
             if name not in available:
                 raise _missing_provider(name, available)
@@ -66,6 +67,7 @@ def _missing_provider(name: str, available: list[str]) -> BackendMissingError:
     else:
         remedy = "Install an onnxruntime build that ships this provider, or use --providers cpu."
     return BackendMissingError(
+        "指定した ONNX Runtime のプロバイダーが使えません\n"
         f"ONNX Runtime provider {name} is not available in this installation "
         f"(available: {', '.join(available)}).",
         remedy,
@@ -97,9 +99,11 @@ class OnnxRunner:
 
     def check_batch_size(self, batch_size: int) -> None:
         if batch_size < 1:
-            raise UsageError(f"--batch-size must be 1 or more, got {batch_size}.")
+            raise UsageError("--batch-size は 1 以上にしてください\n"
+                             f"--batch-size must be 1 or more, got {batch_size}.")
         if self.fixed_batch is not None and batch_size != self.fixed_batch:
             raise UsageError(
+                "このモデルはバッチサイズが固定されています\n"
                 f"{self.info.path.name} has a fixed batch size of {self.fixed_batch} "
                 f"(input shape {self.info.shape_text()}); --batch-size {batch_size} cannot run.",
                 f"Use --batch-size {self.fixed_batch}, or re-export with a dynamic batch "
@@ -158,6 +162,7 @@ class OnnxRunner:
 
     def _run_error(self, shape: Any, exc: Exception) -> ShapeError:
         return ShapeError(
+            "ONNX Runtime でバッチを実行できませんでした\n"
             f"ONNX Runtime could not run {self.info.path.name} on a batch of shape "
             f"{list(shape)} (model input {self.info.shape_text()}): "
             f"{str(exc).splitlines()[0][:300]}",
@@ -220,6 +225,7 @@ def open_onnx_runner(path: Path | str, providers: list[str] | None = None,
         import onnxruntime as ort
     except ImportError as exc:
         raise BackendMissingError(
+            "onnxruntime がインストールされていません\n"
             "onnxruntime is not installed.",
             'pip install onnxruntime (CPU) or pip install "pochitrain[gpu]" (CUDA).') from exc
     check_single_install()

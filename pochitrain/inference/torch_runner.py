@@ -29,18 +29,21 @@ class TorchOptions:
     def check(self, device: str) -> None:
         """UsageError for options this device cannot honour."""
         if self.precision not in PRECISIONS:
-            raise UsageError(f"Unknown precision {self.precision!r}.",
+            raise UsageError("不明な精度が指定されています\n"
+                             f"Unknown precision {self.precision!r}.",
                              f"Use one of: {', '.join(PRECISIONS)}.")
         on_gpu = device.startswith("cuda")
         if not on_gpu and (self.precision != "fp32" or self.cuda_graph):
             what = "--cuda-graph" if self.cuda_graph else f"--precision {self.precision}"
-            raise UsageError(f"{what} needs a CUDA GPU; this run uses the CPU.",
+            raise UsageError("この精度には CUDA GPU が必要です\n"
+                             f"{what} needs a CUDA GPU; this run uses the CPU.",
                              "Drop the option, or run with --device cuda on an NVIDIA GPU.")
         if on_gpu and self.precision == "bf16":
             import torch
 
             if not torch.cuda.is_bf16_supported():
-                raise UsageError("This GPU has no bfloat16 support (needs compute capability "
+                raise UsageError("この GPU は bfloat16 に対応していません\n"
+                                 "This GPU has no bfloat16 support (needs compute capability "
                                  "8.0 or newer).", "Use --precision fp16.")
 
     def amp_dtype(self) -> Any:
@@ -92,7 +95,8 @@ class TorchRunner:
 
     def check_batch_size(self, batch_size: int) -> None:
         if batch_size < 1:
-            raise UsageError(f"--batch-size must be 1 or more, got {batch_size}.")
+            raise UsageError("--batch-size は 1 以上にしてください\n"
+                             f"--batch-size must be 1 or more, got {batch_size}.")
 
     def _model_call(self) -> Any:
         if self._call is None:

@@ -56,6 +56,7 @@ def _np_dtype(trt: Any, dtype: Any, name: str) -> Any:
     if dtype == trt.DataType.HALF:
         return np.dtype(np.float16)
     raise EngineLoadError(
+        "エンジンのテンソルのデータ型に対応していません\n"
         f"Engine tensor {name!r} has data type {dtype}; pochitrain runs engines with float32 or "
         "float16 input and output.",
         "Convert the model with pochi convert (it keeps float I/O for FP16 and INT8 engines).",
@@ -76,6 +77,7 @@ def _load_backend(recorded: str) -> Backend:
         return load_backend(recorded)
     except BackendMissingError as exc:
         raise BackendMissingError(
+            "エンジンを作成したバックエンドがインストールされていません\n"
             f"This engine was built with {recorded}, which is not installed here.\n{exc.message}",
             exc.remedy,
         ) from exc
@@ -88,7 +90,8 @@ class TensorRTRunner:
                  pipe: BatchPipe, info: dict[str, str], keep: tuple[Any, ...] = ()) -> None:
         context = engine.create_execution_context()
         if context is None:
-            raise EngineLoadError("TensorRT could not create an execution context (GPU memory?).",
+            raise EngineLoadError("TensorRT の実行コンテキストを作成できませんでした\n"
+                                  "TensorRT could not create an execution context (GPU memory?).",
                                   "Close other GPU programs or use a smaller --batch-size.")
         self.engine = engine
         self.context: tensorrt.IExecutionContext = context
@@ -121,6 +124,7 @@ class TensorRTRunner:
         if not lo <= batch_size <= hi:
             allowed = str(lo) if lo == hi else f"{lo} to {hi}"
             raise UsageError(
+                "バッチサイズがエンジンの最適化プロファイルの範囲外です\n"
                 f"Batch size {batch_size} is outside the engine's optimization profile "
                 f"(allowed: {allowed}).",
                 f"Use --batch-size {self.default_batch_size} (the profile's opt), or rebuild the "
@@ -133,11 +137,13 @@ class TensorRTRunner:
         shape = tuple(int(d) for d in batch.shape)
         want = self.inp.opt_shape[1:]
         if shape[1:] != want:
-            raise UsageError(f"Batch shape {shape} does not fit the engine input "
+            raise UsageError("バッチの形状がエンジンの入力に合いません\n"
+                             f"Batch shape {shape} does not fit the engine input "
                              f"(N, {', '.join(map(str, want))}).",
                              "Use the preprocessing the model was converted with.")
         if shape[0] < self.inp.min_shape[0]:
             raise UsageError(
+                "バッチの画像数がエンジンのプロファイルの最小値を下回っています\n"
                 f"A batch of {shape[0]} images is below the engine profile's minimum "
                 f"({self.inp.min_shape[0]}); the last batch of a folder is often smaller.",
                 "Rebuild the engine with a profile whose min batch is 1: "
@@ -146,18 +152,21 @@ class TensorRTRunner:
         self.check_batch_size(shape[0])
         context, inp, out = self.context, self.inp, self.out
         if not context.set_input_shape(inp.name, shape):
-            raise EngineLoadError(f"TensorRT refused input shape {shape} for {inp.name!r}.",
+            raise EngineLoadError("TensorRT がこの入力の形状を受け付けませんでした\n"
+                                  f"TensorRT refused input shape {shape} for {inp.name!r}.",
                                   "Use a batch size within the engine's profile.")
         out_shape = _dims(context.get_tensor_shape(out.name))
         if min(out_shape) < 0:
-            raise EngineLoadError(f"TensorRT could not infer the output shape {out_shape}.",
+            raise EngineLoadError("TensorRT が出力の形状を決められませんでした\n"
+                                  f"TensorRT could not infer the output shape {out_shape}.",
                                   "Re-run `pochi convert`; the engine's shapes are inconsistent.")
 
         def execute(d_in: torch.Tensor, d_out: torch.Tensor, stream: Any) -> None:
             context.set_tensor_address(inp.name, d_in.data_ptr())
             context.set_tensor_address(out.name, d_out.data_ptr())
             if not context.execute_async_v3(stream.cuda_stream):
-                raise EngineLoadError("TensorRT failed to run the engine on this batch.",
+                raise EngineLoadError("TensorRT でエンジンを実行できませんでした\n"
+                                      "TensorRT failed to run the engine on this batch.",
                                       "Re-run `pochi convert` on this machine and try again.")
 
         data: np.ndarray | torch.Tensor
@@ -190,6 +199,7 @@ def _io_specs(trt: Any, engine: tensorrt.ICudaEngine, path: Path) -> EngineIO:
     outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
     if len(inputs) != 1 or len(outputs) != 1:
         raise ModelFileError(
+            "エンジンの入出力の数が画像分類モデルと合いません\n"
             f"{path} has {len(inputs)} input(s) and {len(outputs)} output(s); an image classifier "
             "engine has exactly one image input and one logits output.",
             "Convert a single-input, single-output classifier ONNX with pochi convert.",
@@ -197,7 +207,8 @@ def _io_specs(trt: Any, engine: tensorrt.ICudaEngine, path: Path) -> EngineIO:
     i_name, o_name = inputs[0], outputs[0]
     shape = _dims(engine.get_tensor_shape(i_name))
     if len(shape) != 4:
-        raise ModelFileError(f"{path}: input {i_name!r} has shape {shape}; expected (N, 3, H, W).",
+        raise ModelFileError("エンジンの入力の形状が (N, 3, H, W) ではありません\n"
+                             f"{path}: input {i_name!r} has shape {shape}; expected (N, 3, H, W).",
                              "Convert an NCHW image classifier.")
     if min(shape) < 0:
         lo, opt, hi = (_dims(d) for d in engine.get_tensor_profile_shape(i_name, 0))

@@ -36,10 +36,12 @@ class ExportShape:
 
     def __post_init__(self) -> None:
         if self.dynamic_spatial and self.static_batch is not None:
-            raise UsageError("--dynamic-spatial and --static-batch cannot be combined.",
+            raise UsageError("--dynamic-spatial と --static-batch は同時に指定できません\n"
+                             "--dynamic-spatial and --static-batch cannot be combined.",
                              "Choose one shape: dynamic H/W, or every dimension fixed.")
         if self.static_batch is not None and self.static_batch < 1:
-            raise UsageError(f"--static-batch must be 1 or more, got {self.static_batch}.")
+            raise UsageError("--static-batch は 1 以上にしてください\n"
+                             f"--static-batch must be 1 or more, got {self.static_batch}.")
 
     @property
     def pattern(self) -> int:
@@ -64,6 +66,7 @@ class ExportShape:
 def check_opset(opset: int) -> None:
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise UsageError(
+            "この --opset には対応していません\n"
             f"--opset {opset} is not supported (this exporter writes opsets "
             f"{MIN_OPSET}..{MAX_OPSET}).",
             f"Use the default ({DEFAULT_OPSET}) unless your runtime needs another.",
@@ -94,6 +97,7 @@ def export_model(model: nn.Module, path: Path, meta: ModelMeta, input_size: tupl
             )
     except Exception as exc:  # the exporter raises many types (SymbolicValueError, ...)
         raise ExportError(
+            "ONNX へのエクスポートに失敗しました\n"
             f"torch.onnx.export failed for {meta.model_name} at opset {opset}: "
             f"{str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}",
             "Try another --opset (e.g. 17 or 18), or check that the model runs on an input "

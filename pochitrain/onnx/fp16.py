@@ -53,6 +53,7 @@ def _refuse_control_flow(graph: Any) -> None:
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                for a in node.attribute):
             raise ModelFileError(
+                "FP16 変換は制御フローに対応していません\n"
                 f"The FP16 pass does not handle control flow ({node.op_type} node "
                 f"{node.name!r}).",
                 "Convert this model to FP32, or simplify it (e.g. onnxsim) first.",
@@ -91,6 +92,7 @@ def _cast_nodes(graph: Any, keep: set[str], stats: dict[str, int]) -> None:
                     stats["constants"] += 1
                 elif attr.name == "value_float":
                     raise ModelFileError(  # rare; not produced by torch.onnx.export
+                        "FP16 変換は Constant(value_float) に対応していません\n"
                         "The FP16 pass does not handle Constant(value_float).",
                         "Convert this model to FP32.")
         elif node.op_type == "ConstantOfShape":
@@ -110,7 +112,8 @@ def _fp32_boundary(graph: Any) -> None:
 
     for vi in list(graph.input) + list(graph.output):
         if vi.type.tensor_type.elem_type != TensorProto.FLOAT:
-            raise ModelFileError(f"Graph input/output {vi.name!r} is not float32.",
+            raise ModelFileError("グラフの入出力が float32 ではありません\n"
+                                 f"Graph input/output {vi.name!r} is not float32.",
                                  "The FP16 pass expects a float32 image classifier.")
     inp, out = graph.input[0].name, graph.output[0].name
     inp16, out16 = f"{inp}__fp16", f"{out}__fp16"
@@ -134,6 +137,7 @@ def _validated(model: Any) -> Any:
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise ModelFileError(
+            "FP16 変換後のグラフを検証できません\n"
             f"The FP16 pass cannot validate the cast graph: {first}",
             "The model uses operators or types the ONNX checker does not know; convert it "
             "to FP32, or export it with standard ONNX operators.",
@@ -193,6 +197,7 @@ def compare_with_onnxruntime(fp32_path: Path, fp16_path: Path, batch: np.ndarray
     ref, got = (run_all(open_session(p), batch, batch_size) for p in (fp32_path, fp16_path))
     if not np.isfinite(got).all():
         raise VerificationError(
+            "FP16 のグラフが inf/NaN を出力しました\n"
             "The FP16 graph produced inf/NaN on the verification images (float16 overflow).",
             "Convert to FP32 instead, or use --int8 with calibration.",
         )
@@ -202,6 +207,7 @@ def compare_with_onnxruntime(fp32_path: Path, fp16_path: Path, batch: np.ndarray
     result = Agreement(len(batch), agree, float(np.max(np.abs(ref - got))))
     if agree < threshold:
         raise VerificationError(
+            "FP16 のグラフと FP32 の一致率が基準を下回りました\n"
             f"FP16 graph agrees with FP32 on only {agree:.1%} of {len(batch)} images (top-1); "
             f"the minimum is {threshold:.0%} (max |diff| {result.max_abs_diff:.4g}).",
             "The model is not FP16-safe as is: convert to FP32, or try --int8.",

@@ -67,12 +67,14 @@ def read_onnx(path: Path | str, load_weights: bool = False):
 
     path = Path(path)
     if not path.is_file():
-        raise ModelFileError(f"ONNX file not found: {path}",
+        raise ModelFileError("ONNX ファイルが見つかりません\n"
+                             f"ONNX file not found: {path}",
                              "Pass the .onnx written by export-onnx (or your own export).")
     try:
         model = onnx.load(str(path), load_external_data=load_weights)
     except Exception as exc:  # protobuf DecodeError and friends
         raise ModelFileError(
+            "ONNX モデルとして読み込めません\n"
             f"{path} is not a readable ONNX model ({type(exc).__name__}).",
             "Re-export it with export-onnx; the file may be truncated or not ONNX at all.",
         ) from exc
@@ -80,9 +82,11 @@ def read_onnx(path: Path | str, load_weights: bool = False):
     initializers = {t.name for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
     if not graph.node or not inputs or not graph.output:
-        raise ModelFileError(f"{path} holds no model graph.", "Re-export the model to ONNX.")
+        raise ModelFileError("ONNX ファイルにモデルのグラフがありません\n"
+                             f"{path} holds no model graph.", "Re-export the model to ONNX.")
     if len(inputs) != 1 or len(graph.output) != 1:
         raise ModelFileError(
+            "ONNX モデルの入出力の数が画像分類モデルと合いません\n"
             f"{path} has {len(inputs)} input(s) and {len(graph.output)} output(s); an image "
             "classifier has exactly one image input and one logits output.",
             "Export the classifier alone (one input NCHW image, one output of class scores).",
@@ -91,11 +95,13 @@ def read_onnx(path: Path | str, load_weights: bool = False):
     in_shape, out_shape = _dims(inp), _dims(out)
     if len(in_shape) != 4 or (isinstance(in_shape[1], int) and in_shape[1] != 3):
         raise ModelFileError(
+            "ONNX モデルの入力の形状が (batch, 3, H, W) ではありません\n"
             f"{path}: input {inp.name!r} has shape {in_shape}; expected (batch, 3, H, W).",
             "pochitrain handles RGB image classifiers with NCHW input.",
         )
     if len(out_shape) != 2:
         raise ModelFileError(
+            "ONNX モデルの出力の形状が (batch, num_classes) ではありません\n"
             f"{path}: output {out.name!r} has shape {out_shape}; expected (batch, num_classes).",
             "Export the model up to its logits (no post-processing in the graph).",
         )
@@ -105,7 +111,8 @@ def read_onnx(path: Path | str, load_weights: bool = False):
             try:
                 meta = ModelMeta.from_dict(json.loads(prop.value), where=str(path))
             except json.JSONDecodeError as exc:
-                raise ModelFileError(f"{path}: pochitrain metadata is not valid JSON.",
+                raise ModelFileError("pochitrain のメタデータが正しい JSON ではありません\n"
+                                     f"{path}: pochitrain metadata is not valid JSON.",
                                      "Re-export the model with export-onnx.") from exc
     elem = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type).name
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)

@@ -72,19 +72,24 @@ def key_path(qdq_path: Path) -> Path:
 
 def check_options(opts: Int8Options) -> None:
     if opts.calib_samples < 1:
-        raise UsageError(f"--calib-samples must be 1 or more, got {opts.calib_samples}.",
+        raise UsageError("--calib-samples は 1 以上にしてください\n"
+                         f"--calib-samples must be 1 or more, got {opts.calib_samples}.",
                          f"Use a few hundred images, e.g. --calib-samples {DEFAULT_SAMPLES}.")
     if opts.calib_batch_size < 1:
-        raise UsageError(f"--calib-batch-size must be 1 or more, got {opts.calib_batch_size}.",
+        raise UsageError("--calib-batch-size は 1 以上にしてください\n"
+                         f"--calib-batch-size must be 1 or more, got {opts.calib_batch_size}.",
                          "Example: --calib-batch-size 8")
     if opts.calib_method not in METHODS:
-        raise UsageError(f"Unknown --calib-method {opts.calib_method!r}.",
+        raise UsageError("不明な --calib-method が指定されています\n"
+                         f"Unknown --calib-method {opts.calib_method!r}.",
                          f"Choose one of: {', '.join(METHODS)}")
     if not opts.max_accuracy_drop >= 0:
-        raise UsageError(f"--max-accuracy-drop must be 0 or more, got {opts.max_accuracy_drop}.",
+        raise UsageError("--max-accuracy-drop は 0 以上にしてください\n"
+                         f"--max-accuracy-drop must be 0 or more, got {opts.max_accuracy_drop}.",
                          f"Example: --max-accuracy-drop {DEFAULT_MAX_DROP}")
     if opts.verify_samples < 1:
-        raise UsageError(f"--verify-samples must be 1 or more, got {opts.verify_samples}.",
+        raise UsageError("--verify-samples は 1 以上にしてください\n"
+                         f"--verify-samples must be 1 or more, got {opts.verify_samples}.",
                          f"Example: --verify-samples {DEFAULT_VERIFY_SAMPLES}")
 
 
@@ -97,6 +102,7 @@ def calibration_batch(info_: OnnxInfo, opts: Int8Options, available: int) -> int
     if isinstance(fixed, int):
         if opts.calib_batch_size != fixed:
             raise UsageError(
+                "--calib-batch-size がモデルの固定バッチサイズと合いません\n"
                 f"--calib-batch-size {opts.calib_batch_size} does not fit {info_.path.name}: its "
                 f"batch dimension is fixed at {fixed} (pattern 3), and calibration runs that graph.",
                 f"Use --calib-batch-size {fixed} (the default {DEFAULT_CALIB_BATCH_SIZE} fits "
@@ -170,6 +176,7 @@ def quantize(onnx_path: Path, out_path: Path, input_name: str, batches: list[np.
             )
     except Exception as exc:  # ORT raises plain exceptions for graphs it cannot handle
         raise CalibrationError(
+            "ONNX Runtime で量子化できませんでした\n"
             f"ONNX Runtime could not quantize {onnx_path.name}: {type(exc).__name__}: {exc}",
             "Check the ONNX runs in ONNX Runtime (pochi infer-onnx); try another --calib-method.",
         ) from exc

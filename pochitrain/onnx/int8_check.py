@@ -95,7 +95,8 @@ def check_drop(acc: dict[str, Any], threshold: float, cached: bool = False) -> N
     low = acc.get("drop_low95", acc["drop"])  # caches written before the paired statistics
     if low > threshold:
         raise VerificationError(
-            f"INT8 の精度低下が大きすぎます / The INT8 graph loses too much accuracy: "
+            "INT8 の精度低下が大きすぎます\n"
+            f"The INT8 graph loses too much accuracy: "
             f"{measured(acc, threshold)}; even allowing for the uncertainty of {acc['held_out']} "
             f"images the drop is at least {low:.2f} points. No engine was built"
             + (" (cached calibration result)." if cached else " and no Q/DQ graph kept."),

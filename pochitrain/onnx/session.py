@@ -52,7 +52,8 @@ def open_session(path: Path | str, providers: list[str] | None = None,
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise BackendMissingError("onnxruntime is not installed.",
+        raise BackendMissingError("onnxruntime がインストールされていません\n"
+                                  "onnxruntime is not installed.",
                                   "pip install onnxruntime (or onnxruntime-gpu).") from exc
     names = providers or ["CPUExecutionProvider"]
     options = ort.SessionOptions()
@@ -64,6 +65,7 @@ def open_session(path: Path | str, providers: list[str] | None = None,
                                        providers=[_with_options(n) for n in names])
     except Exception as exc:  # onnxruntime raises its own pybind exception types
         raise ModelFileError(
+            "ONNX Runtime でモデルを読み込めません\n"
             f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:300]}",
             "The graph may use operators or an opset this onnxruntime does not support; "
             "re-export it with export-onnx (default opset 17) or upgrade onnxruntime.",
@@ -72,6 +74,7 @@ def open_session(path: Path | str, providers: list[str] | None = None,
     dropped = [n for n in names if n not in session.get_providers()]
     if dropped:
         raise BackendMissingError(
+            "ONNX Runtime のセッションを開始できませんでした\n"
             f"ONNX Runtime could not start {', '.join(dropped)} "
             f"(session runs on {', '.join(session.get_providers())}).",
             "Check that the CUDA / cuDNN (and TensorRT) versions match your onnxruntime-gpu "

@@ -59,6 +59,7 @@ def check_graph(path: Path) -> None:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # ValidationError, InferenceError
         raise VerificationError(
+            "onnx.checker がエクスポートしたモデルを受け付けませんでした\n"
             f"onnx.checker rejected the exported model: {str(exc).splitlines()[0][:300]}",
             "Try the default --opset 17; report the model name if it persists.",
         ) from exc
@@ -77,11 +78,13 @@ def compare_batch(model: nn.Module, session: ort.InferenceSession, batch: np.nda
                          dtype=np.float32)
     except Exception as exc:  # onnxruntime raises its own pybind exception types
         raise VerificationError(
+            "ONNX Runtime でエクスポートしたグラフを実行できませんでした\n"
             f"ONNX Runtime could not run the exported graph on a batch of {len(batch)}: "
             f"{str(exc).splitlines()[0][:300]}",
             "Re-export without custom shape options and report the model name.") from exc
     if got.shape != ref.shape:
         raise VerificationError(
+            "ONNX Runtime と PyTorch の出力の形状が違います\n"
             f"ONNX Runtime returned shape {list(got.shape)}, PyTorch {list(ref.shape)} for a "
             f"batch of {len(batch)}.",
             "The dynamic batch axis does not work in the exported graph; re-export without "
@@ -110,7 +113,8 @@ def verify_export(path: Path, model: nn.Module, batches: list[np.ndarray], input
     try:
         session = open_session(path)
     except ModelFileError as exc:
-        raise VerificationError(f"The exported file does not open in ONNX Runtime: {exc.message}",
+        raise VerificationError("エクスポートしたファイルを ONNX Runtime で開けません\n"
+                                f"The exported file does not open in ONNX Runtime: {exc.message}",
                                 exc.remedy) from exc
     report = VerifyReport(inputs)
     with progress_bar(progress, "verify (ONNX Runtime vs PyTorch)", len(batches)) as advance:
@@ -121,6 +125,7 @@ def verify_export(path: Path, model: nn.Module, batches: list[np.ndarray], input
     if bad:
         c = bad[0]
         raise VerificationError(
+            "ONNX Runtime と PyTorch の出力が一致しません\n"
             f"ONNX Runtime and PyTorch disagree at batch {c.batch_size}: max abs diff "
             f"{c.max_abs_diff:.3g} (tolerance {c.tolerance:.3g}), top-1 agreement "
             f"{c.agreement:.1%}. The ONNX file was not written.",
@@ -150,7 +155,8 @@ def verification_batches(pre: Preprocess, data: Path | None, sizes: list[int],
             if len(arrays) == need:
                 break
         if not arrays:
-            raise DataError(f"No readable images in {data} to verify the export with.",
+            raise DataError("エクスポートの検証に使える画像がありません\n"
+                            f"No readable images in {data} to verify the export with.",
                             "Pass --data with a folder of images, or --skip-verify.")
         source = f"{len(arrays)} images from {data}"
         while len(arrays) < need:  # small folders: reuse images

@@ -42,7 +42,8 @@ def metric_and_direction(cfg: dict[str, Any], metric: str | None) -> tuple[str, 
     if metric is None:
         metric = "val_loss" if cfg.get("direction") == "minimize" else "val_accuracy"
     if metric not in METRICS:
-        raise ConfigError(f"Unknown optimization metric {metric!r}.",
+        raise ConfigError("不明な最適化の指標です\n"
+                          f"Unknown optimization metric {metric!r}.",
                           f"Use one of: {', '.join(METRICS)}.")
     return metric, METRICS[metric]
 
@@ -66,10 +67,12 @@ def parse_call(text: str, where: str) -> Call:
             args = [ast.literal_eval(a) for a in node.args]
             kwargs = {str(k.arg): ast.literal_eval(k.value) for k in node.keywords}
         except ValueError:
-            raise ConfigError(f"{where} = {text!r}: arguments must be literal values.",
+            raise ConfigError("引数にはリテラルの値を指定してください\n"
+                              f"{where} = {text!r}: arguments must be literal values.",
                               f"Example: {where} = 'TPESampler(seed=0)'.") from None
         return Call(node.func.id, args, kwargs)
-    raise ConfigError(f"{where} = {text!r} is not a name or a call like 'Name(key=value)'.",
+    raise ConfigError("名前か Name(key=value) の形で指定してください\n"
+                      f"{where} = {text!r} is not a name or a call like 'Name(key=value)'.",
                       f"Example: {where} = 'MedianPruner(n_startup_trials=5)'.")
 
 
@@ -82,7 +85,8 @@ def _construct(kind: str, text: str, known: tuple[str, ...], module: Any,
 
         near = difflib.get_close_matches(name, known, n=1)
         hint = f" Did you mean {near[0]!r}?" if near else ""
-        raise ConfigError(f"{where}: unknown {kind} {name!r}.{hint}",
+        raise ConfigError("不明な名前が指定されています\n"
+                          f"{where}: unknown {kind} {name!r}.{hint}",
                           f"Use one of: {', '.join(known)}.")
     kwargs = {**(more or {}), **dict(extra or {}), **kwargs}
     try:
@@ -91,7 +95,8 @@ def _construct(kind: str, text: str, known: tuple[str, ...], module: Any,
         import inspect
 
         sig = inspect.signature(getattr(module, name))
-        raise ConfigError(f"{where}: {name} cannot be built with these arguments: {exc}",
+        raise ConfigError("指定した引数で作成できません\n"
+                          f"{where}: {name} cannot be built with these arguments: {exc}",
                           f"{name}{sig}") from None
 
 
@@ -102,7 +107,8 @@ def build_sampler(cfg: dict[str, Any], grid: dict[str, list[Any]] | None) -> Any
     more = None
     if parse_call(text, "optuna['sampler']").name == "GridSampler":
         if grid is None:
-            raise ConfigError("GridSampler needs a grid: every search_space entry categorical, "
+            raise ConfigError("GridSampler にはグリッドにできる search_space が必要です\n"
+                              "GridSampler needs a grid: every search_space entry categorical, "
                               "int, or float with a 'step'.",
                               "Add 'step' to float ranges, or use another sampler.")
         more = {"search_space": grid}
@@ -158,16 +164,19 @@ def open_storage(url: str) -> Any:
     except ImportError as exc:
         module = _missing_module(exc)
         raise BackendMissingError(
+            "ストレージのデータベースドライバーがインストールされていません\n"
             f"The storage {masked(url)} needs the database driver {module!r}, which is not "
             "installed.", f"pip install {DRIVERS.get(module, module)} (or use a sqlite:/// URL)."
         ) from None
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy's URL / connection errors
         kind = type(exc).__name__
         if kind == "ArgumentError":
-            raise UsageError(f"--storage {masked(url)} is not a database URL.",
+            raise UsageError("--storage がデータベースの URL ではありません\n"
+                             f"--storage {masked(url)} is not a database URL.",
                              "Use e.g. sqlite:///study.db or "
                              "postgresql://user:pass@host/db.") from None
-        raise PochiError(f"Cannot open the study storage {masked(url)}: {kind}: "
+        raise PochiError("スタディのストレージを開けません\n"
+                         f"Cannot open the study storage {masked(url)}: {kind}: "
                          f"{str(exc).splitlines()[0][:300]}",
                          "Check the URL, that the database server runs and that it can be "
                          "reached from here.") from None

@@ -51,10 +51,12 @@ class ConvertOptions:
             if value is not None and not isinstance(value, Path):
                 setattr(self, name, Path(value))
         if self.precision not in PRECISIONS:
-            raise UsageError(f"Unknown precision {self.precision!r}.",
+            raise UsageError("不明な精度が指定されています\n"
+                             f"Unknown precision {self.precision!r}.",
                              "Use --fp16, --int8 or neither (precision='fp32'|'fp16'|'int8').")
         if self.workspace_size is not None and self.workspace_size < 1:
-            raise UsageError("--workspace-size must be a positive number of bytes.",
+            raise UsageError("--workspace-size には正のバイト数を指定してください\n"
+                             "--workspace-size must be a positive number of bytes.",
                              "Example: --workspace-size 1073741824 (1 GiB)")
 
 
@@ -171,18 +173,21 @@ def _plan(opts: ConvertOptions) -> _Job:
     onnx_info, model = read_onnx(opts.onnx_path)
     if onnx_info.input_dtype != "float32":
         raise ModelFileError(
+            "float32 の ONNX モデルを指定してください\n"
             f"{opts.onnx_path.name}: input {onnx_info.input_name!r} is {onnx_info.input_dtype}; "
             "pochitrain converts float32 ONNX models (the precision passes make FP16/INT8).",
             "Convert the float32 export; use --fp16 / --int8 for lower precision.")
     profile = resolve_profile(onnx_info, opts.input_size, opts.batch_size, opts.batch_range)
     engine_path = opts.output or default_engine_path(opts.onnx_path, opts.precision)
     if engine_path.suffix == ".json" or engine_path.resolve() == opts.onnx_path.resolve():
-        raise UsageError(f"--output {engine_path} would overwrite an input or a sidecar.",
+        raise UsageError("--output が入力ファイルを上書きしてしまいます\n"
+                         f"--output {engine_path} would overwrite an input or a sidecar.",
                          "Use a path ending in .engine.")
     check_outputs(engine_path, opts.overwrite)
     graph = precision_graph_path(engine_path, opts.precision)
     if graph is not None and graph.resolve() == opts.onnx_path.resolve():
-        raise UsageError(f"The {opts.precision.upper()} graph of {engine_path.name} would be "
+        raise UsageError("変換後のグラフが入力の ONNX ファイルと同じパスになります\n"
+                         f"The {opts.precision.upper()} graph of {engine_path.name} would be "
                          f"{graph.name}, the input ONNX itself.",
                          "Choose another --output name for the engine.")
     if opts.precision == "fp16" and graph is not None:
@@ -253,7 +258,8 @@ def convert(opts: ConvertOptions | str | Path, **options: Any) -> ConvertResult:
     if not isinstance(opts, ConvertOptions):
         unknown = set(options) - {f.name for f in fields(ConvertOptions)}
         if unknown:
-            raise UsageError(f"Unknown convert option(s): {', '.join(sorted(unknown))}.",
+            raise UsageError("不明な変換オプションがあります\n"
+                             f"Unknown convert option(s): {', '.join(sorted(unknown))}.",
                              "See pochitrain.ConvertOptions for the accepted names.")
         opts = ConvertOptions(onnx_path=Path(opts), **options)
     job = _plan(opts)

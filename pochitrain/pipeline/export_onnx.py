@@ -41,7 +41,8 @@ def _probe_folder(folder: Path) -> None:
         os.close(fd)
         os.unlink(name)
     except OSError as exc:
-        raise PochiError(f"Cannot write to the output folder {folder}: {exc.strerror}.",
+        raise PochiError("出力フォルダに書き込めません\n"
+                         f"Cannot write to the output folder {folder}: {exc.strerror}.",
                          "Choose a writable location with --output PATH.") from exc
 
 
@@ -49,13 +50,16 @@ def _output_path(checkpoint: Path, output: Path | str | None,
                  input_size: tuple[int, int] | None, overwrite: bool) -> Path:
     """The ONNX file to write, checked before anything slow runs."""
     if input_size is not None and min(input_size) < 1:
-        raise UsageError(f"--input-size must be positive, got {list(input_size)}.",
+        raise UsageError("--input-size には正の値を指定してください\n"
+                         f"--input-size must be positive, got {list(input_size)}.",
                          "Example: --input-size 224 224")
     out = Path(output) if output is not None else checkpoint.with_suffix(".onnx")
     if out.suffix.lower() != ".onnx":
-        raise UsageError(f"--output must end in .onnx, got {out}.", "Example: --output best.onnx")
+        raise UsageError("--output の拡張子は .onnx にしてください\n"
+                         f"--output must end in .onnx, got {out}.", "Example: --output best.onnx")
     if out.is_dir():
-        raise UsageError(f"--output {out} is a folder.", "Give a file name ending in .onnx.")
+        raise UsageError("--output がフォルダです\n"
+                         f"--output {out} is a folder.", "Give a file name ending in .onnx.")
     check_writable(out, overwrite)
     _probe_folder(out.parent)
     return out

@@ -93,7 +93,8 @@ def _run_pass(model: Model, data: Path | str | None, batch_size: int | None,
     if bench is not None:
         bench.capture(model, pipeline_text)
     if not result.measured:
-        raise DataError(f"None of the {len(result.skipped)} files in {data_dir} could be read "
+        raise DataError("画像として読み込めるファイルがありません\n"
+                        f"None of the {len(result.skipped)} files in {data_dir} could be read "
                         "as images.", "Check the data folder.")
     return _Pass(model, data_dir, result, info, bench)
 
@@ -127,7 +128,8 @@ def _data_folder(data: Path, class_names: list[str]) -> ImageFolder:
 def _default_data(model: Model) -> Path:
     root = model.context.data_root
     if root is None:
-        raise DataError("No data folder given and none found in the run's config.",
+        raise DataError("データフォルダが指定されておらず、config にもありません\n"
+                        "No data folder given and none found in the run's config.",
                         "Pass --data DIR (a folder of class sub-folders, or of images).")
     return root
 
@@ -139,16 +141,20 @@ def _check_output(output: Path | str | None) -> Path | None:
         return None
     out = Path(output)
     if out.exists() and not out.is_dir():
-        raise PochiError(f"--output {out} is a file, not a folder.",
+        raise PochiError("--output がフォルダではなくファイルです\n"
+                         f"--output {out} is a file, not a folder.",
                          "Choose a folder for the result files.")
     if out.exists() and any(out.glob("*_inference_results.csv")):
-        raise PochiError(f"{out} already holds inference results.",
+        raise PochiError("出力フォルダにはすでに推論結果があります\n"
+                         f"{out} already holds inference results.",
                          "Choose a new --output folder (results are never overwritten).")
     if not out.parent.is_dir():
-        raise PochiError(f"Output folder does not exist: {out.parent}",
+        raise PochiError("出力フォルダが存在しません\n"
+                         f"Output folder does not exist: {out.parent}",
                          "Create it first, or choose an --output inside an existing folder.")
     if not os.access(out if out.exists() else out.parent, os.W_OK):
-        raise PochiError(f"Output folder is not writable: {out}",
+        raise PochiError("出力フォルダに書き込めません\n"
+                         f"Output folder is not writable: {out}",
                          "Choose a writable --output folder.")
     return out
 
@@ -157,6 +163,7 @@ def _make_output(out: Path) -> Path:
     try:
         out.mkdir(exist_ok=True)
     except OSError as exc:
-        raise PochiError(f"Cannot create output folder {out}: {exc.strerror}",
+        raise PochiError("出力フォルダを作成できません\n"
+                         f"Cannot create output folder {out}: {exc.strerror}",
                          "Choose a writable --output folder.") from exc
     return out

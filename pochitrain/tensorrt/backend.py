@@ -76,7 +76,8 @@ def _try_import(names: tuple[str, ...]) -> ModuleType | None:
 def _normalise(choice: str) -> str:
     choice = choice.replace("-", "_")
     if choice not in ("auto", "tensorrt", "tensorrt_rtx"):
-        raise UsageError(f"Unknown backend {choice!r}.",
+        raise UsageError("不明なバックエンドが指定されています\n"
+                         f"Unknown backend {choice!r}.",
                          f"Choose one of: {', '.join(BACKEND_CHOICES)}")
     return choice
 
@@ -91,7 +92,8 @@ def load_backend(choice: str = "auto") -> Backend:
             return Backend(name, str(getattr(module, "__version__", "unknown")), module)
     if choice == "auto":
         raise BackendMissingError(
-            "TensorRT が見つかりません。No TensorRT backend is installed "
+            "TensorRT が見つかりません\n"
+            "No TensorRT backend is installed "
             "(neither tensorrt nor tensorrt_rtx / tensorrt_rtx_bindings imports).",
             f'Install one: pip install "{_EXTRAS["tensorrt"]}" (NVIDIA TensorRT 10+, needs '
             f'NVIDIA\'s package index) or pip install "{_EXTRAS["tensorrt_rtx"]}" '
@@ -99,6 +101,7 @@ def load_backend(choice: str = "auto") -> Backend:
         )
     tried = " / ".join(_IMPORTS[choice])
     raise BackendMissingError(
+        "TensorRT のバックエンドがインストールされていません\n"
         f"TensorRT backend {choice!r} is not installed (could not import {tried}).",
         f'pip install "{_EXTRAS[choice]}", or use --backend auto to take whichever is installed.',
     )

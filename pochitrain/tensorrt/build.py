@@ -89,6 +89,7 @@ def check_precision(precision: str, compute: Counter[str], quantize: int) -> Non
         ok = quantize > 0
     if not ok:
         raise BuildError(
+            "ネットワークが指定した精度で計算されません\n"
             f"The parsed network does not compute in {precision.upper()}: {wrong} of {total} "
             f"convolution/matmul layers have another type ({dict(compute)}, {quantize} INT8 "
             "quantize layers). Refusing to build a different precision than asked.",
@@ -103,12 +104,14 @@ def _require_strong_typing(trt: Any, backend: Backend,
     strongly = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     if strongly is not None and not network.get_flag(strongly) and precision != "fp32":
         raise BackendMissingError(
+            "この TensorRT では指定した精度のエンジンを保証できません\n"
             f"{backend.describe()} cannot build a strongly typed network, so a {precision.upper()}"
             " engine cannot be guaranteed.",
             "Install TensorRT 10 or later (pip install \"pochitrain[tensorrt]\"), or TensorRT-RTX.",
         )
     if strongly is None and precision != "fp32" and not backend.is_rtx and backend.major < 11:
         raise BackendMissingError(
+            "この TensorRT は strongly typed なネットワークに対応していません\n"
             f"{backend.describe()} has no strongly typed networks; {precision.upper()} from the "
             "ONNX graph would not be honoured.",
             "Install TensorRT 10 or later, or TensorRT-RTX.",
@@ -191,6 +194,7 @@ def build_engine(backend: Backend, onnx_path: Path, profile: Profile, precision:
     seconds = time.perf_counter() - start
     if serialized is None:
         raise BuildError(
+            "エンジンを作成できませんでした\n"
             f"{backend.name} could not build an engine from {onnx_path.name}:\n  "
             + "\n  ".join(logger.errors[-8:] or ["(no error message from the builder)"]),
             "Try a larger --workspace-size, another opset, or FP32; run on the GPU the engine "

@@ -94,7 +94,8 @@ def check_outputs(engine_path: Path, overwrite: bool, notice: bool = True) -> No
     nothing any more, so it is replaced with a notice instead of blocking the build.
     """
     if engine_path.is_dir():
-        raise UsageError(f"--output {engine_path} is a folder.",
+        raise UsageError("--output がフォルダです\n"
+                         f"--output {engine_path} is a folder.",
                          "Give a file name ending in .engine, e.g. --output "
                          f"{engine_path / 'model.engine'}.")
     check_writable(engine_path, overwrite, what="Engine file")
@@ -148,25 +149,30 @@ def read_engine_metadata(engine_path: Path | str) -> dict[str, Any]:
               f"{path.name} together), and keep the two files side by side.")
     if not path.is_file():
         raise ModelFileError(
-            f"エンジンのメタデータがありません / The engine metadata file is missing: {path}", remedy)
+            "エンジンのメタデータがありません\n"
+            f"The engine metadata file is missing: {path}", remedy)
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"The engine metadata file {path} is not valid JSON ({exc}).",
+        raise ModelFileError("エンジンのメタデータが正しい JSON ではありません\n"
+                             f"The engine metadata file {path} is not valid JSON ({exc}).",
                              remedy) from exc
     if not isinstance(meta, dict) or meta.get("format") != ENGINE_FORMAT:
         raise ModelFileError(
+            "pochitrain のエンジンのメタデータではありません\n"
             f"{path} is not pochitrain engine metadata (expected format {ENGINE_FORMAT!r}).",
             remedy)
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
-        raise ModelFileError(f"The engine metadata {path} lacks: {', '.join(missing)}.", remedy)
+        raise ModelFileError("エンジンのメタデータに不足している項目があります\n"
+                             f"The engine metadata {path} lacks: {', '.join(missing)}.", remedy)
     for key, (types, what) in _KEY_TYPES.items():
         value = meta[key]
         bad_type = not isinstance(value, types) or isinstance(value, bool)
         if bad_type or (key == "precision" and value not in PRECISION_SUFFIX) or (
                 key == "pattern" and value not in (1, 2, 3)):
             raise ModelFileError(
+                "エンジンのメタデータの値が正しくありません\n"
                 f"The engine metadata {path} has a wrong value for {key!r}: {value!r} "
                 f"(expected {what}).", remedy)
     return meta

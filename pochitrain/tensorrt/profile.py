@@ -65,14 +65,17 @@ def _check_options(info: OnnxInfo, batch_size: int | None,
                    batch_range: tuple[int, int, int] | None) -> int:
     """The batch options make sense together; returns the graph's fixed channel count."""
     if batch_size is not None and batch_range is not None:
-        raise UsageError("--batch-size and --batch cannot be used together.",
+        raise UsageError("--batch-size と --batch は同時に指定できません\n"
+                         "--batch-size and --batch cannot be used together.",
                          "Use --batch-size N for a fixed batch, or --batch MIN OPT MAX.")
     if batch_range is not None and not batch_range[0] <= batch_range[1] <= batch_range[2]:
-        raise UsageError(f"--batch needs MIN <= OPT <= MAX, got {list(batch_range)}.",
+        raise UsageError("--batch は MIN <= OPT <= MAX の順に指定してください\n"
+                         f"--batch needs MIN <= OPT <= MAX, got {list(batch_range)}.",
                          "Example: --batch 1 8 32")
     channels = info.input_shape[1]
     if not isinstance(channels, int):
         raise ShapeError(
+            "チャネルの次元が可変です\n"
             f"{info.path.name}: the channel dimension of {info.input_name!r} is dynamic "
             f"{info.shape_text()}; pochitrain handles RGB input with 3 fixed channels.",
             "Re-export the model with a fixed channel dimension (3).",
@@ -94,6 +97,7 @@ def _static_profile(info: OnnxInfo, input_size: tuple[int, int] | None,
     static = tuple(int(d) for d in info.input_shape)
     if input_size is not None and tuple(input_size) != static[2:]:
         raise UsageError(
+            "--input-size が ONNX の固定の入力サイズと一致しません\n"
             f"--input-size {input_size[0]} {input_size[1]} does not match the static ONNX "
             f"input {info.shape_text()}.",
             "Drop --input-size: a fully static ONNX takes its H/W from the graph.",
@@ -108,6 +112,7 @@ def _height_width(info: OnnxInfo, input_size: tuple[int, int] | None) -> tuple[i
     if fixed is not None:
         if input_size is not None and tuple(input_size) != fixed:
             raise UsageError(
+                "--input-size が ONNX の入力サイズと一致しません\n"
                 f"--input-size {input_size[0]} {input_size[1]} does not match the ONNX input "
                 f"{info.shape_text()} (H/W are fixed in the graph).",
                 "Drop --input-size (pattern 1 takes H/W from the ONNX), or re-export the model "
@@ -121,6 +126,7 @@ def _height_width(info: OnnxInfo, input_size: tuple[int, int] | None) -> tuple[i
         dim = info.input_shape[axis]
         if isinstance(dim, int) and dim != value:
             raise UsageError(
+                "--input-size が ONNX の入力の固定の次元と矛盾します\n"
                 f"--input-size {h} {w} conflicts with the ONNX input {info.shape_text()} "
                 f"(dim {axis} is fixed at {dim}).",
                 "Give the sizes the graph allows.",
@@ -135,7 +141,8 @@ def _batch_range(info: OnnxInfo, batch_size: int | None,
     if isinstance(batch, int):
         # pattern 2 with a fixed batch: nothing to choose for the batch
         if batch_size is not None or batch_range is not None:
-            raise UsageError(f"The batch dimension of {info.shape_text()} is fixed at {batch}.",
+            raise UsageError("バッチの次元が固定されています\n"
+                             f"The batch dimension of {info.shape_text()} is fixed at {batch}.",
                              "Drop --batch-size/--batch.")
         return batch, batch, batch
     if batch_range is not None:

@@ -55,6 +55,7 @@ def collate_skipping(items: list[tuple[Any, ...]]) -> Batch:
                    and tuple(item[0].shape) != common)
         name = str(odd[3]) if len(odd) > 3 else f"dataset item {odd[2]}"
         raise DataError(
+            "1 つのバッチの画像のサイズが変換後にそろっていません\n"
             f"Images of one batch have different sizes after the transform: {name} gives a "
             f"tensor of shape {tuple(odd[0].shape)}, other images {common}.",
             "Add transforms.Resize((H, W)) to the config's train_transform (and val_transform) "

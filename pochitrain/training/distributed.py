@@ -131,6 +131,7 @@ class Distributed:
 
         if batch_size % self.world:
             raise ConfigError(
+                "batch_size をプロセス数で割り切れません\n"
                 f"batch_size = {batch_size} cannot be split over {self.world} processes.",
                 f"Use a batch_size divisible by {self.world} (it is the global batch: each "
                 f"process takes batch_size / {self.world} images per step).")
@@ -168,7 +169,8 @@ class Distributed:
                 kwargs["on_batch"] = lambda n, loss: on_batch(n * self.world, loss)
             with self.peer_errors():
                 if training and _fail_here(self.rank):
-                    raise TrainingError(f"rank {self.rank} failed on purpose "
+                    raise TrainingError("テストのために意図的に失敗しました\n"
+                                        f"rank {self.rank} failed on purpose "
                                         "(POCHI_DDP_DEBUG_FAIL_RANK).", "This is a test.")
                 if not training:
                     self.average_buffers(model)
@@ -228,6 +230,7 @@ class Distributed:
             if not _is_peer_error(exc):
                 raise
             raise PeerLostError(
+                "他のプロセスとの通信が途絶えました\n"
                 f"rank {self.rank}: lost contact with the other processes of this run "
                 f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}).",
                 "Another process failed or was stopped: see its error above.") from None
@@ -311,7 +314,8 @@ def init(device: str) -> Distributed | None:
     rank, local_rank, size = world
     if device.startswith("cuda"):
         if local_rank >= torch.cuda.device_count():
-            raise ConfigError(f"process {local_rank} of this node has no GPU: only "
+            raise ConfigError("このプロセスに割り当てる GPU がありません\n"
+                              f"process {local_rank} of this node has no GPU: only "
                               f"{torch.cuda.device_count()} GPU(s) are visible.",
                               "Start at most as many processes per node as there are GPUs "
                               "(--gpus N / torchrun --nproc-per-node N).")

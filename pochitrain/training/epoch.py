@@ -33,6 +33,7 @@ def _diverged(value: float, optimizer: Any, done: int, training: bool) -> Traini
     where = "training" if training else "validation"
     lr = f" (learning_rate {optimizer.param_groups[0]['lr']:g})" if optimizer else ""
     return TrainingError(
+        "損失が発散しました\n"
         f"The {where} loss became {value} after {done} images of this epoch{lr}: the model's "
         "weights diverged, so nothing from this epoch is saved.",
         "Lower learning_rate (e.g. 10x), make every class_weights value positive, or use "

@@ -106,7 +106,8 @@ def _check_read(stats: EpochStats, loader: Any, split: str) -> None:
     if stats.images == 0 and not stats.interrupted:
         folder = Path(loader.dataset.samples[0][0]).parent.parent if loader.dataset.samples \
             else "?"
-        raise DataError(f"None of the {len(loader.dataset)} {split} images could be read "
+        raise DataError("画像を 1 枚も読み込めませんでした\n"
+                        f"None of the {len(loader.dataset)} {split} images could be read "
                         f"(in {folder}).",
                         "Check the files: they must be PNG / JPEG / BMP / WebP ... images.")
 

@@ -103,12 +103,14 @@ def apply(ops: list[Any], image: torch.Tensor) -> torch.Tensor:
 def decide(choice: Any, device: str, transforms: dict[str, Any]) -> tuple[bool, str]:
     """(use the GPU path, one-line reason) for ``gpu_input`` and the train/val transforms."""
     if choice not in CHOICES:
-        raise ConfigError(f"gpu_input = {choice!r} is not valid.", "Use 'auto', True or False.")
+        raise ConfigError("gpu_input の値が正しくありません\n"
+                          f"gpu_input = {choice!r} is not valid.", "Use 'auto', True or False.")
     if choice is False:
         return False, "gpu_input = False"
     if not device.startswith("cuda"):
         if choice is True:
-            raise ConfigError("gpu_input = True needs a CUDA GPU, but this run uses the CPU.",
+            raise ConfigError("gpu_input = True には CUDA GPU が必要です\n"
+                              "gpu_input = True needs a CUDA GPU, but this run uses the CPU.",
                               "Set gpu_input = 'auto' (GPU when there is one) or False.")
         return False, "no CUDA device"
     for key, tf in transforms.items():
@@ -283,7 +285,8 @@ def build_cache(folder: ImageFolder, where: str, device: str, split: str) -> lis
     info(f"gpu_input_cache: decoding {len(folder.samples)} {split} images once into "
          f"{'GPU memory' if where == 'gpu' else 'RAM'}: {need / 2**30:.2f} GiB")
     if need > limit:
-        raise DataError(f"The {split} images take {need / 2**30:.2f} GiB as uint8 tensors, more "
+        raise DataError("画像が GPU メモリの上限を超えます\n"
+                        f"The {split} images take {need / 2**30:.2f} GiB as uint8 tensors, more "
                         f"than {what} ({limit / 2**30:.2f} GiB).",
                         "Set gpu_input_cache = None (decode every epoch), or 'ram' instead of "
                         "'gpu', or resize the images on disk first.")
@@ -308,7 +311,8 @@ def gpu_loaders(settings: Any, train: ImageFolder, val: ImageFolder, device: str
     use, why = decide(choice, device, {"train_transform": train_tf, "val_transform": val_tf})
     if not use:
         if choice is True:
-            raise ConfigError(f"gpu_input = True but {why}.",
+            raise ConfigError("gpu_input = True を使えません\n"
+                              f"gpu_input = True but {why}.",
                               "Remove that transform (or write it with torchvision transforms "
                               "that work on tensors), or set gpu_input = 'auto'.")
         if device.startswith("cuda") and choice == "auto":

@@ -107,6 +107,7 @@ def _wait(procs: list[subprocess.Popen]) -> int:
     if failed is not None:
         rank, code = failed
         raise TrainingError(
+            "プロセスが失敗したため、他のプロセスを停止しました\n"
             f"rank {rank} of {len(procs)} failed (exit code {code}); the other processes "
             "were stopped.",
             f"See the error printed above by rank {rank} (the first process to fail).")

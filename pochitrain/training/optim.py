@@ -22,7 +22,8 @@ def build_optimizer(name: str, params: ParamsT, lr: float, weight_decay: float =
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "AdamW":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    raise ConfigError(f"Unknown optimizer {name!r}.", "Use SGD, Adam or AdamW.")
+    raise ConfigError("不明なオプティマイザーです\n"
+                      f"Unknown optimizer {name!r}.", "Use SGD, Adam or AdamW.")
 
 
 def layer_group(name: str) -> str:
@@ -47,9 +48,9 @@ def layer_param_groups(model: torch.nn.Module, model_name: str, rates: dict[str,
     empty = [g for g in rates if g not in present]
     if empty:
         raise ConfigError(
+            "layer_rates のグループに該当するパラメータがありません\n"
             f"layer_wise_lr_config['layer_rates'] names {', '.join(repr(g) for g in empty)}, "
-            f"which match(es) no parameter of {model_name}.\n"
-            "layer_rates のグループに該当するパラメータがありません.",
+            f"which match(es) no parameter of {model_name}.",
             f"Groups of {model_name}: {', '.join(present)}. Remove the others, or use a ResNet "
             "(the original's layer grouping is made for ResNet layer names).")
     return [{"params": groups[g], "lr": rates.get(g, base_lr), "name": g} for g in present]
@@ -64,7 +65,8 @@ def build_scheduler(name: str | None, params: dict[str, Any],
     try:
         return cls(optimizer, **params)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"scheduler {name} rejected scheduler_params {params!r}: {exc}",
+        raise ConfigError("scheduler が scheduler_params を受け付けませんでした\n"
+                          f"scheduler {name} rejected scheduler_params {params!r}: {exc}",
                           "Fix scheduler_params in the config (see torch.optim.lr_scheduler)."
                           ) from exc
 

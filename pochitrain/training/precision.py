@@ -42,11 +42,13 @@ def resolve_precision(mixed_precision: str, channels_last: bool | str, device: s
         name = ("bf16" if _bf16_ok(device) else "fp16") if on_gpu else "off"
     elif name in ("bf16", "fp16") and not on_gpu:
         raise ConfigError(
+            "mixed_precision には CUDA GPU が必要です\n"
             f"mixed_precision = {name!r} needs a CUDA GPU, but this run uses the CPU "
             f"(device = {device!r}).",
             "Set mixed_precision = 'auto' (bf16 on a GPU, off on the CPU) or 'off'.")
     elif name == "bf16" and not _bf16_ok(device):
-        raise ConfigError("mixed_precision = 'bf16' but this GPU has no bfloat16 support "
+        raise ConfigError("この GPU は bfloat16 に対応していません\n"
+                          "mixed_precision = 'bf16' but this GPU has no bfloat16 support "
                           "(needs compute capability 8.0 or newer).",
                           "Set mixed_precision = 'fp16' (or 'auto', which picks it here).")
     cl = on_gpu if channels_last == "auto" else bool(channels_last)

@@ -25,8 +25,8 @@ def _summary_writer() -> type[SummaryWriter]:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:
         raise BackendMissingError(
-            "enable_tensorboard = True but TensorBoard is not installed.\n"
-            "TensorBoard がインストールされていません.",
+            "TensorBoard がインストールされていません\n"
+            "enable_tensorboard = True but TensorBoard is not installed.",
             'Install it with: pip install "pochitrain[tensorboard]" (or set '
             "enable_tensorboard = False).") from exc
     return SummaryWriter
