@@ -82,36 +82,65 @@ def confusion(result: InferenceResult) -> np.ndarray:
 
 
 def classification_report_csv(result: InferenceResult) -> str:
-    """Per-class precision / recall / f1 / support, then accuracy, macro and weighted averages.
+    """The original's rows: per-class precision / recall / f1 / support for every class of
+    the model, then macro and weighted averages (support: all images); then our accuracy row.
 
-    Every class of the model is listed and counted in the macro average, also one with no
-    image in the data (scikit-learn's rule with ``labels=`` given, and the original's)."""
-    from sklearn.metrics import classification_report
+    The macro average counts the classes that occur in the labels or the predictions, also
+    one predicted but with no image (scikit-learn's rule without ``labels=``, the original's);
+    a class neither present nor predicted is listed with zeros but not averaged."""
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
     labels = list(range(len(result.class_names)))
-    report = classification_report(result.labels, result.preds, labels=labels,
-                                   output_dict=True, zero_division=0)
+    per_class = precision_recall_fscore_support(result.labels, result.preds, labels=labels,
+                                                zero_division=0)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["class", "precision", "recall", "f1-score", "support"])
-    for label, name in zip(labels, result.class_names):
-        w.writerow([name, *_scores(report[str(label)])])
+    for i, name in enumerate(result.class_names):
+        w.writerow([name, *_scores([float(v[i]) for v in per_class[:3]], int(per_class[3][i]))])
     total = len(result.labels)
-    w.writerow(["accuracy", "", "", f"{report['accuracy']:.4f}", total])
-    for row in ("macro avg", "weighted avg"):
-        w.writerow([row, *_scores(report[row])])
+    for row, average in (("macro avg", "macro"), ("weighted avg", "weighted")):
+        scores = precision_recall_fscore_support(result.labels, result.preds, average=average,
+                                                 zero_division=0)
+        w.writerow([row, *_scores([float(v) for v in scores[:3]], total)])
+    w.writerow(["accuracy", "", "", f"{accuracy_score(result.labels, result.preds):.4f}", total])
     return buf.getvalue()
 
 
-def _scores(row: dict[str, float]) -> list[str | int]:
-    return [f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1-score']:.4f}",
-            int(row["support"])]
+def _scores(values: list[float], support: int) -> list[str | int]:
+    return [*(f"{v:.4f}" for v in values), support]
+
+
+def original_summary_lines(result: InferenceResult, info: dict[str, str]) -> list[str]:
+    """The original's summary lines, labels, units and decimals as it wrote them (scripts
+    parse them); ``精度`` only for labelled data."""
+    lines = [f"モデル: {info.get('model', '')}", f"データ: {info.get('data', '')}"]
+    size = info.get("input_size", "").split("x")
+    if len(size) == 2 and all(v.isdigit() for v in size):  # ours: HxW
+        lines += [f"入力解像度: {size[1]}x{size[0]} (WxH)", "入力チャンネル: 3"]
+    lines.append(f"サンプル数: {result.measured}")
+    if result.accuracy is not None:
+        lines.append(f"精度: {100 * result.accuracy:.2f}%")
+    pure_ms, e2e_ms = (result.per_image_ms(result.pure_seconds),
+                       result.per_image_ms(result.e2e_seconds))
+    pure_ips, e2e_ips = (result.images_per_second(result.pure_seconds),
+                         result.images_per_second(result.e2e_seconds))
+    lines += [
+        f"平均推論時間: {pure_ms:.2f} ms/image (純粋推論のみ)",
+        f"スループット: {pure_ips:.1f} images/sec (純粋推論ベース)",
+        f"平均全処理時間: {e2e_ms:.2f} ms/image (End-to-End)",
+        f"スループット: {e2e_ips:.1f} images/sec (実効性能ベース)",
+        f"計測サンプル数: {result.measured} (ウォームアップ除外: {result.warmup_samples})",
+    ]
+    return lines
 
 
 def summary_text(result: InferenceResult, info: dict[str, str]) -> str:
-    """Human-readable summary; Japanese label first, English after (users read both)."""
+    """The original's lines first (``original_summary_lines``), then ours: Japanese label
+    first, English after (users read both)."""
     acc = result.accuracy
     lines = [
+        *original_summary_lines(result, info),
         f"=== 推論サマリー / Inference summary ({result.runtime}) ===",
         f"モデル / Model: {info.get('model', '')}",
         f"データ / Data: {info.get('data', '')}",

@@ -30,6 +30,29 @@ def test_layer_wise_lr_columns_and_plot(original_run: Path) -> None:
     assert (original_run / "layer_wise_lr.png").stat().st_size > 1000
 
 
+def test_the_originals_metrics_file(original_run: Path) -> None:
+    """visualization/training_metrics_<timestamp>.csv as the original writes it: its columns,
+    learning_rate the configured base rate under layer-wise LR, percent accuracies."""
+    import json
+
+    (found,) = (original_run / "visualization").glob("training_metrics_*.csv")
+    with open(found, encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    with open(original_run / "training_metrics.csv", encoding="utf-8") as f:
+        ours = list(csv.DictReader(f))
+    assert list(rows[0]) == ["epoch", "learning_rate", "train_loss", "train_accuracy",
+                             "val_loss", "val_accuracy", "lr_conv1", "lr_bn1", "lr_layer1",
+                             "lr_layer2", "lr_layer3", "lr_layer4", "lr_fc"]
+    base = json.loads((original_run / "run.json").read_text())["settings"]["learning_rate"]
+    assert [float(r["learning_rate"]) for r in rows] == [base, base]
+    for row, mine in zip(rows, ours):
+        for key in ("train_accuracy", "val_accuracy"):
+            assert float(row[key]) == pytest.approx(100 * float(mine[key]), abs=1e-4)
+        assert float(row["lr_fc"]) == pytest.approx(float(mine["lr_fc"]))
+    for suffix in ("_loss.png", "_accuracy.png", "_layer_wise_lr.png"):
+        assert found.with_name(found.stem + suffix).stat().st_size > 1000
+
+
 def test_confusion_log_and_paths(original_run: Path, compat_data: Path) -> None:
     text = (original_run / "confusion_matrix.log").read_text(encoding="utf-8").splitlines()
     assert text[0] == "epoch1" and text[4] == "epoch2" and len(text) == 8
@@ -85,6 +108,7 @@ def test_metrics_export_off(compat_data: Path, tmp_path: Path) -> None:
     run_dir = train(config, progress=False).run_dir
     assert not (run_dir / "training_metrics.csv").exists()
     assert not (run_dir / "loss.png").exists() and (run_dir / "confusion_matrix.log").is_file()
+    assert not list(run_dir.glob("visualization/training_metrics_*"))
 
 
 def test_later_commands_work_on_the_original_configs_run(original_run: Path,

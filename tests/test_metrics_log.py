@@ -51,3 +51,41 @@ def test_no_pictures_when_export_is_off_or_not_the_main_rank(tmp_path: Path) -> 
         log.add(_row(1))
         log.close()
     assert not list(tmp_path.rglob("*.png"))
+    assert not list(tmp_path.rglob("visualization"))  # the original's files: main rank only
+
+
+def test_the_originals_csv_and_pictures_beside_ours(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """visualization/training_metrics_<YYYYMMDD_HHMMSS>.csv: the original's columns, percent
+    accuracies, ``learning_rate`` the configured rate under layer-wise LR, ``lr_<group>`` after;
+    its _loss / _accuracy / _layer_wise_lr PNGs with it."""
+    monkeypatch.setattr(metrics, "PLOT_EVERY_S", float("inf"))
+    log = MetricsLog(tmp_path, base_lr=0.001)
+    for epoch in (1, 2):
+        log.add(EpochRow(epoch, 0.01 / epoch, 1.5 / epoch, 0.58, 1.25 / epoch, 0.875, 900.0,
+                         0.7, {"conv1": 0.0001, "fc": 0.01 / epoch}))
+    log.close()
+    (found,) = (tmp_path / "visualization").glob("training_metrics_*.csv")
+    assert found.stem[len("training_metrics_"):].replace("_", "").isdigit()
+    assert len(found.stem) == len("training_metrics_YYYYMMDD_HHMMSS")
+    with found.open(encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["epoch", "learning_rate", "train_loss", "train_accuracy", "val_loss",
+                       "val_accuracy", "lr_conv1", "lr_fc"]
+    assert rows[1] == ["1", "0.001", "1.5", "58.0", "1.25", "87.5", "0.0001", "0.01"]
+    assert rows[2] == ["2", "0.001", "0.75", "58.0", "0.625", "87.5", "0.0001", "0.005"]
+    for suffix in ("_loss.png", "_accuracy.png", "_layer_wise_lr.png"):
+        with Image.open(found.with_name(found.stem + suffix)) as im:
+            assert im.format == "PNG"
+
+
+def test_the_originals_learning_rate_is_the_optimizer_rate_without_groups(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(metrics, "PLOT_EVERY_S", float("inf"))
+    log = MetricsLog(tmp_path, base_lr=0.5)  # one group: the scheduled rate
+    log.add(_row(1))
+    (found,) = (tmp_path / "visualization").glob("training_metrics_*.csv")
+    with found.open(encoding="utf-8") as f:
+        (row,) = list(csv.DictReader(f))
+    assert (row["learning_rate"], row["train_accuracy"], row["val_accuracy"]) == (
+        "0.01", "50.0", "40.0")

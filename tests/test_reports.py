@@ -30,7 +30,8 @@ def test_confusion_has_a_row_and_column_for_every_class() -> None:
 def test_report_keeps_zero_support_classes_in_the_macro_average() -> None:
     rows = list(csv.reader(io.StringIO(classification_report_csv(_result()))))
     assert rows[0] == ["class", "precision", "recall", "f1-score", "support"]
-    assert [r[0] for r in rows[1:]] == NAMES + ["accuracy", "macro avg", "weighted avg"]
+    # the original's rows, then ours (accuracy) last
+    assert [r[0] for r in rows[1:]] == NAMES + ["macro avg", "weighted avg", "accuracy"]
     # per class, by hand: true positives / predicted, true positives / support
     precision = [1.0, 2 / 3, 1.0, 0.0, 0.0]
     recall = [0.5, 1.0, 0.5, 0.0, 0.0]
@@ -39,13 +40,37 @@ def test_report_keeps_zero_support_classes_in_the_macro_average() -> None:
     for i, row in enumerate(rows[1:6]):
         assert row == [NAMES[i], f"{precision[i]:.4f}", f"{recall[i]:.4f}", f"{f1[i]:.4f}",
                        str(support[i])]
-    assert rows[6] == ["accuracy", "", "", f"{4 / 6:.4f}", "6"]
-    # the macro average divides by all five classes, not by the three with images
-    assert rows[7] == ["macro avg", f"{sum(precision) / 5:.4f}", f"{sum(recall) / 5:.4f}",
-                       f"{sum(f1) / 5:.4f}", "6"]
-    assert rows[7][1] == "0.5333" and rows[7][2] == "0.4000"
+    # the macro average counts "d" (predicted, no image) but not "e" (neither): four
+    # classes, as the original's scikit-learn call without labels= does
+    assert rows[6] == ["macro avg", f"{sum(precision) / 4:.4f}", f"{sum(recall) / 4:.4f}",
+                       f"{sum(f1) / 4:.4f}", "6"]
+    assert rows[6][1] == "0.6667" and rows[6][2] == "0.5000"
 
     def weighted(xs: list[float]) -> str:
         return f"{sum(x * s for x, s in zip(xs, support)) / 6:.4f}"
 
-    assert rows[8] == ["weighted avg", weighted(precision), weighted(recall), weighted(f1), "6"]
+    assert rows[7] == ["weighted avg", weighted(precision), weighted(recall), weighted(f1), "6"]
+    assert rows[8] == ["accuracy", "", "", f"{4 / 6:.4f}", "6"]
+
+
+def test_report_rows_are_the_originals() -> None:
+    """Rows 1..n+2 equal what the original's code computes (precision_recall_fscore_support
+    per class with labels=, then macro / weighted without), on a spread of predictions."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    rng = np.random.default_rng(0)
+    names = [str(i) for i in range(7)]
+    labels = rng.integers(0, 5, 40).tolist()  # classes 5 and 6 have no image
+    preds = [p if rng.random() < 0.6 else int(rng.integers(0, 6)) for p in labels]
+    result = InferenceResult("onnx", names, labels=labels, preds=preds)
+    rows = list(csv.reader(io.StringIO(classification_report_csv(result))))
+    p, r, f, s = precision_recall_fscore_support(labels, preds, labels=list(range(7)),
+                                                 zero_division=0)
+    want = [["class", "precision", "recall", "f1-score", "support"]]
+    want += [[n, f"{p[i]:.4f}", f"{r[i]:.4f}", f"{f[i]:.4f}", str(int(s[i]))]
+             for i, n in enumerate(names)]
+    for row, average in (("macro avg", "macro"), ("weighted avg", "weighted")):
+        p2, r2, f2, _ = precision_recall_fscore_support(labels, preds, average=average,
+                                                        zero_division=0)
+        want.append([row, f"{p2:.4f}", f"{r2:.4f}", f"{f2:.4f}", str(int(sum(s)))])
+    assert rows[:len(want)] == want and rows[-1][0] == "accuracy"

@@ -3,6 +3,11 @@
 With layer-wise learning rates (config ``enable_layer_wise_lr``) the CSV gains one
 ``lr_<group>`` column per parameter group and ``layer_wise_lr.png`` plots them (log or linear
 scale per ``layer_wise_lr_config['graph_config']['use_log_scale']``, as in the original).
+
+The original's files are written beside them, as it wrote them, for the scripts that read
+those: ``visualization/training_metrics_<YYYYMMDD_HHMMSS>.csv`` (``ORIGINAL_COLUMNS``,
+accuracies in percent, ``learning_rate`` the base rate) and its ``_loss.png`` /
+``_accuracy.png`` / ``_layer_wise_lr.png``.
 """
 
 from __future__ import annotations
@@ -14,6 +19,12 @@ from pathlib import Path
 
 METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                   "images_per_second", "seconds")
+ORIGINAL_COLUMNS = ("epoch", "learning_rate", "train_loss", "train_accuracy", "val_loss",
+                    "val_accuracy")
+ORIGINAL_DIR = "visualization"
+# our picture -> the suffix of the original's copy of it
+ORIGINAL_PNGS = {"loss.png": "_loss.png", "accuracy.png": "_accuracy.png",
+                 "layer_wise_lr.png": "_layer_wise_lr.png"}
 
 
 @dataclass
@@ -40,13 +51,19 @@ class MetricsLog:
     (layer_wise_lr.png), redrawn when ``PLOT_EVERY_S`` have passed and by :meth:`close`."""
 
     def __init__(self, run_dir: Path, plots: bool = True, enabled: bool = True,
-                 lr_log_scale: bool = True) -> None:
+                 lr_log_scale: bool = True, base_lr: float | None = None) -> None:
+        from pochitrain.workspace import local_now
+
         self.run_dir = run_dir
         self.rows: list[EpochRow] = []
         self.plots = plots
         self.enabled = enabled  # config enable_metrics_export
         self.lr_log_scale = lr_log_scale
         self.csv_path = run_dir / "training_metrics.csv"
+        # the original's learning_rate column holds the configured rate under layer-wise LR
+        self.base_lr = base_lr
+        stem = f"training_metrics_{local_now().strftime('%Y%m%d_%H%M%S')}"
+        self.original_csv = run_dir / ORIGINAL_DIR / f"{stem}.csv"
         self._drawn_at = time.monotonic()  # training starts: the first picture after 15 s
         self._drawn_rows = 0
 
@@ -68,6 +85,7 @@ class MetricsLog:
             plot_metrics(self.rows, self.run_dir)
             if self.rows[-1].group_lrs:
                 plot_group_lrs(self.rows, self.run_dir / "layer_wise_lr.png", self.lr_log_scale)
+            self._copy_original_pngs()
         self._drawn_at, self._drawn_rows = time.monotonic(), len(self.rows)
 
     def _write_csv(self) -> None:
@@ -84,6 +102,47 @@ class MetricsLog:
                                 + [f"{d[c]:.6f}" for c in METRIC_COLUMNS[2:6]]
                                 + [f"{d['images_per_second']:.1f}", f"{d['seconds']:.2f}"]
                                 + [f"{r.group_lrs.get(g, float('nan')):.6g}" for g in groups])
+        if self.plots:  # the main rank only: each process would stamp its own file name
+            self._write_original_csv()
+
+    def _write_original_csv(self) -> None:
+        """The original's columns and units: accuracies in percent, plain float text."""
+        from pochitrain.workspace import atomic_path
+
+        self.original_csv.parent.mkdir(parents=True, exist_ok=True)
+        groups = original_group_order(list(self.rows[0].group_lrs) if self.rows else [])
+        with atomic_path(self.original_csv) as tmp, open(tmp, "w", newline="",
+                                                         encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(list(ORIGINAL_COLUMNS) + [f"lr_{g}" for g in groups])
+            for r in self.rows:
+                lr = self.base_lr if r.group_lrs and self.base_lr is not None else r.lr
+                writer.writerow([r.epoch, lr, r.train_loss, percent(r.train_accuracy),
+                                 r.val_loss, percent(r.val_accuracy)]
+                                + [r.group_lrs.get(g, "") for g in groups])
+
+    def _copy_original_pngs(self) -> None:
+        import shutil
+
+        for ours, suffix in ORIGINAL_PNGS.items():
+            if (self.run_dir / ours).is_file():
+                stem = self.original_csv.stem
+                shutil.copyfile(self.run_dir / ours, self.original_csv.with_name(stem + suffix))
+
+
+# The original's groups came in the order of a ResNet's parameters (stem first).
+RESNET_ORDER = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc")
+
+
+def original_group_order(groups: list[str]) -> list[str]:
+    """Layer groups in the original's column order; others keep theirs, after them."""
+    known = [g for g in RESNET_ORDER if g in groups]
+    return known + [g for g in groups if g not in RESNET_ORDER]
+
+
+def percent(fraction: float) -> float:
+    """A fraction as the original's percent (rounded so 0.58 gives 58.0, not 57.99...)."""
+    return round(100.0 * fraction, 10)
 
 
 def plot_metrics(rows: list[EpochRow], out_dir: Path) -> None:
