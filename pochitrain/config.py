@@ -39,7 +39,12 @@ from pochitrain.config_checks import (
     check_transform,
     type_error,
 )
-from pochitrain.config_paths import ResolvedPath, missing_path_error, resolve_relative
+from pochitrain.config_paths import (
+    PATH_KEYS,
+    ResolvedPath,
+    missing_path_error,
+    resolve_config_paths,
+)
 from pochitrain.errors import BackendMissingError, ConfigError, UsageError
 from pochitrain.workspace import config_paths_base, read_run_json
 
@@ -123,7 +128,6 @@ class Settings:
 
 
 KEYS = tuple(f.name for f in fields(Settings) if f.name != "config_path")
-_PATH_KEYS = ("train_data_root", "val_data_root", "work_dir")
 
 
 def _check_known_keys(raw: dict[str, Any], config_path: Path) -> None:
@@ -135,28 +139,6 @@ def _check_known_keys(raw: dict[str, Any], config_path: Path) -> None:
                               f"Unknown config key {key!r} in {config_path}.{hint}",
                               f"Valid keys: {', '.join(KEYS)}. Rename it, or start helper "
                               "names with '_' so they are ignored.")
-
-
-def _resolve_paths(s: Settings, g: dict[str, Any], config_dir: Path) -> None:
-    """Each path key resolved by config_paths.resolve_relative; see the module docstring."""
-    source = s.config_path or config_dir
-    anchors = []
-    for key in _PATH_KEYS:
-        value = g[key]
-        if value is None and key != "work_dir":
-            continue
-        if not isinstance(value, (str, Path)) or not str(value):
-            raise type_error(key, value, "a folder path string")
-        found = resolve_relative(key, value, config_dir, source)
-        if found.anchor == "missing" and key == "work_dir" and found.candidates:
-            # an output folder made on first use: beside the data found in the working directory
-            cwd_first = "cwd" in anchors
-            found = ResolvedPath(found.value, found.candidates[0 if cwd_first else 1],
-                                 "cwd" if cwd_first else "file")
-        elif found.anchor == "missing":
-            s.missing_paths[key] = found
-        anchors.append(found.anchor)
-        setattr(s, key, str(found.path))
 
 
 def _check_class_weights(cw: Any) -> list[float] | None:
@@ -187,7 +169,11 @@ def _validate(raw: dict[str, Any], config_dir: Path, config_path: Path) -> Setti
     s.optimizer = check_choice("optimizer", g["optimizer"], OPTIMIZERS)
     s.weight_decay = check_float("weight_decay", g["weight_decay"], 0.0, strict=False)
     s.momentum = check_float("momentum", g["momentum"], 0.0, strict=False)
-    _resolve_paths(s, g, config_dir)
+    paths, missing = resolve_config_paths({k: g[k] for k in PATH_KEYS}, config_dir,
+                                          config_path)
+    for key, value in paths.items():
+        setattr(s, key, value)
+    s.missing_paths.update(missing)
     s.train_transform = check_transform("train_transform", g["train_transform"])
     s.val_transform = check_transform("val_transform", g["val_transform"])
     s.scheduler, s.scheduler_params = check_scheduler(g["scheduler"], g["scheduler_params"],

@@ -16,10 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from pochitrain.config_checks import type_error
 from pochitrain.errors import ConfigError
+from pochitrain.workspace import recorded_path
 
 CWD_NOTICE_JA = "作業ディレクトリから解決しました"
+PATH_KEYS = ("train_data_root", "val_data_root", "work_dir")  # the config's folder paths
 
 
 class AmbiguousPathError(ConfigError):
@@ -75,6 +79,42 @@ def resolve_relative(key: str, value: str | Path, base: Path, source: Path,
     if must_exist and not base_ok:
         raise missing_path_error(key, resolved, source)
     return resolved
+
+
+def resolve_config_paths(values: dict[str, Any], config_dir: Path, config_path: Path | None
+                         ) -> tuple[dict[str, str], dict[str, ResolvedPath]]:
+    """The config's path keys (``PATH_KEYS``) resolved: (key -> absolute path, key -> the
+    paths found nowhere). ``config_dir``: the folder the config's paths are relative to.
+
+    A relative path found nowhere falls back on the absolute path a run's run.json recorded
+    for it (the copy of a config trained from another working directory). A ``work_dir``
+    found nowhere is created beside the data: in the working directory when a data folder
+    was found there, else in the config's folder.
+    """
+    source = config_path or config_dir
+    paths: dict[str, str] = {}
+    missing: dict[str, ResolvedPath] = {}
+    anchors: list[str] = []
+    for key in PATH_KEYS:
+        value = values.get(key)
+        if value is None and key != "work_dir":
+            continue
+        if not isinstance(value, (str, Path)) or not str(value):
+            raise type_error(key, value, "a folder path string")
+        found = resolve_relative(key, value, config_dir, source)
+        if found.anchor == "missing" and key == "work_dir" and found.candidates:
+            cwd_data = "cwd" in anchors
+            found = ResolvedPath(found.value, found.candidates[0 if cwd_data else 1],
+                                 "cwd" if cwd_data else "file")
+        elif found.anchor == "missing":
+            recorded = recorded_path(config_path, key, found.value) if config_path else None
+            if recorded is None:
+                missing[key] = found
+            else:
+                found = ResolvedPath(found.value, recorded, "recorded")
+        anchors.append(found.anchor)
+        paths[key] = str(found.path)
+    return paths, missing
 
 
 def missing_path_error(key: str, resolved: ResolvedPath, source: Path | None,

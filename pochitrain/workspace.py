@@ -84,6 +84,20 @@ def config_paths_base(config_path: Path) -> Path:
     return config_path.parent
 
 
+def recorded_path(config_path: Path, key: str, value: str) -> Path | None:
+    """The absolute ``key`` that run.json beside a run's config copy recorded for the relative
+    ``value`` (same trailing parts), when it still exists: a run trained from another working
+    directory stays usable from anywhere."""
+    settings = (read_run_json(config_path.parent) or {}).get("settings")
+    recorded = settings.get(key) if isinstance(settings, dict) else None
+    if not isinstance(recorded, str) or not recorded:
+        return None
+    path, tail = Path(recorded), Path(value).parts
+    if path.is_absolute() and tail and path.parts[-len(tail):] == tail and path.exists():
+        return path
+    return None
+
+
 def local_now() -> _dt.datetime:
     """The current local time with its UTC offset (the machine's zone, never a fixed one)."""
     return _dt.datetime.now().astimezone()

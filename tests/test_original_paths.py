@@ -77,6 +77,12 @@ def test_original_project_trains_from_its_root(tiny_data: Path, tmp_path: Path,
     assert settings["train_data_root"] == str(tmp_path / "data" / "train")
     assert settings["val_data_root"] == str(tmp_path / "data" / "val")
     assert settings["work_dir"] == str(tmp_path / "work_dirs")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the run's record keeps its copy usable from anywhere
+    copy = load_config(run_dir / "config.py")
+    assert copy.train_data_root == str(tmp_path / "data" / "train")
+    assert copy.val_data_root == str(tmp_path / "data" / "val")
 
 
 @pytest.mark.parametrize("data", [[], ["-d", "data/val"]])
