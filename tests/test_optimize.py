@@ -88,12 +88,14 @@ def test_four_trials_pruned_and_loadable_config(opt_data: Path, tmp_path: Path) 
     assert all(t["pruned_at_epoch"] == 1 for t in history if t["state"] == "PRUNED")
     stats = json.loads((out / "study_statistics.json").read_text())
     assert (stats["n_completed"], stats["n_pruned"], stats["n_failed"]) == (2, 2, 0)
-    assert (stats["metric"], stats["direction"]) == ("val_loss", "minimize")
+    assert (stats["metric"], stats["direction"]) == ("val_loss", "MINIMIZE")  # as Optuna names it
+    assert stats["statistics"]["n_completed"] == 2 and stats["value_unit"] == "loss"
     assert "param_importances" in stats
     best = json.loads((out / "best_params.json").read_text())
     assert best["study_name"] == "tiny" and best["n_trials"] == 4
     assert best["best_params"]["learning_rate"] == 0.001
     assert best["best_value"] == min(t["value"] for t in history if t["state"] == "COMPLETE")
+    assert stats["statistics"]["best"] == best["best_value"]  # a loss: no unit to change
 
     # every searched key reached the trial's training (its run.json records the settings)
     for t in (t for t in history if t["state"] == "COMPLETE"):
@@ -147,6 +149,21 @@ def test_two_processes_share_one_sqlite_study(opt_data: Path, tmp_path: Path) ->
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE  # val_accuracy by default
     assert len(list((out / "trials").iterdir())) == 2
     assert json.loads((out / "best_params.json").read_text())["n_trials"] >= 1
+    # the original's unit: its objective returned the accuracy in percent
+    import math
+
+    history = json.loads((out / "trials_history.json").read_text())
+    stored = {t.number: t.value for t in study.trials}
+    for t in (t for t in history if t["state"] == "COMPLETE"):
+        assert math.isclose(t["value"], 100 * stored[t["number"]], abs_tol=1e-8)
+        assert t["value_fraction"] == stored[t["number"]]
+    best = json.loads((out / "best_params.json").read_text())
+    assert math.isclose(best["best_value"], 100 * best["best_value_fraction"], abs_tol=1e-8)
+    assert best["value_unit"] == "percent"
+    stats = json.loads((out / "study_statistics.json").read_text())
+    assert stats["direction"] == "MAXIMIZE" and stats["statistics"]["best"] == best["best_value"]
+    assert set(stats["statistics"]) == {"best", "worst", "mean", "std", "n_completed",
+                                        "n_pruned", "n_failed"}
 
 
 # ---- bad input: caught before the first trial ---------------------------------------------

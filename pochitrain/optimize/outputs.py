@@ -1,11 +1,17 @@
 """The files of a study, as the original writes them (plus what it left out).
 
-  best_params.json       study_name, best_value, best_params, n_trials, timestamp (+ metric,
-                         direction, best_trial, overrides, storage)
+Values are in the original's unit: with ``val_accuracy`` (its objective) they are percent,
+as its trials returned them; the fraction the study stores is written beside them.
+
+  best_params.json       study_name, best_value, best_params, n_trials, timestamp (+
+                         best_value_fraction, value_unit, metric, direction, best_trial,
+                         overrides, storage)
   trials_history.json    number, value, params, state, datetime_start, datetime_complete
-                         (+ intermediate values per epoch, overrides, run folder)
-  study_statistics.json  best/worst/mean/std of the completed values, n_completed, n_pruned,
-                         n_failed, param_importances (null when they cannot be computed)
+                         (+ value_fraction, intermediate values per epoch, overrides, run folder)
+  study_statistics.json  study_name, direction (MAXIMIZE / MINIMIZE), statistics {best, worst,
+                         mean, std, n_completed, n_pruned, n_failed}, param_importances (null
+                         when they cannot be computed), timestamp (+ the same flat, with
+                         metric and value_unit)
   optimized_config.py    the original config file, verbatim, with the best trial's values
                          assigned at its end (later assignments win), and the data/work paths
                          made absolute so the copy trains from any folder
@@ -48,15 +54,28 @@ def _write(path: Path, data: Any) -> Path:
     return path
 
 
-def trial_record(t: FrozenTrial) -> dict[str, Any]:
+def in_original_unit(value: float | None, metric: str) -> float | None:
+    """Accuracy as the original's percent (rounded so 0.58 gives 58.0); a loss as it is."""
+    if value is None or metric != "val_accuracy":
+        return value
+    return round(100.0 * float(value), 10)
+
+
+def value_unit(metric: str) -> str:
+    return "percent" if metric == "val_accuracy" else "loss"
+
+
+def trial_record(t: FrozenTrial, metric: str = "val_accuracy") -> dict[str, Any]:
     return {
         "number": t.number,
-        "value": t.value,
+        "value": in_original_unit(t.value, metric),
         "params": dict(t.params),
         "state": t.state.name,
         "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
         "datetime_complete": t.datetime_complete.isoformat() if t.datetime_complete else None,
-        "intermediate_values": {str(k): v for k, v in sorted(t.intermediate_values.items())},
+        "value_fraction": t.value if metric == "val_accuracy" else None,
+        "intermediate_values": {str(k): in_original_unit(v, metric)
+                                for k, v in sorted(t.intermediate_values.items())},
         "overrides": t.user_attrs.get("overrides"),
         "run_dir": t.user_attrs.get("run_dir"),
         "pruned_at_epoch": t.user_attrs.get("pruned_at_epoch"),
@@ -93,12 +112,15 @@ def write_outputs(study: Study, out_dir: Path, *, config: Path, settings: Settin
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     best = _best(study, done)
     now = local_now().isoformat(timespec="seconds")
+    best_value = best.value if best else None
     best_info = {
         "study_name": study.study_name,
-        "best_value": best.value if best else None,
+        "best_value": in_original_unit(best_value, metric),
         "best_params": dict(best.params) if best else {},
         "n_trials": len(trials),
         "timestamp": now,
+        "best_value_fraction": best_value if metric == "val_accuracy" else None,
+        "value_unit": value_unit(metric),
         "metric": metric,
         "direction": study.direction.name.lower(),
         "best_trial": best.number if best else None,
@@ -106,29 +128,48 @@ def write_outputs(study: Study, out_dir: Path, *, config: Path, settings: Settin
         "storage": storage,
     }
     files = [_write(out_dir / "best_params.json", best_info),
-             _write(out_dir / "trials_history.json", [trial_record(t) for t in trials])]
-    values = [float(t.value) for t in done if t.value is not None]
-    maximize = study.direction.name.lower() == "maximize"
-    stats = {
-        "study_name": study.study_name,
-        "metric": metric,
-        "direction": study.direction.name.lower(),
-        "best_value": best.value if best else None,
-        "worst_value": (min(values) if maximize else max(values)) if values else None,
-        "mean_value": statistics.fmean(values) if values else None,
-        "std_value": statistics.pstdev(values) if len(values) > 1 else (0.0 if values else None),
-        "n_trials": len(trials),
-        "n_completed": len(done),
-        "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
-        "n_failed": sum(t.state == TrialState.FAIL for t in trials),
-        "param_importances": importances(study) if len(done) >= 2 else None,
-        "timestamp": now,
-    }
+             _write(out_dir / "trials_history.json",
+                    [trial_record(t, metric) for t in trials])]
+    stats = study_statistics(study, trials, done, metric, now)
     files.append(_write(out_dir / "study_statistics.json", stats))
     if best is not None:
         files.append(write_optimized_config(out_dir / "optimized_config.py", config, settings,
                                             best, study.study_name, metric))
     return StudyFiles(files, _json(best_info), _json(stats))
+
+
+def study_statistics(study: Study, trials: list[FrozenTrial], done: list[FrozenTrial],
+                     metric: str, now: str) -> dict[str, Any]:
+    """The original's layout (``statistics`` nested, ``direction`` as Optuna names it), then
+    the same flat with our key names."""
+    from optuna.trial import TrialState
+
+    values = [in_original_unit(float(t.value), metric) or 0.0
+              for t in done if t.value is not None]
+    maximize = study.direction.name.lower() == "maximize"
+    best = (max(values) if maximize else min(values)) if values else None
+    worst = (min(values) if maximize else max(values)) if values else None
+    mean = statistics.fmean(values) if values else None
+    std = statistics.pstdev(values) if len(values) > 1 else (0.0 if values else None)
+    counts = {"n_completed": len(done),
+              "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
+              "n_failed": sum(t.state == TrialState.FAIL for t in trials)}
+    found = importances(study) if len(done) >= 2 else None
+    return {
+        "study_name": study.study_name,
+        "direction": study.direction.name,
+        "statistics": {"best": best, "worst": worst, "mean": mean, "std": std, **counts},
+        "param_importances": found,
+        "timestamp": now,
+        "metric": metric,
+        "value_unit": value_unit(metric),
+        "best_value": best,
+        "worst_value": worst,
+        "mean_value": mean,
+        "std_value": std,
+        "n_trials": len(trials),
+        **counts,
+    }
 
 
 def _best(study: Study, done: list[FrozenTrial]) -> FrozenTrial | None:
