@@ -7,9 +7,10 @@ must be one of the keys below, otherwise 'pochi train' stops and suggests the ne
 
 Use it with:  pochi train -c configs/pochi_train_config.py
 
-Relative paths (train_data_root, val_data_root, work_dir) are resolved against THIS FILE's
-folder, not the current directory. For data/ and work_dirs/ at the repository root this file
-therefore uses "../data/..." and "../work_dirs".
+Relative paths (train_data_root, val_data_root, work_dir) are found from the current directory
+(as the original pochitrain read them) or from THIS FILE's folder, whichever has them (both: an
+error). This file uses "../data/..." and "../work_dirs" (data/ and work_dirs/ at the repository
+root), so it works from any directory.
 """
 
 from torchvision import transforms

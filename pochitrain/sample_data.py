@@ -51,7 +51,7 @@ def write_digits(out_dir: Path | str, val_fraction: float = 0.2, seed: int = 0) 
 
 
 # The ready config written beside the digits (`pochi sample-data DIR` -> DIR/config.py).
-# Relative paths in a config are read from the config's folder, so DIR can be moved.
+# Relative paths in a config are also found from the config's folder, so DIR can be moved.
 DIGITS_CONFIG = '''\
 """pochitrain config for the built-in digits sample (written by 'pochi sample-data').
 
@@ -66,7 +66,7 @@ num_classes = 10  # digits 0-9 (None would infer it from train/)
 device = "auto"  # CUDA when available, else CPU
 pretrained = False  # the digits need no ImageNet weights
 
-# Relative paths are resolved against this file's folder.
+# Relative paths: from this file's folder (or the working directory when only it has them).
 train_data_root = "train"
 val_data_root = "val"
 work_dir = "work_dirs"

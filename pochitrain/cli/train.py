@@ -11,7 +11,9 @@ DEFAULT_CONFIG = "configs/pochi_train_config.py"
 DESCRIPTION = """\
 Train a torchvision classifier described by a Python config file (module-level variables such
 as model_name, epochs, train_data_root, val_transform; see configs/pochi_train_config.py).
-Relative paths in the config are read from the config file's folder.
+Relative paths in the config are read from the working directory when they exist only there
+(as the original pochitrain did), else from the config file's folder; a path that exists in both
+places is refused.
 
 Writes work_dirs/YYYYMMDD_NNN/ (under the config's work_dir, or --work-dir):
   config.py               copy of the config
