@@ -294,6 +294,7 @@ def resolve_device(device: str, flag: str | None = None) -> str:
     where = f"{flag} {device}" if flag else f"device = {device!r}"
     if device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", device):
         raise (UsageError if flag else ConfigError)(
+            "不明なデバイスが指定されています\n"
             f"Unknown device in {where}.", "Use auto, cpu, cuda or cuda:N.")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -302,12 +303,14 @@ def resolve_device(device: str, flag: str | None = None) -> str:
         if not torch.cuda.is_available():
             use = (f"{flag} auto (uses the GPU when there is one) or {flag} cpu" if flag else
                    "device = 'auto' (uses the GPU when there is one) or 'cpu'")
-            raise error(f"{where} but no CUDA GPU is available here.",
+            raise error("CUDA GPU が見つかりません\n"
+                        f"{where} but no CUDA GPU is available here.",
                         f"Use {use}, or run on a machine with an NVIDIA GPU and a CUDA build of "
                         "PyTorch.")
         index = int(device.split(":")[1]) if ":" in device else 0
         if index >= torch.cuda.device_count():
-            raise error(f"{where} but only {torch.cuda.device_count()} GPU(s) are visible.",
+            raise error("指定した番号の GPU がありません\n"
+                        f"{where} but only {torch.cuda.device_count()} GPU(s) are visible.",
                         "Use a smaller index or 'auto'.")
     return device
 

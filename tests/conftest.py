@@ -29,6 +29,25 @@ def one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def bilingual_errors() -> Iterator[None]:
+    """Every error a command prints during the suite is a Japanese line then an English line:
+    a test whose command fails with another kind of message fails there."""
+    from pochitrain import console
+    from pochitrain.errors import PochiError, is_bilingual
+
+    printed = console.print_error
+
+    def checked(exc: PochiError) -> None:
+        assert is_bilingual(exc.message), (
+            f"{type(exc).__name__} is not a Japanese line then an English line: {exc.message!r}")
+        printed(exc)
+
+    console.print_error = checked  # type: ignore[assignment]
+    yield
+    console.print_error = printed  # type: ignore[assignment]
+
+
+@pytest.fixture(scope="session", autouse=True)
 def type_check(request: pytest.FixtureRequest,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[TypeCheck | None]:
     """The mypy run of test_types.py, started as the session begins when that module is

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import pochitrain
-import pochitrain.errors as errors
+from pochitrain import errors
 from pochitrain.errors import PochiError, is_bilingual
 
 PACKAGE = Path(pochitrain.__file__).parent
@@ -94,6 +94,22 @@ def passed_on(text: str) -> bool:
     return HOLE in first and not any(c.isalpha() for c in first.replace(HOLE, ""))
 
 
+def makes_error(func: ast.expr, classes: set[str]) -> bool:
+    """``Error(...)``, ``module.Error(...)`` or ``(UsageError if flag else ConfigError)(...)``."""
+    if isinstance(func, ast.IfExp):
+        return makes_error(func.body, classes) or makes_error(func.orelse, classes)
+    return base_name(func) in classes
+
+
+def error_aliases(tree: ast.Module, classes: set[str]) -> set[str]:
+    """Names assigned an error class, e.g. ``error = BackendMissingError if flag else
+    ConfigError``, then called as ``error(...)``."""
+    return {target.id for node in ast.walk(tree) if isinstance(node, ast.Assign)
+            and isinstance(node.value, (ast.Name, ast.IfExp))
+            and makes_error(node.value, classes)
+            for target in node.targets if isinstance(target, ast.Name)}
+
+
 def construction_sites() -> list[tuple[str, int, str | None]]:
     """(file:line, line, message text) of every PochiError-subclass call in the package;
     the text is None where the message is not written at the call."""
@@ -103,8 +119,9 @@ def construction_sites() -> list[tuple[str, int, str | None]]:
     for path in sorted(PACKAGE.rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         consts = {**shared, **module_constants(tree)}
+        makers = classes | error_aliases(tree, classes)
         for node in ast.walk(tree):
-            if not (isinstance(node, ast.Call) and base_name(node.func) in classes):
+            if not (isinstance(node, ast.Call) and makes_error(node.func, makers)):
                 continue
             message = node.args[0] if node.args else next(
                 (k.value for k in node.keywords if k.arg == "message"), None)
@@ -122,3 +139,47 @@ def test_every_error_message_in_the_package_is_japanese_then_english() -> None:
     bad = [where for where, _, text in sites
            if text is not None and not is_bilingual(text.replace(HOLE, "x"))]
     assert not bad, "messages without a Japanese line then an English line:\n" + "\n".join(bad)
+
+
+def printed_message(err: str) -> str:
+    """The message part of what the CLI printed: after the error label, before the fix."""
+    label = "エラー / Error: "
+    assert label in err, err
+    return err.split(label, 1)[1].split("対処 / Fix:", 1)[0].strip()
+
+
+def failing_commands(tmp: Path, digits: Path, checkpoint: Path) -> list[tuple[list[str], str]]:
+    """(argv, English words) of commands that fail for a user's reason, one per kind."""
+    from tiny import tiny_config
+
+    taken = tmp / "taken.onnx"
+    taken.write_bytes(b"keep me")
+    full = tmp / "full"
+    (full / "x").mkdir(parents=True)
+    missing = tiny_config(tmp / "missing", digits, train=tmp / "no_such_folder")
+    typo = tiny_config(tmp / "typo", digits, extra="learnig_rate = 0.1\n")
+    return [
+        (["train", "-c", str(missing)], "does not exist"),
+        (["train", "-c", str(typo)], "Unknown config key"),
+        (["train", "-c", str(tmp / "none.py")], "Config file not found"),
+        (["export-onnx", str(checkpoint), "-o", str(taken)], "already exists"),
+        (["export-onnx", str(checkpoint), "--input-size", "32", "32", "32", "-o",
+          str(tmp / "a.onnx")], "--input-size takes two values"),
+        (["infer", str(tmp / "none.pth"), "--data", str(digits / "val")], "not found"),
+        (["sample-data", str(full)], "not empty"),
+    ]
+
+
+def test_failing_commands_print_japanese_then_english(
+        tmp_path: Path, digits_dir: Path, untrained_checkpoint: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from pochitrain.cli.main import run
+
+    for argv, words in failing_commands(tmp_path, digits_dir, untrained_checkpoint):
+        code = run(argv)
+        err = capsys.readouterr().err
+        assert code in (1, 2), (argv, err)
+        assert "Traceback" not in err, err
+        message = printed_message(err)
+        assert is_bilingual(message), (argv, err)
+        assert words in message.split("\n", 1)[1], (argv, err)
