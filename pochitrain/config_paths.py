@@ -24,6 +24,7 @@ from pochitrain.workspace import recorded_path
 
 CWD_NOTICE_JA = "作業ディレクトリから解決しました"
 PATH_KEYS = ("train_data_root", "val_data_root", "work_dir")  # the config's folder paths
+_NOTICED: set[tuple[str, str, Path]] = set()  # a command may read its config more than once
 
 
 class AmbiguousPathError(ConfigError):
@@ -70,10 +71,12 @@ def resolve_relative(key: str, value: str | Path, base: Path, source: Path,
             f"{key} に絶対パスを書いてください / Write {key} as an absolute path, or run from "
             "a directory where only the intended one exists.")
     if cwd_ok:
-        from pochitrain.console import info
+        if (str(source), key, in_cwd) not in _NOTICED:
+            from pochitrain.console import info
 
-        info(f"{key} = {text!r}: {CWD_NOTICE_JA} / resolved against the working directory: "
-             f"{in_cwd}")
+            _NOTICED.add((str(source), key, in_cwd))
+            info(f"{key} = {text!r}: {CWD_NOTICE_JA} / resolved against the working "
+                 f"directory: {in_cwd}")
         return ResolvedPath(text, in_cwd, "cwd", (in_cwd, in_base))
     resolved = ResolvedPath(text, in_base, "file" if base_ok else "missing", (in_cwd, in_base))
     if must_exist and not base_ok:
