@@ -74,7 +74,8 @@ def _check_data(settings: Settings) -> _Data:
             raise ConfigError("config に必要なキーがありません\n"
                               f"{key} is not set in {settings.config_path}.",
                               f"Add {key} = 'path/to/folder' (one sub-folder of images per "
-                              "class; relative paths are read from the config's folder).")
+                              "class; a relative path is read from the working directory or the "
+                              "config's folder).")
     settings.require_paths("train_data_root", "val_data_root")
     train = scan_image_folder(settings.train_data_root or "", "training data folder "
                               "(train_data_root)", allow_unlabelled=False)
