@@ -117,14 +117,36 @@ def _lifespan(batcher: Batcher, pool: ThreadPoolExecutor
 
 
 def add_error_handlers(app: FastAPI) -> None:
-    """BadInput and FastAPI's validation errors as JSON ``{"detail": ja + en, "error"}``."""
+    """BadInput as JSON ``{"detail": ja + en, "error"}``; a 422 as the original (FastAPI's
+    default) wrote it, ``detail`` a list of ``{type, loc, msg, ...}``, with ``message``
+    (ja + en) and ``error`` added."""
     @app.exception_handler(BadInput)
     async def bad_input(request: Request, exc: BadInput) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        body = unprocessable_body(exc) if exc.status == 422 else exc.body()
+        return JSONResponse(body, status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(_invalid(exc.errors()).body(), status_code=422)
+        return JSONResponse(unprocessable_body(_invalid(exc.errors())), status_code=422)
+
+
+def unprocessable_body(exc: BadInput) -> dict[str, Any]:
+    """The original's 422 body (FastAPI's: ``detail`` lists the errors), plus ours."""
+    from fastapi.encoders import jsonable_encoder
+
+    errors = getattr(exc, "errors", None)
+    if errors is None:  # one of our own checks: one entry in FastAPI's shape
+        errors = [{"type": exc.code, "loc": ["body"], "msg": exc.en, "input": None}]
+    return {"detail": jsonable_encoder(errors), "message": f"{exc.ja}\n{exc.en}",
+            "error": exc.code}
+
+
+class InvalidRequest(BadInput):
+    """A request that failed pydantic's validation; keeps the errors for the 422 body."""
+
+    def __init__(self, errors: list[Any], ja: str, en: str) -> None:
+        super().__init__(422, "invalid_request", ja, en)
+        self.errors = errors
 
 
 @dataclass
@@ -210,7 +232,8 @@ def add_predict_route(app: FastAPI, predict: Predict) -> None:
               responses={200: {"model": schemas.BatchPredictResponse,
                                "description": "PredictResponse for JSON / image bodies, "
                                "BatchPredictResponse for multipart uploads"},
-                         **{s: {"model": schemas.ErrorBody} for s in (400, 413, 415, 422, 503)}},
+                         **{s: {"model": schemas.ErrorBody} for s in (400, 413, 415, 503)},
+                         422: {"model": schemas.UnprocessableBody}},
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": schemas.PredictRequest.model_json_schema()},
                   "multipart/form-data": {"schema": schemas.MULTIPART_SCHEMA},
@@ -238,7 +261,8 @@ def add_info_routes(app: FastAPI, model: ServedModel, settings: ServeSettings,
     @app.get(f"{PREFIX}/version", response_model=schemas.Version)
     async def version() -> dict[str, Any]:
         return {"pochitrain_version": __version__, "api_version": schemas.API_VERSION,
-                "backend_versions": model.backend_versions()}
+                "backend_versions": {**original_backend_versions(),
+                                     **model.backend_versions()}}
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:
@@ -269,14 +293,27 @@ def _prediction(row: np.ndarray, k: int, names: list[str]) -> dict[str, Any]:
                        "probability": float(row[int(i)])} for i in order]}
 
 
-def _invalid(errors: Any) -> BadInput:
+def original_backend_versions() -> dict[str, str]:
+    """The original's keys, whatever runs the model: pytorch (installed with the package,
+    read without importing it) and python."""
+    import importlib.metadata
+    import sys
+
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = "not installed"
+    return {"pytorch": torch_version, "python": sys.version.split()[0]}
+
+
+def _invalid(errors: Any) -> InvalidRequest:
     parts = []
     for err in errors:
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         parts.append(f"{where or 'body'}: {err.get('msg', '')}")
     text = "; ".join(parts)
-    return BadInput(422, "invalid_request", f"リクエストの内容が正しくありません: {text}",
-                    f"The request is not valid: {text}")
+    return InvalidRequest(list(errors), f"リクエストの内容が正しくありません: {text}",
+                          f"The request is not valid: {text}")
 
 
 def _queue_full(limit: int) -> dict[str, str]:

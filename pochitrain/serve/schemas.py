@@ -89,6 +89,14 @@ class ErrorBody(BaseModel):
     error: str = Field(description="machine-readable code, e.g. bad_base64, queue_full")
 
 
+class UnprocessableBody(BaseModel):
+    """422: FastAPI's (and the original's) body, with our bilingual message added."""
+
+    detail: list[dict[str, object]] = Field(description="errors: type, loc, msg, input")
+    message: str = Field(description="Japanese line, then English line")
+    error: str = Field(description="machine-readable code, e.g. invalid_request, bad_shape")
+
+
 MULTIPART_SCHEMA = {
     "type": "object",
     "properties": {
