@@ -114,7 +114,7 @@ def verify_export(path: Path, model: nn.Module, batches: list[np.ndarray], input
         session = open_session(path)
     except ModelFileError as exc:
         raise VerificationError("エクスポートしたファイルを ONNX Runtime で開けません\n"
-                                f"The exported file does not open in ONNX Runtime: {exc.message}",
+                                f"The exported file does not open in ONNX Runtime:\n{exc.message}",
                                 exc.remedy) from exc
     report = VerifyReport(inputs)
     with progress_bar(progress, "verify (ONNX Runtime vs PyTorch)", len(batches)) as advance:
