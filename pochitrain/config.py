@@ -5,9 +5,9 @@ with ``_`` and imported modules, functions and classes are ignored (except ``tra
 and ``val_transform``, which are checked as transforms); every other module-level name must be
 a known key. Relative paths (``train_data_root``, ``val_data_root``, ``work_dir``) are
 tried against the working directory (the original pochitrain's meaning) and the config's folder
-(so a config works from any directory): see :mod:`pochitrain.config_paths`. A ``work_dir``
-that exists in neither follows the data folders: the working directory when a data folder was
-found there, else the config's folder.
+(so a config works from any directory): see :mod:`pochitrain.config_paths`. ``work_dir``
+follows the data folders: the working directory when a data folder was found there, else the
+config's folder.
 
 ``device`` is validated here but resolved (``auto`` -> cuda/cpu, ``cuda`` without a GPU -> error)
 only by :func:`resolve_device`, which training calls: inference and conversion may read a config

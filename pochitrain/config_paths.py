@@ -10,6 +10,8 @@ relative path is tried against both folders, and
 * one that exists in both, as two different places, is refused (which one was meant?);
 * one that exists in neither keeps the file-folder candidate and remembers both, so the error
   a command raises names the missing path and its two candidates.
+
+``work_dir`` (an output folder) follows the data folders instead; see ``_work_dir``.
 """
 
 from __future__ import annotations
@@ -87,12 +89,10 @@ def resolve_relative(key: str, value: str | Path, base: Path, source: Path,
 def resolve_config_paths(values: dict[str, Any], config_dir: Path, config_path: Path | None
                          ) -> tuple[dict[str, str], dict[str, ResolvedPath]]:
     """The config's path keys (``PATH_KEYS``) resolved: (key -> absolute path, key -> the
-    paths found nowhere). ``config_dir``: the folder the config's paths are relative to.
+    data folders found nowhere). ``config_dir``: the folder the config's paths are relative to.
 
-    A relative path found nowhere falls back on the absolute path a run's run.json recorded
-    for it (the copy of a config trained from another working directory). A ``work_dir``
-    found nowhere is created beside the data: in the working directory when a data folder
-    was found there, else in the config's folder.
+    A data folder found nowhere falls back on the absolute path a run's run.json recorded for
+    it (the copy of a config trained from another working directory).
     """
     source = config_path or config_dir
     paths: dict[str, str] = {}
@@ -104,12 +104,11 @@ def resolve_config_paths(values: dict[str, Any], config_dir: Path, config_path: 
             continue
         if not isinstance(value, (str, Path)) or not str(value):
             raise type_error(key, value, "a folder path string")
+        if key == "work_dir":
+            paths[key] = str(_work_dir(str(value), config_dir, source, anchors))
+            continue
         found = resolve_relative(key, value, config_dir, source)
-        if found.anchor == "missing" and key == "work_dir" and found.candidates:
-            cwd_data = "cwd" in anchors
-            found = ResolvedPath(found.value, found.candidates[0 if cwd_data else 1],
-                                 "cwd" if cwd_data else "file")
-        elif found.anchor == "missing":
+        if found.anchor == "missing":
             recorded = recorded_path(config_path, key, found.value) if config_path else None
             if recorded is None:
                 missing[key] = found
@@ -118,6 +117,26 @@ def resolve_config_paths(values: dict[str, Any], config_dir: Path, config_path: 
         anchors.append(found.anchor)
         paths[key] = str(found.path)
     return paths, missing
+
+
+def _work_dir(value: str, config_dir: Path, source: Path, data_anchors: list[str]) -> Path:
+    """The output folder goes beside the data: the working directory when a data folder was
+    found there (the original's place), the config's folder when one was found there; with
+    absolute data paths, the working directory only when just it has the folder already.
+    Never an error: a work_dirs folder in both places is common."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return path
+    in_cwd, in_base = (Path.cwd() / path).resolve(), (config_dir / path).resolve()
+    relative = [a for a in data_anchors if a != "absolute"]
+    use_cwd = ("cwd" in relative) if relative else in_cwd.is_dir() and not in_base.exists()
+    if use_cwd and in_cwd != in_base and (str(source), "work_dir", in_cwd) not in _NOTICED:
+        from pochitrain.console import info
+
+        _NOTICED.add((str(source), "work_dir", in_cwd))
+        info(f"work_dir = {value!r}: {CWD_NOTICE_JA} / resolved against the working "
+             f"directory: {in_cwd}")
+    return in_cwd if use_cwd else in_base
 
 
 def missing_path_error(key: str, resolved: ResolvedPath, source: Path | None,

@@ -201,6 +201,22 @@ def test_a_path_in_both_places_is_refused(tiny_data: Path, tmp_path: Path,
     assert str(folder / "data" / "train") in message
 
 
+def test_work_dir_follows_the_data_folders(tiny_data: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """work_dirs in both places is no error: the output goes beside the data that was found;
+    with absolute data paths, to the working directory only when just it has work_dirs."""
+    folder = tmp_path / "project"
+    shutil.copytree(tiny_data, folder / "data")
+    (folder / "work_dirs").mkdir()
+    (tmp_path / "work_dirs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert load_config(tiny_config(folder, Path("data"))).work_dir == str(folder / "work_dirs")
+    absolute = tiny_config(tmp_path / "absolute", folder / "data")
+    assert load_config(absolute).work_dir == str(tmp_path / "work_dirs")
+    (tmp_path / "absolute" / "work_dirs").mkdir()
+    assert load_config(absolute).work_dir == str(tmp_path / "absolute" / "work_dirs")
+
+
 SUITE = """
 suites:
   s:
