@@ -15,16 +15,18 @@ from tiny import copy_tiny
 from typecheck import TypeCheck
 
 
-@pytest.fixture
-def one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """One intra-op thread here and in child processes (OMP_NUM_THREADS=1): on a busy
-    machine with few cores, oversubscribed OpenMP threads spin instead of working."""
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread here and in child processes (OMP_NUM_THREADS=1), for a whole
+    module (its module fixtures too): on a busy machine with few cores, oversubscribed OpenMP
+    threads spin instead of working, and the tiny models here gain nothing from a second one."""
     import torch
 
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        yield
     torch.set_num_threads(before)
 
 
