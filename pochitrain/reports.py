@@ -132,6 +132,10 @@ def original_summary_lines(result: InferenceResult, info: dict[str, str]) -> lis
         f"スループット: {e2e_ips:.1f} images/sec (実効性能ベース)",
         f"計測サンプル数: {result.measured} (ウォームアップ除外: {result.warmup_samples})",
     ]
+    if "providers" in info:  # ONNX Runtime's, as the original printed the list
+        lines.append(f"プロバイダー: {[p.strip() for p in info['providers'].split(',')]}")
+    if result.runtime != "pytorch" and info.get("pipeline"):  # its name, before the details
+        lines.append(f"パイプライン: {info['pipeline'].split(' (')[0]}")
     return lines
 
 

@@ -158,6 +158,9 @@ def test_infer_onnx_agrees_with_pytorch(tmp_path: Path, untrained_checkpoint: Pa
     assert same >= 0.995
     summary = (tmp_path / "ox" / "onnx_inference_summary.txt").read_text(encoding="utf-8")
     assert "CPUExecutionProvider" in summary
+    lines = summary.splitlines()  # the original's extra lines for ONNX, in its form
+    assert "プロバイダー: ['CPUExecutionProvider']" in lines
+    assert any(line.startswith("パイプライン: ") for line in lines)
 
 
 def test_infer_onnx_refuses_fixed_size_that_differs_from_preprocessing(

@@ -366,9 +366,10 @@ def test_infer_pipeline_writes_tensorrt_files(digits_dir: Path, tmp_path: Path,
 
     trt_labels = labels(tmp_path / "trt" / "tensorrt_inference_summary.txt")
     # the summary lines every runtime writes, in the same order
-    any_run = InferenceResult("pytorch", CLASS_NAMES, paths=[data], labels=[0], preds=[0],
+    any_run = InferenceResult("tensorrt", CLASS_NAMES, paths=[data], labels=[0], preds=[0],
                               confidences=[1.0])
-    standard = summary_text(any_run, {"model": "m", "data": "d", "input_size": "32x32"})
+    standard = summary_text(any_run, {"model": "m", "data": "d", "input_size": "32x32",
+                                      "pipeline": "cpu"})
     standard_labels = [line.split(":")[0] for line in standard.splitlines()][1:]
     assert trt_labels[1:len(standard_labels) + 1] == standard_labels
     for key in ("backend", "precision", "batch_profile"):
