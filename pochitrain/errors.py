@@ -24,6 +24,12 @@ def is_bilingual(message: str) -> bool:
             and re.search("[A-Za-z]", english) is not None)
 
 
+def english_part(message: str) -> str:
+    """The English lines of a bilingual message, for quoting it inside another message's
+    English line; other messages as they are."""
+    return message.partition("\n")[2] if is_bilingual(message) else message
+
+
 class PochiError(Exception):
     exit_code = 1
 

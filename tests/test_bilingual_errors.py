@@ -183,3 +183,14 @@ def test_failing_commands_print_japanese_then_english(
         message = printed_message(err)
         assert is_bilingual(message), (argv, err)
         assert words in message.split("\n", 1)[1], (argv, err)
+
+
+def test_an_error_quoted_in_another_keeps_one_japanese_line(tmp_path: Path) -> None:
+    from pochitrain.errors import CalibrationError, english_part
+    from pochitrain.onnx.calibration import scan_calibration_folder
+
+    with pytest.raises(CalibrationError) as err:
+        scan_calibration_folder(tmp_path / "nope")
+    assert is_bilingual(err.value.message), err.value.message
+    assert english_part(err.value.message).startswith("No usable calibration images: The ")
+    assert english_part("English only") == "English only"

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from pochitrain.data import ImageFolder, open_rgb
-from pochitrain.errors import CalibrationError, PochiError
+from pochitrain.errors import CalibrationError, PochiError, english_part
 from pochitrain.meta import ModelMeta
 from pochitrain.preprocess import Preprocess
 
@@ -87,7 +87,7 @@ def scan_calibration_folder(root: Path) -> ImageFolder:
     try:
         return scan_image_folder(root, "calibration data folder")
     except PochiError as exc:
-        raise not_found(root, exc.message) from exc
+        raise not_found(root, english_part(exc.message)) from exc
 
 
 def not_found(root: Path, detail: str) -> CalibrationError:
