@@ -75,6 +75,8 @@ def test_gradient_trace_csv(original_run: Path) -> None:
     assert {"layer1", "layer2", "layer3", "layer4", "conv1.weight", "bn1.weight"} <= set(header)
     assert not any(h.startswith("fc.") or h.endswith(".bias") for h in header)  # excluded
     assert all(float(v) > 0 for v in rows[1][1:])
+    (original,) = (original_run / "visualization").glob("gradient_trace_*.csv")  # its place
+    assert original.read_bytes() == (original_run / "gradient_trace.csv").read_bytes()
 
 
 def test_image_size_taken_from_training_images(original_run: Path) -> None:

@@ -71,6 +71,21 @@ class RunObserver:
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
+        if self.gradients is not None and self.gradients.csv_path.is_file():
+            copy_original_gradient_trace(self.gradients.csv_path, self.run_dir)
+
+
+def copy_original_gradient_trace(csv_path: Path, run_dir: Path) -> Path:
+    """The trace where the original wrote it too (visualization/gradient_trace_<timestamp>.csv,
+    the same columns), for scripts written for it."""
+    import shutil
+
+    from pochitrain.workspace import local_now
+
+    target = run_dir / "visualization" / f"gradient_trace_{local_now():%Y%m%d_%H%M%S}.csv"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(csv_path, target)
+    return target
 
 
 def build_observer(settings: Settings, run_dir: Path, data: Any, model: nn.Module) -> RunObserver:
