@@ -79,6 +79,9 @@ def test_trainer_writes_the_run_folder(trained: Any) -> None:
     assert meta.class_names == CLASSES and meta.input_size == [32, 32]
     assert payload["epoch"] == 1 and payload["best_accuracy"] == trained.best_accuracy
     assert "optimizer_state_dict" in payload
+    (metrics,) = (run / "visualization").glob("training_metrics_*.csv")  # the original's file
+    assert metrics.read_text(encoding="utf-8").splitlines()[0] == (
+        "epoch,learning_rate,train_loss,train_accuracy,val_loss,val_accuracy")
 
 
 def test_trainer_epoch_and_validate(trained: Any, loaders: tuple[Any, Any, list[str]]) -> None:

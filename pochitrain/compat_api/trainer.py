@@ -183,7 +183,8 @@ class PochiTrainer:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         run_dir = self.current_workspace or self.work_dir
         log = T.MetricsLog(run_dir, enabled=self.enable_metrics_export
-                           and self.current_workspace is not None)
+                           and self.current_workspace is not None,
+                           base_lr=self.base_learning_rate if self.enable_layer_wise_lr else None)
         setup = T.FitSetup(
             model=self.model, train_loader=TrainingBatches(train_loader),
             val_loader=TrainingBatches(val_loader), criterion=criterion, optimizer=optimizer,
