@@ -7,8 +7,7 @@ import io
 
 import numpy as np
 
-from pochitrain.reports import InferenceResult
-from pochitrain.reports import classification_report_csv, confusion
+from pochitrain.reports import InferenceResult, classification_report_csv, confusion
 
 # "d" is predicted once but has no image; "e" is neither predicted nor present.
 NAMES = ["a", "b", "c", "d", "e"]
