@@ -182,20 +182,19 @@ def _expand(path: Path, suite: str, idx: int, raw: Any, defaults: dict[str, Any]
                     return src[k]
         return None
 
-    base = path.parent
     pipelines = _pipelines(get("pipelines", "pipeline"), runtime, where)
     batch_sizes = [_positive(b, "batch_sizes", where) for b in _as_list(get("batch_sizes",
                                                                             "batch_size"))]
     precisions = [_precision(p, where) for p in _as_list(get("precisions", "precision"))]
     reps = _positive(raw.get("repeats", repeats), "repeats", where)
     data = get("data")
-    data_path = _path(base, data, "data", where) if data is not None else None
+    data_path = _path(path, data, "data", where) if data is not None else None
     name = str(label) if label else f"{runtime_raw}_{idx:02d}"
     out: list[Case] = []
     prec_axis: list[str | None] = list(precisions) or [None]
     bs_axis: list[int | None] = list(batch_sizes) or [None]
     for prec in prec_axis:
-        model = _model_path(raw, defaults, str(runtime_raw).lower(), runtime, prec, base, where)
+        model = _model_path(raw, defaults, str(runtime_raw).lower(), runtime, prec, path, where)
         for pipe in pipelines:
             for bs in bs_axis:
                 parts = [name]
@@ -216,7 +215,7 @@ def _expand(path: Path, suite: str, idx: int, raw: Any, defaults: dict[str, Any]
 
 
 def _model_path(raw: dict[str, Any], defaults: dict[str, Any], key: str, runtime: str,
-                precision: str | None, base: Path, where: str) -> Path:
+                precision: str | None, suite_file: Path, where: str) -> Path:
     value = raw.get("model_path")
     if value is None:
         paths = defaults.get("model_paths") or {}
@@ -233,7 +232,7 @@ def _model_path(raw: dict[str, Any], defaults: dict[str, Any], key: str, runtime
     text = str(value)
     if "{precision}" in text:
         text = text.replace("{precision}", precision or "fp32")
-    path = _path(base, text, "model_path", where)
+    path = _path(suite_file, text, "model_path", where)
     if not path.is_file():
         raise SuiteError("モデルファイルではありません\n"
                          f"{where}: not a model file: {path}",
@@ -299,11 +298,11 @@ def _str_list(value: Any, where: str) -> list[str] | None:
     return [str(v) for v in _as_list(value)]
 
 
-def _path(base: Path, value: Any, key: str, where: str) -> Path:
+def _path(suite_file: Path, value: Any, key: str, where: str) -> Path:
     """``value`` resolved by config_paths.resolve_relative; SuiteError when it exists nowhere."""
     from pochitrain.config_paths import missing_path_error, resolve_relative
 
-    found = resolve_relative(key, str(value), base, base)
+    found = resolve_relative(key, str(value), suite_file.parent, suite_file)
     if found.path.exists():
         return found.path
     error = missing_path_error(key, found, None)
