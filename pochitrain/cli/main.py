@@ -127,7 +127,8 @@ def run(argv: Sequence[str] | None, prog: str = "pochi", only: str | None = None
     parser = build_parser(prog, only, verb if verb in VERBS else None)
     if only is None and not argv:
         parser.print_help(sys.stderr)
-        print(f"\n{prog}: error: no VERB given. Choose one of the verbs above, e.g. "
+        print(f"\n{prog}: error: コマンド (VERB) を指定してください\n"
+              "no VERB given. Choose one of the verbs above, e.g. "
               f"'{prog} sample-data data/digits' ('{prog} VERB --help' for its options).",
               file=sys.stderr)
         return 2
