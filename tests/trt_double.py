@@ -360,7 +360,7 @@ def engine_meta(backend: str, version: str, chw: tuple[int, int, int], num_class
                    "onnx_shape": ["batch_size", num_classes]},
         "model": model, "source_onnx": {"path": "/models/best.onnx", "sha256": "0" * 64},
         "build": {}, "calibration": None, "gpu": None, "created": "2026-11-28T00:00:00+00:00",
-        "pochitrain_version": "0.1.0",
+        "pochitrain_version": "2.0.0",
     }
 
 
