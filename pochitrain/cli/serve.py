@@ -61,11 +61,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help="on SIGTERM, seconds to let in-flight requests finish (default: 30)")
     b.add_argument("--no-access-log", action="store_true",
                    help="do not log one line per request")
+    b.add_argument("--pipeline", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="input pipeline, as in pochi infer: gpu = nvJPEG decode + "
+                   "resize/crop/normalize on the GPU in the model thread (every runtime on "
+                   "CUDA); cpu = PIL decode + resize in the decode threads; auto (default) = "
+                   "gpu when the model runs on CUDA")
     gpu = parser.add_argument_group("PyTorch on a GPU (.pth only)")
-    gpu.add_argument("--pipeline", choices=("auto", "cpu", "gpu"), default="cpu",
-                     help="input pipeline: cpu (default) = PIL decode + resize in the decode "
-                     "threads; gpu = nvJPEG decode + resize/crop/normalize on the GPU in the "
-                     "model thread; auto = gpu when the model runs on CUDA")
     gpu.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
                      help="autocast precision of the model call on CUDA (default: fp32)")
     gpu.add_argument("--channels-last", action="store_true",
