@@ -162,7 +162,8 @@ class OriginalCheckpointError(ModelFileError):
     """A checkpoint of the original pochitrain (no metadata): see :func:`load_original`."""
 
     def __init__(self, checkpoint: OriginalCheckpoint, path: Path) -> None:
-        super().__init__(f"{path} is a checkpoint of the original pochitrain (no metadata).",
+        super().__init__("元の pochitrain のチェックポイントです (メタデータがありません)\n"
+                         f"{path} is a checkpoint of the original pochitrain (no metadata).",
                          "Pass -c/--config-path with its training config.")
         self.checkpoint = checkpoint
 

@@ -95,7 +95,11 @@ def passed_on(text: str) -> bool:
 
 
 def makes_error(func: ast.expr, classes: set[str]) -> bool:
-    """``Error(...)``, ``module.Error(...)`` or ``(UsageError if flag else ConfigError)(...)``."""
+    """``Error(...)``, ``module.Error(...)``, ``(UsageError if flag else ConfigError)(...)``,
+    or ``super().__init__(...)`` (inside an error class: see ``super_inits``)."""
+    if isinstance(func, ast.Attribute) and func.attr == "__init__" and isinstance(
+            func.value, ast.Call) and base_name(func.value.func) == "super":
+        return "super" in classes
     if isinstance(func, ast.IfExp):
         return makes_error(func.body, classes) or makes_error(func.orelse, classes)
     return base_name(func) in classes
@@ -120,9 +124,13 @@ def construction_sites() -> list[tuple[str, int, str | None]]:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         consts = {**shared, **module_constants(tree)}
         makers = classes | error_aliases(tree, classes)
-        for node in ast.walk(tree):
-            if not (isinstance(node, ast.Call) and makes_error(node.func, makers)):
-                continue
+        calls = [node for node in ast.walk(tree)
+                 if isinstance(node, ast.Call) and makes_error(node.func, makers)]
+        calls += [node for cls in ast.walk(tree)  # an error class's own __init__
+                  if isinstance(cls, ast.ClassDef) and cls.name in classes
+                  for node in ast.walk(cls)
+                  if isinstance(node, ast.Call) and makes_error(node.func, {"super"})]
+        for node in calls:
             message = node.args[0] if node.args else next(
                 (k.value for k in node.keywords if k.arg == "message"), None)
             if message is None:
