@@ -101,6 +101,10 @@ class ModelContext:
         """The run's val_data_root (``pochi infer`` without ``--data``), if any."""
         root = self.config.setting("val_data_root")
         self.sources["data_root"] = self.config.describe()
+        if root and not Path(root).exists() and "val_data_root" not in self.config.recorded:
+            settings = self.config.settings  # found nowhere: name both places tried
+            if settings is not None:
+                settings.require_paths("val_data_root")
         return Path(root) if root else None
 
     @cached_property

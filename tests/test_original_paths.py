@@ -161,6 +161,25 @@ def test_run_folder_from_elsewhere_names_the_missing_path(
     assert str(project / "work_dirs" / RUN / "data" / "train") in err
 
 
+def test_missing_val_data_root_names_both_candidates(
+        project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``pochi infer`` without --data reads val_data_root: unresolved, it is the error."""
+    run_dir = tmp_path / RUN
+    shutil.copytree(project / "work_dirs" / RUN, run_dir)
+    config = run_dir / "config.py"
+    config.write_text(config.read_text(encoding="utf-8").replace(
+        "train_data_root = 'data/train'", f"train_data_root = {str(project / 'data/train')!r}"),
+        encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    code = run(["infer", str(run_dir / "models" / "best_epoch3.pth"), "-o",
+                str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "val_data_root = 'data/val'" in err
+    assert str(tmp_path / "data" / "val") in err and str(run_dir / "data" / "val") in err
+
+
 def test_missing_path_error_names_both_candidates(project: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
