@@ -9,6 +9,7 @@ and no traceback.
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 from pathlib import Path
 
@@ -23,6 +24,13 @@ PACKAGE = Path(pochitrain.__file__).parent
 HOLE = "\x00"
 
 
+@functools.cache
+def trees() -> dict[Path, ast.Module]:
+    """Every module of the package, parsed once."""
+    return {path: ast.parse(path.read_text(encoding="utf-8"))
+            for path in sorted(PACKAGE.rglob("*.py"))}
+
+
 def error_classes() -> set[str]:
     """Names of PochiError and its subclasses (errors.py, and any defined elsewhere)."""
     names = {name for name, obj in inspect.getmembers(errors, inspect.isclass)
@@ -30,8 +38,8 @@ def error_classes() -> set[str]:
     grew = True
     while grew:  # subclasses defined in other modules, e.g. class BadInput(DataError)
         grew = False
-        for path in PACKAGE.rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for tree in trees().values():
+            for node in ast.walk(tree):
                 if isinstance(node, ast.ClassDef) and node.name not in names and any(
                         base_name(b) in names for b in node.bases):
                     names.add(node.name)
@@ -81,8 +89,8 @@ def shared_constants() -> dict[str, ast.expr]:
     """Upper-case module constants of the whole package (e.g. ``NO_VAL_TRANSFORM_JA``, which
     other modules import)."""
     found: dict[str, ast.expr] = {}
-    for path in PACKAGE.rglob("*.py"):
-        consts = module_constants(ast.parse(path.read_text(encoding="utf-8")))
+    for tree in trees().values():
+        consts = module_constants(tree)
         found.update({k: v for k, v in consts.items() if k.isupper()})
     return found
 
@@ -120,8 +128,7 @@ def construction_sites() -> list[tuple[str, int, str | None]]:
     classes = error_classes()
     shared = shared_constants()
     sites = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        tree = ast.parse(path.read_text(encoding="utf-8"))
+    for path, tree in trees().items():
         consts = {**shared, **module_constants(tree)}
         makers = classes | error_aliases(tree, classes)
         calls = [node for node in ast.walk(tree)
@@ -166,9 +173,11 @@ def failing_commands(tmp: Path, digits: Path, checkpoint: Path) -> list[tuple[li
     (full / "x").mkdir(parents=True)
     missing = tiny_config(tmp / "missing", digits, train=tmp / "no_such_folder")
     typo = tiny_config(tmp / "typo", digits, extra="learnig_rate = 0.1\n")
+    classes = tiny_config(tmp / "classes", digits, extra="num_classes = 5\n")
     return [
         (["train", "-c", str(missing)], "does not exist"),
         (["train", "-c", str(typo)], "Unknown config key"),
+        (["train", "-c", str(classes)], "num_classes = 5 but"),
         (["train", "-c", str(tmp / "none.py")], "Config file not found"),
         (["export-onnx", str(checkpoint), "-o", str(taken)], "already exists"),
         (["export-onnx", str(checkpoint), "--input-size", "32", "32", "32", "-o",
