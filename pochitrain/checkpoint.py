@@ -15,6 +15,7 @@ original's ``num_classes`` was overwritten with their count).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from pochitrain.config import Settings
 
 CHECKPOINT_FORMAT = "pochitrain-checkpoint-v1"
+SettingsOf = Callable[[Path], "Settings"]  # reads a config file (once, where the caller caches)
 PREFIX = "model."
 NO_CONFIG_JA = "設定ファイルが見つかりません"
 EDITED_REMEDY = ("The checkpoint was edited or damaged: use the .pth exactly as 'pochi train' "
@@ -80,12 +82,15 @@ def read_checkpoint(path: Path | str) -> tuple[dict[str, Any], ModelMeta]:
 
 def load_model(path: Path | str, device: str = "cpu", *, config: Path | str | None = None,
                verb: str = "infer", model_name: str | None = None,
-               num_classes: int | None = None) -> tuple[nn.Module, ModelMeta]:
+               num_classes: int | None = None,
+               settings_of: SettingsOf | None = None) -> tuple[nn.Module, ModelMeta]:
     """Rebuild the model of a checkpoint, in eval mode on ``device``.
 
     ModelFileError when the metadata (model name, number of classes) does not fit the weights.
     A checkpoint of the original pochitrain takes its metadata from ``config`` or the config
-    the original would have found for ``verb`` (:func:`load_original`).
+    the original would have found for ``verb`` (:func:`load_original`), read with
+    ``settings_of`` (default ``config.load_config``; the model facade passes the config it
+    already holds, so the config is executed once).
     """
     from pochitrain.models import build_model
 
@@ -95,7 +100,7 @@ def load_model(path: Path | str, device: str = "cpu", *, config: Path | str | No
         option = "-c/--config" if verb == "export-onnx" else "-c/--config-path"
         model, meta, _ = load_original(Path(path), exc.checkpoint, config=config, verb=verb,
                                        model_name=model_name, num_classes=num_classes,
-                                       option=option)
+                                       option=option, settings_of=settings_of)
         return model.to(device), meta
     try:
         model = build_model(meta.model_name, meta.num_classes, pretrained=False)
@@ -214,12 +219,13 @@ def find_original_config(model_path: Path, config: Path | str | None, verb: str,
         "val_transform are read from it).")
 
 
-def meta_from_config(config_path: Path, model_path: Path) -> tuple[ModelMeta, Settings]:
+def meta_from_config(config_path: Path, model_path: Path,
+                     settings_of: SettingsOf | None = None) -> tuple[ModelMeta, Settings]:
     """(metadata, settings) built from a training config: class names from run.json or the
     training folder, preprocessing from val_transform."""
     from pochitrain.config import class_names_from_config, load_config, preprocess_from_settings
 
-    settings = load_config(config_path)
+    settings = (settings_of or load_config)(config_path)
     pre = preprocess_from_settings(settings)
     names = class_names_from_config(settings, config_path)
     return ModelMeta(names, pre, model_name=settings.model_name,
@@ -229,7 +235,8 @@ def meta_from_config(config_path: Path, model_path: Path) -> tuple[ModelMeta, Se
 def load_original(model_path: Path, checkpoint: OriginalCheckpoint, *,
                   config: Path | str | None, verb: str = "infer",
                   model_name: str | None = None, num_classes: int | None = None,
-                  option: str = "-c/--config-path") -> tuple[nn.Module, ModelMeta, Path]:
+                  option: str = "-c/--config-path",
+                  settings_of: SettingsOf | None = None) -> tuple[nn.Module, ModelMeta, Path]:
     """(model in eval mode on the CPU, metadata, config path) for an original checkpoint.
 
     ``model_name`` / ``num_classes`` given on the command line win over the config (the
@@ -239,7 +246,7 @@ def load_original(model_path: Path, checkpoint: OriginalCheckpoint, *,
     from pochitrain.models import build_model
 
     config_path = find_original_config(model_path, config, verb, option)
-    meta, settings = meta_from_config(config_path, model_path)
+    meta, settings = meta_from_config(config_path, model_path, settings_of)
     name = model_name or settings.model_name
     _check_class_count(model_path, config_path, checkpoint.num_classes, num_classes, meta)
     model = build_model(name, meta.num_classes, pretrained=False)

@@ -60,8 +60,11 @@ def _open_torch(path: Path, request: OpenRequest) -> Opened:
 
         info("CUDA が使えないため CPU で推論します / No CUDA GPU here: running PyTorch on "
              "the CPU.")
-    config = request.config.path if request.config.given else None
-    model, meta = load_model(path, config=config)  # config: the original's checkpoints
+    run_config = request.config
+    config = run_config.path if run_config.given else None
+    # the original's checkpoints take their metadata from a config: the one this model's
+    # context reads (executed once) when it is the same file
+    model, meta = load_model(path, config=config, settings_of=run_config.settings_for)
     return TorchRunner(model, device, request.torch_options), meta
 
 

@@ -55,6 +55,17 @@ class RunConfig:
 
         return load_config(self.path) if self.path is not None else None
 
+    def settings_for(self, path: Path) -> Settings:
+        """The settings of the config file ``path``: this config's, read once, when it is the
+        same file; else that file read now."""
+        if self.path is not None and Path(path).resolve() == self.path.resolve():
+            settings = self.settings
+            assert settings is not None
+            return settings
+        from pochitrain.config import load_config
+
+        return load_config(path)
+
     @cached_property
     def recorded(self) -> dict[str, Any]:
         """Settings from the run.json beside a found config copy that has not been edited

@@ -95,6 +95,25 @@ def test_original_run_folder_infers_from_the_project_root(
     assert next((tmp_path / "out").glob("*_inference_results.csv")).stat().st_size > 0
 
 
+def test_infer_executes_the_runs_config_once(project: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The original's checkpoint takes class names and preprocessing from the run's config,
+    and the data folder comes from the same config: one execution serves both."""
+    import pochitrain.config
+
+    executed: list[Path] = []
+    real = pochitrain.config.load_config
+
+    def counting(path: Path | str, *args: object, **kwargs: object) -> object:
+        executed.append(Path(path))
+        return real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pochitrain.config, "load_config", counting)
+    monkeypatch.chdir(project)
+    assert run(["infer", CHECKPOINT, "-o", str(tmp_path / "out"), "--quiet"]) == 0
+    assert executed == [project / "work_dirs" / RUN / "config.py"]
+
+
 def test_original_run_folder_exports_and_infers_onnx(project: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(project)
