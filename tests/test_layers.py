@@ -19,15 +19,6 @@ PACKAGE = ROOT / "pochitrain"
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 
-# Imports that break a contract, as lint-imports reports them ("importer -> imported",
-# "cycle: a -> b" for a cycle it would break there, "not in a layer: m" for a new module),
-# tolerated while they are being fixed: the contract test is an expected failure while this
-# list is not empty, and any violation not listed here fails at once.
-KNOWN_LAYER_VIOLATIONS: set[str] = set()
-
-# Underscore names used outside the module that defines them ("importer: module._name").
-KNOWN_PRIVATE_IMPORTS: set[str] = set()
-
 # At most three modules or functions may exceed the size limits, each with its reason:
 # {"pochitrain/x.py" or "pochitrain/x.py:function": "why it stays whole"}.
 SIZE_EXCEPTIONS: dict[str, str] = {}
@@ -70,18 +61,16 @@ def lint_report() -> subprocess.CompletedProcess[str]:
 
 
 def test_no_new_layer_violations(lint_report: subprocess.CompletedProcess[str]) -> None:
-    """Every import that breaks a contract is a known one (and the contracts parse)."""
+    """No import breaks a contract (and the contracts parse), each violation named."""
     output = lint_report.stdout + lint_report.stderr
     assert "Contracts:" in output, f"lint-imports did not check the contracts:\n{output}"
-    new = _reported_violations(output) - KNOWN_LAYER_VIOLATIONS
+    new = _reported_violations(output)
     assert not new, (f"imports against the layers: {sorted(new)}\n"
                      "A new top-level module goes into one layer of [tool.importlinter] in "
                      "pyproject.toml (the lowest its imports allow); an upward import means the "
                      f"imported code belongs lower down.\n{output}")
 
 
-@pytest.mark.xfail(bool(KNOWN_LAYER_VIOLATIONS), strict=False,
-                   reason="known layer violations remain (KNOWN_LAYER_VIOLATIONS)")
 def test_import_contracts_are_kept(lint_report: subprocess.CompletedProcess[str]) -> None:
     output = lint_report.stdout + lint_report.stderr
     assert lint_report.returncode == 0, output
@@ -156,14 +145,10 @@ def _dotted(node: ast.expr) -> str | None:
     return None
 
 
-@pytest.mark.xfail(bool(KNOWN_PRIVATE_IMPORTS), strict=False,
-                   reason="known private imports remain (KNOWN_PRIVATE_IMPORTS)")
 def test_no_private_names_across_modules() -> None:
     found = sorted({use for module, path in _modules() for use in _private_uses(module, path)})
-    new = [use for use in found if use not in KNOWN_PRIVATE_IMPORTS]
-    assert not new, "underscore names used outside their module (give them a public name):\n" \
-        + "\n".join(new)
-    assert not found, "known private imports remain:\n" + "\n".join(found)
+    assert not found, "underscore names used outside their module (give them a public name):\n" \
+        + "\n".join(found)
 
 
 # ---- sizes ---------------------------------------------------------------------------------
@@ -191,7 +176,6 @@ def test_size_exceptions_are_few_and_explained() -> None:
     assert all(reason.strip() for reason in SIZE_EXCEPTIONS.values())
 
 
-@pytest.mark.xfail(strict=False, reason="functions are being split into named steps")
 def test_modules_and_functions_are_small() -> None:
     found = _oversized()
     assert not found, (f"over {MAX_MODULE_LINES} lines per module or {MAX_FUNCTION_LINES} per "
