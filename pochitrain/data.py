@@ -121,7 +121,7 @@ def remap_labels(folder: ImageFolder, model_classes: list[str]) -> ImageFolder:
     return ImageFolder(folder.root, list(model_classes), samples)
 
 
-def _pixel_limit_from_env(environ: Mapping[str, str] = os.environ) -> None:
+def pixel_limit_from_env(environ: Mapping[str, str] = os.environ) -> None:
     """``POCHI_MAX_IMAGE_PIXELS``: PIL's decompression-bomb limit (``none`` or 0: no limit).
 
     Without it, ``PIL.Image.MAX_IMAGE_PIXELS`` is left as it is (a program embedding
@@ -203,4 +203,4 @@ def open_rgb(path: Path) -> Image.Image | None:
         return None
 
 
-_pixel_limit_from_env()
+pixel_limit_from_env()

@@ -14,9 +14,9 @@ from PIL import Image
 from pochitrain.data import (
     PIXEL_LIMIT_ENV,
     ImageFolder,
-    _pixel_limit_from_env,
     check_classes,
     open_rgb,
+    pixel_limit_from_env,
     remap_labels,
 )
 from pochitrain.errors import ConfigError, DataError, UsageError
@@ -42,14 +42,14 @@ def test_image_over_the_pixel_limit_is_unreadable_not_a_traceback(
 
 def test_pixel_limit_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89478485)
-    _pixel_limit_from_env({})
+    pixel_limit_from_env({})
     assert Image.MAX_IMAGE_PIXELS == 89478485  # unset: left alone
-    _pixel_limit_from_env({PIXEL_LIMIT_ENV: "300_000_000"})
+    pixel_limit_from_env({PIXEL_LIMIT_ENV: "300_000_000"})
     assert Image.MAX_IMAGE_PIXELS == 300_000_000
-    _pixel_limit_from_env({PIXEL_LIMIT_ENV: "none"})
+    pixel_limit_from_env({PIXEL_LIMIT_ENV: "none"})
     assert Image.MAX_IMAGE_PIXELS is None
     with pytest.raises(UsageError, match=PIXEL_LIMIT_ENV):
-        _pixel_limit_from_env({PIXEL_LIMIT_ENV: "lots"})
+        pixel_limit_from_env({PIXEL_LIMIT_ENV: "lots"})
 
 
 def test_16_bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
@@ -258,16 +258,16 @@ def test_checkpoint_metadata_that_does_not_fit_the_weights(
 
 
 def test_worker_errors_lose_the_worker_traceback() -> None:
-    from pochitrain.cli.main import _unwrapped
+    from pochitrain.cli.main import unwrapped_error
 
     wrapped = DataError("Caught DataError in DataLoader worker process 0.\n"
                         "Original Traceback (most recent call last):\n  File \"x.py\", line 1\n"
                         "pochitrain.errors.DataError: Images of one batch differ\nAdd Resize\n")
-    error = _unwrapped(wrapped)
+    error = unwrapped_error(wrapped)
     assert isinstance(error, DataError) and "Traceback" not in str(error)
     assert error.message == "Images of one batch differ\nAdd Resize"
     plain = DataError("plain", "fix")
-    assert _unwrapped(plain) is plain
+    assert unwrapped_error(plain) is plain
 
 
 # ---- command line -------------------------------------------------------------------------

@@ -33,8 +33,8 @@ def test_quickstart_runs_every_step(tmp_path: Path, capsys: pytest.CaptureFixtur
     # no GPU here: the TensorRT rows say why instead of failing the run
     assert "not run" in out and "CUDA" in out
     # a second run reuses the sample data (not rewritten) instead of failing on it
-    from pochitrain.pipeline.quickstart import _sample_data
+    from pochitrain.pipeline.quickstart import sample_data_config
 
     config = root / "data" / "config.py"
     before = config.stat().st_mtime_ns
-    assert _sample_data(root / "data") == config and config.stat().st_mtime_ns == before
+    assert sample_data_config(root / "data") == config and config.stat().st_mtime_ns == before

@@ -101,7 +101,7 @@ def start_debug_logging(argv: Sequence[str]) -> None:
                  sys.version.split()[0], " ".join(argv))
 
 
-def _unwrapped(exc: Exception) -> Exception:
+def unwrapped_error(exc: Exception) -> Exception:
     """A PochiError raised in a DataLoader worker comes back re-created from the worker's
     traceback text ("Caught DataError in DataLoader worker process 0. Original Traceback..."):
     keep only what the original error said."""
@@ -142,7 +142,7 @@ def run(argv: Sequence[str] | None, prog: str = "pochi", only: str | None = None
     except PochiError as exc:
         from pochitrain.console import print_error
 
-        error = _unwrapped(exc)
+        error = unwrapped_error(exc)
         print_error(error)  # type: ignore[arg-type]
         if debug:
             import traceback

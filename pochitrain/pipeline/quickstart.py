@@ -76,7 +76,7 @@ def quickstart(root: Path | str = "pochi_quickstart", epochs: int | None = None,
     step = _Runner(report)
 
     data_dir = root / "data"
-    config = step("sample data", lambda: _sample_data(data_dir),
+    config = step("sample data", lambda: sample_data_config(data_dir),
                   lambda cfg: ("digits 0-9, 32x32 RGB PNG", data_dir))
     if config is None:
         return report
@@ -127,7 +127,7 @@ def quickstart(root: Path | str = "pochi_quickstart", epochs: int | None = None,
     return report
 
 
-def _sample_data(data_dir: Path) -> Path:
+def sample_data_config(data_dir: Path) -> Path:
     """Write the digits once; a second quickstart in the same folder reuses them."""
     from pochitrain.pipeline.sample_data import write_sample_data
 
