@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
@@ -44,6 +44,9 @@ from pochitrain.serve.metrics import Metrics
 from pochitrain.serve.middleware import LimitAndLog
 from pochitrain.serve.multipart import read_form
 
+if TYPE_CHECKING:
+    from pochitrain.serve.model import ServeModel
+
 PREFIX = "/api/v1"
 ROUTES = {f"{PREFIX}/predict", f"{PREFIX}/health", f"{PREFIX}/model-info",
           f"{PREFIX}/version", "/metrics", "/docs", "/openapi.json"}
@@ -61,29 +64,7 @@ class ServeSettings:
     access_log: bool = True
 
 
-class ServedModel(Protocol):
-    """What the app needs of a model (``serve.model.ServeModel``)."""
-
-    @property
-    def runtime(self) -> str: ...
-
-    @property
-    def class_names(self) -> list[str]: ...
-
-    def info(self) -> dict[str, Any]: ...
-
-    def backend_versions(self) -> dict[str, str]: ...
-
-    def prepare(self, payload: Payload) -> Any:
-        """One decoded, preprocessed image (decode threads); raises BadInput."""
-
-    def run_batch(self, items: list[Any]) -> list[Any]:
-        """One probability row per item, or an exception for an item that failed."""
-
-    def close(self) -> None: ...
-
-
-def create_app(model: ServedModel, settings: ServeSettings) -> FastAPI:
+def create_app(model: ServeModel, settings: ServeSettings) -> FastAPI:
     """The app; its lifespan starts the decode pool and the batcher and drains them."""
     metrics = Metrics(lambda: float(batcher.depth))
     batcher = Batcher(model.run_batch, max_batch=settings.max_batch,
@@ -134,26 +115,18 @@ def unprocessable_body(exc: BadInput) -> dict[str, Any]:
     """The original's 422 body (FastAPI's: ``detail`` lists the errors), plus ours."""
     from fastapi.encoders import jsonable_encoder
 
-    errors = getattr(exc, "errors", None)
-    if errors is None:  # one of our own checks: one entry in FastAPI's shape
+    errors = exc.errors  # pydantic's, or one entry in FastAPI's shape for our own checks
+    if errors is None:
         errors = [{"type": exc.code, "loc": ["body"], "msg": exc.en, "input": None}]
     return {"detail": jsonable_encoder(errors), "message": f"{exc.ja}\n{exc.en}",
             "error": exc.code}
-
-
-class InvalidRequest(BadInput):
-    """A request that failed pydantic's validation; keeps the errors for the 422 body."""
-
-    def __init__(self, errors: list[Any], ja: str, en: str) -> None:
-        super().__init__(422, "invalid_request", ja, en)
-        self.errors = errors
 
 
 @dataclass
 class Predict:
     """``POST /predict``: payloads -> decode pool -> batcher -> JSON answer."""
 
-    model: ServedModel
+    model: ServeModel
     settings: ServeSettings
     batcher: Batcher
     metrics: Metrics
@@ -244,7 +217,7 @@ def add_predict_route(app: FastAPI, predict: Predict) -> None:
         return await predict(request, top_k)
 
 
-def add_info_routes(app: FastAPI, model: ServedModel, settings: ServeSettings,
+def add_info_routes(app: FastAPI, model: ServeModel, settings: ServeSettings,
                     metrics: Metrics) -> None:
     """health, model-info, version and the Prometheus ``/metrics``."""
     from pochitrain import __version__
@@ -306,14 +279,15 @@ def original_backend_versions() -> dict[str, str]:
     return {"pytorch": torch_version, "python": sys.version.split()[0]}
 
 
-def _invalid(errors: Any) -> InvalidRequest:
+def _invalid(errors: Any) -> BadInput:
+    """A request that failed pydantic's validation; its errors go into the 422 body."""
     parts = []
     for err in errors:
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         parts.append(f"{where or 'body'}: {err.get('msg', '')}")
     text = "; ".join(parts)
-    return InvalidRequest(list(errors), f"リクエストの内容が正しくありません: {text}",
-                          f"The request is not valid: {text}")
+    return BadInput(422, "invalid_request", f"リクエストの内容が正しくありません: {text}",
+                    f"The request is not valid: {text}", errors=list(errors))
 
 
 def _queue_full(limit: int) -> dict[str, str]:

@@ -28,14 +28,13 @@ ENCODED_FORMATS = ("jpeg", "jpg", "png", "webp", "image")
 
 
 class BadInput(Exception):
-    """A request the server refuses; ``status`` is the HTTP status to answer with."""
+    """A request the server refuses; ``status`` is the HTTP status to answer with, ``errors``
+    pydantic's when its validation refused it."""
 
-    def __init__(self, status: int, code: str, ja: str, en: str) -> None:
+    def __init__(self, status: int, code: str, ja: str, en: str,
+                 errors: list[Any] | None = None) -> None:
         super().__init__(f"{ja}\n{en}")
-        self.status = status
-        self.code = code
-        self.ja = ja
-        self.en = en
+        self.status, self.code, self.ja, self.en, self.errors = status, code, ja, en, errors
 
     def body(self) -> dict[str, Any]:
         return {"detail": f"{self.ja}\n{self.en}", "error": self.code}

@@ -16,13 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pochitrain.serve.app import ServedModel, ServeSettings, create_app
+from pochitrain.serve.app import ServeSettings, create_app
+from pochitrain.serve.model import ServeModel
 
 if TYPE_CHECKING:
     import socket
 
     import uvicorn
     from fastapi import FastAPI
+
+    from pochitrain.inference.torch_runner import TorchOptions
 
 
 @dataclass
@@ -34,7 +37,7 @@ class ServeOptions:
     device: str = "auto"
     providers: list[str] | None = None
     pipeline: str = "auto"
-    torch_options: Any = None
+    torch_options: TorchOptions | None = None
     drain_timeout_s: float = 30.0
     warmup: bool = True
     workers: int = 1  # server processes on the port
@@ -52,10 +55,8 @@ def _log_to_stderr(pid: bool = False) -> None:
         logger.propagate = False
 
 
-def open_model(options: ServeOptions, settings: ServeSettings) -> ServedModel:
+def open_model(options: ServeOptions, settings: ServeSettings) -> ServeModel:
     """The ``ServeModel``, warmed up unless ``options.warmup`` is off."""
-    from pochitrain.serve.model import ServeModel
-
     model = ServeModel(options.model, config=options.config, device=options.device,
                        providers=options.providers, max_batch=settings.max_batch,
                        pipeline=options.pipeline, torch_options=options.torch_options)
@@ -69,7 +70,7 @@ def open_model(options: ServeOptions, settings: ServeSettings) -> ServedModel:
 
 
 def open_server(options: ServeOptions, settings: ServeSettings
-                ) -> tuple[ServedModel, FastAPI, uvicorn.Config]:
+                ) -> tuple[ServeModel, FastAPI, uvicorn.Config]:
     """(model, app, uvicorn.Config): the model opened here, the app over it."""
     import uvicorn
 
