@@ -1,15 +1,10 @@
 """GPU input pipeline for inference (``--pipeline gpu``): keeps the GPU fed.
 
 Two stages, each in its own thread on its own CUDA stream (``prefetch``), one batch ahead of
-the model: (1) files are read (``read``: a thread pool, or the reader process of
-``read_proc`` for long passes) and each chunk is decoded (``decode``: nvJPEG, else PIL);
-(2) the uint8 images of a batch are resized, center-cropped and normalized together
-(``resize.to_batch``).
-
-Skips follow the CPU path: a file is skipped when PIL (``data.open_rgb``) cannot decode it.
-Differences from the CPU path (``Preprocess.__call__``, PIL): the matmul resize reproduces
-PIL's fixed-point arithmetic up to float32 rounding (rare +-1 levels); nvJPEG's IDCT / chroma
-upsampling differ slightly from libjpeg's.
+the model: files are read (threads, or the reader process of ``read_proc`` for long passes)
+and decoded (nvJPEG, else PIL); then a batch's images are resized, center-cropped and
+normalized together (``resize.to_batch``). A file is skipped when PIL cannot decode it, as
+on the CPU path; nvJPEG's IDCT and chroma upsampling differ slightly from libjpeg's.
 """
 
 from __future__ import annotations
@@ -20,11 +15,16 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from pochitrain.errors import GpuMemoryError, UsageError
 from pochitrain.gpu_input.decode import Decoder
-from pochitrain.gpu_input.options import Options, quick_gil_handoff, read_threads
+from pochitrain.gpu_input.options import (
+    PROCESS_READER_MIN_FILES,
+    Options,
+    quick_gil_handoff,
+    read_threads,
+)
 from pochitrain.gpu_input.prefetcher import prefetch
 from pochitrain.gpu_input.read import READ_GROUP, Entry, map_grouped, read_groups, reader_for
 from pochitrain.gpu_input.read_proc import ReaderProcess, SlotChunks, rebatch
@@ -35,26 +35,13 @@ if TYPE_CHECKING:
 
     from pochitrain.preprocess import Preprocess
 
+    # as ``loop.iter_batches`` gives it: images (None when all were skipped), paths, labels,
+    # skipped paths
+    InputBatch = tuple[torch.Tensor | None, list[Path], list[int], list[Path]]
+
 PIPELINES = ("auto", "cpu", "gpu")
 # the Preprocess interpolations the GPU reproduces
 GPU_INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
-
-
-class InputBatch(NamedTuple):
-    """One batch, as ``loop.iter_batches`` gives it: images (None when every file of it was
-    skipped), paths, labels and skipped paths."""
-
-    images: torch.Tensor | None
-    paths: list[Path]
-    labels: list[int]
-    skipped: list[Path]
-
-
-class Assembled(NamedTuple):
-    """Decoded inputs as one batch (None when none decoded) and the indices that failed."""
-
-    batch: torch.Tensor | None
-    failed: list[int]
 
 
 def gpu_unsupported(preprocess: Preprocess) -> str | None:
@@ -95,12 +82,9 @@ def resolve_pipeline(pipeline: str, device: str, preprocess: Preprocess) -> tupl
 
 
 class GpuBatches:
-    """``batches(samples, batch_size)`` -> iterator of :class:`InputBatch` (float32 NCHW
-    tensor on ``device``), in input order; a drop-in for ``loop.iter_batches``.
-    :meth:`assemble` makes one batch of inputs already in memory (``pochi serve``).
-
-    ``device="cpu"`` runs the same code without streams or nvJPEG (used by the tests).
-    """
+    """``batches(samples, batch_size)`` -> batches in input order, a drop-in for
+    ``loop.iter_batches``; :meth:`assemble` batches inputs already in memory (serve).
+    ``device="cpu"`` runs the same code without streams or nvJPEG (the tests)."""
 
     def __init__(self, preprocess: Preprocess, device: str = "cuda",
                  workers: int | None = None) -> None:
@@ -125,7 +109,6 @@ class GpuBatches:
             self._resize_warm.start()
 
     def _warm_resize(self) -> None:
-        """One resize of a blank image the size of a typical photo for this preprocessing."""
         torch = self._torch
         h, w = self.preprocess.input_size
         with contextlib.suppress(Exception):  # a real batch meets (and reports) any problem
@@ -141,13 +124,8 @@ class GpuBatches:
         h, w = self.preprocess.input_size
         return self._torch.zeros((n, 3, h, w), dtype=self._torch.float32, device=self.device)
 
-    @property
-    def jpeg_decoder(self) -> str:
-        """"nvJPEG", or why PIL decodes instead (known once the start-up probe is done)."""
-        return self.decoder.name
-
     def describe(self) -> str:
-        return (f"gpu (decode: {self.jpeg_decoder}; resize/crop/normalize on {self.device}: "
+        return (f"gpu (decode: {self.decoder.name}; resize/crop/normalize on {self.device}: "
                 f"{resize_path(self.preprocess, self.device)})")
 
     def batch_of(self, images: list[torch.Tensor]) -> torch.Tensor | None:
@@ -162,16 +140,15 @@ class GpuBatches:
                                   device=self.device)
         return to_batch(images, self.preprocess, batch)
 
-    def assemble(self, entries: Sequence[Entry]) -> Assembled:
-        """Inputs in memory -> one batch, ready on the current stream, and the indices that
-        could not be decoded. ``Entry.kind``: ``"jpeg"`` (payload: encoded bytes, source:
-        what PIL opens if nvJPEG cannot) or ``"rgb"`` (payload: (h, w, 3) uint8 array)."""
+    def assemble(self, entries: Sequence[Entry]) -> tuple[torch.Tensor | None, list[int]]:
+        """Inputs in memory -> (one batch ready on the current stream, or None when none
+        decoded; the indices that could not be decoded)."""
         images = self.decoder.decode(entries)
         failed = [i for i, image in enumerate(images) if image is None]
         batch = self.batch_of([image for image in images if image is not None])
         if batch is not None and self.cuda:
             self._torch.cuda.current_stream(self.device).synchronize()
-        return Assembled(batch, failed)
+        return batch, failed
 
     def _items(self, decoded: Iterator[tuple[list[Entry], list[torch.Tensor | None]]],
                batch_size: int) -> Iterator[InputBatch]:
@@ -196,8 +173,8 @@ class GpuBatches:
             yield self._batch(good, skipped)
 
     def _batch(self, good: list[tuple[Entry, torch.Tensor]], skipped: list[Path]) -> InputBatch:
-        return InputBatch(self.batch_of([image for _, image in good]),
-                          [e.source for e, _ in good], [e.label for e, _ in good], skipped)
+        return (self.batch_of([image for _, image in good]), [e.source for e, _ in good],
+                [e.label for e, _ in good], skipped)
 
     def _decoded(self, pool: ThreadPoolExecutor, samples: list[tuple[Path, int]],
                  batch_size: int, options: Options,
@@ -226,12 +203,11 @@ class GpuBatches:
                      "process instead.")
 
     def _reader_process(self, n_files: int, options: Options) -> ReaderProcess | None:
-        """A :class:`read_proc.ReaderProcess` for a pass over ``n_files``, or None: the read
-        thread is used for small jobs (the helper's start-up would cost more than it saves),
-        on machines with few cores, off Linux, and under ``POCHI_READER=thread|python``."""
+        """The helper process for a pass, or None: small passes (its start-up would cost more
+        than it saves), few cores, off Linux, ``POCHI_READER=thread|python``."""
         if options.reader in ("thread", "python") or self.reader_failed:
             return None
-        if options.reader != "process" and (n_files < options.process_reader_min_files
+        if options.reader != "process" and (n_files < PROCESS_READER_MIN_FILES
                                             or not self.cuda or (os.cpu_count() or 1) < 4):
             return None
         from PIL import Image
@@ -240,10 +216,8 @@ class GpuBatches:
 
     def __call__(self, samples: list[tuple[Path, int]],
                  batch_size: int) -> Iterator[InputBatch]:
-        """Two stages, each in its own thread on its own CUDA stream, one batch ahead each:
-        read + decode chunk k+1 while chunk k is resized / normalized while the model runs."""
         options = Options.from_env()
-        with quick_gil_handoff(options.switch_interval), \
+        with quick_gil_handoff(), \
                 ThreadPoolExecutor(self.workers, thread_name_prefix="pochi-read") as pool:
             on_error = _out_of_memory(batch_size)
             decoded = prefetch(lambda: self._decoded(pool, samples, batch_size, options),
@@ -259,7 +233,6 @@ class GpuBatches:
 
 
 def _out_of_memory(batch_size: int) -> Callable[[BaseException], BaseException]:
-    """The prefetchers' ``on_error``: CUDA out of memory becomes a usage error."""
     import torch
 
     def convert(exc: BaseException) -> BaseException:

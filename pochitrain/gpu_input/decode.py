@@ -1,15 +1,13 @@
 """Decode with fallback: nvJPEG for the JPEGs it reads like PIL, PIL for everything else.
 
-``Decoder(device).decode(entries)`` gives a (3, h, w) uint8 tensor on the device per
-``read.Entry``, or None where the image cannot be decoded. JPEGs go to nvJPEG together
-(``torchvision.io.decode_jpeg(device="cuda")``); when one of them fails the others are
-retried one by one, and each that nvJPEG refuses is decoded by PIL (``data.open_rgb``) from
-the entry's source, whose verdict decides, as on the CPU path. On the CPU (the tests) the
-same code runs with torchvision's CPU decoder.
+JPEGs go to nvJPEG together; when one of them fails the others are retried one by one, and
+each that nvJPEG refuses is decoded by PIL (``data.open_rgb``) from the entry's source, whose
+verdict decides, as on the CPU path. On the CPU (the tests) torchvision's CPU decoder runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -76,33 +74,25 @@ class Decoder:
 
     def _decode_jpegs(self, entries: Sequence[Entry]) -> list[torch.Tensor | None]:
         """Decoded images of JPEG entries; None where neither nvJPEG nor PIL can decode."""
-        if not entries:
-            return []
-        if self.nvjpeg:
+        if entries and self.nvjpeg:
             try:
                 return list(self._decode_many([e.payload for e in entries]))
             except RuntimeError:
                 pass  # one bad file fails the whole batch: retry one by one
-        out: list[torch.Tensor | None] = []
-        for entry in entries:
-            try:
-                if not self.nvjpeg:
-                    raise RuntimeError("no nvJPEG")
-                out.append(self._decode_many([entry.payload])[0])
-            except RuntimeError:
-                out.append(self.decode_pil(entry.source))
-        return out
+        return [self._decode_one(entry) for entry in entries]
 
-    def decode_pil(self, source: Any) -> torch.Tensor | None:
-        """PIL's decode (``data.open_rgb``) of a path or file-like object, on the device."""
+    def _decode_one(self, entry: Entry) -> torch.Tensor | None:
         import numpy as np
 
         from pochitrain.data import open_rgb
 
-        image = open_rgb(source)
-        return None if image is None else self.from_hwc(np.asarray(image))
+        if self.nvjpeg:
+            with contextlib.suppress(RuntimeError):
+                return self._decode_many([entry.payload])[0]
+        image = open_rgb(entry.source)
+        return None if image is None else self._from_hwc(np.asarray(image))
 
-    def from_hwc(self, array: np.ndarray) -> torch.Tensor:
+    def _from_hwc(self, array: np.ndarray) -> torch.Tensor:
         """(h, w, 3) uint8 array -> (3, h, w) uint8 tensor on the device."""
         import torch
 
@@ -120,5 +110,5 @@ class Decoder:
             images[i] = image
         for i, entry in enumerate(entries):
             if entry.kind == "rgb":
-                images[i] = self.from_hwc(entry.payload)
+                images[i] = self._from_hwc(entry.payload)
         return images

@@ -1,15 +1,11 @@
 """The GPU input's switches and its process-wide state, each in one place.
 
-``Options.from_env()`` reads the ``POCHI_*`` environment variables (read when a pipeline
-starts, so a test or a user can change them between runs):
+``Options.from_env()`` reads, when a pipeline starts (so they may change between runs):
 
 - ``POCHI_READER``: ``auto`` (default), ``thread`` (the read thread only), ``python``
   (Python's reads, no torchvision reader) or ``process`` (the reader process for any pass);
 - ``POCHI_READ_THREADS``: threads that read files (a positive whole number);
 - ``POCHI_GPU_RESIZE=matmul``: the matmul resize even where the Triton kernels would run.
-
-Process-wide state: the thread switch interval while pipelines run (``quick_gil_handoff``)
-and whether the Triton kernels failed in this process (``KERNELS``).
 """
 
 from __future__ import annotations
@@ -33,12 +29,9 @@ class Options:
     reader: str = "auto"  # auto | thread | python | process
     read_threads: int | None = None  # None: READ_THREADS for the use
     gpu_resize: str = "auto"  # "auto" or "matmul"
-    switch_interval: float = SWITCH_INTERVAL
-    process_reader_min_files: int = PROCESS_READER_MIN_FILES
 
     @classmethod
     def from_env(cls) -> Options:
-        """The options as the environment sets them now."""
         reader = os.environ.get("POCHI_READER", "").strip() or "auto"
         threads = os.environ.get("POCHI_READ_THREADS", "").strip()
         count = None
@@ -58,8 +51,7 @@ class Options:
 
 def read_threads(use: str = "inference") -> int:
     """Threads that read files. Reading a cached file takes microseconds and holds the GIL
-    for most of them: many threads mostly fight over it, so few are used;
-    ``POCHI_READ_THREADS`` overrides."""
+    for most of them: many threads mostly fight over it, so few are used."""
     return Options.from_env().read_threads or min(READ_THREADS[use], os.cpu_count() or 1)
 
 
@@ -75,7 +67,10 @@ def _warn_once(message: str) -> None:
 
 
 class GilHandoff:
-    """The process's thread switch interval while GPU input pipelines run (they nest)."""
+    """The process's thread switch interval while GPU input pipelines run (they nest).
+
+    Readers release the GIL for each system call; at the default 5 ms interval each of them
+    then waits that long behind a thread running Python code (the decode or batch thread)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -83,15 +78,11 @@ class GilHandoff:
         self._before = 0.0
 
     @contextlib.contextmanager
-    def __call__(self, interval: float = SWITCH_INTERVAL) -> Iterator[None]:
-        """While the GPU input threads run, Python switches threads every ``interval``
-        seconds instead of 5 ms: readers release the GIL for each system call, and at the
-        default interval each of them then waits up to 5 ms behind a thread running Python
-        code (the decode or batch thread)."""
+    def __call__(self) -> Iterator[None]:
         with self._lock:
             if self._users == 0:
                 self._before = sys.getswitchinterval()
-                sys.setswitchinterval(min(self._before, interval))
+                sys.setswitchinterval(min(self._before, SWITCH_INTERVAL))
             self._users += 1
         try:
             yield
@@ -108,11 +99,10 @@ quick_gil_handoff = GilHandoff()
 class KernelHealth:
     """Whether the Triton kernels failed in this process (then the matmuls run)."""
 
-    def __init__(self) -> None:
-        self.broken: str | None = None
+    broken: str | None = None
 
     def fail(self, exc: BaseException, what: str) -> None:
-        """Record the first failure and say it once; later calls use the matmuls."""
+        """Record the first failure and say it once."""
         if self.broken is None:
             self.broken = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
             from pochitrain.console import warn

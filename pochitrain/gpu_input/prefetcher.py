@@ -19,20 +19,13 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable, Generator, Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import torch
 
 T = TypeVar("T")
 _DONE = object()  # the end of the items
-
-
-class _Handed(NamedTuple):
-    """An item on the queue, with the event recorded after it was made (``"event"``)."""
-
-    item: Any
-    event: Any
 
 
 def prefetch(make: Callable[[], Iterable[T]], device: str, *, depth: int = 2,
@@ -66,7 +59,7 @@ def prefetch(make: Callable[[], Iterable[T]], device: str, *, depth: int = 2,
                     elif stream is not None:
                         event = torch.cuda.Event()
                         event.record(stream)
-                    put(_Handed(item, event))
+                    put((item, event))  # the event: recorded after it was made
                     if stop.is_set():  # the consumer is gone: make no more
                         return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
@@ -83,13 +76,14 @@ def prefetch(make: Callable[[], Iterable[T]], device: str, *, depth: int = 2,
                 return
             if isinstance(got, BaseException):
                 raise got
-            if got.event is not None:
+            item, event = got
+            if event is not None:
                 current = torch.cuda.current_stream(device)
-                current.wait_event(got.event)
-                for t in tensors(got.item) if tensors is not None else ():
+                current.wait_event(event)
+                for t in tensors(item) if tensors is not None else ():
                     if t is not None:
                         t.record_stream(current)
-            yield got.item
+            yield item
     finally:
         stop.set()
         thread.join(timeout=30)
