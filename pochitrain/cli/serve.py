@@ -102,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
     require_extra()
     from pochitrain.pipeline.infer import torch_options
     from pochitrain.serve.app import ServeSettings
-    from pochitrain.serve.run import serve
     from pochitrain.serve.server import ServeOptions
+    from pochitrain.serve.workers import serve
 
     model = Path(args.model)
     options = ServeOptions(

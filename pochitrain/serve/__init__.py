@@ -1,12 +1,5 @@
 """``pochi serve``: an HTTP API (the original's v1 paths) over any model file, micro-batched.
 
-Modules: ``decode`` (request bodies -> RGB images, bilingual 4xx errors), ``model`` (the
-opened model: preprocess in a thread pool, batches on one worker thread), ``batcher``
-(bounded queue + micro-batches), ``metrics`` (Prometheus), ``multipart`` (form bodies, by python-multipart),
-``app`` (FastAPI routes and middleware), ``server`` (uvicorn with a graceful SIGTERM drain),
-``workers`` (``--workers N``: N such servers on one port), ``run`` (``serve()``: one
-process or ``workers``).
-
 FastAPI, uvicorn, python-multipart and prometheus-client come from the optional extra
 ``pochitrain[serve]``; :func:`require_extra` names it when they are missing.
 """

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 # Hidden test hook: a file path. While that file exists the model thread starts no batch,
 # unless the file holds a number and at least that many images are waiting. Tests hold
@@ -47,12 +47,8 @@ class _Job:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class _Entry(NamedTuple):
-    """One image in the queue: its request, its place there, the prepared image."""
-
-    job: _Job
-    position: int  # in the request's images
-    item: Any
+# One image in the queue: its request, its place among the request's images, the image.
+Entry = tuple[_Job, int, Any]
 
 
 class Batcher:
@@ -94,7 +90,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         job = _Job(loop, loop.create_future(), [None] * len(items), len(items))
         for i, item in enumerate(items):
-            self._queue.put(_Entry(job, i, item))
+            self._queue.put((job, i, item))
         return await job.future
 
     def start(self) -> None:
@@ -111,7 +107,7 @@ class Batcher:
         self._thread = None
 
     # ---- worker thread ------------------------------------------------------------------
-    def _gather(self, first: _Entry) -> tuple[list[_Entry], bool]:
+    def _gather(self, first: Entry) -> tuple[list[Entry], bool]:
         """Up to ``max_batch`` entries: ``first`` plus whatever arrives within max_wait."""
         entries = [first]
         deadline = time.perf_counter() + self.max_wait_s
@@ -137,14 +133,14 @@ class Batcher:
             entries, stopping = self._gather(first)
             start = time.perf_counter()
             try:
-                results: Sequence[Any] = self.run_batch([e.item for e in entries])
+                results: Sequence[Any] = self.run_batch([e[2] for e in entries])
             except Exception as exc:  # noqa: BLE001 - every request of the batch gets it
                 results = [exc] * len(entries)
             self.batches += 1
             if self.on_batch is not None:
                 self.on_batch(len(entries), time.perf_counter() - start)
-            for entry, result in zip(entries, results):
-                self._deliver(entry.job, entry.position, result)
+            for (job, position, _), result in zip(entries, results):
+                self._deliver(job, position, result)
         # drain: anything still queued after the stop mark is answered too
         while True:
             try:
@@ -152,7 +148,7 @@ class Batcher:
             except queue.Empty:
                 return
             if entry is not _STOP:
-                self._deliver(entry.job, entry.position, RuntimeError("server stopping"))
+                self._deliver(entry[0], entry[1], RuntimeError("server stopping"))
 
     def _wait_at_gate(self) -> None:
         """The test hook (``GATE_ENV``); ``first`` is taken, so it counts as one waiting."""

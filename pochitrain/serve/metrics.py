@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -78,8 +77,3 @@ class Metrics:
             MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
 
-
-def route_label(path: str, known: Any) -> str:
-    """The metrics label of a request path: the route itself, or "other" (unbounded paths
-    from scanners must not create unbounded label sets)."""
-    return path if path in known else "other"

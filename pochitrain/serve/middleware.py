@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Any
 
-from pochitrain.serve.metrics import Metrics, route_label
+from pochitrain.serve.metrics import Metrics
 
 access_log = logging.getLogger("pochitrain.serve.access")
 
@@ -94,7 +94,9 @@ class LimitAndLog:
 
     def _record(self, scope: dict[str, Any], status: int, seconds: float) -> None:
         path = scope.get("path", "")
-        self.metrics.observe_request(route_label(path, self.routes), status, seconds)
+        # unknown paths (scanners) share one label: unbounded label sets would grow forever
+        label = path if path in self.routes else "other"
+        self.metrics.observe_request(label, status, seconds)
         if self.log:
             client = scope.get("client") or ("-", 0)
             access_log.info('%s:%s "%s %s HTTP/%s" %d %.1fms', client[0], client[1],

@@ -1,17 +1,7 @@
 """The served model: opened once through the model facade (``pochitrain.model``), as
-``pochi infer`` opens it, and used by two kinds of threads.
-
-- ``prepare(payload)`` runs in the decode thread pool: decode (``data.open_rgb``) and
-  preprocess (the model's ``Preprocess``) -> float32 (3, H, W). With the GPU input pipeline
-  it only sorts the bytes: complete JPEGs nvJPEG reads like PIL stay encoded, the rest are
-  decoded by PIL to (h, w, 3) uint8.
-- ``run_batch(items)`` runs on the batcher's single worker thread: stack -> the model's
-  ``probabilities`` (chunk, pad, run, softmax), one (num_classes,) float64 row per item. GPU
-  pipeline: nvJPEG decode + resize/crop/normalize on the GPU (``pochitrain.gpu_input``)
-  before the model call.
-
-``--pipeline`` means what it means for ``pochi infer``: on a CUDA device the GPU input
-pipeline feeds every runtime.
+``pochi infer`` opens it; ``prepare`` runs in the decode thread pool, ``run_batch`` on the
+batcher's single worker thread. ``--pipeline`` means what it means for ``pochi infer``: on a
+CUDA device the GPU input pipeline (nvJPEG decode, resize on the GPU) feeds every runtime.
 """
 
 from __future__ import annotations
@@ -26,7 +16,6 @@ from pochitrain.serve.decode import BadInput, Payload, Upload, decode_image
 
 if TYPE_CHECKING:
     from pochitrain.inference.torch_runner import TorchOptions
-    from pochitrain.preprocess import Preprocess
 
 
 class ForGpu(NamedTuple):
@@ -36,20 +25,6 @@ class ForGpu(NamedTuple):
     kind: str
     data: Any
     name: str
-
-
-def prepare(payload: Payload, preprocess: Preprocess, gpu: bool) -> np.ndarray | ForGpu:
-    """One image for ``run_batch`` (decode thread pool); BadInput when it is not an image.
-    CPU pipeline: decoded and preprocessed, float32 (3, H, W). GPU pipeline: complete JPEGs
-    that nvJPEG reads like PIL stay encoded, the rest are decoded to (h, w, 3) uint8."""
-    if not gpu:
-        return preprocess(decode_image(payload))
-    from pochitrain.gpu_input import for_nvjpeg
-
-    data = payload.data
-    if data is not None and for_nvjpeg(data):
-        return ForGpu("jpeg", data, payload.name)
-    return ForGpu("rgb", np.array(decode_image(payload)), payload.name)
 
 
 class ServeModel:
@@ -108,7 +83,16 @@ class ServeModel:
 
     # ---- decode pool ----------------------------------------------------------------------
     def prepare(self, payload: Payload) -> np.ndarray | ForGpu:
-        return prepare(payload, self.preprocess, gpu=self.gpu is not None)
+        """One image for ``run_batch``; BadInput when it is not an image. CPU pipeline:
+        decoded and preprocessed, float32 (3, H, W). GPU pipeline: complete JPEGs that nvJPEG
+        reads like PIL stay encoded, the rest are decoded to (h, w, 3) uint8."""
+        if self.gpu is None:
+            return self.preprocess(decode_image(payload))
+        from pochitrain.gpu_input import for_nvjpeg
+
+        if payload.data is not None and for_nvjpeg(payload.data):
+            return ForGpu("jpeg", payload.data, payload.name)
+        return ForGpu("rgb", np.array(decode_image(payload)), payload.name)
 
     # ---- model worker thread --------------------------------------------------------------
     def run_batch(self, items: list[Any]) -> list[Any]:

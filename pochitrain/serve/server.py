@@ -1,5 +1,5 @@
 """One server process: the model, the app over it on uvicorn; SIGTERM / Ctrl+C drain it and
-the process exits 0. ``serve.run.serve`` picks this or ``serve.workers`` (several processes).
+the process exits 0. ``serve.workers.serve`` picks this or several processes.
 
 Shutdown order (uvicorn's graceful shutdown, then ours): the listening socket closes (no new
 connections), idle keep-alive connections close, in-flight requests run to their answers
@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,27 +57,17 @@ def _log_to_stderr(pid: bool = False) -> None:
         logger.propagate = False
 
 
-def open_model(options: ServeOptions, settings: ServeSettings) -> ServeModel:
-    """The ``ServeModel``, warmed up unless ``options.warmup`` is off."""
+def open_server(options: ServeOptions, settings: ServeSettings
+                ) -> tuple[ServeModel, FastAPI, uvicorn.Config]:
+    """(model, app, uvicorn.Config): the model opened (and warmed up) here, the app over it."""
+    import uvicorn
+
     model = ServeModel(options.model, config=options.config, device=options.device,
                        providers=options.providers, max_batch=settings.max_batch,
                        pipeline=options.pipeline, torch_options=options.torch_options)
     try:
         if options.warmup:
             model.warmup((1, settings.max_batch))
-    except BaseException:
-        model.close()
-        raise
-    return model
-
-
-def open_server(options: ServeOptions, settings: ServeSettings
-                ) -> tuple[ServeModel, FastAPI, uvicorn.Config]:
-    """(model, app, uvicorn.Config): the model opened here, the app over it."""
-    import uvicorn
-
-    model = open_model(options, settings)
-    try:
         app = create_app(model, settings)
         _log_to_stderr(pid=options.workers > 1)
         config = uvicorn.Config(
@@ -137,21 +129,26 @@ def serve_one(options: ServeOptions, settings: ServeSettings) -> int:
         model.close()
 
 
-def run_server(server: uvicorn.Server, sockets: list[socket.socket] | None = None) -> str:
-    """``server.run()`` with SIGTERM / SIGINT handlers that only record the signal: uvicorn
-    re-raises the signal it caught after its graceful shutdown, and a default SIGTERM handler
-    would then kill the process (exit 143) right after a clean drain."""
+@contextmanager
+def signals_recorded() -> Iterator[list[str]]:
+    """SIGTERM / SIGINT only noted (names, in order) inside the block: uvicorn re-raises the
+    signal it caught after its graceful shutdown, and a default SIGTERM handler would then
+    kill the process (exit 143) right after a clean drain."""
     caught: list[str] = []
-
-    def remember(sig: int, frame: Any) -> None:
-        caught.append(signal.Signals(sig).name)
-
-    previous = {s: signal.signal(s, remember) for s in (signal.SIGTERM, signal.SIGINT)}
+    handlers = {s: signal.signal(s, lambda sig, _: caught.append(signal.Signals(sig).name))
+                for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server.run(sockets)
-    except SystemExit:  # uvicorn exits 1 when it cannot bind; the caller explains why
-        pass
+        yield caught
     finally:
-        for s, handler in previous.items():
+        for s, handler in handlers.items():
             signal.signal(s, handler)
+
+
+def run_server(server: uvicorn.Server, sockets: list[socket.socket] | None = None) -> str:
+    """``server.run()`` under :func:`signals_recorded`; the names of the signals caught."""
+    with signals_recorded() as caught:
+        try:
+            server.run(sockets)
+        except SystemExit:  # uvicorn exits 1 when it cannot bind; the caller explains why
+            pass
     return ", ".join(caught)

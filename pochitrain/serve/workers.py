@@ -1,10 +1,11 @@
-"""``pochi serve --workers N``: N server processes on one port, each with its own model,
-batcher, decode threads and event loop (one process tops out at what its GIL allows).
+"""``pochi serve``'s entry (:func:`serve`): one server process, or ``--workers N``: N server
+processes on one port, each with its own model, batcher, decode threads and event loop (one
+process tops out at what its GIL allows).
 
 The parent binds N listening sockets with SO_REUSEPORT, so the kernel spreads incoming
 connections over them (no balancer of ours), and starts one spawned worker per socket. Each
 worker opens the model and serves with uvicorn exactly as the single-process server does,
-then reports ``Ready`` on a pipe. The parent prints the banner once all are ready, turns
+then reports "ready" on a pipe. The parent prints the banner once all are ready, turns
 SIGTERM / SIGINT into SIGTERM for every worker (each drains as one server does) and exits 0
 when all have stopped cleanly. A worker that fails to start sends its error back: the parent
 stops the others and raises that same error. Prometheus metrics go through
@@ -15,7 +16,6 @@ any worker reports the totals of all of them.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -35,6 +35,8 @@ from pochitrain.serve.server import (
     open_server,
     port_error,
     run_server,
+    serve_one,
+    signals_recorded,
 )
 
 if TYPE_CHECKING:
@@ -43,25 +45,8 @@ if TYPE_CHECKING:
 
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 STOP_GRACE_S = 70.0  # beyond --drain-timeout: the batcher's drain and closing the model
-
-
-# ---- what a worker tells the parent ---------------------------------------------------
-@dataclass
-class Ready:
-    info: dict[str, Any]  # the model's /model-info facts, for the banner
-
-
-@dataclass
-class Stopped:
-    batches: int
-    signal: str
-
-
-@dataclass
-class Failed:
-    kind: type  # the PochiError subclass, raised again by the parent
-    message: str
-    remedy: str | None
+# A worker's messages: ("ready", /model-info facts), ("stopped", model batches run) or
+# ("failed", PochiError subclass, message, remedy), raised again by the parent.
 
 
 def bind_sockets(host: str, port: int, n: int) -> list[socket.socket]:
@@ -100,7 +85,7 @@ def _watch_parent(parent: int) -> None:
 
 def worker_main(index: int, options: ServeOptions, settings: ServeSettings,
                 sock: socket.socket, conn: Connection, parent: int) -> None:
-    """One worker: open the model, serve ``sock``, send Ready / Stopped / Failed on ``conn``."""
+    """One worker: open the model, serve ``sock``, send its messages on ``conn``."""
     import uvicorn
 
     from pochitrain.errors import PochiError
@@ -110,18 +95,18 @@ def worker_main(index: int, options: ServeOptions, settings: ServeSettings,
     try:
         model, app, config = open_server(options, settings)
     except PochiError as exc:
-        conn.send(Failed(type(exc), exc.message, exc.remedy))
+        conn.send(("failed", type(exc), exc.message, exc.remedy))
         sys.exit(exc.exit_code)
     except Exception as exc:  # noqa: BLE001 - a bug: its traceback here, its name there
         traceback.print_exc()
-        conn.send(Failed(PochiError, f"{type(exc).__name__}: {exc}", None))
+        conn.send(("failed", PochiError, f"{type(exc).__name__}: {exc}", None))
         sys.exit(1)
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets=sockets)
             if self.started:
-                conn.send(Ready(model.info()))
+                conn.send(("ready", model.info()))
 
     if "torch" in sys.modules:  # N processes x all cores of intra-op threads would thrash
         sys.modules["torch"].set_num_threads(max(1, (os.cpu_count() or 1) // options.workers))
@@ -129,13 +114,13 @@ def worker_main(index: int, options: ServeOptions, settings: ServeSettings,
     signal.signal(signal.SIGTERM, lambda sig, frame: None)
     try:
         server = Server(config)
-        stopped_by = run_server(server, [sock])
+        run_server(server, [sock])
         if server.started:
-            conn.send(Stopped(app.state.batcher.batches, stopped_by))
+            conn.send(("stopped", app.state.batcher.batches))
         else:
             message = (f"ワーカー {index} がサーバーを起動できませんでした。\n"
                        f"Worker {index} could not start serving (see the messages above).")
-            conn.send(Failed(PochiError, message, None))
+            conn.send(("failed", PochiError, message, None))
     finally:
         model.close()
     sys.exit(0 if server.started else 1)
@@ -148,7 +133,7 @@ class _Worker:
     process: BaseProcess
     conn: Connection
     ready: dict[str, Any] | None = None
-    error: Failed | None = None
+    error: tuple[type, str, str | None] | None = None  # a "failed" message
     batches: int | None = None  # said when it stopped cleanly
     open: bool = True
 
@@ -166,12 +151,12 @@ class _Worker:
         except (EOFError, OSError):
             self.open = False
             return
-        if isinstance(message, Ready):
-            self.ready = message.info
-        elif isinstance(message, Failed):
-            self.error = message
-        elif isinstance(message, Stopped):
-            self.batches = message.batches
+        if message[0] == "ready":
+            self.ready = message[1]
+        elif message[0] == "failed":
+            self.error = message[1:]
+        else:
+            self.batches = message[1]
 
 
 def _poll(workers: list[_Worker], timeout: float) -> None:
@@ -207,10 +192,11 @@ def _startup_error(workers: list[_Worker]) -> Exception:
             w.read()
     for w in workers:
         if w.error is not None:
+            kind, message, remedy = w.error
             try:
-                return w.error.kind(w.error.message, w.error.remedy)  # type: ignore[no-any-return]
+                return kind(message, remedy)  # type: ignore[no-any-return]
             except TypeError:
-                return PochiError(w.error.message, w.error.remedy)
+                return PochiError(message, remedy)
     w = next(w for w in workers if w.failed)
     return PochiError(
         f"ワーカー {w.index} が起動前に終了しました (終了コード {w.process.exitcode})。\n"
@@ -219,32 +205,19 @@ def _startup_error(workers: list[_Worker]) -> Exception:
 
 
 @contextmanager
-def _metrics_folder() -> Iterator[str]:
+def _metrics_folder() -> Iterator[None]:
     """A private folder for prometheus_client's multiprocess files, removed at the end."""
-    folder = tempfile.mkdtemp(prefix="pochi_serve_metrics_")
     previous = os.environ.get(METRICS_ENV)
-    os.environ[METRICS_ENV] = folder  # the spawned workers inherit it
-    try:
-        yield folder
-    finally:
-        if previous is None:
-            os.environ.pop(METRICS_ENV, None)
-        else:
-            os.environ[METRICS_ENV] = previous
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@contextmanager
-def _signals_recorded() -> Iterator[list[str]]:
-    """SIGTERM / SIGINT only noted (names, in order) while the workers run."""
-    caught: list[str] = []
-    handlers = {s: signal.signal(s, lambda sig, _: caught.append(signal.Signals(sig).name))
-                for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield caught
-    finally:
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
+    with tempfile.TemporaryDirectory(prefix="pochi_serve_metrics_",
+                                     ignore_cleanup_errors=True) as folder:
+        os.environ[METRICS_ENV] = folder  # the spawned workers inherit it
+        try:
+            yield
+        finally:
+            if previous is None:
+                os.environ.pop(METRICS_ENV, None)
+            else:
+                os.environ[METRICS_ENV] = previous
 
 
 def _start(options: ServeOptions, settings: ServeSettings, sockets: list[socket.socket],
@@ -311,7 +284,7 @@ def serve_workers(options: ServeOptions, settings: ServeSettings) -> int:
     sockets = bind_sockets(options.host, options.port, options.workers)
     workers: list[_Worker] = []
     try:
-        with _metrics_folder(), _signals_recorded() as caught:
+        with _metrics_folder(), signals_recorded() as caught:
             try:
                 _start(options, settings, sockets, workers)
                 _await_ready(workers, caught)
@@ -328,3 +301,10 @@ def serve_workers(options: ServeOptions, settings: ServeSettings) -> int:
     info(f"停止しました / Server stopped ({', '.join(dict.fromkeys(caught))}); "
          f"{len(workers)} workers, {batches} model batches run.")
     return 0
+
+
+def serve(options: ServeOptions, settings: ServeSettings) -> int:
+    """``pochi serve``: one server process, or ``--workers N``; 0 after a clean stop."""
+    if options.workers > 1:
+        return serve_workers(options, settings)
+    return serve_one(options, settings)
