@@ -1,21 +1,12 @@
 """Fused, banded resize + center-crop + normalize on the GPU (Triton), bit-exact to PIL.
 
-The dense-matmul resize (``resample.resize_group``) multiplies every output pixel by every
-input pixel of its row, pads images to a common size and needs ~10 launches per size group.
-Here each output pixel reads only its filter window (``ceil(support) * 2 + 1`` taps, 5 for a
-500 -> 256 bilinear), straight from the decoded images concatenated into one flat buffer, in
-two kernels per batch whatever the image sizes:
-
-1. horizontal pass: (image, channel, input row) -> resized columns of the crop, uint8;
-2. vertical pass: rows of the crop, clip8, then ``(v / 255 - mean) / std`` into the batch.
-
-The arithmetic is PIL's own: coefficients normalised in float64 and stored as 22-bit fixed
-point, int32 sums starting at one half, ``clip8`` after each pass. So every pixel equals
-``Image.resize`` + crop (the matmul path is exact only up to float32 rounding). Only the input
-rows the crop needs are resampled horizontally.
-
-Coefficients are built on the device by a few vectorised float64 torch ops (no host sync),
-from per-image geometry computed with Python scalars.
+Unlike the dense matmuls of ``resample``, each output pixel reads only its filter window,
+straight from the decoded images concatenated into one flat buffer, in two kernels per batch
+whatever the image sizes: a horizontal pass to uint8, then a vertical pass, clip8 and
+``(v / 255 - mean) / std`` into the batch (or the other order where Pillow takes it). The
+arithmetic is PIL's own (float64 coefficients stored as 22-bit fixed point, int32 sums, clip8
+after each pass), so every pixel equals ``Image.resize`` + crop. Only the input rows the crop
+needs are resampled.
 """
 
 from __future__ import annotations
@@ -60,7 +51,7 @@ def supports(preprocess: Preprocess) -> bool:
     return preprocess.resize is None or preprocess.interpolation in SUPPORT
 
 
-def _norm(preprocess: Preprocess, device: torch.device) -> torch.Tensor:
+def scale_shift(preprocess: Preprocess, device: torch.device) -> torch.Tensor:
     """(scale[3], shift[3]) so that ``v * scale - shift == (v / 255 - mean) / std``."""
     import torch
 
@@ -72,9 +63,8 @@ def _norm(preprocess: Preprocess, device: torch.device) -> torch.Tensor:
 @lru_cache(maxsize=1)
 def pil_vertical_first_rule() -> bool:
     """Whether the installed Pillow runs the vertical pass first when the height shrinks by
-    more than twice as many pixels as the width (Pillow 13 does; earlier releases always
-    start horizontally). Found by resizing a probe both ways, so the GPU follows the Pillow
-    that the CPU pipeline uses."""
+    more than twice as many pixels as the width (Pillow 13 does, earlier releases do not):
+    probed, so the GPU follows the Pillow that the CPU pipeline uses."""
     import numpy as np
     from PIL import Image
 
@@ -91,9 +81,8 @@ def vertical_first(h: int, w: int, rh: int, rw: int) -> bool:
 
 
 class _Image(NamedTuple):
-    """One image of a batch: where its pixels start in the concatenated source, its size,
-    resized size and crop offsets, the input rows / columns the crop reads ([lo, hi)), tap
-    counts and pass order."""
+    """One image of a batch: its offset in the concatenated source, geometry, the input rows
+    / columns the crop reads ([lo, hi)), tap counts and pass order."""
 
     base: int
     h: int
@@ -111,7 +100,6 @@ class _Image(NamedTuple):
 
 def _plan(images: list[torch.Tensor], preprocess: Preprocess, out_h: int, out_w: int,
           mode: str) -> list[_Image]:
-    """Per image: geometry, the input window the crop reads, tap counts and pass order."""
     plans = []
     base = 0
     for im in images:
@@ -132,9 +120,9 @@ def _plan(images: list[torch.Tensor], preprocess: Preprocess, out_h: int, out_w:
 
 def resize_normalize(images: list[torch.Tensor], preprocess: Preprocess,
                      out: torch.Tensor) -> torch.Tensor:
-    """(3, h_k, w_k) uint8 tensors -> ``out`` ((n, 3, H, W), float32 / fp16 / bf16):
-    resized, center-cropped and normalized exactly as ``Preprocess.__call__`` (PIL) does.
-    Runs on CUDA (or, for tests, on CPU tensors under ``TRITON_INTERPRET=1``)."""
+    """(3, h_k, w_k) uint8 tensors -> ``out`` ((n, 3, H, W), float32 / fp16 / bf16),
+    exactly as ``Preprocess.__call__`` (PIL) makes them. Runs on CUDA (or, for tests, on
+    CPU tensors under ``TRITON_INTERPRET=1``)."""
     import torch
 
     mode = preprocess.interpolation if preprocess.resize is not None else "bilinear"
@@ -145,7 +133,7 @@ def resize_normalize(images: list[torch.Tensor], preprocess: Preprocess,
     plans = _plan(images, preprocess, out_h, out_w, mode)
     src = torch.cat([im.reshape(-1) for im in images]) if len(images) > 1 else \
         images[0].reshape(-1)
-    norm = _norm(preprocess, dev)
+    norm = scale_shift(preprocess, dev)
     for vfirst in (False, True):
         idx = [i for i, p in enumerate(plans) if p.vfirst == vfirst]
         if idx:

@@ -1,24 +1,17 @@
 """Files read and checked by a helper process, handed over in shared memory (GPU pipeline).
 
-Reading a file and checking its JPEG header cost 15-25 us of interpreter time per file. In
-the command's process that time holds the GIL against the decode and resize threads: on an
-H100 the input stage ran at 10,000-12,000 images/s from files against 16,000-18,000 with every
-file already in memory, its read thread busy 61 % of the time. Here a process of its own
-reads and checks on another core, and the command gets one message per group of files.
+Reading a file and checking its JPEG header cost interpreter time that, in the command's
+process, holds the GIL against the decode and resize threads; here a process of its own does
+it on another core, and the command gets one message per group of files.
 
 Protocol, over a socket pair: the command sends ``(slot, [path, ...])``; the helper reads the
-files one after another into that slot of a buffer both processes map (a ``memfd``: it
-vanishes with the last process that maps it, whatever happens) and answers
-``(slot, [(kind, offset, size), ...])``, in the order of the requests, where kind is
-
-- ``"jpeg"``: a complete JPEG whose header says nvJPEG decodes it as PIL would;
-- ``"other"``: anything else (not a JPEG, cut off, rotated, CMYK, a header this parser cannot
-  read, too big for the slot, unreadable): the command reads it itself with
-  ``read.read_item``, so PIL gives the verdict as for any file.
-
-The command hands a slot back once every file in it has been decoded (``SlotChunks``).
-Linux only (``os.memfd_create``); elsewhere, or when the helper cannot start, the pipeline's
-read thread does the work. This module imports nothing heavy: it is the helper's program.
+files into that slot of a buffer both processes map (a ``memfd``: it vanishes with the last
+process that maps it) and answers ``(slot, [(kind, offset, size), ...])`` in request order:
+``"jpeg"`` for a complete JPEG that nvJPEG decodes as PIL would, ``"other"`` for anything
+else (the command reads it itself with ``read.read_item``, so PIL gives the verdict). The
+command hands a slot back once every file in it is decoded (``SlotChunks``). Linux only;
+elsewhere, or when the helper cannot start, the read thread does the work. This module
+imports nothing heavy: it is the helper's program.
 """
 
 from __future__ import annotations
@@ -48,8 +41,7 @@ T = TypeVar("T")
 
 
 class Answer(NamedTuple):
-    """The helper's word on one file: kind ``"jpeg"`` (its bytes at ``offset``, ``size``
-    long, in the shared buffer) or ``"other"`` (the command reads it)."""
+    """The helper's word on one file; for ``"jpeg"``, where its bytes are in the buffer."""
 
     kind: str
     offset: int
@@ -88,8 +80,8 @@ def serve(conn: Connection, buf: memoryview, limit: int | None) -> None:
 
 
 class ReaderProcess:
-    """The command's side: start with :meth:`start` (None when it cannot), then
-    ``request`` / ``receive`` in order, ``close`` at the end."""
+    """The command's side: :meth:`start` (None when it cannot), ``request`` / ``receive`` in
+    order, ``close``."""
 
     def __init__(self, proc: subprocess.Popen[bytes], conn: Connection, buf: mmap.mmap,
                  view: torch.Tensor) -> None:
@@ -157,10 +149,9 @@ class ReaderProcess:
 
 
 class SlotChunks:
-    """Chunks of ``batch_size`` read files (``read.Entry`` lists), in order, read by a
-    :class:`ReaderProcess`. Call :meth:`consumed` after decoding each chunk: it hands the
-    slots of those files back. ``fallback(paths)`` reads files in the command (the thread
-    pool's ``read_item``): the "other" answers, and everything once the helper failed."""
+    """Chunks of ``batch_size`` ``read.Entry`` items, in order, read by a ReaderProcess;
+    :meth:`consumed` after decoding a chunk hands its slots back. ``fallback(paths)`` reads
+    in the command: the "other" answers, and everything once the helper failed."""
 
     def __init__(self, reader: ReaderProcess, samples: list[tuple[Path, int]], batch_size: int,
                  fallback: Callable[[list[Path]], Iterable[Read]]) -> None:
@@ -182,7 +173,6 @@ class SlotChunks:
                     self.free.append(held.slot)
 
     def _groups(self) -> Iterator[list[Entry]]:
-        """Each group of files, read, in order."""
         starts = deque(range(0, len(self.samples), GROUP))
         inflight: deque[tuple[int, list[tuple[Path, int]]]] = deque()
         while starts or inflight:
@@ -235,8 +225,8 @@ class _Held:
 
 
 def rebatch(groups: Iterable[list[T]], size: int) -> Iterator[list[T]]:
-    """The items of ``groups``, in order, in lists of ``size`` (the last may be shorter); a
-    group is asked for only when the items in hand do not fill a list."""
+    """The items of ``groups`` in lists of ``size`` (the last may be shorter); a group is
+    asked for only when the items in hand do not fill a list."""
     chunk: list[T] = []
     for group in groups:
         chunk += group

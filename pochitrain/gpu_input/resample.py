@@ -1,24 +1,13 @@
 """Batched resize + center-crop on the GPU that reproduces PIL's ``Image.resize`` arithmetic.
 
-PIL resizes 8-bit images separably: a horizontal pass, rounded to uint8, then a vertical pass,
-each output pixel a weighted sum over a window of input pixels with weights from the filter
-(triangle for bilinear, Keys a=-0.5 for bicubic) stretched by the downscale factor (this is the
-antialiasing), normalised, and stored as 22-bit fixed-point integers. A separable resize is
-two matrix products, so a whole group of images is resized by two batched matmuls::
-
-    T = round(X @ Wx^T)        X: (n, H, 3, W) uint8 -> float, Wx: (n, out_w, W)
-    Y = round(Wy @ T)          Wy: (n, out_h, H)
-
-PIL's window and fixed-point weights of every output pixel are computed once here
-(:func:`band`, shared with the banded Triton kernels of ``banded``) and laid out as dense
-matrices on the device for the whole group at once; rows outside the resized image are zero, which is
-the center crop's zero padding, and only the rows/columns kept by the center crop are computed.
-Images of different sizes share one product by zero-padding X to the group's largest size
-(padded columns get weight 0). Results equal PIL's up to float32 rounding in the sums (a
-grey level at most, on rare pixels); JPEG decoding (nvJPEG vs libjpeg) differs separately.
-
-Nearest (PIL's affine nearest: source pixel ``floor((o + 0.5) * scale)``) is a one-hot matrix.
-About 10 kernel launches per group plus one copy per image, instead of ~5 launches per image.
+PIL resizes 8-bit images separably (horizontal pass, clip8, vertical pass), each output pixel
+a weighted sum over a window whose filter (triangle for bilinear, Keys a=-0.5 for bicubic) is
+stretched by the downscale factor, with 22-bit fixed-point weights. PIL's windows are built
+here once (:func:`band`, shared with the Triton kernels of ``banded``) and laid out as dense
+matrices, so a group of images is resized by two batched matmuls; rows outside the resized
+image are zero (the crop's padding), and images of different sizes are zero-padded to the
+group's largest. Results equal PIL's up to float32 rounding in the sums (a grey level at
+most, on rare pixels). Nearest (PIL's affine nearest) is a one-hot matrix.
 """
 
 from __future__ import annotations
@@ -52,10 +41,8 @@ def resized_hw(preprocess: Preprocess, h: int, w: int) -> tuple[int, int]:
 
 
 def geometry(preprocess: Preprocess, h: int, w: int) -> tuple[int, int, int, int]:
-    """(resized h, resized w, crop offset top, crop offset left) for an image of h x w.
-
-    The offset is where output row/column 0 falls in the resized image: negative when the
-    crop is larger than the image (zero padding, placed as ``preprocess._center_crop``)."""
+    """(resized h, resized w, crop offset top, crop offset left) for an image of h x w; an
+    offset is negative when the crop is larger than the image (zero padding)."""
     rh, rw = resized_hw(preprocess, h, w)
     if preprocess.center_crop is None:
         return rh, rw, 0, 0
@@ -68,8 +55,6 @@ def geometry(preprocess: Preprocess, h: int, w: int) -> tuple[int, int, int, int
 
 
 def pil_filter(x: torch.Tensor, mode: str) -> torch.Tensor:
-    """PIL's filter weight at distance ``x`` (in filter units): a triangle for bilinear, Keys
-    a = -0.5 for bicubic."""
     import torch
 
     x = x.abs()
@@ -100,13 +85,11 @@ def window_bounds(in_len: int, out_len: int, first: int, last: int,
 def pil_window(center: torch.Tensor, inside: torch.Tensor, src_len: torch.Tensor,
                filterscale: torch.Tensor, n_taps: int, mode: str,
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """PIL's resample window for every output pixel of a batch along one axis (PIL's
-    ``precompute_coeffs``, in float64): ``center`` (n, n_out) is the source coordinate of
-    each output pixel's centre, ``inside`` (n, n_out) whether the pixel comes from the image
-    (else zero: crop padding), ``src_len`` and ``filterscale`` (n,) the source length and the
-    filter stretch (the downscale factor, at least 1; 1 without antialiasing). Returns the
-    first input pixel (n, n_out) and ``n_taps`` weights (n, n_out, n_taps), normalised in
-    PIL's summation order (zero past the window)."""
+    """PIL's ``precompute_coeffs`` in float64 for a batch along one axis: ``center``
+    (n, n_out) source coordinate of each output pixel, ``inside`` (n, n_out) whether it comes
+    from the image (else zero: crop padding), ``src_len`` and ``filterscale`` (n,) the source
+    length and filter stretch. Returns the first input pixel (n, n_out) and ``n_taps``
+    normalised weights (n, n_out, n_taps), zero past the window."""
     import torch
 
     fs = filterscale[:, None]
@@ -125,13 +108,10 @@ def pil_window(center: torch.Tensor, inside: torch.Tensor, src_len: torch.Tensor
 
 def band(in_len: torch.Tensor, out_len: torch.Tensor, offset: torch.Tensor, lo: torch.Tensor,
          n_out: int, n_taps: int, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """PIL's windows (:func:`pil_window`) for a resize + center crop, in the kernels' form.
-
-    ``in_len``, ``out_len``, ``offset``, ``lo``: (n,) int64 tensors (input length, resized
-    length, crop offset, first input pixel kept in the intermediate buffer). Returns
-    ``start`` (n, n_out) int32, the first input pixel relative to ``lo``, and ``coef``
-    (n, n_out, n_taps) int32 fixed-point weights (zero outside the window and for output
-    pixels outside the resized image, which is the crop's zero padding)."""
+    """PIL's windows for a resize + center crop, in the kernels' form. ``in_len``,
+    ``out_len``, ``offset``, ``lo``: (n,) int64 (input length, resized length, crop offset,
+    first input pixel kept). Returns ``start`` (n, n_out) int32, relative to ``lo``, and
+    ``coef`` (n, n_out, n_taps) int32 fixed-point weights."""
     import torch
 
     f64 = torch.float64
@@ -154,11 +134,8 @@ def fixed_point(w: torch.Tensor) -> torch.Tensor:
 
 def weights(in_len: torch.Tensor, out_len: torch.Tensor, offset: torch.Tensor, n_out: int,
             n_in: int, mode: str, n_taps: int = 0) -> torch.Tensor:
-    """(n, n_out, n_in) float32 resize matrices, one per image, on the inputs' device: the
-    taps of :func:`band` (``n_taps``: the widest window, :func:`taps`) laid out densely.
-
-    ``in_len``, ``out_len``, ``offset``: (n,) int64 tensors (input length, resized length,
-    crop offset); output index i samples resized pixel ``offset + i`` (zero row outside)."""
+    """(n, n_out, n_in) float32 resize matrices: the taps of :func:`band` laid out densely;
+    output index i samples resized pixel ``offset + i`` (a zero row outside)."""
     import torch
 
     dev = in_len.device
@@ -184,8 +161,7 @@ def dense(j: torch.Tensor, w: torch.Tensor, n_in: int) -> torch.Tensor:
 
 def separable(x: torch.Tensor, wy: torch.Tensor, wx: torch.Tensor,
               clip8: bool) -> torch.Tensor:
-    """(n, H, C, W) float -> (n, C, out_h, out_w): the columns, then the rows, resampled by
-    two batched matmuls (channels between rows and columns make each pass one ``bmm``).
+    """(n, H, C, W) float -> (n, C, out_h, out_w) by two ``bmm`` (columns, then rows);
     ``clip8``: round to whole levels in 0..255 after each pass, as PIL stores 8-bit images."""
     import torch
 
@@ -202,9 +178,8 @@ def separable(x: torch.Tensor, wy: torch.Tensor, wx: torch.Tensor,
 
 def _nearest_sources(in_len: list[int], out_len: list[int], offset: list[int],
                      n_out: int) -> torch.Tensor:
-    """(n, n_out) source index per output pixel, as PIL's ImagingScaleAffine finds it: the
-    coordinate is accumulated by repeated float64 addition (sequential, hence on the CPU),
-    so pixels that land exactly on a boundary go where PIL puts them."""
+    """(n, n_out) source index per output pixel, accumulated by repeated float64 addition
+    as PIL's ImagingScaleAffine does, so pixels exactly on a boundary go where PIL puts them."""
     import numpy as np
     import torch
 
@@ -225,8 +200,7 @@ def _round_u8_(x: torch.Tensor) -> torch.Tensor:
 
 def resize_group(images: list[torch.Tensor], preprocess: Preprocess,
                  mode: str) -> torch.Tensor:
-    """(3, h_k, w_k) uint8 tensors on one device -> (n, 3, H, W) float32 of 0..255 values
-    (resized, rounded to whole levels as PIL stores them, and center-cropped)."""
+    """(3, h_k, w_k) uint8 tensors -> (n, 3, H, W) float32 of whole 0..255 levels."""
     import torch
 
     dev = images[0].device
@@ -276,8 +250,7 @@ def groups(sizes: list[tuple[int, int]], budget: int) -> list[list[int]]:
 
 def resize_batch(images: list[torch.Tensor], preprocess: Preprocess, out: torch.Tensor,
                  budget: int = 96 * 2**20) -> torch.Tensor:
-    """Resize + center-crop ``images`` into ``out`` ((n, 3, H, W) float32, 0..255 values),
-    one :func:`resize_group` per group of similar sizes."""
+    """Resize + center-crop ``images`` into ``out`` ((n, 3, H, W) float32, 0..255 values)."""
     import torch
 
     mode = preprocess.interpolation if preprocess.resize is not None else "bilinear"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pochitrain.gpu_input.banded import resize_normalize, triton_available
+from pochitrain.gpu_input.banded import resize_normalize, scale_shift, triton_available
 from pochitrain.gpu_input.options import KERNELS, Options
 from pochitrain.gpu_input.resample import SUPPORT, resize_batch
 
@@ -37,9 +37,7 @@ def resize_path(preprocess: Preprocess, device: str) -> str:
 def to_batch(images: list[torch.Tensor], preprocess: Preprocess,
              out: torch.Tensor) -> torch.Tensor:
     """Decoded (3, h, w) uint8 images -> ``out`` (n, 3, H, W): resized, center-cropped and
-    normalized. On CUDA, two fused Triton kernels (a banded resize, bit-exact to PIL) where
-    Triton is present; otherwise, or if they fail to compile, the batched matmuls + one
-    normalize (said once)."""
+    normalized; a failure of the kernels is said once, and the matmuls take over."""
     if resize_path(preprocess, str(out.device)).startswith("banded"):
         try:
             return resize_normalize(images, preprocess, out)
@@ -51,18 +49,12 @@ def to_batch(images: list[torch.Tensor], preprocess: Preprocess,
 
 def normalize_(batch: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
     """In place: 0..255 values -> (x / 255 - mean) / std, as one fused multiply-add."""
-    import torch
-
-    std = torch.tensor(preprocess.std, dtype=torch.float32, device=batch.device)
-    mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=batch.device)
-    scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1)
-    shift = (mean / std).view(1, 3, 1, 1)
+    scale, shift = scale_shift(preprocess, batch.device).view(2, 1, 3, 1, 1)
     return batch.mul_(scale).sub_(shift)
 
 
 def resize_crop(image: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
-    """(3, h, w) uint8 tensor -> (3, H, W) float32 tensor of 0..255 values, on its device
-    (one image through :func:`resample.resize_batch`)."""
+    """(3, h, w) uint8 tensor -> (3, H, W) float32 tensor of 0..255 values."""
     import torch
 
     h, w = preprocess.input_size

@@ -1,22 +1,14 @@
 """A torchvision transform chain compiled into a few whole-batch stages for the GPU input.
 
-``compile_chain(ops)`` turns the (flattened) transforms of a config's Compose into a ``Plan``:
-
-- a geometric stage: consecutive axis-aligned ops (Resize, CenterCrop, RandomResizedCrop,
-  RandomCrop, Pad, RandomHorizontalFlip / VerticalFlip) folded into ONE antialiased resample
-  per image straight into the output size (``gpu_resample``); the first stage takes the
-  decoded uint8 images of different sizes, later ones the (N, C, H, W) batch;
-- pixel stages on the (N, C, H, W) float batch: ColorJitter (brightness, contrast,
-  saturation, hue, in a random order per image), Grayscale, RandomGrayscale, RandomRotation,
-  RandomAffine (one ``grid_sample`` with a matrix per image), Normalize, and the dtype
-  conversions (ToTensor, ConvertImageDtype, ToDtype, ToImage, PILToTensor).
-
-Every image gets its own random parameters, from the same distributions torchvision uses
-(drawn for the whole batch at once from the global torch RNG, so ``seed`` and the per-rank
-seeds of DDP apply). Values stay float between stages (torchvision rounds uint8 images after
-each op: differences are below one grey level). A chain this cannot reproduce (another
-transform, a non-zero fill, ``expand=True``, an op other than a dtype conversion before the
-images have one size, ...) gives ``(None, reason)``; the loader then runs it per image.
+``compile_chain(ops)`` turns the flattened transforms of a config's Compose into a ``Plan``:
+a geometric stage folds consecutive axis-aligned ops (Resize, CenterCrop, RandomResizedCrop,
+RandomCrop, Pad, flips) into ONE antialiased resample per image (``gpu_resample``); pixel
+stages (ColorJitter, Grayscale, RandomGrayscale, RandomRotation / RandomAffine as one
+``grid_sample``, Normalize, dtype conversions) run on the (N, C, H, W) float batch. Each image
+gets its own random parameters, drawn for the whole batch from the global torch RNG with
+torchvision's distributions (so ``seed`` and DDP's per-rank seeds apply). Values stay float
+between stages (torchvision rounds uint8 after each op: below one grey level). A chain this
+cannot reproduce gives ``(None, reason)``; the loader then runs it per image.
 """
 
 from __future__ import annotations

@@ -1,24 +1,13 @@
 """The training loader of the GPU input: nvJPEG decode and the config's transforms on the GPU.
 
-``gpu_input = "auto" | True | False`` (config) picks it. The train / val transforms are mapped
-transform by transform (``map_transforms``): torchvision's transforms that work on tensors
-(Resize, CenterCrop, RandomResizedCrop, RandomCrop, RandomHorizontalFlip / VerticalFlip,
-RandomRotation, RandomAffine, ColorJitter, Grayscale, RandomGrayscale, GaussianBlur,
-Normalize, ...) run unchanged on a (3, H, W) uint8 CUDA tensor, each image with its own random
-parameters; ``ToTensor`` becomes a division by 255. Anything else (a lambda, a custom class,
-a PIL-only transform) makes the whole run use the CPU DataLoader, said once with the reason.
-
-Images are read and decoded by the ``pochitrain.gpu_input`` package (nvJPEG, else PIL's
-``data.open_rgb``), so skips and orientation follow the CPU path. ``gpu_input_cache = "ram" | "gpu"`` decodes the dataset
-once and keeps uint8 tensors (the memory it takes is printed first; too large is a DataError).
-
-Transforms: ``gpu_batch.compile_chain`` runs a chain as a few whole-batch kernels (one
-antialiased resample per image for resize / crop / flip, then colour, rotation, Normalize on
-the (N, 3, H, W) batch); a chain it cannot reproduce runs per image (``apply``), said once.
-Batches are prepared one or two ahead (``gpu_input.prefetch``), on their own CUDA stream,
-while the model trains on the current one.
-
-The same code runs on CPU tensors (``device="cpu"``), which is how the tests exercise it.
+``gpu_input = "auto" | True | False`` (config) picks it. torchvision transforms that work on
+tensors run unchanged on (3, H, W) uint8 tensors (``map_transforms``; ``ToTensor`` becomes a
+division by 255); anything else (a lambda, a custom class, a PIL-only transform) makes the run
+use the CPU DataLoader, said once. Files are read and decoded by ``pochitrain.gpu_input``, so
+skips and orientation follow the CPU path; ``gpu_input_cache = "ram" | "gpu"`` decodes the
+dataset once. ``gpu_batch.compile_chain`` runs a chain as a few whole-batch kernels, else it
+runs per image (said once). Batches are prepared ahead on their own CUDA stream while the
+model trains. The same code runs on CPU tensors, which is how the tests exercise it.
 """
 
 from __future__ import annotations
@@ -122,9 +111,8 @@ def decide(choice: Any, device: str, transforms: dict[str, Any]) -> tuple[bool, 
 
 def decode(paths: list[Path], decoder: Decoder, pool: ThreadPoolExecutor,
            reads: Iterator[Read] | None = None) -> list[torch.Tensor | None]:
-    """uint8 (3, H, W) tensors on the decoder's device (None where the file cannot be
-    decoded). ``reads``: the files' ``gpu_input.read_item`` results, when already started
-    (``GpuLoader._reads``, one batch ahead)."""
+    """uint8 (3, H, W) tensors on the decoder's device (None where undecodable); ``reads``:
+    the files' reads when already started (one batch ahead)."""
     if reads is None:
         reads = map_grouped(pool, reader_for(Options.from_env().native_reads), paths)
     return decoder.decode([Entry(path, 0, *got) for path, got in zip(paths, reads)])
@@ -243,9 +231,8 @@ class GpuLoader:
         return Batch(x, y, skipped)
 
     def warm_up(self) -> None:
-        """Decode and transform one full batch, so that nvJPEG's start, the first kernels'
-        loading and the Triton kernels' compilation (the tap counts a full batch needs) are
-        not counted in the first epoch (the RNG state is kept)."""
+        """Decode and transform one full batch, so that nvJPEG's start and the kernels'
+        loading and compilation are not counted in the first epoch (the RNG state is kept)."""
         n = min(self.batch_size, len(self.folder.samples))
         with torch.random.fork_rng(devices=[]):
             for start in range(0, min(len(self.folder.samples), 8 * n), n):

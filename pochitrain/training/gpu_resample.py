@@ -1,20 +1,15 @@
 """Batched geometry for the GPU training input: one resample per image, whatever the chain.
 
-The axis-aligned transforms of a chain (Resize, CenterCrop, RandomResizedCrop, RandomCrop, Pad,
-RandomHorizontalFlip / VerticalFlip) are folded, per image and per axis, into one map from
-output to source pixel coordinates, ``source = a * out + b`` (``a < 0``: flipped), plus the
-output interval that comes from the image (outside it: zero fill, as crop padding gives). Each
-op updates these (N,) tensors with its own random parameters, drawn as torchvision draws them
-(same distributions, vectorised over the batch, from the global torch RNG).
+The axis-aligned ops of a chain are folded, per image and axis, into one map from output to
+source coordinates, ``source = a * out + b`` (``a < 0``: flipped), plus the output interval
+that comes from the image (outside it: zero fill). Each op updates these (N,) tensors with its
+own random parameters, drawn as torchvision draws them (vectorised, global torch RNG).
 
-``resample`` then produces every output image in ONE pass: the source window each image needs
-is copied into a zero-padded (n, Hwin, 3, Wwin) float buffer and resampled by two batched
-matmuls whose weights are torchvision's antialiased filters (PIL's: a triangle for bilinear,
-Keys a=-0.5 for bicubic, stretched by the downscale factor, normalised, clipped to the image),
-so downscaling averages like the CPU pipeline. Images are sorted by window size and chunked so
-that a buffer stays under ``CHUNK_ELEMENTS`` floats and padding stays under about a third.
-Where the banded Triton kernels of ``pochitrain.gpu_input`` run (uint8 RGB on CUDA, bilinear
-or bicubic), they do the resample instead, with the same taps in PIL's fixed point.
+``resample`` then makes every output image in ONE pass: each image's source window goes into a
+zero-padded float buffer, resampled by two batched matmuls with PIL's antialiased filters, so
+downscaling averages like the CPU pipeline; images are sorted by window size and chunked to
+bound memory and padding. Where the banded Triton kernels of ``pochitrain.gpu_input`` run
+(uint8 RGB on CUDA, bilinear or bicubic), they do it instead, with the same taps.
 """
 
 from __future__ import annotations
