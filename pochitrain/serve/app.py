@@ -19,7 +19,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -71,8 +71,17 @@ def create_app(model: ServeModel, settings: ServeSettings) -> FastAPI:
                       max_wait_s=settings.max_wait_ms / 1000.0, queue_limit=settings.queue,
                       on_batch=metrics.observe_batch)
     pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="pochi-decode")
-    app = FastAPI(title="pochitrain serve", version=schemas.API_VERSION,
-                  lifespan=_lifespan(batcher, pool),
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        try:
+            yield
+        finally:  # uvicorn has let in-flight requests finish: drain what is left
+            await asyncio.get_running_loop().run_in_executor(None, batcher.stop, 60.0)
+            pool.shutdown(wait=True)
+
+    app = FastAPI(title="pochitrain serve", version=schemas.API_VERSION, lifespan=lifespan,
                   description="Image classification over HTTP (API v1 of pochitrain).")
     app.state.batcher = batcher
     app.add_middleware(LimitAndLog, max_body=settings.max_body_bytes, metrics=metrics,
@@ -83,27 +92,14 @@ def create_app(model: ServeModel, settings: ServeSettings) -> FastAPI:
     return app
 
 
-def _lifespan(batcher: Batcher, pool: ThreadPoolExecutor
-              ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        batcher.start()
-        try:
-            yield
-        finally:  # uvicorn has let in-flight requests finish: drain what is left
-            await asyncio.get_running_loop().run_in_executor(None, batcher.stop, 60.0)
-            pool.shutdown(wait=True)
-
-    return lifespan
-
-
 def add_error_handlers(app: FastAPI) -> None:
     """BadInput as JSON ``{"detail": ja + en, "error"}``; a 422 as the original (FastAPI's
     default) wrote it, ``detail`` a list of ``{type, loc, msg, ...}``, with ``message``
     (ja + en) and ``error`` added."""
     @app.exception_handler(BadInput)
     async def bad_input(request: Request, exc: BadInput) -> JSONResponse:
-        body = unprocessable_body(exc) if exc.status == 422 else exc.body()
+        body = unprocessable_body(exc) if exc.status == 422 else {"detail": str(exc),
+                                                                   "error": exc.code}
         return JSONResponse(body, status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)

@@ -36,9 +36,6 @@ class BadInput(Exception):
         super().__init__(f"{ja}\n{en}")
         self.status, self.code, self.ja, self.en, self.errors = status, code, ja, en, errors
 
-    def body(self) -> dict[str, Any]:
-        return {"detail": f"{self.ja}\n{self.en}", "error": self.code}
-
 
 @dataclass
 class Payload:

@@ -45,8 +45,9 @@ if TYPE_CHECKING:
 
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 STOP_GRACE_S = 70.0  # beyond --drain-timeout: the batcher's drain and closing the model
-# A worker's messages: ("ready", /model-info facts), ("stopped", model batches run) or
-# ("failed", PochiError subclass, message, remedy), raised again by the parent.
+# A worker's messages, (attribute of its _Worker, value): ("ready", /model-info facts),
+# ("batches", model batches run: it stopped cleanly) or ("error", (PochiError subclass,
+# message, remedy)), raised again by the parent.
 
 
 def bind_sockets(host: str, port: int, n: int) -> list[socket.socket]:
@@ -95,11 +96,11 @@ def worker_main(index: int, options: ServeOptions, settings: ServeSettings,
     try:
         model, app, config = open_server(options, settings)
     except PochiError as exc:
-        conn.send(("failed", type(exc), exc.message, exc.remedy))
+        conn.send(("error", (type(exc), exc.message, exc.remedy)))
         sys.exit(exc.exit_code)
     except Exception as exc:  # noqa: BLE001 - a bug: its traceback here, its name there
         traceback.print_exc()
-        conn.send(("failed", PochiError, f"{type(exc).__name__}: {exc}", None))
+        conn.send(("error", (PochiError, f"{type(exc).__name__}: {exc}", None)))
         sys.exit(1)
 
     class Server(uvicorn.Server):
@@ -116,11 +117,11 @@ def worker_main(index: int, options: ServeOptions, settings: ServeSettings,
         server = Server(config)
         run_server(server, [sock])
         if server.started:
-            conn.send(("stopped", app.state.batcher.batches))
+            conn.send(("batches", app.state.batcher.batches))
         else:
             message = (f"ワーカー {index} がサーバーを起動できませんでした。\n"
                        f"Worker {index} could not start serving (see the messages above).")
-            conn.send(("failed", PochiError, message, None))
+            conn.send(("error", (PochiError, message, None)))
     finally:
         model.close()
     sys.exit(0 if server.started else 1)
@@ -133,8 +134,8 @@ class _Worker:
     process: BaseProcess
     conn: Connection
     ready: dict[str, Any] | None = None
-    error: tuple[type, str, str | None] | None = None  # a "failed" message
-    batches: int | None = None  # said when it stopped cleanly
+    error: tuple[type, str, str | None] | None = None
+    batches: int | None = None
     open: bool = True
 
     @property
@@ -147,16 +148,11 @@ class _Worker:
 
     def read(self) -> None:
         try:
-            message = self.conn.recv()
+            name, value = self.conn.recv()
         except (EOFError, OSError):
             self.open = False
             return
-        if message[0] == "ready":
-            self.ready = message[1]
-        elif message[0] == "failed":
-            self.error = message[1:]
-        else:
-            self.batches = message[1]
+        setattr(self, name, value)
 
 
 def _poll(workers: list[_Worker], timeout: float) -> None:
