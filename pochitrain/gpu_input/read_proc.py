@@ -22,13 +22,12 @@ import subprocess
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from pochitrain.gpu_input.read import Entry, Read
-from pochitrain.gpu_input.vet import nvjpeg_verdict
+from pochitrain.gpu_input.vet import header_verdict, is_complete_jpeg
 
 if TYPE_CHECKING:
     import torch
@@ -70,7 +69,7 @@ def serve(conn: Connection, buf: memoryview, limit: int | None) -> None:
                     size = os.fstat(f.fileno()).st_size
                     if 0 < size <= end - at and f.readinto(buf[at:at + size]) == size:
                         data = buf[at:at + size]
-                        if nvjpeg_verdict(data, limit) is True:
+                        if is_complete_jpeg(data) and header_verdict(data, limit) is True:
                             kind, off = "jpeg", at
                             at += size
             except OSError:
@@ -158,19 +157,20 @@ class SlotChunks:
         self.reader, self.samples, self.batch_size = reader, samples, batch_size
         self.fallback = fallback
         self.free: deque[int] = deque(range(reader.slots))
-        self.held: deque[_Held] = deque()  # in order
+        # groups handed out, in order: [slot (-1: read in the command), files not decoded]
+        self.held: deque[list[int]] = deque()
         self.failed: str | None = None
 
     def consumed(self, n: int) -> None:
         while n and self.held:
             held = self.held[0]
-            take = min(n, held.pending)
-            held.pending -= take
+            take = min(n, held[1])
+            held[1] -= take
             n -= take
-            if held.pending == 0:
+            if held[1] == 0:
                 self.held.popleft()
-                if held.slot >= 0:
-                    self.free.append(held.slot)
+                if held[0] >= 0:
+                    self.free.append(held[0])
 
     def _groups(self) -> Iterator[list[Entry]]:
         starts = deque(range(0, len(self.samples), GROUP))
@@ -200,7 +200,7 @@ class SlotChunks:
             else:  # every slot waits for a decode (batch_size > SLOTS * GROUP), or failed
                 part = self.samples[starts[0]:starts.popleft() + GROUP]
                 slot, answers = -1, [OTHER] * len(part)
-            self.held.append(_Held(slot, len(part)))
+            self.held.append([slot, len(part)])
             yield self._entries(part, answers)
 
     def _entries(self, part: list[tuple[Path, int]], answers: list[Answer]) -> list[Entry]:
@@ -214,14 +214,6 @@ class SlotChunks:
 
     def __iter__(self) -> Iterator[list[Entry]]:
         return rebatch(self._groups(), self.batch_size)
-
-
-@dataclass
-class _Held:
-    """A group handed out: its slot (-1: read in the command) and files not yet decoded."""
-
-    slot: int
-    pending: int
 
 
 def rebatch(groups: Iterable[list[T]], size: int) -> Iterator[list[T]]:

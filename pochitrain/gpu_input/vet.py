@@ -109,13 +109,6 @@ def header_verdict(data: bytes | bytearray | memoryview, limit: int | None) -> b
             and (limit is None or header.width * header.height <= limit))
 
 
-def nvjpeg_verdict(data: bytes | bytearray | memoryview, limit: int | None) -> bool | None:
-    """:func:`header_verdict` for a complete JPEG; False for anything else."""
-    if not is_complete_jpeg(data):
-        return False
-    return header_verdict(data, limit)
-
-
 def nvjpeg_reads_like_pil(data: bytes | bytearray | memoryview) -> bool:
     """:func:`header_verdict` at PIL's pixel limit; PIL opens the headers not parsed here."""
     from PIL import Image

@@ -111,20 +111,16 @@ def _check_geometric(name: str, t: Any) -> None:
 
 def compile_chain(ops: list[Any]) -> tuple[Plan | None, str | None]:
     """(Plan, None), or (None, why not) naming the transform that has no batched form."""
+    state = _Compiler()
     try:
-        return _compile(ops), None
+        for t in ops:
+            state.add(t)
+        state.close()
     except Unsupported as exc:
         return None, str(exc)
-
-
-def _compile(ops: list[Any]) -> Plan:
-    state = _Compiler()
-    for t in ops:
-        state.add(t)
-    state.close()
     if state.size is None:
-        raise Unsupported("the transforms leave images of different sizes")
-    return Plan(state.stages, state.is_float)
+        return None, "the transforms leave images of different sizes"
+    return Plan(state.stages, state.is_float), None
 
 
 class _Compiler:
@@ -245,19 +241,11 @@ def _color_jitter(t: Any, bound: float) -> Callable[[torch.Tensor], torch.Tensor
         f = _per_image(f, x)
         return (f * x + (1.0 - f) * other).clamp_(0.0, bound)
 
-    def brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        return blend(x, 0.0, f)
-
-    def contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        return blend(x, _gray(x).mean((-3, -2, -1), keepdim=True), f)
-
-    def saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        return blend(x, _gray(x), f)
-
-    def hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        return _hue(x, f, bound)
-
-    fns = (brightness, contrast, saturation, hue)
+    fns: tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ...] = (
+        lambda x, f: blend(x, 0.0, f),  # brightness
+        lambda x, f: blend(x, _gray(x).mean((-3, -2, -1), keepdim=True), f),  # contrast
+        lambda x, f: blend(x, _gray(x), f),  # saturation
+        lambda x, f: _hue(x, f, bound))
     ranges = (t.brightness, t.contrast, t.saturation, t.hue)
 
     def run(x: torch.Tensor) -> torch.Tensor:

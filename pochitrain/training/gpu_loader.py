@@ -12,6 +12,7 @@ model trains. The same code runs on CPU tensors, which is how the tests exercise
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +46,6 @@ TENSOR_OK = frozenset({
     "RandomSolarize", "RandomAdjustSharpness", "RandomAutocontrast", "RandomEqualize",
     "Normalize", "RandomErasing", "ConvertImageDtype", "ToDtype", "ToImage", "PILToTensor",
 })
-TO_FLOAT = frozenset({"ToTensor"})
 CHOICES = ("auto", True, False)
 # the train loader drops its last partial batch when there are at least this many full ones
 TRAIN_DROP_LAST_BATCHES = 8
@@ -72,7 +72,7 @@ def map_transforms(transform: Any) -> tuple[list[Any] | None, str | None]:
     ops: list[Any] = []
     for t in _parts(transform):
         name = type(t).__name__
-        if name in TO_FLOAT:
+        if name == "ToTensor":
             ops.append(ToFloat())
         elif name in ("ToImage", "PILToTensor"):
             continue
@@ -161,8 +161,7 @@ class GpuLoader:
         self.read = reader_for(Options.from_env().native_reads)
 
     def resharded(self, sampler: Any, batch_size: int, drop_last: bool = False) -> GpuLoader:
-        new = GpuLoader.__new__(GpuLoader)
-        new.__dict__.update(self.__dict__)
+        new = copy.copy(self)
         new.sampler, new.batch_size, new.drop_last = sampler, batch_size, drop_last
         return new
 

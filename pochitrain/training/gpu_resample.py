@@ -112,9 +112,8 @@ class Geometry:
 
 
 class Plane(NamedTuple):
-    """One axis of every image of a resample: the source window the output reads (first
-    pixel and length, per image) and the filter taps, (N, n_out, K) source columns relative
-    to the window's first pixel (int64) with their float32 weights."""
+    """One axis of a resample: per image the source window read (first pixel, length), and
+    the taps, (N, n_out, K) int64 columns from the window's first pixel with float32 weights."""
 
     start: list[int]
     length: list[int]
@@ -129,8 +128,6 @@ def _plane(axis: Axis, n_out: int, mode: str, antialias: bool, device: Any) -> P
 
 def _taps(axis: Axis, start: list[int], n_out: int, mode: str, antialias: bool,
           device: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """The filter taps of every image: (N, n_out, K) window columns (int64) and float32
-    weights (PIL's windows, ``gpu_input.pil_window``); column j is source pixel start + j."""
     a, b = axis.a.to(device), axis.b.to(device)
     start_t = torch.tensor(start, device=device, dtype=F64)[:, None, None]
     o = torch.arange(n_out, device=device, dtype=F64) + 0.5
@@ -190,8 +187,8 @@ def resample(images: list[torch.Tensor], geo: Geometry, out_h: int, out_w: int) 
 
 
 def use_banded(images: list[torch.Tensor], mode: str) -> bool:
-    """The banded Triton kernels take uint8 RGB images on CUDA (or on the CPU under
-    ``TRITON_INTERPRET=1``, for the tests), bilinear or bicubic."""
+    """The banded kernels take uint8 RGB images on CUDA (on the CPU under
+    ``TRITON_INTERPRET=1``, for the tests)."""
     on = images[0].is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
     return (all(im.dtype == torch.uint8 and im.dim() == 3 and im.shape[0] == 3
                 for im in images)
@@ -199,9 +196,7 @@ def use_banded(images: list[torch.Tensor], mode: str) -> bool:
 
 
 def _band(plane: Plane) -> Band:
-    """The kernels' form of the taps: the first window pixel per output pixel (int32,
-    relative to the image's window), 22-bit fixed-point weights (int32, PIL's rounding) and
-    their count, rounded up as the inference kernels round it."""
+    """The kernels' form of the taps: first window pixel, fixed-point weights, tap count."""
     j, w = plane.j, plane.w
     n_taps = int(w.shape[-1])
     bucket = bucket_taps(n_taps)
@@ -211,9 +206,8 @@ def _band(plane: Plane) -> Band:
 
 
 def _banded(images: list[torch.Tensor], y: Plane, x: Plane, out: torch.Tensor) -> torch.Tensor:
-    """Two launches for the whole batch, whatever the image sizes: each output pixel reads
-    only its filter window, straight from the decoded images. A uint8 intermediate (PIL's
-    clip8) between the passes: results within a few grey levels of the float matmuls."""
+    """Two launches for the whole batch, whatever the image sizes. A uint8 intermediate
+    (PIL's clip8) between the passes: within a few grey levels of the float matmuls."""
     device = out.device
     src = torch.cat([im.reshape(-1) for im in images]) if len(images) > 1 else \
         images[0].reshape(-1)
@@ -223,7 +217,6 @@ def _banded(images: list[torch.Tensor], y: Plane, x: Plane, out: torch.Tensor) -
         rows.append([base, ih * iw, iw, y0, x0, h, iw - x0])
         base += 3 * ih * iw
     norm = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0], device=device)  # values stay 0..255
-    # taps from the window's first row / column (the table)
     two_passes(src, rows, _band(y), _band(x), out, norm, max(max(y.length), 1), vfirst=False)
     return out
 
