@@ -84,9 +84,8 @@ class Batcher:
             self._depth -= n
 
     async def submit(self, items: list[Any]) -> list[Any]:
-        """Run ``items`` (already admitted) in the next batches; their results, in order."""
-        if not items:
-            return []
+        """Run ``items`` (already admitted, at least one) in the next batches; their results,
+        in order."""
         loop = asyncio.get_running_loop()
         job = _Job(loop, loop.create_future(), [None] * len(items), len(items))
         for i, item in enumerate(items):

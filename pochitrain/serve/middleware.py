@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from pochitrain.serve.metrics import Metrics
@@ -22,24 +23,13 @@ class BodyTooLarge(Exception):
     pass
 
 
-def too_large_body(limit: int) -> bytes:
-    mb = limit / 1e6
-    return json.dumps({
-        "detail": f"リクエストが大きすぎます (上限 {mb:g} MB)。\n"
-                  f"The request body is larger than the limit of {mb:g} MB "
-                  f"({limit} bytes); send fewer or smaller images, or start the server with a "
-                  "larger --max-body-mb.",
-        "error": "body_too_large"}, ensure_ascii=False).encode()
-
-
+@dataclass
 class LimitAndLog:
-    def __init__(self, app: Any, *, max_body: int, metrics: Metrics, routes: set[str],
-                 log: bool = True) -> None:
-        self.app = app
-        self.max_body = max_body
-        self.metrics = metrics
-        self.routes = routes
-        self.log = log
+    app: Any
+    max_body: int
+    metrics: Metrics
+    routes: set[str]
+    log: bool = True
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -64,12 +54,12 @@ class LimitAndLog:
 
         try:
             if self._declared_length(scope) > self.max_body:
-                await self._answer_413(send_wrapper, scope)
+                await self._answer_413(send_wrapper)
             else:
                 await self.app(scope, receive_wrapper, send_wrapper)
         except BodyTooLarge:
             if not state["started"]:
-                await self._answer_413(send_wrapper, scope)
+                await self._answer_413(send_wrapper)
         finally:
             self._record(scope, int(state["status"]), time.perf_counter() - start)
 
@@ -83,8 +73,14 @@ class LimitAndLog:
                     return 0
         return 0
 
-    async def _answer_413(self, send: Any, scope: dict[str, Any]) -> None:
-        body = too_large_body(self.max_body)
+    async def _answer_413(self, send: Any) -> None:
+        mb = self.max_body / 1e6
+        body = json.dumps({
+            "detail": f"リクエストが大きすぎます (上限 {mb:g} MB)。\n"
+                      f"The request body is larger than the limit of {mb:g} MB "
+                      f"({self.max_body} bytes); send fewer or smaller images, or start the "
+                      "server with a larger --max-body-mb.",
+            "error": "body_too_large"}, ensure_ascii=False).encode()
         # Connection: close, so the unread rest of the body never has to be read.
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"),
