@@ -103,8 +103,6 @@ class Geometry:
 
     def interpolation(self, mode: Any, antialias: Any = True) -> None:
         name = str(getattr(mode, "value", mode)).lower()
-        if name not in _SUPPORT:
-            raise ValueError(name)
         # several resizes become one: the first non-bilinear filter named wins
         if self.mode == "bilinear":
             self.mode = name
