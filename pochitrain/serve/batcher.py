@@ -7,11 +7,6 @@ takes the oldest image, waits at most ``max_wait_s`` for more, up to ``max_batch
 on the event loop. Nothing model-related ever runs on the event loop.
 
 ``stop()`` drains: images queued before it are still run, then the worker exits.
-
-    batcher = Batcher(run_batch, max_batch=32, max_wait_s=0.005, queue_limit=512)
-    batcher.start()
-    if not batcher.admit(n): -> 503
-    rows = await batcher.submit(items)       # rows[i]: run_batch's result for items[i]
 """
 
 from __future__ import annotations

@@ -84,6 +84,8 @@ def b64decode(text: str, field: str = "image_data") -> bytes:
 
 def raw_array(data: bytes, shape: list[int] | None, dtype: str) -> np.ndarray:
     """v1 ``raw``: HWC uint8 **BGR** bytes (OpenCV order) -> HWC uint8 RGB array."""
+    from PIL import Image
+
     try:
         np_dtype = np.dtype(dtype)
     except TypeError:
@@ -105,21 +107,15 @@ def raw_array(data: bytes, shape: list[int] | None, dtype: str) -> np.ndarray:
                        f"データ長 {len(data)} バイトが shape {shape} ({expected} バイト) と"
                        "一致しません。",
                        f"The data has {len(data)} bytes but shape {shape} needs {expected}.")
-    _check_pixels(int(shape[0]) * int(shape[1]), "raw image")
     h, w = int(shape[0]), int(shape[1])
+    limit = Image.MAX_IMAGE_PIXELS  # the limit open_rgb keeps for encoded images
+    if limit is not None and h * w > limit:
+        raise BadInput(413, "too_many_pixels",
+                       f"画像が大きすぎます ({h * w} 画素、上限 {limit}): raw image",
+                       f"raw image has {h * w} pixels, over the limit of {limit}.")
     if len(shape) == 3 and shape[2] == 3:
         return np.ascontiguousarray(np.frombuffer(data, np.uint8).reshape(h, w, 3)[..., ::-1])
     return np.frombuffer(data, np.uint8).reshape(h, w)  # grayscale
-
-
-def _check_pixels(pixels: int, name: str) -> None:
-    from PIL import Image
-
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and pixels > limit:
-        raise BadInput(413, "too_many_pixels",
-                       f"画像が大きすぎます ({pixels} 画素、上限 {limit}): {name}",
-                       f"{name} has {pixels} pixels, over the limit of {limit}.")
 
 
 def decode_image(payload: Payload) -> Any:

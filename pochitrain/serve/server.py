@@ -9,6 +9,7 @@ image and its thread exits, the decode pool joins, the model closes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
@@ -146,9 +147,7 @@ def signals_recorded() -> Iterator[list[str]]:
 
 def run_server(server: uvicorn.Server, sockets: list[socket.socket] | None = None) -> str:
     """``server.run()`` under :func:`signals_recorded`; the names of the signals caught."""
-    with signals_recorded() as caught:
-        try:
-            server.run(sockets)
-        except SystemExit:  # uvicorn exits 1 when it cannot bind; the caller explains why
-            pass
+    # uvicorn exits 1 when it cannot bind; the caller explains why
+    with signals_recorded() as caught, contextlib.suppress(SystemExit):
+        server.run(sockets)
     return ", ".join(caught)
