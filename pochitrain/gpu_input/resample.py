@@ -203,14 +203,11 @@ def resize_group(images: list[torch.Tensor], preprocess: Preprocess,
     import torch
 
     dev = images[0].device
-    geo = [geometry(preprocess, int(im.shape[1]), int(im.shape[2])) for im in images]
     hs = [int(im.shape[1]) for im in images]
     ws = [int(im.shape[2]) for im in images]
+    geo = [geometry(preprocess, h, w) for h, w in zip(hs, ws)]
     n, hmax, wmax = len(images), max(hs), max(ws)
-    out_h = preprocess.center_crop[0] if preprocess.center_crop else geo[0][0]
-    out_w = preprocess.center_crop[1] if preprocess.center_crop else geo[0][1]
-    if preprocess.center_crop is None and len({(g[0], g[1]) for g in geo}) > 1:
-        raise ValueError("images resize to different sizes and there is no center crop")
+    out_h, out_w = preprocess.center_crop or geo[0][:2]  # resize_batch grouped by size
     # (n, H, 3, W), as separable takes them
     if len(set(zip(hs, ws))) == 1:
         x8 = torch.stack([im.permute(1, 0, 2) for im in images])
@@ -218,8 +215,7 @@ def resize_group(images: list[torch.Tensor], preprocess: Preprocess,
         x8 = torch.empty((n, hmax, 3, wmax), dtype=torch.uint8, device=dev)  # pad: weight 0
         for k, im in enumerate(images):
             x8[k, :hs[k], :, :ws[k]].copy_(im.permute(1, 0, 2))
-    params = torch.tensor([[hs[k], ws[k], *geo[k]] for k in range(n)], dtype=torch.int64)
-    params = params.to(dev, non_blocking=False)
+    params = torch.tensor([[hs[k], ws[k], *geo[k]] for k in range(n)]).to(dev)
     t_y = 0 if mode == "nearest" else max(taps(h, g[0], mode) for h, g in zip(hs, geo))
     t_x = 0 if mode == "nearest" else max(taps(w, g[1], mode) for w, g in zip(ws, geo))
     wy = weights(params[:, 0], params[:, 2], params[:, 4], out_h, hmax, mode, t_y)
