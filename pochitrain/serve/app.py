@@ -230,8 +230,7 @@ def add_info_routes(app: FastAPI, model: ServeModel, settings: ServeSettings,
     @app.get(f"{PREFIX}/version", response_model=schemas.Version)
     async def version() -> dict[str, Any]:
         return {"pochitrain_version": __version__, "api_version": schemas.API_VERSION,
-                "backend_versions": {**original_backend_versions(),
-                                     **model.backend_versions()}}
+                "backend_versions": model.backend_versions()}
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:
@@ -260,19 +259,6 @@ def _prediction(row: np.ndarray, k: int, names: list[str]) -> dict[str, Any]:
             "probabilities": [float(p) for p in row],
             "top_k": [{"class_id": int(i), "class_name": names[int(i)],
                        "probability": float(row[int(i)])} for i in order]}
-
-
-def original_backend_versions() -> dict[str, str]:
-    """The original's keys, whatever runs the model: pytorch (installed with the package,
-    read without importing it) and python."""
-    import importlib.metadata
-    import sys
-
-    try:
-        torch_version = importlib.metadata.version("torch")
-    except importlib.metadata.PackageNotFoundError:
-        torch_version = "not installed"
-    return {"pytorch": torch_version, "python": sys.version.split()[0]}
 
 
 def _invalid(errors: Any) -> BadInput:

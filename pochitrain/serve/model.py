@@ -74,14 +74,21 @@ class ServeModel:
         }
 
     def backend_versions(self) -> dict[str, str]:
-        versions = {"python": sys.version.split()[0]}
+        """The original's keys whatever runs the model (pytorch: installed with the package,
+        read without importing it; python), then the runner's own versions."""
+        import importlib.metadata
+
+        try:
+            versions = {"pytorch": importlib.metadata.version("torch")}
+        except importlib.metadata.PackageNotFoundError:
+            versions = {"pytorch": "not installed"}
+        versions["python"] = sys.version.split()[0]
         described = self.model.runner.describe()
         for key in ("torch", "onnxruntime", "tensorrt"):
             if key in described:
                 versions["pytorch" if key == "torch" else key] = described[key]
         return versions
 
-    # ---- decode pool ----------------------------------------------------------------------
     def prepare(self, payload: Payload) -> np.ndarray | ForGpu:
         """One image for ``run_batch``; BadInput when it is not an image. CPU pipeline:
         decoded and preprocessed, float32 (3, H, W). GPU pipeline: complete JPEGs that nvJPEG
