@@ -278,12 +278,6 @@ def _random_grayscale(t: Any, bound: float) -> Callable[[torch.Tensor], torch.Te
     return run
 
 
-def _normalize(t: Any, bound: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    mean = torch.as_tensor(t.mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.as_tensor(t.std, dtype=torch.float32).view(1, -1, 1, 1)
-    return lambda x: (x - mean.to(x.device)) / std.to(x.device)
-
-
 def _affine(t: Any, bound: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """RandomRotation / RandomAffine: torchvision's inverse matrices, one grid_sample."""
     rotation = type(t).__name__ == "RandomRotation"
@@ -363,5 +357,6 @@ def _warp(x: torch.Tensor, theta: torch.Tensor, mode: str, fill: Any) -> torch.T
 
 _PIXEL: dict[str, Callable[[Any, float], Callable[[torch.Tensor], torch.Tensor]]] = {
     "ColorJitter": _color_jitter, "Grayscale": _grayscale, "RandomGrayscale": _random_grayscale,
-    "Normalize": _normalize, "RandomRotation": _affine, "RandomAffine": _affine,
+    "RandomRotation": _affine, "RandomAffine": _affine,
+    "Normalize": lambda t, bound: t,  # torchvision's Normalize takes batches
 }
