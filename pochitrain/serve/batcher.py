@@ -48,8 +48,7 @@ Entry = tuple[_Job, int, Any]
 
 class Batcher:
     def __init__(self, run_batch: RunBatch, *, max_batch: int, max_wait_s: float,
-                 queue_limit: int,
-                 on_batch: Callable[[int, float], None] | None = None) -> None:
+                 queue_limit: int, on_batch: Callable[[int, float], None]) -> None:
         self.run_batch = run_batch
         self.max_batch = max_batch
         self.max_wait_s = max(0.0, max_wait_s)
@@ -57,26 +56,22 @@ class Batcher:
         self.on_batch = on_batch  # (batch size, seconds) after each model call
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._depth = 0  # admitted images not yet answered
+        self.depth = 0  # admitted images not yet answered
         self._thread: threading.Thread | None = None
         self._gate = os.environ.get(GATE_ENV, "")
         self.batches = 0
 
-    @property
-    def depth(self) -> int:
-        return self._depth
-
     def admit(self, n: int) -> bool:
         """Reserve ``n`` queue slots; False (nothing reserved) when the queue is full."""
         with self._lock:
-            if self._depth + n > self.queue_limit:
+            if self.depth + n > self.queue_limit:
                 return False
-            self._depth += n
+            self.depth += n
             return True
 
     def release(self, n: int) -> None:
         with self._lock:
-            self._depth -= n
+            self.depth -= n
 
     async def submit(self, items: list[Any]) -> list[Any]:
         """Run ``items`` (already admitted, at least one) in the next batches; their results,
@@ -131,8 +126,7 @@ class Batcher:
             except Exception as exc:  # noqa: BLE001 - every request of the batch gets it
                 results = [exc] * len(entries)
             self.batches += 1
-            if self.on_batch is not None:
-                self.on_batch(len(entries), time.perf_counter() - start)
+            self.on_batch(len(entries), time.perf_counter() - start)
             for (job, position, _), result in zip(entries, results):
                 self._deliver(job, position, result)
         # drain: anything still queued after the stop mark is answered too
