@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 # Hidden test hook: a file path. While that file exists the model thread starts no batch,
 # unless the file holds a number and at least that many images are waiting. Tests hold
@@ -42,8 +42,12 @@ class _Job:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-# One image in the queue: its request, its place among the request's images, the image.
-Entry = tuple[_Job, int, Any]
+class Queued(NamedTuple):
+    """One image waiting for a batch: the request's job and the image's place in it."""
+
+    job: _Job
+    position: int
+    item: Any
 
 
 class Batcher:
@@ -79,7 +83,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         job = _Job(loop, loop.create_future(), [None] * len(items), len(items))
         for i, item in enumerate(items):
-            self._queue.put((job, i, item))
+            self._queue.put(Queued(job, i, item))
         return await job.future
 
     def start(self) -> None:
@@ -96,7 +100,7 @@ class Batcher:
         self._thread = None
 
     # ---- worker thread ------------------------------------------------------------------
-    def _gather(self, first: Entry) -> tuple[list[Entry], bool]:
+    def _gather(self, first: Queued) -> tuple[list[Queued], bool]:
         """Up to ``max_batch`` entries: ``first`` plus whatever arrives within max_wait."""
         entries = [first]
         deadline = time.perf_counter() + self.max_wait_s
@@ -136,7 +140,7 @@ class Batcher:
             except queue.Empty:
                 return
             if entry is not _STOP:
-                self._deliver(entry[0], entry[1], RuntimeError("server stopping"))
+                self._deliver(entry.job, entry.position, RuntimeError("server stopping"))
 
     def _wait_at_gate(self) -> None:
         """The test hook (``GATE_ENV``); ``first`` is taken, so it counts as one waiting."""

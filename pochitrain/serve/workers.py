@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pochitrain.serve.app import ServeSettings
 from pochitrain.serve.server import (
@@ -84,6 +84,21 @@ def _watch_parent(parent: int) -> None:
     threading.Thread(target=watch, name="pochi-parent-watch", daemon=True).start()
 
 
+class WorkerError(NamedTuple):
+    """Why a worker could not serve: the error's type, message and remedy."""
+
+    kind: type
+    message: str
+    remedy: str | None
+
+
+class Report(NamedTuple):
+    """A worker's message to the parent: the ``_Worker`` field it sets, and its value."""
+
+    field: str
+    value: Any
+
+
 def worker_main(index: int, options: ServeOptions, settings: ServeSettings,
                 sock: socket.socket, conn: Connection, parent: int) -> None:
     """One worker: open the model, serve ``sock``, send its messages on ``conn``."""
@@ -96,18 +111,18 @@ def worker_main(index: int, options: ServeOptions, settings: ServeSettings,
     try:
         model, app, config = open_server(options, settings)
     except PochiError as exc:
-        conn.send(("error", (type(exc), exc.message, exc.remedy)))
+        conn.send(Report("error", WorkerError(type(exc), exc.message, exc.remedy)))
         sys.exit(exc.exit_code)
     except Exception as exc:  # noqa: BLE001 - a bug: its traceback here, its name there
         traceback.print_exc()
-        conn.send(("error", (PochiError, f"{type(exc).__name__}: {exc}", None)))
+        conn.send(Report("error", WorkerError(PochiError, f"{type(exc).__name__}: {exc}", None)))
         sys.exit(1)
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets=sockets)
             if self.started:
-                conn.send(("ready", model.info()))
+                conn.send(Report("ready", model.info()))
 
     if "torch" in sys.modules:  # N processes x all cores of intra-op threads would thrash
         sys.modules["torch"].set_num_threads(max(1, (os.cpu_count() or 1) // options.workers))
@@ -117,11 +132,11 @@ def worker_main(index: int, options: ServeOptions, settings: ServeSettings,
         server = Server(config)
         run_server(server, [sock])
         if server.started:
-            conn.send(("batches", app.state.batcher.batches))
+            conn.send(Report("batches", app.state.batcher.batches))
         else:
             message = (f"ワーカー {index} がサーバーを起動できませんでした。\n"
                        f"Worker {index} could not start serving (see the messages above).")
-            conn.send(("error", (PochiError, message, None)))
+            conn.send(Report("error", WorkerError(PochiError, message, None)))
     finally:
         model.close()
     sys.exit(0 if server.started else 1)
@@ -134,7 +149,7 @@ class _Worker:
     process: BaseProcess
     conn: Connection
     ready: dict[str, Any] | None = None
-    error: tuple[type, str, str | None] | None = None
+    error: WorkerError | None = None
     batches: int | None = None
     open: bool = True
 
@@ -148,11 +163,11 @@ class _Worker:
 
     def read(self) -> None:
         try:
-            name, value = self.conn.recv()
+            report = self.conn.recv()
         except (EOFError, OSError):
             self.open = False
             return
-        setattr(self, name, value)
+        setattr(self, report.field, report.value)
 
 
 def _poll(workers: list[_Worker], timeout: float) -> None:
