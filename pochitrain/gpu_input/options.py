@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import threading
@@ -55,15 +56,11 @@ def read_threads(use: str = "inference") -> int:
     return Options.from_env().read_threads or min(READ_THREADS[use], os.cpu_count() or 1)
 
 
-_said: set[str] = set()  # warnings already given in this process
-
-
+@functools.cache  # each warning once per process
 def _warn_once(message: str) -> None:
-    if message not in _said:
-        _said.add(message)
-        from pochitrain.console import warn
+    from pochitrain.console import warn
 
-        warn(message)
+    warn(message)
 
 
 class GilHandoff:
