@@ -1,4 +1,5 @@
-"""Chunk, pad, run, softmax: the one way a batch of images goes through a model call.
+"""Chunk, pad, run, softmax: the one way a batch of images goes through a model call; and
+``InputBatch``, the one shape of the batches a pass hands to it.
 
 Used by the model facade (``Predictor``, ``pochi serve``), the shared inference loop and the
 ONNX checks of export / FP16 / INT8, so the padding rule is the same everywhere.
@@ -11,13 +12,29 @@ from the output, so every returned row belongs to a real input.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import numpy as np
+if TYPE_CHECKING:  # imported where used: the GPU reader's helper process imports no NumPy
+    import numpy as np
+
+
+class InputBatch(NamedTuple):
+    """One batch of a pass over image files, from the CPU path (``inference.loop``) or the GPU
+    input pipeline alike: the images, float32 (N, 3, H, W) (a NumPy array, or a tensor on the
+    model's device; None when every file of the batch was skipped), their paths and labels,
+    and the files skipped because they could not be decoded."""
+
+    images: Any
+    paths: list[Path]
+    labels: list[int]
+    skipped: list[Path]
 
 
 def pad_to(batch: Any, size: int) -> Any:
     """Repeat the last row until ``batch`` (NumPy array or torch tensor) has ``size`` rows."""
+    import numpy as np
+
     short = size - len(batch)
     if short <= 0:
         return batch
@@ -30,6 +47,8 @@ def pad_to(batch: Any, size: int) -> Any:
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax in float64 (stable for large logits)."""
+    import numpy as np
+
     z = logits.astype(np.float64)
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -43,6 +62,8 @@ def run_chunked(call: Callable[[Any], Any], data: Any, step: int,
     ``fixed``: the model's only batch size; chunks are then ``fixed`` rows, the last one
     padded. NumPy chunks are made contiguous float32; device tensors are passed as they are.
     """
+    import numpy as np
+
     step = fixed or step
     outs = []
     for start in range(0, len(data), step):

@@ -15,8 +15,9 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
+from pochitrain.batching import InputBatch
 from pochitrain.errors import GpuMemoryError, UsageError
 from pochitrain.gpu_input.decode import Decoder
 from pochitrain.gpu_input.options import (
@@ -35,13 +36,16 @@ if TYPE_CHECKING:
 
     from pochitrain.preprocess import Preprocess
 
-    # as ``loop.iter_batches`` gives it: images (None when all were skipped), paths, labels,
-    # skipped paths
-    InputBatch = tuple[torch.Tensor | None, list[Path], list[int], list[Path]]
-
 PIPELINES = ("auto", "cpu", "gpu")
 # the Preprocess interpolations the GPU reproduces
 GPU_INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
+
+class Assembled(NamedTuple):
+    """Inputs in memory as one batch (None when none decoded) and the indices that failed."""
+
+    batch: torch.Tensor | None
+    failed: list[int]
 
 
 def gpu_unsupported(preprocess: Preprocess) -> str | None:
@@ -140,15 +144,15 @@ class GpuBatches:
                                   device=self.device)
         return to_batch(images, self.preprocess, batch)
 
-    def assemble(self, entries: Sequence[Entry]) -> tuple[torch.Tensor | None, list[int]]:
-        """Inputs in memory -> (one batch ready on the current stream, or None when none
-        decoded; the indices that could not be decoded)."""
+    def assemble(self, entries: Sequence[Entry]) -> Assembled:
+        """Inputs in memory -> one batch ready on the current stream, and the indices that
+        could not be decoded."""
         images = self.decoder.decode(entries)
         failed = [i for i, image in enumerate(images) if image is None]
         batch = self.batch_of([image for image in images if image is not None])
         if batch is not None and self.cuda:
             self._torch.cuda.current_stream(self.device).synchronize()
-        return batch, failed
+        return Assembled(batch, failed)
 
     def _items(self, decoded: Iterator[tuple[list[Entry], list[torch.Tensor | None]]],
                batch_size: int) -> Iterator[InputBatch]:
@@ -173,8 +177,8 @@ class GpuBatches:
             yield self._batch(good, skipped)
 
     def _batch(self, good: list[tuple[Entry, torch.Tensor]], skipped: list[Path]) -> InputBatch:
-        return (self.batch_of([image for _, image in good]), [e.source for e, _ in good],
-                [e.label for e, _ in good], skipped)
+        return InputBatch(self.batch_of([image for _, image in good]),
+                          [e.source for e, _ in good], [e.label for e, _ in good], skipped)
 
     def _decoded(self, pool: ThreadPoolExecutor, samples: list[tuple[Path, int]],
                  batch_size: int, options: Options,

@@ -19,13 +19,20 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable, Generator, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
     import torch
 
 T = TypeVar("T")
 _DONE = object()  # the end of the items
+
+
+class Handed(NamedTuple):
+    """An item the thread made, and the event recorded on its stream once it was made."""
+
+    item: Any
+    event: Any
 
 
 def prefetch(make: Callable[[], Iterable[T]], device: str, *, depth: int = 2,
@@ -59,7 +66,7 @@ def prefetch(make: Callable[[], Iterable[T]], device: str, *, depth: int = 2,
                     elif stream is not None:
                         event = torch.cuda.Event()
                         event.record(stream)
-                    put((item, event))  # the event: recorded after it was made
+                    put(Handed(item, event))
                     if stop.is_set():  # the consumer is gone: make no more
                         return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
@@ -76,7 +83,7 @@ def prefetch(make: Callable[[], Iterable[T]], device: str, *, depth: int = 2,
                 return
             if isinstance(got, BaseException):
                 raise got
-            item, event = got
+            item, event = got.item, got.event
             if event is not None:
                 current = torch.cuda.current_stream(device)
                 current.wait_event(event)

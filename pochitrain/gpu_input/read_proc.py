@@ -22,6 +22,7 @@ import subprocess
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
@@ -147,6 +148,14 @@ class ReaderProcess:
             pass
 
 
+@dataclass
+class Held:
+    """A group handed out: its slot (-1: read in the command) and files not yet decoded."""
+
+    slot: int
+    pending: int
+
+
 class SlotChunks:
     """Chunks of ``batch_size`` ``read.Entry`` items, in order, read by a ReaderProcess;
     :meth:`consumed` after decoding a chunk hands its slots back. ``fallback(paths)`` reads
@@ -157,20 +166,19 @@ class SlotChunks:
         self.reader, self.samples, self.batch_size = reader, samples, batch_size
         self.fallback = fallback
         self.free: deque[int] = deque(range(reader.slots))
-        # groups handed out, in order: [slot (-1: read in the command), files not decoded]
-        self.held: deque[list[int]] = deque()
+        self.held: deque[Held] = deque()  # groups handed out, in order
         self.failed: str | None = None
 
     def consumed(self, n: int) -> None:
         while n and self.held:
             held = self.held[0]
-            take = min(n, held[1])
-            held[1] -= take
+            take = min(n, held.pending)
+            held.pending -= take
             n -= take
-            if held[1] == 0:
+            if held.pending == 0:
                 self.held.popleft()
-                if held[0] >= 0:
-                    self.free.append(held[0])
+                if held.slot >= 0:
+                    self.free.append(held.slot)
 
     def _groups(self) -> Iterator[list[Entry]]:
         starts = deque(range(0, len(self.samples), GROUP))
@@ -200,7 +208,7 @@ class SlotChunks:
             else:  # every slot waits for a decode (batch_size > SLOTS * GROUP), or failed
                 part = self.samples[starts[0]:starts.popleft() + GROUP]
                 slot, answers = -1, [OTHER] * len(part)
-            self.held.append([slot, len(part)])
+            self.held.append(Held(slot, len(part)))
             yield self._entries(part, answers)
 
     def _entries(self, part: list[tuple[Path, int]], answers: list[Answer]) -> list[Entry]:

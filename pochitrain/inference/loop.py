@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pochitrain.batching import softmax
+from pochitrain.batching import InputBatch, softmax
 from pochitrain.data import ImageFolder, open_rgb
 from pochitrain.inference.runner import Runner
 from pochitrain.preprocess import Preprocess
@@ -69,7 +69,7 @@ def iter_batches(samples: list[tuple[Path, int]], preprocess: Preprocess, batch_
                 paths.append(path)
                 labels.append(label)
             batch = np.stack(arrays) if arrays else None
-            yield batch, paths, labels, skipped
+            yield InputBatch(batch, paths, labels, skipped)
 
 
 def _blank_batch(batches: Any, preprocess: Preprocess, n: int) -> Any:
@@ -82,8 +82,7 @@ def _blank_batch(batches: Any, preprocess: Preprocess, n: int) -> Any:
     return np.zeros((n, 3, h, w), dtype=np.float32)
 
 
-BatchSource = Callable[[list[tuple[Path, int]], int], Iterator[tuple[Any, list[Path], list[int],
-                                                                    list[Path]]]]
+BatchSource = Callable[[list[tuple[Path, int]], int], Iterator[InputBatch]]
 
 
 def run_inference(runner: Runner, folder: ImageFolder, preprocess: Preprocess,
