@@ -62,6 +62,7 @@ def test_defaults_helpers_and_imports_are_ignored(tmp_path: Path) -> None:
     )
     s = load_config(_config(tmp_path, body))
     assert s.epochs == 4 and s.optimizer == "AdamW" and s.device == "auto"
+    assert s.pretrained is False  # no download unless the config asks (the original: True)
     assert s.scheduler_params == {"T_max": 4}  # defaults to epochs
     assert s.train_data_root == str(tmp_path / "data" / "train")
     assert s.val_data_root is None and s.num_classes is None and s.input_size == [32, 32]

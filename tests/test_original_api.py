@@ -291,3 +291,38 @@ def test_setup_training_takes_the_originals_options(tmp_path: Path) -> None:
     assert trainer.early_stopping.min_delta == pytest.approx(0.03)  # percentage points
     with pytest.raises(UsageError, match="class_weights"):
         trainer.setup_training(class_weights=[1.0, 1.0])
+
+
+def test_where_the_api_differs_from_the_original(tiny_data: Path, tmp_path: Path,
+                                                  trained: Any) -> None:
+    """Each difference docs/migration.md lists for the original's Python API."""
+    import torch
+    from PIL import Image
+
+    from pochitrain import PochiPredictor, PochiTrainer, create_data_loaders
+    from pochitrain.errors import DataError, ModelFileError, UsageError
+
+    trainer = PochiTrainer("resnet18", 3, pretrained=False, create_workspace=False,
+                           work_dir=str(tmp_path / "w"))  # device left out: "auto"
+    assert trainer.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    trainer.setup_training(learning_rate=0.001, optimizer_name="Adam")
+    train_loader, _, _ = create_data_loaders(str(tiny_data / "train"), str(tiny_data / "val"),
+                                             batch_size=4, num_workers=0)
+    images, _ = next(iter(train_loader))  # no transform: tensors, not PIL images
+    assert isinstance(images, torch.Tensor) and tuple(images.shape[1:]) == (3, 32, 32)
+    with pytest.raises(UsageError):
+        trainer.train(train_loader=train_loader, val_loader=None, epochs=1)
+    with pytest.raises(DataError):
+        create_data_loaders(str(tmp_path / "missing"), str(tiny_data / "val"), batch_size=4)
+    mixed = tmp_path / "mixed"
+    for cls, size in (("a", 32), ("b", 40)):
+        (mixed / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (size, size), (i * 90, 20, 40)).save(mixed / cls / f"{i}.png")
+    loader, _, _ = create_data_loaders(str(mixed), str(mixed), batch_size=4, num_workers=0)
+    with pytest.raises(DataError):
+        next(iter(loader))
+    best = trained.current_workspace / "models" / "best_epoch1.pth"
+    with pytest.raises(ModelFileError):
+        PochiPredictor(model_name="resnet34", num_classes=3, device="cpu",
+                       model_path=str(best))
