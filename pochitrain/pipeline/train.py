@@ -1,15 +1,7 @@
 """``pochi train``: config -> work_dirs/YYYYMMDD_NNN/ with checkpoints, metrics and plots.
 
-Run folder layout::
-
-    config.py               copy of the config file as given
-    run.json                resolved settings, classes, preprocessing, versions, results
-    models/best_epochN.pth  best validation accuracy so far (only the current best is kept)
-    models/last_model.pth   the model after the last epoch (or after Ctrl+C)
-    training_metrics.csv    one row per epoch, rewritten after every epoch
-    loss.png, accuracy.png  curves, rewritten after every epoch
-
-The run itself is ``training.run.run_training``, which ``pochi optimize`` runs per trial too.
+The run itself (and its folder's layout) is ``training.run.run_training``, which
+``pochi optimize`` runs per trial too.
 """
 
 from __future__ import annotations
