@@ -7,6 +7,7 @@ one ``write``; nothing is spooled to a temp file as Starlette's ``request.form()
 from __future__ import annotations
 
 import email.message
+from typing import TYPE_CHECKING
 
 from pochitrain.serve.decode import BadInput, Payload, check_part_type
 
@@ -17,6 +18,9 @@ except ImportError:  # earlier releases install the same module as ``multipart``
         MultipartParser,
         parse_options_header,
     )
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 MAX_FIELDS = 16  # plain form fields per request (only ``top_k`` is read)
 Part = tuple[str, "str | None", str, bytes]  # name, filename (None: a field), type, data
@@ -42,6 +46,53 @@ def _disposition(header: bytes) -> tuple[str, str | None]:
     return name, None if filename is None else filename.decode("utf-8", "replace")
 
 
+class _Collector:
+    """python-multipart's callbacks: collects the parts and checks the limits as they come."""
+
+    def __init__(self, max_files: int) -> None:
+        self.max_files = max_files
+        self.parts: list[Part] = []
+        self.headers: dict[str, bytes] = {}
+        self.field, self.value = bytearray(), bytearray()
+        self.chunks: list[bytes] = []
+        self.name: str = ""
+        self.filename: str | None = None
+        self.fields = self.files = 0
+        self.ended = False
+
+    def callbacks(self) -> MultipartCallbacks:
+        return {"on_header_field": lambda data, a, b: self.field.extend(data[a:b]),
+                "on_header_value": lambda data, a, b: self.value.extend(data[a:b]),
+                "on_header_end": self.header_end, "on_headers_finished": self.headers_done,
+                "on_part_data": lambda data, a, b: self.chunks.append(data[a:b]),
+                "on_part_end": self.part_end, "on_end": self.end}
+
+    def header_end(self) -> None:
+        self.headers[self.field.decode("latin-1").strip().lower()] = bytes(self.value)
+        self.field.clear()
+        self.value.clear()
+
+    def headers_done(self) -> None:  # the limits, checked before the part's data is kept
+        self.name, self.filename = _disposition(self.headers.get("content-disposition", b""))
+        if self.filename is None:
+            self.fields += 1
+            if self.fields > MAX_FIELDS:
+                raise _bad(f"Too many fields. Maximum number of fields is {MAX_FIELDS}.")
+        else:
+            self.files += 1
+            if self.files > self.max_files:
+                raise _bad(f"Too many files. Maximum number of files is {self.max_files}.")
+
+    def part_end(self) -> None:
+        kind = self.headers.get("content-type", b"").decode("utf-8", "replace").strip()
+        self.parts.append((self.name, self.filename, kind, b"".join(self.chunks)))
+        self.headers.clear()
+        self.chunks.clear()
+
+    def end(self) -> None:
+        self.ended = True
+
+
 def parse(body: bytes, content_type: str, *, max_files: int) -> list[Part]:
     """The parts of a multipart/form-data ``body``, in order; BadInput 400 when malformed."""
     boundary = parse_options_header(content_type)[1].get(b"boundary", b"")
@@ -50,49 +101,17 @@ def parse(body: bytes, content_type: str, *, max_files: int) -> list[Part]:
     start = body.find(b"--" + boundary)
     if start < 0:
         raise _bad("the boundary does not occur in the body.")
-    parts: list[Part] = []
-    headers: dict[str, bytes] = {}
-    field, value = bytearray(), bytearray()
-    chunks: list[bytes] = []
-    current: list[str | None] = []  # the part's name and filename
-    counts = [0, 0]  # fields, files
-    ended = []
-
-    def header_end() -> None:
-        headers[field.decode("latin-1").strip().lower()] = bytes(value)
-        field.clear()
-        value.clear()
-
-    def headers_done() -> None:  # the limits, checked before the part's data is kept
-        current[:] = _disposition(headers.get("content-disposition", b""))
-        is_file = current[1] is not None
-        counts[is_file] += 1
-        limit = max_files if is_file else MAX_FIELDS
-        if counts[is_file] > limit:
-            what = "files" if is_file else "fields"
-            raise _bad(f"Too many {what}. Maximum number of {what} is {limit}.")
-
-    def part_end() -> None:
-        kind = headers.get("content-type", b"").decode("utf-8", "replace").strip()
-        parts.append((current[0] or "", current[1], kind, b"".join(chunks)))
-        headers.clear()
-        chunks.clear()
-
+    collector = _Collector(max_files)
     try:
         # a preamble before the first boundary is allowed (RFC 2046); the parser does not skip it
-        parser = MultipartParser(boundary, {
-            "on_header_field": lambda data, a, b: field.extend(data[a:b]),
-            "on_header_value": lambda data, a, b: value.extend(data[a:b]),
-            "on_header_end": header_end, "on_headers_finished": headers_done,
-            "on_part_data": lambda data, a, b: chunks.append(data[a:b]),
-            "on_part_end": part_end, "on_end": lambda: ended.append(True)})
+        parser = MultipartParser(boundary, collector.callbacks())
         parser.write(body[start:])
         parser.finalize()
     except ValueError as exc:  # python-multipart's FormParserError and its subclasses
         raise _bad(f"{exc}.") from None
-    if not ended:
+    if not collector.ended:
         raise _bad("it ends before its closing boundary.")
-    return parts
+    return collector.parts
 
 
 def read_form(body: bytes, content_type: str, *,
