@@ -63,12 +63,13 @@ class Objective:
         values = {p.name: p.suggest(trial) for p in self.params}
         overrides = overrides_for(self.params, values, self.settings, self.epochs)
         trial.set_user_attr("overrides", overrides)
-        best: list[float] = []
+        best: float | None = None
 
         def on_epoch(epoch: int, metrics: dict[str, Any]) -> None:
+            nonlocal best
             value = float(metrics[self.metric])
-            if not best or (value > best[0] if self.maximize else value < best[0]):
-                best[:] = [value]
+            if best is None or (value > best if self.maximize else value < best):
+                best = value
             trial.report(value, epoch)
             if trial.should_prune():
                 trial.set_user_attr("pruned_at_epoch", epoch)
@@ -81,11 +82,11 @@ class Objective:
             trial.set_user_attr("error", exc.message)
             raise
         trial.set_user_attr("run_dir", str(result.run_dir))
-        if not best:
+        if best is None:
             raise TrainingError("試行で検証したエポックがありません\n"
                                 f"Trial {trial.number} validated no epoch.",
                                 "Check the validation data.")
-        return best[0]
+        return best
 
 
 def optimize(config: Path | str, *, output: Path | str | None = None,
