@@ -82,7 +82,7 @@ class Settings:
     seed: int | None = 42
     mixed_precision: str = "auto"  # auto | bf16 | fp16 | off; resolved by training.resolve_amp
     channels_last: bool | str = "auto"  # True | False | "auto" (True on CUDA)
-    gpu_input: bool | str = "auto"  # decode + transforms on the GPU (training.gpu_input)
+    gpu_input: bool | str = "auto"  # decode + transforms on the GPU (training.gpu_loader)
     gpu_input_cache: str | None = None  # None | "ram" | "gpu": decode the images once
     # Keys of the original pochitrain (config_legacy.py). None: chosen automatically.
     train_pin_memory: bool | None = None  # pinned loader memory (auto: on with CUDA)
