@@ -26,7 +26,19 @@ from pochitrain.workspace import recorded_path
 
 CWD_NOTICE_JA = "作業ディレクトリから解決しました"
 PATH_KEYS = ("train_data_root", "val_data_root", "work_dir")  # the config's folder paths
-_NOTICED: set[tuple[str, str, Path]] = set()  # a command may read its config more than once
+# (file, key, folder) already announced: a process may read a config more than once (each
+# pochi optimize trial does), and the notice is said once
+_NOTICED: set[tuple[str, str, Path]] = set()
+
+
+def _say_cwd(source: Path, key: str, text: str, path: Path) -> None:
+    """The one notice line for a path taken from the working directory."""
+    if (str(source), key, path) in _NOTICED:
+        return
+    from pochitrain.console import info
+
+    _NOTICED.add((str(source), key, path))
+    info(f"{key} = {text!r}: {CWD_NOTICE_JA} / resolved against the working directory: {path}")
 
 
 class AmbiguousPathError(ConfigError):
@@ -73,12 +85,7 @@ def resolve_relative(key: str, value: str | Path, base: Path, source: Path,
             f"{key} に絶対パスを書いてください / Write {key} as an absolute path, or run from "
             "a directory where only the intended one exists.")
     if cwd_ok:
-        if (str(source), key, in_cwd) not in _NOTICED:
-            from pochitrain.console import info
-
-            _NOTICED.add((str(source), key, in_cwd))
-            info(f"{key} = {text!r}: {CWD_NOTICE_JA} / resolved against the working "
-                 f"directory: {in_cwd}")
+        _say_cwd(source, key, text, in_cwd)
         return ResolvedPath(text, in_cwd, "cwd", (in_cwd, in_base))
     resolved = ResolvedPath(text, in_base, "file" if base_ok else "missing", (in_cwd, in_base))
     if must_exist and not base_ok:
@@ -130,12 +137,8 @@ def _work_dir(value: str, config_dir: Path, source: Path, data_anchors: list[str
     in_cwd, in_base = (Path.cwd() / path).resolve(), (config_dir / path).resolve()
     relative = [a for a in data_anchors if a != "absolute"]
     use_cwd = ("cwd" in relative) if relative else in_cwd.is_dir() and not in_base.exists()
-    if use_cwd and in_cwd != in_base and (str(source), "work_dir", in_cwd) not in _NOTICED:
-        from pochitrain.console import info
-
-        _NOTICED.add((str(source), "work_dir", in_cwd))
-        info(f"work_dir = {value!r}: {CWD_NOTICE_JA} / resolved against the working "
-             f"directory: {in_cwd}")
+    if use_cwd and in_cwd != in_base:
+        _say_cwd(source, "work_dir", value, in_cwd)
     return in_cwd if use_cwd else in_base
 
 
