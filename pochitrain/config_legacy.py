@@ -182,17 +182,37 @@ def _check_search_space(space: Any) -> dict[str, Any]:
                 raise type_error(f"{w}['choices']", spec.get("choices"), "a non-empty list")
             continue
         _known(w, spec, ("type", "low", "high", "log", "step"))
-        low, high = spec.get("low"), spec.get("high")
-        number = is_int if kind == "int" else (
-            lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
-        if not number(low) or not number(high) or low > high:  # type: ignore[operator]
-            raise ConfigError("low は high 以下にしてください\n"
-                              f"{w} needs low <= high ({kind}s); got low={low!r}, "
-                              f"high={high!r}.", f"Example: {{'type': {kind!r}, 'low': 1, "
-                              "'high': 10}")
-        if not isinstance(spec.get("log", False), bool):
-            raise type_error(f"{w}['log']", spec["log"], "True or False")
+        _check_range(w, kind, spec)
     return dict(space)
+
+
+def _check_range(w: str, kind: str, spec: dict[str, Any]) -> None:
+    """A float / int range: the types first, then what Optuna would refuse in the first
+    trial (a log range from 0 or below, ``step`` with ``log``)."""
+    expected = "a whole number" if kind == "int" else "a number"
+    number = is_int if kind == "int" else (
+        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
+    for key in ("low", "high"):
+        if not number(spec.get(key)):
+            raise type_error(f"{w}[{key!r}]", spec.get(key), expected)
+    low, high, step, log = spec["low"], spec["high"], spec.get("step"), spec.get("log", False)
+    if step is not None and (not number(step) or step <= 0):
+        raise type_error(f"{w}['step']", step, f"{expected} > 0, or None")
+    if not isinstance(log, bool):
+        raise type_error(f"{w}['log']", log, "True or False")
+    if low > high:
+        raise ConfigError("low は high 以下にしてください\n"
+                          f"{w} needs low <= high ({kind}s); got low={low!r}, high={high!r}.",
+                          f"Example: {{'type': {kind!r}, 'low': 1, 'high': 10}}")
+    if log and low <= 0:
+        raise ConfigError("log の範囲は 0 より大きい low が必要です\n"
+                          f"{w}: a log range needs low > 0; got low={low!r}.",
+                          "Raise low above 0, or set 'log': False.")
+    if log and step is not None and (kind == "float" or step != 1):
+        raise ConfigError("step と log は同時に指定できません\n"
+                          f"{w}: 'step' and 'log': True cannot be used together (values are "
+                          "drawn either on a log scale or in steps).",
+                          "Remove 'step', or set 'log': False.")
 
 
 def check_optuna(value: Any) -> dict[str, Any] | None:

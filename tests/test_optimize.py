@@ -131,7 +131,7 @@ def test_four_trials_pruned_and_loadable_config(opt_data: Path, tmp_path: Path) 
 def test_two_processes_share_one_sqlite_study(opt_data: Path, tmp_path: Path) -> None:
     config = _config(tmp_path, opt_data, {
         "study_name": "shared", "n_trials": 1, "optuna_epochs": 1,
-        "sampler": "RandomSampler", "pruner": None,
+        "sampler": "RandomSampler(seed=0)", "pruner": None,
         "search_space": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3,
                                            "log": True}}})
     out = tmp_path / "shared"
@@ -145,6 +145,8 @@ def test_two_processes_share_one_sqlite_study(opt_data: Path, tmp_path: Path) ->
 
     study = optuna.load_study(study_name="shared", storage=f"sqlite:///{out / 'study.db'}")
     assert len(study.trials) == 2  # 1 + 1
+    # one seed, two workers: each trial draws its own value (the seed moves with the trial)
+    assert study.trials[0].params != study.trials[1].params
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE  # val_accuracy by default
     assert len(list((out / "trials").iterdir())) == 2
@@ -230,3 +232,125 @@ def test_sampler_and_pruner_arguments() -> None:
     assert metric_and_direction({"direction": "minimize"}, None) == ("val_loss", "minimize")
     assert metric_and_direction({"direction": "maximize"}, "val_loss") == ("val_loss",
                                                                            "minimize")
+
+
+def test_search_space_refused_before_any_trial(opt_data: Path, tmp_path: Path) -> None:
+    """step with log, a bound given as a string: a ConfigError saying so, and no study."""
+    for spec, said in (
+            ({"type": "float", "low": 1e-4, "high": 1e-2, "step": 1e-4, "log": True},
+             "'step' and 'log': True cannot be used together"),
+            ({"type": "float", "low": "0.1", "high": 1.0}, "must be a number; got '0.1' (str)"),
+            ({"type": "int", "low": 8, "high": "64"}, "must be a whole number; got '64' (str)"),
+            ({"type": "float", "low": 0.0, "high": 1.0, "log": True}, "needs low > 0")):
+        with pytest.raises(ConfigError) as err:
+            _optimize(tmp_path, opt_data, {"search_space": {"weight_decay": spec}})
+        assert said in err.value.message
+        assert not (tmp_path / "out").exists()  # no study.db, no trial
+
+
+def test_storage_password_masked_without_user_name(opt_data: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from pochitrain.optimize.study import masked
+
+    assert masked("postgresql://:S3cretPw@db:5432/optuna") == "postgresql://:***@db:5432/optuna"
+    assert masked("mysql+pymysql://u:p@ss@h/db?x=a@b") == "mysql+pymysql://u:***@h/db?x=a@b"
+    assert masked("sqlite:////tmp/a@b.db") == "sqlite:////tmp/a@b.db"
+    config = _config(tmp_path, opt_data, {"n_trials": 1, "optuna_epochs": 1, "search_space": {
+        "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2}}})
+    rc = run(["optimize", "-c", str(config), "-o", str(tmp_path / "out"),
+              "--storage", "postgresql://:S3cretPw@127.0.0.1:9/optuna"])
+    out = capsys.readouterr()
+    assert rc != 0 and "postgresql://:***@127.0.0.1:9/optuna" in out.err
+    assert "S3cretPw" not in out.out + out.err
+
+
+# A training transform that holds the first image of the trial that finds more than
+# GATE_AFTER run folders until the test creates <gate>/go: Ctrl+C then lands in that trial's
+# training, and the test sends it only once the process says it is there.
+GATE = """
+class _Gate:
+    def __call__(self, image):
+        import os, time
+        from pathlib import Path
+        gate = Path({gate!r})
+        trials = gate / "out" / "trials"
+        held = gate / ("held" + os.environ["GATE_AFTER"])
+        n = len(list(trials.iterdir())) if trials.is_dir() else 0
+        if n > int(os.environ["GATE_AFTER"]) and not held.exists():
+            held.touch()
+            print("GATE held", flush=True)
+            while not (gate / "go").exists():
+                time.sleep(0.01)
+        return image
+
+train_transform = transforms.Compose([transforms.Resize((16, 16)), _Gate(),
+                                      transforms.ToTensor(), _norm])
+"""
+
+
+def _interrupted_run(config: Path, out: Path, after: int, presses: int) -> tuple[int, str]:
+    """``pochi optimize`` in a process; Ctrl+C ``presses`` times once the gate holds a trial,
+    each press once the process has said it saw the one before."""
+    import os
+    import signal
+    import threading
+
+    env = {**os.environ, "GATE_AFTER": str(after), "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "pochitrain.cli.main", "optimize", "-c",
+                             str(config), "-o", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    guard = threading.Timer(240, proc.kill)  # a hang guard, not a synchronisation
+    guard.start()
+    lines: list[str] = []
+
+    def read_until(text: str) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if text in line:
+                return
+        raise AssertionError(f"the process ended before {text!r}:\n{''.join(lines)}")
+
+    try:
+        read_until("GATE held")
+        for _ in range(presses):
+            proc.send_signal(signal.SIGINT)
+            read_until("Ctrl+C: ")
+    finally:
+        (out.parent / "go").touch()
+        rest = proc.communicate()[0]
+        guard.cancel()
+    return proc.returncode, "".join(lines) + rest
+
+
+def test_ctrl_c_stops_after_the_running_trial(opt_data: Path, tmp_path: Path) -> None:
+    config = _config(tmp_path, opt_data, {
+        "study_name": "stop", "n_trials": 20, "optuna_epochs": 1, "pruner": None,
+        "search_space": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3}}})
+    config.write_text(config.read_text() + GATE.format(gate=str(tmp_path)))
+    out = tmp_path / "out"
+    import optuna
+
+    # first Ctrl+C in trial 1's training: trial 0 stays, trial 1 is FAIL "interrupted",
+    # no trial 2, the study's files from the finished trials, exit 130
+    rc, log = _interrupted_run(config, out, after=1, presses=1)
+    assert rc == 130, log
+    assert "Traceback" not in log and "validated no epoch" not in log
+    trials = optuna.load_study(study_name="stop", storage=f"sqlite:///{out / 'study.db'}").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL"], log
+    assert trials[1].user_attrs["error"] == "interrupted (Ctrl+C) after 0 of 1 epoch(s)"
+    best = json.loads((out / "best_params.json").read_text())
+    assert (best["best_trial"], best["n_trials"]) == (0, 2)
+    history = json.loads((out / "trials_history.json").read_text())
+    assert history[1]["error"].startswith("interrupted (Ctrl+C)")
+    assert (out / "optimization_history.png").is_file()
+
+    # a second Ctrl+C stops at once: the trial is FAIL "interrupted", no file rewritten
+    written = (out / "best_params.json").read_bytes()
+    rc, log = _interrupted_run(config, out, after=2, presses=2)
+    assert rc == 130, log
+    assert "Traceback" not in log and "stopped at once" in log
+    trials = optuna.load_study(study_name="stop", storage=f"sqlite:///{out / 'study.db'}").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL"]
+    assert trials[2].user_attrs["error"] == "interrupted (Ctrl+C)"
+    assert (out / "best_params.json").read_bytes() == written

@@ -30,6 +30,8 @@ Writes into --output (default work_dirs/optuna_results, or optuna_results_NNN if
   study.db (the SQLite study, unless --storage names another database).
 Several processes (on one or many machines) with the same --storage and study name share
 one study: run 'pochi optimize' again with the same --output or --storage to add trials.
+Ctrl+C stops after the running trial (a trial it cut short is FAIL "interrupted (Ctrl+C)"),
+writes the files from the finished trials and exits 130; a second Ctrl+C stops at once.
 """
 
 
@@ -59,17 +61,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pochitrain.console import info
+    from pochitrain.console import info, warn
     from pochitrain.optimize.run import optimize
 
     result = optimize(args.config, output=args.output, storage=args.storage,
                       n_trials=args.n_trials, n_jobs=args.n_jobs, metric=args.metric,
                       study_name=args.study_name)
-    info(f"[bold]best {result.metric}[/bold] {result.best_value:.4g} with {result.best_params} "
+    best = (f"{result.best_value:.4g} with {result.best_params}"
+            if result.best_value is not None else "none (no trial completed)")
+    info(f"[bold]best {result.metric}[/bold] {best} "
          f"({result.n_trials} trials in study {result.study_name!r})")
     for name, why in result.skipped_charts.items():
         info(f"  chart {name} left out: {why}")
     for path in result.files:
         info(f"  {path}")
     info(f"[green]結果 / Results:[/green] {result.out_dir}")
+    if result.interrupted:
+        warn("中断しました / Interrupted: the study stopped after the running trial; the files "
+             "above are from the finished trials. Run the same command to add trials.")
+        return 130
     return 0

@@ -9,10 +9,22 @@ folder.
 
 A trial's value is the best value of the metric over its epochs. A trial whose training fails
 with a pochitrain error (NaN loss, out of memory, ...) is marked FAIL and the study goes on.
+
+Ctrl+C, as in ``pochi train``: the first one stops the study after the running trial. A trial
+whose training it reached stops after the current batch (``training.stop_on_ctrl_c``) and is
+marked FAIL with the cause "interrupted (Ctrl+C)" (unless every epoch had run: then it
+completes), so its partial value never competes with full ones; a trial it did not reach
+runs to its end. The study's files are then written from the finished trials and the result
+says ``interrupted``. A second Ctrl+C stops at once: the running trial is marked FAIL with the
+same cause and no file is written (the storage keeps every finished trial).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +41,11 @@ if TYPE_CHECKING:
 
 
 DEFAULT_OUTPUT = Path("work_dirs") / "optuna_results"
+INTERRUPTED = "interrupted (Ctrl+C)"
+
+
+class TrialInterrupted(PochiError):
+    """Ctrl+C stopped a trial's training before its last epoch (recorded as FAIL)."""
 
 
 @dataclass
@@ -43,16 +60,18 @@ class OptimizeResult:
     storage: str
     files: list[Path] = field(default_factory=list)
     skipped_charts: dict[str, str] = field(default_factory=dict)
+    interrupted: bool = False  # Ctrl+C stopped the study after the running trial
 
 
 class Objective:
     """One trial = one short training run with the trial's values as config overrides."""
 
     def __init__(self, config: Path, params: list[Param], settings: Settings, epochs: int,
-                 metric: str, maximize: bool, trials_dir: Path) -> None:
+                 metric: str, maximize: bool, trials_dir: Path, stop: threading.Event) -> None:
         self.config, self.params, self.settings = config, params, settings
         self.epochs, self.metric, self.maximize = epochs, metric, maximize
         self.trials_dir = trials_dir
+        self.stop = stop  # set by Ctrl+C: no trial after the running one
 
     def __call__(self, trial: Trial) -> float:
         import optuna
@@ -81,7 +100,16 @@ class Objective:
         except PochiError as exc:
             trial.set_user_attr("error", exc.message)
             raise
+        except KeyboardInterrupt:  # a second Ctrl+C: the study stops at once
+            trial.set_user_attr("error", INTERRUPTED)
+            raise
         trial.set_user_attr("run_dir", str(result.run_dir))
+        if result.interrupted:  # the first Ctrl+C reached the training
+            self.stop.set()
+            if best is None or result.epochs_run < self.epochs:
+                why = f"{INTERRUPTED} after {result.epochs_run} of {self.epochs} epoch(s)"
+                trial.set_user_attr("error", why)
+                raise TrialInterrupted(f"試行を中断しました\nTrial {trial.number} {why}.")
         if best is None:
             raise TrainingError("試行で検証したエポックがありません\n"
                                 f"Trial {trial.number} validated no epoch.",
@@ -136,16 +164,35 @@ def optimize(config: Path | str, *, output: Path | str | None = None,
     info(f"study {name!r}: {metric} ({direction}), {len(params)} parameters, storage "
          f"{S.masked(url)}, trials in {out_dir / 'trials'}")
     objective = Objective(config, params, settings, epochs, metric, direction == "maximize",
-                          out_dir / "trials")
-    try:
-        study.optimize(objective, n_trials=int(n_trials or cfg.get("n_trials") or 20),
-                       n_jobs=int(n_jobs or cfg.get("n_jobs") or 1), catch=(PochiError,),
-                       callbacks=[_say], gc_after_trial=True)
-    except KeyboardInterrupt:
-        warn("Ctrl+C: writing the study's files from the trials so far")
-        _finish(study, out_dir, config, settings, metric, direction, url, strict=False)
-        raise
-    return _finish(study, out_dir, config, settings, metric, direction, url)
+                          out_dir / "trials", threading.Event())
+    interrupted = _run_trials(study, objective, int(n_trials or cfg.get("n_trials") or 20),
+                              int(n_jobs or cfg.get("n_jobs") or 1), S.masked(url))
+    if interrupted:
+        warn("Ctrl+C: writing the study's files from the finished trials")
+    result = _finish(study, out_dir, config, settings, metric, direction, url,
+                     strict=not interrupted)
+    result.interrupted = interrupted
+    return result
+
+
+def _run_trials(study: Study, objective: Objective, n_trials: int, n_jobs: int,
+                where: str) -> bool:
+    """Run the trials; True when Ctrl+C stopped the study after the running trial (a second
+    Ctrl+C raises KeyboardInterrupt)."""
+    from pochitrain.training import stop_on_ctrl_c
+
+    with stop_on_ctrl_c(lambda: warn("Ctrl+C: stopping after the running trial "
+                                     "(press again to stop at once)")) as ctrl_c, \
+            _quiet_failed_trials():
+        objective.stop = ctrl_c
+        try:
+            study.optimize(objective, n_trials=n_trials, n_jobs=n_jobs, catch=(PochiError,),
+                           callbacks=[_say, _stop_when(ctrl_c)], gc_after_trial=True)
+        except KeyboardInterrupt:
+            warn(f"Ctrl+C: stopped at once; the finished trials are in {where} (the "
+                 "study's files were not written)")
+            raise
+    return ctrl_c.is_set()
 
 
 def _finish(study: Study, out_dir: Path, config: Path, settings: Settings, metric: str,
@@ -166,6 +213,32 @@ def _finish(study: Study, out_dir: Path, config: Path, settings: Settings, metri
     return OptimizeResult(out_dir, study.study_name, metric, direction, best["best_value"],
                           best["best_params"], best["n_trials"], masked(url),
                           files + chart_files, skipped)
+
+
+def _stop_when(flag: threading.Event) -> Callable[[Study, FrozenTrial], None]:
+    """A study callback: no further trial once ``flag`` is set (Ctrl+C)."""
+    def stop(study: Study, trial: FrozenTrial) -> None:
+        if flag.is_set():
+            study.stop()
+    return stop
+
+
+class _DropFailedTrial(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        return not (text.startswith("Trial ") and " failed with" in text)
+
+
+@contextlib.contextmanager
+def _quiet_failed_trials() -> Iterator[None]:
+    """Optuna logs every failed trial with its traceback; ``_say`` names the cause already,
+    and an error that is not a pochitrain one reaches the caller with its own traceback."""
+    logger, drop = logging.getLogger("optuna.study._optimize"), _DropFailedTrial()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def _say(study: Study, trial: FrozenTrial) -> None:

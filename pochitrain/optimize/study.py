@@ -5,7 +5,8 @@ literal values: ``"TPESampler(seed=0, n_startup_trials=5)"``,
 ``"PercentilePruner(25.0, n_startup_trials=3)"`` (positional literals work too).
 ``sampler_params`` / ``pruner_params`` dicts in the optuna dict are merged in when present.
 ``GridSampler`` gets its grid from the search space (categorical choices, int ranges, float
-ranges with a ``step``).
+ranges with a ``step``). A ``seed`` moves on with the trial number (``seeding``), so processes
+sharing a study do not draw the same values.
 
 Storage: ``--storage`` URL, else ``optuna['storage']``, else ``sqlite:///<output>/study.db``.
 Any SQLAlchemy URL works (``postgresql://...``, ``mysql+pymysql://...``); a bare file path
@@ -27,6 +28,9 @@ from pochitrain.errors import BackendMissingError, ConfigError, PochiError, Usag
 METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
 SAMPLERS = ("TPESampler", "RandomSampler", "CmaEsSampler", "GridSampler", "QMCSampler",
             "GPSampler", "BruteForceSampler", "NSGAIISampler")
+# Their seed orders one sequence (QMC's scramble, the grid's order) that every trial and
+# process walks along, taking the points not yet run: one seed for all.
+SAME_SEED_SAMPLERS = ("QMCSampler", "GridSampler")
 PRUNERS = ("MedianPruner", "PercentilePruner", "SuccessiveHalvingPruner", "HyperbandPruner",
            "NopPruner", "ThresholdPruner", "WilcoxonPruner")
 DRIVERS = {"psycopg2": "psycopg2-binary", "psycopg": "psycopg[binary]", "pymysql": "PyMySQL",
@@ -90,7 +94,7 @@ def _construct(kind: str, text: str, known: tuple[str, ...], module: Any,
                           f"Use one of: {', '.join(known)}.")
     kwargs = {**(more or {}), **dict(extra or {}), **kwargs}
     try:
-        return getattr(module, name)(*args, **kwargs)
+        built = getattr(module, name)(*args, **kwargs)
     except (TypeError, ValueError) as exc:
         import inspect
 
@@ -98,6 +102,13 @@ def _construct(kind: str, text: str, known: tuple[str, ...], module: Any,
         raise ConfigError("指定した引数で作成できません\n"
                           f"{where}: {name} cannot be built with these arguments: {exc}",
                           f"{name}{sig}") from None
+    seed = kwargs.get("seed")
+    if kind == "sampler" and isinstance(seed, int) and name not in SAME_SEED_SAMPLERS:
+        from pochitrain.optimize.seeding import SeedPerTrial
+
+        cls = getattr(module, name)
+        return SeedPerTrial(lambda s: cls(*args, **{**kwargs, "seed": s}), seed)
+    return built
 
 
 def build_sampler(cfg: dict[str, Any], grid: dict[str, list[Any]] | None) -> Any:
@@ -148,8 +159,10 @@ def storage_url(cli: str | None, cfg: dict[str, Any], out_dir: Path) -> str:
     return str(url)
 
 
-def masked(url: str) -> str:
-    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
+def masked(text: str) -> str:
+    """``text`` with the password of every URL in it as ``***``: ``scheme://user:pw@host``,
+    ``scheme://:pw@host`` (no user name), a password holding ``@``."""
+    return re.sub(r"(://[^:/@?#\s]*):[^/?#\s]*@", r"\1:***@", text)
 
 
 def open_storage(url: str) -> Any:
@@ -177,7 +190,7 @@ def open_storage(url: str) -> Any:
                              "postgresql://user:pass@host/db.") from None
         raise PochiError("スタディのストレージを開けません\n"
                          f"Cannot open the study storage {masked(url)}: {kind}: "
-                         f"{str(exc).splitlines()[0][:300]}",
+                         f"{masked(str(exc).splitlines()[0][:300])}",
                          "Check the URL, that the database server runs and that it can be "
                          "reached from here.") from None
 
