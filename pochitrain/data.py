@@ -9,10 +9,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pochitrain.errors import DataError, UsageError
+from pochitrain.preprocess import rgb8
 
 PIXEL_LIMIT_ENV = "POCHI_MAX_IMAGE_PIXELS"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -168,15 +168,6 @@ def _warn_pixel_limit(what: str, limit: int | None) -> None:
          f"Set the environment variable {PIXEL_LIMIT_ENV}=N (or 'none') to read larger images.")
 
 
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """16-bit grayscale (modes I;16*, I) -> 8-bit L, v -> round(v / 257); convert('RGB')
-    would clip every value over 255 to white."""
-    if img.mode.startswith("I;16") or img.mode == "I":
-        arr = np.asarray(img).astype(np.float64)
-        return Image.fromarray(np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8), "L")
-    return img
-
-
 def open_rgb(path: Path) -> Image.Image | None:
     """Decode an image fully as 8-bit RGB; None when the file is corrupt, not an image, or
     over PIL's pixel limit (``Image.MAX_IMAGE_PIXELS``; ``POCHI_MAX_IMAGE_PIXELS`` sets it).
@@ -195,7 +186,7 @@ def open_rgb(path: Path) -> Image.Image | None:
                     upright = ImageOps.exif_transpose(img)
                 except Exception:  # noqa: BLE001 - broken EXIF block: keep the stored pixels
                     upright = img
-                return _to_8bit(upright).convert("RGB")
+                return rgb8(upright)
     except Image.DecompressionBombError:
         _warn_pixel_limit(f"{path} is too large", Image.MAX_IMAGE_PIXELS)
         return None

@@ -20,9 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pochitrain.errors import DataError, UsageError
+from pochitrain.config_checks import argument_error, count_argument, file_argument
+from pochitrain.errors import DataError, ShapeError, UsageError
 
 if TYPE_CHECKING:
+    import torch
+
     from pochitrain.meta import ModelMeta
 
 ImageLike = Any  # a PIL image, an HxWx3 (RGB) or HxW uint8 NumPy array, or a file path
@@ -41,16 +44,20 @@ class Prediction:
                 "top_k": [{"class_name": n, "probability": p} for n, p in self.top_k]}
 
 
-def to_pil(image: ImageLike) -> Any:
-    """A decoded RGB PIL image from any ``ImageLike``; DataError when it is not an image."""
+def to_pil(image: ImageLike, name: str = "image") -> Any:
+    """A decoded RGB PIL image from any ``ImageLike``; DataError when it is not an image.
+    ``name``: the argument it was passed as, for the messages."""
     from PIL import Image
 
     from pochitrain.data import open_rgb
+    from pochitrain.preprocess import rgb8
 
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        if image.width == 0 or image.height == 0:
+            raise _empty(name, f"a {image.width}x{image.height} PIL image")
+        return rgb8(image)  # 16-bit images scaled as files of them are
     if isinstance(image, (str, Path)):
-        path = Path(image)
+        path = file_argument(name, image, "'photo.jpg'")
         if not path.is_file():
             raise DataError("画像ファイルが見つかりません\n"
                             f"Image file not found: {path}", "Check the path.")
@@ -61,20 +68,46 @@ def to_pil(image: ImageLike) -> Any:
                             "Pass a PNG / JPEG / BMP / WebP ... file.")
         return decoded
     if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (
-                image.ndim == 3 and image.shape[2] not in (1, 3)):
-            raise DataError(
-                "NumPy の画像は uint8 の HxW か HxWx3 (RGB) にしてください\n"
-                f"A NumPy image must be uint8 HxW or HxWx3 (RGB); got {image.dtype} "
-                f"{tuple(image.shape)}.",
-                "Convert it first, e.g. np.asarray(pil_image.convert('RGB')); OpenCV's BGR "
-                "arrays need image[..., ::-1].")
-        if image.ndim == 3 and image.shape[2] == 1:
-            image = image[..., 0]
-        return Image.fromarray(np.ascontiguousarray(image)).convert("RGB")
+        return _array_image(image, name)
     raise UsageError("この種類の入力は分類できません\n"
-                     f"Cannot classify a {type(image).__name__}.",
+                     f"Cannot classify a {type(image).__name__} (argument {name}).",
                      "Pass a PIL image, a uint8 NumPy array (HxWx3 RGB) or a file path.")
+
+
+def _array_image(image: np.ndarray, name: str) -> Any:
+    from PIL import Image
+
+    if image.size == 0:
+        raise _empty(name, f"an array of shape {tuple(image.shape)}")
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or (
+            image.ndim == 3 and image.shape[2] not in (1, 3)):
+        raise DataError(
+            "NumPy の画像は uint8 の HxW か HxWx3 (RGB) にしてください\n"
+            f"A NumPy image ({name}) must be uint8 HxW or HxWx3 (RGB); got {image.dtype} "
+            f"{tuple(image.shape)}.",
+            "Convert it first, e.g. np.asarray(pil_image.convert('RGB')); OpenCV's BGR "
+            "arrays need image[..., ::-1].")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    return Image.fromarray(np.ascontiguousarray(image)).convert("RGB")
+
+
+def _empty(name: str, what: str) -> DataError:
+    return DataError("空の画像は分類できません\n"
+                     f"The image passed as {name} is empty ({what}): it has no pixels.",
+                     "Pass an image at least 1 pixel wide and high.")
+
+
+def _providers(value: Any) -> list[str] | None:
+    """None, one provider as a str, or a list of them."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise argument_error("providers", value, "a list of provider names (or one as a str)",
+                         "['cuda', 'cpu']")
 
 
 class Predictor:
@@ -86,14 +119,19 @@ class Predictor:
     """
 
     def __init__(self, model: str | Path, *, config: str | Path | None = None,
-                 device: str = "auto", providers: list[str] | None = None,
+                 device: str = "auto", providers: list[str] | str | None = None,
                  batch_size: int = 32) -> None:
         from pochitrain.model import open_model
 
-        if batch_size < 1:
-            raise UsageError("batch_size は 1 以上にしてください\n"
-                             f"batch_size must be 1 or more, got {batch_size}.")
-        self._model = open_model(model, config=config, device=device, providers=providers)
+        model = file_argument("model", model, "'models/best_epoch6.onnx'")
+        if config is not None:
+            config = file_argument("config", config, "'config.py'")
+        if not isinstance(device, str):
+            raise argument_error("device", device, "a str", "'cpu' (or 'cuda', 'auto')")
+        batch_size = count_argument("batch_size", batch_size)
+        self._closed = False
+        self._model = open_model(model, config=config, device=device,
+                                 providers=_providers(providers))
         try:
             self.batch_size = self._model.fixed_batch or batch_size
             self._model.runner.check_batch_size(self.batch_size)
@@ -116,26 +154,53 @@ class Predictor:
 
     def preprocess(self, image: ImageLike) -> np.ndarray:
         """One image -> float32 (3, H, W), exactly as ``pochi infer`` prepares it."""
+        self._check_open()
         return self._model.preprocess(to_pil(image))
 
-    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+    def probabilities(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
         """float32 (N, 3, H, W) preprocessed images -> (N, classes) softmax probabilities,
         run ``batch_size`` at a time (a fixed-batch model gets padded chunks)."""
-        return self._model.probabilities(batch, self.batch_size)
+        self._check_open()
+        return self._model.probabilities(self._checked_batch(batch), self.batch_size)
 
     def predict(self, images: ImageLike | Sequence[ImageLike],
                 top_k: int = 1) -> Prediction | list[Prediction]:
-        """A ``Prediction`` for one image, a list of them for a list (same order)."""
+        """A ``Prediction`` for one image, a list of them for a list (same order). A list is
+        decoded and run ``batch_size`` images at a time."""
+        self._check_open()
+        top_k = count_argument("top_k", top_k)
         single = not isinstance(images, (list, tuple))
-        items = [images] if single else list(images)
-        if top_k < 1:
-            raise UsageError("top_k は 1 以上にしてください\n"
-                             f"top_k must be 1 or more, got {top_k}.")
-        if not items:
-            return []
-        probs = self.probabilities(np.stack([self.preprocess(im) for im in items]))
-        preds = [self._prediction(row, top_k) for row in probs]
+        items: Sequence[ImageLike] = [images] if single else images
+        preds: list[Prediction] = []
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start:start + self.batch_size]
+            batch = np.stack([self._model.preprocess(to_pil(im, "images")) for im in chunk])
+            probs = self._model.probabilities(batch, self.batch_size)
+            preds.extend(self._prediction(row, top_k) for row in probs)
         return preds[0] if single else preds
+
+    def _checked_batch(self, batch: Any) -> np.ndarray:
+        """``batch`` as float32 (N, 3, H, W) NumPy at the model's H x W; ShapeError else."""
+        h, w = self.meta.preprocess.input_size
+        if hasattr(batch, "detach"):  # a torch tensor
+            batch = batch.detach().cpu().numpy()
+        if (isinstance(batch, np.ndarray) and np.issubdtype(batch.dtype, np.floating)
+                and tuple(batch.shape[1:]) == (3, h, w)):
+            return np.ascontiguousarray(batch, dtype=np.float32)
+        got = (f"{batch.dtype} {tuple(batch.shape)}" if isinstance(batch, np.ndarray)
+               else type(batch).__name__)
+        raise ShapeError("probabilities には前処理済みの (N, 3, H, W) float32 配列を渡してください\n"
+                         f"probabilities takes preprocessed float32 images of shape "
+                         f"(N, 3, {h}, {w}); got {got}.",
+                         "Pass np.stack([predictor.preprocess(image) for image in images]), "
+                         "or call predict(images).")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError("この Predictor は閉じられています\n"
+                             "This Predictor is closed (close() was called or its with-block "
+                             "ended): it cannot run the model any more.",
+                             "Create a new Predictor(model) to predict again.")
 
     def _prediction(self, row: np.ndarray, top_k: int) -> Prediction:
         names = self.class_names
@@ -145,7 +210,9 @@ class Predictor:
                           [(names[int(i)], float(row[int(i)])) for i in order])
 
     def close(self) -> None:
-        self._model.close()
+        if not self._closed:
+            self._closed = True
+            self._model.close()
 
     def __enter__(self) -> Predictor:  # noqa: PYI034
         return self

@@ -101,7 +101,7 @@ class Preprocess:
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         if image.mode != "RGB":
-            image = image.convert("RGB")
+            image = rgb8(image)
         if self.resize is not None:
             h, w = resized_size(image.height, image.width, self.resize)
             if (h, w) != (image.height, image.width):
@@ -113,6 +113,16 @@ class Preprocess:
         std = np.asarray(self.std, dtype=np.float32)
         arr = (arr - mean) / std
         return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def rgb8(image: Image.Image) -> Image.Image:
+    """Any PIL image as a new 8-bit RGB image. 16-bit grayscale (modes I;16*, I) is scaled,
+    v -> round(v / 257): ``convert("RGB")`` would clip every value over 255 to white. Files,
+    PIL images given to the Python API and the model's preprocessing all come through here."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        arr = np.asarray(image).astype(np.float64)
+        image = Image.fromarray(np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8), "L")
+    return image.convert("RGB")
 
 
 def resized_size(h: int, w: int, size: list[int]) -> tuple[int, int]:

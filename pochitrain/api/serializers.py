@@ -15,7 +15,9 @@ Pillow, so OpenCV is not needed. Only NumPy and Pillow are imported (no torch).
 from __future__ import annotations
 
 import base64
+import binascii
 import io
+import numbers
 from typing import Any, Protocol
 
 import numpy as np
@@ -60,15 +62,24 @@ class RawArraySerializer:
                 "shape": list(image.shape), "dtype": str(image.dtype), "format": "raw"}
 
     def deserialize(self, data: dict[str, Any]) -> np.ndarray:
-        shape = data.get("shape")
-        if not shape or len(shape) != 3 or int(shape[2]) != 3:
+        shape = _fields(data).get("shape")
+        try:
+            dims = [int(v) for v in shape] if isinstance(shape, (list, tuple)) else []
+        except (TypeError, ValueError):
+            dims = []
+        if len(dims) != 3 or dims[2] != 3 or min(dims) < 0:
             raise PayloadError(
                 f"raw 形式には shape [H, W, 3] が必要です: {shape}\n"
-                f"The raw format needs shape [H, W, 3]; got {shape}.")
-        raw = base64.b64decode(data["image_data"])
-        dtype = np.dtype(data.get("dtype", "uint8"))
+                f"The raw format needs shape [H, W, 3] (whole numbers); got {shape!r}.")
+        raw = _image_bytes(data)
         try:
-            return np.frombuffer(raw, dtype=dtype).reshape([int(v) for v in shape])
+            dtype = np.dtype(data.get("dtype", "uint8"))
+        except TypeError:
+            raise PayloadError(f"dtype が正しくありません: {data.get('dtype')!r}\n"
+                               f"Unknown dtype {data.get('dtype')!r}.",
+                               "Use 'uint8'.") from None
+        try:
+            return np.frombuffer(raw, dtype=dtype).reshape(dims)
         except ValueError:
             raise PayloadError(
                 f"データ長が shape {shape} と一致しません。\n"
@@ -79,10 +90,13 @@ class JpegSerializer:
     """JPEG at ``quality`` (1-100), base64: about a twentieth of the raw size."""
 
     def __init__(self, quality: int = 90) -> None:
-        if not 1 <= int(quality) <= 100:
-            raise PayloadError(f"JPEG 品質は 1-100 で指定してください: {quality}\n"
-                               f"JPEG quality must be 1 to 100; got {quality}.")
-        self.quality = int(quality)
+        if (isinstance(quality, bool) or not isinstance(quality, numbers.Integral)
+                or not 1 <= int(quality) <= 100):
+            raise PayloadError(f"JPEG 品質は 1-100 の整数で指定してください: {quality!r}\n"
+                               f"JPEG quality must be a whole number from 1 to 100; got "
+                               f"{quality!r} ({type(quality).__name__}).",
+                               "Pass e.g. JpegSerializer(quality=90).")
+        self.quality: int = int(quality)
 
     def serialize(self, image: np.ndarray) -> dict[str, Any]:
         from PIL import Image
@@ -97,13 +111,35 @@ class JpegSerializer:
         from PIL import Image, UnidentifiedImageError
 
         try:
-            with Image.open(io.BytesIO(base64.b64decode(data["image_data"]))) as img:
+            with Image.open(io.BytesIO(_image_bytes(data))) as img:
                 rgb = np.asarray(img.convert("RGB"))
         except (UnidentifiedImageError, OSError, ValueError):
             raise PayloadError("JPEG デコード失敗: 不正または破損した画像データ\n"
                                "JPEG decoding failed: the data is not a readable image."
                                ) from None
         return np.ascontiguousarray(rgb[..., ::-1])
+
+
+def _fields(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise PayloadError("リクエストの内容は dict である必要があります\n"
+                           f"The request fields must be a dict; got {type(data).__name__}.",
+                           "Pass the dict serialize() returned.")
+    return data
+
+
+def _image_bytes(data: Any) -> bytes:
+    """The base64-decoded ``image_data`` field."""
+    encoded = _fields(data).get("image_data")
+    if not isinstance(encoded, (str, bytes)):
+        raise PayloadError("image_data がありません\n"
+                           f"The field image_data must be a base64 str; got "
+                           f"{type(encoded).__name__}.", "Pass the dict serialize() returned.")
+    try:
+        return base64.b64decode(encoded)
+    except (binascii.Error, ValueError):
+        raise PayloadError("image_data が base64 ではありません\n"
+                           "The field image_data is not valid base64.") from None
 
 
 def create_serializer(fmt: str) -> IImageSerializer:

@@ -4,10 +4,12 @@ metadata read from those loaders, and settings from a config."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pochitrain.config_checks import argument_error, count_argument
 from pochitrain.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -79,6 +81,17 @@ def create_data_loaders(
     from pochitrain.data import check_classes, remap_labels, scan_image_folder
     from pochitrain.training.data import lone_last_image
 
+    batch_size = count_argument("batch_size", batch_size)
+    num_workers = count_argument("num_workers", num_workers, 0)
+    for name, root in (("train_root", train_root), ("val_root", val_root)):
+        if isinstance(root, bool) or not isinstance(root, (str, os.PathLike)):
+            raise argument_error(name, root, "a folder path (str or pathlib.Path)",
+                                 "'data/train'")
+    for name, transform in (("train_transform", train_transform),
+                            ("val_transform", val_transform)):
+        if transform is not None and not callable(transform):
+            raise argument_error(name, transform, "a transform (a callable) or None",
+                                 "transforms.Compose([...])")
     train = scan_image_folder(train_root, "training data folder (train_root)",
                               allow_unlabelled=False)
     val = scan_image_folder(val_root, "validation data folder (val_root)",
@@ -116,6 +129,13 @@ class TrainingBatches:
 
         for item in self.loader:
             yield item if isinstance(item, Batch) else Batch(item[0], item[1], [])
+
+
+def check_loader(name: str, loader: Any) -> None:
+    """A DataLoader-like argument: iterable, with a ``dataset``."""
+    if not hasattr(loader, "dataset") or not hasattr(loader, "__iter__"):
+        raise argument_error(name, loader, "a torch DataLoader of (images, labels) batches",
+                             "the loader create_data_loaders returns")
 
 
 def batch_images(item: Any) -> Any:

@@ -12,8 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pochitrain.compat_api.data import batch_images, num_classes_of, settings_of
-from pochitrain.errors import ModelFileError
+from pochitrain.compat_api.data import (
+    batch_images,
+    check_loader,
+    num_classes_of,
+    settings_of,
+)
+from pochitrain.config_checks import count_argument, file_argument, str_argument
+from pochitrain.errors import DataError, ModelFileError, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -83,8 +89,11 @@ class PochiPredictor:
 
         from pochitrain.config import resolve_device
 
-        self.model_name, self.num_classes = model_name, num_classes
-        self.model_path = Path(model_path)
+        self.model_name = str_argument("model_name", model_name, "'resnet18'")
+        self.num_classes = num_classes = count_argument("num_classes", num_classes)
+        device = str_argument("device", device, "'cpu' (or 'cuda', 'auto')")
+        self.model_path = file_argument("model_path", model_path, "'models/best_epoch10.pth'")
+        self._closed = False
         if not self.model_path.is_file():
             raise ModelFileError(f"モデルファイルが見つかりません: {self.model_path}\n"
                                  f"Model file not found: {self.model_path}", "Check the path.")
@@ -103,6 +112,11 @@ class PochiPredictor:
         return cls(settings.model_name, num_classes_of(settings), settings.device, model_path)
 
     def _logits(self, images: torch.Tensor | np.ndarray) -> tuple[np.ndarray, float]:
+        if self._closed:
+            raise UsageError("この PochiPredictor は閉じられています\n"
+                             "This PochiPredictor is closed (close() was called or its "
+                             "with-block ended): it cannot run the model any more.",
+                             "Create a new PochiPredictor to predict again.")
         array = images.detach().cpu().numpy() if hasattr(images, "detach") else images
         return self._runner.run(np.ascontiguousarray(array, dtype=np.float32))
 
@@ -113,7 +127,12 @@ class PochiPredictor:
 
         from pochitrain.batching import softmax
 
-        first = data_loader.dataset[0][0]
+        check_loader("data_loader", data_loader)
+        if len(data_loader.dataset) == 0:  # type: ignore[arg-type]
+            raise DataError("data_loader に画像がありません\n"
+                            "data_loader has no images to predict.",
+                            "Pass a loader over a folder with images.")
+        first = batch_images(data_loader.dataset[0])
         for _ in range(WARMUP_ITERATIONS):
             self._logits(first[None])
         predicted: list[np.ndarray] = []
@@ -141,7 +160,9 @@ class PochiPredictor:
                 "best_accuracy": self.best_accuracy, "epoch": self.epoch}
 
     def close(self) -> None:
-        self._runner.close()
+        if not self._closed:
+            self._closed = True
+            self._runner.close()
 
     def __enter__(self) -> PochiPredictor:  # noqa: PYI034
         return self

@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from pochitrain.compat_api.data import (
     TrainingBatches,
+    check_loader,
     loader_meta,
     num_classes_of,
     save_weights,
     settings_of,
 )
+from pochitrain.config_checks import argument_error, count_argument, str_argument
 from pochitrain.errors import UsageError
 
 if TYPE_CHECKING:
@@ -51,7 +53,9 @@ class PochiTrainer:
         from pochitrain.models import build_model
         from pochitrain.workspace import new_run_dir
 
-        self.model_name, self.num_classes = model_name, num_classes
+        self.model_name = str_argument("model_name", model_name, "'resnet18'")
+        self.num_classes = count_argument("num_classes", num_classes)
+        device = str_argument("device", device, "'cpu' (or 'cuda', 'auto')")
         self.device = torch.device(resolve_device(device))
         self.cudnn_benchmark = cudnn_benchmark and self.device.type == "cuda"
         if self.cudnn_benchmark:
@@ -103,6 +107,10 @@ class PochiTrainer:
         from pochitrain.training import EarlyStopping, build_optimizer, build_scheduler
         from pochitrain.training.optim import layer_param_groups
 
+        if (isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float))
+                or not learning_rate > 0):
+            raise argument_error("learning_rate", learning_rate, "a number > 0", "0.001")
+        optimizer_name = str_argument("optimizer_name", optimizer_name, "'Adam'")
         n = num_classes or self.num_classes
         if class_weights is not None and len(class_weights) != n:
             raise UsageError(f"class_weights の数がクラス数と一致しません ({len(class_weights)} "
@@ -144,12 +152,14 @@ class PochiTrainer:
 
     def train_one_epoch(self, epoch: int, train_loader: DataLoader[Any]) -> dict[str, float]:
         """One training epoch: ``{"loss", "accuracy"}`` (accuracy in percent)."""
+        check_loader("train_loader", train_loader)
         self.epoch = epoch
         stats = self._pass(train_loader, self._parts()[0])
         return {"loss": stats.loss, "accuracy": stats.accuracy * 100.0}
 
     def validate(self, val_loader: DataLoader[Any]) -> dict[str, float]:
         """``{"val_loss", "val_accuracy"}`` (accuracy in percent)."""
+        check_loader("val_loader", val_loader)
         stats = self._pass(val_loader)
         return {"val_loss": stats.loss, "val_accuracy": stats.accuracy * 100.0}
 
@@ -163,6 +173,9 @@ class PochiTrainer:
             raise UsageError("val_loader が必要です。\nval_loader is required: the best "
                              "checkpoint is chosen by validation accuracy.",
                              "Pass a validation loader (create_data_loaders gives one).")
+        check_loader("train_loader", train_loader)
+        check_loader("val_loader", val_loader)
+        epochs = count_argument("epochs", epochs)
         if self.enable_tensorboard or self.enable_gradient_tracking:
             from pochitrain.console import warn
 
