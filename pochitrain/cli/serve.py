@@ -54,6 +54,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help="largest request body; larger ones get 413 (default: 16)")
     b.add_argument("--max-images", type=positive_int, default=64, metavar="N",
                    help="most files in one multipart request (default: 64)")
+    b.add_argument("--max-request-pixels", type=positive_int, default=200_000_000, metavar="N",
+                   help="most decoded pixels per request, all images together, counted from "
+                   "the headers before decoding; beyond it 413 (default: 200000000)")
     b.add_argument("--decode-workers", type=positive_int, default=None, metavar="N",
                    help="threads that decode and preprocess images, per worker (default: "
                    "CPU cores / --workers, at most 16)")
@@ -114,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     settings = ServeSettings(
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue=args.queue,
         max_body_bytes=int(args.max_body_mb * 1_000_000), max_images=args.max_images,
+        max_request_pixels=args.max_request_pixels,
         decode_workers=args.decode_workers or max(1, min(16, (os.cpu_count() or 1)
                                                          // args.workers)),
         access_log=not args.no_access_log)

@@ -7,10 +7,13 @@
                                                                         -> BatchPredictResponse
   image/jpeg|png|webp   the image file as the whole body               -> PredictResponse
 ``top_k`` as a query parameter (or a JSON / form field). ``GET /api/v1/health``,
-``/api/v1/model-info``, ``/api/v1/version``, ``/metrics``, OpenAPI docs at ``/docs``.
+``/api/v1/model-info``, ``/api/v1/version``, ``/metrics``, ``/openapi.json`` and a
+self-contained page describing it at ``/docs`` (no CDN assets: it works offline).
 
 On the event loop only HTTP and bookkeeping run: JSON / base64 parsing, decoding and
-preprocessing go to a thread pool, the model to the batcher's worker thread.
+preprocessing go to a thread pool, the model to the batcher's worker thread. A request's
+pixels are counted from the image headers before anything is decoded (413 over
+``max_request_pixels``), and one request takes at most half the decode threads.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from pochitrain.serve import schemas
 from pochitrain.serve.batcher import Batcher
@@ -37,6 +40,7 @@ from pochitrain.serve.decode import (
     BadInput,
     Payload,
     b64decode,
+    check_request_pixels,
     media_type,
     raw_array,
 )
@@ -59,6 +63,7 @@ class ServeSettings:
     queue: int = 512  # images admitted (decoding, queued or in the model) at most
     max_body_bytes: int = 16 * 1024 * 1024
     max_images: int = 64  # images per request
+    max_request_pixels: int = 200_000_000  # decoded pixels per request, all images together
     decode_workers: int = 4
     retry_after_s: int = 1
     access_log: bool = True
@@ -81,8 +86,10 @@ def create_app(model: ServeModel, settings: ServeSettings) -> FastAPI:
             await asyncio.get_running_loop().run_in_executor(None, batcher.stop, 60.0)
             pool.shutdown(wait=True)
 
+    # /docs is our own page (schemas.docs_page): Swagger UI and ReDoc load from a CDN
     app = FastAPI(title="pochitrain serve", version=schemas.API_VERSION, lifespan=lifespan,
-                  description="Image classification over HTTP (API v1 of pochitrain).")
+                  description="Image classification over HTTP (API v1 of pochitrain).",
+                  docs_url=None, redoc_url=None)
     app.state.batcher = batcher
     app.add_middleware(LimitAndLog, max_body=settings.max_body_bytes, metrics=metrics,
                        routes=ROUTES, log=settings.access_log)
@@ -157,21 +164,37 @@ class Predict:
                            f"画像が多すぎます ({len(payloads)} 枚、上限 {queue} 枚)。",
                            f"{len(payloads)} images in one request, more than the queue of "
                            f"{queue}: send fewer per request.")
+        if len(payloads) > 1:  # headers read off the decode pool, which may be busy
+            await asyncio.get_running_loop().run_in_executor(
+                None, check_request_pixels, payloads, self.settings.max_request_pixels)
         if not self.batcher.admit(len(payloads)):
             self.metrics.rejected.inc()
             return JSONResponse(_queue_full(queue), status_code=503,
                                 headers={"Retry-After": str(self.settings.retry_after_s)})
         self.metrics.queued(len(payloads))
         try:
-            if len(payloads) == 1:  # the common case, without gather's extra future
-                prepared = [await self.in_pool(self.model.prepare, payloads[0])]
-            else:
-                prepared = await asyncio.gather(
-                    *(self.in_pool(self.model.prepare, p) for p in payloads))
-            return await self.batcher.submit(list(prepared))
+            return await self.batcher.submit(await self.prepare(payloads))
         finally:
             self.batcher.release(len(payloads))
             self.metrics.queued(-len(payloads))
+
+    async def prepare(self, payloads: list[Payload]) -> list[Any]:
+        """Every payload decoded and preprocessed, in order. At most half the decode threads
+        work for one request at a time, so another request's images never queue behind all
+        of a large request's images."""
+        if len(payloads) == 1:  # the common case: its pixels checked in the same pool task
+            return [await self.in_pool(self.prepare_one, payloads[0])]
+        share = asyncio.Semaphore(max(1, self.settings.decode_workers // 2))
+
+        async def one(payload: Payload) -> Any:
+            async with share:
+                return await self.in_pool(self.model.prepare, payload)
+
+        return list(await asyncio.gather(*(one(p) for p in payloads)))
+
+    def prepare_one(self, payload: Payload) -> Any:
+        check_request_pixels([payload], self.settings.max_request_pixels)
+        return self.model.prepare(payload)
 
     async def __call__(self, request: Request, top_k: int | None) -> Response:
         start = time.perf_counter()
@@ -196,13 +219,24 @@ class Predict:
                              "backend": backend})
 
 
+# status -> the ``error`` codes a refusal with it carries (the /docs page lists them)
+ERROR_CODES = {400: "undecodable_image, bad_multipart",
+               413: "body_too_large, too_many_images, too_many_pixels, "
+                    "too_many_request_pixels",
+               415: "unsupported_media_type", 500: "inference_failed",
+               503: "queue_full (with Retry-After)"}
+
+
 def add_predict_route(app: FastAPI, predict: Predict) -> None:
     @app.post(f"{PREFIX}/predict", response_model=schemas.PredictResponse,
               responses={200: {"model": schemas.BatchPredictResponse,
                                "description": "PredictResponse for JSON / image bodies, "
                                "BatchPredictResponse for multipart uploads"},
-                         **{s: {"model": schemas.ErrorBody} for s in (400, 413, 415, 503)},
-                         422: {"model": schemas.UnprocessableBody}},
+                         **{s: {"model": schemas.ErrorBody, "description": text}
+                            for s, text in ERROR_CODES.items()},
+                         422: {"model": schemas.UnprocessableBody,
+                               "description": "bad_base64, bad_shape, bad_dtype, "
+                               "invalid_request, bad_top_k, no_files"}},
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": schemas.PredictRequest.model_json_schema()},
                   "multipart/form-data": {"schema": schemas.MULTIPART_SCHEMA},
@@ -215,7 +249,7 @@ def add_predict_route(app: FastAPI, predict: Predict) -> None:
 
 def add_info_routes(app: FastAPI, model: ServeModel, settings: ServeSettings,
                     metrics: Metrics) -> None:
-    """health, model-info, version and the Prometheus ``/metrics``."""
+    """health, model-info, version, the Prometheus ``/metrics`` and the ``/docs`` page."""
     from pochitrain import __version__
 
     @app.get(f"{PREFIX}/health", response_model=schemas.Health)
@@ -231,6 +265,10 @@ def add_info_routes(app: FastAPI, model: ServeModel, settings: ServeSettings,
     async def version() -> dict[str, Any]:
         return {"pochitrain_version": __version__, "api_version": schemas.API_VERSION,
                 "backend_versions": model.backend_versions()}
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(schemas.docs_page(app.openapi()))
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:

@@ -3,8 +3,10 @@ bilingual message (Japanese first, then English).
 
 Statuses: 422 for a payload that is well-formed HTTP but not a valid image description
 (broken base64, wrong shape, wrong dtype, bad JSON fields); 400 for bytes that do not decode
-as an image (corrupt, truncated, not an image, over the pixel limit); 415 for a media type
-the server does not take; 413 for bodies or images that are too large.
+as an image (corrupt, truncated, not an image); 415 for a media type the server does not
+take; 413 for bodies or images that are too large: an image over PIL's pixel limit, or a
+request whose images hold more pixels than its budget, is refused from the headers alone,
+before any decoding.
 
 Decoding goes through ``pochitrain.data.open_rgb`` (EXIF orientation, 16-bit scaling, pixel
 limit), exactly as ``pochi infer`` reads files, so the server's pixels are infer's pixels.
@@ -15,6 +17,8 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -101,21 +105,67 @@ def raw_array(data: bytes, shape: list[int] | None, dtype: str) -> np.ndarray:
     if any(int(v) < 1 for v in shape):
         raise BadInput(422, "bad_shape", f"shape {shape} に 0 以下の値があります。",
                        f"shape {shape} has a dimension below 1.")
-    expected = int(np.prod(shape))
+    expected = math.prod(int(v) for v in shape)  # Python ints: no 64-bit overflow
     if len(data) != expected:
         raise BadInput(422, "bad_shape",
                        f"データ長 {len(data)} バイトが shape {shape} ({expected} バイト) と"
                        "一致しません。",
                        f"The data has {len(data)} bytes but shape {shape} needs {expected}.")
     h, w = int(shape[0]), int(shape[1])
-    limit = Image.MAX_IMAGE_PIXELS  # the limit open_rgb keeps for encoded images
-    if limit is not None and h * w > limit:
-        raise BadInput(413, "too_many_pixels",
-                       f"画像が大きすぎます ({h * w} 画素、上限 {limit}): raw image",
-                       f"raw image has {h * w} pixels, over the limit of {limit}.")
+    check_image_pixels("raw image", w, h, Image.MAX_IMAGE_PIXELS)
     if len(shape) == 3 and shape[2] == 3:
         return np.ascontiguousarray(np.frombuffer(data, np.uint8).reshape(h, w, 3)[..., ::-1])
     return np.frombuffer(data, np.uint8).reshape(h, w)  # grayscale
+
+
+def too_many_pixels(name: str, pixels: int | None, limit: int) -> BadInput:
+    """413 for one image over PIL's pixel limit (``pixels`` None: too many to be counted)."""
+    from pochitrain.data import PIXEL_LIMIT_ENV
+
+    count = f"{pixels} pixels" if pixels is not None else f"more than {2 * limit} pixels"
+    return BadInput(413, "too_many_pixels",
+                    f"画像が大きすぎます: {name} ({count}、1 枚の上限 {limit} 画素)。",
+                    f"{name} has {count}, over the limit of {limit} pixels per image "
+                    f"(the server's {PIXEL_LIMIT_ENV}): send a smaller image.")
+
+
+def check_image_pixels(name: str, width: int, height: int, limit: int | None) -> None:
+    if limit is not None and width * height > limit:
+        raise too_many_pixels(name, width * height, limit)
+
+
+def image_pixels(payload: Payload) -> int:
+    """The pixels ``payload`` decodes to, from its header alone (PIL opens lazily); 413 when
+    over PIL's limit; 0 when the header is unreadable (decoding then answers 400)."""
+    from PIL import Image
+
+    if payload.array is not None:
+        return int(payload.array.shape[0] * payload.array.shape[1])
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL warns between the limit and twice it
+            with Image.open(io.BytesIO(payload.data or b"")) as img:
+                width, height = img.size
+    except Image.DecompressionBombError:  # over twice the limit: PIL refuses to open it
+        raise too_many_pixels(payload.name, None, limit or 0) from None
+    except Exception:  # noqa: BLE001 - not an image header: decode_image says so
+        return 0
+    check_image_pixels(payload.name, width, height, limit)
+    return width * height
+
+
+def check_request_pixels(payloads: list[Payload], limit: int) -> None:
+    """413 before anything is decoded when one image is over PIL's pixel limit or all of
+    them together over ``limit`` (a small body of large flat images takes long to decode)."""
+    total = sum(image_pixels(p) for p in payloads)
+    if total > limit:
+        raise BadInput(413, "too_many_request_pixels",
+                       f"リクエストの画像の画素数が多すぎます ({len(payloads)} 枚で {total} 画素、"
+                       f"上限 {limit} 画素)。",
+                       f"The request's {len(payloads)} image(s) have {total} pixels in all, "
+                       f"over the limit of {limit} pixels per request (--max-request-pixels): "
+                       "send fewer or smaller images per request.")
 
 
 def decode_image(payload: Payload) -> Any:
@@ -131,6 +181,6 @@ def decode_image(payload: Payload) -> Any:
     if image is None:
         raise BadInput(400, "undecodable_image",
                        f"画像をデコードできません: {payload.name}",
-                       f"{payload.name} is not a readable image (corrupt, truncated, not an "
-                       "image, or over the pixel limit). Send JPEG, PNG or WebP data.")
+                       f"{payload.name} is not a readable image (corrupt, truncated or not an "
+                       "image). Send JPEG, PNG or WebP data.")
     return image

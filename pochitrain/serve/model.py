@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from pochitrain.errors import BackendMissingError
 from pochitrain.serve.decode import BadInput, Payload, Upload, decode_image
 
 if TYPE_CHECKING:
@@ -27,6 +28,19 @@ class ForGpu(NamedTuple):
     name: str
 
 
+def engine_cannot_run(exc: BackendMissingError, path: Path) -> BackendMissingError:
+    """No GPU or no TensorRT for an engine: what serves here instead (infer's remedy names
+    infer-onnx, which is no server)."""
+    import torch
+
+    first = f"{exc.remedy}\n" if exc.remedy and torch.cuda.is_available() else ""
+    return BackendMissingError(
+        exc.message,
+        f"{first}A TensorRT engine runs only on an NVIDIA GPU with TensorRT: serve it on "
+        "such a machine. To serve on this machine's CPU, serve the model the engine was "
+        f"converted from: pochi serve {path.with_suffix('.onnx').name} (or its .pth).")
+
+
 class ServeModel:
     """A ``pochitrain.model.Model`` with the serve-side steps around it."""
 
@@ -37,8 +51,14 @@ class ServeModel:
         from pochitrain.model import open_model
 
         self.path = Path(path)
-        self.model = open_model(self.path, config=config, device=device, providers=providers,
-                                batch_size=max_batch, torch_options=torch_options)
+        try:
+            self.model = open_model(self.path, config=config, device=device,
+                                    providers=providers, batch_size=max_batch,
+                                    torch_options=torch_options)
+        except BackendMissingError as exc:
+            if self.path.suffix.lower() != ".engine":
+                raise
+            raise engine_cannot_run(exc, self.path) from None
         self.preprocess = self.model.preprocess
         try:
             self.chunk = self.model.fixed_batch or max_batch

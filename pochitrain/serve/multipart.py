@@ -81,7 +81,10 @@ class _Collector:
         else:
             self.files += 1
             if self.files > self.max_files:
-                raise _bad(f"Too many files. Maximum number of files is {self.max_files}.")
+                raise BadInput(413, "too_many_images",
+                               f"画像が多すぎます (1 リクエスト {self.max_files} 枚まで)。",
+                               f"More than {self.max_files} files in one multipart request "
+                               "(--max-images): send fewer per request.")
 
     def part_end(self) -> None:
         kind = self.headers.get("content-type", b"").decode("utf-8", "replace").strip()

@@ -1,11 +1,13 @@
-"""Request / response models of API v1 (the original's fields, plus ``top_k``).
+"""Request / response models of API v1 (the original's fields, plus ``top_k``), and the
+``/docs`` page written from the app's OpenAPI schema.
 
 Python 3.10: no ``typing.Self`` (the original's import of it broke its whole CLI there).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from html import escape
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -106,3 +108,55 @@ MULTIPART_SCHEMA = {
     },
     "required": ["files"],
 }
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}}
+h2{{border-top:1px solid #ccc;padding-top:.6em;font-family:monospace}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .5em;
+text-align:left;vertical-align:top}}code{{background:#f4f4f4}}</style></head><body>
+<h1>{title} <small>{version}</small></h1><p>{description}</p>
+<p>The machine-readable schema: <a href="/openapi.json">/openapi.json</a>.</p>
+{operations}</body></html>"""
+
+
+def docs_page(spec: dict[str, Any]) -> str:
+    """A self-contained HTML page (no scripts, no external assets, so it works offline)
+    listing each operation of an OpenAPI ``spec``: its parameters, bodies and responses."""
+    info = spec.get("info", {})
+    operations = [_operation(method, path, op) for path, item in spec.get("paths", {}).items()
+                  for method, op in item.items()]
+    return _PAGE.format(title=escape(info.get("title", "")),
+                        version=escape(info.get("version", "")),
+                        description=escape(info.get("description", "")),
+                        operations="\n".join(operations))
+
+
+def _operation(method: str, path: str, op: dict[str, Any]) -> str:
+    html = [f"<h2>{escape(method.upper())} {escape(path)}</h2>",
+            f"<p>{escape(op.get('summary', ''))}</p>"]
+    params = op.get("parameters", [])
+    if params:
+        html.append("<table><tr><th>parameter</th><th>in</th><th>type</th><th>required</th>"
+                    "<th>description</th></tr>")
+        html += [f"<tr><td><code>{escape(p['name'])}</code></td><td>{escape(p.get('in', ''))}"
+                 f"</td><td>{escape(_type_of(p.get('schema', {})))}</td>"
+                 f"<td>{'yes' if p.get('required') else 'no'}</td>"
+                 f"<td>{escape(p.get('description', ''))}</td></tr>" for p in params]
+        html.append("</table>")
+    bodies = op.get("requestBody", {}).get("content", {})
+    if bodies:
+        kinds = ", ".join(f"<code>{escape(kind)}</code>" for kind in bodies)
+        html.append(f"<p>Request body: {kinds}</p>")
+    html.append("<table><tr><th>status</th><th>description</th></tr>")
+    html += [f"<tr><td>{escape(str(code))}</td><td>{escape(r.get('description', ''))}</td></tr>"
+             for code, r in op.get("responses", {}).items()]
+    html.append("</table>")
+    return "\n".join(html)
+
+
+def _type_of(schema: dict[str, Any]) -> str:
+    if "anyOf" in schema:
+        return " | ".join(_type_of(s) for s in schema["anyOf"])
+    return str(schema.get("type", "object"))
