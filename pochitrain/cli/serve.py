@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from pochitrain.cli.common import add_config, non_negative_float, positive_int
+
+MAX_PORT = 65535  # as serve.server.MAX_PORT, which is not imported here (start-up time)
 
 DESCRIPTION = """\
 Serve a .pth, .onnx or .engine model over HTTP (the original pochitrain's API v1).
@@ -33,7 +36,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "which picks the runtime anyway")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
-    parser.add_argument("--port", type=positive_int, default=8000, help="port (default: 8000)")
+    parser.add_argument("--port", type=port_number, default=8000,
+                        help="port, 1 to 65535 (default: 8000)")
     parser.add_argument("--device", default="auto",
                         help="PyTorch only: auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--providers", nargs="+", default=None, metavar="EP",
@@ -50,8 +54,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--queue", type=positive_int, default=512, metavar="N",
                    help="most images accepted and not yet answered; beyond it requests get "
                    "503 + Retry-After (default: 512)")
-    b.add_argument("--max-body-mb", type=non_negative_float, default=16.0, metavar="MB",
-                   help="largest request body; larger ones get 413 (default: 16)")
     b.add_argument("--max-images", type=positive_int, default=64, metavar="N",
                    help="most files in one multipart request (default: 64)")
     b.add_argument("--max-request-pixels", type=positive_int, default=200_000_000, metavar="N",
@@ -60,8 +62,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--decode-workers", type=positive_int, default=None, metavar="N",
                    help="threads that decode and preprocess images, per worker (default: "
                    "CPU cores / --workers, at most 16)")
-    b.add_argument("--drain-timeout", type=non_negative_float, default=30.0, metavar="S",
-                   help="on SIGTERM, seconds to let in-flight requests finish (default: 30)")
     b.add_argument("--no-access-log", action="store_true",
                    help="do not log one line per request")
     b.add_argument("--pipeline", choices=("auto", "cpu", "gpu"), default="auto",
@@ -69,11 +69,66 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    "resize/crop/normalize on the GPU in the model thread (every runtime on "
                    "CUDA); cpu = PIL decode + resize in the decode threads; auto (default) = "
                    "gpu when the model runs on CUDA")
+    add_connection_limits(parser)
     gpu = parser.add_argument_group("PyTorch on a GPU (.pth only)")
     gpu.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
                      help="autocast precision of the model call on CUDA (default: fp32)")
     gpu.add_argument("--channels-last", action="store_true",
                      help="run the model in channels_last (NHWC) memory layout")
+
+
+def add_connection_limits(parser: argparse.ArgumentParser) -> None:
+    c = parser.add_argument_group("connections, request bodies and stopping")
+    c.add_argument("--max-body-mb", type=positive_float, default=16.0, metavar="MB",
+                   help="largest request body; larger ones get 413 (default: 16)")
+    c.add_argument("--max-inflight-mb", type=positive_float, default=None, metavar="MB",
+                   help="request body bytes being received or held at once, all requests of "
+                   "a worker together; a request that does not fit gets 503 busy + "
+                   "Retry-After before its body is read (default: --max-body-mb x the "
+                   "smaller of --queue and 16)")
+    c.add_argument("--max-concurrent", type=positive_int, default=None, metavar="N",
+                   help="requests in flight per worker (request head received, not yet "
+                   "answered); beyond it 503 busy (default: 1024 or 2 x --queue if more)")
+    c.add_argument("--read-timeout", type=positive_float, default=15.0, metavar="S",
+                   help="longest wait for a request head, or for the next part of a body; "
+                   "then 408 and the connection closes (default: 15)")
+    c.add_argument("--drain-timeout", type=seconds, default=30.0, metavar="S",
+                   help="on SIGTERM, seconds to let in-flight requests finish; those still "
+                   "running then get 503 shutting_down (default: 30; 0: at once)")
+
+
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 < value <= MAX_PORT:
+        raise argparse.ArgumentTypeError(
+            f"ポート番号は 1〜{MAX_PORT} の整数です: {text!r}\n"
+            f"expected a port number from 1 to {MAX_PORT}, got {text!r}")
+    return value
+
+
+def checked_float(text: str, zero: bool) -> float:
+    """A finite number above 0 (or 0 too, with ``zero``), else argparse's error."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        least = "0 以上" if zero else "0 より大きい"
+        raise argparse.ArgumentTypeError(
+            f"{least}の数を指定してください: {text!r}\n"
+            f"expected a number {'of 0 or more' if zero else 'above 0'}, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    return checked_float(text, zero=False)
+
+
+def seconds(text: str) -> float:
+    return checked_float(text, zero=True)
 
 
 # --backend name -> the runtime of the model file's type (pochitrain.model.BACKENDS)
@@ -118,6 +173,8 @@ def run(args: argparse.Namespace) -> int:
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue=args.queue,
         max_body_bytes=int(args.max_body_mb * 1_000_000), max_images=args.max_images,
         max_request_pixels=args.max_request_pixels,
+        max_inflight_bytes=int((args.max_inflight_mb or 0) * 1_000_000),
+        max_requests=args.max_concurrent or 0, read_timeout_s=args.read_timeout,
         decode_workers=args.decode_workers or max(1, min(16, (os.cpu_count() or 1)
                                                          // args.workers)),
         access_log=not args.no_access_log)

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from pochitrain.serve.model import ServeModel
 
 PREFIX = "/api/v1"
+STOP_WAIT_S = 1.0  # at shutdown, for a model call still running after the drain
 ROUTES = {f"{PREFIX}/predict", f"{PREFIX}/health", f"{PREFIX}/model-info",
           f"{PREFIX}/version", "/metrics", "/docs", "/openapi.json"}
 
@@ -65,6 +66,9 @@ class ServeSettings:
     max_images: int = 64  # images per request
     max_request_pixels: int = 200_000_000  # decoded pixels per request, all images together
     decode_workers: int = 4
+    max_inflight_bytes: int = 0  # body bytes of all requests in flight; 0: from the above
+    max_requests: int = 0  # requests in flight (head received); 0: from the queue
+    read_timeout_s: float = 15.0  # a request head, or a pause inside a body, at most
     retry_after_s: int = 1
     access_log: bool = True
 
@@ -82,17 +86,16 @@ def create_app(model: ServeModel, settings: ServeSettings) -> FastAPI:
         batcher.start()
         try:
             yield
-        finally:  # uvicorn has let in-flight requests finish: drain what is left
-            await asyncio.get_running_loop().run_in_executor(None, batcher.stop, 60.0)
-            pool.shutdown(wait=True)
+        finally:  # in-flight requests are answered (or cut): what is left is nobody's
+            await asyncio.get_running_loop().run_in_executor(None, batcher.stop, STOP_WAIT_S)
+            pool.shutdown(wait=True, cancel_futures=True)
 
     # /docs is our own page (schemas.docs_page): Swagger UI and ReDoc load from a CDN
     app = FastAPI(title="pochitrain serve", version=schemas.API_VERSION, lifespan=lifespan,
                   description="Image classification over HTTP (API v1 of pochitrain).",
                   docs_url=None, redoc_url=None)
     app.state.batcher = batcher
-    app.add_middleware(LimitAndLog, max_body=settings.max_body_bytes, metrics=metrics,
-                       routes=ROUTES, log=settings.access_log)
+    app.add_middleware(LimitAndLog, settings=settings, metrics=metrics, routes=ROUTES)
     add_error_handlers(app)
     add_predict_route(app, Predict(model, settings, batcher, metrics, pool))
     add_info_routes(app, model, settings, metrics)

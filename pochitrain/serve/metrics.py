@@ -7,15 +7,19 @@
     pochi_batch_seconds                    seconds per model call (decode on GPU included)
     pochi_queue_depth                      images admitted and not yet answered
     pochi_queue_rejected_total             requests refused with 503 (queue full)
+    pochi_body_bytes_in_flight             request body bytes being received or held
 
 With ``--workers N`` (``PROMETHEUS_MULTIPROC_DIR`` set by the parent) every worker writes its
-values to that directory and /metrics sums the files of all workers.
+values to that directory and /metrics sums the files of all workers. Status 499: a client
+that closed the connection before its body was complete (no answer was sent).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when it is imported
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -44,11 +48,14 @@ class Metrics:
                                     buckets=BATCH_BUCKETS, registry=r)
         self.batch_seconds = Histogram("pochi_batch_seconds", "seconds per model call",
                                        buckets=LATENCY_BUCKETS, registry=r)
-        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
         self.queue_depth = Gauge("pochi_queue_depth", "images admitted and not yet answered",
                                  registry=r, multiprocess_mode="livesum")
         if not self.multiprocess:  # a callback cannot be read from another process
             self.queue_depth.set_function(queue_depth)
+        self.body_bytes = Gauge("pochi_body_bytes_in_flight", "request body bytes being "
+                                "received or held (--max-inflight-mb)", registry=r,
+                                multiprocess_mode="livesum")
         self.rejected = Counter("pochi_queue_rejected", "requests refused with 503 (queue "
                                 "full)", registry=r)
 

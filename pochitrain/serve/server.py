@@ -2,13 +2,20 @@
 the process exits 0. ``serve.workers.serve`` picks this or several processes.
 
 Shutdown order (uvicorn's graceful shutdown, then ours): the listening socket closes (no new
-connections), idle keep-alive connections close, in-flight requests run to their answers
-(up to ``drain_timeout_s``), then the app's lifespan ends: the batcher finishes every queued
-image and its thread exits, the decode pool joins, the model closes.
+connections), idle and half-open connections close, in-flight requests run to their answers
+for up to ``drain_timeout_s``; those still running then get a JSON 503 ``shutting_down``.
+Then the app's lifespan ends: the batcher's thread is given a moment to finish (work left
+in it belongs to requests already answered), the decode pool and the model close.
+
+Connections: uvicorn gives a connection no deadline for its request head, and counts
+half-open connections against its concurrency limit. :func:`timed_protocol` adds the
+deadline (``read_timeout_s``: then 408 ``read_timeout`` and the connection closes); the
+limit on requests in flight is the middleware's, which counts requests, not connections.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
@@ -20,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pochitrain.serve.app import ServeSettings, create_app
+from pochitrain.serve.middleware import effective_limits, error_json, read_timeout_text
 from pochitrain.serve.model import ServeModel
 
 if TYPE_CHECKING:
@@ -29,6 +37,9 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from pochitrain.inference.torch_runner import TorchOptions
+
+
+MAX_PORT = 65535
 
 
 @dataclass
@@ -41,7 +52,7 @@ class ServeOptions:
     providers: list[str] | None = None
     pipeline: str = "auto"
     torch_options: TorchOptions | None = None
-    drain_timeout_s: float = 30.0
+    drain_timeout_s: float = 30.0  # 0: requests in flight are cut at once
     warmup: bool = True
     workers: int = 1  # server processes on the port
 
@@ -56,6 +67,18 @@ def _log_to_stderr(pid: bool = False) -> None:
         logger.handlers[:] = [handler]
         logger.setLevel(logging.INFO)
         logger.propagate = False
+    logging.getLogger("uvicorn.error").addFilter(reword_drain_cut)
+
+
+def reword_drain_cut(record: logging.LogRecord) -> bool:
+    """uvicorn's line for requests cut at the drain timeout, in our words (they are answered
+    503 shutting_down)."""
+    if str(record.msg).startswith("Cancel %s running task"):
+        record.msg = ("ドレインの時間切れ: 処理中の %s 件のリクエストを打ち切りました (503)。\n"
+                      "Drain timeout: %s requests still in flight were cut (503 "
+                      "shutting_down); see --drain-timeout.")
+        record.args = tuple(record.args or (0,)) * 2  # the count, twice
+    return True
 
 
 def open_server(options: ServeOptions, settings: ServeSettings
@@ -71,14 +94,73 @@ def open_server(options: ServeOptions, settings: ServeSettings
             model.warmup((1, settings.max_batch))
         app = create_app(model, settings)
         _log_to_stderr(pid=options.workers > 1)
+        # no limit_concurrency: it counts idle connections and answers in plain text
         config = uvicorn.Config(
             app, host=options.host, port=options.port, access_log=False, log_level="warning",
-            timeout_graceful_shutdown=int(options.drain_timeout_s) or None,
-            limit_concurrency=max(1024, 2 * settings.queue), backlog=2048)
+            # typed int, used as a timeout in seconds: a float keeps a drain under 1 s
+            timeout_graceful_shutdown=options.drain_timeout_s,  # type: ignore[arg-type]
+            backlog=2048,
+            http=timed_protocol(settings.read_timeout_s))
     except BaseException:
         model.close()
         raise
     return model, app, config
+
+
+def timed_protocol(read_timeout_s: float) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol with a deadline for every request head: from the connection's
+    start, and again after each response. A head still incomplete at the deadline gets a
+    JSON 408 ``read_timeout`` (nothing if not a byte came) and the connection closes. Once
+    a head is complete, the body's pauses are the middleware's to time."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    body = error_json("read_timeout", read_timeout_text(read_timeout_s))
+    answer = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+              b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+    base: Any = AutoHTTPProtocol  # h11 or httptools: both keep the request in ``cycle``
+
+    class HeadDeadline(base):  # type: ignore[misc]
+        head_timer: asyncio.TimerHandle | None = None
+        head_bytes = False  # a byte of the awaited head has come
+
+        def connection_made(self, transport: asyncio.Transport) -> None:
+            super().connection_made(transport)
+            self.arm()
+
+        def data_received(self, data: bytes) -> None:
+            cycle, self.head_bytes = self.cycle, True
+            super().data_received(data)
+            if self.cycle is not cycle:  # a complete head: a request runs
+                self.disarm()
+
+        def on_response_complete(self) -> None:
+            cycle = self.cycle
+            super().on_response_complete()
+            if self.cycle is cycle:  # no pipelined request started: await the next head
+                self.arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.disarm()
+            super().connection_lost(exc)
+
+        def arm(self) -> None:
+            self.disarm()
+            self.head_bytes = False
+            self.head_timer = self.loop.call_later(read_timeout_s, self.head_timeout)
+
+        def disarm(self) -> None:
+            if self.head_timer is not None:
+                self.head_timer.cancel()
+                self.head_timer = None
+
+        def head_timeout(self) -> None:
+            self.head_timer = None
+            if not self.transport.is_closing():
+                if self.head_bytes:
+                    self.transport.write(answer)
+                self.transport.close()
+
+    return HeadDeadline
 
 
 def banner(options: ServeOptions, settings: ServeSettings, details: dict[str, Any],
@@ -91,17 +173,28 @@ def banner(options: ServeOptions, settings: ServeSettings, details: dict[str, An
          f"{details['pipeline']})")
     procs = f"{workers} worker processes" if workers > 1 else "1 worker process"
     batching = (f"max batch {settings.max_batch}, max wait {settings.max_wait_ms:g} ms")
+    inflight, requests = effective_limits(settings)
     each = (f"queue {settings.queue} images, {settings.decode_workers} decode threads; body "
-            f"limit {settings.max_body_bytes / 1e6:g} MB")
+            f"limit {settings.max_body_bytes / 1e6:g} MB, {inflight / 1e6:g} MB and "
+            f"{requests} requests in flight, read timeout {settings.read_timeout_s:g} s")
     info(f"  {procs}, each: {batching}, {each}")
-    info(f"  http://{options.host}:{options.port}/api/v1/predict   docs: "
-         f"http://{options.host}:{options.port}/docs   (Ctrl+C / SIGTERM: drain and stop)")
+    base = f"http://{url_host(options.host)}:{options.port}"
+    info(f"  {base}/api/v1/predict   docs: {base}/docs   (Ctrl+C / SIGTERM: drain and stop)")
     sys.stdout.flush()
 
 
-def port_error(host: str, port: int) -> Exception:
-    from pochitrain.errors import PochiError
+def url_host(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
+
+def port_error(host: str, port: int) -> Exception:
+    from pochitrain.errors import PochiError, UsageError
+
+    if not 0 < port <= MAX_PORT:
+        return UsageError(f"ポート番号 {port} は範囲外です (1〜{MAX_PORT})。\n"
+                          f"Port {port} is out of range: ports are 1 to {MAX_PORT}.",
+                          "Choose a --port from 1 to 65535.")
     return PochiError(
         f"サーバーを起動できません: {host}:{port}\n"
         f"The server could not start on {host}:{port} (port in use, "

@@ -10,12 +10,18 @@ SIGTERM / SIGINT into SIGTERM for every worker (each drains as one server does) 
 when all have stopped cleanly. A worker that fails to start sends its error back: the parent
 stops the others and raises that same error. Prometheus metrics go through
 prometheus_client's multiprocess mode in a private temp dir, removed at exit, so /metrics on
-any worker reports the totals of all of them.
+any worker reports the totals of all of them; the folder's name carries the parent's pid, so
+folders left by a killed server are removed at the next start.
+
+A ``PROMETHEUS_MULTIPROC_DIR`` from the environment is never used: a single server keeps its
+metrics in memory, several use their private folder. (A missing folder would stop the start;
+a shared one would mix other programs' values into ours.)
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -29,7 +35,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pochitrain.serve.app import ServeSettings
+from pochitrain.serve.metrics import MULTIPROC_ENV
 from pochitrain.serve.server import (
+    MAX_PORT,
     ServeOptions,
     banner,
     open_server,
@@ -43,8 +51,8 @@ if TYPE_CHECKING:
     from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
 
-METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
-STOP_GRACE_S = 70.0  # beyond --drain-timeout: the batcher's drain and closing the model
+METRICS_PREFIX = "pochi_serve_metrics_"  # + the parent's pid + "_"
+STOP_GRACE_S = 15.0  # beyond --drain-timeout: closing the model, leaving the process
 # A worker's messages, (attribute of its _Worker, value): ("ready", /model-info facts),
 # ("batches", model batches run: it stopped cleanly) or ("error", (PochiError subclass,
 # message, remedy)), raised again by the parent.
@@ -215,20 +223,45 @@ def _startup_error(workers: list[_Worker]) -> Exception:
         "See the messages above (out of memory?); try fewer --workers.")
 
 
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_metrics_folders(root: str | None = None) -> list[str]:
+    """Remove the metrics folders (in ``root``, default: the temp dir) of servers whose
+    parent process is gone (killed before it could clean up); their names."""
+    root = root or tempfile.gettempdir()
+    removed = []
+    for entry in os.scandir(root):
+        pid = entry.name[len(METRICS_PREFIX):].partition("_")[0]
+        if entry.name.startswith(METRICS_PREFIX) and pid.isdigit() \
+                and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
+
+
 @contextmanager
 def _metrics_folder() -> Iterator[None]:
     """A private folder for prometheus_client's multiprocess files, removed at the end."""
-    previous = os.environ.get(METRICS_ENV)
-    with tempfile.TemporaryDirectory(prefix="pochi_serve_metrics_",
+    previous = os.environ.get(MULTIPROC_ENV)
+    remove_stale_metrics_folders()
+    with tempfile.TemporaryDirectory(prefix=f"{METRICS_PREFIX}{os.getpid()}_",
                                      ignore_cleanup_errors=True) as folder:
-        os.environ[METRICS_ENV] = folder  # the spawned workers inherit it
+        os.environ[MULTIPROC_ENV] = folder  # the spawned workers inherit it
         try:
             yield
         finally:
             if previous is None:
-                os.environ.pop(METRICS_ENV, None)
+                os.environ.pop(MULTIPROC_ENV, None)
             else:
-                os.environ[METRICS_ENV] = previous
+                os.environ[MULTIPROC_ENV] = previous
 
 
 def _start(options: ServeOptions, settings: ServeSettings, sockets: list[socket.socket],
@@ -316,6 +349,9 @@ def serve_workers(options: ServeOptions, settings: ServeSettings) -> int:
 
 def serve(options: ServeOptions, settings: ServeSettings) -> int:
     """``pochi serve``: one server process, or ``--workers N``; 0 after a clean stop."""
+    if not 0 < options.port <= MAX_PORT:
+        raise port_error(options.host, options.port)
     if options.workers > 1:
         return serve_workers(options, settings)
+    os.environ.pop(MULTIPROC_ENV, None)  # before prometheus_client is imported: see above
     return serve_one(options, settings)
