@@ -15,6 +15,7 @@ original's ``num_classes`` was overwritten with their count).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +47,10 @@ def save_checkpoint(path: Path, model: nn.Module, meta: ModelMeta,
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"format": CHECKPOINT_FORMAT, "meta": meta.to_dict(), "model_state_dict": state,
                **(extra or {})}
+    buffer = io.BytesIO()  # torch's own file writer reports a full disk without its errno
+    torch.save(payload, buffer)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def read_checkpoint(path: Path | str) -> tuple[dict[str, Any], ModelMeta]:

@@ -78,6 +78,10 @@ class OutputExistsError(PochiError):
     exit_code = 2
 
 
+class DiskFullError(PochiError):
+    """The disk (or the file-size limit, ``ulimit -f``) ran out while writing an output."""
+
+
 class BackendMissingError(PochiError):
     """The library a verb needs (TensorRT, ModelOpt, CUDA...) is not installed or usable."""
 

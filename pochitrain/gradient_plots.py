@@ -11,6 +11,7 @@ vanishing gradients), ``heatmap``, ``statistics_initial_vs_final``, ``statistics
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -19,9 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from pochitrain.errors import DataError
+from pochitrain.errors import DataError, UsageError
 
 VANISHING = 1e-3
+# column names of other CSVs that start with "epoch" (training metrics): never a layer's
+NOT_A_LAYER = re.compile(r"(?:^|_)(?:loss|acc|accuracy|lr|learning_rate|time|precision|recall"
+                         r"|f1)(?:_|$)", re.IGNORECASE)
 
 
 @dataclass
@@ -37,6 +41,12 @@ def read_trace(path: Path | str) -> GradientTrace:
     path = Path(path)
     remedy = ("Pass the gradient_trace.csv that 'pochi train' writes with "
               "enable_gradient_tracking = True (columns: epoch, then one per layer).")
+    if path.is_dir():
+        found = sorted(path.glob("gradient_trace*.csv")) + sorted(
+            path.glob("visualization/gradient_trace*.csv"))
+        raise DataError("勾配 CSV ではなくフォルダが指定されました\n"
+                        f"{path} is a folder, not a gradient CSV.",
+                        f"Pass the CSV itself, e.g. vis-grad {found[0]}" if found else remedy)
     if not path.is_file():
         raise DataError("勾配 CSV が見つかりません\n"
                         f"Gradient CSV not found: {path}", remedy)
@@ -51,6 +61,7 @@ def read_trace(path: Path | str) -> GradientTrace:
                         f"{path} is not a gradient trace CSV: its first line must be "
                         "'epoch,<layer>,...'.", remedy)
     header = [h.strip() for h in rows[0]]
+    _check_layer_columns(path, header, remedy)
     data = [r for r in rows[1:] if any(c.strip() for c in r)]
     if not data:
         raise DataError("勾配 CSV にエポックの行がありません\n"
@@ -67,7 +78,54 @@ def read_trace(path: Path | str) -> GradientTrace:
             raise DataError("勾配 CSV に数値でない値があります\n"
                             f"{path}, line {line_no}: not a number in {row!r}.", remedy) from None
     array = np.asarray(values, dtype=np.float64)
+    array[:, 1:][np.isinf(array[:, 1:])] = np.nan  # a diverged run: no value to plot
+    for line_no, row in enumerate(array, start=2):
+        if not np.isfinite(row[0]) or np.any(row[1:] < 0):
+            raise DataError("勾配トレースの CSV ではありません\n"
+                            f"{path}, line {line_no} is not a gradient trace row: the epoch "
+                            "must be a number and gradient norms are never negative.", remedy)
     return GradientTrace(path, array[:, 0], header[1:], array[:, 1:])
+
+
+def _check_layer_columns(path: Path, header: list[str], remedy: str) -> None:
+    """Columns of another CSV that starts with ``epoch`` (training metrics, say) are refused
+    instead of being drawn as if they were layers."""
+    not_layers = [h for h in header[1:] if NOT_A_LAYER.search(h)]
+    if not_layers:
+        raise DataError("勾配トレースの CSV ではありません\n"
+                        f"{path} is not a gradient trace CSV: expected columns epoch, then "
+                        "one per layer or block (conv1.weight, layer1, ...); "
+                        f"{', '.join(not_layers[:4])} are not layers.", remedy)
+
+
+def without_missing(trace: GradientTrace) -> GradientTrace:
+    """The trace without its NaN / inf values (a diverged run), said in a warning: they are
+    gaps in the lines and blank heatmap cells, and a layer with no value at all is dropped."""
+    from pochitrain.console import warn
+
+    missing = np.isnan(trace.values)
+    if not missing.any():
+        return trace
+    keep = ~missing.all(axis=0)
+    if not keep.any():
+        raise DataError("勾配 CSV に有限の値がありません\n"
+                        f"{trace.path} has no finite gradient norm (every value is NaN or "
+                        "inf): the training diverged.",
+                        "Fix the training (a lower learning_rate, say) and plot the new "
+                        "run's gradient_trace.csv.")
+    bad = [name for name, m in zip(trace.layers, missing.any(axis=0)) if m]
+    dropped = [name for name, k in zip(trace.layers, keep) if not k]
+    warn(f"{trace.path.name}: {int(missing.sum())} NaN/inf values (layers "
+         f"{', '.join(bad[:6])}{', ...' if len(bad) > 6 else ''}) are left out of the plots"
+         + (f"; no value at all, not drawn: {', '.join(dropped)}" if dropped else ""))
+    return GradientTrace(trace.path, trace.epochs,
+                         [name for name, k in zip(trace.layers, keep) if k], trace.values[:, keep])
+
+
+def _positive(values: np.ndarray) -> bool:
+    """Every value that is there is > 0 (a log scale can show them)."""
+    present = values[~np.isnan(values)]
+    return bool(present.size) and bool(np.all(present > 0))
 
 
 def _save(fig: Any, plt: Any, path: Path, written: list[Path]) -> None:
@@ -103,7 +161,7 @@ def _bars(plt: Any, names: list[str], heights: np.ndarray, title: str, ylabel: s
     fig, ax = plt.subplots(figsize=(max(8, 0.4 * len(names) + 2), 6))
     ax.bar(range(len(names)), heights, color=colors or "steelblue")
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
-    if log and np.all(heights > 0):
+    if log and _positive(heights):
         ax.set_yscale("log")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -132,7 +190,7 @@ def _initial_vs_final(plt: Any, trace: GradientTrace) -> Any:
     ax.bar(x - 0.2, trace.values[0], 0.4, label=f"epoch {int(trace.epochs[0])}")
     ax.bar(x + 0.2, trace.values[-1], 0.4, label=f"epoch {int(trace.epochs[-1])}")
     ax.set_xticks(x, trace.layers, rotation=60, ha="right", fontsize=8)
-    if np.all(trace.values[[0, -1]] > 0):
+    if _positive(trace.values[[0, -1]]):
         ax.set_yscale("log")
     ax.set_title("初期と最終の勾配 / initial vs final gradient norm")
     ax.legend()
@@ -148,7 +206,7 @@ def _snapshots(plt: Any, trace: GradientTrace, log: bool) -> Any:
     for i in picks:
         ax.plot(range(n), trace.values[i], marker="o", label=f"epoch {int(trace.epochs[i])}")
     ax.set_xticks(range(n), trace.layers, rotation=60, ha="right", fontsize=8)
-    if log and np.all(trace.values[picks] > 0):
+    if log and _positive(trace.values[picks]):
         ax.set_yscale("log")
     ax.set_title("エポックごとの勾配分布 / gradient norm by layer at selected epochs"
                  + ("" if log else " (linear)"))
@@ -173,7 +231,7 @@ def _figures(plt: Any, trace: GradientTrace, how: str) -> list[tuple[str, Callab
             ("timeline_late", partial(_timeline, plt, trace, all_idx[half:],
                                       "出力側の層 / late layers")),
         ]
-    std = trace.values.std(axis=0)
+    std = np.nanstd(trace.values, axis=0)
     limit = 2 * float(np.median(std))
     colors = ["red" if s > limit else "steelblue" for s in std]
     return figures + [
@@ -182,9 +240,9 @@ def _figures(plt: Any, trace: GradientTrace, how: str) -> list[tuple[str, Callab
         ("statistics_stability", partial(_bars, plt, trace.layers, std,
                                          "勾配の安定性 (標準偏差) / stability: std over epochs "
                                          "(red: > 2x median)", "std", colors, log=False)),
-        ("statistics_max", partial(_bars, plt, trace.layers, trace.values.max(axis=0),
+        ("statistics_max", partial(_bars, plt, trace.layers, np.nanmax(trace.values, axis=0),
                                    "最大勾配 / max gradient norm", "max")),
-        ("statistics_min", partial(_bars, plt, trace.layers, trace.values.min(axis=0),
+        ("statistics_min", partial(_bars, plt, trace.layers, np.nanmin(trace.values, axis=0),
                                    "最小勾配 / min gradient norm", "min")),
         ("snapshots", partial(_snapshots, plt, trace, log=True)),
         ("snapshots_linear", partial(_snapshots, plt, trace, log=False)),
@@ -196,12 +254,29 @@ def plot_trace(csv_path: Path | str, output_dir: Path | str | None = None,
     """Write the ten PNGs; return their paths. ``aggregation``: named in the titles."""
     from pochitrain.plotting import pyplot
 
-    trace = read_trace(csv_path)
-    out = Path(output_dir) if output_dir is not None else trace.path.parent
-    out.mkdir(parents=True, exist_ok=True)
+    trace = without_missing(read_trace(csv_path))
+    out = _output_folder(Path(output_dir) if output_dir is not None else trace.path.parent)
     plt = pyplot()
     how = f" ({aggregation})" if aggregation else ""
     written: list[Path] = []
     for suffix, draw in _figures(plt, trace, how):
         _save(draw(), plt, out / f"{trace.path.stem}_{suffix}.png", written)
     return written
+
+
+def _output_folder(out: Path) -> Path:
+    """The PNGs' folder, created when missing and checked writable before anything is drawn."""
+    from pochitrain.workspace import probe_writable
+
+    if out.exists() and not out.is_dir():
+        raise UsageError("--output-dir がフォルダではなくファイルです\n"
+                         f"--output-dir {out} is a file, not a folder.",
+                         "Choose a folder for the PNGs (it is created when missing).")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError("出力フォルダを作成できません\n"
+                         f"Cannot create the output folder {out}: {exc.strerror}.",
+                         "Choose another --output-dir DIR.") from exc
+    probe_writable(out, "--output-dir DIR")
+    return out

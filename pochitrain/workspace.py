@@ -7,25 +7,38 @@ Everything pochitrain knows about a run folder lives here::
         run.json      what the run resolved and produced (config_path: the original config)
         models/       checkpoints, and the ONNX / engines exported from them
         inference_results/YYYYMMDD_NNN/   one folder per inference run
+
+Outputs are created exclusively: a file is written under a temp name and given its final name
+by ``publish`` (a hard link, which fails when the name is taken, unlike a rename that replaces
+it), a folder that must be new by ``claim_dir`` (mkdir without exist_ok), and a results folder
+that may already exist by ``claimed_output_dir``. Of two commands writing one output at once,
+one wins and the other is refused as if the output had been there before it started.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pochitrain.errors import OutputExistsError, PochiError
+from pochitrain.errors import DiskFullError, OutputExistsError, PochiError
 
 RUN_DIR_PATTERN = re.compile(r"^\d{8}_\d{3,}$")
 RUN_JSON = "run.json"
 CONFIG_COPY = "config.py"
+CLAIM_FILE = ".pochi-writing"  # in a results folder while a command writes into it
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+# Test hook: a folder where each exclusive create first announces itself (arrived-<pid>) and
+# waits for the file "open", so a test can line two real processes up on one output.
+TEST_GATE_ENV = "POCHI_TEST_GATE_DIR"
 
 
 def is_run_dir(path: Path) -> bool:
@@ -124,26 +137,24 @@ def new_run_dir(base: Path | str, today: _dt.date | None = None,
     while True:
         path = base / f"{stamp}_{n:03d}"
         try:
-            path.mkdir()  # exclusive: two runs started together still get distinct folders
+            claim_dir(path)  # exclusive: two runs started together still get distinct folders
             return path
-        except FileExistsError:
+        except OutputExistsError:
             n += 1
-        except OSError as exc:
-            raise PochiError(
-                "出力フォルダを作成できません\n"
-                f"Cannot create output folder {path}: {exc.strerror}",
-                "Choose a writable location.",
-            ) from exc
+
+
+def output_exists_error(path: Path, what: str = "Output file") -> OutputExistsError:
+    return OutputExistsError(
+        "出力先がすでに存在します\n"
+        f"{what} already exists: {path}",
+        "Pass --overwrite to replace it, or --output to write elsewhere.",
+    )
 
 
 def check_writable(path: Path, overwrite: bool = False, what: str = "Output file") -> None:
     """Refuse to clobber ``path`` unless asked; check its folder exists and is writable."""
     if path.exists() and not overwrite:
-        raise OutputExistsError(
-            "出力先がすでに存在します\n"
-            f"{what} already exists: {path}",
-            "Pass --overwrite to replace it, or --output to write elsewhere.",
-        )
+        raise output_exists_error(path, what)
     parent = path.parent
     if not parent.is_dir():
         raise PochiError("出力フォルダが存在しません\n"
@@ -153,31 +164,174 @@ def check_writable(path: Path, overwrite: bool = False, what: str = "Output file
                          f"Output folder is not writable: {parent}", "Choose a writable location.")
 
 
+def probe_writable(folder: Path, option: str = "--output PATH") -> None:
+    """Really create (and remove) a file in ``folder``: os.access says yes to root even on a
+    read-only mount. ``option``: what chooses the folder, named in the error."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".pochi-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise PochiError("出力フォルダに書き込めません\n"
+                         f"Cannot write to the output folder {folder}: {exc.strerror}.",
+                         f"Choose a writable location with {option}.") from exc
+
+
+def wait_at_test_gate() -> None:
+    """The test hook of ``TEST_GATE_ENV`` (nothing when it is unset)."""
+    gate = os.environ.get(TEST_GATE_ENV)
+    if not gate:
+        return
+    Path(gate, f"arrived-{os.getpid()}").touch()
+    deadline = time.monotonic() + 120  # a hang guard for a test that never opens the gate
+    while not Path(gate, "open").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+
+
 @contextlib.contextmanager
-def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; rename it onto ``path`` only if the block succeeds.
+def disk_space_guard(path: Path | str | None) -> Iterator[None]:
+    """A full disk (ENOSPC, EDQUOT) or the file-size limit (EFBIG, ``ulimit -f``) while
+    writing ``path`` becomes a DiskFullError naming the file (``None``: the file the OSError
+    names)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in DISK_FULL_ERRNOS:
+            raise
+        name = path if path is not None else exc.filename or "an output file"
+        raise DiskFullError(
+            "ディスクの空き容量が足りません\n"
+            f"Not enough disk space while writing {name} ({exc.strerror or exc}).",
+            "Free some disk space (or write to another disk) and run the command again.",
+        ) from exc
+
+
+def publish(tmp: Path, final: Path, replace: bool = False, what: str = "Output file") -> None:
+    """Give the finished file ``tmp`` the name ``final`` (same folder); ``tmp`` is gone after.
+
+    Without ``replace`` the name is taken only if it is free, atomically: of two writers that
+    race for one name, one wins and the other gets OutputExistsError.
+    """
+    try:
+        if replace:
+            os.replace(tmp, final)
+            return
+        wait_at_test_gate()
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            raise output_exists_error(final, what) from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
+                                 errno.EMLINK, errno.ENOSYS):
+                raise
+            # a file system without hard links: reserve the name, then move the file onto it
+            try:
+                os.close(os.open(final, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            except FileExistsError:
+                raise output_exists_error(final, what) from None
+            os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def claim_dir(path: Path, exist_ok: bool = False) -> bool:
+    """Create the folder ``path`` (its parent must exist); True when this call created it.
+
+    Without ``exist_ok`` an existing folder is an OutputExistsError: the folder is this
+    command's alone.
+    """
+    wait_at_test_gate()
+    try:
+        path.mkdir()
+        return True
+    except FileExistsError:
+        if exist_ok and path.is_dir():
+            return False
+        raise output_exists_error(path, "Output folder") from None
+    except OSError as exc:
+        raise PochiError("出力フォルダを作成できません\n"
+                         f"Cannot create output folder {path}: {exc.strerror}",
+                         "Choose a writable location.") from exc
+
+
+@contextlib.contextmanager
+def claimed_output_dir(path: Path, check: Callable[[Path], None] | None = None,
+                       new: bool = False) -> Iterator[Path]:
+    """``path`` (created when missing) for this command alone while the block runs.
+
+    The claim is a file ``CLAIM_FILE`` created exclusively inside; a second command is
+    refused at once. ``check(path)`` then raises when the folder is unusable (it holds
+    earlier results, say). When the block fails, the files it added are removed, and so is
+    the folder if this call (or, ``new``: the caller) created it and nothing else is in it.
+    """
+    created = claim_dir(path, exist_ok=True) or new
+    marker = path / CLAIM_FILE
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        raise OutputExistsError(
+            "出力フォルダには別のコマンドが書き込み中です\n"
+            f"{path} is being written by another pochi command.",
+            "Choose another --output folder (if no pochi command is running, a killed one "
+            f"left {marker}: delete it).") from None
+    before = {p.name for p in path.iterdir()}
+    try:
+        if check is not None:
+            check(path)
+        yield path
+    except BaseException:
+        # the claim made everything new in the folder this command's own
+        for added in (p for p in path.iterdir() if p.name not in before and p.is_file()):
+            added.unlink(missing_ok=True)
+        marker.unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
+    marker.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str, replace: bool = True,
+                what: str = "Output file") -> Iterator[Path]:
+    """Yield a temp path beside ``path``; give it the name ``path`` only if the block succeeds
+    (``replace=False``: only if that name is still free, see ``publish``).
 
     A failure (or Ctrl+C) removes the temp file, so no half-written file is ever left under the
-    final name.
+    final name; a full disk is a DiskFullError naming ``path``.
     """
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        # mkstemp creates 0600; give the file the mode a plain open() would have
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with disk_space_guard(path):
+        try:
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
+                                            dir=path.parent)
+        except OSError as exc:
+            if exc.errno in DISK_FULL_ERRNOS:
+                raise
+            raise PochiError("出力ファイルを作成できません\n"
+                             f"Cannot write {path}: {exc.strerror}.",
+                             "Choose a writable location.") from exc
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            yield tmp
+            # mkstemp creates 0600; give the file the mode a plain open() would have
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            publish(tmp, path, replace, what)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    with atomic_path(path) as tmp:
+def atomic_write_bytes(path: Path | str, data: bytes, replace: bool = True,
+                       what: str = "Output file") -> None:
+    with atomic_path(path, replace, what) as tmp:
         tmp.write_bytes(data)
 
 

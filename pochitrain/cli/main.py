@@ -137,8 +137,11 @@ def run(argv: Sequence[str] | None, prog: str = "pochi", only: str | None = None
     debug = bool(getattr(args, "debug", False))
     if debug:
         start_debug_logging(argv)
+    from pochitrain.workspace import disk_space_guard
+
     try:
-        return int(_verb_module(args._verb).run(args) or 0)
+        with disk_space_guard(None):  # a writer that did not name its file: the OSError's
+            return int(_verb_module(args._verb).run(args) or 0)
     except PochiError as exc:
         from pochitrain.console import print_error
 

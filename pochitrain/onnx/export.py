@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from pochitrain.errors import ExportError, UsageError
 from pochitrain.meta import META_KEY, ModelMeta
+from pochitrain.workspace import is_disk_full
 
 if TYPE_CHECKING:
     import onnx
@@ -96,6 +97,8 @@ def export_model(model: nn.Module, path: Path, meta: ModelMeta, input_size: tupl
                 do_constant_folding=True, dynamo=False,
             )
     except Exception as exc:  # the exporter raises many types (SymbolicValueError, ...)
+        if is_disk_full(exc):
+            raise  # not the model's fault: the caller names the file being written
         raise ExportError(
             "ONNX へのエクスポートに失敗しました\n"
             f"torch.onnx.export failed for {meta.model_name} at opset {opset}: "

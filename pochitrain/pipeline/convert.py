@@ -83,6 +83,7 @@ class _Job:
     engine_path: Path
     graph_path: Path  # the graph the engine is built from
     say: Callable[[str], None] = print
+    wrote_graph: bool = False  # this run gave graph_path its content
 
 
 def default_timing_cache(backend_name: str, version: str) -> Path:
@@ -118,10 +119,12 @@ def _fp16_pass(job: _Job) -> dict[str, Any]:
     batch, source = _verification_batch(job)
     threshold = (opts.fp16_min_agreement if opts.fp16_min_agreement is not None
                  else MIN_TOP1_AGREEMENT)
-    with atomic_path(job.graph_path) as tmp:  # checked before it gets its final name
+    # checked before it gets its final name, which must still be free
+    with atomic_path(job.graph_path, replace=opts.overwrite, what="FP16 ONNX graph") as tmp:
         onnx.save(fp16, str(tmp))
         job.say(f"checking the FP16 graph against FP32 with ONNX Runtime on {source}")
         agreement = compare_with_onnxruntime(opts.onnx_path, tmp, batch, threshold)
+    job.wrote_graph = True
     info(f"FP16 check: top-1 agreement with FP32 {agreement.top1_agreement:.1%} on "
          f"{agreement.images} images ({source}), max |logit diff| {agreement.max_abs_diff:.4g} "
          f"(minimum agreement {threshold:.0%})")
@@ -254,6 +257,7 @@ def convert(opts: ConvertOptions | str | Path, **options: Any) -> ConvertResult:
         sidecar_path,
         write_engine,
     )
+    from pochitrain.workspace import disk_space_guard
 
     if not isinstance(opts, ConvertOptions):
         unknown = set(options) - {f.name for f in fields(ConvertOptions)}
@@ -270,7 +274,10 @@ def convert(opts: ConvertOptions | str | Path, **options: Any) -> ConvertResult:
             job.say(f"{opts.onnx_path.name}: input {job.onnx_info.input_name} "
                     f"{job.onnx_info.shape_text()}, pattern {job.profile.pattern}, profile "
                     f"{job.profile.text()}")
-            record = PRECISION_PASSES[opts.precision](job) if opts.precision != "fp32" else None
+            record = None
+            if opts.precision != "fp32":
+                with disk_space_guard(job.graph_path):  # the pass's scratch files too
+                    record = PRECISION_PASSES[opts.precision](job)
             result = build_engine(backend, job.graph_path, job.profile, opts.precision,
                                   opts.workspace_size, _timing_cache(opts, backend),
                                   status=job.say)
@@ -282,8 +289,8 @@ def convert(opts: ConvertOptions | str | Path, **options: Any) -> ConvertResult:
             version=__version__)
         write_engine(job.engine_path, result.engine, meta, opts.overwrite)
     except BaseException:
-        if new_graph:
-            job.graph_path.unlink(missing_ok=True)  # a failed run leaves nothing new behind
+        if new_graph and job.wrote_graph:  # a failed run leaves nothing new behind
+            job.graph_path.unlink(missing_ok=True)
         raise
     extra = [job.graph_path] if job.graph_path != opts.onnx_path else []
     return ConvertResult(job.engine_path, sidecar_path(job.engine_path),

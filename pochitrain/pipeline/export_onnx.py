@@ -6,19 +6,17 @@ and only then renamed to its final name: a failed export or verification leaves 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pochitrain.console import console, info, warn
-from pochitrain.errors import PochiError, UsageError
+from pochitrain.errors import UsageError
 from pochitrain.meta import ModelMeta, file_sha256
 from pochitrain.onnx.export import DEFAULT_OPSET, ExportShape, export_model
 from pochitrain.onnx.verify import verification_batches
 from pochitrain.resolve import find_val_data
-from pochitrain.workspace import atomic_path, check_writable
+from pochitrain.workspace import atomic_path, check_writable, probe_writable
 
 if TYPE_CHECKING:
     import numpy as np
@@ -32,18 +30,6 @@ class ExportOutcome:
     meta: ModelMeta
     input_shape: list[int | str]
     report: Any | None  # onnx.verify.VerifyReport, None with --skip-verify
-
-
-def _probe_folder(folder: Path) -> None:
-    # os.access says yes to root even on read-only mounts: really try to create a file.
-    try:
-        fd, name = tempfile.mkstemp(prefix=".pochi-probe-", dir=folder)
-        os.close(fd)
-        os.unlink(name)
-    except OSError as exc:
-        raise PochiError("出力フォルダに書き込めません\n"
-                         f"Cannot write to the output folder {folder}: {exc.strerror}.",
-                         "Choose a writable location with --output PATH.") from exc
 
 
 def _output_path(checkpoint: Path, output: Path | str | None,
@@ -61,7 +47,7 @@ def _output_path(checkpoint: Path, output: Path | str | None,
         raise UsageError("--output がフォルダです\n"
                          f"--output {out} is a folder.", "Give a file name ending in .onnx.")
     check_writable(out, overwrite)
-    _probe_folder(out.parent)
+    probe_writable(out.parent)
     return out
 
 
@@ -128,7 +114,7 @@ def export_onnx(checkpoint: Path | str, input_size: tuple[int, int] | None = Non
     # read the images first: a bad --data fails before the (slow) export
     batches, inputs = (_verification_inputs(checkpoint, data, target, shape) if verify
                        else ([], ""))
-    with atomic_path(out) as tmp:
+    with atomic_path(out, replace=overwrite) as tmp:  # the name must still be free
         with console().status(f"Exporting {meta.model_name} to ONNX (opset {opset})..."):
             export_model(model, tmp, target.meta, hw, shape, opset, producer_version=__version__)
         report = None

@@ -7,6 +7,7 @@ inferred; the model's config is read at most once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from pochitrain.errors import DataError, PochiError
 from pochitrain.inference.loop import run_inference
 from pochitrain.model import Model, open_model, torch_options
 from pochitrain.reports import InferenceResult
-from pochitrain.workspace import new_run_dir, run_folder_of
+from pochitrain.workspace import claimed_output_dir, new_run_dir, run_folder_of
 
 
 @dataclass
@@ -59,21 +60,24 @@ def infer(model_path: Path | str, data: Path | str | None = None,
     try:
         options = torch_options(model_path, precision, channels_last, cuda_graph)
         out_dir = _check_output(output)
-        model = open_model(model_path, config=config, device=device, providers=providers,
-                           batch_size=batch_size, torch_options=options,
-                           expect_runtime=expect_runtime)
-        with model:
-            bench = None
-            if benchmark_json:
-                from pochitrain.bench.result_json import BenchProbe
+        with contextlib.ExitStack() as claim:
+            if out_dir is not None:  # this run's alone from now on: two runs never mix
+                claim.enter_context(claimed_output_dir(out_dir, _refuse_earlier_results))
+            model = open_model(model_path, config=config, device=device, providers=providers,
+                               batch_size=batch_size, torch_options=options,
+                               expect_runtime=expect_runtime)
+            with model:
+                bench = None
+                if benchmark_json:
+                    from pochitrain.bench.result_json import BenchProbe
 
-                bench = BenchProbe(model, benchmark_env_name)
-            done = _run_pass(model, data, batch_size, warmup_runs, progress, pipeline, bench)
-        if out_dir is None:
-            out_dir = new_run_dir(run_folder_of(model_path) / "inference_results")
-        else:
-            out_dir = _make_output(out_dir)
-        return InferOutcome(out_dir, _write(done, out_dir, plotter), done.result)
+                    bench = BenchProbe(model, benchmark_env_name)
+                done = _run_pass(model, data, batch_size, warmup_runs, progress, pipeline,
+                                 bench)
+            if out_dir is None:
+                out_dir = new_run_dir(run_folder_of(model_path) / "inference_results")
+                claim.enter_context(claimed_output_dir(out_dir, new=True))
+            return InferOutcome(out_dir, _write(done, out_dir, plotter), done.result)
     finally:
         plotter.close()
 
@@ -136,7 +140,8 @@ def _default_data(model: Model) -> Path:
 
 def _check_output(output: Path | str | None) -> Path | None:
     """--output DIR, checked before any work so a bad path fails fast: it must hold no earlier
-    results, and its parent must exist (it is created only once results are ready)."""
+    results, and its parent must exist (it is claimed next, and removed again if it was
+    created and the run fails)."""
     if output is None:
         return None
     out = Path(output)
@@ -144,10 +149,7 @@ def _check_output(output: Path | str | None) -> Path | None:
         raise PochiError("--output がフォルダではなくファイルです\n"
                          f"--output {out} is a file, not a folder.",
                          "Choose a folder for the result files.")
-    if out.exists() and any(out.glob("*_inference_results.csv")):
-        raise PochiError("出力フォルダにはすでに推論結果があります\n"
-                         f"{out} already holds inference results.",
-                         "Choose a new --output folder (results are never overwritten).")
+    _refuse_earlier_results(out)
     if not out.parent.is_dir():
         raise PochiError("出力フォルダが存在しません\n"
                          f"Output folder does not exist: {out.parent}",
@@ -159,11 +161,8 @@ def _check_output(output: Path | str | None) -> Path | None:
     return out
 
 
-def _make_output(out: Path) -> Path:
-    try:
-        out.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise PochiError("出力フォルダを作成できません\n"
-                         f"Cannot create output folder {out}: {exc.strerror}",
-                         "Choose a writable --output folder.") from exc
-    return out
+def _refuse_earlier_results(out: Path) -> None:
+    if out.is_dir() and any(out.glob("*_inference_results.csv")):
+        raise PochiError("出力フォルダにはすでに推論結果があります\n"
+                         f"{out} already holds inference results.",
+                         "Choose a new --output folder (results are never overwritten).")

@@ -113,14 +113,16 @@ def write_engine(engine_path: Path | str, engine_bytes: bytes, meta: dict[str, A
                  overwrite: bool) -> None:
     """Write the engine, then its sidecar, each atomically.
 
-    ``meta["engine_sha256"]`` is filled in here. If the sidecar cannot be written the new
+    ``meta["engine_sha256"]`` is filled in here. Without ``overwrite`` the engine takes its
+    name only if it is still free (another build may have finished meanwhile); the sidecar of
+    an engine that got its name is this build's. If the sidecar cannot be written the new
     engine is removed again, so an engine never appears without its metadata.
     """
     engine_path = Path(engine_path)
     check_outputs(engine_path, overwrite, notice=False)  # said when the build started
     meta = dict(meta, engine_sha256=hashlib.sha256(engine_bytes).hexdigest())
     text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
-    atomic_write_bytes(engine_path, engine_bytes)
+    atomic_write_bytes(engine_path, engine_bytes, replace=overwrite, what="Engine file")
     try:
         atomic_write_text(sidecar_path(engine_path), text)
     except BaseException:

@@ -1,0 +1,236 @@
+"""Outputs are created exclusively, and a full disk is a message.
+
+Two real processes race for one output, lined up on the exclusive create by the workspace's
+test gate (``POCHI_TEST_GATE_DIR``): of the two, one wins and the other is refused with the
+usual "already exists" message; nothing of the loser is left. A full disk (the file-size
+limit, ``ulimit -f``) while writing an output names the file and leaves nothing under it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pochitrain.errors import DiskFullError, OutputExistsError
+from pochitrain.workspace import (
+    CLAIM_FILE,
+    TEST_GATE_ENV,
+    atomic_path,
+    claim_dir,
+    claimed_output_dir,
+    disk_space_guard,
+    publish,
+)
+
+# no bytecode written by the children: a .pyc cut short by the file-size limit would break
+# every later import of its module
+CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
+             "POCHI_BYTECODE_CACHE": "0"}
+
+
+def _pochi(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "pochitrain.cli.main", *argv]
+
+
+class Race:
+    """Two writers of one output: ``pochi`` in this process (a thread) and a child process.
+    Each stops at its exclusive create until both are there; then both go at once."""
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                 capsys: pytest.CaptureFixture[str]) -> None:
+        self.gate = tmp_path / "gate"
+        self.gate.mkdir()
+        monkeypatch.setenv(TEST_GATE_ENV, str(self.gate))
+        self.capsys = capsys
+
+    def run(self, here: list[str], child: list[str]) -> list[tuple[int, str]]:
+        """[(exit code, stderr)] of ``pochi here`` and of the child ``pochi child``."""
+        from pochitrain.cli.main import run
+
+        codes: list[int] = []
+        thread = threading.Thread(target=lambda: codes.append(run(here)))
+        proc = subprocess.Popen(_pochi(*child), env={**CHILD_ENV, TEST_GATE_ENV: str(self.gate)},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        thread.start()
+        deadline = time.monotonic() + 180  # a hang guard, not a timing
+        while len(list(self.gate.glob("arrived-*"))) < 2:
+            if time.monotonic() > deadline or proc.poll() is not None or not thread.is_alive():
+                break  # one failed before its create: the assertions show its output
+            time.sleep(0.05)
+        (self.gate / "open").touch()
+        _, err = proc.communicate(timeout=180)
+        thread.join(timeout=180)
+        return [(codes[0], self.capsys.readouterr().err), (proc.returncode, err)]
+
+
+def _one_winner(results: list[tuple[int, str]], words: str) -> int:
+    """The index of the winner: one exit 0, the other refused with ``words``."""
+    assert sorted(code == 0 for code, _ in results) == [False, True], [
+        (code, err[-800:]) for code, err in results]
+    winner = [code for code, _ in results].index(0)
+    err = results[1 - winner][1]
+    assert words in err and "Traceback" not in err, err[-800:]
+    return winner
+
+
+def test_publish_and_claims_never_replace(tmp_path: Path) -> None:
+    final = tmp_path / "x.onnx"
+    final.write_bytes(b"first")
+    tmp = tmp_path / "x.tmp"
+    tmp.write_bytes(b"second")
+    with pytest.raises(OutputExistsError, match="already exists"):
+        publish(tmp, final)
+    assert final.read_bytes() == b"first" and not tmp.exists()
+    with pytest.raises(OutputExistsError), atomic_path(final, replace=False) as tmp:
+        tmp.write_bytes(b"third")
+    assert final.read_bytes() == b"first" and sorted(tmp_path.iterdir()) == [final]
+    with atomic_path(final) as tmp:  # --overwrite: replacing is what was asked
+        tmp.write_bytes(b"fourth")
+    assert final.read_bytes() == b"fourth"
+
+    folder = tmp_path / "run"
+    assert claim_dir(folder) is True
+    with pytest.raises(OutputExistsError):
+        claim_dir(folder)
+    out = tmp_path / "results"
+    with claimed_output_dir(out):
+        assert (out / CLAIM_FILE).is_file()
+        with pytest.raises(OutputExistsError, match="another pochi command"), \
+                claimed_output_dir(out):
+            pass
+        (out / "a.csv").write_text("mine")
+    assert sorted(p.name for p in out.iterdir()) == ["a.csv"]
+    with pytest.raises(RuntimeError), claimed_output_dir(tmp_path / "failed") as failed:
+        (failed / "half.csv").write_text("x")
+        raise RuntimeError("the run failed")
+    assert not (tmp_path / "failed").exists()  # created by the claim: removed with its files
+
+
+def test_disk_full_names_the_file(tmp_path: Path) -> None:
+    target = tmp_path / "model.engine"
+    with pytest.raises(DiskFullError, match=f"writing {target}"), atomic_path(target) as tmp:
+        tmp.write_bytes(b"part")
+        with open("/dev/full", "wb") as full:  # ENOSPC on write
+            full.write(b"x")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(DiskFullError, match="writing out.bin"), disk_space_guard(None):
+        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG), "out.bin")  # as open() says it
+
+
+def test_two_export_onnx_one_wins(untrained_checkpoint: Path, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import onnx
+
+    out = tmp_path / "x.onnx"
+    argv = [["export-onnx", str(untrained_checkpoint), "-o", str(out), "--skip-verify",
+             "--opset", opset] for opset in ("17", "18")]
+    winner = _one_winner(Race(tmp_path, monkeypatch, capsys).run(*argv), "already exists")
+    opset = onnx.load(str(out), load_external_data=False).opset_import[0].version
+    assert opset == (17, 18)[winner]  # the file is the winner's, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gate", "x.onnx"]
+
+
+def test_fp32_and_fp16_convert_one_wins(untrained_checkpoint: Path,
+                                        onnx_export: Callable[..., Path], tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from pochitrain.tensorrt.engine_file import engine_matches, read_engine_metadata
+
+    onnx_path = onnx_export(untrained_checkpoint, 1)
+    engine = tmp_path / "x.engine"
+    base = ["convert", str(onnx_path), "-o", str(engine), "--no-progress"]
+    winner = _one_winner(Race(tmp_path, monkeypatch, capsys).run(base, [*base, "--fp16"]),
+                         "already exists")
+    meta = read_engine_metadata(engine)
+    assert meta["precision"] == ("fp32", "fp16")[winner] and engine_matches(engine, meta)
+    # the FP16 graph stays only when the FP16 build won
+    assert (tmp_path / "x_fp16.onnx").exists() == (winner == 1)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_two_infers_into_one_folder_never_mix(untrained_checkpoint: Path,
+                                              onnx_export: Callable[..., Path],
+                                              tiny_data: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "o"
+    argv = [["infer", model, "--data", str(tiny_data / "val"), "-o", str(out), "--quiet"]
+            for model in (str(untrained_checkpoint), str(onnx_export(untrained_checkpoint, 1)))]
+    winner = _one_winner(Race(tmp_path, monkeypatch, capsys).run(*argv),
+                         "being written by another pochi command")
+    prefix = ("pytorch", "onnx")[winner]
+    assert [p.name for p in out.glob("*_inference_results.csv")] == [
+        f"{prefix}_inference_results.csv"]
+    assert not (out / CLAIM_FILE).exists()
+
+
+def test_two_runs_get_their_own_run_folders(tmp_path: Path) -> None:
+    """Two trainings started together: the run folder ``pochi train`` makes
+    (``workspace.new_run_dir``) is distinct for each."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    code = ("import sys; from pochitrain.workspace import new_run_dir; "
+            "print(new_run_dir(sys.argv[1]).name)")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "w")],
+                              env={**CHILD_ENV, TEST_GATE_ENV: str(gate)},
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    deadline = time.monotonic() + 60  # a hang guard, not a timing
+    while len(list(gate.glob("arrived-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (gate / "open").touch()  # both chose the same next number before either created it
+    names = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    assert all(p.returncode == 0 for p in procs) and names[0] != names[1]
+    assert names[0].endswith("_001") and names[1].endswith("_002")
+
+
+def _limited(limit: int) -> Callable[[], None]:
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def _assert_disk_full(done: subprocess.CompletedProcess[str], name: str) -> None:
+    assert done.returncode == 1, done.stderr[-1500:]
+    assert "not enough disk space while writing" in done.stderr.lower()
+    assert name in done.stderr and "Traceback" not in done.stderr
+    assert "--opset" not in done.stderr
+
+
+def test_full_disk_in_export_and_infer(untrained_checkpoint: Path,
+                                       onnx_export: Callable[..., Path], tiny_data: Path,
+                                       tmp_path: Path) -> None:
+    out = tmp_path / "x.onnx"
+    done = subprocess.run(
+        _pochi("export-onnx", str(untrained_checkpoint), "-o", str(out), "--skip-verify"),
+        check=False, env=CHILD_ENV, capture_output=True, text=True, timeout=180,
+        preexec_fn=_limited(1 << 20))
+    _assert_disk_full(done, str(out))
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temp
+
+    results = tmp_path / "results"
+    done = subprocess.run(
+        _pochi("infer", str(onnx_export(untrained_checkpoint, 1)), "--data", str(tiny_data / "val"),
+               "-o", str(results), "--quiet"),
+        check=False, env=CHILD_ENV, capture_output=True, text=True, timeout=180, preexec_fn=_limited(600))
+    _assert_disk_full(done, "onnx_inference_results.csv")
+    assert not results.exists()  # the claimed folder goes with the failed run
+
+
+def test_claimed_folder_that_existed_keeps_its_other_files(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's")
+    with pytest.raises(RuntimeError), claimed_output_dir(out):
+        (out / "x_inference_results.csv").write_text("half")
+        raise RuntimeError("failed")
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
