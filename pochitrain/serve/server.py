@@ -86,6 +86,7 @@ def open_server(options: ServeOptions, settings: ServeSettings
     """(model, app, uvicorn.Config): the model opened (and warmed up) here, the app over it."""
     import uvicorn
 
+    raise_open_files_limit()
     model = ServeModel(options.model, config=options.config, device=options.device,
                        providers=options.providers, max_batch=settings.max_batch,
                        pipeline=options.pipeline, torch_options=options.torch_options)
@@ -105,6 +106,19 @@ def open_server(options: ServeOptions, settings: ServeSettings
         model.close()
         raise
     return model, app, config
+
+
+def raise_open_files_limit() -> None:
+    """The soft limit on open files up to the hard one: each connection is a file, and at
+    the soft limit (often 1024) no new client could connect."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):  # no such limit here, or not ours to raise
+        pass
 
 
 def timed_protocol(read_timeout_s: float) -> type[asyncio.Protocol]:
