@@ -262,6 +262,27 @@ def _try_scheduler(cls: Any, name: str, params: dict[str, Any]) -> None:
 
 
 
+def check_training_batch(batch_size: int, processes: int = 1,
+                         model_name: str = "the model") -> None:
+    """Every supported network has BatchNorm layers, which cannot train on one image per step
+    ("Expected more than 1 value per channel"): refuse a per-process batch of one. A last
+    batch of one is dropped by the training loaders instead."""
+    if batch_size // max(processes, 1) >= 2:
+        return
+    if processes > 1:
+        raise ConfigError(
+            "1 プロセスあたりのバッチが 1 枚になり BatchNorm で学習できません\n"
+            f"batch_size = {batch_size} over {processes} processes gives each process one "
+            f"image per step, which the BatchNorm layers of {model_name} cannot train on.",
+            f"Set batch_size = {2 * processes} or more in the config (it is the global batch: "
+            f"at least 2 images per process), or use fewer processes.")
+    raise ConfigError(
+        "batch_size = 1 では BatchNorm を含むモデルを学習できません\n"
+        f"batch_size = {batch_size} gives each training step one image, which the BatchNorm "
+        f"layers of {model_name} cannot train on.",
+        "Set batch_size = 2 or more in the config (e.g. 16 or 32).")
+
+
 ORIGINAL_ES_DEFAULTS = {"enabled": False, "patience": 10, "min_delta": 0.0,
                         "monitor": "val_accuracy"}
 

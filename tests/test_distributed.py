@@ -93,7 +93,7 @@ def test_gpus_needs_gpus_or_device_cpu(tiny_data: Path, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     import torch
 
-    config = tiny_config(tmp_path / "cfg", tiny_data)
+    config = tiny_config(tmp_path / "cfg", tiny_data, extra='device = "auto"\n')
     too_many = torch.cuda.device_count() + 1
     assert run(["train", "-c", str(config), "--gpus", str(max(too_many, 2))]) == 2
     err = capsys.readouterr().err

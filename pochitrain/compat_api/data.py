@@ -25,7 +25,8 @@ class FolderDataset:
     """``root/<class>/<image>`` as ``(transform(image), label)`` pairs (the original's
     ``PochiImageDataset``); without a transform, images become tensors (``ToTensor``)."""
 
-    def __init__(self, folder: ImageFolder, transform: Callable[[Any], Any] | None) -> None:
+    def __init__(self, folder: ImageFolder, transform: Callable[[Any], Any] | None,
+                 name: str = "the transform") -> None:
         if transform is None:
             from torchvision.transforms import ToTensor
 
@@ -34,19 +35,21 @@ class FolderDataset:
         self.classes = list(folder.classes)
         self.samples = folder.samples
         self.transform = transform
+        self.name = name  # for the error when the transform fails on an image
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         from pochitrain.data import open_rgb
+        from pochitrain.training.data import apply_transform
 
         path, label = self.samples[index]
         image = open_rgb(path)
         if image is None:
             raise DataError(f"画像を読み込めません: {path}\nCannot decode the image {path}.",
                             "Remove or replace the file.")
-        return self.transform(image), label
+        return apply_transform(self.transform, image, path, self.name), label
 
     def get_classes(self) -> list[str]:
         return list(self.classes)
@@ -102,7 +105,8 @@ def create_data_loaders(
 
     def loader(folder: ImageFolder, transform: Any, shuffle: bool) -> DataLoader:
         n = len(folder.samples)  # BatchNorm cannot train on a last batch of one image
-        return DataLoader(FolderDataset(folder, transform),  # type: ignore[arg-type]
+        name = "train_transform" if shuffle else "val_transform"
+        return DataLoader(FolderDataset(folder, transform, name),  # type: ignore[arg-type]
                           batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                           pin_memory=pin, collate_fn=_collate,
                           drop_last=shuffle and lone_last_image(n, batch_size))

@@ -11,15 +11,47 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from pochitrain.config_checks import check_training_batch
 from pochitrain.data import ImageFolder, open_rgb
+from pochitrain.errors import DataError
+
+
+class TransformError(DataError):
+    """A config transform raised on an image. A DataLoader worker's error comes back
+    re-created from its traceback text ("Caught TransformError in DataLoader worker process
+    0. Original Traceback ..."): this error then keeps only its own lines."""
+
+    def __init__(self, message: str, remedy: str | None = None) -> None:
+        marker = f"{__name__}.{type(self).__name__}: "
+        if remedy is None and "Original Traceback" in message and marker in message:
+            lines = message.rsplit(marker, 1)[1].strip().split("\n")
+            message, remedy = "\n".join(lines[:2]), "\n".join(lines[2:]) or None
+        super().__init__(message, remedy)
+
+
+def apply_transform(transform: Callable[[Any], Any], image: Any, path: Path, name: str) -> Any:
+    """``transform(image)``; an exception inside it becomes a TransformError naming the
+    transform, the file and the exception, instead of a long traceback through the loader."""
+    try:
+        return transform(image)
+    except Exception as exc:  # noqa: BLE001 - any error of the user's code
+        said = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise TransformError(
+            f"{name} が画像の変換中にエラーになりました\n"
+            f"{name} failed on the image {path}: {type(exc).__name__}: {said}",
+            f"Fix {name} in the config; to reproduce, call it on that image: "
+            f"{name}(PIL.Image.open(path).convert('RGB')).") from None
 
 
 class ImageDataset(Dataset):
-    """``(tensor, label, index, path)``; tensor is None when the file cannot be decoded."""
+    """``(tensor, label, index, path)``; tensor is None when the file cannot be decoded.
+    ``name``: the transform's config key, for the error when it fails on an image."""
 
-    def __init__(self, folder: ImageFolder, transform: Callable[[Any], Any]) -> None:
+    def __init__(self, folder: ImageFolder, transform: Callable[[Any], Any],
+                 name: str = "the transform") -> None:
         self.samples = folder.samples
         self.transform = transform
+        self.name = name
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -27,7 +59,9 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int, int, Path]:
         path, label = self.samples[index]
         image = open_rgb(path)
-        return (None if image is None else self.transform(image)), label, index, path
+        tensor = None if image is None else apply_transform(self.transform, image, path,
+                                                            self.name)
+        return tensor, label, index, path
 
 
 @dataclass
@@ -47,8 +81,6 @@ def collate_skipping(items: list[tuple[Any, ...]]) -> Batch:
     shapes = [tuple(x.shape) for x, _ in good]
     if len(set(shapes)) > 1:
         from collections import Counter
-
-        from pochitrain.errors import DataError
 
         common = Counter(shapes).most_common(1)[0][0]
         odd = next(item for item in items if item[0] is not None
@@ -82,12 +114,16 @@ def lone_last_image(n: int, batch_size: int) -> bool:
 def make_loader(folder: ImageFolder, transform: Callable[[Any], Any], *, batch_size: int,
                 shuffle: bool, num_workers: int, device: str, seed: int | None,
                 pin_memory: bool | None = None) -> DataLoader:
-    """``pin_memory``: None pins on CUDA; False (config train_pin_memory) turns it off."""
+    """``pin_memory``: None pins on CUDA; False (config train_pin_memory) turns it off.
+    A training (``shuffle``) batch of one image is refused: BatchNorm cannot train on it."""
+    if shuffle:
+        check_training_batch(batch_size)
     generator = torch.Generator()
     if seed is not None:
         generator.manual_seed(seed)
     return DataLoader(
-        ImageDataset(folder, transform), batch_size=batch_size, shuffle=shuffle,
+        ImageDataset(folder, transform, "train_transform" if shuffle else "val_transform"),
+        batch_size=batch_size, shuffle=shuffle,
         drop_last=shuffle and lone_last_image(len(folder.samples), batch_size),
         num_workers=num_workers, collate_fn=collate_skipping, generator=generator,
         pin_memory=device.startswith("cuda") and pin_memory is not False,

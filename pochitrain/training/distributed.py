@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from pochitrain.config_checks import check_training_batch
 from pochitrain.errors import ConfigError, PeerLostError, TrainingError
 
 if TYPE_CHECKING:
@@ -44,6 +45,36 @@ if TYPE_CHECKING:
     from pochitrain.training.epoch import EpochStats
 
 ENV_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+SCRATCH_PREFIX = "pochi_rank"  # + "<rank>_<pid>_<random>" in the temp folder
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_scratch(temp_root: Path | None = None) -> list[Path]:
+    """Remove this user's rank scratch folders whose process is gone (a killed rank cannot
+    run its exit handler); the folders removed."""
+    import re
+    import shutil
+    import tempfile
+
+    root = Path(temp_root or tempfile.gettempdir())
+    removed = []
+    for folder in root.glob(f"{SCRATCH_PREFIX}*_*_*"):
+        match = re.fullmatch(rf"{SCRATCH_PREFIX}\d+_(\d+)_.+", folder.name)
+        with contextlib.suppress(OSError):
+            if (match and folder.is_dir() and folder.stat().st_uid == os.getuid()
+                    and not _alive(int(match.group(1)))):
+                shutil.rmtree(folder)
+                removed.append(folder)
+    return removed
 
 
 def env_world() -> tuple[int, int, int] | None:
@@ -135,12 +166,19 @@ class Distributed:
                 f"batch_size = {batch_size} cannot be split over {self.world} processes.",
                 f"Use a batch_size divisible by {self.world} (it is the global batch: each "
                 f"process takes batch_size / {self.world} images per step).")
+        check_training_batch(batch_size, self.world)
         per_rank = batch_size // self.world
         ids = [int(self.device.split(":")[1])] if self.device.startswith("cuda:") else None
         setup.model = nn.parallel.DistributedDataParallel(setup.model, device_ids=ids)
         n_train = len(setup.train_loader.dataset)
         train_sampler = EpochSampler(setup.train_loader.dataset, num_replicas=self.world,
                                      rank=self.rank, shuffle=True, seed=seed or 0)
+        if len(train_sampler) < 2:  # BatchNorm cannot train on one image per step
+            raise ConfigError(
+                "1 プロセスあたりの学習画像が 1 枚しかありません\n"
+                f"{n_train} training images over {self.world} processes leave each process "
+                "one image per step, which BatchNorm cannot train on.",
+                "Add training images (at least 2 per process) or use fewer processes.")
         # a last step of one image per rank would break BatchNorm: drop it then
         drop_last = len(train_sampler) % per_rank == 1
         setup.train_loader = _reshard(setup.train_loader, train_sampler, per_rank,
@@ -236,12 +274,14 @@ class Distributed:
                 "Another process failed or was stopped: see its error above.") from None
 
     def scratch_dir(self) -> Path:
-        """Where a rank other than 0 keeps its (unused) run files; removed at exit."""
+        """Where a rank other than 0 keeps its (unused) run files; removed at exit. Its name
+        holds this process id, so that the folders of killed ranks are removed later."""
         import atexit
         import shutil
         import tempfile
 
-        scratch = Path(tempfile.mkdtemp(prefix=f"pochi_rank{self.rank}_"))
+        remove_stale_scratch()
+        scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{self.rank}_{os.getpid()}_"))
         atexit.register(shutil.rmtree, scratch, True)
         return scratch
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pochitrain.errors import TrainingError
+from pochitrain.errors import TrainingError, UsageError
 
 GRACE_S = 5.0
 KILL_AFTER_S = 10.0
@@ -48,6 +48,37 @@ def rank_env(rank: int, world: int, port: int) -> dict[str, str]:
     if "OMP_NUM_THREADS" not in env:  # as torchrun: do not oversubscribe the cores
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // world))
     return env
+
+
+def gpus_device(gpus: int, flag: str | None, configured: str) -> str:
+    """The device of every rank of ``--gpus N``: "cuda" (one GPU each) or "cpu" (gloo, asked
+    for with ``--device cpu``). ``flag``: --device (None: not given); ``configured``: the
+    config's device."""
+    if flag == "cpu":
+        return "cpu"
+    if flag not in (None, "cuda", "auto"):
+        raise UsageError("--gpus と --device は同時に指定できません\n"
+                         f"--gpus {gpus} with --device {flag}: each process takes "
+                         "its own GPU (cuda:0 .. cuda:N-1).",
+                         "Leave --device out (or use --device cuda), and choose the GPUs "
+                         "with CUDA_VISIBLE_DEVICES.")
+    if flag is None and configured == "cpu":
+        raise UsageError("--gpus は CUDA の GPU を使いますが、config は CPU を指定しています\n"
+                         f"--gpus {gpus} trains on CUDA GPUs, but the config asks for the CPU "
+                         "(device = 'cpu').",
+                         "Set device = 'cuda' (or 'auto') in the config to train on the GPUs, "
+                         f"or add --device cpu to train with {gpus} processes on the CPU.")
+    import torch
+
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus > visible:
+        raise UsageError("--gpus の数だけ GPU が見えていません\n"
+                         f"--gpus {gpus} needs CUDA GPUs but only {visible} GPU(s) are "
+                         "visible here.",
+                         f"Use --gpus {visible} or fewer" if visible > 1 else
+                         "Run on a machine with several NVIDIA GPUs (to try multi-process "
+                         "training on the CPU, add --device cpu).")
+    return "cuda"
 
 
 def launch(train_args: Sequence[str], nprocs: int) -> int:
