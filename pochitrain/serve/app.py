@@ -184,7 +184,7 @@ class Predict:
     async def prepare(self, payloads: list[Payload]) -> list[Any]:
         """Every payload decoded and preprocessed, in order. At most half the decode threads
         work for one request at a time, so another request's images never queue behind all
-        of a large request's images."""
+        of a large request's images; once one image fails, the rest are not decoded."""
         if len(payloads) == 1:  # the common case: its pixels checked in the same pool task
             return [await self.in_pool(self.prepare_one, payloads[0])]
         share = asyncio.Semaphore(max(1, self.settings.decode_workers // 2))
@@ -193,7 +193,13 @@ class Predict:
             async with share:
                 return await self.in_pool(self.model.prepare, payload)
 
-        return list(await asyncio.gather(*(one(p) for p in payloads)))
+        tasks = [asyncio.ensure_future(one(p)) for p in payloads]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:  # the request is answered (or gone): its queue slots go back
+            for task in tasks:
+                task.cancel()
+            raise
 
     def prepare_one(self, payload: Payload) -> Any:
         check_request_pixels([payload], self.settings.max_request_pixels)
@@ -226,8 +232,8 @@ class Predict:
 ERROR_CODES = {400: "undecodable_image, bad_multipart",
                413: "body_too_large, too_many_images, too_many_pixels, "
                     "too_many_request_pixels",
-               415: "unsupported_media_type", 500: "inference_failed",
-               503: "queue_full (with Retry-After)"}
+               408: "read_timeout", 415: "unsupported_media_type", 500: "inference_failed",
+               503: "queue_full, busy (both with Retry-After), shutting_down"}
 
 
 def add_predict_route(app: FastAPI, predict: Predict) -> None:
