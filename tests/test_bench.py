@@ -60,8 +60,13 @@ def _suite_file(tmp_path: Path, m: dict[str, Path]) -> Path:
               - {{name: bad, runtime: onnx, model_path: {m['broken']}, repeats: 1}}
           failfirst:
             cases:
-              - {{name: bad, runtime: onnx, model_path: {m['broken']}}}
+              - {{name: bad, runtime: onnx, model_path: {m['broken']}, data: {m['val']}}}
               - {{name: ort, runtime: onnx, model_path: {m['onnx']}, data: {m['val']}}}
+          interrupted:
+            defaults: {{data: {m['val']}, warmup: 0}}
+            cases:
+              - {{name: fp16, runtime: onnx, model_path: {m['onnx']}, precisions: fp16}}
+              - {{name: ort, runtime: onnx, model_path: {m['onnx']}, repeats: 3}}
         """), encoding="utf-8")
     return path
 
@@ -140,7 +145,7 @@ def test_axes_expand_and_commands(bench_models: dict[str, Path], tmp_path: Path)
     path.write_text(textwrap.dedent(f"""\
         suites:
           axes:
-            defaults: {{pipeline: [current, gpu], batch_sizes: [1, 8]}}
+            defaults: {{pipeline: [current, gpu], batch_sizes: [1, 8], data: {m['val']}}}
             cases:
               - {{name: t, runtime: pytorch, model_path: {m['pth']}, precisions: [fp32, fp16]}}
               - {{runtime: onnx, model_path: {m['onnx']}}}
@@ -221,3 +226,100 @@ def test_aggregate_only_original_files(tmp_path: Path) -> None:
     assert g["peak_gpu_memory_mb"] is None
     (invalid,) = summary["invalid_files"]
     assert "case_002_x" in invalid["file"] and "missing" in invalid["reason"]
+
+
+def test_ctrl_c_lists_runs_not_run_and_failed_runs_stay_out(bench_models: dict[str, Path],
+                                                           tmp_path: Path) -> None:
+    """A real Ctrl+C (SIGINT to the process group, as a terminal sends it) once the second run
+    is announced: exit 130, the runs not run listed; the first run, failed for its precision
+    although it wrote a result, is kept aside and is no row of the summary."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    suites = _suite_file(tmp_path, bench_models)
+    proc = subprocess.Popen([sys.executable, "-m", "pochitrain.cli.main", "bench", "--suite",
+                             "interrupted", "--suites-file", str(suites), "-o",
+                             str(tmp_path / "runs")], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    guard = threading.Timer(240, proc.kill)  # a hang guard, not a synchronisation
+    guard.start()
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "[2/4] ort run 1/3" in line:
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+    log = "".join(lines) + proc.communicate()[0]
+    guard.cancel()
+    assert proc.returncode == 130, log
+    assert "Traceback" not in log and "Interrupted" in log
+    for r in (2, 3):
+        assert f"skipped: ort run {r}: not run: interrupted (Ctrl+C)" in log
+    (bench_dir,) = (tmp_path / "runs").iterdir()
+    runs = json.loads((bench_dir / "runs.json").read_text())
+    assert [(r["case"], r["repeat"]) for r in runs] == [("fp16", 1)] + [("ort", r)
+                                                                         for r in (1, 2, 3)]
+    assert runs[0]["status"] == "failed" and "computes in fp32" in runs[0]["reason"]
+    assert all(r["reason"].endswith("interrupted (Ctrl+C)") for r in runs[1:])
+    assert [r["status"] for r in runs[2:]] == ["skipped", "skipped"]
+    run_dir = bench_dir / "raw" / "case_001_fp16" / "run_001"
+    assert (run_dir / "benchmark_result.failed.json").is_file()
+    assert not (run_dir / "benchmark_result.json").exists()
+    summary = json.loads((bench_dir / "summary" / "benchmark_summary.json").read_text())
+    assert summary["groups"] == [] and summary["total_benchmark_files"] == 0
+    with open(bench_dir / "summary" / "benchmark_summary.csv") as f:
+        assert len(list(csv.reader(f))) == 1  # the header only
+
+
+def test_suite_and_option_refusals(bench_models: dict[str, Path], tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Refused before anything runs, with a message: a suite file that is not UTF-8, a
+    negative warmup, no data: for a model without a run; --timeout 0 / -1, infer --warmup -5;
+    --aggregate-only on a file or a folder without results; an output folder that cannot be
+    made; a summary that cannot be written."""
+    path = tmp_path / "s.yaml"
+    path.write_bytes("suites:\n  s:\n    description: café\n".encode("latin-1"))
+    with pytest.raises(SuiteError, match="is not UTF-8 text .*line 3"):
+        load_suite(path, "s")
+    case = f"{{name: a, runtime: onnx, model_path: {bench_models['onnx']}}}"
+    path.write_text(f"suites:\n  s:\n    defaults: {{warmup: -5}}\n    cases:\n"
+                    f"      - {case}\n")
+    with pytest.raises(SuiteError, match="warmup must be a whole number >= 0, got -5"):
+        load_suite(path, "s")
+    path.write_text(f"suites:\n  s:\n    cases:\n      - {case}\n")
+    assert run(["bench", "--suite", "s", "--suites-file", str(path), "-o",
+                str(tmp_path / "runs")]) == 2
+    assert "no 'data:' key" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # the pre-check, before any run
+    for argv in (["bench", "--suite", "s", "--timeout", "0"],
+                 ["bench", "--suite", "s", "--timeout", "-1"],
+                 ["infer", str(bench_models["onnx"]), "--warmup", "-5"]):
+        with pytest.raises(SystemExit) as exit_:
+            run(argv)
+        assert exit_.value.code == 2
+    assert "must be 0 or more, got -5" in capsys.readouterr().err
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run(["bench", "--aggregate-only", str(empty)]) == 1
+    assert "No benchmark results found" in capsys.readouterr().err
+    assert not (empty / "summary").exists()
+    assert run(["bench", "--aggregate-only", str(path)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+    # a folder that cannot be made (a file in the way: read-only for root too)
+    path.write_text(f"suites:\n  s:\n    defaults: {{data: {bench_models['val']}}}\n"
+                    f"    cases:\n      - {case}\n")
+    assert run(["bench", "--suite", "s", "--suites-file", str(path), "-o", str(path)]) == 1
+    assert "Cannot create the bench output folder" in capsys.readouterr().err
+    run_dir = empty / "raw" / "case_001_a" / "run_001"
+    run_dir.mkdir(parents=True)
+    (run_dir / "benchmark_result.json").write_text("{}")
+    (empty / "summary").write_text("in the way")
+    assert run(["bench", "--aggregate-only", str(empty)]) == 1
+    assert "Cannot write the summary into" in capsys.readouterr().err

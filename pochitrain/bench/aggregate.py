@@ -105,11 +105,17 @@ class Collected(NamedTuple):
     n_files: int
 
 
+def result_files(source: Path) -> list[Path]:
+    """Every benchmark_result.json under ``source``, sorted (a failed run's file is set aside
+    under another name by the runner, so it is not one of them)."""
+    return sorted(source.rglob(RESULT_FILE))
+
+
 def collect(source: Path) -> Collected:
     """(groups in first-seen order, invalid files with reasons, number of files found)."""
     groups: dict[tuple[Any, ...], Group] = {}
     invalid: list[dict[str, str]] = []
-    files = sorted(source.rglob(RESULT_FILE))
+    files = result_files(source)
     for path in files:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

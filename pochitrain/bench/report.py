@@ -9,6 +9,7 @@ offset and the failed / skipped runs with their logs.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 from pochitrain.bench.aggregate import collect
 from pochitrain.bench.result_json import JST
+from pochitrain.errors import PochiError
 from pochitrain.workspace import atomic_write_bytes, atomic_write_text, local_now
 
 ORIGINAL_COLUMNS = ["case_name", "env_name", "runtime", "precision", "model_name", "pipeline",
@@ -45,15 +47,22 @@ def write_summary(source: Path, out_dir: Path,
         "skipped_runs": [r for r in runs if r.get("status") == "skipped"],
         "groups": [{**row, "source_files": g.files} for row, g in zip(rows, groups)],
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
     files = [out_dir / "benchmark_summary.csv", out_dir / "benchmark_summary.json",
-             out_dir / "benchmark_summary.md"]
-    atomic_write_text(files[0], _csv(rows))
-    atomic_write_text(files[1], json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    atomic_write_text(files[2], markdown(summary))
-    if rows:
-        files.append(out_dir / "benchmark_chart.png")
-        atomic_write_bytes(files[3], chart_png(rows))
+             out_dir / "benchmark_summary.md"] + ([out_dir / "benchmark_chart.png"] if rows else [])
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(files[0], _csv(rows))
+        atomic_write_text(files[1], json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(files[2], markdown(summary))
+        if rows:
+            atomic_write_bytes(files[3], chart_png(rows))
+    except OSError as exc:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        raise PochiError("集計結果を書き込めません\n" + (
+            f"Not enough disk space while writing the summary into {out_dir}." if full else
+            f"Cannot write the summary into {out_dir}: {exc.strerror or exc}."),
+            "Free some disk space, or make the folder writable (or copy the results to a "
+            "writable folder and pass that to --aggregate-only).") from exc
     summary["files"] = [str(f) for f in files]
     return summary
 

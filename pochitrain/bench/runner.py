@@ -13,6 +13,7 @@ allocator state or crash cannot touch the next.
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import subprocess
@@ -25,10 +26,14 @@ from typing import Any
 
 from pochitrain.bench.result_json import RESULT_FILE
 from pochitrain.bench.suite import Case, Suite
+from pochitrain.errors import PochiError
 from pochitrain.workspace import atomic_write_text, local_now
 
 # ``pochi infer`` takes every model type and has --pipeline for all of them.
 VERBS = {"pytorch": "infer", "onnx": "infer", "tensorrt": "infer"}
+# A failed run's result file is kept under this name: the aggregate never counts it.
+SET_ASIDE_FILE = "benchmark_result.failed.json"
+INTERRUPTED = "interrupted (Ctrl+C)"
 
 
 @dataclass
@@ -47,15 +52,21 @@ class RunRecord:
 def new_bench_dir(root: Path, suite: str) -> Path:
     """``root/<suite>_<YYYYMMDD_HHMMSS>`` in local time (a suffix when that name is taken)."""
     stamp = local_now().strftime("%Y%m%d_%H%M%S")
-    root.mkdir(parents=True, exist_ok=True)
-    for n in range(1000):
-        path = root / (f"{suite}_{stamp}" + (f"_{n}" if n else ""))
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise FileExistsError(path)
+    path = root
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for n in range(1000):
+            path = root / (f"{suite}_{stamp}" + (f"_{n}" if n else ""))
+            try:
+                path.mkdir()  # exclusive: two benches started together get distinct folders
+                return path
+            except FileExistsError:
+                continue
+        raise FileExistsError(errno.EEXIST, "every name is taken", str(path))
+    except OSError as exc:
+        raise PochiError("ベンチマークの出力フォルダを作成できません\n"
+                         f"Cannot create the bench output folder {path}: {exc.strerror}.",
+                         "Choose a writable folder with -o/--output-root.") from exc
 
 
 def command(case: Case, out_dir: Path) -> list[str]:
@@ -89,7 +100,10 @@ def skip_reason(case: Case, has_gpu: bool) -> str | None:
 def run_suite(suite: Suite, bench_dir: Path, fail_fast: bool = False,
               timeout: float | None = None, has_gpu: bool | None = None,
               say: Callable[[str], None] = print) -> list[RunRecord]:
-    """Run every case ``repeats`` times; return one record per run (failed ones included)."""
+    """Run every case ``repeats`` times; return one record per run (failed ones included).
+
+    Ctrl+C ends the suite: the run it cut (its log exists) is failed "interrupted (Ctrl+C)",
+    every run after it is skipped with that reason, and the records are returned."""
     if has_gpu is None:
         has_gpu = _cuda_available()
     shutil.copy2(suite.file, bench_dir / "suite.yaml")
@@ -97,28 +111,30 @@ def run_suite(suite: Suite, bench_dir: Path, fail_fast: bool = False,
         {"suite": suite.name, "description": suite.description, "suites_file": str(suite.file),
          "started_at": local_now().isoformat(timespec="seconds"),
          "cases": [c.to_dict() for c in suite.cases]}, indent=2) + "\n")
+    plan = [(bench_dir / "raw" / f"case_{ci:03d}_{case.name}" / f"run_{r:03d}", case, r)
+            for ci, case in enumerate(suite.cases, start=1) for r in range(1, case.repeats + 1)]
     records: list[RunRecord] = []
-    total = sum(c.repeats for c in suite.cases)
-    for ci, case in enumerate(suite.cases, start=1):
-        case_dir = bench_dir / "raw" / f"case_{ci:03d}_{case.name}"
-        case_dir.mkdir(parents=True, exist_ok=True)
-        reason = skip_reason(case, has_gpu)
-        for r in range(1, case.repeats + 1):
-            say(f"[{len(records) + 1}/{total}] {case.name} run {r}/{case.repeats}")
+    try:
+        for run_dir, case, r in plan:
+            say(f"[{len(records) + 1}/{len(plan)}] {case.name} run {r}/{case.repeats}")
+            reason = skip_reason(case, has_gpu)
             if reason is not None:
                 records.append(RunRecord(case.name, r, "skipped", reason, None, 0.0))
                 continue
-            try:
-                rec = _run_one(suite.name, case, case_dir / f"run_{r:03d}", r, timeout)
-            except KeyboardInterrupt:  # the child got the Ctrl+C too: keep what ran
-                records.append(RunRecord(case.name, r, "failed", "interrupted (Ctrl+C)",
-                                         str(case_dir / f"run_{r:03d}" / "run.log"), 0.0))
-                return records
-            records.append(rec)
-            if rec.status == "failed":
-                say(f"  failed: {rec.reason} (log: {rec.log})")
+            records.append(_run_one(suite.name, case, run_dir, r, timeout))
+            if records[-1].status == "failed":
+                say(f"  failed: {records[-1].reason} (log: {records[-1].log})")
                 if fail_fast:
-                    return records
+                    break
+    except KeyboardInterrupt:  # the child got the Ctrl+C too: keep what ran
+        for run_dir, case, r in plan[len(records):]:
+            log = run_dir / "run.log"
+            if log.is_file():
+                _set_aside(run_dir)
+                records.append(RunRecord(case.name, r, "failed", INTERRUPTED, str(log), 0.0))
+            else:
+                records.append(RunRecord(case.name, r, "skipped", f"not run: {INTERRUPTED}",
+                                         None, 0.0))
     return records
 
 
@@ -140,14 +156,23 @@ def _run_one(suite: str, case: Case, run_dir: Path, repeat: int,
         seconds = time.perf_counter() - start
         f.write(f"\n[pochi bench] exit code {rc}, {seconds:.1f} s\n")
     result = run_dir / RESULT_FILE
+    why = None
     if rc is None:
-        return RunRecord(case.name, repeat, "failed", f"timed out after {timeout} s",
-                         str(log), seconds)
-    if rc != 0 or not result.is_file():
+        why = f"timed out after {timeout:g} s"
+    elif rc != 0 or not result.is_file():
         why = (f"exit code {rc}" if rc != 0 else f"no {RESULT_FILE} written")
         last = _last_line(log)
-        return RunRecord(case.name, repeat, "failed", f"{why}: {last}" if last else why,
-                         str(log), seconds)
+        why = f"{why}: {last}" if last else why
+    else:
+        why = _record_result(result, suite, case, repeat, log)
+    if why is not None:
+        _set_aside(run_dir)
+        return RunRecord(case.name, repeat, "failed", why, str(log), seconds)
+    return RunRecord(case.name, repeat, "ok", "", str(log), seconds)
+
+
+def _record_result(result: Path, suite: str, case: Case, repeat: int, log: Path) -> str | None:
+    """Fill the suite and repeat into a run's result file; why the run failed, if it did."""
     data = json.loads(result.read_text(encoding="utf-8"))
     data["suite_name"], data["repeat_index"] = suite, repeat
     if data.get("precision") is None and case.precision:  # an engine without metadata
@@ -157,10 +182,17 @@ def _run_one(suite: str, case: Case, run_dir: Path, repeat: int,
                     "suite\n")
     atomic_write_text(result, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     if case.precision and case.runtime != "pytorch" and data.get("precision") != case.precision:
-        return RunRecord(case.name, repeat, "failed",
-                         f"the model computes in {data.get('precision')}, the case asks for "
-                         f"{case.precision}", str(log), seconds)
-    return RunRecord(case.name, repeat, "ok", "", str(log), seconds)
+        return (f"the model computes in {data.get('precision')}, the case asks for "
+                f"{case.precision}")
+    return None
+
+
+def _set_aside(run_dir: Path) -> None:
+    """A failed run's result file, if it wrote one, under SET_ASIDE_FILE: kept to read, never
+    aggregated."""
+    result = run_dir / RESULT_FILE
+    if result.is_file():
+        result.replace(run_dir / SET_ASIDE_FILE)
 
 
 def _last_line(log: Path) -> str:

@@ -12,7 +12,8 @@
           model_paths: {pytorch: best.pth, onnx: best.onnx, trt: best_fp16.engine}
           batch_sizes: [1, 8]           # new axis (default: the runtime's default)
           precisions: [fp32, fp16]      # new axis (see below)
-          data: data/val                # new (default: the val_data_root of the model's run)
+          data: data/val                # new (default: the val_data_root of the model's run,
+                                        #   which must then be found before any run)
           device: cuda                  # new, PyTorch only;  providers: [cuda]  ONNX only
           warmup: 2                     # new;  extra_args: ["--cuda-graph"]
         cases:
@@ -102,12 +103,18 @@ def _load_yaml(path: Path) -> Any:
 
     Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
     try:
-        with open(path, encoding="utf-8") as f:
-            return yaml.load(f, Loader=Loader)  # a SafeLoader subclass
+        text = path.read_bytes().decode("utf-8")
+        return yaml.load(text, Loader=Loader)  # a SafeLoader subclass
     except OSError as exc:
         raise SuiteError("スイートファイルを読み込めません\n"
                          f"Cannot read the suite file {path}: {exc.strerror}",
                          "Pass --suites-file with a readable YAML file.") from exc
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise SuiteError("スイートファイルが UTF-8 ではありません\n"
+                         f"The suite file {path} is not UTF-8 text (byte {exc.start}, line "
+                         f"{line}, is {exc.object[exc.start:exc.start + 1]!r}).",
+                         "Save the file as UTF-8.") from None
     except yaml.YAMLError as exc:
         raise SuiteError("スイートファイルが正しい YAML ではありません\n"
                          f"The suite file {path} is not valid YAML:\n{exc}",
@@ -137,7 +144,7 @@ def load_suite(path: Path | str, name: str) -> Suite:
         raise SuiteError("スイートは cases: を持つマッピングにしてください\n"
                          f"{where}: a suite is a mapping with 'cases:'.",
                          "See configs/bench_suites.yaml for the format.")
-    repeats = _positive(raw.get("repeats", 1), "repeats", where)
+    repeats = _whole_number(raw.get("repeats", 1), "repeats", where)
     defaults = raw.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise SuiteError("defaults はマッピングにしてください\n"
@@ -152,6 +159,12 @@ def load_suite(path: Path | str, name: str) -> Suite:
     cases: list[Case] = []
     for idx, case in enumerate(cases_raw):
         cases.extend(_expand(path, name, idx, case, defaults, repeats))
+    checked: set[Path] = set()
+    for case in cases:  # after every case's own checks: those come first
+        if case.data is None and case.model_path not in checked:
+            checked.add(case.model_path)
+            _check_default_data(case.model_path, f"{path}, line {case.line}: case "
+                                f"{case.name!r} of suite {name!r}")
     _dedupe(cases)
     return Suite(name, str(raw.get("description") or ""), repeats, cases, path)
 
@@ -183,12 +196,15 @@ def _expand(path: Path, suite: str, idx: int, raw: Any, defaults: dict[str, Any]
         return None
 
     pipelines = _pipelines(get("pipelines", "pipeline"), runtime, where)
-    batch_sizes = [_positive(b, "batch_sizes", where) for b in _as_list(get("batch_sizes",
+    batch_sizes = [_whole_number(b, "batch_sizes", where) for b in _as_list(get("batch_sizes",
                                                                             "batch_size"))]
     precisions = [_precision(p, where) for p in _as_list(get("precisions", "precision"))]
-    reps = _positive(raw.get("repeats", repeats), "repeats", where)
+    reps = _whole_number(raw.get("repeats", repeats), "repeats", where)
     data = get("data")
     data_path = _path(path, data, "data", where) if data is not None else None
+    warmup = get("warmup")
+    if warmup is not None:
+        warmup = _whole_number(warmup, "warmup", where, minimum=0)
     name = str(label) if label else f"{runtime_raw}_{idx:02d}"
     out: list[Case] = []
     prec_axis: list[str | None] = list(precisions) or [None]
@@ -209,7 +225,7 @@ def _expand(path: Path, suite: str, idx: int, raw: Any, defaults: dict[str, Any]
                     repeats=reps, batch_size=bs, precision=prec,
                     env_name=get("benchmark_env_name"), data=data_path,
                     device=get("device"), providers=_str_list(get("providers"), where),
-                    warmup=get("warmup"), extra_args=_str_list(get("extra_args"), where) or [],
+                    warmup=warmup, extra_args=_str_list(get("extra_args"), where) or [],
                     line=line))
     return out
 
@@ -270,12 +286,32 @@ def _precision(value: Any, where: str) -> str:
     return text
 
 
-def _positive(value: Any, key: str, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SuiteError("1 以上の整数を指定してください\n"
-                         f"{where}: {key} must be a whole number >= 1, got {value!r}.",
+def _whole_number(value: Any, key: str, where: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SuiteError(f"{minimum} 以上の整数を指定してください\n"
+                         f"{where}: {key} must be a whole number >= {minimum}, got {value!r}.",
                          f"Fix {key}.")
     return value
+
+
+def _check_default_data(model: Path, where: str) -> None:
+    """Without ``data:`` a run reads the val_data_root of the model's run, as ``pochi infer``
+    does: it must be found now, before any run, not run by run."""
+    from pochitrain.errors import PochiError, english_part
+    from pochitrain.resolve import find_val_data
+
+    remedy = "Add 'data: <image folder>' to the case or to the suite's defaults."
+    try:
+        root = find_val_data(model)
+    except PochiError as exc:
+        raise SuiteError("データフォルダを決められません\n"
+                         f"{where}: no 'data:' key, and the config of {model}'s run cannot be "
+                         f"read: {english_part(exc.message)}", remedy) from None
+    if root is None or not root.is_dir():
+        found = (f"its run's val_data_root {root} is not a folder" if root is not None else
+                 f"{model} has no run config (config.py of its run) with a val_data_root")
+        raise SuiteError("データフォルダが指定されていません\n"
+                         f"{where}: no 'data:' key, and {found}.", remedy)
 
 
 def _unknown(raw: dict[str, Any], allowed: set[str], where: str) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from pochitrain.cli.common import positive_float
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
@@ -20,8 +22,10 @@ Every case x pipeline x batch size x precision runs 'repeats' times, each run a 
   summary/benchmark_summary.csv|.json|.md, benchmark_chart.png
       per case: mean and stdev of ms/image, p50/p90/p99 per-image latency, images/s,
       accuracy, peak GPU memory; failed and skipped runs with their logs.
-A failed run keeps its log and is listed; the others still run (unless --fail-fast).
-TensorRT cases are skipped on a machine without a CUDA GPU. Exit code 1 when a run failed.
+A failed run keeps its log and is listed, and is left out of the aggregate (a result file it
+wrote is kept as benchmark_result.failed.json); the others still run (unless --fail-fast).
+TensorRT cases are skipped on a machine without a CUDA GPU. Exit code 1 when a run failed;
+Ctrl+C stops the suite, aggregates what ran, lists the runs not run and exits 130.
 
   pochi bench --suite quick --suites-file configs/bench_suites.yaml
   pochi bench --aggregate-only benchmark_runs/quick_20260101_120000
@@ -42,7 +46,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="the folder for --aggregate-only (the original's spelling)")
     parser.add_argument("--fail-fast", action="store_true",
                         help="stop at the first failed run (what ran is still aggregated)")
-    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+    parser.add_argument("--timeout", type=positive_float, default=None, metavar="SECONDS",
                         help="a run taking longer fails (default: no limit)")
     parser.add_argument("--dry-run", action="store_true",
                         help="list the cases and their commands, run nothing")
@@ -60,17 +64,13 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--aggregate-only にはフォルダを指定してください\n"
                              "--aggregate-only needs a folder.",
                              "Use --aggregate-only DIR (or --aggregate-only --input-dir DIR).")
-        src = Path(folder)
-        if not src.is_dir():
-            raise UsageError("--aggregate-only のフォルダが見つかりません\n"
-                             f"--aggregate-only: folder not found: {src}",
-                             "Pass a bench run folder (benchmark_runs/<suite>_<time>).")
+        src = _results_folder(Path(folder))
         return _aggregate(src, _previous_runs(src), info, warn)
     if not args.suite:
         raise UsageError("スイートを指定してください\n"
                          "No suite given.", "Use --suite NAME, or --aggregate-only DIR.")
 
-    from pochitrain.bench.runner import command, new_bench_dir, run_suite
+    from pochitrain.bench.runner import INTERRUPTED, command, new_bench_dir, run_suite
     from pochitrain.bench.suite import load_suite
 
     suite = load_suite(args.suites_file, args.suite)
@@ -84,8 +84,35 @@ def run(args: argparse.Namespace) -> int:
                         say=info)
     _save_runs(bench_dir, [r.to_dict() for r in records])
     rc = _aggregate(bench_dir, [r.to_dict() for r in records], info, warn)
+    not_run = [r for r in records if r.reason.endswith(INTERRUPTED)]
+    if not_run:
+        warn(f"中断しました / Interrupted: {len(not_run)} run(s) cut or not run (listed above); "
+             f"what ran is aggregated in {bench_dir / 'summary'}.")
+        return 130
     failed = [r for r in records if r.status == "failed"]
     return 1 if failed else rc
+
+
+def _results_folder(src: Path) -> Path:
+    """The --aggregate-only folder: it exists, is a folder and holds result files."""
+    from pochitrain.bench.aggregate import result_files
+    from pochitrain.errors import DataError, UsageError
+
+    if src.is_file():
+        raise UsageError("--aggregate-only にはファイルではなくフォルダを指定してください\n"
+                         f"--aggregate-only: {src} is a file, not a folder.",
+                         "Pass the bench run folder (benchmark_runs/<suite>_<time>) or a "
+                         "folder holding benchmark_result.json files.")
+    if not src.is_dir():
+        raise UsageError("--aggregate-only のフォルダが見つかりません\n"
+                         f"--aggregate-only: folder not found: {src}",
+                         "Pass a bench run folder (benchmark_runs/<suite>_<time>).")
+    if not result_files(src):
+        raise DataError("集計する結果がありません\n"
+                        f"No benchmark results found: no benchmark_result.json under {src}.",
+                        "Pass a bench run folder, or a folder holding the "
+                        "benchmark_result.json files of 'pochi infer --benchmark-json'.")
+    return src
 
 
 def _save_runs(bench_dir: Path, runs: list[dict[str, Any]]) -> None:

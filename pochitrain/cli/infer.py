@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pochitrain.cli.common import add_config, positive_int
+from pochitrain.cli.common import add_config, non_negative_int, positive_int
 
 DESCRIPTION = """\
 Run inference on a folder of images and write the results.
@@ -52,7 +52,7 @@ def add_infer_arguments(parser: argparse.ArgumentParser, model_help: str) -> Non
                         "batch; TensorRT: the engine profile's opt batch). Use 1 to measure "
                         "per-image latency")
     add_config(parser)
-    parser.add_argument("--warmup", type=int, default=2, metavar="N",
+    parser.add_argument("--warmup", type=non_negative_int, default=2, metavar="N",
                         help="untimed warm-up runs on a blank batch of the first batch's shape "
                              "(default: 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
