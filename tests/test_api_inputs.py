@@ -74,13 +74,35 @@ def test_argument_types_and_values(untrained_checkpoint: Path, tmp_path: Path) -
         _refused(lambda: p.probabilities(torch.zeros(2, 3, h + 1, w)), f"(N, 3, {h}, {w})")
 
 
+def _double_engine(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A TensorRT engine run by the test double (no GPU needed)."""
+    import functools
+
+    import trt_double
+    from trt_double import CpuPipe, EngineSpec, double_engine
+
+    from pochitrain.inference import trt_runner
+    from pochitrain.meta import ModelMeta
+    from pochitrain.preprocess import Preprocess
+    from pochitrain.sample_data import CLASS_NAMES
+
+    model = ModelMeta(CLASS_NAMES, Preprocess.simple(32, 32), model_name="linear").to_dict()
+    monkeypatch.setattr(trt_runner, "open_trt_runner", functools.partial(
+        trt_runner.open_trt_runner, trt=trt_double, pipe=CpuPipe()))
+    return double_engine(folder, EngineSpec(chw=(3, 32, 32), profile=(1, 8, 8)), model=model)
+
+
 def test_closed_predictor_refuses_on_every_runtime(
-        untrained_checkpoint: Path, onnx_export: Callable[..., Path]) -> None:
+        untrained_checkpoint: Path, onnx_export: Callable[..., Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from pochitrain import Predictor
 
     image = np.full((16, 16, 3), 90, np.uint8)
-    for model in (untrained_checkpoint, onnx_export(untrained_checkpoint)):
-        p = Predictor(model, device="cpu", providers="cpu")
+    engine = _double_engine(tmp_path, monkeypatch)
+    runtimes = []
+    for model in (untrained_checkpoint, onnx_export(untrained_checkpoint), engine):
+        p = Predictor(model, device="cpu", providers="cpu", batch_size=4)
+        runtimes.append(p.runtime)
         batch = np.stack([p.preprocess(image)])
         p.predict(image)
         p.close()
@@ -90,6 +112,7 @@ def test_closed_predictor_refuses_on_every_runtime(
         with p:
             pass
         _refused(lambda p=p: p.predict([image]), "closed")
+    assert runtimes == ["pytorch", "onnx", "tensorrt"]
 
 
 def test_long_path_lists_are_decoded_a_batch_at_a_time(
