@@ -79,6 +79,10 @@ def test_vis_grad_on_a_training_runs_csv(tmp_path: Path) -> None:
     ("epoch,layer1\n1,abc\n", ["line 2", "not a number"]),
     ("epoch,layer1,layer2\n1,0.1\n", ["line 2", "header has 3"]),
     (b"\xff\xfe\x00garbage", ["Cannot read"]),
+    ("epoch,learning_rate,train_loss,train_accuracy\n1,0.1,2.3,10\n",
+     ["not a gradient trace CSV", "expected columns", "train_loss"]),
+    ("epoch,layer1\n1,-0.5\n", ["line 2", "never negative"]),
+    ("epoch,layer1,layer2\n1,nan,inf\n", ["no finite gradient norm"]),
 ])
 def test_bad_gradient_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                           content: str | bytes | None, words: list[str]) -> None:
@@ -93,3 +97,40 @@ def test_bad_gradient_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     for word in words:
         assert word in err
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_nan_values_are_left_out_without_warnings(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import warnings
+
+    path = tmp_path / "g.csv"
+    path.write_text("epoch,layer1,layer2,layer3,layer4\n1,nan,0.1,0.2,0.3\n"
+                    "2,nan,0.2,nan,inf\n3,nan,0.3,0.1,0.2\n", encoding="utf-8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert run(["vis-grad", str(path)]) == 0
+    said = capsys.readouterr()
+    assert "NaN/inf" in said.out + said.err and "layer1" in said.out + said.err
+    assert len(list(tmp_path.glob("*.png"))) == 8  # layer1 has no value: 3 layers drawn
+
+
+def test_unusable_csv_path_and_output_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+    import tempfile
+
+    csv_path = _trace(tmp_path / "gradient_trace.csv")
+    assert run(["vis-grad", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "is a folder" in err and str(csv_path) in err  # and names the CSV inside
+    assert run(["vis-grad", str(csv_path), "--output-dir", str(csv_path)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)  # the CSV's folder takes no file
+    assert run(["vis-grad", str(csv_path)]) == 1
+    err = capsys.readouterr().err
+    assert "Cannot write to the output folder" in err and "--output-dir" in err
+    assert "Traceback" not in err and not list(tmp_path.glob("*.png"))
