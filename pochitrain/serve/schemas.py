@@ -104,7 +104,8 @@ MULTIPART_SCHEMA = {
     "properties": {
         "files": {"type": "array", "items": {"type": "string", "format": "binary"},
                   "description": "one or more JPEG / PNG / WebP files"},
-        "top_k": {"type": "integer", "minimum": 1},
+        "top_k": {"type": "integer", "minimum": 1, "description": "k best classes to return "
+                  "(default 1)"},
     },
     "required": ["files"],
 }
@@ -145,13 +146,18 @@ def _operation(method: str, path: str, op: dict[str, Any]) -> str:
                  f"<td>{'yes' if p.get('required') else 'no'}</td>"
                  f"<td>{escape(p.get('description', ''))}</td></tr>" for p in params]
         html.append("</table>")
-    bodies = op.get("requestBody", {}).get("content", {})
-    if bodies:
-        kinds = ", ".join(f"<code>{escape(kind)}</code>" for kind in bodies)
-        html.append(f"<p>Request body: {kinds}</p>")
+    for kind, body in op.get("requestBody", {}).get("content", {}).items():
+        html.append(f"<p>Request body <code>{escape(kind)}</code></p>")
+        fields = body.get("schema", {}).get("properties", {})
+        if fields:
+            html.append("<table><tr><th>field</th><th>type</th><th>description</th></tr>")
+            html += [f"<tr><td><code>{escape(name)}</code></td><td>{escape(_type_of(f))}</td>"
+                     f"<td>{escape(f.get('description', ''))}</td></tr>"
+                     for name, f in fields.items()]
+            html.append("</table>")
     html.append("<table><tr><th>status</th><th>description</th></tr>")
-    html += [f"<tr><td>{escape(str(code))}</td><td>{escape(r.get('description', ''))}</td></tr>"
-             for code, r in op.get("responses", {}).items()]
+    html += [f"<tr><td>{escape(code)}</td><td>{escape(r.get('description', ''))}</td></tr>"
+             for code, r in sorted(op.get("responses", {}).items())]
     html.append("</table>")
     return "\n".join(html)
 
@@ -159,4 +165,8 @@ def _operation(method: str, path: str, op: dict[str, Any]) -> str:
 def _type_of(schema: dict[str, Any]) -> str:
     if "anyOf" in schema:
         return " | ".join(_type_of(s) for s in schema["anyOf"])
+    if "enum" in schema:
+        return " | ".join(repr(v) for v in schema["enum"])
+    if schema.get("type") == "array":
+        return f"array of {_type_of(schema.get('items', {}))}"
     return str(schema.get("type", "object"))
