@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from pochitrain.cli.common import add_config, non_negative_float, positive_int
+from pochitrain.cli.common import add_config, non_negative_float, positive_float, positive_int
 
 MAX_PORT = 65535  # as serve.server.MAX_PORT, which is not imported here (start-up time)
 
@@ -109,26 +109,16 @@ def port_number(text: str) -> int:
     return value
 
 
-def checked_float(text: str, zero: bool) -> float:
-    """A finite number above 0 (or 0 too, with ``zero``), else argparse's error."""
+def seconds(text: str) -> float:
+    """A finite number of seconds, 0 or more."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
-        least = "0 以上" if zero else "0 より大きい"
-        raise argparse.ArgumentTypeError(
-            f"{least}の数を指定してください: {text!r}\n"
-            f"expected a number {'of 0 or more' if zero else 'above 0'}, got {text!r}")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"0 以上の秒数を指定してください: {text!r}\n"
+                                         f"expected seconds, 0 or more, got {text!r}")
     return value
-
-
-def positive_float(text: str) -> float:
-    return checked_float(text, zero=False)
-
-
-def seconds(text: str) -> float:
-    return checked_float(text, zero=True)
 
 
 # --backend name -> the runtime of the model file's type (pochitrain.model.BACKENDS)
