@@ -90,6 +90,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     gpu.add_argument("--cuda-graph", action="store_true",
                      help="capture the model call as a CUDA graph per batch shape and replay "
                      "it (removes launch overhead; biggest gain at small batch sizes)")
+    parser.add_argument("--explain-errors", action="store_true",
+                        help="also draw explain_errors.png: the misclassified images (labelled "
+                        "data) with the Grad-CAM heatmaps of their top-3 classes, most "
+                        "confident mistakes first. An .onnx / .engine uses the checkpoint of "
+                        "its run. Needs pip install \"pochitrain[explain]\"")
 
 
 def run(args: argparse.Namespace, expect_runtime: str | None = None) -> int:
@@ -107,6 +112,7 @@ def run(args: argparse.Namespace, expect_runtime: str | None = None) -> int:
         cuda_graph=getattr(args, "cuda_graph", False),
         benchmark_json=getattr(args, "benchmark_json", False),
         benchmark_env_name=getattr(args, "benchmark_env_name", None),
+        explain_errors=getattr(args, "explain_errors", False),
     )
     print_outcome(outcome)
     info(f"[green]結果 / Results:[/green] {outcome.out_dir}")

@@ -22,6 +22,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "infer": ("infer", "run inference with a .pth, .onnx or .engine model"),
     "infer-onnx": ("infer_onnx", "run inference with ONNX Runtime"),
     "infer-trt": ("infer_trt", "run inference with a TensorRT engine"),
+    "explain": ("explain", "Grad-CAM heatmaps: where a model looks in each image"),
     "quickstart": ("quickstart", "sample data -> train -> export -> convert -> infer, one command"),
     "serve": ("serve", "HTTP inference server (API v1) for a .pth, .onnx or .engine model"),
     "bench": ("bench", "run a benchmark suite (YAML) and aggregate the results"),

@@ -46,12 +46,15 @@ def infer(model_path: Path | str, data: Path | str | None = None,
           expect_runtime: str | None = None, progress: bool = True, pipeline: str = "auto",
           precision: str = "fp32", channels_last: bool = False,
           cuda_graph: bool = False, benchmark_json: bool = False,
-          benchmark_env_name: str | None = None) -> InferOutcome:
+          benchmark_env_name: str | None = None,
+          explain_errors: bool = False) -> InferOutcome:
     """Classify ``data`` (a folder, or one image file) with any model file; write the reports.
 
     ``pipeline`` (auto | cpu | gpu) is the input pipeline (``Model.input_pipeline``);
     ``precision``, ``channels_last`` and ``cuda_graph`` are PyTorch-runner options.
-    ``benchmark_json`` also writes ``benchmark_result.json`` (``bench.result_json``).
+    ``benchmark_json`` also writes ``benchmark_result.json`` (``bench.result_json``);
+    ``explain_errors`` a gallery of the misclassified images with their Grad-CAM heatmaps
+    (``explain.errors``).
     """
     model_path = Path(model_path)
     from pochitrain.plot_helper import PlotHelper
@@ -59,6 +62,11 @@ def infer(model_path: Path | str, data: Path | str | None = None,
     plotter = PlotHelper().start()  # imports matplotlib on another core meanwhile
     try:
         options = torch_options(model_path, precision, channels_last, cuda_graph)
+        gallery = None
+        if explain_errors:  # its extra and checkpoint are checked before the inference runs
+            from pochitrain.explain.errors import prepare
+
+            gallery = prepare(model_path, config, device)
         out_dir = _check_output(output)
         with contextlib.ExitStack() as claim:
             if out_dir is not None:  # this run's alone from now on: two runs never mix
@@ -77,7 +85,10 @@ def infer(model_path: Path | str, data: Path | str | None = None,
             if out_dir is None:
                 out_dir = new_run_dir(run_folder_of(model_path) / "inference_results")
                 claim.enter_context(claimed_output_dir(out_dir, new=True))
-            return InferOutcome(out_dir, _write(done, out_dir, plotter), done.result)
+            files = _write(done, out_dir, plotter)
+            if gallery is not None:
+                files += gallery.write(done.result, out_dir, progress)
+            return InferOutcome(out_dir, files, done.result)
     finally:
         plotter.close()
 

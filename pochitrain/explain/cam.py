@@ -1,0 +1,150 @@
+"""Grad-CAM through the ``grad-cam`` library: the target layer, heatmaps, overlays.
+
+The library (PyPI ``grad-cam``, import ``pytorch_grad_cam``) is the optional extra
+``pochitrain[explain]``; it is imported here only, when a heatmap is asked for.
+
+The target layer is the last convolutional block of the model family (resnet: ``layer4``;
+mobilenet_v3 / efficientnet: the last ``features.N``), unless its feature map is smaller than
+``MIN_MAP_SIDE`` on a side for this input size: a 32x32 input leaves resnet's ``layer4`` a
+single cell, whose heatmap is flat. Then the deepest block with a map that large is taken.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pochitrain.errors import BackendMissingError, UsageError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+MIN_MAP_SIDE = 4  # a coarser map can mark a quadrant at best
+INSTALL_HINT = 'pip install "pochitrain[explain]"'
+
+
+def require_grad_cam() -> None:
+    """BackendMissingError naming the extra when the grad-cam library is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("pytorch_grad_cam") is None:
+        raise BackendMissingError(
+            "Grad-CAM のライブラリ (grad-cam) がインストールされていません\n"
+            "Heatmaps need the grad-cam library, which is not installed.",
+            f"Install the optional extra: {INSTALL_HINT}")
+
+
+def block_candidates(model: nn.Module, model_name: str) -> list[str]:
+    """Module names of the family's conv blocks, deepest first (any other model: its conv
+    layers)."""
+    from torch import nn
+
+    names = dict(model.named_modules())
+    if model_name.startswith("resnet"):
+        return [n for n in ("layer4", "layer3", "layer2", "layer1") if n in names]
+    features = names.get("features")
+    if isinstance(features, nn.Sequential):
+        return [f"features.{i}" for i in reversed(range(len(features)))]
+    return [n for n, m in reversed(list(names.items())) if isinstance(m, nn.Conv2d)]
+
+
+def feature_sizes(model: nn.Module, names: list[str], input_size: list[int],
+                  device: str) -> dict[str, tuple[int, ...]]:
+    """The output shape of each named module for one blank input (hooks, no gradients)."""
+    import torch
+
+    modules = dict(model.named_modules())
+    shapes: dict[str, tuple[int, ...]] = {}
+    hooks = [modules[n].register_forward_hook(
+        lambda _m, _i, out, n=n: shapes.__setitem__(n, tuple(out.shape)))
+        for n in names]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, *input_size, device=device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return shapes
+
+
+def pick_layer(model: nn.Module, model_name: str, input_size: list[int], device: str,
+               asked: str | None = None) -> tuple[str, tuple[int, ...]]:
+    """(module name, its output shape): ``asked`` (``--layer``) checked, else the automatic
+    choice of the module docstring."""
+    if asked is not None:
+        names = dict(model.named_modules())
+        if asked not in names or not asked:
+            choices = ", ".join(block_candidates(model, model_name)[:6])
+            raise UsageError("--layer に指定した層がモデルにありません\n"
+                             f"The model has no layer named {asked!r}.",
+                             f"Use a module name such as: {choices}.")
+        shape = feature_sizes(model, [asked], input_size, device).get(asked)
+        if shape is None or len(shape) != 4:
+            raise UsageError("--layer には畳み込みの特徴マップを出力する層を指定してください\n"
+                             f"Layer {asked!r} does not output a (N, C, H, W) feature map "
+                             f"(its output: {shape or 'none in a forward pass'}).",
+                             "Choose a convolutional block, e.g. "
+                             f"{block_candidates(model, model_name)[0]}.")
+        return asked, shape
+    candidates = block_candidates(model, model_name)
+    shapes = feature_sizes(model, candidates, input_size, device)
+    maps = [(n, shapes[n]) for n in candidates if len(shapes.get(n, ())) == 4]
+    if not maps:
+        raise UsageError("Grad-CAM の対象層を自動で選べません\n"
+                         f"No convolutional block found in {model_name} for Grad-CAM.",
+                         "Name one with --layer.")
+    for name, shape in maps:
+        if min(shape[2:]) >= MIN_MAP_SIDE:
+            return name, shape
+    return max(maps, key=lambda item: item[1][2] * item[1][3])
+
+
+@dataclass
+class Heatmaps:
+    """Grad-CAM of one batch for one class per image."""
+
+    maps: np.ndarray  # (N, H, W) float32 in [0, 1], the input's H x W
+    overlays: np.ndarray  # (N, H, W, 3) uint8: the heatmap blended on the image
+
+
+class GradCam:
+    """The library's GradCAM on one layer of ``model``; ``close`` removes its hooks."""
+
+    def __init__(self, model: nn.Module, layer: str) -> None:
+        from pytorch_grad_cam import GradCAM
+
+        self.model = model
+        self._cam: Any = GradCAM(model=model, target_layers=[dict(model.named_modules())[layer]])
+
+    def probabilities(self, batch: torch.Tensor) -> np.ndarray:
+        """(N, classes) softmax of the model, without gradients."""
+        import torch
+
+        with torch.no_grad():
+            return torch.softmax(self.model(batch).float(), dim=1).cpu().numpy()
+
+    def heatmaps(self, batch: torch.Tensor, classes: list[int],
+                 images: np.ndarray) -> Heatmaps:
+        """Heatmaps of ``batch`` for ``classes[i]`` of image i; ``images``: (N, H, W, 3)
+        float RGB in [0, 1], what the overlays are drawn on."""
+        from pytorch_grad_cam.utils.image import show_cam_on_image
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        maps = self._cam(input_tensor=batch, targets=[ClassifierOutputTarget(c) for c in classes])
+        overlays = np.stack([show_cam_on_image(img, m, use_rgb=True)
+                             for img, m in zip(images, maps)])
+        return Heatmaps(np.asarray(maps, dtype=np.float32), overlays)
+
+    def close(self) -> None:
+        self._cam.activations_and_grads.release()
+
+
+def seen_images(batch: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
+    """(N, 3, H, W) normalized inputs -> (N, H, W, 3) float32 RGB in [0, 1]: the pixels the
+    model saw, after its resize / crop (the normalization undone)."""
+    pixels = batch.transpose(0, 2, 3, 1) * np.asarray(std, np.float32) + np.asarray(mean,
+                                                                                  np.float32)
+    return np.clip(pixels, 0.0, 1.0).astype(np.float32)

@@ -1,0 +1,215 @@
+"""`pochi explain MODEL IMAGE|DIR...`: Grad-CAM heatmaps for images, as PNGs.
+
+Writes into ``explain_results/YYYYMMDD_NNN`` next to the run (or ``--output``):
+one ``<image>_gradcam.png`` per image (the input as the model saw it, its heatmap overlay,
+the prediction and its probability), ``contact_sheet.png`` (per image the overlays of its
+top-3 classes; pages of ``explain_draw.SHEET_ROWS`` images) and ``explain.csv``.
+
+The pictures are drawn here, page by page as heatmaps are computed, so memory stays bounded
+however many images there are; matplotlib is imported by a thread meanwhile
+(``plotting.preload``). The plot helper process takes one job at the end, which would hold
+every heatmap of the run in memory at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pochitrain.data import IMAGE_EXTENSIONS
+from pochitrain.errors import DataError, PochiError
+from pochitrain.explain.explainer import CAM_BATCH, Explainer, load_images, target_index
+from pochitrain.explain.source import open_source
+from pochitrain.explain_draw import (
+    SHEET_ROWS,
+    ExplainedImage,
+    draw_overlay,
+    draw_sheet,
+    sheet_pages,
+)
+from pochitrain.workspace import (
+    atomic_write_text,
+    claimed_output_dir,
+    new_run_dir,
+    run_folder_of,
+)
+
+RESULTS_CSV = "explain.csv"
+SHEET_STEM = "contact_sheet"
+CSV_HEADER = ["image_path", "predicted_class", "probability", "target_class",
+              "target_probability", "top3", "heatmap_png"]
+
+
+@dataclass
+class ExplainOutcome:
+    out_dir: Path
+    files: list[Path]
+    note: str  # which layer and weights the heatmaps come from
+    explained: list[ExplainedImage] = field(default_factory=list)  # kept: keep_images=True
+    skipped: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class Pending:
+    """Images listed for explaining, with the names their files get."""
+
+    paths: list[Path]
+    names: list[str]  # shown in titles: the path relative to the folder given
+    stems: list[str]  # unique file-name stems
+
+
+def list_images(inputs: list[Path | str]) -> Pending:
+    """Files as given, folders searched recursively (sorted); DataError for a missing path."""
+    found: list[tuple[Path, str]] = []
+    for item in map(Path, inputs):
+        if item.is_file():
+            found.append((item, item.name))
+        elif item.is_dir():
+            files = sorted(p for p in item.rglob("*") if p.is_file()
+                           and p.suffix.lower() in IMAGE_EXTENSIONS
+                           and not p.name.startswith("."))
+            if not files:
+                raise DataError("フォルダに画像がありません\n"
+                                f"No images in {item}.",
+                                f"Image files end in {', '.join(IMAGE_EXTENSIONS)}.")
+            found += [(p, p.relative_to(item).as_posix()) for p in files]
+        else:
+            raise DataError("画像またはフォルダが見つかりません\n"
+                            f"Image or folder not found: {item}", "Check the path.")
+    stems: list[str] = []
+    taken: set[str] = set()
+    for _, name in found:
+        stem = base = name.rsplit(".", 1)[0].replace("/", "_")
+        n = 1
+        while stem in taken:
+            n += 1
+            stem = f"{base}_{n}"
+        taken.add(stem)
+        stems.append(stem)
+    return Pending([p for p, _ in found], [n for _, n in found], stems)
+
+
+def check_output(output: Path | str | None) -> Path | None:
+    """``--output DIR``: a folder (made when missing) without earlier explain results."""
+    if output is None:
+        return None
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise PochiError("--output がフォルダではなくファイルです\n"
+                         f"--output {out} is a file, not a folder.",
+                         "Choose a folder for the heatmap files.")
+    refuse_earlier_results(out)
+    if not out.parent.is_dir():
+        raise PochiError("出力フォルダが存在しません\n"
+                         f"Output folder does not exist: {out.parent}",
+                         "Create it first, or choose an --output inside an existing folder.")
+    if not os.access(out if out.exists() else out.parent, os.W_OK):
+        raise PochiError("出力フォルダに書き込めません\n"
+                         f"Output folder is not writable: {out}",
+                         "Choose a writable --output folder.")
+    return out
+
+
+def refuse_earlier_results(out: Path) -> None:
+    if (out / RESULTS_CSV).exists():
+        raise PochiError("出力フォルダにはすでに Grad-CAM の結果があります\n"
+                         f"{out} already holds heatmaps ({RESULTS_CSV}).",
+                         "Choose a new --output folder (results are never overwritten).")
+
+
+def batches(pending: Pending) -> Iterator[tuple[list[Path], list[str], list[str]]]:
+    for i in range(0, len(pending.paths), CAM_BATCH):
+        part = slice(i, i + CAM_BATCH)
+        yield pending.paths[part], pending.names[part], pending.stems[part]
+
+
+def explain(model: Path | str, inputs: list[Path | str], output: Path | str | None = None,
+            target_class: str = "top", layer: str | None = None, device: str = "auto",
+            config: Path | str | None = None, progress: bool = True,
+            keep_images: bool = False) -> ExplainOutcome:
+    """Heatmap PNGs, contact sheets and ``explain.csv`` for ``inputs`` (files or folders).
+
+    ``target_class``: ``top`` (each image's predicted class) or a class name; ``layer``: a
+    module name of the network (default: see ``explain.cam``); ``keep_images``: also return
+    every ``ExplainedImage`` (heatmaps included) in the outcome.
+    """
+    from pochitrain.console import info
+    from pochitrain.plotting import preload
+
+    model = Path(model)
+    out_dir = check_output(output)
+    pending = list_images(inputs)
+    preload()  # matplotlib's import on a thread while the model loads
+    source = open_source(model, config, device)
+    target = target_index(target_class, source.class_names)
+    explainer = Explainer(source, layer)
+    info(explainer.describe())
+    try:
+        created = out_dir is None
+        if out_dir is None:
+            out_dir = new_run_dir(run_folder_of(model) / "explain_results")
+        with claimed_output_dir(out_dir, refuse_earlier_results, new=created):
+            outcome = write_all(explainer, pending, out_dir, target, progress, keep_images)
+    finally:
+        explainer.close()
+    if outcome.skipped:
+        info(f"skipped {len(outcome.skipped)} unreadable file(s): "
+             + ", ".join(str(p) for p in outcome.skipped[:5]))
+    return outcome
+
+
+def write_all(explainer: Explainer, pending: Pending, out_dir: Path, target: int | None,
+              progress: bool, keep_images: bool) -> ExplainOutcome:
+    from pochitrain.console import progress_bar
+
+    footer = explainer.describe()
+    pages = iter(sheet_pages(SHEET_STEM, len(pending.paths)))
+    outcome = ExplainOutcome(out_dir, [], footer)
+    sheet: list[ExplainedImage] = []
+    rows: list[list[str]] = []
+    with progress_bar(progress, "Grad-CAM", len(pending.paths)) as advance:
+        for paths, names, stems in batches(pending):
+            loaded = load_images(paths, explainer.source)
+            outcome.skipped += loaded.skipped
+            kept = [(n, s) for p, n, s in zip(paths, names, stems) if p in loaded.paths]
+            items = explainer.explain(loaded, [n for n, _ in kept], target)
+            for path, (_, stem), item in zip(loaded.paths, kept, items):
+                png = draw_overlay(item, out_dir / f"{stem}_gradcam.png", footer)
+                outcome.files.append(png)
+                rows.append(csv_row(path, item, png.name))
+            sheet += items
+            if keep_images:
+                outcome.explained += items
+            while len(sheet) >= SHEET_ROWS:
+                outcome.files.append(draw_sheet(sheet[:SHEET_ROWS], out_dir / next(pages),
+                                                f"top-{len(items[0].top)} classes; {footer}"))
+                sheet = sheet[SHEET_ROWS:]
+            advance(len(paths))
+    if not rows:  # raised inside the claim: the empty results folder is removed
+        raise DataError("画像として読み込めるファイルがありません\n"
+                        f"None of the {len(pending.paths)} files could be read as images.",
+                        "Check the image paths.")
+    if sheet:
+        outcome.files.append(draw_sheet(sheet, out_dir / next(pages),
+                                        f"top-{len(sheet[0].top)} classes; {footer}"))
+    atomic_write_text(out_dir / RESULTS_CSV, csv_text(rows))
+    outcome.files.append(out_dir / RESULTS_CSV)
+    return outcome
+
+
+def csv_row(path: Path, item: ExplainedImage, png: str) -> list[str]:
+    top = "|".join(f"{p.class_name}:{p.probability:.4f}" for p in item.top)
+    return [str(path), item.predicted, f"{item.probability:.6f}", item.target.class_name,
+            f"{item.target.probability:.6f}", top, png]
+
+
+def csv_text(rows: list[list[str]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_HEADER)
+    writer.writerows(rows)
+    return buffer.getvalue()
