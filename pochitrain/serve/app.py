@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -147,9 +148,10 @@ class Predict:
         if kind == "application/json":
             payload, k = await self.in_pool(_prepare_json, await request.body())
             return [payload], k, True
-        if kind == "multipart/form-data":
-            payloads, k = read_form(await request.body(), request.headers["content-type"],
-                                    max_files=self.settings.max_images)
+        if kind == "multipart/form-data":  # parsed off the event loop: a large body takes time
+            parse = partial(read_form, await request.body(), request.headers["content-type"],
+                            max_files=self.settings.max_images)
+            payloads, k = await asyncio.get_running_loop().run_in_executor(None, parse)
             return payloads, k, False
         if kind in IMAGE_TYPES or kind in GENERIC_TYPES[1:]:
             return [Payload("body", data=await request.body())], None, True
