@@ -131,8 +131,12 @@ def server(untrained_checkpoint: Path, onnx_export: Callable[..., Path],
 
 def test_half_open_connections_and_stalled_bodies_get_408(server: Served) -> None:
     """50 connections that send half a request head, more than --max-concurrent, do not keep
-    a new client from /health; they, and an upload that stalls, get 408 read_timeout."""
+    a new client from /health; they, and an upload that stalls, get 408 read_timeout. Bytes
+    that are not HTTP get a JSON 400."""
     async def main() -> None:
+        reader, _ = await server.raw(b"NOT HTTP AT ALL\x00\r\n\r\n")
+        status, body = answer(await asyncio.wait_for(reader.read(), HANG_GUARD_S))
+        assert (status, body["error"]) == (400, "bad_http")
         half_open = [await server.raw(f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\n".encode())
                      for _ in range(50)]
         stalled = await server.raw(partial_upload(1000, b'{"image_data": "'))

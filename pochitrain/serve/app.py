@@ -231,7 +231,7 @@ class Predict:
 
 
 # status -> the ``error`` codes a refusal with it carries (the /docs page lists them)
-ERROR_CODES = {400: "undecodable_image, bad_multipart",
+ERROR_CODES = {400: "undecodable_image, bad_multipart, bad_http",
                413: "body_too_large, too_many_images, too_many_pixels, "
                     "too_many_request_pixels",
                408: "read_timeout", 415: "unsupported_media_type", 500: "inference_failed",

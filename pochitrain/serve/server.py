@@ -125,12 +125,15 @@ def timed_protocol(read_timeout_s: float) -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol with a deadline for every request head: from the connection's
     start, and again after each response. A head still incomplete at the deadline gets a
     JSON 408 ``read_timeout`` (nothing if not a byte came) and the connection closes. Once
-    a head is complete, the body's pauses are the middleware's to time."""
+    a head is complete, the body's pauses are the middleware's to time. Bytes that are not
+    HTTP get a JSON 400 ``bad_http`` instead of uvicorn's plain text."""
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-    body = error_json("read_timeout", read_timeout_text(read_timeout_s))
-    answer = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-              b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+    timed_out = closing_answer(408, "Request Timeout", "read_timeout",
+                               read_timeout_text(read_timeout_s))
+    not_http = closing_answer(400, "Bad Request", "bad_http",
+                              "HTTP リクエストとして読めません。\nThe bytes received are not a "
+                              "valid HTTP/1.1 request (or its head is too large).")
     base: Any = AutoHTTPProtocol  # h11 or httptools: both keep the request in ``cycle``
 
     class HeadDeadline(base):  # type: ignore[misc]
@@ -171,10 +174,22 @@ def timed_protocol(read_timeout_s: float) -> type[asyncio.Protocol]:
             self.head_timer = None
             if not self.transport.is_closing():
                 if self.head_bytes:
-                    self.transport.write(answer)
+                    self.transport.write(timed_out)
                 self.transport.close()
 
+        def send_400_response(self, msg: str) -> None:
+            self.transport.write(not_http)
+            self.transport.close()
+
     return HeadDeadline
+
+
+def closing_answer(status: int, reason: str, code: str, text: str) -> bytes:
+    """A whole HTTP/1.1 answer with our JSON error body, written before the connection
+    closes where no request (hence no ASGI app) is there to answer."""
+    body = error_json(code, text)
+    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, reason.encode(), len(body), body))
 
 
 def banner(options: ServeOptions, settings: ServeSettings, details: dict[str, Any],
