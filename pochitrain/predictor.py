@@ -13,7 +13,9 @@ It opens the model through the model facade (``pochitrain.model``) as ``pochi in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,7 +73,8 @@ def to_pil(image: ImageLike, name: str = "image") -> Any:
         return _array_image(image, name)
     raise UsageError("この種類の入力は分類できません\n"
                      f"Cannot classify a {type(image).__name__} (argument {name}).",
-                     "Pass a PIL image, a uint8 NumPy array (HxWx3 RGB) or a file path.")
+                     "Pass a PIL image, a uint8 NumPy array (HxWx3 RGB) or a file path, or a "
+                     "list of them.")
 
 
 def _array_image(image: np.ndarray, name: str) -> Any:
@@ -86,7 +89,7 @@ def _array_image(image: np.ndarray, name: str) -> Any:
             f"A NumPy image ({name}) must be uint8 HxW or HxWx3 (RGB); got {image.dtype} "
             f"{tuple(image.shape)}.",
             "Convert it first, e.g. np.asarray(pil_image.convert('RGB')); OpenCV's BGR "
-            "arrays need image[..., ::-1].")
+            "arrays need image[..., ::-1]; several images go in a list: list(batch).")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[..., 0]
     return Image.fromarray(np.ascontiguousarray(image)).convert("RGB")
@@ -126,8 +129,9 @@ class Predictor:
         model = file_argument("model", model, "'models/best_epoch6.onnx'")
         if config is not None:
             config = file_argument("config", config, "'config.py'")
-        if not isinstance(device, str):
-            raise argument_error("device", device, "a str", "'cpu' (or 'cuda', 'auto')")
+        if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+            raise argument_error("device", device, "'auto', 'cpu', 'cuda' or 'cuda:N'",
+                                 "'cpu'")
         batch_size = count_argument("batch_size", batch_size)
         self._closed = False
         self._model = open_model(model, config=config, device=device,
@@ -163,17 +167,16 @@ class Predictor:
         self._check_open()
         return self._model.probabilities(self._checked_batch(batch), self.batch_size)
 
-    def predict(self, images: ImageLike | Sequence[ImageLike],
+    def predict(self, images: ImageLike | Iterable[ImageLike],
                 top_k: int = 1) -> Prediction | list[Prediction]:
-        """A ``Prediction`` for one image, a list of them for a list (same order). A list is
-        decoded and run ``batch_size`` images at a time."""
+        """A ``Prediction`` for one image, a list of them for a list, tuple or iterator of
+        images (same order), which is decoded and run ``batch_size`` images at a time."""
         self._check_open()
         top_k = count_argument("top_k", top_k)
-        single = not isinstance(images, (list, tuple))
-        items: Sequence[ImageLike] = [images] if single else images
+        single = not isinstance(images, (list, tuple, Iterator))
+        items = iter([images] if single else images)
         preds: list[Prediction] = []
-        for start in range(0, len(items), self.batch_size):
-            chunk = items[start:start + self.batch_size]
+        while chunk := list(itertools.islice(items, self.batch_size)):
             batch = np.stack([self._model.preprocess(to_pil(im, "images")) for im in chunk])
             probs = self._model.probabilities(batch, self.batch_size)
             preds.extend(self._prediction(row, top_k) for row in probs)

@@ -55,6 +55,7 @@ def test_argument_types_and_values(untrained_checkpoint: Path, tmp_path: Path) -
     _refused(lambda: Predictor(tmp_path), "model", "folder")
     _refused(lambda: Predictor(untrained_checkpoint, config=tmp_path), "config", "folder")
     _refused(lambda: Predictor(untrained_checkpoint, device=0), "device")
+    _refused(lambda: Predictor(untrained_checkpoint, device="gpu"), "device='cpu'")
     _refused(lambda: Predictor(untrained_checkpoint, providers=3), "providers")
     image = np.full((16, 16, 3), 90, np.uint8)
     with Predictor(untrained_checkpoint, device="cpu") as p:
@@ -153,6 +154,9 @@ def test_long_path_lists_are_decoded_a_batch_at_a_time(
         preds = p.predict([image] * 10)
         assert events == (["decode"] * 4 + ["run"]) * 2 + ["decode"] * 2 + ["run"]
         assert len(preds) == 10 and len({x.probability for x in preds}) == 1
+        events.clear()
+        assert len(p.predict(image for _ in range(5))) == 5  # an iterator is streamed too
+        assert events == ["decode"] * 4 + ["run"] + ["decode", "run"]
 
 
 def test_original_api_arguments(untrained_checkpoint: Path, tiny_data: Path,
@@ -175,6 +179,8 @@ def test_original_api_arguments(untrained_checkpoint: Path, tiny_data: Path,
     _, loader, _ = create_data_loaders(train, val, batch_size=4, num_workers=0)
     predictor.close()
     _refused(lambda: predictor.predict(loader), "closed")
+    _refused(lambda: PochiPredictor.from_config(123, untrained_checkpoint), "config")
+    _refused(lambda: JpegSerializer().serialize(np.zeros((0, 0, 3), np.uint8)), "empty")
     for quality in (2.5, "90", 0, None):
         _refused(lambda q=quality: JpegSerializer(quality=q), "quality")
     for body in ([], {"shape": [2, 2, 3]}, {"image_data": "@@@", "shape": [2, 2, 3]},

@@ -49,6 +49,10 @@ def _check_image(image: Any) -> np.ndarray:
             f"画像は (H, W, 3) の uint8 配列 (BGR) である必要があります: {got}\n"
             f"The image must be an (H, W, 3) uint8 array in BGR order; got {got}.",
             "Convert it first, e.g. cv2.imread(path) or np.asarray(pil_image)[..., ::-1].")
+    if image.size == 0:
+        raise PayloadError(f"画像が空です: {tuple(image.shape)}\n"
+                           f"The image is empty (shape {tuple(image.shape)}): it has no pixels.",
+                           "Pass an image at least 1 pixel wide and high.")
     return image
 
 

@@ -192,9 +192,14 @@ def save_weights(path: Path, model: torch.nn.Module, meta: ModelMeta | None,
 
 def settings_of(config: Settings | str | Path) -> Settings:
     """``Settings`` as given, or loaded from a config file."""
-    from pochitrain.config import load_config
+    from pochitrain.config import Settings, load_config
 
-    return load_config(config) if isinstance(config, (str, Path)) else config
+    if isinstance(config, (str, os.PathLike)):
+        return load_config(config)
+    if not isinstance(config, Settings):
+        raise argument_error("config", config, "a config file path or its loaded Settings",
+                             "'configs/pochi_train_config.py'")
+    return config
 
 
 def num_classes_of(settings: Settings) -> int:
