@@ -20,11 +20,14 @@ Writes work_dirs/YYYYMMDD_NNN/ (under the config's work_dir, or --work-dir):
   run.json                resolved settings, class names, input size, mean/std, versions,
                           results and any unreadable images that were skipped
   models/best_epochN.pth  best validation accuracy (only the current best is kept)
-  models/last_model.pth   the final model (also written when you press Ctrl+C)
+  models/last_model.pth   the model after the last finished epoch, with the state
+                          that --resume goes on from
   training_metrics.csv    epoch, lr, train/val loss and accuracy, images/s, seconds
   loss.png, accuracy.png  curves, updated after every epoch
 
-Ctrl+C stops after the current batch, saves last_model.pth and exits with code 130.
+Ctrl+C stops after the current batch and exits with code 130; 'pochi train --resume
+RUN_DIR' goes on after the last finished epoch (same weights as an uninterrupted run with a
+seed and num_workers = 0).
 
 Several GPUs: --gpus N starts N processes (PyTorch DDP, one GPU each; batch_size is the global
 batch). Same as: torchrun --standalone --nproc-per-node N -m pochitrain train -c CONFIG
@@ -33,10 +36,13 @@ batch). Same as: torchrun --standalone --nproc-per-node N -m pochitrain train -c
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "-c", "--config-path", "--config", dest="config", default=DEFAULT_CONFIG,
-        metavar="CONFIG",
-        help=f"training config .py file (default: {DEFAULT_CONFIG}; "
-        "'pochi sample-data DIR' writes a ready one)")
+        "-c", "--config-path", "--config", dest="config", default=None, metavar="CONFIG",
+        help=f"training config .py file (default: {DEFAULT_CONFIG}, or with --resume the "
+        "run's own; 'pochi sample-data DIR' writes a ready one)")
+    parser.add_argument("--resume", default=None, metavar="RUN",
+                        help="go on with an interrupted run: its folder (work_dirs/YYYYMMDD_NNN) "
+                        "or its models/last_model.pth; training restarts after the last "
+                        "finished epoch in the same folder")
     parser.add_argument("--work-dir", default=None, metavar="DIR",
                         help="folder in which the run folder YYYYMMDD_NNN is created, relative "
                         "to the current directory (default: the config's work_dir)")
@@ -51,6 +57,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "(gloo), for testing")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bars (the per-epoch lines are still printed)")
+
+
+def _run_config(resume: str) -> str:
+    """The config of the run given to --resume (where it can be read; the run itself is
+    checked when training starts)."""
+    from pochitrain.training.resume import find_resume_point, run_config, run_dir_of
+
+    run_dir = run_dir_of(resume)
+    if not (run_dir / "run.json").is_file():
+        find_resume_point(resume)  # says what is missing
+    return str(run_config(run_dir))
 
 
 def _check_work_dir(work_dir: str) -> None:
@@ -90,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
     from pochitrain.console import info, warn
     from pochitrain.pipeline.train import train
 
+    if args.config is None:
+        args.config = DEFAULT_CONFIG if args.resume is None else str(_run_config(args.resume))
     overrides: dict[str, object] = {}
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
@@ -101,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if args.gpus is not None and args.gpus > 1:
         return _launch(args, overrides)
     result = train(args.config, overrides=overrides, work_dir=args.work_dir,
-                   progress=not args.quiet)
+                   progress=not args.quiet, resume=args.resume)
     if result.interrupted:
         warn(f"中断しました / Interrupted after {result.epochs_run} complete epoch(s). "
              f"Saved {result.last_checkpoint}")
@@ -165,6 +184,8 @@ def _launch(args: argparse.Namespace, overrides: dict[str, object]) -> int:
         child += ["--epochs", str(args.epochs)]
     if args.quiet:
         child.append("--quiet")
+    if args.resume is not None:
+        child += ["--resume", str(Path(args.resume).resolve())]
     info(f"starting {args.gpus} training processes (DDP, "
          f"{'gloo on the CPU' if device == 'cpu' else 'NCCL, one GPU each'}; global batch "
          f"{settings.batch_size} = {args.gpus} x {settings.batch_size // args.gpus})")

@@ -1,10 +1,10 @@
 """``fit``: the epoch loop, and ``CheckpointKeeper``: the best/last checkpoint files.
 
 Per epoch: train (Ctrl+C stops after the current batch) -> validate -> step the scheduler ->
-metrics row (CSV + PNG) -> best checkpoint when val accuracy improved -> early stopping. The
-last checkpoint is written when training ends for any reason after a completed or
-interrupted epoch. A non-finite loss or an unreadable split stops with a clear error before
-anything is saved from that epoch.
+metrics row (CSV + PNG) -> best checkpoint when val accuracy improved -> early stopping ->
+the last checkpoint, with the state to resume from (``training.resume``). A Ctrl+C inside the
+first epoch writes the last checkpoint at that moment. A non-finite loss or an unreadable
+split stops with a clear error before anything is saved from that epoch.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pochitrain.console import info, make_progress, warn
 from pochitrain.errors import DataError
 from pochitrain.training.epoch import EpochStats, run_epoch, stop_on_ctrl_c, warm_up
 from pochitrain.training.metrics import EpochRow, MetricsLog
+from pochitrain.training.resume import RESUME_KEY, capture, restore
 
 if TYPE_CHECKING:
     import threading
@@ -81,6 +82,7 @@ class FitSetup:
     non_blocking: bool | None = None  # config gpu_non_blocking (None: on with CUDA)
     observer: RunObserver | None = None  # confusion log, TensorBoard, gradient tracking
     input_size: list[int] | None = None  # (H, W): on CUDA, the model is warmed up first
+    resume: dict[str, Any] | None = None  # the state saved after an epoch (training.resume)
 
 
 @dataclass
@@ -231,13 +233,16 @@ def fit(setup: FitSetup, keeper: CheckpointKeeper, log: MetricsLog,
         if s.distributed is not None:  # one stop decision, metrics summed over ranks
             stop = s.distributed.synced_stop(ctrl_c)
             epoch_fn = s.distributed.epoch_runner(run_epoch)
-        for epoch in range(1, s.epochs + 1):
+        first = restore(s, keeper, log, s.resume) if s.resume is not None else 1
+        out.epochs_run = first - 1
+        for epoch in range(first, s.epochs + 1):
             lr = float(s.optimizer.param_groups[0]["lr"])
             group_lrs = _group_lrs(s.optimizer)
             tr = _train_epoch(s, epoch, epoch_fn, stop, bars, out)
             if tr.interrupted:
                 out.stopped_by = "interrupted"
-                keeper.save_last({**extras(epoch, tr, None), "interrupted": True})
+                if keeper.last_path is None:  # else it holds the last finished epoch
+                    keeper.save_last({**extras(epoch, tr, None), "interrupted": True})
                 break
             va = _validate(s, epoch_fn, out)
             if s.scheduler is not None:
@@ -255,7 +260,8 @@ def fit(setup: FitSetup, keeper: CheckpointKeeper, log: MetricsLog,
                                  "train_accuracy": tr.accuracy, "train_loss": tr.loss,
                                  "lr": lr})
             out.stopped_by = _stopped_by(s, va, stop)
+            keeper.save_last({**extras(epoch, tr, va),
+                              RESUME_KEY: capture(s, keeper, log, epoch)})
             if epoch == s.epochs or out.stopped_by != "completed":
-                keeper.save_last(extras(epoch, tr, va))
                 break
     return out

@@ -6,7 +6,8 @@ Run folder layout::
     config.py               copy of the config file as given
     run.json                resolved settings, classes, preprocessing, versions, results
     models/best_epochN.pth  best validation accuracy so far (only the current best is kept)
-    models/last_model.pth   the model after the last epoch (or after Ctrl+C)
+    models/last_model.pth   the model after the last finished epoch, with the state that
+                            ``pochi train --resume`` goes on from (training.resume)
     training_metrics.csv    one row per epoch, rewritten after every epoch
     loss.png, accuracy.png  curves, rewritten after every epoch
     visualization/          the original's training_metrics_<timestamp>.csv (percent) and
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     )
     from pochitrain.training.metrics import MetricsLog
     from pochitrain.training.precision import Precision
+    from pochitrain.training.resume import ResumePoint
 
 
 @dataclass
@@ -220,11 +222,13 @@ def _epoch_extras(settings: Settings,
 
 
 def _open_run(settings: Settings, config_path: Path, work_dir: Path | str | None,
-              ddp: Distributed | None) -> Path:
+              ddp: Distributed | None, resumed: ResumePoint | None = None) -> Path:
     """The new run folder with models/ and the config copy (other DDP ranks: a scratch
-    folder nobody keeps)."""
+    folder nobody keeps); the run's own folder when resuming."""
     if ddp is not None and not ddp.is_main:
         run_dir = ddp.scratch_dir()
+    elif resumed is not None:
+        return resumed.run_dir
     else:
         run_dir = new_run_dir(Path(work_dir).resolve() if work_dir else settings.work_dir,
                               hint="--work-dir DIR, or work_dir in the config")
@@ -278,21 +282,38 @@ def _close_after_error(log: MetricsLog | None) -> None:
         warn(f"training plots not drawn ({type(exc).__name__}: {exc})")
 
 
-def run_training(config: Path | str, *, overrides: dict[str, Any] | None = None,
+def _load_settings(config: Path | str | None, overrides: dict[str, Any] | None,
+                   resume: Path | str | None) -> tuple[Settings, Path, ResumePoint | None]:
+    """The config's settings, checked for training (and for the run being resumed)."""
+    from pochitrain.training import resume as R
+
+    resumed = R.find_resume_point(resume) if resume is not None else None
+    if config is None:
+        config = resumed.config_file() if resumed is not None else ""
+    settings = load_config(config, overrides)
+    config_path = Path(settings.config_path or config)
+    if resumed is not None:
+        R.check_same_config(resumed, config_path, settings.epochs)
+    return settings, config_path, resumed
+
+
+def run_training(config: Path | str | None, *, overrides: dict[str, Any] | None = None,
                  work_dir: Path | str | None = None, progress: bool = True,
-                 on_epoch: EpochCallback | None = None) -> TrainResult:
+                 on_epoch: EpochCallback | None = None,
+                 resume: Path | str | None = None) -> TrainResult:
     """Train from a config file; see the module docstring for what is written.
 
     ``overrides`` replace config keys (validated like the file); ``work_dir`` replaces the
-    config's work_dir (relative to the current directory); ``on_epoch`` see ``training.fit``.
-    Under torchrun / ``pochi train --gpus N`` every rank runs this; only rank 0 writes.
+    config's work_dir (relative to the current directory); ``on_epoch`` see ``training.fit``;
+    ``resume`` a run folder (or its last_model.pth) to go on with (``training.resume``;
+    ``config`` None: the run's own). Under torchrun / ``pochi train --gpus N`` every rank
+    runs this; only rank 0 writes.
     """
     from pochitrain import training as T
     from pochitrain.checkpoint import save_checkpoint
     from pochitrain.training import distributed as D
 
-    settings = load_config(config, overrides)
-    config_path = Path(settings.config_path or config)
+    settings, config_path, resumed = _load_settings(config, overrides, resume)
     device = resolve_device(settings.device)
     ddp = D.init(device)  # one of several ranks (torchrun / --gpus N), else None
     device = ddp.device if ddp is not None else device
@@ -302,12 +323,19 @@ def run_training(config: Path | str, *, overrides: dict[str, Any] | None = None,
     setup = _setup(settings, data, device)
     if ddp is not None:
         ddp.prepare(setup, settings.batch_size, settings.seed)
+    if resumed is not None:
+        D.unwrap(setup.model).load_state_dict(resumed.payload["model_state_dict"])
+        setup.resume = resumed.state
     meta = ModelMeta(data.class_names, pre, model_name=settings.model_name,
                      source={"config_sha256": file_sha256(config_path),
                              "train_data_fingerprint": data.train.fingerprint()})
-    run_dir = _open_run(settings, config_path, work_dir, ddp)
+    run_dir = _open_run(settings, config_path, work_dir, ddp, resumed)
     record = _run_record(settings, config_path, device, setup.precision, data, pre)
     record["settings"]["world_size"] = ddp.world if ddp is not None else 1
+    if resumed is not None:
+        record["resumed_after_epochs"] = [*resumed.record.get("resumed_after_epochs", []),
+                                          resumed.epoch]
+        info(f"resuming {run_dir} after epoch {resumed.epoch} of {settings.epochs}")
     write_run_json(run_dir, record)
     info(f"training {settings.model_name} on {device} (mixed precision {setup.precision.name}, "
          f"channels_last {'on' if setup.precision.channels_last else 'off'}): "

@@ -1,0 +1,209 @@
+"""``pochi train --resume RUN_DIR``: go on with an interrupted run in its own folder.
+
+After every finished epoch ``models/last_model.pth`` holds, beside the weights, the state the
+next epoch starts from (``resume`` key): optimizer, scheduler, AMP scaler, early-stopping
+counter, best checkpoint, the random states (Python, NumPy, torch, CUDA, the loaders' own
+generators and the DDP sampler's epoch) and the metric rows. A resumed run restores all of it
+and starts at the next epoch, so with a seed and ``num_workers = 0`` it ends with the same
+weights as a run that was never interrupted. With loader worker processes, the random
+augmentation drawn in the workers restarts from the seed (their generators live in processes
+that ended with the run).
+
+A Ctrl+C inside an epoch leaves ``last_model.pth`` at the last finished epoch: the partial
+epoch is not resumable (before the first finished epoch the file holds the weights at the
+moment of Ctrl+C, without ``resume``).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pochitrain.errors import UsageError
+
+if TYPE_CHECKING:
+    from pochitrain.training.metrics import MetricsLog
+
+# ``s`` below is a ``training.fit.FitSetup`` and ``keeper`` its ``CheckpointKeeper``: fit calls
+# this module, so naming them here would make an import circle.
+
+RESUME_KEY = "resume"
+FINISHED = ("completed", "early_stopping")
+
+
+@dataclass
+class ResumePoint:
+    """An interrupted run, checked: its folder, checkpoint, run.json and saved state."""
+
+    run_dir: Path
+    checkpoint: Path
+    record: dict[str, Any]
+    payload: dict[str, Any]  # the checkpoint dict (weights, metadata, ``resume``)
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return self.payload[RESUME_KEY]
+
+    @property
+    def epoch(self) -> int:
+        return int(self.state["epoch"])
+
+    def config_file(self) -> Path:
+        return run_config(self.run_dir)
+
+
+def run_config(run_dir: Path) -> Path:
+    """The config a run was started with where it still has the same content, else the copy
+    in the run folder."""
+    from pochitrain.meta import file_sha256
+
+    record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    recorded = Path(record.get("config_path") or "")
+    copy = run_dir / "config.py"
+    if recorded.is_file() and copy.is_file() and file_sha256(recorded) == file_sha256(copy):
+        return recorded
+    return copy
+
+
+def run_dir_of(path: Path | str) -> Path:
+    """The run folder of ``RUN_DIR`` or ``RUN_DIR/models/last_model.pth``."""
+    path = Path(path)
+    return path if path.is_dir() else path.parent.parent
+
+
+def _refuse(ja: str, en: str, fix: str) -> UsageError:
+    return UsageError(f"{ja}\n{en}", fix)
+
+
+def find_resume_point(path: Path | str) -> ResumePoint:
+    """``RUN_DIR`` or ``RUN_DIR/models/last_model.pth``, checked for resuming."""
+    from pochitrain.checkpoint import read_checkpoint
+
+    path = Path(path)
+    run_dir = run_dir_of(path)
+    checkpoint = path / "models" / "last_model.pth" if path.is_dir() else path
+    if not checkpoint.is_file() or not (run_dir / "run.json").is_file():
+        raise _refuse("再開する学習が見つかりません",
+                      f"--resume {path}: no run to resume there ({checkpoint} or "
+                      f"{run_dir / 'run.json'} is missing).",
+                      "Pass a run folder written by 'pochi train' (work_dirs/YYYYMMDD_NNN) or "
+                      "its models/last_model.pth.")
+    record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    if record.get("status") in FINISHED:
+        raise _refuse("この学習は最後まで終わっています",
+                      f"--resume {path}: the run finished ({record['status']}, "
+                      f"{record.get('epochs_run')} epoch(s)); there is nothing to resume.",
+                      "Start a new run with 'pochi train -c CONFIG' (e.g. with more epochs).")
+    payload, _ = read_checkpoint(checkpoint)
+    if RESUME_KEY not in payload:
+        raise _refuse("再開できる状態が保存されていません",
+                      f"--resume {path}: {checkpoint} holds no finished epoch to resume from "
+                      "(the run stopped during its first epoch).",
+                      "Start the run again with 'pochi train -c CONFIG'.")
+    return ResumePoint(run_dir, checkpoint, record, payload)
+
+
+def check_same_config(point: ResumePoint, config: Path, settings_epochs: int) -> None:
+    """The config given with --resume must be the run's own; the run must have epochs left."""
+    from pochitrain.meta import file_sha256
+
+    started_with = point.payload.get("meta", {}).get("source", {}).get("config_sha256")
+    if started_with is not None and file_sha256(config) != started_with:
+        raise _refuse("別の config の学習は再開できません",
+                      f"--resume {point.run_dir}: {config} is not the config this run was "
+                      "started with (its content differs).",
+                      "Leave -c out (the run's own config is used), or start a new run with "
+                      "this config.")
+    if settings_epochs <= point.epoch:
+        raise _refuse("再開後に学習するエポックがありません",
+                      f"--resume {point.run_dir}: {point.epoch} epoch(s) are done and epochs "
+                      f"= {settings_epochs}.",
+                      f"Pass --epochs with more than {point.epoch}.")
+
+
+def capture(s: Any, keeper: Any, log: MetricsLog, epoch: int) -> dict[str, Any]:
+    """The state after finished epoch ``epoch``, for ``last_model.pth``."""
+    import numpy as np
+    import torch
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "epoch": epoch,
+        "optimizer": s.optimizer.state_dict(),
+        "scheduler": s.scheduler.state_dict() if s.scheduler is not None else None,
+        "scaler": s.scaler.state_dict() if s.scaler is not None else None,
+        "stopper": ({"best": s.stopper.best, "bad_epochs": s.stopper.bad_epochs}
+                    if s.stopper is not None else None),
+        "best": {"name": keeper.best_path.name if keeper.best_path else None,
+                 "epoch": keeper.best_epoch, "accuracy": keeper.best_accuracy},
+        "rng": {"python": random.getstate(),
+                "numpy": (kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), pos,
+                          has_gauss, gauss),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+                "loaders": [_loader_state(loader) for loader in (s.train_loader, s.val_loader)]},
+        "metrics_rows": [asdict(row) for row in log.rows],
+        "gradient_rows": (s.observer.gradients.rows
+                          if s.observer is not None and s.observer.gradients is not None else []),
+    }
+    return state
+
+
+def _loader_state(loader: Any) -> dict[str, Any]:
+    import torch
+
+    generator = getattr(loader, "generator", None)
+    epoch = getattr(getattr(loader, "sampler", None), "epoch", None)
+    return {"generator": generator.get_state() if isinstance(generator, torch.Generator)
+            else None, "sampler_epoch": epoch if isinstance(epoch, int) else None}
+
+
+def restore(s: Any, keeper: Any, log: MetricsLog, state: dict[str, Any]) -> int:
+    """Put the saved state back (the weights are loaded by the caller); the first epoch to
+    run."""
+    import numpy as np
+    import torch
+
+    from pochitrain.training.metrics import EpochRow
+
+    s.optimizer.load_state_dict(state["optimizer"])
+    if s.scheduler is not None and state["scheduler"] is not None:
+        s.scheduler.load_state_dict(state["scheduler"])
+    if s.scaler is not None and state["scaler"] is not None:
+        s.scaler.load_state_dict(state["scaler"])
+    if s.stopper is not None and state["stopper"] is not None:
+        s.stopper.best, s.stopper.bad_epochs = (state["stopper"]["best"],
+                                                state["stopper"]["bad_epochs"])
+    best = state["best"]
+    if best["name"] is not None and (keeper.models_dir / best["name"]).is_file():
+        keeper.best_path = keeper.models_dir / best["name"]
+        keeper.best_epoch, keeper.best_accuracy = best["epoch"], best["accuracy"]
+    keeper.last_path = keeper.models_dir / "last_model.pth"
+    log.rows[:] = [EpochRow(**row) for row in state["metrics_rows"]]
+    if s.observer is not None and s.observer.gradients is not None:
+        s.observer.gradients.rows[:] = [list(row) for row in state["gradient_rows"]]
+        s.observer.gradients.epoch = state["epoch"] + 1
+    rng = state["rng"]
+    random.setstate(rng["python"])
+    kind, keys, pos, has_gauss, gauss = rng["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    for loader, saved in zip((s.train_loader, s.val_loader), rng["loaders"]):
+        _restore_loader(loader, saved)
+    return int(state["epoch"]) + 1
+
+
+def _restore_loader(loader: Any, saved: dict[str, Any]) -> None:
+    import torch
+
+    generator = getattr(loader, "generator", None)
+    if saved["generator"] is not None and isinstance(generator, torch.Generator):
+        generator.set_state(saved["generator"])
+    sampler = getattr(loader, "sampler", None)
+    if saved["sampler_epoch"] is not None and sampler is not None and hasattr(sampler, "epoch"):
+        sampler.epoch = saved["sampler_epoch"]
