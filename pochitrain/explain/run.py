@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pochitrain.data import IMAGE_EXTENSIONS
 from pochitrain.errors import DataError, PochiError
+from pochitrain.explain.cam import require_grad_cam
 from pochitrain.explain.explainer import CAM_BATCH, Explainer, load_images, target_index
 from pochitrain.explain.source import open_source
 from pochitrain.explain_draw import (
@@ -140,6 +141,7 @@ def explain(model: Path | str, inputs: list[Path | str], output: Path | str | No
     from pochitrain.console import info
     from pochitrain.plotting import preload
 
+    require_grad_cam()  # before any work
     model = Path(model)
     out_dir = check_output(output)
     pending = list_images(inputs)
