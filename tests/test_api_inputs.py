@@ -172,6 +172,12 @@ def test_original_api_arguments(untrained_checkpoint: Path, tiny_data: Path,
     _refused(lambda: create_data_loaders(train, val, val_transform="resize"), "val_transform")
     _refused(lambda: PochiTrainer("resnet18", "3", device="cpu", create_workspace=False),
              "num_classes=3")
+    trainer = PochiTrainer("resnet18", 3, device="cpu", pretrained=False,
+                           create_workspace=False)
+    _refused(lambda: trainer.setup_training(learning_rate="0.1"), "learning_rate=0.1")
+    _refused(lambda: trainer.setup_training(class_weights=3), "class_weights")
+    _refused(lambda: trainer.setup_training(early_stopping_config=5), "early_stopping_config")
+    _refused(lambda: PochiTrainer("resnet18", 3, device="cpu", work_dir=5), "work_dir")
     _refused(lambda: PochiPredictor("resnet18", 10, "cpu", tmp_path), "model_path", "folder")
     _refused(lambda: PochiPredictor(18, 10, "cpu", untrained_checkpoint), "model_name")
     predictor = PochiPredictor("resnet18", 10, "cpu", untrained_checkpoint)

@@ -8,6 +8,7 @@ Accuracies returned or kept on the trainer are percentages, as in the original.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,37 @@ class StopRequested(Exception):
     """Raised from the epoch callback when ``stop_flag_callback()`` asks to stop."""
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_setup(learning_rate: Any, optimizer_name: Any, class_weights: Any,
+                 num_classes: Any, layer_wise_lr_config: Any,
+                 early_stopping_config: Any) -> None:
+    """``setup_training``'s argument types and values: a PochiError naming the argument."""
+    if not _is_number(learning_rate) or not learning_rate > 0:
+        example = "0.001"
+        if isinstance(learning_rate, str):
+            try:
+                example = learning_rate.strip() if float(learning_rate) > 0 else example
+            except ValueError:
+                pass
+        raise argument_error("learning_rate", learning_rate, "a number > 0", example)
+    str_argument("optimizer_name", optimizer_name, "'Adam'")
+    if class_weights is not None and (not isinstance(class_weights, (list, tuple))
+                                      or not all(_is_number(w) for w in class_weights)):
+        raise argument_error("class_weights", class_weights, "a list of numbers (one per "
+                             "class) or None", "[1.0, 2.0, 1.0]")
+    if num_classes is not None:
+        count_argument("num_classes", num_classes, 2)
+    for name, value in (("layer_wise_lr_config", layer_wise_lr_config),
+                        ("early_stopping_config", early_stopping_config)):
+        if value is not None and not isinstance(value, dict):
+            raise argument_error(name, value, "a dict or None",
+                                 "{'layer_rates': {...}}" if name.startswith("layer")
+                                 else "{'enabled': True, 'patience': 5}")
+
+
 class PochiTrainer:
     """``PochiTrainer(model_name, num_classes, device, pretrained, work_dir,
     create_workspace, cudnn_benchmark)``: the original's arguments. ``device`` may be left
@@ -57,6 +89,9 @@ class PochiTrainer:
         self.num_classes = count_argument("num_classes", num_classes)
         device = str_argument("device", device, "'cpu' (or 'cuda', 'auto')")
         self.device = torch.device(resolve_device(device))
+        if isinstance(work_dir, bool) or not isinstance(work_dir, (str, os.PathLike)):
+            raise argument_error("work_dir", work_dir, "a folder path (str or pathlib.Path)",
+                                 "'work_dirs'")
         self.cudnn_benchmark = cudnn_benchmark and self.device.type == "cuda"
         if self.cudnn_benchmark:
             torch.backends.cudnn.benchmark = True
@@ -107,10 +142,8 @@ class PochiTrainer:
         from pochitrain.training import EarlyStopping, build_optimizer, build_scheduler
         from pochitrain.training.optim import layer_param_groups
 
-        if (isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float))
-                or not learning_rate > 0):
-            raise argument_error("learning_rate", learning_rate, "a number > 0", "0.001")
-        optimizer_name = str_argument("optimizer_name", optimizer_name, "'Adam'")
+        _check_setup(learning_rate, optimizer_name, class_weights, num_classes,
+                     layer_wise_lr_config, early_stopping_config)
         n = num_classes or self.num_classes
         if class_weights is not None and len(class_weights) != n:
             raise UsageError(f"class_weights の数がクラス数と一致しません ({len(class_weights)} "
