@@ -57,7 +57,14 @@ def to_pil(image: ImageLike, name: str = "image") -> Any:
     if isinstance(image, Image.Image):
         if image.width == 0 or image.height == 0:
             raise _empty(name, f"a {image.width}x{image.height} PIL image")
-        return rgb8(image)  # 16-bit images scaled as files of them are
+        try:
+            return rgb8(image)  # 16-bit images scaled as files of them are
+        except (OSError, ValueError, SyntaxError) as exc:  # truncated, or its file closed
+            raise DataError("PIL 画像を読み込めません\n"
+                            f"The PIL image passed as {name} cannot be read: "
+                            f"{type(exc).__name__}: {str(exc)[:200]}",
+                            "Pass an image that is loaded (image.load()) and whose file is "
+                            "open, or its path.") from None
     if isinstance(image, (str, Path)):
         path = file_argument(name, image, "'photo.jpg'")
         if not path.is_file():

@@ -45,6 +45,9 @@ def test_sixteen_bit_and_empty_images(untrained_checkpoint: Path, tmp_path: Path
             _refused(lambda e=empty: p.predict(e), "images", "empty")
         _refused(lambda: p.predict([np.zeros((8, 8, 3), np.uint8), Image.new("RGB", (0, 3))]),
                  "images", "empty")
+        closed = Image.open(path)
+        closed.close()
+        _refused(lambda: p.predict(closed), "cannot be read")
 
 
 def test_argument_types_and_values(untrained_checkpoint: Path, tmp_path: Path) -> None:
