@@ -109,8 +109,12 @@ scheduler_params = {"step_size": 10, "gamma": 0.1}
 early_stopping = {"patience": 5, "min_delta": 0.0, "monitor": "val_accuracy"}
 
 # Per-class loss weights for imbalanced data, one per class in sorted class-folder order,
-# e.g. [1.0, 2.5]. None: all classes weigh the same.
+# e.g. [1.0, 2.5]; "balanced": images / (classes x images of the class), printed and recorded
+# in run.json. None: all classes weigh the same.
 class_weights = None
+# "balanced": each training epoch draws every class equally often (with replacement).
+# None: every image once per epoch, shuffled.
+sampler = None
 
 # ---- output --------------------------------------------------------------------------------
 # Each run writes <work_dir>/YYYYMMDD_NNN/ (NNN counts up; a folder is never reused).

@@ -74,7 +74,8 @@ class Settings:
     scheduler: str | None = None
     scheduler_params: dict[str, Any] = field(default_factory=dict)
     early_stopping: dict[str, Any] | None = None
-    class_weights: list[float] | None = None
+    class_weights: list[float] | str | None = None  # or "balanced": from the class counts
+    sampler: str | None = None  # "balanced": every class drawn equally often in training
     work_dir: str = "work_dirs"
     num_workers: int = 0
     pretrained: bool = False
@@ -141,14 +142,15 @@ def _check_known_keys(raw: dict[str, Any], config_path: Path) -> None:
                               "names with '_' so they are ignored.")
 
 
-def _check_class_weights(cw: Any) -> list[float] | None:
-    if cw is None:
-        return None
+def _check_class_weights(cw: Any) -> list[float] | str | None:
+    if cw is None or cw == "balanced":
+        return cw
     if (not isinstance(cw, (list, tuple)) or not cw
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
                        for v in cw)):
-        raise type_error("class_weights", cw, "None or a list of non-negative numbers, one "
-                          "per class in sorted class-folder order")
+        raise type_error("class_weights", cw, "None, 'balanced' (inverse class frequency) or "
+                          "a list of non-negative numbers, one per class in sorted "
+                          "class-folder order")
     return [float(v) for v in cw]
 
 
@@ -180,6 +182,8 @@ def _validate(raw: dict[str, Any], config_dir: Path, config_path: Path) -> Setti
                                                        s.epochs)
     s.early_stopping = check_early_stopping(g["early_stopping"])
     s.class_weights = _check_class_weights(g["class_weights"])
+    s.sampler = None if g["sampler"] is None else check_choice("sampler", g["sampler"],
+                                                               ("balanced",))
     s.num_workers = int(check_int("num_workers", g["num_workers"], 0) or 0)
     if not isinstance(g["pretrained"], bool):
         raise type_error("pretrained", g["pretrained"], "True or False")

@@ -113,23 +113,38 @@ def lone_last_image(n: int, batch_size: int) -> bool:
 
 def make_loader(folder: ImageFolder, transform: Callable[[Any], Any], *, batch_size: int,
                 shuffle: bool, num_workers: int, device: str, seed: int | None,
-                pin_memory: bool | None = None) -> DataLoader:
+                pin_memory: bool | None = None, balanced: bool = False) -> DataLoader:
     """``pin_memory``: None pins on CUDA; False (config train_pin_memory) turns it off.
-    A training (``shuffle``) batch of one image is refused: BatchNorm cannot train on it."""
+    A training (``shuffle``) batch of one image is refused: BatchNorm cannot train on it.
+    ``balanced`` (config sampler = "balanced"): each epoch draws as many images as the folder
+    holds, every class equally likely (with replacement)."""
     if shuffle:
         check_training_batch(batch_size)
     generator = torch.Generator()
     if seed is not None:
         generator.manual_seed(seed)
+    sampler = balanced_sampler(folder, generator) if balanced else None
     return DataLoader(
         ImageDataset(folder, transform, "train_transform" if shuffle else "val_transform"),
-        batch_size=batch_size, shuffle=shuffle,
+        batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
         drop_last=shuffle and lone_last_image(len(folder.samples), batch_size),
         num_workers=num_workers, collate_fn=collate_skipping, generator=generator,
         pin_memory=device.startswith("cuda") and pin_memory is not False,
         persistent_workers=num_workers > 0,
         worker_init_fn=_init_worker if num_workers > 0 else None,
     )
+
+
+def balanced_sampler(folder: ImageFolder, generator: torch.Generator
+                     ) -> torch.utils.data.WeightedRandomSampler:
+    """Weights 1 / (images of the class): every class is drawn equally often."""
+    labels = [label for _, label in folder.samples]
+    counts: dict[int, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    weights = [1.0 / counts[label] for label in labels]
+    return torch.utils.data.WeightedRandomSampler(weights, len(labels), replacement=True,
+                                                  generator=generator)
 
 
 def seed_everything(seed: int | None) -> None:

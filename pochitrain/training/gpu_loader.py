@@ -295,6 +295,8 @@ def gpu_loaders(settings: Any, train: ImageFolder, val: ImageFolder, device: str
 
     choice = getattr(settings, "gpu_input", "auto")
     use, why = decide(choice, device, {"train_transform": train_tf, "val_transform": val_tf})
+    if use and getattr(settings, "sampler", None) == "balanced":
+        use, why = False, "sampler = 'balanced' draws its images through the CPU DataLoader"
     if not use:
         if choice is True:
             raise ConfigError("gpu_input = True を使えません\n"

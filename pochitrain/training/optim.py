@@ -71,6 +71,16 @@ def build_scheduler(name: str | None, params: dict[str, Any],
                           ) from exc
 
 
+def balanced_class_weights(labels: list[int], n_classes: int) -> list[float]:
+    """``class_weights = "balanced"``: images / (classes x images of the class), the rule of
+    scikit-learn's ``compute_class_weight("balanced")``; a class without images gets 0."""
+    counts = [0] * n_classes
+    for label in labels:
+        counts[label] += 1
+    total = sum(counts)
+    return [total / (n_classes * c) if c else 0.0 for c in counts]
+
+
 class EarlyStopping:
     """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs."""
 

@@ -97,7 +97,7 @@ def _check_data(settings: Settings) -> _Data:
             f"({', '.join(train.classes)}).",
             f"Set num_classes = {n}, or remove it (None) to use the number of folders.",
         )
-    if settings.class_weights is not None and len(settings.class_weights) != n:
+    if isinstance(settings.class_weights, list) and len(settings.class_weights) != n:
         raise ConfigError(
             "class_weights の数がクラス数と一致しません\n"
             f"class_weights has {len(settings.class_weights)} values but there are {n} classes.",
@@ -145,6 +145,7 @@ def _run_record(settings: Settings, config_path: Path, device: str, precision: P
         "mean": pre.mean,
         "std": pre.std,
         "preprocess": pre.to_dict(),
+        "class_weights_resolved": class_weights(settings, data),
         "data": {"train_root": str(data.train.root), "val_root": str(data.val.root),
                  "train_images": len(data.train.samples), "val_images": len(data.val.samples)},
         "versions": _versions(),
@@ -162,6 +163,20 @@ def _finish_record(record: dict[str, Any], result: TrainResult,
             "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
             "skipped_files": skipped,
             "skipped_count": {k: len(v) for k, v in skipped_by_split.items()}}
+
+
+def class_weights(settings: Settings, data: _Data, say: bool = False) -> list[float] | None:
+    """The loss's class weights: the config's list, or computed for "balanced"."""
+    from pochitrain.training.optim import balanced_class_weights
+
+    if settings.class_weights != "balanced":
+        return settings.class_weights if isinstance(settings.class_weights, list) else None
+    weights = balanced_class_weights([label for _, label in data.train.samples],
+                                     len(data.class_names))
+    if say:
+        info("class_weights = 'balanced': " + ", ".join(
+            f"{name} {w:.3g}" for name, w in zip(data.class_names, weights)))
+    return weights
 
 
 def _setup(settings: Settings, data: _Data, device: str) -> FitSetup:
@@ -184,16 +199,18 @@ def _setup(settings: Settings, data: _Data, device: str) -> FitSetup:
     loaders: Any = tuple(
         T.make_loader(folder, tf, shuffle=shuffle, batch_size=settings.batch_size,
                       num_workers=settings.num_workers, device=device, seed=settings.seed,
-                      pin_memory=settings.train_pin_memory)
+                      pin_memory=settings.train_pin_memory,
+                      balanced=shuffle and settings.sampler == "balanced")
         for folder, tf, shuffle in ((data.train, train_tf, True), (data.val, val_tf, False)))
     from pochitrain.training.gpu_loader import gpu_loaders
 
     gpu = gpu_loaders(settings, data.train, data.val, device, train_tf, val_tf)
     # decode + transforms on the GPU (config gpu_input), else the CPU DataLoaders
     train_loader, val_loader = gpu if gpu is not None else loaders
-    weight = (torch.tensor(settings.class_weights, dtype=torch.float32, device=device)
-              if settings.class_weights else None)
     from pochitrain.training.optim import layer_param_groups
+
+    weights = class_weights(settings, data, say=True)
+    weight = torch.tensor(weights, dtype=torch.float32, device=device) if weights else None
 
     params = (layer_param_groups(model, settings.model_name,
                                    settings.layer_wise_lr_config["layer_rates"],
@@ -285,6 +302,7 @@ def _close_after_error(log: MetricsLog | None) -> None:
 def _load_settings(config: Path | str | None, overrides: dict[str, Any] | None,
                    resume: Path | str | None) -> tuple[Settings, Path, ResumePoint | None]:
     """The config's settings, checked for training (and for the run being resumed)."""
+    from pochitrain.training import distributed as D
     from pochitrain.training import resume as R
 
     resumed = R.find_resume_point(resume) if resume is not None else None
@@ -294,6 +312,11 @@ def _load_settings(config: Path | str | None, overrides: dict[str, Any] | None,
     config_path = Path(settings.config_path or config)
     if resumed is not None:
         R.check_same_config(resumed, config_path, settings.epochs)
+    if settings.sampler is not None and D.env_world() is not None:
+        raise ConfigError("sampler = 'balanced' は複数プロセスの学習では使えません\n"
+                          "sampler = 'balanced' is not available with several training "
+                          "processes (--gpus N / torchrun).",
+                          "Train in one process, or use class_weights = 'balanced' instead.")
     return settings, config_path, resumed
 
 
