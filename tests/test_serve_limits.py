@@ -156,9 +156,20 @@ def test_half_open_connections_and_stalled_bodies_get_408(server: Served) -> Non
 
 def test_large_bodies_beyond_the_inflight_budget_get_503_busy(server: Served) -> None:
     """Bodies are admitted by Content-Length before they are read: with 2 MB in flight,
-    3 bodies of 0.58 MB are held (the gate keeps them) and 6 more are refused, readable."""
+    3 bodies of 0.58 MB are held (the gate keeps them) and 6 more are refused, readable.
+    A body far over --max-body-mb sent whole (more than socket buffers hold) reads its 413
+    too: the server drops the rest of the body instead of resetting the connection."""
     body = big_body()
     headers = {"content-type": "application/json"}
+
+    async def huge() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=HANG_GUARD_S) as client:
+            return list(await asyncio.gather(*(client.post(
+                server.url + PREDICT, content=bytes(20_000_000), headers=headers)
+                for _ in range(4))))
+
+    assert {(r.status_code, r.json()["error"]) for r in asyncio.run(huge())} \
+        == {(413, "body_too_large")}
 
     async def main() -> tuple[list[httpx.Response], list[httpx.Response]]:
         async with httpx.AsyncClient(timeout=HANG_GUARD_S) as client:

@@ -3,10 +3,13 @@ read, per-request metrics and one access-log line per request.
 
 - Body size (413 ``body_too_large``): a ``Content-Length`` over the limit is answered before
   any byte is read; a chunked body is counted as it streams in and cut off at the limit.
+  Refusals keep the connection: uvicorn reads and drops the rest of the body (held to the
+  read timeout by ``serve.server``), so a client that sends its whole body first still
+  reads the answer instead of a reset connection.
 - Bytes in flight (503 ``busy`` + Retry-After): the bodies being received or held by the
   requests of this process share one budget. A request reserves its ``Content-Length``
   before its body is read (chunked bodies reserve chunk by chunk); one that does not fit is
-  refused at once (the server discards its unread body, so the client reads the answer).
+  refused at once.
 - Requests in flight (503 ``busy``): requests whose head has arrived; half-open
   connections do not count.
 - Read timeout (408 ``read_timeout``): a body that stalls longer than the timeout between
@@ -206,7 +209,7 @@ class LimitAndLog:
                        f"リクエストが大きすぎます (上限 {mb:g} MB)。\n"
                        f"The request body is larger than the limit of {mb:g} MB "
                        f"({self.max_body} bytes); send fewer or smaller images, or start the "
-                       "server with a larger --max-body-mb.", close=True)
+                       "server with a larger --max-body-mb.")
 
     @staticmethod
     def _declared_length(scope: dict[str, Any]) -> int:
