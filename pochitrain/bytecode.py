@@ -47,9 +47,25 @@ def _recompiles_torch() -> bool:
                                                     os.W_OK)
 
 
+def _file_size_limited() -> bool:
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit
+        return False
+    return resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY
+
+
 def keep_bytecode() -> Path | None:
     """Point Python's bytecode cache at :func:`cache_dir` when it would otherwise compile the
-    heavy packages on every run; the folder used, or None when nothing changed."""
+    heavy packages on every run; the folder used, or None when nothing changed.
+
+    Under a file-size limit (``ulimit -f``) no bytecode is written at all: Python writes a
+    ``.pyc`` with one unchecked write, so the limit would leave a truncated one that breaks
+    every later import of its module."""
+    if _file_size_limited():
+        sys.dont_write_bytecode = True
+        os.environ["PYTHONDONTWRITEBYTECODE"] = "1"  # the command's child processes too
+        return None
     if os.environ.get(ENV, "").strip() == "0" or sys.pycache_prefix is not None:
         return None
     if not _recompiles_torch():

@@ -255,3 +255,21 @@ def test_full_disk_while_saving_a_checkpoint(tmp_path: Path) -> None:
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_no_bytecode_is_cut_short_by_a_file_size_limit(tmp_path: Path) -> None:
+    """Python writes a .pyc with one unchecked write: under ``ulimit -f`` a command writes
+    none, instead of a truncated one that breaks every later import of the module."""
+    (tmp_path / "big_module.py").write_text(
+        "".join(f"VALUE_{i} = {i}\n" for i in range(2000)), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    # the limit comes after pochitrain's own imports (their bytecode is the package's)
+    code = ("import resource; from pochitrain.bytecode import keep_bytecode; "
+            "hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]; "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (4000, hard)); "
+            "keep_bytecode(); import big_module")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=False,
+                          env={**env, "PYTHONPATH": str(tmp_path)}, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert not list(tmp_path.glob("__pycache__/big_module*"))
