@@ -8,6 +8,7 @@ limit, ``ulimit -f``) while writing an output names the file and leaves nothing 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import resource
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -237,7 +238,20 @@ def test_claimed_folder_that_existed_keeps_its_other_files(tmp_path: Path) -> No
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
-def test_full_disk_while_saving_a_checkpoint(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _file_size_limit(limit: int, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """``ulimit -f`` for this process, briefly (no bytecode written meanwhile: see below)."""
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_full_disk_while_saving_a_checkpoint(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """torch's own file writer loses the errno of a full disk; the checkpoint's does not."""
     import torch
 
@@ -247,13 +261,25 @@ def test_full_disk_while_saving_a_checkpoint(tmp_path: Path) -> None:
 
     model = torch.nn.Linear(1000, 100)  # 400 kB of weights
     meta = ModelMeta(["a", "b"], Preprocess.simple(32, 32), model_name="resnet18")
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard))  # this process, briefly
-    try:
-        with pytest.raises(DiskFullError, match="best.pth"):
-            save_checkpoint(tmp_path / "best.pth", model, meta)
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    with _file_size_limit(100_000, monkeypatch), pytest.raises(DiskFullError, match="best.pth"):
+        save_checkpoint(tmp_path / "best.pth", model, meta)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_full_disk_in_fp16_convert(untrained_checkpoint: Path,
+                                   onnx_export: Callable[..., Path], tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from pochitrain.cli.main import run
+
+    onnx_path = onnx_export(untrained_checkpoint, 1)
+    argv = ["convert", str(onnx_path), "--fp16", "-o", str(tmp_path / "x.engine"),
+            "--no-progress"]
+    with _file_size_limit(1 << 20, monkeypatch):
+        code = run(argv)
+    err = capsys.readouterr().err
+    assert code == 1 and "not enough disk space while writing" in err.lower(), err
+    assert "x_fp16.onnx" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
 
 
