@@ -1,9 +1,10 @@
 """Validation of single config values (used by :mod:`pochitrain.config`) and of the Python
-API's arguments (``count_argument``, ``str_argument``, ``file_argument``).
+API's arguments (``count_argument``, ``str_argument``, ``path_argument``, ``file_argument``).
 
 Each ``check_*`` returns the normalised value or raises a ConfigError naming the key, what was
-given and what is accepted; the ``*_argument`` checks raise a UsageError naming the argument. Transforms are tried on a small test image and schedulers are built
-on a throwaway optimizer, so a config that would fail in epoch 1 is refused at load time.
+given and what is accepted; each ``*_argument`` raises a UsageError naming the argument.
+Transforms are tried on a small test image and schedulers are built on a throwaway optimizer,
+so a config that would fail in epoch 1 is refused at load time.
 """
 
 from __future__ import annotations
@@ -64,6 +65,15 @@ def str_argument(name: str, value: Any, example: str) -> str:
     if not isinstance(value, str):
         raise argument_error(name, value, "a str", example)
     return value
+
+
+def path_argument(name: str, value: Any, example: str = "'path/to/folder'") -> Path | None:
+    """An optional path argument (str or os.PathLike) as a Path; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)):
+        raise argument_error(name, value, "a path (str or pathlib.Path)", example)
+    return Path(value)
 
 
 def file_argument(name: str, value: Any, example: str = "'path/to/file'") -> Path:

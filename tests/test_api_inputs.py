@@ -96,6 +96,17 @@ def _double_engine(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return double_engine(folder, EngineSpec(chw=(3, 32, 32), profile=(1, 8, 8)), model=model)
 
 
+def test_infer_arguments(untrained_checkpoint: Path, digits_dir: Path, tmp_path: Path) -> None:
+    from pochitrain import infer
+
+    image = next((digits_dir / "val" / "3").glob("*.png"))
+    for kwargs, word in (({"batch_size": 0}, "batch_size=1"), ({"batch_size": "4"}, "batch_size=4"),
+                         ({"data": 5}, "data"), ({"output": 1.5}, "output")):
+        _refused(lambda k=kwargs: infer(untrained_checkpoint, **{"data": image, **k}), word)
+    _refused(lambda: infer(tmp_path, data=image), "model_path", "folder")
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 def test_closed_predictor_refuses_on_every_runtime(
         untrained_checkpoint: Path, onnx_export: Callable[..., Path], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:

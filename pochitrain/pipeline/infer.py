@@ -56,8 +56,14 @@ def infer(model_path: Path | str, data: Path | str | None = None,
     ``explain_errors`` a gallery of the misclassified images with their Grad-CAM heatmaps
     (``explain.errors``).
     """
-    model_path = Path(model_path)
+    from pochitrain.config_checks import count_argument, file_argument, path_argument
     from pochitrain.plot_helper import PlotHelper
+
+    model_path = file_argument("model_path", model_path, "'models/best.onnx'")
+    for name, value in (("data", data), ("output", output), ("config", config)):
+        path_argument(name, value)
+    if batch_size is not None:
+        batch_size = count_argument("batch_size", batch_size)
 
     plotter = PlotHelper().start()  # imports matplotlib on another core meanwhile
     try:
