@@ -61,6 +61,13 @@ def _percent(p: float) -> str:
     return f"{100 * p:.1f}%"
 
 
+def _flat(panel: Panel) -> str:
+    """A note for an all-zero map: the layer shows no positive evidence for that class
+    (Grad-CAM keeps only positive evidence), so the overlay is uniformly cold."""
+    heatmap = panel.heatmap
+    return " (flat)" if heatmap is not None and float(heatmap.max()) <= 1e-6 else ""
+
+
 def _save(fig: Any, path: Path) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
@@ -84,7 +91,7 @@ def draw_overlay(item: ExplainedImage, path: Path, footer: str) -> Path:
     _show(left, item.image, f"input ({h}x{w}, as the model saw it)", 9)
     target = item.target
     _show(right, target.overlay,
-          f"Grad-CAM: {target.class_name} ({_percent(target.probability)})", 9)
+          f"Grad-CAM: {target.class_name} ({_percent(target.probability)}){_flat(target)}", 9)
     fig.suptitle(f"{item.name}\npredicted {item.predicted} ({_percent(item.probability)})",
                  fontsize=11)
     fig.text(0.5, 0.015, "\n".join(textwrap.wrap(footer, 105)), ha="center", va="bottom",
@@ -106,7 +113,7 @@ def draw_sheet(items: list[ExplainedImage], path: Path, title: str) -> Path:
         _show(row[0], item.image, f"{_short(item.name)}\n{first}", 7)
         for rank, (ax, panel) in enumerate(zip(row[1:], item.top), start=1):
             _show(ax, panel.overlay, f"top-{rank}: {panel.class_name}\n"
-                  f"{_percent(panel.probability)}", 7)
+                  f"{_percent(panel.probability)}{_flat(panel)}", 7)
         for ax in row[1 + len(item.top):]:
             ax.set_axis_off()
     lines = textwrap.wrap(title, int(width * 13))  # about 13 characters an inch at 9 pt

@@ -97,11 +97,16 @@ def test_heatmaps_follow_the_image_and_the_class(run_dir: Path, digits_dir: Path
         assert item.image.shape == (32, 32, 3) and item.top[0].overlay.shape == (32, 32, 3)
         assert other.target.class_name == "5" and other.target.heatmap is not None
         assert float(np.abs(other.target.heatmap - top1).max()) > 0.1  # another class, another map
-    assert float(np.abs(items[0].top[0].heatmap - items[1].top[0].heatmap).max()) > 0.1  # type: ignore[operator]
+    first, second = items[0].top[0].heatmap, items[1].top[0].heatmap
+    assert first is not None and second is not None
+    assert float(np.abs(first - second).max()) > 0.1  # another image, another map
 
 
 def test_onnx_borrows_the_checkpoint_of_its_run(run_dir: Path, digits_dir: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from pochitrain.onnx.inspect import read_onnx
+    from pochitrain.tensorrt.engine_file import write_engine
+
     checkpoint = next((run_dir / "models").glob("*.pth"))
     image = _images(digits_dir, "4", 1)[0]
     out = tmp_path / "onnx"
@@ -113,6 +118,18 @@ def test_onnx_borrows_the_checkpoint_of_its_run(run_dir: Path, digits_dir: Path,
     with open(out / "explain.csv", encoding="utf-8") as f:
         (row,) = csv.DictReader(f)
     assert row["target_class"] == "9" and row["predicted_class"] == "4"
+    # an engine's sidecar keeps the ONNX's metadata, and with it the checkpoint
+    engine = run_dir / "models" / "best.engine"
+    sidecar = {"format": "pochitrain-engine-v1", "backend": "tensorrt_rtx",
+               "backend_version": "1", "precision": "fp16", "pattern": 1, "input": {},
+               "output": {}, "source_onnx": {}, "build": {},
+               "model": read_onnx(run_dir / "models" / "best.onnx")[0].meta.to_dict()}
+    write_engine(engine, b"plan", sidecar, overwrite=False)  # never run: explain reads metadata
+    code, text = _pochi(["explain", str(engine), str(image), "-o", str(tmp_path / "trt"),
+                         "--device", "cpu", "--quiet"], capsys)
+    assert code == 0, text
+    assert f"heatmaps from the checkpoint {checkpoint.name} of the same run" in text
+    assert len(list((tmp_path / "trt").glob("*_gradcam.png"))) == 1
     # the same ONNX without its run: the error names the .pth to pass
     alone = tmp_path / "elsewhere" / "best.onnx"
     alone.parent.mkdir()
