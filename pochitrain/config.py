@@ -37,6 +37,7 @@ from pochitrain.config_checks import (
     check_int,
     check_scheduler,
     check_transform,
+    path_argument,
     type_error,
 )
 from pochitrain.config_paths import (
@@ -252,7 +253,8 @@ def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Se
     ``overrides`` (e.g. ``{"epochs": 3}`` from the command line) replace the file's values and
     are validated the same way.
     """
-    path = Path(path).expanduser()
+    path = Path(path_argument("config", path, "'configs/pochi_train_config.py'") or "")
+    path = path.expanduser()
     if not path.exists():
         raise ConfigError("config ファイルが見つかりません\n"
                           f"Config file not found: {path}",

@@ -104,6 +104,12 @@ def test_infer_arguments(untrained_checkpoint: Path, digits_dir: Path, tmp_path:
                          ({"data": 5}, "data"), ({"output": 1.5}, "output")):
         _refused(lambda k=kwargs: infer(untrained_checkpoint, **{"data": image, **k}), word)
     _refused(lambda: infer(tmp_path, data=image), "model_path", "folder")
+    from pochitrain import convert, export_onnx, train
+
+    _refused(lambda: export_onnx(tmp_path), "checkpoint", "folder")
+    _refused(lambda: export_onnx(5), "checkpoint")
+    _refused(lambda: convert(tmp_path), "onnx_path", "folder")
+    _refused(lambda: train(5), "config")
     assert not list(tmp_path.iterdir())  # nothing written
 
 

@@ -265,7 +265,10 @@ def convert(opts: ConvertOptions | str | Path, **options: Any) -> ConvertResult:
             raise UsageError("不明な変換オプションがあります\n"
                              f"Unknown convert option(s): {', '.join(sorted(unknown))}.",
                              "See pochitrain.ConvertOptions for the accepted names.")
-        opts = ConvertOptions(onnx_path=Path(opts), **options)
+        from pochitrain.config_checks import file_argument
+
+        opts = ConvertOptions(onnx_path=file_argument("onnx_path", opts, "'model.onnx'"),
+                              **options)
     job = _plan(opts)
     backend = load_backend(opts.backend)
     new_graph = opts.precision == "fp16" and not job.graph_path.exists()

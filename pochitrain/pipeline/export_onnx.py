@@ -100,9 +100,10 @@ def export_onnx(checkpoint: Path | str, input_size: tuple[int, int] | None = Non
     from pochitrain import __version__
     from pochitrain.checkpoint import load_model
     from pochitrain.config import resolve_device
+    from pochitrain.config_checks import file_argument
     from pochitrain.onnx.export import check_opset
 
-    checkpoint = Path(checkpoint)
+    checkpoint = file_argument("checkpoint", checkpoint, "'models/best_epoch10.pth'")
     shape = shape or ExportShape()
     check_opset(opset)
     out = _output_path(checkpoint, output, input_size, overwrite)
