@@ -142,41 +142,26 @@ def _launch(args: argparse.Namespace, overrides: dict[str, object]) -> int:
     """--gpus N: check the request and the config once here, then start N ranks."""
     from pathlib import Path
 
-    import torch
-
     from pochitrain.config import load_config
+    from pochitrain.config_checks import check_training_batch
     from pochitrain.console import info
     from pochitrain.errors import UsageError
     from pochitrain.training.distributed import env_world
-    from pochitrain.training.launch import launch
+    from pochitrain.training.launch import gpus_device, launch
 
     if env_world() is not None:
         raise UsageError("torchrun で起動したプロセスには --gpus を指定できません\n"
                          "--gpus was given to a process already started by torchrun.",
                          "Use either torchrun --nproc-per-node N or pochi train --gpus N.")
-    device = args.device or "cuda"
-    if device != "cpu":
-        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if device != "cuda" and device != "auto":
-            raise UsageError("--gpus と --device は同時に指定できません\n"
-                             f"--gpus {args.gpus} with --device {device}: each process takes "
-                             "its own GPU (cuda:0 .. cuda:N-1).",
-                             "Leave --device out (or use --device cuda), and choose the GPUs "
-                             "with CUDA_VISIBLE_DEVICES.")
-        if args.gpus > visible:
-            raise UsageError("--gpus の数だけ GPU が見えていません\n"
-                             f"--gpus {args.gpus} but only {visible} GPU(s) are visible here.",
-                             f"Use --gpus {visible} or fewer" if visible > 1 else
-                             "Run on a machine with several NVIDIA GPUs (to try multi-process "
-                             "training on the CPU, add --device cpu).")
-        device = "cuda"
-    settings = load_config(args.config, {**overrides, "device": device})
+    settings = load_config(args.config, overrides)
+    device = gpus_device(args.gpus, args.device, settings.device)
     if settings.batch_size % args.gpus:
         raise UsageError("batch_size を --gpus のプロセス数で割り切れません\n"
                          f"batch_size = {settings.batch_size} cannot be split over --gpus "
                          f"{args.gpus} processes.",
                          f"Use a batch_size divisible by {args.gpus} in the config (it is the "
                          "global batch).")
+    check_training_batch(settings.batch_size, args.gpus, settings.model_name)
     child = ["-c", str(Path(args.config).resolve()), "--device", device]
     if args.work_dir is not None:
         child += ["--work-dir", str(Path(args.work_dir).resolve())]
