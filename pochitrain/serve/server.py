@@ -144,16 +144,19 @@ def timed_protocol(read_timeout_s: float) -> type[asyncio.Protocol]:
             super().connection_made(transport)
             self.arm()
 
+        def awaiting_head(self) -> bool:
+            """No request is running (a pipelined one counts as running)."""
+            return self.cycle is None or bool(self.cycle.response_complete)
+
         def data_received(self, data: bytes) -> None:
-            cycle, self.head_bytes = self.cycle, True
+            self.head_bytes = True
             super().data_received(data)
-            if self.cycle is not cycle:  # a complete head: a request runs
+            if not self.awaiting_head():  # a complete head: a request runs
                 self.disarm()
 
         def on_response_complete(self) -> None:
-            cycle = self.cycle
             super().on_response_complete()
-            if self.cycle is cycle:  # no pipelined request started: await the next head
+            if self.awaiting_head():
                 self.arm()
 
         def connection_lost(self, exc: Exception | None) -> None:
