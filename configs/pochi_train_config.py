@@ -55,6 +55,9 @@ gpu_input_cache = None
 # Unreadable/corrupt images are skipped with a warning and listed in run.json.
 train_data_root = "../data/train"
 val_data_root = "../data/val"
+# Only a train folder? Set val_data_root = None and val_split = 0.2: a stratified, seeded
+# share of each class validates (the split is written to the run's paths/*.txt).
+val_split = None
 
 # Model input [height, width]. Optional when val_transform fixes the size (Resize((H, W)) or
 # CenterCrop); when both are given they must agree.

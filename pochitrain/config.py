@@ -30,6 +30,7 @@ from pochitrain.config_checks import (
     OPTIMIZERS,
     TRANSFORM_KEYS,
     check_choice,
+    check_class_weights,
     check_device,
     check_early_stopping,
     check_float,
@@ -37,6 +38,7 @@ from pochitrain.config_checks import (
     check_int,
     check_scheduler,
     check_transform,
+    check_val_split,
     path_argument,
     type_error,
 )
@@ -77,6 +79,7 @@ class Settings:
     early_stopping: dict[str, Any] | None = None
     class_weights: list[float] | str | None = None  # or "balanced": from the class counts
     sampler: str | None = None  # "balanced": every class drawn equally often in training
+    val_split: float | None = None  # 0..1: validation images taken from train_data_root
     work_dir: str = "work_dirs"
     num_workers: int = 0
     pretrained: bool = False
@@ -143,18 +146,6 @@ def _check_known_keys(raw: dict[str, Any], config_path: Path) -> None:
                               "names with '_' so they are ignored.")
 
 
-def _check_class_weights(cw: Any) -> list[float] | str | None:
-    if cw is None or cw == "balanced":
-        return cw
-    if (not isinstance(cw, (list, tuple)) or not cw
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
-                       for v in cw)):
-        raise type_error("class_weights", cw, "None, 'balanced' (inverse class frequency) or "
-                          "a list of non-negative numbers, one per class in sorted "
-                          "class-folder order")
-    return [float(v) for v in cw]
-
-
 def _validate(raw: dict[str, Any], config_dir: Path, config_path: Path) -> Settings:
     s = Settings(config_path=config_path)
     _check_known_keys(raw, config_path)
@@ -182,9 +173,10 @@ def _validate(raw: dict[str, Any], config_dir: Path, config_path: Path) -> Setti
     s.scheduler, s.scheduler_params = check_scheduler(g["scheduler"], g["scheduler_params"],
                                                        s.epochs)
     s.early_stopping = check_early_stopping(g["early_stopping"])
-    s.class_weights = _check_class_weights(g["class_weights"])
+    s.class_weights = check_class_weights(g["class_weights"])
     s.sampler = None if g["sampler"] is None else check_choice("sampler", g["sampler"],
                                                                ("balanced",))
+    s.val_split = check_val_split(g["val_split"], g["val_data_root"])
     s.num_workers = int(check_int("num_workers", g["num_workers"], 0) or 0)
     if not isinstance(g["pretrained"], bool):
         raise type_error("pretrained", g["pretrained"], "True or False")

@@ -372,3 +372,28 @@ def check_device(value: Any) -> str:
                           "Allowed values for device: 'auto' (CUDA when available), 'cpu', "
                           "'cuda', 'cuda:N'.")
     return value.strip()
+
+
+def check_class_weights(cw: Any) -> list[float] | str | None:
+    if cw is None or cw == "balanced":
+        return cw
+    if (not isinstance(cw, (list, tuple)) or not cw
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+                       for v in cw)):
+        raise type_error("class_weights", cw, "None, 'balanced' (inverse class frequency) or "
+                          "a list of non-negative numbers, one per class in sorted "
+                          "class-folder order")
+    return [float(v) for v in cw]
+
+
+def check_val_split(value: Any, val_data_root: Any) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
+        raise type_error("val_split", value, "None or a fraction between 0 and 1, e.g. 0.2")
+    if val_data_root is not None:
+        raise ConfigError("val_split と val_data_root は同時に指定できません\n"
+                          f"val_split = {value} and val_data_root = {val_data_root!r} are both "
+                          "set.", "Keep one: val_split takes the validation images from "
+                          "train_data_root; val_data_root names a folder of its own.")
+    return float(value)

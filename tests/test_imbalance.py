@@ -71,3 +71,34 @@ def test_wrong_values_name_the_choices(imbalanced: Path, tmp_path: Path,
         err = capsys.readouterr().err
         assert expected in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_val_split_takes_validation_images_from_the_one_folder(
+        tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """val_split = 0.34 on 3 classes x 6 images: 2 of each class validate, the rest train;
+    the split is written to paths/*.txt, seeded, and kept when the run is resumed."""
+    from pochitrain.data import scan_image_folder
+    from pochitrain.training.split import recorded_split, split_folder
+
+    config = tiny_config(tmp_path / "cfg", tiny_data, epochs=2,
+                         extra="val_split = 0.34\nval_data_root = None\n")
+    assert run(["train", "-c", str(config), "--work-dir", str(tmp_path / "runs"),
+                "--quiet"]) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    train = (run_dir / "paths" / "train.txt").read_text().split()
+    val = (run_dir / "paths" / "val.txt").read_text().split()
+    assert len(val) == 6 and len(train) == 12 and not set(train) & set(val)
+    assert Counter(Path(p).parent.name for p in val) == {"0": 2, "1": 2, "2": 2}
+    assert set(train) | set(val) == {str(p) for p, _ in
+                                     scan_image_folder(tiny_data / "train").samples}
+    folder = scan_image_folder(tiny_data / "train")
+    again, other_seed = split_folder(folder, 0.34, 42), split_folder(folder, 0.34, 7)
+    assert [str(p) for p, _ in again[1].samples] == val  # seeded: the same split
+    assert [p for p, _ in other_seed[1].samples] != [p for p, _ in again[1].samples]
+    kept_train, kept_val = recorded_split(run_dir, folder)  # what a resumed run trains on
+    assert [str(p) for p, _ in kept_val.samples] == val
+    assert [str(p) for p, _ in kept_train.samples] == train
+
+    both = tiny_config(tmp_path / "both", tiny_data, extra="val_split = 0.2\n")
+    assert run(["train", "-c", str(both), "--work-dir", str(tmp_path / "runs2")]) == 2
+    assert "val_split = 0.2 and val_data_root" in capsys.readouterr().err

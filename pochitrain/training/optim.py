@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from torch.optim.lr_scheduler import LRScheduler
     from torch.optim.optimizer import ParamsT
 
+    from pochitrain.data import ImageFolder
+
 
 def build_optimizer(name: str, params: ParamsT, lr: float, weight_decay: float = 0.0,
                     momentum: float = 0.9) -> torch.optim.Optimizer:
@@ -69,6 +71,20 @@ def build_scheduler(name: str | None, params: dict[str, Any],
                           f"scheduler {name} rejected scheduler_params {params!r}: {exc}",
                           "Fix scheduler_params in the config (see torch.optim.lr_scheduler)."
                           ) from exc
+
+
+def class_weights(setting: list[float] | str | None, train: ImageFolder, names: list[str],
+                  say: bool = False) -> list[float] | None:
+    """The loss's class weights: the config's list, or computed for "balanced"."""
+    if setting != "balanced":
+        return setting if isinstance(setting, list) else None
+    weights = balanced_class_weights([label for _, label in train.samples], len(names))
+    if say:
+        from pochitrain.console import info
+
+        info("class_weights = 'balanced': " + ", ".join(
+            f"{name} {w:.3g}" for name, w in zip(names, weights)))
+    return weights
 
 
 def balanced_class_weights(labels: list[int], n_classes: int) -> list[float]:

@@ -70,19 +70,27 @@ class _Data:
     class_names: list[str]
 
 
-def _check_data(settings: Settings) -> _Data:
-    for key in ("train_data_root", "val_data_root"):
+def _check_data(settings: Settings, resumed: Path | None = None) -> _Data:
+    """The two image folders (or the split of one, config val_split), checked."""
+    keys = ("train_data_root",) if settings.val_split else ("train_data_root", "val_data_root")
+    for key in keys:
         if getattr(settings, key) is None:
             raise ConfigError("config に必要なキーがありません\n"
                               f"{key} is not set in {settings.config_path}.",
                               f"Add {key} = 'path/to/folder' (one sub-folder of images per "
                               "class; a relative path is read from the working directory or the "
                               "config's folder).")
-    settings.require_paths("train_data_root", "val_data_root")
+    settings.require_paths(*keys)
     train = scan_image_folder(settings.train_data_root or "", "training data folder "
                               "(train_data_root)", allow_unlabelled=False)
-    val = scan_image_folder(settings.val_data_root or "", "validation data folder "
-                            "(val_data_root)", allow_unlabelled=False)
+    if settings.val_split:
+        from pochitrain.training.split import recorded_split, split_folder
+
+        train, val = (recorded_split(resumed, train) if resumed is not None
+                      else split_folder(train, settings.val_split, settings.seed))
+    else:
+        val = scan_image_folder(settings.val_data_root or "", "validation data folder "
+                                "(val_data_root)", allow_unlabelled=False)
     if len(train.classes) < 2:
         raise DataError("学習データのクラスが 1 つしかありません\n"
                         f"The training data folder has only one class: {train.root}",
@@ -131,6 +139,8 @@ def _versions() -> dict[str, str]:
 def _run_record(settings: Settings, config_path: Path, device: str, precision: Precision,
                 data: _Data, pre: Preprocess) -> dict[str, Any]:
     """run.json as written when training starts; ``_finish_record`` adds the results."""
+    from pochitrain.training.optim import class_weights
+
     n = len(data.class_names)
     return {
         "status": "running",
@@ -145,7 +155,8 @@ def _run_record(settings: Settings, config_path: Path, device: str, precision: P
         "mean": pre.mean,
         "std": pre.std,
         "preprocess": pre.to_dict(),
-        "class_weights_resolved": class_weights(settings, data),
+        "class_weights_resolved": class_weights(settings.class_weights, data.train,
+                                                data.class_names),
         "data": {"train_root": str(data.train.root), "val_root": str(data.val.root),
                  "train_images": len(data.train.samples), "val_images": len(data.val.samples)},
         "versions": _versions(),
@@ -163,20 +174,6 @@ def _finish_record(record: dict[str, Any], result: TrainResult,
             "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
             "skipped_files": skipped,
             "skipped_count": {k: len(v) for k, v in skipped_by_split.items()}}
-
-
-def class_weights(settings: Settings, data: _Data, say: bool = False) -> list[float] | None:
-    """The loss's class weights: the config's list, or computed for "balanced"."""
-    from pochitrain.training.optim import balanced_class_weights
-
-    if settings.class_weights != "balanced":
-        return settings.class_weights if isinstance(settings.class_weights, list) else None
-    weights = balanced_class_weights([label for _, label in data.train.samples],
-                                     len(data.class_names))
-    if say:
-        info("class_weights = 'balanced': " + ", ".join(
-            f"{name} {w:.3g}" for name, w in zip(data.class_names, weights)))
-    return weights
 
 
 def _setup(settings: Settings, data: _Data, device: str) -> FitSetup:
@@ -207,9 +204,9 @@ def _setup(settings: Settings, data: _Data, device: str) -> FitSetup:
     gpu = gpu_loaders(settings, data.train, data.val, device, train_tf, val_tf)
     # decode + transforms on the GPU (config gpu_input), else the CPU DataLoaders
     train_loader, val_loader = gpu if gpu is not None else loaders
-    from pochitrain.training.optim import layer_param_groups
+    from pochitrain.training.optim import class_weights, layer_param_groups
 
-    weights = class_weights(settings, data, say=True)
+    weights = class_weights(settings.class_weights, data.train, data.class_names, say=True)
     weight = torch.tensor(weights, dtype=torch.float32, device=device) if weights else None
 
     params = (layer_param_groups(model, settings.model_name,
@@ -341,7 +338,7 @@ def run_training(config: Path | str | None, *, overrides: dict[str, Any] | None 
     ddp = D.init(device)  # one of several ranks (torchrun / --gpus N), else None
     device = ddp.device if ddp is not None else device
     main = ddp is None or ddp.is_main
-    data = _check_data(settings)
+    data = _check_data(settings, resumed.run_dir if resumed is not None else None)
     pre = _preprocess(settings)
     setup = _setup(settings, data, device)
     if ddp is not None:
