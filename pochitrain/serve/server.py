@@ -35,11 +35,14 @@ if TYPE_CHECKING:
 
     import uvicorn
     from fastapi import FastAPI
+    from uvicorn.protocols.http.h11_impl import H11Protocol as ProtocolBase
 
     from pochitrain.inference.torch_runner import TorchOptions
 
 
 MAX_PORT = 65535
+if not TYPE_CHECKING:
+    ProtocolBase = object  # uvicorn's protocol comes in by timed_protocol's type()
 
 
 @dataclass
@@ -121,6 +124,61 @@ def raise_open_files_limit() -> None:
         pass
 
 
+class HeadDeadline(ProtocolBase):
+    """Mixed into uvicorn's HTTP protocol (h11 or httptools: both keep the running request
+    in ``cycle``) by :func:`timed_protocol`, which sets the three class attributes."""
+
+    read_timeout_s = 15.0
+    timed_out = b""  # the whole 408 answer
+    not_http = b""  # the whole 400 answer
+    head_timer: asyncio.TimerHandle | None = None
+    head_bytes = False  # a byte of the awaited head has come
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.arm()
+
+    def awaiting_head(self) -> bool:
+        """No request is running (a pipelined one counts as running)."""
+        return self.cycle is None or bool(self.cycle.response_complete)
+
+    def data_received(self, data: bytes) -> None:
+        self.head_bytes = True
+        super().data_received(data)
+        if not self.awaiting_head():  # a complete head: a request runs
+            self.disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.awaiting_head():
+            self.arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.disarm()
+        super().connection_lost(exc)
+
+    def arm(self) -> None:
+        self.disarm()
+        self.head_bytes = False
+        self.head_timer = self.loop.call_later(self.read_timeout_s, self.head_timeout)
+
+    def disarm(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def head_timeout(self) -> None:
+        self.head_timer = None
+        if not self.transport.is_closing():
+            if self.head_bytes:
+                self.transport.write(self.timed_out)
+            self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        self.transport.write(self.not_http)
+        self.transport.close()
+
+
 def timed_protocol(read_timeout_s: float) -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol with a deadline for every request head: from the connection's
     start, and again after each response. A head still incomplete at the deadline gets a
@@ -129,62 +187,13 @@ def timed_protocol(read_timeout_s: float) -> type[asyncio.Protocol]:
     HTTP get a JSON 400 ``bad_http`` instead of uvicorn's plain text."""
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-    timed_out = closing_answer(408, "Request Timeout", "read_timeout",
-                               read_timeout_text(read_timeout_s))
-    not_http = closing_answer(400, "Bad Request", "bad_http",
-                              "HTTP リクエストとして読めません。\nThe bytes received are not a "
-                              "valid HTTP/1.1 request (or its head is too large).")
-    base: Any = AutoHTTPProtocol  # h11 or httptools: both keep the request in ``cycle``
-
-    class HeadDeadline(base):  # type: ignore[misc]
-        head_timer: asyncio.TimerHandle | None = None
-        head_bytes = False  # a byte of the awaited head has come
-
-        def connection_made(self, transport: asyncio.Transport) -> None:
-            super().connection_made(transport)
-            self.arm()
-
-        def awaiting_head(self) -> bool:
-            """No request is running (a pipelined one counts as running)."""
-            return self.cycle is None or bool(self.cycle.response_complete)
-
-        def data_received(self, data: bytes) -> None:
-            self.head_bytes = True
-            super().data_received(data)
-            if not self.awaiting_head():  # a complete head: a request runs
-                self.disarm()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if self.awaiting_head():
-                self.arm()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self.disarm()
-            super().connection_lost(exc)
-
-        def arm(self) -> None:
-            self.disarm()
-            self.head_bytes = False
-            self.head_timer = self.loop.call_later(read_timeout_s, self.head_timeout)
-
-        def disarm(self) -> None:
-            if self.head_timer is not None:
-                self.head_timer.cancel()
-                self.head_timer = None
-
-        def head_timeout(self) -> None:
-            self.head_timer = None
-            if not self.transport.is_closing():
-                if self.head_bytes:
-                    self.transport.write(timed_out)
-                self.transport.close()
-
-        def send_400_response(self, msg: str) -> None:
-            self.transport.write(not_http)
-            self.transport.close()
-
-    return HeadDeadline
+    return type("TimedHTTPProtocol", (HeadDeadline, AutoHTTPProtocol), {
+        "read_timeout_s": read_timeout_s,
+        "timed_out": closing_answer(408, "Request Timeout", "read_timeout",
+                                    read_timeout_text(read_timeout_s)),
+        "not_http": closing_answer(400, "Bad Request", "bad_http",
+                                   "HTTP リクエストとして読めません。\nThe bytes received are "
+                                   "not a valid HTTP/1.1 request (or its head is too large).")})
 
 
 def closing_answer(status: int, reason: str, code: str, text: str) -> bytes:
