@@ -18,8 +18,10 @@ Serve a .pth, .onnx or .engine model over HTTP (the original pochitrain's API v1
 
 Concurrent requests are gathered into batches of up to --max-batch images, waiting at most
 --max-wait-ms for a batch to fill; one worker thread runs the model. When --queue images are
-waiting, new requests get 503 with Retry-After. SIGTERM or Ctrl+C: stop accepting, answer the
-requests in flight, exit 0. --workers N runs N such server processes on the port (the
+waiting, new requests get 503 with Retry-After; so do bodies beyond --max-inflight-mb, refused
+before they are read. A request head or body that stalls for --read-timeout gets 408. SIGTERM
+or Ctrl+C: stop accepting, answer the requests in flight (those still running after
+--drain-timeout get 503), exit 0. --workers N runs N such server processes on the port (the
 kernel spreads connections over them), each with its own model. Needs the serve extra:
 pip install "pochitrain[serve]".
 See docs/readme_serve.md.
