@@ -150,7 +150,8 @@ def test_crash_keeps_the_metrics_written_so_far(tiny_data: Path, tmp_path: Path)
         "train_transform = transforms.Compose([_Crash(), val_transform])\n"
     )
     config = tiny_config(tmp_path, tiny_data, epochs=3, extra=extra)
-    with pytest.raises(RuntimeError, match="disk on fire"):
+    # an error inside a transform comes back as a DataError naming it, the image and the cause
+    with pytest.raises(DataError, match="RuntimeError: disk on fire"):
         train(config, progress=False)
     (run_dir,) = (tmp_path / "work_dirs").iterdir()
     rows = list(csv.DictReader((run_dir / "training_metrics.csv").open()))
