@@ -45,6 +45,15 @@ class ExplainedImage:
     target: Panel
     top: list[Panel] = field(default_factory=list)
     caption: str = ""  # a sheet row's first line (the errors gallery: true -> predicted)
+    true_class: str | None = None  # the class folder the image came from, when known
+
+    def verdict(self) -> str:
+        """"predicted X (p)", with the true class when known."""
+        said = f"predicted {self.predicted} ({_percent(self.probability)})"
+        if self.true_class is None:
+            return said
+        return f"{said}, true {self.true_class}" + (
+            "" if self.true_class == self.predicted else " (wrong)")
 
 
 def overlay_size() -> tuple[int, int]:
@@ -92,8 +101,7 @@ def draw_overlay(item: ExplainedImage, path: Path, footer: str) -> Path:
     target = item.target
     _show(right, target.overlay,
           f"Grad-CAM: {target.class_name} ({_percent(target.probability)}){_flat(target)}", 9)
-    fig.suptitle(f"{item.name}\npredicted {item.predicted} ({_percent(item.probability)})",
-                 fontsize=11)
+    fig.suptitle(f"{item.name}\n{item.verdict()}", fontsize=11)
     fig.text(0.5, 0.015, "\n".join(textwrap.wrap(footer, 105)), ha="center", va="bottom",
              fontsize=7, color="0.35")
     fig.subplots_adjust(left=0.03, right=0.97, top=0.78, bottom=0.1, wspace=0.08)
@@ -109,7 +117,7 @@ def draw_sheet(items: list[ExplainedImage], path: Path, title: str) -> Path:
     fig = figure(figsize=(width, height))
     axes = np.asarray(fig.subplots(len(items), columns, squeeze=False))
     for row, item in zip(axes, items):
-        first = item.caption or f"predicted {item.predicted} ({_percent(item.probability)})"
+        first = item.caption or item.verdict()
         _show(row[0], item.image, f"{_short(item.name)}\n{first}", 7)
         for rank, (ax, panel) in enumerate(zip(row[1:], item.top), start=1):
             _show(ax, panel.overlay, f"top-{rank}: {panel.class_name}\n"

@@ -45,10 +45,10 @@ def _pochi(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, st
 def test_explain_writes_overlays_sheet_and_csv(run_dir: Path, digits_dir: Path, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     checkpoint = next((run_dir / "models").glob("*.pth"))
-    folder = tmp_path / "sevens"
-    folder.mkdir()
+    folder = tmp_path / "data"  # a class folder inside: its name is the true class
+    (folder / "7").mkdir(parents=True)
     for path in _images(digits_dir, "7", 2):
-        shutil.copy2(path, folder / path.name)
+        shutil.copy2(path, folder / "7" / path.name)
     files = [*_images(digits_dir, "3", 1), *_images(digits_dir, "0", 1)]
     out = tmp_path / "out"
     code, text = _pochi(["explain", str(checkpoint), *map(str, files), str(folder),
@@ -63,6 +63,9 @@ def test_explain_writes_overlays_sheet_and_csv(run_dir: Path, digits_dir: Path, 
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and {r["heatmap_png"] for r in rows} == {p.name for p in pngs}
     assert rows[0]["predicted_class"] == "3" and rows[1]["predicted_class"] == "0"
+    assert [r["true_class"] for r in rows] == ["", "", "7", "7"]
+    assert {p.name for p in pngs} >= {f"7_{Path(r['image_path']).stem}_gradcam.png"
+                                      for r in rows[2:]}
     assert all(len(r["top3"].split("|")) == 3 for r in rows)
     # a second run into the same folder is refused, the first results stay
     code, text = _pochi(["explain", str(checkpoint), str(files[0]), "-o", str(out)], capsys)

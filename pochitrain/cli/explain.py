@@ -18,8 +18,9 @@ Writes into explain_results/YYYYMMDD_NNN next to the run (or --output):
   <image>_gradcam.png   the input, its heatmap overlay, predicted class and probability
   contact_sheet.png     per image, the overlays of its top-3 classes (pages of 16 images:
                         contact_sheet_1.png, ... when there are more)
-  explain.csv           image_path, predicted_class, probability, target_class,
-                        target_probability, top3, heatmap_png
+  explain.csv           image_path, true_class (the class folder of an image in a folder
+                        given, when the model has that class), predicted_class,
+                        probability, target_class, target_probability, top3, heatmap_png
 
 Needs the optional extra: pip install "pochitrain[explain]"
 

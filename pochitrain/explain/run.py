@@ -41,7 +41,7 @@ from pochitrain.workspace import (
 
 RESULTS_CSV = "explain.csv"
 SHEET_STEM = "contact_sheet"
-CSV_HEADER = ["image_path", "predicted_class", "probability", "target_class",
+CSV_HEADER = ["image_path", "true_class", "predicted_class", "probability", "target_class",
               "target_probability", "top3", "heatmap_png"]
 
 
@@ -61,14 +61,22 @@ class Pending:
     paths: list[Path]
     names: list[str]  # shown in titles: the path relative to the folder given
     stems: list[str]  # unique file-name stems
+    folders: list[str | None]  # the class folder an image of a folder given lies in
+
+    def true_classes(self, class_names: list[str]) -> list[str | None]:
+        """Each image's true class: its class folder when that is a class of the model."""
+        known = set(class_names)
+        return [f if f in known else None for f in self.folders]
 
 
 def list_images(inputs: list[Path | str]) -> Pending:
     """Files as given, folders searched recursively (sorted); DataError for a missing path."""
     found: list[tuple[Path, str]] = []
+    folders: list[str | None] = []
     for item in map(Path, inputs):
         if item.is_file():
             found.append((item, item.name))
+            folders.append(None)
         elif item.is_dir():
             files = sorted(p for p in item.rglob("*") if p.is_file()
                            and p.suffix.lower() in IMAGE_EXTENSIONS
@@ -78,6 +86,7 @@ def list_images(inputs: list[Path | str]) -> Pending:
                                 f"No images in {item}.",
                                 f"Image files end in {', '.join(IMAGE_EXTENSIONS)}.")
             found += [(p, p.relative_to(item).as_posix()) for p in files]
+            folders += [p.parent.name if p.parent != item else None for p in files]
         else:
             raise DataError("画像またはフォルダが見つかりません\n"
                             f"Image or folder not found: {item}", "Check the path.")
@@ -91,7 +100,7 @@ def list_images(inputs: list[Path | str]) -> Pending:
             stem = f"{base}_{n}"
         taken.add(stem)
         stems.append(stem)
-    return Pending([p for p, _ in found], [n for _, n in found], stems)
+    return Pending([p for p, _ in found], [n for _, n in found], stems, folders)
 
 
 def check_output(output: Path | str | None) -> Path | None:
@@ -122,10 +131,12 @@ def refuse_earlier_results(out: Path) -> None:
                          "Choose a new --output folder (results are never overwritten).")
 
 
-def batches(pending: Pending) -> Iterator[tuple[list[Path], list[str], list[str]]]:
-    for i in range(0, len(pending.paths), CAM_BATCH):
-        part = slice(i, i + CAM_BATCH)
-        yield pending.paths[part], pending.names[part], pending.stems[part]
+def batches(pending: Pending, truths: list[str | None]
+            ) -> Iterator[list[tuple[Path, str, str, str | None]]]:
+    """(path, name, file stem, true class) of ``CAM_BATCH`` images at a time."""
+    rows = list(zip(pending.paths, pending.names, pending.stems, truths))
+    for i in range(0, len(rows), CAM_BATCH):
+        yield rows[i:i + CAM_BATCH]
 
 
 def explain(model: Path | str, inputs: list[Path | str], output: Path | str | None = None,
@@ -173,13 +184,15 @@ def write_all(explainer: Explainer, pending: Pending, out_dir: Path, target: int
     outcome = ExplainOutcome(out_dir, [], footer)
     sheet: list[ExplainedImage] = []
     rows: list[list[str]] = []
+    truths = pending.true_classes(explainer.source.class_names)
     with progress_bar(progress, "Grad-CAM", len(pending.paths)) as advance:
-        for paths, names, stems in batches(pending):
-            loaded = load_images(paths, explainer.source)
+        for part in batches(pending, truths):
+            loaded = load_images([row[0] for row in part], explainer.source)
             outcome.skipped += loaded.skipped
-            kept = [(n, s) for p, n, s in zip(paths, names, stems) if p in loaded.paths]
-            items = explainer.explain(loaded, [n for n, _ in kept], target)
-            for path, (_, stem), item in zip(loaded.paths, kept, items):
+            kept = [row for row in part if row[0] in loaded.paths]
+            items = explainer.explain(loaded, [row[1] for row in kept], target)
+            for (path, _, stem, truth), item in zip(kept, items):
+                item.true_class = truth
                 png = draw_overlay(item, out_dir / f"{stem}_gradcam.png", footer)
                 outcome.files.append(png)
                 rows.append(csv_row(path, item, png.name))
@@ -188,9 +201,9 @@ def write_all(explainer: Explainer, pending: Pending, out_dir: Path, target: int
                 outcome.explained += items
             while len(sheet) >= SHEET_ROWS:
                 outcome.files.append(draw_sheet(sheet[:SHEET_ROWS], out_dir / next(pages),
-                                                f"top-{len(items[0].top)} classes; {footer}"))
+                                                f"top-{len(sheet[0].top)} classes; {footer}"))
                 sheet = sheet[SHEET_ROWS:]
-            advance(len(paths))
+            advance(len(part))
     if not rows:  # raised inside the claim: the empty results folder is removed
         raise DataError("画像として読み込めるファイルがありません\n"
                         f"None of the {len(pending.paths)} files could be read as images.",
@@ -205,8 +218,8 @@ def write_all(explainer: Explainer, pending: Pending, out_dir: Path, target: int
 
 def csv_row(path: Path, item: ExplainedImage, png: str) -> list[str]:
     top = "|".join(f"{p.class_name}:{p.probability:.4f}" for p in item.top)
-    return [str(path), item.predicted, f"{item.probability:.6f}", item.target.class_name,
-            f"{item.target.probability:.6f}", top, png]
+    return [str(path), item.true_class or "", item.predicted, f"{item.probability:.6f}",
+            item.target.class_name, f"{item.target.probability:.6f}", top, png]
 
 
 def csv_text(rows: list[list[str]]) -> str:
