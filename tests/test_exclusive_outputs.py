@@ -1,8 +1,8 @@
 """Outputs are created exclusively, and a full disk is a message.
 
-Two real processes race for one output, lined up on the exclusive create by the workspace's
-test gate (``POCHI_TEST_GATE_DIR``): of the two, one wins and the other is refused with the
-usual "already exists" message; nothing of the loser is left. A full disk (the file-size
+Two writers of one output, this process and a child process, are lined up on the exclusive
+create by the workspace's test gate (``POCHI_TEST_GATE_DIR``): of the two, one wins and the
+other is refused with the usual "already exists" message; nothing of the loser is left. A full disk (the file-size
 limit, ``ulimit -f``) while writing an output names the file and leaves nothing under it.
 """
 
