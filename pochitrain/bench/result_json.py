@@ -48,6 +48,12 @@ class LatencyProbe:
         self.calls.append((len(batch), float(pure)))
         return logits, pure
 
+    def submit(self, batch: Any) -> Any:
+        """``run`` queued (``inference.runner.submit``), recorded when its result is read."""
+        from pochitrain.inference.runner import Recorded, submit
+
+        return Recorded(submit(self._runner, batch), len(batch), self.calls)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._runner, name)
 

@@ -100,22 +100,37 @@ class _Image(NamedTuple):
 
 def _plan(images: list[torch.Tensor], preprocess: Preprocess, out_h: int, out_w: int,
           mode: str) -> list[_Image]:
+    steps = (None if preprocess.resize is None else tuple(preprocess.resize),
+             None if preprocess.center_crop is None else tuple(preprocess.center_crop),
+             preprocess.interpolation, out_h, out_w, mode)
     plans = []
     base = 0
     for im in images:
         h, w = int(im.shape[1]), int(im.shape[2])
-        rh, rw, oy, ox = geometry(preprocess, h, w)
-        if preprocess.center_crop is None and (rh, rw) != (out_h, out_w):
-            raise ValueError("images resize to different sizes and there is no center crop")
-        wins = []
-        for size, resized, off, n in ((h, rh, oy, out_h), (w, rw, ox, out_w)):
-            first, last = max(off, 0), min(off + n, resized) - 1
-            wins.append(window_bounds(size, resized, first, last, mode) if last >= first
-                        else (0, 1))
-        plans.append(_Image(base, h, w, rh, rw, oy, ox, wins[0], wins[1], taps(w, rw, mode),
-                            taps(h, rh, mode), vertical_first(h, w, rh, rw)))
+        plans.append(_Image(base, *_size_plan(steps, h, w)))
         base += 3 * h * w
     return plans
+
+
+@lru_cache(maxsize=4096)  # a data set has few image sizes; planning one costs far more
+def _size_plan(steps: tuple, h: int, w: int) -> tuple:
+    """The fields of ``_Image`` after ``base`` for an h x w image; ``steps`` is
+    (resize, center crop, interpolation, out_h, out_w, mode) of the preprocessing."""
+    from pochitrain.preprocess import Preprocess
+
+    resize, crop, interpolation, out_h, out_w, mode = steps
+    preprocess = Preprocess([out_h, out_w], None if resize is None else list(resize),
+                            None if crop is None else list(crop), interpolation)
+    rh, rw, oy, ox = geometry(preprocess, h, w)
+    if crop is None and (rh, rw) != (out_h, out_w):
+        raise ValueError("images resize to different sizes and there is no center crop")
+    wins = []
+    for size, resized, off, n in ((h, rh, oy, out_h), (w, rw, ox, out_w)):
+        first, last = max(off, 0), min(off + n, resized) - 1
+        wins.append(window_bounds(size, resized, first, last, mode) if last >= first
+                    else (0, 1))
+    return (h, w, rh, rw, oy, ox, wins[0], wins[1], taps(w, rw, mode), taps(h, rh, mode),
+            vertical_first(h, w, rh, rw))
 
 
 def resize_normalize(images: list[torch.Tensor], preprocess: Preprocess,

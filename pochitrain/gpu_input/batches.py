@@ -2,8 +2,9 @@
 
 Two stages, each in its own thread on its own CUDA stream (``prefetch``), one batch ahead of
 the model: files are read (threads, or the reader process of ``read_proc`` for long passes)
-and decoded (nvJPEG, else PIL); then a batch's images are resized, center-cropped and
-normalized together (``resize.to_batch``). A file is skipped when PIL cannot decode it, as
+and decoded (nvJPEG, else PIL); then the images are resized, center-cropped and normalized
+together (``resize.to_batch``), a group of whole batches at a time (``work_group``), and
+handed out batch by batch. A file is skipped when PIL cannot decode it, as
 on the CPU path; nvJPEG's IDCT and chroma upsampling differ slightly from libjpeg's.
 """
 
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
     from pochitrain.preprocess import Preprocess
 
 PIPELINES = ("auto", "cpu", "gpu")
+# images decoded and resized together at least: each nvJPEG call and each resize launch has
+# a fixed cost that small model batches would pay over and over (docs/benchmarks.md)
+WORK_GROUP = 256
 # the Preprocess interpolations the GPU reproduces
 GPU_INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
@@ -46,6 +50,12 @@ class Assembled(NamedTuple):
 
     batch: torch.Tensor | None
     failed: list[int]
+
+
+def work_group(batch_size: int) -> int:
+    """Images decoded and resized at once for model batches of ``batch_size``: the smallest
+    multiple of it that reaches ``WORK_GROUP``, so every batch is a slice of one group."""
+    return batch_size * max(1, -(-WORK_GROUP // batch_size))
 
 
 def gpu_unsupported(preprocess: Preprocess) -> str | None:
@@ -157,40 +167,51 @@ class GpuBatches:
     def _items(self, decoded: Iterator[tuple[list[Entry], list[torch.Tensor | None]]],
                batch_size: int) -> Iterator[InputBatch]:
         """Batches of exactly ``batch_size`` decodable images (the last may be smaller), as
-        in the CPU path: fixed shapes keep CUDA graphs and cuDNN plans reusable."""
+        in the CPU path: fixed shapes keep CUDA graphs and cuDNN plans reusable. Images are
+        resized a group (``work_group``) at a time and the batches are slices of it."""
+        group = work_group(batch_size)
         good: list[tuple[Entry, torch.Tensor]] = []
         skipped: list[Path] = []
-        # The images were made on the decode thread's stream and are read on this one. No
-        # record_stream is needed (one call per image costs a visible share of the stage):
-        # an image is released only after a later yield, i.e. after the prefetcher
-        # synchronized this stream.
         for chunk, images in decoded:
             for entry, image in zip(chunk, images):
                 if image is None:
                     skipped.append(entry.source)
                 else:
                     good.append((entry, image))
-            while len(good) >= batch_size:
-                yield self._batch(good[:batch_size], skipped)
-                good, skipped = good[batch_size:], []
+            while len(good) >= group:
+                yield from self._slices(good[:group], skipped, batch_size)
+                good, skipped = good[group:], []
         if good or skipped:
-            yield self._batch(good, skipped)
+            yield from self._slices(good, skipped, batch_size)
 
-    def _batch(self, good: list[tuple[Entry, torch.Tensor]], skipped: list[Path]) -> InputBatch:
-        return InputBatch(self.batch_of([image for _, image in good]),
-                          [e.source for e, _ in good], [e.label for e, _ in good], skipped)
+    def _slices(self, good: list[tuple[Entry, torch.Tensor]], skipped: list[Path],
+                batch_size: int) -> Iterator[InputBatch]:
+        """One resize over ``good``, handed out as batches of ``batch_size``; ``skipped``
+        travels with the first. The images were made on the decode thread's stream and are
+        read on this one. No record_stream is needed (one call per image costs a visible
+        share of the stage): ``good`` holds them until this generator resumes after its
+        first yield, i.e. after the prefetcher synchronized this stream."""
+        whole = self.batch_of([image for _, image in good])
+        if whole is None:
+            yield InputBatch(None, [], [], skipped)
+            return
+        for at in range(0, len(good), batch_size):
+            part = good[at:at + batch_size]
+            yield InputBatch(whole[at:at + batch_size], [e.source for e, _ in part],
+                             [e.label for e, _ in part], skipped if at == 0 else [])
 
     def _decoded(self, pool: ThreadPoolExecutor, samples: list[tuple[Path, int]],
                  batch_size: int, options: Options,
                  ) -> Iterator[tuple[list[Entry], list[torch.Tensor | None]]]:
         read = reader_for(options.native_reads)
         reader = self._reader_process(len(samples), options)
+        group = work_group(batch_size)
         if reader is None:
-            ahead = max(2 * batch_size, self.workers * READ_GROUP)  # files in flight
-            for chunk in rebatch(read_groups(pool, read, samples, ahead), batch_size):
+            ahead = max(2 * group, self.workers * READ_GROUP)  # files in flight
+            for chunk in rebatch(read_groups(pool, read, samples, ahead), group):
                 yield chunk, self.decoder.decode(chunk)
             return
-        chunks = SlotChunks(reader, samples, batch_size,
+        chunks = SlotChunks(reader, samples, group,
                             lambda paths: list(map_grouped(pool, read, paths)))
         try:
             for chunk in chunks:

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _DONE = object()  # the end of the items
+# CUDA stream priority of the producer threads (lower numbers come first; 0, the default, is
+# the lowest): the input's short kernels go before a model's that fills the GPU
+STREAM_PRIORITY = -1
 
 
 class Handed(NamedTuple):
@@ -56,7 +59,7 @@ def prefetch(make: Callable[[], Iterable[T]], device: str, *, depth: int = 2,
 
     def produce() -> None:
         try:
-            stream = torch.cuda.Stream(device=device) if cuda else None
+            stream = torch.cuda.Stream(device, priority=STREAM_PRIORITY) if cuda else None
             ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
             with ctx:
                 for item in make():

@@ -3,6 +3,8 @@
 Per batch: copy the float NCHW batch into a pinned host buffer, copy it to the device
 asynchronously on a non-default stream, run the model call between two CUDA events ("pure"
 time), copy the logits back into a pinned host buffer asynchronously, synchronize once.
+``submit`` queues all of that and returns; its result is read later, so the next batch is
+queued while this one runs (``runner.IN_FLIGHT`` batches at most, each with its buffers).
 
 Only the model call differs between runtimes. It has the signature
 ``call(d_in, d_out, stream) -> torch.Tensor | None``:
@@ -39,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from pochitrain.errors import BackendMissingError
+from pochitrain.inference.runner import IN_FLIGHT
 
 if TYPE_CHECKING:
     import torch
@@ -150,8 +153,24 @@ class CudaGraphCall:
         self._graphs.clear()
 
 
+class Queued:
+    """One batch queued on a :class:`CudaBatchPipe`: its logits land in a pinned buffer."""
+
+    def __init__(self, h_out: torch.Tensor, events: tuple[Any, Any, Any]) -> None:
+        self.h_out, self.events = h_out, events
+
+    def result(self) -> tuple[np.ndarray, float]:
+        start, end, done = self.events
+        done.synchronize()
+        pure = start.elapsed_time(end) / 1000.0
+        return self.h_out.numpy().astype(np.float32, copy=True), pure
+
+
 class CudaBatchPipe:
-    """Pinned host buffers, device buffers, one non-default stream and timing events."""
+    """Pinned host buffers, device buffers, one non-default stream and timing events.
+
+    ``submit`` queues a batch and returns at once; up to ``runner.IN_FLIGHT`` may be queued,
+    each with its own buffers and events, and their results are read in order."""
 
     def __init__(self, device: str = "cuda") -> None:
         require_cuda(device)
@@ -160,8 +179,9 @@ class CudaBatchPipe:
         self._torch = torch
         self.device = torch.device(device)
         self.stream = torch.cuda.Stream(device=self.device)
-        self._start = torch.cuda.Event(enable_timing=True)
-        self._end = torch.cuda.Event(enable_timing=True)
+        self._events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True),
+                         torch.cuda.Event()) for _ in range(IN_FLIGHT)]
+        self._slot = 0
         self._bufs: dict[str, torch.Tensor] = {}
 
     def _buffer(self, key: str, shape: Sequence[int], dtype: torch.dtype,
@@ -182,34 +202,50 @@ class CudaBatchPipe:
             out_shape: Sequence[int] | None = None,
             out_dtype: Any = np.float32) -> tuple[np.ndarray, float]:
         """(N, C, H, W) array or CUDA tensor -> (output as float32 array, pure seconds)."""
+        return self._queue(batch, call, out_shape, out_dtype, self._slot).result()
+
+    def submit(self, batch: np.ndarray | torch.Tensor, call: ModelCall,
+               out_shape: Sequence[int] | None = None, out_dtype: Any = np.float32) -> Queued:
+        """Queue ``run``'s work on the stream; :meth:`Queued.result` waits for it."""
+        slot = self._slot
+        self._slot = (slot + 1) % IN_FLIGHT
+        return self._queue(batch, call, out_shape, out_dtype, slot)
+
+    def _queue(self, batch: np.ndarray | torch.Tensor, call: ModelCall,
+               out_shape: Sequence[int] | None, out_dtype: Any, slot: int) -> Queued:
         torch = self._torch
+        start, end, done = events = self._events[slot]
+        tag = str(slot or "")  # buffers of slot 0 keep the plain names
+        done.synchronize()  # this slot's buffers are free again
         on_device = isinstance(batch, torch.Tensor) and batch.device.type == "cuda"
-        if isinstance(batch, torch.Tensor) and on_device:
-            d_in = batch.contiguous()  # prepared on the GPU, complete (its producer synced)
-        else:
+        h_in = None
+        if not on_device:
             batch = np.ascontiguousarray(batch)
             in_dtype = torch.from_numpy(batch[:0]).dtype
-            h_in = self._buffer("h_in", batch.shape, in_dtype, pinned=True)
-            d_in = self._buffer("d_in", batch.shape, in_dtype, pinned=False)
+            h_in = self._buffer(f"h_in{tag}", batch.shape, in_dtype, pinned=True)
+            d_in = self._buffer(f"d_in{tag}", batch.shape, in_dtype, pinned=False)
             h_in.copy_(torch.from_numpy(batch))
         d_out = None
         if out_shape is not None:
             out_t = torch.from_numpy(np.empty(0, dtype=out_dtype)).dtype
-            d_out = self._buffer("d_out", out_shape, out_t, pinned=False)
+            d_out = self._buffer(f"d_out{tag}", out_shape, out_t, pinned=False)
         with torch.cuda.stream(self.stream):
-            if not on_device:
+            if h_in is not None:
                 d_in.copy_(h_in, non_blocking=True)
-            self._start.record(self.stream)
+            else:  # prepared on the GPU on another stream, complete (its producer synced)
+                assert isinstance(batch, torch.Tensor)
+                batch.record_stream(self.stream)  # its memory is not reused before we ran
+                d_in = batch.contiguous()
+            start.record(self.stream)
             result = call(d_in, d_out, self.stream)
-            self._end.record(self.stream)
+            end.record(self.stream)
             src = d_out if result is None else result
             if src is None:
                 raise TypeError("the model call returned nothing and no out_shape was given")
-            h_out = self._buffer("h_out", tuple(src.shape), src.dtype, pinned=True)
+            h_out = self._buffer(f"h_out{tag}", tuple(src.shape), src.dtype, pinned=True)
             h_out.copy_(src, non_blocking=True)
-        self.stream.synchronize()
-        pure = self._start.elapsed_time(self._end) / 1000.0
-        return h_out.numpy().astype(np.float32, copy=True), pure
+            done.record(self.stream)
+        return Queued(h_out, events)
 
     def close(self) -> None:
         if self._bufs:

@@ -1,7 +1,8 @@
 """One inference loop for every runtime, so results and timings are comparable.
 
 decode + preprocess (a small thread pool runs ahead of the model, bounded) -> batch ->
-``Runner.run`` -> softmax -> records.  "Pure" time is what the runner reports for the model
+``Runner.run`` (queued one batch ahead where the runner can, ``runner.submit``) -> softmax ->
+records.  "Pure" time is what the runner reports for the model
 call alone; "end-to-end" is the wall clock of the whole timed loop (decode, preprocess, copies,
 model, postprocess). Warm-up runs, on a blank batch of the first batch's shape while the first
 batch is being prepared, happen before the timed loop and are not part of the results.
@@ -22,7 +23,7 @@ import numpy as np
 
 from pochitrain.batching import InputBatch, softmax
 from pochitrain.data import ImageFolder, open_rgb
-from pochitrain.inference.runner import Runner
+from pochitrain.inference.runner import IN_FLIGHT, Pending, Runner, submit
 from pochitrain.preprocess import Preprocess
 from pochitrain.reports import InferenceResult
 
@@ -72,6 +73,37 @@ def iter_batches(samples: list[tuple[Path, int]], preprocess: Preprocess, batch_
             yield InputBatch(batch, paths, labels, skipped)
 
 
+def _timed_pass(runner: Runner, items: Iterator[InputBatch], result: InferenceResult,
+                progress: bool, total: int) -> None:
+    """Every batch through the runner; the next batch is queued before the last one's
+    logits are read (``runner.submit``), so the device does not wait for the host's
+    softmax and bookkeeping, nor for the next batch's hand-over."""
+    from pochitrain.console import progress_bar
+
+    queued: deque[tuple[Pending, list[Path], list[int]]] = deque()
+
+    def collect() -> None:
+        pending, paths, labels = queued.popleft()
+        logits, pure = pending.result()
+        probs = softmax(logits)
+        result.pure_seconds += pure
+        result.preds.extend(int(i) for i in probs.argmax(axis=1))
+        result.confidences.extend(float(p) for p in probs.max(axis=1))
+        result.paths.extend(paths)
+        result.labels.extend(labels)
+
+    with progress_bar(progress, f"inference ({runner.name})", total) as advance:
+        for batch, paths, labels, skipped in items:
+            result.skipped.extend(skipped)
+            if batch is not None:
+                queued.append((submit(runner, batch), paths, labels))
+            if len(queued) >= IN_FLIGHT:
+                collect()
+            advance(len(paths) + len(skipped))
+        while queued:
+            collect()
+
+
 def _blank_batch(batches: Any, preprocess: Preprocess, n: int) -> Any:
     """Zeros shaped like the source's batches: its own ``blank_batch`` (a CUDA tensor from the
     GPU pipeline), else a float32 NCHW array as the CPU path makes."""
@@ -105,7 +137,7 @@ def run_inference(runner: Runner, folder: ImageFolder, preprocess: Preprocess,
     # (nvJPEG's, the resize kernels', the file reads) overlaps the model's (cuDNN plans,
     # CUDA graphs, TensorRT contexts) instead of following it. Neither is timed.
     items = iter(batches(samples, batch_size))
-    early: list[tuple[Any, list[Path], list[int], list[Path]]] = []
+    early: list[InputBatch] = []
     try:
         if warmup_runs > 0 and samples:
             with ThreadPoolExecutor(1, thread_name_prefix="pochi-first-batch") as first:
@@ -121,21 +153,8 @@ def run_inference(runner: Runner, folder: ImageFolder, preprocess: Preprocess,
             if item is not None:
                 early.append(item)
 
-        from pochitrain.console import progress_bar
-
         start = time.perf_counter()
-        with progress_bar(progress, f"inference ({runner.name})", len(samples)) as advance:
-            for batch, paths, labels, skipped in itertools.chain(early, items):
-                result.skipped.extend(skipped)
-                if batch is not None:
-                    logits, pure = runner.run(batch)
-                    probs = softmax(logits)
-                    result.pure_seconds += pure
-                    result.preds.extend(int(i) for i in probs.argmax(axis=1))
-                    result.confidences.extend(float(p) for p in probs.max(axis=1))
-                    result.paths.extend(paths)
-                    result.labels.extend(labels)
-                advance(len(paths) + len(skipped))
+        _timed_pass(runner, itertools.chain(early, items), result, progress, len(samples))
     finally:
         close = getattr(items, "close", None)
         if close is not None:

@@ -8,7 +8,7 @@ comparable across runtimes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -65,3 +65,44 @@ class Runner(Protocol):
 
     def close(self) -> None:
         ...
+
+
+IN_FLIGHT = 2  # batches queued on a runner at once (its CUDA path keeps buffers for each)
+
+
+class Pending(Protocol):
+    """A batch handed to a runner whose result is read later (``submit``)."""
+
+    def result(self) -> tuple[np.ndarray, float]:
+        """(logits, pure seconds), as ``Runner.run`` returns them; waits for the device."""
+        ...
+
+
+class Done(NamedTuple):
+    """A result computed at once, for runners that do not queue batches."""
+
+    logits: np.ndarray
+    pure: float
+
+    def result(self) -> tuple[np.ndarray, float]:
+        return self.logits, self.pure
+
+
+def submit(runner: Any, batch: np.ndarray | torch.Tensor) -> Pending:
+    """``runner.submit(batch)`` where the runner queues batches on its device (the next
+    batch is queued before this one's result is read, so the device never waits for the
+    host between batches); elsewhere ``run`` now. Read the results in submission order."""
+    queue = getattr(runner, "submit", None)
+    return queue(batch) if queue is not None else Done(*runner.run(batch))
+
+
+class Recorded:
+    """A pending result that appends (images, pure seconds) to ``calls`` when it is read."""
+
+    def __init__(self, pending: Pending, images: int, calls: list[tuple[int, float]]) -> None:
+        self.pending, self.images, self.calls = pending, images, calls
+
+    def result(self) -> tuple[np.ndarray, float]:
+        logits, pure = self.pending.result()
+        self.calls.append((self.images, float(pure)))
+        return logits, pure

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pochitrain.errors import GpuMemoryError, UsageError
-from pochitrain.inference.runner import RunnerInput
+from pochitrain.inference.runner import Done, Pending, RunnerInput
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -108,24 +108,36 @@ class TorchRunner:
 
     def run(self, batch: Any) -> tuple[np.ndarray, float]:
         """(N, 3, H, W) float32 array (or CUDA tensor from the GPU pipeline) -> logits, pure s."""
+        return self.submit(batch).result()
+
+    def submit(self, batch: Any) -> Pending:
+        """``run`` queued on the GPU (read the results in order, ``runner.submit``); on the
+        CPU, or through a pipe that cannot queue, the batch runs now."""
         torch = self._torch
         try:
             if self.device == "cpu" and self._pipe is None:
-                x = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(batch)
-                if self.options.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.inference_mode():
-                    start = time.perf_counter()
-                    out = self.model(x)
-                    pure = time.perf_counter() - start
-                return out.float().numpy(), pure
+                return Done(*self._run_on_cpu(batch))
             if self._pipe is None:
                 from pochitrain.inference.cuda_path import CudaBatchPipe
 
                 self._pipe = CudaBatchPipe(self.device)
-            return self._pipe.run(batch, self._model_call())
+            queue = getattr(self._pipe, "submit", None)
+            if queue is None:
+                return Done(*self._pipe.run(batch, self._model_call()))
+            return queue(batch, self._model_call())
         except torch.cuda.OutOfMemoryError:
             raise self._memory_error(tuple(batch.shape)) from None
+
+    def _run_on_cpu(self, batch: Any) -> tuple[np.ndarray, float]:
+        torch = self._torch
+        x = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(batch)
+        if self.options.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            start = time.perf_counter()
+            out = self.model(x)
+            pure = time.perf_counter() - start
+        return out.float().numpy(), pure
 
     def _fits(self, shape: tuple[int, ...]) -> Callable[[int], bool]:
         from pochitrain.inference.cuda_path import CudaGraphCall

@@ -1,0 +1,286 @@
+"""Camera-sized JPEGs and a resnet18 checkpoint for the GPU benchmarks, and a profile of
+where ``pochi infer``'s end-to-end time goes.
+
+    python benchmarks/photos.py make DIR --images 50000 [--model resnet18.pth]
+    python benchmarks/photos.py stages MODEL --data DIR [-b 32] [--precision bf16]
+        [--channels-last]
+    python benchmarks/photos.py timeline -- infer MODEL --data DIR [pochi infer options]
+
+``make`` writes crops of about 500x375 from scikit-learn's two sample photos (random
+position, mirrored at random, JPEG quality 90) into 10 class folders, in parallel, and a
+resnet18 checkpoint (seeded random weights, Resize(256) + CenterCrop(224)) for those classes.
+
+``stages`` runs the inference loop in this process, as ``pochi infer`` does with the GPU
+input pipeline, with timers on each stage: the input pipeline alone, the model alone on a
+blank batch, then the whole loop with the main thread's time split into waiting for a batch,
+the runner's calls and the rest. It prints one JSON line per measurement.
+
+``timeline`` runs one ``pochi`` command in this process and prints when (seconds since this
+script started) its steps began and ended: imports, opening the model, the inference pass,
+the result files, the exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+T0 = time.perf_counter()
+CLASSES = [f"class_{i}" for i in range(10)]
+CROP = (500, 375)
+
+
+def _write_part(args: tuple[Path, int, int, int]) -> int:
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    root, start, stop, seed = args
+    photos = [Image.fromarray(a) for a in load_sample_images().images]
+    rng = np.random.default_rng(seed)
+    for i in range(start, stop):
+        photo = photos[i % len(photos)]
+        w = int(rng.integers(CROP[0] - 40, CROP[0] + 1))
+        h = int(rng.integers(CROP[1] - 30, CROP[1] + 1))
+        x = int(rng.integers(0, photo.width - w + 1))
+        y = int(rng.integers(0, photo.height - h + 1))
+        image = photo.crop((x, y, x + w, y + h))
+        if rng.random() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        image.save(root / CLASSES[i % len(CLASSES)] / f"img_{i:06d}.jpg", quality=90)
+    return stop - start
+
+
+def make_photos(root: Path, n: int) -> None:
+    for name in CLASSES:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    step = 500
+    parts = [(root, s, min(s + step, n), s) for s in range(0, n, step)]
+    with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+        done = sum(pool.map(_write_part, parts))
+    print(json.dumps({"made": done, "folder": str(root)}), flush=True)
+
+
+def make_model(path: Path) -> None:
+    import torch
+
+    from pochitrain.checkpoint import save_checkpoint
+    from pochitrain.meta import ModelMeta
+    from pochitrain.models import build_model
+    from pochitrain.preprocess import Preprocess
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", len(CLASSES)).eval()
+    pre = Preprocess(input_size=[224, 224], resize=[256], center_crop=[224, 224])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, model, ModelMeta(CLASSES, pre, model_name="resnet18"))
+
+
+class Timed:
+    """Wraps an iterator and adds the time spent in ``next`` to ``seconds``."""
+
+    def __init__(self, items: Any) -> None:
+        self.items, self.seconds = iter(items), 0.0
+
+    def __iter__(self) -> Timed:
+        return self
+
+    def __next__(self) -> Any:
+        start = time.perf_counter()
+        try:
+            return next(self.items)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def close(self) -> None:
+        close = getattr(self.items, "close", None)
+        if close is not None:
+            close()
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def input_alone(batches: Any, samples: list[Any], batch_size: int) -> dict[str, Any]:
+    start = time.perf_counter()
+    n = 0
+    for item in batches(samples, batch_size):
+        n += len(item[1])
+    _sync()
+    wall = time.perf_counter() - start
+    return {"what": "input pipeline alone", "images": n, "img_s": round(n / wall, 1)}
+
+
+def model_alone(runner: Any, blank: Any, runs: int) -> dict[str, Any]:
+    for _ in range(3):
+        runner.run(blank)
+    start = time.perf_counter()
+    pure = sum(runner.run(blank)[1] for _ in range(runs))
+    wall = time.perf_counter() - start
+    n = runs * len(blank)
+    return {"what": "model alone (blank batch)", "pure_img_s": round(n / pure, 1),
+            "wall_img_s": round(n / wall, 1)}
+
+
+def whole_loop(model: Any, folder: Any, batch_size: int, batches: Any) -> dict[str, Any]:
+    from pochitrain.inference.loop import run_inference
+
+    runner = model.runner
+    timers: dict[str, Any] = {}
+    calls = {"run": 0.0}
+    real_run = runner.run
+
+    def run(batch: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return real_run(batch)
+        finally:
+            calls["run"] += time.perf_counter() - start
+
+    def timed_batches(s: Any, n: int) -> Timed:
+        timers["next"] = Timed(batches(s, n))
+        return timers["next"]
+
+    source = batches
+    stage = {"decode": 0.0, "batch_of": 0.0}
+
+    def timer(name: str, fn: Any) -> Any:
+        def timed(*a: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*a)
+            finally:
+                stage[name] += time.perf_counter() - start
+        return timed
+
+    runner.run = run
+    source.decoder.decode = timer("decode", source.decoder.decode)
+    source.batch_of = timer("batch_of", source.batch_of)
+    try:
+        result = run_inference(runner, folder, model.preprocess, batch_size, model.class_names,
+                               progress=False, batches=timed_batches)
+    finally:
+        del runner.run, source.decoder.decode, source.batch_of
+    e2e = result.e2e_seconds
+    n = len(result.preds)
+    return {"what": "whole loop", "images": n, "e2e_img_s": round(n / e2e, 1),
+            "pure_img_s": round(n / result.pure_seconds, 1),
+            "e2e_over_pure": round(result.pure_seconds / e2e, 3),
+            "main_wait_for_batch_s": round(timers["next"].seconds, 3),
+            "main_in_runner_s": round(calls["run"], 3), "e2e_s": round(e2e, 3),
+            "decode_thread_in_decode_s": round(stage["decode"], 3),
+            "batch_thread_in_batch_of_s": round(stage["batch_of"], 3)}
+
+
+def stages(args: argparse.Namespace) -> None:
+    from pochitrain.data import remap_labels, scan_image_folder
+    from pochitrain.inference.torch_runner import TorchOptions
+    from pochitrain.model import open_model
+
+    if args.input_priority is not None:
+        from pochitrain.gpu_input import prefetcher
+
+        prefetcher.STREAM_PRIORITY = args.input_priority
+    if args.in_flight is not None:
+        from pochitrain.inference import loop
+
+        loop.IN_FLIGHT = args.in_flight
+    options = TorchOptions(args.precision, args.channels_last)
+    model = open_model(args.model, device=args.device, torch_options=options)
+    folder = remap_labels(scan_image_folder(Path(args.data), "data"), model.class_names)
+    samples = list(folder.samples)
+    from pochitrain.gpu_input import GpuBatches
+
+    source = GpuBatches(model.preprocess, args.device)  # on the CPU too (a check of this script)
+    label = {"batch": args.batch_size, "precision": args.precision,
+             "channels_last": args.channels_last, "input_priority": args.input_priority,
+             "in_flight": args.in_flight}
+    blank = source.blank_batch(args.batch_size)
+    rows = [model_alone(model.runner, blank, args.runs)]
+    for _ in range(args.passes):
+        rows.append(input_alone(source, samples, args.batch_size))
+    for _ in range(args.passes):
+        rows.append(whole_loop(model, folder, args.batch_size, source))
+    for row in rows:
+        print(json.dumps({**label, **row}), flush=True)
+
+
+def timeline(argv: list[str]) -> None:
+    """The command's steps, timed from outside through the public names they call."""
+    import pochitrain.pipeline.infer as verb  # imports torch: the "imports" step
+    from pochitrain import reports
+    from pochitrain.cli.main import main as pochi_main
+
+    marks: list[tuple[str, float]] = [("imports done", time.perf_counter() - T0)]
+
+    def mark(owner: Any, name: str) -> None:
+        fn = getattr(owner, name)
+
+        def timed(*a: Any, **k: Any) -> Any:
+            marks.append((f"{name} start", time.perf_counter() - T0))
+            try:
+                return fn(*a, **k)
+            finally:
+                marks.append((f"{name} end", time.perf_counter() - T0))
+        setattr(owner, name, timed)
+
+    for owner, name in ((verb, "open_model"), (verb, "run_inference"),
+                        (reports, "write_reports")):
+        mark(owner, name)
+    real_exit = os._exit
+
+    def quick_exit(code: int) -> None:
+        marks.append(("exit", time.perf_counter() - T0))
+        print(json.dumps({"timeline": [(k, round(v, 3)) for k, v in marks]}), flush=True)
+        real_exit(code)
+
+    os._exit = quick_exit  # type: ignore[assignment]
+    pochi_main(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    make = sub.add_parser("make")
+    make.add_argument("folder", type=Path)
+    make.add_argument("--images", type=int, default=50_000)
+    make.add_argument("--model", type=Path, default=None)
+    prof = sub.add_parser("stages")
+    prof.add_argument("model", type=Path)
+    prof.add_argument("--data", required=True)
+    prof.add_argument("-b", "--batch-size", type=int, default=32)
+    prof.add_argument("--precision", default="fp32")
+    prof.add_argument("--channels-last", action="store_true")
+    prof.add_argument("--device", default="cuda")
+    prof.add_argument("--runs", type=int, default=50)
+    prof.add_argument("--passes", type=int, default=2)
+    prof.add_argument("--in-flight", type=int, default=None,
+                      help="batches queued on the runner at once (the loop's IN_FLIGHT)")
+    prof.add_argument("--input-priority", type=int, default=None,
+                      help="CUDA stream priority of the input's threads (prefetcher)")
+    line = sub.add_parser("timeline")
+    line.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    if args.what == "make":
+        make_photos(args.folder, args.images)
+        if args.model is not None:
+            make_model(args.model)
+    elif args.what == "timeline":
+        timeline([a for a in args.command if a != "--"])
+    else:
+        stages(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
