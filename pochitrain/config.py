@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pochitrain.arguments import path_argument
 from pochitrain.config_checks import (
     MIXED_PRECISIONS,
     OPTIMIZERS,
@@ -39,7 +40,6 @@ from pochitrain.config_checks import (
     check_scheduler,
     check_transform,
     check_val_split,
-    path_argument,
     type_error,
 )
 from pochitrain.config_paths import (

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pochitrain.config_checks import argument_error, count_argument, file_argument
+from pochitrain.arguments import argument_error, count_argument, file_argument
 from pochitrain.errors import DataError, ShapeError, UsageError
 
 if TYPE_CHECKING:

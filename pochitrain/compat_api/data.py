@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pochitrain.config_checks import argument_error, count_argument
+from pochitrain.arguments import argument_error, count_argument
 from pochitrain.errors import ConfigError, DataError
 
 if TYPE_CHECKING:

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pochitrain.arguments import count_argument, file_argument, str_argument
 from pochitrain.compat_api.data import (
     batch_images,
     check_loader,
     num_classes_of,
     settings_of,
 )
-from pochitrain.config_checks import count_argument, file_argument, str_argument
 from pochitrain.errors import DataError, ModelFileError, UsageError
 
 if TYPE_CHECKING:

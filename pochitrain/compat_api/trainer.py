@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pochitrain.arguments import argument_error, count_argument, str_argument
 from pochitrain.compat_api.data import (
     TrainingBatches,
     check_loader,
@@ -21,7 +22,6 @@ from pochitrain.compat_api.data import (
     save_weights,
     settings_of,
 )
-from pochitrain.config_checks import argument_error, count_argument, str_argument
 from pochitrain.errors import UsageError
 
 if TYPE_CHECKING:

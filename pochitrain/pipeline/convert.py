@@ -265,7 +265,7 @@ def convert(opts: ConvertOptions | str | Path, **options: Any) -> ConvertResult:
             raise UsageError("不明な変換オプションがあります\n"
                              f"Unknown convert option(s): {', '.join(sorted(unknown))}.",
                              "See pochitrain.ConvertOptions for the accepted names.")
-        from pochitrain.config_checks import file_argument
+        from pochitrain.arguments import file_argument
 
         opts = ConvertOptions(onnx_path=file_argument("onnx_path", opts, "'model.onnx'"),
                               **options)

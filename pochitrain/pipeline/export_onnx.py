@@ -98,9 +98,9 @@ def export_onnx(checkpoint: Path | str, input_size: tuple[int, int] | None = Non
     pochitrain (``pochitrain.checkpoint``); ``device``: where the checkpoint is loaded
     (checked, then the export itself runs on the CPU)."""
     from pochitrain import __version__
+    from pochitrain.arguments import file_argument
     from pochitrain.checkpoint import load_model
     from pochitrain.config import resolve_device
-    from pochitrain.config_checks import file_argument
     from pochitrain.onnx.export import check_opset
 
     checkpoint = file_argument("checkpoint", checkpoint, "'models/best_epoch10.pth'")

@@ -56,7 +56,7 @@ def infer(model_path: Path | str, data: Path | str | None = None,
     ``explain_errors`` a gallery of the misclassified images with their Grad-CAM heatmaps
     (``explain.errors``).
     """
-    from pochitrain.config_checks import count_argument, file_argument, path_argument
+    from pochitrain.arguments import count_argument, file_argument, path_argument
     from pochitrain.plot_helper import PlotHelper
 
     model_path = file_argument("model_path", model_path, "'models/best.onnx'")
