@@ -241,6 +241,7 @@ def test_sigterm_cuts_stuck_requests_at_the_drain_timeout(server: Served) -> Non
     assert server.proc.wait(HANG_GUARD_S) == 0
     log = server.log.read_text()
     assert "Server stopped (SIGTERM)" in log and "Traceback" not in log, log
+    assert "A model call was still running; not waited for" in log
 
 
 def test_serve_options_are_checked(untrained_checkpoint: Path,

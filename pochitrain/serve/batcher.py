@@ -92,12 +92,19 @@ class Batcher:
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Finish every image queued so far, then end the worker thread."""
+        """Finish every image queued so far, then end the worker thread (waiting at most
+        ``timeout`` seconds: then :attr:`running` stays true)."""
         if self._thread is None:
             return
         self._queue.put(_STOP)
         self._thread.join(timeout)
-        self._thread = None
+        if not self._thread.is_alive():
+            self._thread = None
+
+    @property
+    def running(self) -> bool:
+        """The worker thread is alive: started, or a model call outlived ``stop``."""
+        return self._thread is not None and self._thread.is_alive()
 
     # ---- worker thread ------------------------------------------------------------------
     def _gather(self, first: Queued) -> tuple[list[Queued], bool]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from uvicorn.protocols.http.h11_impl import H11Protocol as ProtocolBase
 
     from pochitrain.inference.torch_runner import TorchOptions
+    from pochitrain.serve.batcher import Batcher
 
 
 MAX_PORT = 65535
@@ -259,9 +261,23 @@ def serve_one(options: ServeOptions, settings: ServeSettings) -> int:
             raise port_error(options.host, options.port)
         info(f"停止しました / Server stopped{f' ({stopped_by})' if stopped_by else ''}; "
              f"{app.state.batcher.batches} model batches run.")
+        leave_if_model_busy(app.state.batcher)
         return 0
     finally:
         model.close()
+
+
+def leave_if_model_busy(batcher: Batcher) -> None:
+    """End the process now if a model call cut by the drain timeout still runs: the
+    interpreter's normal exit would wait for it or, with PyTorch, abort while a thread is
+    inside it. Output is flushed first; nothing else is left to clean up."""
+    if batcher.running:
+        from pochitrain.console import info
+
+        info("モデルの実行中に停止しました / A model call was still running; not waited for.")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 @contextmanager

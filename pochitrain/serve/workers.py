@@ -40,6 +40,7 @@ from pochitrain.serve.server import (
     MAX_PORT,
     ServeOptions,
     banner,
+    leave_if_model_busy,
     open_server,
     port_error,
     run_server,
@@ -141,6 +142,7 @@ def worker_main(index: int, options: ServeOptions, settings: ServeSettings,
         run_server(server, [sock])
         if server.started:
             conn.send(Report("batches", app.state.batcher.batches))
+            leave_if_model_busy(app.state.batcher)
         else:
             message = (f"ワーカー {index} がサーバーを起動できませんでした。\n"
                        f"Worker {index} could not start serving (see the messages above).")
