@@ -5,7 +5,7 @@ One gated .onnx server starts for the module (``POCHI_SERVE_TEST_GATE``: while t
 exists its model thread runs no batch, so requests stay in flight until the test says so)
 with small limits: 1 MB bodies, 2 MB of bodies in flight, 20 requests in flight, a 2 s read
 timeout and a 0.5 s drain. Its environment names a shared PROMETHEUS_MULTIPROC_DIR that holds
-another program's metrics. The SIGTERM test stops it, so it runs last. No test waits for a
+another program's metrics, and a missing folder in its older lower-case spelling. The SIGTERM test stops it, so it runs last. No test waits for a
 duration: they wait for what the server reports (/metrics) or for its answers.
 """
 
@@ -116,6 +116,7 @@ def server(untrained_checkpoint: Path, onnx_export: Callable[..., Path],
     other = "import prometheus_client as p; p.Counter('pochi_images', 'x').inc(1000)"
     subprocess.run([sys.executable, "-c", other],
                    env=env, check=True, timeout=HANG_GUARD_S)
+    env["prometheus_multiproc_dir"] = str(folder / "missing")
     served = Served(onnx_export(untrained_checkpoint), folder, env, "--decode-workers", "1",
                     "--queue", "16", "--max-body-mb", "1", "--max-inflight-mb", "2",
                     "--max-concurrent", "20", "--read-timeout", "2", "--drain-timeout", "0.5")
@@ -207,7 +208,8 @@ def test_client_gone_mid_upload_is_499_without_traceback(server: Served) -> None
 
 
 def test_metrics_ignore_a_shared_multiproc_dir(server: Served) -> None:
-    """The other program's 1000 images in the shared folder are not this server's."""
+    """The other program's 1000 images in the shared folder are not this server's; the
+    missing folder stopped nothing."""
     assert metric(server.metrics(), "pochi_images_total") < 1000
     assert [p.name for p in (server.log.parent / "shared_metrics").iterdir()] \
         == [p.name for p in (server.log.parent / "shared_metrics").glob("counter_*.db")]

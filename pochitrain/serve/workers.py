@@ -355,5 +355,6 @@ def serve(options: ServeOptions, settings: ServeSettings) -> int:
         raise port_error(options.host, options.port)
     if options.workers > 1:
         return serve_workers(options, settings)
-    os.environ.pop(MULTIPROC_ENV, None)  # before prometheus_client is imported: see above
+    for name in (MULTIPROC_ENV, MULTIPROC_ENV.lower()):  # prometheus_client reads both
+        os.environ.pop(name, None)  # before it is imported: see above
     return serve_one(options, settings)
