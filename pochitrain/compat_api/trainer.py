@@ -22,6 +22,7 @@ from pochitrain.compat_api.data import (
     save_weights,
     settings_of,
 )
+from pochitrain.config_checks import check_training_batch
 from pochitrain.errors import UsageError
 
 if TYPE_CHECKING:
@@ -209,6 +210,9 @@ class PochiTrainer:
         check_loader("train_loader", train_loader)
         check_loader("val_loader", val_loader)
         epochs = count_argument("epochs", epochs)
+        size = getattr(train_loader, "batch_size", None)
+        if isinstance(size, int):
+            check_training_batch(size, model_name=self.model_name)
         if self.enable_tensorboard or self.enable_gradient_tracking:
             from pochitrain.console import warn
 
