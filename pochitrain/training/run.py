@@ -303,8 +303,13 @@ def _load_settings(config: Path | str | None, overrides: dict[str, Any] | None,
     from pochitrain.training import resume as R
 
     resumed = R.find_resume_point(resume) if resume is not None else None
+    if config is None and resumed is not None:
+        config = resumed.config_file()
     if config is None:
-        config = resumed.config_file() if resumed is not None else ""
+        raise ConfigError("config を指定してください\n"
+                          "No config was given, and no run to resume.",
+                          "Pass a training config file (pochi train -c CONFIG), or resume a run "
+                          "(pochi train --resume RUN_DIR).")
     settings = load_config(config, overrides)
     config_path = Path(settings.config_path or config)
     if resumed is not None:
