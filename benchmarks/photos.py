@@ -191,6 +191,10 @@ def stages(args: argparse.Namespace) -> None:
         from pochitrain.gpu_input import prefetcher
 
         prefetcher.STREAM_PRIORITY = args.input_priority
+    if args.work_group is not None:
+        from pochitrain.gpu_input import batches
+
+        batches.WORK_GROUP = args.work_group
     if args.in_flight is not None:
         from pochitrain.inference import loop
 
@@ -204,7 +208,7 @@ def stages(args: argparse.Namespace) -> None:
     source = GpuBatches(model.preprocess, args.device)  # on the CPU too (a check of this script)
     label = {"batch": args.batch_size, "precision": args.precision,
              "channels_last": args.channels_last, "input_priority": args.input_priority,
-             "in_flight": args.in_flight}
+             "in_flight": args.in_flight, "work_group": args.work_group}
     blank = source.blank_batch(args.batch_size)
     rows = [model_alone(model.runner, blank, args.runs)]
     for _ in range(args.passes):
@@ -264,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     prof.add_argument("--device", default="cuda")
     prof.add_argument("--runs", type=int, default=50)
     prof.add_argument("--passes", type=int, default=2)
+    prof.add_argument("--work-group", type=int, default=None,
+                      help="images decoded and resized at once at least (WORK_GROUP)")
     prof.add_argument("--in-flight", type=int, default=None,
                       help="batches queued on the runner at once (the loop's IN_FLIGHT)")
     prof.add_argument("--input-priority", type=int, default=None,
