@@ -287,5 +287,5 @@ def test_stale_metrics_folders_are_removed(tmp_path: Path) -> None:
     for folder in (stale, live, other):
         folder.mkdir()
         (folder / "counter_1.db").write_bytes(b"x")
-    assert remove_stale_metrics_folders(str(tmp_path)) == [stale.name]
+    assert remove_stale_metrics_folders(tmp_path) == [stale]
     assert not stale.exists() and live.is_dir() and other.is_dir()

@@ -21,7 +21,6 @@ a shared one would mix other programs' values into ours.)
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -32,6 +31,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pochitrain.serve.app import ServeSettings
@@ -225,28 +225,12 @@ def _startup_error(workers: list[_Worker]) -> Exception:
         "See the messages above (out of memory?); try fewer --workers.")
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
+def remove_stale_metrics_folders(root: Path | None = None) -> list[Path]:
+    """Remove the metrics folders (in ``root``, default: the temp folder) of servers whose
+    parent process is gone (killed before it could clean up); the folders removed."""
+    from pochitrain.scratch import remove_orphans
 
-
-def remove_stale_metrics_folders(root: str | None = None) -> list[str]:
-    """Remove the metrics folders (in ``root``, default: the temp dir) of servers whose
-    parent process is gone (killed before it could clean up); their names."""
-    root = root or tempfile.gettempdir()
-    removed = []
-    for entry in os.scandir(root):
-        pid = entry.name[len(METRICS_PREFIX):].partition("_")[0]
-        if entry.name.startswith(METRICS_PREFIX) and pid.isdigit() \
-                and int(pid) != os.getpid() and not pid_alive(int(pid)):
-            shutil.rmtree(entry.path, ignore_errors=True)
-            removed.append(entry.name)
-    return removed
+    return remove_orphans(rf"{METRICS_PREFIX}(\d+)_.+", root)
 
 
 @contextmanager

@@ -48,33 +48,12 @@ ENV_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 SCRATCH_PREFIX = "pochi_rank"  # + "<rank>_<pid>_<random>" in the temp folder
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def remove_stale_scratch(temp_root: Path | None = None) -> list[Path]:
     """Remove this user's rank scratch folders whose process is gone (a killed rank cannot
     run its exit handler); the folders removed."""
-    import re
-    import shutil
-    import tempfile
+    from pochitrain.scratch import remove_orphans
 
-    root = Path(temp_root or tempfile.gettempdir())
-    removed = []
-    for folder in root.glob(f"{SCRATCH_PREFIX}*_*_*"):
-        match = re.fullmatch(rf"{SCRATCH_PREFIX}\d+_(\d+)_.+", folder.name)
-        with contextlib.suppress(OSError):
-            if (match and folder.is_dir() and folder.stat().st_uid == os.getuid()
-                    and not _alive(int(match.group(1)))):
-                shutil.rmtree(folder)
-                removed.append(folder)
-    return removed
+    return remove_orphans(rf"{SCRATCH_PREFIX}\d+_(\d+)_.+", temp_root)
 
 
 def env_world() -> tuple[int, int, int] | None:
