@@ -177,6 +177,30 @@ def probe_writable(folder: Path, option: str = "--output PATH") -> None:
                          f"Choose a writable location with {option}.") from exc
 
 
+def check_output_dir(output: Path | str | None, refuse_earlier: Callable[[Path], None],
+                     files: str = "result files") -> Path | None:
+    """``--output DIR``, checked before any work so that a bad path fails fast: a folder
+    holding no earlier results (``refuse_earlier`` raises) whose parent exists and can be
+    written (the folder is claimed next, with ``claimed_output_dir``)."""
+    if output is None:
+        return None
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise PochiError("--output がフォルダではなくファイルです\n"
+                         f"--output {out} is a file, not a folder.",
+                         f"Choose a folder for the {files}.")
+    refuse_earlier(out)
+    if not out.parent.is_dir():
+        raise PochiError("出力フォルダが存在しません\n"
+                         f"Output folder does not exist: {out.parent}",
+                         "Create it first, or choose an --output inside an existing folder.")
+    if not os.access(out if out.exists() else out.parent, os.W_OK):
+        raise PochiError("出力フォルダに書き込めません\n"
+                         f"Output folder is not writable: {out}",
+                         "Choose a writable --output folder.")
+    return out
+
+
 def wait_at_test_gate() -> None:
     """The test hook of ``TEST_GATE_ENV`` (nothing when it is unset)."""
     gate = os.environ.get(TEST_GATE_ENV)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from pochitrain.explain_draw import (
 )
 from pochitrain.workspace import (
     atomic_write_text,
+    check_output_dir,
     claimed_output_dir,
     new_run_dir,
     run_folder_of,
@@ -103,27 +103,6 @@ def list_images(inputs: list[Path | str]) -> Pending:
     return Pending([p for p, _ in found], [n for _, n in found], stems, folders)
 
 
-def check_output(output: Path | str | None) -> Path | None:
-    """``--output DIR``: a folder (made when missing) without earlier explain results."""
-    if output is None:
-        return None
-    out = Path(output)
-    if out.exists() and not out.is_dir():
-        raise PochiError("--output がフォルダではなくファイルです\n"
-                         f"--output {out} is a file, not a folder.",
-                         "Choose a folder for the heatmap files.")
-    refuse_earlier_results(out)
-    if not out.parent.is_dir():
-        raise PochiError("出力フォルダが存在しません\n"
-                         f"Output folder does not exist: {out.parent}",
-                         "Create it first, or choose an --output inside an existing folder.")
-    if not os.access(out if out.exists() else out.parent, os.W_OK):
-        raise PochiError("出力フォルダに書き込めません\n"
-                         f"Output folder is not writable: {out}",
-                         "Choose a writable --output folder.")
-    return out
-
-
 def refuse_earlier_results(out: Path) -> None:
     if (out / RESULTS_CSV).exists():
         raise PochiError("出力フォルダにはすでに Grad-CAM の結果があります\n"
@@ -154,7 +133,7 @@ def explain(model: Path | str, inputs: list[Path | str], output: Path | str | No
 
     require_grad_cam()  # before any work
     model = Path(model)
-    out_dir = check_output(output)
+    out_dir = check_output_dir(output, refuse_earlier_results, "heatmap files")
     pending = list_images(inputs)
     preload()  # matplotlib's import on a thread while the model loads
     source = open_source(model, config, device)

@@ -8,7 +8,6 @@ inferred; the model's config is read at most once.
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,12 @@ from pochitrain.errors import DataError, PochiError
 from pochitrain.inference.loop import run_inference
 from pochitrain.model import Model, open_model, torch_options
 from pochitrain.reports import InferenceResult
-from pochitrain.workspace import claimed_output_dir, new_run_dir, run_folder_of
+from pochitrain.workspace import (
+    check_output_dir,
+    claimed_output_dir,
+    new_run_dir,
+    run_folder_of,
+)
 
 
 @dataclass
@@ -73,7 +77,7 @@ def infer(model_path: Path | str, data: Path | str | None = None,
             from pochitrain.explain.errors import prepare
 
             gallery = prepare(model_path, config, device)
-        out_dir = _check_output(output)
+        out_dir = check_output_dir(output, _refuse_earlier_results)
         with contextlib.ExitStack() as claim:
             if out_dir is not None:  # this run's alone from now on: two runs never mix
                 claim.enter_context(claimed_output_dir(out_dir, _refuse_earlier_results))
@@ -153,29 +157,6 @@ def _default_data(model: Model) -> Path:
                         "No data folder given and none found in the run's config.",
                         "Pass --data DIR (a folder of class sub-folders, or of images).")
     return root
-
-
-def _check_output(output: Path | str | None) -> Path | None:
-    """--output DIR, checked before any work so a bad path fails fast: it must hold no earlier
-    results, and its parent must exist (it is claimed next, and removed again if it was
-    created and the run fails)."""
-    if output is None:
-        return None
-    out = Path(output)
-    if out.exists() and not out.is_dir():
-        raise PochiError("--output がフォルダではなくファイルです\n"
-                         f"--output {out} is a file, not a folder.",
-                         "Choose a folder for the result files.")
-    _refuse_earlier_results(out)
-    if not out.parent.is_dir():
-        raise PochiError("出力フォルダが存在しません\n"
-                         f"Output folder does not exist: {out.parent}",
-                         "Create it first, or choose an --output inside an existing folder.")
-    if not os.access(out if out.exists() else out.parent, os.W_OK):
-        raise PochiError("出力フォルダに書き込めません\n"
-                         f"Output folder is not writable: {out}",
-                         "Choose a writable --output folder.")
-    return out
 
 
 def _refuse_earlier_results(out: Path) -> None:
