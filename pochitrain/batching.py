@@ -45,6 +45,18 @@ def pad_to(batch: Any, size: int) -> Any:
     return torch.cat([batch, batch[-1:].expand(short, *batch.shape[1:])])
 
 
+def true_ranks(probs: np.ndarray, labels: list[int]) -> list[int]:
+    """Per row, how many classes are more probable than the true one (0: top-1 right); -1 for
+    an unlabelled row (label -1)."""
+    import numpy as np
+
+    rows = np.arange(len(labels))
+    known = np.asarray(labels) >= 0
+    true_p = probs[rows, np.where(known, labels, 0)]
+    ranks = (probs > true_p[:, None]).sum(axis=1)
+    return [int(r) if k else -1 for r, k in zip(ranks, known)]
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax in float64 (stable for large logits)."""
     import numpy as np

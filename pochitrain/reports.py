@@ -28,6 +28,7 @@ class InferenceResult:
     labels: list[int] = field(default_factory=list)  # -1 when the data is unlabelled
     preds: list[int] = field(default_factory=list)
     confidences: list[float] = field(default_factory=list)
+    ranks: list[int] = field(default_factory=list)  # of the true class (0: top-1), -1 unlabelled
     skipped: list[Path] = field(default_factory=list)  # corrupt / unreadable files
     pure_seconds: float = 0.0
     e2e_seconds: float = 0.0
@@ -47,6 +48,20 @@ class InferenceResult:
         if not self.labelled:
             return None
         return float(np.mean(np.asarray(self.preds) == np.asarray(self.labels)))
+
+    @property
+    def top_k(self) -> int | None:
+        """The k of the top-k accuracy: 5, or fewer with 6 classes or less (k < classes);
+        None with 2 classes (top-1 is all there is)."""
+        k = min(5, len(self.class_names) - 1)
+        return k if k >= 2 else None
+
+    @property
+    def top_k_accuracy(self) -> float | None:
+        """Share of images whose true class is among the k most probable."""
+        if not self.labelled or self.top_k is None or len(self.ranks) != self.measured:
+            return None
+        return float(np.mean(np.asarray(self.ranks) < self.top_k))
 
     def per_image_ms(self, seconds: float) -> float:
         return 1000.0 * seconds / self.measured if self.measured else float("nan")
@@ -155,6 +170,9 @@ def summary_text(result: InferenceResult, info: dict[str, str]) -> str:
     if acc is not None:
         correct = int(np.sum(np.asarray(result.preds) == np.asarray(result.labels)))
         lines.append(f"精度 / Accuracy: {100 * acc:.2f}% ({correct}/{result.measured})")
+        if result.top_k_accuracy is not None:
+            lines.append(f"上位 {result.top_k} 精度 / Top-{result.top_k} accuracy: "
+                         f"{100 * result.top_k_accuracy:.2f}%")
     else:
         lines.append("精度 / Accuracy: n/a (unlabelled data)")
     pure_ms = result.per_image_ms(result.pure_seconds)

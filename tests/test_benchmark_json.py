@@ -13,7 +13,8 @@ import pytest
 
 from pochitrain.cli.main import run
 
-# Written from the reference (original v1.8.3, section 7.1): schema_version 1.0.0, no extra keys.
+# Written from the reference (original v1.8.3, section 7.1): schema_version 1.0.0, no extra
+# keys but the two top-k metrics this project adds.
 _NUM = {"type": "number"}
 BENCHMARK_SCHEMA = {
     "type": "object",
@@ -50,7 +51,10 @@ BENCHMARK_SCHEMA = {
                          "throughput_e2e_ips", "accuracy_percent"],
             "properties": {"avg_inference_ms": _NUM, "avg_e2e_ms": _NUM,
                            "throughput_inference_ips": _NUM, "throughput_e2e_ips": _NUM,
-                           "accuracy_percent": {"type": ["number", "null"]}},
+                           "accuracy_percent": {"type": ["number", "null"]},
+                           # added to the original's schema: top-k accuracy
+                           "top_k": {"type": ["integer", "null"], "minimum": 2},
+                           "top_k_accuracy_percent": {"type": ["number", "null"]}},
         },
         "samples": {
             "type": "object", "additionalProperties": False,
@@ -113,6 +117,12 @@ def test_pytorch_benchmark_json(untrained_checkpoint: Path, small_val: Path,
     assert res["samples"]["warmup_samples"] == 8  # 2 warm-up runs of the first batch of 4
     assert res["metrics"]["avg_inference_ms"] > 0
     assert 0 <= res["metrics"]["accuracy_percent"] <= 100
+    # 10 classes: top-5; never below top-1, and the same figure as the summary's line
+    assert res["metrics"]["top_k"] == 5
+    top5 = res["metrics"]["top_k_accuracy_percent"]
+    assert res["metrics"]["accuracy_percent"] <= top5 <= 100
+    summary = next((tmp_path / "pt").glob("*summary*.txt")).read_text(encoding="utf-8")
+    assert f"Top-5 accuracy: {top5:.2f}%" in summary
     details = json.loads((tmp_path / "pt" / "benchmark_details.json").read_text())
     assert details["batch_images"] == [4] * 5  # warm-up calls are not latencies
     assert len(details["batch_pure_ms"]) == 5 and details["peak_gpu_memory_mb"] is None

@@ -73,3 +73,23 @@ def test_report_rows_are_the_originals() -> None:
                                                         zero_division=0)
         want.append([row, f"{p2:.4f}", f"{r2:.4f}", f"{f2:.4f}", str(int(sum(s)))])
     assert rows[:len(want)] == want and rows[-1][0] == "accuracy"
+
+
+def test_top_k_accuracy_counts_the_true_class_among_the_k_most_probable() -> None:
+    from pochitrain.batching import true_ranks
+
+    probs = np.array([[0.5, 0.3, 0.1, 0.1],   # true 0: rank 0
+                      [0.5, 0.3, 0.15, 0.05],  # true 2: rank 2 (out of the top 2)
+                      [0.2, 0.5, 0.25, 0.05],  # true 2: rank 1
+                      [0.4, 0.3, 0.2, 0.1]])   # unlabelled
+    ranks = true_ranks(probs, [0, 2, 2, -1])
+    assert ranks == [0, 2, 1, -1]
+    result = InferenceResult("pytorch", ["a", "b", "c", "d"], labels=[0, 2, 2],
+                             preds=[0, 0, 1], ranks=ranks[:3])
+    assert result.top_k == 3  # k < classes
+    assert result.top_k_accuracy == 1.0
+    result.class_names = ["a", "b", "c"]
+    assert result.top_k == 2 and result.top_k_accuracy == 2 / 3
+    result.class_names = ["a", "b"]
+    assert result.top_k is None and result.top_k_accuracy is None  # top-1 is all there is
+

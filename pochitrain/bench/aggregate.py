@@ -37,6 +37,8 @@ class Group:
         inf = [float(x["avg_inference_ms"]) for x in m]
         e2e = [float(x["avg_e2e_ms"]) for x in m]
         acc = [float(x["accuracy_percent"]) for x in m if x.get("accuracy_percent") is not None]
+        top = [float(x["top_k_accuracy_percent"]) for x in m
+               if x.get("top_k_accuracy_percent") is not None]
         lat = self.latencies_ms or inf
         return {
             **self.key,
@@ -46,6 +48,7 @@ class Group:
             "avg_e2e_ms_mean": _r(statistics.fmean(e2e)),
             "avg_e2e_ms_stdev": _r(_pstdev(e2e)),
             "accuracy_percent_mean": _r(statistics.fmean(acc)) if acc else None,
+            "top_k_accuracy_percent_mean": _r(statistics.fmean(top)) if top else None,
             "latency_p50_ms": _r(percentile(lat, 50)),
             "latency_p90_ms": _r(percentile(lat, 90)),
             "latency_p99_ms": _r(percentile(lat, 99)),

@@ -25,7 +25,7 @@ ORIGINAL_COLUMNS = ["case_name", "env_name", "runtime", "precision", "model_name
                     "avg_e2e_ms_mean", "avg_e2e_ms_stdev", "accuracy_percent_mean"]
 COLUMNS = ORIGINAL_COLUMNS + ["batch_size", "latency_p50_ms", "latency_p90_ms",
                               "latency_p99_ms", "images_per_s_inference", "images_per_s_e2e",
-                              "peak_gpu_memory_mb"]
+                              "peak_gpu_memory_mb", "top_k_accuracy_percent_mean"]
 
 
 def write_summary(source: Path, out_dir: Path,
@@ -88,14 +88,15 @@ def markdown(summary: dict[str, Any]) -> str:
               f"result files, {summary['total_groups']} cases."), ""]
     head = ["case", "runtime", "precision", "pipeline", "device", "batch", "runs",
             "ms/img (pure)", "stdev", "p50", "p90", "p99", "ms/img (e2e)", "img/s (pure)",
-            "img/s (e2e)", "accuracy %", "peak GPU MiB"]
+            "img/s (e2e)", "accuracy %", "top-k %", "peak GPU MiB"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in summary["groups"]:
         cells = [g["case_name"], g["runtime"], g["precision"], g["pipeline"], g["device"],
                  g["batch_size"], g["runs"], g["avg_inference_ms_mean"],
                  g["avg_inference_ms_stdev"], g["latency_p50_ms"], g["latency_p90_ms"],
                  g["latency_p99_ms"], g["avg_e2e_ms_mean"], g["images_per_s_inference"],
-                 g["images_per_s_e2e"], g["accuracy_percent_mean"], g["peak_gpu_memory_mb"]]
+                 g["images_per_s_e2e"], g["accuracy_percent_mean"],
+                 g["top_k_accuracy_percent_mean"], g["peak_gpu_memory_mb"]]
         lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
     env = sorted({str(g["env_name"]) for g in summary["groups"]})
     if env:

@@ -131,6 +131,10 @@ def result_dict(ctx: dict[str, Any], result: Any, env_name: str | None = None,
             "throughput_inference_ips": _num(result.images_per_second(result.pure_seconds)),
             "throughput_e2e_ips": _num(result.images_per_second(result.e2e_seconds)),
             "accuracy_percent": None if accuracy is None else round(100.0 * accuracy, 4),
+            # added to the original's schema: top-k accuracy (k < classes, at most 5)
+            "top_k": result.top_k,
+            "top_k_accuracy_percent": (None if result.top_k_accuracy is None
+                                       else round(100.0 * result.top_k_accuracy, 4)),
         },
         "samples": {
             "num_samples": int(result.measured),

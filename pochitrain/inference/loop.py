@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pochitrain.batching import InputBatch, softmax
+from pochitrain.batching import InputBatch, softmax, true_ranks
 from pochitrain.data import ImageFolder, open_rgb
 from pochitrain.inference.runner import IN_FLIGHT, Pending, Runner, submit
 from pochitrain.preprocess import Preprocess
@@ -89,6 +89,7 @@ def _timed_pass(runner: Runner, items: Iterator[InputBatch], result: InferenceRe
         result.pure_seconds += pure
         result.preds.extend(int(i) for i in probs.argmax(axis=1))
         result.confidences.extend(float(p) for p in probs.max(axis=1))
+        result.ranks.extend(true_ranks(probs, labels))
         result.paths.extend(paths)
         result.labels.extend(labels)
 
