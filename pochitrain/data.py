@@ -39,8 +39,48 @@ class ImageFolder:
         return h.hexdigest()
 
 
-def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+def _is_image(entry: os.DirEntry[str]) -> bool:
+    """A file (or a link to one) with an image suffix and not hidden."""
+    name = entry.name
+    if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
+        return False
+    try:
+        return entry.is_file()  # the listing's file type: a stat only for links
+    except OSError:
+        return False
+
+
+def _listing(folder: str) -> list[os.DirEntry[str]]:
+    """The entries of ``folder``; none when it cannot be read (as ``Path.rglob`` skips it)."""
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError:
+        return []
+
+
+def _is_folder(entry: os.DirEntry[str], follow_links: bool = True) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=follow_links)
+    except OSError:
+        return False
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """The images under ``folder`` and its sub-folders (linked sub-folders not entered; hidden
+    files left out), in path order: what sorting ``folder.rglob("*")``'s images gives, from
+    the directory listings, without a stat per file."""
+    found: list[tuple[str, ...]] = []
+    todo: list[tuple[str, ...]] = [()]
+    while todo:
+        rel = todo.pop()
+        for entry in _listing(os.path.join(folder, *rel)):
+            if _is_image(entry):
+                found.append((*rel, entry.name))
+            elif _is_folder(entry, follow_links=False):
+                todo.append((*rel, entry.name))
+    found.sort()  # a path's parts compared in turn: the order of sorted Path objects
+    return [folder.joinpath(*parts) for parts in found]
 
 
 def scan_image_folder(root: Path | str, what: str = "data folder",
@@ -55,12 +95,14 @@ def scan_image_folder(root: Path | str, what: str = "data folder",
         raise DataError("データのパスがフォルダではありません\n"
                         f"The {what} is not a folder: {root}",
                         "Pass a folder that holds one sub-folder of images per class.")
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    with os.scandir(root) as entries:
+        top = list(entries)
+    subdirs = sorted(root / e.name for e in top if not e.name.startswith(".") and _is_folder(e))
     if subdirs:
         samples: list[tuple[Path, int]] = []
         empty = []
         for idx, d in enumerate(subdirs):
-            files = sorted(p for p in d.rglob("*") if _is_image(p))
+            files = _image_files(d)
             if not files:
                 empty.append(d.name)
             samples.extend((p, idx) for p in files)
@@ -71,7 +113,7 @@ def scan_image_folder(root: Path | str, what: str = "data folder",
                 f"Add images ({', '.join(IMAGE_EXTENSIONS)}) or remove the empty folder(s).",
             )
         return ImageFolder(root, [d.name for d in subdirs], samples)
-    files = sorted(p for p in root.iterdir() if _is_image(p))
+    files = [root / name for name in sorted(e.name for e in top if _is_image(e))]
     if not files or not allow_unlabelled:
         raise DataError(
             "データフォルダに画像が見つかりません\n"
