@@ -367,7 +367,7 @@ def test_infer_pipeline_writes_tensorrt_files(digits_dir: Path, tmp_path: Path,
     trt_labels = labels(tmp_path / "trt" / "tensorrt_inference_summary.txt")
     # the summary lines every runtime writes, in the same order
     any_run = InferenceResult("tensorrt", CLASS_NAMES, paths=[data], labels=[0], preds=[0],
-                              confidences=[1.0])
+                              confidences=[1.0], ranks=[0])
     standard = summary_text(any_run, {"model": "m", "data": "d", "input_size": "32x32",
                                       "pipeline": "cpu"})
     standard_labels = [line.split(":")[0] for line in standard.splitlines()][1:]
