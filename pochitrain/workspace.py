@@ -283,6 +283,37 @@ def claim_dir(path: Path, exist_ok: bool = False) -> bool:
                          "Choose a writable location.") from exc
 
 
+def _take_claim(marker: Path) -> bool:
+    """Create ``marker`` exclusively, holding this process's pid; False when it exists."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
+def _drop_stale_claim(marker: Path) -> bool:
+    """Remove a claim whose process is gone (killed before it could remove it); True when
+    this call removed it. Renamed away first, so that of two callers one removes it."""
+    from pochitrain.scratch import pid_alive
+
+    try:
+        pid = int(marker.read_text(encoding="ascii").strip() or 0)
+    except (OSError, ValueError):
+        return False
+    if pid <= 0 or pid == os.getpid() or pid_alive(pid):
+        return False
+    grave = marker.with_name(f"{marker.name}.stale-{os.getpid()}")
+    try:
+        os.rename(marker, grave)
+    except OSError:
+        return False
+    grave.unlink(missing_ok=True)
+    return True
+
+
 @contextlib.contextmanager
 def claimed_output_dir(path: Path, check: Callable[[Path], None] | None = None,
                        new: bool = False) -> Iterator[Path]:
@@ -295,14 +326,12 @@ def claimed_output_dir(path: Path, check: Callable[[Path], None] | None = None,
     """
     created = claim_dir(path, exist_ok=True) or new
     marker = path / CLAIM_FILE
-    try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-    except FileExistsError:
+    if not _take_claim(marker) and not (_drop_stale_claim(marker) and _take_claim(marker)):
         raise OutputExistsError(
             "出力フォルダには別のコマンドが書き込み中です\n"
             f"{path} is being written by another pochi command.",
-            "Choose another --output folder (if no pochi command is running, a killed one "
-            f"left {marker}: delete it).") from None
+            "Choose another --output folder (if no pochi command is running, one that "
+            f"stopped oddly left {marker}: delete it).")
     before = {p.name for p in path.iterdir()}
     try:
         if check is not None:

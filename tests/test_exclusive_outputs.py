@@ -299,3 +299,23 @@ def test_no_bytecode_is_cut_short_by_a_file_size_limit(tmp_path: Path) -> None:
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert not list(tmp_path.glob("__pycache__/big_module*"))
+
+
+def test_a_claim_left_by_a_killed_command_is_taken_over(tmp_path: Path) -> None:
+    """A results folder whose claim names a process that is gone is usable again; one whose
+    process runs is not."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / CLAIM_FILE).write_text(str(gone.pid))
+    with claimed_output_dir(out):
+        assert (out / CLAIM_FILE).read_text() == str(os.getpid())
+    assert not (out / CLAIM_FILE).exists()
+    with subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                          stdin=subprocess.PIPE) as alive:
+        (out / CLAIM_FILE).write_text(str(alive.pid))
+        with pytest.raises(OutputExistsError, match="another pochi command"), \
+                claimed_output_dir(out):
+            pass
+        alive.communicate(b"")
