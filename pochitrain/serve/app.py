@@ -19,6 +19,7 @@ pixels are counted from the image headers before anything is decoded (413 over
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,7 @@ import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pochitrain.serve import schemas
 from pochitrain.serve.batcher import Batcher
@@ -54,6 +56,8 @@ if TYPE_CHECKING:
 
 PREFIX = "/api/v1"
 STOP_WAIT_S = 1.0  # at shutdown, for a model call still running after the drain
+UTF8_BOM = b"\xef\xbb\xbf"
+MAX_ECHO_CHARS, MAX_ECHO_ITEMS, MAX_ECHO_DEPTH = 200, 20, 4  # of the input a 422 echoes
 ROUTES = {f"{PREFIX}/predict", f"{PREFIX}/health", f"{PREFIX}/model-info",
           f"{PREFIX}/version", "/metrics", "/docs", "/openapi.json"}
 
@@ -117,6 +121,20 @@ def add_error_handlers(app: FastAPI) -> None:
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(unprocessable_body(_invalid(exc.errors())), status_code=422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def routing(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code not in (404, 405):  # nothing else is raised by routing
+            return JSONResponse({"detail": exc.detail}, exc.status_code, exc.headers)
+        where = f"{request.method} {request.url.path}"
+        body = ({"detail": f"このパスはありません: {where}\nNo endpoint at {where}: the API's "
+                 "paths are listed at /docs.", "error": "not_found"} if exc.status_code == 404
+                else {"detail": f"このパスでは使えないメソッドです: {where}\n{where} is not "
+                      f"allowed (allowed: {(exc.headers or {}).get('Allow', '-')}): see /docs.",
+                      "error": "method_not_allowed"})
+        if request.method == "HEAD":
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse(body, exc.status_code, exc.headers)
+
 
 def unprocessable_body(exc: BadInput) -> dict[str, Any]:
     """The original's 422 body (FastAPI's: ``detail`` lists the errors), plus ours."""
@@ -125,8 +143,28 @@ def unprocessable_body(exc: BadInput) -> dict[str, Any]:
     errors = exc.errors  # pydantic's, or one entry in FastAPI's shape for our own checks
     if errors is None:
         errors = [{"type": exc.code, "loc": ["body"], "msg": exc.en, "input": None}]
-    return {"detail": jsonable_encoder(errors), "message": f"{exc.ja}\n{exc.en}",
+    return {"detail": jsonable_encoder(json_safe(errors)), "message": f"{exc.ja}\n{exc.en}",
             "error": exc.code}
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
+    """``value`` (pydantic's errors, which echo the input) as plain JSON: NaN / Infinity and
+    bytes that are not UTF-8 as text, long strings and deep or long containers cut short,
+    so a 422 never fails to encode (a 500) nor echoes a whole body back."""
+    if depth > MAX_ECHO_DEPTH:
+        return "..."
+    if isinstance(value, dict):
+        return {str(k): json_safe(v, depth + 1) for k, v in list(value.items())[:MAX_ECHO_ITEMS]}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v, depth + 1) for v in value[:MAX_ECHO_ITEMS]]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value[:MAX_ECHO_CHARS]).decode("utf-8", "replace")
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + "..."
 
 
 @dataclass
@@ -234,7 +272,8 @@ class Predict:
 ERROR_CODES = {400: "undecodable_image, bad_multipart, bad_http",
                413: "body_too_large, too_many_images, too_many_pixels, "
                     "too_many_request_pixels",
-               408: "read_timeout", 415: "unsupported_media_type", 500: "inference_failed",
+               408: "read_timeout", 415: "unsupported_media_type",
+               500: "inference_failed, internal_error",
                503: "queue_full, busy (both with Retry-After), shutting_down"}
 
 
@@ -291,6 +330,7 @@ def _prepare_json(body: bytes) -> tuple[Payload, int | None]:
     """JSON body -> (payload, top_k); runs in the pool (base64 of big images)."""
     from pydantic import ValidationError
 
+    body = body.removeprefix(UTF8_BOM)  # some Windows clients write one; JSON may skip it
     try:
         req = schemas.PredictRequest.model_validate_json(body)
     except ValidationError as exc:

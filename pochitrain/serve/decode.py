@@ -29,6 +29,7 @@ IMAGE_TYPES = ("image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/web
 # Parts sent without a precise type (curl -F defaults, some clients): sniffed by PIL.
 GENERIC_TYPES = ("", "application/octet-stream")
 ENCODED_FORMATS = ("jpeg", "jpg", "png", "webp", "image")
+URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 
 
 class BadInput(Exception):
@@ -76,11 +77,15 @@ def check_part_type(content_type: str | None, name: str) -> None:
 
 
 def b64decode(text: str, field: str = "image_data") -> bytes:
-    """Strict base64 (data: URL prefixes and whitespace tolerated); 422 when broken."""
+    """Strict base64 (data: URL prefixes, whitespace, the URL-safe alphabet and left-out
+    padding tolerated); 422 when broken."""
     if text.startswith("data:") and "," in text:
         text = text.split(",", 1)[1]
+    text = "".join(text.split()).translate(URLSAFE_TO_STANDARD)
+    if len(text) % 4 and not text.endswith("="):
+        text += "=" * (-len(text) % 4)
     try:
-        return base64.b64decode("".join(text.split()), validate=True)
+        return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise BadInput(422, "bad_base64", f"{field} の base64 が壊れています。",
                        f"{field} is not valid base64.") from None

@@ -16,6 +16,7 @@ read, per-request metrics and one access-log line per request.
   two chunks. A stalled request head is the connection protocol's (``serve.server``).
 - Client gone mid-upload: no answer, no traceback, counted as status 499.
 - Cut by the drain timeout on SIGTERM: JSON 503 ``shutting_down`` instead of a traceback.
+- Anything else the app raises: JSON 500 ``internal_error`` and one log line.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any, Protocol
 from pochitrain.serve.metrics import Metrics
 
 access_log = logging.getLogger("pochitrain.serve.access")
+server_log = logging.getLogger("pochitrain.serve")
 CLIENT_CLOSED = 499  # nginx's status for a client that closed the connection first
 INFLIGHT_REQUESTS_PER_QUEUE = 16  # default byte budget: this many largest bodies
 
@@ -78,6 +80,13 @@ def read_timeout_text(seconds: float) -> str:
     return (f"リクエストの受信が {seconds:g} 秒間止まったため打ち切りました。\n"
             f"No part of the request arrived for {seconds:g} s (--read-timeout), so it was "
             "dropped: send the whole request without pauses.")
+
+
+def internal_error() -> Refusal:
+    return Refusal(500, "internal_error",
+                   "サーバー内部でエラーが発生しました。\n"
+                   "The server failed on this request (its log has a line on it): send it "
+                   "again; if it fails again, report the request.", close=True)
 
 
 def shutting_down() -> Refusal:
@@ -182,6 +191,11 @@ class LimitAndLog:
         except asyncio.CancelledError:  # uvicorn cut the request at the drain timeout
             if not ex.started:
                 await ex.answer(shutting_down())
+        except Exception as exc:  # noqa: BLE001 - a bug: one log line and a JSON 500
+            server_log.error("%s %s: %s: %s", scope.get("method", "-"), scope.get("path", ""),
+                             type(exc).__name__, str(exc)[:300])
+            if not ex.started:
+                await ex.answer(internal_error())
         finally:
             self.active -= 1
             self.inflight_bytes -= ex.reserved

@@ -1,0 +1,155 @@
+"""Hostile inputs to ``pochi serve`` over real HTTP and to the Python API (``Predictor``).
+
+One .onnx server starts for the module; every request below is answered with JSON (no 500
+for a client's mistake, no traceback in its log), and a good request still works after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+PREDICT = "/api/v1/predict"
+HANG_GUARD_S = 60
+
+
+class Served:
+    def __init__(self, model: Path, log: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pochitrain.cli.main", "serve", str(model), "--port",
+             str(self.port), "--decode-workers", "1"],
+            stdout=log.open("w"), stderr=subprocess.STDOUT)
+        self.client = httpx.Client(base_url=self.url, timeout=HANG_GUARD_S)
+
+    def wait_ready(self) -> None:
+        end = time.monotonic() + HANG_GUARD_S
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                pytest.fail(f"server exited {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                if self.client.get("/api/v1/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        pytest.fail(f"server not ready:\n{self.log.read_text()}")
+
+    def post(self, body: bytes | str, content_type: str = "application/json",
+             **kw: Any) -> Any:
+        return self.client.post(PREDICT, content=body, headers={"content-type": content_type},
+                                **kw)
+
+
+@pytest.fixture(scope="module")
+def model(untrained_checkpoint: Path, onnx_export: Callable[..., Path]) -> Path:
+    return onnx_export(untrained_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def server(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    served = Served(model, tmp_path_factory.mktemp("hostile_serve") / "server.log")
+    try:
+        served.wait_ready()
+        yield served
+    finally:
+        served.client.close()
+        served.proc.kill()
+        served.proc.wait(HANG_GUARD_S)
+
+
+@pytest.fixture(scope="module")
+def png(digits_dir: Path) -> bytes:
+    return next((digits_dir / "val" / "3").glob("*.png")).read_bytes()
+
+
+def refused(response: Any, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    assert body["error"] == code
+    text = body.get("message", body["detail"])
+    assert isinstance(text, str) and len(text.splitlines()) >= 2  # Japanese, then English
+    return body
+
+
+def test_json_the_encoder_could_not_echo_is_a_422(server: Served, png: bytes) -> None:
+    """Bodies whose refusal echoed an input JSON cannot hold (NaN, Infinity, a number over
+    float range, bytes that are not UTF-8, UTF-16) were 500s in plain text with a traceback;
+    a long body is not echoed whole."""
+    b64 = base64.b64encode(png).decode()
+
+    def request(image_data: str, rest: str) -> str:
+        return '{"image_data": "' + image_data + '"' + rest + "}"
+
+    for body in ("1e999", request(b64, ', "format": "jpeg", "top_k": NaN'),
+                 request(b64, ', "top_k": Infinity'),
+                 b'{"image_data": "\xff\xfe", "format": "jpeg"}',
+                 request("x", "").encode("utf-16"), "[" + "1," * 100_000 + "1"):
+        answer = refused(server.post(body), 422, "invalid_request")
+        assert len(str(answer["detail"])) < 2000
+    good = server.post(request(b64, ', "format": "jpeg"'))
+    assert good.status_code == 200
+    # a UTF-8 byte order mark, URL-safe base64 and left-out padding are taken
+    padded = png + b"\0" * (1 if (len(png) + 1) % 3 else 2)  # trailing bytes PNG ignores
+    std = base64.b64encode(padded).decode()
+    assert std.endswith("=")
+    for image_data in (std, std.rstrip("="), base64.urlsafe_b64encode(padded).decode()):
+        r = server.post(b"\xef\xbb\xbf" + request(image_data, ', "format": "png"').encode())
+        assert r.status_code == 200, r.text
+        assert r.json()["probabilities"] == good.json()["probabilities"]
+
+
+def test_unknown_paths_and_methods_are_bilingual_json(server: Served) -> None:
+    refused(server.client.get("/nope"), 404, "not_found")
+    body = refused(server.client.get(PREDICT), 405, "method_not_allowed")
+    assert "POST" in body["detail"]
+    refused(server.client.delete("/api/v1/health"), 405, "method_not_allowed")
+    assert server.client.head(PREDICT).status_code == 405
+
+
+def test_a_failing_app_is_a_json_500_and_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    """A bug in a route (anything not a refusal) is answered JSON 500 internal_error."""
+    from pochitrain.serve.app import ServeSettings
+    from pochitrain.serve.metrics import Metrics
+    from pochitrain.serve.middleware import LimitAndLog
+
+    async def broken(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("a bug")
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    settings = ServeSettings(access_log=False)
+    app = LimitAndLog(broken, settings, Metrics(lambda: 0.0), {PREDICT})
+    asyncio.run(app({"type": "http", "method": "POST", "path": PREDICT, "headers": []},
+                    receive, send))
+    assert sent[0]["status"] == 500
+    assert b'"internal_error"' in sent[1]["body"]
+    assert "RuntimeError: a bug" in caplog.text
+
+
+def test_the_server_log_has_no_traceback(server: Served) -> None:
+    """Runs after the tests above sent their bodies."""
+    assert server.client.get("/api/v1/health").status_code == 200
+    assert "Traceback" not in server.log.read_text()
