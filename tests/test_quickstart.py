@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from pochitrain.cli.main import run
@@ -12,7 +15,25 @@ from pochitrain.cli.main import run
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_quickstart_runs_every_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _fewer_digits(per_class: int) -> Callable[[], Any]:
+    """scikit-learn's digits cut to ``per_class`` images of each digit: the same sample-data
+    step, config and splits, with a training epoch over a few hundred images instead of 1,797
+    (the steps and files checked here do not depend on how many there are)."""
+    from sklearn.datasets import load_digits
+
+    def load() -> Any:
+        digits = load_digits()
+        keep = np.concatenate([np.flatnonzero(digits.target == d)[:per_class]
+                               for d in range(10)])
+        digits.images, digits.target = digits.images[keep], digits.target[keep]
+        return digits
+
+    return load
+
+
+def test_quickstart_runs_every_step(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sklearn.datasets.load_digits", _fewer_digits(30))
     root = tmp_path / "qs"
     assert run(["quickstart", str(root), "--epochs", "1", "--quiet"]) == 0
     out = capsys.readouterr().out
