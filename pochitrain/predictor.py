@@ -13,12 +13,13 @@ It opens the model through the model facade (``pochitrain.model``) as ``pochi in
 
 from __future__ import annotations
 
+import io
 import itertools
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -30,7 +31,8 @@ if TYPE_CHECKING:
 
     from pochitrain.meta import ModelMeta
 
-ImageLike = Any  # a PIL image, an HxWx3 (RGB) or HxW uint8 NumPy array, or a file path
+ImageLike = Any  # a PIL image, an HxWx3 (RGB) or HxW uint8 NumPy array, a file path, or
+# the bytes of an image file (bytes or a binary file object)
 
 
 @dataclass
@@ -57,8 +59,8 @@ def to_pil(image: ImageLike, name: str = "image") -> Any:
     if isinstance(image, Image.Image):
         if image.width == 0 or image.height == 0:
             raise _empty(name, f"a {image.width}x{image.height} PIL image")
-        try:
-            return rgb8(image)  # 16-bit images scaled as files of them are
+        try:  # 16-bit images scaled, and the EXIF orientation applied, as for their files
+            return rgb8(_upright(image))
         except (OSError, ValueError, SyntaxError) as exc:  # truncated, or its file closed
             raise DataError("PIL 画像を読み込めません\n"
                             f"The PIL image passed as {name} cannot be read: "
@@ -78,10 +80,67 @@ def to_pil(image: ImageLike, name: str = "image") -> Any:
         return decoded
     if isinstance(image, np.ndarray):
         return _array_image(image, name)
+    if is_encoded(image):  # the bytes of an image file, or a binary file object
+        data = _read_encoded(image, name)
+        decoded = open_rgb(cast(Any, Upload(data, f"the image passed as {name}")))
+        if decoded is None:
+            raise DataError("画像としてデコードできません\n"
+                            f"The bytes passed as {name} cannot be decoded as an image.",
+                            "Pass the bytes of a PNG / JPEG / BMP / WebP ... file (a path as "
+                            "a str or pathlib.Path).")
+        return decoded
     raise UsageError("この種類の入力は分類できません\n"
-                     f"Cannot classify a {type(image).__name__} (argument {name}).",
-                     "Pass a PIL image, a uint8 NumPy array (HxWx3 RGB) or a file path, or a "
-                     "list of them.")
+                     f"Cannot classify an object of type {type(image).__name__} (argument "
+                     f"{name}).",
+                     "Pass a PIL image, a uint8 NumPy array (HxWx3 RGB), a file path or the "
+                     "bytes of an image file, or a list of them.")
+
+
+class Upload(io.BytesIO):
+    """Encoded bytes given to a decoder in place of a path (its messages print the name)."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        super().__init__(data)
+        self.label = name
+
+    def __str__(self) -> str:
+        return self.label
+
+
+def is_encoded(image: object) -> bool:
+    """An encoded image file: bytes, or a file object (one image, not an iterator of lines)."""
+    return isinstance(image, (bytes, bytearray, memoryview)) or hasattr(image, "read")
+
+
+def _read_encoded(image: Any, name: str) -> bytes:
+    if not hasattr(image, "read"):
+        return bytes(image)
+    try:
+        data = None if isinstance(image, io.TextIOBase) else image.read()
+    except (OSError, ValueError) as exc:  # closed, or not readable
+        raise DataError("ファイルオブジェクトを読めません\n"
+                        f"The file object passed as {name} cannot be read: "
+                        f"{type(exc).__name__}: {str(exc)[:200]}",
+                        "Pass a binary file object open for reading: open(path, 'rb').") from None
+    if not isinstance(data, bytes):
+        raise UsageError("テキストモードのファイルは分類できません\n"
+                         f"The file object passed as {name} is not binary (text mode?).",
+                         "Open it in binary mode: open(path, 'rb').")
+    return data
+
+
+def _upright(image: Any) -> Any:
+    """A PIL image as decoded from a file (``format`` set: not yet edited) with its EXIF
+    orientation applied, as ``pochi infer`` reads that file; other images as they are."""
+    from PIL import ImageOps
+
+    if image.format is None:
+        return image
+    image.load()  # a truncated file fails here, as a file read by path does
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - a broken EXIF block: the stored pixels, as infer does
+        return image
 
 
 def _array_image(image: np.ndarray, name: str) -> Any:
@@ -180,7 +239,7 @@ class Predictor:
         images (same order), which is decoded and run ``batch_size`` images at a time."""
         self._check_open()
         top_k = count_argument("top_k", top_k)
-        single = not isinstance(images, (list, tuple, Iterator))
+        single = not isinstance(images, (list, tuple, Iterator)) or is_encoded(images)
         items = iter([images] if single else images)
         preds: list[Prediction] = []
         while chunk := list(itertools.islice(items, self.batch_size)):

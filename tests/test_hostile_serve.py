@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import socket
 import subprocess
 import sys
@@ -153,3 +154,33 @@ def test_the_server_log_has_no_traceback(server: Served) -> None:
     """Runs after the tests above sent their bodies."""
     assert server.client.get("/api/v1/health").status_code == 200
     assert "Traceback" not in server.log.read_text()
+
+
+def test_predictor_takes_what_pochi_infer_reads(model: Path, digits_dir: Path,
+                                                tmp_path: Path) -> None:
+    """An EXIF-rotated JPEG opened with PIL is classified as the file by path (it was not
+    turned upright); the bytes of a file and binary file objects are one image each (a
+    BytesIO was taken for an iterator of lines: "Cannot classify a bytes")."""
+    from PIL import Image
+
+    from pochitrain import PochiError, Predictor
+
+    source = Image.open(next((digits_dir / "val" / "3").glob("*.png"))).convert("RGB")
+    exif = source.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    path = tmp_path / "rotated.jpg"
+    source.resize((40, 24)).save(path, exif=exif)
+    with Predictor(model) as predictor:
+        by_path = predictor.predict(path).probability
+        assert predictor.predict(Image.open(path)).probability == by_path
+        stored = predictor.predict(Image.open(path).rotate(0)).probability  # edited: as is
+        assert stored != by_path
+        data = path.read_bytes()
+        with path.open("rb") as f:
+            preds = predictor.predict([data, io.BytesIO(data), f])
+        assert [p.probability for p in preds] == [by_path] * 3
+        assert predictor.predict(io.BytesIO(data)).probability == by_path
+        with path.open("r") as text:
+            for bad in (b"not an image", text):
+                with pytest.raises(PochiError):
+                    predictor.predict(bad)

@@ -24,6 +24,8 @@ from typing import Any, cast
 
 import numpy as np
 
+from pochitrain.predictor import Upload
+
 # Content types of encoded images taken as a whole request body or as a multipart part.
 IMAGE_TYPES = ("image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/webp")
 # Parts sent without a precise type (curl -F defaults, some clients): sniffed by PIL.
@@ -49,17 +51,6 @@ class Payload:
     name: str
     data: bytes | None = None
     array: np.ndarray | None = None
-
-
-class Upload(io.BytesIO):
-    """Encoded bytes given to a decoder in place of a path (its messages print the name)."""
-
-    def __init__(self, data: bytes, name: str) -> None:
-        super().__init__(data)
-        self.label = name
-
-    def __str__(self) -> str:
-        return self.label
 
 
 def media_type(content_type: str | None) -> str:

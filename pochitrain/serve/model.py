@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from pochitrain.errors import BackendMissingError
-from pochitrain.serve.decode import BadInput, Payload, Upload, decode_image
+from pochitrain.predictor import Upload
+from pochitrain.serve.decode import BadInput, Payload, decode_image
 
 if TYPE_CHECKING:
     from pochitrain.inference.torch_runner import TorchOptions
