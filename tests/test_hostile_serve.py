@@ -184,3 +184,24 @@ def test_predictor_takes_what_pochi_infer_reads(model: Path, digits_dir: Path,
             for bad in (b"not an image", text):
                 with pytest.raises(PochiError):
                     predictor.predict(bad)
+
+
+def test_serializers_refuse_what_they_cannot_carry() -> None:
+    """Base64 with a stray character was decoded without it ("!!!" -> 0 bytes, then a
+    shape message); an empty shape gave an empty array; a side over JPEG's limit was a raw
+    OSError."""
+    import numpy as np
+
+    from pochitrain.api.serializers import JpegSerializer, PayloadError, RawArraySerializer
+
+    raw = RawArraySerializer()
+    with pytest.raises(PayloadError, match="base64"):
+        raw.deserialize({"image_data": "AAA!A", "shape": [1, 1, 3]})
+    with pytest.raises(PayloadError, match="at least 1"):
+        raw.deserialize({"image_data": "", "shape": [0, 5, 3]})
+    with pytest.raises(PayloadError, match="65500"):
+        JpegSerializer().serialize(np.zeros((65501, 1, 3), np.uint8))
+    image = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+    encoded = raw.serialize(image)["image_data"]
+    for text in (encoded, encoded.rstrip("=").replace("+", "-").replace("/", "_")):
+        assert (raw.deserialize({"image_data": text, "shape": [2, 2, 3]}) == image).all()

@@ -24,6 +24,9 @@ import numpy as np
 
 from pochitrain.errors import PochiError
 
+URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
+JPEG_MAX_SIDE = 65500
+
 
 class PayloadError(PochiError, ValueError):
     """An image or a request body that cannot be (de)serialised. Also a ``ValueError``, the
@@ -71,10 +74,11 @@ class RawArraySerializer:
             dims = [int(v) for v in shape] if isinstance(shape, (list, tuple)) else []
         except (TypeError, ValueError):
             dims = []
-        if len(dims) != 3 or dims[2] != 3 or min(dims) < 0:
+        if len(dims) != 3 or dims[2] != 3 or min(dims) < 1:
             raise PayloadError(
                 f"raw 形式には shape [H, W, 3] が必要です: {shape}\n"
-                f"The raw format needs shape [H, W, 3] (whole numbers); got {shape!r}.")
+                f"The raw format needs shape [H, W, 3] (whole numbers, at least 1); got "
+                f"{shape!r}.")
         raw = _image_bytes(data)
         try:
             dtype = np.dtype(data.get("dtype", "uint8"))
@@ -107,7 +111,15 @@ class JpegSerializer:
 
         rgb = np.ascontiguousarray(_check_image(image)[..., ::-1])
         buffer = io.BytesIO()
-        Image.fromarray(rgb).save(buffer, format="JPEG", quality=self.quality)
+        try:
+            if max(rgb.shape[:2]) > JPEG_MAX_SIDE:  # libjpeg would print to stderr and fail
+                raise ValueError(f"a side over {JPEG_MAX_SIDE} pixels")
+            Image.fromarray(rgb).save(buffer, format="JPEG", quality=self.quality)
+        except (OSError, ValueError) as exc:
+            raise PayloadError(f"JPEG にエンコードできません: {rgb.shape}\n"
+                               f"The image {rgb.shape} cannot be encoded as JPEG: {exc}.",
+                               f"JPEG allows at most {JPEG_MAX_SIDE} pixels a side: resize the "
+                               "image, or use RawArraySerializer.") from None
         return {"image_data": base64.b64encode(buffer.getvalue()).decode("ascii"),
                 "format": "jpeg"}
 
@@ -140,10 +152,24 @@ def _image_bytes(data: Any) -> bytes:
                            f"The field image_data must be a base64 str; got "
                            f"{type(encoded).__name__}.", "Pass the dict serialize() returned.")
     try:
-        return base64.b64decode(encoded)
+        return b64decode_lenient(encoded)
     except (binascii.Error, ValueError):
         raise PayloadError("image_data が base64 ではありません\n"
                            "The field image_data is not valid base64.") from None
+
+
+def b64decode_lenient(text: str | bytes) -> bytes:
+    """Base64 as clients write it: a ``data:`` URL prefix, line breaks, the URL-safe alphabet
+    and left-out padding are taken; any other character is refused (binascii.Error), where
+    ``base64.b64decode`` would drop it silently and decode what is left."""
+    if isinstance(text, bytes):
+        text = text.decode("ascii")  # a UnicodeDecodeError is a ValueError
+    if text.startswith("data:") and "," in text:
+        text = text.split(",", 1)[1]
+    text = "".join(text.split()).translate(URLSAFE_TO_STANDARD)
+    if len(text) % 4 and not text.endswith("="):
+        text += "=" * (-len(text) % 4)
+    return base64.b64decode(text, validate=True)
 
 
 def create_serializer(fmt: str) -> IImageSerializer:

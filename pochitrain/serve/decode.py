@@ -14,7 +14,6 @@ limit), exactly as ``pochi infer`` reads files, so the server's pixels are infer
 
 from __future__ import annotations
 
-import base64
 import binascii
 import io
 import math
@@ -24,6 +23,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from pochitrain.api.serializers import b64decode_lenient
 from pochitrain.predictor import Upload
 
 # Content types of encoded images taken as a whole request body or as a multipart part.
@@ -31,7 +31,6 @@ IMAGE_TYPES = ("image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/web
 # Parts sent without a precise type (curl -F defaults, some clients): sniffed by PIL.
 GENERIC_TYPES = ("", "application/octet-stream")
 ENCODED_FORMATS = ("jpeg", "jpg", "png", "webp", "image")
-URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 
 
 class BadInput(Exception):
@@ -70,13 +69,8 @@ def check_part_type(content_type: str | None, name: str) -> None:
 def b64decode(text: str, field: str = "image_data") -> bytes:
     """Strict base64 (data: URL prefixes, whitespace, the URL-safe alphabet and left-out
     padding tolerated); 422 when broken."""
-    if text.startswith("data:") and "," in text:
-        text = text.split(",", 1)[1]
-    text = "".join(text.split()).translate(URLSAFE_TO_STANDARD)
-    if len(text) % 4 and not text.endswith("="):
-        text += "=" * (-len(text) % 4)
     try:
-        return base64.b64decode(text, validate=True)
+        return b64decode_lenient(text)
     except (binascii.Error, ValueError):
         raise BadInput(422, "bad_base64", f"{field} の base64 が壊れています。",
                        f"{field} is not valid base64.") from None
