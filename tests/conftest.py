@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from interpreted import Check, start_matmul_check, start_pil_check
 from tiny import copy_tiny
 from typecheck import TypeCheck
 
@@ -147,11 +148,17 @@ def _needs_trained_run(item: pytest.Item) -> bool:
     return "trained_run" in getattr(item, "fixturenames", ())
 
 
+# fixtures whose values come from processes started as the session begins
+BACKGROUND_FIXTURES = ("trained_run", "pil_check", "matmul_check")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Modules with tests that use the trained model run last (in their usual order), so the
-    training, started in its own process as the session begins, runs beside the other modules
-    instead of before the first test. Whole modules move, so module fixtures are built once."""
-    late = {item.path for item in items if _needs_trained_run(item)}
+    """Modules with tests that wait for a background process (the trained model, the Triton
+    interpreter checks) run last (in their usual order), so those processes, started as the
+    session begins, run beside the other modules instead of before the first test. Whole
+    modules move, so module fixtures are built once."""
+    late = {item.path for item in items
+            if set(BACKGROUND_FIXTURES) & set(getattr(item, "fixturenames", ()))}
     items[:] = ([item for item in items if item.path not in late]
                 + [item for item in items if item.path in late])
 
@@ -236,3 +243,35 @@ def trained_run(training_job: TrainingJob | None, digits_dir: Path,
 def trained_checkpoint(trained_run: Path) -> Path:
     """The best checkpoint (models/best_epochN.pth) of ``trained_run``."""
     return next((trained_run / "models").glob("best_epoch*.pth"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def interpreted_checks(request: pytest.FixtureRequest,
+                       tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Check]]:
+    """The Triton interpreter checks (tests/interpreted.py) that selected tests read, each
+    started in its own process as the session begins."""
+    wanted = {name for item in request.session.items
+              for name in getattr(item, "fixturenames", ())}
+    checks = {}
+    if "pil_check" in wanted:
+        digits = request.getfixturevalue("digits_dir")
+        checks["pil_check"] = start_pil_check(tmp_path_factory.mktemp("pil_check"),
+                                              next((digits / "val" / "3").glob("*.png")))
+    if "matmul_check" in wanted:
+        checks["matmul_check"] = start_matmul_check(tmp_path_factory.mktemp("matmul_check"))
+    yield checks
+    for check in checks.values():
+        check.stop()
+
+
+@pytest.fixture
+def pil_check(interpreted_checks: dict[str, Check]) -> Check:
+    """resize_normalize against PIL under Triton's interpreter (``interpreted.PIL_CHECK``)."""
+    return interpreted_checks["pil_check"]
+
+
+@pytest.fixture
+def matmul_check(interpreted_checks: dict[str, Check]) -> Check:
+    """The banded kernels against the matmul resample under Triton's interpreter
+    (``interpreted.MATMUL_CHECK``)."""
+    return interpreted_checks["matmul_check"]

@@ -6,13 +6,13 @@ over seeded batches of a few hundred."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from interpreted import Check, sample_photo_paths, sample_photos
 from PIL import Image
 from torchvision import transforms as T
 
@@ -25,34 +25,13 @@ NORM = T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 VAL = T.Compose([T.Resize(72), T.CenterCrop(64), T.ToTensor(), NORM])
 
 
-def _photo_paths() -> list[Path]:
-    found = []
-    for pkg, rel in (("sklearn", "datasets/images/china.jpg"),
-                     ("sklearn", "datasets/images/flower.jpg"),
-                     ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg")):
-        spec = importlib.util.find_spec(pkg)
-        if spec is not None and spec.submodule_search_locations:
-            path = Path(next(iter(spec.submodule_search_locations))) / rel
-            if path.exists():
-                found.append(path)
-    return found
-
-
 @pytest.fixture(scope="module")
 def photos() -> list[Image.Image]:
     """12 RGB photos of different sizes (about 100-240 px a side)."""
-    paths = _photo_paths()
+    paths = sample_photo_paths()
     if not paths:
         pytest.skip("no sample photos (scikit-learn / matplotlib) installed")
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(12):
-        with Image.open(paths[i % len(paths)]) as im:
-            im = im.convert("RGB")
-            w, h = int(rng.integers(100, 240)), int(rng.integers(100, 240))
-            x, y = int(rng.integers(0, im.width - w)), int(rng.integers(0, im.height - h))
-            out.append(im.crop((x, y, x + w, y + h)))
-    return out
+    return sample_photos(paths)
 
 
 def _tensor(im: Image.Image) -> torch.Tensor:
@@ -252,55 +231,13 @@ def test_gpu_loaders_drop_the_last_train_batch_and_warm_up(
     assert not train.drop_last and len(train) == 3
 
 
-BANDED_CHECK = r"""
-import json, sys
-import numpy as np, torch
-from PIL import Image
-from torchvision import transforms as T
-from pochitrain.gpu_input import KERNELS
-from pochitrain.training import gpu_batch as B, gpu_loader as G, gpu_resample as R
-paths = json.loads(sys.argv[1])
-images = [torch.from_numpy(np.asarray(Image.open(p).convert("RGB")).copy()).permute(2, 0, 1)
-          .contiguous() for p in paths]
-worst = []
-assert R.use_banded(images, "bilinear")
-for chain in (T.Compose([T.RandomResizedCrop(24, scale=(0.2, 1.0)), T.RandomHorizontalFlip(),
-                         T.RandomVerticalFlip()]),
-              T.Compose([T.Resize(30, interpolation=T.InterpolationMode.BICUBIC),
-                         T.CenterCrop(26)]),
-              T.Compose([T.Resize(90), T.RandomCrop(84, padding=5)])):
-    plan, why = B.compile_chain(G.map_transforms(chain)[0])
-    got = []
-    for banded in (True, False):
-        KERNELS.broken = None if banded else "off"
-        torch.manual_seed(3)
-        got.append(plan(images))
-    assert KERNELS.broken == "off"
-    d = (got[0] - got[1]).abs() * 255  # grey levels
-    worst.append([float(d.max()), float(d.mean())])
-print(json.dumps(worst))
-"""
-
-
-def test_banded_kernels_agree_with_the_matmul_resample(photos: list[Image.Image],
-                                                       tmp_path: Path) -> None:
+def test_banded_kernels_agree_with_the_matmul_resample(matmul_check: Check) -> None:
     """The Triton kernels (run by Triton's interpreter on the CPU) give the matmul resample's
     pixels within a few grey levels (mean under half a level), flips, crops, padding and
-    upscales included."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    paths = []
-    for i, im in enumerate(photos[:3]):  # halved: Triton's interpreter runs each pixel in Python
-        paths.append(str(tmp_path / f"{i}.png"))
-        im.resize((im.width // 2, im.height // 2)).save(paths[-1])
-    done = subprocess.run([sys.executable, "-c", BANDED_CHECK, json.dumps(paths)],
-                          capture_output=True, text=True, timeout=300, check=False,
-                          env=dict(os.environ, TRITON_INTERPRET="1"))
-    assert done.returncode == 0, done.stderr[-3000:]
-    worst = json.loads(done.stdout.strip().splitlines()[-1])
+    upscales included (``interpreted.start_matmul_check``, started with the session)."""
+    if matmul_check.proc is None:
+        pytest.skip(matmul_check.problem or "")
+    worst = matmul_check.worst()
     assert len(worst) == 3
     for max_diff, mean_diff in worst:  # a uint8 intermediate (PIL's) against float matmuls
         assert max_diff <= 3.0 and mean_diff < 0.5, worst
