@@ -18,6 +18,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 from typing import Any
 
 DONE = b"done\n"
@@ -33,6 +34,9 @@ class PlotHelper:
 
     def __init__(self) -> None:
         self._proc: subprocess.Popen[bytes] | None = None
+        self._handed: subprocess.Popen[bytes] | None = None  # has a job (``submit``)
+        self._waiter: threading.Thread | None = None
+        self._finished = False
 
     def start(self) -> PlotHelper:
         """Start the helper, only for the first picture of a process that has not imported
@@ -57,21 +61,55 @@ class PlotHelper:
     def draw(self, name: str, *args: Any, **kwargs: Any) -> bool:
         """Run ``pochitrain.reports.<name>(*args, **kwargs)`` in the helper; True when it
         finished without error."""
+        self.submit(name, *args, **kwargs)
+        return self.wait()
+
+    def submit(self, name: str, *args: Any, **kwargs: Any) -> None:
+        """Hand ``pochitrain.reports.<name>(*args, **kwargs)`` to the helper and return at
+        once (a thread writes the job, as the helper may still be importing); :meth:`wait`
+        then tells whether it finished without error."""
         proc, self._proc = self._proc, None
         if proc is None or proc.stdin is None or proc.stdout is None:
-            return False
+            return
         try:
-            out, _ = proc.communicate(pickle.dumps((name, args, kwargs)), timeout=DRAW_TIMEOUT_S)
-        except (OSError, ValueError, pickle.PicklingError, subprocess.TimeoutExpired):
+            job = pickle.dumps((name, args, kwargs))
+        except (pickle.PicklingError, TypeError, AttributeError):
+            _stop(proc)
+            return
+        self._handed = proc
+        self._waiter = threading.Thread(target=self._finish, args=(proc, job),
+                                        name="pochi-plot-job", daemon=True)
+        self._waiter.start()
+
+    def _finish(self, proc: subprocess.Popen[bytes], job: bytes) -> None:
+        try:
+            out, _ = proc.communicate(job, timeout=DRAW_TIMEOUT_S)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
             _stop(proc)  # a helper that hangs must not hang the command: draw here instead
+            return
+        self._finished = proc.returncode == 0 and out.endswith(DONE)
+
+    def wait(self) -> bool:
+        """True when the job of :meth:`submit` finished without error."""
+        waiter, self._waiter = self._waiter, None
+        if waiter is None:
             return False
-        return proc.returncode == 0 and out.endswith(DONE)
+        waiter.join()
+        self._handed = None
+        return self._finished
 
     def close(self) -> None:
-        """Stop a helper that got no job (the command failed or drew nothing)."""
+        """Stop a helper that got no job (the command failed or drew nothing), or whose job
+        was not waited for (the command failed meanwhile)."""
         proc, self._proc = self._proc, None
         if proc is not None:
             _stop(proc)
+        handed, waiter, self._waiter = self._handed, self._waiter, None
+        if handed is not None and waiter is not None:
+            if handed.poll() is None:
+                handed.kill()  # its pipes then end, and so does the thread's wait
+            waiter.join()
+            _stop(handed)
         from pochitrain.plotting import wait_preload
 
         wait_preload()  # a thread cut off mid-import at exit can crash the interpreter

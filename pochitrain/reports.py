@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,11 @@ class InferenceResult:
             return None
         return float(np.mean(np.asarray(self.ranks) < self.top_k))
 
+    def labels_only(self) -> InferenceResult:
+        """A copy with the class names, labels and predictions alone (what the labelled
+        reports read): quick to hand to another process, unlike the paths of every image."""
+        return replace(self, paths=[], confidences=[], ranks=[], skipped=[])
+
     def per_image_ms(self, seconds: float) -> float:
         return 1000.0 * seconds / self.measured if self.measured else float("nan")
 
@@ -93,7 +98,14 @@ def confusion(result: InferenceResult) -> np.ndarray:
     from sklearn.metrics import confusion_matrix
 
     labels = list(range(len(result.class_names)))
-    return np.asarray(confusion_matrix(result.labels, result.preds, labels=labels))
+    y_true, y_pred = _label_arrays(result)
+    return np.asarray(confusion_matrix(y_true, y_pred, labels=labels))
+
+
+def _label_arrays(result: InferenceResult) -> tuple[np.ndarray, np.ndarray]:
+    """The labels and predictions as arrays: scikit-learn checks and converts a list on every
+    call."""
+    return np.asarray(result.labels), np.asarray(result.preds)
 
 
 def classification_report_csv(result: InferenceResult) -> str:
@@ -106,8 +118,8 @@ def classification_report_csv(result: InferenceResult) -> str:
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
     labels = list(range(len(result.class_names)))
-    per_class = precision_recall_fscore_support(result.labels, result.preds, labels=labels,
-                                                zero_division=0)
+    y_true, y_pred = _label_arrays(result)
+    per_class = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["class", "precision", "recall", "f1-score", "support"])
@@ -115,10 +127,10 @@ def classification_report_csv(result: InferenceResult) -> str:
         w.writerow([name, *_scores([float(v[i]) for v in per_class[:3]], int(per_class[3][i]))])
     total = len(result.labels)
     for row, average in (("macro avg", "macro"), ("weighted avg", "weighted")):
-        scores = precision_recall_fscore_support(result.labels, result.preds, average=average,
+        scores = precision_recall_fscore_support(y_true, y_pred, average=average,
                                                  zero_division=0)
         w.writerow([row, *_scores([float(v) for v in scores[:3]], total)])
-    w.writerow(["accuracy", "", "", f"{accuracy_score(result.labels, result.preds):.4f}", total])
+    w.writerow(["accuracy", "", "", f"{accuracy_score(y_true, y_pred):.4f}", total])
     return buf.getvalue()
 
 
@@ -273,19 +285,21 @@ def write_reports(result: InferenceResult, out_dir: Path, info: dict[str, str],
     """Write every result file into ``out_dir``; return their paths. ``cm_style``: the
     config's confusion_matrix_config; ``plotter``: a started ``plot_helper.PlotHelper`` that
     writes the report and draws the picture, having imported scikit-learn and matplotlib
-    while the command worked (else, or when it fails, they are written here)."""
+    while the command worked, and does so while the results are written here (else, or when
+    it fails, they are written here)."""
     prefix = result.runtime
-    written = []
-    path = out_dir / f"{prefix}_inference_results.csv"
-    atomic_write_text(path, results_csv(result))
-    written.append(path)
-    path = out_dir / f"{prefix}_inference_summary.txt"
-    atomic_write_text(path, summary_text(result, info))
-    written.append(path)
+    job = None
     if result.labelled and result.measured:
         acc = result.accuracy or 0.0
         job = (result, out_dir, f"{prefix}: accuracy {100 * acc:.2f}%", cm_style)
-        if plotter is None or not plotter.draw("write_labelled_reports", *job):
+        if plotter is not None:  # it draws while the results are written here
+            plotter.submit("write_labelled_reports", result.labels_only(), *job[1:])
+    written = [out_dir / f"{prefix}_inference_results.csv",
+               out_dir / f"{prefix}_inference_summary.txt"]
+    atomic_write_text(written[0], results_csv(result))
+    atomic_write_text(written[1], summary_text(result, info))
+    if job is not None:
+        if plotter is None or not plotter.wait():
             write_labelled_reports(*job)
         written += [out_dir / REPORT_CSV, out_dir / CONFUSION_PNG]
     return written
