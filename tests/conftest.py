@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from interpreted import Check, start_matmul_check, start_pil_check
-from tiny import copy_tiny
+from background import Job, start
+from interpreted import start_matmul_check, start_pil_check
+from tiny import AUGMENT_FLIP, copy_tiny, tiny_config
 from typecheck import TypeCheck
 
 
@@ -148,17 +149,13 @@ def _needs_trained_run(item: pytest.Item) -> bool:
     return "trained_run" in getattr(item, "fixturenames", ())
 
 
-# fixtures whose values come from processes started as the session begins
-BACKGROUND_FIXTURES = ("trained_run", "pil_check", "matmul_check")
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Modules with tests that wait for a background process (the trained model, the Triton
     interpreter checks) run last (in their usual order), so those processes, started as the
     session begins, run beside the other modules instead of before the first test. Whole
     modules move, so module fixtures are built once."""
     late = {item.path for item in items
-            if set(BACKGROUND_FIXTURES) & set(getattr(item, "fixturenames", ()))}
+            if {"trained_run", *BACKGROUND_STARTS} & set(getattr(item, "fixturenames", ()))}
     items[:] = ([item for item in items if item.path not in late]
                 + [item for item in items if item.path in late])
 
@@ -245,33 +242,66 @@ def trained_checkpoint(trained_run: Path) -> Path:
     return next((trained_run / "models").glob("best_epoch*.pth"))
 
 
+def _ddp_train(request: pytest.FixtureRequest, folder: Path, extra: str,
+               **env: str) -> Job:
+    """``pochi train --gpus 2 --device cpu`` (two gloo ranks, one thread each) of a 2-epoch
+    tiny config in ``folder``; the process-group timeout is longer than the hang guard, so a
+    rank left waiting for a failed peer hits the guard instead of ending on its own."""
+    config = tiny_config(folder / "cfg", request.getfixturevalue("tiny_data"), epochs=2,
+                         extra=extra)
+    return start(["-m", "pochitrain", "train", "-c", str(config), "--gpus", "2", "--device",
+                  "cpu", "--work-dir", str(folder / "runs"), "--quiet"], cwd=folder,
+                 POCHI_DDP_TIMEOUT="900", **env)
+
+
+# name -> start(request, its own folder): the fixtures of the same names return the jobs
+BACKGROUND_STARTS: dict[str, Callable[[pytest.FixtureRequest, Path], Job]] = {
+    "pil_check": lambda request, folder: start_pil_check(
+        folder, next((request.getfixturevalue("digits_dir") / "val" / "3").glob("*.png"))),
+    "matmul_check": lambda request, folder: start_matmul_check(folder),
+    "ddp_run": lambda request, folder: _ddp_train(
+        request, folder, AUGMENT_FLIP, POCHI_DDP_DEBUG_DIR=str(folder / "hashes")),
+    "ddp_failing_run": lambda request, folder: _ddp_train(
+        request, folder, "", POCHI_DDP_DEBUG_FAIL_RANK="1"),
+}
+
+
 @pytest.fixture(scope="session", autouse=True)
-def interpreted_checks(request: pytest.FixtureRequest,
-                       tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Check]]:
-    """The Triton interpreter checks (tests/interpreted.py) that selected tests read, each
-    started in its own process as the session begins."""
+def background_jobs(request: pytest.FixtureRequest,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Job]]:
+    """The processes of ``BACKGROUND_STARTS`` that selected tests read, each started in its
+    own folder as the session begins (tests/background.py)."""
     wanted = {name for item in request.session.items
               for name in getattr(item, "fixturenames", ())}
-    checks = {}
-    if "pil_check" in wanted:
-        digits = request.getfixturevalue("digits_dir")
-        checks["pil_check"] = start_pil_check(tmp_path_factory.mktemp("pil_check"),
-                                              next((digits / "val" / "3").glob("*.png")))
-    if "matmul_check" in wanted:
-        checks["matmul_check"] = start_matmul_check(tmp_path_factory.mktemp("matmul_check"))
-    yield checks
-    for check in checks.values():
-        check.stop()
+    jobs = {name: begin(request, tmp_path_factory.mktemp(name))
+            for name, begin in BACKGROUND_STARTS.items() if name in wanted}
+    yield jobs
+    for job in jobs.values():
+        job.stop()
 
 
 @pytest.fixture
-def pil_check(interpreted_checks: dict[str, Check]) -> Check:
+def pil_check(background_jobs: dict[str, Job]) -> Job:
     """resize_normalize against PIL under Triton's interpreter (``interpreted.PIL_CHECK``)."""
-    return interpreted_checks["pil_check"]
+    return background_jobs["pil_check"]
 
 
 @pytest.fixture
-def matmul_check(interpreted_checks: dict[str, Check]) -> Check:
+def matmul_check(background_jobs: dict[str, Job]) -> Job:
     """The banded kernels against the matmul resample under Triton's interpreter
     (``interpreted.MATMUL_CHECK``)."""
-    return interpreted_checks["matmul_check"]
+    return background_jobs["matmul_check"]
+
+
+@pytest.fixture
+def ddp_run(background_jobs: dict[str, Job]) -> Job:
+    """Two DDP ranks of a tiny training with random flips; each rank writes its weights' hash
+    to ``<folder>/hashes`` (``POCHI_DDP_DEBUG_DIR``); the run folder is under ``<cwd>/runs``."""
+    return background_jobs["ddp_run"]
+
+
+@pytest.fixture
+def ddp_failing_run(background_jobs: dict[str, Job]) -> Job:
+    """Two DDP ranks of a tiny training where rank 1 fails on purpose
+    (``POCHI_DDP_DEBUG_FAIL_RANK``); the run folder is under ``<cwd>/runs``."""
+    return background_jobs["ddp_failing_run"]

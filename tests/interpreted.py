@@ -2,27 +2,20 @@
 (``TRITON_INTERPRET=1``), each in its own process.
 
 The interpreter runs every kernel program in Python: a long job for one core. conftest.py
-starts both checks when the session begins (``start_checks``) if a test that reads them is
-selected, so they use a spare core while other tests run; the tests (test_gpu_input_banded,
-test_gpu_batch) only wait for the results and judge them.
+starts both checks when the session begins if a test that reads them is selected
+(tests/background.py); the tests (test_gpu_input_banded, test_gpu_batch) only wait for the
+results and judge them.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from background import Job, start
 from PIL import Image
-
-ROOT = Path(__file__).resolve().parents[1]
-# Hang guard only: a working run ends long before it.
-HANG_GUARD_S = 600
 
 # Every pixel of resize_normalize against PIL (Preprocess.__call__); prints the worst grey
 # level difference of each case.
@@ -90,39 +83,15 @@ PIL_CASES = [
 ]
 
 
-@dataclass
-class Check:
-    """One interpreter run in its own process; ``result()`` waits for it."""
-
-    proc: subprocess.Popen[str] | None
-    problem: str | None = None  # why it could not start
-    _done: tuple[int, str, str] | None = field(default=None, repr=False)
-
-    def result(self) -> tuple[int, str, str]:
-        """(exit code, stdout, stderr) of the run."""
-        assert self.proc is not None, self.problem
-        if self._done is None:
-            out, err = self.proc.communicate(timeout=HANG_GUARD_S)
-            self._done = (self.proc.returncode, out, err)
-        return self._done
-
-    def worst(self) -> list:
-        """The JSON list the check printed last; fails with its stderr when it failed."""
-        code, out, err = self.result()
-        assert code == 0, err[-3000:]
-        return json.loads(out.strip().splitlines()[-1])
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.communicate()
+def worst_levels(job: Job) -> list:
+    """The JSON list a check printed last; fails with its stderr when it failed."""
+    done = job.result()
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _launch(script: str, arg: str) -> Check:
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
-    return Check(subprocess.Popen([sys.executable, "-c", script, arg], cwd=ROOT, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+def _launch(script: str, arg: str) -> Job:
+    return start(["-c", script, arg], TRITON_INTERPRET="1")
 
 
 def odd_photo(seed: int, w: int, h: int) -> Image.Image:
@@ -132,11 +101,11 @@ def odd_photo(seed: int, w: int, h: int) -> Image.Image:
     return Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC)
 
 
-def start_pil_check(folder: Path, digit_png: Path) -> Check:
+def start_pil_check(folder: Path, digit_png: Path) -> Job:
     """JPEGs (decoded by libjpeg) of odd sizes, upscaled and downscaled, a grayscale JPEG and
     a real digit PNG, all in one batch, through every case of ``PIL_CASES``."""
     if importlib.util.find_spec("triton") is None:  # its test module is skipped
-        return Check(None, "triton is not installed")
+        return Job(None, problem="triton is not installed")
     paths = []
     for i, (w, h) in enumerate([(71, 53), (37, 64), (90, 90)]):
         paths.append(folder / f"{i}.jpg")
@@ -174,12 +143,12 @@ def sample_photos(paths: list[Path]) -> list[Image.Image]:
     return out
 
 
-def start_matmul_check(folder: Path) -> Check:
+def start_matmul_check(folder: Path) -> Job:
     """The first three sample photos, halved (the interpreter runs each program in Python),
     through three training chains: flips, crops, padding and upscales."""
     photo_paths = sample_photo_paths()
     if not photo_paths:
-        return Check(None, "no sample photos (scikit-learn / matplotlib) installed")
+        return Job(None, problem="no sample photos (scikit-learn / matplotlib) installed")
     paths = []
     for i, im in enumerate(sample_photos(photo_paths)[:3]):
         paths.append(str(folder / f"{i}.png"))

@@ -4,56 +4,25 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from background import Job
 from tiny import tiny_config
 
 from pochitrain.cli.main import run
 
-ROOT = Path(__file__).resolve().parents[1]
-AUGMENT = ("train_transform = transforms.Compose([transforms.Resize((32, 32)), "
-           "transforms.RandomHorizontalFlip(), transforms.ToTensor(), _norm])\n")
 
-
-# Hang guard only: a run that works ends long before it. The process-group timeout is longer
-# still, so a rank left waiting for a failed peer hits the guard instead of ending on its own.
-HANG_GUARD_S = 300
-
-
-def _pochi(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    # one thread per rank: two ranks already fill a small machine's cores
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "POCHI_DDP_TIMEOUT": "900",
-                "OMP_NUM_THREADS": "1", **env}
-    cmd = [sys.executable, "-m", "pochitrain", "train", *args]
-    # a session of its own, so that the guard can stop the ranks too, not just the launcher
-    with subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, start_new_session=True) as proc:
-        try:
-            out, err = proc.communicate(timeout=HANG_GUARD_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
-def test_two_processes_write_one_run_with_equal_weights(tiny_data: Path,
-                                                        tmp_path: Path) -> None:
+def test_two_processes_write_one_run_with_equal_weights(ddp_run: Job) -> None:
+    """Started with the session (conftest ``ddp_run``): 2 epochs with random flips."""
     from pochitrain.checkpoint import load_model
     from pochitrain.training.distributed import state_hash
 
-    config = tiny_config(tmp_path / "cfg", tiny_data, epochs=2, extra=AUGMENT)
-    debug = tmp_path / "hashes"
-    proc = _pochi(["-c", str(config), "--gpus", "2", "--device", "cpu", "--work-dir",
-                   str(tmp_path / "runs"), "--quiet"], {"POCHI_DDP_DEBUG_DIR": str(debug)},
-                  tmp_path)
+    proc = ddp_run.result()
     assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = list((tmp_path / "runs").iterdir())
+    folder = ddp_run.cwd
+    debug = folder / "hashes"
+    runs = list((folder / "runs").iterdir())
     assert len(runs) == 1  # only rank 0 writes a run folder
     run_dir = runs[0]
     names = {p.name for p in run_dir.iterdir()}
@@ -76,16 +45,15 @@ def test_two_processes_write_one_run_with_equal_weights(tiny_data: Path,
     assert state_hash(model) == hashes[0]  # and the checkpoint holds them
 
 
-def test_a_failing_rank_stops_the_others(tiny_data: Path, tmp_path: Path) -> None:
-    config = tiny_config(tmp_path / "cfg", tiny_data, epochs=2)
-    # the launcher stops the other rank: it does not wait out the process-group timeout
-    proc = _pochi(["-c", str(config), "--gpus", "2", "--device", "cpu", "--work-dir",
-                   str(tmp_path / "runs"), "--quiet"], {"POCHI_DDP_DEBUG_FAIL_RANK": "1"},
-                  tmp_path)
+def test_a_failing_rank_stops_the_others(ddp_failing_run: Job) -> None:
+    """Started with the session (conftest ``ddp_failing_run``): rank 1 fails on purpose; the
+    launcher stops the other rank: it does not wait out the process-group timeout."""
+    proc = ddp_failing_run.result()
+    folder = ddp_failing_run.cwd
     assert proc.returncode == 1
     assert "rank 1 failed on purpose" in proc.stderr
     assert "rank 1 of 2 failed" in proc.stderr and "Traceback" not in proc.stderr
-    run_dir = next((tmp_path / "runs").iterdir())
+    run_dir = next((folder / "runs").iterdir())
     assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
 
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
-from interpreted import Check, sample_photo_paths, sample_photos
+from background import Job
+from interpreted import sample_photo_paths, sample_photos, worst_levels
 from PIL import Image
 from torchvision import transforms as T
 
@@ -231,13 +232,13 @@ def test_gpu_loaders_drop_the_last_train_batch_and_warm_up(
     assert not train.drop_last and len(train) == 3
 
 
-def test_banded_kernels_agree_with_the_matmul_resample(matmul_check: Check) -> None:
+def test_banded_kernels_agree_with_the_matmul_resample(matmul_check: Job) -> None:
     """The Triton kernels (run by Triton's interpreter on the CPU) give the matmul resample's
     pixels within a few grey levels (mean under half a level), flips, crops, padding and
     upscales included (``interpreted.start_matmul_check``, started with the session)."""
     if matmul_check.proc is None:
         pytest.skip(matmul_check.problem or "")
-    worst = matmul_check.worst()
+    worst = worst_levels(matmul_check)
     assert len(worst) == 3
     for max_diff, mean_diff in worst:  # a uint8 intermediate (PIL's) against float matmuls
         assert max_diff <= 3.0 and mean_diff < 0.5, worst

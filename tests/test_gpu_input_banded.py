@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from interpreted import PIL_CASES, Check, odd_photo
+from background import Job
+from interpreted import PIL_CASES, odd_photo, worst_levels
 
 from pochitrain.gpu_input import resize_path, supports, taps, to_batch, window_bounds
 from pochitrain.preprocess import Preprocess
@@ -15,11 +16,11 @@ from pochitrain.preprocess import Preprocess
 pytest.importorskip("triton")
 
 
-def test_every_pixel_equals_pil(pil_check: Check) -> None:
+def test_every_pixel_equals_pil(pil_check: Job) -> None:
     """JPEGs (decoded by libjpeg) of odd sizes, upscaled and downscaled, a grayscale JPEG and a
     real digit PNG, all in one batch (``interpreted.start_pil_check``, started with the
     session): at most float rounding of the normalization apart, in every case."""
-    worst = pil_check.worst()
+    worst = worst_levels(pil_check)
     assert len(worst) == len(PIL_CASES)
     assert max(worst) < 1e-3, worst  # grey levels: no pixel off by one
 

@@ -20,6 +20,10 @@ _norm = transforms.Normalize([0.5] * 3, [0.5] * 3)
 val_transform = transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor(), _norm])
 """
 
+# a random train transform for TINY_CONFIG (``tiny_config(extra=AUGMENT_FLIP)``)
+AUGMENT_FLIP = ("train_transform = transforms.Compose([transforms.Resize((32, 32)), "
+                "transforms.RandomHorizontalFlip(), transforms.ToTensor(), _norm])\n")
+
 
 def copy_tiny(digits: Path, root: Path, train: int = 6, val: int = 3) -> Path:
     """``root/{train,val}/{0,1,2}/*.png``: the first ``train`` / ``val`` digits per class."""

@@ -1,0 +1,58 @@
+"""Commands that run in their own processes, started when the session begins.
+
+Some tests only wait for a child process (a DDP training, the Triton interpreter, a bench
+suite): one core each for a long while. conftest.py starts them as the session begins when a
+selected test reads them, so they use a spare core while other tests run; the tests, moved
+to the end of the session (``conftest.BACKGROUND_FIXTURES``), wait for the results and judge
+them. Nothing depends on timing: a test waits for its process to end (a hang guard only).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# Hang guard only: a working run ends long before it.
+HANG_GUARD_S = 600
+
+
+@dataclass
+class Job:
+    """One command in its own process (and session, so that the guard stops its children)."""
+
+    proc: subprocess.Popen[str] | None
+    cwd: Path = ROOT  # its working folder
+    problem: str | None = None  # why it could not start
+    _done: subprocess.CompletedProcess[str] | None = field(default=None, repr=False)
+
+    def result(self) -> subprocess.CompletedProcess[str]:
+        """Waits for the process: its exit code, stdout and stderr."""
+        assert self.proc is not None, self.problem
+        if self._done is None:
+            try:
+                out, err = self.proc.communicate(timeout=HANG_GUARD_S)
+            except subprocess.TimeoutExpired:
+                self.stop()
+                raise
+            self._done = subprocess.CompletedProcess(self.proc.args, self.proc.returncode,
+                                                     out, err)
+        return self._done
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.communicate()
+
+
+def start(args: list[str], cwd: Path = ROOT, **env: str) -> Job:
+    """``python <args>`` with the repository on the path, one OpenMP thread and ``env``."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    full_env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **env}
+    return Job(subprocess.Popen([sys.executable, *args], cwd=cwd, env=full_env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True), cwd)
