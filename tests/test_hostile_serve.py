@@ -205,3 +205,28 @@ def test_serializers_refuse_what_they_cannot_carry() -> None:
     encoded = raw.serialize(image)["image_data"]
     for text in (encoded, encoded.rstrip("=").replace("+", "-").replace("/", "_")):
         assert (raw.deserialize({"image_data": text, "shape": [2, 2, 3]}) == image).all()
+
+
+def test_original_api_refuses_batches_it_cannot_use(untrained_checkpoint: Path,
+                                                    tmp_path: Path) -> None:
+    """One-channel images and PIL items gave raw torch / TypeErrors from PochiPredictor;
+    a label past num_classes a raw IndexError from inside the loss."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from pochitrain import PochiPredictor, PochiTrainer
+    from pochitrain.errors import DataError, ShapeError
+
+    gray = DataLoader(TensorDataset(torch.zeros(2, 1, 32, 32), torch.zeros(2)), batch_size=2)
+    pil = DataLoader([(object(), 0)], batch_size=1, collate_fn=lambda items: items[0])
+    with PochiPredictor("resnet18", 10, "cpu", untrained_checkpoint) as predictor:
+        for loader in (gray, pil):
+            with pytest.raises(ShapeError, match=r"\(N, 3, H, W\)"):
+                predictor.predict(loader)
+    trainer = PochiTrainer("resnet18", 10, "cpu", pretrained=False, work_dir=tmp_path,
+                           create_workspace=False)
+    trainer.setup_training(learning_rate=0.001, optimizer_name="Adam")
+    labels = torch.tensor([1, 50])
+    loader = DataLoader(TensorDataset(torch.zeros(2, 3, 32, 32), labels), batch_size=2)
+    with pytest.raises(DataError, match="label 50"):
+        trainer.train(loader, loader, epochs=1)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pochitrain.arguments import argument_error, count_argument
-from pochitrain.errors import ConfigError, DataError
+from pochitrain.errors import ConfigError, DataError, ShapeError
 
 if TYPE_CHECKING:
     import torch
@@ -118,8 +118,9 @@ def create_data_loaders(
 class TrainingBatches:
     """A loader of ``(images, labels)`` pairs seen as the training loop's ``Batch`` items."""
 
-    def __init__(self, loader: Any) -> None:
+    def __init__(self, loader: Any, num_classes: int) -> None:
         self.loader = loader
+        self.num_classes = num_classes
         self.dataset = loader.dataset
         self.batch_size = getattr(loader, "batch_size", None)
         self.sampler = getattr(loader, "sampler", None)
@@ -132,7 +133,48 @@ class TrainingBatches:
         from pochitrain.training import Batch
 
         for item in self.loader:
-            yield item if isinstance(item, Batch) else Batch(item[0], item[1], [])
+            batch = item if isinstance(item, Batch) else Batch(*pair(item), [])
+            check_images(batch.images)
+            check_labels(batch.labels, self.num_classes)
+            yield batch
+
+
+def pair(item: Any) -> tuple[Any, Any]:
+    """(images, labels) of a loader item; ShapeError for anything else."""
+    if isinstance(item, (tuple, list)) and len(item) >= 2:
+        return item[0], item[1]
+    raise _not_batches(f"an item of type {type(item).__name__}")
+
+
+def check_images(images: Any) -> Any:
+    """A batch of images: a (N, 3, H, W) tensor or array; ShapeError else."""
+    shape = tuple(getattr(images, "shape", ()))
+    if len(shape) != 4 or shape[1] != 3:
+        got = f"shape {shape}" if shape else f"type {type(images).__name__}"
+        raise _not_batches(f"images of {got}")
+    return images
+
+
+def check_labels(labels: Any, num_classes: int) -> None:
+    """Class ids 0 .. num_classes - 1 (CrossEntropy's IndexError names no file or class)."""
+    if getattr(labels, "numel", lambda: 0)() == 0:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        bad = low if low < 0 else high
+        raise DataError(f"ラベル {bad} がクラス数 {num_classes} の範囲外です\n"
+                        f"A batch holds label {bad}, outside 0..{num_classes - 1} for "
+                        f"{num_classes} classes.",
+                        "Give the trainer the dataset's class count (num_classes), or fix "
+                        "the dataset's labels.")
+
+
+def _not_batches(got: str) -> ShapeError:
+    return ShapeError("ローダーのバッチは (画像, ラベル) の組にしてください\n"
+                      f"The loader gives {got}: batches must be (images, labels) pairs with "
+                      "images of shape (N, 3, H, W).",
+                      "Use a torch DataLoader over a dataset of (image tensor, label) items, "
+                      "e.g. the ones create_data_loaders returns.")
 
 
 def check_loader(name: str, loader: Any) -> None:
@@ -143,8 +185,11 @@ def check_loader(name: str, loader: Any) -> None:
 
 
 def batch_images(item: Any) -> Any:
-    """The image tensor of a loader item: a ``Batch`` or an ``(images, labels)`` pair."""
-    return getattr(item, "images", None) if not isinstance(item, (tuple, list)) else item[0]
+    """The image tensor of a loader item: a ``Batch`` or an ``(images, labels)`` pair (or a
+    bare tensor of images)."""
+    if isinstance(item, (tuple, list)) and item:
+        item = item[0]
+    return getattr(item, "images", item)
 
 
 # ---- checkpoint metadata from the loaders ------------------------------------------------

@@ -15,11 +15,12 @@ import numpy as np
 from pochitrain.arguments import count_argument, file_argument, str_argument
 from pochitrain.compat_api.data import (
     batch_images,
+    check_images,
     check_loader,
     num_classes_of,
     settings_of,
 )
-from pochitrain.errors import DataError, ModelFileError, UsageError
+from pochitrain.errors import DataError, ModelFileError, ShapeError, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -117,8 +118,14 @@ class PochiPredictor:
                              "This PochiPredictor is closed (close() was called or its "
                              "with-block ended): it cannot run the model any more.",
                              "Create a new PochiPredictor to predict again.")
-        array = images.detach().cpu().numpy() if hasattr(images, "detach") else images
-        return self._runner.run(np.ascontiguousarray(array, dtype=np.float32))
+        array = check_images(images.detach().cpu().numpy() if hasattr(images, "detach")
+                             else images)
+        try:
+            return self._runner.run(np.ascontiguousarray(array, dtype=np.float32))
+        except (TypeError, ValueError) as exc:  # e.g. an object array
+            raise ShapeError("画像を float32 の配列にできません\n"
+                             f"The loader's images cannot be run as float32: {exc}",
+                             "Give the loader a transform ending in ToTensor().") from None
 
     def predict(self, data_loader: DataLoader[Any]
                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
@@ -133,8 +140,9 @@ class PochiPredictor:
                             "data_loader has no images to predict.",
                             "Pass a loader over a folder with images.")
         first = batch_images(data_loader.dataset[0])
+        first = first[None] if hasattr(first, "shape") else first  # else a ShapeError
         for _ in range(WARMUP_ITERATIONS):
-            self._logits(first[None])
+            self._logits(first)
         predicted: list[np.ndarray] = []
         confidence: list[np.ndarray] = []
         measured, warmup, seconds = 0, 0, 0.0

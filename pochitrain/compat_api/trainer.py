@@ -180,7 +180,7 @@ class PochiTrainer:
               optimizer: torch.optim.Optimizer | None = None) -> EpochStats:
         from pochitrain.training import run_epoch
 
-        batches: Any = TrainingBatches(loader)  # run_epoch only iterates it
+        batches: Any = TrainingBatches(loader, self.num_classes)  # run_epoch iterates it
         return run_epoch(self.model, batches, self._parts()[1], self._device,
                          optimizer=optimizer)
 
@@ -236,8 +236,9 @@ class PochiTrainer:
                            and self.current_workspace is not None,
                            base_lr=self.base_learning_rate if self.enable_layer_wise_lr else None)
         setup = T.FitSetup(
-            model=self.model, train_loader=TrainingBatches(train_loader),
-            val_loader=TrainingBatches(val_loader), criterion=criterion, optimizer=optimizer,
+            model=self.model, train_loader=TrainingBatches(train_loader, self.num_classes),
+            val_loader=TrainingBatches(val_loader, self.num_classes), criterion=criterion,
+            optimizer=optimizer,
             scheduler=self.scheduler, stopper=self.early_stopping,
             precision=T.resolve_precision("off", False, self._device), device=self._device,
             epochs=epochs)
