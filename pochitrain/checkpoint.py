@@ -95,8 +95,6 @@ def load_model(path: Path | str, device: str = "cpu", *, config: Path | str | No
     ``settings_of`` (default ``config.load_config``; the model facade passes the config it
     already holds, so the config is executed once).
     """
-    from pochitrain.models import build_model
-
     try:
         payload, meta = read_checkpoint(path)
     except OriginalCheckpointError as exc:
@@ -106,22 +104,53 @@ def load_model(path: Path | str, device: str = "cpu", *, config: Path | str | No
                                        option=option, settings_of=settings_of)
         return model.to(device), meta
     try:
-        model = build_model(meta.model_name, meta.num_classes, pretrained=False)
+        model, problem = _model_with_weights(meta.model_name, meta.num_classes,
+                                             payload.get("model_state_dict"))
     except ConfigError as exc:
         raise ModelFileError(f"{path}: {exc.message}", EDITED_REMEDY) from None
-    state = payload.get("model_state_dict")
-    problem = weights_mismatch(model, state)
-    if problem is None:
-        try:
-            model.load_state_dict(state)  # type: ignore[arg-type]
-        except (RuntimeError, TypeError, ValueError) as exc:
-            problem = str(exc).strip().splitlines()[-1].strip()[:300]
     if problem is not None:
         raise ModelFileError(
             "チェックポイントの重みがメタデータと一致しません\n"
             f"The weights in {path} do not match its metadata ({meta.model_name}, "
             f"{meta.num_classes} classes): {problem}.", EDITED_REMEDY)
     return model.to(device).eval(), meta
+
+
+def _model_with_weights(name: str, num_classes: int,
+                        state: Any) -> tuple[nn.Module, str | None]:
+    """(the network holding the checkpoint's weights, or why they do not fit).
+
+    It is built without memory on the "meta" device and takes the file's tensors as its
+    own: a network's random initialisation, about to be overwritten, costs more than reading
+    the file. Weights of another dtype (to be converted) or a buffer that is not among them
+    (left uninitialised) take the usual way: build, initialise, copy."""
+    import itertools
+
+    import torch
+
+    from pochitrain.models import build_model
+
+    with torch.device("meta"):
+        model = build_model(name, num_classes, pretrained=False)
+    problem = weights_mismatch(model, state)
+    if problem is not None:
+        return model, problem
+    expected = model.state_dict()
+    if all(state[k].dtype == v.dtype for k, v in expected.items()):
+        try:
+            model.load_state_dict(state, assign=True)
+        except (RuntimeError, TypeError, ValueError):
+            pass  # the usual way below says what is wrong
+        else:
+            tensors = itertools.chain(model.parameters(), model.buffers())
+            if not any(t.is_meta for t in tensors):
+                return model, None
+    model = build_model(name, num_classes, pretrained=False)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        return model, str(exc).strip().splitlines()[-1].strip()[:300]
+    return model, None
 
 
 def weights_mismatch(model: nn.Module, state: Any) -> str | None:
@@ -246,17 +275,13 @@ def load_original(model_path: Path, checkpoint: OriginalCheckpoint, *,
     original let the config's model_name override an explicit --model-name: a bug).
     """
     from pochitrain.console import info
-    from pochitrain.models import build_model
 
     config_path = find_original_config(model_path, config, verb, option)
     meta, settings = meta_from_config(config_path, model_path, settings_of)
     name = model_name or settings.model_name
     _check_class_count(model_path, config_path, checkpoint.num_classes, num_classes, meta)
-    model = build_model(name, meta.num_classes, pretrained=False)
-    problem = weights_mismatch(model, checkpoint.state_dict)
-    if problem is None:
-        model.load_state_dict(checkpoint.state_dict)
-    else:
+    model, problem = _model_with_weights(name, meta.num_classes, checkpoint.state_dict)
+    if problem is not None:
         raise ModelFileError(
             "チェックポイントの重みがモデルに合いません\n"
             f"The weights in {model_path} do not fit {name} with {meta.num_classes} classes: "
