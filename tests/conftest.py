@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,6 +244,64 @@ def trained_checkpoint(trained_run: Path) -> Path:
     return next((trained_run / "models").glob("best_epoch*.pth"))
 
 
+@pytest.fixture(scope="session")
+def bench_models(untrained_checkpoint: Path, onnx_export: Callable[..., Path], digits_dir: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The untrained checkpoint, its ONNX export, a placeholder engine, 2 images per digit."""
+    folder = tmp_path_factory.mktemp("bench_models")
+    onnx_path = onnx_export(untrained_checkpoint)
+    engine = folder / "model_fp16.engine"
+    engine.write_bytes(b"not an engine")  # never opened here: TensorRT cases need a GPU
+    broken = folder / "broken.onnx"
+    broken.write_bytes(b"\x00garbage")
+    val = folder / "val"
+    for cls in sorted(p.name for p in (digits_dir / "val").iterdir()):
+        (val / cls).mkdir(parents=True)
+        for f in sorted((digits_dir / "val" / cls).glob("*.png"))[:2]:
+            shutil.copy(f, val / cls / f.name)
+    return {"pth": untrained_checkpoint, "onnx": onnx_path, "engine": engine,
+            "broken": broken, "val": val}
+
+
+@pytest.fixture(scope="session")
+def bench_suites(bench_models: dict[str, Path],
+                 tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The suites file of test_bench (read-only: each bench writes under its own -o):
+    ``ci`` (three runtimes and a broken model), ``failfirst``, ``interrupted``."""
+    m = bench_models
+    path = tmp_path_factory.mktemp("bench_suites") / "suites.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        suites:
+          ci:
+            description: three runtimes on the digits
+            repeats: 2
+            defaults:
+              data: {m['val']}
+              benchmark_env_name: ci
+              device: cpu
+              model_paths:
+                pytorch: {m['pth']}
+                onnx: {m['onnx']}
+                trt: {m['engine']}
+            cases:
+              - {{name: torch, runtime: pytorch, pipelines: current, repeats: 1,
+                  batch_sizes: 10}}
+              - {{name: ort, runtime: onnx, batch_size: 5}}
+              - {{name: trt, runtime: trt, precisions: [fp16]}}
+              - {{name: bad, runtime: onnx, model_path: {m['broken']}, repeats: 1}}
+          failfirst:
+            cases:
+              - {{name: bad, runtime: onnx, model_path: {m['broken']}, data: {m['val']}}}
+              - {{name: ort, runtime: onnx, model_path: {m['onnx']}, data: {m['val']}}}
+          interrupted:
+            defaults: {{data: {m['val']}, warmup: 0}}
+            cases:
+              - {{name: fp16, runtime: onnx, model_path: {m['onnx']}, precisions: fp16}}
+              - {{name: ort, runtime: onnx, model_path: {m['onnx']}, repeats: 3}}
+        """), encoding="utf-8")
+    return path
+
+
 def _ddp_train(request: pytest.FixtureRequest, folder: Path, extra: str,
                **env: str) -> Job:
     """``pochi train --gpus 2 --device cpu`` (two gloo ranks, one thread each) of a 2-epoch
@@ -254,6 +314,13 @@ def _ddp_train(request: pytest.FixtureRequest, folder: Path, extra: str,
                  POCHI_DDP_TIMEOUT="900", **env)
 
 
+def _bench(request: pytest.FixtureRequest, folder: Path, suite: str, *args: str) -> Job:
+    """``pochi bench --suite <suite>`` of ``bench_suites`` into ``<folder>/runs``."""
+    suites = request.getfixturevalue("bench_suites")
+    return start(["-m", "pochitrain.cli.main", "bench", "--suite", suite, "--suites-file",
+                  str(suites), "-o", str(folder / "runs"), *args], cwd=folder)
+
+
 # name -> start(request, its own folder): the fixtures of the same names return the jobs
 BACKGROUND_STARTS: dict[str, Callable[[pytest.FixtureRequest, Path], Job]] = {
     "pil_check": lambda request, folder: start_pil_check(
@@ -263,6 +330,9 @@ BACKGROUND_STARTS: dict[str, Callable[[pytest.FixtureRequest, Path], Job]] = {
         request, folder, AUGMENT_FLIP, POCHI_DDP_DEBUG_DIR=str(folder / "hashes")),
     "ddp_failing_run": lambda request, folder: _ddp_train(
         request, folder, "", POCHI_DDP_DEBUG_FAIL_RANK="1"),
+    "bench_ci": lambda request, folder: _bench(request, folder, "ci"),
+    "bench_failfirst": lambda request, folder: _bench(request, folder, "failfirst",
+                                                      "--fail-fast"),
 }
 
 
@@ -305,3 +375,15 @@ def ddp_failing_run(background_jobs: dict[str, Job]) -> Job:
     """Two DDP ranks of a tiny training where rank 1 fails on purpose
     (``POCHI_DDP_DEBUG_FAIL_RANK``); the run folder is under ``<cwd>/runs``."""
     return background_jobs["ddp_failing_run"]
+
+
+@pytest.fixture
+def bench_ci(background_jobs: dict[str, Job]) -> Job:
+    """``pochi bench --suite ci`` (``bench_suites``), its output under ``<cwd>/runs``."""
+    return background_jobs["bench_ci"]
+
+
+@pytest.fixture
+def bench_failfirst(background_jobs: dict[str, Job]) -> Job:
+    """``pochi bench --suite failfirst --fail-fast``, its output under ``<cwd>/runs``."""
+    return background_jobs["bench_failfirst"]

@@ -6,10 +6,10 @@ import csv
 import json
 import shutil
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from background import Job
 
 from pochitrain.bench.suite import SuiteError, load_suite
 from pochitrain.cli.main import run
@@ -18,65 +18,11 @@ from pochitrain.cli.main import run
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def bench_models(untrained_checkpoint: Path, onnx_export: Callable[..., Path], digits_dir: Path,
-                 tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The untrained checkpoint, its ONNX export, a placeholder engine, 2 images per digit."""
-    folder = tmp_path_factory.mktemp("bench_models")
-    onnx_path = onnx_export(untrained_checkpoint)
-    engine = folder / "model_fp16.engine"
-    engine.write_bytes(b"not an engine")  # never opened here: TensorRT cases need a GPU
-    broken = folder / "broken.onnx"
-    broken.write_bytes(b"\x00garbage")
-    val = folder / "val"
-    for cls in sorted(p.name for p in (digits_dir / "val").iterdir()):
-        (val / cls).mkdir(parents=True)
-        for f in sorted((digits_dir / "val" / cls).glob("*.png"))[:2]:
-            shutil.copy(f, val / cls / f.name)
-    return {"pth": untrained_checkpoint, "onnx": onnx_path, "engine": engine,
-            "broken": broken, "val": val}
-
-
-def _suite_file(tmp_path: Path, m: dict[str, Path]) -> Path:
-    path = tmp_path / "suites.yaml"
-    path.write_text(textwrap.dedent(f"""\
-        suites:
-          ci:
-            description: three runtimes on the digits
-            repeats: 2
-            defaults:
-              data: {m['val']}
-              benchmark_env_name: ci
-              device: cpu
-              model_paths:
-                pytorch: {m['pth']}
-                onnx: {m['onnx']}
-                trt: {m['engine']}
-            cases:
-              - {{name: torch, runtime: pytorch, pipelines: current, repeats: 1,
-                  batch_sizes: 10}}
-              - {{name: ort, runtime: onnx, batch_size: 5}}
-              - {{name: trt, runtime: trt, precisions: [fp16]}}
-              - {{name: bad, runtime: onnx, model_path: {m['broken']}, repeats: 1}}
-          failfirst:
-            cases:
-              - {{name: bad, runtime: onnx, model_path: {m['broken']}, data: {m['val']}}}
-              - {{name: ort, runtime: onnx, model_path: {m['onnx']}, data: {m['val']}}}
-          interrupted:
-            defaults: {{data: {m['val']}, warmup: 0}}
-            cases:
-              - {{name: fp16, runtime: onnx, model_path: {m['onnx']}, precisions: fp16}}
-              - {{name: ort, runtime: onnx, model_path: {m['onnx']}, repeats: 3}}
-        """), encoding="utf-8")
-    return path
-
-
-def test_bench_suite_three_runtimes(bench_models: dict[str, Path], tmp_path: Path) -> None:
-    suites = _suite_file(tmp_path, bench_models)
-    rc = run(["bench", "--suite", "ci", "--suites-file", str(suites), "-o",
-              str(tmp_path / "runs")])
-    assert rc == 1  # the broken case failed; the others still ran
-    (bench_dir,) = (tmp_path / "runs").iterdir()
+def test_bench_suite_three_runtimes(bench_ci: Job) -> None:
+    """``pochi bench --suite ci`` (conftest ``bench_suites``), started with the session."""
+    done = bench_ci.result()
+    assert done.returncode == 1, done.stderr[-3000:]  # the broken case failed; the others ran
+    (bench_dir,) = (bench_ci.cwd / "runs").iterdir()
     assert bench_dir.name.startswith("ci_") and len(bench_dir.name) == len("ci_20260101_120000")
     summary = json.loads((bench_dir / "summary" / "benchmark_summary.json").read_text())
     rows = {g["case_name"]: g for g in summary["groups"]}
@@ -127,11 +73,11 @@ def test_bench_suite_three_runtimes(bench_models: dict[str, Path], tmp_path: Pat
     assert again["failed_runs"] == summary["failed_runs"]
 
 
-def test_fail_fast_stops_at_first_failure(bench_models: dict[str, Path], tmp_path: Path) -> None:
-    suites = _suite_file(tmp_path, bench_models)
-    assert run(["bench", "--suite", "failfirst", "--suites-file", str(suites), "-o",
-                str(tmp_path / "runs"), "--fail-fast"]) == 1
-    (bench_dir,) = (tmp_path / "runs").iterdir()
+def test_fail_fast_stops_at_first_failure(bench_failfirst: Job) -> None:
+    """``pochi bench --suite failfirst --fail-fast``, started with the session."""
+    done = bench_failfirst.result()
+    assert done.returncode == 1, done.stderr[-3000:]
+    (bench_dir,) = (bench_failfirst.cwd / "runs").iterdir()
     runs = json.loads((bench_dir / "runs.json").read_text())
     assert [(r["case"], r["status"]) for r in runs] == [("bad", "failed")]
     assert Path(runs[0]["log"]).is_file()
@@ -228,7 +174,7 @@ def test_aggregate_only_original_files(tmp_path: Path) -> None:
     assert "case_002_x" in invalid["file"] and "missing" in invalid["reason"]
 
 
-def test_ctrl_c_lists_runs_not_run_and_failed_runs_stay_out(bench_models: dict[str, Path],
+def test_ctrl_c_lists_runs_not_run_and_failed_runs_stay_out(bench_suites: Path,
                                                            tmp_path: Path) -> None:
     """A real Ctrl+C (SIGINT to the process group, as a terminal sends it) once the second run
     is announced: exit 130, the runs not run listed; the first run, failed for its precision
@@ -239,9 +185,8 @@ def test_ctrl_c_lists_runs_not_run_and_failed_runs_stay_out(bench_models: dict[s
     import sys
     import threading
 
-    suites = _suite_file(tmp_path, bench_models)
     proc = subprocess.Popen([sys.executable, "-m", "pochitrain.cli.main", "bench", "--suite",
-                             "interrupted", "--suites-file", str(suites), "-o",
+                             "interrupted", "--suites-file", str(bench_suites), "-o",
                              str(tmp_path / "runs")], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             env={**os.environ, "COLUMNS": "200"})
