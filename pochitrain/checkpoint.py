@@ -120,37 +120,42 @@ def _model_with_weights(name: str, num_classes: int,
                         state: Any) -> tuple[nn.Module, str | None]:
     """(the network holding the checkpoint's weights, or why they do not fit).
 
-    It is built without memory on the "meta" device and takes the file's tensors as its
-    own: a network's random initialisation, about to be overwritten, costs more than reading
-    the file. Weights of another dtype (to be converted) or a buffer that is not among them
-    (left uninitialised) take the usual way: build, initialise, copy."""
-    import itertools
-
-    import torch
-
+    The network is built without its random initialisation (:func:`init_skipped`): every
+    weight is then overwritten by the file's (all present, all of the right shape) or the
+    file is refused."""
     from pochitrain.models import build_model
 
-    with torch.device("meta"):
+    with init_skipped():
         model = build_model(name, num_classes, pretrained=False)
     problem = weights_mismatch(model, state)
-    if problem is not None:
-        return model, problem
-    expected = model.state_dict()
-    if all(state[k].dtype == v.dtype for k, v in expected.items()):
+    if problem is None:
         try:
-            model.load_state_dict(state, assign=True)
-        except (RuntimeError, TypeError, ValueError):
-            pass  # the usual way below says what is wrong
-        else:
-            tensors = itertools.chain(model.parameters(), model.buffers())
-            if not any(t.is_meta for t in tensors):
-                return model, None
-    model = build_model(name, num_classes, pretrained=False)
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError, ValueError) as exc:
-        return model, str(exc).strip().splitlines()[-1].strip()[:300]
-    return model, None
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            problem = str(exc).strip().splitlines()[-1].strip()[:300]
+    return model, problem
+
+
+def init_skipped() -> Any:
+    """A torch function mode (for a ``with`` block, this thread only) in which
+    ``torch.nn.init``'s random draws leave the tensor as it is: drawing the weights of a
+    network about to receive a checkpoint's costs more than reading the file. Buffers and
+    constant initialisations are made as usual."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    skipped = {torch.nn.init.uniform_, torch.nn.init.normal_, torch.nn.init.kaiming_uniform_,
+               torch.Tensor.uniform_, torch.Tensor.normal_}
+
+    class InitSkipped(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: Any = (),
+                               kwargs: Any = None) -> Any:
+            kwargs = kwargs or {}
+            if func in skipped:  # nn.init passes its tensor by keyword
+                return args[0] if args else kwargs["tensor"]
+            return func(*args, **kwargs)
+
+    return InitSkipped()
 
 
 def weights_mismatch(model: nn.Module, state: Any) -> str | None:
