@@ -19,10 +19,11 @@ from tiny import AUGMENT_FLIP, copy_tiny, tiny_config
 from typecheck import TypeCheck
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
 def one_thread() -> Iterator[None]:
-    """One intra-op thread here and in child processes (OMP_NUM_THREADS=1), for a whole
-    module (its module fixtures too): on a busy machine with few cores, oversubscribed OpenMP
+    """One intra-op thread in this process and in child processes (OMP_NUM_THREADS=1), for
+    the whole session, whatever OMP_NUM_THREADS the suite was started with: the session's
+    background processes (tests/background.py) hold the other cores, oversubscribed OpenMP
     threads spin instead of working, and the tiny models here gain nothing from a second one."""
     import torch
 

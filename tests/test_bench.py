@@ -14,9 +14,6 @@ from background import Job
 from pochitrain.bench.suite import SuiteError, load_suite
 from pochitrain.cli.main import run
 
-# the CI machine's cores are shared: see conftest.one_thread
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def test_bench_suite_three_runtimes(bench_ci: Job) -> None:
     """``pochi bench --suite ci`` (conftest ``bench_suites``), started with the session."""

@@ -66,8 +66,6 @@ BENCHMARK_SCHEMA = {
 }
 
 
-# the CI machine's cores are shared: see conftest.one_thread
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

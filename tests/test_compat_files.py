@@ -13,9 +13,6 @@ from tiny import original_config
 from pochitrain.cli.main import run
 from pochitrain.errors import ConfigError, ModelFileError
 
-# tiny models run in this process: see conftest.one_thread
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _original_checkpoint(path: Path, model: torch.nn.Module) -> Path:
     """The original's checkpoint: ``model.``-prefixed state dict, no class names / config."""

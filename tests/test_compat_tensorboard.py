@@ -10,9 +10,6 @@ from tiny import original_config
 
 from pochitrain.errors import BackendMissingError
 
-# tiny models run in this process: see conftest.one_thread
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def test_tensorboard_events_with_the_original_tags(compat_data: Path,
                                                    tmp_path: Path) -> None:

@@ -10,9 +10,6 @@ from tiny import original_config
 
 from pochitrain.pipeline.train import train
 
-# tiny models run in this process: see conftest.one_thread
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
 def original_run(compat_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -17,8 +17,6 @@ from PIL import Image
 from pochitrain.cli.main import run
 from pochitrain.explain_draw import overlay_size, sheet_size
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _images(digits_dir: Path, digit: str, count: int) -> list[Path]:
     return sorted((digits_dir / "val" / digit).glob("*.png"))[:count]

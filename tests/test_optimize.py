@@ -30,8 +30,6 @@ optuna = {optuna}
 """
 
 
-# the CI machine's cores are shared: see conftest.one_thread
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

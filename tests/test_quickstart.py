@@ -11,9 +11,6 @@ import pytest
 
 from pochitrain.cli.main import run
 
-# it runs while the session's background jobs (conftest.py) use a core: see conftest.one_thread
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _fewer_digits(per_class: int) -> Callable[[], Any]:
     """scikit-learn's digits cut to ``per_class`` images of each digit: the same sample-data

@@ -14,10 +14,6 @@ from pochitrain.cli.main import run
 from pochitrain.errors import ConfigError, DataError
 from pochitrain.pipeline.train import train
 
-# tiny models run in this process: see conftest.one_thread
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 # ---- the shared trained run ----------------------------------------------------------------
 
 def test_trained_run_layout_and_accuracy(trained_run: Path, trained_checkpoint: Path) -> None:
