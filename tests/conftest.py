@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from background import Job, start
 from interpreted import start_matmul_check, start_pil_check
+from serving import Server
 from tiny import AUGMENT_FLIP, copy_tiny, tiny_config
 from typecheck import TypeCheck
 
@@ -388,3 +389,47 @@ def bench_ci(background_jobs: dict[str, Job]) -> Job:
 def bench_failfirst(background_jobs: dict[str, Job]) -> Job:
     """``pochi bench --suite failfirst --fail-fast``, its output under ``<cwd>/runs``."""
     return background_jobs["bench_failfirst"]
+
+
+def _wants(request: pytest.FixtureRequest, fixture: str) -> bool:
+    return any(fixture in getattr(item, "fixturenames", ()) for item in request.session.items)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def started_servers(one_thread: None, request: pytest.FixtureRequest,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
+    """test_serve's four servers (tests/serving.py), started as the session begins when a
+    selected test uses ``servers``: their start-up runs beside the other tests. The .pth;
+    the .onnx (batching window 20 ms); a "slow" .onnx (queue of 2 images, batches of 1,
+    SIGTERM-ed last); a ``--workers 2`` .onnx. The .onnx ones take the batcher's gate file."""
+    started: dict[str, Server] = {}
+    if not _wants(request, "servers"):
+        yield started
+        return
+    logs = tmp_path_factory.mktemp("serve_logs")
+    checkpoint = request.getfixturevalue("untrained_checkpoint")
+    # the .pth server (slowest to start: torch + torchvision) starts while the .onnx exports
+    started["pth"] = Server(checkpoint, logs / "pth.log", "--device", "cpu",
+                            "--max-body-mb", "1")
+    try:
+        onnx_model = request.getfixturevalue("onnx_export")(checkpoint)
+        started["onnx"] = Server(onnx_model, logs / "onnx.log", "--max-wait-ms", "20",
+                                 gated=True)
+        started["slow"] = Server(onnx_model, logs / "slow.log", "--queue", "2",
+                                 "--max-batch", "1", "--max-wait-ms", "0", gated=True)
+        started["workers"] = Server(onnx_model, logs / "workers.log", "--workers", "2",
+                                    "--decode-workers", "1", gated=True)
+        yield started
+    finally:
+        for server in started.values():
+            server.terminate()
+        for server in started.values():
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def servers(started_servers: dict[str, Server]) -> dict[str, Server]:
+    """``started_servers``, each answering /api/v1/health."""
+    for server in started_servers.values():
+        server.wait_ready()
+    return started_servers

@@ -1,8 +1,9 @@
 """pochi serve over real HTTP: real uvicorn servers in subprocesses, real models on the CPU.
 
-Four servers start once for the module, in parallel: the .pth, the .onnx (batching window
-20 ms), a "slow" .onnx server (queue of 2 images, batches of 1) for the 503 test and, last,
-the SIGTERM drain test, and a ``--workers 2`` .onnx server.
+Four servers start once, in parallel, as the session begins (conftest ``started_servers``):
+the .pth, the .onnx (batching window 20 ms), a "slow" .onnx server (queue of 2 images,
+batches of 1) for the 503 test and, last, the SIGTERM drain test, and a ``--workers 2`` .onnx
+server.
 
 No test waits for a duration. The .onnx servers take a gate file (a hidden test hook of the
 batcher): while it exists their model thread runs no batch, so requests stay in flight
@@ -15,9 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,113 +30,14 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from pochitrain.serve.batcher import GATE_ENV
+from serving import Server, free_port, metric
 
 PREDICT = "/api/v1/predict"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    def __init__(self, model: Path, log: Path, *args: str, gated: bool = False) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self.gate = log.with_suffix(".gate")
-        env = {**os.environ, GATE_ENV: str(self.gate) if gated else ""}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pochitrain.cli.main", "serve", str(model),
-             "--port", str(self.port), "--decode-workers", "2", *args],
-            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
-
-    def wait_ready(self, timeout: float = 60.0) -> Server:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                pytest.fail(f"server exited {self.proc.returncode}:\n{self.log.read_text()}")
-            try:
-                if httpx.get(self.url + "/api/v1/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"server not ready:\n{self.log.read_text()}")
-
-    def hold(self, until_waiting: int | None = None) -> None:
-        """Close the gate: no model batch runs (with a count: until that many images wait)."""
-        self.gate.write_text("" if until_waiting is None else str(until_waiting))
-
-    def release(self) -> None:
-        self.gate.unlink(missing_ok=True)
-
-    async def wait_metric(self, name: str, done: Callable[[float], bool]) -> float:
-        """Poll /metrics until ``done(value)``; the value."""
-        async with httpx.AsyncClient(timeout=30) as client:
-            for _ in range(3000):
-                value = _metric((await client.get(self.url + "/metrics")).text, name)
-                if done(value):
-                    return value
-                await asyncio.sleep(0.01)
-        pytest.fail(f"{name} on {self.url} never reached the expected value")
-
-    async def wait_closed(self) -> None:
-        """Until the listening socket refuses connections (a SIGTERM is being handled)."""
-        for _ in range(3000):
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError:
-                return
-            writer.close()
-            await asyncio.sleep(0.01)
-        pytest.fail(f"{self.url} still accepts connections")
-
-    def terminate(self) -> None:
-        self.release()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 @pytest.fixture(scope="module")
 def onnx_model(untrained_checkpoint: Path, onnx_export: Callable[..., Path]) -> Path:
     return onnx_export(untrained_checkpoint)
-
-
-@pytest.fixture(scope="module")
-def servers(untrained_checkpoint: Path, request: pytest.FixtureRequest,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
-    logs = tmp_path_factory.mktemp("serve_logs")
-    # the .pth server (slowest to start: torch + torchvision) starts while the .onnx exports
-    started = {"pth": Server(untrained_checkpoint, logs / "pth.log", "--device", "cpu",
-                             "--max-body-mb", "1")}
-    try:
-        onnx_model = request.getfixturevalue("onnx_model")
-        started["onnx"] = Server(onnx_model, logs / "onnx.log", "--max-wait-ms", "20",
-                                 gated=True)
-        # batches of 1 image, 2 images queued at most; SIGTERM-ed last
-        started["slow"] = Server(onnx_model, logs / "slow.log", "--queue", "2",
-                                 "--max-batch", "1", "--max-wait-ms", "0", gated=True)
-        started["workers"] = Server(onnx_model, logs / "workers.log", "--workers", "2",
-                                    "--decode-workers", "1", gated=True)
-        for server in started.values():
-            server.wait_ready()
-        yield started
-    finally:
-        for server in started.values():
-            server.terminate()
-        for server in started.values():
-            server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +104,7 @@ def test_200_concurrent_requests(servers: dict[str, Server], images: list[Path])
     server = servers["onnx"]
     url = server.url + PREDICT
     bodies = [p.read_bytes() for p in images]
-    before = _metric(httpx.get(server.url + "/metrics").text, "pochi_batch_size_count")
+    before = metric(httpx.get(server.url + "/metrics").text, "pochi_batch_size_count")
 
     async def main() -> list[int]:
         limits = httpx.Limits(max_connections=50)
@@ -226,14 +126,9 @@ def test_200_concurrent_requests(servers: dict[str, Server], images: list[Path])
         server.release()
     assert codes == [200] * 200
     metrics = httpx.get(servers["onnx"].url + "/metrics").text
-    count = _metric(metrics, "pochi_batch_size_count")
+    count = metric(metrics, "pochi_batch_size_count")
     assert count < 200, "no request was batched with another"
-    assert _metric(metrics, "pochi_batch_size_sum") >= 200
-
-
-def _metric(text: str, name: str) -> float:
-    line = next(x for x in text.splitlines() if x.startswith((name + " ", name + "{")))
-    return float(line.rsplit(" ", 1)[1])
+    assert metric(metrics, "pochi_batch_size_sum") >= 200
 
 
 def _jpeg(path: Path) -> bytes:
@@ -338,7 +233,7 @@ def test_queue_full_answers_503_with_retry_after(servers: dict[str, Server],
     after = httpx.post(url, content=body, headers={"content-type": "image/png"}, timeout=30)
     assert after.status_code == 200
     metrics = httpx.get(servers["slow"].url + "/metrics").text
-    assert _metric(metrics, "pochi_queue_rejected_total") == 4
+    assert metric(metrics, "pochi_queue_rejected_total") == 4
     assert 'pochi_requests_total{path="/api/v1/predict",status="503"} 4.0' in metrics
 
 
@@ -473,8 +368,8 @@ def test_workers_answer_like_infer_and_metrics_sum_them(
     assert len(pids) == 2 and served == set(pids), (pids, served)  # both workers answered
     metrics = httpx.get(server.url + "/metrics").text  # one worker answers for all
     assert 'pochi_requests_total{path="/api/v1/predict",status="200"} 17.0' in metrics
-    assert _metric(metrics, "pochi_images_total") == len(images) + 16
-    assert _metric(metrics, "pochi_queue_depth") == 0
+    assert metric(metrics, "pochi_images_total") == len(images) + 16
+    assert metric(metrics, "pochi_queue_depth") == 0
     assert "2 worker processes" in server.log.read_text()
 
 
@@ -520,7 +415,7 @@ def test_workers_bad_model_fails_like_one_process(tmp_path: Path) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
     runs = [subprocess.Popen([sys.executable, "-m", "pochitrain.cli.main", "serve", str(bad),
-                              "--port", str(_free_port()), *extra], stdout=subprocess.PIPE,
+                              "--port", str(free_port()), *extra], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True) for extra in ([], ["--workers", "2"])]
     (_, one), (_, two) = (r.communicate(timeout=60) for r in runs)
     assert [r.returncode for r in runs] == [1, 1]

@@ -1,0 +1,107 @@
+"""``pochi serve`` in a subprocess on a free port, for the HTTP tests (test_serve.py).
+
+conftest.py starts test_serve's servers as the session begins (``started_servers``), so their
+start-up (Python, torch, ONNX Runtime) runs beside the other tests; the tests wait until each
+answers /api/v1/health.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pochitrain.serve.batcher import GATE_ENV
+
+
+def metric(text: str, name: str) -> float:
+    """The value of metric ``name`` in a /metrics text."""
+    line = next(x for x in text.splitlines() if x.startswith((name + " ", name + "{")))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, model: Path, log: Path, *args: str, gated: bool = False) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.gate = log.with_suffix(".gate")
+        env = {**os.environ, GATE_ENV: str(self.gate) if gated else ""}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pochitrain.cli.main", "serve", str(model),
+             "--port", str(self.port), "--decode-workers", "2", *args],
+            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+
+    def wait_ready(self, timeout: float = 60.0) -> Server:
+        import httpx
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                pytest.fail(f"server exited {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(self.url + "/api/v1/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        pytest.fail(f"server not ready:\n{self.log.read_text()}")
+
+    def hold(self, until_waiting: int | None = None) -> None:
+        """Close the gate: no model batch runs (with a count: until that many images wait)."""
+        self.gate.write_text("" if until_waiting is None else str(until_waiting))
+
+    def release(self) -> None:
+        self.gate.unlink(missing_ok=True)
+
+    async def wait_metric(self, name: str, done: Callable[[float], bool]) -> float:
+        """Poll /metrics until ``done(value)``; the value."""
+        import httpx
+
+        async with httpx.AsyncClient(timeout=30) as client:
+            for _ in range(3000):
+                value = metric((await client.get(self.url + "/metrics")).text, name)
+                if done(value):
+                    return value
+                await asyncio.sleep(0.01)
+        pytest.fail(f"{name} on {self.url} never reached the expected value")
+
+    async def wait_closed(self) -> None:
+        """Until the listening socket refuses connections (a SIGTERM is being handled)."""
+        for _ in range(3000):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                return
+            writer.close()
+            await asyncio.sleep(0.01)
+        pytest.fail(f"{self.url} still accepts connections")
+
+    def terminate(self) -> None:
+        self.release()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
