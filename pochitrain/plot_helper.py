@@ -150,4 +150,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    status = main()
+    sys.stdout.flush()
+    # its files are written and closed: the command, waiting for this process to end, need
+    # not wait for the interpreter's teardown of matplotlib and scikit-learn too
+    os._exit(status)
