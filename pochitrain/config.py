@@ -182,7 +182,7 @@ def _validate(raw: dict[str, Any], config_dir: Path, config_path: Path) -> Setti
         raise type_error("pretrained", g["pretrained"], "True or False")
     s.pretrained = g["pretrained"]
     s.input_size = check_input_size(g["input_size"])
-    s.seed = check_int("seed", g["seed"], 0, allow_none=True)
+    s.seed = check_int("seed", g["seed"], 0, allow_none=True, maximum=2**32 - 1)  # numpy's
     s.mixed_precision = check_choice("mixed_precision", g["mixed_precision"], MIXED_PRECISIONS)
     cl = g["channels_last"]
     if not (isinstance(cl, bool) or (isinstance(cl, str) and cl.lower() == "auto")):

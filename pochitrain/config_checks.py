@@ -8,6 +8,7 @@ on a throwaway optimizer, so a config that would fail in epoch 1 is refused at l
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import types
 from typing import Any
@@ -50,19 +51,24 @@ def check_choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
                       f"Allowed values for {key}: {', '.join(choices)}.")
 
 
-def check_int(key: str, value: Any, minimum: int, allow_none: bool = False) -> int | None:
+INT_LIMIT = 2**31 - 1  # larger counts overflow torch's and numpy's integers
+
+
+def check_int(key: str, value: Any, minimum: int, allow_none: bool = False,
+              maximum: int = INT_LIMIT) -> int | None:
     if value is None and allow_none:
         return None
-    if not is_int(value) or value < minimum:
-        expected = f"a whole number >= {minimum}" + (" or None" if allow_none else "")
-        raise type_error(key, value, expected)
+    if not is_int(value) or value < minimum or value > maximum:
+        expected = (f"a whole number >= {minimum}" if not is_int(value) or value < minimum
+                    else f"a whole number from {minimum} to {maximum}")
+        raise type_error(key, value, expected + (" or None" if allow_none else ""))
     return int(value)
 
 
 def check_float(key: str, value: Any, minimum: float, strict: bool) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or (value <= minimum if strict else value < minimum):
-        raise type_error(key, value, f"a number {'>' if strict else '>='} {minimum}")
+    if not ok or not math.isfinite(value) or (value <= minimum if strict else value < minimum):
+        raise type_error(key, value, f"a finite number {'>' if strict else '>='} {minimum}")
     return float(value)
 
 
@@ -209,6 +215,8 @@ def _try_scheduler(cls: Any, name: str, params: dict[str, Any]) -> None:
             for _ in range(2):
                 optimizer.step()
                 scheduler.step()
+                if not math.isfinite(optimizer.param_groups[0]["lr"]):
+                    raise ValueError("the learning rate it gives is not a finite number")
     except (TypeError, ValueError, ArithmeticError, KeyError, IndexError) as exc:
         raise ConfigError(
             "scheduler_params で scheduler を作成できません\n"

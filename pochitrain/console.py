@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +29,39 @@ def safe_streams() -> None:
             reconfigure = getattr(stream, "reconfigure", None)
             if reconfigure is not None:
                 reconfigure(errors="backslashreplace")
+
+
+# SIGTERM / SIGHUP (``kill``, a stopping container, a closed terminal) stop a command as Ctrl+C
+# does; the numbers received go here, for the exit code 128 + signal
+TERMINATING_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+received_signals: list[int] = []
+
+
+def interrupted_exit_code() -> int:
+    """130 after Ctrl+C, 128 + the signal after SIGTERM / SIGHUP."""
+    return 128 + received_signals[0] if received_signals else 130
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM / SIGHUP raise KeyboardInterrupt, so temp files are removed and
+    claimed folders released as after Ctrl+C instead of being left behind. Verbs that stop
+    gracefully on Ctrl+C (train, optimize) install their own handlers over these."""
+    received_signals.clear()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        received_signals.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, handler) for s in TERMINATING_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
 
 
 def console() -> Console:

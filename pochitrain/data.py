@@ -35,7 +35,8 @@ class ImageFolder:
         h = hashlib.sha256()
         for path, label in self.samples:
             st = path.stat()
-            h.update(f"{path.relative_to(self.root)}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            h.update(f"{path.relative_to(self.root)}|{label}|{st.st_size}|{st.st_mtime_ns}\n"
+                     .encode(errors="surrogateescape"))  # a file name that is not UTF-8
         return h.hexdigest()
 
 

@@ -389,5 +389,7 @@ def atomic_write_bytes(path: Path | str, data: bytes, replace: bool = True,
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:
+    """UTF-8; a file name that is not UTF-8 (read as surrogates) is written escaped, so the
+    file stays valid UTF-8 instead of failing to write."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8", errors="backslashreplace")

@@ -138,11 +138,14 @@ def run(argv: Sequence[str] | None, prog: str = "pochi", only: str | None = None
     debug = bool(getattr(args, "debug", False))
     if debug:
         start_debug_logging(argv)
+    from pochitrain.console import interrupted_exit_code, terminate_as_interrupt
     from pochitrain.workspace import disk_space_guard
 
     try:
-        with disk_space_guard(None):  # a writer that did not name its file: the OSError's
-            return int(_verb_module(args._verb).run(args) or 0)
+        with disk_space_guard(None), terminate_as_interrupt():
+            # disk_space_guard: a writer that did not name its file: the OSError's
+            code = int(_verb_module(args._verb).run(args) or 0)
+        return interrupted_exit_code() if code == 130 else code
     except PochiError as exc:
         from pochitrain.console import print_error
 
@@ -155,7 +158,7 @@ def run(argv: Sequence[str] | None, prog: str = "pochi", only: str | None = None
         return exc.exit_code
     except KeyboardInterrupt:
         print("\n中断しました / Interrupted.", file=sys.stderr)
-        return 130
+        return interrupted_exit_code()
 
 
 def _exit(code: int) -> NoReturn:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from pochitrain.console import TERMINATING_SIGNALS, received_signals
 from pochitrain.errors import TrainingError
 
 
@@ -153,17 +154,21 @@ def stop_on_ctrl_c(on_first: Callable[[], None] | None = None) -> Iterator[threa
         return
 
     def handler(signum: int, frame: Any) -> None:
+        if signum != signal.SIGINT:
+            received_signals.append(signum)
         if event.is_set():
             raise KeyboardInterrupt
         event.set()
         if on_first is not None:
             on_first()
 
-    previous = signal.signal(signal.SIGINT, handler)
+    signals = (signal.SIGINT, *TERMINATING_SIGNALS)  # SIGTERM too: a `kill` stops as gently
+    previous = {s: signal.signal(s, handler) for s in signals}
     try:
         yield event
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, old in previous.items():
+            signal.signal(s, old)
 
 
 def warm_up(model: nn.Module, input_size: list[int], batch_sizes: list[int], device: str, *,

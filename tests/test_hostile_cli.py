@@ -1,0 +1,94 @@
+"""Inputs a hostile user tries on the command-line verbs: each is a message and the right
+exit code, never a traceback, and leaves nothing behind under a final name."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pochitrain.config import load_config
+from pochitrain.errors import ConfigError
+from pochitrain.workspace import TEST_GATE_ENV
+
+# no bytecode written by the children (see test_exclusive_outputs.py)
+CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
+             "POCHI_BYTECODE_CACHE": "0"}
+NOT_UTF8 = os.fsdecode(b"bad\xffname.png")  # a file name as Linux allows it
+
+VAL_TF = """
+from torchvision import transforms
+val_transform = transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor(),
+                                    transforms.Normalize([0.5] * 3, [0.5] * 3)])
+"""
+
+
+def _pochi(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "pochitrain.cli.main", *argv]
+
+
+@pytest.mark.parametrize("body, words", [
+    ("learning_rate = float('nan')", "'learning_rate' must be a finite number > 0.0"),
+    ("weight_decay = float('inf')", "'weight_decay' must be a finite number >= 0.0"),
+    ("early_stopping = {'patience': 2, 'min_delta': float('nan')}", "min_delta"),
+    ("seed = 2**40", "'seed' must be a whole number from 0 to 4294967295"),
+    ("batch_size = 10**30", "'batch_size' must be a whole number from 1 to 2147483647"),
+    ("scheduler = 'StepLR'\nscheduler_params = {'step_size': 1, 'gamma': float('nan')}",
+     "not a finite number"),
+])
+def test_numbers_torch_or_numpy_cannot_take_are_refused(tmp_path: Path, body: str,
+                                                        words: str) -> None:
+    (tmp_path / "train").mkdir()
+    path = tmp_path / "config.py"
+    path.write_text(f"{VAL_TF}\ntrain_data_root = 'train'\n{body}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert words in err.value.message
+
+
+def test_file_names_that_are_not_utf8(untrained_checkpoint: Path, tiny_data: Path,
+                                      tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Linux allows any bytes in a file name: the run's fingerprint and the results CSV
+    still work, the CSV stays UTF-8 with the name escaped."""
+    from pochitrain.cli.main import run
+    from pochitrain.data import scan_image_folder
+
+    data = tmp_path / "val"
+    shutil.copytree(tiny_data / "val", data)
+    first = min((data / "0").iterdir())
+    shutil.copy(first, data / "0" / NOT_UTF8)
+    assert len(scan_image_folder(data).fingerprint()) == 64
+    out = tmp_path / "out"
+    code = run(["infer", str(untrained_checkpoint), "--data", str(data), "-o", str(out),
+                "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 0 and "Traceback" not in err, err
+    csv = (out / "pytorch_inference_results.csv").read_bytes().decode("utf-8")
+    assert "bad\\udcffname.png" in csv
+
+
+def test_sigterm_cleans_up_like_ctrl_c(untrained_checkpoint: Path, tmp_path: Path) -> None:
+    """``kill`` (SIGTERM) while export-onnx is about to publish its file: the temp file is
+    removed, nothing is left under the final name, exit code 143."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    out = tmp_path / "out" / "x.onnx"
+    out.parent.mkdir()
+    proc = subprocess.Popen(
+        _pochi("export-onnx", str(untrained_checkpoint), "-o", str(out), "--skip-verify"),
+        env={**CHILD_ENV, TEST_GATE_ENV: str(gate)}, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180  # a hang guard, not a timing
+    while not list(gate.glob("arrived-*")) and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # it waits at the gate with its temp file written
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-1500:]
+    assert "Interrupted" in err and "Traceback" not in err
+    assert list(out.parent.iterdir()) == []
