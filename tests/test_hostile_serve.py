@@ -230,3 +230,17 @@ def test_original_api_refuses_batches_it_cannot_use(untrained_checkpoint: Path,
     loader = DataLoader(TensorDataset(torch.zeros(2, 3, 32, 32), labels), batch_size=2)
     with pytest.raises(DataError, match="label 50"):
         trainer.train(loader, loader, epochs=1)
+
+
+def test_serve_refuses_waits_and_sizes_it_cannot_keep(model: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """--max-wait-ms nan / inf started a server whose batches never closed; a body limit
+    under one byte refused every body."""
+    from pochitrain.cli.main import run
+
+    for args in (["--max-wait-ms", "nan"], ["--max-wait-ms", "inf"],
+                 ["--max-body-mb", "1e-7"], ["--max-inflight-mb", "nan"]):
+        with pytest.raises(SystemExit) as exited:
+            run(["serve", str(model), *args])
+        assert exited.value.code == 2, args
+        assert "error: argument" in capsys.readouterr().err

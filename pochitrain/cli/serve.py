@@ -81,9 +81,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def add_connection_limits(parser: argparse.ArgumentParser) -> None:
     c = parser.add_argument_group("connections, request bodies and stopping")
-    c.add_argument("--max-body-mb", type=positive_float, default=16.0, metavar="MB",
+    c.add_argument("--max-body-mb", type=megabytes, default=16.0, metavar="MB",
                    help="largest request body; larger ones get 413 (default: 16)")
-    c.add_argument("--max-inflight-mb", type=positive_float, default=None, metavar="MB",
+    c.add_argument("--max-inflight-mb", type=megabytes, default=None, metavar="MB",
                    help="request body bytes being received or held at once, all requests of "
                    "a worker together; a request that does not fit gets 503 busy + "
                    "Retry-After before its body is read (default: --max-body-mb x the "
@@ -108,6 +108,19 @@ def port_number(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"ポート番号は 1〜{MAX_PORT} の整数です: {text!r}\n"
             f"expected a port number from 1 to {MAX_PORT}, got {text!r}")
+    return value
+
+
+def megabytes(text: str) -> float:
+    """A finite size in MB of at least one byte (a smaller one would refuse every body)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value * 1_000_000 >= 1):
+        raise argparse.ArgumentTypeError(f"1 バイト以上のサイズ (MB) を指定してください: {text!r}\n"
+                                         f"expected a size in MB of at least 0.000001 (one "
+                                         f"byte), got {text!r}")
     return value
 
 
