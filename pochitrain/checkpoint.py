@@ -16,6 +16,7 @@ original's ``num_classes`` was overwritten with their count).
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,9 @@ def read_checkpoint(path: Path | str) -> tuple[dict[str, Any], ModelMeta]:
                              f"Checkpoint not found: {path}",
                              "Pass the .pth written by 'pochi train' (work_dirs/*/models/).")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a pickle that is not a checkpoint: the error says it
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for non-checkpoint files
         raise ModelFileError(
             "PyTorch のチェックポイントとして読み込めません\n"

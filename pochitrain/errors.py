@@ -52,6 +52,25 @@ class GpuMemoryError(UsageError):
     """A batch does not fit in the GPU's memory (a smaller batch size is the remedy)."""
 
 
+class MemoryShortError(PochiError):
+    """The machine's memory ran out (a huge --input-size or batch, a huge image)."""
+
+
+def out_of_memory(exc: BaseException, verb: str) -> MemoryShortError | None:
+    """The message for an allocation that failed (Python's MemoryError, numpy's, PyTorch's CPU
+    or CUDA allocator); None for any other exception."""
+    text = str(exc)
+    if not (isinstance(exc, MemoryError) or "can't allocate memory" in text
+            or "out of memory" in text.lower()):
+        return None
+    first = text.strip().splitlines()[0][-200:] if text.strip() else type(exc).__name__
+    return MemoryShortError(
+        "メモリが足りません\n"
+        f"'{verb}' ran out of memory: {first}",
+        "Use a smaller --input-size / --batch-size (or input_size / batch_size in the "
+        "config), or run on a machine with more memory.")
+
+
 class ConfigError(PochiError):
     """A config file is missing, unreadable or invalid."""
 

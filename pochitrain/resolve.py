@@ -153,7 +153,7 @@ def resolve_context(model_path: Path | str, model_meta: ModelMeta | None,
                                                      "class_names": "model metadata"})
     settings = run_config.settings
     if settings is None or getattr(settings, "val_transform", None) is None:
-        raise _no_preprocessing(model_path, run_config)
+        raise _no_preprocessing(model_path, run_config, model_meta is not None)
     assert run_config.path is not None
     from pochitrain.config import preprocess_from_settings
 
@@ -179,7 +179,15 @@ def resolve_context(model_path: Path | str, model_meta: ModelMeta | None,
     return ModelContext(meta, run_config, sources)
 
 
-def _no_preprocessing(model_path: Path, run_config: RunConfig) -> NoPreprocessingError:
+def _no_preprocessing(model_path: Path, run_config: RunConfig,
+                      has_meta: bool = False) -> NoPreprocessingError:
+    if has_meta:  # -c given: its val_transform would replace the model's own preprocessing
+        return NoPreprocessingError(
+            f"{NO_VAL_TRANSFORM_JA}\n-c/--config-path {run_config.path} has no val_transform, "
+            f"and a config given with -c replaces the preprocessing stored in "
+            f"{model_path.name}.",
+            "--config-path を外すとモデル内の前処理を使います / Drop -c/--config-path to use "
+            "the model's own preprocessing, or pass a config that defines val_transform.")
     why = (f"config {run_config.path} has no val_transform" if run_config.path is not None
            else f"no config was given (-c) or found beside {model_path.name}")
     return NoPreprocessingError(

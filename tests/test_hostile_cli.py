@@ -4,11 +4,13 @@ exit code, never a traceback, and leaves nothing behind under a final name."""
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,40 @@ def test_sigterm_cleans_up_like_ctrl_c(untrained_checkpoint: Path, tmp_path: Pat
     assert proc.returncode == 128 + signal.SIGTERM, err[-1500:]
     assert "Interrupted" in err and "Traceback" not in err
     assert list(out.parent.iterdir()) == []
+
+
+def test_odd_sizes_and_files_for_export_and_convert(untrained_checkpoint: Path,
+                                                    onnx_export: Callable[..., Path],
+                                                    tiny_data: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from pochitrain.cli.main import run
+    from pochitrain.onnx.calibration import list_sha256
+
+    # an input size whose tensors cannot be allocated: a message, not a traceback
+    out = tmp_path / "big.onnx"
+    code = run(["export-onnx", str(untrained_checkpoint), "--input-size", "100000", "100000",
+                "-o", str(out), "--skip-verify"])
+    err = capsys.readouterr().err
+    assert code == 1 and "ran out of memory" in err and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []
+    # a pickle that is not a checkpoint: the error alone, no warning of torch's unpickler
+    pickled = tmp_path / "dict.pth"
+    pickled.write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    assert run(["export-onnx", str(pickled), "--skip-verify"]) == 1
+    err = capsys.readouterr().err
+    assert "not a readable PyTorch checkpoint" in err and "Warning" not in err, err
+    # a workspace size TensorRT cannot take is a usage error
+    onnx_path = onnx_export(untrained_checkpoint, 1)
+    with pytest.raises(SystemExit) as exit_:
+        run(["convert", str(onnx_path), "--workspace-size", "99999999999999999999999"])
+    assert exit_.value.code == 2 and "--workspace-size" in capsys.readouterr().err
+    # -c without val_transform on a model that has its own preprocessing: say what -c does
+    config = tmp_path / "config.py"
+    config.write_text("epochs = 1\n", encoding="utf-8")
+    code = run(["infer", str(onnx_path), "--data", str(tiny_data / "val"), "-c", str(config),
+                "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "carries no pochitrain metadata" not in err, err
+    assert "Drop -c/--config-path to use the model's own preprocessing" in err
+    # which calibration images were used, when a name is not UTF-8
+    assert len(list_sha256([(tmp_path / NOT_UTF8, 0)], tmp_path)) == 64

@@ -67,6 +67,8 @@ def byte_size(text: str) -> int:
             f"expected a size in bytes such as 1073741824 or 1G, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    if value >= 1 << 63:  # TensorRT takes a 64-bit size
+        raise argparse.ArgumentTypeError(f"must be less than 8 EiB, got {text!r}")
     return value
 
 

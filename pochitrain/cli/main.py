@@ -11,7 +11,10 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from pochitrain.errors import PochiError
 
 # verb -> (module under pochitrain.cli, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
@@ -147,19 +150,29 @@ def run(argv: Sequence[str] | None, prog: str = "pochi", only: str | None = None
             code = int(_verb_module(args._verb).run(args) or 0)
         return interrupted_exit_code() if code == 130 else code
     except PochiError as exc:
-        from pochitrain.console import print_error
-
-        error = unwrapped_error(exc)
-        print_error(error)  # type: ignore[arg-type]
-        if debug:
-            import traceback
-
-            traceback.print_exception(exc, file=sys.stderr)
-        return exc.exit_code
+        return _report(unwrapped_error(exc), exc, debug)  # type: ignore[arg-type]
     except KeyboardInterrupt:
         print("\n中断しました / Interrupted.", file=sys.stderr)
         return interrupted_exit_code()
+    except (MemoryError, RuntimeError) as exc:
+        from pochitrain.errors import out_of_memory
 
+        error = out_of_memory(exc, args._verb)
+        if error is None:
+            raise
+        return _report(error, exc, debug)
+
+
+def _report(error: PochiError, exc: BaseException, debug: bool) -> int:
+    """Print ``error`` (with ``exc``'s traceback under --debug); its exit code."""
+    from pochitrain.console import print_error
+
+    print_error(error)
+    if debug:
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
+    return error.exit_code
 
 def _exit(code: int) -> NoReturn:
     """End a console command. After an inference verb the interpreter's finalization is

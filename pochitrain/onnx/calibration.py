@@ -164,7 +164,7 @@ def list_sha256(samples: list[Sample], root: Path) -> str:
     """Hash of which images were used (relative paths), for the record."""
     text = "\n".join(str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
                      for p, _ in samples)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(text.encode(errors="surrogateescape")).hexdigest()
 
 
 # ---- cache key -------------------------------------------------------------------------

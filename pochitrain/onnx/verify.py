@@ -157,7 +157,8 @@ def verification_batches(pre: Preprocess, data: Path | None, sizes: list[int],
         if not arrays:
             raise DataError("エクスポートの検証に使える画像がありません\n"
                             f"No readable images in {data} to verify the export with.",
-                            "Pass --data with a folder of images, or --skip-verify.")
+                            "Point --data (export-onnx) or --verify-data (convert --fp16) "
+                            "at a folder of images; export-onnx also takes --skip-verify.")
         source = f"{len(arrays)} images from {data}"
         while len(arrays) < need:  # small folders: reuse images
             arrays.append(arrays[len(arrays) % max(1, len(arrays))])
