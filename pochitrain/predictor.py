@@ -16,7 +16,9 @@ from __future__ import annotations
 import io
 import itertools
 import re
+import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -200,6 +202,8 @@ class Predictor:
                                  "'cpu'")
         batch_size = count_argument("batch_size", batch_size)
         self._closed = False
+        self._calls = threading.Condition()  # close() waits for model calls in other threads
+        self._running = 0
         self._model = open_model(model, config=config, device=device,
                                  providers=_providers(providers))
         try:
@@ -231,7 +235,9 @@ class Predictor:
         """float32 (N, 3, H, W) preprocessed images -> (N, classes) softmax probabilities,
         run ``batch_size`` at a time (a fixed-batch model gets padded chunks)."""
         self._check_open()
-        return self._model.probabilities(self._checked_batch(batch), self.batch_size)
+        checked = self._checked_batch(batch)
+        with self._model_call():
+            return self._model.probabilities(checked, self.batch_size)
 
     def predict(self, images: ImageLike | Iterable[ImageLike],
                 top_k: int = 1) -> Prediction | list[Prediction]:
@@ -244,7 +250,8 @@ class Predictor:
         preds: list[Prediction] = []
         while chunk := list(itertools.islice(items, self.batch_size)):
             batch = np.stack([self._model.preprocess(to_pil(im, "images")) for im in chunk])
-            probs = self._model.probabilities(batch, self.batch_size)
+            with self._model_call():  # a close() from another thread ends the list here
+                probs = self._model.probabilities(batch, self.batch_size)
             preds.extend(self._prediction(row, top_k) for row in probs)
         return preds[0] if single else preds
 
@@ -278,10 +285,27 @@ class Predictor:
         return Prediction(names[best], best, float(row[best]),
                           [(names[int(i)], float(row[int(i)])) for i in order])
 
+    @contextmanager
+    def _model_call(self) -> Iterator[None]:
+        with self._calls:
+            self._check_open()
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._calls:
+                self._running -= 1
+                self._calls.notify_all()
+
     def close(self) -> None:
-        if not self._closed:
+        """Release the model; model calls running in other threads finish first, and
+        later calls (the rest of a list being predicted too) raise a UsageError."""
+        with self._calls:
+            if self._closed:
+                return
             self._closed = True
-            self._model.close()
+            self._calls.wait_for(lambda: self._running == 0)
+        self._model.close()
 
     def __enter__(self) -> Predictor:  # noqa: PYI034
         return self

@@ -244,3 +244,57 @@ def test_serve_refuses_waits_and_sizes_it_cannot_keep(model: Path,
             run(["serve", str(model), *args])
         assert exited.value.code == 2, args
         assert "error: argument" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # starlette's TestClient on httpx
+def test_requests_after_the_drain_get_503_shutting_down(model: Path, png: bytes) -> None:
+    """A request that reaches the app once its lifespan ended (uvicorn starts requests whose
+    head it parses after cutting the drain) got a 500 "cannot schedule new futures after
+    shutdown", or waited forever on the stopped batcher."""
+    from fastapi.testclient import TestClient
+
+    from pochitrain.serve.app import ServeSettings, create_app
+    from pochitrain.serve.batcher import Batcher, Stopping
+    from pochitrain.serve.model import ServeModel
+
+    served = ServeModel(model, device="cpu", max_batch=4, pipeline="cpu")
+    try:
+        app = create_app(served, ServeSettings(max_batch=4, decode_workers=1,
+                                               access_log=False))
+        image = {"content": png, "headers": {"content-type": "image/png"}}
+        with TestClient(app) as client:  # the lifespan runs, then ends
+            assert client.post(PREDICT, **image).status_code == 200
+        late = TestClient(app)
+        files = [("files", (f"{i}.png", png, "image/png")) for i in range(2)]
+        for answer in (late.post(PREDICT, **image), late.post(PREDICT, files=files)):
+            refused(answer, 503, "shutting_down")
+    finally:
+        served.close()
+    batcher = Batcher(lambda items: items, max_batch=1, max_wait_s=0, queue_limit=1,
+                      on_batch=lambda size, seconds: None)
+    batcher.start()
+    batcher.stop()
+    with pytest.raises(Stopping):
+        asyncio.run(asyncio.wait_for(batcher.submit([1]), HANG_GUARD_S))
+
+
+def test_a_predictor_closed_during_a_list_stops_it(model: Path,
+                                                   untrained_checkpoint: Path) -> None:
+    """close() while a list is being predicted (another thread, here the list's own
+    generator): ONNX failed with a misleading shape message, .pth ran the rest."""
+    import numpy as np
+
+    from pochitrain import Predictor
+    from pochitrain.errors import UsageError
+
+    for path in (model, untrained_checkpoint):
+        predictor = Predictor(path, device="cpu", batch_size=2)
+
+        def images(owner: Predictor = predictor) -> Iterator[Any]:
+            for i in range(6):
+                if i == 4:
+                    owner.close()
+                yield np.zeros((8, 8, 3), np.uint8)
+
+        with pytest.raises(UsageError, match="closed"):
+            predictor.predict(images())

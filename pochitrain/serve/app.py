@@ -35,7 +35,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pochitrain.serve import schemas
-from pochitrain.serve.batcher import Batcher
+from pochitrain.serve.batcher import Batcher, Stopping
 from pochitrain.serve.decode import (
     ENCODED_FORMATS,
     GENERIC_TYPES,
@@ -48,7 +48,7 @@ from pochitrain.serve.decode import (
     raw_array,
 )
 from pochitrain.serve.metrics import Metrics
-from pochitrain.serve.middleware import LimitAndLog
+from pochitrain.serve.middleware import LimitAndLog, shutting_down
 from pochitrain.serve.multipart import read_form
 
 if TYPE_CHECKING:
@@ -85,13 +85,15 @@ def create_app(model: ServeModel, settings: ServeSettings) -> FastAPI:
                       max_wait_s=settings.max_wait_ms / 1000.0, queue_limit=settings.queue,
                       on_batch=metrics.observe_batch)
     pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="pochi-decode")
+    predict = Predict(model, settings, batcher, metrics, pool)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         batcher.start()
         try:
             yield
-        finally:  # in-flight requests are answered (or cut): what is left is nobody's
+        finally:  # in-flight requests are answered (or cut): a later one gets 503
+            predict.stopping = True
             await asyncio.get_running_loop().run_in_executor(None, batcher.stop, STOP_WAIT_S)
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -102,7 +104,7 @@ def create_app(model: ServeModel, settings: ServeSettings) -> FastAPI:
     app.state.batcher = batcher
     app.add_middleware(LimitAndLog, settings=settings, metrics=metrics, routes=ROUTES)
     add_error_handlers(app)
-    add_predict_route(app, Predict(model, settings, batcher, metrics, pool))
+    add_predict_route(app, predict)
     add_info_routes(app, model, settings, metrics)
     return app
 
@@ -176,8 +178,11 @@ class Predict:
     batcher: Batcher
     metrics: Metrics
     pool: ThreadPoolExecutor
+    stopping: bool = False  # the lifespan ended: the pool and the batcher take no more work
 
     async def in_pool(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.stopping:
+            raise Stopping("server stopping")
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     async def read_payloads(self, request: Request) -> tuple[list[Payload], int | None, bool]:
@@ -247,12 +252,17 @@ class Predict:
 
     async def __call__(self, request: Request, top_k: int | None) -> Response:
         start = time.perf_counter()
-        payloads, body_k, single = await self.read_payloads(request)
-        k = min(top_k or body_k or 1, len(self.model.class_names))
-        rows = await self.classify(payloads)
+        try:
+            payloads, body_k, single = await self.read_payloads(request)
+            rows = await self.classify(payloads)
+        except Stopping:  # arrived after the drain had ended
+            raise shutting_down() from None
         if isinstance(rows, Response):
             return rows
+        k = min(top_k or body_k or 1, len(self.model.class_names))
         for row in rows:
+            if isinstance(row, Stopping):
+                raise shutting_down()
             if isinstance(row, BadInput):
                 raise row
             if isinstance(row, BaseException):

@@ -27,6 +27,10 @@ from typing import Any, NamedTuple
 GATE_ENV = "POCHI_SERVE_TEST_GATE"
 _STOP = object()
 
+
+class Stopping(RuntimeError):
+    """The server is stopping: the batcher (or the decode pool) takes no more work."""
+
 # run_batch(items) -> one result per item, or an Exception instance for an item that failed
 RunBatch = Callable[[list[Any]], Sequence[Any]]
 
@@ -64,6 +68,7 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self._gate = os.environ.get(GATE_ENV, "")
         self.batches = 0
+        self.stopped = False  # stop() was called: submit refuses
 
     def admit(self, n: int) -> bool:
         """Reserve ``n`` queue slots; False (nothing reserved) when the queue is full."""
@@ -82,8 +87,11 @@ class Batcher:
         in order."""
         loop = asyncio.get_running_loop()
         job = _Job(loop, loop.create_future(), [None] * len(items), len(items))
-        for i, item in enumerate(items):
-            self._queue.put(Queued(job, i, item))
+        with self._lock:  # before the stop mark, or refused: never after it, unanswered
+            if self.stopped:
+                raise Stopping("server stopping")
+            for i, item in enumerate(items):
+                self._queue.put(Queued(job, i, item))
         return await job.future
 
     def start(self) -> None:
@@ -94,9 +102,11 @@ class Batcher:
     def stop(self, timeout: float | None = None) -> None:
         """Finish every image queued so far, then end the worker thread (waiting at most
         ``timeout`` seconds: then :attr:`running` stays true)."""
+        with self._lock:
+            self.stopped = True
+            self._queue.put(_STOP)
         if self._thread is None:
             return
-        self._queue.put(_STOP)
         self._thread.join(timeout)
         if not self._thread.is_alive():
             self._thread = None
@@ -147,7 +157,7 @@ class Batcher:
             except queue.Empty:
                 return
             if entry is not _STOP:
-                self._deliver(entry.job, entry.position, RuntimeError("server stopping"))
+                self._deliver(entry.job, entry.position, Stopping("server stopping"))
 
     def _wait_at_gate(self) -> None:
         """The test hook (``GATE_ENV``); ``first`` is taken, so it counts as one waiting."""
