@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import io
 import socket
 import subprocess
@@ -116,7 +117,13 @@ def test_json_the_encoder_could_not_echo_is_a_422(server: Served, png: bytes) ->
         assert r.json()["probabilities"] == good.json()["probabilities"]
 
 
-def test_unknown_paths_and_methods_are_bilingual_json(server: Served) -> None:
+def test_unknown_paths_methods_and_encodings_are_bilingual_json(server: Served,
+                                                                png: bytes) -> None:
+    """404 / 405 were FastAPI's English-only {"detail": "Not Found"}; a gzip body was read
+    as JSON and refused as malformed."""
+    gzipped = server.client.post(PREDICT, content=gzip.compress(png), headers={
+        "content-type": "image/png", "content-encoding": "gzip"})
+    assert "Content-Encoding" in refused(gzipped, 415, "unsupported_media_type")["detail"]
     refused(server.client.get("/nope"), 404, "not_found")
     body = refused(server.client.get(PREDICT), 405, "method_not_allowed")
     assert "POST" in body["detail"]

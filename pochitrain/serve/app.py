@@ -187,6 +187,12 @@ class Predict:
 
     async def read_payloads(self, request: Request) -> tuple[list[Payload], int | None, bool]:
         """(payloads, top_k from the body, single-image response?)"""
+        encoding = media_type(request.headers.get("content-encoding"))
+        if encoding not in ("", "identity"):  # its bytes would be read as JSON or an image
+            raise BadInput(415, "unsupported_media_type",
+                           f"圧縮された本文には対応していません: Content-Encoding {encoding}",
+                           f"Content-Encoding {encoding!r} is not supported: send the body "
+                           "uncompressed (images are compressed already).")
         kind = media_type(request.headers.get("content-type"))
         if kind == "application/json":
             payload, k = await self.in_pool(_prepare_json, await request.body())
