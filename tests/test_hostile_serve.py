@@ -253,7 +253,7 @@ def test_serve_refuses_waits_and_sizes_it_cannot_keep(model: Path,
         assert "error: argument" in capsys.readouterr().err
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # starlette's TestClient on httpx
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_requests_after_the_drain_get_503_shutting_down(model: Path, png: bytes) -> None:
     """A request that reaches the app once its lifespan ended (uvicorn starts requests whose
     head it parses after cutting the drain) got a 500 "cannot schedule new futures after
