@@ -51,15 +51,6 @@ def _is_image(entry: os.DirEntry[str]) -> bool:
         return False
 
 
-def _listing(folder: str) -> list[os.DirEntry[str]]:
-    """The entries of ``folder``; none when it cannot be read (as ``Path.rglob`` skips it)."""
-    try:
-        with os.scandir(folder) as entries:
-            return list(entries)
-    except OSError:
-        return []
-
-
 def _is_folder(entry: os.DirEntry[str], follow_links: bool = True) -> bool:
     try:
         return entry.is_dir(follow_symlinks=follow_links)
@@ -67,21 +58,39 @@ def _is_folder(entry: os.DirEntry[str], follow_links: bool = True) -> bool:
         return False
 
 
+def _typed_children(folder: Path,
+                    strict: bool = False) -> list[tuple[str, Path, os.DirEntry[str]]]:
+    """(name, path, directory entry) of each entry of ``folder``; none when it cannot be read
+    (as ``Path.rglob`` skips it), unless ``strict``. The paths come from ``iterdir``: made
+    from their parent's, they know their text at once (a path joined from strings parses
+    itself when first used, in the reading threads); the entries give each one's type
+    without a stat."""
+    try:
+        with os.scandir(folder) as listing:
+            entries = {entry.name: entry for entry in listing}
+        paths = list(folder.iterdir())
+    except OSError:
+        if strict:
+            raise
+        return []
+    named = ((os.path.basename(path), path) for path in paths)
+    return [(name, path, entries[name]) for name, path in named if name in entries]
+
+
 def _image_files(folder: Path) -> list[Path]:
     """The images under ``folder`` and its sub-folders (linked sub-folders not entered; hidden
-    files left out), in path order: what sorting ``folder.rglob("*")``'s images gives, from
-    the directory listings, without a stat per file."""
-    found: list[tuple[str, ...]] = []
-    todo: list[tuple[str, ...]] = [()]
+    files left out), in path order: what sorting ``folder.rglob("*")``'s images gives."""
+    found: list[tuple[tuple[str, ...], Path]] = []
+    todo: list[tuple[tuple[str, ...], Path]] = [((), folder)]
     while todo:
-        rel = todo.pop()
-        for entry in _listing(os.path.join(folder, *rel)):
+        rel, here = todo.pop()
+        for name, path, entry in _typed_children(here):
             if _is_image(entry):
-                found.append((*rel, entry.name))
+                found.append(((*rel, name), path))
             elif _is_folder(entry, follow_links=False):
-                todo.append((*rel, entry.name))
-    found.sort()  # a path's parts compared in turn: the order of sorted Path objects
-    return [folder.joinpath(*parts) for parts in found]
+                todo.append(((*rel, name), path))
+    found.sort(key=lambda item: item[0])  # a path's parts in turn: sorted Path objects' order
+    return [path for _, path in found]
 
 
 def scan_image_folder(root: Path | str, what: str = "data folder",
@@ -96,9 +105,9 @@ def scan_image_folder(root: Path | str, what: str = "data folder",
         raise DataError("データのパスがフォルダではありません\n"
                         f"The {what} is not a folder: {root}",
                         "Pass a folder that holds one sub-folder of images per class.")
-    with os.scandir(root) as entries:
-        top = list(entries)
-    subdirs = sorted(root / e.name for e in top if not e.name.startswith(".") and _is_folder(e))
+    top = _typed_children(root, strict=True)
+    subdirs = sorted(path for name, path, entry in top
+                     if not name.startswith(".") and _is_folder(entry))
     if subdirs:
         samples: list[tuple[Path, int]] = []
         empty = []
@@ -114,7 +123,7 @@ def scan_image_folder(root: Path | str, what: str = "data folder",
                 f"Add images ({', '.join(IMAGE_EXTENSIONS)}) or remove the empty folder(s).",
             )
         return ImageFolder(root, [d.name for d in subdirs], samples)
-    files = [root / name for name in sorted(e.name for e in top if _is_image(e))]
+    files = [path for _, path, entry in sorted(top, key=lambda t: t[0]) if _is_image(entry)]
     if not files or not allow_unlabelled:
         raise DataError(
             "データフォルダに画像が見つかりません\n"
