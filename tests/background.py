@@ -1,7 +1,7 @@
 """Commands that run in their own processes, started when the session begins.
 
 Some tests only wait for a child process (a DDP training, the Triton interpreter, a bench
-suite): one core each for a long while. conftest.py starts them as the session begins when a
+suite): one core each for a long while. conftest.py starts them as the session begins, at the lowest priority, when a
 selected test reads them, so they use a spare core while other tests run; the tests, moved
 to the end of the session (``conftest.BACKGROUND_FIXTURES``), wait for the results and judge
 them. Nothing depends on timing: a test waits for its process to end (a hang guard only).
@@ -10,6 +10,7 @@ them. Nothing depends on timing: a test waits for its process to end (a hang gua
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # Hang guard only: a working run ends long before it.
 HANG_GUARD_S = 600
+# The lowest priority: a background process takes only what the test in the foreground
+# leaves of the cores, so it never slows that test down; while a test waits for it, it
+# gets every core.
+NICE = 19
+
+
+def lowest_priority(cmd: list[str]) -> list[str]:
+    """``cmd`` run through ``nice`` where the system has it (the process keeps its pid)."""
+    nice = shutil.which("nice")
+    return [nice, "-n", str(NICE), *cmd] if nice else cmd
 
 
 @dataclass
@@ -53,6 +64,6 @@ def start(args: list[str], cwd: Path = ROOT, **env: str) -> Job:
     """``python <args>`` with the repository on the path, one OpenMP thread and ``env``."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     full_env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **env}
-    return Job(subprocess.Popen([sys.executable, *args], cwd=cwd, env=full_env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True), cwd)
+    return Job(subprocess.Popen(lowest_priority([sys.executable, *args]), cwd=cwd,
+                                env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True), cwd)

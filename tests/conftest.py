@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from background import Job, start
+from background import Job, lowest_priority, start
 from interpreted import start_matmul_check, start_pil_check
 from serving import Server
 from tiny import AUGMENT_FLIP, copy_tiny, tiny_config
@@ -189,7 +189,7 @@ class TrainingJob:
         cmd = [sys.executable, "-m", "pochitrain", "train", "-c", str(config),
                "--work-dir", str(folder / "work_dirs"), "--quiet"]
         with open(folder / "train.log", "wb") as log:
-            proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=log,
+            proc = subprocess.Popen(lowest_priority(cmd), cwd=folder, env=env, stdout=log,
                                     stderr=subprocess.STDOUT)
         return cls(proc, folder / "work_dirs", folder / "train.log")
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from background import lowest_priority
 
 from pochitrain.serve.batcher import GATE_ENV
 
@@ -42,8 +43,8 @@ class Server:
         self.gate = log.with_suffix(".gate")
         env = {**os.environ, GATE_ENV: str(self.gate) if gated else ""}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pochitrain.cli.main", "serve", str(model),
-             "--port", str(self.port), "--decode-workers", "2", *args],
+            lowest_priority([sys.executable, "-m", "pochitrain.cli.main", "serve", str(model),
+                             "--port", str(self.port), "--decode-workers", "2", *args]),
             stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
 
     def wait_ready(self, timeout: float = 60.0) -> Server:

@@ -16,6 +16,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from background import lowest_priority
+
 ROOT = Path(__file__).resolve().parents[1]
 STUB_FILES = ("tensorrt/__init__.pyi", "tensorrt_bindings/__init__.pyi",
               "tensorrt_bindings/tensorrt.pyi")
@@ -105,8 +107,8 @@ class TypeCheck:
         cmd = [sys.executable, "-m", "mypy", "--config-file", str(config),
                "--no-error-summary", "--cache-dir", str(tmp / "cache"), "pochitrain",
                "tests/trt_double.py", str(probe), str(bad_double)]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(lowest_priority(cmd), cwd=ROOT, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def result(self) -> MypyRun:
         """Waits for mypy; raises ``StubsMissing`` when the check could not start."""
