@@ -16,7 +16,7 @@ import pytest
 from background import Job, lowest_priority, start
 from interpreted import start_matmul_check, start_pil_check
 from serving import Server
-from tiny import AUGMENT_FLIP, copy_tiny, tiny_config
+from tiny import AUGMENT_FLIP, copy_tiny, optuna_config, tiny_config
 from typecheck import TypeCheck
 
 
@@ -323,6 +323,29 @@ def _bench(request: pytest.FixtureRequest, folder: Path, suite: str, *args: str)
                   str(suites), "-o", str(folder / "runs"), *args], cwd=folder)
 
 
+@pytest.fixture(scope="session")
+def opt_data(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 classes, 4 train / 3 val digit images each: the trials of test_optimize."""
+    return copy_tiny(digits_dir, tmp_path_factory.mktemp("opt_tiny"), train=4, val=3)
+
+
+@pytest.fixture(scope="session")
+def shared_study_config(opt_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-trial study "shared" (random sampler, seed 0) whose -o is ``<its folder>/shared``:
+    two processes run it at once (``study_worker_a`` / ``_b``)."""
+    return optuna_config(tmp_path_factory.mktemp("shared_study"), opt_data, {
+        "study_name": "shared", "n_trials": 1, "optuna_epochs": 1,
+        "sampler": "RandomSampler(seed=0)", "pruner": None,
+        "search_space": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3,
+                                           "log": True}}})
+
+
+def _study_worker(request: pytest.FixtureRequest) -> Job:
+    config = request.getfixturevalue("shared_study_config")
+    return start(["-m", "pochitrain.cli.main", "optimize", "-c", str(config), "-o",
+                  str(config.parent / "shared")], cwd=config.parent)
+
+
 # name -> start(request, its own folder): the fixtures of the same names return the jobs
 BACKGROUND_STARTS: dict[str, Callable[[pytest.FixtureRequest, Path], Job]] = {
     "pil_check": lambda request, folder: start_pil_check(
@@ -333,6 +356,8 @@ BACKGROUND_STARTS: dict[str, Callable[[pytest.FixtureRequest, Path], Job]] = {
     "ddp_failing_run": lambda request, folder: _ddp_train(
         request, folder, "", POCHI_DDP_DEBUG_FAIL_RANK="1"),
     "bench_ci": lambda request, folder: _bench(request, folder, "ci"),
+    "study_worker_a": lambda request, folder: _study_worker(request),
+    "study_worker_b": lambda request, folder: _study_worker(request),
     "bench_failfirst": lambda request, folder: _bench(request, folder, "failfirst",
                                                       "--fail-fast"),
 }
@@ -433,3 +458,15 @@ def servers(started_servers: dict[str, Server]) -> dict[str, Server]:
     for server in started_servers.values():
         server.wait_ready()
     return started_servers
+
+
+@pytest.fixture
+def study_worker_a(background_jobs: dict[str, Job]) -> Job:
+    """``pochi optimize`` of ``shared_study_config`` (cwd: its folder), beside ``_b``."""
+    return background_jobs["study_worker_a"]
+
+
+@pytest.fixture
+def study_worker_b(background_jobs: dict[str, Job]) -> Job:
+    """``pochi optimize`` of ``shared_study_config`` (cwd: its folder), beside ``_a``."""
+    return background_jobs["study_worker_b"]

@@ -9,46 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from background import Job
+from tiny import optuna_config
 
 from pochitrain.cli.main import run
 from pochitrain.errors import BackendMissingError, ConfigError
-
-# 3 classes, 16x16 images: one epoch of resnet18 on 12 images takes well under a second idle.
-CONFIG = """
-from torchvision import transforms
-model_name = "resnet18"
-train_data_root = {train!r}
-val_data_root = {val!r}
-epochs = 3
-batch_size = 4
-learning_rate = 0.001
-device = "cpu"
-_norm = transforms.Normalize([0.5] * 3, [0.5] * 3)
-val_transform = transforms.Compose([transforms.Resize((16, 16)), transforms.ToTensor(), _norm])
-enable_metrics_export = False  # no per-epoch plots in the trials
-optuna = {optuna}
-"""
-
-
-
-
-@pytest.fixture(scope="module")
-def opt_data(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("opt_tiny")
-    for split, n in (("train", 4), ("val", 3)):
-        for cls in ("0", "1", "2"):
-            (root / split / cls).mkdir(parents=True)
-            for f in sorted((digits_dir / split / cls).glob("*.png"))[:n]:
-                shutil.copy(f, root / split / cls / f.name)
-    return root
-
-
-def _config(folder: Path, data: Path, optuna: dict) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "config.py"
-    path.write_text(CONFIG.format(train=str(data / "train"), val=str(data / "val"),
-                                  optuna=repr(optuna)), encoding="utf-8")
-    return path
 
 
 def _has_layer_wise_lr() -> bool:
@@ -70,7 +35,7 @@ def test_four_trials_pruned_and_loadable_config(opt_data: Path, tmp_path: Path) 
     }
     if _has_layer_wise_lr():
         space["layer_rates.fc"] = {"type": "categorical", "choices": [0.002]}
-    config = _config(tmp_path, opt_data, {
+    config = optuna_config(tmp_path, opt_data, {
         "study_name": "tiny", "n_trials": 4, "optuna_epochs": 1, "direction": "minimize",
         "sampler": "GridSampler(seed=0)", "pruner": "ThresholdPruner(upper=10.0)",
         "search_space": space})
@@ -126,19 +91,12 @@ def test_four_trials_pruned_and_loadable_config(opt_data: Path, tmp_path: Path) 
     assert result.epochs_run == 1 and result.best_checkpoint is not None
 
 
-def test_two_processes_share_one_sqlite_study(opt_data: Path, tmp_path: Path) -> None:
-    config = _config(tmp_path, opt_data, {
-        "study_name": "shared", "n_trials": 1, "optuna_epochs": 1,
-        "sampler": "RandomSampler(seed=0)", "pruner": None,
-        "search_space": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3,
-                                           "log": True}}})
-    out = tmp_path / "shared"
-    cmd = [sys.executable, "-m", "pochitrain.cli.main", "optimize", "-c", str(config),
-           "-o", str(out)]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(2)]
-    logs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], logs
+def test_two_processes_share_one_sqlite_study(study_worker_a: Job, study_worker_b: Job) -> None:
+    """Two ``pochi optimize`` processes on one config and one -o folder (conftest
+    ``shared_study_config``), started with the session: one sqlite study."""
+    done = [job.result() for job in (study_worker_a, study_worker_b)]
+    assert [d.returncode for d in done] == [0, 0], [d.stdout + d.stderr for d in done]
+    out = study_worker_a.cwd / "shared"
     import optuna
 
     study = optuna.load_study(study_name="shared", storage=f"sqlite:///{out / 'study.db'}")
@@ -171,7 +129,7 @@ def test_two_processes_share_one_sqlite_study(opt_data: Path, tmp_path: Path) ->
 def _optimize(tmp_path: Path, data: Path, optuna: dict, **kw):
     from pochitrain.optimize.run import optimize
 
-    config = _config(tmp_path, data, {"n_trials": 1, "optuna_epochs": 1, **optuna})
+    config = optuna_config(tmp_path, data, {"n_trials": 1, "optuna_epochs": 1, **optuna})
     return optimize(config, output=tmp_path / "out", **kw)
 
 
@@ -253,7 +211,7 @@ def test_storage_password_masked_without_user_name(opt_data: Path, tmp_path: Pat
     assert masked("postgresql://:S3cretPw@db:5432/optuna") == "postgresql://:***@db:5432/optuna"
     assert masked("mysql+pymysql://u:p@ss@h/db?x=a@b") == "mysql+pymysql://u:***@h/db?x=a@b"
     assert masked("sqlite:////tmp/a@b.db") == "sqlite:////tmp/a@b.db"
-    config = _config(tmp_path, opt_data, {"n_trials": 1, "optuna_epochs": 1, "search_space": {
+    config = optuna_config(tmp_path, opt_data, {"n_trials": 1, "optuna_epochs": 1, "search_space": {
         "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2}}})
     rc = run(["optimize", "-c", str(config), "-o", str(tmp_path / "out"),
               "--storage", "postgresql://:S3cretPw@127.0.0.1:9/optuna"])
@@ -322,7 +280,7 @@ def _interrupted_run(config: Path, out: Path, after: int, presses: int) -> tuple
 
 
 def test_ctrl_c_stops_after_the_running_trial(opt_data: Path, tmp_path: Path) -> None:
-    config = _config(tmp_path, opt_data, {
+    config = optuna_config(tmp_path, opt_data, {
         "study_name": "stop", "n_trials": 20, "optuna_epochs": 1, "pruner": None,
         "search_space": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3}}})
     config.write_text(config.read_text() + GATE.format(gate=str(tmp_path)))
