@@ -230,6 +230,13 @@ def test_original_api_refuses_batches_it_cannot_use(untrained_checkpoint: Path,
         for loader in (gray, pil):
             with pytest.raises(ShapeError, match=r"\(N, 3, H, W\)"):
                 predictor.predict(loader)
+    from pochitrain import create_data_loaders
+    from pochitrain.errors import UsageError
+
+    with pytest.raises(UsageError, match="pretrained must be True or False"):
+        PochiTrainer("resnet18", 10, "cpu", pretrained="no")  # was true: a download
+    with pytest.raises(UsageError, match="pin_memory"):
+        create_data_loaders(tmp_path, tmp_path, pin_memory="no")
     trainer = PochiTrainer("resnet18", 10, "cpu", pretrained=False, work_dir=tmp_path,
                            create_workspace=False)
     trainer.setup_training(learning_rate=0.001, optimizer_name="Adam")

@@ -86,6 +86,7 @@ def create_data_loaders(
 
     batch_size = count_argument("batch_size", batch_size)
     num_workers = count_argument("num_workers", num_workers, 0)
+    pin_memory = flag_argument("pin_memory", pin_memory)
     for name, root in (("train_root", train_root), ("val_root", val_root)):
         if isinstance(root, bool) or not isinstance(root, (str, os.PathLike)):
             raise argument_error(name, root, "a folder path (str or pathlib.Path)",
@@ -175,6 +176,13 @@ def _not_batches(got: str) -> ShapeError:
                       "images of shape (N, 3, H, W).",
                       "Use a torch DataLoader over a dataset of (image tensor, label) items, "
                       "e.g. the ones create_data_loaders returns.")
+
+
+def flag_argument(name: str, value: Any) -> bool:
+    """A True / False argument; a str such as "no" would count as true."""
+    if not isinstance(value, bool):
+        raise argument_error(name, value, "True or False", "False")
+    return value
 
 
 def check_loader(name: str, loader: Any) -> None:

@@ -17,6 +17,7 @@ from pochitrain.arguments import argument_error, count_argument, str_argument
 from pochitrain.compat_api.data import (
     TrainingBatches,
     check_loader,
+    flag_argument,
     loader_meta,
     num_classes_of,
     save_weights,
@@ -89,6 +90,9 @@ class PochiTrainer:
         self.model_name = str_argument("model_name", model_name, "'resnet18'")
         self.num_classes = count_argument("num_classes", num_classes)
         device = str_argument("device", device, "'cpu' (or 'cuda', 'auto')")
+        for name, value in (("pretrained", pretrained), ("create_workspace", create_workspace),
+                            ("cudnn_benchmark", cudnn_benchmark)):
+            flag_argument(name, value)
         self.device = torch.device(resolve_device(device))
         if isinstance(work_dir, bool) or not isinstance(work_dir, (str, os.PathLike)):
             raise argument_error("work_dir", work_dir, "a folder path (str or pathlib.Path)",
