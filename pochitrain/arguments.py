@@ -51,7 +51,8 @@ def path_argument(name: str, value: Any, example: str = "'path/to/folder'") -> P
 
 def file_argument(name: str, value: Any, example: str = "'path/to/file'") -> Path:
     """A file path argument (str or os.PathLike) as a Path; a folder is refused as one."""
-    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)):
+    if (isinstance(value, bool) or not isinstance(value, (str, os.PathLike))
+            or not os.fspath(value)):
         raise argument_error(name, value, "a file path (str or pathlib.Path)", example)
     path = Path(value)
     if path.is_dir():

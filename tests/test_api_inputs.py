@@ -218,3 +218,11 @@ def test_original_api_arguments(untrained_checkpoint: Path, tiny_data: Path,
         assert "Traceback" not in text
     with pytest.raises(ValueError):  # a PayloadError is still the original's ValueError
         RawArraySerializer().deserialize({})
+
+
+def test_an_empty_path_is_named_as_empty_not_as_a_folder() -> None:
+    from pochitrain.arguments import file_argument
+    from pochitrain.errors import UsageError
+
+    with pytest.raises(UsageError, match="must be a file path .*got ''"):
+        file_argument("model", "")
