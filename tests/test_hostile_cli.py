@@ -131,3 +131,30 @@ def test_odd_sizes_and_files_for_export_and_convert(untrained_checkpoint: Path,
     assert "Drop -c/--config-path to use the model's own preprocessing" in err
     # which calibration images were used, when a name is not UTF-8
     assert len(list_sha256([(tmp_path / NOT_UTF8, 0)], tmp_path)) == 64
+
+
+def test_infer_options_of_another_runtime_are_refused(untrained_checkpoint: Path,
+                                                      onnx_export: Callable[..., Path],
+                                                      tiny_data: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """--device on an ONNX model and --providers on a checkpoint would be ignored (the run
+    not on what was asked); a warm-up count past any use would only hang."""
+    from pochitrain.bench.suite import SuiteError, load_suite
+    from pochitrain.cli.main import run
+
+    onnx_path = onnx_export(untrained_checkpoint, 1)
+    data = str(tiny_data / "val")
+    assert run(["infer", str(onnx_path), "--data", data, "--device", "cuda"]) == 2
+    assert "--device cuda is a PyTorch (.pth) option" in capsys.readouterr().err
+    assert run(["infer", str(untrained_checkpoint), "--data", data, "--providers", "cpu"]) == 2
+    assert "--providers is an ONNX Runtime option" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        run(["infer", str(onnx_path), "--data", data, "--warmup", "1001"])
+    assert exit_.value.code == 2 and "at most 1000" in capsys.readouterr().err
+    suite = tmp_path / "s.yaml"
+    suite.write_text("suites:\n  s:\n    defaults: {warmup: 99999999}\n    cases:\n"
+                     f"      - {{name: a, runtime: onnx, model_path: {onnx_path}, data: {data}}}\n",
+                     encoding="utf-8")
+    with pytest.raises(SuiteError, match="warmup must be at most 1000"):
+        load_suite(suite, "s")
+    assert list(tmp_path.iterdir()) == [suite]

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from pochitrain.errors import ConfigError
+from pochitrain.inference.runner import MAX_WARMUP_RUNS
 
 RUNTIMES = {"pytorch": "pytorch", "onnx": "onnx", "trt": "tensorrt", "tensorrt": "tensorrt"}
 PIPELINES = {"auto": "auto", "cpu": "cpu", "current": "cpu", "fast": "cpu", "gpu": "gpu"}
@@ -204,7 +205,7 @@ def _expand(path: Path, suite: str, idx: int, raw: Any, defaults: dict[str, Any]
     data_path = _path(path, data, "data", where) if data is not None else None
     warmup = get("warmup")
     if warmup is not None:
-        warmup = _whole_number(warmup, "warmup", where, minimum=0)
+        warmup = _whole_number(warmup, "warmup", where, minimum=0, maximum=MAX_WARMUP_RUNS)
     name = str(label) if label else f"{runtime_raw}_{idx:02d}"
     out: list[Case] = []
     prec_axis: list[str | None] = list(precisions) or [None]
@@ -286,10 +287,15 @@ def _precision(value: Any, where: str) -> str:
     return text
 
 
-def _whole_number(value: Any, key: str, where: str, minimum: int = 1) -> int:
+def _whole_number(value: Any, key: str, where: str, minimum: int = 1,
+                  maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise SuiteError(f"{minimum} 以上の整数を指定してください\n"
                          f"{where}: {key} must be a whole number >= {minimum}, got {value!r}.",
+                         f"Fix {key}.")
+    if maximum is not None and value > maximum:
+        raise SuiteError(f"{maximum} 以下の整数を指定してください\n"
+                         f"{where}: {key} must be at most {maximum}, got {value!r}.",
                          f"Fix {key}.")
     return value
 

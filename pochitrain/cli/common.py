@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 
 
 def positive_int(text: str) -> int:
@@ -24,6 +25,16 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
+
+
+def count_at_most(limit: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from 0 to ``limit``."""
+    def parse(text: str) -> int:
+        value = non_negative_int(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"must be at most {limit}, got {value}")
+        return value
+    return parse
 
 
 def positive_float(text: str) -> float:

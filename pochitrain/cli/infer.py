@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from pochitrain.cli.common import add_config, non_negative_int, positive_int
+from pochitrain.cli.common import add_config, count_at_most, positive_int
+from pochitrain.inference.runner import MAX_WARMUP_RUNS
 
 DESCRIPTION = """\
 Run inference on a folder of images and write the results.
@@ -52,7 +53,7 @@ def add_infer_arguments(parser: argparse.ArgumentParser, model_help: str) -> Non
                         "batch; TensorRT: the engine profile's opt batch). Use 1 to measure "
                         "per-image latency")
     add_config(parser)
-    parser.add_argument("--warmup", type=non_negative_int, default=2, metavar="N",
+    parser.add_argument("--warmup", type=count_at_most(MAX_WARMUP_RUNS), default=2, metavar="N",
                         help="untimed warm-up runs on a blank batch of the first batch's shape "
                              "(default: 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -101,6 +102,7 @@ def run(args: argparse.Namespace, expect_runtime: str | None = None) -> int:
     from pochitrain.console import info
     from pochitrain.pipeline.infer import infer
 
+    check_runtime_options(args)
     outcome = infer(
         args.model, data=args.data, output=args.output, batch_size=args.batch_size,
         config=args.config, device=getattr(args, "device", "auto"),
@@ -117,6 +119,26 @@ def run(args: argparse.Namespace, expect_runtime: str | None = None) -> int:
     print_outcome(outcome)
     info(f"[green]結果 / Results:[/green] {outcome.out_dir}")
     return 0
+
+
+def check_runtime_options(args: argparse.Namespace) -> None:
+    """--device is PyTorch's and --providers ONNX Runtime's: asked of another runtime they
+    would be ignored, and the run would not be on what was asked."""
+    from pochitrain.errors import UsageError
+    from pochitrain.model import backend_for
+
+    runtime = backend_for(args.model).runtime
+    device = getattr(args, "device", "auto")
+    if device != "auto" and runtime != "pytorch" and not getattr(args, "explain_errors", False):
+        raise UsageError("--device は PyTorch (.pth) のモデルでのみ使えます\n"
+                         f"--device {device} is a PyTorch (.pth) option; {args.model} runs on "
+                         f"{runtime}.",
+                         "ONNX Runtime: --providers cpu|cuda; TensorRT always runs on the GPU.")
+    if getattr(args, "providers", None) and runtime != "onnx":
+        raise UsageError("--providers は ONNX モデルでのみ使えます\n"
+                         f"--providers is an ONNX Runtime option; {args.model} runs on "
+                         f"{runtime}.",
+                         "Drop it (PyTorch: --device cpu|cuda).")
 
 
 def print_outcome(outcome) -> None:

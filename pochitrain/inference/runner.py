@@ -15,6 +15,10 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
+# the most untimed warm-up runs an inference command takes (--warmup, a bench suite's warmup):
+# more only delays the first result
+MAX_WARMUP_RUNS = 1000
+
 
 @dataclass(frozen=True)
 class RunnerInput:
