@@ -2,13 +2,14 @@
 
 matplotlib's import and the font set-up take interpreter time. In a thread of the command
 they hold the GIL against the GPU input pipeline and the model; in a process of their own they
-run on another core while the command works (timings: docs/benchmarks.md). At the end the command hands over one drawing
-job (a function of ``pochitrain.reports`` and its arguments, pickled through a pipe) and
-waits for it.
+run on another core while the command works (timings: docs/benchmarks.md). At the end the
+command hands over one drawing job (a function of ``pochitrain.reports`` and its arguments,
+pickled through a pipe: :meth:`PlotHelper.submit`), writes its other files meanwhile, and
+waits for it (:meth:`PlotHelper.wait`).
 
 On a machine with fewer than ``SPARE_CORES`` cores a thread of the command imports matplotlib
 instead (``plotting.preload``). When the helper cannot start, dies, or its drawing fails,
-:meth:`PlotHelper.draw` returns False and the caller draws in its own process, where a real
+:meth:`PlotHelper.wait` returns False and the caller draws in its own process, where a real
 error (a bad ``confusion_matrix_config`` value, say) is raised as it always was.
 """
 
