@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from background import lowest_priority
+from background import HANG_GUARD_S
 
 from pochitrain.serve.batcher import GATE_ENV
 
@@ -42,12 +42,16 @@ class Server:
         self.log = log
         self.gate = log.with_suffix(".gate")
         env = {**os.environ, GATE_ENV: str(self.gate) if gated else ""}
+        # full priority (not background.lowest_priority): started with the session, a server
+        # must be up when its module runs, while the low-priority jobs still fill the cores
         self.proc = subprocess.Popen(
-            lowest_priority([sys.executable, "-m", "pochitrain.cli.main", "serve", str(model),
-                             "--port", str(self.port), "--decode-workers", "2", *args]),
+            [sys.executable, "-m", "pochitrain.cli.main", "serve", str(model),
+             "--port", str(self.port), "--decode-workers", "2", *args],
             stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
 
-    def wait_ready(self, timeout: float = 60.0) -> Server:
+    def wait_ready(self, timeout: float = HANG_GUARD_S) -> Server:
+        """Until /api/v1/health answers 200; fails at once if the server exits (the timeout
+        is a hang guard only)."""
         import httpx
 
         end = time.monotonic() + timeout
