@@ -47,6 +47,10 @@ class ExplainedImage:
     caption: str = ""  # a sheet row's first line (the errors gallery: true -> predicted)
     true_class: str | None = None  # the class folder the image came from, when known
 
+    def __post_init__(self) -> None:
+        # a file name that is not UTF-8 (surrogates) cannot be drawn: show it escaped
+        self.name = self.name.encode("utf-8", "backslashreplace").decode("utf-8")
+
     def verdict(self) -> str:
         """"predicted X (p)", with the true class when known."""
         said = f"predicted {self.predicted} ({_percent(self.probability)})"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -51,7 +52,7 @@ def read_trace(path: Path | str) -> GradientTrace:
         raise DataError("勾配 CSV が見つかりません\n"
                         f"Gradient CSV not found: {path}", remedy)
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: saved by Excel
             rows = list(csv.reader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError("勾配 CSV を読み込めません\n"
@@ -131,7 +132,9 @@ def _positive(values: np.ndarray) -> bool:
 def _save(fig: Any, plt: Any, path: Path, written: list[Path]) -> None:
     from pochitrain.workspace import atomic_path
 
-    fig.tight_layout()
+    with warnings.catch_warnings():  # very many layers: a crowded plot, still drawn
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=150)
     plt.close(fig)
