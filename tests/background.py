@@ -34,10 +34,10 @@ OWN_GROUP: dict = ({"process_group": 0} if sys.version_info >= (3, 11)
                    else {"start_new_session": True})
 
 
-def lowest_priority(cmd: list[str]) -> list[str]:
+def lowest_priority(cmd: list[str], niceness: int = NICE) -> list[str]:
     """``cmd`` run through ``nice`` where the system has it (the process keeps its pid)."""
     nice = shutil.which("nice")
-    return [nice, "-n", str(NICE), *cmd] if nice else cmd
+    return [nice, "-n", str(niceness), *cmd] if nice else cmd
 
 
 @dataclass

@@ -154,12 +154,13 @@ def _needs_trained_run(item: pytest.Item) -> bool:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Modules with tests that wait for a background process (the trained model, the Triton
-    interpreter checks) run last (in their usual order), so those processes, started as the
+    """Modules with tests that wait for a background process (the trained model, mypy,
+    ``BACKGROUND_STARTS``) run last (in their usual order), so those processes, started as the
     session begins, run beside the other modules instead of before the first test. Whole
     modules move, so module fixtures are built once."""
     late = {item.path for item in items
-            if {"trained_run", *BACKGROUND_STARTS} & set(getattr(item, "fixturenames", ()))}
+            if {"trained_run", "mypy_run", *BACKGROUND_STARTS}
+            & set(getattr(item, "fixturenames", ()))}
     items[:] = ([item for item in items if item.path not in late]
                 + [item for item in items if item.path in late])
 
@@ -189,8 +190,10 @@ class TrainingJob:
         cmd = [sys.executable, "-m", "pochitrain", "train", "-c", str(config),
                "--work-dir", str(folder / "work_dirs"), "--quiet"]
         with open(folder / "train.log", "wb") as log:
-            proc = subprocess.Popen(lowest_priority(cmd), cwd=folder, env=env, stdout=log,
-                                    stderr=subprocess.STDOUT)
+            # above the other background jobs (nice 10, not 19): the first of the modules
+            # run last waits for it
+            proc = subprocess.Popen(lowest_priority(cmd, 10), cwd=folder, env=env,
+                                    stdout=log, stderr=subprocess.STDOUT)
         return cls(proc, folder / "work_dirs", folder / "train.log")
 
     def run_dir(self) -> Path:
