@@ -181,3 +181,19 @@ def test_explain_and_vis_grad_take_odd_files(untrained_checkpoint: Path, tiny_da
     assert run(["vis-grad", str(trace), "--output-dir", str(tmp_path / "plots")]) == 0
     err = capsys.readouterr().err
     assert "Warning" not in err and "Error" not in err, err
+
+
+def test_quickstart_never_takes_a_users_project_for_its_sample(tmp_path: Path) -> None:
+    """``pochi quickstart DIR`` reuses DIR/data only when it is the sample it wrote: a
+    project of the user's there (config.py and train/) is refused, not trained."""
+    from pochitrain.errors import OutputExistsError
+    from pochitrain.pipeline.quickstart import sample_data_config
+    from pochitrain.sample_data import DIGITS_CONFIG
+
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    (data / "config.py").write_text("epochs = 100\n", encoding="utf-8")
+    with pytest.raises(OutputExistsError, match="not empty"):
+        sample_data_config(data)
+    (data / "config.py").write_text(DIGITS_CONFIG, encoding="utf-8")
+    assert sample_data_config(data) == data / "config.py"

@@ -130,12 +130,22 @@ def quickstart(root: Path | str = "pochi_quickstart", epochs: int | None = None,
 def sample_data_config(data_dir: Path) -> Path:
     """Write the digits once; a second quickstart in the same folder reuses them."""
     from pochitrain.pipeline.sample_data import write_sample_data
+    from pochitrain.sample_data import DIGITS_CONFIG
 
     config = data_dir / "config.py"
-    if config.is_file() and (data_dir / "train").is_dir():
+    if config.is_file() and (data_dir / "train").is_dir() and _first_line(config) == \
+            DIGITS_CONFIG.partition("\n")[0]:  # not a project of the user's that is there
         info(f"reusing the sample data in {data_dir}")
         return config
     return write_sample_data(data_dir)
+
+
+def _first_line(path: Path) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.readline().rstrip("\n")
+    except OSError:
+        return ""
 
 
 def _train(config: Path, epochs: int | None, work_dir: Path, progress: bool) -> Any:
