@@ -197,3 +197,14 @@ def test_quickstart_never_takes_a_users_project_for_its_sample(tmp_path: Path) -
         sample_data_config(data)
     (data / "config.py").write_text(DIGITS_CONFIG, encoding="utf-8")
     assert sample_data_config(data) == data / "config.py"
+
+
+def test_resume_says_when_the_training_images_changed(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from pochitrain.training.resume import warn_if_data_changed
+
+    payload = {"meta": {"source": {"train_data_fingerprint": "a" * 64}}}
+    warn_if_data_changed(payload, "a" * 64)
+    assert "changed" not in capsys.readouterr().out
+    warn_if_data_changed(payload, "b" * 64)
+    assert "The training images changed" in capsys.readouterr().out

@@ -207,3 +207,16 @@ def _restore_loader(loader: Any, saved: dict[str, Any]) -> None:
     sampler = getattr(loader, "sampler", None)
     if saved["sampler_epoch"] is not None and sampler is not None and hasattr(sampler, "epoch"):
         sampler.epoch = saved["sampler_epoch"]
+
+
+def warn_if_data_changed(payload: dict[str, Any], fingerprint: str) -> None:
+    """A resumed run whose training images changed (added, removed, edited) goes on, but it
+    is no longer the run it would have been: say so."""
+    source = (payload.get("meta") or {}).get("source") or {}
+    before = source.get("train_data_fingerprint")
+    if before and before != fingerprint:
+        from pochitrain.console import warn
+
+        warn("学習データが中断前から変わっています / The training images changed since the "
+             "run was interrupted (files added, removed or edited): it goes on with the "
+             "current ones.")

@@ -337,6 +337,7 @@ def run_training(config: Path | str | None, *, overrides: dict[str, Any] | None 
     from pochitrain import training as T
     from pochitrain.checkpoint import save_checkpoint
     from pochitrain.training import distributed as D
+    from pochitrain.training import resume as R
 
     settings, config_path, resumed = _load_settings(config, overrides, resume)
     device = resolve_device(settings.device)
@@ -351,9 +352,12 @@ def run_training(config: Path | str | None, *, overrides: dict[str, Any] | None 
     if resumed is not None:
         D.unwrap(setup.model).load_state_dict(resumed.payload["model_state_dict"])
         setup.resume = resumed.state
+    fingerprint = data.train.fingerprint()
+    if resumed is not None:
+        R.warn_if_data_changed(resumed.payload, fingerprint)
     meta = ModelMeta(data.class_names, pre, model_name=settings.model_name,
                      source={"config_sha256": file_sha256(config_path),
-                             "train_data_fingerprint": data.train.fingerprint()})
+                             "train_data_fingerprint": fingerprint})
     run_dir = _open_run(settings, config_path, work_dir, ddp, resumed)
     record = _run_record(settings, config_path, device, setup.precision, data, pre)
     record["settings"]["world_size"] = ddp.world if ddp is not None else 1
