@@ -85,7 +85,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_data: Path, tmp_path: 
     assert "the run finished (completed, 3 epoch(s))" in capsys.readouterr().err
     missing = tmp_path / "a" / "20990101_001"
     assert run(["train", "--resume", str(missing)]) == 2
-    assert "no run to resume there" in capsys.readouterr().err
+    assert f"no run to resume there ({missing} does not exist)" in capsys.readouterr().err
 
 
 def test_a_run_stopped_in_its_first_epoch_has_nothing_to_resume(

@@ -86,9 +86,10 @@ def find_resume_point(path: Path | str) -> ResumePoint:
     run_dir = run_dir_of(path)
     checkpoint = path / "models" / "last_model.pth" if path.is_dir() else path
     if not checkpoint.is_file() or not (run_dir / "run.json").is_file():
+        missing = (f"{path} does not exist" if not path.exists() else
+                   f"{checkpoint} or {run_dir / 'run.json'} is missing")
         raise _refuse("再開する学習が見つかりません",
-                      f"--resume {path}: no run to resume there ({checkpoint} or "
-                      f"{run_dir / 'run.json'} is missing).",
+                      f"--resume {path}: no run to resume there ({missing}).",
                       "Pass a run folder written by 'pochi train' (work_dirs/YYYYMMDD_NNN) or "
                       "its models/last_model.pth.")
     record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
