@@ -36,12 +36,13 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, model: Path, log: Path, *args: str, gated: bool = False) -> None:
+    def __init__(self, model: Path, log: Path, *args: str, gated: bool = False,
+                 env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self.gate = log.with_suffix(".gate")
-        env = {**os.environ, GATE_ENV: str(self.gate) if gated else ""}
+        env = {**(os.environ if env is None else env), GATE_ENV: str(self.gate) if gated else ""}
         # full priority (not background.lowest_priority): started with the session, a server
         # must be up when its module runs, while the low-priority jobs still fill the cores
         self.proc = subprocess.Popen(

@@ -16,10 +16,8 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -29,38 +27,15 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from pochitrain.serve.batcher import GATE_ENV
+from serving import Server
 
 PREDICT = "/api/v1/predict"
 HANG_GUARD_S = 60
 BIG_SIDE = 380  # a raw 380x380 image: a JSON body of about 0.58 MB
 
 
-class Served:
-    def __init__(self, model: Path, folder: Path, env: dict[str, str], *args: str) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = folder / "server.log"
-        self.gate = folder / "gate"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pochitrain.cli.main", "serve", str(model), "--port",
-             str(self.port), *args], stdout=self.log.open("w"), stderr=subprocess.STDOUT,
-            env={**env, GATE_ENV: str(self.gate)})
-
-    def wait_ready(self) -> None:
-        end = time.monotonic() + HANG_GUARD_S
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                pytest.fail(f"server exited {self.proc.returncode}:\n{self.log.read_text()}")
-            try:
-                if httpx.get(self.url + "/api/v1/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"server not ready:\n{self.log.read_text()}")
+class Served(Server):
+    """A gated server (tests/serving.py) with its /metrics at hand."""
 
     def metrics(self) -> str:
         return httpx.get(self.url + "/metrics", timeout=HANG_GUARD_S).text
@@ -117,9 +92,9 @@ def server(untrained_checkpoint: Path, onnx_export: Callable[..., Path],
     subprocess.run([sys.executable, "-c", other],
                    env=env, check=True, timeout=HANG_GUARD_S)
     env["prometheus_multiproc_dir"] = str(folder / "missing")
-    served = Served(onnx_export(untrained_checkpoint), folder, env, "--decode-workers", "1",
-                    "--queue", "16", "--max-body-mb", "1", "--max-inflight-mb", "2",
-                    "--max-concurrent", "20", "--read-timeout", "2", "--drain-timeout", "0.5")
+    served = Served(onnx_export(untrained_checkpoint), folder / "server.log", "--decode-workers",
+                    "1", "--queue", "16", "--max-body-mb", "1", "--max-inflight-mb", "2",
+                    "--max-concurrent", "20", "--read-timeout", "2", "--drain-timeout", "0.5", gated=True, env=env)
     try:
         served.wait_ready()
         yield served
