@@ -1,7 +1,8 @@
 """Benchmarks of the installed pochitrain, run through its commands.
 
     python benchmarks/run.py infer MODEL [MODEL ...] --data DIR [-b 32] [--repeat 3]
-    python benchmarks/run.py serve MODEL --images DIR [--clients 8] [--requests 2000]
+    python benchmarks/run.py serve MODEL --images DIR [--clients 8] [--processes 1]
+        [--api multipart|original] [--requests 2000]
     python benchmarks/run.py train -c CONFIG [--epochs 3] [--gpus N]
 
 Each writes one CSV row per repetition to --out (default benchmark_results/), in a file
@@ -108,7 +109,7 @@ def bench_serve(args: argparse.Namespace, machine: dict[str, str]) -> list[Path]
 
     rows = serve_rows(args, machine)
     first = rows[0]
-    name = (f"serve_{first['model_name']}_c{args.clients}_"
+    name = (f"serve_{first['model_name']}_c{args.clients}_p{args.processes}_{args.api}_"
             f"{device_tag(str(first['device']))}.csv")
     return [write_rows(args.out, name, rows)]
 
@@ -136,6 +137,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--images", type=Path, required=True,
                        help="folder of .jpg/.png/.webp files to send, one per request")
     serve.add_argument("--clients", type=int, default=8, help="client threads (default: 8)")
+    serve.add_argument("--processes", type=int, default=1,
+                       help="client processes sharing the client threads (default: 1)")
+    serve.add_argument("--api", choices=("multipart", "original"), default="multipart",
+                       help="request body: the image file as multipart (default), or the "
+                       "original pochitrain's JSON with a base64 JPEG")
     serve.add_argument("--requests", type=int, default=2000,
                        help="requests per repetition (default: 2000)")
     serve.add_argument("--args", default="", help="more options for pochi serve, "

@@ -1,9 +1,12 @@
 """`run.py serve`: start pochi serve on a free local port, send a bounded number of
-one-image requests from a few client threads, stop the server with SIGTERM."""
+one-image requests from client threads (in one or several client processes), stop the server
+with SIGTERM. `--api original` sends the original pochitrain's request (base64 JPEG in JSON)
+instead of a multipart upload."""
 
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import itertools
 import json
@@ -14,6 +17,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,11 +90,44 @@ def run_load(port: int, images: list[tuple[bytes, str]], clients: int,
     return load, time.perf_counter() - start
 
 
-def read_images(folder: Path, limit: int = 256) -> list[tuple[bytes, str]]:
+def read_images(folder: Path, api: str, limit: int = 256) -> list[tuple[bytes, str]]:
+    """Request bodies and their content types: the file itself, or (``api == "original"``)
+    the original pochitrain's JSON with the JPEG in base64."""
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in TYPES)[:limit]
     if not files:
         raise SystemExit(f"no .jpg/.png/.webp images under {folder}")
+    if api == "original":
+        return [(json.dumps({"image_data": base64.b64encode(p.read_bytes()).decode(),
+                             "format": "jpeg"}).encode(), "application/json") for p in files]
     return [(p.read_bytes(), TYPES[p.suffix.lower()]) for p in files]
+
+
+def process_load(port: int, images: list[tuple[bytes, str]], clients: int,
+                 total: int) -> Load:
+    """One client process's share of the load (its own interpreter, so the client side of
+    a fast server is not held by one GIL)."""
+    return run_load(port, images, clients, total)[0]
+
+
+def spread_load(port: int, images: list[tuple[bytes, str]], clients: int, total: int,
+                processes: int) -> tuple[Load, float]:
+    """``clients`` threads over ``processes`` client processes, ``total`` requests in all."""
+    if processes <= 1:
+        return run_load(port, images, clients, total)
+    shares = [(clients // processes + (i < clients % processes),
+               total // processes + (i < total % processes)) for i in range(processes)]
+    with ProcessPoolExecutor(processes) as pool:
+        list(pool.map(process_load, [port] * processes, [images[:1]] * processes,
+                      [1] * processes, [1] * processes))  # start the processes first
+        start = time.perf_counter()
+        parts = list(pool.map(process_load, [port] * processes, [images] * processes,
+                              [c for c, _ in shares], [n for _, n in shares]))
+        wall = time.perf_counter() - start
+    load = Load()
+    for part in parts:
+        load.latencies += part.latencies
+        load.failures += part.failures
+    return load, wall
 
 
 def load_row(load: Load, wall: float, rep: int) -> dict[str, object]:
@@ -103,7 +140,7 @@ def load_row(load: Load, wall: float, rep: int) -> dict[str, object]:
 
 
 def serve_rows(args: argparse.Namespace, machine: dict[str, str]) -> list[dict[str, object]]:
-    images, port = read_images(args.images), free_port()
+    images, port = read_images(args.images, args.api), free_port()
     command = pochi("serve", args.model, "--port", port, "--no-access-log",
                     *shlex.split(args.args))
     rows: list[dict[str, object]] = []
@@ -118,10 +155,12 @@ def serve_rows(args: argparse.Namespace, machine: dict[str, str]) -> list[dict[s
                      "model_name": info.get("model_name"), "backend": info.get("backend"),
                      "device": info.get("device"), "pipeline": info.get("pipeline"),
                      "max_batch": info.get("max_batch"), "server_args": args.args,
-                     "clients": args.clients, "requests": args.requests,
+                     "clients": args.clients, "client_processes": args.processes,
+                     "api": args.api, "requests": args.requests,
                      "start_to_ready_s": ready_s}
             for rep in range(1, args.repeat + 1):
-                load, wall = run_load(port, images, args.clients, args.requests)
+                load, wall = spread_load(port, images, args.clients, args.requests,
+                                         args.processes)
                 rows.append({**fixed, **load_row(load, wall, rep), **machine})
         finally:
             proc.send_signal(signal.SIGTERM)  # a clean drain exits 0
