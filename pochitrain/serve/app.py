@@ -48,8 +48,9 @@ from pochitrain.serve.decode import (
     raw_array,
 )
 from pochitrain.serve.metrics import Metrics
-from pochitrain.serve.middleware import LimitAndLog, shutting_down
+from pochitrain.serve.middleware import LimitAndLog, busy, shutting_down
 from pochitrain.serve.multipart import read_form
+from pochitrain.serve.schemas import ServeSettings
 
 if TYPE_CHECKING:
     from pochitrain.serve.model import ServeModel
@@ -60,22 +61,6 @@ UTF8_BOM = b"\xef\xbb\xbf"
 MAX_ECHO_CHARS, MAX_ECHO_ITEMS, MAX_ECHO_DEPTH = 200, 20, 4  # of the input a 422 echoes
 ROUTES = {f"{PREFIX}/predict", f"{PREFIX}/health", f"{PREFIX}/model-info",
           f"{PREFIX}/version", "/metrics", "/docs", "/openapi.json"}
-
-
-@dataclass
-class ServeSettings:
-    max_batch: int = 32
-    max_wait_ms: float = 5.0
-    queue: int = 512  # images admitted (decoding, queued or in the model) at most
-    max_body_bytes: int = 16 * 1024 * 1024
-    max_images: int = 64  # images per request
-    max_request_pixels: int = 200_000_000  # decoded pixels per request, all images together
-    decode_workers: int = 4
-    max_inflight_bytes: int = 0  # body bytes of all requests in flight; 0: from the above
-    max_requests: int = 0  # requests in flight (head received); 0: from the queue
-    read_timeout_s: float = 15.0  # a request head, or a pause inside a body, at most
-    retry_after_s: int = 1
-    access_log: bool = True
 
 
 def create_app(model: ServeModel, settings: ServeSettings) -> FastAPI:
@@ -115,9 +100,8 @@ def add_error_handlers(app: FastAPI) -> None:
     (ja + en) and ``error`` added."""
     @app.exception_handler(BadInput)
     async def bad_input(request: Request, exc: BadInput) -> JSONResponse:
-        body = unprocessable_body(exc) if exc.status == 422 else {"detail": str(exc),
-                                                                   "error": exc.code}
-        return JSONResponse(body, status_code=exc.status)
+        body = unprocessable_body(exc) if exc.status == 422 else exc.body()
+        return JSONResponse(body, exc.status, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -210,8 +194,8 @@ class Predict:
                        "(API v1), multipart/form-data (files) or an image/jpeg, image/png or "
                        "image/webp body.")
 
-    async def classify(self, payloads: list[Payload]) -> list[Any] | JSONResponse:
-        """One result per payload (a row or an exception), or the 503 answer."""
+    async def classify(self, payloads: list[Payload]) -> list[Any]:
+        """One result per payload: a row or an exception."""
         queue = self.settings.queue
         if len(payloads) > queue:
             raise BadInput(413, "too_many_images",
@@ -223,8 +207,8 @@ class Predict:
                 None, check_request_pixels, payloads, self.settings.max_request_pixels)
         if not self.batcher.admit(len(payloads)):
             self.metrics.rejected.inc()
-            return JSONResponse(_queue_full(queue), status_code=503,
-                                headers={"Retry-After": str(self.settings.retry_after_s)})
+            raise busy("queue_full", f"待ち行列 {queue} 枚が満杯",
+                       f"its queue of {queue} images is full", self.settings.retry_after_s)
         self.metrics.queued(len(payloads))
         try:
             return await self.batcher.submit(await self.prepare(payloads))
@@ -263,8 +247,6 @@ class Predict:
             rows = await self.classify(payloads)
         except Stopping:  # arrived after the drain had ended
             raise shutting_down() from None
-        if isinstance(rows, Response):
-            return rows
         k = min(top_k or body_k or 1, len(self.model.class_names))
         for row in rows:
             if isinstance(row, Stopping):
@@ -272,7 +254,9 @@ class Predict:
             if isinstance(row, BadInput):
                 raise row
             if isinstance(row, BaseException):
-                return JSONResponse(_model_failed(row), status_code=500)
+                message = getattr(row, "message", None) or str(row)
+                raise BadInput(500, "inference_failed", "推論中にエラーが発生しました。",
+                               f"Inference failed: {message}")
         preds = [_prediction(row, k, self.model.class_names) for row in rows]
         ms = round((time.perf_counter() - start) * 1000.0, 3)
         backend = self.model.runtime
@@ -376,15 +360,3 @@ def _invalid(errors: Any) -> BadInput:
     return BadInput(422, "invalid_request", f"リクエストの内容が正しくありません: {text}",
                     f"The request is not valid: {text}", errors=list(errors))
 
-
-def _queue_full(limit: int) -> dict[str, str]:
-    return {"detail": f"サーバーが混み合っています (待ち行列 {limit} 枚が満杯)。しばらくして"
-                      f"再送してください。\nThe server is busy: its queue of {limit} images is "
-                      "full. Retry after the Retry-After seconds.",
-            "error": "queue_full"}
-
-
-def _model_failed(exc: BaseException) -> dict[str, str]:
-    message = getattr(exc, "message", None) or str(exc)
-    return {"detail": f"推論中にエラーが発生しました。\nInference failed: {message}",
-            "error": "inference_failed"}

@@ -34,13 +34,17 @@ ENCODED_FORMATS = ("jpeg", "jpg", "png", "webp", "image")
 
 
 class BadInput(Exception):
-    """A request the server refuses; ``status`` is the HTTP status to answer with, ``errors``
-    pydantic's when its validation refused it."""
+    """A request the server refuses: answered with HTTP ``status``, ``headers`` and JSON
+    ``{"detail": ja + en, "error": code}``; ``errors``: pydantic's, when it refused a 422."""
 
     def __init__(self, status: int, code: str, ja: str, en: str,
-                 errors: list[Any] | None = None) -> None:
+                 errors: list[Any] | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(f"{ja}\n{en}")
         self.status, self.code, self.ja, self.en, self.errors = status, code, ja, en, errors
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        return {"detail": str(self), "error": self.code}
 
 
 @dataclass

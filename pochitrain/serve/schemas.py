@@ -1,17 +1,34 @@
-"""Request / response models of API v1 (the original's fields, plus ``top_k``), and the
-``/docs`` page written from the app's OpenAPI schema.
+"""The server's settings, the request / response models of API v1 (the original's fields,
+plus ``top_k``), and the ``/docs`` page written from the app's OpenAPI schema.
 
 Python 3.10: no ``typing.Self`` (the original's import of it broke its whole CLI there).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from html import escape
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 API_VERSION = "1.0.0"
+
+
+@dataclass
+class ServeSettings:
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    queue: int = 512  # images admitted (decoding, queued or in the model) at most
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_images: int = 64  # images per request
+    max_request_pixels: int = 200_000_000  # decoded pixels per request, all images together
+    decode_workers: int = 4
+    max_inflight_bytes: int = 0  # body bytes of all requests in flight; 0: from the above
+    max_requests: int = 0  # requests in flight (head received); 0: from the queue
+    read_timeout_s: float = 15.0  # a request head, or a pause inside a body, at most
+    retry_after_s: int = 1
+    access_log: bool = True
 
 
 class PredictRequest(BaseModel):

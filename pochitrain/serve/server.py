@@ -27,9 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pochitrain.serve.app import ServeSettings, create_app
-from pochitrain.serve.middleware import effective_limits, error_json, read_timeout_text
+from pochitrain.serve.app import create_app
+from pochitrain.serve.decode import BadInput
+from pochitrain.serve.middleware import effective_limits, read_timeout
 from pochitrain.serve.model import ServeModel
+from pochitrain.serve.schemas import ServeSettings
 
 if TYPE_CHECKING:
     import socket
@@ -191,19 +193,24 @@ def timed_protocol(read_timeout_s: float) -> type[asyncio.Protocol]:
 
     return type("TimedHTTPProtocol", (HeadDeadline, AutoHTTPProtocol), {
         "read_timeout_s": read_timeout_s,
-        "timed_out": closing_answer(408, "Request Timeout", "read_timeout",
-                                    read_timeout_text(read_timeout_s)),
-        "not_http": closing_answer(400, "Bad Request", "bad_http",
-                                   "HTTP リクエストとして読めません。\nThe bytes received are "
-                                   "not a valid HTTP/1.1 request (or its head is too large).")})
+        "timed_out": closing_answer(read_timeout(read_timeout_s)),
+        "not_http": closing_answer(BadInput(400, "bad_http", "HTTP リクエストとして読めません。",
+                                            "The bytes received are not a valid HTTP/1.1 "
+                                            "request (or its head is too large)."))})
 
 
-def closing_answer(status: int, reason: str, code: str, text: str) -> bytes:
+def closing_answer(refusal: BadInput) -> bytes:
     """A whole HTTP/1.1 answer with our JSON error body, written before the connection
     closes where no request (hence no ASGI app) is there to answer."""
-    body = error_json(code, text)
+    from http import HTTPStatus
+
+    from starlette.responses import JSONResponse
+
+    body = JSONResponse(refusal.body()).body
     return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n\r\n%s" % (status, reason.encode(), len(body), body))
+            b"connection: close\r\n\r\n%s" % (refusal.status,
+                                                HTTPStatus(refusal.status).phrase.encode(),
+                                                len(body), bytes(body)))
 
 
 def banner(options: ServeOptions, settings: ServeSettings, details: dict[str, Any],
