@@ -114,14 +114,7 @@ def confusion(result: InferenceResult) -> np.ndarray:
     from sklearn.metrics import confusion_matrix
 
     labels = list(range(len(result.class_names)))
-    y_true, y_pred = _label_arrays(result)
-    return np.asarray(confusion_matrix(y_true, y_pred, labels=labels))
-
-
-def _label_arrays(result: InferenceResult) -> tuple[np.ndarray, np.ndarray]:
-    """The labels and predictions as arrays: scikit-learn checks and converts a list on every
-    call."""
-    return np.asarray(result.labels), np.asarray(result.preds)
+    return np.asarray(confusion_matrix(result.labels, result.preds, labels=labels))
 
 
 def classification_report_csv(result: InferenceResult) -> str:
@@ -134,7 +127,8 @@ def classification_report_csv(result: InferenceResult) -> str:
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
     labels = list(range(len(result.class_names)))
-    y_true, y_pred = _label_arrays(result)
+    # arrays: scikit-learn checks and converts a list on every call
+    y_true, y_pred = np.asarray(result.labels), np.asarray(result.preds)
     per_class = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

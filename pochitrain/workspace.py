@@ -67,17 +67,18 @@ def find_config_near(model_path: Path | str) -> Path | None:
     return None
 
 
-def read_run_json(folder: Path | str) -> dict[str, Any] | None:
-    """``folder/run.json`` as a dict; None when absent or unreadable (it is a record, not an
-    input anyone must provide)."""
-    path = Path(folder) / RUN_JSON
-    if not path.is_file():
-        return None
+def read_json_dict(path: Path) -> dict[str, Any] | None:
+    """A JSON object file as a dict; None when absent, unreadable or not an object (records
+    are not inputs anyone must provide)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def read_run_json(folder: Path | str) -> dict[str, Any] | None:
+    return read_json_dict(Path(folder) / RUN_JSON)
 
 
 def write_run_json(run_dir: Path, data: dict[str, Any]) -> None:

@@ -1,19 +1,10 @@
 """Run a TensorRT (10.x / 11.x) or TensorRT-RTX (1.x) engine: the ``tensorrt`` Runner.
 
-Loading order, so that each failure gets its own clear error (and the errors are testable on a
-machine without a GPU): engine file exists -> sidecar metadata (``<engine>.json``) -> CUDA
-device -> backend import -> deserialization -> one input / one output -> profile and batch size.
-
-The engine itself (build, file, sidecar, logger) is ``pochitrain.tensorrt``'s; this runner sits
-beside the PyTorch and ONNX Runtime runners on the shared CUDA path.
-
-Per batch: ``set_input_shape`` with the real batch size (the last, smaller batch too, no
-padding), output shape read back from the context, ``set_tensor_address`` for both tensors and
-``execute_async_v3`` on the shared CUDA path's non-default stream (pinned buffers, async
-copies, CUDA-event "pure" time).
-
-``trt`` (the API module) and ``pipe`` (the CUDA path) can be injected: the tests drive this
-module through a test double of the TensorRT API and a CPU stand-in for the pipe.
+Loading order, so that each failure gets its own clear error (testable without a GPU): engine
+file -> sidecar (``<engine>.json``) -> CUDA device -> backend import -> deserialization -> one
+input / one output -> profile and batch size. Each batch runs at its real size (no padding)
+through ``execute_async_v3`` on the shared CUDA path. ``trt`` and ``pipe`` can be injected: the
+tests use a test double of the TensorRT API and a CPU stand-in for the pipe.
 """
 
 from __future__ import annotations
@@ -61,12 +52,6 @@ def _np_dtype(trt: Any, dtype: Any, name: str) -> Any:
         "float16 input and output.",
         "Convert the model with pochi convert (it keeps float I/O for FP16 and INT8 engines).",
     )
-
-
-def _gpu_text(gpu: Any) -> str:
-    if isinstance(gpu, dict):
-        return f"{gpu.get('name', '?')} (compute capability {gpu.get('compute_capability', '?')})"
-    return str(gpu)
 
 
 def _load_backend(recorded: str) -> Backend:
@@ -183,17 +168,13 @@ class TensorRTRunner:
         self.pipe.close()
 
 
-class EngineIO(NamedTuple):
-    input: TensorSpec
-    output: TensorSpec
-
-
 class OpenedEngine(NamedTuple):
     runner: TensorRTRunner
     meta: dict[str, Any]  # the sidecar ``<engine>.json`` (or what a bare engine tells)
 
 
-def _io_specs(trt: Any, engine: tensorrt.ICudaEngine, path: Path) -> EngineIO:
+def _io_specs(trt: Any, engine: tensorrt.ICudaEngine,
+              path: Path) -> tuple[TensorSpec, TensorSpec]:
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
     outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -217,7 +198,7 @@ def _io_specs(trt: Any, engine: tensorrt.ICudaEngine, path: Path) -> EngineIO:
     inp = TensorSpec(i_name, _np_dtype(trt, engine.get_tensor_dtype(i_name), i_name), lo, opt, hi)
     o_dtype = _np_dtype(trt, engine.get_tensor_dtype(o_name), o_name)
     o_shape = _dims(engine.get_tensor_shape(o_name))
-    return EngineIO(inp, TensorSpec(o_name, o_dtype, o_shape, o_shape, o_shape))
+    return inp, TensorSpec(o_name, o_dtype, o_shape, o_shape, o_shape)
 
 
 def _read_sidecar(path: Path) -> dict[str, Any]:
@@ -249,7 +230,11 @@ def _load_error(path: Path, meta: dict[str, Any], backend: str, installed: str, 
                 logger: Any) -> EngineLoadError:
     """Why the engine does not load here: where it was built, what is installed."""
     recorded = f"{meta.get('backend', '?')} {meta.get('backend_version', '?')}"
-    built_on = f", GPU {_gpu_text(meta.get('gpu'))}" if meta.get("gpu") else ""
+    built = meta.get("gpu")
+    if built and isinstance(built, dict):
+        built = (f"{built.get('name', '?')} (compute capability "
+                 f"{built.get('compute_capability', '?')})")
+    built_on = f", GPU {built}" if built else ""
     detail = f"\nTensorRT: {logger.errors[-1]}" if logger.errors else ""
     source = (meta.get("source_onnx") or {}).get("path", "the original .onnx")
     remedy = "Re-run `pochi convert` on this machine to rebuild the engine"
@@ -264,19 +249,6 @@ def _load_error(path: Path, meta: dict[str, Any], backend: str, installed: str, 
         + detail,
         f"{remedy} (source ONNX: {source}).",
     )
-
-
-def _runner_info(backend: str, installed: str, meta: dict[str, Any], io: EngineIO,
-                 gpu: str) -> dict[str, str]:
-    inp, out = io
-    lo, opt, hi = inp.min_shape[0], inp.opt_shape[0], inp.max_shape[0]
-    return {
-        "backend": f"{backend} {installed}",
-        "precision": str(meta.get("precision", "unknown")),
-        "engine_io": f"{inp.dtype.name} -> {out.dtype.name}",
-        "batch_profile": f"min {lo} / opt {opt} / max {hi}",
-        "gpu": gpu,
-    }
 
 
 def open_trt_runner(engine_path: Path | str, batch_size: int | None = None, *,
@@ -303,14 +275,18 @@ def open_trt_runner(engine_path: Path | str, batch_size: int | None = None, *,
     engine = _deserialize(runtime, logger, path)
     if engine is None:
         raise _load_error(path, meta, backend, installed, gpu, logger)
-    io = _io_specs(trt, engine, path)
+    inp, out = _io_specs(trt, engine, path)
     if pipe is None:
         from pochitrain.inference.cuda_path import CudaBatchPipe
 
         pipe = CudaBatchPipe()
-    runner = TensorRTRunner(engine, io.input, io.output, pipe,
-                            _runner_info(backend, installed, meta, io, gpu),
-                            keep=(runtime, logger))
+    info = {"backend": f"{backend} {installed}",
+            "precision": str(meta.get("precision", "unknown")),
+            "engine_io": f"{inp.dtype.name} -> {out.dtype.name}",
+            "batch_profile": f"min {inp.min_shape[0]} / opt {inp.opt_shape[0]} / "
+                             f"max {inp.max_shape[0]}",
+            "gpu": gpu}
+    runner = TensorRTRunner(engine, inp, out, pipe, info, keep=(runtime, logger))
     if batch_size is not None:
         runner.check_batch_size(batch_size)
     return OpenedEngine(runner, meta)

@@ -12,7 +12,6 @@ that any prefix is stratified (class shares proportional to the folder's).
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,11 +187,3 @@ def describe_change(old: dict[str, Any] | None, new: dict[str, Any]) -> str | No
         else:
             changed.append(f"{name} changed")
     return None if not changed else ", ".join(changed)
-
-
-def read_key(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None

@@ -19,7 +19,6 @@ from pochitrain.meta import META_KEY, ModelMeta
 from pochitrain.workspace import is_disk_full
 
 if TYPE_CHECKING:
-    import onnx
     from torch import nn
 
 INPUT_NAME = "input"
@@ -111,14 +110,7 @@ def export_model(model: nn.Module, path: Path, meta: ModelMeta, input_size: tupl
     proto.producer_name = "pochitrain"
     proto.producer_version = producer_version
     proto.doc_string = f"{meta.model_name}, {meta.num_classes} classes; exported with {exporter}"
-    set_metadata(proto, {META_KEY: meta.to_json(), "pochitrain.exporter": exporter})
+    props = {p.key: p.value for p in proto.metadata_props}
+    onnx.helper.set_model_props(proto, {**props, META_KEY: meta.to_json(),
+                                        "pochitrain.exporter": exporter})
     onnx.save(proto, str(path))
-
-
-def set_metadata(proto: onnx.ModelProto, props: dict[str, str]) -> None:
-    """Replace or add string entries in an ONNX ModelProto's metadata_props."""
-    keep = [(p.key, p.value) for p in proto.metadata_props if p.key not in props]
-    del proto.metadata_props[:]
-    for key, value in [*keep, *props.items()]:
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value

@@ -29,16 +29,11 @@ MIN_TOP1_AGREEMENT = 0.97
 _KEEP_FP32_INPUTS = {("Resize", 1), ("Resize", 2), ("Upsample", 1)}
 
 
-class Clipped(NamedTuple):
-    array: np.ndarray  # float16
-    clipped: int  # finite values beyond the float16 range, clamped to it
-
-
-def _to_fp16_array(arr: np.ndarray) -> Clipped:
+def _to_fp16_array(arr: np.ndarray) -> tuple[np.ndarray, int]:
+    """(float16 array, finite values beyond the float16 range, clamped to it)."""
     finite = np.isfinite(arr)
     clipped = int(np.count_nonzero(np.abs(arr[finite]) > FP16_MAX))
-    out = np.where(finite, np.clip(arr, -FP16_MAX, FP16_MAX), arr).astype(np.float16)
-    return Clipped(out, clipped)
+    return np.where(finite, np.clip(arr, -FP16_MAX, FP16_MAX), arr).astype(np.float16), clipped
 
 
 class Fp16Graph(NamedTuple):
@@ -65,19 +60,19 @@ def _cast_initializers(graph: Any, keep: set[str], stats: dict[str, int]) -> Non
 
     for idx, init in enumerate(graph.initializer):
         if init.data_type == TensorProto.FLOAT and init.name not in keep:
-            cast = _to_fp16_array(numpy_helper.to_array(init))
-            graph.initializer[idx].CopyFrom(numpy_helper.from_array(cast.array, init.name))
+            array, clipped = _to_fp16_array(numpy_helper.to_array(init))
+            graph.initializer[idx].CopyFrom(numpy_helper.from_array(array, init.name))
             stats["initializers"] += 1
-            stats["clipped_values"] += cast.clipped
+            stats["clipped_values"] += clipped
 
 
 def _cast_tensor_attribute(attr: Any) -> int:
     """A float32 tensor attribute becomes float16; returns the values clamped."""
     from onnx import numpy_helper
 
-    cast = _to_fp16_array(numpy_helper.to_array(attr.t))
-    attr.t.CopyFrom(numpy_helper.from_array(cast.array, attr.t.name))
-    return cast.clipped
+    array, clipped = _to_fp16_array(numpy_helper.to_array(attr.t))
+    attr.t.CopyFrom(numpy_helper.from_array(array, attr.t.name))
+    return clipped
 
 
 def _cast_nodes(graph: Any, keep: set[str], stats: dict[str, int]) -> None:
@@ -192,7 +187,7 @@ def compare_with_onnxruntime(fp32_path: Path, fp16_path: Path, batch: np.ndarray
     Images go ``batch_size`` at a time (a fully static graph takes only its own batch, padded
     as ``onnx.session.run_all`` does).
     """
-    from pochitrain.onnx.session import open_session, run_all
+    from pochitrain.onnx.session import open_session, run_all, top1_agreement
 
     ref, got = (run_all(open_session(p), batch, batch_size) for p in (fp32_path, fp16_path))
     if not np.isfinite(got).all():
@@ -201,8 +196,6 @@ def compare_with_onnxruntime(fp32_path: Path, fp16_path: Path, batch: np.ndarray
             "The FP16 graph produced inf/NaN on the verification images (float16 overflow).",
             "Convert to FP32 instead, or use --int8 with calibration.",
         )
-    from pochitrain.onnx.session import top1_agreement
-
     agree = top1_agreement(ref, got)
     result = Agreement(len(batch), agree, float(np.max(np.abs(ref - got))))
     if agree < threshold:

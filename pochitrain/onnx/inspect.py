@@ -36,11 +36,7 @@ class OnnxInfo:
     @property
     def pattern(self) -> int:
         dyn = set(self.dynamic_dims)
-        if not dyn:
-            return 3
-        if dyn & {2, 3}:
-            return 2
-        return 1
+        return 3 if not dyn else 2 if dyn & {2, 3} else 1
 
     @property
     def fixed_hw(self) -> tuple[int, int] | None:
@@ -52,13 +48,8 @@ class OnnxInfo:
 
 
 def _dims(value_info) -> list[Dim]:
-    dims: list[Dim] = []
-    for d in value_info.type.tensor_type.shape.dim:
-        if d.HasField("dim_value") and d.dim_value > 0:
-            dims.append(int(d.dim_value))
-        else:
-            dims.append(d.dim_param or "?")
-    return dims
+    return [int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else d.dim_param or "?"
+            for d in value_info.type.tensor_type.shape.dim]
 
 
 def read_onnx(path: Path | str, load_weights: bool = False):

@@ -1,19 +1,9 @@
 """INT8 as explicit quantization: calibrate on the CPU into a Q/DQ ONNX graph, check it, keep it.
 
 TensorRT 11 dropped implicit INT8 calibrators; a strongly typed network built from a graph with
-QuantizeLinear/DequantizeLinear nodes works on TensorRT 10, 11 and TensorRT-RTX alike.
-
-``prepare_int8`` (called by ``pochi convert --int8``):
-  1. calibration images and preprocessing (calibration.resolve_source);
-  2. seeded, stratified split into calibration images and held-out images;
-  3. cache check: ``<stem>_int8_qdq.onnx`` + ``<stem>_int8_qdq.json`` (the key) are reused only
-     when every key field matches;
-  4. ONNX Runtime ``quantize_static`` (QDQ, symmetric int8, per-channel weights, float biases:
-     TensorRT's parser rejects int32-quantized biases);
-  5. FP32 and Q/DQ graphs run in ONNX Runtime on the held-out images; a top-1 drop above
-     ``max_accuracy_drop`` points *beyond its statistical uncertainty* (paired per-image
-     differences, one-sided 95%; ``int8_check``) raises VerificationError and nothing is
-     written.
+QuantizeLinear/DequantizeLinear nodes works on TensorRT 10, 11 and TensorRT-RTX alike. The graph
+(``<stem>_int8_qdq.onnx``, its cache key beside it) is reused only when every key field matches,
+and written only when it passes the accuracy gate of ``int8_check``.
 """
 
 from __future__ import annotations
@@ -43,9 +33,9 @@ from pochitrain.onnx.int8_defaults import (
     DEFAULT_SAMPLES,
     DEFAULT_VERIFY_SAMPLES,
 )
+from pochitrain.workspace import atomic_path, atomic_write_text, read_json_dict
 
-# name -> (ORT CalibrationMethod member, extra options), in the order of CALIB_METHODS.
-# Measured on the digits (README_int8).
+# name -> (ORT CalibrationMethod member, extra options), in the order of CALIB_METHODS
 METHODS: dict[str, tuple[str, dict[str, Any]]] = dict(zip(CALIB_METHODS, (
     ("Percentile", {"CalibPercentile": 99.999}),
     ("Entropy", {}),
@@ -71,14 +61,15 @@ def key_path(qdq_path: Path) -> Path:
 
 
 def check_options(opts: Int8Options) -> None:
-    if opts.calib_samples < 1:
-        raise UsageError("--calib-samples は 1 以上にしてください\n"
-                         f"--calib-samples must be 1 or more, got {opts.calib_samples}.",
-                         f"Use a few hundred images, e.g. --calib-samples {DEFAULT_SAMPLES}.")
-    if opts.calib_batch_size < 1:
-        raise UsageError("--calib-batch-size は 1 以上にしてください\n"
-                         f"--calib-batch-size must be 1 or more, got {opts.calib_batch_size}.",
-                         "Example: --calib-batch-size 8")
+    for flag, value, remedy in (
+            ("--calib-samples", opts.calib_samples,
+             f"Use a few hundred images, e.g. --calib-samples {DEFAULT_SAMPLES}."),
+            ("--calib-batch-size", opts.calib_batch_size, "Example: --calib-batch-size 8"),
+            ("--verify-samples", opts.verify_samples,
+             f"Example: --verify-samples {DEFAULT_VERIFY_SAMPLES}")):
+        if value < 1:
+            raise UsageError(f"{flag} は 1 以上にしてください\n"
+                             f"{flag} must be 1 or more, got {value}.", remedy)
     if opts.calib_method not in METHODS:
         raise UsageError("不明な --calib-method が指定されています\n"
                          f"Unknown --calib-method {opts.calib_method!r}.",
@@ -87,10 +78,6 @@ def check_options(opts: Int8Options) -> None:
         raise UsageError("--max-accuracy-drop は 0 以上にしてください\n"
                          f"--max-accuracy-drop must be 0 or more, got {opts.max_accuracy_drop}.",
                          f"Example: --max-accuracy-drop {DEFAULT_MAX_DROP}")
-    if opts.verify_samples < 1:
-        raise UsageError("--verify-samples は 1 以上にしてください\n"
-                         f"--verify-samples must be 1 or more, got {opts.verify_samples}.",
-                         f"Example: --verify-samples {DEFAULT_VERIFY_SAMPLES}")
 
 
 def calibration_batch(info_: OnnxInfo, opts: Int8Options, available: int) -> int:
@@ -240,23 +227,19 @@ def _cache_key(onnx_path: Path, input_shape: tuple[int, int, int, int], images: 
     }
 
 
-class _CacheCheck(NamedTuple):
-    record: dict[str, Any] | None  # the cached record, when it can be reused
-    reason: str | None  # else why not
-
-
-def _cached_record(qdq_path: Path, key: dict[str, Any], opts: Int8Options) -> _CacheCheck:
-    """The cached record when the cache holds this calibration and it still passes the
-    accuracy gate; else why it is not used."""
+def _cached_record(qdq_path: Path, key: dict[str, Any],
+                   opts: Int8Options) -> tuple[dict[str, Any] | None, str | None]:
+    """(the cached record, None) when it holds this calibration and still passes the
+    accuracy gate; else (None, why it is not used)."""
     keyfile = key_path(qdq_path)
-    stored = cal.read_key(keyfile) if keyfile.is_file() and qdq_path.is_file() else None
+    stored = read_json_dict(keyfile) if qdq_path.is_file() else None
     reason = cal.describe_change(stored.get("key") if stored else None, key)
     if stored is not None and reason is None and stored.get("qdq_sha256") != file_sha256(qdq_path):
         reason = f"{qdq_path.name} was modified after calibration"
     if not opts.use_cache:
         reason = "cache disabled (--no-calib-cache)"
     if reason is not None or stored is None or not isinstance(stored.get("record"), dict):
-        return _CacheCheck(None, reason)
+        return None, reason
     cached = dict(stored["record"])
     cached["cache"] = {"status": "hit", "key_file": str(keyfile)}
     say(f"INT8 calibration cache hit: reusing {qdq_path.name} (same ONNX, preprocessing, "
@@ -264,7 +247,7 @@ def _cached_record(qdq_path: Path, key: dict[str, Any], opts: Int8Options) -> _C
     say_accuracy(cached["accuracy"], opts.max_accuracy_drop)
     check_drop(cached["accuracy"], opts.max_accuracy_drop, cached=True)
     cached["accuracy"]["max_accuracy_drop"] = opts.max_accuracy_drop
-    return _CacheCheck(cached, None)
+    return cached, None
 
 
 def _calibration_batches(onnx_path: Path, info: OnnxInfo, images: _Images,
@@ -298,8 +281,6 @@ def _quantize_checked(onnx_path: Path, info: OnnxInfo, meta: ModelMeta | None,
                       opts: Int8Options, start: float) -> _Checked:
     """Quantize into a temp folder, run the accuracy gate, then move the graph to
     ``qdq_path``; a graph that fails the gate is never written."""
-    from pochitrain.workspace import atomic_path
-
     # held-out: the reserved images plus pool images not calibrated on (never a calibration one)
     skip = {p for p, _ in calib.used} | set(calib.corrupt)
     held_candidates = cal.stratified_order(images.held
@@ -355,8 +336,6 @@ def _record(opts: Int8Options, images: _Images, calib: _Calibration, checked: _C
 def prepare_int8(onnx_path: Path, info: OnnxInfo, input_shape: tuple[int, int, int, int],
                  meta: ModelMeta | None, opts: Int8Options, qdq_path: Path) -> dict[str, Any]:
     """Write the calibrated Q/DQ ONNX to ``qdq_path`` (atomically) and return the record."""
-    from pochitrain.workspace import atomic_write_text
-
     onnx_path, qdq_path = Path(onnx_path), Path(qdq_path)
     check_options(opts)
     images = _find_images(onnx_path, info, input_shape, meta, opts)

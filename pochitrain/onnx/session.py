@@ -31,14 +31,9 @@ def default_threads() -> int:
 
 # cuDNN's exhaustive convolution search (ORT's default) re-times every convolution for each
 # new input shape: seconds per shape, paid again by the shorter last batch of every run.
-_PROVIDER_OPTIONS: dict[str, dict[str, str]] = {
+PROVIDER_OPTIONS: dict[str, dict[str, str]] = {
     "CUDAExecutionProvider": {"cudnn_conv_algo_search": "HEURISTIC"},
 }
-
-
-def _with_options(name: str) -> Any:
-    options = _PROVIDER_OPTIONS.get(name)
-    return (name, options) if options else name
 
 
 def open_session(path: Path | str, providers: list[str] | None = None,
@@ -62,7 +57,8 @@ def open_session(path: Path | str, providers: list[str] | None = None,
     options.log_severity_level = 3  # errors only: provider fallbacks are checked below
     try:
         session = ort.InferenceSession(str(path), sess_options=options,
-                                       providers=[_with_options(n) for n in names])
+                                       providers=[(n, PROVIDER_OPTIONS[n]) if n in PROVIDER_OPTIONS
+                                                  else n for n in names])
     except Exception as exc:  # onnxruntime raises its own pybind exception types
         raise ModelFileError(
             "ONNX Runtime でモデルを読み込めません\n"

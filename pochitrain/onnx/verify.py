@@ -26,12 +26,15 @@ REL_TOL = 1e-3
 
 @dataclass
 class BatchCheck:
-    batch_size: int
-    images: int
+    batch_size: int  # also the number of images
     max_abs_diff: float
     tolerance: float
     agree: int
     real_mismatches: int  # top-1 differences that are not near-ties
+
+    @property
+    def images(self) -> int:
+        return self.batch_size
 
     @property
     def agreement(self) -> float:
@@ -100,7 +103,7 @@ def compare_batch(model: nn.Module, session: ort.InferenceSession, batch: np.nda
         top2 = np.sort(ref, axis=1)[:, -2:]
         margin = top2[:, 1] - top2[:, 0]
         real = int(((ref_top != got_top) & (margin > 2 * max(max_diff, 1e-7))).sum())
-    return BatchCheck(len(batch), len(batch), max_diff, tol, agree, real)
+    return BatchCheck(len(batch), max_diff, tol, agree, real)
 
 
 def verify_export(path: Path, model: nn.Module, batches: list[np.ndarray], inputs: str,

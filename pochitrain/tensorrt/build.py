@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from pochitrain.errors import BackendMissingError, BuildError
 from pochitrain.tensorrt.backend import Backend
@@ -49,14 +49,9 @@ def _dtype_name(dtype: Any) -> str:
     return str(dtype).split(".")[-1]
 
 
-class NetworkTypes(NamedTuple):
-    every: Counter[str]  # output tensor dtype -> count, over all layers
-    compute: Counter[str]  # the same for conv / matmul layers only
-    quantize: int  # INT8 (or FP8 / INT4) quantize layers
-
-
-def network_types(trt: Any, network: tensorrt.INetworkDefinition) -> NetworkTypes:
-    """The output dtypes of the parsed network's layers; see ``NetworkTypes``."""
+def network_types(network: tensorrt.INetworkDefinition) -> tuple[Counter[str], Counter[str], int]:
+    """Output tensor dtype -> count over all layers, the same for conv / matmul layers only,
+    and the number of INT8 (or FP8 / INT4) quantize layers."""
     every: Counter[str] = Counter()
     compute: Counter[str] = Counter()
     quantize = 0
@@ -70,7 +65,7 @@ def network_types(trt: Any, network: tensorrt.INetworkDefinition) -> NetworkType
                 compute[name] += 1
             if kind == "QUANTIZE" and name in ("INT8", "FP8", "INT4"):
                 quantize += 1
-    return NetworkTypes(every, compute, quantize)
+    return every, compute, quantize
 
 
 def check_precision(precision: str, compute: Counter[str], quantize: int) -> None:
@@ -78,16 +73,10 @@ def check_precision(precision: str, compute: Counter[str], quantize: int) -> Non
     total = sum(compute.values())
     if total == 0:
         return  # no conv/matmul: nothing to judge (not a classifier we know)
-    if precision == "fp32":
-        wrong = total - compute.get("FLOAT", 0)
-        ok = wrong == 0
-    elif precision == "fp16":
-        wrong = total - compute.get("HALF", 0)
-        ok = wrong == 0
-    else:  # int8: Q/DQ feeds the conv/matmul layers, whose outputs stay float
-        wrong = 0 if quantize else total
-        ok = quantize > 0
-    if not ok:
+    want = {"fp32": "FLOAT", "fp16": "HALF"}.get(precision)
+    # int8: Q/DQ feeds the conv/matmul layers, whose outputs stay float
+    wrong = total - compute.get(want, 0) if want else 0 if quantize else total
+    if wrong:
         raise BuildError(
             "ネットワークが指定した精度で計算されません\n"
             f"The parsed network does not compute in {precision.upper()}: {wrong} of {total} "
@@ -162,13 +151,6 @@ def _load_timing_cache(config: tensorrt.IBuilderConfig, backend: Backend,
     return timing_cache
 
 
-def _save_timing_cache(config: tensorrt.IBuilderConfig, path: Path) -> None:
-    from pochitrain.workspace import atomic_write_bytes
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, bytes(memoryview(config.get_timing_cache().serialize())))
-
-
 def build_engine(backend: Backend, onnx_path: Path, profile: Profile, precision: str,
                  workspace_size: int | None = None, timing_cache: Path | None = None,
                  status: Any = None) -> BuildResult:
@@ -184,8 +166,8 @@ def build_engine(backend: Backend, onnx_path: Path, profile: Profile, precision:
     _require_strong_typing(trt, backend, network, precision)
     say(f"parsing {onnx_path.name}")
     parser = _parse(trt, backend, network, logger, onnx_path)  # noqa: F841 - owns the weights
-    types = network_types(trt, network)
-    check_precision(precision, types.compute, types.quantize)
+    every, compute, quantize = network_types(network)
+    check_precision(precision, compute, quantize)
     config = _builder_config(trt, builder, network, profile, workspace_size)
     cache_used = _load_timing_cache(config, backend, timing_cache)
     say(f"building {precision.upper()} engine with {backend.describe()}")
@@ -202,9 +184,12 @@ def build_engine(backend: Backend, onnx_path: Path, profile: Profile, precision:
         )
     engine = bytes(memoryview(serialized))
     if cache_used is not None:
-        _save_timing_cache(config, cache_used)
-    return BuildResult(engine, seconds, dict(types.every), dict(types.compute), types.quantize,
-                       cache_used, list(logger.warnings))
+        from pochitrain.workspace import atomic_write_bytes
+
+        cache_used.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(cache_used, bytes(memoryview(config.get_timing_cache().serialize())))
+    return BuildResult(engine, seconds, dict(every), dict(compute), quantize, cache_used,
+                       list(logger.warnings))
 
 
 def gpu_info() -> dict[str, str] | None:

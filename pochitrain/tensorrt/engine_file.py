@@ -23,13 +23,9 @@ if TYPE_CHECKING:
 
 ENGINE_FORMAT = "pochitrain-engine-v1"
 PRECISION_SUFFIX = {"fp32": "", "fp16": "_fp16", "int8": "_int8"}
-REQUIRED_KEYS = ("format", "backend", "backend_version", "precision", "pattern", "input",
-                 "output", "model", "source_onnx", "engine_sha256", "build")
-
-
-# key -> (type(s), what it must be): checked on read, so an edited sidecar gets a message
-# naming the key instead of a TypeError deep inside the runtime.
-_KEY_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+# required key -> (type(s), what it must be): checked on read, so an edited sidecar gets a
+# message naming the key instead of a TypeError deep inside the runtime.
+REQUIRED_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "format": ((str,), "a string"),
     "backend": ((str,), "a string"),
     "backend_version": ((str,), "a string"),
@@ -168,7 +164,7 @@ def read_engine_metadata(engine_path: Path | str) -> dict[str, Any]:
     if missing:
         raise ModelFileError("エンジンのメタデータに不足している項目があります\n"
                              f"The engine metadata {path} lacks: {', '.join(missing)}.", remedy)
-    for key, (types, what) in _KEY_TYPES.items():
+    for key, (types, what) in REQUIRED_KEYS.items():
         value = meta[key]
         bad_type = not isinstance(value, types) or isinstance(value, bool)
         if bad_type or (key == "precision" and value not in PRECISION_SUFFIX) or (
@@ -182,8 +178,6 @@ def read_engine_metadata(engine_path: Path | str) -> dict[str, Any]:
 
 def engine_matches(engine_path: Path | str, meta: dict[str, Any]) -> bool:
     """True when the engine file's sha256 is the one recorded in ``meta``."""
-    h = hashlib.sha256()
-    with open(engine_path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest() == meta.get("engine_sha256")
+    from pochitrain.meta import file_sha256
+
+    return file_sha256(engine_path) == meta.get("engine_sha256")

@@ -31,9 +31,9 @@ class Profile:
         return shape
 
     def to_dict(self) -> dict[str, list[int]] | None:
-        if self.min is None or self.opt is None or self.max is None:
+        if self.pattern == 3:
             return None
-        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+        return {k: list(getattr(self, k)) for k in ("min", "opt", "max")}
 
     def text(self) -> str:
         if self.pattern == 3:
@@ -145,10 +145,8 @@ def _batch_range(info: OnnxInfo, batch_size: int | None,
                              f"The batch dimension of {info.shape_text()} is fixed at {batch}.",
                              "Drop --batch-size/--batch.")
         return batch, batch, batch
-    if batch_range is not None:
-        return batch_range
     n = batch_size or 1
-    return n, n, n
+    return batch_range or (n, n, n)
 
 
 def resolve_profile(info: OnnxInfo, input_size: tuple[int, int] | None = None,
