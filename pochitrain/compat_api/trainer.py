@@ -129,10 +129,6 @@ class PochiTrainer:
         return cls(s.model_name, num_classes_of(s), s.device, s.pretrained, str(s.work_dir),
                    create_workspace, bool(s.cudnn_benchmark))
 
-    @property
-    def _device(self) -> str:
-        return str(self.device)
-
     def setup_training(self, learning_rate: float = 0.001, optimizer_name: str = "Adam",
                        scheduler_name: str | None = None,
                        scheduler_params: dict[str, Any] | None = None,
@@ -185,7 +181,7 @@ class PochiTrainer:
         from pochitrain.training import run_epoch
 
         batches: Any = TrainingBatches(loader, self.num_classes)  # run_epoch iterates it
-        return run_epoch(self.model, batches, self._parts()[1], self._device,
+        return run_epoch(self.model, batches, self._parts()[1], str(self.device),
                          optimizer=optimizer)
 
     def train_one_epoch(self, epoch: int, train_loader: DataLoader[Any]) -> dict[str, float]:
@@ -239,20 +235,18 @@ class PochiTrainer:
         log = T.MetricsLog(run_dir, enabled=self.enable_metrics_export
                            and self.current_workspace is not None,
                            base_lr=self.base_learning_rate if self.enable_layer_wise_lr else None)
+        device = str(self.device)
         setup = T.FitSetup(
             model=self.model, train_loader=TrainingBatches(train_loader, self.num_classes),
             val_loader=TrainingBatches(val_loader, self.num_classes), criterion=criterion,
-            optimizer=optimizer,
-            scheduler=self.scheduler, stopper=self.early_stopping,
-            precision=T.resolve_precision("off", False, self._device), device=self._device,
-            epochs=epochs)
-        best = [self.best_accuracy]
+            optimizer=optimizer, scheduler=self.scheduler, stopper=self.early_stopping,
+            precision=T.resolve_precision("off", False, device), device=device, epochs=epochs)
 
         def extras(epoch: int, tr: Any, va: Any) -> dict[str, Any]:
             self.epoch = epoch
             if va is not None:
-                best[0] = max(best[0], va.accuracy * 100.0)
-            out = {"epoch": epoch, "best_accuracy": best[0],
+                self.best_accuracy = max(self.best_accuracy, va.accuracy * 100.0)
+            out = {"epoch": epoch, "best_accuracy": self.best_accuracy,
                    "optimizer_state_dict": optimizer.state_dict()}
             if self.scheduler is not None:
                 out["scheduler_state_dict"] = self.scheduler.state_dict()
@@ -268,7 +262,6 @@ class PochiTrainer:
             keeper.save_last(extras(self.epoch, None, None))
         finally:
             log.close()
-        self.best_accuracy = best[0]
 
     def get_base_learning_rate(self) -> float:
         """The base learning rate (the configured one under layer-wise rates)."""

@@ -124,13 +124,10 @@ def add_error_handlers(app: FastAPI) -> None:
 
 def unprocessable_body(exc: BadInput) -> dict[str, Any]:
     """The original's 422 body (FastAPI's: ``detail`` lists the errors), plus ours."""
-    from fastapi.encoders import jsonable_encoder
-
     errors = exc.errors  # pydantic's, or one entry in FastAPI's shape for our own checks
     if errors is None:
         errors = [{"type": exc.code, "loc": ["body"], "msg": exc.en, "input": None}]
-    return {"detail": jsonable_encoder(json_safe(errors)), "message": f"{exc.ja}\n{exc.en}",
-            "error": exc.code}
+    return {"detail": json_safe(errors), "message": str(exc), "error": exc.code}
 
 
 def json_safe(value: Any, depth: int = 0) -> Any:

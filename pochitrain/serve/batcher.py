@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -37,13 +37,12 @@ RunBatch = Callable[[list[Any]], Sequence[Any]]
 
 @dataclass
 class _Job:
-    """One request: its images' results, filled in by the worker."""
+    """One request: its images' results, filled in by the worker thread alone."""
 
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[list[Any]]
     results: list[Any]
     remaining: int
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class Queued(NamedTuple):
@@ -117,7 +116,7 @@ class Batcher:
         return self._thread is not None and self._thread.is_alive()
 
     # ---- worker thread ------------------------------------------------------------------
-    def _gather(self, first: Queued) -> tuple[list[Queued], bool]:
+    def _gather(self, first: Queued) -> list[Queued]:
         """Up to ``max_batch`` entries: ``first`` plus whatever arrives within max_wait."""
         entries = [first]
         deadline = time.perf_counter() + self.max_wait_s
@@ -127,37 +126,26 @@ class Batcher:
                 entry = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
-            if entry is _STOP:
-                return entries, True
+            if entry is _STOP:  # the last entry (submit refuses after it): seen again by _work
+                self._queue.put(_STOP)
+                break
             entries.append(entry)
-        return entries, False
+        return entries
 
     def _work(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is _STOP:
-                break
+        while (first := self._queue.get()) is not _STOP:
             if self._gate:
                 self._wait_at_gate()
-            entries, stopping = self._gather(first)
+            entries = self._gather(first)
             start = time.perf_counter()
             try:
-                results: Sequence[Any] = self.run_batch([e[2] for e in entries])
+                results: Sequence[Any] = self.run_batch([e.item for e in entries])
             except Exception as exc:  # noqa: BLE001 - every request of the batch gets it
                 results = [exc] * len(entries)
             self.batches += 1
             self.on_batch(len(entries), time.perf_counter() - start)
-            for (job, position, _), result in zip(entries, results):
-                self._deliver(job, position, result)
-        # drain: anything still queued after the stop mark is answered too
-        while True:
-            try:
-                entry = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if entry is not _STOP:
-                self._deliver(entry.job, entry.position, Stopping("server stopping"))
+            for entry, result in zip(entries, results):
+                self._deliver(entry.job, entry.position, result)
 
     def _wait_at_gate(self) -> None:
         """The test hook (``GATE_ENV``); ``first`` is taken, so it counts as one waiting."""
@@ -171,11 +159,9 @@ class Batcher:
             time.sleep(0.005)
 
     def _deliver(self, job: _Job, index: int, result: Any) -> None:
-        with job.lock:
-            job.results[index] = result
-            job.remaining -= 1
-            done = job.remaining == 0
-        if done:
+        job.results[index] = result
+        job.remaining -= 1
+        if job.remaining == 0:
             try:
                 job.loop.call_soon_threadsafe(_resolve, job.future, job.results)
             except RuntimeError:  # the event loop is gone (forced exit)

@@ -1,15 +1,10 @@
-"""Request payloads -> RGB images, or a ``BadInput`` carrying the HTTP status and a
-bilingual message (Japanese first, then English).
-
-Statuses: 422 for a payload that is well-formed HTTP but not a valid image description
-(broken base64, wrong shape, wrong dtype, bad JSON fields); 400 for bytes that do not decode
-as an image (corrupt, truncated, not an image); 415 for a media type the server does not
-take; 413 for bodies or images that are too large: an image over PIL's pixel limit, or a
-request whose images hold more pixels than its budget, is refused from the headers alone,
-before any decoding.
+"""Request payloads -> RGB images, or a ``BadInput``: 422 for a bad image description (base64,
+shape, dtype), 400 for bytes that are not a readable image, 415 for a media type we do not
+take, 413 for too many pixels (one image over PIL's limit, or a request over its budget:
+refused from the headers, before any decoding).
 
 Decoding goes through ``pochitrain.data.open_rgb`` (EXIF orientation, 16-bit scaling, pixel
-limit), exactly as ``pochi infer`` reads files, so the server's pixels are infer's pixels.
+limit) as ``pochi infer`` reads files, so the server's pixels are infer's pixels.
 """
 
 from __future__ import annotations
@@ -71,8 +66,7 @@ def check_part_type(content_type: str | None, name: str) -> None:
 
 
 def b64decode(text: str, field: str = "image_data") -> bytes:
-    """Strict base64 (data: URL prefixes, whitespace, the URL-safe alphabet and left-out
-    padding tolerated); 422 when broken."""
+    """``b64decode_lenient``; 422 when broken."""
     try:
         return b64decode_lenient(text)
     except (binascii.Error, ValueError):

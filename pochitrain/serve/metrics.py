@@ -37,8 +37,7 @@ class Metrics:
         )
 
         disable_created_metrics()  # no *_created series: the counters' start is known
-        self.registry = CollectorRegistry()
-        r = self.registry
+        self.registry = r = CollectorRegistry()
         self.requests = Counter("pochi_requests", "HTTP requests answered",
                                 ["path", "status"], registry=r)
         self.latency = Histogram("pochi_request_seconds", "request latency in seconds",
@@ -75,11 +74,10 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+        from prometheus_client.multiprocess import MultiProcessCollector
 
         registry = self.registry
         if self.multiprocess:
-            from prometheus_client.multiprocess import MultiProcessCollector
-
             registry = CollectorRegistry()
             MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -124,9 +124,9 @@ class Exchange:
         limits = self.limits
         if n > 0 and limits.inflight_bytes + n > limits.max_inflight:
             mb = limits.max_inflight / 1e6
-            raise limits.busy(f"受信中の本文が上限 {mb:g} MB に達しています",
-                              f"the request bodies being received take its budget of "
-                              f"{mb:g} MB (--max-inflight-mb)")
+            raise busy("busy", f"受信中の本文が上限 {mb:g} MB に達しています",
+                       f"the request bodies being received take its budget of {mb:g} MB "
+                       "(--max-inflight-mb)", limits.settings.retry_after_s)
         limits.inflight_bytes += n
         limits.metrics.body_bytes.inc(n)
         self.reserved += n
@@ -186,14 +186,11 @@ class LimitAndLog:
         if declared > self.settings.max_body_bytes:
             raise self.too_large()
         if self.active > self.max_requests:
-            raise self.busy(f"処理中のリクエストが上限 {self.max_requests} 件に達しています",
-                            f"{self.max_requests} requests are in flight, its limit "
-                            "(--max-concurrent)")
+            raise busy("busy", f"処理中のリクエストが上限 {self.max_requests} 件に達しています",
+                       f"{self.max_requests} requests are in flight, its limit "
+                       "(--max-concurrent)", self.settings.retry_after_s)
         ex.reserve(declared)
         await self.app(scope, ex.receive, ex.send)
-
-    def busy(self, ja: str, en: str) -> BadInput:
-        return busy("busy", ja, en, self.settings.retry_after_s)
 
     def too_large(self) -> BadInput:
         limit = self.settings.max_body_bytes

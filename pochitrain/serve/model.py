@@ -61,23 +61,14 @@ class ServeModel:
                 raise
             raise engine_cannot_run(exc, self.path) from None
         self.preprocess = self.model.preprocess
+        self.runtime, self.class_names = self.model.runtime, self.model.class_names
         try:
             self.chunk = self.model.fixed_batch or max_batch
             self.model.runner.check_batch_size(self.chunk)
-            self.input = self.model.input_pipeline(pipeline, workers=1)
-            self.gpu = self.input.batches
+            self.gpu = self.model.input_pipeline(pipeline, workers=1).batches
         except BaseException:
             self.model.close()
             raise
-
-    # ---- facts for /model-info and /version ---------------------------------------------
-    @property
-    def runtime(self) -> str:
-        return self.model.runtime
-
-    @property
-    def class_names(self) -> list[str]:
-        return self.model.class_names
 
     def info(self) -> dict[str, Any]:
         described = self.model.runner.describe()
@@ -125,25 +116,19 @@ class ServeModel:
     # ---- model worker thread --------------------------------------------------------------
     def run_batch(self, items: list[Any]) -> list[Any]:
         """One result per item: a float64 probability row, or a BadInput (GPU decode)."""
-        if self.gpu is not None:
-            return self._run_gpu(items)
-        return list(self.model.probabilities(np.stack(items), self.chunk))
-
-    def _run_gpu(self, items: list[ForGpu]) -> list[Any]:
+        if self.gpu is None:
+            return list(self.model.probabilities(np.stack(items), self.chunk))
         from pochitrain.gpu_input import Entry
 
-        assert self.gpu is not None
         batch, failed = self.gpu.assemble(
             [Entry(Upload(item.data, item.name) if item.kind == "jpeg" else None, 0,
                    item.kind, item.data) for item in items])
-        results: list[Any] = [None] * len(items)
-        for i in failed:
-            results[i] = BadInput(400, "undecodable_image",
-                                  f"画像をデコードできません: {items[i].name}",
-                                  f"{items[i].name} is not a readable image.")
-        bad = set(failed)
-        good = [i for i in range(len(items)) if i not in bad]
+        results: list[Any] = [BadInput(400, "undecodable_image",
+                                       f"画像をデコードできません: {item.name}",
+                                       f"{item.name} is not a readable image.")
+                              for item in items]
         if batch is not None:
+            good = [i for i in range(len(items)) if i not in failed]
             for i, row in zip(good, self.model.probabilities(batch, self.chunk)):
                 results[i] = row
         return results

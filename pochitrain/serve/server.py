@@ -118,14 +118,12 @@ def open_server(options: ServeOptions, settings: ServeSettings
 def raise_open_files_limit() -> None:
     """The soft limit on open files up to the hard one: each connection is a file, and at
     the soft limit (often 1024) no new client could connect."""
-    try:
+    with contextlib.suppress(ImportError, ValueError, OSError):  # no such limit, or not ours
         import resource
 
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft != hard:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ImportError, ValueError, OSError):  # no such limit here, or not ours to raise
-        pass
 
 
 class HeadDeadline(ProtocolBase):

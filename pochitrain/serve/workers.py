@@ -2,20 +2,15 @@
 processes on one port, each with its own model, batcher, decode threads and event loop (one
 process tops out at what its GIL allows).
 
-The parent binds N listening sockets with SO_REUSEPORT, so the kernel spreads incoming
-connections over them (no balancer of ours), and starts one spawned worker per socket. Each
-worker opens the model and serves with uvicorn exactly as the single-process server does,
-then reports "ready" on a pipe. The parent prints the banner once all are ready, turns
-SIGTERM / SIGINT into SIGTERM for every worker (each drains as one server does) and exits 0
-when all have stopped cleanly. A worker that fails to start sends its error back: the parent
-stops the others and raises that same error. Prometheus metrics go through
-prometheus_client's multiprocess mode in a private temp dir, removed at exit, so /metrics on
-any worker reports the totals of all of them; the folder's name carries the parent's pid, so
-folders left by a killed server are removed at the next start.
-
-A ``PROMETHEUS_MULTIPROC_DIR`` from the environment is never used: a single server keeps its
-metrics in memory, several use their private folder. (A missing folder would stop the start;
-a shared one would mix other programs' values into ours.)
+The parent binds N SO_REUSEPORT sockets (the kernel spreads connections over them) and
+spawns one worker per socket, which serves as the single-process server does and reports
+"ready" on a pipe. The parent prints the banner once all are ready, turns SIGTERM / SIGINT
+into SIGTERM for every worker (each drains) and exits 0 when all stopped cleanly; a worker's
+start-up error is raised again in the parent. /metrics on any worker reports the totals of
+all of them (prometheus_client's multiprocess mode, in a private temp folder named after the
+parent's pid, so folders left by a killed server go at the next start). A
+``PROMETHEUS_MULTIPROC_DIR`` from the environment is never used: a missing folder would stop
+the start, a shared one would mix other programs' values into ours.
 """
 
 from __future__ import annotations
@@ -54,9 +49,6 @@ if TYPE_CHECKING:
 
 METRICS_PREFIX = "pochi_serve_metrics_"  # + the parent's pid + "_"
 STOP_GRACE_S = 15.0  # beyond --drain-timeout: closing the model, leaving the process
-# A worker's messages, (attribute of its _Worker, value): ("ready", /model-info facts),
-# ("batches", model batches run: it stopped cleanly) or ("error", (PochiError subclass,
-# message, remedy)), raised again by the parent.
 
 
 def bind_sockets(host: str, port: int, n: int) -> list[socket.socket]:
@@ -102,7 +94,9 @@ class WorkerError(NamedTuple):
 
 
 class Report(NamedTuple):
-    """A worker's message to the parent: the ``_Worker`` field it sets, and its value."""
+    """A worker's message to the parent: the ``_Worker`` field it sets, and its value:
+    "ready" (/model-info facts), "batches" (model batches run: it stopped cleanly) or
+    "error" (a WorkerError)."""
 
     field: str
     value: Any
@@ -273,7 +267,7 @@ def _await_ready(workers: list[_Worker], caught: list[str]) -> None:
         _poll(workers, 0.5)
     if not caught and any(w.ready is None for w in workers):
         error = _startup_error(workers)
-        _stop(workers, 15.0)
+        _stop(workers, STOP_GRACE_S)
         raise error
 
 
