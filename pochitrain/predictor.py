@@ -6,9 +6,8 @@
         top = p.predict("photo.jpg", top_k=3)
         print(top.class_name, top.probability, top.top_k)
 
-It opens the model through the model facade (``pochitrain.model``) as ``pochi infer`` does
-(same runners, metadata and preprocessing), so a prediction here equals the row of
-``pochi infer``'s CSV for that image.
+The model opens through ``pochitrain.model`` as in ``pochi infer``, so a prediction here
+equals the row of ``pochi infer``'s CSV for that image.
 """
 
 from __future__ import annotations
@@ -33,8 +32,7 @@ if TYPE_CHECKING:
 
     from pochitrain.meta import ModelMeta
 
-ImageLike = Any  # a PIL image, an HxWx3 (RGB) or HxW uint8 NumPy array, a file path, or
-# the bytes of an image file (bytes or a binary file object)
+ImageLike = Any  # PIL image, HxWx3 (RGB) / HxW uint8 array, file path, bytes or binary file
 
 
 @dataclass

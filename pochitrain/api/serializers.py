@@ -1,6 +1,5 @@
-"""Request bodies for ``POST /api/v1/predict`` from images held as NumPy arrays.
-
-The original pochitrain's client helpers, with its names and its dict layout::
+"""Request bodies for ``POST /api/v1/predict`` from NumPy images: the original pochitrain's
+client helpers, with its names and its dict layout::
 
     from pochitrain.api.serializers import JpegSerializer, RawArraySerializer
 
@@ -8,8 +7,8 @@ The original pochitrain's client helpers, with its names and its dict layout::
     payload = JpegSerializer(quality=90).serialize(frame)  # smaller, for networks
     httpx.post("http://127.0.0.1:8000/api/v1/predict", json=payload)
 
-Arrays are in OpenCV's BGR order, as the server reads the ``raw`` format. JPEG encoding uses
-Pillow, so OpenCV is not needed. Only NumPy and Pillow are imported (no torch).
+Arrays are in OpenCV's BGR order, as the server reads the ``raw`` format. Only NumPy and
+Pillow are imported (no OpenCV, no torch).
 """
 
 from __future__ import annotations

@@ -143,8 +143,7 @@ class PochiPredictor:
         first = first[None] if hasattr(first, "shape") else first  # else a ShapeError
         for _ in range(WARMUP_ITERATIONS):
             self._logits(first)
-        predicted: list[np.ndarray] = []
-        confidence: list[np.ndarray] = []
+        rows: list[np.ndarray] = []
         measured, warmup, seconds = 0, 0, 0.0
         for index, item in enumerate(data_loader):
             logits, pure = self._logits(batch_images(item))
@@ -152,15 +151,12 @@ class PochiPredictor:
                 warmup = len(logits)
             else:
                 measured, seconds = measured + len(logits), seconds + pure
-            probs = softmax(logits)
-            predicted.append(probs.argmax(axis=1))
-            confidence.append(probs.max(axis=1))
+            rows.append(softmax(logits))
+        probs = np.concatenate(rows) if rows else np.zeros((0, 1))
         metrics = {"avg_time_per_image": seconds * 1000.0 / measured if measured else 0.0,
                    "total_samples": measured, "warmup_samples": warmup}
-        ids = np.concatenate(predicted) if predicted else np.zeros(0, np.int64)
-        conf = np.concatenate(confidence) if confidence else np.zeros(0, np.float32)
-        return (torch.from_numpy(ids.astype(np.int64)),
-                torch.from_numpy(conf.astype(np.float32)), metrics)
+        return (torch.from_numpy(probs.argmax(axis=1).astype(np.int64)),
+                torch.from_numpy(probs.max(axis=1).astype(np.float32)), metrics)
 
     def get_model_info(self) -> dict[str, Any]:
         return {"model_name": self.model_name, "num_classes": self.num_classes,
