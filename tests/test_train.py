@@ -12,7 +12,7 @@ from tiny import tiny_config
 
 from pochitrain.cli.main import run
 from pochitrain.errors import ConfigError, DataError
-from pochitrain.pipeline.train import train
+from pochitrain.training.run import run_training as train
 
 # ---- the shared trained run ----------------------------------------------------------------
 
@@ -54,9 +54,13 @@ def test_trained_run_layout_and_accuracy(trained_run: Path, trained_checkpoint: 
 
 def test_cli_train_writes_a_new_run_each_time(tiny_data: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Two runs of one config: a new run folder each time. 18 images at batch 17: a last
+    batch of one would stop BatchNorm ("Expected more than 1 value per channel when
+    training"); the training loader drops it."""
     config = tiny_config(tmp_path / "cfg", tiny_data, epochs=2,
                           extra="scheduler = 'StepLR'\nscheduler_params = {'step_size': 1, "
-                          "'gamma': 0.5}\nwork_dir = 'runs'\nclass_weights = [1.0, 2.0, 1.0]\n")
+                          "'gamma': 0.5}\nwork_dir = 'runs'\nclass_weights = [1.0, 2.0, 1.0]\n"
+                          "batch_size = 17\n")
     assert run(["train", "-c", str(config), "--quiet"]) == 0
     assert run(["train", "-c", str(config), "--quiet", "--epochs", "1"]) == 0
     out = capsys.readouterr().out
@@ -65,9 +69,14 @@ def test_cli_train_writes_a_new_run_each_time(tiny_data: Path, tmp_path: Path,
     rows = list(csv.DictReader((runs[0] / "training_metrics.csv").open()))
     assert [float(r["lr"]) for r in rows] == [0.001, 0.0005]  # StepLR stepped per epoch
     assert len(list(csv.DictReader((runs[1] / "training_metrics.csv").open()))) == 1
+    info = json.loads((runs[1] / "run.json").read_text())
+    assert info["epochs_run"] == 1 and info["status"] == "completed"
 
 
-def test_seeded_runs_are_reproducible(tiny_data: Path, tmp_path: Path) -> None:
+def test_seeded_runs_are_reproducible_and_auto_precision_on_the_cpu_is_fp32(
+        tiny_data: Path, tmp_path: Path) -> None:
+    import torch
+
     config = tiny_config(tmp_path, tiny_data, epochs=1)
     losses = []
     for _ in range(2):
@@ -75,37 +84,46 @@ def test_seeded_runs_are_reproducible(tiny_data: Path, tmp_path: Path) -> None:
         rows = list(csv.DictReader((result.run_dir / "training_metrics.csv").open()))
         losses.append(rows[0]["train_loss"])
     assert losses[0] == losses[1]
+    if torch.cuda.is_available():
+        return  # auto precision on a GPU is not fp32
+    info = json.loads((result.run_dir / "run.json").read_text(encoding="utf-8"))
+    assert info["settings"]["mixed_precision"] == "auto"
+    assert info["settings"]["mixed_precision_resolved"] == "off"
+    assert info["settings"]["channels_last_resolved"] is False
 
 
-def test_a_last_batch_of_one_image_is_dropped_not_a_crash(tiny_data: Path,
-                                                          tmp_path: Path) -> None:
-    """18 images at batch 17: a last batch of one would stop BatchNorm ("Expected more
-    than 1 value per channel when training"); the training loader drops it."""
-    config = tiny_config(tmp_path, tiny_data, epochs=1, extra="batch_size = 17\n")
-    result = train(config, progress=False)
-    assert result.epochs_run == 1 and result.stopped_by == "completed"
+def test_skipped_files_early_stopping_and_fp32_are_recorded(tiny_data: Path,
+                                                           tmp_path: Path) -> None:
+    """One run: corrupt and non-image files are skipped and counted once over two epochs;
+    early stopping ends it after epoch 2 of 6; mixed precision off trains in fp32 and is
+    recorded."""
+    import torch
 
+    from pochitrain.checkpoint import read_checkpoint
 
-def test_early_stopping(tiny_data: Path, tmp_path: Path) -> None:
-    config = tiny_config(tmp_path, tiny_data, epochs=6, extra=(
-        "early_stopping = {'patience': 1, 'min_delta': 10.0, 'monitor': 'val_loss'}\n"))
-    result = train(config, progress=False)
-    assert result.stopped_by == "early_stopping" and result.epochs_run == 2
-    assert (result.run_dir / "models" / "last_model.pth").is_file()
-
-
-def test_corrupt_and_non_image_files_are_skipped_and_counted(tiny_data: Path,
-                                                             tmp_path: Path) -> None:
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
     (data / "train" / "1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     (data / "val" / "2" / "notes.jpg").write_text("this is text, not a JPEG")
-    config = tiny_config(tmp_path / "cfg", data, epochs=2)
-    result = train(config, progress=False)
+    config = tiny_config(tmp_path / "cfg", data, epochs=6, extra=(
+        "early_stopping = {'patience': 1, 'min_delta': 10.0, 'monitor': 'val_loss'}\n"
+        "mixed_precision = 'off'\nchannels_last = False\n"))
+    result = train(config, work_dir=tmp_path / "w", progress=False)
+    assert result.stopped_by == "early_stopping" and result.epochs_run == 2
+    assert (result.run_dir / "models" / "last_model.pth").is_file()
     assert sorted(p.name for p in result.skipped_files) == ["broken.png", "notes.jpg"]
-    info = json.loads((result.run_dir / "run.json").read_text())
+    info = json.loads((result.run_dir / "run.json").read_text(encoding="utf-8"))
     assert info["skipped_count"] == {"train": 1, "val": 1}
     assert any(p.endswith("broken.png") for p in info["skipped_files"])
+    assert result.best_checkpoint is not None
+    assert info["settings"]["mixed_precision"] == "off"
+    assert info["settings"]["mixed_precision_resolved"] == "off"
+    assert info["settings"]["channels_last_resolved"] is False
+    ckpt, _ = read_checkpoint(result.best_checkpoint)
+    assert all(v.dtype != torch.bfloat16 for v in ckpt["model_state_dict"].values())
+    with open(result.run_dir / "training_metrics.csv", encoding="utf-8") as f:
+        row = next(csv.DictReader(f))
+    assert float(row["images_per_second"]) > 0
 
 
 def test_ctrl_c_saves_last_model_and_exits_130(tiny_data: Path, tmp_path: Path,
@@ -220,39 +238,6 @@ def test_cuda_without_gpu_is_a_clear_error(tiny_data: Path, tmp_path: Path,
     code, err = _cli_error(["train", "-c", str(tiny_config(tmp_path, tiny_data)),
                             "--device", "cuda:0"], capsys)
     assert code == 2 and "no CUDA GPU" in err
-
-
-def test_mixed_precision_off_trains_in_fp32_and_is_recorded(tiny_data: Path,
-                                                             tmp_path: Path) -> None:
-    import torch
-
-    from pochitrain.checkpoint import read_checkpoint
-
-    config = tiny_config(tmp_path, tiny_data,
-                          extra="mixed_precision = 'off'\nchannels_last = False\n")
-    result = train(config, work_dir=tmp_path / "w", progress=False)
-    assert result.stopped_by == "completed" and result.best_checkpoint is not None
-    info = json.loads((result.run_dir / "run.json").read_text(encoding="utf-8"))
-    assert info["settings"]["mixed_precision"] == "off"
-    assert info["settings"]["mixed_precision_resolved"] == "off"
-    assert info["settings"]["channels_last_resolved"] is False
-    ckpt, _ = read_checkpoint(result.best_checkpoint)
-    assert all(v.dtype != torch.bfloat16 for v in ckpt["model_state_dict"].values())
-    with open(result.run_dir / "training_metrics.csv", encoding="utf-8") as f:
-        row = next(csv.DictReader(f))
-    assert float(row["images_per_second"]) > 0
-
-
-def test_auto_precision_on_the_cpu_is_fp32(tiny_data: Path, tmp_path: Path) -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
-    result = train(tiny_config(tmp_path, tiny_data), work_dir=tmp_path / "w", progress=False)
-    info = json.loads((result.run_dir / "run.json").read_text(encoding="utf-8"))
-    assert info["settings"]["mixed_precision"] == "auto"
-    assert info["settings"]["mixed_precision_resolved"] == "off"
-    assert info["settings"]["channels_last_resolved"] is False
 
 
 @pytest.mark.parametrize("asked", ["bf16", "fp16"])
