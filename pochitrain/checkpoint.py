@@ -4,13 +4,9 @@ Our checkpoints are plain dicts of tensors, strings, numbers and lists (``format
 ``CHECKPOINT_FORMAT``, the metadata under ``meta``), so they load with
 ``torch.load(weights_only=True)``.
 
-The original pochitrain (v1.8.3) wrote ``{"epoch", "model_state_dict",
-"optimizer_state_dict", "best_accuracy"}`` (or a bare state dict) whose keys carry a
-``model.`` prefix, and no class names, config or preprocessing. Those come from the training
-config, found as the original found it (``-c`` first): ``pochi infer``
-``<model>/../../config.py``; ``export-onnx`` ``<model>/../config.py`` then
-``<model>/../../config.py``. Class names are the training folder's class sub-folders (the
-original's ``num_classes`` was overwritten with their count).
+The original pochitrain (v1.8.3) wrote ``{"epoch", "model_state_dict", "optimizer_state_dict",
+"best_accuracy"}`` (or a bare state dict) with ``model.``-prefixed keys and no metadata: that
+comes from the training config, found where the original looked (``find_original_config``).
 """
 
 from __future__ import annotations
@@ -90,14 +86,9 @@ def load_model(path: Path | str, device: str = "cpu", *, config: Path | str | No
                verb: str = "infer", model_name: str | None = None,
                num_classes: int | None = None,
                settings_of: SettingsOf | None = None) -> tuple[nn.Module, ModelMeta]:
-    """Rebuild the model of a checkpoint, in eval mode on ``device``.
-
-    ModelFileError when the metadata (model name, number of classes) does not fit the weights.
-    A checkpoint of the original pochitrain takes its metadata from ``config`` or the config
-    the original would have found for ``verb`` (:func:`load_original`), read with
-    ``settings_of`` (default ``config.load_config``; the model facade passes the config it
-    already holds, so the config is executed once).
-    """
+    """Rebuild the model of a checkpoint, in eval mode on ``device``. An original checkpoint
+    takes its metadata from ``config`` or the one found for ``verb``, read with ``settings_of``
+    (the model facade passes the config it already holds, so it is executed once)."""
     try:
         payload, meta = read_checkpoint(path)
     except OriginalCheckpointError as exc:
@@ -232,21 +223,16 @@ def as_original(payload: Any) -> OriginalCheckpoint | None:
                               float(best) if isinstance(best, (int, float)) else None)
 
 
-def original_config_candidates(model_path: Path, verb: str) -> list[Path]:
-    """Where the original looked for the config of a model file (reference 2.3)."""
-    model_path = Path(model_path).expanduser().resolve()
-    if verb == "export-onnx":
-        return [model_path.parent / "config.py", model_path.parent.parent / "config.py"]
-    return [model_path.parent.parent / "config.py"]
-
-
 def find_original_config(model_path: Path, config: Path | str | None, verb: str,
                          option: str = "-c/--config-path") -> Path:
-    """``config`` when given, else the first existing candidate; ConfigError naming the files
-    looked for and the option to pass."""
+    """``config`` when given, else the first config where the original looked (reference
+    2.3); ConfigError naming the files looked for and the option to pass."""
     if config is not None:
         return Path(config)
-    candidates = original_config_candidates(model_path, verb)
+    folder = Path(model_path).expanduser().resolve().parent
+    candidates = [folder.parent / "config.py"]
+    if verb == "export-onnx":
+        candidates.insert(0, folder / "config.py")
     for candidate in candidates:
         if candidate.is_file():
             return candidate

@@ -1,22 +1,14 @@
 """Training config files: a Python file of module-level variables -> validated ``Settings``.
 
 The config is executed as Python (so transforms are real torchvision objects). Names starting
-with ``_`` and imported modules, functions and classes are ignored (except ``train_transform``
-and ``val_transform``, which are checked as transforms); every other module-level name must be
-a known key. Relative paths (``train_data_root``, ``val_data_root``, ``work_dir``) are
-tried against the working directory (the original pochitrain's meaning) and the config's folder
-(so a config works from any directory): see :mod:`pochitrain.config_paths`. ``work_dir``
-follows the data folders: the working directory when a data folder was found there, else the
-config's folder.
-
-``device`` is validated here but resolved (``auto`` -> cuda/cpu, ``cuda`` without a GPU -> error)
-only by :func:`resolve_device`, which training calls: inference and conversion may read a config
-written on a GPU machine on a CPU-only one.
+with ``_`` and imported modules, functions and classes are ignored (except the transforms);
+every other module-level name must be a known key. Relative paths: :mod:`config_paths`.
+``device`` is only validated here; :func:`resolve_device`, which training calls, resolves it,
+so inference may read a config written on a GPU machine on a CPU-only one.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 import runpy
 import traceback
@@ -40,6 +32,7 @@ from pochitrain.config_checks import (
     check_scheduler,
     check_transform,
     check_val_split,
+    did_you_mean,
     type_error,
 )
 from pochitrain.config_paths import (
@@ -138,10 +131,9 @@ KEYS = tuple(f.name for f in fields(Settings) if f.name != "config_path")
 def _check_known_keys(raw: dict[str, Any], config_path: Path) -> None:
     for key in raw:
         if key not in KEYS:
-            near = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.6)
-            hint = f" Did you mean {near[0]!r}?" if near else ""
             raise ConfigError("不明な config のキーがあります\n"
-                              f"Unknown config key {key!r} in {config_path}.{hint}",
+                              f"Unknown config key {key!r} in {config_path}."
+                              f"{did_you_mean(key, KEYS)}",
                               f"Valid keys: {', '.join(KEYS)}. Rename it, or start helper "
                               "names with '_' so they are ignored.")
 
@@ -241,10 +233,7 @@ def _exec_error(path: Path, exc: BaseException) -> ConfigError:
 
 def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Settings:
     """Run a config file and return its validated ``Settings``; ConfigError on any problem.
-
-    ``overrides`` (e.g. ``{"epochs": 3}`` from the command line) replace the file's values and
-    are validated the same way.
-    """
+    ``overrides`` (``{"epochs": 3}`` from the command line) are validated the same way."""
     path = Path(path_argument("config", path, "'configs/pochi_train_config.py'") or "")
     path = path.expanduser()
     if not path.exists():
@@ -282,11 +271,8 @@ def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Se
 
 
 def resolve_device(device: str, flag: str | None = None) -> str:
-    """'auto' -> 'cuda' when available else 'cpu'; 'cuda[:N]' without that GPU is an error.
-
-    ``flag``: the command-line option the value came from (e.g. "--device"). Errors then name
-    the option (UsageError / BackendMissingError) instead of the config key (ConfigError).
-    """
+    """'auto' -> 'cuda' when available else 'cpu'; 'cuda[:N]' without that GPU is an error
+    naming ``flag`` (the command-line option, e.g. "--device") or else the config key."""
     import torch
 
     where = f"{flag} {device}" if flag else f"device = {device!r}"

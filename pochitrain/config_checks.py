@@ -39,15 +39,24 @@ def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def did_you_mean(word: Any, choices: Any, cutoff: float = 0.6) -> str:
+    """The " Did you mean 'x'?" hint for the closest of ``choices``, or an empty string."""
+    near = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=cutoff)
+    return f" Did you mean {near[0]!r}?" if near else ""
+
+
 def check_choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
     if isinstance(value, str):
         lookup = {c.lower(): c for c in choices}
         if value.lower() in lookup:
             return lookup[value.lower()]
-    near = difflib.get_close_matches(str(value), choices, n=1)
-    hint = f" Did you mean {near[0]!r}?" if near else ""
     raise ConfigError("config のキーに対応していない値が指定されています\n"
-                      f"config key {key!r} has an unsupported value {value!r}.{hint}",
+                      f"config key {key!r} has an unsupported value {value!r}."
+                      f"{did_you_mean(value, choices)}",
                       f"Allowed values for {key}: {', '.join(choices)}.")
 
 
@@ -66,8 +75,7 @@ def check_int(key: str, value: Any, minimum: int, allow_none: bool = False,
 
 
 def check_float(key: str, value: Any, minimum: float, strict: bool) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or (value <= minimum if strict else value < minimum):
+    if not is_number(value) or not math.isfinite(value) or (value <= minimum if strict else value < minimum):
         raise type_error(key, value, f"a finite number {'>' if strict else '>='} {minimum}")
     return float(value)
 
@@ -155,10 +163,9 @@ def check_scheduler(value: Any, params: Any, epochs: int) -> tuple[str | None, d
         params.setdefault("T_max", epochs)
     for key in params:
         if key not in accepted:
-            near = difflib.get_close_matches(key, accepted, n=1)
-            hint = f" Did you mean {near[0]!r}?" if near else ""
             raise ConfigError("scheduler が受け付けない scheduler_params があります\n"
-                              f"scheduler_params has {key!r}, which {name} does not take.{hint}",
+                              f"scheduler_params has {key!r}, which {name} does not take."
+                              f"{did_you_mean(key, accepted)}",
                               f"{name} takes: {', '.join(accepted)}.")
     required = [p.name for p in sig.parameters.values()
                 if p.name in accepted and p.default is inspect.Parameter.empty
@@ -174,17 +181,13 @@ def check_scheduler(value: Any, params: Any, epochs: int) -> tuple[str | None, d
     return name, params
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def _check_scheduler_value(key: str, v: Any) -> None:
     """Every argument of the supported schedulers is a number (milestones: a list of them)."""
     if key == "milestones":
         if isinstance(v, (list, tuple)) and all(is_int(m) for m in v):
             return
         expected, example = "a list of whole numbers (epochs)", "[10, 20]"
-    elif _is_number(v):
+    elif is_number(v):
         return
     else:
         expected, example = "a number", "10"
@@ -223,7 +226,6 @@ def _try_scheduler(cls: Any, name: str, params: dict[str, Any]) -> None:
             f"scheduler {name} fails with scheduler_params = {params!r}: "
             f"{type(exc).__name__}: {exc}",
             f"Fix the scheduler_params values (see torch.optim.lr_scheduler.{name}).") from None
-
 
 
 def check_training_batch(batch_size: int, processes: int = 1,
@@ -269,10 +271,9 @@ def check_early_stopping(value: Any) -> dict[str, Any] | None:
     allowed = ("patience", "min_delta", "monitor", "enabled")
     for key in value:
         if key not in allowed:
-            near = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f" Did you mean {near[0]!r}?" if near else ""
             raise ConfigError("early_stopping に不明なキーがあります\n"
-                              f"early_stopping has an unknown key {key!r}.{hint}",
+                              f"early_stopping has an unknown key {key!r}."
+                              f"{did_you_mean(key, allowed)}",
                               f"early_stopping keys: {', '.join(allowed)}.")
     original = "enabled" in value
     defaults = ORIGINAL_ES_DEFAULTS if original else {"patience": 5, "min_delta": 0.0,
@@ -332,8 +333,7 @@ def check_class_weights(cw: Any) -> list[float] | str | None:
     if cw is None or cw == "balanced":
         return cw
     if (not isinstance(cw, (list, tuple)) or not cw
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
-                       for v in cw)):
+            or not all(is_number(v) and v >= 0 for v in cw)):
         raise type_error("class_weights", cw, "None, 'balanced' (inverse class frequency) or "
                           "a list of non-negative numbers, one per class in sorted "
                           "class-folder order")

@@ -7,11 +7,18 @@ ignored a typo or fell back to a default, this module names the problem instead.
 
 from __future__ import annotations
 
-import difflib
 import re
 from typing import Any
 
-from pochitrain.config_checks import check_choice, check_float, check_int, is_int, type_error
+from pochitrain.config_checks import (
+    check_choice,
+    check_float,
+    check_int,
+    did_you_mean,
+    is_int,
+    is_number,
+    type_error,
+)
 from pochitrain.errors import ConfigError
 
 # The original's ResNetLayerGrouper: first substring match in this order, else "other".
@@ -35,10 +42,8 @@ SEARCH_TYPES = ("float", "int", "categorical")
 
 
 def _unknown(where: str, key: Any, allowed: tuple[str, ...] | list[str]) -> ConfigError:
-    near = difflib.get_close_matches(str(key), list(allowed), n=1)
-    hint = f" Did you mean {near[0]!r}?" if near else ""
     return ConfigError("不明なキーがあります\n"
-                       f"{where} has an unknown key {key!r}.{hint}",
+                       f"{where} has an unknown key {key!r}.{did_you_mean(key, allowed)}",
                        f"{where} keys: {', '.join(allowed)}.")
 
 
@@ -72,7 +77,7 @@ def check_mean_std(key: str, value: Any) -> list[float] | None:
     if value is None:
         return None
     ok = (isinstance(value, (list, tuple)) and len(value) == 3
-          and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+          and all(is_number(v) for v in value))
     if not ok or (key == "std" and min(value) <= 0):
         raise type_error(key, value, "three numbers, one per RGB channel"
                          + (" (each > 0)" if key == "std" else ""))
@@ -92,11 +97,10 @@ def check_layer_wise_lr(enabled: bool, value: Any) -> dict[str, Any]:
     rates = _dict("layer_wise_lr_config['layer_rates']", rates, "{'fc': 0.01}")
     for group, lr in rates.items():
         if group not in LAYER_GROUPS:
-            near = difflib.get_close_matches(group, LAYER_GROUPS, n=1)
-            hint = f" Did you mean {near[0]!r}?" if near else ""
             raise ConfigError(
                 "layer_rates に不明なグループがあります\n"
-                f"layer_wise_lr_config['layer_rates'] has an unknown group {group!r}.{hint}",
+                f"layer_wise_lr_config['layer_rates'] has an unknown group {group!r}."
+                f"{did_you_mean(group, LAYER_GROUPS)}",
                 f"Groups (matched in this order, as in the original pochitrain): "
                 f"{', '.join(LAYER_GROUPS)}.")
         check_float(f"layer_wise_lr_config['layer_rates'][{group!r}]", lr, 0.0, strict=True)
@@ -154,17 +158,15 @@ def check_confusion_matrix_config(value: Any) -> dict[str, Any] | None:
         out[key] = check_float(f"{where}[{key!r}]", out[key], 0.0, strict=True)
     size = out["figsize"]
     if (not isinstance(size, (list, tuple)) or len(size) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-                       for v in size)):
+            or not all(is_number(v) and v > 0 for v in size)):
         raise type_error(f"{where}['figsize']", size, "(width, height) in inches, e.g. (8, 6)")
     out["figsize"] = (float(size[0]), float(size[1]))
     import matplotlib
 
     if out["cmap"] not in matplotlib.colormaps:
-        near = difflib.get_close_matches(out["cmap"], list(matplotlib.colormaps), n=1)
-        hint = f" Did you mean {near[0]!r}?" if near else ""
         raise ConfigError("cmap が matplotlib のカラーマップではありません\n"
-                          f"{where}['cmap'] is not a matplotlib colormap: {out['cmap']!r}.{hint}",
+                          f"{where}['cmap'] is not a matplotlib colormap: {out['cmap']!r}."
+                          f"{did_you_mean(out['cmap'], matplotlib.colormaps)}",
                           "Use a name such as 'Blues', 'viridis' or 'YlOrRd'.")
     return out
 
@@ -190,8 +192,7 @@ def _check_range(w: str, kind: str, spec: dict[str, Any]) -> None:
     """A float / int range: the types first, then what Optuna would refuse in the first
     trial (a log range from 0 or below, ``step`` with ``log``)."""
     expected = "a whole number" if kind == "int" else "a number"
-    number = is_int if kind == "int" else (
-        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
+    number = is_int if kind == "int" else is_number
     for key in ("low", "high"):
         if not number(spec.get(key)):
             raise type_error(f"{w}[{key!r}]", spec.get(key), expected)

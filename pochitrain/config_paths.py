@@ -62,11 +62,8 @@ class ResolvedPath:
 
 def resolve_relative(key: str, value: str | Path, base: Path, source: Path,
                      must_exist: bool = False) -> ResolvedPath:
-    """Resolve ``value`` (the ``key`` of file ``source``) as described in the module docstring.
-
-    ``base``: the folder the file's own paths are relative to. ``must_exist``: raise
-    MissingPathError instead of returning an anchor of "missing".
-    """
+    """Resolve ``value`` (the ``key`` of file ``source``) as the module docstring says;
+    ``base``: the folder the file's own paths are relative to."""
     text = str(value)
     path = Path(text).expanduser()
     if path.is_absolute():
@@ -95,12 +92,8 @@ def resolve_relative(key: str, value: str | Path, base: Path, source: Path,
 
 def resolve_config_paths(values: dict[str, Any], config_dir: Path, config_path: Path | None
                          ) -> tuple[dict[str, str], dict[str, ResolvedPath]]:
-    """The config's path keys (``PATH_KEYS``) resolved: (key -> absolute path, key -> the
-    data folders found nowhere). ``config_dir``: the folder the config's paths are relative to.
-
-    A data folder found nowhere falls back on the absolute path a run's run.json recorded for
-    it (the copy of a config trained from another working directory).
-    """
+    """(key -> absolute path, key -> the data folders found nowhere) for ``PATH_KEYS``; a
+    data folder found nowhere falls back on the path the run's run.json recorded for it."""
     source = config_path or config_dir
     paths: dict[str, str] = {}
     missing: dict[str, ResolvedPath] = {}

@@ -61,10 +61,8 @@ def _is_folder(entry: os.DirEntry[str], follow_links: bool = True) -> bool:
 def _typed_children(folder: Path,
                     strict: bool = False) -> list[tuple[str, Path, os.DirEntry[str]]]:
     """(name, path, directory entry) of each entry of ``folder``; none when it cannot be read
-    (as ``Path.rglob`` skips it), unless ``strict``. The paths come from ``iterdir``: made
-    from their parent's, they know their text at once (a path joined from strings parses
-    itself when first used, in the reading threads); the entries give each one's type
-    without a stat."""
+    (as ``Path.rglob`` skips it), unless ``strict``. Paths from ``iterdir`` know their text at
+    once (a joined path parses itself later, in the reading threads); entries spare a stat."""
     try:
         with os.scandir(folder) as listing:
             entries = {entry.name: entry for entry in listing}
@@ -135,13 +133,9 @@ def scan_image_folder(root: Path | str, what: str = "data folder",
 
 def check_classes(folder: ImageFolder, model_classes: list[str],
                   for_training: bool = False) -> None:
-    """Every class folder of the data must be one of the model's classes (matched by name).
-
-    A subset is fine (evaluating on some classes is a normal use): labels are remapped by name
-    (:func:`remap_labels`). Only class folders the model does not know are refused.
-    ``for_training``: ``folder`` is the validation folder and ``model_classes`` the training
-    folder's classes; the message then talks about train_data_root / val_data_root.
-    """
+    """Every class folder of the data must be one of the model's classes (a subset is fine:
+    :func:`remap_labels`). ``for_training``: ``folder`` is val_data_root and
+    ``model_classes`` the training folder's classes."""
     if not folder.labelled:
         return
     unknown = sorted(set(folder.classes) - set(model_classes))
@@ -174,11 +168,8 @@ def remap_labels(folder: ImageFolder, model_classes: list[str]) -> ImageFolder:
 
 
 def pixel_limit_from_env(environ: Mapping[str, str] = os.environ) -> None:
-    """``POCHI_MAX_IMAGE_PIXELS``: PIL's decompression-bomb limit (``none`` or 0: no limit).
-
-    Without it, ``PIL.Image.MAX_IMAGE_PIXELS`` is left as it is (a program embedding
-    pochitrain may set it itself). Images over the limit are skipped as unreadable.
-    """
+    """``POCHI_MAX_IMAGE_PIXELS``: PIL's decompression-bomb limit (``none`` or 0: no limit);
+    unset, ``PIL.Image.MAX_IMAGE_PIXELS`` is left as a program embedding pochitrain set it."""
     text = environ.get(PIXEL_LIMIT_ENV, "").strip()
     if not text:
         return

@@ -1,14 +1,9 @@
 """The model facade: any ``.pth``, ``.onnx`` or ``.engine`` file opened as one ``Model``.
 
 ``open_model`` picks the backend from one table keyed by the file's suffix, resolves the
-model's context once (``resolve.resolve_context``: metadata, preprocessing, class names, the
-run's data root and confusion-matrix style, and where each came from), checks that the
-model file and the preprocessing agree on the image size, and gives the runner, which states
-its own input metadata (``inference.runner.RunnerInput``). ``Model.input_pipeline`` attaches
-the input pipeline; ``Model.probabilities`` is the one chunk / pad / run / softmax.
-
-``pochi infer`` (all runtimes), ``Predictor`` and ``pochi serve`` open models here only, so a
-model file means the same runtime, preprocessing and class names wherever it is used.
+model's context once (``resolve.resolve_context``) and checks that the model file and the
+preprocessing agree on the image size. ``pochi infer``, ``Predictor`` and ``pochi serve`` open
+models here only, so a model file means the same thing wherever it is used.
 """
 
 from __future__ import annotations
@@ -121,15 +116,14 @@ class InputPipeline:
     describe: Callable[[], str]
 
 
+@dataclass(eq=False)
 class Model:
     """One opened model file: its runner, its context, and how batches reach it."""
 
-    def __init__(self, path: Path, backend: Backend, runner: Runner,
-                 context: ModelContext) -> None:
-        self.path = path
-        self.backend = backend
-        self.runner = runner
-        self.context = context
+    path: Path
+    backend: Backend
+    runner: Runner
+    context: ModelContext
 
     @property
     def runtime(self) -> str:
@@ -236,12 +230,8 @@ def open_model(model_path: Path | str, *, config: Path | str | None = None,
                device: str = "auto", providers: list[str] | None = None,
                batch_size: int | None = None, torch_options: TorchOptions | None = None,
                expect_runtime: str | None = None) -> Model:
-    """The ``Model`` of ``model_path``; the backend comes from the file's suffix.
-
-    ``config``: a training config (``-c``) for files without pochitrain metadata, else the
-    run's own ``config.py`` is found beside the model. ``expect_runtime`` ("onnx" for
-    infer-onnx, ...) refuses other file types.
-    """
+    """The ``Model`` of ``model_path``. ``config``: ``-c`` (else the run's ``config.py``
+    beside the model); ``expect_runtime`` ("onnx" for infer-onnx, ...) refuses other files."""
     model_path = Path(model_path)
     backend = backend_for(model_path)
     if expect_runtime is not None and backend.runtime != expect_runtime:

@@ -15,6 +15,7 @@ error (a bad ``confusion_matrix_config`` value, say) is raised as it always was.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import subprocess
@@ -124,10 +125,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
     for pipe in (proc.stdin, proc.stdout):
         if pipe is not None:
-            try:
+            with contextlib.suppress(OSError):
                 pipe.close()
-            except OSError:
-                pass
 
 
 def main() -> int:

@@ -50,14 +50,13 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocess:
+        def ints(key: str) -> list[int] | None:
+            return None if data.get(key) is None else [int(v) for v in data[key]]
+
         try:
             return cls(
                 input_size=[int(v) for v in data["input_size"]],
-                resize=None if data.get("resize") is None else [int(v) for v in data["resize"]],
-                center_crop=(
-                    None if data.get("center_crop") is None
-                    else [int(v) for v in data["center_crop"]]
-                ),
+                resize=ints("resize"), center_crop=ints("center_crop"),
                 interpolation=str(data.get("interpolation", "bilinear")),
                 mean=[float(v) for v in data.get("mean", IMAGENET_MEAN)],
                 std=[float(v) for v in data.get("std", IMAGENET_STD)],
@@ -109,8 +108,7 @@ class Preprocess:
         if self.center_crop is not None:
             image = _center_crop(image, *self.center_crop)
         arr = np.asarray(image, dtype=np.float32) / 255.0
-        mean = np.asarray(self.mean, dtype=np.float32)
-        std = np.asarray(self.std, dtype=np.float32)
+        mean, std = (np.asarray(v, dtype=np.float32) for v in (self.mean, self.std))
         arr = (arr - mean) / std
         return np.ascontiguousarray(arr.transpose(2, 0, 1))
 

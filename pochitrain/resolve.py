@@ -7,12 +7,9 @@ config (``-c``, else ``config.py`` of the run the model belongs to) supplies the
 preprocessing (``val_transform``) and the class names (the run's ``run.json``, else
 ``train_data_root``). Class names never come from the data being inferred.
 
-The config is executed at most once per ``RunConfig`` (executing it imports torch and
-torchvision). Settings recorded in the run's ``run.json`` are read from there when the
-config copy has not been edited since the run, so ``infer-onnx`` never imports torch.
-
-Used by the model facade (``pochi infer``, ``Predictor``, ``pochi serve``), ``export-onnx``,
-``pochi convert`` and INT8 calibration.
+The config is executed at most once per ``RunConfig`` (it imports torch and torchvision);
+settings recorded in the run's ``run.json`` are read from there while the config copy is
+unedited, so ``infer-onnx`` never imports torch.
 """
 
 from __future__ import annotations
@@ -23,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pochitrain.config import NO_VAL_TRANSFORM_JA, class_names_from_config
-from pochitrain.errors import ConfigError
+from pochitrain.errors import ConfigError, PochiError
 from pochitrain.meta import ModelMeta
 from pochitrain.workspace import find_config_near, read_run_json
 
@@ -35,12 +32,12 @@ class NoPreprocessingError(ConfigError):
     """Neither the model file nor a config says how to preprocess images."""
 
 
+@dataclass(eq=False)
 class RunConfig:
     """The config that goes with a model: ``-c`` when given, else ``config.py`` of its run."""
 
-    def __init__(self, path: Path | None, given: bool) -> None:
-        self.path = path
-        self.given = given
+    path: Path | None
+    given: bool
 
     @classmethod
     def for_model(cls, model_path: Path | str, config: Path | str | None = None) -> RunConfig:
@@ -58,12 +55,10 @@ class RunConfig:
     def settings_for(self, path: Path) -> Settings:
         """The settings of the config file ``path``: this config's, read once, when it is the
         same file; else that file read now."""
-        if self.path is not None and Path(path).resolve() == self.path.resolve():
-            settings = self.settings
-            assert settings is not None
-            return settings
         from pochitrain.config import load_config
 
+        if self.path is not None and Path(path).resolve() == self.path.resolve():
+            return self.settings or load_config(path)
         return load_config(path)
 
     @cached_property
@@ -93,15 +88,11 @@ class RunConfig:
 
 @dataclass
 class ModelContext:
-    """A model's resolved context: metadata and the run settings that go with it.
-
-    ``meta``: class names, preprocessing, model name, provenance. ``sources`` says where
-    each part came from (for summaries and messages).
-    """
+    """A model's resolved context: metadata and the run settings that go with it."""
 
     meta: ModelMeta
     config: RunConfig
-    sources: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)  # where each part came from
 
     @property
     def preprocess_from(self) -> str:
@@ -131,8 +122,6 @@ class ModelContext:
     @cached_property
     def benchmark_env_name(self) -> str | None:
         """The config's benchmark_env_name (``--benchmark-json``), if any."""
-        from pochitrain.errors import PochiError
-
         try:
             name = self.config.setting("benchmark_env_name")
         except PochiError:

@@ -236,11 +236,9 @@ def disk_space_guard(path: Path | str | None) -> Iterator[None]:
 
 
 def publish(tmp: Path, final: Path, replace: bool = False, what: str = "Output file") -> None:
-    """Give the finished file ``tmp`` the name ``final`` (same folder); ``tmp`` is gone after.
-
-    Without ``replace`` the name is taken only if it is free, atomically: of two writers that
-    race for one name, one wins and the other gets OutputExistsError.
-    """
+    """Give the finished file ``tmp`` the name ``final`` (same folder). Without ``replace``
+    the name is taken only if it is free, atomically: of two racing writers one wins and the
+    other gets OutputExistsError."""
     try:
         if replace:
             os.replace(tmp, final)
@@ -265,11 +263,8 @@ def publish(tmp: Path, final: Path, replace: bool = False, what: str = "Output f
 
 
 def claim_dir(path: Path, exist_ok: bool = False) -> bool:
-    """Create the folder ``path`` (its parent must exist); True when this call created it.
-
-    Without ``exist_ok`` an existing folder is an OutputExistsError: the folder is this
-    command's alone.
-    """
+    """Create the folder ``path``; True when this call created it. Without ``exist_ok`` an
+    existing folder is an OutputExistsError: the folder is this command's alone."""
     wait_at_test_gate()
     try:
         path.mkdir()
@@ -353,12 +348,8 @@ def claimed_output_dir(path: Path, check: Callable[[Path], None] | None = None,
 @contextlib.contextmanager
 def atomic_path(path: Path | str, replace: bool = True,
                 what: str = "Output file") -> Iterator[Path]:
-    """Yield a temp path beside ``path``; give it the name ``path`` only if the block succeeds
-    (``replace=False``: only if that name is still free, see ``publish``).
-
-    A failure (or Ctrl+C) removes the temp file, so no half-written file is ever left under the
-    final name; a full disk is a DiskFullError naming ``path``.
-    """
+    """Yield a temp path beside ``path`` that gets the name ``path`` only if the block
+    succeeds (see ``publish``); a failure or Ctrl+C removes it, a full disk is a DiskFullError."""
     path = Path(path)
     with disk_space_guard(path):
         try:

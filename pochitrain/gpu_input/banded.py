@@ -185,11 +185,9 @@ def _two_passes(plans: list[_Image], src: torch.Tensor, out: torch.Tensor,
 
 def two_passes(src: torch.Tensor, src_rows: list[list[int]], y: Band, x: Band,
                out: torch.Tensor, norm: torch.Tensor, span: int, vfirst: bool) -> None:
-    """Launch the two kernels over a batch: ``src`` the images' uint8 pixels concatenated,
-    ``src_rows`` one addressing row per image (``triton_kernels``: flat offset, plane stride,
-    row stride, first row, first column, rows, columns), ``span`` the lines the first pass
-    keeps at input resolution, ``out`` (n, 3, H, W) written as ``v * scale - shift`` with
-    ``norm`` = (scale[3], shift[3])."""
+    """Launch the two kernels: ``src`` the images' uint8 pixels concatenated, ``src_rows``
+    one addressing row per image (see ``triton_kernels``), ``span`` the lines the first pass
+    keeps at input resolution, ``out`` (n, 3, H, W) = ``v * scale - shift`` (``norm``)."""
     import torch
 
     from pochitrain.gpu_input import triton_kernels as kernels  # imports triton: when used

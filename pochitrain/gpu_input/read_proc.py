@@ -16,6 +16,7 @@ imports nothing heavy: it is the helper's program.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import subprocess
@@ -65,16 +66,13 @@ def serve(conn: Connection, buf: memoryview, limit: int | None) -> None:
         answers = []
         for path in paths:
             kind, off, size = "other", 0, 0
-            try:
-                with open(path, "rb", buffering=0) as f:
-                    size = os.fstat(f.fileno()).st_size
-                    if 0 < size <= end - at and f.readinto(buf[at:at + size]) == size:
-                        data = buf[at:at + size]
-                        if is_complete_jpeg(data) and header_verdict(data, limit) is True:
-                            kind, off = "jpeg", at
-                            at += size
-            except OSError:
-                pass
+            with contextlib.suppress(OSError), open(path, "rb", buffering=0) as f:
+                size = os.fstat(f.fileno()).st_size
+                if 0 < size <= end - at and f.readinto(buf[at:at + size]) == size:
+                    data = buf[at:at + size]
+                    if is_complete_jpeg(data) and header_verdict(data, limit) is True:
+                        kind, off = "jpeg", at
+                        at += size
             answers.append((kind, off, size))
         conn.send((slot, answers))
 
@@ -131,10 +129,8 @@ class ReaderProcess:
         self._proc.wait()
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._conn.send(None)
-        except OSError:
-            pass
         self._conn.close()
         try:
             self._proc.wait(timeout=5)
@@ -142,10 +138,8 @@ class ReaderProcess:
             self._proc.kill()
             self._proc.wait()
         self.view = None
-        try:
+        with contextlib.suppress(BufferError):  # a tensor view still alive: the GC unmaps it
             self._buf.close()
-        except BufferError:  # a tensor view still alive somewhere: the GC unmaps it later
-            pass
 
 
 @dataclass

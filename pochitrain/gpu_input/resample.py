@@ -13,7 +13,6 @@ most, on rare pixels). Nearest (PIL's affine nearest) is a one-hot matrix.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -25,18 +24,11 @@ SUPPORT = {"bilinear": 1.0, "bicubic": 2.0}  # filter support radius, in source 
 PRECISION_BITS = 32 - 8 - 2  # PIL's fixed-point precision for 8-bit images
 
 
-@lru_cache(maxsize=8)
-def _resize_step(resize: tuple[int, ...]) -> Preprocess:
-    from pochitrain.preprocess import Preprocess
-
-    return Preprocess(input_size=[0, 0], resize=list(resize))
-
-
 def resized_hw(preprocess: Preprocess, h: int, w: int) -> tuple[int, int]:
     """(h, w) of an h x w image after the resize step alone (before any crop)."""
-    if preprocess.resize is None:
-        return h, w
-    return _resize_step(tuple(preprocess.resize)).output_size(w, h)
+    from pochitrain.preprocess import resized_size
+
+    return (h, w) if preprocess.resize is None else resized_size(h, w, preprocess.resize)
 
 
 def geometry(preprocess: Preprocess, h: int, w: int) -> tuple[int, int, int, int]:

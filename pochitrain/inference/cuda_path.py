@@ -1,36 +1,13 @@
 """The one CUDA path shared by the GPU runners (PyTorch and TensorRT), built on ``torch.cuda``.
 
-Per batch: copy the float NCHW batch into a pinned host buffer, copy it to the device
-asynchronously on a non-default stream, run the model call between two CUDA events ("pure"
-time), copy the logits back into a pinned host buffer asynchronously, synchronize once.
-``submit`` queues all of that and returns; its result is read later, so the next batch is
-queued while this one runs (``runner.IN_FLIGHT`` batches at most, each with its buffers).
-
-Only the model call differs between runtimes. It has the signature
-``call(d_in, d_out, stream) -> torch.Tensor | None``:
-
-- ``d_in``: device tensor (N, C, H, W) holding the batch, in the batch's dtype;
-- ``d_out``: a preallocated device tensor of ``out_shape`` when ``run`` was given one
-  (TensorRT writes into it), otherwise ``None`` and the call returns its device output;
-- ``stream``: the ``torch.cuda.Stream`` the work must be queued on. The call runs inside
-  ``torch.cuda.stream(stream)``, so PyTorch ops land there; TensorRT passes
-  ``stream.cuda_stream`` to ``execute_async_v3``.
-
-PyTorch on the GPU::
-
-    pipe = CudaBatchPipe("cuda")
-    logits, pure_s = pipe.run(batch, torch_call(model))
-
-TensorRT (see ``pochitrain.inference.trt_runner``)::
-
-    logits, pure_s = pipe.run(batch, execute, out_shape=(n, num_classes), out_dtype=np.float32)
-
-Buffers are sized by the largest batch seen and reused, so the last, smaller batch needs no
-padding. A batch that is already a CUDA tensor (the GPU input pipeline,
-``pochitrain.gpu_input``) skips the host staging and the H2D copy.
-``torch_call`` takes autocast precision and channels_last; ``CudaGraphCall`` wraps any model
-call (PyTorch or TensorRT) in CUDA graph replay for fixed batch shapes.
-The module imports without CUDA; using the pipe without it raises BackendMissingError.
+Per batch: pinned host buffer -> async copy to the device on a non-default stream -> the model
+call between two CUDA events ("pure" time) -> async copy back -> one synchronize. ``submit``
+queues that and returns, so the next batch is queued while this one runs (``IN_FLIGHT`` at
+most, each with its own buffers, sized by the largest batch seen). A batch that is already a
+CUDA tensor (``pochitrain.gpu_input``) skips the staging. Only the model call differs between
+runtimes: ``call(d_in, d_out, stream)`` fills ``d_out`` (TensorRT) or, when no ``out_shape``
+was given, returns its device output (PyTorch, ``torch_call``); ``CudaGraphCall`` replays any
+call from a captured CUDA graph. Without CUDA the pipe raises BackendMissingError.
 """
 
 from __future__ import annotations
@@ -80,11 +57,8 @@ def require_cuda(device: str = "cuda") -> str:
 
 
 def torch_call(model: Any, amp_dtype: Any = None, channels_last: bool = False) -> ModelCall:
-    """The model call for a PyTorch module already on its device.
-
-    ``amp_dtype`` (torch.float16 / torch.bfloat16): autocast; logits come back as float32.
-    ``channels_last``: the input is made NHWC (the model must be converted by the caller).
-    """
+    """The model call for a PyTorch module already on its device; ``amp_dtype``: autocast
+    (logits come back as float32); ``channels_last``: NHWC input (for a converted model)."""
     import torch
 
     def call(d_in: torch.Tensor, d_out: torch.Tensor | None, stream: Any) -> torch.Tensor | None:
@@ -105,14 +79,10 @@ def torch_call(model: Any, amp_dtype: Any = None, channels_last: bool = False) -
 
 
 class CudaGraphCall:
-    """A model call replayed from a captured CUDA graph, one graph per input shape.
-
-    The first batch of a shape is run twice eagerly (cuDNN autotuning, lazy init), then
-    captured on the pipe's stream; later batches of that shape are copied into the static
-    input and replayed, which removes the per-kernel launch cost (batch 1 and 32 gain most).
-    At most ``max_graphs`` shapes are captured (the batch size and the last, smaller batch);
-    others run eagerly.
-    """
+    """A model call replayed from a captured CUDA graph, one graph per input shape (at most
+    ``max_graphs``: the batch size and the last, smaller batch; others run eagerly). A shape
+    runs twice eagerly first (cuDNN autotuning, lazy init); replay removes the per-kernel
+    launch cost."""
 
     def __init__(self, call: ModelCall, max_graphs: int = 2) -> None:
         self.call = call

@@ -1,11 +1,8 @@
 """One inference loop for every runtime, so results and timings are comparable.
 
-decode + preprocess (a small thread pool runs ahead of the model, bounded) -> batch ->
-``Runner.run`` (queued one batch ahead where the runner can, ``runner.submit``) -> softmax ->
-records.  "Pure" time is what the runner reports for the model
-call alone; "end-to-end" is the wall clock of the whole timed loop (decode, preprocess, copies,
-model, postprocess). Warm-up runs, on a blank batch of the first batch's shape while the first
-batch is being prepared, happen before the timed loop and are not part of the results.
+decode + preprocess (a bounded thread pool runs ahead) -> batch -> runner (queued one batch
+ahead where it can) -> softmax -> records. "Pure" time is the runner's model call alone,
+"end-to-end" the wall clock of the whole timed loop; warm-up runs are not part of either.
 """
 
 from __future__ import annotations
@@ -121,11 +118,8 @@ BatchSource = Callable[[list[tuple[Path, int]], int], Iterator[InputBatch]]
 def run_inference(runner: Runner, folder: ImageFolder, preprocess: Preprocess,
                   batch_size: int, class_names: list[str], warmup_runs: int = 2,
                   progress: bool = True, batches: BatchSource | None = None) -> InferenceResult:
-    """Run ``runner`` over every image of ``folder`` (labels already in model order).
-
-    ``batches(samples, batch_size)`` replaces the CPU (PIL) input path, e.g. with
-    ``gpu_input.GpuBatches`` whose batches are already CUDA tensors.
-    """
+    """Run ``runner`` over every image of ``folder`` (labels in model order); ``batches``
+    replaces the CPU (PIL) input path, e.g. with ``gpu_input.GpuBatches``."""
     runner.check_batch_size(batch_size)
     result = InferenceResult(runner.name, list(class_names), batch_size=batch_size)
     samples = list(folder.samples)

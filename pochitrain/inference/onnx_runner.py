@@ -1,9 +1,7 @@
 """ONNX Runtime runner: CPU by default, CUDA / TensorRT execution providers when asked.
 
-Static-batch models (every input dim fixed, spec pattern 3) only serve ``--batch-size`` equal
-to their batch. The shared loop's last batch may be shorter: it is padded up to the fixed
-batch here and the padded rows are dropped from the output, so every returned logit belongs
-to a real image. Any other batch size is refused (UsageError), never padded or split silently.
+A static-batch model (spec pattern 3) serves only its own ``--batch-size``; the loop's last,
+shorter batch is padded up to it and the padded rows dropped from the output.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ import numpy as np
 
 from pochitrain.batching import pad_to
 from pochitrain.errors import BackendMissingError, ShapeError, UsageError
-from pochitrain.inference.runner import RunnerInput
+from pochitrain.inference.runner import RunnerInput, check_positive_batch
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -98,9 +96,7 @@ class OnnxRunner:
         return graph_precision(self.info.path)
 
     def check_batch_size(self, batch_size: int) -> None:
-        if batch_size < 1:
-            raise UsageError("--batch-size は 1 以上にしてください\n"
-                             f"--batch-size must be 1 or more, got {batch_size}.")
+        check_positive_batch(batch_size)
         if self.fixed_batch is not None and batch_size != self.fixed_batch:
             raise UsageError(
                 "このモデルはバッチサイズが固定されています\n"
@@ -211,12 +207,9 @@ def _gpu_visible() -> bool:
 
 def open_onnx_runner(path: Path | str, providers: list[str] | None = None,
                      threads: int | None = None) -> tuple[OnnxRunner, OnnxInfo]:
-    """Check ``path`` with read_onnx, then open an ONNX Runtime session on it.
-
-    providers: e.g. ["cuda"], ["tensorrt", "cuda"] or full provider names. None (auto): CUDA
-    when onnxruntime-gpu and an NVIDIA GPU are present (falling back to the CPU, with a
-    notice, when CUDA cannot start), else the CPU.
-    """
+    """Check ``path`` with read_onnx, then open an ONNX Runtime session on it. ``providers``
+    None: CUDA when onnxruntime-gpu and an NVIDIA GPU are present (else, or when CUDA cannot
+    start, the CPU with a notice)."""
     from pochitrain.onnx.inspect import read_onnx
     from pochitrain.onnx.session import open_session
 

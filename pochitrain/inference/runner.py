@@ -1,9 +1,5 @@
-"""The Runner protocol: what every runtime (PyTorch, ONNX Runtime, TensorRT) provides.
-
-The shared loop (``pochitrain.inference.loop``) decodes and preprocesses images, hands float32
-NCHW batches to ``Runner.run`` and gets float32 logits back, so CSVs, summaries and timings are
-comparable across runtimes.
-"""
+"""The Runner protocol: what every runtime (PyTorch, ONNX Runtime, TensorRT) provides, so
+results and timings of the shared loop (``inference.loop``) compare across runtimes."""
 
 from __future__ import annotations
 
@@ -11,6 +7,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
+
+from pochitrain.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -22,18 +20,13 @@ MAX_WARMUP_RUNS = 1000
 
 @dataclass(frozen=True)
 class RunnerInput:
-    """What a runner's model takes, as the runner states it.
+    """What a runner's model takes, as the runner states it (None: any, or the caller's
+    choice)."""
 
-    ``fixed_batch``: its only batch size (None: any); ``fixed_hw``: the H, W the model file
-    is built for (None: any); ``device``: where its input batches should live ("cpu",
-    "cuda", "cuda:N"); ``default_batch``: the batch the model was built for (an engine
-    profile's opt), None when the caller chooses.
-    """
-
-    fixed_batch: int | None
-    fixed_hw: tuple[int, int] | None
-    device: str
-    default_batch: int | None = None
+    fixed_batch: int | None  # its only batch size
+    fixed_hw: tuple[int, int] | None  # the H, W the model file is built for
+    device: str  # where its input batches should live: "cpu", "cuda", "cuda:N"
+    default_batch: int | None = None  # the batch it was built for (an engine profile's opt)
 
 
 class Runner(Protocol):
@@ -42,7 +35,6 @@ class Runner(Protocol):
 
     @property
     def input(self) -> RunnerInput:
-        """The input metadata of the model this runner runs."""
         ...
 
     @property
@@ -51,12 +43,8 @@ class Runner(Protocol):
         ...
 
     def run(self, batch: np.ndarray | torch.Tensor) -> tuple[np.ndarray, float]:
-        """(N, 3, H, W) float32 -> ((N, num_classes) float32 logits, pure seconds).
-
-        ``batch`` is a NumPy array, or a tensor on ``input.device`` from the GPU input
-        pipeline.
-        "Pure" seconds cover the model call alone (CUDA-event time on GPUs).
-        """
+        """(N, 3, H, W) float32 array, or a tensor on ``input.device`` from the GPU input
+        pipeline -> ((N, num_classes) float32 logits, seconds of the model call alone)."""
         ...
 
     def check_batch_size(self, batch_size: int) -> None:
@@ -72,6 +60,12 @@ class Runner(Protocol):
 
 
 IN_FLIGHT = 2  # batches queued on a runner at once (its CUDA path keeps buffers for each)
+
+
+def check_positive_batch(batch_size: int) -> None:
+    if batch_size < 1:
+        raise UsageError("--batch-size は 1 以上にしてください\n"
+                         f"--batch-size must be 1 or more, got {batch_size}.")
 
 
 class Pending(Protocol):

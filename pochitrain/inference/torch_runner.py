@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pochitrain.errors import GpuMemoryError, UsageError
-from pochitrain.inference.runner import Done, Pending, RunnerInput
+from pochitrain.inference.runner import Done, Pending, RunnerInput, check_positive_batch
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -94,9 +94,7 @@ class TorchRunner:
         return self.options.precision if self.device.startswith("cuda") else "fp32"
 
     def check_batch_size(self, batch_size: int) -> None:
-        if batch_size < 1:
-            raise UsageError("--batch-size は 1 以上にしてください\n"
-                             f"--batch-size must be 1 or more, got {batch_size}.")
+        check_positive_batch(batch_size)
 
     def _model_call(self) -> Any:
         if self._call is None:

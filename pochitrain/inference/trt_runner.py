@@ -253,11 +253,8 @@ def _load_error(path: Path, meta: dict[str, Any], backend: str, installed: str, 
 
 def open_trt_runner(engine_path: Path | str, batch_size: int | None = None, *,
                     trt: Any = None, pipe: BatchPipe | None = None) -> OpenedEngine:
-    """Load ``engine_path`` -> (runner, its sidecar metadata ``<engine>.json`` as a dict).
-
-    ``batch_size`` defaults to the profile's opt and must lie within its min..max.
-    ``trt`` / ``pipe`` replace the backend module and the CUDA path (tests).
-    """
+    """(runner, the sidecar ``<engine>.json`` as a dict); ``batch_size`` must lie within the
+    profile; ``trt`` / ``pipe`` replace the backend module and the CUDA path (tests)."""
     path = Path(engine_path)
     meta = _read_sidecar(path)
     gpu = "injected pipe"

@@ -1,12 +1,8 @@
 """Calibration data for the INT8 pass: where it comes from, which images, and the cache key.
 
-Everything here is deterministic: the same folder, options and ONNX give the same calibration
-images, the same held-out images and the same cache key on every machine.
-
-Selection (``split_samples``): each class folder (or the whole flat folder) is shuffled with a
-fixed seed; ``HOLDOUT_FRACTION`` of every class is reserved for the accuracy check and never
-calibrated on; the rest is the calibration pool. Both lists are interleaved over classes so
-that any prefix is stratified (class shares proportional to the folder's).
+Deterministic: the same folder, options and ONNX give the same calibration and held-out images
+and the same cache key on every machine. ``HOLDOUT_FRACTION`` of every class is never
+calibrated on; both lists are interleaved over classes so that any prefix is stratified.
 """
 
 from __future__ import annotations
@@ -45,12 +41,8 @@ class CalibSource:
 
 def resolve_source(onnx_path: Path, meta: ModelMeta | None, calib_data: Path | None,
                    config_path: Path | None, hw: tuple[int, int]) -> CalibSource:
-    """Calibration folder and preprocessing, from the options, the ONNX metadata or a config.
-
-    Preprocessing: ``resolve.resolve_context`` (the model's metadata, else the config's
-    val_transform). Images: ``--calib-data``, else the config's val_data_root (config: ``-c``,
-    else the run's). ``hw`` is the engine's input H, W.
-    """
+    """Calibration folder (``--calib-data``, else the config's val_data_root) and
+    preprocessing (``resolve.resolve_context``) at the engine's input ``hw``."""
     from pochitrain.resolve import NoPreprocessingError, RunConfig, resolve_context
 
     run_config = RunConfig.for_model(onnx_path, config_path)  # executed at most once
@@ -132,11 +124,8 @@ def split_samples(folder: ImageFolder, seed: int = SEED,
 
 def load_images(candidates: list[Sample], wanted: int, pre: Preprocess, label: str,
                 ) -> tuple[np.ndarray, list[Sample], list[Path]]:
-    """Decode + preprocess the first ``wanted`` good images of ``candidates``, in order.
-
-    Corrupt files are skipped (and returned) and the next candidate takes their place.
-    Returns (float32 N x 3 x H x W, samples used, corrupt paths).
-    """
+    """(float32 N x 3 x H x W, samples used, corrupt paths) of the first ``wanted`` good
+    images of ``candidates``: a corrupt file is skipped and the next candidate taken."""
     from pochitrain.console import progress_bar
 
     arrays: list[np.ndarray] = []

@@ -76,11 +76,8 @@ def check_opset(opset: int) -> None:
 def export_model(model: nn.Module, path: Path, meta: ModelMeta, input_size: tuple[int, int],
                  shape: ExportShape = ExportShape(), opset: int = DEFAULT_OPSET,
                  producer_version: str = "") -> None:
-    """Export ``model`` (eval mode, CPU) to ``path`` with ``meta`` in metadata_props.
-
-    Uses the TorchScript exporter (dynamo=False): it writes the spec's named dynamic axes
-    directly and needs no extra packages. Its deprecation and tracer warnings are contained.
-    """
+    """Export ``model`` (eval mode, CPU) to ``path`` with ``meta`` in metadata_props, by the
+    TorchScript exporter: it writes the spec's named dynamic axes and needs no extra package."""
     import onnx
     import torch
 

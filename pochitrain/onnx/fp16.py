@@ -1,12 +1,8 @@
 """ONNX -> ONNX FP16 pass: weights and activations in float16, float32 graph input/output.
 
 The engine's precision then follows from the graph alone (strongly typed build), and the same
-file runs in ONNX Runtime, so the cast can be checked on real images before any engine is built.
-
-What changes: float32 initializers and Constant values become float16 (clamped to the float16
-range), Cast(to=float) inside the graph becomes Cast(to=float16), one Cast is added after the
-graph input and one before the graph output. Inputs that ONNX requires to be float32 (Resize
-scales, ...) are left alone.
+file runs in ONNX Runtime, so the cast is checked on real images before any engine is built.
+Inputs that ONNX requires to be float32 (Resize scales, ...) are left alone.
 """
 
 from __future__ import annotations
@@ -160,12 +156,8 @@ def count_float_types(model: Any) -> dict[str, int]:
     """Initializer counts by float dtype, e.g. {"float16": 62, "float32": 0}."""
     from onnx import TensorProto
 
-    names = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16"}
-    counts = {"float32": 0, "float16": 0}
-    for init in model.graph.initializer:
-        if init.data_type in names:
-            counts[names[init.data_type]] += 1
-    return counts
+    types = [init.data_type for init in model.graph.initializer]
+    return {"float32": types.count(TensorProto.FLOAT), "float16": types.count(TensorProto.FLOAT16)}
 
 
 @dataclass
@@ -182,11 +174,8 @@ class Agreement:
 def compare_with_onnxruntime(fp32_path: Path, fp16_path: Path, batch: np.ndarray,
                              threshold: float = MIN_TOP1_AGREEMENT,
                              batch_size: int | None = None) -> Agreement:
-    """Run both graphs with ONNX Runtime (CPU) on ``batch`` (N,3,H,W float32); compare top-1.
-
-    Images go ``batch_size`` at a time (a fully static graph takes only its own batch, padded
-    as ``onnx.session.run_all`` does).
-    """
+    """Run both graphs with ONNX Runtime (CPU) on ``batch``, ``batch_size`` images at a time
+    (see ``session.run_all``); compare top-1."""
     from pochitrain.onnx.session import open_session, run_all, top1_agreement
 
     ref, got = (run_all(open_session(p), batch, batch_size) for p in (fp32_path, fp16_path))

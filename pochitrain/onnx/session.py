@@ -38,12 +38,8 @@ PROVIDER_OPTIONS: dict[str, dict[str, str]] = {
 
 def open_session(path: Path | str, providers: list[str] | None = None,
                  threads: int | None = None) -> Any:
-    """An ``onnxruntime.InferenceSession`` on ``path``.
-
-    ``providers``: full ONNX Runtime provider names (CPU when None). ModelFileError when ONNX
-    Runtime cannot load the graph; BackendMissingError when onnxruntime is missing or a GPU
-    provider silently failed to start.
-    """
+    """An ``onnxruntime.InferenceSession`` on ``path`` (``providers``: full names, CPU when
+    None); BackendMissingError also when a GPU provider silently failed to start."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -86,11 +82,8 @@ def fixed_batch_of(session: Any) -> int | None:
 
 
 def run_all(session: Any, data: np.ndarray, batch: int | None = None) -> np.ndarray:
-    """Logits of every row of ``data`` (N, C, H, W): float32 (N, K).
-
-    Runs in chunks of the graph's fixed batch (padding the last one) or of ``batch``
-    (default ``EVAL_BATCH``) when the batch is dynamic.
-    """
+    """float32 logits of every row of ``data``, in chunks of the graph's fixed batch
+    (the last one padded) or of ``batch`` (``EVAL_BATCH``)."""
     name = session.get_inputs()[0].name
     return run_chunked(lambda chunk: session.run(None, {name: chunk})[0], data,
                        batch or EVAL_BATCH, fixed_batch_of(session))

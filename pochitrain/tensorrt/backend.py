@@ -41,11 +41,8 @@ class Backend:
             return 0
 
     def network_flags(self) -> int:
-        """Flags for ``Builder.create_network``: always a strongly typed network.
-
-        TensorRT-RTX takes 0 (its networks are always strongly typed); TensorRT 10.x needs
-        STRONGLY_TYPED, and TensorRT 11 (where every network is strongly typed) may drop it.
-        """
+        """Flags for a strongly typed network: TensorRT 10.x needs STRONGLY_TYPED; TensorRT-RTX
+        and TensorRT 11 (strongly typed only) take 0 or may drop the flag."""
         if self.is_rtx:
             return 0
         flag = getattr(self.module.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)

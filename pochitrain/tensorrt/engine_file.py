@@ -84,11 +84,8 @@ def sidecar_path(engine_path: Path | str) -> Path:
 
 
 def check_outputs(engine_path: Path, overwrite: bool, notice: bool = True) -> None:
-    """Fail before building when the engine or its sidecar would be clobbered.
-
-    A sidecar whose engine is gone (the user deleted the engine) is an orphan: it describes
-    nothing any more, so it is replaced with a notice instead of blocking the build.
-    """
+    """Fail before building when the engine or its sidecar would be clobbered; a sidecar
+    whose engine is gone describes nothing and is replaced with a notice."""
     if engine_path.is_dir():
         raise UsageError("--output がフォルダです\n"
                          f"--output {engine_path} is a folder.",
@@ -107,13 +104,9 @@ def check_outputs(engine_path: Path, overwrite: bool, notice: bool = True) -> No
 
 def write_engine(engine_path: Path | str, engine_bytes: bytes, meta: dict[str, Any],
                  overwrite: bool) -> None:
-    """Write the engine, then its sidecar, each atomically.
-
-    ``meta["engine_sha256"]`` is filled in here. Without ``overwrite`` the engine takes its
-    name only if it is still free (another build may have finished meanwhile); the sidecar of
-    an engine that got its name is this build's. If the sidecar cannot be written the new
-    engine is removed again, so an engine never appears without its metadata.
-    """
+    """Write the engine, then its sidecar (with ``engine_sha256``), each atomically. Without
+    ``overwrite`` the engine takes its name only if it is still free; when the sidecar cannot
+    be written the engine is removed again: an engine never appears without its metadata."""
     engine_path = Path(engine_path)
     check_outputs(engine_path, overwrite, notice=False)  # said when the build started
     meta = dict(meta, engine_sha256=hashlib.sha256(engine_bytes).hexdigest())
