@@ -246,8 +246,6 @@ class Predict:
             raise shutting_down() from None
         k = min(top_k or body_k or 1, len(self.model.class_names))
         for row in rows:
-            if isinstance(row, Stopping):
-                raise shutting_down()
             if isinstance(row, BadInput):
                 raise row
             if isinstance(row, BaseException):

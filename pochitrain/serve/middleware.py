@@ -1,22 +1,19 @@
 """Pure ASGI middleware around the whole app: admission and limits before any body byte is
 read, per-request metrics and one access-log line per request.
 
-- Body size (413 ``body_too_large``): a ``Content-Length`` over the limit is answered before
-  any byte is read; a chunked body is counted as it streams in and cut off at the limit.
-  Refusals keep the connection: uvicorn reads and drops the rest of the body (held to the
-  read timeout by ``serve.server``), so a client that sends its whole body first still
-  reads the answer instead of a reset connection.
-- Bytes in flight (503 ``busy`` + Retry-After): the bodies being received or held by the
-  requests of this process share one budget. A request reserves its ``Content-Length``
-  before its body is read (chunked bodies reserve chunk by chunk); one that does not fit is
-  refused at once.
-- Requests in flight (503 ``busy``): requests whose head has arrived; half-open
-  connections do not count.
-- Read timeout (408 ``read_timeout``): a body that stalls longer than the timeout between
-  two chunks. A stalled request head is the connection protocol's (``serve.server``).
-- Client gone mid-upload: no answer, no traceback, counted as status 499.
-- Cut by the drain timeout on SIGTERM: JSON 503 ``shutting_down`` instead of a traceback.
-- Anything else the app raises: JSON 500 ``internal_error`` and one log line.
+- Body size (413 ``body_too_large``): a ``Content-Length`` over the limit is refused before
+  any byte is read, a chunked body at the limit. The connection stays: uvicorn drops the rest
+  of the body (bounded by the read timeout), so a client that sends it all first still reads
+  the answer instead of a reset.
+- Bytes in flight (503 ``busy`` + Retry-After): the bodies of this process's requests share
+  one budget, reserved from ``Content-Length`` before the body is read (chunked: as it comes).
+- Requests in flight (503 ``busy``): requests whose head has arrived, not half-open
+  connections.
+- Read timeout (408 ``read_timeout``): a body that stalls longer than the timeout between two
+  chunks (a stalled request head is ``serve.server``'s).
+- Client gone mid-upload: no answer, no traceback, counted as status 499. Cut by the drain
+  timeout: JSON 503 ``shutting_down``. Anything else the app raises: JSON 500
+  ``internal_error`` and one log line.
 """
 
 from __future__ import annotations

@@ -96,8 +96,10 @@ class _Collector:
         self.ended = True
 
 
-def parse(body: bytes, content_type: str, *, max_files: int) -> list[Part]:
-    """The parts of a multipart/form-data ``body``, in order; BadInput 400 when malformed."""
+def read_form(body: bytes, content_type: str, *,
+              max_files: int) -> tuple[list[Payload], int | None]:
+    """(one payload per file part, the ``top_k`` form field or None); BadInput 400 when
+    the body is malformed."""
     boundary = parse_options_header(content_type)[1].get(b"boundary", b"")
     if not boundary:
         raise _bad("the Content-Type has no boundary.")
@@ -114,15 +116,9 @@ def parse(body: bytes, content_type: str, *, max_files: int) -> list[Part]:
         raise _bad(f"{exc}.") from None
     if not collector.ended:
         raise _bad("it ends before its closing boundary.")
-    return collector.parts
-
-
-def read_form(body: bytes, content_type: str, *,
-              max_files: int) -> tuple[list[Payload], int | None]:
-    """(one payload per file part, the ``top_k`` form field or None)."""
     payloads: list[Payload] = []
     top_k: int | None = None
-    for name, filename, kind, data in parse(body, content_type, max_files=max_files):
+    for name, filename, kind, data in collector.parts:
         if filename is not None:
             check_part_type(kind, filename or name)
             payloads.append(Payload(filename or name, data=data))

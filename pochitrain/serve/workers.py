@@ -193,6 +193,10 @@ def _stop(workers: list[_Worker], timeout: float) -> None:
     end = time.monotonic() + timeout
     while any(w.alive or w.open for w in workers) and time.monotonic() < end:
         _poll(workers, 0.2)
+    _kill(workers)
+
+
+def _kill(workers: list[_Worker]) -> None:
     for w in workers:
         if w.alive:
             w.process.kill()
@@ -314,10 +318,7 @@ def serve_workers(options: ServeOptions, settings: ServeSettings) -> int:
                 _await_ready(workers, caught)
                 _run_until_signal(options, settings, workers, caught)
             finally:
-                for w in workers:
-                    if w.alive:
-                        w.process.kill()
-                        w.process.join(5)
+                _kill(workers)
     finally:
         for sock in sockets:
             sock.close()
