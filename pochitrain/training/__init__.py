@@ -8,6 +8,7 @@ pinned memory the loaders use on CUDA); ``run_epoch`` takes ``amp_dtype`` (autoc
 the CPU; fp16 adds a GradScaler).
 """
 
+# ruff: noqa: F401 - re-exports
 from pochitrain.training.data import (
     Batch,
     ImageDataset,
@@ -20,27 +21,3 @@ from pochitrain.training.fit import CheckpointKeeper, FitOutcome, FitSetup, fit
 from pochitrain.training.metrics import METRIC_COLUMNS, EpochRow, MetricsLog, plot_metrics
 from pochitrain.training.optim import EarlyStopping, build_optimizer, build_scheduler
 from pochitrain.training.precision import Precision, resolve_precision
-
-__all__ = [
-    "METRIC_COLUMNS",
-    "Batch",
-    "CheckpointKeeper",
-    "EarlyStopping",
-    "EpochRow",
-    "EpochStats",
-    "FitOutcome",
-    "FitSetup",
-    "ImageDataset",
-    "MetricsLog",
-    "Precision",
-    "build_optimizer",
-    "build_scheduler",
-    "collate_skipping",
-    "fit",
-    "make_loader",
-    "plot_metrics",
-    "resolve_precision",
-    "run_epoch",
-    "seed_everything",
-    "stop_on_ctrl_c",
-]

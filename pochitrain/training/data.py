@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import random
 import signal
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -80,8 +83,6 @@ def collate_skipping(items: list[tuple[Any, ...]]) -> Batch:
         return Batch(None, None, skipped)
     shapes = [tuple(x.shape) for x, _ in good]
     if len(set(shapes)) > 1:
-        from collections import Counter
-
         common = Counter(shapes).most_common(1)[0][0]
         odd = next(item for item in items if item[0] is not None
                    and tuple(item[0].shape) != common)
@@ -98,8 +99,6 @@ def collate_skipping(items: list[tuple[Any, ...]]) -> Batch:
 def _init_worker(worker_id: int) -> None:
     """DataLoader worker: leave Ctrl+C to the main process (which stops after the current
     batch), and seed NumPy from the worker's torch seed for reproducible augmentation."""
-    import numpy as np
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     np.random.seed(torch.initial_seed() % 2**32)
 
@@ -139,9 +138,7 @@ def balanced_sampler(folder: ImageFolder, generator: torch.Generator
                      ) -> torch.utils.data.WeightedRandomSampler:
     """Weights 1 / (images of the class): every class is drawn equally often."""
     labels = [label for _, label in folder.samples]
-    counts: dict[int, int] = {}
-    for label in labels:
-        counts[label] = counts.get(label, 0) + 1
+    counts = Counter(labels)
     weights = [1.0 / counts[label] for label in labels]
     return torch.utils.data.WeightedRandomSampler(weights, len(labels), replacement=True,
                                                   generator=generator)
@@ -150,10 +147,6 @@ def balanced_sampler(folder: ImageFolder, generator: torch.Generator
 def seed_everything(seed: int | None) -> None:
     if seed is None:
         return
-    import random
-
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

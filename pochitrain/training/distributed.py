@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import json
 import os
 import sys
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from pochitrain.config_checks import check_training_batch
@@ -80,19 +80,6 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-class ShardSampler(torch.utils.data.Sampler):
-    """Indices rank, rank + world, ...: a disjoint slice per rank, no padding (validation)."""
-
-    def __init__(self, n: int, rank: int, world: int) -> None:
-        self.indices = list(range(rank, n, world))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
 class EpochSampler(torch.utils.data.DistributedSampler):
     """``DistributedSampler`` that calls ``set_epoch`` itself: each pass gets a new order
     (the same on every rank, so the slices stay disjoint)."""
@@ -114,8 +101,6 @@ class SyncedStop:
 
     def is_set(self) -> bool:
         if not self._stopped:
-            import torch.distributed as dist
-
             flag = torch.tensor([1.0 if self.event.is_set() else 0.0], device=self.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             self._stopped = bool(flag.item() > 0)
@@ -133,8 +118,6 @@ class Distributed:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    # ---- setup ----------------------------------------------------------------------------
-
     def prepare(self, setup: Any, batch_size: int, seed: int | None) -> None:
         """Wrap ``setup.model`` in DDP, give each loader this rank's slice, seed this rank."""
         from pochitrain.training.data import seed_everything
@@ -149,30 +132,26 @@ class Distributed:
         per_rank = batch_size // self.world
         ids = [int(self.device.split(":")[1])] if self.device.startswith("cuda:") else None
         setup.model = nn.parallel.DistributedDataParallel(setup.model, device_ids=ids)
-        n_train = len(setup.train_loader.dataset)
         train_sampler = EpochSampler(setup.train_loader.dataset, num_replicas=self.world,
                                      rank=self.rank, shuffle=True, seed=seed or 0)
         if len(train_sampler) < 2:  # BatchNorm cannot train on one image per step
             raise ConfigError(
                 "1 プロセスあたりの学習画像が 1 枚しかありません\n"
-                f"{n_train} training images over {self.world} processes leave each process "
+                f"{len(setup.train_loader.dataset)} training images over {self.world} processes leave each process "
                 "one image per step, which BatchNorm cannot train on.",
                 "Add training images (at least 2 per process) or use fewer processes.")
         # a last step of one image per rank would break BatchNorm: drop it then
         drop_last = len(train_sampler) % per_rank == 1
         setup.train_loader = _reshard(setup.train_loader, train_sampler, per_rank,
                                       (seed or 0) + self.rank, drop_last)
-        val_sampler = ShardSampler(len(setup.val_loader.dataset), self.rank, self.world)
-        setup.val_loader = _reshard(setup.val_loader, val_sampler, per_rank, seed)
+        # validation: a disjoint slice per rank, no padding
+        val_indices = list(range(self.rank, len(setup.val_loader.dataset), self.world))
+        setup.val_loader = _reshard(setup.val_loader, val_indices, per_rank, seed)
         setup.distributed = self
         if seed is not None:
             seed_everything(seed + self.rank)  # different augmentation on every rank
-        self.train_images = n_train
 
     # ---- per epoch (used by training.fit) ---------------------------------------------------
-
-    def synced_stop(self, event: threading.Event) -> SyncedStop:
-        return SyncedStop(event, self.device)
 
     def epoch_runner(self, run_epoch: Callable[..., Any]) -> Callable[..., Any]:
         """``run_epoch`` for this rank: validation runs the unwrapped model after averaging
@@ -185,16 +164,15 @@ class Distributed:
             if on_batch is not None:
                 kwargs["on_batch"] = lambda n, loss: on_batch(n * self.world, loss)
             with self.peer_errors():
-                if training and _fail_here(self.rank):
+                if training and os.getenv("POCHI_DDP_DEBUG_FAIL_RANK", "").strip() == str(self.rank):
                     raise TrainingError("テストのために意図的に失敗しました\n"
                                         f"rank {self.rank} failed on purpose "
                                         "(POCHI_DDP_DEBUG_FAIL_RANK).", "This is a test.")
                 if not training:
                     self.average_buffers(model)
                     model = unwrap(model)
-                    if "num_classes" in inspect.signature(run_epoch).parameters:
-                        # every rank counts the confusion matrix, summed by reduce()
-                        kwargs["num_classes"] = kwargs.get("num_classes") or _classes(model)
+                    # every rank counts the confusion matrix, summed by reduce()
+                    kwargs["num_classes"] = kwargs.get("num_classes") or _classes(model)
                 stats = run_epoch(model, loader, *args, **kwargs)
                 return self.reduce(stats)
 
@@ -202,8 +180,6 @@ class Distributed:
 
     def average_buffers(self, model: nn.Module) -> None:
         """Average floating-point buffers (BatchNorm running mean / var) across ranks."""
-        import torch.distributed as dist
-
         for buf in unwrap(model).buffers():
             if buf.is_floating_point():
                 dist.all_reduce(buf, op=dist.ReduceOp.SUM)
@@ -212,8 +188,6 @@ class Distributed:
     def reduce(self, stats: EpochStats) -> EpochStats:
         """Sum loss / accuracy (weighted by images) and images over ranks; seconds = the
         slowest rank's; skipped = the union of dataset indices; interrupted = any rank."""
-        import torch.distributed as dist
-
         n = stats.images
         sums = torch.tensor([stats.loss * n, stats.accuracy * n, float(n),
                              float(len(stats.skipped))], dtype=torch.float64,
@@ -264,12 +238,8 @@ class Distributed:
         atexit.register(shutil.rmtree, scratch, True)
         return scratch
 
-    # ---- end ------------------------------------------------------------------------------
-
     def close(self, model: nn.Module | None) -> None:
         """Write the debug weight hash (when asked) and leave the process group."""
-        import torch.distributed as dist
-
         debug = os.environ.get("POCHI_DDP_DEBUG_DIR")
         if debug and model is not None:
             Path(debug).mkdir(parents=True, exist_ok=True)
@@ -285,11 +255,6 @@ def _classes(model: nn.Module) -> int | None:
     """Number of outputs of the classifier (its last Linear layer)."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     return linears[-1].out_features if linears else None
-
-
-def _fail_here(rank: int) -> bool:
-    value = os.environ.get("POCHI_DDP_DEBUG_FAIL_RANK")
-    return value is not None and value.strip() == str(rank)
 
 
 def _is_peer_error(exc: BaseException) -> bool:
@@ -328,8 +293,6 @@ def init(device: str) -> Distributed | None:
     world = env_world()
     if world is None:
         return None
-    import torch.distributed as dist
-
     rank, local_rank, size = world
     if device.startswith("cuda"):
         if local_rank >= torch.cuda.device_count():

@@ -30,8 +30,8 @@ class EpochStats:
     confusion: Any = None  # (K, K) int64 tensor [true, predicted] when num_classes is given
 
 
-def _diverged(value: float, optimizer: Any, done: int, training: bool) -> TrainingError:
-    where = "training" if training else "validation"
+def _diverged(value: float, optimizer: Any, done: int) -> TrainingError:
+    where = "training" if optimizer is not None else "validation"
     lr = f" (learning_rate {optimizer.param_groups[0]['lr']:g})" if optimizer else ""
     return TrainingError(
         "損失が発散しました\n"
@@ -71,18 +71,22 @@ def _update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: Any,
             after_backward: Callable[[], None] | None) -> None:
     """Backward pass and optimizer step (through the fp16 gradient scaler when given)."""
     optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        if after_backward is not None:
+    (loss if scaler is None else scaler.scale(loss)).backward()
+    if after_backward is not None:
+        if scaler is not None:
             scaler.unscale_(optimizer)
-            after_backward()
+        after_backward()
+    if scaler is None:
+        optimizer.step()
+    else:
         scaler.step(optimizer)
         scaler.update()
-    else:
-        loss.backward()
-        if after_backward is not None:
-            after_backward()
-        optimizer.step()
+
+
+def autocast(device: str, amp_dtype: torch.dtype | None) -> torch.autocast:
+    """Mixed precision in ``amp_dtype`` on ``device``'s type (None: plain fp32)."""
+    return torch.autocast(device.split(":")[0], dtype=amp_dtype or torch.float32,
+                          enabled=amp_dtype is not None)
 
 
 def run_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, device: str, *,
@@ -120,8 +124,7 @@ def run_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, device
             y = batch.labels.to(device, non_blocking=non_blocking)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type, dtype=amp_dtype or torch.float32,
-                                enabled=amp_dtype is not None):
+            with autocast(device, amp_dtype):
                 logits = model(x)
                 loss = criterion(logits, y)
             if optimizer is not None:
@@ -129,7 +132,7 @@ def run_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, device
             n = int(y.shape[0])
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
-                raise _diverged(loss_value, optimizer, stats.images, optimizer is not None)
+                raise _diverged(loss_value, optimizer, stats.images)
             tally.add(logits, y, loss_value, n)
             stats.images += n
             if on_batch is not None:
@@ -176,18 +179,13 @@ def warm_up(model: nn.Module, input_size: list[int], batch_sizes: list[int], dev
             amp_dtype: torch.dtype | None = None, channels_last: bool = False,
             criterion: nn.Module | None = None, optimizer: Any = None,
             num_classes: int | None = None) -> float:
-    """Seconds spent running one training step per batch shape on zeros, so that cuDNN's
-    autotuning and the lazy loading of CUDA kernels happen before epoch 1 is timed.
-
-    It runs what an epoch runs: for each of ``batch_sizes`` the model in train mode
-    (BatchNorm's training kernels differ from its eval ones), ``criterion`` and its backward,
-    the accuracy / confusion counting; then the update kernels of ``optimizer``'s class,
-    stepped on scratch copies of a few parameters; then, for each of ``eval_sizes`` (default:
-    ``batch_sizes``), the model in eval mode as validation runs it. Nothing the training uses
-    changes: BatchNorm's running statistics and every other buffer are put back, the random
-    number generators too (dropout), gradients are cleared, ``optimizer`` itself is not
-    touched, and the DDP wrapper is bypassed (no gradient all-reduce). A train shape of one
-    image is skipped (BatchNorm cannot train on it; the loaders drop such a batch)."""
+    """Seconds spent running what an epoch runs once per batch shape, on zeros, so that
+    cuDNN's autotuning and the lazy loading of CUDA kernels happen before epoch 1 is timed:
+    a train step per ``batch_sizes`` (train-mode BatchNorm has its own kernels), the update
+    kernels of ``optimizer``'s class (on scratch copies), an eval pass per ``eval_sizes``
+    (default: ``batch_sizes``). Buffers, random states and gradients are put back; the DDP
+    wrapper is bypassed. A train shape of one image is skipped (BatchNorm cannot train on
+    it; the loaders drop such a batch)."""
     net = getattr(model, "module", model)
     was_training = net.training
     start = time.perf_counter()
@@ -222,8 +220,7 @@ def _warm_forward(net: nn.Module, n: int, input_size: list[int], device: str,
     x = torch.zeros((n, 3, *input_size), device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device.split(":")[0], dtype=amp_dtype or torch.float32,
-                        enabled=amp_dtype is not None):
+    with autocast(device, amp_dtype):
         return net(x)
 
 
@@ -232,8 +229,7 @@ def _warm_step(net: nn.Module, n: int, input_size: list[int], device: str,
                criterion: nn.Module | None, num_classes: int | None) -> None:
     y = torch.zeros(n, dtype=torch.int64, device=device)
     out = _warm_forward(net, n, input_size, device, amp_dtype, channels_last)
-    with torch.autocast(device.split(":")[0], dtype=amp_dtype or torch.float32,
-                        enabled=amp_dtype is not None):
+    with autocast(device, amp_dtype):
         loss = criterion(out, y) if criterion is not None else out.float().sum()
     loss.backward()
     predicted = out.detach().argmax(1)

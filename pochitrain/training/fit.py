@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from pochitrain.console import info, make_progress, warn
 from pochitrain.errors import DataError
+from pochitrain.training.distributed import SyncedStop
 from pochitrain.training.epoch import EpochStats, run_epoch, stop_on_ctrl_c, warm_up
 from pochitrain.training.metrics import EpochRow, MetricsLog
 from pochitrain.training.resume import RESUME_KEY, capture, restore
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from pochitrain.training.distributed import Distributed, SyncedStop
+    from pochitrain.training.distributed import Distributed
     from pochitrain.training.observers import RunObserver
     from pochitrain.training.optim import EarlyStopping
     from pochitrain.training.precision import Precision
@@ -95,23 +96,24 @@ class FitOutcome:
         return [p for files in self.skipped.values() for p in files]
 
 
-def _note_skipped(outcome: FitOutcome, split: str, loader: Any, stats: EpochStats) -> None:
-    known = set(outcome.skipped[split])
+def _checked(out: FitOutcome, split: str, loader: Any, stats: EpochStats) -> EpochStats:
+    """``stats`` of a pass over ``loader``, its unreadable images noted; a DataError when
+    none could be read."""
+    known = set(out.skipped[split])
     for index in sorted(stats.skipped):
         path = loader.dataset.samples[index][0]
         if path not in known:
-            outcome.skipped[split].append(path)
+            out.skipped[split].append(path)
             warn(f"skipped an unreadable image ({split}): {path}")
-
-
-def _check_read(stats: EpochStats, loader: Any, split: str) -> None:
     if stats.images == 0 and not stats.interrupted:
         folder = Path(loader.dataset.samples[0][0]).parent.parent if loader.dataset.samples \
             else "?"
         raise DataError("画像を 1 枚も読み込めませんでした\n"
-                        f"None of the {len(loader.dataset)} {split} images could be read "
-                        f"(in {folder}).",
+                        f"None of the {len(loader.dataset)} "
+                        f"{'training' if split == 'train' else 'validation'} images could be "
+                        f"read (in {folder}).",
                         "Check the files: they must be PNG / JPEG / BMP / WebP ... images.")
+    return stats
 
 
 def _epoch_line(epoch: int, total: int, lr: float, tr: EpochStats, va: EpochStats,
@@ -173,31 +175,23 @@ def _warm_up(s: FitSetup) -> None:
 
 def _train_epoch(s: FitSetup, epoch: int, epoch_fn: Any, stop: StopFlag, bars: Any,
                  out: FitOutcome) -> EpochStats:
-    """One training pass with its progress bar; unreadable images noted."""
+    """One training pass with its progress bar."""
     task = bars.add_task(f"epoch {epoch}/{s.epochs}", total=len(s.train_loader.dataset),
                          loss=0.0)
-
-    def advance(n: int, loss: float) -> None:
-        bars.update(task, advance=n, loss=loss)
-
     watch = s.observer
-    tr: EpochStats = epoch_fn(s.model, s.train_loader, s.criterion, s.device,
-                              optimizer=s.optimizer, stop=stop, scaler=s.scaler,
-                              on_batch=advance, **_amp(s),
-                              after_backward=watch.after_backward if watch else None)
+    tr = epoch_fn(s.model, s.train_loader, s.criterion, s.device, optimizer=s.optimizer,
+                  stop=stop, scaler=s.scaler, **_amp(s),
+                  on_batch=lambda n, loss: bars.update(task, advance=n, loss=loss),
+                  after_backward=watch.after_backward if watch else None)
     bars.remove_task(task)
-    _note_skipped(out, "train", s.train_loader, tr)
-    _check_read(tr, s.train_loader, "training")
-    return tr
+    return _checked(out, "train", s.train_loader, tr)
 
 
 def _validate(s: FitSetup, epoch_fn: Any, out: FitOutcome) -> EpochStats:
     watch = s.observer
-    va: EpochStats = epoch_fn(s.model, s.val_loader, s.criterion, s.device, **_amp(s),
-                              num_classes=watch.num_classes if watch else None)
-    _note_skipped(out, "val", s.val_loader, va)
-    _check_read(va, s.val_loader, "validation")
-    return va
+    return _checked(out, "val", s.val_loader,
+                    epoch_fn(s.model, s.val_loader, s.criterion, s.device, **_amp(s),
+                             num_classes=watch.num_classes if watch else None))
 
 
 def _stopped_by(s: FitSetup, va: EpochStats, stop: StopFlag) -> str:
@@ -231,7 +225,7 @@ def fit(setup: FitSetup, keeper: CheckpointKeeper, log: MetricsLog,
         epoch_fn = run_epoch
         stop: StopFlag = ctrl_c
         if s.distributed is not None:  # one stop decision, metrics summed over ranks
-            stop = s.distributed.synced_stop(ctrl_c)
+            stop = SyncedStop(ctrl_c, s.distributed.device)
             epoch_fn = s.distributed.epoch_runner(run_epoch)
         first = restore(s, keeper, log, s.resume) if s.resume is not None else 1
         out.epochs_run = first - 1

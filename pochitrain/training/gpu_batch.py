@@ -13,6 +13,7 @@ cannot reproduce gives ``(None, reason)``; the loader then runs it per image.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +31,6 @@ GEOMETRIC: dict[str, Callable[[R.Geometry, Any], None]] = {
 }
 DTYPE = frozenset({"ToFloat", "ToTensor", "ConvertImageDtype", "ToDtype", "ToImage",
                    "PILToTensor"})
-GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 
 
 class Unsupported(Exception):
@@ -39,10 +39,8 @@ class Unsupported(Exception):
 
 @dataclass
 class Stage:
-    kind: str  # "geo" or "pix"
-    ops: list[Any]
-    size: tuple[int, int] | None = None  # geo: the output size
-    fn: Callable[[torch.Tensor], torch.Tensor] | None = None  # pix
+    kind: str  # "geo" (one resample) or "pix" (on the (N, C, H, W) batch)
+    fn: Callable[[Any], torch.Tensor]  # takes the list of images or the batch
 
 
 @dataclass
@@ -54,23 +52,22 @@ class Plan:
         """(N, C, H, W) float32 from N decoded (C, h_i, w_i) uint8 tensors."""
         x: Any = images
         for stage in self.stages:
-            x = _geometry(stage, x) if stage.kind == "geo" else stage.fn(x)  # type: ignore[misc]
+            x = stage.fn(x)
         return x if self.is_float else x / 255.0
 
 
-def _geometry(stage: Stage, x: Any) -> torch.Tensor:
+def _geometry(ops: list[Any], size: tuple[int, int], x: Any) -> torch.Tensor:
     sizes = ([(int(im.shape[-2]), int(im.shape[-1])) for im in x] if isinstance(x, list)
              else [tuple(x.shape[-2:])] * int(x.shape[0]))
     geo = R.Geometry.of(sizes)
-    for t in stage.ops:
+    for t in ops:
         GEOMETRIC[type(t).__name__](geo, t)
-    out_h, out_w = stage.size or (0, 0)
-    if isinstance(x, torch.Tensor) and all(type(t).__name__.endswith("Flip") for t in stage.ops):
+    if isinstance(x, torch.Tensor) and all(type(t).__name__.endswith("Flip") for t in ops):
         # flips only, on a batch: no resample needed
         mx, my = (geo.x.a < 0).to(x.device), (geo.y.a < 0).to(x.device)
         x = torch.where(mx[:, None, None, None], x.flip(-1), x)
         return torch.where(my[:, None, None, None], x.flip(-2), x)
-    return R.resample(list(x) if isinstance(x, torch.Tensor) else x, geo, out_h, out_w)
+    return R.resample(list(x) if isinstance(x, torch.Tensor) else x, geo, *size)
 
 
 # ---- compile --------------------------------------------------------------------------------
@@ -92,8 +89,7 @@ def _size_after(name: str, t: Any, size: tuple[int, int] | None) -> tuple[int, i
         return None
     geo = R.Geometry.of([size])
     R.resize(geo, t)
-    h, w = geo.hw()
-    return int(h[0]), int(w[0])
+    return round(float(geo.y.length[0])), round(float(geo.x.length[0]))
 
 
 def _check_geometric(name: str, t: Any) -> None:
@@ -151,14 +147,15 @@ class _Compiler:
             raise Unsupported(f"{name} before the images have one size")
         else:
             self.close()
-            self.stages.append(Stage("pix", [t], fn=_pixel(name, t, self.is_float)))
+            self.stages.append(Stage("pix", _pixel(name, t, self.is_float)))
 
     def close(self) -> None:
         """End the geometric run: its stage, then the conversions deferred past it."""
         if self.geo:
             if self.size is None:
                 raise Unsupported("the transforms leave images of different sizes")
-            self.stages.append(Stage("geo", list(self.geo), self.size))
+            self.stages.append(Stage("geo", functools.partial(_geometry, list(self.geo),
+                                                              self.size)))
             self.geo.clear()
         for t in self.deferred:  # a scaling commutes with the (linear) resample
             self.convert(t)
@@ -177,7 +174,7 @@ class _Compiler:
         self.is_float = True
         if name == "ToDtype" and not getattr(t, "scale", False):
             return  # float, still 0..255
-        self.stages.append(Stage("pix", [t], fn=_div255))
+        self.stages.append(Stage("pix", _div255))
 
 
 def _div255(x: torch.Tensor) -> torch.Tensor:
@@ -196,9 +193,9 @@ def _pixel(name: str, t: Any, is_float: bool) -> Callable[[torch.Tensor], torch.
 
 # ---- pixel ops: (transform, bound) -> batched function ---------------------------------------
 
-def _gray(x: torch.Tensor) -> torch.Tensor:
+def _gray(x: torch.Tensor) -> torch.Tensor:  # torchvision's rgb_to_grayscale
     r, g, b = x.unbind(-3)
-    return (GRAY[0] * r + GRAY[1] * g + GRAY[2] * b).unsqueeze(-3)
+    return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(-3)
 
 
 def _uniform(n: int, lo_hi: Any) -> torch.Tensor:

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from pochitrain.console import info, warn
 from pochitrain.data import ImageFolder
 from pochitrain.errors import ConfigError, DataError
 from pochitrain.gpu_input import (
@@ -35,7 +36,7 @@ from pochitrain.gpu_input import (
     reader_for,
 )
 from pochitrain.training.data import Batch, lone_last_image
-from pochitrain.training.gpu_batch import Plan, compile_chain
+from pochitrain.training.gpu_batch import compile_chain
 
 # torchvision transforms (v1 names, also in transforms.v2) that accept uint8 tensors and give
 # the same kind of result as on PIL images
@@ -46,7 +47,6 @@ TENSOR_OK = frozenset({
     "RandomSolarize", "RandomAdjustSharpness", "RandomAutocontrast", "RandomEqualize",
     "Normalize", "RandomErasing", "ConvertImageDtype", "ToDtype", "ToImage", "PILToTensor",
 })
-CHOICES = ("auto", True, False)
 # the train loader drops its last partial batch when there are at least this many full ones
 TRAIN_DROP_LAST_BATCHES = 8
 
@@ -91,7 +91,7 @@ def apply(ops: list[Any], image: torch.Tensor) -> torch.Tensor:
 
 def decide(choice: Any, device: str, transforms: dict[str, Any]) -> tuple[bool, str]:
     """(use the GPU path, one-line reason) for ``gpu_input`` and the train/val transforms."""
-    if choice not in CHOICES:
+    if choice not in ("auto", True, False):
         raise ConfigError("gpu_input の値が正しくありません\n"
                           f"gpu_input = {choice!r} is not valid.", "Use 'auto', True or False.")
     if choice is False:
@@ -139,24 +139,19 @@ class GpuLoader:
 
     def __init__(self, folder: ImageFolder, ops: list[Any], *, batch_size: int, shuffle: bool,
                  device: str, seed: int | None, sampler: Any = None, drop_last: bool = False,
-                 cache: list[Any] | None = None, threads: int | None = None,
-                 batched: bool = True, prefetch: int = 2, split: str = "train") -> None:
+                 cache: list[Any] | None = None, batched: bool = True, prefetch: int = 2,
+                 split: str = "train") -> None:
         self.folder, self.ops, self.batch_size = folder, ops, batch_size
         self.shuffle, self.device, self.sampler, self.drop_last = shuffle, device, sampler, drop_last
         self.dataset = _Samples(folder)
         self.cache, self.prefetch = cache, prefetch
-        self.plan: Plan | None = None
-        why: str | None = "batched = False"
-        if batched:
-            self.plan, why = compile_chain(ops)
+        self.plan, why = compile_chain(ops) if batched else (None, "batched = False")
         if self.plan is None:
-            from pochitrain.console import info
-
             info(f"GPU input: {split}_transform runs image by image ({why}).")
         self.generator = torch.Generator()
         if seed is not None:
             self.generator.manual_seed(seed)
-        self.pool = ThreadPoolExecutor(threads or read_threads("training"))
+        self.pool = ThreadPoolExecutor(read_threads("training"))
         self.decoder = Decoder(device)
         self.read = reader_for(Options.from_env().native_reads)
 
@@ -188,8 +183,7 @@ class GpuLoader:
         chunks = self._chunks()
         with quick_gil_handoff():  # the readers and the prefetch thread beside the training
             if self.prefetch <= 0:
-                for chunk in chunks:
-                    yield self._batch(chunk)
+                yield from map(self._batch, chunks)
                 return
             yield from prefetch(lambda: self._read_ahead(chunks), self.device,
                                 depth=self.prefetch, name="pochi-gpu-input", handoff="event",
@@ -212,9 +206,8 @@ class GpuLoader:
     def _batch(self, chunk: list[int], reads: Iterator[Read] | None = None) -> Batch:
         samples = self.folder.samples
         if self.cache is not None:
-            images = [self.cache[i] for i in chunk]
-            images = [None if im is None else im.to(self.device, non_blocking=True)
-                      for im in images]
+            images = [None if self.cache[i] is None else
+                      self.cache[i].to(self.device, non_blocking=True) for i in chunk]
         else:
             images = decode([samples[i][0] for i in chunk], self.decoder, self.pool, reads)
         good = [(im, samples[i][1]) for im, i in zip(images, chunk, strict=True)
@@ -222,12 +215,9 @@ class GpuLoader:
         skipped = [i for im, i in zip(images, chunk, strict=True) if im is None]
         if not good:
             return Batch(None, None, skipped)
-        if self.plan is not None:
-            x = self.plan([im for im, _ in good])
-        else:
-            x = torch.stack([apply(self.ops, im) for im, _ in good])
-        y = torch.tensor([label for _, label in good], device=self.device)
-        return Batch(x, y, skipped)
+        x = (self.plan([im for im, _ in good]) if self.plan is not None
+             else torch.stack([apply(self.ops, im) for im, _ in good]))
+        return Batch(x, torch.tensor([label for _, label in good], device=self.device), skipped)
 
     def warm_up(self) -> None:
         """Decode and transform one full batch, so that nvJPEG's start and the kernels'
@@ -258,8 +248,6 @@ def cache_bytes(folder: ImageFolder) -> int:
 def build_cache(folder: ImageFolder, where: str, device: str, split: str) -> list[Any]:
     """Decode ``folder`` once into uint8 tensors in RAM (``"ram"``) or GPU memory (``"gpu"``);
     the size is printed first, and a DataError stops it when it would not fit."""
-    from pochitrain.console import info
-
     need = cache_bytes(folder)
     if where == "gpu" and device.startswith("cuda"):
         free = torch.cuda.mem_get_info(torch.device(device))[0]
@@ -291,8 +279,6 @@ def gpu_loaders(settings: Any, train: ImageFolder, val: ImageFolder, device: str
                 train_tf: Any, val_tf: Any) -> tuple[GpuLoader, GpuLoader] | None:
     """The two loaders of the GPU input path, or None for the CPU DataLoader (the reason is
     printed once when the GPU path was asked for or possible)."""
-    from pochitrain.console import info, warn
-
     choice = getattr(settings, "gpu_input", "auto")
     use, why = decide(choice, device, {"train_transform": train_tf, "val_transform": val_tf})
     if use and getattr(settings, "sampler", None) == "balanced":

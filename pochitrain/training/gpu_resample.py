@@ -97,10 +97,6 @@ class Geometry:
     def n(self) -> int:
         return int(self.y.a.numel())
 
-    def hw(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Current (virtual) heights and widths as int64 (N,) tensors."""
-        return self.y.length.round().long(), self.x.length.round().long()
-
     def interpolation(self, mode: Any, antialias: Any = True) -> None:
         name = str(getattr(mode, "value", mode)).lower()
         # several resizes become one: the first non-bilinear filter named wins
@@ -121,11 +117,6 @@ class Plane(NamedTuple):
 
 def _plane(axis: Axis, n_out: int, mode: str, antialias: bool, device: Any) -> Plane:
     start, count = _windows(axis, n_out, mode, antialias)
-    return Plane(start, count, *_taps(axis, start, n_out, mode, antialias, device))
-
-
-def _taps(axis: Axis, start: list[int], n_out: int, mode: str, antialias: bool,
-          device: Any) -> tuple[torch.Tensor, torch.Tensor]:
     a, b = axis.a.to(device), axis.b.to(device)
     start_t = torch.tensor(start, device=device, dtype=F64)[:, None, None]
     o = torch.arange(n_out, device=device, dtype=F64) + 0.5
@@ -134,12 +125,12 @@ def _taps(axis: Axis, start: list[int], n_out: int, mode: str, antialias: bool,
     if mode == "nearest":
         top = axis.src.to(device)[:, None, None] - 1
         j = torch.minimum(centre[:, :, None].floor().clamp(min=0), top) - start_t
-        return j.long(), valid[:, :, None].to(torch.float32)
+        return Plane(start, count, j.long(), valid[:, :, None].to(torch.float32))
     stretch = a.abs().clamp(min=1.0) if antialias else torch.ones_like(a)
     n_taps = math.ceil(_SUPPORT[mode] * float(stretch.max())) * 2 + 1  # PIL's ksize
     first, w = pil_window(centre, valid, axis.src.to(device), stretch, n_taps, mode)
     j = first[:, :, None] - start_t + torch.arange(n_taps, device=device, dtype=F64)
-    return j.long(), w.to(torch.float32)  # j outside the window: weight 0
+    return Plane(start, count, j.long(), w.to(torch.float32))  # j outside the window: weight 0
 
 
 def _windows(axis: Axis, n_out: int, mode: str, antialias: bool) -> tuple[list[int], list[int]]:
@@ -166,21 +157,19 @@ def resample(images: list[torch.Tensor], geo: Geometry, out_h: int, out_w: int) 
             return _banded(images, y, x, out)
         except Exception as exc:  # noqa: BLE001 - a Triton/driver problem: the matmuls go on
             KERNELS.fail(exc, "resample")
-    order = sorted(range(len(images)), key=lambda i: (hs[i] * ws[i], hs[i]))
-    chunk: list[int] = []
-    area = 0
-    for i in order + [-1]:
-        if i >= 0:
-            grown = chunk + [i]
-            size = len(grown) * max(hs[k] for k in grown) * max(ws[k] for k in grown)
-            fits = size * channels <= CHUNK_ELEMENTS
-            # padding is computed too: start a new chunk when it would waste a third
-            wasteful = len(chunk) >= MIN_CHUNK and size > 1.5 * (area + hs[i] * ws[i])
-            if not chunk or (fits and not wasteful):
-                chunk, area = grown, area + hs[i] * ws[i]
-                continue
-        _resample_chunk(images, geo.mode, chunk, y, x, out)
-        chunk, area = [i], hs[i] * ws[i]
+    first, *rest = sorted(range(len(images)), key=lambda i: (hs[i] * ws[i], hs[i]))
+    chunk, area = [first], hs[first] * ws[first]
+    for i in rest:
+        grown = chunk + [i]
+        size = len(grown) * max(hs[k] for k in grown) * max(ws[k] for k in grown)
+        # padding is computed too: start a new chunk when it would waste a third
+        wasteful = len(chunk) >= MIN_CHUNK and size > 1.5 * (area + hs[i] * ws[i])
+        if size * channels <= CHUNK_ELEMENTS and not wasteful:
+            chunk, area = grown, area + hs[i] * ws[i]
+        else:
+            _resample_chunk(images, geo.mode, chunk, y, x, out)
+            chunk, area = [i], hs[i] * ws[i]
+    _resample_chunk(images, geo.mode, chunk, y, x, out)
     return out
 
 
@@ -195,12 +184,11 @@ def use_banded(images: list[torch.Tensor], mode: str) -> bool:
 
 def _band(plane: Plane) -> Band:
     """The kernels' form of the taps: first window pixel, fixed-point weights, tap count."""
-    j, w = plane.j, plane.w
-    n_taps = int(w.shape[-1])
-    bucket = bucket_taps(n_taps)
-    coef = fixed_point(w.double())
-    coef = torch.nn.functional.pad(coef, (0, bucket - n_taps)).to(torch.int32).contiguous()
-    return Band(j[..., 0].to(torch.int32).contiguous(), coef, bucket)
+    bucket = bucket_taps(int(plane.w.shape[-1]))
+    coef = torch.nn.functional.pad(fixed_point(plane.w.double()),
+                                   (0, bucket - int(plane.w.shape[-1])))
+    return Band(plane.j[..., 0].to(torch.int32).contiguous(), coef.to(torch.int32).contiguous(),
+                bucket)
 
 
 def _banded(images: list[torch.Tensor], y: Plane, x: Plane, out: torch.Tensor) -> torch.Tensor:
@@ -240,10 +228,9 @@ def _resample_chunk(images: list[torch.Tensor], mode: str, chunk: list[int], y: 
 # ---- the axis-aligned ops, each (geo, transform) -> None, drawing its random parameters ----
 
 def pair(size: Any) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    size = list(size)
-    return (int(size[0]), int(size[0])) if len(size) == 1 else (int(size[0]), int(size[1]))
+    """(h, w) from torchvision's int / 1-seq / 2-seq size."""
+    size = [size] if isinstance(size, int) else list(size)
+    return int(size[0]), int(size[-1])
 
 
 def resize(geo: Geometry, t: Any) -> None:
@@ -314,13 +301,8 @@ def random_resized_crop(geo: Geometry, t: Any) -> None:
 
 def padding_ltrb(padding: Any) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) from torchvision's int / 2-seq / 4-seq padding."""
-    if isinstance(padding, int):
-        return padding, padding, padding, padding
-    p = [int(v) for v in padding]
-    if len(p) == 1:
-        return p[0], p[0], p[0], p[0]
-    if len(p) == 2:
-        return p[0], p[1], p[0], p[1]
+    p = [padding] if isinstance(padding, int) else [int(v) for v in padding]
+    p = p * (4 // len(p))  # one value for every side, or (left/right, top/bottom)
     return p[0], p[1], p[2], p[3]
 
 

@@ -16,23 +16,19 @@ from __future__ import annotations
 import csv
 import re
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from pochitrain.workspace import atomic_path
+
 _BLOCK = re.compile(r"^(?:module\.)?(?:model\.)?(layer[1-4])\.")
 
 
-def aggregate(values: list[float], method: str) -> float:
-    if not values:
-        return 0.0
-    if method == "mean":
-        return sum(values) / len(values)
-    if method == "max":
-        return max(values)
-    if method == "rms":
-        return (sum(v * v for v in values) / len(values)) ** 0.5
-    return float(statistics.median(values))
+AGGREGATE: dict[str, Callable[[list[float]], float]] = {
+    "median": statistics.median, "mean": lambda v: sum(v) / len(v), "max": max,
+    "rms": lambda v: (sum(x * x for x in v) / len(v)) ** 0.5}
 
 
 class GradientTracker:
@@ -41,7 +37,7 @@ class GradientTracker:
                  aggregation_method: str = "median") -> None:
         self.csv_path = csv_path
         self.frequency = record_frequency
-        self.method = aggregation_method
+        self.aggregate = AGGREGATE[aggregation_method]
         patterns = [re.compile(p) for p in exclude_patterns or []]
         self.names: list[str] = []
         self.params: list[torch.nn.Parameter] = []
@@ -75,15 +71,13 @@ class GradientTracker:
         self.epoch = epoch
         if self._recording() and self._sum is not None and self._batches:
             mean = (self._sum / self._batches).cpu().tolist()
-            self.rows.append([epoch] + [aggregate([mean[i] for i in idx], self.method)
+            self.rows.append([epoch] + [self.aggregate([mean[i] for i in idx])
                                         for idx in self.groups.values()])
             self._write()
         self._sum, self._batches = None, 0
         self.epoch = epoch + 1
 
     def _write(self) -> None:
-        from pochitrain.workspace import atomic_path
-
         with atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="",
                                                      encoding="utf-8") as f:
             writer = csv.writer(f)

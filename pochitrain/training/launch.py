@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,10 +90,7 @@ def launch(train_args: Sequence[str], nprocs: int) -> int:
              for r in range(nprocs)]
 
     def forward(signum: int, frame: Any) -> None:
-        for p in procs:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    p.send_signal(signum)
+        _each_running(procs, lambda p: p.send_signal(signum))
 
     handled = (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM))
     previous = {s: signal.signal(s, forward) for s in handled}
@@ -102,10 +99,15 @@ def launch(train_args: Sequence[str], nprocs: int) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        for p in procs:  # only when this process itself is being torn down
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    p.kill()
+        _each_running(procs, subprocess.Popen.kill)  # only when this process is torn down
+
+
+def _each_running(procs: list[subprocess.Popen], act: Callable[[subprocess.Popen], Any]
+                  ) -> None:
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                act(p)
 
 
 def _wait(procs: list[subprocess.Popen]) -> int:
@@ -125,15 +127,9 @@ def _wait(procs: list[subprocess.Popen]) -> int:
             waited = time.monotonic() - failed_at
             if waited > GRACE_S and not terminated:
                 terminated = True
-                for p in procs:
-                    if p.poll() is None:
-                        with contextlib.suppress(ProcessLookupError):
-                            p.terminate()
+                _each_running(procs, subprocess.Popen.terminate)
             if waited > GRACE_S + KILL_AFTER_S:
-                for p in procs:
-                    if p.poll() is None:
-                        with contextlib.suppress(ProcessLookupError):
-                            p.kill()
+                _each_running(procs, subprocess.Popen.kill)
         time.sleep(0.1)
     if failed is not None:
         rank, code = failed

@@ -13,9 +13,15 @@ accuracies in percent, ``learning_rate`` the base rate) and its ``_loss.png`` /
 from __future__ import annotations
 
 import csv
+import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from pochitrain.plotting import figure
+from pochitrain.workspace import atomic_path, local_now
 
 METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                   "images_per_second", "seconds")
@@ -52,8 +58,6 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path, plots: bool = True, enabled: bool = True,
                  lr_log_scale: bool = True, base_lr: float | None = None) -> None:
-        from pochitrain.workspace import local_now
-
         self.run_dir = run_dir
         self.rows: list[EpochRow] = []
         self.plots = plots
@@ -89,45 +93,36 @@ class MetricsLog:
         self._drawn_at, self._drawn_rows = time.monotonic(), len(self.rows)
 
     def _write_csv(self) -> None:
-        from pochitrain.workspace import atomic_path
-
-        with atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="",
-                                                     encoding="utf-8") as f:
-            writer = csv.writer(f)
-            groups = list(self.rows[0].group_lrs) if self.rows else []
-            writer.writerow(list(METRIC_COLUMNS) + [f"lr_{g}" for g in groups])
-            for r in self.rows:
-                d = asdict(r)
-                writer.writerow([d["epoch"], f"{d['lr']:.6g}"]
-                                + [f"{d[c]:.6f}" for c in METRIC_COLUMNS[2:6]]
-                                + [f"{d['images_per_second']:.1f}", f"{d['seconds']:.2f}"]
-                                + [f"{r.group_lrs.get(g, float('nan')):.6g}" for g in groups])
+        groups = list(self.rows[0].group_lrs) if self.rows else []
+        _write_rows(self.csv_path, list(METRIC_COLUMNS) + [f"lr_{g}" for g in groups], (
+            [r.epoch, f"{r.lr:.6g}"]
+            + [f"{getattr(r, c):.6f}" for c in METRIC_COLUMNS[2:6]]
+            + [f"{r.images_per_second:.1f}", f"{r.seconds:.2f}"]
+            + [f"{r.group_lrs.get(g, float('nan')):.6g}" for g in groups] for r in self.rows))
         if self.plots:  # the main rank only: each process would stamp its own file name
             self._write_original_csv()
 
     def _write_original_csv(self) -> None:
         """The original's columns and units: accuracies in percent, plain float text."""
-        from pochitrain.workspace import atomic_path
-
         self.original_csv.parent.mkdir(parents=True, exist_ok=True)
         groups = original_group_order(list(self.rows[0].group_lrs) if self.rows else [])
-        with atomic_path(self.original_csv) as tmp, open(tmp, "w", newline="",
-                                                         encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(list(ORIGINAL_COLUMNS) + [f"lr_{g}" for g in groups])
-            for r in self.rows:
-                lr = self.base_lr if r.group_lrs and self.base_lr is not None else r.lr
-                writer.writerow([r.epoch, lr, r.train_loss, percent(r.train_accuracy),
-                                 r.val_loss, percent(r.val_accuracy)]
-                                + [r.group_lrs.get(g, "") for g in groups])
+        _write_rows(self.original_csv, list(ORIGINAL_COLUMNS) + [f"lr_{g}" for g in groups], (
+            [r.epoch, self.base_lr if r.group_lrs and self.base_lr is not None else r.lr,
+             r.train_loss, percent(r.train_accuracy), r.val_loss, percent(r.val_accuracy)]
+            + [r.group_lrs.get(g, "") for g in groups] for r in self.rows))
 
     def _copy_original_pngs(self) -> None:
-        import shutil
-
         for ours, suffix in ORIGINAL_PNGS.items():
             if (self.run_dir / ours).is_file():
                 stem = self.original_csv.stem
                 shutil.copyfile(self.run_dir / ours, self.original_csv.with_name(stem + suffix))
+
+
+def _write_rows(path: Path, header: list[str], rows: Iterable[list[Any]]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 # The original's groups came in the order of a ResNet's parameters (stem first).
@@ -147,49 +142,31 @@ def percent(fraction: float) -> float:
 
 def plot_metrics(rows: list[EpochRow], out_dir: Path) -> None:
     """loss.png and accuracy.png: train and val curves over epochs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from pochitrain.plotting import use_cjk_font
-    from pochitrain.workspace import atomic_path
-
-    use_cjk_font()
     epochs = [r.epoch for r in rows]
     for name, train_key, val_key, label in (
         ("loss.png", "train_loss", "val_loss", "loss"),
         ("accuracy.png", "train_accuracy", "val_accuracy", "accuracy"),
     ):
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        fig = figure(figsize=(6, 4), dpi=100)
+        ax = fig.subplots()
         ax.plot(epochs, [getattr(r, train_key) for r in rows], "o-", label=f"train {label}")
         ax.plot(epochs, [getattr(r, val_key) for r in rows], "s-", label=f"val {label}")
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.set_title(f"{label} per epoch")
-        ax.grid(alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        with atomic_path(out_dir / name) as tmp:
-            fig.savefig(tmp, format="png")
-        plt.close(fig)
+        _save(fig, ax, out_dir / name)
 
 
 def plot_group_lrs(rows: list[EpochRow], path: Path, log_scale: bool = True) -> None:
     """One line per parameter group (tab10 up to 10 groups, else tab20), as the original."""
-    import matplotlib
+    from matplotlib import colormaps
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from pochitrain.plotting import use_cjk_font
-    from pochitrain.workspace import atomic_path
-
-    use_cjk_font()
     groups = list(rows[0].group_lrs)
-    cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
+    cmap = colormaps["tab10" if len(groups) <= 10 else "tab20"]
     epochs = [r.epoch for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    fig = figure(figsize=(7, 4), dpi=100)
+    ax = fig.subplots()
     for i, group in enumerate(groups):
         ax.plot(epochs, [r.group_lrs.get(group, float("nan")) for r in rows], "o-",
                 color=cmap(i % cmap.N), label=group)
@@ -198,9 +175,12 @@ def plot_group_lrs(rows: list[EpochRow], path: Path, log_scale: bool = True) -> 
     ax.set_xlabel("epoch")
     ax.set_ylabel("learning rate" + (" (log scale)" if log_scale else ""))
     ax.set_title("layer-wise learning rates")
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
+    _save(fig, ax, path)
+
+
+def _save(fig: Any, ax: Any, path: Path) -> None:
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)

@@ -9,11 +9,12 @@ TensorBoard event files (config ``enable_tensorboard``) and the gradient trace C
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pochitrain.workspace import atomic_write_text
+from pochitrain.workspace import atomic_write_text, local_now
 
 if TYPE_CHECKING:
     import numpy as np
@@ -37,7 +38,7 @@ def write_paths(run_dir: Path, train: ImageFolder, val: ImageFolder) -> None:
         atomic_write_text(folder / name, "".join(f"{p}\n" for p, _ in images.samples))
 
 
-def format_confusion(epoch: int, matrix: np.ndarray, class_names: list[str]) -> str:
+def format_confusion(epoch: int, matrix: np.ndarray) -> str:
     """``epoch{N}`` then one row per true class (columns: predicted), as the original."""
     rows = matrix.tolist()
     width = max(len(str(v)) for row in rows for v in row)
@@ -51,7 +52,6 @@ class RunObserver:
                  tensorboard: TensorBoardLog | None = None,
                  gradients: GradientTracker | None = None) -> None:
         self.run_dir = run_dir
-        self.class_names = class_names
         self.num_classes = len(class_names)
         self.tensorboard = tensorboard
         self.gradients = gradients
@@ -62,7 +62,7 @@ class RunObserver:
     def epoch_end(self, row: EpochRow, val_stats: EpochStats) -> None:
         if getattr(val_stats, "confusion", None) is not None:
             with open(self.run_dir / CONFUSION_LOG, "a", encoding="utf-8") as f:
-                f.write(format_confusion(row.epoch, val_stats.confusion, self.class_names))
+                f.write(format_confusion(row.epoch, val_stats.confusion))
         if self.tensorboard is not None:
             self.tensorboard.log(row)
         if self.gradients is not None:
@@ -78,10 +78,6 @@ class RunObserver:
 def copy_original_gradient_trace(csv_path: Path, run_dir: Path) -> Path:
     """The trace where the original wrote it too (visualization/gradient_trace_<timestamp>.csv,
     the same columns), for scripts written for it."""
-    import shutil
-
-    from pochitrain.workspace import local_now
-
     target = run_dir / "visualization" / f"gradient_trace_{local_now():%Y%m%d_%H%M%S}.csv"
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(csv_path, target)

@@ -3,10 +3,13 @@ early stopping."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pochitrain.config_legacy import LAYER_GROUPS
+from pochitrain.console import info
 from pochitrain.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -31,8 +34,6 @@ def build_optimizer(name: str, params: ParamsT, lr: float, weight_decay: float =
 def layer_group(name: str) -> str:
     """The original's ResNetLayerGrouper: the first of layer1..layer4, conv1, bn1, fc found in
     the parameter name (substring), else "other"."""
-    from pochitrain.config_legacy import LAYER_GROUPS
-
     return next((g for g in LAYER_GROUPS[:-1] if g in name), "other")
 
 
@@ -40,8 +41,6 @@ def layer_param_groups(model: torch.nn.Module, model_name: str, rates: dict[str,
                        base_lr: float) -> list[dict[str, Any]]:
     """Parameter groups named by ``layer_group``; groups missing from ``rates`` get
     ``base_lr``. A rate for a group that holds no parameter of this model is a ConfigError."""
-    from pochitrain.config_legacy import LAYER_GROUPS
-
     groups: dict[str, list[torch.nn.Parameter]] = {g: [] for g in LAYER_GROUPS}
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -80,8 +79,6 @@ def class_weights(setting: list[float] | str | None, train: ImageFolder, names: 
         return setting if isinstance(setting, list) else None
     weights = balanced_class_weights([label for _, label in train.samples], len(names))
     if say:
-        from pochitrain.console import info
-
         info("class_weights = 'balanced': " + ", ".join(
             f"{name} {w:.3g}" for name, w in zip(names, weights)))
     return weights
@@ -90,11 +87,9 @@ def class_weights(setting: list[float] | str | None, train: ImageFolder, names: 
 def balanced_class_weights(labels: list[int], n_classes: int) -> list[float]:
     """``class_weights = "balanced"``: images / (classes x images of the class), the rule of
     scikit-learn's ``compute_class_weight("balanced")``; a class without images gets 0."""
-    counts = [0] * n_classes
-    for label in labels:
-        counts[label] += 1
-    total = sum(counts)
-    return [total / (n_classes * c) if c else 0.0 for c in counts]
+    counts = Counter(labels)
+    return [len(labels) / (n_classes * counts[k]) if counts[k] else 0.0
+            for k in range(n_classes)]
 
 
 class EarlyStopping:

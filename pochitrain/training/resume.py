@@ -20,12 +20,15 @@ import json
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import numpy as np
+import torch
+
+from pochitrain.console import warn
 from pochitrain.errors import UsageError
-
-if TYPE_CHECKING:
-    from pochitrain.training.metrics import MetricsLog
+from pochitrain.meta import file_sha256
+from pochitrain.training.metrics import EpochRow, MetricsLog
 
 # ``s`` below is a ``training.fit.FitSetup`` and ``keeper`` its ``CheckpointKeeper``: fit calls
 # this module, so naming them here would make an import circle.
@@ -51,15 +54,10 @@ class ResumePoint:
     def epoch(self) -> int:
         return int(self.state["epoch"])
 
-    def config_file(self) -> Path:
-        return run_config(self.run_dir)
-
 
 def run_config(run_dir: Path) -> Path:
     """The config a run was started with where it still has the same content, else the copy
     in the run folder."""
-    from pochitrain.meta import file_sha256
-
     record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     recorded = Path(record.get("config_path") or "")
     copy = run_dir / "config.py"
@@ -109,8 +107,6 @@ def find_resume_point(path: Path | str) -> ResumePoint:
 
 def check_same_config(point: ResumePoint, config: Path, settings_epochs: int) -> None:
     """The config given with --resume must be the run's own; the run must have epochs left."""
-    from pochitrain.meta import file_sha256
-
     started_with = point.payload.get("meta", {}).get("source", {}).get("config_sha256")
     if started_with is not None and file_sha256(config) != started_with:
         raise _refuse("別の config の学習は再開できません",
@@ -127,11 +123,8 @@ def check_same_config(point: ResumePoint, config: Path, settings_epochs: int) ->
 
 def capture(s: Any, keeper: Any, log: MetricsLog, epoch: int) -> dict[str, Any]:
     """The state after finished epoch ``epoch``, for ``last_model.pth``."""
-    import numpy as np
-    import torch
-
     kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
-    state: dict[str, Any] = {
+    return {
         "epoch": epoch,
         "optimizer": s.optimizer.state_dict(),
         "scheduler": s.scheduler.state_dict() if s.scheduler is not None else None,
@@ -150,12 +143,9 @@ def capture(s: Any, keeper: Any, log: MetricsLog, epoch: int) -> dict[str, Any]:
         "gradient_rows": (s.observer.gradients.rows
                           if s.observer is not None and s.observer.gradients is not None else []),
     }
-    return state
 
 
 def _loader_state(loader: Any) -> dict[str, Any]:
-    import torch
-
     generator = getattr(loader, "generator", None)
     epoch = getattr(getattr(loader, "sampler", None), "epoch", None)
     return {"generator": generator.get_state() if isinstance(generator, torch.Generator)
@@ -165,11 +155,6 @@ def _loader_state(loader: Any) -> dict[str, Any]:
 def restore(s: Any, keeper: Any, log: MetricsLog, state: dict[str, Any]) -> int:
     """Put the saved state back (the weights are loaded by the caller); the first epoch to
     run."""
-    import numpy as np
-    import torch
-
-    from pochitrain.training.metrics import EpochRow
-
     s.optimizer.load_state_dict(state["optimizer"])
     if s.scheduler is not None and state["scheduler"] is not None:
         s.scheduler.load_state_dict(state["scheduler"])
@@ -200,8 +185,6 @@ def restore(s: Any, keeper: Any, log: MetricsLog, state: dict[str, Any]) -> int:
 
 
 def _restore_loader(loader: Any, saved: dict[str, Any]) -> None:
-    import torch
-
     generator = getattr(loader, "generator", None)
     if saved["generator"] is not None and isinstance(generator, torch.Generator):
         generator.set_state(saved["generator"])
@@ -216,8 +199,6 @@ def warn_if_data_changed(payload: dict[str, Any], fingerprint: str) -> None:
     source = (payload.get("meta") or {}).get("source") or {}
     before = source.get("train_data_fingerprint")
     if before and before != fingerprint:
-        from pochitrain.console import warn
-
         warn("学習データが中断前から変わっています / The training images changed since the "
              "run was interrupted (files added, removed or edited): it goes on with the "
              "current ones.")

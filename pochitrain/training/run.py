@@ -17,9 +17,10 @@ Run folder layout::
 from __future__ import annotations
 
 import contextlib
+import functools
 import platform
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -225,14 +226,12 @@ def _setup(settings: Settings, data: _Data, device: str) -> FitSetup:
         input_size=list(_preprocess(settings).input_size))
 
 
-def _epoch_extras(settings: Settings,
-                  ) -> Callable[[int, EpochStats, EpochStats | None], dict[str, Any]]:
+def _epoch_extras(settings: Settings, epoch: int, tr: EpochStats,
+                  va: EpochStats | None) -> dict[str, Any]:
     """What every checkpoint records beside the weights, for an epoch."""
-    def extras(epoch: int, tr: EpochStats, va: EpochStats | None) -> dict[str, Any]:
-        return {"epoch": epoch, "train_loss": tr.loss, "train_accuracy": tr.accuracy,
-                "val_loss": va.loss if va else None, "val_accuracy": va.accuracy if va else None,
-                "optimizer": settings.optimizer, "learning_rate": settings.learning_rate}
-    return extras
+    return {"epoch": epoch, "train_loss": tr.loss, "train_accuracy": tr.accuracy,
+            "val_loss": va.loss if va else None, "val_accuracy": va.accuracy if va else None,
+            "optimizer": settings.optimizer, "learning_rate": settings.learning_rate}
 
 
 def _open_run(settings: Settings, config_path: Path, work_dir: Path | str | None,
@@ -267,8 +266,8 @@ def _run_fit(settings: Settings, setup: FitSetup, keeper: CheckpointKeeper, run_
                            lr_log_scale=settings.layer_wise_lr_config["graph_config"]
                            ["use_log_scale"], base_lr=settings.learning_rate)
         with cudnn_autotune(setup.device, settings.cudnn_benchmark):
-            out = T.fit(setup, keeper, log, _epoch_extras(settings), progress and main,
-                        on_epoch)
+            out = T.fit(setup, keeper, log, functools.partial(_epoch_extras, settings),
+                        progress and main, on_epoch)
         log.close()
         return out
     except BaseException as exc:
@@ -304,7 +303,7 @@ def _load_settings(config: Path | str | None, overrides: dict[str, Any] | None,
 
     resumed = R.find_resume_point(resume) if resume is not None else None
     if config is None and resumed is not None:
-        config = resumed.config_file()
+        config = R.run_config(resumed.run_dir)
     if config is None:
         raise ConfigError("config を指定してください\n"
                           "No config was given, and no run to resume.",
@@ -349,11 +348,10 @@ def run_training(config: Path | str | None, *, overrides: dict[str, Any] | None 
     setup = _setup(settings, data, device)
     if ddp is not None:
         ddp.prepare(setup, settings.batch_size, settings.seed)
+    fingerprint = data.train.fingerprint()
     if resumed is not None:
         D.unwrap(setup.model).load_state_dict(resumed.payload["model_state_dict"])
         setup.resume = resumed.state
-    fingerprint = data.train.fingerprint()
-    if resumed is not None:
         R.warn_if_data_changed(resumed.payload, fingerprint)
     meta = ModelMeta(data.class_names, pre, model_name=settings.model_name,
                      source={"config_sha256": file_sha256(config_path),

@@ -14,28 +14,22 @@ from typing import TYPE_CHECKING
 from pochitrain.errors import BackendMissingError
 
 if TYPE_CHECKING:
-    from torch.utils.tensorboard import SummaryWriter
-
     from pochitrain.training.metrics import EpochRow
-
-
-def _summary_writer() -> type[SummaryWriter]:
-    try:
-        import tensorboard  # noqa: F401 - torch.utils.tensorboard needs it
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as exc:
-        raise BackendMissingError(
-            "TensorBoard がインストールされていません\n"
-            "enable_tensorboard = True but TensorBoard is not installed.",
-            'Install it with: pip install "pochitrain[tensorboard]" (or set '
-            "enable_tensorboard = False).") from exc
-    return SummaryWriter
 
 
 class TensorBoardLog:
     def __init__(self, log_dir: Path) -> None:
+        try:
+            import tensorboard  # noqa: F401 - torch.utils.tensorboard needs it
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise BackendMissingError(
+                "TensorBoard がインストールされていません\n"
+                "enable_tensorboard = True but TensorBoard is not installed.",
+                'Install it with: pip install "pochitrain[tensorboard]" (or set '
+                "enable_tensorboard = False).") from exc
         self.log_dir = log_dir
-        self.writer = _summary_writer()(log_dir=str(log_dir))
+        self.writer: SummaryWriter = SummaryWriter(log_dir=str(log_dir))
 
     def log(self, row: EpochRow) -> None:
         w, step = self.writer, row.epoch
