@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -24,6 +25,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -200,15 +202,10 @@ def timed_protocol(read_timeout_s: float) -> type[asyncio.Protocol]:
 def closing_answer(refusal: BadInput) -> bytes:
     """A whole HTTP/1.1 answer with our JSON error body, written before the connection
     closes where no request (hence no ASGI app) is there to answer."""
-    from http import HTTPStatus
-
-    from starlette.responses import JSONResponse
-
-    body = JSONResponse(refusal.body()).body
-    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n\r\n%s" % (refusal.status,
-                                                HTTPStatus(refusal.status).phrase.encode(),
-                                                len(body), bytes(body)))
+    body = json.dumps(refusal.body(), ensure_ascii=False).encode()
+    return (f"HTTP/1.1 {refusal.status} {HTTPStatus(refusal.status).phrase}\r\ncontent-type: "
+            f"application/json\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
+            ).encode() + body
 
 
 def banner(options: ServeOptions, settings: ServeSettings, details: dict[str, Any],
