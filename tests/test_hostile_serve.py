@@ -1,7 +1,8 @@
 """Hostile inputs to ``pochi serve`` over real HTTP and to the Python API (``Predictor``).
 
-One .onnx server starts for the module; every request below is answered with JSON (no 500
-for a client's mistake, no traceback in its log), and a good request still works after.
+The requests go to the session's .onnx server (conftest ``servers``, shared with
+test_serve); every request below is answered with JSON (no 500 for a client's mistake, no
+traceback in its log), and a good request still works after.
 """
 
 from __future__ import annotations
@@ -10,10 +11,6 @@ import asyncio
 import base64
 import gzip
 import io
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,34 +21,19 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+from serving import Server
+
 PREDICT = "/api/v1/predict"
 HANG_GUARD_S = 60
 
 
 class Served:
-    def __init__(self, model: Path, log: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pochitrain.cli.main", "serve", str(model), "--port",
-             str(self.port), "--decode-workers", "1"],
-            stdout=log.open("w"), stderr=subprocess.STDOUT)
-        self.client = httpx.Client(base_url=self.url, timeout=HANG_GUARD_S)
+    """A running server with a client at hand."""
 
-    def wait_ready(self) -> None:
-        end = time.monotonic() + HANG_GUARD_S
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                pytest.fail(f"server exited {self.proc.returncode}:\n{self.log.read_text()}")
-            try:
-                if self.client.get("/api/v1/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        pytest.fail(f"server not ready:\n{self.log.read_text()}")
+    def __init__(self, server: Server) -> None:
+        self.url = server.url
+        self.log = server.log
+        self.client = httpx.Client(base_url=self.url, timeout=HANG_GUARD_S)
 
     def post(self, body: bytes | str, content_type: str = "application/json",
              **kw: Any) -> Any:
@@ -65,15 +47,10 @@ def model(untrained_checkpoint: Path, onnx_export: Callable[..., Path]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    served = Served(model, tmp_path_factory.mktemp("hostile_serve") / "server.log")
-    try:
-        served.wait_ready()
-        yield served
-    finally:
-        served.client.close()
-        served.proc.kill()
-        served.proc.wait(HANG_GUARD_S)
+def server(servers: dict[str, Server]) -> Iterator[Served]:
+    served = Served(servers["onnx"])  # serves ``model``
+    yield served
+    served.client.close()
 
 
 @pytest.fixture(scope="module")
