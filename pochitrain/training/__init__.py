@@ -1,12 +1,6 @@
 """Training: data loading, optimizers and schedulers, precision, one epoch, the epoch loop
-(``fit``) with its checkpoint keeper, and metrics (CSV + PNG).
-
-Device-aware from the start: batches are copied with ``non_blocking=True`` (useful with the
-pinned memory the loaders use on CUDA); ``run_epoch`` takes ``amp_dtype`` (autocast) and
-``channels_last``; ``resolve_precision`` turns the config keys ``mixed_precision`` and
-``channels_last`` into those for a device (bf16 + channels_last on GPUs with bf16, both off on
-the CPU; fp16 adds a GradScaler).
-"""
+(``fit``) with its checkpoint keeper, and metrics (CSV + PNG); ``training.run`` trains from a
+config."""
 
 # ruff: noqa: F401 - re-exports
 from pochitrain.training.data import (

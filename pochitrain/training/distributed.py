@@ -21,11 +21,14 @@ first training batch.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -35,9 +38,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import DataLoader
 
 from pochitrain.config_checks import check_training_batch
 from pochitrain.errors import ConfigError, PeerLostError, TrainingError
+from pochitrain.scratch import remove_orphans
+from pochitrain.training.data import seed_everything
 
 if TYPE_CHECKING:
     import threading
@@ -51,8 +57,6 @@ SCRATCH_PREFIX = "pochi_rank"  # + "<rank>_<pid>_<random>" in the temp folder
 def remove_stale_scratch(temp_root: Path | None = None) -> list[Path]:
     """Remove this user's rank scratch folders whose process is gone (a killed rank cannot
     run its exit handler); the folders removed."""
-    from pochitrain.scratch import remove_orphans
-
     return remove_orphans(rf"{SCRATCH_PREFIX}\d+_(\d+)_.+", temp_root)
 
 
@@ -96,9 +100,6 @@ class SyncedStop:
     def __init__(self, event: threading.Event, device: str) -> None:
         self.event, self.device, self._stopped = event, device, False
 
-    def set(self) -> None:
-        self.event.set()
-
     def is_set(self) -> bool:
         if not self._stopped:
             flag = torch.tensor([1.0 if self.event.is_set() else 0.0], device=self.device)
@@ -120,8 +121,6 @@ class Distributed:
 
     def prepare(self, setup: Any, batch_size: int, seed: int | None) -> None:
         """Wrap ``setup.model`` in DDP, give each loader this rank's slice, seed this rank."""
-        from pochitrain.training.data import seed_everything
-
         if batch_size % self.world:
             raise ConfigError(
                 "batch_size をプロセス数で割り切れません\n"
@@ -201,9 +200,8 @@ class Distributed:
         stats.loss = loss / images if images else 0.0
         stats.accuracy = correct / images if images else 0.0
         stats.seconds, stats.interrupted = maxes[0].item(), bool(maxes[1].item() > 0)
-        confusion = getattr(stats, "confusion", None)
-        if isinstance(confusion, torch.Tensor):
-            total = confusion.to(self.device)
+        if isinstance(stats.confusion, torch.Tensor):
+            total = stats.confusion.to(self.device)
             dist.all_reduce(total, op=dist.ReduceOp.SUM)
             stats.confusion = total.cpu()
         if n_skipped:
@@ -229,10 +227,6 @@ class Distributed:
     def scratch_dir(self) -> Path:
         """Where a rank other than 0 keeps its (unused) run files; removed at exit. Its name
         holds this process id, so that the folders of killed ranks are removed later."""
-        import atexit
-        import shutil
-        import tempfile
-
         remove_stale_scratch()
         scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{self.rank}_{os.getpid()}_"))
         atexit.register(shutil.rmtree, scratch, True)
@@ -272,8 +266,6 @@ def _reshard(loader: Any, sampler: Any, batch_size: int, seed: int | None,
     itself; a DataLoader is rebuilt with the same workers and collate)."""
     if hasattr(loader, "resharded"):
         return loader.resharded(sampler, batch_size, drop_last)
-    from torch.utils.data import DataLoader
-
     generator = torch.Generator()
     if seed is not None:
         generator.manual_seed(seed)

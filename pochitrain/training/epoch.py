@@ -232,10 +232,7 @@ def _warm_step(net: nn.Module, n: int, input_size: list[int], device: str,
     with autocast(device, amp_dtype):
         loss = criterion(out, y) if criterion is not None else out.float().sum()
     loss.backward()
-    predicted = out.detach().argmax(1)
-    float(loss.detach()) + int((predicted == y).sum())  # the host reads of run_epoch
-    if num_classes:
-        torch.bincount(y * num_classes + predicted, minlength=num_classes * num_classes)
+    _Tally(num_classes, device).add(out, y, float(loss.detach()), n)  # run_epoch's counting
 
 
 def _warm_optimizer(optimizer: Any) -> None:
@@ -246,11 +243,9 @@ def _warm_optimizer(optimizer: Any) -> None:
     for group in optimizer.param_groups:
         for p in group["params"]:
             seen.setdefault((p.dtype, p.device), p)
-    scratch = []
-    for p in seen.values():
-        q = p.detach().clone().requires_grad_(True)
+    scratch = [p.detach().clone().requires_grad_(True) for p in seen.values()]
+    for q in scratch:
         q.grad = torch.zeros_like(q)
-        scratch.append(q)
     try:
         twin = type(optimizer)(scratch, **optimizer.defaults)
     except (TypeError, ValueError):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from pochitrain.console import info, make_progress, warn
 from pochitrain.errors import DataError
-from pochitrain.training.distributed import SyncedStop
+from pochitrain.training.distributed import Distributed, SyncedStop
 from pochitrain.training.epoch import EpochStats, run_epoch, stop_on_ctrl_c, warm_up
 from pochitrain.training.metrics import EpochRow, MetricsLog
 from pochitrain.training.resume import RESUME_KEY, capture, restore
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from pochitrain.training.distributed import Distributed
     from pochitrain.training.observers import RunObserver
     from pochitrain.training.optim import EarlyStopping
     from pochitrain.training.precision import Precision

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pochitrain.training.gradients import GradientTracker
+from pochitrain.training.tensorboard import TensorBoardLog
 from pochitrain.workspace import atomic_write_text, local_now
 
 if TYPE_CHECKING:
@@ -23,9 +25,7 @@ if TYPE_CHECKING:
     from pochitrain.config import Settings
     from pochitrain.data import ImageFolder
     from pochitrain.training.epoch import EpochStats
-    from pochitrain.training.gradients import GradientTracker
     from pochitrain.training.metrics import EpochRow
-    from pochitrain.training.tensorboard import TensorBoardLog
 
 CONFUSION_LOG = "confusion_matrix.log"
 
@@ -89,12 +89,8 @@ def build_observer(settings: Settings, run_dir: Path, data: Any, model: nn.Modul
     write_paths(run_dir, data.train, data.val)
     tensorboard = gradients = None
     if settings.enable_tensorboard:
-        from pochitrain.training.tensorboard import TensorBoardLog
-
         tensorboard = TensorBoardLog(run_dir / "tensorboard" / run_dir.name)
     if settings.enable_gradient_tracking:
-        from pochitrain.training.gradients import GradientTracker
-
         gradients = GradientTracker(model, run_dir / "gradient_trace.csv",
                                     **settings.gradient_tracking_config)
     return RunObserver(run_dir, data.class_names, tensorboard=tensorboard, gradients=gradients)

@@ -104,14 +104,12 @@ def _check_data(settings: Settings, resumed: Path | None = None) -> _Data:
             "num_classes がクラスフォルダの数と一致しません\n"
             f"num_classes = {settings.num_classes} but {train.root} has {n} class folders "
             f"({', '.join(train.classes)}).",
-            f"Set num_classes = {n}, or remove it (None) to use the number of folders.",
-        )
+            f"Set num_classes = {n}, or remove it (None) to use the number of folders.")
     if isinstance(settings.class_weights, list) and len(settings.class_weights) != n:
         raise ConfigError(
             "class_weights の数がクラス数と一致しません\n"
             f"class_weights has {len(settings.class_weights)} values but there are {n} classes.",
-            f"Give one weight per class, in this order: {', '.join(train.classes)}.",
-        )
+            f"Give one weight per class, in this order: {', '.join(train.classes)}.")
     return _Data(train, val, list(train.classes))
 
 
@@ -121,8 +119,7 @@ def _preprocess(settings: Settings) -> Preprocess:
         raise ConfigError(
             "input_size が val_transform の出力サイズと一致しません\n"
             f"input_size = {settings.input_size} but val_transform produces {pre.input_size}.",
-            "Make them agree (or remove input_size: it is read from val_transform).",
-        )
+            "Make them agree (or remove input_size: it is read from val_transform).")
     return pre
 
 
