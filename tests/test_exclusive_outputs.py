@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import resource
 import subprocess
@@ -32,45 +33,106 @@ from pochitrain.workspace import (
     publish,
 )
 
-# no bytecode written by the children: a .pyc cut short by the file-size limit would break
-# every later import of its module
+# children: one thread, and no bytecode written beside the sources the tests run from
 CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
              "POCHI_BYTECODE_CACHE": "0"}
 
 
-def _pochi(*argv: str) -> list[str]:
-    return [sys.executable, "-m", "pochitrain.cli.main", *argv]
+# The rival's loop: one JSON job per stdin line ({"gate", "argv", "result"}); each command
+# runs with the job's gate and its exit code and stderr go to the job's result file.
+RIVAL = """
+import contextlib, io, json, os, sys
+from pathlib import Path
+from pochitrain.cli.main import run
+from pochitrain.workspace import TEST_GATE_ENV
+for line in sys.stdin:
+    job = json.loads(line)
+    os.environ[TEST_GATE_ENV] = job["gate"]
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        try:
+            code = run(job["argv"])
+        except SystemExit as exc:
+            code = exc.code
+    result = Path(job["result"])
+    result.with_suffix(".tmp").write_text(json.dumps([code, err.getvalue()]))
+    result.with_suffix(".tmp").rename(result)
+"""
+
+
+class Rival:
+    """A child process that runs ``pochi`` commands one after another (in-process ``run``):
+    the other writer of every race in this module, its interpreter started once."""
+
+    def __init__(self, folder: Path) -> None:
+        self.log = folder / "rival.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-c", RIVAL], env=CHILD_ENV,
+                                         stdin=subprocess.PIPE, stdout=log,
+                                         stderr=subprocess.STDOUT, text=True)
+
+    def start(self, gate: Path, argv: list[str]) -> Path:
+        """Start ``pochi argv`` behind ``gate``; the file its [exit code, stderr] will be in."""
+        result = gate / "rival.json"
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"gate": str(gate), "argv": argv,
+                                          "result": str(result)}) + "\n")
+        self.proc.stdin.flush()
+        return result
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def rival(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rival]:
+    child = Rival(tmp_path_factory.mktemp("rival"))
+    yield child
+    child.stop()
 
 
 class Race:
-    """Two writers of one output: ``pochi`` in this process (a thread) and a child process.
-    Each stops at its exclusive create until both are there; then both go at once."""
+    """Two writers of one output: ``pochi`` in this process (a thread) and in the rival
+    process. Each stops at its exclusive create until both are there; then both go at once."""
 
     def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                 capsys: pytest.CaptureFixture[str]) -> None:
+                 capsys: pytest.CaptureFixture[str], rival: Rival) -> None:
         self.gate = tmp_path / "gate"
         self.gate.mkdir()
         monkeypatch.setenv(TEST_GATE_ENV, str(self.gate))
         self.capsys = capsys
+        self.rival = rival
 
     def run(self, here: list[str], child: list[str]) -> list[tuple[int, str]]:
-        """[(exit code, stderr)] of ``pochi here`` and of the child ``pochi child``."""
+        """[(exit code, stderr)] of ``pochi here`` and of the rival's ``pochi child``."""
         from pochitrain.cli.main import run
 
         codes: list[int] = []
         thread = threading.Thread(target=lambda: codes.append(run(here)))
-        proc = subprocess.Popen(_pochi(*child), env={**CHILD_ENV, TEST_GATE_ENV: str(self.gate)},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        result = self.rival.start(self.gate, child)
         thread.start()
         deadline = time.monotonic() + 180  # a hang guard, not a timing
         while len(list(self.gate.glob("arrived-*"))) < 2:
-            if time.monotonic() > deadline or proc.poll() is not None or not thread.is_alive():
+            if time.monotonic() > deadline or result.exists() or not self.rival.alive() \
+                    or not thread.is_alive():
                 break  # one failed before its create: the assertions show its output
             time.sleep(0.05)
         (self.gate / "open").touch()
-        _, err = proc.communicate(timeout=180)
         thread.join(timeout=180)
-        return [(codes[0], self.capsys.readouterr().err), (proc.returncode, err)]
+        while not result.exists() and self.rival.alive() and time.monotonic() < deadline + 180:
+            time.sleep(0.05)  # the rival's command finishing; hang guard only
+        assert result.exists(), self.rival.log.read_text(errors="replace")[-3000:]
+        code, err = json.loads(result.read_text())
+        return [(codes[0], self.capsys.readouterr().err), (code, err)]
 
 
 def _one_winner(results: list[tuple[int, str]], *words: str) -> int:
@@ -129,13 +191,13 @@ def test_disk_full_names_the_file(tmp_path: Path) -> None:
 
 def test_two_export_onnx_one_wins(untrained_checkpoint: Path, tmp_path: Path,
                                   monkeypatch: pytest.MonkeyPatch,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+                                  capsys: pytest.CaptureFixture[str], rival: Rival) -> None:
     import onnx
 
     out = tmp_path / "x.onnx"
     argv = [["export-onnx", str(untrained_checkpoint), "-o", str(out), "--skip-verify",
              "--opset", opset] for opset in ("17", "18")]
-    winner = _one_winner(Race(tmp_path, monkeypatch, capsys).run(*argv), "already exists")
+    winner = _one_winner(Race(tmp_path, monkeypatch, capsys, rival).run(*argv), "already exists")
     opset = onnx.load(str(out), load_external_data=False).opset_import[0].version
     assert opset == (17, 18)[winner]  # the file is the winner's, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gate", "x.onnx"]
@@ -144,13 +206,14 @@ def test_two_export_onnx_one_wins(untrained_checkpoint: Path, tmp_path: Path,
 def test_fp32_and_fp16_convert_one_wins(untrained_checkpoint: Path,
                                         onnx_export: Callable[..., Path], tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+                                        capsys: pytest.CaptureFixture[str],
+                                        rival: Rival) -> None:
     from pochitrain.tensorrt.engine_file import engine_matches, read_engine_metadata
 
     onnx_path = onnx_export(untrained_checkpoint, 1)
     engine = tmp_path / "x.engine"
     base = ["convert", str(onnx_path), "-o", str(engine), "--no-progress"]
-    winner = _one_winner(Race(tmp_path, monkeypatch, capsys).run(base, [*base, "--fp16"]),
+    winner = _one_winner(Race(tmp_path, monkeypatch, capsys, rival).run(base, [*base, "--fp16"]),
                          "already exists")
     meta = read_engine_metadata(engine)
     assert meta["precision"] == ("fp32", "fp16")[winner] and engine_matches(engine, meta)
@@ -163,11 +226,12 @@ def test_two_infers_into_one_folder_never_mix(untrained_checkpoint: Path,
                                               onnx_export: Callable[..., Path],
                                               tiny_data: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+                                              capsys: pytest.CaptureFixture[str],
+                                              rival: Rival) -> None:
     out = tmp_path / "o"
     argv = [["infer", model, "--data", str(tiny_data / "val"), "-o", str(out), "--quiet"]
             for model in (str(untrained_checkpoint), str(onnx_export(untrained_checkpoint, 1)))]
-    winner = _one_winner(Race(tmp_path, monkeypatch, capsys).run(*argv),
+    winner = _one_winner(Race(tmp_path, monkeypatch, capsys, rival).run(*argv),
                          "being written by another pochi command",
                          "already holds inference results")  # the winner was that quick
     prefix = ("pytorch", "onnx")[winner]
@@ -195,36 +259,31 @@ def test_two_runs_get_their_own_run_folders(tmp_path: Path) -> None:
     assert names[0].endswith("_001") and names[1].endswith("_002")
 
 
-def _limited(limit: int) -> Callable[[], None]:
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    return apply
-
-
-def _assert_disk_full(done: subprocess.CompletedProcess[str], name: str) -> None:
-    assert done.returncode == 1, done.stderr[-1500:]
-    assert "not enough disk space while writing" in done.stderr.lower()
-    assert name in done.stderr and "Traceback" not in done.stderr
-    assert "--opset" not in done.stderr
+def _assert_disk_full(code: int, err: str, name: str) -> None:
+    assert code == 1, err[-1500:]
+    assert "not enough disk space while writing" in err.lower()
+    assert name in err and "Traceback" not in err
+    assert "--opset" not in err
 
 
 def test_full_disk_in_export_and_infer(untrained_checkpoint: Path,
                                        onnx_export: Callable[..., Path], tiny_data: Path,
-                                       tmp_path: Path) -> None:
+                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from pochitrain.cli.main import run
+
     out = tmp_path / "x.onnx"
-    done = subprocess.run(
-        _pochi("export-onnx", str(untrained_checkpoint), "-o", str(out), "--skip-verify"),
-        check=False, env=CHILD_ENV, capture_output=True, text=True, timeout=180,
-        preexec_fn=_limited(1 << 20))
-    _assert_disk_full(done, str(out))
+    onnx_path = onnx_export(untrained_checkpoint, 1)
+    with _file_size_limit(1 << 20, monkeypatch):
+        code = run(["export-onnx", str(untrained_checkpoint), "-o", str(out), "--skip-verify"])
+    _assert_disk_full(code, capsys.readouterr().err, str(out))
     assert list(tmp_path.iterdir()) == []  # neither the file nor its temp
 
     results = tmp_path / "results"
-    done = subprocess.run(
-        _pochi("infer", str(onnx_export(untrained_checkpoint, 1)), "--data", str(tiny_data / "val"),
-               "-o", str(results), "--quiet"),
-        check=False, env=CHILD_ENV, capture_output=True, text=True, timeout=180, preexec_fn=_limited(600))
-    _assert_disk_full(done, "onnx_inference_results.csv")
+    with _file_size_limit(600, monkeypatch):
+        code = run(["infer", str(onnx_path), "--data", str(tiny_data / "val"), "-o",
+                    str(results), "--quiet"])
+    _assert_disk_full(code, capsys.readouterr().err, "onnx_inference_results.csv")
     assert not results.exists()  # the claimed folder goes with the failed run
 
 
@@ -242,6 +301,7 @@ def test_claimed_folder_that_existed_keeps_its_other_files(tmp_path: Path) -> No
 def _file_size_limit(limit: int, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """``ulimit -f`` for this process, briefly (no bytecode written meanwhile: see below)."""
     monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")  # a command under the limit sets it
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
     try:

@@ -98,18 +98,18 @@ def test_cuda_without_a_gpu() -> None:
 
 @pytest.mark.skipif(CUDA, reason="checks the CPU-only path")
 def test_infer_gpu_pipeline_on_cpu_falls_back_and_says_auto_fell_back(
-        untrained_checkpoint: Path, digits_dir: Path, tmp_path: Path,
+        untrained_checkpoint: Path, tiny_data: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     from pochitrain.pipeline.infer import infer
 
-    fell_back = infer(untrained_checkpoint, data=digits_dir / "val", output=tmp_path / "a",
+    fell_back = infer(untrained_checkpoint, data=tiny_data / "val", output=tmp_path / "a",
                       pipeline="gpu", progress=False)
     summary = next(p for p in fell_back.files if p.name.endswith("summary.txt")).read_text()
     assert "cpu (PIL" in summary and "no CUDA GPU for --pipeline gpu" in summary
     said = capsys.readouterr().out
     assert "CPU パイプラインで実行します" in said and "the CPU pipeline (PIL) runs instead" in said
-    out = infer(untrained_checkpoint, data=digits_dir / "val", output=tmp_path / "b",
-                batch_size=16, progress=False)
+    out = infer(untrained_checkpoint, data=tiny_data / "val", output=tmp_path / "b",
+                batch_size=4, progress=False)
     summary = next(p for p in out.files if p.name.endswith("summary.txt")).read_text()
     assert "cpu (PIL" in summary
     assert "No CUDA GPU here: running PyTorch on the" in capsys.readouterr().out
