@@ -112,11 +112,8 @@ def load_model(path: Path | str, device: str = "cpu", *, config: Path | str | No
 
 def _model_with_weights(name: str, num_classes: int,
                         state: Any) -> tuple[nn.Module, str | None]:
-    """(the network holding the checkpoint's weights, or why they do not fit).
-
-    The network is built without its random initialisation (:func:`init_skipped`): every
-    weight is then overwritten by the file's (all present, all of the right shape) or the
-    file is refused."""
+    """(the network holding the checkpoint's weights, or why they do not fit); built without
+    its random initialisation, as every weight is then overwritten or the file refused."""
     from pochitrain.models import build_model
 
     with init_skipped():
@@ -263,11 +260,8 @@ def load_original(model_path: Path, checkpoint: OriginalCheckpoint, *,
                   model_name: str | None = None, num_classes: int | None = None,
                   option: str = "-c/--config-path",
                   settings_of: SettingsOf | None = None) -> tuple[nn.Module, ModelMeta, Path]:
-    """(model in eval mode on the CPU, metadata, config path) for an original checkpoint.
-
-    ``model_name`` / ``num_classes`` given on the command line win over the config (the
-    original let the config's model_name override an explicit --model-name: a bug).
-    """
+    """(model in eval mode on the CPU, metadata, config path) for an original checkpoint;
+    ``model_name`` / ``num_classes`` from the command line win over the config."""
     from pochitrain.console import info
 
     config_path = find_original_config(model_path, config, verb, option)

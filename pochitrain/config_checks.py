@@ -81,11 +81,8 @@ def check_float(key: str, value: Any, minimum: float, strict: bool) -> float:
 
 
 def check_transform(key: str, value: Any) -> Any:
-    """A torchvision-style transform that turns a PIL RGB image into a float (3, H, W) tensor.
-
-    train_transform may be any callable (a function or lambda too); val_transform must be
-    data (a Compose of supported steps) because export-onnx / convert store it with the model.
-    """
+    """A transform from a PIL RGB image to a float (3, H, W) tensor: any callable for
+    train_transform; data for val_transform, which is stored with the exported model."""
     if value is None:
         return None
     if isinstance(value, type):
@@ -254,15 +251,10 @@ ORIGINAL_ES_DEFAULTS = {"enabled": False, "patience": 10, "min_delta": 0.0,
 
 
 def check_early_stopping(value: Any) -> dict[str, Any] | None:
-    """Two forms, both given as a dict (None / False: off).
-
-    pochitrain's form ``{'patience': 5, 'min_delta': 0.0, 'monitor': 'val_accuracy'}`` measures
-    accuracy as a fraction (0-1). The original pochitrain's form has ``enabled`` (default
-    False, patience 10) and gives ``min_delta`` in percentage points for accuracy; it is
-    recognised by its ``enabled`` key and converted to fractions here. A dict without
-    ``enabled`` whose accuracy min_delta is 1 or more (percentage points: the original's unit)
-    mixes the two forms and is refused.
-    """
+    """None / False (off), or a dict in one of two forms: pochitrain's (accuracy as a
+    fraction) or the original's, recognised by its ``enabled`` key (default False, patience
+    10, accuracy ``min_delta`` in percentage points, converted here). A dict without
+    ``enabled`` whose accuracy min_delta is 1 or more mixes the forms and is refused."""
     if value is None or value is False:
         return None
     if not isinstance(value, dict):

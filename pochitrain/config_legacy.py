@@ -1,8 +1,7 @@
 """Checks for the config keys of the original pochitrain (v1.8.3) that this project accepts.
 
-Each key keeps the original's meaning (reference section 2.2); where the original silently
-ignored a typo or fell back to a default, this module names the problem instead. Every
-``check_*`` returns the value normalised (defaults filled in) or raises a ConfigError.
+Each key keeps the original's meaning (reference section 2.2), but a typo the original ignored
+is named here. Every ``check_*`` returns the value with its defaults or raises a ConfigError.
 """
 
 from __future__ import annotations
@@ -85,11 +84,8 @@ def check_mean_std(key: str, value: Any) -> list[float] | None:
 
 
 def check_layer_wise_lr(enabled: bool, value: Any) -> dict[str, Any]:
-    """``{"layer_rates": {group: lr}, "graph_config": {"use_log_scale": bool}}``.
-
-    Groups are the original's (``LAYER_GROUPS``); a group that matches no parameter of the
-    model is refused when the optimizer is built (``training.optim.param_groups``).
-    """
+    """``{"layer_rates": {group: lr}, "graph_config": {"use_log_scale": bool}}``; a group
+    matching no parameter is refused when the optimizer is built."""
     example = "{'layer_rates': {'layer4': 1e-3, 'fc': 1e-2}, 'graph_config': {'use_log_scale': True}}"
     cfg = {} if value is None else dict(_dict("layer_wise_lr_config", value, example))
     _known("layer_wise_lr_config", cfg, ("layer_rates", "graph_config"))

@@ -2,16 +2,10 @@
 
 The original pochitrain read ``train_data_root = "data/train"`` from the working directory
 (its sample config lives in ``configs/`` and is run from the project root); pochitrain reads
-it from the config's folder, so a config works from anywhere. Both meanings are kept: a
-relative path is tried against both folders, and
-
-* one that exists in exactly one of them is used from there (a notice line when that is the
-  working directory);
-* one that exists in both, as two different places, is refused (which one was meant?);
-* one that exists in neither keeps the file-folder candidate and remembers both, so the error
-  a command raises names the missing path and its two candidates.
-
-``work_dir`` (an output folder) follows the data folders instead; see ``_work_dir``.
+it from the config's folder, so a config works from anywhere. Both are tried: a path that
+exists in one folder is used from there (with a notice for the working directory), one in both
+is refused, one in neither keeps both candidates for the error that names it. ``work_dir`` (an
+output folder) follows the data folders instead; see ``_work_dir``.
 """
 
 from __future__ import annotations

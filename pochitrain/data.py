@@ -212,12 +212,8 @@ def _warn_pixel_limit(what: str, limit: int | None) -> None:
 
 
 def open_rgb(path: Path) -> Image.Image | None:
-    """Decode an image fully as 8-bit RGB; None when the file is corrupt, not an image, or
-    over PIL's pixel limit (``Image.MAX_IMAGE_PIXELS``; ``POCHI_MAX_IMAGE_PIXELS`` sets it).
-
-    The EXIF orientation is applied (phone photos come out upright) and 16-bit images are
-    scaled to 8 bits, so training, CPU and GPU inference see the same pixels.
-    """
+    """The image as 8-bit RGB, upright (EXIF orientation) and 16-bit scaled, as training, CPU
+    and GPU inference all see it; None when corrupt, not an image or over PIL's pixel limit."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

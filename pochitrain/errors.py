@@ -1,9 +1,6 @@
-"""User-facing errors.
-
-Every failure a user can cause is a ``PochiError`` subclass carrying what went wrong and how to
-fix it. ``message`` is a Japanese line, then an English line (more English lines may follow);
-the CLI prints ``message`` and ``remedy`` through ``pochitrain.console.print_error`` and exits
-with ``exit_code`` (2: usage, 1: runtime); it never shows a traceback for these.
+"""User-facing errors: a ``PochiError`` subclass carries ``message`` (a Japanese line, then
+English lines) and ``remedy``; the CLI prints both (``console.print_error``), never a
+traceback, and exits with ``exit_code`` (2: usage, 1: runtime).
 """
 
 from __future__ import annotations

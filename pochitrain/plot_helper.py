@@ -1,16 +1,12 @@
 """Draw a command's pictures in a helper process started when the command starts.
 
-matplotlib's import and the font set-up take interpreter time. In a thread of the command
-they hold the GIL against the GPU input pipeline and the model; in a process of their own they
-run on another core while the command works (timings: docs/benchmarks.md). At the end the
-command hands over one drawing job (a function of ``pochitrain.reports`` and its arguments,
-pickled through a pipe: :meth:`PlotHelper.submit`), writes its other files meanwhile, and
-waits for it (:meth:`PlotHelper.wait`).
-
-On a machine with fewer than ``SPARE_CORES`` cores a thread of the command imports matplotlib
-instead (``plotting.preload``). When the helper cannot start, dies, or its drawing fails,
-:meth:`PlotHelper.wait` returns False and the caller draws in its own process, where a real
-error (a bad ``confusion_matrix_config`` value, say) is raised as it always was.
+matplotlib's import and the font set-up take interpreter time; in a thread of the command
+they hold the GIL against the GPU input pipeline and the model, in a process of their own they
+run on another core (docs/benchmarks.md). At the end the command hands over one drawing job (a
+function of ``pochitrain.reports``, pickled: :meth:`PlotHelper.submit`), writes its other files
+meanwhile and waits for it. Below ``SPARE_CORES`` cores a thread imports matplotlib instead;
+when the helper fails, :meth:`PlotHelper.wait` returns False and the caller draws itself,
+where a real error (a bad ``confusion_matrix_config``, say) is raised as it always was.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """Matplotlib set-up shared by every plot: Agg backend and a font that has Japanese glyphs.
 
-Class names and titles are often Japanese (the original pochitrain's users); DejaVu Sans, the
-default font, has no CJK glyphs and draws empty boxes. ``use_cjk_font`` registers IPAex Gothic
-from the ``matplotlib-fontja`` package (a dependency) as a fallback after DejaVu Sans, so
-Latin text keeps its look and Japanese text renders. A CJK font installed on the system
-(Noto Sans CJK, ...) is used when the package is missing.
+Class names and titles are often Japanese; DejaVu Sans, the default font, draws empty boxes
+for them. ``use_cjk_font`` adds IPAex Gothic (``matplotlib-fontja``, else a system CJK font) as
+a fallback after DejaVu Sans, so Latin text keeps its look.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """Inference preprocessing as data, not code.
 
-A model artefact (checkpoint, ONNX metadata, engine metadata) carries a ``Preprocess`` as a
-plain dict, so ONNX Runtime and TensorRT inference need neither torch nor the config file.
-``from_transform`` reads the supported subset of a torchvision ``val_transform``
-(Resize, CenterCrop, ToTensor / PILToTensor+ConvertImageDtype, Normalize) and reproduces it
-exactly with PIL + NumPy: the same PIL resize call torchvision makes on PIL images.
+Every model file carries a ``Preprocess`` as a plain dict, so ONNX Runtime and TensorRT
+inference need neither torch nor the config. ``from_transform`` reads the supported subset of
+a torchvision ``val_transform``; PIL + NumPy reproduce it exactly (the same PIL resize call).
 """
 
 from __future__ import annotations
@@ -32,15 +30,11 @@ _PIL_MODES = {
 
 @dataclass
 class Preprocess:
-    """RGB image -> float32 CHW array.
-
-    resize: ``[h, w]`` exact size, ``[s]`` smaller edge to s (aspect kept), or None.
-    center_crop: ``[h, w]`` or None. The output H, W must equal ``input_size``.
-    """
+    """RGB image -> float32 CHW array of ``input_size``."""
 
     input_size: list[int]
-    resize: list[int] | None = None
-    center_crop: list[int] | None = None
+    resize: list[int] | None = None  # [h, w], or [s]: the smaller edge to s
+    center_crop: list[int] | None = None  # [h, w]
     interpolation: str = "bilinear"
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))

@@ -118,12 +118,10 @@ def confusion(result: InferenceResult) -> np.ndarray:
 
 
 def classification_report_csv(result: InferenceResult) -> str:
-    """The original's rows: per-class precision / recall / f1 / support for every class of
-    the model, then macro and weighted averages (support: all images); then our accuracy row.
-
-    The macro average counts the classes that occur in the labels or the predictions, also
-    one predicted but with no image (scikit-learn's rule without ``labels=``, the original's);
-    a class neither present nor predicted is listed with zeros but not averaged."""
+    """The original's rows: precision / recall / f1 / support per class of the model, macro
+    and weighted averages (support: all images), then our accuracy row. The macro average
+    counts the classes in the labels or the predictions (scikit-learn's rule without
+    ``labels=``, the original's); a class neither present nor predicted is listed, not averaged."""
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
     labels = list(range(len(result.class_names)))
@@ -158,10 +156,7 @@ def original_summary_lines(result: InferenceResult, info: dict[str, str]) -> lis
     lines.append(f"サンプル数: {result.measured}")
     if result.accuracy is not None:
         lines.append(f"精度: {100 * result.accuracy:.2f}%")
-    pure_ms, e2e_ms = (result.per_image_ms(result.pure_seconds),
-                       result.per_image_ms(result.e2e_seconds))
-    pure_ips, e2e_ips = (result.images_per_second(result.pure_seconds),
-                         result.images_per_second(result.e2e_seconds))
+    pure_ms, e2e_ms, pure_ips, e2e_ips = _speeds(result)
     lines += [
         f"平均推論時間: {pure_ms:.2f} ms/image (純粋推論のみ)",
         f"スループット: {pure_ips:.1f} images/sec (純粋推論ベース)",
@@ -174,6 +169,13 @@ def original_summary_lines(result: InferenceResult, info: dict[str, str]) -> lis
     if result.runtime != "pytorch" and info.get("pipeline"):  # its name, before the details
         lines.append(f"パイプライン: {info['pipeline'].split(' (')[0]}")
     return lines
+
+
+def _speeds(result: InferenceResult) -> tuple[float, float, float, float]:
+    """(pure, end-to-end) ms per image, then (pure, end-to-end) images per second."""
+    pure, e2e = result.pure_seconds, result.e2e_seconds
+    return (result.per_image_ms(pure), result.per_image_ms(e2e),
+            result.images_per_second(pure), result.images_per_second(e2e))
 
 
 def summary_text(result: InferenceResult, info: dict[str, str]) -> str:
@@ -197,10 +199,7 @@ def summary_text(result: InferenceResult, info: dict[str, str]) -> str:
                          f"{100 * result.top_k_accuracy:.2f}%")
     else:
         lines.append("精度 / Accuracy: n/a (unlabelled data)")
-    pure_ms = result.per_image_ms(result.pure_seconds)
-    e2e_ms = result.per_image_ms(result.e2e_seconds)
-    pure_ips = result.images_per_second(result.pure_seconds)
-    e2e_ips = result.images_per_second(result.e2e_seconds)
+    pure_ms, e2e_ms, pure_ips, e2e_ips = _speeds(result)
     lines += [
         f"平均推論時間 (純粋) / Pure inference: {pure_ms:.3f} ms/image",
         f"スループット (純粋) / Pure throughput: {pure_ips:.1f} images/s",

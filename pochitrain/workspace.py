@@ -8,11 +8,9 @@ Everything pochitrain knows about a run folder lives here::
         models/       checkpoints, and the ONNX / engines exported from them
         inference_results/YYYYMMDD_NNN/   one folder per inference run
 
-Outputs are created exclusively: a file is written under a temp name and given its final name
-by ``publish`` (a hard link, which fails when the name is taken, unlike a rename that replaces
-it), a folder that must be new by ``claim_dir`` (mkdir without exist_ok), and a results folder
-that may already exist by ``claimed_output_dir``. Of two commands writing one output at once,
-one wins and the other is refused as if the output had been there before it started.
+Outputs are created exclusively (``publish``: a hard link fails when the name is taken, a
+rename would replace it; ``claim_dir``, ``claimed_output_dir``): of two commands writing one
+output at once, one wins and the other is refused as if the output had been there before.
 """
 
 from __future__ import annotations
@@ -52,11 +50,8 @@ def run_folder_of(model_path: Path | str) -> Path:
 
 
 def find_config_near(model_path: Path | str) -> Path | None:
-    """``config.py`` in the model's folder or its parents, up to the run folder (YYYYMMDD_NNN).
-
-    work_dirs/20260101_001/models/best_epoch3.pth -> work_dirs/20260101_001/config.py.
-    Without a run folder above, only the model's folder and its parent are searched.
-    """
+    """``config.py`` in the model's folder or its parents up to the run folder (YYYYMMDD_NNN;
+    without one above, the model's folder and its parent): X/models/best.pth -> X/config.py."""
     folder = Path(model_path).expanduser().resolve().parent
     chain = [folder, *folder.parents]
     run_idx = next((i for i, p in enumerate(chain) if is_run_dir(p)), None)
@@ -87,11 +82,8 @@ def write_run_json(run_dir: Path, data: dict[str, Any]) -> None:
 
 
 def config_paths_base(config_path: Path) -> Path:
-    """The folder that relative paths in ``config_path`` are relative to.
-
-    The copy of a config that ``pochi train`` keeps in its run folder still means the paths of
-    the original: run.json beside the copy records where that was.
-    """
+    """The folder that relative paths in ``config_path`` are relative to: for the copy in a
+    run folder, the original's (recorded in run.json beside the copy)."""
     original = (read_run_json(config_path.parent) or {}).get("config_path")
     if original and Path(original).resolve() != config_path.resolve():
         return Path(original).resolve().parent
@@ -313,13 +305,10 @@ def _drop_stale_claim(marker: Path) -> bool:
 @contextlib.contextmanager
 def claimed_output_dir(path: Path, check: Callable[[Path], None] | None = None,
                        new: bool = False) -> Iterator[Path]:
-    """``path`` (created when missing) for this command alone while the block runs.
-
-    The claim is a file ``CLAIM_FILE`` created exclusively inside; a second command is
-    refused at once. ``check(path)`` then raises when the folder is unusable (it holds
-    earlier results, say). When the block fails, the files it added are removed, and so is
-    the folder if this call (or, ``new``: the caller) created it and nothing else is in it.
-    """
+    """``path`` (created when missing) for this command alone while the block runs: a second
+    command finds ``CLAIM_FILE`` and is refused at once; ``check(path)`` may refuse the folder.
+    A failed block removes the files it added, and the folder if this call (``new``: the
+    caller) created it and nothing else is in it."""
     created = claim_dir(path, exist_ok=True) or new
     marker = path / CLAIM_FILE
     if not _take_claim(marker) and not (_drop_stale_claim(marker) and _take_claim(marker)):

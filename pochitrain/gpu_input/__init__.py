@@ -1,9 +1,6 @@
 """GPU input: image files -> decoded, resized, normalized batches on the GPU, for inference,
-training and ``pochi serve`` alike (docs/ARCHITECTURE.md describes the stages). The same code
-runs on CPU tensors, which is how the tests exercise it.
-
-Importing this package imports neither torch, NumPy nor PIL: the reader helper process runs
-``python -m pochitrain.gpu_input.read_proc`` and ``pochi --help`` stays quick.
+training and ``pochi serve`` (docs/ARCHITECTURE.md); the tests run it on CPU tensors. Importing
+it imports neither torch, NumPy nor PIL (the reader process and ``pochi --help`` stay quick).
 """
 
 # ruff: noqa: F401 - re-exports

@@ -1,11 +1,9 @@
 """GPU input pipeline for inference (``--pipeline gpu``): keeps the GPU fed.
 
 Two stages, each in its own thread on its own CUDA stream (``prefetch``), one batch ahead of
-the model: files are read (threads, or the reader process of ``read_proc`` for long passes)
-and decoded (nvJPEG, else PIL); then the images are resized, center-cropped and normalized
-together (``resize.to_batch``), a group of whole batches at a time (``work_group``), and
-handed out batch by batch. A file is skipped when PIL cannot decode it, as
-on the CPU path; nvJPEG's IDCT and chroma upsampling differ slightly from libjpeg's.
+the model: read (threads, or ``read_proc`` for long passes) and decode; then resize, crop and
+normalize a group of whole batches at once (``work_group``). A file is skipped when PIL cannot
+decode it, as on the CPU path; nvJPEG's IDCT differs slightly from libjpeg's.
 """
 
 from __future__ import annotations
@@ -186,11 +184,9 @@ class GpuBatches:
 
     def _slices(self, good: list[tuple[Entry, torch.Tensor]], skipped: list[Path],
                 batch_size: int) -> Iterator[InputBatch]:
-        """One resize over ``good``, handed out as batches of ``batch_size``; ``skipped``
-        travels with the first. The images were made on the decode thread's stream and are
-        read on this one. No record_stream is needed (one call per image costs a visible
-        share of the stage): ``good`` holds them until this generator resumes after its
-        first yield, i.e. after the prefetcher synchronized this stream."""
+        """One resize over ``good``, handed out as batches of ``batch_size`` (``skipped`` with
+        the first). No record_stream for the decode stream's images (costly per image):
+        ``good`` holds them until the prefetcher has synchronized this stream."""
         whole = self.batch_of([image for _, image in good])
         if whole is None:
             yield InputBatch(None, [], [], skipped)

@@ -1,8 +1,7 @@
 """Decode with fallback: nvJPEG for the JPEGs it reads like PIL, PIL for everything else.
 
-JPEGs go to nvJPEG together; when one of them fails the others are retried one by one, and
-each that nvJPEG refuses is decoded by PIL (``data.open_rgb``) from the entry's source, whose
-verdict decides, as on the CPU path. On the CPU (the tests) torchvision's CPU decoder runs.
+JPEGs go to nvJPEG together, one by one after a failure; what it refuses PIL decodes
+(``data.open_rgb``), whose verdict decides as on the CPU path. On the CPU torchvision decodes.
 """
 
 from __future__ import annotations

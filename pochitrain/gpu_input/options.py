@@ -1,11 +1,8 @@
 """The GPU input's switches and its process-wide state, each in one place.
 
-``Options.from_env()`` reads, when a pipeline starts (so they may change between runs):
-
-- ``POCHI_READER``: ``auto`` (default), ``thread`` (the read thread only), ``python``
-  (Python's reads, no torchvision reader) or ``process`` (the reader process for any pass);
-- ``POCHI_READ_THREADS``: threads that read files (a positive whole number);
-- ``POCHI_GPU_RESIZE=matmul``: the matmul resize even where the Triton kernels would run.
+``Options.from_env()`` reads them when a pipeline starts: ``POCHI_READER`` (auto, thread,
+python: no torchvision reader, process: the reader process for any pass),
+``POCHI_READ_THREADS`` and ``POCHI_GPU_RESIZE=matmul`` (never the Triton kernels).
 """
 
 from __future__ import annotations

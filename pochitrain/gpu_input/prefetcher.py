@@ -1,13 +1,7 @@
 """One prefetcher: a generator run ahead in a thread, on its own CUDA stream, through a
-bounded queue.
-
-``prefetch(make, device)`` yields what the generator ``make()`` yields, in order, while the
-thread prepares the next ``depth`` items. On CUDA each item is complete for the consumer's
-stream before it is handed over, in one of two ways:
-
-- ``handoff="sync"``: the thread synchronizes its stream (nothing is asked of the consumer);
-- ``handoff="event"``: the thread records an event, the consumer's stream waits for it and
-  the item's tensors (``tensors(item)``) are marked as used there (``record_stream``).
+bounded queue of ``depth`` items. On CUDA an item is complete for the consumer's stream when
+handed over: ``handoff="sync"`` synchronizes the thread's stream; ``handoff="event"`` has the
+consumer's stream wait for an event and marks ``tensors(item)`` used there (``record_stream``).
 
 An exception in the thread is raised in the consumer (``on_error`` may replace it first);
 closing the generator stops the thread.

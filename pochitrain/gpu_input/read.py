@@ -1,10 +1,5 @@
-"""Reading image files for the GPU input, and the verdict on each: nvJPEG or PIL.
-
-``read_item(path)`` gives a :class:`Read`: ``("jpeg", bytes as a uint8 tensor)`` for a
-complete JPEG that nvJPEG reads like PIL, ``("rgb", HWC uint8 array)`` decoded by PIL
-(``data.open_rgb``: upright, 16-bit scaled to 8 bits) for anything else, or ``("bad", None)``
-where PIL cannot decode it, so skips follow the CPU path.
-"""
+"""Reading image files for the GPU input, and the verdict on each: nvJPEG, PIL
+(``data.open_rgb``, as the CPU path decodes) or bad, so skips follow the CPU path."""
 
 from __future__ import annotations
 
@@ -73,13 +68,10 @@ def _native_read() -> Any:
 
 
 def read_file(path: Path, native: bool | None = None) -> torch.Tensor:
-    """The file's bytes as a 1-D uint8 CPU tensor (what nvJPEG takes, no copy).
-
-    torchvision's C++ reader opens, reads and closes the file under one release of the GIL;
-    Python's reads release and retake it for each system call, which beside busy threads
-    costs far more than the read. Python reads the rest: empty or unreadable files (the
-    OSError is raised from there), names C++ cannot take, and every file when ``native`` is
-    False (``POCHI_READER=python``, read from the environment when ``native`` is None)."""
+    """The file's bytes as a 1-D uint8 CPU tensor (what nvJPEG takes, no copy). torchvision's
+    C++ reader holds the GIL once per file, Python's reads retake it per system call; Python
+    reads the rest (unreadable files raise OSError there) and all with ``native`` False
+    (``POCHI_READER=python``; None: from the environment)."""
     import torch
 
     if native is None:

@@ -1,17 +1,12 @@
 """Files read and checked by a helper process, handed over in shared memory (GPU pipeline).
 
-Reading a file and checking its JPEG header cost interpreter time that, in the command's
-process, holds the GIL against the decode and resize threads; here a process of its own does
-it on another core, and the command gets one message per group of files.
-
-Protocol, over a socket pair: the command sends ``(slot, [path, ...])``; the helper reads the
-files into that slot of a buffer both processes map (a ``memfd``: it vanishes with the last
-process that maps it) and answers ``(slot, [(kind, offset, size), ...])`` in request order:
-``"jpeg"`` for a complete JPEG that nvJPEG decodes as PIL would, ``"other"`` for anything
-else (the command reads it itself with ``read.read_item``, so PIL gives the verdict). The
-command hands a slot back once every file in it is decoded (``SlotChunks``). Linux only;
-elsewhere, or when the helper cannot start, the read thread does the work. This module
-imports nothing heavy: it is the helper's program.
+Reading files and checking JPEG headers in the command's process holds the GIL against the
+decode and resize threads; a process of its own does it on another core. Over a socket pair
+the command sends ``(slot, [path, ...])``; the helper reads the files into that slot of a
+shared ``memfd`` buffer and answers ``(slot, [(kind, offset, size), ...])``: ``"jpeg"`` for a
+JPEG nvJPEG decodes as PIL would, ``"other"`` for what the command reads itself
+(``read.read_item``). A slot is handed back once its files are decoded (``SlotChunks``).
+Linux only. This module imports nothing heavy: it is the helper's program.
 """
 
 from __future__ import annotations

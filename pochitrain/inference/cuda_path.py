@@ -137,10 +137,8 @@ class Queued:
 
 
 class CudaBatchPipe:
-    """Pinned host buffers, device buffers, one non-default stream and timing events.
-
-    ``submit`` queues a batch and returns at once; up to ``runner.IN_FLIGHT`` may be queued,
-    each with its own buffers and events, and their results are read in order."""
+    """Pinned host buffers, device buffers, one non-default stream and timing events for each
+    of the ``IN_FLIGHT`` batches ``submit`` may queue (results are read in order)."""
 
     def __init__(self, device: str = "cuda") -> None:
         require_cuda(device)

@@ -42,10 +42,9 @@ def _dims(dims: Any) -> tuple[int, ...]:
 
 
 def _np_dtype(trt: Any, dtype: Any, name: str) -> Any:
-    if dtype == trt.DataType.FLOAT:
-        return np.dtype(np.float32)
-    if dtype == trt.DataType.HALF:
-        return np.dtype(np.float16)
+    for trt_type, np_type in ((trt.DataType.FLOAT, np.float32), (trt.DataType.HALF, np.float16)):
+        if dtype == trt_type:
+            return np.dtype(np_type)
     raise EngineLoadError(
         "エンジンのテンソルのデータ型に対応していません\n"
         f"Engine tensor {name!r} has data type {dtype}; pochitrain runs engines with float32 or "

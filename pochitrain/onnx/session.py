@@ -1,9 +1,5 @@
-"""The one place that opens ONNX Runtime sessions; ``run_all`` runs a whole array through one.
-
-Used by the ONNX runner (``pochi infer``), export verification, and the FP16 and INT8 checks,
-so provider choice and thread count are the same everywhere; the padding rule for graphs
-with a fixed batch (spec pattern 3) is ``batching.run_chunked``'s.
-"""
+"""The one place that opens ONNX Runtime sessions (runner, export verification, FP16 and
+INT8 checks: the same providers and threads everywhere); ``run_all`` runs a whole array."""
 
 from __future__ import annotations
 

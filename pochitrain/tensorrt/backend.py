@@ -1,8 +1,5 @@
-"""Which TensorRT is installed: full TensorRT (``tensorrt``) or TensorRT-RTX.
-
-Both expose the same builder/parser/runtime API; the differences that matter to pochitrain are
-kept here as plain attributes (network creation flags, timing-cache support).
-"""
+"""Which TensorRT is installed: full TensorRT (``tensorrt``) or TensorRT-RTX (the same API;
+the differences that matter here are attributes of ``Backend``)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """ONNX -> serialized TensorRT engine with a strongly typed network.
 
-The precision is decided by the ONNX graph (FP32 as exported, the FP16 pass, or Q/DQ for INT8);
-the builder is never asked to lower precision by flags. After parsing, the network's tensor
-types are counted so an engine is only built when its precision is what was asked for.
+The ONNX graph decides the precision (never builder flags); the parsed network's tensor types
+are checked so an engine is only built in the precision asked for.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Engine files and their metadata sidecar ``<engine>.json`` (format "pochitrain-engine-v1").
 
-The engine stays a plain TensorRT plan (loadable by trtexec and any TensorRT runtime); what
-pochitrain needs to run it (class names, preprocessing, input/output names, profile shapes,
-precision, backend) lives beside it in JSON. ``engine_sha256`` ties the two together.
+The engine stays a plain TensorRT plan (trtexec loads it); what pochitrain needs to run it
+lives beside it in JSON, tied to it by ``engine_sha256``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""The one TensorRT logger: keeps messages for our own errors instead of printing them.
-
-Builder and runtime both use it; ``errors`` go into BuildError / EngineLoadError messages,
-``warnings`` into the build record.
-"""
+"""The one TensorRT logger (builder and runtime): keeps messages for our own errors and the
+build record instead of printing them."""
 
 from __future__ import annotations
 
