@@ -25,7 +25,6 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -79,7 +78,7 @@ def create_app(model: ServeModel, settings: ServeSettings) -> FastAPI:
             yield
         finally:  # in-flight requests are answered (or cut): a later one gets 503
             predict.stopping = True
-            await asyncio.get_running_loop().run_in_executor(None, batcher.stop, STOP_WAIT_S)
+            await asyncio.to_thread(batcher.stop, STOP_WAIT_S)
             pool.shutdown(wait=True, cancel_futures=True)
 
     # /docs is our own page (schemas.docs_page): Swagger UI and ReDoc load from a CDN
@@ -179,9 +178,9 @@ class Predict:
             payload, k = await self.in_pool(_prepare_json, await request.body())
             return [payload], k, True
         if kind == "multipart/form-data":  # parsed off the event loop: a large body takes time
-            parse = partial(read_form, await request.body(), request.headers["content-type"],
-                            max_files=self.settings.max_images)
-            payloads, k = await asyncio.get_running_loop().run_in_executor(None, parse)
+            payloads, k = await asyncio.to_thread(read_form, await request.body(),
+                                                  request.headers["content-type"],
+                                                  max_files=self.settings.max_images)
             return payloads, k, False
         if kind in IMAGE_TYPES or kind in GENERIC_TYPES[1:]:
             return [Payload("body", data=await request.body())], None, True
@@ -200,8 +199,8 @@ class Predict:
                            f"{len(payloads)} images in one request, more than the queue of "
                            f"{queue}: send fewer per request.")
         if len(payloads) > 1:  # headers read off the decode pool, which may be busy
-            await asyncio.get_running_loop().run_in_executor(
-                None, check_request_pixels, payloads, self.settings.max_request_pixels)
+            await asyncio.to_thread(check_request_pixels, payloads,
+                                    self.settings.max_request_pixels)
         if not self.batcher.admit(len(payloads)):
             self.metrics.rejected.inc()
             raise busy("queue_full", f"待ち行列 {queue} 枚が満杯",
