@@ -31,19 +31,25 @@ def trees() -> dict[Path, ast.Module]:
             for path in sorted(PACKAGE.rglob("*.py"))}
 
 
+@functools.cache
+def all_nodes() -> dict[Path, list[ast.AST]]:
+    """Every node of every module (``ast.walk`` order), walked once for the scans below."""
+    return {path: list(ast.walk(tree)) for path, tree in trees().items()}
+
+
 def error_classes() -> set[str]:
     """Names of PochiError and its subclasses (errors.py, and any defined elsewhere)."""
     names = {name for name, obj in inspect.getmembers(errors, inspect.isclass)
              if issubclass(obj, PochiError)}
+    class_defs = [node for found in all_nodes().values() for node in found
+                  if isinstance(node, ast.ClassDef)]
     grew = True
     while grew:  # subclasses defined in other modules, e.g. class BadInput(DataError)
         grew = False
-        for tree in trees().values():
-            for node in ast.walk(tree):
-                if isinstance(node, ast.ClassDef) and node.name not in names and any(
-                        base_name(b) in names for b in node.bases):
-                    names.add(node.name)
-                    grew = True
+        for node in class_defs:
+            if node.name not in names and any(base_name(b) in names for b in node.bases):
+                names.add(node.name)
+                grew = True
     return names
 
 
@@ -113,10 +119,10 @@ def makes_error(func: ast.expr, classes: set[str]) -> bool:
     return base_name(func) in classes
 
 
-def error_aliases(tree: ast.Module, classes: set[str]) -> set[str]:
-    """Names assigned an error class, e.g. ``error = BackendMissingError if flag else
-    ConfigError``, then called as ``error(...)``."""
-    return {target.id for node in ast.walk(tree) if isinstance(node, ast.Assign)
+def error_aliases(found: list[ast.AST], classes: set[str]) -> set[str]:
+    """Names assigned an error class in a module (``found``: its nodes), e.g. ``error =
+    BackendMissingError if flag else ConfigError``, then called as ``error(...)``."""
+    return {target.id for node in found if isinstance(node, ast.Assign)
             and isinstance(node.value, (ast.Name, ast.IfExp))
             and makes_error(node.value, classes)
             for target in node.targets if isinstance(target, ast.Name)}
@@ -130,10 +136,11 @@ def construction_sites() -> list[tuple[str, int, str | None]]:
     sites = []
     for path, tree in trees().items():
         consts = {**shared, **module_constants(tree)}
-        makers = classes | error_aliases(tree, classes)
-        calls = [node for node in ast.walk(tree)
+        found = all_nodes()[path]
+        makers = classes | error_aliases(found, classes)
+        calls = [node for node in found
                  if isinstance(node, ast.Call) and makes_error(node.func, makers)]
-        calls += [node for cls in ast.walk(tree)  # an error class's own __init__
+        calls += [node for cls in found  # an error class's own __init__
                   if isinstance(cls, ast.ClassDef) and cls.name in classes
                   for node in ast.walk(cls)
                   if isinstance(node, ast.Call) and makes_error(node.func, {"super"})]
