@@ -78,18 +78,32 @@ def _open_tensorrt(path: Path, request: OpenRequest) -> Opened:
     return runner, ModelMeta.from_dict(recorded, where=str(path)) if recorded else None
 
 
+def _torch_on_gpu(device: str, providers: list[str] | None) -> bool:
+    from pochitrain.config import resolve_device
+
+    return resolve_device(device, flag="--device") != "cpu"
+
+
+def _onnx_on_gpu(device: str, providers: list[str] | None) -> bool:
+    return any(p.lower().startswith(("cuda", "tensorrt")) for p in providers or ())
+
+
 @dataclass(frozen=True)
 class Backend:
     runtime: str  # "pytorch" | "onnx" | "tensorrt": result file prefix, summaries
     open: Callable[[Path, OpenRequest], Opened]
+    # whether the model runs on a GPU, given --device (PyTorch) and --providers (ONNX)
+    on_gpu: Callable[[str, list[str] | None], bool]
     says_not_found: bool = False  # the backend words a missing file itself (infer-trt)
     torch_options: bool = False  # takes --precision / --channels-last / --cuda-graph
     writes_model_info: bool = False  # the original's model_info.json beside the results
 
 
-_TORCH = Backend("pytorch", _open_torch, torch_options=True, writes_model_info=True)
-_ONNX = Backend("onnx", _open_onnx)
-_TENSORRT = Backend("tensorrt", _open_tensorrt, says_not_found=True)
+_TORCH = Backend("pytorch", _open_torch, _torch_on_gpu, torch_options=True,
+                 writes_model_info=True)
+_ONNX = Backend("onnx", _open_onnx, _onnx_on_gpu)
+_TENSORRT = Backend("tensorrt", _open_tensorrt, lambda device, providers: True,
+                    says_not_found=True)
 BACKENDS: dict[str, Backend] = {".pth": _TORCH, ".pt": _TORCH, ".onnx": _ONNX,
                                 ".engine": _TENSORRT, ".plan": _TENSORRT, ".trt": _TENSORRT}
 

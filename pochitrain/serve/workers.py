@@ -305,6 +305,18 @@ def _run_until_signal(options: ServeOptions, settings: ServeSettings,
             "Give in-flight requests more time with --drain-timeout.")
 
 
+def auto_workers(model: Path, device: str, providers: list[str] | None) -> int:
+    """``--workers auto``: one process where the model runs on the CPU (its own threads use
+    every core); on a GPU one per four CPU cores, at most four. One process's event loop,
+    batcher and decode threads share one GIL, which holds it far below what the GPU does
+    (docs/benchmarks.md, Serving); each worker holds its own copy of the model."""
+    from pochitrain.model import backend_for
+
+    if not backend_for(model).on_gpu(device, providers):
+        return 1
+    return max(1, min(4, (os.cpu_count() or 1) // 4))
+
+
 def serve_workers(options: ServeOptions, settings: ServeSettings) -> int:
     """Serve with ``options.workers`` processes; 0 after a clean stop of all of them."""
     from pochitrain.console import info
