@@ -45,9 +45,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--providers", nargs="+", default=None, metavar="EP",
                         help="ONNX only: execution providers, e.g. cpu, cuda, tensorrt "
                         "(default: cpu)")
-    parser.add_argument("--workers", type=positive_int, default=1, metavar="N",
+    parser.add_argument("--workers", type=worker_count, default="auto", metavar="N",
                         help="server processes sharing the port, each with its own model, "
-                        "batcher and decode threads (default: 1); /metrics sums them all")
+                        "batcher and decode threads; auto (default) = 1 where the model runs "
+                        "on the CPU, else one per 4 CPU cores, at most 4; /metrics sums them "
+                        "all")
     b = parser.add_argument_group("batching and limits")
     b.add_argument("--max-batch", type=positive_int, default=32, metavar="N",
                    help="most images per model call (default: 32; 1 turns batching off)")
@@ -97,6 +99,11 @@ def add_connection_limits(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--drain-timeout", type=seconds, default=30.0, metavar="S",
                    help="on SIGTERM, seconds to let in-flight requests finish; those still "
                    "running then get 503 shutting_down (default: 30; 0: at once)")
+
+
+def worker_count(text: str) -> int | str:
+    """--workers: "auto" or a whole number of 1 or more."""
+    return "auto" if text.strip().lower() == "auto" else positive_int(text)
 
 
 def port_number(text: str) -> int:
@@ -166,14 +173,16 @@ def run(args: argparse.Namespace) -> int:
     from pochitrain.pipeline.infer import torch_options
     from pochitrain.serve.app import ServeSettings
     from pochitrain.serve.server import ServeOptions
-    from pochitrain.serve.workers import serve
+    from pochitrain.serve.workers import auto_workers, serve
 
     model = Path(args.model)
+    workers = (auto_workers(model, args.device, args.providers) if args.workers == "auto"
+               else args.workers)
     options = ServeOptions(
         model=model, config=Path(args.config) if args.config else None, host=args.host,
         port=args.port, device=args.device, providers=args.providers, pipeline=args.pipeline,
         torch_options=torch_options(model, args.precision, args.channels_last, False),
-        drain_timeout_s=args.drain_timeout, workers=args.workers)
+        drain_timeout_s=args.drain_timeout, workers=workers)
     settings = ServeSettings(
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue=args.queue,
         max_body_bytes=int(args.max_body_mb * 1_000_000), max_images=args.max_images,
@@ -181,6 +190,6 @@ def run(args: argparse.Namespace) -> int:
         max_inflight_bytes=int((args.max_inflight_mb or 0) * 1_000_000),
         max_requests=args.max_concurrent or 0, read_timeout_s=args.read_timeout,
         decode_workers=args.decode_workers or max(1, min(16, (os.cpu_count() or 1)
-                                                         // args.workers)),
+                                                         // workers)),
         access_log=not args.no_access_log)
     return serve(options, settings)
