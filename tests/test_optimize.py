@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -78,7 +76,7 @@ def test_four_trials_pruned_and_loadable_config(opt_data: Path, tmp_path: Path) 
 
     # optimized_config.py loads and trains as is (the config's epochs, the best values)
     from pochitrain.config import load_config
-    from pochitrain.pipeline.train import train
+    from pochitrain.training.run import run_training as train
 
     optimized = out / "optimized_config.py"
     moved = tmp_path / "elsewhere" / "optimized_config.py"  # absolute paths: works anywhere
@@ -220,78 +218,64 @@ def test_storage_password_masked_without_user_name(opt_data: Path, tmp_path: Pat
     assert "S3cretPw" not in out.out + out.err
 
 
-# A training transform that holds the first image of the trial that finds more than
-# GATE_AFTER run folders until the test creates <gate>/go: Ctrl+C then lands in that trial's
-# training, and the test sends it only once the process says it is there.
+# A training transform that presses Ctrl+C (a real SIGINT to this process) PRESSES times on
+# the first image of the trial that finds more than AFTER run folders, once (a marker file):
+# the presses land in that trial's training, each handled before the next is sent
+# (signal.raise_signal runs the handler before it returns).
 GATE = """
-class _Gate:
+class _CtrlC:
     def __call__(self, image):
-        import os, time
+        import os, signal
         from pathlib import Path
-        gate = Path({gate!r})
-        trials = gate / "out" / "trials"
-        held = gate / ("held" + os.environ["GATE_AFTER"])
+        folder = Path({folder!r})
+        trials = folder / "out" / "trials"
+        after = int(os.environ["CTRL_C_AFTER"])
+        done = folder / f"pressed{{after}}"
         n = len(list(trials.iterdir())) if trials.is_dir() else 0
-        if n > int(os.environ["GATE_AFTER"]) and not held.exists():
-            held.touch()
-            print("GATE held", flush=True)
-            while not (gate / "go").exists():
-                time.sleep(0.01)
+        if n > after and not done.exists():
+            done.touch()
+            for _ in range(int(os.environ["CTRL_C_PRESSES"])):
+                signal.raise_signal(signal.SIGINT)
         return image
 
-train_transform = transforms.Compose([transforms.Resize((16, 16)), _Gate(),
+train_transform = transforms.Compose([transforms.Resize((16, 16)), _CtrlC(),
                                       transforms.ToTensor(), _norm])
 """
 
 
-def _interrupted_run(config: Path, out: Path, after: int, presses: int) -> tuple[int, str]:
-    """``pochi optimize`` in a process; Ctrl+C ``presses`` times once the gate holds a trial,
-    each press once the process has said it saw the one before."""
-    import os
+def _interrupted_run(config: Path, out: Path, after: int, presses: int,
+                     monkeypatch: pytest.MonkeyPatch,
+                     capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """``pochi optimize`` with Ctrl+C pressed ``presses`` times in the first trial that finds
+    more than ``after`` trial folders; its exit code and what it printed."""
+    monkeypatch.setenv("CTRL_C_AFTER", str(after))
+    monkeypatch.setenv("CTRL_C_PRESSES", str(presses))
+    monkeypatch.setenv("COLUMNS", "200")
+    capsys.readouterr()
+    rc = run(["optimize", "-c", str(config), "-o", str(out)])
+    printed = capsys.readouterr()
+    return rc, printed.out + printed.err
+
+
+def test_ctrl_c_stops_after_the_running_trial(opt_data: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
     import signal
-    import threading
 
-    env = {**os.environ, "GATE_AFTER": str(after), "COLUMNS": "200"}
-    proc = subprocess.Popen([sys.executable, "-m", "pochitrain.cli.main", "optimize", "-c",
-                             str(config), "-o", str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
-    guard = threading.Timer(240, proc.kill)  # a hang guard, not a synchronisation
-    guard.start()
-    lines: list[str] = []
-
-    def read_until(text: str) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if text in line:
-                return
-        raise AssertionError(f"the process ended before {text!r}:\n{''.join(lines)}")
-
-    try:
-        read_until("GATE held")
-        for _ in range(presses):
-            proc.send_signal(signal.SIGINT)
-            read_until("Ctrl+C: ")
-    finally:
-        (out.parent / "go").touch()
-        rest = proc.communicate()[0]
-        guard.cancel()
-    return proc.returncode, "".join(lines) + rest
-
-
-def test_ctrl_c_stops_after_the_running_trial(opt_data: Path, tmp_path: Path) -> None:
     config = optuna_config(tmp_path, opt_data, {
         "study_name": "stop", "n_trials": 20, "optuna_epochs": 1, "pruner": None,
         "search_space": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3}}})
-    config.write_text(config.read_text() + GATE.format(gate=str(tmp_path)))
+    config.write_text(config.read_text() + GATE.format(folder=str(tmp_path)))
     out = tmp_path / "out"
     import optuna
 
+    sigint = signal.getsignal(signal.SIGINT)
     # first Ctrl+C in trial 1's training: trial 0 stays, trial 1 is FAIL "interrupted",
     # no trial 2, the study's files from the finished trials, exit 130
-    rc, log = _interrupted_run(config, out, after=1, presses=1)
+    rc, log = _interrupted_run(config, out, 1, 1, monkeypatch, capsys)
     assert rc == 130, log
     assert "Traceback" not in log and "validated no epoch" not in log
+    assert "Ctrl+C: stopping after this batch" in log  # the press reached the training
     trials = optuna.load_study(study_name="stop", storage=f"sqlite:///{out / 'study.db'}").trials
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL"], log
     assert trials[1].user_attrs["error"] == "interrupted (Ctrl+C) after 0 of 1 epoch(s)"
@@ -303,10 +287,12 @@ def test_ctrl_c_stops_after_the_running_trial(opt_data: Path, tmp_path: Path) ->
 
     # a second Ctrl+C stops at once: the trial is FAIL "interrupted", no file rewritten
     written = (out / "best_params.json").read_bytes()
-    rc, log = _interrupted_run(config, out, after=2, presses=2)
+    rc, log = _interrupted_run(config, out, 2, 2, monkeypatch, capsys)
     assert rc == 130, log
     assert "Traceback" not in log and "stopped at once" in log
+    assert log.count("Ctrl+C: ") >= 2  # each press was seen
     trials = optuna.load_study(study_name="stop", storage=f"sqlite:///{out / 'study.db'}").trials
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL"]
     assert trials[2].user_attrs["error"] == "interrupted (Ctrl+C)"
     assert (out / "best_params.json").read_bytes() == written
+    assert signal.getsignal(signal.SIGINT) is sigint  # the command put its handler back
