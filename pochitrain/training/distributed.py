@@ -286,7 +286,8 @@ def init(device: str) -> Distributed | None:
     if world is None:
         return None
     rank, local_rank, size = world
-    if device.startswith("cuda"):
+    nccl = device.startswith("cuda")
+    if nccl:
         if local_rank >= torch.cuda.device_count():
             raise ConfigError("このプロセスに割り当てる GPU がありません\n"
                               f"process {local_rank} of this node has no GPU: only "
@@ -295,14 +296,10 @@ def init(device: str) -> Distributed | None:
                               "(--gpus N / torchrun --nproc-per-node N).")
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(local_rank)
-        backend = "nccl"
-    else:
-        backend = "gloo"
     timeout = timedelta(seconds=float(os.environ.get("POCHI_DDP_TIMEOUT", "600")))
     if not dist.is_initialized():
-        kwargs: dict[str, Any] = {"device_id": torch.device(device)} if backend == "nccl" \
-            else {}
-        dist.init_process_group(backend, timeout=timeout, **kwargs)
+        kwargs: dict[str, Any] = {"device_id": torch.device(device)} if nccl else {}
+        dist.init_process_group("nccl" if nccl else "gloo", timeout=timeout, **kwargs)
     if rank != 0:
         sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - process-long
     return Distributed(rank, local_rank, size, device)

@@ -153,18 +153,15 @@ def batch_shapes(loader: Any) -> list[int]:
 
 
 def _amp(s: FitSetup) -> dict[str, Any]:
-    """The precision arguments of ``run_epoch``."""
-    return {"amp_dtype": s.precision.amp_dtype, "channels_last": s.precision.channels_last,
-            "non_blocking": s.non_blocking}
+    """The precision arguments of ``run_epoch`` and ``warm_up``."""
+    return {"amp_dtype": s.precision.amp_dtype, "channels_last": s.precision.channels_last}
 
 
 def _warm_up(s: FitSetup) -> None:
     watch = s.observer
     try:
         seconds = warm_up(s.model, s.input_size or [], batch_shapes(s.train_loader), s.device,
-                          eval_sizes=batch_shapes(s.val_loader),
-                          amp_dtype=s.precision.amp_dtype,
-                          channels_last=s.precision.channels_last,
+                          eval_sizes=batch_shapes(s.val_loader), **_amp(s),
                           criterion=s.criterion, optimizer=s.optimizer,
                           num_classes=watch.num_classes if watch else None)
         info(f"warm-up (cuDNN autotuning, CUDA kernel loading): {seconds:.1f} s")
@@ -179,7 +176,7 @@ def _train_epoch(s: FitSetup, epoch: int, epoch_fn: Any, stop: StopFlag, bars: A
                          loss=0.0)
     watch = s.observer
     tr = epoch_fn(s.model, s.train_loader, s.criterion, s.device, optimizer=s.optimizer,
-                  stop=stop, scaler=s.scaler, **_amp(s),
+                  stop=stop, scaler=s.scaler, non_blocking=s.non_blocking, **_amp(s),
                   on_batch=lambda n, loss: bars.update(task, advance=n, loss=loss),
                   after_backward=watch.after_backward if watch else None)
     bars.remove_task(task)
@@ -190,6 +187,7 @@ def _validate(s: FitSetup, epoch_fn: Any, out: FitOutcome) -> EpochStats:
     watch = s.observer
     return _checked(out, "val", s.val_loader,
                     epoch_fn(s.model, s.val_loader, s.criterion, s.device, **_amp(s),
+                             non_blocking=s.non_blocking,
                              num_classes=watch.num_classes if watch else None))
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pochitrain.config import Settings, load_config, preprocess_from_settings, resolve_device
-from pochitrain.console import info
+from pochitrain.console import info, warn
 from pochitrain.data import ImageFolder, check_classes, remap_labels, scan_image_folder
 from pochitrain.errors import ConfigError, DataError
 from pochitrain.meta import ModelMeta, file_sha256
@@ -268,7 +268,11 @@ def _run_fit(settings: Settings, setup: FitSetup, keeper: CheckpointKeeper, run_
         log.close()
         return out
     except BaseException as exc:
-        _close_after_error(log)
+        if log is not None:  # the pictures of the epochs that finished, if they can be drawn
+            try:
+                log.close()
+            except Exception as draw_exc:  # noqa: BLE001 - the run's own error goes on
+                warn(f"training plots not drawn ({type(draw_exc).__name__}: {draw_exc})")
         write_run_json(run_dir, {**record, "status": "failed",
                                  "error": f"{type(exc).__name__}: {exc}"})
         raise
@@ -277,19 +281,6 @@ def _run_fit(settings: Settings, setup: FitSetup, keeper: CheckpointKeeper, run_
             setup.observer.close()
         if ddp is not None:
             ddp.close(setup.model)
-
-
-def _close_after_error(log: MetricsLog | None) -> None:
-    """The pictures of the epochs that finished; one that cannot be drawn now is only warned
-    about (the error being raised is the run's)."""
-    if log is None:
-        return
-    try:
-        log.close()
-    except Exception as exc:  # noqa: BLE001 - the run's own error goes on
-        from pochitrain.console import warn
-
-        warn(f"training plots not drawn ({type(exc).__name__}: {exc})")
 
 
 def _load_settings(config: Path | str | None, overrides: dict[str, Any] | None,
