@@ -22,7 +22,7 @@ from typing import Any
 __version__ = "2.0.0"
 
 _API = {
-    "train": ("pochitrain.pipeline.train", "train"),
+    "train": ("pochitrain.training.run", "run_training"),
     "export_onnx": ("pochitrain.pipeline.export_onnx", "export_onnx"),
     "convert": ("pochitrain.pipeline.convert", "convert"),
     "infer": ("pochitrain.pipeline.infer", "infer"),

@@ -16,7 +16,7 @@ def test_tensorboard_events_with_the_original_tags(compat_data: Path,
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from pochitrain.pipeline.train import train
+    from pochitrain.training.run import run_training as train
 
     config = original_config(tmp_path, compat_data, epochs=2, tensorboard=True, **{
         "enable_gradient_tracking = True": "enable_gradient_tracking = False"})

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tiny import original_config
 
-from pochitrain.pipeline.train import train
+from pochitrain.training.run import run_training as train
 
 
 @pytest.fixture(scope="module")

@@ -63,7 +63,7 @@ def test_refuses_a_non_empty_folder(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_empty_existing_folder_is_fine(tmp_path: Path) -> None:
-    from pochitrain.pipeline.sample_data import write_sample_data
+    from pochitrain.pipeline.quickstart import write_sample_data
 
     out = tmp_path / "empty"
     out.mkdir()

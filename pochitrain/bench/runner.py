@@ -1,11 +1,6 @@
-"""Run a suite: one subprocess per case and repeat, each writing benchmark_result.json.
-
-Layout of one bench run (``<root>/<suite>_<YYYYMMDD_HHMMSS>``, local time)::
-
-    suite.yaml, plan.json              the suite file as read, the expanded cases
-    raw/case_NNN_<name>/run_RRR/       the inference results + benchmark_result.json
-    raw/case_NNN_<name>/run_RRR/run.log   the command, its stdout and stderr (always kept)
-    summary/                           written by ``aggregate``
+"""Run a suite: one subprocess per case and repeat, each writing benchmark_result.json into
+``<root>/<suite>_<YYYYMMDD_HHMMSS>/raw/case_NNN_<name>/run_RRR/`` with its ``run.log`` (the
+layout: docs/readme_bench.md).
 
 Every run is a fresh ``python -m pochitrain.cli.main infer ...`` process, so one run's caches,
 allocator state or crash cannot touch the next.
@@ -15,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,15 +18,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pochitrain.bench.result_json import RESULT_FILE
 from pochitrain.bench.suite import Case, Suite
 from pochitrain.errors import PochiError
 from pochitrain.workspace import atomic_write_text, local_now
 
-# ``pochi infer`` takes every model type and has --pipeline for all of them.
-VERBS = {"pytorch": "infer", "onnx": "infer", "tensorrt": "infer"}
 # A failed run's result file is kept under this name: the aggregate never counts it.
 SET_ASIDE_FILE = "benchmark_result.failed.json"
 INTERRUPTED = "interrupted (Ctrl+C)"
@@ -44,9 +37,6 @@ class RunRecord:
     reason: str
     log: str | None
     seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def new_bench_dir(root: Path, suite: str) -> Path:
@@ -71,7 +61,8 @@ def new_bench_dir(root: Path, suite: str) -> Path:
 
 def command(case: Case, out_dir: Path) -> list[str]:
     """The infer command line of one run."""
-    cmd = [sys.executable, "-m", "pochitrain.cli.main", VERBS[case.runtime],
+    # ``pochi infer`` takes every model type and has --pipeline for all of them
+    cmd = [sys.executable, "-m", "pochitrain.cli.main", "infer",
            str(case.model_path), "--output", str(out_dir), "--benchmark-json", "--quiet"]
     if case.env_name:
         cmd += ["--benchmark-env-name", str(case.env_name)]
@@ -89,12 +80,6 @@ def command(case: Case, out_dir: Path) -> list[str]:
     if case.runtime == "onnx" and case.providers:
         cmd += ["--providers", *case.providers]
     return cmd + list(case.extra_args)
-
-
-def skip_reason(case: Case, has_gpu: bool) -> str | None:
-    if case.runtime == "tensorrt" and not has_gpu:
-        return "no CUDA GPU on this machine (TensorRT engines need one)"
-    return None
 
 
 def run_suite(suite: Suite, bench_dir: Path, fail_fast: bool = False,
@@ -117,9 +102,9 @@ def run_suite(suite: Suite, bench_dir: Path, fail_fast: bool = False,
     try:
         for run_dir, case, r in plan:
             say(f"[{len(records) + 1}/{len(plan)}] {case.name} run {r}/{case.repeats}")
-            reason = skip_reason(case, has_gpu)
-            if reason is not None:
-                records.append(RunRecord(case.name, r, "skipped", reason, None, 0.0))
+            if case.runtime == "tensorrt" and not has_gpu:
+                records.append(RunRecord(case.name, r, "skipped", "no CUDA GPU on this machine "
+                                         "(TensorRT engines need one)", None, 0.0))
                 continue
             records.append(_run_one(suite.name, case, run_dir, r, timeout))
             if records[-1].status == "failed":
@@ -148,19 +133,20 @@ def _run_one(suite: str, case: Case, run_dir: Path, repeat: int,
         f.write("$ " + " ".join(cmd) + "\n\n")
         f.flush()
         try:
+            env = {"COLUMNS": "120", **os.environ, "PYTHONUNBUFFERED": "1"}
             proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout,
-                                  check=False, env=_env())
+                                  check=False, env=env)
             rc: int | None = proc.returncode
         except subprocess.TimeoutExpired:
             rc = None
         seconds = time.perf_counter() - start
         f.write(f"\n[pochi bench] exit code {rc}, {seconds:.1f} s\n")
     result = run_dir / RESULT_FILE
-    why = None
+    why: str | None
     if rc is None:
         why = f"timed out after {timeout:g} s"
     elif rc != 0 or not result.is_file():
-        why = (f"exit code {rc}" if rc != 0 else f"no {RESULT_FILE} written")
+        why = f"exit code {rc}" if rc != 0 else f"no {RESULT_FILE} written"
         last = _last_line(log)
         why = f"{why}: {last}" if last else why
     else:
@@ -200,15 +186,6 @@ def _last_line(log: Path) -> str:
              if ln.strip() and not ln.startswith("[pochi bench]")]
     errors = [ln for ln in lines[1:] if "Error" in ln]
     return (errors[0] if errors else " / ".join(lines[1:][-2:]))[:300]
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.setdefault("COLUMNS", "120")
-    return env
 
 
 def _cuda_available() -> bool:

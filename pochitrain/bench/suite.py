@@ -1,33 +1,9 @@
 """Benchmark suite files (the original's ``configs/bench_suites.yaml`` format) -> run cases.
 
-::
-
-    suites:
-      <name>:
-        description: text
-        repeats: 3                      # runs per case (default 1)
-        defaults:
-          pipelines: [cpu, gpu]         # or "gpu"; the key ``pipeline`` is accepted too
-          benchmark_env_name: my-box
-          model_paths: {pytorch: best.pth, onnx: best.onnx, trt: best_fp16.engine}
-          batch_sizes: [1, 8]           # new axis (default: the runtime's default)
-          precisions: [fp32, fp16]      # new axis (see below)
-          data: data/val                # new (default: the val_data_root of the model's run,
-                                        #   which must then be found before any run)
-          device: cuda                  # new, PyTorch only;  providers: [cuda]  ONNX only
-          warmup: 2                     # new;  extra_args: ["--cuda-graph"]
-        cases:
-          - {name: trt_fp16, runtime: trt, model_path: ..., pipelines: ..., repeats: ...}
-
-Each case x pipeline x batch size x precision is one ``Case``. Pipelines (``auto``, ``cpu``,
-``gpu``; default ``auto``) apply to every runtime; the original's ``current`` and ``fast`` mean
-our ``cpu`` (PIL) pipeline. A model file's extension must match its case's runtime.
-Precisions: for PyTorch the autocast precision (``--precision``); for ONNX / TensorRT the
-precision is a property of the model file, so the model path holds ``{precision}`` (e.g.
-``best_{precision}.engine``) or ``model_paths`` maps precisions to files
-(``trt: {fp16: a.engine, int8: b.engine}``); the run then checks that the model really has it.
-Relative paths are tried against the working directory (the original's meaning) and the suite
-file's folder, as config paths are (:mod:`pochitrain.config_paths`).
+Each case x pipeline x batch size x precision is one ``Case``; the format, its new keys and
+the naming rules are in docs/readme_bench.md. Every case is checked (with the file's line)
+before anything runs. Relative paths are tried against the working directory (the
+original's meaning) and the suite file's folder, as config paths are.
 """
 
 from __future__ import annotations

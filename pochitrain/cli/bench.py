@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 from pochitrain.cli.common import positive_float
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from pathlib import Path
 
 DESCRIPTION = """\
@@ -65,13 +64,17 @@ def run(args: argparse.Namespace) -> int:
                              "--aggregate-only needs a folder.",
                              "Use --aggregate-only DIR (or --aggregate-only --input-dir DIR).")
         src = _results_folder(Path(folder))
-        return _aggregate(src, _previous_runs(src), info, warn)
+        return _aggregate(src, _previous_runs(src))
     if not args.suite:
         raise UsageError("スイートを指定してください\n"
                          "No suite given.", "Use --suite NAME, or --aggregate-only DIR.")
 
+    import dataclasses
+    import json
+
     from pochitrain.bench.runner import INTERRUPTED, command, new_bench_dir, run_suite
     from pochitrain.bench.suite import load_suite
+    from pochitrain.workspace import atomic_write_text
 
     suite = load_suite(args.suites_file, args.suite)
     if args.dry_run:
@@ -82,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
     info(f"suite {suite.name}: {len(suite.cases)} cases -> {bench_dir}")
     records = run_suite(suite, bench_dir, fail_fast=args.fail_fast, timeout=args.timeout,
                         say=info)
-    _save_runs(bench_dir, [r.to_dict() for r in records])
-    rc = _aggregate(bench_dir, [r.to_dict() for r in records], info, warn)
+    runs = [dataclasses.asdict(r) for r in records]
+    atomic_write_text(bench_dir / "runs.json", json.dumps(runs, indent=2) + "\n")
+    rc = _aggregate(bench_dir, runs)
     not_run = [r for r in records if r.reason.endswith(INTERRUPTED)]
     if not_run:
         warn(f"中断しました / Interrupted: {len(not_run)} run(s) cut or not run (listed above); "
@@ -95,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _results_folder(src: Path) -> Path:
     """The --aggregate-only folder: it exists, is a folder and holds result files."""
-    from pochitrain.bench.aggregate import result_files
+    from pochitrain.bench.report import result_files
     from pochitrain.errors import DataError, UsageError
 
     if src.is_file():
@@ -115,14 +119,6 @@ def _results_folder(src: Path) -> Path:
     return src
 
 
-def _save_runs(bench_dir: Path, runs: list[dict[str, Any]]) -> None:
-    import json
-
-    from pochitrain.workspace import atomic_write_text
-
-    atomic_write_text(bench_dir / "runs.json", json.dumps(runs, indent=2) + "\n")
-
-
 def _previous_runs(folder: Path) -> list[dict[str, Any]]:
     import json
 
@@ -133,9 +129,9 @@ def _previous_runs(folder: Path) -> list[dict[str, Any]]:
         return []
 
 
-def _aggregate(folder: Path, runs: list[dict[str, Any]], info: Callable[[str], None],
-               warn: Callable[[str], None]) -> int:
+def _aggregate(folder: Path, runs: list[dict[str, Any]]) -> int:
     from pochitrain.bench.report import write_summary
+    from pochitrain.console import info, warn
 
     source = folder / "raw" if (folder / "raw").is_dir() else folder
     summary = write_summary(source, folder / "summary", runs)

@@ -74,7 +74,6 @@ def byte_size(text: str) -> int:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("model", metavar="MODEL.onnx",
                         help="ONNX classifier with one image input (N, 3, H, W) and one output")
     prec = parser.add_mutually_exclusive_group()
@@ -126,39 +125,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from pochitrain.errors import UsageError
     from pochitrain.pipeline.convert import ConvertOptions, convert
 
-    if args.fp16 and args.int8:  # parse_args already refuses; kept for programmatic callers
-        raise UsageError("--fp16 と --int8 は同時に指定できません\n"
-                         "--fp16 and --int8 cannot be used together.",
-                         "Choose one precision: --fp16 or --int8.")
     agreement = args.fp16_min_agreement
     if agreement is not None and not 0.0 <= agreement <= 1.0:
         raise UsageError("--fp16-min-agreement は 0 から 1 の間で指定してください\n"
                          f"--fp16-min-agreement must be between 0 and 1, got {agreement}.",
                          "Example: --fp16-min-agreement 0.95")
     precision = "fp16" if args.fp16 else "int8" if args.int8 else "fp32"
-    opts = ConvertOptions(
-        onnx_path=Path(args.model),
-        precision=precision,
-        input_size=input_size_arg(args.input_size),
-        output=Path(args.output) if args.output else None,
-        overwrite=args.overwrite,
-        workspace_size=args.workspace_size,
-        backend=args.backend,
-        batch_size=args.batch_size,
+    result = convert(ConvertOptions(  # it takes the paths as str
+        onnx_path=args.model, precision=precision, input_size=input_size_arg(args.input_size),
+        output=args.output or None, overwrite=args.overwrite, workspace_size=args.workspace_size,
+        backend=args.backend, batch_size=args.batch_size,
         batch_range=tuple(args.batch) if args.batch else None,
-        timing_cache=Path(args.timing_cache) if args.timing_cache else None,
-        no_timing_cache=args.no_timing_cache,
-        verify_data=Path(args.verify_data) if args.verify_data else None,
-        fp16_min_agreement=agreement,
-        int8=int8_options_from_args(args) if args.int8 else None,
+        timing_cache=args.timing_cache or None, no_timing_cache=args.no_timing_cache,
+        verify_data=args.verify_data or None,
+        fp16_min_agreement=agreement, int8=int8_options_from_args(args) if args.int8 else None,
         progress=not args.no_progress,
-    )
-    result = convert(opts)
+    ))
     _print_summary(result)
     return 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pochitrain.cli.common import add_input_size, input_size_arg, positive_int
+from pochitrain.cli.common import add_config, add_input_size, input_size_arg, positive_int
 from pochitrain.models import SUPPORTED_MODELS  # the registry imports no torch
 
 DESCRIPTION = """\
@@ -38,10 +38,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--opset", "--opset-version", dest="opset", type=positive_int,
                         default=17, metavar="N",
                         help="ONNX opset version (default: 17; supported 9-20)")
-    parser.add_argument("-c", "--config", "--config-path", dest="config", default=None,
-                        metavar="CONFIG", help="training config of an original pochitrain "
-                        "checkpoint (default: config.py beside the checkpoint, then one folder "
-                        "up); pochitrain checkpoints carry their own metadata")
+    add_config(parser, "training config of an original pochitrain checkpoint (default: "
+               "config.py beside the checkpoint, then one folder up); pochitrain checkpoints "
+               "carry their own metadata")
     parser.add_argument("--model-name", default=None, choices=SUPPORTED_MODELS,
                         help="network of an original pochitrain checkpoint (default: the "
                         "config's model_name; this option wins over the config)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pochitrain.cli.common import add_config, count_at_most, positive_int
+from pochitrain.cli.common import add_config, add_runtime_options, count_at_most, positive_int
 from pochitrain.inference.runner import MAX_WARMUP_RUNS
 
 DESCRIPTION = """\
@@ -39,7 +39,13 @@ def pipeline_arg(value: str) -> str:
     return "cpu"
 
 
-def add_infer_arguments(parser: argparse.ArgumentParser, model_help: str) -> None:
+def add_infer_arguments(parser: argparse.ArgumentParser, model_help: str,
+                        expect_runtime: str | None = None) -> None:
+    """The options of every inference verb; the others of ``pochi infer`` keep their defaults
+    (``run`` reads them) for infer-onnx / infer-trt."""
+    parser.set_defaults(expect_runtime=expect_runtime, device="auto", providers=None,
+                        precision="fp32", channels_last=False, cuda_graph=False,
+                        explain_errors=False)
     parser.add_argument("model", metavar="MODEL", help=model_help)
     parser.add_argument("--data", "-d", default=None, metavar="DIR",
                         help="images to classify: DIR/<class>/*.png (labelled, accuracy is "
@@ -76,18 +82,8 @@ def add_infer_arguments(parser: argparse.ArgumentParser, model_help: str) -> Non
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_infer_arguments(parser, "a .pth checkpoint, .onnx model or TensorRT .engine")
-    parser.add_argument("--device", default="auto",
-                        help="PyTorch only: auto (CUDA when available), cpu, cuda or cuda:N")
-    parser.add_argument("--providers", nargs="+", default=None, metavar="EP",
-                        help="ONNX only: execution providers, e.g. cpu, cuda, tensorrt "
-                        "(default: cuda when onnxruntime-gpu and an NVIDIA GPU are present, "
-                        "else cpu)")
-    gpu = parser.add_argument_group("PyTorch on a GPU (.pth only)")
-    gpu.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
-                     help="autocast precision of the model call on CUDA (default: fp32)")
-    gpu.add_argument("--channels-last", action="store_true",
-                     help="run the model in channels_last (NHWC) memory layout; faster with "
-                     "fp16/bf16 on tensor-core GPUs")
+    gpu = add_runtime_options(parser, "cuda when onnxruntime-gpu and an NVIDIA GPU are present, "
+                              "else cpu")
     gpu.add_argument("--cuda-graph", action="store_true",
                      help="capture the model call as a CUDA graph per batch shape and replay "
                      "it (removes launch overhead; biggest gain at small batch sizes)")
@@ -98,23 +94,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "its run. Needs pip install \"pochitrain[explain]\"")
 
 
-def run(args: argparse.Namespace, expect_runtime: str | None = None) -> int:
+def run(args: argparse.Namespace) -> int:
     from pochitrain.console import info
     from pochitrain.pipeline.infer import infer
 
     check_runtime_options(args)
     outcome = infer(
         args.model, data=args.data, output=args.output, batch_size=args.batch_size,
-        config=args.config, device=getattr(args, "device", "auto"),
-        providers=getattr(args, "providers", None), warmup_runs=max(0, args.warmup),
-        expect_runtime=expect_runtime, progress=not args.quiet,
-        pipeline=pipeline_arg(getattr(args, "pipeline", "auto")),
-        precision=getattr(args, "precision", "fp32"),
-        channels_last=getattr(args, "channels_last", False),
-        cuda_graph=getattr(args, "cuda_graph", False),
-        benchmark_json=getattr(args, "benchmark_json", False),
-        benchmark_env_name=getattr(args, "benchmark_env_name", None),
-        explain_errors=getattr(args, "explain_errors", False),
+        config=args.config, device=args.device, providers=args.providers,
+        warmup_runs=max(0, args.warmup), expect_runtime=args.expect_runtime,
+        progress=not args.quiet, pipeline=pipeline_arg(args.pipeline), precision=args.precision,
+        channels_last=args.channels_last, cuda_graph=args.cuda_graph,
+        benchmark_json=args.benchmark_json, benchmark_env_name=args.benchmark_env_name,
+        explain_errors=args.explain_errors,
     )
     print_outcome(outcome)
     info(f"[green]結果 / Results:[/green] {outcome.out_dir}")
@@ -128,13 +120,12 @@ def check_runtime_options(args: argparse.Namespace) -> None:
     from pochitrain.model import backend_for
 
     runtime = backend_for(args.model).runtime
-    device = getattr(args, "device", "auto")
-    if device != "auto" and runtime != "pytorch" and not getattr(args, "explain_errors", False):
+    if args.device != "auto" and runtime != "pytorch" and not args.explain_errors:
         raise UsageError("--device は PyTorch (.pth) のモデルでのみ使えます\n"
-                         f"--device {device} is a PyTorch (.pth) option; {args.model} runs on "
+                         f"--device {args.device} is a PyTorch (.pth) option; {args.model} runs on "
                          f"{runtime}.",
                          "ONNX Runtime: --providers cpu|cuda; TensorRT always runs on the GPU.")
-    if getattr(args, "providers", None) and runtime != "onnx":
+    if args.providers and runtime != "onnx":
         raise UsageError("--providers は ONNX モデルでのみ使えます\n"
                          f"--providers is an ONNX Runtime option; {args.model} runs on "
                          f"{runtime}.",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pochitrain.cli.infer import add_infer_arguments
+from pochitrain.cli.infer import add_infer_arguments, run  # noqa: F401 - the verb's run
 
 DESCRIPTION = """\
 Run an ONNX model with ONNX Runtime on a folder of images.
@@ -17,14 +17,9 @@ for ONNX files exported elsewhere).
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    add_infer_arguments(parser, "an .onnx model")
+    add_infer_arguments(parser, "an .onnx model", "onnx")
     parser.add_argument("--providers", nargs="+", default=None, metavar="EP",
                         help="execution providers in order of preference: cpu, cuda, tensorrt "
                         "or full names like CUDAExecutionProvider (default: cuda when "
                         "onnxruntime-gpu and an NVIDIA GPU are present, else cpu)")
 
-
-def run(args: argparse.Namespace) -> int:
-    from pochitrain.cli import infer
-
-    return infer.run(args, expect_runtime="onnx")

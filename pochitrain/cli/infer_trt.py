@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pochitrain.cli.infer import add_infer_arguments
+from pochitrain.cli.infer import add_infer_arguments, run  # noqa: F401 - the verb's run
 
 DESCRIPTION = """\
 Run a TensorRT engine built by 'pochi convert' on a folder of images.
@@ -20,10 +20,5 @@ an engine built on another machine or TensorRT version must be rebuilt with 'poc
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    add_infer_arguments(parser, "a TensorRT .engine file built by 'pochi convert'")
+    add_infer_arguments(parser, "a TensorRT .engine file built by 'pochi convert'", "tensorrt")
 
-
-def run(args: argparse.Namespace) -> int:
-    from pochitrain.cli import infer
-
-    return infer.run(args, expect_runtime="tensorrt")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from pochitrain.cli.common import number_arg, whole_number
 from pochitrain.onnx.int8_defaults import (
     CALIB_METHODS,
     DEFAULT_CALIB_BATCH_SIZE,
@@ -18,39 +19,18 @@ from pochitrain.onnx.int8_defaults import (
 METHODS = CALIB_METHODS  # the --calib-method choices
 
 
-def _whole_number(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-
-
-def _points(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of points, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
+_points = number_arg(lambda v: v >= 0, "must be 0 or more, got {text}",
+                     "expected a number of points, got {text!r}")
 
 
 def add_int8_arguments(parser: argparse.ArgumentParser, precision_group: Any = None) -> None:
     """Add ``--int8`` (into ``precision_group`` when given, so that it excludes --fp16) and the
     calibration options. ``-c/--config-path`` is the caller's (pochitrain.cli.common)."""
-    _add_int8_flag(precision_group if precision_group is not None else parser)
-    _add_calibration_options(parser)
-
-
-def _add_int8_flag(target: Any) -> None:
-    target.add_argument(
+    (precision_group if precision_group is not None else parser).add_argument(
         "--int8", action="store_true",
         help="INT8 engine: calibrate on the CPU into a Q/DQ ONNX graph (<stem>_int8_qdq.onnx, "
         "kept), check its accuracy against FP32 with ONNX Runtime, then build it. Needs "
         "calibration images (--calib-data or the config's val_data_root)")
-
-
-def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "INT8 calibration",
         "Used with --int8. Preprocessing comes from the ONNX metadata, else from the "
@@ -61,11 +41,11 @@ def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
         "folder (default: val_data_root of the config). 20%% of each class is held out for the "
         "accuracy check and never calibrated on")
     group.add_argument(
-        "--calib-samples", type=_whole_number, default=DEFAULT_SAMPLES, metavar="N",
+        "--calib-samples", type=whole_number, default=DEFAULT_SAMPLES, metavar="N",
         help=f"number of calibration images, picked deterministically (seeded); fewer available "
         f"-> all are used (default: {DEFAULT_SAMPLES})")
     group.add_argument(
-        "--calib-batch-size", type=_whole_number, default=DEFAULT_CALIB_BATCH_SIZE, metavar="N",
+        "--calib-batch-size", type=whole_number, default=DEFAULT_CALIB_BATCH_SIZE, metavar="N",
         help="images per calibration batch. Calibration runs in ONNX Runtime on the CPU, so it "
         "is not limited by the engine profile; a fully static ONNX (pattern 3) needs its own "
         "batch size. Only full batches are used "
@@ -81,7 +61,7 @@ def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
         "points (agreement with FP32 for unlabelled folders); larger -> error, nothing built "
         f"(default: {DEFAULT_MAX_DROP:g})")
     group.add_argument(
-        "--verify-samples", type=_whole_number, default=DEFAULT_VERIFY_SAMPLES, metavar="N",
+        "--verify-samples", type=whole_number, default=DEFAULT_VERIFY_SAMPLES, metavar="N",
         help="at most this many held-out images for the accuracy check "
         f"(default: {DEFAULT_VERIFY_SAMPLES})")
     group.add_argument(

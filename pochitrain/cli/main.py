@@ -10,7 +10,7 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
@@ -45,14 +45,9 @@ def build_parser(prog: str = "pochi", only: str | None = None,
     """``only``: a standalone script for one verb. ``verb``: configure just that sub-command
     (the others get a stub) so a command imports one verb module, not all of them."""
     if only is not None:
-        mod = _verb_module(only)
-        parser = argparse.ArgumentParser(
-            prog=prog, description=mod.DESCRIPTION,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        _add_version(parser)
-        _add_debug(parser)
-        mod.configure(parser)
+        parser = argparse.ArgumentParser(prog=prog, description=_verb_module(only).DESCRIPTION,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        _add_options(parser, only, debug_default=False)
         parser.set_defaults(_verb=only)
         return parser
     parser = argparse.ArgumentParser(
@@ -62,33 +57,30 @@ def build_parser(prog: str = "pochi", only: str | None = None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run 'pochi VERB --help' for the options of a verb.",
     )
-    _add_version(parser)
-    _add_debug(parser)
+    _add_options(parser, None, debug_default=False)
     sub = parser.add_subparsers(dest="_verb", metavar="VERB", required=True)
     for name, (_, help_text) in VERBS.items():
         if name != verb:
             sub.add_parser(name, help=help_text)
             continue
-        mod = _verb_module(name)
-        p = sub.add_parser(name, help=help_text, description=mod.DESCRIPTION,
+        p = sub.add_parser(name, help=help_text, description=_verb_module(name).DESCRIPTION,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        _add_version(p)
-        # after the verb too (the original's README writes it there); SUPPRESS keeps a
-        # `pochi --debug VERB` from being reset by the sub-command's default
-        _add_debug(p, default=argparse.SUPPRESS)
-        mod.configure(p)
+        # --debug after the verb too (the original's README writes it there); SUPPRESS keeps
+        # a `pochi --debug VERB` from being reset by the sub-command's default
+        _add_options(p, name, debug_default=argparse.SUPPRESS)
     return parser
 
 
-def _add_version(parser: argparse.ArgumentParser) -> None:
+def _add_options(parser: argparse.ArgumentParser, verb: str | None,
+                 debug_default: object) -> None:
+    """--version, --debug and the options of ``verb``."""
     from pochitrain import __version__
 
     parser.add_argument("--version", action="version", version=f"pochitrain {__version__}")
-
-
-def _add_debug(parser: argparse.ArgumentParser, default: object = False) -> None:
-    parser.add_argument("--debug", action="store_true", default=default,
+    parser.add_argument("--debug", action="store_true", default=debug_default,
                         help="verbose logging; errors also print their full traceback")
+    if verb is not None:
+        _verb_module(verb).configure(parser)
 
 
 def start_debug_logging(argv: Sequence[str]) -> None:
@@ -145,8 +137,8 @@ def run(argv: Sequence[str] | None, prog: str = "pochi", only: str | None = None
     from pochitrain.workspace import disk_space_guard
 
     try:
+        # a full disk under a writer that does not guard its own file: named from the OSError
         with disk_space_guard(None), terminate_as_interrupt():
-            # disk_space_guard: a writer that did not name its file: the OSError's
             code = int(_verb_module(args._verb).run(args) or 0)
         return interrupted_exit_code() if code == 130 else code
     except PochiError as exc:
@@ -174,6 +166,7 @@ def _report(error: PochiError, exc: BaseException, debug: bool) -> int:
         traceback.print_exception(exc, file=sys.stderr)
     return error.exit_code
 
+
 def _exit(code: int) -> NoReturn:
     """End a console command. After an inference verb the interpreter's finalization is
     skipped: tearing down every module and torch's state is a noticeable part of a short
@@ -197,24 +190,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     _exit(run(argv))
 
 
-def export_onnx_main() -> None:
-    _exit(run(None, prog="export-onnx", only="export-onnx"))
+def _script(verb: str) -> Callable[[], None]:
+    """The console command of one verb alone (``export-onnx``, ``infer-onnx``, ...)."""
+    def script() -> None:
+        _exit(run(None, prog=verb, only=verb))
+    return script
 
 
-def infer_onnx_main() -> None:
-    _exit(run(None, prog="infer-onnx", only="infer-onnx"))
-
-
-def infer_trt_main() -> None:
-    _exit(run(None, prog="infer-trt", only="infer-trt"))
-
-
-def bench_main() -> None:
-    _exit(run(None, prog="bench", only="bench"))
-
-
-def vis_grad_main() -> None:
-    _exit(run(None, prog="vis-grad", only="vis-grad"))
+export_onnx_main, infer_onnx_main, infer_trt_main, bench_main, vis_grad_main = map(
+    _script, ("export-onnx", "infer-onnx", "infer-trt", "bench", "vis-grad"))
 
 
 if __name__ == "__main__":

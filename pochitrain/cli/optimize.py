@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pochitrain.cli.common import positive_int
+from pochitrain.cli.common import add_config, positive_int
 
 DESCRIPTION = """\
 Search hyperparameters with Optuna: each trial trains the config for optuna_epochs epochs with
@@ -36,10 +36,8 @@ writes the files from the finished trials and exits 130; a second Ctrl+C stops a
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", "--config-path", dest="config",
-                        default="configs/pochi_train_config.py", metavar="FILE",
-                        help="training config with an optuna dict (default: "
-                        "configs/pochi_train_config.py)")
+    add_config(parser, "training config with an optuna dict (default: "
+               "configs/pochi_train_config.py)", default="configs/pochi_train_config.py")
     parser.add_argument("--output", "-o", default=None, metavar="DIR",
                         help="folder for the study's files (default: work_dirs/optuna_results, "
                         "or the next free optuna_results_NNN); an existing folder joins its "

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pochitrain.console import info
-    from pochitrain.pipeline.sample_data import write_sample_data
+    from pochitrain.pipeline.quickstart import write_sample_data
 
     config = write_sample_data(args.dir)
     root = config.parent

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import math
 
-from pochitrain.cli.common import add_config, non_negative_float, positive_float, positive_int
+from pochitrain.cli.common import (
+    add_config,
+    add_runtime_options,
+    non_negative_float,
+    number_arg,
+    positive_float,
+    positive_int,
+)
 
 MAX_PORT = 65535  # as serve.server.MAX_PORT, which is not imported here (start-up time)
 
@@ -40,11 +47,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
     parser.add_argument("--port", type=port_number, default=8000,
                         help="port, 1 to 65535 (default: 8000)")
-    parser.add_argument("--device", default="auto",
-                        help="PyTorch only: auto (CUDA when available), cpu, cuda or cuda:N")
-    parser.add_argument("--providers", nargs="+", default=None, metavar="EP",
-                        help="ONNX only: execution providers, e.g. cpu, cuda, tensorrt "
-                        "(default: cpu)")
+    add_runtime_options(parser, "cpu")
     parser.add_argument("--workers", type=worker_count, default="auto", metavar="N",
                         help="server processes sharing the port, each with its own model, "
                         "batcher and decode threads; auto (default) = 1 where the model runs "
@@ -74,11 +77,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    "CUDA); cpu = PIL decode + resize in the decode threads; auto (default) = "
                    "gpu when the model runs on CUDA")
     add_connection_limits(parser)
-    gpu = parser.add_argument_group("PyTorch on a GPU (.pth only)")
-    gpu.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
-                     help="autocast precision of the model call on CUDA (default: fp32)")
-    gpu.add_argument("--channels-last", action="store_true",
-                     help="run the model in channels_last (NHWC) memory layout")
 
 
 def add_connection_limits(parser: argparse.ArgumentParser) -> None:
@@ -118,29 +116,12 @@ def port_number(text: str) -> int:
     return value
 
 
-def megabytes(text: str) -> float:
-    """A finite size in MB of at least one byte (a smaller one would refuse every body)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value * 1_000_000 >= 1):
-        raise argparse.ArgumentTypeError(f"1 バイト以上のサイズ (MB) を指定してください: {text!r}\n"
-                                         f"expected a size in MB of at least 0.000001 (one "
-                                         f"byte), got {text!r}")
-    return value
-
-
-def seconds(text: str) -> float:
-    """A finite number of seconds, 0 or more."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"0 以上の秒数を指定してください: {text!r}\n"
-                                         f"expected seconds, 0 or more, got {text!r}")
-    return value
+# a size of at least one byte (a smaller one would refuse every body)
+megabytes = number_arg(lambda v: v * 1_000_000 >= 1 and math.isfinite(v),
+                       "1 バイト以上のサイズ (MB) を指定してください: {text!r}\n"
+                       "expected a size in MB of at least 0.000001 (one byte), got {text!r}")
+seconds = number_arg(lambda v: 0 <= v < math.inf, "0 以上の秒数を指定してください: {text!r}\n"
+                     "expected seconds, 0 or more, got {text!r}")
 
 
 # --backend name -> the runtime of the model file's type (pochitrain.model.BACKENDS)
@@ -170,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_backend(args.model, getattr(args, "backend", None))
     require_extra()
-    from pochitrain.pipeline.infer import torch_options
+    from pochitrain.model import torch_options
     from pochitrain.serve.app import ServeSettings
     from pochitrain.serve.server import ServeOptions
     from pochitrain.serve.workers import auto_workers, serve

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pochitrain.cli.common import positive_int
+from pochitrain.cli.common import add_config, positive_int
 
 DEFAULT_CONFIG = "configs/pochi_train_config.py"
 
@@ -35,10 +35,8 @@ batch). Same as: torchrun --standalone --nproc-per-node N -m pochitrain train -c
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-c", "--config-path", "--config", dest="config", default=None, metavar="CONFIG",
-        help=f"training config .py file (default: {DEFAULT_CONFIG}, or with --resume the "
-        "run's own; 'pochi sample-data DIR' writes a ready one)")
+    add_config(parser, f"training config .py file (default: {DEFAULT_CONFIG}, or with --resume "
+               "the run's own; 'pochi sample-data DIR' writes a ready one)")
     parser.add_argument("--resume", default=None, metavar="RUN",
                         help="go on with an interrupted run: its folder (work_dirs/YYYYMMDD_NNN) "
                         "or its models/last_model.pth; training restarts after the last "
@@ -105,7 +103,7 @@ def _check_device(device: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pochitrain.console import info, warn
-    from pochitrain.pipeline.train import train
+    from pochitrain.training.run import run_training as train
 
     if args.config is None:
         args.config = DEFAULT_CONFIG if args.resume is None else str(_run_config(args.resume))
@@ -163,14 +161,11 @@ def _launch(args: argparse.Namespace, overrides: dict[str, object]) -> int:
                          "global batch).")
     check_training_batch(settings.batch_size, args.gpus, settings.model_name)
     child = ["-c", str(Path(args.config).resolve()), "--device", device]
-    if args.work_dir is not None:
-        child += ["--work-dir", str(Path(args.work_dir).resolve())]
-    if args.epochs is not None:
-        child += ["--epochs", str(args.epochs)]
-    if args.quiet:
-        child.append("--quiet")
-    if args.resume is not None:
-        child += ["--resume", str(Path(args.resume).resolve())]
+    for flag, value in (("--work-dir", args.work_dir), ("--resume", args.resume)):
+        if value is not None:
+            child += [flag, str(Path(value).resolve())]
+    child += ["--epochs", str(args.epochs)] if args.epochs is not None else []
+    child += ["--quiet"] if args.quiet else []
     info(f"starting {args.gpus} training processes (DDP, "
          f"{'gloo on the CPU' if device == 'cpu' else 'NCCL, one GPU each'}; global batch "
          f"{settings.batch_size} = {args.gpus} x {settings.batch_size // args.gpus})")

@@ -1,21 +1,160 @@
-"""Images in, explained images out: preprocessing, probabilities, Grad-CAM per class.
+"""Images in, explained images out, through the ``grad-cam`` library (PyPI ``grad-cam``,
+import ``pytorch_grad_cam``; the optional extra ``pochitrain[explain]``, imported only when a
+heatmap is asked for).
 
 Images are decoded and preprocessed exactly as ``pochi infer`` does on its CPU path
 (``data.open_rgb`` then the model's ``Preprocess``); the overlays are drawn on those pixels,
 so a heatmap lines up with the image as the model saw it (after resize / crop).
+
+The target layer is the last convolutional block of the model family (resnet: ``layer4``;
+mobilenet_v3 / efficientnet: the last ``features.N``), unless its feature map is smaller than
+``MIN_MAP_SIDE`` on a side for this input size: a 32x32 input leaves resnet's ``layer4`` a
+single cell, whose heatmap is flat. Then the deepest block with a map that large is taken.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pochitrain.errors import UsageError
-from pochitrain.explain.cam import GradCam, Heatmaps, pick_layer, require_grad_cam, seen_images
+from pochitrain.errors import BackendMissingError, UsageError
 from pochitrain.explain.source import ExplainSource
 from pochitrain.explain_draw import ExplainedImage, Panel
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+MIN_MAP_SIDE = 4  # a coarser map can mark a quadrant at best
+INSTALL_HINT = 'pip install "pochitrain[explain]"'
+
+
+def require_grad_cam() -> None:
+    """BackendMissingError naming the extra when the grad-cam library is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("pytorch_grad_cam") is None:
+        raise BackendMissingError(
+            "Grad-CAM のライブラリ (grad-cam) がインストールされていません\n"
+            "Heatmaps need the grad-cam library, which is not installed.",
+            f"Install the optional extra: {INSTALL_HINT}")
+
+
+def block_candidates(model: nn.Module, model_name: str) -> list[str]:
+    """Module names of the family's conv blocks, deepest first (any other model: its conv
+    layers)."""
+    from torch import nn
+
+    names = dict(model.named_modules())
+    if model_name.startswith("resnet"):
+        return [n for n in ("layer4", "layer3", "layer2", "layer1") if n in names]
+    features = names.get("features")
+    if isinstance(features, nn.Sequential):
+        return [f"features.{i}" for i in reversed(range(len(features)))]
+    return [n for n, m in reversed(list(names.items())) if isinstance(m, nn.Conv2d)]
+
+
+def feature_sizes(model: nn.Module, names: list[str], input_size: list[int],
+                  device: str) -> dict[str, tuple[int, ...]]:
+    """The output shape of each named module for one blank input (hooks, no gradients)."""
+    import torch
+
+    modules = dict(model.named_modules())
+    shapes: dict[str, tuple[int, ...]] = {}
+    hooks = [modules[n].register_forward_hook(
+        lambda _m, _i, out, n=n: shapes.__setitem__(n, tuple(out.shape)))
+        for n in names]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, *input_size, device=device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return shapes
+
+
+def pick_layer(model: nn.Module, model_name: str, input_size: list[int], device: str,
+               asked: str | None = None) -> tuple[str, tuple[int, ...]]:
+    """(module name, its output shape): ``asked`` (``--layer``) checked, else the automatic
+    choice of the module docstring."""
+    if asked is not None:
+        names = dict(model.named_modules())
+        if asked not in names or not asked:
+            choices = ", ".join(block_candidates(model, model_name)[:6])
+            raise UsageError("--layer に指定した層がモデルにありません\n"
+                             f"The model has no layer named {asked!r}.",
+                             f"Use a module name such as: {choices}.")
+        shape = feature_sizes(model, [asked], input_size, device).get(asked)
+        if shape is None or len(shape) != 4:
+            raise UsageError("--layer には畳み込みの特徴マップを出力する層を指定してください\n"
+                             f"Layer {asked!r} does not output a (N, C, H, W) feature map "
+                             f"(its output: {shape or 'none in a forward pass'}).",
+                             "Choose a convolutional block, e.g. "
+                             f"{block_candidates(model, model_name)[0]}.")
+        return asked, shape
+    candidates = block_candidates(model, model_name)
+    shapes = feature_sizes(model, candidates, input_size, device)
+    maps = [(n, shapes[n]) for n in candidates if len(shapes.get(n, ())) == 4]
+    if not maps:
+        raise UsageError("Grad-CAM の対象層を自動で選べません\n"
+                         f"No convolutional block found in {model_name} for Grad-CAM.",
+                         "Name one with --layer.")
+    for name, shape in maps:
+        if min(shape[2:]) >= MIN_MAP_SIDE:
+            return name, shape
+    return max(maps, key=lambda item: item[1][2] * item[1][3])
+
+
+@dataclass
+class Heatmaps:
+    """Grad-CAM of one batch for one class per image."""
+
+    maps: np.ndarray  # (N, H, W) float32 in [0, 1], the input's H x W
+    overlays: np.ndarray  # (N, H, W, 3) uint8: the heatmap blended on the image
+
+
+class GradCam:
+    """The library's GradCAM on one layer of ``model``; ``close`` removes its hooks."""
+
+    def __init__(self, model: nn.Module, layer: str) -> None:
+        from pytorch_grad_cam import GradCAM
+
+        self.model = model
+        self._cam: Any = GradCAM(model=model, target_layers=[dict(model.named_modules())[layer]])
+
+    def probabilities(self, batch: torch.Tensor) -> np.ndarray:
+        """(N, classes) softmax of the model, without gradients."""
+        import torch
+
+        with torch.no_grad():
+            return torch.softmax(self.model(batch).float(), dim=1).cpu().numpy()
+
+    def heatmaps(self, batch: torch.Tensor, classes: list[int],
+                 images: np.ndarray) -> Heatmaps:
+        """Heatmaps of ``batch`` for ``classes[i]`` of image i; ``images``: (N, H, W, 3)
+        float RGB in [0, 1], what the overlays are drawn on."""
+        from pytorch_grad_cam.utils.image import show_cam_on_image
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        maps = self._cam(input_tensor=batch, targets=[ClassifierOutputTarget(c) for c in classes])
+        overlays = np.stack([show_cam_on_image(img, m, use_rgb=True)
+                             for img, m in zip(images, maps)])
+        return Heatmaps(np.asarray(maps, dtype=np.float32), overlays)
+
+    def close(self) -> None:
+        self._cam.activations_and_grads.release()
+
+
+def seen_images(batch: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
+    """(N, 3, H, W) normalized inputs -> (N, H, W, 3) float32 RGB in [0, 1]: the pixels the
+    model saw, after its resize / crop (the normalization undone)."""
+    pixels = batch.transpose(0, 2, 3, 1) * np.asarray(std, np.float32) + np.asarray(mean,
+                                                                                  np.float32)
+    return np.clip(pixels, 0.0, 1.0).astype(np.float32)
+
 
 TOP_K = 3  # classes per image on the contact sheet
 CAM_BATCH = 16  # images per Grad-CAM pass
@@ -66,7 +205,7 @@ class Explainer:
         require_grad_cam()
         self.source = source
         meta = source.context.meta
-        self.layer, self.map_shape = pick_layer(source.net, source.model_name,
+        self.layer, self.map_shape = pick_layer(source.net, meta.model_name,
                                                 list(meta.preprocess.input_size),
                                                 source.device, layer)
         self.cam = GradCam(source.net, self.layer)

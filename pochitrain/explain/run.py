@@ -1,29 +1,36 @@
-"""`pochi explain MODEL IMAGE|DIR...`: Grad-CAM heatmaps for images, as PNGs.
-
-Writes into ``explain_results/YYYYMMDD_NNN`` next to the run (or ``--output``):
-one ``<image>_gradcam.png`` per image (the input as the model saw it, its heatmap overlay,
-the prediction and its probability), ``contact_sheet.png`` (per image the overlays of its
-top-3 classes; pages of ``explain_draw.SHEET_ROWS`` images) and ``explain.csv``.
+"""`pochi explain MODEL IMAGE|DIR...`: Grad-CAM heatmaps for images, as PNGs and explain.csv;
+and the gallery of ``pochi infer --explain-errors``.
 
 The pictures are drawn here, page by page as heatmaps are computed, so memory stays bounded
 however many images there are; matplotlib is imported by a thread meanwhile
 (``plotting.preload``). The plot helper process takes one job at the end, which would hold
 every heatmap of the run in memory at once.
+
+The errors gallery: ``prepare`` runs before the inference (a missing grad-cam extra or a
+missing checkpoint fails before any work); ``ErrorsGallery.write`` runs after it, on the
+inference's results, and draws ``explain_errors.png`` (pages of ``SHEET_ROWS`` images): per
+image the input as the model saw it, the true and predicted class, and the overlays of its
+top-3 classes. The most confident mistakes come first.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pochitrain.data import IMAGE_EXTENSIONS
 from pochitrain.errors import DataError, PochiError
-from pochitrain.explain.cam import require_grad_cam
-from pochitrain.explain.explainer import CAM_BATCH, Explainer, load_images, target_index
-from pochitrain.explain.source import open_source
+from pochitrain.explain.explainer import (
+    CAM_BATCH,
+    Explainer,
+    load_images,
+    require_grad_cam,
+    target_index,
+)
+from pochitrain.explain.source import file_meta, open_source, run_checkpoint
 from pochitrain.explain_draw import (
     SHEET_ROWS,
     ExplainedImage,
@@ -31,6 +38,7 @@ from pochitrain.explain_draw import (
     draw_sheet,
     sheet_pages,
 )
+from pochitrain.model import backend_for
 from pochitrain.workspace import (
     atomic_write_text,
     check_output_dir,
@@ -38,6 +46,9 @@ from pochitrain.workspace import (
     new_run_dir,
     run_folder_of,
 )
+
+if TYPE_CHECKING:
+    from pochitrain.reports import InferenceResult
 
 RESULTS_CSV = "explain.csv"
 SHEET_STEM = "contact_sheet"
@@ -62,11 +73,6 @@ class Pending:
     names: list[str]  # shown in titles: the path relative to the folder given
     stems: list[str]  # unique file-name stems
     folders: list[str | None]  # the class folder an image of a folder given lies in
-
-    def true_classes(self, class_names: list[str]) -> list[str | None]:
-        """Each image's true class: its class folder when that is a class of the model."""
-        known = set(class_names)
-        return [f if f in known else None for f in self.folders]
 
 
 def list_images(inputs: list[Path | str]) -> Pending:
@@ -110,14 +116,6 @@ def refuse_earlier_results(out: Path) -> None:
                          "Choose a new --output folder (results are never overwritten).")
 
 
-def batches(pending: Pending, truths: list[str | None]
-            ) -> Iterator[list[tuple[Path, str, str, str | None]]]:
-    """(path, name, file stem, true class) of ``CAM_BATCH`` images at a time."""
-    rows = list(zip(pending.paths, pending.names, pending.stems, truths))
-    for i in range(0, len(rows), CAM_BATCH):
-        yield rows[i:i + CAM_BATCH]
-
-
 def explain(model: Path | str, inputs: list[Path | str], output: Path | str | None = None,
             target_class: str = "top", layer: str | None = None, device: str = "auto",
             config: Path | str | None = None, progress: bool = True,
@@ -125,7 +123,7 @@ def explain(model: Path | str, inputs: list[Path | str], output: Path | str | No
     """Heatmap PNGs, contact sheets and ``explain.csv`` for ``inputs`` (files or folders).
 
     ``target_class``: ``top`` (each image's predicted class) or a class name; ``layer``: a
-    module name of the network (default: see ``explain.cam``); ``keep_images``: also return
+    module name of the network (default: see ``explain.explainer``); ``keep_images``: also return
     every ``ExplainedImage`` (heatmaps included) in the outcome.
     """
     from pochitrain.console import info
@@ -163,9 +161,12 @@ def write_all(explainer: Explainer, pending: Pending, out_dir: Path, target: int
     outcome = ExplainOutcome(out_dir, [], footer)
     sheet: list[ExplainedImage] = []
     rows: list[list[str]] = []
-    truths = pending.true_classes(explainer.source.class_names)
+    known = set(explainer.source.class_names)  # a class folder is the true class when known
+    listed = list(zip(pending.paths, pending.names, pending.stems,
+                      [f if f in known else None for f in pending.folders]))
     with progress_bar(progress, "Grad-CAM", len(pending.paths)) as advance:
-        for part in batches(pending, truths):
+        for start in range(0, len(listed), CAM_BATCH):
+            part = listed[start:start + CAM_BATCH]
             loaded = load_images([row[0] for row in part], explainer.source)
             outcome.skipped += loaded.skipped
             kept = [row for row in part if row[0] in loaded.paths]
@@ -207,3 +208,68 @@ def csv_text(rows: list[list[str]]) -> str:
     writer.writerow(CSV_HEADER)
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+GALLERY_STEM = "explain_errors"
+MAX_ERRORS = 4 * SHEET_ROWS  # the most confident mistakes; the CSV lists every one
+
+
+@dataclass
+class ErrorsGallery:
+    model_path: Path
+    config: Path | str | None
+    device: str
+
+    def write(self, result: InferenceResult, out_dir: Path, progress: bool = True) -> list[Path]:
+        """The gallery pages in ``out_dir``; none when nothing was misclassified."""
+        from pochitrain.console import info, progress_bar, warn
+
+        wrong = [i for i, (label, pred) in enumerate(zip(result.labels, result.preds))
+                 if label >= 0 and label != pred]
+        if not result.labelled or not wrong:
+            info("--explain-errors: " + ("no labels in the data, so no errors to explain"
+                                         if not result.labelled else "no misclassified images"))
+            return []
+        wrong.sort(key=lambda i: -result.confidences[i])
+        if len(wrong) > MAX_ERRORS:
+            warn(f"--explain-errors: {len(wrong)} misclassified images; the gallery shows the "
+                 f"{MAX_ERRORS} most confident mistakes.")
+            wrong = wrong[:MAX_ERRORS]
+        explainer = Explainer(open_source(self.model_path, self.config, self.device))
+        info(f"--explain-errors: {explainer.describe()}")
+        items: list[ExplainedImage] = []
+        try:
+            with progress_bar(progress, "Grad-CAM (errors)", len(wrong)) as advance:
+                for start in range(0, len(wrong), CAM_BATCH):
+                    part = wrong[start:start + CAM_BATCH]
+                    loaded = load_images([result.paths[i] for i in part], explainer.source)
+                    done = explainer.explain(loaded, [p.name for p in loaded.paths])
+                    items += _captioned(done, [i for i in part
+                                               if result.paths[i] in loaded.paths], result)
+                    advance(len(part))
+        finally:
+            explainer.close()
+        names = sheet_pages(GALLERY_STEM, len(items))
+        title = f"misclassified images ({result.runtime}); {explainer.describe()}"
+        return [draw_sheet(items[n * SHEET_ROWS:(n + 1) * SHEET_ROWS], out_dir / name, title)
+                for n, name in enumerate(names) if items[n * SHEET_ROWS:]]
+
+
+def _captioned(items: list[ExplainedImage], indices: list[int],
+               result: InferenceResult) -> list[ExplainedImage]:
+    names = result.class_names
+    for item, i in zip(items, indices):
+        item.caption = (f"true {names[result.labels[i]]} -> {names[result.preds[i]]} "
+                        f"({100 * result.confidences[i]:.1f}%)")
+    return items
+
+
+def prepare(model_path: Path | str, config: Path | str | None = None,
+            device: str = "auto") -> ErrorsGallery:
+    """Checks what the gallery needs before the inference runs: the grad-cam extra and, for an
+    .onnx or engine, the checkpoint of the same run."""
+    require_grad_cam()
+    model_path = Path(model_path)
+    if backend_for(model_path).runtime != "pytorch" and model_path.is_file():
+        run_checkpoint(model_path, file_meta(model_path))
+    return ErrorsGallery(model_path, config, device)

@@ -38,18 +38,9 @@ class ExplainSource:
     def class_names(self) -> list[str]:
         return list(self.context.meta.class_names)
 
-    @property
-    def model_name(self) -> str:
-        return self.context.meta.model_name
-
-    @property
-    def borrowed(self) -> bool:
-        """True when the weights are another file than the model given."""
-        return self.weights != self.model_path
-
     def note(self) -> str:
         """Where the heatmaps come from, for the console and the pictures."""
-        if self.borrowed:
+        if self.weights != self.model_path:
             return (f"heatmaps from the checkpoint {self.weights.name} of the same run "
                     f"({self.model_path.name} itself has no gradients)")
         return f"heatmaps from {self.weights.name}"
@@ -63,9 +54,6 @@ def file_meta(model_path: Path) -> ModelMeta | None:
         return read_onnx(model_path)[0].meta
     from pochitrain.tensorrt.engine_file import read_engine_metadata, sidecar_path
 
-    if not Path(model_path).is_file():
-        raise ModelFileError("エンジンファイルが見つかりません\n"
-                             f"Engine file not found: {model_path}", "Check the path.")
     if not sidecar_path(model_path).is_file():
         return None
     recorded = read_engine_metadata(model_path).get("model")

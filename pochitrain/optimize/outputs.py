@@ -1,38 +1,35 @@
-"""The files of a study, as the original writes them (plus what it left out).
+"""The files of a study, as the original writes them, plus what it left out (their keys:
+docs/readme_optimize.md).
 
 Values are in the original's unit: with ``val_accuracy`` (its objective) they are percent,
 as its trials returned them; the fraction the study stores is written beside them.
+``optimized_config.py`` is the config file verbatim with the best trial's values assigned at
+its end (later assignments win) and the data/work paths made absolute.
 
-  best_params.json       study_name, best_value, best_params, n_trials, timestamp (+
-                         best_value_fraction, value_unit, metric, direction, best_trial,
-                         overrides, storage)
-  trials_history.json    number, value, params, state, datetime_start, datetime_complete
-                         (+ value_fraction, intermediate values per epoch, overrides, run folder)
-  study_statistics.json  study_name, direction (MAXIMIZE / MINIMIZE), statistics {best, worst,
-                         mean, std, n_completed, n_pruned, n_failed}, param_importances (null
-                         when they cannot be computed), timestamp (+ the same flat, with
-                         metric and value_unit)
-  optimized_config.py    the original config file, verbatim, with the best trial's values
-                         assigned at its end (later assignments win), and the data/work paths
-                         made absolute so the copy trains from any folder
+Charts, drawn by Optuna: optimization history, parameter importances and the contour of the
+two most important parameters, each as Plotly HTML and as a matplotlib PNG
+(``optuna.visualization.matplotlib``: no kaleido / browser needed). A chart that cannot be
+drawn (too few trials, ...) is left out, with the reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import statistics
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from pochitrain.workspace import atomic_write_text, local_now
+from pochitrain.workspace import atomic_path, atomic_write_text, local_now
 
 if TYPE_CHECKING:
     from optuna import Study
     from optuna.trial import FrozenTrial
 
     from pochitrain.config import Settings
-
 
 PATH_KEYS = ("train_data_root", "val_data_root", "work_dir")
 
@@ -110,7 +107,7 @@ def write_outputs(study: Study, out_dir: Path, *, config: Path, settings: Settin
 
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    best = _best(study, done)
+    best = study.best_trial if done else None
     now = local_now().isoformat(timespec="seconds")
     best_value = best.value if best else None
     best_info = {
@@ -172,12 +169,6 @@ def study_statistics(study: Study, trials: list[FrozenTrial], done: list[FrozenT
     }
 
 
-def _best(study: Study, done: list[FrozenTrial]) -> FrozenTrial | None:
-    if not done:
-        return None
-    return study.best_trial
-
-
 def write_optimized_config(path: Path, config: Path, settings: Settings, best: FrozenTrial,
                            study_name: str, metric: str) -> Path:
     overrides = dict(best.user_attrs.get("overrides") or {})
@@ -197,3 +188,78 @@ def write_optimized_config(path: Path, config: Path, settings: Settings, best: F
     text = Path(config).read_text(encoding="utf-8").rstrip("\n") + "\n".join(lines) + "\n"
     atomic_write_text(path, text)
     return path
+
+
+class Charts(NamedTuple):
+    files: list[Path]
+    skipped: dict[str, str]  # chart or file name -> why it was not drawn
+
+
+def write_charts(study: Study, out_dir: Path, importances: dict[str, float] | None) -> Charts:
+    from optuna.trial import TrialState
+
+    files: list[Path] = []
+    skipped: dict[str, str] = {}
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    names = list(importances or {}) or sorted({k for t in done for k in t.params})
+    pair = names[:2]
+    for name, plot, kwargs, why_not in (
+        ("optimization_history", "plot_optimization_history", {},
+         None if done else "no completed trial"),
+        ("param_importances", "plot_param_importances", {},
+         None if importances and len(importances) > 1
+         else "importances need 2+ parameters and 2+ completed trials"),
+        ("contour", "plot_contour", {"params": pair},
+         None if len(pair) == 2 and len(done) >= 2 else "needs 2+ parameters and 2+ trials"),
+    ):
+        if why_not:
+            skipped[name] = why_not
+            continue
+        for path, write in ((out_dir / f"{name}.html", _write_html),
+                            (out_dir / f"{name}.png", _write_png)):
+            try:
+                write(path, plot, study, kwargs)
+                files.append(path)
+            except Exception as exc:  # noqa: BLE001 - a chart must not lose the study's results
+                skipped[path.name] = f"{type(exc).__name__}: {exc}"
+    return Charts(files, skipped)
+
+
+@contextlib.contextmanager
+def _no_experimental_warning() -> Iterator[None]:
+    """Optuna marks its matplotlib charts experimental; users need not see that warning on
+    every study."""
+    from optuna.exceptions import ExperimentalWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        yield
+
+
+def _write_html(path: Path, plot: str, study: Study, kwargs: dict[str, Any]) -> None:
+    import optuna.visualization
+
+    with _no_experimental_warning():
+        figure = getattr(optuna.visualization, plot)(study, **kwargs)
+    figure.write_html(str(path), include_plotlyjs="directory")
+
+
+def _write_png(path: Path, plot: str, study: Study, kwargs: dict[str, Any]) -> None:
+    """The same chart from ``optuna.visualization.matplotlib`` (no kaleido / browser)."""
+    from pochitrain.plotting import use_cjk_font
+
+    use_cjk_font()  # the Agg backend before pyplot is imported
+    import matplotlib
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib
+
+    # Optuna switches the global style to ggplot; rc_context gives the old one back
+    with matplotlib.rc_context(), _no_experimental_warning():
+        axes = getattr(optuna.visualization.matplotlib, plot)(study, **kwargs)
+        fig = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+        try:
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        finally:
+            plt.close(fig)

@@ -1,14 +1,10 @@
 """``pochi optimize``: an Optuna study over the config's ``optuna['search_space']``.
 
-config -> check the search space (every choice, both ends of every range) -> study (sampler,
-pruner, storage, direction from the metric) -> trials: each one a real training run
-(``training.run``, the run of ``pochi train``) of ``optuna_epochs`` epochs with the suggested
-values as config overrides, reporting the metric after every validated epoch (``on_epoch``) so
-the pruner can stop it -> the study's files and charts (``outputs``, ``charts``) in the output
-folder.
-
-A trial's value is the best value of the metric over its epochs. A trial whose training fails
-with a pochitrain error (NaN loss, out of memory, ...) is marked FAIL and the study goes on.
+Each trial is a real training run (``training.run``, as ``pochi train``) of ``optuna_epochs``
+epochs with the suggested values as config overrides; it reports the metric after every
+validated epoch so the pruner can stop it, and its value is the best over its epochs. A trial
+whose training fails with a pochitrain error (NaN loss, out of memory, ...) is marked FAIL and
+the study goes on.
 
 Ctrl+C, as in ``pochi train``: the first one stops the study after the running trial. A trial
 whose training it reached stops after the current batch (``training.stop_on_ctrl_c``) and is
@@ -24,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -181,13 +177,18 @@ def _run_trials(study: Study, objective: Objective, n_trials: int, n_jobs: int,
     Ctrl+C raises KeyboardInterrupt)."""
     from pochitrain.training import stop_on_ctrl_c
 
+    def after_trial(study: Study, trial: FrozenTrial) -> None:
+        _say(trial)
+        if ctrl_c.is_set():  # no trial after the running one
+            study.stop()
+
     with stop_on_ctrl_c(lambda: warn("Ctrl+C: stopping after the running trial "
                                      "(press again to stop at once)")) as ctrl_c, \
             _quiet_failed_trials():
         objective.stop = ctrl_c
         try:
             study.optimize(objective, n_trials=n_trials, n_jobs=n_jobs, catch=(PochiError,),
-                           callbacks=[_say, _stop_when(ctrl_c)], gc_after_trial=True)
+                           callbacks=[after_trial], gc_after_trial=True)
         except KeyboardInterrupt:
             warn(f"Ctrl+C: stopped at once; the finished trials are in {where} (the "
                  "study's files were not written)")
@@ -197,13 +198,13 @@ def _run_trials(study: Study, objective: Objective, n_trials: int, n_jobs: int,
 
 def _finish(study: Study, out_dir: Path, config: Path, settings: Settings, metric: str,
             direction: str, url: str, strict: bool = True) -> OptimizeResult:
-    from pochitrain.optimize import charts, outputs
+    from pochitrain.optimize import outputs
     from pochitrain.optimize.study import masked
 
     files, best, stats = outputs.write_outputs(study, out_dir, config=config,
                                                settings=settings, metric=metric,
                                                storage=masked(url))
-    chart_files, skipped = charts.write_charts(study, out_dir, stats["param_importances"])
+    chart_files, skipped = outputs.write_charts(study, out_dir, stats["param_importances"])
     if best["best_value"] is None and strict:
         raise TrainingError("完了した試行がありません\n"
                             f"No trial of study {study.study_name!r} completed "
@@ -215,33 +216,23 @@ def _finish(study: Study, out_dir: Path, config: Path, settings: Settings, metri
                           files + chart_files, skipped)
 
 
-def _stop_when(flag: threading.Event) -> Callable[[Study, FrozenTrial], None]:
-    """A study callback: no further trial once ``flag`` is set (Ctrl+C)."""
-    def stop(study: Study, trial: FrozenTrial) -> None:
-        if flag.is_set():
-            study.stop()
-    return stop
-
-
-class _DropFailedTrial(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = str(record.msg)
-        return not (text.startswith("Trial ") and " failed with" in text)
-
-
 @contextlib.contextmanager
 def _quiet_failed_trials() -> Iterator[None]:
     """Optuna logs every failed trial with its traceback; ``_say`` names the cause already,
     and an error that is not a pochitrain one reaches the caller with its own traceback."""
-    logger, drop = logging.getLogger("optuna.study._optimize"), _DropFailedTrial()
-    logger.addFilter(drop)
+    def keep(record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        return not (text.startswith("Trial ") and " failed with" in text)
+
+    logger = logging.getLogger("optuna.study._optimize")
+    logger.addFilter(keep)
     try:
         yield
     finally:
-        logger.removeFilter(drop)
+        logger.removeFilter(keep)
 
 
-def _say(study: Study, trial: FrozenTrial) -> None:
+def _say(trial: FrozenTrial) -> None:
     state = trial.state.name.lower()
     value = f"{trial.value:.4g}" if trial.value is not None else "-"
     extra = (f" at epoch {trial.user_attrs['pruned_at_epoch']}"

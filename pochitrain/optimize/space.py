@@ -1,21 +1,11 @@
 """The ``optuna['search_space']`` of a config: what each key means for a training run.
 
-Every searchable key becomes a config override of the trial's training (``training.run``
-validates it like a config file would), so nothing suggested is silently dropped:
-
-  config keys          learning_rate, optimizer, batch_size, weight_decay, momentum,
-                       scheduler, mixed_precision, ... (any scalar config key)
-  scheduler params     ``scheduler_params.<name>``, or the original's ``scheduler_<name>``
-                       (``scheduler_gamma``, ``scheduler_step_size``): merged over the config's
-                       ``scheduler_params``; arguments the trial's scheduler does not take are
-                       left out (e.g. ``step_size`` when the trial picked CosineAnnealingLR)
-  layer-wise rates     ``layer_rates.<group>`` (layer1..layer4, conv1, bn1, fc, other): a rate
-                       for that parameter group; turns ``enable_layer_wise_lr`` on
-
-Spec per key (the original's): ``{"type": "float", "low": 1e-4, "high": 1e-1, "log": True}``,
-``{"type": "int", "low": 8, "high": 64, "step": 8}``, ``{"type": "categorical", "choices": [...]}``.
-``check_space`` tries every choice and both ends of every range through the config validation
-before the first trial, so a bad value fails at once with the key that holds it.
+Every searchable key becomes a config override of the trial's training, validated like a
+config file, so nothing suggested is silently dropped: config keys, scheduler arguments
+(``scheduler_params.<name>`` or the original's ``scheduler_<name>``) and layer-wise rates
+(``layer_rates.<group>``); docs/readme_optimize.md lists them. ``check_space`` tries every
+choice and both ends of every range before the first trial, so a bad value fails at once
+with the key that holds it.
 """
 
 from __future__ import annotations
@@ -25,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from pochitrain.config_checks import did_you_mean
 from pochitrain.errors import ConfigError
 
 # Config keys a trial may not change: they are the experiment, not its hyperparameters.
@@ -65,12 +56,6 @@ class Param:
         return [self.spec["low"], self.spec["high"]]
 
 
-def _config_keys() -> tuple[str, ...]:
-    from pochitrain.config import KEYS
-
-    return KEYS
-
-
 def parse_space(space: dict[str, Any] | None) -> list[Param]:
     if not space:
         raise ConfigError("search_space が空です\n"
@@ -78,7 +63,8 @@ def parse_space(space: dict[str, Any] | None) -> list[Param]:
                           "Add at least one key, e.g. optuna = {'search_space': "
                           "{'learning_rate': {'type': 'float', 'low': 1e-4, 'high': 1e-2, "
                           "'log': True}}}.")
-    keys = _config_keys()
+    from pochitrain.config import KEYS as keys
+
     params: list[Param] = []
     for name, spec in space.items():
         where = f"optuna['search_space'][{name!r}]"
@@ -118,12 +104,9 @@ def _target(name: str, keys: tuple[str, ...], where: str) -> Target:
                           "transforms stay those of the config.")
     if name in keys:
         return Target(name, None)
-    if name.startswith("scheduler_") and name not in keys:
+    if name.startswith("scheduler_"):
         return Target("scheduler_params", name[len("scheduler_"):])
-    import difflib
-
-    near = difflib.get_close_matches(name, [k for k in keys if k not in FIXED_KEYS], n=1)
-    hint = f" Did you mean {near[0]!r}?" if near else ""
+    hint = did_you_mean(name, [k for k in keys if k not in FIXED_KEYS])
     raise ConfigError("config のキーではありません\n"
                       f"{where}: {name!r} is not a config key.{hint}",
                       "Search config keys (learning_rate, optimizer, batch_size, weight_decay, "

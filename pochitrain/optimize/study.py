@@ -1,19 +1,10 @@
 """Sampler, pruner, storage and direction of a study, from the config's ``optuna`` dict.
 
-Samplers and pruners take their arguments in the string itself, as Python call syntax with
-literal values: ``"TPESampler(seed=0, n_startup_trials=5)"``,
-``"PercentilePruner(25.0, n_startup_trials=3)"`` (positional literals work too).
-``sampler_params`` / ``pruner_params`` dicts in the optuna dict are merged in when present.
-``GridSampler`` gets its grid from the search space (categorical choices, int ranges, float
-ranges with a ``step``). A ``seed`` moves on with the trial number (``seeding``), so processes
-sharing a study do not draw the same values.
-
-Storage: ``--storage`` URL, else ``optuna['storage']``, else ``sqlite:///<output>/study.db``.
-Any SQLAlchemy URL works (``postgresql://...``, ``mysql+pymysql://...``); a bare file path
-means SQLite. Several ``pochi optimize`` processes (one machine or many) with the same storage
-and study name share one study.
-
-Direction follows the metric: ``val_accuracy`` is maximized, ``val_loss`` minimized.
+Samplers and pruners take literal arguments in the string itself (``"TPESampler(seed=0)"``);
+``sampler_params`` / ``pruner_params`` are merged in. ``GridSampler`` gets its grid from the
+search space. A ``seed`` moves on with the trial number (``seeding``), so processes sharing a
+study do not draw the same values. Storage: ``--storage``, else ``optuna['storage']``, else
+``sqlite:///<output>/study.db``; a bare file path means SQLite.
 """
 
 from __future__ import annotations
@@ -23,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from pochitrain.config_checks import did_you_mean
 from pochitrain.errors import BackendMissingError, ConfigError, PochiError, UsageError
 
 METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
@@ -85,12 +77,8 @@ def _construct(kind: str, text: str, known: tuple[str, ...], module: Any,
     where = f"optuna[{kind!r}]"
     name, args, kwargs = parse_call(text, where)
     if name not in known:
-        import difflib
-
-        near = difflib.get_close_matches(name, known, n=1)
-        hint = f" Did you mean {near[0]!r}?" if near else ""
         raise ConfigError("不明な名前が指定されています\n"
-                          f"{where}: unknown {kind} {name!r}.{hint}",
+                          f"{where}: unknown {kind} {name!r}.{did_you_mean(name, known)}",
                           f"Use one of: {', '.join(known)}.")
     kwargs = {**(more or {}), **dict(extra or {}), **kwargs}
     try:

@@ -12,8 +12,9 @@ Intermediate graphs belong to the engine they were made for: ``<engine stem>.onn
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -273,7 +274,7 @@ def convert(opts: ConvertOptions | str | Path, **options: Any) -> ConvertResult:
     backend = load_backend(opts.backend)
     new_graph = opts.precision == "fp16" and not job.graph_path.exists()
     try:
-        with _Stages(opts.progress) as job.say:
+        with _stages(opts.progress) as job.say:
             job.say(f"{opts.onnx_path.name}: input {job.onnx_info.input_name} "
                     f"{job.onnx_info.shape_text()}, pattern {job.profile.pattern}, profile "
                     f"{job.profile.text()}")
@@ -301,29 +302,19 @@ def convert(opts: ConvertOptions | str | Path, **options: Any) -> ConvertResult:
                          len(result.engine), result.seconds, job.graph_path, extra)
 
 
-class _Stages:
-    """A spinner with the current stage (or nothing when progress is off); each stage is also
+@contextlib.contextmanager
+def _stages(enabled: bool) -> Iterator[Callable[[str], None]]:
+    """A spinner showing the current stage (nothing when progress is off); each stage is also
     printed as a line, so the log keeps them."""
+    if not enabled:
+        yield lambda text: None
+        return
+    from pochitrain.console import make_progress
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.progress: Any = None
-        self.task: Any = None
+    with make_progress(True, kind="spinner") as progress:
+        task = progress.add_task("starting", total=None)
 
-    def __enter__(self) -> Callable[[str], None]:
-        if self.enabled:
-            from pochitrain.console import make_progress
-
-            self.progress = make_progress(True, kind="spinner")
-            self.progress.__enter__()
-            self.task = self.progress.add_task("starting", total=None)
-        return self
-
-    def __call__(self, text: str) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, description=text)
-            self.progress.console.print(f"  {text}", highlight=False)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.__exit__(None, None, None)
+        def say(text: str) -> None:
+            progress.update(task, description=text)
+            progress.console.print(f"  {text}", highlight=False)
+        yield say

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from pochitrain.console import console, info, warn
 from pochitrain.errors import UsageError
@@ -51,28 +51,22 @@ def _output_path(checkpoint: Path, output: Path | str | None,
     return out
 
 
-class _Target(NamedTuple):
-    meta: ModelMeta  # what the ONNX file carries
-    height: int
-    width: int
-
-
-def _export_target(meta: ModelMeta, checkpoint: Path,
-                   input_size: tuple[int, int] | None) -> _Target:
-    """The export size (the training size unless given) and the metadata for it."""
-    size = tuple(input_size) if input_size is not None else tuple(meta.input_size)
-    height, width = int(size[0]), int(size[1])
-    pre = meta.preprocess.resized_to((height, width))
+def _export_meta(meta: ModelMeta, checkpoint: Path,
+                 input_size: tuple[int, int] | None) -> ModelMeta:
+    """The metadata the ONNX file carries: its preprocessing produces the export size (the
+    training size unless given)."""
+    height, width = input_size if input_size is not None else meta.input_size
+    pre = meta.preprocess.resized_to((int(height), int(width)))
     if pre is not meta.preprocess:
         info(f"Export size {height}x{width} differs from the training size "
              f"{meta.input_size[0]}x{meta.input_size[1]}; the metadata's preprocessing is "
              "rescaled to match.")
     source = {**meta.source, "checkpoint": checkpoint.name,
               "checkpoint_sha256": file_sha256(checkpoint)}
-    return _Target(ModelMeta(meta.class_names, pre, meta.model_name, source), height, width)
+    return ModelMeta(meta.class_names, pre, meta.model_name, source)
 
 
-def _verification_inputs(checkpoint: Path, data: Path | str | None, target: _Target,
+def _verification_inputs(checkpoint: Path, data: Path | str | None, target: ModelMeta,
                          shape: ExportShape) -> tuple[list[np.ndarray], str]:
     """(batches, where they came from): the run's validation images, else random inputs."""
     verify_data = Path(data) if data is not None else find_val_data(checkpoint)
@@ -84,7 +78,7 @@ def _verification_inputs(checkpoint: Path, data: Path | str | None, target: _Tar
         warn("No --data given and no val_data_root found for this run: verifying on "
              "random inputs (pass --data DIR to check on real images).")
     sizes = [shape.static_batch] if shape.static_batch else [1, VERIFY_BATCH]
-    return verification_batches(target.meta.preprocess, verify_data, sizes)
+    return verification_batches(target.preprocess, verify_data, sizes)
 
 
 def export_onnx(checkpoint: Path | str, input_size: tuple[int, int] | None = None,
@@ -110,17 +104,17 @@ def export_onnx(checkpoint: Path | str, input_size: tuple[int, int] | None = Non
     resolve_device(device, flag="--device")
     model, meta = load_model(checkpoint, config=config, verb="export-onnx",
                              model_name=model_name, num_classes=num_classes)
-    target = _export_target(meta, checkpoint, input_size)
-    hw = (target.height, target.width)
+    target = _export_meta(meta, checkpoint, input_size)
+    hw = (target.input_size[0], target.input_size[1])
     # read the images first: a bad --data fails before the (slow) export
     batches, inputs = (_verification_inputs(checkpoint, data, target, shape) if verify
                        else ([], ""))
     with atomic_path(out, replace=overwrite) as tmp:  # the name must still be free
         with console().status(f"Exporting {meta.model_name} to ONNX (opset {opset})..."):
-            export_model(model, tmp, target.meta, hw, shape, opset, producer_version=__version__)
+            export_model(model, tmp, target, hw, shape, opset, producer_version=__version__)
         report = None
         if verify:
             from pochitrain.onnx.verify import verify_export
 
             report = verify_export(tmp, model, batches, inputs, progress=progress)
-    return ExportOutcome(out, target.meta, shape.input_shape(*hw), report)
+    return ExportOutcome(out, target, shape.input_shape(*hw), report)

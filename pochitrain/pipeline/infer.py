@@ -58,7 +58,7 @@ def infer(model_path: Path | str, data: Path | str | None = None,
     ``precision``, ``channels_last`` and ``cuda_graph`` are PyTorch-runner options.
     ``benchmark_json`` also writes ``benchmark_result.json`` (``bench.result_json``);
     ``explain_errors`` a gallery of the misclassified images with their Grad-CAM heatmaps
-    (``explain.errors``).
+    (``explain.run``).
     """
     from pochitrain.arguments import count_argument, file_argument, path_argument
     from pochitrain.plot_helper import PlotHelper
@@ -74,7 +74,7 @@ def infer(model_path: Path | str, data: Path | str | None = None,
         options = torch_options(model_path, precision, channels_last, cuda_graph)
         gallery = None
         if explain_errors:  # its extra and checkpoint are checked before the inference runs
-            from pochitrain.explain.errors import prepare
+            from pochitrain.explain.run import prepare
 
             gallery = prepare(model_path, config, device)
         out_dir = check_output_dir(output, _refuse_earlier_results)

@@ -1,4 +1,5 @@
-"""`pochi quickstart`: every verb on the built-in digits, ending with one table.
+"""`pochi quickstart`: every verb on the built-in digits, ending with one table (and the
+digits folders of `pochi sample-data`).
 
 sample data -> train -> infer (PyTorch) -> export-onnx -> infer-onnx -> convert FP32 / FP16 /
 INT8 -> infer-trt. A step that cannot run here (no TensorRT backend, no GPU) is reported with
@@ -7,6 +8,7 @@ the reason instead of failing the whole run; a step that fails for real makes th
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pochitrain.console import console, info
-from pochitrain.errors import BackendMissingError, EngineLoadError, PochiError
+from pochitrain.errors import BackendMissingError, EngineLoadError, OutputExistsError, PochiError
 
 
 @dataclass
@@ -38,49 +40,43 @@ class QuickstartReport:
         return all(s.status != "failed" for s in self.steps)
 
 
-class _Runner:
-    """Runs steps, records them, and turns 'cannot run here' errors into skips."""
-
-    SKIPPABLE = (BackendMissingError, EngineLoadError)
-
-    def __init__(self, report: QuickstartReport) -> None:
-        self.report = report
-
-    def __call__(self, name: str, fn: Callable[[], Any],
-                 describe: Callable[[Any], tuple[str, Path | None]]) -> Any:
-        info(f"\n[bold cyan]== {name} ==[/bold cyan]")
-        start = time.perf_counter()
-        try:
-            value = fn()
-        except self.SKIPPABLE as exc:
-            self.report.steps.append(Step(name, "skipped", exc.message,
-                                          seconds=time.perf_counter() - start))
-            info(f"[yellow]skipped:[/yellow] {exc.message}")
-            return None
-        except PochiError as exc:
-            self.report.steps.append(Step(name, "failed", exc.message,
-                                          seconds=time.perf_counter() - start))
-            info(f"[red]failed:[/red] {exc.message}")
-            return None
-        detail, path = describe(value)
-        self.report.steps.append(Step(name, "ok", detail, path, time.perf_counter() - start))
-        return value
+def _run_step(report: QuickstartReport, name: str, fn: Callable[[], Any],
+              describe: Callable[[Any], tuple[str, Path | None]]) -> Any:
+    """Run one step and record it; an error saying it cannot run here makes it a skip."""
+    info(f"\n[bold cyan]== {name} ==[/bold cyan]")
+    start = time.perf_counter()
+    try:
+        value = fn()
+    except (BackendMissingError, EngineLoadError) as exc:
+        report.steps.append(Step(name, "skipped", exc.message,
+                                 seconds=time.perf_counter() - start))
+        info(f"[yellow]skipped:[/yellow] {exc.message}")
+        return None
+    except PochiError as exc:
+        report.steps.append(Step(name, "failed", exc.message, seconds=time.perf_counter() - start))
+        info(f"[red]failed:[/red] {exc.message}")
+        return None
+    detail, path = describe(value)
+    report.steps.append(Step(name, "ok", detail, path, time.perf_counter() - start))
+    return value
 
 
 def quickstart(root: Path | str = "pochi_quickstart", epochs: int | None = None,
                progress: bool = True) -> QuickstartReport:
     from pochitrain.pipeline.infer import infer
+    from pochitrain.training.run import run_training as train
 
     root = Path(root).resolve()
     report = QuickstartReport(root)
-    step = _Runner(report)
+    step = functools.partial(_run_step, report)
 
     data_dir = root / "data"
     config = step("sample data", lambda: sample_data_config(data_dir),
                   lambda cfg: ("digits 0-9, 32x32 RGB PNG", data_dir))
     if config is None:
         return report
-    trained = step("train", lambda: _train(config, epochs, root / "work_dirs", progress),
+    trained = step("train", lambda: train(config, overrides={"epochs": epochs} if epochs else None,
+                                          work_dir=root / "work_dirs", progress=progress),
                    _describe_training)
     if trained is None or trained.best_checkpoint is None:
         return report
@@ -127,9 +123,36 @@ def quickstart(root: Path | str = "pochi_quickstart", epochs: int | None = None,
     return report
 
 
+def write_sample_data(out_dir: Path | str) -> Path:
+    """Write DIR/train, DIR/val and DIR/config.py; return the config's path.
+
+    DIR must not exist or be empty: nothing is ever overwritten.
+    """
+    from pochitrain.sample_data import write_digits, write_digits_config
+
+    out_dir = Path(out_dir).expanduser()
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise OutputExistsError("指定したパスはフォルダではありません\n"
+                                    f"{out_dir} exists and is not a folder.",
+                                    "Choose a new folder name for the sample data.")
+        if any(out_dir.iterdir()):
+            raise OutputExistsError("指定したフォルダは空ではありません\n"
+                                    f"{out_dir} already exists and is not empty.",
+                                    "Choose a new (or empty) folder: existing files are never "
+                                    "overwritten.")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PochiError("フォルダを作成できません\n"
+                         f"Cannot create {out_dir}: {exc.strerror}",
+                         "Choose a writable location.") from exc
+    write_digits(out_dir)
+    return write_digits_config(out_dir / "config.py")
+
+
 def sample_data_config(data_dir: Path) -> Path:
     """Write the digits once; a second quickstart in the same folder reuses them."""
-    from pochitrain.pipeline.sample_data import write_sample_data
     from pochitrain.sample_data import DIGITS_CONFIG
 
     config = data_dir / "config.py"
@@ -146,13 +169,6 @@ def _first_line(path: Path) -> str:
             return f.readline().rstrip("\n")
     except OSError:
         return ""
-
-
-def _train(config: Path, epochs: int | None, work_dir: Path, progress: bool) -> Any:
-    from pochitrain.pipeline.train import train
-
-    overrides = {"epochs": epochs} if epochs else None
-    return train(config, overrides=overrides, work_dir=work_dir, progress=progress)
 
 
 def _describe_training(result: Any) -> tuple[str, Path]:
