@@ -250,7 +250,19 @@ def trained_checkpoint(trained_run: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def bench_models(untrained_checkpoint: Path, onnx_export: Callable[..., Path], digits_dir: Path,
+def val_pairs(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first two val images of each digit, ``<dir>/<0..9>/*.png``: enough for a timing
+    record, quick on a busy CPU. Read-only: tests that change files copy it first."""
+    root = tmp_path_factory.mktemp("val_pairs")
+    for cls in sorted(p.name for p in (digits_dir / "val").iterdir()):
+        (root / cls).mkdir()
+        for f in sorted((digits_dir / "val" / cls).glob("*.png"))[:2]:
+            shutil.copy(f, root / cls / f.name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def bench_models(untrained_checkpoint: Path, onnx_export: Callable[..., Path], val_pairs: Path,
                  tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The untrained checkpoint, its ONNX export, a placeholder engine, 2 images per digit."""
     folder = tmp_path_factory.mktemp("bench_models")
@@ -259,13 +271,8 @@ def bench_models(untrained_checkpoint: Path, onnx_export: Callable[..., Path], d
     engine.write_bytes(b"not an engine")  # never opened here: TensorRT cases need a GPU
     broken = folder / "broken.onnx"
     broken.write_bytes(b"\x00garbage")
-    val = folder / "val"
-    for cls in sorted(p.name for p in (digits_dir / "val").iterdir()):
-        (val / cls).mkdir(parents=True)
-        for f in sorted((digits_dir / "val" / cls).glob("*.png"))[:2]:
-            shutil.copy(f, val / cls / f.name)
     return {"pth": untrained_checkpoint, "onnx": onnx_path, "engine": engine,
-            "broken": broken, "val": val}
+            "broken": broken, "val": val_pairs}
 
 
 @pytest.fixture(scope="session")

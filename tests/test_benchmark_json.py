@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -66,19 +65,6 @@ BENCHMARK_SCHEMA = {
 }
 
 
-
-
-@pytest.fixture(scope="module")
-def small_val(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two images of each digit: enough for a timing record, fast on a busy CPU."""
-    root = tmp_path_factory.mktemp("bench_val")
-    for cls in sorted(p.name for p in (digits_dir / "val").iterdir()):
-        (root / cls).mkdir()
-        for f in sorted((digits_dir / "val" / cls).glob("*.png"))[:2]:
-            shutil.copy(f, root / cls / f.name)
-    return root
-
-
 @pytest.fixture(scope="module")
 def onnx_models(untrained_checkpoint: Path, onnx_export: Callable[..., Path],
                 tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -104,9 +90,9 @@ def _run(verb: str, model: Path, data: Path, out: Path, *extra: str) -> dict:
     return data_
 
 
-def test_pytorch_benchmark_json(untrained_checkpoint: Path, small_val: Path,
+def test_pytorch_benchmark_json(untrained_checkpoint: Path, val_pairs: Path,
                                 tmp_path: Path) -> None:
-    res = _run("infer", untrained_checkpoint, small_val, tmp_path / "pt", "--device", "cpu",
+    res = _run("infer", untrained_checkpoint, val_pairs, tmp_path / "pt", "--device", "cpu",
                "-b", "4", "--benchmark-env-name", "ci-box")
     assert res["runtime"] == "pytorch" and res["precision"] == "fp32"
     assert res["env_name"] == "ci-box" and res["device"] == "cpu" and res["pipeline"] == "cpu"
@@ -127,10 +113,10 @@ def test_pytorch_benchmark_json(untrained_checkpoint: Path, small_val: Path,
     assert details["timestamp_local"][-6] in "+-"  # local time carries its offset
 
 
-def test_onnx_precision_from_graph(onnx_models: dict[str, Path], small_val: Path,
+def test_onnx_precision_from_graph(onnx_models: dict[str, Path], val_pairs: Path,
                                    tmp_path: Path) -> None:
-    res32 = _run("infer-onnx", onnx_models["fp32"], small_val, tmp_path / "a", "--providers", "cpu")
-    res16 = _run("infer-onnx", onnx_models["fp16"], small_val, tmp_path / "b", "--providers", "cpu")
+    res32 = _run("infer-onnx", onnx_models["fp32"], val_pairs, tmp_path / "a", "--providers", "cpu")
+    res16 = _run("infer-onnx", onnx_models["fp16"], val_pairs, tmp_path / "b", "--providers", "cpu")
     assert (res32["runtime"], res32["precision"], res32["device"]) == ("onnx", "fp32", "cpu")
     assert res16["precision"] == "fp16"  # file name says fp32, the graph says fp16
     assert res32["env_name"].endswith("-CPU")

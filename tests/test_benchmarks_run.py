@@ -1,4 +1,4 @@
-"""benchmarks/run.py infer: one repetition over the digits, a CSV row with positive figures."""
+"""benchmarks/run.py infer: one repetition over 20 digits, a CSV row with positive figures."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ MACHINE = ["cpu", "cpu_cores", "gpu", "os", "python", "pochitrain", "torch", "to
            "onnxruntime"]
 
 
-def test_infer_writes_one_row_per_repetition(trained_checkpoint: Path, digits_dir: Path,
+def test_infer_writes_one_row_per_repetition(trained_checkpoint: Path, val_pairs: Path,
                                              tmp_path: Path) -> None:
     out = tmp_path / "results"
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), "infer", str(trained_checkpoint),
-         "--data", str(digits_dir / "val"), "--out", str(out), "--repeat", "1",
+         "--data", str(val_pairs), "--out", str(out), "--repeat", "1",
          "--warmup-runs", "0", "-b", "64", "--args", "--device cpu"],
         check=False, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
