@@ -6,11 +6,8 @@ our checkpoints and on the original's format, and request bodies from
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -187,44 +184,18 @@ def test_serializers_import_no_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@pytest.fixture(scope="module")
+def serve_extra() -> None:
+    pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
 
 
 @pytest.fixture(scope="module")
-def server(untrained_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``pochi serve`` on the untrained 10-class digits checkpoint; its base URL."""
-    httpx = pytest.importorskip("httpx")
-    pytest.importorskip("fastapi")
-    pytest.importorskip("uvicorn")
-    port = _free_port()
-    log = tmp_path_factory.mktemp("api_serve") / "serve.log"
-    proc = subprocess.Popen([sys.executable, "-m", "pochitrain.cli.main", "serve",
-                             str(untrained_checkpoint), "--port", str(port), "--device", "cpu"],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180  # hang guard only
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(url + "/api/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready:\n{log.read_text()}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def server(serve_extra: None, servers: dict[str, Any]) -> str:
+    """The session's ``pochi serve`` of the untrained 10-class digits checkpoint on the CPU
+    (conftest's ``servers["pth"]``); its base URL."""
+    return str(servers["pth"].url)
 
 
 @pytest.mark.parametrize("fmt", ["raw", "jpeg"])
