@@ -144,13 +144,14 @@ def sample_photos(paths: list[Path]) -> list[Image.Image]:
 
 
 def start_matmul_check(folder: Path) -> Job:
-    """The first three sample photos, halved (the interpreter runs each program in Python),
-    through three training chains: flips, crops, padding and upscales."""
+    """Two sample photos of different shapes (landscape, portrait), halved (the interpreter
+    runs each program in Python), through three training chains: flips, crops, padding and
+    upscales."""
     photo_paths = sample_photo_paths()
     if not photo_paths:
         return Job(None, problem="no sample photos (scikit-learn / matplotlib) installed")
     paths = []
-    for i, im in enumerate(sample_photos(photo_paths)[:3]):
+    for i, im in enumerate(sample_photos(photo_paths)[1:3]):
         paths.append(str(folder / f"{i}.png"))
         im.resize((im.width // 2, im.height // 2)).save(paths[-1])
     return _launch(MATMUL_CHECK, json.dumps(paths))
