@@ -199,7 +199,8 @@ def test_int8_is_wired_to_the_qdq_pass(exports: dict[int, Path], tmp_path: Path,
                                         digits_dir: Path) -> None:
     onnx_path = _copy(exports[1], tmp_path)
     assert _convert(str(onnx_path), "--int8", "--calib-data", str(digits_dir / "val"),
-                    "--calib-samples", "16", "--max-accuracy-drop", "100") == 0
+                    "--calib-samples", "16", "--verify-samples", "20",
+                    "--max-accuracy-drop", "100") == 0
     meta = _meta(tmp_path / "p1_int8.engine")
     assert meta["precision"] == "int8" and isinstance(meta["calibration"], dict)
     assert meta["build"]["precision_graph"] == str((tmp_path / "p1_int8_qdq.onnx").resolve())
