@@ -73,8 +73,7 @@ def test_explain_writes_overlays_sheet_and_csv(run_dir: Path, digits_dir: Path, 
 
 def test_heatmaps_follow_the_image_and_the_class(run_dir: Path, digits_dir: Path) -> None:
     from pochitrain.data import open_rgb
-    from pochitrain.explain.explainer import Explainer, load_images, target_index
-    from pochitrain.explain.source import open_source
+    from pochitrain.explain.explainer import Explainer, load_images, open_source, target_index
     from pochitrain.model import open_model
 
     checkpoint = next((run_dir / "models").glob("*.pth"))

@@ -218,6 +218,17 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+# the Markdown table: column title -> row key
+MARKDOWN_COLUMNS = {
+    "case": "case_name", "runtime": "runtime", "precision": "precision", "pipeline": "pipeline",
+    "device": "device", "batch": "batch_size", "runs": "runs",
+    "ms/img (pure)": "avg_inference_ms_mean", "stdev": "avg_inference_ms_stdev",
+    "p50": "latency_p50_ms", "p90": "latency_p90_ms", "p99": "latency_p99_ms",
+    "ms/img (e2e)": "avg_e2e_ms_mean", "img/s (pure)": "images_per_s_inference",
+    "img/s (e2e)": "images_per_s_e2e", "accuracy %": "accuracy_percent_mean",
+    "top-k %": "top_k_accuracy_percent_mean", "peak GPU MiB": "peak_gpu_memory_mb"}
+
+
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "-"
@@ -228,18 +239,9 @@ def markdown(summary: dict[str, Any]) -> str:
     lines = [f"# Benchmark summary ({summary['generated_at']})", "",
              (f"Source: `{summary['source_dir']}`, {summary['total_benchmark_files']} "
               f"result files, {summary['total_groups']} cases."), ""]
-    head = ["case", "runtime", "precision", "pipeline", "device", "batch", "runs",
-            "ms/img (pure)", "stdev", "p50", "p90", "p99", "ms/img (e2e)", "img/s (pure)",
-            "img/s (e2e)", "accuracy %", "top-k %", "peak GPU MiB"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(MARKDOWN_COLUMNS) + " |", "|" + "---|" * len(MARKDOWN_COLUMNS)]
     for g in summary["groups"]:
-        cells = [g["case_name"], g["runtime"], g["precision"], g["pipeline"], g["device"],
-                 g["batch_size"], g["runs"], g["avg_inference_ms_mean"],
-                 g["avg_inference_ms_stdev"], g["latency_p50_ms"], g["latency_p90_ms"],
-                 g["latency_p99_ms"], g["avg_e2e_ms_mean"], g["images_per_s_inference"],
-                 g["images_per_s_e2e"], g["accuracy_percent_mean"],
-                 g["top_k_accuracy_percent_mean"], g["peak_gpu_memory_mb"]]
-        lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
+        lines.append("| " + " | ".join(_fmt(g[k]) for k in MARKDOWN_COLUMNS.values()) + " |")
     env = sorted({str(g["env_name"]) for g in summary["groups"]})
     if env:
         lines += ["", f"Environment: {', '.join(env)}"]

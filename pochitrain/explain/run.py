@@ -26,11 +26,13 @@ from pochitrain.errors import DataError, PochiError
 from pochitrain.explain.explainer import (
     CAM_BATCH,
     Explainer,
+    file_meta,
     load_images,
+    open_source,
     require_grad_cam,
+    run_checkpoint,
     target_index,
 )
-from pochitrain.explain.source import file_meta, open_source, run_checkpoint
 from pochitrain.explain_draw import (
     SHEET_ROWS,
     ExplainedImage,
@@ -52,6 +54,8 @@ if TYPE_CHECKING:
 
 RESULTS_CSV = "explain.csv"
 SHEET_STEM = "contact_sheet"
+GALLERY_STEM = "explain_errors"
+MAX_ERRORS = 4 * SHEET_ROWS  # the most confident mistakes; the CSV lists every one
 CSV_HEADER = ["image_path", "true_class", "predicted_class", "probability", "target_class",
               "target_probability", "top3", "heatmap_png"]
 
@@ -191,7 +195,9 @@ def write_all(explainer: Explainer, pending: Pending, out_dir: Path, target: int
     if sheet:
         outcome.files.append(draw_sheet(sheet, out_dir / next(pages),
                                         f"top-{len(sheet[0].top)} classes; {footer}"))
-    atomic_write_text(out_dir / RESULTS_CSV, csv_text(rows))
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows([CSV_HEADER, *rows])
+    atomic_write_text(out_dir / RESULTS_CSV, buffer.getvalue())
     outcome.files.append(out_dir / RESULTS_CSV)
     return outcome
 
@@ -200,18 +206,6 @@ def csv_row(path: Path, item: ExplainedImage, png: str) -> list[str]:
     top = "|".join(f"{p.class_name}:{p.probability:.4f}" for p in item.top)
     return [str(path), item.true_class or "", item.predicted, f"{item.probability:.6f}",
             item.target.class_name, f"{item.target.probability:.6f}", top, png]
-
-
-def csv_text(rows: list[list[str]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_HEADER)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-GALLERY_STEM = "explain_errors"
-MAX_ERRORS = 4 * SHEET_ROWS  # the most confident mistakes; the CSV lists every one
 
 
 @dataclass

@@ -187,19 +187,18 @@ def _rdb_storage(optuna: Any, url: str, kwargs: dict[str, Any]) -> Any:
     """RDBStorage, retried briefly: processes starting together race to create the tables."""
     import time
 
-    for attempt in range(5):
+    for attempt in range(4):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
         except Exception as exc:
             # tables created twice ("already exists"), alembic_version inserted twice
             # (IntegrityError), or the file locked by the other process: try again
             text = str(exc).lower()
-            racing = ("already exists" in text or "locked" in text
-                      or type(exc).__name__ == "IntegrityError")
-            if attempt == 4 or not racing:
+            if not ("already exists" in text or "locked" in text
+                    or type(exc).__name__ == "IntegrityError"):
                 raise
             time.sleep(0.5 * (attempt + 1))
-    raise AssertionError("unreachable")
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)  # the last try
 
 
 def _missing_module(exc: BaseException) -> str:
