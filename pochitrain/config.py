@@ -41,7 +41,7 @@ from pochitrain.config_paths import (
     missing_path_error,
     resolve_config_paths,
 )
-from pochitrain.errors import BackendMissingError, ConfigError, UsageError
+from pochitrain.errors import BackendMissingError, ConfigError, DataError, UsageError
 from pochitrain.workspace import config_paths_base, read_run_json
 
 if TYPE_CHECKING:
@@ -303,8 +303,8 @@ def preprocess_from_settings(settings: Settings) -> Preprocess:
     """The inference ``Preprocess`` described by the config's val_transform."""
     from pochitrain.preprocess import from_transform
 
-    if getattr(settings, "val_transform", None) is None:
-        where = getattr(settings, "config_path", None) or "the config"
+    if settings.val_transform is None:
+        where = settings.config_path or "the config"
         raise ConfigError(
             f"{NO_VAL_TRANSFORM_JA}\n"
             f"val_transform is not set in {where}: the inference preprocessing is unknown.",
@@ -335,12 +335,11 @@ def class_names_from_config(settings: Settings, config_path: Path) -> list[str]:
     names = (read_run_json(config_path.parent) or {}).get("class_names")
     if isinstance(names, list) and names:
         return [str(n) for n in names]
-    train_root = getattr(settings, "train_data_root", None)
-    if train_root:
+    if settings.train_data_root:
         from pochitrain.data import scan_image_folder
 
         settings.require_paths("train_data_root")
-        return scan_image_folder(train_root, "training data folder").classes
+        return scan_image_folder(settings.train_data_root, "training data folder").classes
     raise ConfigError(
         "このモデルのクラス名が見つかりません\n"
         f"Cannot find the class names for this model: no metadata in the model file, no "
@@ -352,7 +351,6 @@ def class_names_from_config(settings: Settings, config_path: Path) -> list[str]:
 def _first_image_size(settings: Settings) -> list[int] | None:
     """[H, W] of the first image of train_data_root (else val_data_root), or None."""
     from pochitrain.data import open_rgb, scan_image_folder
-    from pochitrain.errors import DataError
 
     for root in (settings.train_data_root, settings.val_data_root):
         if not root or not Path(root).is_dir():

@@ -68,10 +68,8 @@ class Preprocess:
         return cls(input_size=[height, width], resize=[height, width])
 
     def resized_to(self, size: tuple[int, int]) -> Preprocess:
-        """The same steps producing ``size`` images, geometry rescaled.
-
-        Resize((h, w)) becomes Resize(size); Resize(s) + CenterCrop keeps the crop fraction.
-        """
+        """The same steps producing ``size`` images: Resize((h, w)) becomes Resize(size),
+        Resize(s) + CenterCrop keeps the crop fraction."""
         h, w = size
         if list(self.input_size) == [h, w]:
             return self
@@ -140,10 +138,8 @@ def _center_crop(image: Image.Image, ch: int, cw: int) -> Image.Image:
 
 
 def from_transform(transform: Any, input_size: list[int] | None = None) -> Preprocess:
-    """Describe a torchvision transform (single or Compose) as a ``Preprocess``.
-
-    Raises ConfigError naming the first step that cannot be reproduced outside torch.
-    """
+    """A torchvision transform (single or Compose) as a ``Preprocess``; ConfigError names the
+    first step that cannot be reproduced outside torch."""
     steps = list(getattr(transform, "transforms", [transform]))
     resize: list[int] | None = None
     crop: list[int] | None = None

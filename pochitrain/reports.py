@@ -259,11 +259,10 @@ def write_model_info(out_dir: Path, model_path: Path, model_name: str, num_class
 
     import torch
 
-    payload: Any = {}
     try:
         payload = torch.load(model_path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - the model loaded already; the extras are optional
-        payload = {}
+        payload = None
     payload = payload if isinstance(payload, dict) else {}
     best = payload.get("best_accuracy")
     if best is None and isinstance(payload.get("val_accuracy"), (int, float)):
@@ -291,11 +290,9 @@ def write_labelled_reports(result: InferenceResult, out_dir: Path, title: str,
 
 def write_reports(result: InferenceResult, out_dir: Path, info: dict[str, str],
                   cm_style: dict[str, Any] | None = None, plotter: Any = None) -> list[Path]:
-    """Write every result file into ``out_dir``; return their paths. ``cm_style``: the
-    config's confusion_matrix_config; ``plotter``: a started ``plot_helper.PlotHelper`` that
-    writes the report and draws the picture, having imported scikit-learn and matplotlib
-    while the command worked, and does so while the results are written here (else, or when
-    it fails, they are written here)."""
+    """Write every result file into ``out_dir``; return their paths. ``plotter``: a started
+    ``plot_helper.PlotHelper`` that writes the labelled reports meanwhile (else, or when it
+    fails, they are written here)."""
     prefix = result.runtime
     job = None
     if result.labelled and result.measured:

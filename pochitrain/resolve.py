@@ -141,7 +141,7 @@ def resolve_context(model_path: Path | str, model_meta: ModelMeta | None,
         return ModelContext(model_meta, run_config, {"preprocess": "model metadata",
                                                      "class_names": "model metadata"})
     settings = run_config.settings
-    if settings is None or getattr(settings, "val_transform", None) is None:
+    if settings is None or settings.val_transform is None:
         raise _no_preprocessing(model_path, run_config, model_meta is not None)
     assert run_config.path is not None
     from pochitrain.config import preprocess_from_settings
@@ -160,7 +160,7 @@ def resolve_context(model_path: Path | str, model_meta: ModelMeta | None,
             raise
         names = []
     sources["class_names"] = run_config.describe()
-    meta = ModelMeta(names, preprocess, model_name=str(getattr(settings, "model_name", "?")))
+    meta = ModelMeta(names, preprocess, model_name=settings.model_name)
     from pochitrain.console import info
 
     info(f"{model_path.name} にメタデータがありません / {model_path.name} carries no "

@@ -39,10 +39,6 @@ DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 TEST_GATE_ENV = "POCHI_TEST_GATE_DIR"
 
 
-def is_run_dir(path: Path) -> bool:
-    return bool(RUN_DIR_PATTERN.match(path.name))
-
-
 def run_folder_of(model_path: Path | str) -> Path:
     """work_dirs/X/models/best.pth -> work_dirs/X; anything else -> the model's folder."""
     parent = Path(model_path).resolve().parent
@@ -54,7 +50,7 @@ def find_config_near(model_path: Path | str) -> Path | None:
     without one above, the model's folder and its parent): X/models/best.pth -> X/config.py."""
     folder = Path(model_path).expanduser().resolve().parent
     chain = [folder, *folder.parents]
-    run_idx = next((i for i, p in enumerate(chain) if is_run_dir(p)), None)
+    run_idx = next((i for i, p in enumerate(chain) if RUN_DIR_PATTERN.match(p.name)), None)
     limit = run_idx if run_idx is not None and run_idx <= 3 else 1
     for candidate in (p / CONFIG_COPY for p in chain[:limit + 1]):
         if candidate.is_file():
@@ -111,10 +107,8 @@ def local_now() -> _dt.datetime:
 
 def new_run_dir(base: Path | str, today: _dt.date | None = None,
                 hint: str = "--output DIR") -> Path:
-    """Create and return ``base/YYYYMMDD_NNN`` with the next free NNN (never reuses one).
-
-    ``hint``: the option that chooses ``base`` (named in the error when it is unusable).
-    """
+    """Create ``base/YYYYMMDD_NNN`` with the next free NNN; ``hint``: the option that chooses
+    ``base``, named in the error when it is unusable."""
     base = Path(base)
     stamp = (today or _dt.date.today()).strftime("%Y%m%d")
     try:

@@ -1,12 +1,9 @@
 """Fused, banded resize + center-crop + normalize on the GPU (Triton), bit-exact to PIL.
 
-Unlike the dense matmuls of ``resample``, each output pixel reads only its filter window,
-straight from the decoded images concatenated into one flat buffer, in two kernels per batch
-whatever the image sizes: a horizontal pass to uint8, then a vertical pass, clip8 and
-``(v / 255 - mean) / std`` into the batch (or the other order where Pillow takes it). The
-arithmetic is PIL's own (float64 coefficients stored as 22-bit fixed point, int32 sums, clip8
-after each pass), so every pixel equals ``Image.resize`` + crop. Only the input rows the crop
-needs are resampled.
+Each output pixel reads only its filter window, straight from the decoded images in one flat
+buffer, in two kernels per batch whatever the image sizes (a pass to uint8, then the other
+pass, clip8 and normalize into the batch, in Pillow's order). The arithmetic is PIL's own
+(22-bit fixed point, int32 sums, clip8 after each pass): every pixel equals ``Image.resize``.
 """
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
 """Batched resize + center-crop on the GPU that reproduces PIL's ``Image.resize`` arithmetic.
 
-PIL resizes 8-bit images separably (horizontal pass, clip8, vertical pass), each output pixel
-a weighted sum over a window whose filter (triangle for bilinear, Keys a=-0.5 for bicubic) is
-stretched by the downscale factor, with 22-bit fixed-point weights. PIL's windows are built
-here once (:func:`band`, shared with the Triton kernels of ``banded``) and laid out as dense
-matrices, so a group of images is resized by two batched matmuls; rows outside the resized
-image are zero (the crop's padding), and images of different sizes are zero-padded to the
-group's largest. Results equal PIL's up to float32 rounding in the sums (a grey level at
-most, on rare pixels). Nearest (PIL's affine nearest) is a one-hot matrix.
+PIL resizes 8-bit images separably (horizontal pass, clip8, vertical pass) with 22-bit
+fixed-point weights of a filter stretched by the downscale factor. PIL's windows are built here
+(:func:`band`, shared with the Triton kernels of ``banded``) and laid out as dense matrices, so
+a group of images (zero-padded to its largest) is resized by two batched matmuls; results equal
+PIL's up to float32 rounding in the sums. Nearest (PIL's affine nearest) is a one-hot matrix.
 """
 
 from __future__ import annotations

@@ -110,10 +110,8 @@ def stratified_order(samples: list[Sample], seed: int = SEED) -> list[Sample]:
 
 def split_samples(folder: ImageFolder, seed: int = SEED,
                   holdout_fraction: float = HOLDOUT_FRACTION) -> tuple[list[Sample], list[Sample]]:
-    """(calibration pool, held-out), both in stratified order.
-
-    A class with two or more images keeps at least one of them for the held-out set.
-    """
+    """(calibration pool, held-out), both stratified; a class of two or more images keeps
+    at least one for the held-out set."""
     pools, held = [], []
     for items in _by_class(folder.samples, np.random.default_rng(seed)):
         n_held = 0 if len(items) < 2 else max(1, round(len(items) * holdout_fraction))

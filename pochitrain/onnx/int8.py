@@ -81,10 +81,8 @@ def check_options(opts: Int8Options) -> None:
 
 
 def calibration_batch(info_: OnnxInfo, opts: Int8Options, available: int) -> int:
-    """The batch the calibration graph runs with (ONNX Runtime on the CPU, not the engine).
-
-    The engine profile (batch 1) does not limit it; a fixed ONNX batch (pattern 3) does.
-    """
+    """The batch ONNX Runtime calibrates with: the engine profile does not limit it, a fixed
+    ONNX batch (pattern 3) does."""
     fixed = info_.input_shape[0]
     if isinstance(fixed, int):
         if opts.calib_batch_size != fixed:

@@ -153,10 +153,8 @@ def _load_timing_cache(config: tensorrt.IBuilderConfig, backend: Backend,
 def build_engine(backend: Backend, onnx_path: Path, profile: Profile, precision: str,
                  workspace_size: int | None = None, timing_cache: Path | None = None,
                  status: Any = None) -> BuildResult:
-    """Parse ``onnx_path`` into a strongly typed network and build a serialized engine.
-
-    ``status`` is an optional callable(str) that shows the current stage.
-    """
+    """Parse ``onnx_path`` into a strongly typed network and build a serialized engine;
+    ``status(str)`` shows the current stage."""
     trt = backend.module
     say = status or (lambda _msg: None)
     logger = make_logger(trt)

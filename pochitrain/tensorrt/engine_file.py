@@ -43,10 +43,8 @@ def engine_metadata(*, backend: Backend, precision: str, profile: Profile, onnx_
                     model: dict[str, Any] | None, source_onnx: Path,
                     build: dict[str, Any], calibration: dict[str, Any] | None,
                     gpu: dict[str, str] | None, version: str) -> dict[str, Any]:
-    """The sidecar dict for a new engine (``engine_sha256`` is added by ``write_engine``).
-
-    ``model``: the ModelMeta dict, already matched to the engine's input size.
-    """
+    """The sidecar dict for a new engine (``write_engine`` adds ``engine_sha256``); ``model``:
+    the ModelMeta dict, already matched to the engine's input size."""
     from pochitrain.meta import file_sha256
 
     meta: dict[str, Any] = {
