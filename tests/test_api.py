@@ -37,14 +37,19 @@ def test_import_is_lazy_and_lists_the_api() -> None:
 
 def test_documented_example_runs(trained_checkpoint: Path, digits_dir: Path, tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
-    """The README example, run as written; only the two paths point at this session's data."""
+    """The README example, run as written; only the two paths point at this session's data
+    (its val folder: 3 images of each digit)."""
     ckpt = tmp_path / "models" / trained_checkpoint.name
     ckpt.parent.mkdir()
     shutil.copy(trained_checkpoint, ckpt)
+    val = tmp_path / "val"
+    for digit in (digits_dir / "val").iterdir():
+        (val / digit.name).mkdir(parents=True)
+        for image in sorted(digit.glob("*.png"))[:3]:
+            shutil.copy(image, val / digit.name / image.name)
     code = _doc_example()
     code = re.sub(r'checkpoint = Path\(".*?"\)', f"checkpoint = Path({str(ckpt)!r})", code)
-    code = code.replace('val = Path("data/digits/val")',
-                        f"val = Path({str(digits_dir / 'val')!r})")
+    code = code.replace('val = Path("data/digits/val")', f"val = Path({str(val)!r})")
     namespace: dict[str, object] = {}
     exec(compile(code, "readme_python_api.md", "exec"), namespace)  # noqa: S102
     out = capsys.readouterr().out
