@@ -87,14 +87,13 @@ def run(args: argparse.Namespace) -> int:
                         say=info)
     runs = [dataclasses.asdict(r) for r in records]
     atomic_write_text(bench_dir / "runs.json", json.dumps(runs, indent=2) + "\n")
-    rc = _aggregate(bench_dir, runs)
+    _aggregate(bench_dir, runs)
     not_run = [r for r in records if r.reason.endswith(INTERRUPTED)]
     if not_run:
         warn(f"中断しました / Interrupted: {len(not_run)} run(s) cut or not run (listed above); "
              f"what ran is aggregated in {bench_dir / 'summary'}.")
         return 130
-    failed = [r for r in records if r.status == "failed"]
-    return 1 if failed else rc
+    return 1 if any(r.status == "failed" for r in records) else 0
 
 
 def _results_folder(src: Path) -> Path:

@@ -90,22 +90,19 @@ def pick_layer(model: nn.Module, model_name: str, input_size: list[int], device:
                asked: str | None = None) -> tuple[str, tuple[int, ...]]:
     """(module name, its output shape): ``asked`` (``--layer``) checked, else the automatic
     choice of the module docstring."""
+    candidates = block_candidates(model, model_name)
     if asked is not None:
-        names = dict(model.named_modules())
-        if asked not in names or not asked:
-            choices = ", ".join(block_candidates(model, model_name)[:6])
+        if asked not in dict(model.named_modules()) or not asked:
             raise UsageError("--layer に指定した層がモデルにありません\n"
                              f"The model has no layer named {asked!r}.",
-                             f"Use a module name such as: {choices}.")
+                             f"Use a module name such as: {', '.join(candidates[:6])}.")
         shape = feature_sizes(model, [asked], input_size, device).get(asked)
         if shape is None or len(shape) != 4:
             raise UsageError("--layer には畳み込みの特徴マップを出力する層を指定してください\n"
                              f"Layer {asked!r} does not output a (N, C, H, W) feature map "
                              f"(its output: {shape or 'none in a forward pass'}).",
-                             "Choose a convolutional block, e.g. "
-                             f"{block_candidates(model, model_name)[0]}.")
+                             f"Choose a convolutional block, e.g. {candidates[0]}.")
         return asked, shape
-    candidates = block_candidates(model, model_name)
     shapes = feature_sizes(model, candidates, input_size, device)
     maps = [(n, shapes[n]) for n in candidates if len(shapes.get(n, ())) == 4]
     if not maps:

@@ -165,10 +165,7 @@ def optimize(config: Path | str, *, output: Path | str | None = None,
                               int(n_jobs or cfg.get("n_jobs") or 1), S.masked(url))
     if interrupted:
         warn("Ctrl+C: writing the study's files from the finished trials")
-    result = _finish(study, out_dir, config, settings, metric, direction, url,
-                     strict=not interrupted)
-    result.interrupted = interrupted
-    return result
+    return _finish(study, out_dir, config, settings, metric, direction, url, interrupted)
 
 
 def _run_trials(study: Study, objective: Objective, n_trials: int, n_jobs: int,
@@ -197,7 +194,7 @@ def _run_trials(study: Study, objective: Objective, n_trials: int, n_jobs: int,
 
 
 def _finish(study: Study, out_dir: Path, config: Path, settings: Settings, metric: str,
-            direction: str, url: str, strict: bool = True) -> OptimizeResult:
+            direction: str, url: str, interrupted: bool = False) -> OptimizeResult:
     from pochitrain.optimize import outputs
     from pochitrain.optimize.study import masked
 
@@ -205,7 +202,7 @@ def _finish(study: Study, out_dir: Path, config: Path, settings: Settings, metri
                                                settings=settings, metric=metric,
                                                storage=masked(url))
     chart_files, skipped = outputs.write_charts(study, out_dir, stats["param_importances"])
-    if best["best_value"] is None and strict:
+    if best["best_value"] is None and not interrupted:
         raise TrainingError("完了した試行がありません\n"
                             f"No trial of study {study.study_name!r} completed "
                             f"({stats['n_pruned']} pruned, {stats['n_failed']} failed); "
@@ -213,7 +210,7 @@ def _finish(study: Study, out_dir: Path, config: Path, settings: Settings, metri
                             "Widen the search space, loosen the pruner or raise optuna_epochs.")
     return OptimizeResult(out_dir, study.study_name, metric, direction, best["best_value"],
                           best["best_params"], best["n_trials"], masked(url),
-                          files + chart_files, skipped)
+                          files + chart_files, skipped, interrupted)
 
 
 @contextlib.contextmanager
