@@ -80,7 +80,7 @@ def test_val_split_takes_validation_images_from_the_one_folder(
     from pochitrain.data import scan_image_folder
     from pochitrain.training.split import recorded_split, split_folder
 
-    config = tiny_config(tmp_path / "cfg", tiny_data, epochs=2,
+    config = tiny_config(tmp_path / "cfg", tiny_data,
                          extra="val_split = 0.34\nval_data_root = None\n")
     assert run(["train", "-c", str(config), "--work-dir", str(tmp_path / "runs"),
                 "--quiet"]) == 0
