@@ -36,6 +36,16 @@ QUICK_EXIT_VERBS = {"infer", "infer-onnx", "infer-trt"}  # see _exit
 _ran: list[str] = []  # the verbs run() dispatched in this process
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are bilingual like the rest: a Japanese line, then argparse's own
+    English line, which names the option and what it expected. Exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: 引数が正しくありません (--help で使い方を表示します)\n"
+                     f"{self.prog}: error: {message}\n")
+
+
 def _verb_module(verb: str):
     return importlib.import_module(f"pochitrain.cli.{VERBS[verb][0]}")
 
@@ -45,12 +55,12 @@ def build_parser(prog: str = "pochi", only: str | None = None,
     """``only``: a standalone script for one verb. ``verb``: configure just that sub-command
     (the others get a stub) so a command imports one verb module, not all of them."""
     if only is not None:
-        parser = argparse.ArgumentParser(prog=prog, description=_verb_module(only).DESCRIPTION,
+        parser = Parser(prog=prog, description=_verb_module(only).DESCRIPTION,
                                          formatter_class=argparse.RawDescriptionHelpFormatter)
         _add_options(parser, only, debug_default=False)
         parser.set_defaults(_verb=only)
         return parser
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=prog,
         description="pochitrain: train an image classifier, export it to ONNX, convert it to a "
         "TensorRT engine (FP32/FP16/INT8) and run inference with CSV results and a summary.",

@@ -101,7 +101,12 @@ def add_connection_limits(parser: argparse.ArgumentParser) -> None:
 
 def worker_count(text: str) -> int | str:
     """--workers: "auto" or a whole number of 1 or more."""
-    return "auto" if text.strip().lower() == "auto" else positive_int(text)
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, or auto") from None
 
 
 def port_number(text: str) -> int:
