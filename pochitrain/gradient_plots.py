@@ -269,17 +269,12 @@ def plot_trace(csv_path: Path | str, output_dir: Path | str | None = None,
 
 def _output_folder(out: Path) -> Path:
     """The PNGs' folder, created when missing and checked writable before anything is drawn."""
-    from pochitrain.workspace import probe_writable
+    from pochitrain.workspace import make_folder, probe_writable
 
     if out.exists() and not out.is_dir():
         raise UsageError("--output-dir がフォルダではなくファイルです\n"
                          f"--output-dir {out} is a file, not a folder.",
                          "Choose a folder for the PNGs (it is created when missing).")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError("出力フォルダを作成できません\n"
-                         f"Cannot create the output folder {out}: {exc.strerror}.",
-                         "Choose another --output-dir DIR.") from exc
+    make_folder(out, "Choose another --output-dir DIR.", UsageError)
     probe_writable(out, "--output-dir DIR")
     return out

@@ -105,20 +105,23 @@ def local_now() -> _dt.datetime:
     return _dt.datetime.now().astimezone()
 
 
+def make_folder(path: Path, remedy: str, error: type[PochiError] = PochiError) -> Path:
+    """``path`` created with its parents (an existing folder is fine), or ``error`` saying
+    why not, with ``remedy``."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise error("出力フォルダを作成できません\n"
+                    f"Cannot create the output folder {path}: {exc.strerror}.", remedy) from exc
+    return path
+
+
 def new_run_dir(base: Path | str, today: _dt.date | None = None,
                 hint: str = "--output DIR") -> Path:
     """Create ``base/YYYYMMDD_NNN`` with the next free NNN; ``hint``: the option that chooses
     ``base``, named in the error when it is unusable."""
-    base = Path(base)
+    base = make_folder(Path(base), f"Choose a writable location ({hint}).")
     stamp = (today or _dt.date.today()).strftime("%Y%m%d")
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PochiError(
-            "出力フォルダを作成できません\n"
-            f"Cannot create output folder {base}: {exc.strerror}",
-            f"Choose a writable location ({hint}).",
-        ) from exc
     taken = [p.name for p in base.glob(f"{stamp}_*") if p.name[9:].isdigit()]
     n = max((int(name[9:]) for name in taken), default=0) + 1
     while True:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pochitrain.errors import OutputExistsError
-from pochitrain.workspace import atomic_path, check_writable, new_run_dir
+from pochitrain.errors import OutputExistsError, PochiError, UsageError, is_bilingual
+from pochitrain.workspace import atomic_path, check_writable, make_folder, new_run_dir
 
 
 def test_run_dirs_increment_and_never_reuse(tmp_path: Path) -> None:
@@ -16,6 +16,21 @@ def test_run_dirs_increment_and_never_reuse(tmp_path: Path) -> None:
     assert (a.name, b.name) == ("20261128_001", "20261128_002")
     a.rmdir()  # a gap left by a deleted run is not refilled below the highest number
     assert new_run_dir(tmp_path, day).name == "20261128_003"
+
+
+def test_a_folder_that_cannot_be_made_is_named_with_the_remedy(tmp_path: Path) -> None:
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file where a folder should go")
+    assert make_folder(tmp_path / "a" / "b", "unused") == tmp_path / "a" / "b"
+    assert make_folder(tmp_path / "a" / "b", "unused").is_dir()  # an existing folder is fine
+    with pytest.raises(UsageError) as caught:
+        make_folder(blocker / "plots", "Choose another --output-dir DIR.", UsageError)
+    assert is_bilingual(caught.value.message)
+    assert str(blocker / "plots") in caught.value.message
+    assert caught.value.remedy == "Choose another --output-dir DIR."
+    with pytest.raises(PochiError, match="Cannot create the output folder"):
+        new_run_dir(blocker / "runs", hint="--work-dir DIR")
+    assert blocker.read_text() == "a file where a folder should go"
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from pochitrain.console import info, warn
 from pochitrain.errors import BackendMissingError, ConfigError, PochiError, TrainingError
+from pochitrain.workspace import make_folder
 
 if TYPE_CHECKING:
     from optuna import Study
@@ -245,14 +246,7 @@ def _output_dir(output: Path | str | None) -> Path:
     """``--output`` as is (an existing folder joins its study); else work_dirs/optuna_results,
     or the next free optuna_results_NNN when that exists (the original's rule)."""
     if output is not None:
-        out = Path(output)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise PochiError("出力フォルダを作成できません\n"
-                             f"Cannot create the output folder {out}: {exc.strerror}",
-                             "Choose a writable --output folder.") from exc
-        return out
+        return make_folder(Path(output), "Choose a writable --output folder.")
     out = DEFAULT_OUTPUT
     n = 0
     while True:

@@ -17,6 +17,7 @@ from typing import Any
 
 from pochitrain.console import console, info
 from pochitrain.errors import BackendMissingError, EngineLoadError, OutputExistsError, PochiError
+from pochitrain.workspace import make_folder
 
 
 @dataclass
@@ -141,12 +142,7 @@ def write_sample_data(out_dir: Path | str) -> Path:
                                     f"{out_dir} already exists and is not empty.",
                                     "Choose a new (or empty) folder: existing files are never "
                                     "overwritten.")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PochiError("フォルダを作成できません\n"
-                         f"Cannot create {out_dir}: {exc.strerror}",
-                         "Choose a writable location.") from exc
+    make_folder(out_dir, "Choose a writable location.")
     write_digits(out_dir)
     return write_digits_config(out_dir / "config.py")
 
