@@ -107,7 +107,9 @@ def test_200_concurrent_requests(servers: dict[str, Server], images: list[Path])
     before = metric(httpx.get(server.url + "/metrics").text, "pochi_batch_size_count")
 
     async def main() -> list[int]:
-        limits = httpx.Limits(max_connections=50)
+        # a new connection per request: a reused keep-alive one can be closed by the server's
+        # idle timeout just as the next request goes out on a heavily loaded machine
+        limits = httpx.Limits(max_connections=50, max_keepalive_connections=0)
         async with httpx.AsyncClient(limits=limits, timeout=60) as client:
             async def one(i: int) -> int:
                 r = await client.post(url, content=bodies[i % len(bodies)],
