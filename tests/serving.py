@@ -36,6 +36,8 @@ def free_port() -> int:
 
 
 class Server:
+    metric_wait_s = 30.0  # how long wait_metric polls /metrics before the test fails
+
     def __init__(self, model: Path, log: Path, *args: str, gated: bool = False,
                  env: dict[str, str] | None = None) -> None:
         self.port = free_port()
@@ -75,11 +77,11 @@ class Server:
         self.gate.unlink(missing_ok=True)
 
     async def wait_metric(self, name: str, done: Callable[[float], bool]) -> float:
-        """Poll /metrics until ``done(value)``; the value."""
+        """Poll /metrics every 10 ms until ``done(value)``; the value."""
         import httpx
 
-        async with httpx.AsyncClient(timeout=30) as client:
-            for _ in range(3000):
+        async with httpx.AsyncClient(timeout=self.metric_wait_s) as client:
+            for _ in range(int(self.metric_wait_s * 100)):
                 value = metric((await client.get(self.url + "/metrics")).text, name)
                 if done(value):
                     return value

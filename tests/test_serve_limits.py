@@ -37,17 +37,10 @@ BIG_SIDE = 380  # a raw 380x380 image: a JSON body of about 0.58 MB
 class Served(Server):
     """A gated server (tests/serving.py) with its /metrics at hand."""
 
+    metric_wait_s = HANG_GUARD_S
+
     def metrics(self) -> str:
         return httpx.get(self.url + "/metrics", timeout=HANG_GUARD_S).text
-
-    async def wait_metric(self, name: str, done: Callable[[float], bool]) -> float:
-        async with httpx.AsyncClient(timeout=HANG_GUARD_S) as client:
-            for _ in range(6000):
-                value = metric((await client.get(self.url + "/metrics")).text, name)
-                if done(value):
-                    return value
-                await asyncio.sleep(0.01)
-        pytest.fail(f"{name} never reached the expected value")
 
     async def raw(self, data: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
