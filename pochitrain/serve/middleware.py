@@ -200,9 +200,9 @@ class LimitAndLog:
         path = scope.get("path", "")
         # unknown paths (scanners) share one label: unbounded label sets would grow forever
         label = path if path in self.routes else "other"
-        self.metrics.observe_request(label, status, seconds)
-        if self.settings.access_log:
+        if self.settings.access_log:  # logged first: whoever sees the count finds the line
             client = scope.get("client") or ("-", 0)
             access_log.info('%s:%s "%s %s HTTP/%s" %d %.1fms', client[0], client[1],
                             scope.get("method", "-"), path, scope.get("http_version", "1.1"),
                             status, seconds * 1000.0)
+        self.metrics.observe_request(label, status, seconds)
