@@ -95,3 +95,27 @@ def test_convert_accepts_str_paths_and_refuses_unknown_options(tmp_path: Path) -
         convert(str(tmp_path / "m.onnx"), fp16=True)
     with pytest.raises(PochiError, match="Unknown precision"):
         ConvertOptions(onnx_path=tmp_path / "m.onnx", precision="int4")
+
+
+@pytest.mark.parametrize("decoder", ["pybase64", "base64"])
+def test_base64_as_clients_write_it_with_and_without_pybase64(
+        decoder: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SIMD decoder (the serve extra) and the standard library read the same texts to the
+    same bytes, and refuse the same ones."""
+    import base64
+    import binascii
+
+    from pochitrain.api import serializers
+
+    if decoder == "base64":
+        monkeypatch.setattr(serializers, "strict_b64decode", base64.b64decode)
+    data = bytes(range(256)) * 40 + b"\x01"  # a length that needs padding
+    std = base64.b64encode(data).decode()
+    readable = [std, std.encode(), std.rstrip("="), base64.urlsafe_b64encode(data).decode(),
+                "data:image/jpeg;base64," + std, "\n".join(std[i:i + 76]
+                                                        for i in range(0, len(std), 76))]
+    for text in readable:
+        assert serializers.b64decode_lenient(text) == data
+    for text in ("ab!c", "abc=d", "=abc", "ab\u00e9c", std[:-3] + "*=="):
+        with pytest.raises((binascii.Error, ValueError)):
+            serializers.b64decode_lenient(text)

@@ -19,6 +19,7 @@ from typing import Any, cast
 import numpy as np
 
 from pochitrain.api.serializers import b64decode_lenient
+from pochitrain.gpu_input import read_header
 from pochitrain.predictor import Upload
 
 # Content types of encoded images taken as a whole request body or as a multipart part.
@@ -130,6 +131,10 @@ def image_pixels(payload: Payload) -> int:
     if payload.array is not None:
         return int(payload.array.shape[0] * payload.array.shape[1])
     limit = Image.MAX_IMAGE_PIXELS
+    header = read_header(payload.data or b"")  # a JPEG's markers: microseconds, no PIL
+    if header is not None:
+        check_image_pixels(payload.name, header.width, header.height, limit)
+        return header.width * header.height
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns between the limit and twice it
