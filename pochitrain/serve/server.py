@@ -299,7 +299,11 @@ def signals_recorded() -> Iterator[list[str]]:
 
 def run_server(server: uvicorn.Server, sockets: list[socket.socket] | None = None) -> str:
     """``server.run()`` under :func:`signals_recorded`; the names of the signals caught."""
-    # uvicorn exits 1 when it cannot bind; the caller explains why
-    with signals_recorded() as caught, contextlib.suppress(SystemExit):
+    from pochitrain.gpu_input import quick_gil_handoff
+
+    # uvicorn exits 1 when it cannot bind; the caller explains why. The quick handoff: the
+    # event loop is always busy under load, and the model and decode threads, back from a
+    # GIL-free call, would each time wait a whole 5 ms switch interval behind it.
+    with signals_recorded() as caught, quick_gil_handoff(), contextlib.suppress(SystemExit):
         server.run(sockets)
     return ", ".join(caught)
