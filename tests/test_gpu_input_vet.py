@@ -64,3 +64,23 @@ def test_colour_model_decides_who_decodes(mode: str) -> None:
     assert header.plain_colour == (mode != "CMYK")
     assert nvjpeg_reads_like_pil(buf.getvalue()) == (mode != "CMYK")
     assert header.adobe_transform is None or mode == "CMYK"
+
+
+def test_crafted_headers_are_left_to_pil_and_padding_is_read_whole() -> None:
+    """More segments than a real file has: no verdict from the markers (PIL is asked, which
+    reads the same size here). A complete file with zero padding is still complete; a cut
+    one or a long run of zeros after SOI is not."""
+    from pochitrain.gpu_input import is_complete_jpeg
+    from pochitrain.gpu_input.vet import MAX_SEGMENTS
+
+    base = _jpeg((16, 9))
+    comments = b"\xff\xfe\x00\x02" * (MAX_SEGMENTS + 1)  # empty COM segments
+    crafted = base[:2] + comments + base[2:]
+    assert read_header(crafted) is None
+    with Image.open(io.BytesIO(crafted)) as img:
+        assert img.size == (16, 9)
+    assert nvjpeg_reads_like_pil(crafted)  # PIL's answer: upright, within the limit
+    assert read_header(base[:2] + comments[:40] + base[2:]) is not None  # a few: read here
+    assert is_complete_jpeg(base) and is_complete_jpeg(base + b"\x00" * 1000)
+    assert not is_complete_jpeg(base[:-1])
+    assert not is_complete_jpeg(b"\xff\xd8\xff" + b"\x00" * 100_000)

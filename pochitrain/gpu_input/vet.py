@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _ORIENTATION_TAG = 0x0112
+MAX_SEGMENTS = 1024  # real files have a few dozen; past this PIL reads the header
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,9 @@ def read_header(data: bytes | bytearray | memoryview) -> JpegHeader | None:
         return None
     at, orientation, size, components, adobe = 2, 1, None, 3, None
     try:
-        while at + 4 <= len(data):
+        for _ in range(MAX_SEGMENTS):  # a bounded walk: a crafted header cannot stall us
+            if at + 4 > len(data):
+                break
             if data[at] != 0xFF:
                 return None
             marker = data[at + 1]
@@ -81,6 +84,8 @@ def read_header(data: bytes | bytearray | memoryview) -> JpegHeader | None:
             elif marker == 0xDA:  # start of scan: the headers are over
                 break
             at += 2 + length
+        else:
+            return None
     except struct.error:
         return None
     if size is None:
@@ -92,9 +97,9 @@ def is_complete_jpeg(data: bytes | bytearray | memoryview) -> bool:
     """Starts with SOI and ends with EOI (zero padding allowed): safe to hand to nvJPEG."""
     if data[:3] != b"\xff\xd8\xff":
         return False
-    end = len(data)
-    while end and data[end - 1] == 0:  # usually no padding: no copy of the file
-        end -= 1
+    if data[-2:] == b"\xff\xd9":  # the usual case: no padding
+        return True
+    end = len(bytes(data).rstrip(b"\x00"))  # one C call, however long the padding
     return data[end - 2:end] == b"\xff\xd9"
 
 

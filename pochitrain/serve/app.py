@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 PREFIX = "/api/v1"
 STOP_WAIT_S = 1.0  # at shutdown, for a model call still running after the drain
 UTF8_BOM = b"\xef\xbb\xbf"
+INLINE_BYTES = 1 << 20  # bodies / images up to this size are parsed on the event loop
 MAX_ECHO_CHARS, MAX_ECHO_ITEMS, MAX_ECHO_DEPTH = 200, 20, 4  # of the input a 422 echoes
 ROUTES = {f"{PREFIX}/predict", f"{PREFIX}/health", f"{PREFIX}/model-info",
           f"{PREFIX}/version", "/metrics", "/docs", "/openapi.json"}
@@ -175,7 +176,10 @@ class Predict:
                            "uncompressed (images are compressed already).")
         kind = media_type(request.headers.get("content-type"))
         if kind == "application/json":
-            payload, k = await self.in_pool(_prepare_json, await request.body())
+            body = await request.body()
+            # a photo's JSON parses in microseconds: a pool hop would cost more than that
+            payload, k = (_prepare_json(body) if len(body) <= INLINE_BYTES
+                          else await self.in_pool(_prepare_json, body))
             return [payload], k, True
         if kind == "multipart/form-data":  # parsed off the event loop: a large body takes time
             payloads, k = await asyncio.to_thread(read_form, await request.body(),
@@ -217,7 +221,10 @@ class Predict:
         work for one request at a time, so another request's images never queue behind all
         of a large request's images; once one image fails, the rest are not decoded."""
         if len(payloads) == 1:  # the common case: its pixels checked in the same pool task
-            return [await self.in_pool(self.prepare_one, payloads[0])]
+            payload = payloads[0]
+            if len(payload.data or b"") <= INLINE_BYTES and self.model.keeps_encoded(payload):
+                return [self.prepare_one(payload)]  # nothing to decode here: no pool hop
+            return [await self.in_pool(self.prepare_one, payload)]
         share = asyncio.Semaphore(max(1, self.settings.decode_workers // 2))
 
         async def one(payload: Payload) -> Any:

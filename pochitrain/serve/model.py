@@ -107,11 +107,15 @@ class ServeModel:
         reads like PIL stay encoded, the rest are decoded to (h, w, 3) uint8."""
         if self.gpu is None:
             return self.preprocess(decode_image(payload))
-        from pochitrain.gpu_input import for_nvjpeg
-
-        if payload.data is not None and for_nvjpeg(payload.data):
+        if self.keeps_encoded(payload):
             return ForGpu("jpeg", payload.data, payload.name)
         return ForGpu("rgb", np.array(decode_image(payload)), payload.name)
+
+    def keeps_encoded(self, payload: Payload) -> bool:
+        """The GPU pipeline takes this image still encoded (``prepare`` decodes nothing)."""
+        from pochitrain.gpu_input import for_nvjpeg
+
+        return self.gpu is not None and payload.data is not None and for_nvjpeg(payload.data)
 
     # ---- model worker thread --------------------------------------------------------------
     def run_batch(self, items: list[Any]) -> list[Any]:
