@@ -125,6 +125,53 @@ def test_refused_from_headers_before_decoding(served: Served,
     assert good.status_code == 200, good.text
 
 
+def test_fast_predict_answers_as_the_fastapi_route(served: Served,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """POST /predict without a query string is answered ahead of FastAPI's routing; with one
+    (``?top_k=1``, the default anyway) by the FastAPI route. Same answers, same refusals."""
+    import base64
+
+    from pochitrain.serve import app as serve_app
+
+    made: list[object] = []
+
+    class Counted(serve_app.Request):  # type: ignore[name-defined, misc]
+        def __init__(self, *args: Any) -> None:
+            made.append(self)
+            super().__init__(*args)
+
+    monkeypatch.setattr(serve_app, "Request", Counted)
+    url = served.url + PREDICT
+    jpeg = io.BytesIO()
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (10, 200, 90)).save(jpeg, format="JPEG")
+    bodies = [{"image_data": base64.b64encode(jpeg.getvalue()).decode(), "format": "jpeg"},
+              {"image_data": "not base64!", "format": "jpeg"},
+              {"image_data": "", "format": "raw", "shape": [2, 2]},
+              {"format": "jpeg"}]
+    statuses = []
+    for body in bodies:
+        answers = []
+        for query, fast in (("", 1), ("?top_k=1", 0)):
+            made.clear()
+            answers.append(httpx.post(url + query, json=body, timeout=60))
+            assert len(made) == fast, query
+        fast_answer, routed = answers
+        assert fast_answer.status_code == routed.status_code
+        assert fast_answer.headers["content-type"] == routed.headers["content-type"]
+        one, two = fast_answer.json(), routed.json()
+        one.pop("e2e_time_ms", None), two.pop("e2e_time_ms", None)
+        assert one == two
+        statuses.append((fast_answer.status_code, one.get("error")))
+    assert statuses == [(200, None), (422, "bad_base64"), (422, "bad_shape"),
+                        (422, "invalid_request")]
+    made.clear()
+    odd = httpx.post(url, content=b"x", headers={"content-type": "text/plain"}, timeout=60)
+    assert len(made) == 1 and odd.status_code == 415
+    assert httpx.get(url, timeout=60).status_code == 405 and len(made) == 1  # routed
+
+
 def _metric(text: str, name: str) -> float:
     line = next(x for x in text.splitlines() if x.startswith(name + " "))
     return float(line.rsplit(" ", 1)[1])
