@@ -193,3 +193,48 @@ def test_console_command_ends_quickly_with_its_output_and_exit_code(
     assert (out / "confusion_matrix.png").read_bytes()[-8:] == b"IEND\xaeB`\x82"  # whole PNG
     again = pochi("infer", str(untrained_checkpoint), "--data", str(small_val), "-o", str(out))
     assert again.returncode == 1 and "already holds inference results" in again.stderr
+
+
+def test_preprocessing_without_one_size(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """``Resize(n)`` with no crop keeps each image's aspect ratio: ``pochi infer`` says so
+    (no traceback, no output folder) unless one image goes at a time, and the server answers
+    a batch of mixed sizes by running each size on its own."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from pochitrain.checkpoint import save_checkpoint
+    from pochitrain.meta import ModelMeta
+    from pochitrain.models import build_model
+    from pochitrain.preprocess import Preprocess
+    from pochitrain.serve.decode import Payload
+    from pochitrain.serve.model import ServeModel
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", 2).eval()
+    preprocess = Preprocess(input_size=[32, 32], resize=[32])
+    ck = tmp_path / "models" / "aspect.pth"
+    ck.parent.mkdir()
+    save_checkpoint(ck, model, ModelMeta(["a", "b"], preprocess, model_name="resnet18"))
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, size in (("wide.png", (64, 40)), ("tall.png", (40, 64))):
+        Image.new("RGB", size, (90, 140, 30)).save(data / name)
+    out = tmp_path / "out"
+    _fails(["infer", str(ck), "--data", str(data), "-o", str(out)], capsys, 2,
+           "different sizes", "CenterCrop")
+    assert not out.exists()
+    run(["infer", str(ck), "--data", str(data), "-o", str(out), "-b", "1"])
+    assert (out / "pytorch_inference_results.csv").exists()
+    served = ServeModel(ck, pipeline="cpu", max_batch=4)
+    try:
+        items = [served.prepare(Payload(p.name, data=p.read_bytes()))
+                 for p in sorted(data.glob("*.png"))]
+        assert items[0].shape != items[1].shape
+        together = served.run_batch(items)
+        alone = [served.run_batch([item])[0] for item in items]
+        for row, want in zip(together, alone):
+            np.testing.assert_allclose(row, want, rtol=1e-5, atol=1e-6)
+    finally:
+        served.close()

@@ -121,7 +121,7 @@ class ServeModel:
     def run_batch(self, items: list[Any]) -> list[Any]:
         """One result per item: a float64 probability row, or a BadInput (GPU decode)."""
         if self.gpu is None:
-            return list(self.model.probabilities(np.stack(items), self.chunk))
+            return self.rows_by_size(items)
         from pochitrain.gpu_input import Entry
 
         batch, failed = self.gpu.assemble(
@@ -136,6 +136,19 @@ class ServeModel:
             for i, row in zip(good, self.model.probabilities(batch, self.chunk)):
                 results[i] = row
         return results
+
+    def rows_by_size(self, items: list[np.ndarray]) -> list[Any]:
+        """Rows in order; one model call per image size (a ``Resize(n)`` with no crop keeps
+        each image's aspect ratio, and requests of any aspect are answered)."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, item in enumerate(items):
+            groups.setdefault(item.shape, []).append(i)
+        rows: list[Any] = [None] * len(items)
+        for indices in groups.values():
+            batch = np.stack([items[i] for i in indices])
+            for i, row in zip(indices, self.model.probabilities(batch, self.chunk)):
+                rows[i] = row
+        return rows
 
     def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Run the model once per batch size so the first requests do not pay for it."""
