@@ -87,3 +87,28 @@ def run_chunked(call: Callable[[Any], Any], data: Any, step: int,
             chunk = pad_to(chunk, fixed)
         outs.append(np.asarray(call(chunk), dtype=np.float32)[:n])
     return np.concatenate(outs) if outs else np.zeros((0, 0), dtype=np.float32)
+
+
+def stack_one_size(arrays: list[np.ndarray], names: list[Any],
+                   batched: bool = False) -> np.ndarray:
+    """Preprocessed images as one array; a clear error where the preprocessing keeps each
+    image's aspect ratio (``Resize(n)`` with no crop) and the sizes differ. ``batched``: the
+    caller can also go one image at a time (``-b 1``)."""
+    import numpy as np
+
+    from pochitrain.errors import ConfigError
+
+    first = arrays[0].shape
+    for array, name in zip(arrays, names):
+        if array.shape != first:
+            a, b = (f"{s[1]}x{s[2]}" for s in (first, array.shape))
+            raise ConfigError(
+                f"前処理後の画像サイズが画像によって異なります ({a} と {b}: {name})。\n"
+                f"The preprocessing gives images of different sizes ({a} and {b}, at {name}): "
+                "its Resize(n) keeps each image's aspect ratio and nothing crops them to one "
+                "size, so they cannot be batched.",
+                "Use a val_transform that ends in one size: a crop (e.g. "
+                "transforms.CenterCrop(224) after transforms.Resize(256)) or "
+                "transforms.Resize((H, W))" + ("; or pass -b 1 to infer one image at a time."
+                                                if batched else "."))
+    return np.stack(arrays)

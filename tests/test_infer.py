@@ -227,6 +227,12 @@ def test_preprocessing_without_one_size(tmp_path: Path,
     assert not out.exists()
     run(["infer", str(ck), "--data", str(data), "-o", str(out), "-b", "1"])
     assert (out / "pytorch_inference_results.csv").exists()
+    from pochitrain.errors import ConfigError
+    from pochitrain.onnx.calibration import load_images
+
+    with pytest.raises(ConfigError, match="tall.png"):  # INT8 calibration images alike
+        load_images([(p, 0) for p in sorted(data.glob("*.png"), reverse=True)], 2,
+                    preprocess, "calibration images")
     served = ServeModel(ck, pipeline="cpu", max_batch=4)
     try:
         items = [served.prepare(Payload(p.name, data=p.read_bytes()))

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pochitrain.batching import stack_one_size
 from pochitrain.errors import BackendMissingError, ModelFileError, UsageError
 from pochitrain.explain_draw import ExplainedImage, Panel
 from pochitrain.meta import ModelMeta, file_sha256
@@ -201,7 +202,7 @@ def load_images(paths: list[Path], source: ExplainSource) -> Loaded:
         kept.append(path)
         arrays.append(preprocess(image))
     h, w = preprocess.input_size
-    inputs = np.stack(arrays) if arrays else np.zeros((0, 3, h, w), np.float32)
+    inputs = stack_one_size(arrays, kept) if arrays else np.zeros((0, 3, h, w), np.float32)
     return Loaded(kept, inputs, skipped)
 
 

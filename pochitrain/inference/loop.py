@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pochitrain.batching import InputBatch, softmax, true_ranks
+from pochitrain.batching import InputBatch, softmax, stack_one_size, true_ranks
 from pochitrain.data import ImageFolder, open_rgb
 from pochitrain.inference.runner import IN_FLIGHT, Pending, Runner, submit
 from pochitrain.preprocess import Preprocess
@@ -64,28 +64,9 @@ def iter_batches(samples: list[tuple[Path, int]], preprocess: Preprocess, batch_
                 arrays.append(arr)
                 paths.append(path)
                 labels.append(label)
-            batch = stack_one_size(arrays, paths) if arrays else None
+            batch = stack_one_size(arrays, paths, batched=True) if arrays else None
             yield InputBatch(batch, paths, labels, skipped)
 
-
-def stack_one_size(arrays: list[np.ndarray], names: list[Any]) -> np.ndarray:
-    """One batch of preprocessed images; a clear error where the preprocessing keeps each
-    image's aspect ratio (``Resize(n)`` with no crop) and the sizes differ."""
-    from pochitrain.errors import ConfigError
-
-    first = arrays[0].shape
-    for array, name in zip(arrays, names):
-        if array.shape != first:
-            a, b = (f"{s[1]}x{s[2]}" for s in (first, array.shape))
-            raise ConfigError(
-                f"前処理後の画像サイズが画像によって異なります ({a} と {b}: {name})。\n"
-                f"The preprocessing gives images of different sizes ({a} and {b}, at {name}): "
-                "its Resize(n) keeps each image's aspect ratio and nothing crops them to one "
-                "size, so they cannot be batched.",
-                "Use a val_transform that ends in one size: a crop (e.g. "
-                "transforms.CenterCrop(224) after transforms.Resize(256)) or "
-                "transforms.Resize((H, W)); or pass -b 1 to infer one image at a time.")
-    return np.stack(arrays)
 
 
 def _timed_pass(runner: Runner, items: Iterator[InputBatch], result: InferenceResult,

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from pochitrain.batching import stack_one_size
 from pochitrain.data import ImageFolder, open_rgb
 from pochitrain.errors import CalibrationError, PochiError, english_part
 from pochitrain.meta import ModelMeta
@@ -142,7 +143,8 @@ def load_images(candidates: list[Sample], wanted: int, pre: Preprocess, label: s
             used.append((path, lab))
             advance(1)
     h, w = pre.input_size
-    data = np.stack(arrays) if arrays else np.zeros((0, 3, h, w), np.float32)
+    data = (stack_one_size(arrays, [p for p, _ in used]) if arrays
+            else np.zeros((0, 3, h, w), np.float32))
     return data.astype(np.float32, copy=False), used, corrupt
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pochitrain.batching import stack_one_size
 from pochitrain.errors import DataError, ModelFileError, VerificationError
 from pochitrain.preprocess import Preprocess
 
@@ -143,6 +144,7 @@ def verification_batches(pre: Preprocess, data: Path | None, sizes: list[int],
 
     need = sum(sizes)
     arrays: list[np.ndarray] = []
+    names: list[object] = []
     source = "random inputs"
     if data is not None:
         folder = scan_image_folder(data, "verification data folder")
@@ -153,6 +155,7 @@ def verification_batches(pre: Preprocess, data: Path | None, sizes: list[int],
             image = open_rgb(path)
             if image is not None:
                 arrays.append(pre(image))
+                names.append(path)
             if len(arrays) == need:
                 break
         if not arrays:
@@ -162,10 +165,12 @@ def verification_batches(pre: Preprocess, data: Path | None, sizes: list[int],
                             "at a folder of images; export-onnx also takes --skip-verify.")
         source = f"{len(arrays)} images from {data}"
         while len(arrays) < need:  # small folders: reuse images
+            names.append(names[len(arrays) % max(1, len(arrays))])
             arrays.append(arrays[len(arrays) % max(1, len(arrays))])
     else:
         rng = np.random.default_rng(0)
         h, w = pre.input_size
         arrays = list(rng.standard_normal((need, 3, h, w), dtype=np.float32))
-    whole = np.stack(arrays).astype(np.float32)
+        names = ["random input"] * need
+    whole = stack_one_size(arrays, names).astype(np.float32)
     return np.split(whole, np.cumsum(sizes)[:-1]), source
