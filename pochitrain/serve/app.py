@@ -281,8 +281,8 @@ class Predict:
 class FastPredict:
     """``POST /api/v1/predict`` without a query string, answered ahead of FastAPI's routing:
     the same ``Predict`` call and the same bodies, without the framework's per-request
-    routing, parameter and exception layers, which took about 40 % of a request's time on
-    the event loop. Everything else (``top_k`` in the query included) goes through FastAPI,
+    routing, parameter and exception layers, which were much of a request's time on the
+    event loop (docs/benchmarks.md). Everything else (``top_k`` in the query included) goes through FastAPI,
     whose route also documents this one."""
 
     app: ASGIApp
