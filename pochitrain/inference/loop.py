@@ -68,7 +68,6 @@ def iter_batches(samples: list[tuple[Path, int]], preprocess: Preprocess, batch_
             yield InputBatch(batch, paths, labels, skipped)
 
 
-
 def _timed_pass(runner: Runner, items: Iterator[InputBatch], result: InferenceResult,
                 progress: bool, total: int) -> None:
     """Every batch through the runner; the next batch is queued before the last one's
