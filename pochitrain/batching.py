@@ -96,19 +96,25 @@ def stack_one_size(arrays: list[np.ndarray], names: list[Any],
     caller can also go one image at a time (``-b 1``)."""
     import numpy as np
 
-    from pochitrain.errors import ConfigError
-
     first = arrays[0].shape
     for array, name in zip(arrays, names):
         if array.shape != first:
-            a, b = (f"{s[1]}x{s[2]}" for s in (first, array.shape))
-            raise ConfigError(
-                f"前処理後の画像サイズが画像によって異なります ({a} と {b}: {name})。\n"
-                f"The preprocessing gives images of different sizes ({a} and {b}, at {name}): "
-                "its Resize(n) keeps each image's aspect ratio and nothing crops them to one "
-                "size, so they cannot be batched.",
-                "Use a val_transform that ends in one size: a crop (e.g. "
-                "transforms.CenterCrop(224) after transforms.Resize(256)) or "
-                "transforms.Resize((H, W))" + ("; or pass -b 1 to infer one image at a time."
-                                                if batched else "."))
+            raise sizes_differ(first[1:], array.shape[1:], name, batched)
     return np.stack(arrays)
+
+
+def sizes_differ(first: tuple[int, ...], other: tuple[int, ...], name: object,
+                 batched: bool = False) -> Exception:
+    """The error for a preprocessing whose images come out in several sizes."""
+    from pochitrain.errors import ConfigError
+
+    a, b = (f"{s[0]}x{s[1]}" for s in (first, other))
+    return ConfigError(
+        f"前処理後の画像サイズが画像によって異なります ({a} と {b}: {name})。\n"
+        f"The preprocessing gives images of different sizes ({a} and {b}, at {name}): "
+        "its Resize(n) keeps each image's aspect ratio and nothing crops them to one "
+        "size, so they cannot be batched.",
+        "Use a val_transform that ends in one size: a crop (e.g. "
+        "transforms.CenterCrop(224) after transforms.Resize(256)) or "
+        "transforms.Resize((H, W))" + ("; or pass -b 1 to infer one image at a time."
+                                        if batched else "."))

@@ -233,6 +233,12 @@ def test_preprocessing_without_one_size(tmp_path: Path,
     with pytest.raises(ConfigError, match="tall.png"):  # INT8 calibration images alike
         load_images([(p, 0) for p in sorted(data.glob("*.png"), reverse=True)], 2,
                     preprocess, "calibration images")
+    from pochitrain.gpu_input import to_batch
+
+    tensors = [torch.from_numpy(np.array(Image.open(p))).permute(2, 0, 1).contiguous()
+               for p in sorted(data.glob("*.png"))]
+    with pytest.raises(ConfigError, match="different sizes"):  # the GPU input pipeline alike
+        to_batch(tensors, preprocess, torch.empty((2, 3, 32, 32)))
     served = ServeModel(ck, pipeline="cpu", max_batch=4)
     try:
         items = [served.prepare(Payload(p.name, data=p.read_bytes()))

@@ -38,6 +38,7 @@ def to_batch(images: list[torch.Tensor], preprocess: Preprocess,
              out: torch.Tensor) -> torch.Tensor:
     """Decoded (3, h, w) uint8 images -> ``out`` (n, 3, H, W): resized, center-cropped and
     normalized; a failure of the kernels is said once, and the matmuls take over."""
+    check_one_size(images, preprocess, (int(out.shape[2]), int(out.shape[3])))
     if resize_path(preprocess, str(out.device)).startswith("banded"):
         try:
             return resize_normalize(images, preprocess, out)
@@ -45,6 +46,23 @@ def to_batch(images: list[torch.Tensor], preprocess: Preprocess,
             KERNELS.fail(exc, "resize")
     resize_batch(images, preprocess, out)
     return normalize_(out, preprocess)
+
+
+def check_one_size(images: list[torch.Tensor], preprocess: Preprocess,
+                   size: tuple[int, int]) -> None:
+    """A ``Resize(n)`` with no crop keeps each image's aspect ratio: the batch's images must
+    all come out at ``size`` (else the error, not a kernel failure)."""
+    if preprocess.center_crop is not None or preprocess.resize is None or len(
+            preprocess.resize) != 1:
+        return
+    from pochitrain.batching import sizes_differ
+    from pochitrain.preprocess import resized_size
+
+    for i, image in enumerate(images):
+        got = resized_size(int(image.shape[1]), int(image.shape[2]), preprocess.resize)
+        if got != size:
+            raise sizes_differ(size, got, f"image {i + 1} of the batch ({image.shape[2]}x"
+                               f"{image.shape[1]} pixels)")
 
 
 def normalize_(batch: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
