@@ -99,13 +99,15 @@ def stack_one_size(arrays: list[np.ndarray], names: list[Any],
     first = arrays[0].shape
     for array, name in zip(arrays, names):
         if array.shape != first:
-            raise sizes_differ(first[1:], array.shape[1:], name, batched)
+            raise sizes_differ(first[1:], array.shape[1:], name,
+                               "; or pass -b 1 to infer one image at a time" if batched else "")
     return np.stack(arrays)
 
 
 def sizes_differ(first: tuple[int, ...], other: tuple[int, ...], name: object,
-                 batched: bool = False) -> Exception:
-    """The error for a preprocessing whose images come out in several sizes."""
+                 alone: str = "") -> Exception:
+    """The error for a preprocessing whose images come out in several sizes (H x W);
+    ``alone``: how the caller could take one image at a time."""
     from pochitrain.errors import ConfigError
 
     a, b = (f"{s[0]}x{s[1]}" for s in (first, other))
@@ -116,5 +118,4 @@ def sizes_differ(first: tuple[int, ...], other: tuple[int, ...], name: object,
         "size, so they cannot be batched.",
         "Use a val_transform that ends in one size: a crop (e.g. "
         "transforms.CenterCrop(224) after transforms.Resize(256)) or "
-        "transforms.Resize((H, W))" + ("; or pass -b 1 to infer one image at a time."
-                                        if batched else "."))
+        f"transforms.Resize((H, W)){alone}.")

@@ -61,8 +61,9 @@ def check_one_size(images: list[torch.Tensor], preprocess: Preprocess,
     for i, image in enumerate(images):
         got = resized_size(int(image.shape[1]), int(image.shape[2]), preprocess.resize)
         if got != size:
-            raise sizes_differ(size, got, f"image {i + 1} of the batch ({image.shape[2]}x"
-                               f"{image.shape[1]} pixels)")
+            raise sizes_differ(size, got, f"image {i + 1} of the batch, {image.shape[1]}x"
+                               f"{image.shape[2]} before resizing", "; or use --pipeline cpu "
+                               "(with -b 1 for pochi infer: one image at a time)")
 
 
 def normalize_(batch: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
