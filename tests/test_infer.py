@@ -205,8 +205,11 @@ def test_preprocessing_without_one_size(tmp_path: Path,
     from PIL import Image
 
     from pochitrain.checkpoint import save_checkpoint
+    from pochitrain.errors import ConfigError
+    from pochitrain.gpu_input import to_batch
     from pochitrain.meta import ModelMeta
     from pochitrain.models import build_model
+    from pochitrain.onnx.calibration import load_images
     from pochitrain.preprocess import Preprocess
     from pochitrain.serve.decode import Payload
     from pochitrain.serve.model import ServeModel
@@ -227,14 +230,9 @@ def test_preprocessing_without_one_size(tmp_path: Path,
     assert not out.exists()
     run(["infer", str(ck), "--data", str(data), "-o", str(out), "-b", "1"])
     assert (out / "pytorch_inference_results.csv").exists()
-    from pochitrain.errors import ConfigError
-    from pochitrain.onnx.calibration import load_images
-
     with pytest.raises(ConfigError, match="tall.png"):  # INT8 calibration images alike
         load_images([(p, 0) for p in sorted(data.glob("*.png"), reverse=True)], 2,
                     preprocess, "calibration images")
-    from pochitrain.gpu_input import to_batch
-
     tensors = [torch.from_numpy(np.array(Image.open(p))).permute(2, 0, 1).contiguous()
                for p in sorted(data.glob("*.png"))]
     with pytest.raises(ConfigError, match="different sizes"):  # the GPU input pipeline alike
