@@ -50,16 +50,14 @@ def to_batch(images: list[torch.Tensor], preprocess: Preprocess,
 
 def check_one_size(images: list[torch.Tensor], preprocess: Preprocess,
                    size: tuple[int, int]) -> None:
-    """A ``Resize(n)`` with no crop keeps each image's aspect ratio: the batch's images must
-    all come out at ``size`` (else the error, not a kernel failure)."""
-    if preprocess.center_crop is not None or preprocess.resize is None or len(
-            preprocess.resize) != 1:
+    """Without a crop (``Resize(n)`` keeps each image's aspect ratio) the batch's images must
+    all come out at ``size``: else the error, not a kernel failure."""
+    if preprocess.center_crop is not None:
         return
     from pochitrain.batching import sizes_differ
-    from pochitrain.preprocess import resized_size
 
     for i, image in enumerate(images):
-        got = resized_size(int(image.shape[1]), int(image.shape[2]), preprocess.resize)
+        got = preprocess.output_size(int(image.shape[2]), int(image.shape[1]))
         if got != size:
             raise sizes_differ(size, got, f"image {i + 1} of the batch, {image.shape[1]}x"
                                f"{image.shape[2]} before resizing", "; or use --pipeline cpu "

@@ -164,9 +164,9 @@ def verification_batches(pre: Preprocess, data: Path | None, sizes: list[int],
                             "Point --data (export-onnx) or --verify-data (convert --fp16) "
                             "at a folder of images; export-onnx also takes --skip-verify.")
         source = f"{len(arrays)} images from {data}"
-        while len(arrays) < need:  # small folders: reuse images
-            names.append(names[len(arrays) % max(1, len(arrays))])
-            arrays.append(arrays[len(arrays) % max(1, len(arrays))])
+        while len(arrays) < need:  # small folders: the first image again
+            arrays.append(arrays[0])
+            names.append(names[0])
     else:
         rng = np.random.default_rng(0)
         h, w = pre.input_size

@@ -230,8 +230,11 @@ class Predict:
         of a large request's images; once one image fails, the rest are not decoded."""
         if len(payloads) == 1:  # the common case: its pixels checked in the same pool task
             payload = payloads[0]
-            if len(payload.data or b"") <= INLINE_BYTES and self.model.keeps_encoded(payload):
-                return [self.prepare_one(payload)]  # nothing to decode here: no pool hop
+            encoded = (self.model.still_encoded(payload)
+                       if len(payload.data or b"") <= INLINE_BYTES else None)
+            if encoded is not None:  # nothing to decode here: no pool hop
+                check_request_pixels([payload], self.settings.max_request_pixels)
+                return [encoded]
             return [await self.in_pool(self.prepare_one, payload)]
         share = asyncio.Semaphore(max(1, self.settings.decode_workers // 2))
 

@@ -107,15 +107,19 @@ class ServeModel:
         reads like PIL stay encoded, the rest are decoded to (h, w, 3) uint8."""
         if self.gpu is None:
             return self.preprocess(decode_image(payload))
-        if self.keeps_encoded(payload):
-            return ForGpu("jpeg", payload.data, payload.name)
+        encoded = self.still_encoded(payload)
+        if encoded is not None:
+            return encoded
         return ForGpu("rgb", np.array(decode_image(payload)), payload.name)
 
-    def keeps_encoded(self, payload: Payload) -> bool:
-        """The GPU pipeline takes this image still encoded (``prepare`` decodes nothing)."""
+    def still_encoded(self, payload: Payload) -> ForGpu | None:
+        """``prepare``'s answer where the GPU pipeline takes the image still encoded (nothing
+        to decode here), else None."""
         from pochitrain.gpu_input import for_nvjpeg
 
-        return self.gpu is not None and payload.data is not None and for_nvjpeg(payload.data)
+        if self.gpu is not None and payload.data is not None and for_nvjpeg(payload.data):
+            return ForGpu("jpeg", payload.data, payload.name)
+        return None
 
     # ---- model worker thread --------------------------------------------------------------
     def run_batch(self, items: list[Any]) -> list[Any]:
