@@ -25,8 +25,16 @@ from pochitrain.serve.batcher import GATE_ENV
 
 def metric(text: str, name: str) -> float:
     """The value of metric ``name`` in a /metrics text."""
-    line = next(x for x in text.splitlines() if x.startswith((name + " ", name + "{")))
-    return float(line.rsplit(" ", 1)[1])
+    value = find_metric(text, name)
+    assert value is not None, f"no {name} in /metrics"
+    return value
+
+
+def find_metric(text: str, name: str) -> float | None:
+    """The value of metric ``name``, or None while it has no line (a labelled counter gets
+    its line when first counted)."""
+    line = next((x for x in text.splitlines() if x.startswith((name + " ", name + "{"))), None)
+    return None if line is None else float(line.rsplit(" ", 1)[1])
 
 
 def free_port() -> int:
@@ -82,8 +90,8 @@ class Server:
 
         async with httpx.AsyncClient(timeout=self.metric_wait_s) as client:
             for _ in range(int(self.metric_wait_s * 100)):
-                value = metric((await client.get(self.url + "/metrics")).text, name)
-                if done(value):
+                value = find_metric((await client.get(self.url + "/metrics")).text, name)
+                if value is not None and done(value):
                     return value
                 await asyncio.sleep(0.01)
         pytest.fail(f"{name} on {self.url} never reached the expected value")
