@@ -198,15 +198,16 @@ def test_console_command_ends_quickly_with_its_output_and_exit_code(
 def test_preprocessing_without_one_size(tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     """``Resize(n)`` with no crop keeps each image's aspect ratio: ``pochi infer`` says so
-    (no traceback, no output folder) unless one image goes at a time, and the server answers
-    a batch of mixed sizes by running each size on its own."""
+    (no traceback, no output folder) unless one image goes at a time, the GPU input pipeline
+    is not chosen for it, and the server answers a batch of mixed sizes by running each size
+    on its own."""
     import numpy as np
     import torch
     from PIL import Image
 
     from pochitrain.checkpoint import save_checkpoint
-    from pochitrain.errors import ConfigError
-    from pochitrain.gpu_input import to_batch
+    from pochitrain.errors import ConfigError, UsageError
+    from pochitrain.gpu_input import resolve_pipeline, to_batch
     from pochitrain.meta import ModelMeta
     from pochitrain.models import build_model
     from pochitrain.onnx.calibration import load_images
@@ -237,6 +238,11 @@ def test_preprocessing_without_one_size(tmp_path: Path,
                for p in sorted(data.glob("*.png"))]
     with pytest.raises(ConfigError, match="different sizes"):  # the GPU input pipeline alike
         to_batch(tensors, preprocess, torch.empty((2, 3, 32, 32)))
+    # which the commands do not pick for it on a GPU: the CPU pipeline runs each image alone
+    assert resolve_pipeline("auto", "cuda:0", preprocess)[0] == "cpu"
+    assert resolve_pipeline("auto", "cuda:0", Preprocess.simple(32, 32))[0] == "gpu"
+    with pytest.raises(UsageError, match="its own size"):
+        resolve_pipeline("gpu", "cuda:0", preprocess)
     served = ServeModel(ck, pipeline="cpu", max_batch=4)
     try:
         items = [served.prepare(Payload(p.name, data=p.read_bytes()))

@@ -61,6 +61,10 @@ def gpu_unsupported(preprocess: Preprocess) -> str | None:
     if preprocess.resize is not None and preprocess.interpolation not in GPU_INTERPOLATIONS:
         return (f"interpolation {preprocess.interpolation!r} has no GPU equivalent "
                 f"(supported: {', '.join(GPU_INTERPOLATIONS)})")
+    if preprocess.center_crop is None and (preprocess.resize is None
+                                           or len(preprocess.resize) == 1):
+        return ("without a CenterCrop or Resize((H, W)) each image keeps its own size, and "
+                "the GPU pipeline makes batches of one size")
     return None
 
 
@@ -82,7 +86,7 @@ def resolve_pipeline(pipeline: str, device: str, preprocess: Preprocess) -> tupl
         if why_not:
             raise UsageError("--pipeline gpu ではこの前処理を再現できません\n"
                              f"--pipeline gpu cannot reproduce this preprocessing: {why_not}.",
-                             "Use --pipeline cpu (PIL), which supports every interpolation.")
+                             "Use --pipeline cpu (PIL), which runs every preprocessing.")
         return "gpu", "asked for"
     if pipeline == "cpu":
         return "cpu", "asked for"
