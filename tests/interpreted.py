@@ -38,6 +38,12 @@ for case in cases:
     ref = np.stack([pp(Image.fromarray(a)) for a in images])
     grey = np.abs(out.numpy() - ref) * np.asarray(pp.std).reshape(1, 3, 1, 1) * 255
     worst.append(float(grey.max()))
+# the first case again, the batch reversed: every image's windows now come from the cache
+pp = Preprocess.from_dict(cases[0])
+out = torch.empty((len(tensors), 3, *pp.input_size), dtype=torch.float32)
+resize_normalize(tensors[::-1], pp, out)
+ref = np.stack([pp(Image.fromarray(a)) for a in images[::-1]])
+worst.append(float((np.abs(out.numpy() - ref) * np.asarray(pp.std).reshape(1, 3, 1, 1) * 255).max()))
 print(json.dumps(worst))
 """
 

@@ -19,9 +19,10 @@ pytest.importorskip("triton")
 def test_every_pixel_equals_pil(pil_check: Job) -> None:
     """JPEGs (decoded by libjpeg) of odd sizes, upscaled and downscaled, a grayscale JPEG and a
     real digit PNG, all in one batch (``interpreted.start_pil_check``, started with the
-    session): at most float rounding of the normalization apart, in every case."""
+    session): at most float rounding of the normalization apart, in every case; and again
+    with each image's windows taken from the cache (the batch reversed)."""
     worst = worst_levels(pil_check)
-    assert len(worst) == len(PIL_CASES)
+    assert len(worst) == len(PIL_CASES) + 1  # and the first case again, from the cache
     assert max(worst) < 1e-3, worst  # grey levels: no pixel off by one
 
 
@@ -74,3 +75,25 @@ def test_kernels_compile_to_gpu_code(capability: int, tmp_path: Path,
                                 target=GPUTarget("cuda", capability, 32))
         assert len(kernel.asm["cubin"]) > 1000
         assert f"sm_{capability}" in kernel.asm["ptx"]
+
+
+def test_windows_kept_by_geometry_equal_new_ones() -> None:
+    """The cache of each image's windows gives the rows that planning the batch anew gives,
+    whatever mix of kept and new images a batch holds, and keeps at most its size."""
+    import torch
+
+    from pochitrain.gpu_input.banded import Windows, plan
+
+    pp = Preprocess(input_size=[24, 24], resize=[28], center_crop=[24, 24])
+    images = [torch.zeros((3, h, w), dtype=torch.uint8) for h, w in
+              ((31, 40), (50, 37), (31, 40), (29, 29), (64, 20))]
+    plans = plan(images, pp, 24, 24, "bilinear")
+    shape = (24, 24, 9, 9, "bilinear", False)
+    windows = Windows(size=3)
+    for batch in ([0, 1], [1, 2, 3, 0], [4, 0, 3], [3]):
+        got = windows.bands([plans[i] for i in batch], shape, torch.device("cpu"))
+        fresh = Windows(size=0).bands([plans[i] for i in batch], shape, torch.device("cpu"))
+        for a, b in zip(got, fresh):
+            assert a.taps == b.taps
+            assert torch.equal(a.start, b.start) and torch.equal(a.coef, b.coef)
+        assert len(windows.kept) <= 3

@@ -8,6 +8,8 @@ pass, clip8 and normalize into the batch, in Pillow's order). The arithmetic is 
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from functools import lru_cache
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -77,7 +79,7 @@ def vertical_first(h: int, w: int, rh: int, rw: int) -> bool:
     return pil_vertical_first_rule() and h - rh > 0 and h - rh > (w - rw) * 2
 
 
-class _Image(NamedTuple):
+class ImagePlan(NamedTuple):
     """One image of a batch: its offset in the concatenated source, geometry, the input rows
     / columns the crop reads ([lo, hi)), tap counts and pass order."""
 
@@ -95,8 +97,9 @@ class _Image(NamedTuple):
     vfirst: bool
 
 
-def _plan(images: list[torch.Tensor], preprocess: Preprocess, out_h: int, out_w: int,
-          mode: str) -> list[_Image]:
+def plan(images: list[torch.Tensor], preprocess: Preprocess, out_h: int, out_w: int,
+          mode: str) -> list[ImagePlan]:
+    """Each image's plan for the kernels (its size's part worked out once per process)."""
     steps = (None if preprocess.resize is None else tuple(preprocess.resize),
              None if preprocess.center_crop is None else tuple(preprocess.center_crop),
              preprocess.interpolation, out_h, out_w, mode)
@@ -104,14 +107,14 @@ def _plan(images: list[torch.Tensor], preprocess: Preprocess, out_h: int, out_w:
     base = 0
     for im in images:
         h, w = int(im.shape[1]), int(im.shape[2])
-        plans.append(_Image(base, *_size_plan(steps, h, w)))
+        plans.append(ImagePlan(base, *_size_plan(steps, h, w)))
         base += 3 * h * w
     return plans
 
 
 @lru_cache(maxsize=4096)  # a data set has few image sizes; planning one costs far more
 def _size_plan(steps: tuple, h: int, w: int) -> tuple:
-    """The fields of ``_Image`` after ``base`` for an h x w image; ``steps`` is
+    """The fields of ``ImagePlan`` after ``base`` for an h x w image; ``steps`` is
     (resize, center crop, interpolation, out_h, out_w, mode) of the preprocessing."""
     from pochitrain.preprocess import Preprocess
 
@@ -140,7 +143,7 @@ def resize_normalize(images: list[torch.Tensor], preprocess: Preprocess,
     mode = preprocess.interpolation if preprocess.resize is not None else "bilinear"
     out_h, out_w = int(out.shape[2]), int(out.shape[3])
     dev = images[0].device
-    plans = _plan(images, preprocess, out_h, out_w, mode)
+    plans = plan(images, preprocess, out_h, out_w, mode)
     src = torch.cat([im.reshape(-1) for im in images]) if len(images) > 1 else \
         images[0].reshape(-1)
     norm = scale_shift(preprocess, dev)
@@ -155,29 +158,70 @@ def resize_normalize(images: list[torch.Tensor], preprocess: Preprocess,
     return out
 
 
-def _two_passes(plans: list[_Image], src: torch.Tensor, out: torch.Tensor,
+def _two_passes(plans: list[ImagePlan], src: torch.Tensor, out: torch.Tensor,
                 norm: torch.Tensor, mode: str, vfirst: bool) -> None:
-    import torch
-
-    n, dev = len(plans), src.device
     out_h, out_w = int(out.shape[2]), int(out.shape[3])
     t_x = bucket_taps(max(p.tx for p in plans))
     t_y = bucket_taps(max(p.ty for p in plans))
     # the axis the first pass keeps at input resolution
     span = max(max(hi - lo for lo, hi in (p.cols if vfirst else p.rows for p in plans)), 1)
-    geo = torch.tensor([[p.h, p.w, p.rh, p.rw, p.oy, p.ox, p.rows[0], p.cols[0]]
-                        for p in plans], dtype=torch.int64).to(dev, non_blocking=True)
-    # windows relative to what the first pass keeps: rows from rows[0] (horizontal first),
-    # columns from cols[0] (vertical first); the other axis starts at 0 of the source
-    zero = torch.zeros(n, dtype=torch.int64, device=dev)
-    y = Band(*band(geo[:, 0], geo[:, 2], geo[:, 4], zero if vfirst else geo[:, 6], out_h,
-                   t_y, mode), t_y)
-    x = Band(*band(geo[:, 1], geo[:, 3], geo[:, 5], geo[:, 7] if vfirst else zero, out_w,
-                   t_x, mode), t_x)
+    y, x = WINDOWS.bands(plans, (out_h, out_w, t_y, t_x, mode, vfirst), src.device)
     src_rows = [[p.base, p.h * p.w, p.w, 0 if vfirst else p.rows[0],
                  p.cols[0] if vfirst else 0, p.h - (0 if vfirst else p.rows[0]),
                  p.w - (p.cols[0] if vfirst else 0)] for p in plans]
     two_passes(src, src_rows, y, x, out, norm, span, vfirst)
+
+
+class Windows:
+    """Each image's windows (start and weights of both axes) on its device, kept by geometry:
+    a server's small batches would otherwise launch some 80 tiny kernels apiece to plan them.
+    Missing ones are worked out together, one batch of kernels for all of them."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self.kept: OrderedDict[tuple, tuple[torch.Tensor, ...]] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def bands(self, plans: list[ImagePlan], shape: tuple, dev: torch.device) -> tuple[Band, Band]:
+        """(y, x) of ``plans``; ``shape`` is (out_h, out_w, t_y, t_x, mode, vfirst)."""
+        import torch
+
+        keys = [(p[1:], shape, str(dev)) for p in plans]
+        with self.lock:
+            found: list[tuple[torch.Tensor, ...] | None] = [self.kept.get(k) for k in keys]
+            for k, got in zip(keys, found):
+                if got is not None:
+                    self.kept.move_to_end(k)
+        missing = [i for i, got in enumerate(found) if got is None]
+        if missing:
+            made = _windows([plans[i] for i in missing], shape, dev)
+            with self.lock:
+                for n, i in enumerate(missing):
+                    row = found[i] = tuple(part[n] for part in made)
+                    self.kept[keys[i]] = row
+                while len(self.kept) > self.size:
+                    self.kept.popitem(last=False)
+        rows = [got for got in found if got is not None]  # every one by now
+        y_start, y_coef, x_start, x_coef = (torch.stack([r[k] for r in rows]) for k in range(4))
+        return Band(y_start, y_coef, shape[2]), Band(x_start, x_coef, shape[3])
+
+
+WINDOWS = Windows()
+
+
+def _windows(plans: list[ImagePlan], shape: tuple, dev: torch.device) -> list[torch.Tensor]:
+    """[y start, y weights, x start, x weights] of ``plans``, one row per image: windows
+    relative to what the first pass keeps, rows from rows[0] (horizontal first), columns from
+    cols[0] (vertical first); the other axis starts at 0 of the source."""
+    import torch
+
+    out_h, out_w, t_y, t_x, mode, vfirst = shape
+    geo = torch.tensor([[p.h, p.w, p.rh, p.rw, p.oy, p.ox, p.rows[0], p.cols[0]]
+                        for p in plans], dtype=torch.int64).to(dev, non_blocking=True)
+    zero = torch.zeros(len(plans), dtype=torch.int64, device=dev)
+    y = band(geo[:, 0], geo[:, 2], geo[:, 4], zero if vfirst else geo[:, 6], out_h, t_y, mode)
+    x = band(geo[:, 1], geo[:, 3], geo[:, 5], geo[:, 7] if vfirst else zero, out_w, t_x, mode)
+    return [*y, *x]
 
 
 def two_passes(src: torch.Tensor, src_rows: list[list[int]], y: Band, x: Band,
