@@ -175,9 +175,10 @@ def _two_passes(plans: list[ImagePlan], src: torch.Tensor, out: torch.Tensor,
 class Windows:
     """Each image's windows (start and weights of both axes) on its device, kept by geometry:
     a server's small batches would otherwise launch some 80 tiny kernels apiece to plan them.
-    Missing ones are worked out together, one batch of kernels for all of them."""
+    Missing ones are worked out together, one batch of kernels for all of them. ``size``
+    images' worth: about 22 MB of GPU memory for 224 x 224 bilinear from camera photos."""
 
-    def __init__(self, size: int = 1024) -> None:
+    def __init__(self, size: int = 2048) -> None:
         self.size = size
         self.kept: OrderedDict[tuple, tuple[torch.Tensor, ...]] = OrderedDict()
         self.lock = threading.Lock()
