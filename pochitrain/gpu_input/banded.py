@@ -175,12 +175,17 @@ def _two_passes(plans: list[ImagePlan], src: torch.Tensor, out: torch.Tensor,
 class Windows:
     """Each image's windows (start and weights of both axes) on its device, kept by geometry:
     a server's small batches would otherwise launch some 80 tiny kernels apiece to plan them.
-    Missing ones are worked out together, one batch of kernels for all of them. ``size``
-    images' worth: about 22 MB of GPU memory for 224 x 224 bilinear from camera photos."""
+    Missing ones are worked out together, one batch of kernels for all of them, and kept as
+    that batch (its rows share storage), the least recently used batches going first once
+    more than ``size`` images are kept: about 22 MB of GPU memory for 224 x 224 bilinear
+    from camera photos."""
 
     def __init__(self, size: int = 2048) -> None:
         self.size = size
-        self.kept: OrderedDict[tuple, tuple[torch.Tensor, ...]] = OrderedDict()
+        self.groups: OrderedDict[int, list[tuple]] = OrderedDict()  # group -> its keys
+        self.where: dict[tuple, tuple[int, list[torch.Tensor]]] = {}  # key -> (group, row)
+        self.count = 0  # rows kept
+        self.made = 0  # groups made so far: the next group's number
         self.lock = threading.Lock()
 
     def bands(self, plans: list[ImagePlan], shape: tuple, dev: torch.device) -> tuple[Band, Band]:
@@ -188,23 +193,34 @@ class Windows:
         import torch
 
         keys = [(p[1:], shape, str(dev)) for p in plans]
+        rows: list[list[torch.Tensor] | None] = [None] * len(keys)
         with self.lock:
-            found: list[tuple[torch.Tensor, ...] | None] = [self.kept.get(k) for k in keys]
-            for k, got in zip(keys, found):
-                if got is not None:
-                    self.kept.move_to_end(k)
-        missing = [i for i, got in enumerate(found) if got is None]
+            for i, key in enumerate(keys):
+                if key in self.where:
+                    group, rows[i] = self.where[key]
+                    self.groups.move_to_end(group)
+        missing = [i for i, got in enumerate(rows) if got is None]
         if missing:
             made = _windows([plans[i] for i in missing], shape, dev)
-            with self.lock:
-                for n, i in enumerate(missing):
-                    row = found[i] = tuple(part[n] for part in made)
-                    self.kept[keys[i]] = row
-                while len(self.kept) > self.size:
-                    self.kept.popitem(last=False)
-        rows = [got for got in found if got is not None]  # every one by now
-        y_start, y_coef, x_start, x_coef = (torch.stack([r[k] for r in rows]) for k in range(4))
+            for n, i in enumerate(missing):
+                rows[i] = [part[n] for part in made]  # views: the group's storage is shared
+            self._keep([keys[i] for i in missing], [rows[i] for i in missing])
+        got = [r for r in rows if r is not None]  # every one by now
+        y_start, y_coef, x_start, x_coef = (torch.stack([r[k] for r in got]) for k in range(4))
         return Band(y_start, y_coef, shape[2]), Band(x_start, x_coef, shape[3])
+
+    def _keep(self, keys: list[tuple], rows: list[list[torch.Tensor] | None]) -> None:
+        with self.lock:
+            group, self.made = self.made, self.made + 1
+            self.groups[group] = keys
+            self.where.update((key, (group, row)) for key, row in zip(keys, rows) if row)
+            self.count += len(keys)
+            while self.count > self.size and len(self.groups) > 1:
+                gone, old = self.groups.popitem(last=False)
+                self.count -= len(old)
+                for key in old:  # unless a newer group holds it (two threads made it)
+                    if key in self.where and self.where[key][0] == gone:
+                        del self.where[key]
 
 
 WINDOWS = Windows()
