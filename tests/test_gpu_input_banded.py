@@ -88,9 +88,12 @@ def test_windows_kept_by_geometry_equal_new_ones() -> None:
     images = [torch.zeros((3, h, w), dtype=torch.uint8) for h, w in
               ((31, 40), (50, 37), (31, 40), (29, 29), (64, 20))]
     plans = plan(images, pp, 24, 24, "bilinear")
-    shape = (24, 24, 9, 9, "bilinear", False)
+    nine = (24, 24, 9, 9, "bilinear", False)
     windows = Windows(size=3)
-    for batch in ([0, 1], [1, 2, 3, 0], [4, 0, 3], [3]):
+    # then the same sizes with more taps, or the vertical pass first: other windows
+    for batch, shape in (([0, 1], nine), ([1, 2, 3, 0], nine), ([4, 0, 3], nine), ([3], nine),
+                         ([0, 1], (24, 24, 13, 13, "bilinear", False)),
+                         ([0, 1], (24, 24, 9, 9, "bilinear", True))):
         got = windows.bands([plans[i] for i in batch], shape, torch.device("cpu"))
         fresh = Windows(size=0).bands([plans[i] for i in batch], shape, torch.device("cpu"))
         for a, b in zip(got, fresh):
