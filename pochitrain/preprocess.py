@@ -81,6 +81,13 @@ class Preprocess:
             resize = [max(1, round(v * scale)) for v in resize]
         return replace(self, input_size=[h, w], resize=resize, center_crop=[h, w])
 
+    @property
+    def one_size(self) -> bool:
+        """Whether every image comes out at one size (a crop, or ``Resize((H, W))``):
+        ``Resize(n)`` alone keeps each image's aspect ratio."""
+        return self.center_crop is not None or (self.resize is not None
+                                                and len(self.resize) == 2)
+
     def output_size(self, width: int, height: int) -> tuple[int, int]:
         """(H, W) this preprocessing produces from an image of the given size."""
         h, w = height, width

@@ -193,7 +193,8 @@ class Windows:
         """(y, x) of ``plans``; ``shape`` is (out_h, out_w, t_y, t_x, mode, vfirst)."""
         import torch
 
-        keys = [(p[1:], shape, str(dev)) for p in plans]
+        where = (shape, str(dev))
+        keys = [(p[1:], *where) for p in plans]
         rows: list[list[torch.Tensor] | None] = [None] * len(keys)
         with self.lock:
             for i, key in enumerate(keys):

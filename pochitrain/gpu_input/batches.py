@@ -61,8 +61,7 @@ def gpu_unsupported(preprocess: Preprocess) -> str | None:
     if preprocess.resize is not None and preprocess.interpolation not in GPU_INTERPOLATIONS:
         return (f"interpolation {preprocess.interpolation!r} has no GPU equivalent "
                 f"(supported: {', '.join(GPU_INTERPOLATIONS)})")
-    if preprocess.center_crop is None and (preprocess.resize is None
-                                           or len(preprocess.resize) == 1):
+    if not preprocess.one_size:
         return ("without a CenterCrop or Resize((H, W)) each image keeps its own size, and "
                 "the GPU pipeline makes batches of one size")
     return None

@@ -50,9 +50,9 @@ def to_batch(images: list[torch.Tensor], preprocess: Preprocess,
 
 def check_one_size(images: list[torch.Tensor], preprocess: Preprocess,
                    size: tuple[int, int]) -> None:
-    """Without a crop (``Resize(n)`` keeps each image's aspect ratio) the batch's images must
-    all come out at ``size``: else the error, not a kernel failure."""
-    if preprocess.center_crop is not None:
+    """Without one output size (``Resize(n)`` keeps each image's aspect ratio) the batch's
+    images must all come out at ``size``: else the error, not a kernel failure."""
+    if preprocess.one_size:
         return
     from pochitrain.batching import sizes_differ
 
