@@ -32,7 +32,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "vis-grad": ("vis_grad", "plot a training run's gradient trace CSV"),
     "optimize": ("optimize", "hyperparameter search with Optuna (the config's optuna dict)"),
 }
-QUICK_EXIT_VERBS = {"infer", "infer-onnx", "infer-trt"}  # see _exit
+QUICK_EXIT_VERBS = {"infer", "infer-onnx", "infer-trt", "train", "export-onnx", "convert",
+                    "quickstart"}  # see _exit
 _ran: list[str] = []  # the verbs run() dispatched in this process
 
 
@@ -178,10 +179,10 @@ def _report(error: PochiError, exc: BaseException, debug: bool) -> int:
 
 
 def _exit(code: int) -> NoReturn:
-    """End a console command. After an inference verb the interpreter's finalization is
-    skipped: tearing down every module and torch's state is a noticeable part of a short
-    ``pochi infer`` (docs/benchmarks.md), for nothing: the verb has written and closed its
-    files and stopped its helper processes by then.
+    """End a console command. After a verb that imports torch the interpreter's finalization
+    is skipped: tearing down every module and torch's state is a noticeable part of a short
+    ``pochi infer`` or ``pochi train`` (docs/benchmarks.md), for nothing: the verb has written
+    and closed its files and stopped its helper processes and threads by then.
     ``POCHI_QUICK_EXIT=0`` ends the usual way."""
     if _ran and _ran[-1] in QUICK_EXIT_VERBS and os.environ.get("POCHI_QUICK_EXIT") != "0":
         import logging
