@@ -42,29 +42,44 @@ def _diverged(value: float, optimizer: Any, done: int) -> TrainingError:
 
 
 class _Tally:
-    """Loss, correct predictions and the confusion counts of one epoch, kept on the device
-    where they can be (one host read of the loss per batch)."""
+    """Loss, correct predictions and the confusion counts of one epoch. The counts stay on
+    the device; each batch's loss is read on the host one batch late (:meth:`settle`), so
+    the host queues batch k+1 while the GPU still runs batch k instead of waiting for it."""
 
     def __init__(self, num_classes: int | None, device: str) -> None:
         self.num_classes = num_classes
-        self.total_loss, self.correct = 0.0, 0
+        self.total_loss, self.images = 0.0, 0
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
         self.confusion = (torch.zeros(num_classes * num_classes, dtype=torch.int64,
                                       device=device) if num_classes else None)
+        self.pending: tuple[torch.Tensor, int] | None = None  # last batch's loss, images
 
-    def add(self, logits: torch.Tensor, y: torch.Tensor, loss_value: float, n: int) -> None:
-        self.total_loss += loss_value * n
+    def add(self, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor, n: int) -> None:
         predicted = logits.detach().argmax(1)
-        self.correct += int((predicted == y).sum())
+        self.correct += (predicted == y).sum()
         if self.confusion is not None:
             self.confusion += torch.bincount(y * int(self.num_classes or 1) + predicted,
                                              minlength=self.confusion.numel())
+        self.pending = (loss.detach(), n)
+
+    def settle(self) -> tuple[float, int, int] | None:
+        """The pending batch's (loss, images, images before it), now counted; None if none.
+        Not finite: the caller stops (``_diverged``)."""
+        if self.pending is None:
+            return None
+        loss, n = self.pending
+        self.pending = None
+        value, before = float(loss), self.images
+        self.total_loss += value * n
+        self.images += n
+        return value, n, before
 
     def finish(self, stats: EpochStats) -> None:
         if self.confusion is not None:
             stats.confusion = self.confusion.view(-1, int(self.num_classes or 1)).cpu()
         if stats.images:
             stats.loss = self.total_loss / stats.images
-            stats.accuracy = self.correct / stats.images
+            stats.accuracy = int(self.correct) / stats.images
 
 
 def _update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: Any,
@@ -81,6 +96,20 @@ def _update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: Any,
     else:
         scaler.step(optimizer)
         scaler.update()
+
+
+def _count(settled: tuple[float, int, int] | None, stats: EpochStats, optimizer: Any,
+           on_batch: Callable[[int, float], None] | None) -> None:
+    """A settled batch into ``stats`` and the progress bar; a loss that is not finite stops
+    the run."""
+    if settled is None:
+        return
+    value, n, before = settled
+    if not math.isfinite(value):
+        raise _diverged(value, optimizer, before)
+    stats.images += n
+    if on_batch is not None:
+        on_batch(n, value)
 
 
 def autocast(device: str, amp_dtype: torch.dtype | None) -> torch.autocast:
@@ -129,17 +158,13 @@ def run_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, device
                 loss = criterion(logits, y)
             if optimizer is not None:
                 _update(loss, optimizer, scaler, after_backward)
-            n = int(y.shape[0])
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                raise _diverged(loss_value, optimizer, stats.images)
-            tally.add(logits, y, loss_value, n)
-            stats.images += n
-            if on_batch is not None:
-                on_batch(n, loss_value)
+            settled = tally.settle()  # the previous batch: its GPU work is done or nearly
+            tally.add(logits, y, loss, int(y.shape[0]))
+            _count(settled, stats, optimizer, on_batch)
             if optimizer is not None and stop is not None and stop.is_set():
                 stats.interrupted = True
                 break
+        _count(tally.settle(), stats, optimizer, on_batch)
     if device_type == "cuda":
         torch.cuda.synchronize()
     stats.seconds = time.perf_counter() - start
@@ -232,7 +257,9 @@ def _warm_step(net: nn.Module, n: int, input_size: list[int], device: str,
     with autocast(device, amp_dtype):
         loss = criterion(out, y) if criterion is not None else out.float().sum()
     loss.backward()
-    _Tally(num_classes, device).add(out, y, float(loss.detach()), n)  # run_epoch's counting
+    tally = _Tally(num_classes, device)  # run_epoch's counting
+    tally.add(out, y, loss, n)
+    tally.settle()
 
 
 def _warm_optimizer(optimizer: Any) -> None:

@@ -278,7 +278,8 @@ def build_cache(folder: ImageFolder, where: str, device: str, split: str) -> lis
 def gpu_loaders(settings: Any, train: ImageFolder, val: ImageFolder, device: str,
                 train_tf: Any, val_tf: Any) -> tuple[GpuLoader, GpuLoader] | None:
     """The two loaders of the GPU input path, or None for the CPU DataLoader (the reason is
-    printed once when the GPU path was asked for or possible)."""
+    printed once when the GPU path was asked for or possible). Not warmed up yet
+    (``GpuLoader.warm_up``): nvJPEG starts in the background meanwhile."""
     choice = getattr(settings, "gpu_input", "auto")
     use, why = decide(choice, device, {"train_transform": train_tf, "val_transform": val_tf})
     if use and getattr(settings, "sampler", None) == "balanced":
@@ -308,6 +309,4 @@ def gpu_loaders(settings: Any, train: ImageFolder, val: ImageFolder, device: str
     how = ", ".join(f"{split} {'batched' if lo.plan is not None else 'image by image'}"
                     for split, lo in zip(("train", "val"), loaders, strict=True))
     info(f"GPU input: JPEGs decoded by nvJPEG, transforms run on the GPU ({how})")
-    for loader in loaders:
-        loader.warm_up()
     return loaders[0], loaders[1]

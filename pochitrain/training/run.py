@@ -213,6 +213,10 @@ def _setup(settings: Settings, data: _Data, device: str) -> FitSetup:
               if settings.enable_layer_wise_lr else model.parameters())
     optimizer = T.build_optimizer(settings.optimizer, params, settings.learning_rate,
                                   settings.weight_decay, settings.momentum)
+    # after the optimizer (its first use imports TorchDynamo, about a second of Python):
+    # nvJPEG's start-up, begun with the loaders, has run beside that import
+    for loader in gpu or ():
+        loader.warm_up()
     return T.FitSetup(
         model=model, train_loader=train_loader, val_loader=val_loader,
         criterion=torch.nn.CrossEntropyLoss(weight=weight), optimizer=optimizer,
