@@ -1,0 +1,68 @@
+"""training.epoch.run_epoch: each batch's loss is read one batch late; what it counts must be
+exactly what reading it at once would count."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+from pochitrain.errors import TrainingError
+from pochitrain.training.data import Batch
+from pochitrain.training.epoch import run_epoch
+
+
+def _batches(sizes: list[int], seed: int = 0) -> list[Batch]:
+    gen = torch.Generator().manual_seed(seed)
+    return [Batch(torch.randn(n, 3, generator=gen), torch.randint(0, 2, (n,), generator=gen), [])
+            for n in sizes]
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Linear(3, 2)
+
+
+def test_evaluation_counts_every_batch_in_order() -> None:
+    model, loss_fn = _model(), nn.CrossEntropyLoss()
+    batches = _batches([4, 4, 3])
+    seen: list[tuple[int, float]] = []
+    stats = run_epoch(model, batches, loss_fn, "cpu",  # type: ignore[arg-type]
+                      on_batch=lambda n, loss: seen.append((n, loss)), num_classes=2)
+    with torch.no_grad():
+        want = [(len(b.labels), float(loss_fn(model(b.images), b.labels)))  # type: ignore[arg-type]
+                for b in batches]
+        logits = model(torch.cat([b.images for b in batches]))  # type: ignore[misc]
+    labels = torch.cat([b.labels for b in batches])  # type: ignore[misc]
+    assert [n for n, _ in seen] == [4, 4, 3]
+    assert [v for _, v in seen] == pytest.approx([v for _, v in want], rel=1e-6)
+    assert stats.images == 11
+    assert stats.loss == pytest.approx(sum(n * v for n, v in want) / 11, rel=1e-6)
+    assert stats.accuracy == int((logits.argmax(1) == labels).sum()) / 11
+    assert int(stats.confusion.sum()) == 11
+
+
+def test_a_loss_that_is_not_finite_names_the_images_before_its_batch() -> None:
+    batches = _batches([4, 4, 4])
+    assert batches[1].images is not None
+    batches[1].images[0, 0] = float("nan")
+    with pytest.raises(TrainingError) as err:
+        run_epoch(_model(), batches, nn.CrossEntropyLoss(), "cpu")  # type: ignore[arg-type]
+    assert "validation loss became nan after 4 images" in err.value.message
+
+
+def test_a_stop_during_training_keeps_the_batch_that_ran() -> None:
+    model, stop = _model(), threading.Event()
+    seen: list[int] = []
+
+    def on_batch(n: int, loss: float) -> None:
+        seen.append(n)
+        stop.set()  # Ctrl+C during the first batch
+
+    stats = run_epoch(model, _batches([4, 4, 4]), nn.CrossEntropyLoss(), "cpu",  # type: ignore[arg-type]
+                      optimizer=torch.optim.SGD(model.parameters(), lr=0.1), stop=stop,
+                      on_batch=on_batch)
+    # the first batch is counted when the second has run; the stop ends the epoch there
+    assert stats.interrupted and seen == [4, 4] and stats.images == 8
