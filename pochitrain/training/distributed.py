@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader
 from pochitrain.config_checks import check_training_batch
 from pochitrain.errors import ConfigError, PeerLostError, TrainingError
 from pochitrain.scratch import remove_orphans
-from pochitrain.training.data import seed_everything
+from pochitrain.training.data import seed_everything, val_batch_size
 
 if TYPE_CHECKING:
     import threading
@@ -145,7 +145,7 @@ class Distributed:
                                       (seed or 0) + self.rank, drop_last)
         # validation: a disjoint slice per rank, no padding
         val_indices = list(range(self.rank, len(setup.val_loader.dataset), self.world))
-        setup.val_loader = _reshard(setup.val_loader, val_indices, per_rank, seed)
+        setup.val_loader = _reshard(setup.val_loader, val_indices, val_batch_size(per_rank), seed)
         setup.distributed = self
         if seed is not None:
             seed_everything(seed + self.rank)  # different augmentation on every rank

@@ -35,7 +35,7 @@ from pochitrain.gpu_input import (
     read_threads,
     reader_for,
 )
-from pochitrain.training.data import Batch, lone_last_image
+from pochitrain.training.data import Batch, lone_last_image, val_batch_size
 from pochitrain.training.gpu_batch import compile_chain
 
 # torchvision transforms (v1 names, also in transforms.v2) that accept uint8 tensors and give
@@ -303,7 +303,8 @@ def gpu_loaders(settings: Any, train: ImageFolder, val: ImageFolder, device: str
         n = len(folder.samples)
         drop = shuffle and (n >= TRAIN_DROP_LAST_BATCHES * settings.batch_size
                             or lone_last_image(n, settings.batch_size))
-        loaders.append(GpuLoader(folder, ops or [], batch_size=settings.batch_size,
+        size = settings.batch_size if shuffle else val_batch_size(settings.batch_size)
+        loaders.append(GpuLoader(folder, ops or [], batch_size=size,
                                  shuffle=shuffle, device=device, seed=settings.seed,
                                  cache=cache, drop_last=drop, split=split))
     how = ", ".join(f"{split} {'batched' if lo.plan is not None else 'image by image'}"

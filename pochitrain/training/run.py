@@ -180,6 +180,7 @@ def _setup(settings: Settings, data: _Data, device: str) -> FitSetup:
 
     from pochitrain import training as T
     from pochitrain.models import build_model
+    from pochitrain.training.data import val_batch_size
 
     val_tf = settings.val_transform
     train_tf = settings.train_transform or val_tf
@@ -192,7 +193,8 @@ def _setup(settings: Settings, data: _Data, device: str) -> FitSetup:
     if precision.channels_last:
         model.to(memory_format=torch.channels_last)
     loaders: Any = tuple(
-        T.make_loader(folder, tf, shuffle=shuffle, batch_size=settings.batch_size,
+        T.make_loader(folder, tf, shuffle=shuffle,
+                      batch_size=settings.batch_size if shuffle else val_batch_size(settings.batch_size),
                       num_workers=settings.num_workers, device=device, seed=settings.seed,
                       pin_memory=settings.train_pin_memory,
                       balanced=shuffle and settings.sampler == "balanced")
