@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pochitrain.errors import TrainingError
-from pochitrain.training.data import Batch
+from pochitrain.training.data import Batch, val_batch_size
 from pochitrain.training.epoch import run_epoch
 
 
@@ -66,3 +66,7 @@ def test_a_stop_during_training_keeps_the_batch_that_ran() -> None:
                       on_batch=on_batch)
     # the first batch is counted when the second has run; the stop ends the epoch there
     assert stats.interrupted and seen == [4, 4] and stats.images == 8
+
+
+def test_validation_batches_grow_to_256_at_most_4x() -> None:
+    assert [val_batch_size(n) for n in (2, 8, 64, 100, 256, 512)] == [8, 32, 256, 256, 256, 512]

@@ -229,6 +229,7 @@ def test_gpu_loaders_drop_the_last_train_batch_and_warm_up(
     assert torch.equal(state, torch.random.get_rng_state())
     train, val = loaders
     assert train.drop_last and not val.drop_last  # 12 >= 8 full batches
+    assert (train.batch_size, val.batch_size) == (1, 4)  # validation: 4x, no backward pass
     assert "(train batched, val batched)" in capsys.readouterr().out
     settings.batch_size = 5
     train, _ = G.gpu_loaders(settings, folder, folder, "cpu", VAL, VAL)  # type: ignore[misc]
