@@ -104,10 +104,10 @@ def _init_worker(worker_id: int) -> None:
 
 
 def val_batch_size(batch_size: int) -> int:
-    """Validation's batch: up to 4x the training batch, at least 256 where that allows.
-    Without a backward pass it keeps no activations, so it needs less memory than a training
-    step of ``batch_size``; in larger batches the GPU spends less of each image waiting for
-    the host. The results are the same (BatchNorm runs on its running statistics)."""
+    """Validation's batch: 4x the training batch, at most 256 (the training batch itself when
+    that is larger). Without a backward pass it keeps no activations, so it needs less memory
+    than a training step; larger batches spend less host time per image. In eval mode each
+    image's result does not depend on its batch (BatchNorm uses its running statistics)."""
     return max(batch_size, min(4 * batch_size, 256))
 
 

@@ -131,7 +131,8 @@ def run_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, device
     ``amp_dtype``: autocast dtype (None: fp32); ``scaler``: a ``torch.amp.GradScaler`` for fp16.
 
     ``stop`` set during training ends the epoch after the current batch (Ctrl+C).
-    ``on_batch(images_in_batch, loss)`` drives a progress bar.
+    ``on_batch(images_in_batch, loss)`` drives a progress bar, one batch late (reading a
+    batch's loss waits for its GPU work).
     ``non_blocking``: async host-to-GPU copies (None: on with CUDA; config gpu_non_blocking).
     ``num_classes``: also count the confusion matrix (``stats.confusion``).
     ``after_backward()``: called after each backward pass, gradients unscaled (gradient

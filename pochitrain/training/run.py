@@ -193,12 +193,13 @@ def _setup(settings: Settings, data: _Data, device: str) -> FitSetup:
     if precision.channels_last:
         model.to(memory_format=torch.channels_last)
     loaders: Any = tuple(
-        T.make_loader(folder, tf, shuffle=shuffle,
-                      batch_size=settings.batch_size if shuffle else val_batch_size(settings.batch_size),
+        T.make_loader(folder, tf, shuffle=shuffle, batch_size=size,
                       num_workers=settings.num_workers, device=device, seed=settings.seed,
                       pin_memory=settings.train_pin_memory,
                       balanced=shuffle and settings.sampler == "balanced")
-        for folder, tf, shuffle in ((data.train, train_tf, True), (data.val, val_tf, False)))
+        for folder, tf, shuffle, size in (
+            (data.train, train_tf, True, settings.batch_size),
+            (data.val, val_tf, False, val_batch_size(settings.batch_size))))
     from pochitrain.training.gpu_loader import gpu_loaders
 
     gpu = gpu_loaders(settings, data.train, data.val, device, train_tf, val_tf)
@@ -215,8 +216,8 @@ def _setup(settings: Settings, data: _Data, device: str) -> FitSetup:
               if settings.enable_layer_wise_lr else model.parameters())
     optimizer = T.build_optimizer(settings.optimizer, params, settings.learning_rate,
                                   settings.weight_decay, settings.momentum)
-    # after the optimizer (its first use imports TorchDynamo, about a second of Python):
-    # nvJPEG's start-up, begun with the loaders, has run beside that import
+    # after the optimizer, whose construction imports TorchDynamo (Python, holding the GIL):
+    # nvJPEG's start-up, begun in the background with the loaders, runs beside that import
     for loader in gpu or ():
         loader.warm_up()
     return T.FitSetup(
