@@ -70,3 +70,24 @@ def test_a_stop_during_training_keeps_the_batch_that_ran() -> None:
 
 def test_validation_batches_grow_to_256_at_most_4x() -> None:
     assert [val_batch_size(n) for n in (2, 8, 64, 100, 256, 512)] == [8, 32, 256, 256, 256, 512]
+
+
+class _Broken(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> Batch:
+        raise ValueError(f"image {i} cannot be read")
+
+
+def test_a_worker_error_leaves_no_worker_behind() -> None:
+    """torch raises a worker's error in a way that keeps the DataLoader's iterator alive
+    until a garbage collection (which then waits for each worker); the epoch passes the
+    error on without that, so the workers are gone as soon as it has been handled."""
+    import multiprocessing
+
+    before = set(multiprocessing.active_children())
+    loader = torch.utils.data.DataLoader(_Broken(), batch_size=2, num_workers=2)
+    with pytest.raises(ValueError, match="cannot be read"):
+        run_epoch(_model(), loader, nn.CrossEntropyLoss(), "cpu")  # type: ignore[arg-type]
+    assert set(multiprocessing.active_children()) <= before

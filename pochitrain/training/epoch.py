@@ -112,6 +112,22 @@ def _count(settled: tuple[float, int, int] | None, stats: EpochStats, optimizer:
         on_batch(n, value)
 
 
+def _batches(loader: Any) -> Iterator[Any]:
+    """``loader``'s batches. A DataLoader raises a worker's error from a local variable, so
+    that frame and the error refer to each other and keep the iterator and its worker
+    processes alive until a garbage collection, in which their shutdown waits out a timeout
+    per worker. The error goes on without that traceback (the worker's is in its message)."""
+    batches = iter(loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as exc:  # noqa: BLE001 - passed on, unchanged but for its traceback
+            raise exc.with_traceback(None)
+        yield batch
+
+
 def autocast(device: str, amp_dtype: torch.dtype | None) -> torch.autocast:
     """Mixed precision in ``amp_dtype`` on ``device``'s type (None: plain fp32)."""
     return torch.autocast(device.split(":")[0], dtype=amp_dtype or torch.float32,
@@ -146,7 +162,7 @@ def run_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, device
     tally = _Tally(num_classes, device)
     start = time.perf_counter()
     with torch.enable_grad() if optimizer is not None else torch.inference_mode():
-        for batch in loader:
+        for batch in _batches(loader):
             stats.skipped.update(batch.skipped)
             if batch.images is None or batch.labels is None:
                 continue
