@@ -48,7 +48,7 @@ class _Tally:
 
     def __init__(self, num_classes: int | None, device: str) -> None:
         self.num_classes = num_classes
-        self.total_loss, self.images = 0.0, 0
+        self.total_loss = 0.0
         self.correct = torch.zeros((), dtype=torch.int64, device=device)
         self.confusion = (torch.zeros(num_classes * num_classes, dtype=torch.int64,
                                       device=device) if num_classes else None)
@@ -62,17 +62,16 @@ class _Tally:
                                              minlength=self.confusion.numel())
         self.pending = (loss.detach(), n)
 
-    def settle(self) -> tuple[float, int, int] | None:
-        """The pending batch's (loss, images, images before it), now counted; None if none.
-        Not finite: the caller stops (``_diverged``)."""
+    def settle(self) -> tuple[float, int] | None:
+        """The pending batch's (loss, images), its loss now counted; None if none. Not
+        finite: the caller stops (``_diverged``)."""
         if self.pending is None:
             return None
         loss, n = self.pending
         self.pending = None
-        value, before = float(loss), self.images
+        value = float(loss)
         self.total_loss += value * n
-        self.images += n
-        return value, n, before
+        return value, n
 
     def finish(self, stats: EpochStats) -> None:
         if self.confusion is not None:
@@ -98,15 +97,15 @@ def _update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: Any,
         scaler.update()
 
 
-def _count(settled: tuple[float, int, int] | None, stats: EpochStats, optimizer: Any,
+def _count(settled: tuple[float, int] | None, stats: EpochStats, optimizer: Any,
            on_batch: Callable[[int, float], None] | None) -> None:
-    """A settled batch into ``stats`` and the progress bar; a loss that is not finite stops
-    the run."""
+    """A settled batch into ``stats`` (which holds the batches before it) and the progress
+    bar; a loss that is not finite stops the run."""
     if settled is None:
         return
-    value, n, before = settled
+    value, n = settled
     if not math.isfinite(value):
-        raise _diverged(value, optimizer, before)
+        raise _diverged(value, optimizer, stats.images)
     stats.images += n
     if on_batch is not None:
         on_batch(n, value)
