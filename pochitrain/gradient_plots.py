@@ -11,6 +11,7 @@ vanishing gradients), ``heatmap``, ``statistics_initial_vs_final``, ``statistics
 from __future__ import annotations
 
 import csv
+import os
 import re
 import warnings
 from collections.abc import Callable
@@ -24,6 +25,9 @@ import numpy as np
 from pochitrain.errors import DataError, UsageError
 
 VANISHING = 1e-3
+# From this many layers the figures are drawn by worker processes, one per core: such a figure
+# takes about a second (Agg's text, the PNG encoding), about what a worker takes to start.
+PARALLEL_LAYERS = 30
 # column names of other CSVs that start with "epoch" (training metrics): never a layer's
 NOT_A_LAYER = re.compile(r"(?:^|_)(?:loss|acc|accuracy|lr|learning_rate|time|precision|recall"
                          r"|f1)(?:_|$)", re.IGNORECASE)
@@ -129,7 +133,7 @@ def _positive(values: np.ndarray) -> bool:
     return bool(present.size) and bool(np.all(present > 0))
 
 
-def _save(fig: Any, plt: Any, path: Path, written: list[Path]) -> None:
+def _save(fig: Any, plt: Any, path: Path) -> None:
     from pochitrain.workspace import atomic_path
 
     with warnings.catch_warnings():  # very many layers: a crowded plot, still drawn
@@ -138,7 +142,6 @@ def _save(fig: Any, plt: Any, path: Path, written: list[Path]) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=150)
     plt.close(fig)
-    written.append(path)
 
 
 def _timeline(plt: Any, trace: GradientTrace, idx: list[int], title: str,
@@ -218,53 +221,96 @@ def _snapshots(plt: Any, trace: GradientTrace, log: bool) -> Any:
     return fig
 
 
-def _figures(plt: Any, trace: GradientTrace, how: str) -> list[tuple[str, Callable[[], Any]]]:
-    """(file suffix, figure maker) for every plot, in the order they are written; each
-    figure is drawn only when its turn comes (one open at a time)."""
+def _figures(trace: GradientTrace, how: str) -> list[tuple[str, Callable[[Any], Any]]]:
+    """(file suffix, figure maker taking pyplot) for every plot, in the order they are
+    written; each figure is drawn only when its turn comes (one open at a time)."""
     n = len(trace.layers)
     all_idx = list(range(n))
-    figures: list[tuple[str, Callable[[], Any]]] = [
-        ("timeline_all", partial(_timeline, plt, trace, all_idx,
-                                 f"勾配ノルムの推移 / gradient norm per layer{how}"))]
+    figures: list[tuple[str, Callable[[Any], Any]]] = [
+        ("timeline_all", partial(_timeline, trace=trace, idx=all_idx,
+                                 title=f"勾配ノルムの推移 / gradient norm per layer{how}"))]
     if n > 3:
         half = n // 2
         figures += [
-            ("timeline_early", partial(_timeline, plt, trace, all_idx[:half],
-                                       "入力側の層 / early layers", True)),
-            ("timeline_late", partial(_timeline, plt, trace, all_idx[half:],
-                                      "出力側の層 / late layers")),
+            ("timeline_early", partial(_timeline, trace=trace, idx=all_idx[:half],
+                                       title="入力側の層 / early layers", vanishing_line=True)),
+            ("timeline_late", partial(_timeline, trace=trace, idx=all_idx[half:],
+                                      title="出力側の層 / late layers")),
         ]
     std = np.nanstd(trace.values, axis=0)
     limit = 2 * float(np.median(std))
     colors = ["red" if s > limit else "steelblue" for s in std]
     return figures + [
-        ("heatmap", partial(_heatmap, plt, trace, how)),
-        ("statistics_initial_vs_final", partial(_initial_vs_final, plt, trace)),
-        ("statistics_stability", partial(_bars, plt, trace.layers, std,
-                                         "勾配の安定性 (標準偏差) / stability: std over epochs "
-                                         "(red: > 2x median)", "std", colors, log=False)),
-        ("statistics_max", partial(_bars, plt, trace.layers, np.nanmax(trace.values, axis=0),
-                                   "最大勾配 / max gradient norm", "max")),
-        ("statistics_min", partial(_bars, plt, trace.layers, np.nanmin(trace.values, axis=0),
-                                   "最小勾配 / min gradient norm", "min")),
-        ("snapshots", partial(_snapshots, plt, trace, log=True)),
-        ("snapshots_linear", partial(_snapshots, plt, trace, log=False)),
+        ("heatmap", partial(_heatmap, trace=trace, how=how)),
+        ("statistics_initial_vs_final", partial(_initial_vs_final, trace=trace)),
+        ("statistics_stability", partial(_bars, names=trace.layers, heights=std,
+                                         title="勾配の安定性 (標準偏差) / stability: std over "
+                                         "epochs (red: > 2x median)", ylabel="std",
+                                         colors=colors, log=False)),
+        ("statistics_max", partial(_bars, names=trace.layers,
+                                   heights=np.nanmax(trace.values, axis=0),
+                                   title="最大勾配 / max gradient norm", ylabel="max")),
+        ("statistics_min", partial(_bars, names=trace.layers,
+                                   heights=np.nanmin(trace.values, axis=0),
+                                   title="最小勾配 / min gradient norm", ylabel="min")),
+        ("snapshots", partial(_snapshots, trace=trace, log=True)),
+        ("snapshots_linear", partial(_snapshots, trace=trace, log=False)),
     ]
 
 
-def plot_trace(csv_path: Path | str, output_dir: Path | str | None = None,
-               aggregation: str | None = None) -> list[Path]:
-    """Write the ten PNGs; return their paths. ``aggregation``: named in the titles."""
+def draw_figure(trace: GradientTrace, how: str, suffix: str, path: Path) -> Path:
+    """Write the plot ``suffix`` of ``trace`` to ``path`` (a worker process's job, too)."""
     from pochitrain.plotting import pyplot
+
+    plt = pyplot()
+    make = dict(_figures(trace, how))[suffix]
+    _save(make(plt), plt, path)
+    return path
+
+
+def plot_trace(csv_path: Path | str, output_dir: Path | str | None = None,
+               aggregation: str | None = None, workers: int | None = None,
+               progress: bool = False) -> list[Path]:
+    """Write the ten PNGs; return their paths. ``aggregation``: named in the titles.
+    ``workers``: processes that draw (None: one per core for a trace of many layers, else
+    none); ``progress``: a progress bar."""
+    from pochitrain.console import progress_bar
 
     trace = without_missing(read_trace(csv_path))
     out = _output_folder(Path(output_dir) if output_dir is not None else trace.path.parent)
-    plt = pyplot()
     how = f" ({aggregation})" if aggregation else ""
-    written: list[Path] = []
-    for suffix, draw in _figures(plt, trace, how):
-        _save(draw(), plt, out / f"{trace.path.stem}_{suffix}.png", written)
-    return written
+    jobs = [(suffix, out / f"{trace.path.stem}_{suffix}.png")
+            for suffix, _ in _figures(trace, how)]
+    if workers is None:
+        workers = (os.cpu_count() or 1) if len(trace.layers) >= PARALLEL_LAYERS else 1
+    with progress_bar(progress, "vis-grad", len(jobs)) as advance:
+        if workers > 1:
+            _draw_in_workers(trace, how, jobs, min(workers, len(jobs)), advance)
+        else:
+            for suffix, path in jobs:
+                draw_figure(trace, how, suffix, path)
+                advance(1)
+    return [path for _, path in jobs]
+
+
+def _draw_in_workers(trace: GradientTrace, how: str, jobs: list[tuple[str, Path]],
+                     workers: int, advance: Callable[[int], None]) -> None:
+    """Each figure in a spawned worker (no fork: safe beside threads, and as on Windows).
+    Ctrl+C reaches the command alone; the figures not yet drawn are then cancelled."""
+    import multiprocessing
+    import signal
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=signal.signal,
+                               initargs=(signal.SIGINT, signal.SIG_IGN))
+    try:
+        futures = [pool.submit(draw_figure, trace, how, suffix, path) for suffix, path in jobs]
+        for future in as_completed(futures):
+            future.result()
+            advance(1)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _output_folder(out: Path) -> Path:

@@ -45,6 +45,18 @@ def test_few_layers_have_no_early_late_split(tmp_path: Path) -> None:
     assert len(files) == 8 and not (tmp_path / "g_timeline_early.png").exists()
 
 
+def test_worker_processes_draw_the_same_files(tmp_path: Path) -> None:
+    """The plots drawn by worker processes are the bytes the command draws itself."""
+    from pochitrain.gradient_plots import draw_figure, plot_trace, read_trace
+
+    csv_path = _trace(tmp_path / "g.csv", layers=4, epochs=3)
+    spread = plot_trace(csv_path, tmp_path / "spread", workers=2)
+    assert [p.name for p in spread] == [f"g_{kind}.png" for kind in KINDS]
+    for kind in ("timeline_all", "heatmap"):
+        here = draw_figure(read_trace(csv_path), "", kind, tmp_path / f"{kind}.png")
+        assert here.read_bytes() == (tmp_path / "spread" / f"g_{kind}.png").read_bytes()
+
+
 def test_vis_grad_on_a_training_runs_csv(tmp_path: Path) -> None:
     """The CSV the tracker writes during training (real gradients of a tiny model)."""
     import torch

@@ -162,16 +162,17 @@ def test_infer_options_of_another_runtime_are_refused(untrained_checkpoint: Path
 
 def test_explain_and_vis_grad_take_odd_files(untrained_checkpoint: Path, tiny_data: Path,
                                              tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+                                             capfd: pytest.CaptureFixture[str]) -> None:
     """An image whose name is not UTF-8 is drawn with its name escaped; a gradient CSV saved
-    with a byte-order mark (Excel) is read; a crowded plot draws without a warning."""
+    with a byte-order mark (Excel) is read; a crowded plot draws without a warning (from
+    the worker processes that draw so many layers too: their stderr is the command's)."""
     from pochitrain.cli.main import run
 
     image = tmp_path / NOT_UTF8
     shutil.copy(min((tiny_data / "val" / "0").iterdir()), image)
     out = tmp_path / "x"
     assert run(["explain", str(untrained_checkpoint), str(image), "-o", str(out),
-                "--quiet"]) == 0, capsys.readouterr().err
+                "--quiet"]) == 0, capfd.readouterr().err
     assert (out / os.fsdecode(b"bad\xffname_gradcam.png")).is_file()
     trace = tmp_path / "g.csv"
     layers = [f"layer{i}" for i in range(120)]
@@ -179,7 +180,8 @@ def test_explain_and_vis_grad_take_odd_files(untrained_checkpoint: Path, tiny_da
         ",".join([str(e), *(str(1.0 + e + i) for i in range(120))]) for e in (1, 2)]
     trace.write_text("\ufeff" + "\n".join(rows) + "\n", encoding="utf-8")
     assert run(["vis-grad", str(trace), "--output-dir", str(tmp_path / "plots")]) == 0
-    err = capsys.readouterr().err
+    assert len(list((tmp_path / "plots").glob("g_*.png"))) == 10
+    err = capfd.readouterr().err
     assert "Warning" not in err and "Error" not in err, err
 
 

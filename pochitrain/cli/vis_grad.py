@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from pochitrain.gradient_plots import plot_trace
 
     csv_path = Path(args.csv)
-    files = plot_trace(csv_path, args.output_dir, _aggregation(csv_path))
+    files = plot_trace(csv_path, args.output_dir, _aggregation(csv_path), progress=True)
     info(f"[green]{len(files)} plots[/green] -> {files[0].parent}")
     return 0
 
