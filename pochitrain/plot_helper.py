@@ -3,15 +3,16 @@
 matplotlib's import and the font set-up take interpreter time; in a thread of the command
 they hold the GIL against the GPU input pipeline and the model, in a process of their own they
 run on another core (docs/benchmarks.md). At the end the command hands over one drawing job (a
-function of ``pochitrain.reports``, pickled: :meth:`PlotHelper.submit`), writes its other files
-meanwhile and waits for it. Below ``SPARE_CORES`` cores a thread imports matplotlib instead;
-when the helper fails, :meth:`PlotHelper.wait` returns False and the caller draws itself,
-where a real error (a bad ``confusion_matrix_config``, say) is raised as it always was.
+function of ``pochitrain.reports`` or of a named pochitrain module, pickled:
+:meth:`PlotHelper.submit`), writes its other files meanwhile and waits for it. Below
+``SPARE_CORES`` cores a thread imports matplotlib instead; when the helper fails,
+:meth:`PlotHelper.wait` returns False and the caller draws itself, where a real error (a bad ``confusion_matrix_config``, say) is raised as it always was.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import pickle
 import subprocess
@@ -57,8 +58,9 @@ class PlotHelper:
         return self
 
     def draw(self, name: str, *args: Any, **kwargs: Any) -> bool:
-        """Run ``pochitrain.reports.<name>(*args, **kwargs)`` in the helper; True when it
-        finished without error."""
+        """Run ``pochitrain.reports.<name>(*args, **kwargs)`` in the helper (or
+        ``pochitrain.<module>.<function>`` for ``"pochitrain.<module>:<function>"``); True when
+        it finished without error."""
         self.submit(name, *args, **kwargs)
         return self.wait()
 
@@ -139,7 +141,11 @@ def main() -> int:
     if not data:  # the command ended without a picture to draw
         return 0
     name, args, kwargs = pickle.loads(data)
-    getattr(reports, name)(*args, **kwargs)
+    module_name, _, function = name.rpartition(":")
+    if module_name and not module_name.startswith("pochitrain."):
+        return 1  # only pochitrain's own drawing functions
+    module = importlib.import_module(module_name) if module_name else reports
+    getattr(module, function)(*args, **kwargs)
     sys.stdout.buffer.write(DONE)
     sys.stdout.buffer.flush()
     return 0

@@ -126,3 +126,37 @@ def test_a_helper_that_does_not_answer_is_stopped_and_left_to_the_caller(
     out = _run(SLOW, str(tmp_path / "cm.png"))
     assert out.stdout.split() == ["False", "True"], out.stderr[-2000:]
     assert not (tmp_path / "cm.png").exists()
+
+
+TRAINING = """
+import sys
+from pathlib import Path
+from pochitrain import plot_helper
+from pochitrain.plot_helper import PlotHelper
+from pochitrain.training_plots import EpochRow
+plot_helper.SPARE_CORES = 1  # as on a machine with cores to spare
+helper = PlotHelper().start()
+rows = [EpochRow(e, 0.01, 1.0 / e, 0.5, 1.2 / e, 0.4, 900.0, 2.0, {"fc": 0.01, "layer1": 0.001})
+        for e in (1, 2)]
+ok = helper.draw("pochitrain.training_plots:draw_pictures", rows, Path(sys.argv[1]), False)
+print(ok, "matplotlib" in sys.modules)
+"""
+
+
+def test_the_helper_draws_a_training_runs_pictures(tmp_path: Path) -> None:
+    """A job of another pochitrain module (``module:function``): the training run's
+    pictures, drawn without matplotlib in the command."""
+    out = _run(TRAINING, str(tmp_path))
+    assert out.stdout.split() == ["True", "False"], out.stderr[-2000:]
+    for name in ("loss.png", "accuracy.png", "layer_wise_lr.png"):
+        with Image.open(tmp_path / name) as im:
+            assert im.format == "PNG" and im.width > 200
+
+
+def test_the_helper_runs_only_pochitrains_functions() -> None:
+    import pickle
+
+    job = pickle.dumps(("os:getcwd", (), {}))
+    out = subprocess.run([sys.executable, "-m", "pochitrain.plot_helper"], input=job,
+                         capture_output=True, timeout=120, check=False)
+    assert out.returncode == 1 and out.stdout == b"", out.stderr[-2000:]

@@ -12,6 +12,7 @@ from pochitrain.training.data import (
 )
 from pochitrain.training.epoch import EpochStats, run_epoch, stop_on_ctrl_c
 from pochitrain.training.fit import CheckpointKeeper, FitOutcome, FitSetup, fit
-from pochitrain.training.metrics import METRIC_COLUMNS, EpochRow, MetricsLog, plot_metrics
+from pochitrain.training.metrics import METRIC_COLUMNS, EpochRow, MetricsLog
 from pochitrain.training.optim import EarlyStopping, build_optimizer, build_scheduler
 from pochitrain.training.precision import Precision, resolve_precision
+from pochitrain.training_plots import plot_metrics

@@ -15,12 +15,11 @@ from __future__ import annotations
 import csv
 import shutil
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from pochitrain.plotting import figure
+from pochitrain.training_plots import EpochRow, draw_pictures
 from pochitrain.workspace import atomic_path, local_now
 
 METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
@@ -31,19 +30,6 @@ ORIGINAL_DIR = "visualization"
 # our picture -> the suffix of the original's copy of it
 ORIGINAL_PNGS = {"loss.png": "_loss.png", "accuracy.png": "_accuracy.png",
                  "layer_wise_lr.png": "_layer_wise_lr.png"}
-
-
-@dataclass
-class EpochRow:
-    epoch: int
-    lr: float
-    train_loss: float
-    train_accuracy: float
-    val_loss: float
-    val_accuracy: float
-    images_per_second: float
-    seconds: float
-    group_lrs: dict[str, float] = field(default_factory=dict)  # layer-wise LR: group -> lr
 
 
 # Pictures are redrawn at most this often during training (and always at the end): drawing
@@ -57,8 +43,11 @@ class MetricsLog:
     (layer_wise_lr.png), redrawn when ``PLOT_EVERY_S`` have passed and by :meth:`close`."""
 
     def __init__(self, run_dir: Path, plots: bool = True, enabled: bool = True,
-                 lr_log_scale: bool = True, base_lr: float | None = None) -> None:
+                 lr_log_scale: bool = True, base_lr: float | None = None,
+                 draw_elsewhere: Callable[..., bool] | None = None) -> None:
         self.run_dir = run_dir
+        # PlotHelper.draw of a started helper: it draws the last pictures (plot_helper.py)
+        self.draw_elsewhere = draw_elsewhere
         self.rows: list[EpochRow] = []
         self.plots = plots
         self.enabled = enabled  # config enable_metrics_export
@@ -82,13 +71,14 @@ class MetricsLog:
     def close(self) -> None:
         """Draw the pictures of every epoch so far (once; the CSV is always up to date)."""
         if self.enabled and self._drawn_rows < len(self.rows):
-            self._draw()
+            self._draw(self.draw_elsewhere)
 
-    def _draw(self) -> None:
+    def _draw(self, elsewhere: Callable[..., bool] | None = None) -> None:
         if self.plots and self.rows:
-            plot_metrics(self.rows, self.run_dir)
-            if self.rows[-1].group_lrs:
-                plot_group_lrs(self.rows, self.run_dir / "layer_wise_lr.png", self.lr_log_scale)
+            args = (self.rows, self.run_dir, self.lr_log_scale)
+            if elsewhere is None or not elsewhere("pochitrain.training_plots:draw_pictures",
+                                                  *args):
+                draw_pictures(*args)
             self._copy_original_pngs()
         self._drawn_at, self._drawn_rows = time.monotonic(), len(self.rows)
 
@@ -138,49 +128,3 @@ def original_group_order(groups: list[str]) -> list[str]:
 def percent(fraction: float) -> float:
     """A fraction as the original's percent (rounded so 0.58 gives 58.0, not 57.99...)."""
     return round(100.0 * fraction, 10)
-
-
-def plot_metrics(rows: list[EpochRow], out_dir: Path) -> None:
-    """loss.png and accuracy.png: train and val curves over epochs."""
-    epochs = [r.epoch for r in rows]
-    for name, train_key, val_key, label in (
-        ("loss.png", "train_loss", "val_loss", "loss"),
-        ("accuracy.png", "train_accuracy", "val_accuracy", "accuracy"),
-    ):
-        fig = figure(figsize=(6, 4), dpi=100)
-        ax = fig.subplots()
-        ax.plot(epochs, [getattr(r, train_key) for r in rows], "o-", label=f"train {label}")
-        ax.plot(epochs, [getattr(r, val_key) for r in rows], "s-", label=f"val {label}")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.set_title(f"{label} per epoch")
-        ax.legend()
-        _save(fig, ax, out_dir / name)
-
-
-def plot_group_lrs(rows: list[EpochRow], path: Path, log_scale: bool = True) -> None:
-    """One line per parameter group (tab10 up to 10 groups, else tab20), as the original."""
-    from matplotlib import colormaps
-
-    groups = list(rows[0].group_lrs)
-    cmap = colormaps["tab10" if len(groups) <= 10 else "tab20"]
-    epochs = [r.epoch for r in rows]
-    fig = figure(figsize=(7, 4), dpi=100)
-    ax = fig.subplots()
-    for i, group in enumerate(groups):
-        ax.plot(epochs, [r.group_lrs.get(group, float("nan")) for r in rows], "o-",
-                color=cmap(i % cmap.N), label=group)
-    if log_scale:
-        ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("learning rate" + (" (log scale)" if log_scale else ""))
-    ax.set_title("layer-wise learning rates")
-    ax.legend(fontsize=8, ncol=2)
-    _save(fig, ax, path)
-
-
-def _save(fig: Any, ax: Any, path: Path) -> None:
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")

@@ -260,15 +260,21 @@ def _run_fit(settings: Settings, setup: FitSetup, keeper: CheckpointKeeper, run_
     """``training.fit`` with the run's observers (TensorBoard, gradient tracking) and metrics
     log; run.json says "failed" when it raises."""
     from pochitrain import training as T
+    from pochitrain.plot_helper import PlotHelper
     from pochitrain.training.observers import build_observer
 
     main = ddp is None or ddp.is_main
     log: MetricsLog | None = None
+    # on a GPU the cores are mostly idle: one imports matplotlib while the model trains, for
+    # the last pictures (on the CPU the model's threads have every core)
+    helps = main and settings.enable_metrics_export and setup.device.startswith("cuda")
+    plotter = PlotHelper().start() if helps else None
     try:
         setup.observer = build_observer(settings, run_dir, data, setup.model) if main else None
         log = T.MetricsLog(run_dir, plots=main, enabled=settings.enable_metrics_export,
                            lr_log_scale=settings.layer_wise_lr_config["graph_config"]
-                           ["use_log_scale"], base_lr=settings.learning_rate)
+                           ["use_log_scale"], base_lr=settings.learning_rate,
+                           draw_elsewhere=plotter.draw if plotter is not None else None)
         with cudnn_autotune(setup.device, settings.cudnn_benchmark):
             out = T.fit(setup, keeper, log, functools.partial(_epoch_extras, settings),
                         progress and main, on_epoch)
@@ -284,6 +290,8 @@ def _run_fit(settings: Settings, setup: FitSetup, keeper: CheckpointKeeper, run_
                                  "error": f"{type(exc).__name__}: {exc}"})
         raise
     finally:
+        if plotter is not None:
+            plotter.close()
         if setup.observer is not None:
             setup.observer.close()
         if ddp is not None:
