@@ -284,33 +284,42 @@ def plot_trace(csv_path: Path | str, output_dir: Path | str | None = None,
     if workers is None:
         workers = (os.cpu_count() or 1) if len(trace.layers) >= PARALLEL_LAYERS else 1
     with progress_bar(progress, "vis-grad", len(jobs)) as advance:
+        left = jobs
         if workers > 1:
-            _draw_in_workers(trace, how, jobs, min(workers, len(jobs)), advance)
-        else:
-            for suffix, path in jobs:
-                draw_figure(trace, how, suffix, path)
-                advance(1)
+            left = _draw_in_workers(trace, how, jobs, min(workers, len(jobs)), advance)
+        for suffix, path in left:
+            draw_figure(trace, how, suffix, path)
+            advance(1)
     return [path for _, path in jobs]
 
 
 def _draw_in_workers(trace: GradientTrace, how: str, jobs: list[tuple[str, Path]],
-                     workers: int, advance: Callable[[int], None]) -> None:
-    """Each figure in a spawned worker (no fork: safe beside threads, and as on Windows).
+                     workers: int, advance: Callable[[int], None]) -> list[tuple[str, Path]]:
+    """Each figure in a spawned worker (no fork: safe beside threads, and as on Windows);
+    returns the jobs left undone when workers cannot start or die, for the command to draw.
     Ctrl+C reaches the command alone; the figures not yet drawn are then cancelled."""
     import multiprocessing
     import signal
     from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=signal.signal,
-                               initargs=(signal.SIGINT, signal.SIG_IGN))
+    done: set[Path] = set()
+    try:
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=signal.signal,
+                                   initargs=(signal.SIGINT, signal.SIG_IGN))
+    except (OSError, NotImplementedError):  # no process can be started here
+        return jobs
     try:
         futures = [pool.submit(draw_figure, trace, how, suffix, path) for suffix, path in jobs]
         for future in as_completed(futures):
-            future.result()
+            done.add(future.result())
             advance(1)
+    except BrokenProcessPool:  # a worker died (out of memory, say): the rest is drawn here
+        pass
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+    return [job for job in jobs if job[1] not in done]
 
 
 def _output_folder(out: Path) -> Path:
