@@ -52,7 +52,7 @@ def test_without_cjk_font_matplotlib_would_warn(tmp_path: Path) -> None:
 
 
 def test_layer_wise_lr_plot_log_and_linear(tmp_path: Path) -> None:
-    from pochitrain.training.metrics import EpochRow, plot_group_lrs
+    from pochitrain.training_plots import EpochRow, plot_group_lrs
 
     rows = [EpochRow(e, 1e-3, 1.0, 0.5, 1.0, 0.5, 10.0, 1.0,
                      {"layer1": 1e-4 * 0.9 ** e, "fc": 1e-2 * 0.9 ** e}) for e in (1, 2, 3)]
