@@ -89,3 +89,46 @@ def test_the_originals_learning_rate_is_the_optimizer_rate_without_groups(
         (row,) = list(csv.DictReader(f))
     assert (row["learning_rate"], row["train_accuracy"], row["val_accuracy"]) == (
         "0.01", "50.0", "40.0")
+
+
+class _Helper:
+    """Draws in this process, as the plot helper process would, and says what it was asked."""
+
+    def __init__(self, works: bool = True) -> None:
+        self.works, self.jobs, self.closed = works, [], False
+
+    def draw(self, name: str, *args: object) -> bool:
+        from pochitrain import training_plots
+
+        self.jobs.append(name)
+        if self.works:
+            getattr(training_plots, name.rpartition(":")[2])(*args)
+        return self.works
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("works", [True, False])
+def test_the_last_pictures_go_to_the_helper_else_are_drawn_here(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, works: bool) -> None:
+    monkeypatch.setattr(metrics, "PLOT_EVERY_S", float("inf"))
+    helper = _Helper(works)
+    log = MetricsLog(tmp_path, helper=helper)
+    log.add(_row(1))
+    log.close()
+    assert helper.jobs == ["pochitrain.training_plots:draw_pictures"] and not helper.closed
+    assert (tmp_path / "loss.png").is_file() and (tmp_path / "accuracy.png").is_file()
+    assert (tmp_path / "visualization" / (log.original_csv.stem + "_loss.png")).is_file()
+
+
+def test_a_run_that_draws_itself_lets_the_helper_go(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(metrics, "PLOT_EVERY_S", 0.0)
+    helper = _Helper()
+    log = MetricsLog(tmp_path, helper=helper)
+    log.add(_row(1))  # drawn here: matplotlib is imported in this process from now on
+    assert helper.closed and helper.jobs == [] and (tmp_path / "loss.png").is_file()
+    log.add(_row(2))
+    log.close()
+    assert helper.jobs == []

@@ -15,9 +15,9 @@ from __future__ import annotations
 import csv
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pochitrain.training_plots import EpochRow, draw_pictures
 from pochitrain.workspace import atomic_path, local_now
@@ -38,16 +38,25 @@ ORIGINAL_PNGS = {"loss.png": "_loss.png", "accuracy.png": "_accuracy.png",
 PLOT_EVERY_S = 15.0
 
 
+class Helper(Protocol):
+    """What the log uses of ``plot_helper.PlotHelper``."""
+
+    def draw(self, name: str, *args: Any) -> bool: ...
+
+    def close(self) -> None: ...
+
+
 class MetricsLog:
     """training_metrics.csv, rewritten (atomically) every epoch, and loss.png / accuracy.png
     (layer_wise_lr.png), redrawn when ``PLOT_EVERY_S`` have passed and by :meth:`close`."""
 
     def __init__(self, run_dir: Path, plots: bool = True, enabled: bool = True,
                  lr_log_scale: bool = True, base_lr: float | None = None,
-                 draw_elsewhere: Callable[..., bool] | None = None) -> None:
+                 helper: Helper | None = None) -> None:
         self.run_dir = run_dir
-        # PlotHelper.draw of a started helper: it draws the last pictures (plot_helper.py)
-        self.draw_elsewhere = draw_elsewhere
+        # a started plot_helper.PlotHelper: it draws the last pictures, unless the run is long
+        # enough to draw some itself (matplotlib is then imported here: the helper is let go)
+        self.helper = helper
         self.rows: list[EpochRow] = []
         self.plots = plots
         self.enabled = enabled  # config enable_metrics_export
@@ -71,15 +80,19 @@ class MetricsLog:
     def close(self) -> None:
         """Draw the pictures of every epoch so far (once; the CSV is always up to date)."""
         if self.enabled and self._drawn_rows < len(self.rows):
-            self._draw(self.draw_elsewhere)
+            self._draw(last=True)
 
-    def _draw(self, elsewhere: Callable[..., bool] | None = None) -> None:
+    def _draw(self, last: bool = False) -> None:
         if self.plots and self.rows:
             args = (self.rows, self.run_dir, self.lr_log_scale)
-            if elsewhere is None or not elsewhere("pochitrain.training_plots:draw_pictures",
-                                                  *args):
+            drawn = (last and self.helper is not None
+                     and self.helper.draw("pochitrain.training_plots:draw_pictures", *args))
+            if not drawn:
                 draw_pictures(*args)
             self._copy_original_pngs()
+        if not last and self.helper is not None:  # matplotlib is imported here now
+            self.helper.close()
+            self.helper = None
         self._drawn_at, self._drawn_rows = time.monotonic(), len(self.rows)
 
     def _write_csv(self) -> None:

@@ -274,7 +274,7 @@ def _run_fit(settings: Settings, setup: FitSetup, keeper: CheckpointKeeper, run_
         log = T.MetricsLog(run_dir, plots=main, enabled=settings.enable_metrics_export,
                            lr_log_scale=settings.layer_wise_lr_config["graph_config"]
                            ["use_log_scale"], base_lr=settings.learning_rate,
-                           draw_elsewhere=plotter.draw if plotter is not None else None)
+                           helper=plotter)
         with cudnn_autotune(setup.device, settings.cudnn_benchmark):
             out = T.fit(setup, keeper, log, functools.partial(_epoch_extras, settings),
                         progress and main, on_epoch)
