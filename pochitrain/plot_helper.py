@@ -6,7 +6,8 @@ run on another core (docs/benchmarks.md). At the end the command hands over one 
 function of ``pochitrain.reports`` or of a named pochitrain module, pickled:
 :meth:`PlotHelper.submit`), writes its other files meanwhile and waits for it. Below
 ``SPARE_CORES`` cores a thread imports matplotlib instead; when the helper fails,
-:meth:`PlotHelper.wait` returns False and the caller draws itself, where a real error (a bad ``confusion_matrix_config``, say) is raised as it always was.
+:meth:`PlotHelper.wait` returns False and the caller draws itself, where a real error (a bad
+``confusion_matrix_config``, say) is raised as it always was.
 """
 
 from __future__ import annotations
