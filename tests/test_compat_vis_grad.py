@@ -145,3 +145,24 @@ def test_unusable_csv_path_and_output_folders(tmp_path: Path, monkeypatch: pytes
     err = capsys.readouterr().err
     assert "Cannot write to the output folder" in err and "--output-dir" in err
     assert "Traceback" not in err and not list(tmp_path.glob("*.png"))
+
+
+def test_the_titles_method_comes_from_run_json_without_running_the_config(
+        tmp_path: Path, tiny_data: Path) -> None:
+    """Our run folder: run.json says the method, and the config (which would stop the
+    command if executed) is left alone; a folder of the original's: its config.py."""
+    import json
+
+    from pochitrain.cli.vis_grad import run_aggregation
+    from tiny import tiny_config
+
+    ours = tmp_path / "20260101_001"
+    ours.mkdir()
+    (ours / "config.py").write_text("raise SystemExit('executed')\n", encoding="utf-8")
+    (ours / "run.json").write_text(json.dumps({"settings": {"gradient_tracking_config": {
+        "aggregation_method": "max"}}}), encoding="utf-8")
+    assert run_aggregation(_trace(ours / "gradient_trace.csv")) == "max"
+    original = tmp_path / "20260101_002"
+    tiny_config(original, tiny_data,
+                extra="gradient_tracking_config = {'aggregation_method': 'rms'}\n")
+    assert run_aggregation(_trace(original / "gradient_trace.csv")) == "rms"

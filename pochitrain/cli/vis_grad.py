@@ -27,21 +27,26 @@ def run(args: argparse.Namespace) -> int:
     from pochitrain.gradient_plots import plot_trace
 
     csv_path = Path(args.csv)
-    files = plot_trace(csv_path, args.output_dir, _aggregation(csv_path), progress=True)
+    files = plot_trace(csv_path, args.output_dir, run_aggregation(csv_path), progress=True)
     info(f"[green]{len(files)} plots[/green] -> {files[0].parent}")
     return 0
 
 
-def _aggregation(csv_path) -> str | None:  # type: ignore[no-untyped-def]
-    """gradient_tracking_config['aggregation_method'] of the run's config, for the titles."""
+def run_aggregation(csv_path) -> str | None:  # type: ignore[no-untyped-def]
+    """gradient_tracking_config['aggregation_method'] of the run, for the titles: from the
+    run's run.json (no config to execute, so no torch to import), else from its config."""
     from pochitrain.config import load_config
     from pochitrain.errors import PochiError
-    from pochitrain.workspace import find_config_near
+    from pochitrain.workspace import find_config_near, read_run_json
 
     found = find_config_near(csv_path)
     if found is None:
         return None
-    try:
+    record = read_run_json(found.parent) or {}
+    tracking = (record.get("settings") or {}).get("gradient_tracking_config")
+    if isinstance(tracking, dict) and isinstance(tracking.get("aggregation_method"), str):
+        return str(tracking["aggregation_method"])
+    try:  # a run of the original pochitrain: its config.py alone
         return load_config(found).gradient_tracking_config.get("aggregation_method")
     except PochiError:
         return None
