@@ -248,7 +248,8 @@ def meta_from_config(config_path: Path, model_path: Path,
     training folder, preprocessing from val_transform."""
     from pochitrain.config import class_names_from_config, load_config, preprocess_from_settings
 
-    settings = (settings_of or load_config)(config_path)
+    settings = (settings_of(config_path) if settings_of is not None
+                else load_config(config_path, scheduler_trial=False))
     pre = preprocess_from_settings(settings)
     names = class_names_from_config(settings, config_path)
     return ModelMeta(names, pre, model_name=settings.model_name,

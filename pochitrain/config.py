@@ -138,7 +138,8 @@ def _check_known_keys(raw: dict[str, Any], config_path: Path) -> None:
                               "names with '_' so they are ignored.")
 
 
-def _validate(raw: dict[str, Any], config_dir: Path, config_path: Path) -> Settings:
+def _validate(raw: dict[str, Any], config_dir: Path, config_path: Path,
+              scheduler_trial: bool = True) -> Settings:
     s = Settings(config_path=config_path)
     _check_known_keys(raw, config_path)
     g = {**s.to_dict(), "train_transform": None, "val_transform": None, **raw}
@@ -163,7 +164,7 @@ def _validate(raw: dict[str, Any], config_dir: Path, config_path: Path) -> Setti
     s.train_transform = check_transform("train_transform", g["train_transform"])
     s.val_transform = check_transform("val_transform", g["val_transform"])
     s.scheduler, s.scheduler_params = check_scheduler(g["scheduler"], g["scheduler_params"],
-                                                       s.epochs)
+                                                       s.epochs, scheduler_trial)
     s.early_stopping = check_early_stopping(g["early_stopping"])
     s.class_weights = check_class_weights(g["class_weights"])
     s.sampler = None if g["sampler"] is None else check_choice("sampler", g["sampler"],
@@ -231,9 +232,13 @@ def _exec_error(path: Path, exc: BaseException) -> ConfigError:
                        "Fix that line of the config file (it is run as Python).")
 
 
-def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Settings:
+def load_config(path: Path | str, overrides: dict[str, Any] | None = None, *,
+                scheduler_trial: bool = True) -> Settings:
     """Run a config file and return its validated ``Settings``; ConfigError on any problem.
-    ``overrides`` (``{"epochs": 3}`` from the command line) are validated the same way."""
+    ``overrides`` (``{"epochs": 3}`` from the command line) are validated the same way.
+    ``scheduler_trial``: also run the scheduler on a throwaway optimizer, for the commands that
+    train; the others check its name and arguments only (torch's optimizer imports
+    TorchDynamo, 1-2 s)."""
     path = Path(path_argument("config", path, "'configs/pochi_train_config.py'") or "")
     path = path.expanduser()
     if not path.exists():
@@ -267,7 +272,7 @@ def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Se
            and (k in TRANSFORM_KEYS or not isinstance(v, (types.ModuleType, types.FunctionType,
                                                            types.BuiltinFunctionType, type)))}
     raw.update(overrides or {})
-    return _validate(raw, config_paths_base(path), path)
+    return _validate(raw, config_paths_base(path), path, scheduler_trial)
 
 
 def resolve_device(device: str, flag: str | None = None) -> str:

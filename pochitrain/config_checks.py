@@ -137,8 +137,10 @@ def _no_tensor(key: str, what: str) -> ConfigError:
         f"{VAL_TRANSFORM_EXAMPLE}. PILToTensor gives uint8: use ToTensor instead.")
 
 
-def check_scheduler(value: Any, params: Any, epochs: int) -> tuple[str | None, dict[str, Any]]:
-    """Scheduler name and its keyword arguments, checked by name, type and a trial run."""
+def check_scheduler(value: Any, params: Any, epochs: int,
+                    trial: bool = True) -> tuple[str | None, dict[str, Any]]:
+    """Scheduler name and its keyword arguments, checked by name, type and (``trial``) a run
+    on a throwaway optimizer."""
     if params is None:
         params = {}
     if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
@@ -174,7 +176,8 @@ def check_scheduler(value: Any, params: Any, epochs: int) -> tuple[str | None, d
                           f"Example: scheduler_params = {{{', '.join(repr(m) + ': ...' for m in missing)}}}")
     for key, v in params.items():
         _check_scheduler_value(key, v)
-    _try_scheduler(cls, name, params)
+    if trial:
+        _try_scheduler(cls, name, params)
     return name, params
 
 

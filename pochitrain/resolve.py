@@ -50,7 +50,7 @@ class RunConfig:
         """The validated settings (the config executed once), None without a config."""
         from pochitrain.config import load_config
 
-        return load_config(self.path) if self.path is not None else None
+        return load_config(self.path, scheduler_trial=False) if self.path is not None else None
 
     def settings_for(self, path: Path) -> Settings:
         """The settings of the config file ``path``: this config's, read once, when it is the
@@ -58,8 +58,8 @@ class RunConfig:
         from pochitrain.config import load_config
 
         if self.path is not None and Path(path).resolve() == self.path.resolve():
-            return self.settings or load_config(path)
-        return load_config(path)
+            return self.settings or load_config(path, scheduler_trial=False)
+        return load_config(path, scheduler_trial=False)
 
     @cached_property
     def recorded(self) -> dict[str, Any]:

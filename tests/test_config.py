@@ -233,3 +233,24 @@ def test_run_folder_copy_keeps_the_original_relative_paths(tmp_path: Path) -> No
     # without run.json the copy is a config like any other
     (run_dir / "run.json").unlink()
     assert Path(load_config(run_dir / "config.py").val_data_root or "") == (run_dir / "val").resolve()
+
+
+def test_a_command_that_does_not_train_reads_a_config_without_torchdynamo(
+        tmp_path: Path) -> None:
+    """Inference, export and conversion read a run's config for its preprocessing: the
+    scheduler is checked by name and arguments, not run on an optimizer (which imports
+    TorchDynamo). Training runs it: a value that fails only then is refused there."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "config.py"
+    config.write_text(VAL_TF + "scheduler = 'StepLR'\nscheduler_params = {'step_size': 0}\n",
+                      encoding="utf-8")
+    code = ("import sys\nfrom pathlib import Path\nfrom pochitrain.resolve import RunConfig\n"
+            "settings = RunConfig(Path(sys.argv[1]), True).settings\n"
+            "print(settings.scheduler, 'torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert out.stdout.split() == ["StepLR", "False"], out.stderr[-2000:]
+    with pytest.raises(ConfigError, match="step_size"):
+        load_config(config)

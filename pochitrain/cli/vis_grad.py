@@ -47,6 +47,7 @@ def run_aggregation(csv_path) -> str | None:  # type: ignore[no-untyped-def]
     if isinstance(tracking, dict) and isinstance(tracking.get("aggregation_method"), str):
         return str(tracking["aggregation_method"])
     try:  # a run of the original pochitrain: its config.py alone
-        return load_config(found).gradient_tracking_config.get("aggregation_method")
+        return load_config(found, scheduler_trial=False).gradient_tracking_config.get(
+            "aggregation_method")
     except PochiError:
         return None
