@@ -153,8 +153,9 @@ def test_the_titles_method_comes_from_run_json_without_running_the_config(
     command if executed) is left alone; a folder of the original's: its config.py."""
     import json
 
-    from pochitrain.cli.vis_grad import run_aggregation
     from tiny import tiny_config
+
+    from pochitrain.cli.vis_grad import run_aggregation
 
     ours = tmp_path / "20260101_001"
     ours.mkdir()
@@ -166,3 +167,5 @@ def test_the_titles_method_comes_from_run_json_without_running_the_config(
     tiny_config(original, tiny_data,
                 extra="gradient_tracking_config = {'aggregation_method': 'rms'}\n")
     assert run_aggregation(_trace(original / "gradient_trace.csv")) == "rms"
+    (original / "run.json").write_text('{"settings": "edited by hand"}', encoding="utf-8")
+    assert run_aggregation(original / "gradient_trace.csv") == "rms"

@@ -42,8 +42,8 @@ def run_aggregation(csv_path) -> str | None:  # type: ignore[no-untyped-def]
     found = find_config_near(csv_path)
     if found is None:
         return None
-    record = read_run_json(found.parent) or {}
-    tracking = (record.get("settings") or {}).get("gradient_tracking_config")
+    settings = (read_run_json(found.parent) or {}).get("settings")
+    tracking = settings.get("gradient_tracking_config") if isinstance(settings, dict) else None
     if isinstance(tracking, dict) and isinstance(tracking.get("aggregation_method"), str):
         return str(tracking["aggregation_method"])
     try:  # a run of the original pochitrain: its config.py alone
