@@ -216,8 +216,9 @@ def _setup(settings: Settings, data: _Data, device: str) -> FitSetup:
               if settings.enable_layer_wise_lr else model.parameters())
     optimizer = T.build_optimizer(settings.optimizer, params, settings.learning_rate,
                                   settings.weight_decay, settings.momentum)
-    # after the optimizer, whose construction imports TorchDynamo (Python, holding the GIL):
-    # nvJPEG's start-up, begun in the background with the loaders, runs beside that import
+    # after the optimizer, whose construction imports TorchDynamo (Python, holding the GIL)
+    # unless the config's scheduler trial already did: nvJPEG's start-up, begun in the
+    # background with the loaders, runs beside that import
     for loader in gpu or ():
         loader.warm_up()
     return T.FitSetup(
