@@ -11,16 +11,40 @@ import asyncio
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from background import HANG_GUARD_S
 
 from pochitrain.serve.batcher import GATE_ENV
+
+if TYPE_CHECKING:
+    import httpx
+
+# One TLS context for every client of the suite: httpx builds a default one per client
+# (httpx.get / post make a client per call), loading the CA bundle each time, about 45 ms of
+# CPU per request or readiness poll; the servers here are plain http:// anyway.
+TLS = ssl.create_default_context()
+
+
+def http_get(url: str, **kwargs: Any) -> httpx.Response:
+    """``httpx.get`` with the suite's TLS context."""
+    import httpx
+
+    return httpx.get(url, verify=TLS, **kwargs)
+
+
+def http_post(url: str, **kwargs: Any) -> httpx.Response:
+    """``httpx.post`` with the suite's TLS context."""
+    import httpx
+
+    return httpx.post(url, verify=TLS, **kwargs)
 
 
 def metric(text: str, name: str) -> float:
@@ -70,7 +94,7 @@ class Server:
             if self.proc.poll() is not None:
                 pytest.fail(f"server exited {self.proc.returncode}:\n{self.log.read_text()}")
             try:
-                if httpx.get(self.url + "/api/v1/health", timeout=1).status_code == 200:
+                if http_get(self.url + "/api/v1/health", timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -88,7 +112,7 @@ class Server:
         """Poll /metrics every 10 ms until ``done(value)``; the value."""
         import httpx
 
-        async with httpx.AsyncClient(timeout=self.metric_wait_s) as client:
+        async with httpx.AsyncClient(timeout=self.metric_wait_s, verify=TLS) as client:
             for _ in range(int(self.metric_wait_s * 100)):
                 value = find_metric((await client.get(self.url + "/metrics")).text, name)
                 if value is not None and done(value):

@@ -21,7 +21,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from serving import Server
+from serving import TLS, Server
 
 PREDICT = "/api/v1/predict"
 HANG_GUARD_S = 60
@@ -33,7 +33,7 @@ class Served:
     def __init__(self, server: Server) -> None:
         self.url = server.url
         self.log = server.log
-        self.client = httpx.Client(base_url=self.url, timeout=HANG_GUARD_S)
+        self.client = httpx.Client(base_url=self.url, timeout=HANG_GUARD_S, verify=TLS)
 
     def post(self, body: bytes | str, content_type: str = "application/json",
              **kw: Any) -> Any:

@@ -201,8 +201,8 @@ def server(serve_extra: None, servers: dict[str, Any]) -> str:
 @pytest.mark.parametrize("fmt", ["raw", "jpeg"])
 def test_serve_answers_serialized_requests(fmt: str, server: str, digits_dir: Path,
                                            untrained_checkpoint: Path) -> None:
-    import httpx
     from PIL import Image
+    from serving import http_post
 
     from pochitrain import Prediction, Predictor
     from pochitrain.api.serializers import create_serializer
@@ -210,7 +210,7 @@ def test_serve_answers_serialized_requests(fmt: str, server: str, digits_dir: Pa
     path = min((digits_dir / "val" / "3").iterdir())
     bgr = np.ascontiguousarray(np.asarray(Image.open(path).convert("RGB"))[..., ::-1])
     payload = create_serializer(fmt).serialize(bgr)
-    reply = httpx.post(server + "/api/v1/predict", json=payload, timeout=60)
+    reply = http_post(server + "/api/v1/predict", json=payload, timeout=60)
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert len(body["probabilities"]) == 10

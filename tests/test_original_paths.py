@@ -140,6 +140,7 @@ def _free_port() -> int:
 
 def test_original_run_folder_serves_from_the_project_root(project: Path, tmp_path: Path) -> None:
     import httpx
+    from serving import http_get
 
     port = _free_port()
     log = tmp_path / "serve.log"
@@ -151,7 +152,7 @@ def test_original_run_folder_serves_from_the_project_root(project: Path, tmp_pat
         end = time.monotonic() + 90
         while time.monotonic() < end and proc.poll() is None:
             try:
-                health = httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=1)
+                health = http_get(f"http://127.0.0.1:{port}/api/v1/health", timeout=1)
                 if health.status_code == 200:
                     assert health.json()["model_loaded"] is True
                     break

@@ -30,7 +30,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from serving import Server, free_port, metric
+from serving import TLS, Server, free_port, http_get, http_post, metric
 
 PREDICT = "/api/v1/predict"
 
@@ -69,18 +69,18 @@ def test_predictions_equal_pochi_infer(kind: str, servers: dict[str, Server],
     want = _reference(model, images)
     url = servers[kind].url + PREDICT
     files = [("files", (p.name, p.read_bytes(), "image/png")) for p in images]
-    got = httpx.post(url, files=files, data={"top_k": "3"}, timeout=30).json()
+    got = http_post(url, files=files, data={"top_k": "3"}, timeout=30).json()
     assert got["count"] == len(images) and got["backend"] == ("pytorch" if kind == "pth"
                                                                else "onnx")
     for pred, path, ref in zip(got["predictions"], images, want):
         assert pred["filename"] == path.name
         _check(pred, ref)
     # one image per request: the image body, then API v1 JSON with format "jpeg"
-    body = httpx.post(url + "?top_k=3", content=images[0].read_bytes(),
+    body = http_post(url + "?top_k=3", content=images[0].read_bytes(),
                       headers={"content-type": "image/png"}, timeout=30).json()
     _check(body, want[0])
     encoded = base64.b64encode(images[1].read_bytes()).decode()
-    v1 = httpx.post(url, json={"image_data": encoded, "format": "jpeg", "top_k": 3},
+    v1 = http_post(url, json={"image_data": encoded, "format": "jpeg", "top_k": 3},
                     timeout=30).json()
     _check(v1, want[1])
     assert {"e2e_time_ms", "backend", "probabilities"} <= set(v1)
@@ -91,12 +91,12 @@ def test_v1_raw_bgr(servers: dict[str, Server], onnx_model: Path, images: list[P
 
     rgb = np.asarray(Image.open(images[3]).convert("RGB"))
     bgr = np.ascontiguousarray(rgb[..., ::-1])
-    got = httpx.post(servers["onnx"].url + PREDICT, timeout=30, json={
+    got = http_post(servers["onnx"].url + PREDICT, timeout=30, json={
         "image_data": base64.b64encode(bgr.tobytes()).decode(), "format": "raw",
         "shape": list(bgr.shape), "dtype": "uint8", "top_k": 3}).json()
     _check(got, _reference(onnx_model, [images[3]])[0])
     # the original's version keys also when ONNX Runtime serves the model
-    version = httpx.get(servers["onnx"].url + "/api/v1/version", timeout=30).json()
+    version = http_get(servers["onnx"].url + "/api/v1/version", timeout=30).json()
     assert {"pytorch", "python"} <= set(version["backend_versions"])
 
 
@@ -104,13 +104,13 @@ def test_200_concurrent_requests(servers: dict[str, Server], images: list[Path])
     server = servers["onnx"]
     url = server.url + PREDICT
     bodies = [p.read_bytes() for p in images]
-    before = metric(httpx.get(server.url + "/metrics").text, "pochi_batch_size_count")
+    before = metric(http_get(server.url + "/metrics").text, "pochi_batch_size_count")
 
     async def main() -> list[int]:
         # a new connection per request: a reused keep-alive one can be closed by the server's
         # idle timeout just as the next request goes out on a heavily loaded machine
         limits = httpx.Limits(max_connections=50, max_keepalive_connections=0)
-        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        async with httpx.AsyncClient(limits=limits, timeout=60, verify=TLS) as client:
             async def one(i: int) -> int:
                 r = await client.post(url, content=bodies[i % len(bodies)],
                                       headers={"content-type": "image/png"})
@@ -127,7 +127,7 @@ def test_200_concurrent_requests(servers: dict[str, Server], images: list[Path])
     finally:
         server.release()
     assert codes == [200] * 200
-    metrics = httpx.get(servers["onnx"].url + "/metrics").text
+    metrics = http_get(servers["onnx"].url + "/metrics").text
     count = metric(metrics, "pochi_batch_size_count")
     assert count < 200, "no request was batched with another"
     assert metric(metrics, "pochi_batch_size_sum") >= 200
@@ -186,7 +186,7 @@ def test_bad_payloads_then_good_requests(servers: dict[str, Server],
     png = images[5].read_bytes()
     want = _reference(untrained_checkpoint, [images[5]])[0]
     for what, kwargs, status in _bad_requests(png):
-        with httpx.Client(timeout=30) as client:
+        with httpx.Client(timeout=30, verify=TLS) as client:
             try:
                 r = client.post(url, **kwargs)
             except httpx.HTTPError as exc:  # the server may close before reading it all
@@ -199,7 +199,7 @@ def test_bad_payloads_then_good_requests(servers: dict[str, Server],
             detail = body["message"]
         ja, en = detail.split("\n", 1)
         assert any(ord(c) > 0x3000 for c in ja) and en.isascii(), (what, detail)
-        good = httpx.post(url + "?top_k=3", content=png, headers={"content-type": "image/png"},
+        good = http_post(url + "?top_k=3", content=png, headers={"content-type": "image/png"},
                           timeout=30)
         assert good.status_code == 200, (what, good.text)
         _check(good.json(), want)
@@ -212,7 +212,7 @@ def test_queue_full_answers_503_with_retry_after(servers: dict[str, Server],
     body = images[0].read_bytes()
 
     async def main() -> list[httpx.Response]:
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with httpx.AsyncClient(timeout=30, verify=TLS) as client:
             def post() -> asyncio.Future[httpx.Response]:
                 return asyncio.ensure_future(client.post(
                     url, content=body, headers={"content-type": "image/png"}))
@@ -232,32 +232,32 @@ def test_queue_full_answers_503_with_retry_after(servers: dict[str, Server],
     assert codes == [200, 200, 503, 503, 503, 503], codes
     busy = next(r for r in responses if r.status_code == 503)
     assert busy.headers["retry-after"] == "1" and busy.json()["error"] == "queue_full"
-    after = httpx.post(url, content=body, headers={"content-type": "image/png"}, timeout=30)
+    after = http_post(url, content=body, headers={"content-type": "image/png"}, timeout=30)
     assert after.status_code == 200
-    metrics = httpx.get(servers["slow"].url + "/metrics").text
+    metrics = http_get(servers["slow"].url + "/metrics").text
     assert metric(metrics, "pochi_queue_rejected_total") == 4
     assert 'pochi_requests_total{path="/api/v1/predict",status="503"} 4.0' in metrics
 
 
 def test_metrics_docs_info_and_access_log(servers: dict[str, Server]) -> None:
     base = servers["pth"].url
-    httpx.post(base + PREDICT, content=b"x", headers={"content-type": "text/plain"})
-    metrics = httpx.get(base + "/metrics")
+    http_post(base + PREDICT, content=b"x", headers={"content-type": "text/plain"})
+    metrics = http_get(base + "/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     for name in ("pochi_requests_total", "pochi_request_seconds_bucket",
                  "pochi_batch_size_bucket", "pochi_queue_depth"):
         assert name in metrics.text
-    assert httpx.get(base + "/docs").status_code == 200
-    spec = httpx.get(base + "/openapi.json").json()
+    assert http_get(base + "/docs").status_code == 200
+    spec = http_get(base + "/openapi.json").json()
     assert {"application/json", "multipart/form-data"} <= set(
         spec["paths"][PREDICT]["post"]["requestBody"]["content"])
-    info = httpx.get(base + "/api/v1/model-info").json()
+    info = http_get(base + "/api/v1/model-info").json()
     assert info["class_names"] == [str(i) for i in range(10)] and info["backend"] == "pytorch"
-    version = httpx.get(base + "/api/v1/version").json()
+    version = http_get(base + "/api/v1/version").json()
     assert version["api_version"] == "1.0.0" and "pytorch" in version["backend_versions"]
     assert {"pochitrain_version", "api_version", "backend_versions"} == set(version)
     assert {"pytorch", "python"} <= set(version["backend_versions"])
-    health = httpx.get(base + "/api/v1/health").json()
+    health = http_get(base + "/api/v1/health").json()
     assert health == {"status": "healthy", "model_loaded": True, "backend": "pytorch"}
     log = servers["pth"].log.read_text()
     assert f'"POST {PREDICT} HTTP/1.1" 415' in log
@@ -270,7 +270,7 @@ def test_sigterm_drains_in_flight_requests(servers: dict[str, Server],
     body = images[0].read_bytes()
 
     async def main() -> list[int]:
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with httpx.AsyncClient(timeout=30, verify=TLS) as client:
             tasks = [asyncio.ensure_future(client.post(
                 url, content=body, headers={"content-type": "image/png"})) for _ in range(2)]
             await server.wait_metric("pochi_queue_depth", lambda n: n == 2)
@@ -287,7 +287,7 @@ def test_sigterm_drains_in_flight_requests(servers: dict[str, Server],
     assert server.proc.wait(20) == 0
     assert "Server stopped (SIGTERM)" in server.log.read_text()
     with pytest.raises(httpx.ConnectError):
-        httpx.get(server.url + "/api/v1/health", timeout=2)
+        http_get(server.url + "/api/v1/health", timeout=2)
 
 
 def test_gpu_pipeline_code_matches_cpu_pipeline(untrained_checkpoint: Path,
@@ -346,7 +346,7 @@ def _workers_of(server: Server) -> tuple[list[int], Path]:
 async def _separate_connections(url: str, body: bytes, n: int) -> list[int]:
     """``n`` concurrent requests, each on its own connection (the kernel picks the worker)."""
     async def one() -> int:
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with httpx.AsyncClient(timeout=30, verify=TLS) as client:
             r = await client.post(url, content=body, headers={"content-type": "image/png"})
             return r.status_code
 
@@ -359,7 +359,7 @@ def test_workers_answer_like_infer_and_metrics_sum_them(
     server = servers["workers"]
     want = _reference(onnx_model, images)
     files = [("files", (p.name, p.read_bytes(), "image/png")) for p in images]
-    got = httpx.post(server.url + PREDICT, files=files, data={"top_k": "3"}, timeout=30).json()
+    got = http_post(server.url + PREDICT, files=files, data={"top_k": "3"}, timeout=30).json()
     for pred, ref in zip(got["predictions"], want):
         _check(pred, ref)
     codes = asyncio.run(_separate_connections(server.url + PREDICT, images[0].read_bytes(), 16))
@@ -368,7 +368,7 @@ def test_workers_answer_like_infer_and_metrics_sum_them(
     served = {int(line.split("[", 1)[1].split("]", 1)[0])
               for line in server.log.read_text().splitlines() if f"POST {PREDICT}" in line}
     assert len(pids) == 2 and served == set(pids), (pids, served)  # both workers answered
-    metrics = httpx.get(server.url + "/metrics").text  # one worker answers for all
+    metrics = http_get(server.url + "/metrics").text  # one worker answers for all
     assert 'pochi_requests_total{path="/api/v1/predict",status="200"} 17.0' in metrics
     assert metric(metrics, "pochi_images_total") == len(images) + 16
     assert metric(metrics, "pochi_queue_depth") == 0
@@ -383,7 +383,7 @@ def test_workers_sigterm_drains_all_and_leaves_nothing(servers: dict[str, Server
     assert metrics_dir.is_dir()
 
     async def main() -> list[int]:
-        clients = [httpx.AsyncClient(timeout=30) for _ in range(8)]
+        clients = [httpx.AsyncClient(timeout=30, verify=TLS) for _ in range(8)]
         try:  # connections accepted first, so the requests are read before the SIGTERM
             await asyncio.gather(*(c.get(server.url + "/api/v1/health") for c in clients))
             tasks = [asyncio.ensure_future(c.post(

@@ -23,6 +23,8 @@ import pytest
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
+from serving import TLS, http_get, http_post
+
 PREDICT = "/api/v1/predict"
 REQUEST_PIXELS = 80_000_000
 
@@ -100,28 +102,28 @@ def test_refused_from_headers_before_decoding(served: Served,
     assert limit is not None and 7000 * 7000 < limit < 10000 * 9000 < 2 * limit
     # the request's images together over --max-request-pixels, each under PIL's limit
     files = [("files", (f"{i}.png", _png_header(7000, 7000), "image/png")) for i in range(2)]
-    en = _refusal(httpx.post(url, files=files, timeout=60), 413, "too_many_request_pixels")
+    en = _refusal(http_post(url, files=files, timeout=60), 413, "too_many_request_pixels")
     assert f"98000000 pixels in all, over the limit of {REQUEST_PIXELS}" in en
     assert "--max-request-pixels" in en
     # one image over PIL's limit: the limit is named (counted, or too large to be counted)
     for width, height, count in ((10000, 9000, "90000000 pixels"),
                                  (20000, 20000, f"more than {2 * limit} pixels")):
-        en = _refusal(httpx.post(url, content=_png_header(width, height), timeout=60,
+        en = _refusal(http_post(url, content=_png_header(width, height), timeout=60,
                                  headers={"content-type": "image/png"}), 413, "too_many_pixels")
         assert f"{count}, over the limit of {limit} pixels per image" in en
         assert "POCHI_MAX_IMAGE_PIXELS" in en
     # more files than --max-images: the documented 413, not a parse error
     small = _png(8)
     files = [("files", (f"{i}.png", small, "image/png")) for i in range(9)]
-    en = _refusal(httpx.post(url, files=files, timeout=60), 413, "too_many_images")
+    en = _refusal(http_post(url, files=files, timeout=60), 413, "too_many_images")
     assert "More than 8 files" in en and "--max-images" in en
     # POCHI_MAX_IMAGE_PIXELS=none: a raw shape whose product overflows 64 bits is a 422
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
     for shape in ([2**32, 2**32, 3], [2**64, 1, 3], [2**40, 2**40]):
-        _refusal(httpx.post(url, json={"image_data": "", "format": "raw", "shape": shape},
+        _refusal(http_post(url, json={"image_data": "", "format": "raw", "shape": shape},
                             timeout=60), 422, "bad_shape")
     monkeypatch.undo()
-    good = httpx.post(url, content=small, headers={"content-type": "image/png"}, timeout=60)
+    good = http_post(url, content=small, headers={"content-type": "image/png"}, timeout=60)
     assert good.status_code == 200, good.text
 
 
@@ -155,7 +157,7 @@ def test_fast_predict_answers_as_the_fastapi_route(served: Served,
         answers = []
         for query, fast in (("", 1), ("?top_k=1", 0)):
             made.clear()
-            answers.append(httpx.post(url + query, json=body, timeout=60))
+            answers.append(http_post(url + query, json=body, timeout=60))
             assert len(made) == fast, query
         fast_answer, routed = answers
         assert fast_answer.status_code == routed.status_code
@@ -167,9 +169,9 @@ def test_fast_predict_answers_as_the_fastapi_route(served: Served,
     assert statuses == [(200, None), (422, "bad_base64"), (422, "bad_shape"),
                         (422, "invalid_request")]
     made.clear()
-    odd = httpx.post(url, content=b"x", headers={"content-type": "text/plain"}, timeout=60)
+    odd = http_post(url, content=b"x", headers={"content-type": "text/plain"}, timeout=60)
     assert len(made) == 1 and odd.status_code == 415
-    assert httpx.get(url, timeout=60).status_code == 405 and len(made) == 1  # routed
+    assert http_get(url, timeout=60).status_code == 405 and len(made) == 1  # routed
 
 
 def _metric(text: str, name: str) -> float:
@@ -193,7 +195,7 @@ def test_small_request_answered_while_a_large_one_decodes(
     monkeypatch.setattr(served.model, "prepare", recorded)
 
     async def main() -> tuple[int, float, httpx.Response]:
-        async with httpx.AsyncClient(timeout=120) as client:
+        async with httpx.AsyncClient(timeout=120, verify=TLS) as client:
             async def depth() -> float:
                 return _metric((await client.get(served.url + "/metrics")).text,
                                "pochi_queue_depth")
@@ -215,16 +217,16 @@ def test_small_request_answered_while_a_large_one_decodes(
 
 
 def test_docs_page_works_offline(served: Served) -> None:
-    page = httpx.get(served.url + "/docs", timeout=60)
+    page = http_get(served.url + "/docs", timeout=60)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     html = page.text
     assert "<script" not in html and "http://" not in html and "https://" not in html
     for text in (f"POST {PREDICT}", "GET /api/v1/health", "top_k", "too_many_request_pixels",
                  "queue_full", "multipart/form-data"):
         assert text in html, text
-    spec = httpx.get(served.url + "/openapi.json", timeout=60).json()
+    spec = http_get(served.url + "/openapi.json", timeout=60).json()
     assert PREDICT in spec["paths"]
-    assert httpx.get(served.url + "/redoc", timeout=60).status_code == 404
+    assert http_get(served.url + "/redoc", timeout=60).status_code == 404
 
 
 def test_engine_without_a_gpu_names_what_to_serve(tmp_path: Path,

@@ -27,7 +27,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from serving import Server
+from serving import TLS, Server, http_get
 
 PREDICT = "/api/v1/predict"
 HANG_GUARD_S = 60
@@ -40,7 +40,7 @@ class Served(Server):
     metric_wait_s = HANG_GUARD_S
 
     def metrics(self) -> str:
-        return httpx.get(self.url + "/metrics", timeout=HANG_GUARD_S).text
+        return http_get(self.url + "/metrics", timeout=HANG_GUARD_S).text
 
     async def raw(self, data: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
@@ -109,7 +109,7 @@ def test_half_open_connections_and_stalled_bodies_get_408(server: Served) -> Non
         half_open = [await server.raw(f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\n".encode())
                      for _ in range(50)]
         stalled = await server.raw(partial_upload(1000, b'{"image_data": "'))
-        async with httpx.AsyncClient(timeout=HANG_GUARD_S) as client:
+        async with httpx.AsyncClient(timeout=HANG_GUARD_S, verify=TLS) as client:
             health = await client.get(server.url + "/api/v1/health")
         assert health.status_code == 200 and health.json()["status"] == "healthy"
         for reader, writer in [*half_open, stalled]:
@@ -132,7 +132,7 @@ def test_large_bodies_beyond_the_inflight_budget_get_503_busy(server: Served) ->
     headers = {"content-type": "application/json"}
 
     async def huge() -> list[httpx.Response]:
-        async with httpx.AsyncClient(timeout=HANG_GUARD_S) as client:
+        async with httpx.AsyncClient(timeout=HANG_GUARD_S, verify=TLS) as client:
             return list(await asyncio.gather(*(client.post(
                 server.url + PREDICT, content=bytes(20_000_000), headers=headers)
                 for _ in range(4))))
@@ -141,7 +141,7 @@ def test_large_bodies_beyond_the_inflight_budget_get_503_busy(server: Served) ->
         == {(413, "body_too_large")}
 
     async def main() -> tuple[list[httpx.Response], list[httpx.Response]]:
-        async with httpx.AsyncClient(timeout=HANG_GUARD_S) as client:
+        async with httpx.AsyncClient(timeout=HANG_GUARD_S, verify=TLS) as client:
             held = [asyncio.ensure_future(client.post(server.url + PREDICT, content=body,
                                                       headers=headers)) for _ in range(3)]
             await server.wait_metric("pochi_queue_depth", lambda n: n == 3)
@@ -188,7 +188,7 @@ def test_sigterm_cuts_stuck_requests_at_the_drain_timeout(server: Served) -> Non
     uploads: SIGTERM with --drain-timeout 0.5 answers each with JSON, the process exits 0
     without waiting for the model thread, and no traceback is printed."""
     async def main() -> list[tuple[int, str]]:
-        async with httpx.AsyncClient(timeout=HANG_GUARD_S) as client:
+        async with httpx.AsyncClient(timeout=HANG_GUARD_S, verify=TLS) as client:
             held = asyncio.ensure_future(client.post(
                 server.url + PREDICT, content=big_body(),
                 headers={"content-type": "application/json"}))
