@@ -102,6 +102,39 @@ def _save_graph(path: Path, inputs: list[list[int | str]], op: str) -> Path:
     return path
 
 
+def test_the_session_reads_the_model_as_the_onnx_package_does(
+        plain_onnx, static_onnx: Path, untrained_checkpoint: Path,
+        onnx_export: Callable[..., Path]) -> None:
+    """Running a model takes its names, shapes, element type and pochitrain metadata from the
+    ONNX Runtime session: the same as read_onnx gives from the file (the opset aside)."""
+    import dataclasses
+
+    from pochitrain.onnx.inspect import read_onnx
+
+    for path in (plain_onnx[0], static_onnx, onnx_export(untrained_checkpoint, 2)):
+        _, from_session = open_onnx_runner(path)
+        from_file, _ = read_onnx(path)
+        assert dataclasses.replace(from_file, opset=0) == from_session
+    assert from_session.meta is not None and from_session.dynamic_dims == [0, 2, 3]
+
+
+def test_running_an_onnx_model_does_not_import_onnx(untrained_checkpoint: Path,
+                                                    onnx_export: Callable[..., Path]) -> None:
+    """The onnx package (about a second to import on a small machine) is left to the commands
+    that read or edit graphs; running one needs ONNX Runtime alone."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "from pochitrain.inference.onnx_runner import open_onnx_runner\n"
+            f"runner, info = open_onnx_runner({str(onnx_export(untrained_checkpoint))!r})\n"
+            "probs, _ = runner.run(np.zeros((2, 3, 32, 32), np.float32))\n"
+            "print(probs.shape, info.meta.model_name, 'onnx' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split() == ["(2,", "10)", "resnet18", "False"], out.stdout + out.stderr
+
+
 def test_wrong_rank_and_several_inputs(tmp_path: Path) -> None:
     rank2 = _save_graph(tmp_path / "rank2.onnx", [["n", 10]], "Relu")
     with pytest.raises(ModelFileError, match="expected \\(batch, 3, H, W\\)"):

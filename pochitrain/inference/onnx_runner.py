@@ -207,13 +207,13 @@ def _gpu_visible() -> bool:
 
 def open_onnx_runner(path: Path | str, providers: list[str] | None = None,
                      threads: int | None = None) -> tuple[OnnxRunner, OnnxInfo]:
-    """Check ``path`` with read_onnx, then open an ONNX Runtime session on it. ``providers``
-    None: CUDA when onnxruntime-gpu and an NVIDIA GPU are present (else, or when CUDA cannot
-    start, the CPU with a notice)."""
-    from pochitrain.onnx.inspect import read_onnx
+    """Open an ONNX Runtime session on ``path``, then check the model (``session_info``).
+    ``providers`` None: CUDA when onnxruntime-gpu and an NVIDIA GPU are present (else, or when
+    CUDA cannot start, the CPU with a notice)."""
+    from pochitrain.onnx.inspect import check_file, session_info
     from pochitrain.onnx.session import open_session
 
-    info, _ = read_onnx(path)
+    path = check_file(path)
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -237,7 +237,7 @@ def open_onnx_runner(path: Path | str, providers: list[str] | None = None,
         except Exception:  # noqa: BLE001, S110 - a missing library is reported by the session
             pass
     try:
-        session = open_session(info.path, names, threads)
+        session = open_session(path, names, threads)
     except BackendMissingError:
         if not auto or names == ["CPUExecutionProvider"]:
             raise
@@ -245,5 +245,6 @@ def open_onnx_runner(path: Path | str, providers: list[str] | None = None,
 
         say("CUDA を使えないため CPU で推論します / ONNX Runtime could not start CUDA here: "
             "running on the CPU (--providers cuda makes this an error).")
-        session = open_session(info.path, ["CPUExecutionProvider"], threads)
+        session = open_session(path, ["CPUExecutionProvider"], threads)
+    info = session_info(path, session)
     return OnnxRunner(session, info), info

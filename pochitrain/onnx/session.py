@@ -52,6 +52,10 @@ def open_session(path: Path | str, providers: list[str] | None = None,
                                        providers=[(n, PROVIDER_OPTIONS[n]) if n in PROVIDER_OPTIONS
                                                   else n for n in names])
     except Exception as exc:  # onnxruntime raises its own pybind exception types
+        if "INVALID_PROTOBUF" in str(exc):
+            from pochitrain.onnx.inspect import unreadable
+
+            raise unreadable(Path(path), "the protobuf does not parse") from exc
         raise ModelFileError(
             "ONNX Runtime でモデルを読み込めません\n"
             f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:300]}",
