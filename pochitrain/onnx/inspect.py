@@ -109,13 +109,18 @@ def session_info(path: Path, session: Any) -> OnnxInfo:
     """The OnnxInfo of a model that ONNX Runtime has loaded, with the checks of
     :func:`read_onnx`, from the session alone: running a model needs no ``onnx`` import
     (about a second of a command's start on a small machine). The opset is not known (0)."""
-    inputs = [(a.name, [d if isinstance(d, int) and d > 0 else d or "?" for d in a.shape or []])
-              for a in session.get_inputs()]
-    outputs = [(a.name, [d if isinstance(d, int) and d > 0 else d or "?" for d in a.shape or []])
-               for a in session.get_outputs()]
-    elem = session.get_inputs()[0].type.removeprefix("tensor(").rstrip(")") if inputs else ""
+    args = session.get_inputs()
+    inputs = [(a.name, _ort_dims(a.shape)) for a in args]
+    outputs = [(a.name, _ort_dims(a.shape)) for a in session.get_outputs()]
+    elem = args[0].type.removeprefix("tensor(").rstrip(")") if args else ""
     props = dict(session.get_modelmeta().custom_metadata_map)
     return _checked(path, inputs, outputs, _ORT_ELEM.get(elem, elem), props, 0)
+
+
+def _ort_dims(shape: list[Any] | None) -> list[Dim]:
+    """ONNX Runtime's shape (ints, symbol names, None) as ``_dims`` gives it from the file."""
+    return [d if isinstance(d, int) and d > 0 else d if isinstance(d, str) and d else "?"
+            for d in shape or []]
 
 
 def _checked(path: Path, inputs: list[tuple[str, list[Dim]]],
