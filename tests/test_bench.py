@@ -171,11 +171,14 @@ def test_aggregate_only_original_files(tmp_path: Path) -> None:
     assert "case_002_x" in invalid["file"] and "missing" in invalid["reason"]
 
 
-def test_ctrl_c_lists_runs_not_run_and_failed_runs_stay_out(bench_suites: Path,
-                                                           tmp_path: Path) -> None:
-    """A real Ctrl+C (SIGINT to the process group, as a terminal sends it) once the second run
-    is announced: exit 130, the runs not run listed; the first run, failed for its precision
-    although it wrote a result, is kept aside and is no row of the summary."""
+ORT_RUN_1 = b"[2/4] ort run 1/3\n"
+
+
+def _bench_cut_in_run_1(bench_suites: Path, out: Path) -> tuple[int, str] | None:
+    """``pochi bench --suite interrupted`` with a real Ctrl+C (SIGINT to the process group, as
+    a terminal sends it) as soon as the second run is announced: (exit code, output). None
+    when the announcement reached this process only after later output (this process was
+    kept waiting past the run it had to cut), and the signal was therefore not sent."""
     import os
     import signal
     import subprocess
@@ -183,26 +186,44 @@ def test_ctrl_c_lists_runs_not_run_and_failed_runs_stay_out(bench_suites: Path,
     import threading
 
     proc = subprocess.Popen([sys.executable, "-m", "pochitrain.cli.main", "bench", "--suite",
-                             "interrupted", "--suites-file", str(bench_suites), "-o",
-                             str(tmp_path / "runs")], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            env={**os.environ, "COLUMNS": "200"})
+                             "interrupted", "--suites-file", str(bench_suites), "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, env={**os.environ, "COLUMNS": "200"})
     guard = threading.Timer(240, proc.kill)  # a hang guard, not a synchronisation
     guard.start()
     assert proc.stdout is not None
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if "[2/4] ort run 1/3" in line:
-            os.killpg(proc.pid, signal.SIGINT)
+    seen = b""
+    while ORT_RUN_1 not in seen:  # raw reads: what the bench had written when it was read
+        chunk = os.read(proc.stdout.fileno(), 65536)
+        if not chunk:
             break
-    log = "".join(lines) + proc.communicate()[0]
+        seen += chunk
+    in_time = seen.endswith(ORT_RUN_1)
+    if in_time:
+        os.killpg(proc.pid, signal.SIGINT)
+    log = (seen + proc.communicate()[0]).decode("utf-8", errors="replace")
     guard.cancel()
-    assert proc.returncode == 130, log
+    return (proc.returncode, log) if in_time else None
+
+
+def test_ctrl_c_lists_runs_not_run_and_failed_runs_stay_out(bench_suites: Path,
+                                                           tmp_path: Path) -> None:
+    """Ctrl+C once the second run is announced: exit 130, the runs not run listed; the first
+    run, failed for its precision although it wrote a result, is kept aside and is no row of
+    the summary. (On a loaded machine this process may read the announcement too late to cut
+    that run: then the bench runs again, at most three times in all.)"""
+    for attempt in range(3):
+        got = _bench_cut_in_run_1(bench_suites, tmp_path / f"attempt{attempt}" / "runs")
+        if got is not None:
+            break
+    assert got is not None, "the second run's announcement never came in time"
+    code, log = got
+    runs_root = tmp_path / f"attempt{attempt}" / "runs"
+    assert code == 130, log
     assert "Traceback" not in log and "Interrupted" in log
     for r in (2, 3):
         assert f"skipped: ort run {r}: not run: interrupted (Ctrl+C)" in log
-    (bench_dir,) = (tmp_path / "runs").iterdir()
+    (bench_dir,) = runs_root.iterdir()
     runs = json.loads((bench_dir / "runs.json").read_text())
     assert [(r["case"], r["repeat"]) for r in runs] == [("fp16", 1)] + [("ort", r)
                                                                          for r in (1, 2, 3)]
