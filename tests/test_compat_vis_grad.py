@@ -57,6 +57,32 @@ def test_worker_processes_draw_the_same_files(tmp_path: Path) -> None:
         assert here.read_bytes() == (tmp_path / "spread" / f"g_{kind}.png").read_bytes()
 
 
+def test_workers_that_die_leave_their_figures_to_the_command(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spawned workers that exit as they start (a sitecustomize on their PYTHONPATH ends
+    every multiprocessing child): the pool breaks, and the command draws every figure itself,
+    the bytes it draws without workers."""
+    import os
+
+    from pochitrain.gradient_plots import draw_figure, plot_trace, read_trace
+
+    site = tmp_path / "site"
+    site.mkdir()
+    died = tmp_path / "died"
+    (site / "sitecustomize.py").write_text(
+        "import os, sys\nif '--multiprocessing-fork' in sys.argv:\n"
+        f"    open({str(died)!r}, 'a').write('x')\n    os._exit(3)\n", encoding="utf-8")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    csv_path = _trace(tmp_path / "g.csv", epochs=2)
+    broken = plot_trace(csv_path, tmp_path / "broken", workers=2)
+    assert [p.name for p in broken] == [f"g_{kind}.png" for kind in KINDS]
+    assert died.read_text() in ("x", "xx")  # the workers did start, and died
+    for kind in ("timeline_all", "heatmap"):
+        here = draw_figure(read_trace(csv_path), "", kind, tmp_path / f"{kind}.png")
+        assert here.read_bytes() == (tmp_path / "broken" / f"g_{kind}.png").read_bytes()
+
+
 def test_vis_grad_on_a_training_runs_csv(tmp_path: Path) -> None:
     """The CSV the tracker writes during training (real gradients of a tiny model)."""
     import torch
