@@ -18,6 +18,8 @@ from pochitrain.inference.runner import RunnerInput, check_positive_batch
 if TYPE_CHECKING:
     from pathlib import Path
 
+    import torch
+
     from pochitrain.onnx.inspect import OnnxInfo
 
 # short names accepted by --providers -> ONNX Runtime provider names
@@ -110,7 +112,7 @@ class OnnxRunner:
     def on_cuda(self) -> bool:
         return "CUDAExecutionProvider" in (self.session.get_providers() if self.session else [])
 
-    def run(self, batch: Any) -> tuple[np.ndarray, float]:
+    def run(self, batch: np.ndarray | torch.Tensor) -> tuple[np.ndarray, float]:
         """(N, C, H, W) float32 NumPy array, or a torch tensor from the GPU input pipeline
         (bound in place with IOBinding: a CUDA tensor never goes through host memory)."""
         if not isinstance(batch, np.ndarray):
@@ -129,7 +131,7 @@ class OnnxRunner:
             raise self._run_error(batch.shape, exc) from exc
         return np.asarray(out[:n], dtype=np.float32), pure
 
-    def _run_bound(self, batch: Any) -> tuple[np.ndarray, float]:
+    def _run_bound(self, batch: torch.Tensor) -> tuple[np.ndarray, float]:
         """IOBinding on the tensor's own memory (CUDA or CPU) and a preallocated output."""
         import torch
 

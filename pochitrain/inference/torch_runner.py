@@ -10,12 +10,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pochitrain.errors import GpuMemoryError, UsageError
 from pochitrain.inference.runner import Done, Pending, RunnerInput, check_positive_batch
+
+if TYPE_CHECKING:
+    import torch
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -46,7 +49,7 @@ class TorchOptions:
                                  "This GPU has no bfloat16 support (needs compute capability "
                                  "8.0 or newer).", "Use --precision fp16.")
 
-    def amp_dtype(self) -> Any:
+    def amp_dtype(self) -> torch.dtype | None:
         import torch
 
         return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[self.precision]
@@ -67,7 +70,8 @@ def largest_fitting_batch(fits: Callable[[int], bool], too_big: int) -> int:
 class TorchRunner:
     name = "pytorch"
 
-    def __init__(self, model, device: str = "cpu", options: TorchOptions | None = None,
+    def __init__(self, model: torch.nn.Module, device: str = "cpu",
+                 options: TorchOptions | None = None,
                  pipe: Any = None) -> None:
         import torch
 
@@ -104,11 +108,11 @@ class TorchRunner:
             self._call = CudaGraphCall(call) if self.options.cuda_graph else call
         return self._call
 
-    def run(self, batch: Any) -> tuple[np.ndarray, float]:
+    def run(self, batch: np.ndarray | torch.Tensor) -> tuple[np.ndarray, float]:
         """(N, 3, H, W) float32 array (or CUDA tensor from the GPU pipeline) -> logits, pure s."""
         return self.submit(batch).result()
 
-    def submit(self, batch: Any) -> Pending:
+    def submit(self, batch: np.ndarray | torch.Tensor) -> Pending:
         """``run`` queued on the GPU (read the results in order, ``runner.submit``); on the
         CPU, or through a pipe that cannot queue, the batch runs now."""
         torch = self._torch
@@ -126,7 +130,7 @@ class TorchRunner:
         except torch.cuda.OutOfMemoryError:
             raise self._memory_error(tuple(batch.shape)) from None
 
-    def _run_on_cpu(self, batch: Any) -> tuple[np.ndarray, float]:
+    def _run_on_cpu(self, batch: np.ndarray | torch.Tensor) -> tuple[np.ndarray, float]:
         torch = self._torch
         x = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(batch)
         if self.options.channels_last:
