@@ -34,20 +34,17 @@ def run(args: argparse.Namespace) -> int:
 
 def run_aggregation(csv_path) -> str | None:  # type: ignore[no-untyped-def]
     """gradient_tracking_config['aggregation_method'] of the run, for the titles: from the
-    run's run.json (no config to execute, so no torch to import), else from its config."""
-    from pochitrain.config import load_config
+    run's run.json (no config to execute, so no torch to import), else from its config
+    (``resolve.RunConfig.setting``, as every command that reads a run)."""
     from pochitrain.errors import PochiError
-    from pochitrain.workspace import find_config_near, read_run_json
+    from pochitrain.resolve import RunConfig
 
-    found = find_config_near(csv_path)
-    if found is None:
+    config = RunConfig.for_model(csv_path)
+    if config.path is None:
         return None
-    settings = (read_run_json(found.parent) or {}).get("settings")
-    tracking = settings.get("gradient_tracking_config") if isinstance(settings, dict) else None
-    if isinstance(tracking, dict) and isinstance(tracking.get("aggregation_method"), str):
-        return str(tracking["aggregation_method"])
-    try:  # a run of the original pochitrain: its config.py alone
-        return load_config(found, scheduler_trial=False).gradient_tracking_config.get(
-            "aggregation_method")
-    except PochiError:
+    try:
+        tracking = config.setting("gradient_tracking_config")
+    except PochiError:  # a config that does not load: titles without the method
         return None
+    method = tracking.get("aggregation_method") if isinstance(tracking, dict) else None
+    return method if isinstance(method, str) else None
