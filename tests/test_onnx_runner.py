@@ -76,15 +76,24 @@ def test_static_batch_pads_last_batch_and_refuses_other_sizes(static_onnx: Path)
     np.testing.assert_allclose(part, full[:3], atol=1e-5)
 
 
-def test_corrupt_onnx(tmp_path: Path, plain_onnx) -> None:
+def test_corrupt_onnx(tmp_path: Path, plain_onnx, digits_dir: Path,
+                     capsys: pytest.CaptureFixture[str]) -> None:
+    from pochitrain.cli.main import run as cli
+
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x08\x07garbage" * 100)
     with pytest.raises(ModelFileError):
         open_onnx_runner(junk)
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(plain_onnx[0].read_bytes()[:5000])
-    with pytest.raises(ModelFileError):
+    with pytest.raises(ModelFileError, match="not a readable ONNX model"):
         open_onnx_runner(truncated)
+    out = tmp_path / "res"
+    assert cli(["infer", str(truncated), "--data", str(digits_dir / "val"), "-o", str(out),
+                "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "ONNX モデルとして読み込めません" in err and "truncated or not ONNX" in err
+    assert "Traceback" not in err and not out.exists()
     with pytest.raises(ModelFileError, match="not found"):
         open_onnx_runner(tmp_path / "missing.onnx")
 
