@@ -174,6 +174,15 @@ def test_aggregate_only_original_files(tmp_path: Path) -> None:
 ORT_RUN_1 = b"[2/4] ort run 1/3\n"
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """SIGINT back to its default in the bench, as a terminal's command gets it: a suite
+    started in the background of a shell (``pytest &``) passes SIGINT ignored to its children,
+    and Python then keeps it ignored, so the Ctrl+C under test would never arrive."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _bench_cut_in_run_1(bench_suites: Path, out: Path) -> tuple[int, str] | None:
     """``pochi bench --suite interrupted`` with a real Ctrl+C (SIGINT to the process group, as
     a terminal sends it) as soon as the second run is announced: (exit code, output). None
@@ -188,7 +197,8 @@ def _bench_cut_in_run_1(bench_suites: Path, out: Path) -> tuple[int, str] | None
     proc = subprocess.Popen([sys.executable, "-m", "pochitrain.cli.main", "bench", "--suite",
                              "interrupted", "--suites-file", str(bench_suites), "-o", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, env={**os.environ, "COLUMNS": "200"})
+                            start_new_session=True, env={**os.environ, "COLUMNS": "200"},
+                            preexec_fn=_ctrl_c_as_in_a_terminal)
     guard = threading.Timer(240, proc.kill)  # a hang guard, not a synchronisation
     guard.start()
     assert proc.stdout is not None
