@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import shutil
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -174,13 +176,19 @@ def test_aggregate_only_original_files(tmp_path: Path) -> None:
 ORT_RUN_1 = b"[2/4] ort run 1/3\n"
 
 
-def _ctrl_c_as_in_a_terminal() -> None:
-    """SIGINT back to its default in the bench, as a terminal's command gets it: a suite
-    started in the background of a shell (``pytest &``) passes SIGINT ignored to its children,
-    and Python then keeps it ignored, so the Ctrl+C under test would never arrive."""
+@contextlib.contextmanager
+def _ctrl_c_as_in_a_terminal() -> Iterator[None]:
+    """Children started inside get SIGINT at its default, as a terminal's command does: a
+    suite started in the background of a shell (``pytest &``) has SIGINT ignored, children
+    inherit that, and Python then keeps it ignored, so the Ctrl+C under test would never
+    arrive. (A handler, unlike "ignored", is reset to the default across exec.)"""
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def _bench_cut_in_run_1(bench_suites: Path, out: Path) -> tuple[int, str] | None:
@@ -194,11 +202,11 @@ def _bench_cut_in_run_1(bench_suites: Path, out: Path) -> tuple[int, str] | None
     import sys
     import threading
 
-    proc = subprocess.Popen([sys.executable, "-m", "pochitrain.cli.main", "bench", "--suite",
-                             "interrupted", "--suites-file", str(bench_suites), "-o", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, env={**os.environ, "COLUMNS": "200"},
-                            preexec_fn=_ctrl_c_as_in_a_terminal)
+    with _ctrl_c_as_in_a_terminal():
+        proc = subprocess.Popen([sys.executable, "-m", "pochitrain.cli.main", "bench", "--suite",
+                                 "interrupted", "--suites-file", str(bench_suites), "-o",
+                                 str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True, env={**os.environ, "COLUMNS": "200"})
     guard = threading.Timer(240, proc.kill)  # a hang guard, not a synchronisation
     guard.start()
     assert proc.stdout is not None
