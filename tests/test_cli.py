@@ -9,7 +9,8 @@ import pytest
 
 from pochitrain.cli.main import VERBS, build_parser
 
-HEAVY = ("torch", "onnxruntime", "onnx", "tensorrt", "tensorrt_rtx_bindings", "matplotlib")
+HEAVY = ("torch", "onnxruntime", "onnx", "tensorrt", "tensorrt_rtx_bindings", "matplotlib",
+         "numpy", "PIL", "sklearn", "optuna")
 
 
 def test_help_imports_no_heavy_library() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pochitrain.errors import ConfigError
-from pochitrain.inference.runner import MAX_WARMUP_RUNS
+from pochitrain.inference import MAX_WARMUP_RUNS
 
 RUNTIMES = {"pytorch": "pytorch", "onnx": "onnx", "trt": "tensorrt", "tensorrt": "tensorrt"}
 PIPELINES = {"auto": "auto", "cpu": "cpu", "current": "cpu", "fast": "cpu", "gpu": "gpu"}

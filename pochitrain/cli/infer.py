@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from pochitrain.cli.common import add_config, add_runtime_options, count_at_most, positive_int
-from pochitrain.inference.runner import MAX_WARMUP_RUNS
+from pochitrain.inference import MAX_WARMUP_RUNS
 
 DESCRIPTION = """\
 Run inference on a folder of images and write the results.

@@ -13,11 +13,6 @@ from pochitrain.errors import UsageError
 if TYPE_CHECKING:
     import torch
 
-# the most untimed warm-up runs an inference command takes (--warmup, a bench suite's warmup):
-# more only delays the first result
-MAX_WARMUP_RUNS = 1000
-
-
 @dataclass(frozen=True)
 class RunnerInput:
     """What a runner's model takes, as the runner states it (None: any, or the caller's
