@@ -50,15 +50,22 @@ def save_checkpoint(path: Path, model: nn.Module, meta: ModelMeta,
         tmp.write_bytes(buffer.getbuffer())
 
 
-def read_checkpoint(path: Path | str) -> tuple[dict[str, Any], ModelMeta]:
-    """Load a pochitrain checkpoint dict (weights_only) and its metadata."""
-    import torch
-
+def checkpoint_file(path: Path | str) -> Path:
+    """``path`` as a Path; ModelFileError when there is no such file. Cheap: commands call it
+    before importing torch."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError("チェックポイントが見つかりません\n"
                              f"Checkpoint not found: {path}",
                              "Pass the .pth written by 'pochi train' (work_dirs/*/models/).")
+    return path
+
+
+def read_checkpoint(path: Path | str) -> tuple[dict[str, Any], ModelMeta]:
+    """Load a pochitrain checkpoint dict (weights_only) and its metadata."""
+    path = checkpoint_file(path)
+    import torch
+
     try:
         with warnings.catch_warnings():  # a pickle that is not a checkpoint: the error says it
             warnings.simplefilter("ignore")

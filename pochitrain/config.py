@@ -232,13 +232,9 @@ def _exec_error(path: Path, exc: BaseException) -> ConfigError:
                        "Fix that line of the config file (it is run as Python).")
 
 
-def load_config(path: Path | str, overrides: dict[str, Any] | None = None, *,
-                scheduler_trial: bool = True) -> Settings:
-    """Run a config file and return its validated ``Settings``; ConfigError on any problem.
-    ``overrides`` (``{"epochs": 3}`` from the command line) are validated the same way.
-    ``scheduler_trial``: also run the scheduler on a throwaway optimizer, for the commands that
-    train; the others check its name and arguments only (torch's optimizer imports
-    TorchDynamo, 1-2 s)."""
+def config_file(path: Path | str) -> Path:
+    """The config file's resolved path; ConfigError when it is missing, not a file or not
+    readable. Cheap: commands call it before importing torch."""
     path = Path(path_argument("config", path, "'configs/pochi_train_config.py'") or "")
     path = path.expanduser()
     if not path.exists():
@@ -257,6 +253,17 @@ def load_config(path: Path | str, overrides: dict[str, Any] | None = None, *,
         raise ConfigError("config ファイルを読み込めません\n"
                           f"Cannot read the config file {path}: {exc.strerror}",
                           "Check the file's permissions.") from exc
+    return path
+
+
+def load_config(path: Path | str, overrides: dict[str, Any] | None = None, *,
+                scheduler_trial: bool = True) -> Settings:
+    """Run a config file and return its validated ``Settings``; ConfigError on any problem.
+    ``overrides`` (``{"epochs": 3}`` from the command line) are validated the same way.
+    ``scheduler_trial``: also run the scheduler on a throwaway optimizer, for the commands that
+    train; the others check its name and arguments only (torch's optimizer imports
+    TorchDynamo, 1-2 s)."""
+    path = config_file(path)
     try:
         from pochitrain.fastimport import without_dynamo
 

@@ -210,6 +210,17 @@ class Model:
         self.close()
 
 
+def check_model_file(model_path: Path | str) -> Backend:
+    """The backend of ``model_path``; ModelFileError when its type is unknown or the file is
+    missing. Cheap: commands call it before importing their runtime."""
+    model_path = Path(model_path)
+    backend = backend_for(model_path)
+    if not model_path.exists() and not backend.says_not_found:
+        raise ModelFileError("モデルファイルが見つかりません\n"
+                             f"Model file not found: {model_path}", "Check the path.")
+    return backend
+
+
 def check_input_size(fixed_hw: tuple[int, int] | None, meta: ModelMeta) -> None:
     """ShapeError when the model file is built for another H x W than its preprocessing."""
     want = tuple(meta.preprocess.input_size)
@@ -254,9 +265,7 @@ def open_model(model_path: Path | str, *, config: Path | str | None = None,
             f"{model_path} is not a {expect_runtime} model (it looks like {backend.runtime}).",
             "Use 'pochi infer MODEL' to pick the runtime from the file type.",
         )
-    if not model_path.exists() and not backend.says_not_found:
-        raise ModelFileError("モデルファイルが見つかりません\n"
-                             f"Model file not found: {model_path}", "Check the path.")
+    check_model_file(model_path)
     request = OpenRequest(RunConfig.for_model(model_path, config), device, providers,
                           batch_size, torch_options)
     runner, file_meta = backend.open(model_path, request)

@@ -315,6 +315,7 @@ def test_gpu_pipeline_code_matches_cpu_pipeline(untrained_checkpoint: Path,
 
 
 def test_missing_extra_names_it(tmp_path: Path) -> None:
+    (tmp_path / "m.onnx").write_bytes(b"")  # a model file is there: the extra is what lacks
     code = ("import sys\nsys.modules['fastapi'] = None\n"
             "from pochitrain.cli.main import run\n"
             f"sys.exit(run(['serve', {str(tmp_path / 'm.onnx')!r}]))\n")

@@ -152,9 +152,11 @@ def run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
+    from pochitrain.model import check_model_file
     from pochitrain.serve import require_extra
 
     check_backend(args.model, getattr(args, "backend", None))
+    check_model_file(args.model)  # a mistyped path is told before the server's imports
     require_extra()
     from pochitrain.model import torch_options
     from pochitrain.serve.app import ServeSettings

@@ -102,11 +102,14 @@ def _check_device(device: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pochitrain.config import config_file
     from pochitrain.console import info, warn
-    from pochitrain.training.run import run_training as train
 
     if args.config is None:
         args.config = DEFAULT_CONFIG if args.resume is None else str(_run_config(args.resume))
+    config_file(args.config)  # a mistyped path is told before torch's import
+    from pochitrain.training.run import run_training as train
+
     overrides: dict[str, object] = {}
     if args.epochs is not None:
         overrides["epochs"] = args.epochs

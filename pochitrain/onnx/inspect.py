@@ -73,9 +73,9 @@ def check_file(path: Path | str) -> Path:
 
 def read_onnx(path: Path | str, load_weights: bool = False):
     """Return (OnnxInfo, onnx.ModelProto). Raises ModelFileError for anything unusable."""
+    path = check_file(path)  # before onnx's import (0.7 s): a mistyped path is told at once
     import onnx
 
-    path = check_file(path)
     try:
         model = onnx.load(str(path), load_external_data=load_weights)
     except Exception as exc:  # protobuf DecodeError and friends

@@ -93,11 +93,12 @@ def export_onnx(checkpoint: Path | str, input_size: tuple[int, int] | None = Non
     (checked, then the export itself runs on the CPU)."""
     from pochitrain import __version__
     from pochitrain.arguments import file_argument
-    from pochitrain.checkpoint import load_model
+    from pochitrain.checkpoint import checkpoint_file, load_model
     from pochitrain.config import resolve_device
     from pochitrain.onnx.export import check_opset
 
-    checkpoint = file_argument("checkpoint", checkpoint, "'models/best_epoch10.pth'")
+    checkpoint = checkpoint_file(file_argument("checkpoint", checkpoint,
+                                               "'models/best_epoch10.pth'"))
     shape = shape or ExportShape()
     check_opset(opset)
     out = _output_path(checkpoint, output, input_size, overwrite)
