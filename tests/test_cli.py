@@ -49,7 +49,8 @@ SLOW_IMPORTS = ("torch", "onnxruntime", "onnx", "tensorrt_rtx_bindings", "matplo
 
 
 @pytest.mark.parametrize(("argv", "exit_code"), [
-    (["train", "-c", "missing.py"], 2), (["export-onnx", "missing.pth"], 1),
+    (["train", "-c", "missing.py"], 2), (["train", "--resume", "missing.run"], 2),
+    (["export-onnx", "missing.pth"], 1),
     (["convert", "missing.onnx"], 1), (["infer", "missing.pth"], 1),
     (["infer-onnx", "missing.onnx"], 1), (["serve", "missing.pth"], 1)],
     ids=lambda value: value[0] if isinstance(value, list) else str(value))

@@ -57,17 +57,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="no progress bars (the per-epoch lines are still printed)")
 
 
-def _run_config(resume: str) -> str:
-    """The config of the run given to --resume (where it can be read; the run itself is
-    checked when training starts)."""
-    from pochitrain.training.resume import find_resume_point, run_config, run_dir_of
-
-    run_dir = run_dir_of(resume)
-    if not (run_dir / "run.json").is_file():
-        find_resume_point(resume)  # says what is missing
-    return str(run_config(run_dir))
-
-
 def _check_work_dir(work_dir: str) -> None:
     """--work-dir must be (or be creatable as) a folder: say so before any training."""
     import os
@@ -105,9 +94,16 @@ def run(args: argparse.Namespace) -> int:
     from pochitrain.config import config_file
     from pochitrain.console import info, warn
 
-    if args.config is None:
-        args.config = DEFAULT_CONFIG if args.resume is None else str(_run_config(args.resume))
-    config_file(args.config)  # a mistyped path is told before torch's import
+    # a mistyped path, or a run with nothing to resume, is told before torch's import
+    if args.resume is not None:
+        from pochitrain.run_to_resume import run_config, run_to_resume
+
+        resumed = run_to_resume(args.resume)
+        if args.config is None:
+            args.config = str(run_config(resumed.run_dir))
+    elif args.config is None:
+        args.config = DEFAULT_CONFIG
+    config_file(args.config)
     from pochitrain.training.run import run_training as train
 
     overrides: dict[str, object] = {}

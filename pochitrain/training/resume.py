@@ -16,7 +16,6 @@ moment of Ctrl+C, without ``resume``).
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,15 +25,14 @@ import numpy as np
 import torch
 
 from pochitrain.console import warn
-from pochitrain.errors import UsageError
 from pochitrain.meta import file_sha256
+from pochitrain.run_to_resume import refuse, run_to_resume
 from pochitrain.training.metrics import EpochRow, MetricsLog
 
 # ``s`` below is a ``training.fit.FitSetup`` and ``keeper`` its ``CheckpointKeeper``: fit calls
 # this module, so naming them here would make an import circle.
 
 RESUME_KEY = "resume"
-FINISHED = ("completed", "early_stopping")
 
 
 @dataclass
@@ -55,67 +53,31 @@ class ResumePoint:
         return int(self.state["epoch"])
 
 
-def run_config(run_dir: Path) -> Path:
-    """The config a run was started with where it still has the same content, else the copy
-    in the run folder."""
-    record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    recorded = Path(record.get("config_path") or "")
-    copy = run_dir / "config.py"
-    if recorded.is_file() and copy.is_file() and file_sha256(recorded) == file_sha256(copy):
-        return recorded
-    return copy
-
-
-def run_dir_of(path: Path | str) -> Path:
-    """The run folder of ``RUN_DIR`` or ``RUN_DIR/models/last_model.pth``."""
-    path = Path(path)
-    return path if path.is_dir() else path.parent.parent
-
-
-def _refuse(ja: str, en: str, fix: str) -> UsageError:
-    return UsageError(f"{ja}\n{en}", fix)
-
-
 def find_resume_point(path: Path | str) -> ResumePoint:
     """``RUN_DIR`` or ``RUN_DIR/models/last_model.pth``, checked for resuming."""
     from pochitrain.checkpoint import read_checkpoint
 
-    path = Path(path)
-    run_dir = run_dir_of(path)
-    checkpoint = path / "models" / "last_model.pth" if path.is_dir() else path
-    if not checkpoint.is_file() or not (run_dir / "run.json").is_file():
-        missing = (f"{path} does not exist" if not path.exists() else
-                   f"{checkpoint} or {run_dir / 'run.json'} is missing")
-        raise _refuse("再開する学習が見つかりません",
-                      f"--resume {path}: no run to resume there ({missing}).",
-                      "Pass a run folder written by 'pochi train' (work_dirs/YYYYMMDD_NNN) or "
-                      "its models/last_model.pth.")
-    record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    if record.get("status") in FINISHED:
-        raise _refuse("この学習は最後まで終わっています",
-                      f"--resume {path}: the run finished ({record['status']}, "
-                      f"{record.get('epochs_run')} epoch(s)); there is nothing to resume.",
-                      "Start a new run with 'pochi train -c CONFIG' (e.g. with more epochs).")
-    payload, _ = read_checkpoint(checkpoint)
+    run = run_to_resume(path)
+    payload, _ = read_checkpoint(run.checkpoint)
     if RESUME_KEY not in payload:
-        raise _refuse("再開できる状態が保存されていません",
-                      f"--resume {path}: {checkpoint} holds no finished epoch to resume from "
-                      "(the run stopped during its first epoch).",
-                      "Start the run again with 'pochi train -c CONFIG'.")
-    return ResumePoint(run_dir, checkpoint, record, payload)
+        raise refuse("再開できる状態が保存されていません",
+                     f"--resume {path}: {run.checkpoint} holds no finished epoch to resume "
+                     "from (the run stopped during its first epoch).",
+                     "Start the run again with 'pochi train -c CONFIG'.")
+    return ResumePoint(run.run_dir, run.checkpoint, run.record, payload)
 
 
 def check_same_config(point: ResumePoint, config: Path, settings_epochs: int) -> None:
     """The config given with --resume must be the run's own; the run must have epochs left."""
     started_with = point.payload.get("meta", {}).get("source", {}).get("config_sha256")
     if started_with is not None and file_sha256(config) != started_with:
-        raise _refuse("別の config の学習は再開できません",
+        raise refuse("別の config の学習は再開できません",
                       f"--resume {point.run_dir}: {config} is not the config this run was "
                       "started with (its content differs).",
                       "Leave -c out (the run's own config is used), or start a new run with "
                       "this config.")
     if settings_epochs <= point.epoch:
-        raise _refuse("再開後に学習するエポックがありません",
+        raise refuse("再開後に学習するエポックがありません",
                       f"--resume {point.run_dir}: {point.epoch} epoch(s) are done and epochs "
                       f"= {settings_epochs}.",
                       f"Pass --epochs with more than {point.epoch}.")

@@ -1,0 +1,63 @@
+"""Which run ``pochi train --resume RUN`` goes on with, checked from its files alone (no torch):
+a mistyped or finished run is told before training's imports. ``training.resume`` reads the
+checkpoint and restores the state."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from pochitrain.errors import UsageError
+from pochitrain.meta import file_sha256
+
+FINISHED = ("completed", "early_stopping")
+
+
+class RunToResume(NamedTuple):
+    run_dir: Path
+    checkpoint: Path  # models/last_model.pth
+    record: dict[str, Any]  # run.json
+
+
+def refuse(ja: str, en: str, fix: str) -> UsageError:
+    return UsageError(f"{ja}\n{en}", fix)
+
+
+def run_dir_of(path: Path | str) -> Path:
+    """The run folder of ``RUN_DIR`` or ``RUN_DIR/models/last_model.pth``."""
+    path = Path(path)
+    return path if path.is_dir() else path.parent.parent
+
+
+def run_to_resume(path: Path | str) -> RunToResume:
+    """``RUN_DIR`` or ``RUN_DIR/models/last_model.pth``: a run with a last checkpoint and a
+    run.json that did not finish; else the UsageError that says why not."""
+    path = Path(path)
+    run_dir = run_dir_of(path)
+    checkpoint = path / "models" / "last_model.pth" if path.is_dir() else path
+    if not checkpoint.is_file() or not (run_dir / "run.json").is_file():
+        missing = (f"{path} does not exist" if not path.exists() else
+                   f"{checkpoint} or {run_dir / 'run.json'} is missing")
+        raise refuse("再開する学習が見つかりません",
+                     f"--resume {path}: no run to resume there ({missing}).",
+                     "Pass a run folder written by 'pochi train' (work_dirs/YYYYMMDD_NNN) or "
+                     "its models/last_model.pth.")
+    record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    if record.get("status") in FINISHED:
+        raise refuse("この学習は最後まで終わっています",
+                     f"--resume {path}: the run finished ({record['status']}, "
+                     f"{record.get('epochs_run')} epoch(s)); there is nothing to resume.",
+                     "Start a new run with 'pochi train -c CONFIG' (e.g. with more epochs).")
+    return RunToResume(run_dir, checkpoint, record)
+
+
+def run_config(run_dir: Path) -> Path:
+    """The config a run was started with where it still has the same content, else the copy
+    in the run folder."""
+    record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    recorded = Path(record.get("config_path") or "")
+    copy = run_dir / "config.py"
+    if recorded.is_file() and copy.is_file() and file_sha256(recorded) == file_sha256(copy):
+        return recorded
+    return copy
