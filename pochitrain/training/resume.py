@@ -26,7 +26,7 @@ import torch
 
 from pochitrain.console import warn
 from pochitrain.meta import file_sha256
-from pochitrain.run_to_resume import refuse, run_to_resume
+from pochitrain.run_to_resume import refuse, run_config, run_to_resume
 from pochitrain.training.metrics import EpochRow, MetricsLog
 
 # ``s`` below is a ``training.fit.FitSetup`` and ``keeper`` its ``CheckpointKeeper``: fit calls
@@ -51,6 +51,11 @@ class ResumePoint:
     @property
     def epoch(self) -> int:
         return int(self.state["epoch"])
+
+    @property
+    def config(self) -> Path:
+        """The config the run was started with (``run_to_resume.run_config``)."""
+        return run_config(self.run_dir)
 
 
 def find_resume_point(path: Path | str) -> ResumePoint:

@@ -302,13 +302,12 @@ def _run_fit(settings: Settings, setup: FitSetup, keeper: CheckpointKeeper, run_
 def _load_settings(config: Path | str | None, overrides: dict[str, Any] | None,
                    resume: Path | str | None) -> tuple[Settings, Path, ResumePoint | None]:
     """The config's settings, checked for training (and for the run being resumed)."""
-    from pochitrain.run_to_resume import run_config
     from pochitrain.training import distributed as D
     from pochitrain.training import resume as R
 
     resumed = R.find_resume_point(resume) if resume is not None else None
     if config is None and resumed is not None:
-        config = run_config(resumed.run_dir)
+        config = resumed.config
     if config is None:
         raise ConfigError("config を指定してください\n"
                           "No config was given, and no run to resume.",
