@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -207,23 +207,17 @@ class GpuBatches:
         group = work_group(batch_size)
         if reader is None:
             ahead = max(2 * group, self.workers * READ_GROUP)  # files in flight
-            feed = _ahead(rebatch(read_groups(pool, read, samples, ahead), group))
-            try:
-                for chunk in feed:
-                    yield chunk, self.decoder.decode(chunk)
-            finally:
-                feed.close()
+            for chunk in rebatch(read_groups(pool, read, samples, ahead), group):
+                yield chunk, self.decoder.decode(chunk)
             return
         chunks = SlotChunks(reader, samples, group,
                             lambda paths: list(map_grouped(pool, read, paths)))
-        feed = _ahead(chunks)
         try:
-            for chunk in feed:
+            for chunk in chunks:
                 images = self.decoder.decode(chunk)
                 chunks.consumed(len(chunk))  # their bytes are no longer needed
                 yield [e._replace(payload=None) for e in chunk], images
         finally:
-            feed.close()  # its thread uses the reader
             reader.close()
             if chunks.failed and not self.reader_failed:
                 from pochitrain.console import warn
@@ -260,12 +254,6 @@ class GpuBatches:
                 items.close()
                 with contextlib.suppress(ValueError):  # still running after a join timeout
                     decoded.close()
-
-
-def _ahead(chunks: Iterable[list[Entry]]) -> Generator[list[Entry], None, None]:
-    """The next chunk made in a thread of its own while this one decodes: nvJPEG's calls
-    release the interpreter lock, so the decode thread calls it back to back."""
-    return prefetch(lambda: chunks, "cpu", depth=1, name="pochi-gpu-read")
 
 
 def _out_of_memory(batch_size: int) -> Callable[[BaseException], BaseException]:

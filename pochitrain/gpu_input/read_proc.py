@@ -16,7 +16,6 @@ import mmap
 import os
 import subprocess
 import sys
-import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -158,14 +157,8 @@ class SlotChunks:
         self.free: deque[int] = deque(range(reader.slots))
         self.held: deque[Held] = deque()  # groups handed out, in order
         self.failed: str | None = None
-        # the chunks may be made in one thread and consumed in another (batches.py)
-        self._lock = threading.Lock()
 
     def consumed(self, n: int) -> None:
-        with self._lock:
-            self._release(n)
-
-    def _release(self, n: int) -> None:
         while n and self.held:
             held = self.held[0]
             take = min(n, held.pending)
@@ -180,21 +173,15 @@ class SlotChunks:
         starts = deque(range(0, len(self.samples), GROUP))
         inflight: deque[tuple[int, list[tuple[Path, int]]]] = deque()
         while starts or inflight:
-            while self.failed is None and starts:
-                with self._lock:
-                    if not self.free:
-                        break
-                    slot = self.free.popleft()
+            while self.failed is None and self.free and starts:
                 part = self.samples[starts[0]:starts[0] + GROUP]
                 try:
-                    self.reader.request(slot, [p for p, _ in part])
+                    self.reader.request(self.free[0], [p for p, _ in part])
                 except OSError as exc:
                     self.failed = f"{type(exc).__name__}: {exc}"
-                    with self._lock:
-                        self.free.appendleft(slot)
                     break
                 starts.popleft()
-                inflight.append((slot, part))
+                inflight.append((self.free.popleft(), part))
             if inflight:
                 slot, part = inflight.popleft()
                 answers = None
@@ -205,14 +192,12 @@ class SlotChunks:
                     except (EOFError, OSError) as exc:
                         self.failed = f"{type(exc).__name__}: {exc}"
                 if answers is None:  # the helper is gone: this group is read here
-                    with self._lock:
-                        self.free.append(slot)
+                    self.free.append(slot)
                     slot, answers = -1, [OTHER] * len(part)
             else:  # every slot waits for a decode (batch_size > SLOTS * GROUP), or failed
                 part = self.samples[starts[0]:starts.popleft() + GROUP]
                 slot, answers = -1, [OTHER] * len(part)
-            with self._lock:
-                self.held.append(Held(slot, len(part)))
+            self.held.append(Held(slot, len(part)))
             yield self._entries(part, answers)
 
     def _entries(self, part: list[tuple[Path, int]], answers: list[Answer]) -> list[Entry]:
