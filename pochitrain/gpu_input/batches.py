@@ -236,7 +236,10 @@ class GpuBatches:
             return None
         from PIL import Image
 
-        return ReaderProcess.start(Image.MAX_IMAGE_PIXELS)
+        reader = ReaderProcess.start(Image.MAX_IMAGE_PIXELS)
+        if reader is not None and self.cuda:
+            reader.pin()
+        return reader
 
     def __call__(self, samples: list[tuple[Path, int]],
                  batch_size: int) -> Iterator[InputBatch]:
