@@ -5,6 +5,7 @@ where ``pochi infer``'s end-to-end time goes.
     python benchmarks/photos.py stages MODEL --data DIR [-b 32] [--precision bf16]
         [--channels-last]
     python benchmarks/photos.py timeline -- infer MODEL --data DIR [pochi infer options]
+    python benchmarks/photos.py decode MODEL --data DIR [--trace FILE.json.gz]
 
 ``make`` writes crops of about 500x375 from scikit-learn's two sample photos (random
 position, mirrored at random, JPEG quality 90) into 10 class folders, in parallel, and a
@@ -14,6 +15,12 @@ resnet18 checkpoint (seeded random weights, Resize(256) + CenterCrop(224)) for t
 input pipeline, with timers on each stage: the input pipeline alone, the model alone on a
 blank batch, then the whole loop with the main thread's time split into waiting for a batch,
 the runner's calls and the rest. It prints one JSON line per measurement.
+
+``decode`` times nvJPEG (torchvision's ``decode_jpeg`` on CUDA, and nvImageCodec where it is
+installed) on 4,096 files already in memory, batches of 256, alone and while another thread of
+this process keeps a load running: the model (bf16, channels-last, batch 256, two batches
+queued), the model as a CUDA graph, large matrix products, a Python loop. ``--trace`` also
+writes a torch.profiler trace of ``pochi infer``'s loop over the first 8,192 files.
 
 ``timeline`` runs one ``pochi`` command in this process and prints when (seconds since this
 script started) its steps began and ended: imports, opening the model, the inference pass,
@@ -219,6 +226,142 @@ def stages(args: argparse.Namespace) -> None:
         print(json.dumps({**label, **row}), flush=True)
 
 
+def _loads(model_path: Path) -> dict[str, Any]:
+    """Loads for ``decode``: each runs in a thread until its event is set, counting."""
+    import collections
+
+    import torch
+
+    from pochitrain.inference.torch_runner import TorchOptions
+    from pochitrain.model import open_model
+
+    blank = torch.zeros((256, 3, 224, 224), device="cuda")
+    runners = {}
+    for name, graph in (("model", False), ("model_graph", True)):
+        runner = open_model(model_path, device="cuda", batch_size=256, torch_options=TorchOptions(
+            "bf16", True, cuda_graph=graph)).runner
+        for _ in range(5):
+            runner.run(blank)
+        runners[name] = runner
+
+    def model(runner: Any) -> Any:
+        def run(stop: Any, count: list[float]) -> None:
+            queued: Any = collections.deque()
+            while not stop.is_set():
+                queued.append(runner.submit(blank))
+                if len(queued) >= 2:
+                    queued.popleft().result()
+                    count[0] += 256
+            while queued:
+                queued.popleft().result()
+        return run
+
+    square = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+
+    def matmul(stop: Any, count: list[float]) -> None:
+        with torch.cuda.stream(torch.cuda.Stream()):
+            while not stop.is_set():
+                for _ in range(5):
+                    square @ square
+                torch.cuda.current_stream().synchronize()
+                count[0] += 5
+
+    def python_loop(stop: Any, count: list[float]) -> None:
+        while not stop.is_set():
+            count[0] += 1
+
+    return {"nothing": None, "model": model(runners["model"]),
+            "model_graph": model(runners["model_graph"]), "matmul": matmul,
+            "python_loop": python_loop}
+
+
+def decode(args: argparse.Namespace) -> None:
+    import threading
+
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    files = sorted(Path(args.data).glob("*/*.jpg"))[:4096]
+    data = [torch.frombuffer(bytearray(f.read_bytes()), dtype=torch.uint8) for f in files]
+    encoded = [bytes(d.numpy()) for d in data]
+    decoders = {"torchvision": lambda part: decode_jpeg(part, mode=ImageReadMode.RGB,
+                                                        device="cuda")}
+    try:
+        from nvidia import nvimgcodec  # type: ignore[import-not-found]
+
+        hardware = nvimgcodec.Decoder(backends=[nvimgcodec.Backend(
+            nvimgcodec.BackendKind.HW_GPU_ONLY)])
+        stream = torch.cuda.current_stream().cuda_stream
+        decoders["nvimgcodec"] = lambda part: [torch.as_tensor(image, device="cuda") for image
+                                               in hardware.decode(part, cuda_stream=stream)]
+    except ImportError:
+        pass
+
+    def one_pass(name: str) -> float:
+        items = data if name == "torchvision" else encoded
+        start = time.perf_counter()
+        for at in range(0, len(items), 256):
+            decoders[name](items[at:at + 256])
+        torch.cuda.synchronize()
+        return len(items) / (time.perf_counter() - start)
+
+    for name in decoders:
+        one_pass(name)  # start-up
+    for load_name, load in _loads(args.model).items():
+        for name in decoders:
+            slow = load_name == "python_loop"  # under 2 % of the rate: one pass, one decoder
+            if slow and name != "torchvision":
+                continue
+            stop, count = threading.Event(), [0.0]
+            thread = threading.Thread(target=load, args=(stop, count), daemon=True)
+            if load is not None:
+                thread.start()
+                time.sleep(0.3)
+            start, counted = time.perf_counter(), count[0]
+            rates = [round(one_pass(name)) for _ in range(1 if slow else 3)]
+            load_rate = (count[0] - counted) / (time.perf_counter() - start)
+            stop.set()
+            if load is not None:
+                thread.join()
+            print(json.dumps({"decoder": name, "beside": load_name, "img_s": rates,
+                              "load_per_s": round(load_rate, 1)}), flush=True)
+    if args.trace is not None:
+        trace(args)
+
+
+def trace(args: argparse.Namespace) -> None:
+    """torch.profiler over one pass of ``pochi infer``'s loop (bf16, channels-last, 256)."""
+    import gzip
+    import shutil
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from pochitrain.data import remap_labels, scan_image_folder
+    from pochitrain.gpu_input import GpuBatches
+    from pochitrain.inference.loop import run_inference
+    from pochitrain.inference.torch_runner import TorchOptions
+    from pochitrain.model import open_model
+
+    model = open_model(args.model, device="cuda", torch_options=TorchOptions("bf16", True))
+    folder = remap_labels(scan_image_folder(Path(args.data), "data"), model.class_names)
+    del folder.samples[8192:]
+    source = GpuBatches(model.preprocess, "cuda")
+
+    def one_pass() -> None:
+        run_inference(model.runner, folder, model.preprocess, 256, model.class_names,
+                      progress=False, batches=source)
+
+    one_pass()  # start-up
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        one_pass()
+    raw = Path(str(args.trace).removesuffix(".gz"))
+    prof.export_chrome_trace(str(raw))
+    with open(raw, "rb") as src, gzip.open(args.trace, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    raw.unlink()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25), flush=True)
+
+
 def timeline(argv: list[str]) -> None:
     """The command's steps, timed from outside through the public names they call."""
     import pochitrain.pipeline.infer as verb  # imports torch: the "imports" step
@@ -274,6 +417,11 @@ def main(argv: list[str] | None = None) -> int:
                       help="batches queued on the runner at once (the loop's IN_FLIGHT)")
     prof.add_argument("--input-priority", type=int, default=None,
                       help="CUDA stream priority of the input's threads (prefetcher)")
+    nvjpeg = sub.add_parser("decode")
+    nvjpeg.add_argument("model", type=Path)
+    nvjpeg.add_argument("--data", required=True)
+    nvjpeg.add_argument("--trace", type=Path, default=None,
+                        help="also write a torch.profiler trace of pochi infer's loop here")
     line = sub.add_parser("timeline")
     line.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -281,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         make_photos(args.folder, args.images)
         if args.model is not None:
             make_model(args.model)
+    elif args.what == "decode":
+        decode(args)
     elif args.what == "timeline":
         timeline([a for a in args.command if a != "--"])
     else:
