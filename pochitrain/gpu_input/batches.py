@@ -236,10 +236,7 @@ class GpuBatches:
             return None
         from PIL import Image
 
-        reader = ReaderProcess.start(Image.MAX_IMAGE_PIXELS)
-        if reader is not None and self.cuda:
-            reader.pin()
-        return reader
+        return ReaderProcess.start(Image.MAX_IMAGE_PIXELS)
 
     def __call__(self, samples: list[tuple[Path, int]],
                  batch_size: int) -> Iterator[InputBatch]:

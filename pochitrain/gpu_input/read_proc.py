@@ -81,7 +81,6 @@ class ReaderProcess:
         self._proc, self._conn, self._buf = proc, conn, buf
         self.slots = len(buf) // SLOT_BYTES
         self.view: torch.Tensor | None = view  # 1-D uint8 CPU tensor over the buffer
-        self.pinned = False
 
     @classmethod
     def start(cls, limit: int | None) -> ReaderProcess | None:
@@ -112,17 +111,6 @@ class ReaderProcess:
         os.close(fd)  # the mapping keeps the memory
         return cls(proc, Connection(ours), buf, torch.frombuffer(buf, dtype=torch.uint8))
 
-    def pin(self) -> bool:
-        """Page-lock the buffer for CUDA, so that nvJPEG copies the files to the GPU without
-        a staging copy each (docs/benchmarks.md); False where CUDA refuses (then unpinned)."""
-        import torch
-
-        if self.view is not None and not self.pinned:
-            rt = torch.cuda.cudart()
-            status = rt.cudaHostRegister(self.view.data_ptr(), len(self._buf), 0)
-            self.pinned = status == rt.cudaError.success
-        return self.pinned
-
     def request(self, slot: int, paths: list[Path]) -> None:
         self._conn.send((slot, [os.fspath(p) for p in paths]))
 
@@ -144,11 +132,6 @@ class ReaderProcess:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
-        if self.pinned and self.view is not None:
-            import torch
-
-            torch.cuda.cudart().cudaHostUnregister(self.view.data_ptr())
-            self.pinned = False
         self.view = None
         with contextlib.suppress(BufferError):  # a tensor view still alive: the GC unmaps it
             self._buf.close()
