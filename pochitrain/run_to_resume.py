@@ -4,12 +4,12 @@ checkpoint and restores the state."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from pochitrain.errors import UsageError
 from pochitrain.meta import file_sha256
+from pochitrain.workspace import read_run_json
 
 FINISHED = ("completed", "early_stopping")
 
@@ -36,14 +36,15 @@ def run_to_resume(path: Path | str) -> RunToResume:
     path = Path(path)
     run_dir = run_dir_of(path)
     checkpoint = path / "models" / "last_model.pth" if path.is_dir() else path
-    if not checkpoint.is_file() or not (run_dir / "run.json").is_file():
+    record = read_run_json(run_dir) if checkpoint.is_file() else None
+    if record is None:
         missing = (f"{path} does not exist" if not path.exists() else
-                   f"{checkpoint} or {run_dir / 'run.json'} is missing")
+                   f"{checkpoint} is missing" if not checkpoint.is_file() else
+                   f"{run_dir / 'run.json'} is missing or unreadable")
         raise refuse("再開する学習が見つかりません",
                      f"--resume {path}: no run to resume there ({missing}).",
                      "Pass a run folder written by 'pochi train' (work_dirs/YYYYMMDD_NNN) or "
                      "its models/last_model.pth.")
-    record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     if record.get("status") in FINISHED:
         raise refuse("この学習は最後まで終わっています",
                      f"--resume {path}: the run finished ({record['status']}, "
@@ -55,7 +56,7 @@ def run_to_resume(path: Path | str) -> RunToResume:
 def run_config(run_dir: Path) -> Path:
     """The config a run was started with where it still has the same content, else the copy
     in the run folder."""
-    record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    record = read_run_json(run_dir) or {}
     recorded = Path(record.get("config_path") or "")
     copy = run_dir / "config.py"
     if recorded.is_file() and copy.is_file() and file_sha256(recorded) == file_sha256(copy):

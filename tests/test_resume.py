@@ -86,6 +86,9 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_data: Path, tmp_path: 
     missing = tmp_path / "a" / "20990101_001"
     assert run(["train", "--resume", str(missing)]) == 2
     assert f"no run to resume there ({missing} does not exist)" in capsys.readouterr().err
+    (reference / "run.json").write_text("{not json", encoding="utf-8")  # a damaged record
+    assert run(["train", "--resume", str(reference)]) == 2
+    assert "run.json is missing or unreadable" in capsys.readouterr().err
 
 
 def test_a_run_stopped_in_its_first_epoch_has_nothing_to_resume(
