@@ -77,15 +77,15 @@ def check_same_config(point: ResumePoint, config: Path, settings_epochs: int) ->
     started_with = point.payload.get("meta", {}).get("source", {}).get("config_sha256")
     if started_with is not None and file_sha256(config) != started_with:
         raise refuse("別の config の学習は再開できません",
-                      f"--resume {point.run_dir}: {config} is not the config this run was "
-                      "started with (its content differs).",
-                      "Leave -c out (the run's own config is used), or start a new run with "
-                      "this config.")
+                     f"--resume {point.run_dir}: {config} is not the config this run was "
+                     "started with (its content differs).",
+                     "Leave -c out (the run's own config is used), or start a new run with "
+                     "this config.")
     if settings_epochs <= point.epoch:
         raise refuse("再開後に学習するエポックがありません",
-                      f"--resume {point.run_dir}: {point.epoch} epoch(s) are done and epochs "
-                      f"= {settings_epochs}.",
-                      f"Pass --epochs with more than {point.epoch}.")
+                     f"--resume {point.run_dir}: {point.epoch} epoch(s) are done and epochs "
+                     f"= {settings_epochs}.",
+                     f"Pass --epochs with more than {point.epoch}.")
 
 
 def capture(s: Any, keeper: Any, log: MetricsLog, epoch: int) -> dict[str, Any]:
