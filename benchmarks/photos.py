@@ -294,8 +294,8 @@ def decode(args: argparse.Namespace) -> None:
         stream = torch.cuda.current_stream().cuda_stream
         decoders["nvimgcodec"] = lambda part: [torch.as_tensor(image, device="cuda") for image
                                                in hardware.decode(part, cuda_stream=stream)]
-    except ImportError:
-        pass
+    except (ImportError, RuntimeError) as exc:  # not installed, or no hardware decoder
+        print(json.dumps({"decoder": "nvimgcodec", "skipped": repr(exc)[:200]}), flush=True)
 
     def one_pass(name: str) -> float:
         items = data if name == "torchvision" else encoded
@@ -354,7 +354,7 @@ def trace(args: argparse.Namespace) -> None:
     one_pass()  # start-up
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         one_pass()
-    raw = Path(str(args.trace).removesuffix(".gz"))
+    raw = Path(f"{args.trace}.tmp.json")  # the trace, gzipped into args.trace below
     prof.export_chrome_trace(str(raw))
     with open(raw, "rb") as src, gzip.open(args.trace, "wb") as dst:
         shutil.copyfileobj(src, dst)
