@@ -24,17 +24,11 @@ def refuse(ja: str, en: str, fix: str) -> UsageError:
     return UsageError(f"{ja}\n{en}", fix)
 
 
-def run_dir_of(path: Path | str) -> Path:
-    """The run folder of ``RUN_DIR`` or ``RUN_DIR/models/last_model.pth``."""
-    path = Path(path)
-    return path if path.is_dir() else path.parent.parent
-
-
 def run_to_resume(path: Path | str) -> RunToResume:
     """``RUN_DIR`` or ``RUN_DIR/models/last_model.pth``: a run with a last checkpoint and a
     run.json that did not finish; else the UsageError that says why not."""
     path = Path(path)
-    run_dir = run_dir_of(path)
+    run_dir = path if path.is_dir() else path.parent.parent  # RUN_DIR/models/last_model.pth
     checkpoint = path / "models" / "last_model.pth" if path.is_dir() else path
     record = read_run_json(run_dir) if checkpoint.is_file() else None
     if record is None:
@@ -53,10 +47,9 @@ def run_to_resume(path: Path | str) -> RunToResume:
     return RunToResume(run_dir, checkpoint, record)
 
 
-def run_config(run_dir: Path) -> Path:
-    """The config a run was started with where it still has the same content, else the copy
-    in the run folder."""
-    record = read_run_json(run_dir) or {}
+def run_config(run_dir: Path, record: dict[str, Any]) -> Path:
+    """The config a run was started with (``record``: its run.json) where it still has the
+    same content, else the copy in the run folder."""
     recorded = Path(record.get("config_path") or "")
     copy = run_dir / "config.py"
     if recorded.is_file() and copy.is_file() and file_sha256(recorded) == file_sha256(copy):

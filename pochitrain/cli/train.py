@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
         resumed = run_to_resume(args.resume)
         if args.config is None:
-            args.config = str(run_config(resumed.run_dir))
+            args.config = str(run_config(resumed.run_dir, resumed.record))
     elif args.config is None:
         args.config = DEFAULT_CONFIG
     config_file(args.config)

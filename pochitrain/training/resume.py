@@ -55,7 +55,7 @@ class ResumePoint:
     @property
     def config(self) -> Path:
         """The config the run was started with (``run_to_resume.run_config``)."""
-        return run_config(self.run_dir)
+        return run_config(self.run_dir, self.record)
 
 
 def find_resume_point(path: Path | str) -> ResumePoint:
