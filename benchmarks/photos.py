@@ -275,6 +275,26 @@ def _loads(model_path: Path) -> dict[str, Any]:
             "python_loop": python_loop}
 
 
+def in_threads(n: int, make: Any) -> Any:
+    """A decode function that splits each batch over ``n`` threads, each with ``make()``'s."""
+    import concurrent.futures
+    import threading
+
+    pool = concurrent.futures.ThreadPoolExecutor(n)
+    local = threading.local()
+
+    def part_of(part: Any) -> Any:
+        if not hasattr(local, "decode"):
+            local.decode = make()
+        return local.decode(part)
+
+    def run(part: Any) -> Any:
+        step = -(-len(part) // n)
+        return [image for images in pool.map(part_of, [part[at:at + step] for at in range(
+            0, len(part), step)]) for image in images]
+    return run
+
+
 def decode(args: argparse.Namespace) -> None:
     import threading
 
@@ -291,9 +311,22 @@ def decode(args: argparse.Namespace) -> None:
 
         hardware = nvimgcodec.Decoder(backends=[nvimgcodec.Backend(
             nvimgcodec.BackendKind.HW_GPU_ONLY)])
-        stream = torch.cuda.current_stream().cuda_stream
-        decoders["nvimgcodec"] = lambda part: [torch.as_tensor(image, device="cuda") for image
-                                               in hardware.decode(part, cuda_stream=stream)]
+        def nvimgcodec_on(stream: Any, decoder: Any = hardware) -> Any:
+            def run(part: Any) -> Any:
+                images = [torch.as_tensor(image, device="cuda") for image
+                          in decoder.decode(part, cuda_stream=stream.cuda_stream)]
+                stream.synchronize()
+                return images
+            return run
+
+        decoders["nvimgcodec"] = nvimgcodec_on(torch.cuda.current_stream())
+        # the model's kernels queue at normal priority; a stream of the highest priority lets
+        # the decoder's own kernels pass them
+        decoders["nvimgcodec_high"] = nvimgcodec_on(torch.cuda.Stream(priority=-100))
+        for n in (2, 4, 8):  # n decoders, each in its own thread on its own stream
+            decoders[f"nvimgcodec_x{n}"] = in_threads(n, lambda: nvimgcodec_on(
+                torch.cuda.Stream(), nvimgcodec.Decoder(backends=[nvimgcodec.Backend(
+                    nvimgcodec.BackendKind.HW_GPU_ONLY)])))
     except (ImportError, RuntimeError) as exc:  # not installed, or no hardware decoder
         print(json.dumps({"decoder": "nvimgcodec", "skipped": repr(exc)[:200]}), flush=True)
 
@@ -310,7 +343,7 @@ def decode(args: argparse.Namespace) -> None:
     for load_name, load in _loads(args.model).items():
         for name in decoders:
             slow = load_name == "python_loop"  # under 2 % of the rate: one pass, one decoder
-            if slow and name != "torchvision":
+            if slow and name != "torchvision" or args.beside and load_name not in args.beside:
                 continue
             stop, count = threading.Event(), [0.0]
             thread = threading.Thread(target=load, args=(stop, count), daemon=True)
@@ -422,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     nvjpeg.add_argument("--data", required=True)
     nvjpeg.add_argument("--trace", type=Path, default=None,
                         help="also write a torch.profiler trace of pochi infer's loop here")
+    nvjpeg.add_argument("--beside", nargs="*", default=None,
+                        help="only these loads (nothing, model, model_graph, matmul, "
+                             "python_loop)")
     line = sub.add_parser("timeline")
     line.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
