@@ -5,7 +5,8 @@ where ``pochi infer``'s end-to-end time goes.
     python benchmarks/photos.py stages MODEL --data DIR [-b 32] [--precision bf16]
         [--channels-last]
     python benchmarks/photos.py timeline -- infer MODEL --data DIR [pochi infer options]
-    python benchmarks/photos.py decode MODEL --data DIR [--trace FILE.json.gz]
+    python benchmarks/photos.py decode MODEL --data DIR [--beside LOAD ...]
+        [--trace FILE.json.gz]
 
 ``make`` writes crops of about 500x375 from scikit-learn's two sample photos (random
 position, mirrored at random, JPEG quality 90) into 10 class folders, in parallel, and a
@@ -19,8 +20,10 @@ the runner's calls and the rest. It prints one JSON line per measurement.
 ``decode`` times nvJPEG (torchvision's ``decode_jpeg`` on CUDA, and nvImageCodec where it is
 installed) on 4,096 files already in memory, batches of 256, alone and while another thread of
 this process keeps a load running: the model (bf16, channels-last, batch 256, two batches
-queued), the model as a CUDA graph, large matrix products, a Python loop. ``--trace`` also
-writes a torch.profiler trace of ``pochi infer``'s loop over the first 8,192 files.
+queued), the model as a CUDA graph, large matrix products, a Python loop (``--beside``: only
+some of them). nvImageCodec also runs on a stream of the highest priority, and as 2, 4 and 8
+decoders, each in a thread and on a stream of its own. ``--trace`` also writes a
+torch.profiler trace of ``pochi infer``'s loop over the first 8,192 files.
 
 ``timeline`` runs one ``pochi`` command in this process and prints when (seconds since this
 script started) its steps began and ended: imports, opening the model, the inference pass,
