@@ -314,6 +314,7 @@ def decode(args: argparse.Namespace) -> None:
 
         hardware = nvimgcodec.Decoder(backends=[nvimgcodec.Backend(
             nvimgcodec.BackendKind.HW_GPU_ONLY)])
+
         def nvimgcodec_on(stream: Any, decoder: Any = hardware) -> Any:
             def run(part: Any) -> Any:
                 images = [torch.as_tensor(image, device="cuda") for image
@@ -323,8 +324,8 @@ def decode(args: argparse.Namespace) -> None:
             return run
 
         decoders["nvimgcodec"] = nvimgcodec_on(torch.cuda.current_stream())
-        # the model's kernels queue at normal priority; a stream of the highest priority lets
-        # the decoder's own kernels pass them
+        # the model's kernels queue at normal priority: whether the decoder's work, given a
+        # stream of the highest priority, passes them
         decoders["nvimgcodec_high"] = nvimgcodec_on(torch.cuda.Stream(priority=-100))
         for n in (2, 4, 8):  # n decoders, each in its own thread on its own stream
             decoders[f"nvimgcodec_x{n}"] = in_threads(n, lambda: nvimgcodec_on(
@@ -459,8 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     nvjpeg.add_argument("--trace", type=Path, default=None,
                         help="also write a torch.profiler trace of pochi infer's loop here")
     nvjpeg.add_argument("--beside", nargs="*", default=None,
-                        help="only these loads (nothing, model, model_graph, matmul, "
-                             "python_loop)")
+                        choices=("nothing", "model", "model_graph", "matmul", "python_loop"),
+                        help="only these loads (default: all)")
     line = sub.add_parser("timeline")
     line.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
