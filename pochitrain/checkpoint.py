@@ -34,20 +34,44 @@ EDITED_REMEDY = ("The checkpoint was edited or damaged: use the .pth exactly as 
                  "wrote it (weights and metadata are saved together), or train again.")
 
 
-def save_checkpoint(path: Path, model: nn.Module, meta: ModelMeta,
-                    extra: dict[str, Any] | None = None) -> None:
+def snapshot(value: Any) -> Any:
+    """``value`` with every tensor copied to the CPU and every dict, list and tuple rebuilt:
+    the training that goes on (weights, optimizer state, metric rows) leaves the copy as it
+    was, so it can be written from another thread."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        value = value.detach()
+        return value.clone() if value.device.type == "cpu" else value.cpu()
+    if isinstance(value, dict):
+        return {k: snapshot(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
+        return type(value)(snapshot(v) for v in value)
+    return value
+
+
+def checkpoint_payload(model: nn.Module, meta: ModelMeta,
+                       extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a checkpoint file holds, as a ``snapshot``: weights, metadata, ``extra`` keys."""
+    return {"format": CHECKPOINT_FORMAT, "meta": meta.to_dict(),
+            "model_state_dict": snapshot(model.state_dict()), **snapshot(extra or {})}
+
+
+def write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write atomically: a crash never leaves a truncated checkpoint."""
     import torch
 
     from pochitrain.workspace import atomic_path
 
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {"format": CHECKPOINT_FORMAT, "meta": meta.to_dict(), "model_state_dict": state,
-               **(extra or {})}
     buffer = io.BytesIO()  # torch's own file writer reports a full disk without its errno
     torch.save(payload, buffer)
     with atomic_path(path) as tmp:
         tmp.write_bytes(buffer.getbuffer())
+
+
+def save_checkpoint(path: Path, model: nn.Module, meta: ModelMeta,
+                    extra: dict[str, Any] | None = None) -> None:
+    write_checkpoint(path, checkpoint_payload(model, meta, extra))
 
 
 def checkpoint_file(path: Path | str) -> Path:

@@ -11,7 +11,7 @@ import pytest
 from tiny import tiny_config
 
 from pochitrain.cli.main import run
-from pochitrain.errors import ConfigError, DataError
+from pochitrain.errors import ConfigError, DataError, PochiError
 from pochitrain.training.run import run_training as train
 
 # ---- the shared trained run ----------------------------------------------------------------
@@ -172,6 +172,22 @@ def test_crash_keeps_the_metrics_written_so_far(tiny_data: Path, tmp_path: Path)
     assert len(rows) == 1 and (run_dir / "loss.png").is_file()
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "failed" and "disk on fire" in info["error"]
+
+
+def test_a_checkpoint_that_cannot_be_written_fails_the_run(tiny_data: Path,
+                                                           tmp_path: Path) -> None:
+    """Files are written by a thread while training goes on: its error still ends the run,
+    as the command's own error, with run.json saying so."""
+    def break_models(epoch: int, metrics: dict[str, float]) -> None:
+        (run_dir,) = (tmp_path / "work_dirs").iterdir()
+        shutil.rmtree(run_dir / "models")  # the best file may be written yet, or not
+        (run_dir / "models").write_text("a file where the folder was", encoding="utf-8")
+
+    with pytest.raises(PochiError, match="Cannot write .*(best_epoch1|last_model)"):
+        train(tiny_config(tmp_path, tiny_data, epochs=1), progress=False, on_epoch=break_models)
+    (run_dir,) = (tmp_path / "work_dirs").iterdir()
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "failed" and "Cannot write" in info["error"]
 
 
 # ---- bad input -------------------------------------------------------------------------------

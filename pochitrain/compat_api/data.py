@@ -227,20 +227,15 @@ def loader_meta(model_name: str, num_classes: int, train_loader: Any,
     return ModelMeta(names, pre, model_name=model_name, source={"api": "PochiTrainer"})
 
 
-def save_weights(path: Path, model: torch.nn.Module, meta: ModelMeta | None,
-                 extra: dict[str, Any]) -> None:
-    """Our checkpoint (weights + metadata), or the original's dict when ``meta`` is None."""
-    import torch
-
-    from pochitrain.checkpoint import save_checkpoint
-    from pochitrain.workspace import atomic_path
+def weights_payload(model: torch.nn.Module, meta: ModelMeta | None,
+                    extra: dict[str, Any]) -> dict[str, Any]:
+    """Our checkpoint's content (weights + metadata), or the original's dict when ``meta`` is
+    None; a ``checkpoint.snapshot``, for ``checkpoint.write_checkpoint``."""
+    from pochitrain.checkpoint import checkpoint_payload, snapshot
 
     if meta is not None:
-        save_checkpoint(path, model, meta, extra)
-        return
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"model_state_dict": state, **extra}, tmp)
+        return checkpoint_payload(model, meta, extra)
+    return {"model_state_dict": snapshot(model.state_dict()), **snapshot(extra)}
 
 
 def settings_of(config: Settings | str | Path) -> Settings:

@@ -20,8 +20,8 @@ from pochitrain.compat_api.data import (
     flag_argument,
     loader_meta,
     num_classes_of,
-    save_weights,
     settings_of,
+    weights_payload,
 )
 from pochitrain.config_checks import check_training_batch
 from pochitrain.errors import UsageError
@@ -226,10 +226,11 @@ class PochiTrainer:
              optimizer: torch.optim.Optimizer, criterion: torch.nn.Module,
              stop_flag: Callable[[], bool] | None) -> None:
         from pochitrain import training as T
+        from pochitrain.checkpoint import write_checkpoint
 
         meta = loader_meta(self.model_name, self.num_classes, train_loader, val_loader)
-        keeper = T.CheckpointKeeper(self.work_dir, lambda path, extra: save_weights(
-            path, self.model, meta, extra))
+        keeper = T.CheckpointKeeper(self.work_dir, lambda extra: weights_payload(
+            self.model, meta, extra), write_checkpoint)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         run_dir = self.current_workspace or self.work_dir
         log = T.MetricsLog(run_dir, enabled=self.enable_metrics_export
@@ -256,12 +257,13 @@ class PochiTrainer:
             if stop_flag is not None and stop_flag():
                 raise StopRequested
 
-        try:
-            T.fit(setup, keeper, log, extras, progress=False, on_epoch=on_epoch)
-        except StopRequested:
-            keeper.save_last(extras(self.epoch, None, None))
-        finally:
-            log.close()
+        with keeper:
+            try:
+                T.fit(setup, keeper, log, extras, progress=False, on_epoch=on_epoch)
+            except StopRequested:
+                keeper.save_last(extras(self.epoch, None, None))
+            finally:
+                log.close()
 
     def get_base_learning_rate(self) -> float:
         """The base learning rate (the configured one under layer-wise rates)."""

@@ -10,6 +10,7 @@ split stops with a clear error before anything is saved from that epoch.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -35,13 +36,19 @@ if TYPE_CHECKING:
 class CheckpointKeeper:
     """``models/best_epochN.pth`` (only the current best is kept) and ``models/last_model.pth``.
 
-    ``save(path, extra)`` writes one checkpoint (atomically) with ``extra`` keys beside the
-    weights and metadata.
+    ``snapshot(extra)`` takes the file's content when it is asked for (weights, metadata and
+    ``extra``, every tensor copied: ``checkpoint.snapshot``; None on a rank that writes
+    nothing); ``write(path, payload)`` writes it atomically, in a thread of its own, in order,
+    while the training goes on. ``close`` (or leaving the ``with`` block) waits for the files;
+    a write that failed is raised by the next save or by ``close``.
     """
 
-    def __init__(self, models_dir: Path, save: Callable[[Path, dict[str, Any]], None]) -> None:
+    def __init__(self, models_dir: Path, snapshot: Callable[[dict[str, Any]], Any] | None,
+                 write: Callable[[Path, Any], None]) -> None:
         self.models_dir = models_dir
-        self._save = save
+        self._snapshot, self._write = snapshot, write
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="pochi-checkpoint")
+        self._queued: list[Future[None]] = []
         self.best_path: Path | None = None
         self.best_epoch: int | None = None
         self.best_accuracy: float | None = None
@@ -51,16 +58,48 @@ class CheckpointKeeper:
         """Save as the new best when ``accuracy`` beats the best so far; True when it did."""
         if self.best_accuracy is not None and accuracy <= self.best_accuracy:
             return False
-        old, path = self.best_path, self.models_dir / f"best_epoch{epoch}.pth"
-        self._save(path, extra)
-        if old is not None and old != path:
-            old.unlink(missing_ok=True)
+        path = self.models_dir / f"best_epoch{epoch}.pth"
+        self._save(path, extra, replaces=self.best_path)
         self.best_path, self.best_epoch, self.best_accuracy = path, epoch, accuracy
         return True
 
     def save_last(self, extra: dict[str, Any]) -> None:
         self.last_path = self.models_dir / "last_model.pth"
         self._save(self.last_path, extra)
+
+    def _save(self, path: Path, extra: dict[str, Any], replaces: Path | None = None) -> None:
+        for done in [f for f in self._queued if f.done()]:
+            self._queued.remove(done)
+            done.result()  # an earlier file's error, raised here
+        if self._snapshot is not None:
+            payload = self._snapshot(extra)
+            self._queued.append(self._writer.submit(self._write_file, path, payload, replaces))
+
+    def _write_file(self, path: Path, payload: Any, replaces: Path | None) -> None:
+        self._write(path, payload)
+        if replaces is not None and replaces != path:
+            replaces.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Wait for the files still being written; raise the first write's error."""
+        try:
+            for queued in self._queued:
+                queued.result()
+        finally:
+            self._queued.clear()
+            self._writer.shutdown()
+
+    def __enter__(self) -> CheckpointKeeper:  # noqa: PYI034
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        if kind is None:
+            self.close()
+            return
+        try:  # the files queued before the run's own error are still written
+            self.close()
+        except Exception as exc:  # noqa: BLE001 - the run's own error goes on
+            warn(f"checkpoint not written ({type(exc).__name__}: {exc})")
 
 
 @dataclass

@@ -279,6 +279,7 @@ def _run_fit(settings: Settings, setup: FitSetup, keeper: CheckpointKeeper, run_
         with cudnn_autotune(setup.device, settings.cudnn_benchmark):
             out = T.fit(setup, keeper, log, functools.partial(_epoch_extras, settings),
                         progress and main, on_epoch)
+        keeper.close()  # every file written: one that could not be fails the run
         log.close()
         return out
     except BaseException as exc:
@@ -338,7 +339,7 @@ def run_training(config: Path | str | None, *, overrides: dict[str, Any] | None 
     runs this; only rank 0 writes.
     """
     from pochitrain import training as T
-    from pochitrain.checkpoint import save_checkpoint
+    from pochitrain.checkpoint import checkpoint_payload, write_checkpoint
     from pochitrain.training import distributed as D
     from pochitrain.training import resume as R
 
@@ -372,11 +373,10 @@ def run_training(config: Path | str | None, *, overrides: dict[str, Any] | None 
          f"channels_last {'on' if setup.precision.channels_last else 'off'}): "
          f"{len(data.train.samples)} train / {len(data.val.samples)} val images, "
          f"{len(data.class_names)} classes -> {run_dir}")
-    keeper = T.CheckpointKeeper(run_dir / "models",
-                                lambda path, extra: save_checkpoint(path, D.unwrap(setup.model),
-                                                                    meta, extra) if main else None)
+    snapshot = functools.partial(checkpoint_payload, D.unwrap(setup.model), meta) if main else None
     started = time.perf_counter()
-    out = _run_fit(settings, setup, keeper, run_dir, data, record, progress, on_epoch, ddp)
+    with T.CheckpointKeeper(run_dir / "models", snapshot, write_checkpoint) as keeper:
+        out = _run_fit(settings, setup, keeper, run_dir, data, record, progress, on_epoch, ddp)
     result = TrainResult(run_dir, keeper.best_path, keeper.last_path, keeper.best_epoch,
                          keeper.best_accuracy, out.epochs_run, out.stopped_by,
                          time.perf_counter() - started, out.skipped_files())
