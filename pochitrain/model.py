@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pochitrain.cuda_env import prepare_cuda_env
 from pochitrain.errors import ModelFileError, ShapeError, UsageError
 from pochitrain.meta import ModelMeta
 from pochitrain.resolve import ModelContext, RunConfig, resolve_context
@@ -266,6 +267,7 @@ def open_model(model_path: Path | str, *, config: Path | str | None = None,
             "Use 'pochi infer MODEL' to pick the runtime from the file type.",
         )
     check_model_file(model_path)
+    prepare_cuda_env()  # the Python API's start
     request = OpenRequest(RunConfig.for_model(model_path, config), device, providers,
                           batch_size, torch_options)
     runner, file_meta = backend.open(model_path, request)

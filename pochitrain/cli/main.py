@@ -125,9 +125,11 @@ def unwrapped_error(exc: Exception) -> Exception:
 def run(argv: Sequence[str] | None, prog: str = "pochi", only: str | None = None) -> int:
     from pochitrain.bytecode import keep_bytecode
     from pochitrain.console import safe_streams
+    from pochitrain.cuda_env import prepare_cuda_env
     from pochitrain.errors import PochiError
 
     keep_bytecode()  # before any verb imports torch
+    prepare_cuda_env()  # before any verb starts CUDA
     safe_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = next((a for a in argv if not a.startswith("-")), None)
