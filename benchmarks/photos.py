@@ -7,6 +7,7 @@ where ``pochi infer``'s end-to-end time goes.
     python benchmarks/photos.py timeline -- infer MODEL --data DIR [pochi infer options]
     python benchmarks/photos.py decode MODEL --data DIR [--beside LOAD ...]
         [--trace FILE.json.gz]
+    CUDA_DEVICE_MAX_CONNECTIONS=32 python benchmarks/photos.py queues --data DIR [--sms N ...]
 
 ``make`` writes crops of about 500x375 from scikit-learn's two sample photos (random
 position, mirrored at random, JPEG quality 90) into 10 class folders, in parallel, and a
@@ -24,6 +25,11 @@ queued), the model as a CUDA graph, large matrix products, a Python loop (``--be
 some of them). nvImageCodec also runs on a stream of the highest priority, and as 2, 4 and 8
 decoders, each in a thread and on a stream of its own. ``--trace`` also writes a
 torch.profiler trace of ``pochi infer``'s loop over the first 8,192 files.
+
+``queues`` times the same decoder beside resnet18 (random weights, bf16, channels-last,
+batch 256, two batches queued) in a thread, the model's stream on all SMs or on a green
+context of ``--sms`` SMs; run it under ``CUDA_DEVICE_MAX_CONNECTIONS=N`` (CUDA's hardware
+work queues) to compare.
 
 ``timeline`` runs one ``pochi`` command in this process and prints when (seconds since this
 script started) its steps began and ended: imports, opening the model, the inference pass,
@@ -399,6 +405,85 @@ def trace(args: argparse.Namespace) -> None:
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25), flush=True)
 
 
+def queues(args: argparse.Namespace) -> None:
+    """torchvision's nvJPEG in this thread beside resnet18 (bf16, channels-last, batch 256,
+    two batches queued) in another, on a stream of its own or of a green context with
+    ``--sms`` SMs; run under CUDA_DEVICE_MAX_CONNECTIONS=N to compare work queues."""
+    import threading
+
+    import torch
+    import torchvision
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    files = sorted(Path(args.data).glob("*/*.jpg"))[:4096]
+    datas = [torchvision.io.read_file(str(f)) for f in files]
+    net = torchvision.models.resnet18().cuda().eval().to(memory_format=torch.channels_last)
+    x = torch.randn(256, 3, 224, 224, device="cuda").to(memory_format=torch.channels_last)
+    contexts: list[Any] = []  # a green context must outlive its stream
+
+    def stream_on(sms: int | None) -> tuple[Any, Any]:
+        """A stream for this thread, and what undoes it."""
+        if sms is None:
+            return torch.cuda.Stream(), None
+        from torch.cuda.green_contexts import GreenContext
+
+        make = getattr(GreenContext, "create", None)  # PyTorch 2.9-2.11; later: the class
+        contexts.append(make(sms, 0) if make else GreenContext(num_sms=sms, device_id=0))
+        if hasattr(contexts[-1], "Stream"):
+            return contexts[-1].Stream(), None
+        contexts[-1].set_context()  # older releases: this thread's current stream
+        return torch.cuda.current_stream(), contexts[-1].pop_context
+
+    def run_model(stop: threading.Event, count: list[int], sms: int | None) -> None:
+        stream, undo = stream_on(sms)
+        with torch.cuda.stream(stream), torch.inference_mode(), \
+                torch.autocast("cuda", torch.bfloat16):
+            queued: list[Any] = []
+            while not stop.is_set():
+                net(x)
+                queued.append(torch.cuda.Event())
+                queued[-1].record(stream)
+                if len(queued) >= 2:
+                    queued.pop(0).synchronize()
+                count[0] += 256
+            stream.synchronize()
+        if undo is not None:
+            undo()
+
+    def decode_rate(seconds: float) -> float:
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            for i in range(0, len(datas), 256):
+                decode_jpeg(datas[i:i + 256], mode=ImageReadMode.RGB, device="cuda")
+                n += len(datas[i:i + 256])
+        torch.cuda.synchronize()
+        return n / (time.perf_counter() - start)
+
+    def beside(sms: int | None, decoding: bool) -> tuple[float | None, float]:
+        stop, count = threading.Event(), [0]
+        thread = threading.Thread(target=run_model, args=(stop, count, sms))
+        thread.start()
+        time.sleep(0.5)
+        before, start = count[0], time.perf_counter()
+        rate = decode_rate(3.0) if decoding else None
+        if not decoding:
+            time.sleep(2.0)
+        model = (count[0] - before) / (time.perf_counter() - start)
+        stop.set()
+        thread.join()
+        return rate, model
+
+    queue_count = os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS", "8 (unset)")
+    decode_rate(1.0)
+    print(json.dumps({"queues": queue_count, "decoder_alone": round(decode_rate(3.0))}))
+    for sms in [None, *args.sms]:
+        _, alone = beside(sms, decoding=False)
+        rate, model = beside(sms, decoding=True)
+        print(json.dumps({"queues": queue_count, "model_sms": sms or "all",
+                          "model_alone": round(alone), "decoder_beside": round(rate or 0),
+                          "model_beside": round(model)}), flush=True)
+
+
 def timeline(argv: list[str]) -> None:
     """The command's steps, timed from outside through the public names they call."""
     import pochitrain.pipeline.infer as verb  # imports torch: the "imports" step
@@ -462,6 +547,10 @@ def main(argv: list[str] | None = None) -> int:
     nvjpeg.add_argument("--beside", nargs="*", default=None,
                         choices=("nothing", "model", "model_graph", "matmul", "python_loop"),
                         help="only these loads (default: all)")
+    queue = sub.add_parser("queues")
+    queue.add_argument("--data", required=True)
+    queue.add_argument("--sms", type=int, nargs="*", default=[124, 116, 80],
+                       help="also with the model's stream on a green context of N SMs")
     line = sub.add_parser("timeline")
     line.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -471,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
             make_model(args.model)
     elif args.what == "decode":
         decode(args)
+    elif args.what == "queues":
+        queues(args)
     elif args.what == "timeline":
         timeline([a for a in args.command if a != "--"])
     else:
