@@ -41,6 +41,7 @@ from pochitrain.config_paths import (
     missing_path_error,
     resolve_config_paths,
 )
+from pochitrain.cuda_env import prepare_cuda_env
 from pochitrain.errors import BackendMissingError, ConfigError, DataError, UsageError
 from pochitrain.workspace import config_paths_base, read_run_json
 
@@ -287,6 +288,7 @@ def resolve_device(device: str, flag: str | None = None) -> str:
     naming ``flag`` (the command-line option, e.g. "--device") or else the config key."""
     import torch
 
+    prepare_cuda_env()  # a device is chosen before CUDA starts: the Python API's training too
     where = f"{flag} {device}" if flag else f"device = {device!r}"
     if device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", device):
         raise (UsageError if flag else ConfigError)(

@@ -35,3 +35,12 @@ def test_a_command_sets_them_before_its_verb_runs(given: str | None) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=env, timeout=120, check=False)
     assert out.stdout.split() == [f"['{given or WORK_QUEUES}']"], out.stderr[-2000:]
+
+
+def test_the_python_api_sets_them_when_it_chooses_a_device(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pochitrain.config import resolve_device
+
+    monkeypatch.delenv(KEY, raising=False)
+    assert resolve_device("cpu") == "cpu"
+    assert os.environ[KEY] == WORK_QUEUES
