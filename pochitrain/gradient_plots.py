@@ -134,11 +134,12 @@ def _positive(values: np.ndarray) -> bool:
 
 
 def _save(fig: Any, plt: Any, path: Path) -> None:
+    from pochitrain.plotting import tight_layout
     from pochitrain.workspace import atomic_path
 
     with warnings.catch_warnings():  # very many layers: a crowded plot, still drawn
         warnings.simplefilter("ignore", UserWarning)
-        fig.tight_layout()
+        tight_layout(fig)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=150)
     plt.close(fig)

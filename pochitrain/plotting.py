@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from typing import Any
 
 _SYSTEM_CJK = ("Noto Sans CJK JP", "Noto Sans JP", "IPAexGothic", "IPAGothic", "TakaoGothic",
                "Yu Gothic", "Meiryo", "MS Gothic", "Hiragino Sans", "Source Han Sans JP")
@@ -82,3 +83,11 @@ def figure(**kwargs):  # type: ignore[no-untyped-def]
     from matplotlib.figure import Figure
 
     return Figure(**kwargs)
+
+
+def tight_layout(fig: Any) -> None:
+    """``fig.tight_layout()``, without the placeholder layout engine it leaves on the figure:
+    with one, ``savefig`` lays the figure out again before it draws (a fifth of a save's
+    time, the same pixels)."""
+    fig.tight_layout()
+    fig.set_layout_engine(None)

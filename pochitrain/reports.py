@@ -222,7 +222,7 @@ def plot_confusion(cm: np.ndarray, class_names: list[str], path: Path, title: st
     """The confusion-matrix PNG. ``style``: the config's ``confusion_matrix_config`` (title,
     xlabel, ylabel, fontsize, title_fontsize, label_fontsize, figsize, cmap), as in the
     original; Japanese labels render (``plotting.use_cjk_font``)."""
-    from pochitrain.plotting import figure
+    from pochitrain.plotting import figure, tight_layout
 
     st = dict(style or {})
     n = len(class_names)
@@ -246,7 +246,7 @@ def plot_confusion(cm: np.ndarray, class_names: list[str], path: Path, title: st
                 ax.text(j, i, str(int(cm[i, j])), ha="center", va="center",
                         fontsize=st.get("fontsize", 8),
                         color="white" if cm[i, j] > thresh else "black")
-    fig.tight_layout()
+    tight_layout(fig)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pochitrain.plotting import figure
+from pochitrain.plotting import figure, tight_layout
 from pochitrain.workspace import atomic_path
 
 
@@ -76,6 +76,6 @@ def plot_group_lrs(rows: list[EpochRow], path: Path, log_scale: bool = True) -> 
 
 def _save(fig: Any, ax: Any, path: Path) -> None:
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    tight_layout(fig)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -259,7 +259,7 @@ def markdown(summary: dict[str, Any]) -> str:
 
 def write_chart(rows: list[dict[str, Any]], path: Path) -> None:
     """Per-image latency (mean with stdev, p99 marker) and images/s per case."""
-    from pochitrain.plotting import figure
+    from pochitrain.plotting import figure, tight_layout
 
     names = [str(r["case_name"]) for r in rows]
     y = list(range(len(rows)))
@@ -275,6 +275,6 @@ def write_chart(rows: list[dict[str, Any]], path: Path) -> None:
     ax2.set_xlabel("images / s (end-to-end)")
     ax1.set_yticks(y, names)
     ax1.invert_yaxis()
-    fig.tight_layout()
+    tight_layout(fig)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
