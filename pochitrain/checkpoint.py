@@ -45,7 +45,7 @@ def snapshot(value: Any) -> Any:
         return value.clone() if value.device.type == "cpu" else value.cpu()
     if isinstance(value, dict):
         return {k: snapshot(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
+    if type(value) in (list, tuple):  # a named tuple is kept as it is
         return type(value)(snapshot(v) for v in value)
     return value
 
