@@ -113,7 +113,7 @@ def _optuna_config(folder: Path, data: Path, rates: dict[str, float], space: dic
     optuna = {"n_trials": 1, "optuna_epochs": 1, "search_space": space}
     extra = (f"enable_layer_wise_lr = True\nlayer_wise_lr_config = "
              f"{{'layer_rates': {rates!r}}}\noptuna = {optuna!r}\n")
-    return tiny_config(folder, data, extra=extra)
+    return tiny_config(folder, data, extra=extra, model="resnet18")  # resnet's layer groups
 
 
 LR = {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
