@@ -199,8 +199,8 @@ def _amp(s: FitSetup) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _beside_gpu_input(s: FitSetup) -> Iterator[None]:
-    """With the GPU input on one CUDA device, the model's kernels run on
-    ``gpu_input.model_stream``'s share of the SMs, leaving the rest to the decoder."""
+    """With the GPU input on one CUDA device and ``POCHI_MODEL_SMS`` set, the model's kernels
+    run on ``gpu_input.model_stream``'s share of the SMs, leaving the rest to the decoder."""
     import torch
 
     from pochitrain.training.gpu_loader import GpuLoader
