@@ -197,7 +197,7 @@ class TorchRunner:
             info["channels_last"] = str(opts.channels_last)
             info["cuda_graph"] = str(opts.cuda_graph)
             if self._pipe is not None:
-                info["sms"] = getattr(self._pipe, "sms", "all")
+                info["model_sms"] = getattr(self._pipe, "sms", "all")
         return info
 
     def close(self) -> None:
