@@ -81,6 +81,13 @@ def test_a_model_on_a_share_of_the_sms_gives_the_same_logits(
 
     monkeypatch.setenv("POCHI_MODEL_SMS", "auto")
     model_stream.cache_clear()
+    try:
+        _same_logits_on_a_share()
+    finally:
+        model_stream.cache_clear()  # other tests: the switch off again
+
+
+def _same_logits_on_a_share() -> None:
     gpu_model = _model().cuda()
     batches = [torch.from_numpy(_images(8, seed)).cuda() for seed in range(4)]
     plain = CudaBatchPipe()
@@ -98,7 +105,6 @@ def test_a_model_on_a_share_of_the_sms_gives_the_same_logits(
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     shared.close()
     plain.close()
-    model_stream.cache_clear()
 
 
 @needs_cuda

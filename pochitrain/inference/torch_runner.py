@@ -103,7 +103,7 @@ class TorchRunner:
 
     def share_gpu(self) -> None:
         """The GPU input pipeline decodes beside the model: the model takes a share of the
-        SMs (``cuda_path.model_stream``)."""
+        SMs where ``POCHI_MODEL_SMS`` asks for it (``gpu_input.model_stream``)."""
         self._share_sms = self.device.startswith("cuda")
 
     def _model_call(self) -> Any:
