@@ -77,17 +77,7 @@ def test_pipe_matches_pytorch_for_every_batch_size() -> None:
 @needs_cuda
 def test_a_model_on_a_share_of_the_sms_gives_the_same_logits(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from pochitrain.gpu_input import model_stream
-
     monkeypatch.setenv("POCHI_MODEL_SMS", "auto")
-    model_stream.cache_clear()
-    try:
-        _same_logits_on_a_share()
-    finally:
-        model_stream.cache_clear()  # other tests: the switch off again
-
-
-def _same_logits_on_a_share() -> None:
     gpu_model = _model().cuda()
     batches = [torch.from_numpy(_images(8, seed)).cuda() for seed in range(4)]
     plain = CudaBatchPipe()

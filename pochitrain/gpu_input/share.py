@@ -21,17 +21,26 @@ if TYPE_CHECKING:
 INPUT_SMS = 8  # SMs left to the input pipeline beside the model (docs/benchmarks.md)
 
 
-@functools.cache  # one per device and process: a green context lives as long as the process
-def model_stream(index: int) -> tuple[torch.cuda.Stream, str] | None:
+def model_stream(device: str | torch.device) -> tuple[torch.cuda.Stream, str] | None:
     """With ``POCHI_MODEL_SMS=auto`` (or N), a stream of a green context holding all SMs of
-    GPU ``index`` but ``INPUT_SMS`` (or N of them), and "<its SMs> of <all>"; None when the
-    switch is off, or where the driver (12.8+ needed) or the GPU cannot make one. Made
-    through CUDA's driver API (cuda-python, installed with PyTorch's CUDA builds)."""
-    import torch
-
+    the CUDA ``device`` but ``INPUT_SMS`` (or N of them), and "<its SMs> of <all>"; None when
+    the switch is off, or where the driver (12.8+ needed) or the GPU cannot make one."""
     wanted = Options.from_env().model_sms
     if wanted == "off":
         return None
+    import torch
+
+    device = torch.device(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _green_stream(index, wanted)
+
+
+@functools.cache  # one per device and setting: a green context lives as long as the process
+def _green_stream(index: int, wanted: str) -> tuple[torch.cuda.Stream, str] | None:
+    """The stream of ``model_stream``, made through CUDA's driver API (cuda-python, installed
+    with PyTorch's CUDA builds)."""
+    import torch
+
     total = torch.cuda.get_device_properties(index).multi_processor_count
     sms = total - INPUT_SMS if wanted == "auto" else int(wanted)
     if not 0 < sms < total:

@@ -152,8 +152,7 @@ class CudaBatchPipe:
 
         self._torch = torch
         self.device = torch.device(device)
-        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
-        shared = model_stream(index) if share_sms else None
+        shared = model_stream(self.device) if share_sms else None
         self.stream, self.sms = shared or (torch.cuda.Stream(device=self.device), "all")
         self._events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True),
                          torch.cuda.Event()) for _ in range(IN_FLIGHT)]

@@ -207,11 +207,9 @@ def _beside_gpu_input(s: FitSetup) -> Iterator[None]:
 
     shared = None
     if isinstance(s.train_loader, GpuLoader) and s.distributed is None:
-        device = torch.device(s.device)
         from pochitrain.gpu_input import model_stream
 
-        shared = model_stream(device.index if device.index is not None
-                              else torch.cuda.current_device())
+        shared = model_stream(s.device)
     if shared is None:
         yield
         return
