@@ -199,9 +199,6 @@ class Model:
         if choice == "cpu":
             return InputPipeline(None, lambda: f"cpu (PIL, decode threads; {why})")
         source = GpuBatches(self.preprocess, self.device, **gpu_options)
-        share = getattr(self.runner, "share_gpu", None)  # runners that can leave SMs to it
-        if share is not None:
-            share()
         return InputPipeline(source, source.describe)
 
     def close(self) -> None:

@@ -75,29 +75,6 @@ def test_pipe_matches_pytorch_for_every_batch_size() -> None:
 
 
 @needs_cuda
-def test_a_model_on_a_share_of_the_sms_gives_the_same_logits(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("POCHI_MODEL_SMS", "auto")
-    gpu_model = _model().cuda()
-    batches = [torch.from_numpy(_images(8, seed)).cuda() for seed in range(4)]
-    plain = CudaBatchPipe()
-    want = [plain.run(b, torch_call(gpu_model))[0] for b in batches]
-    shared = CudaBatchPipe(share_sms=True)
-    total = torch.cuda.get_device_properties(0).multi_processor_count
-    share = shared.sms.split(" of ")  # "all" where the driver has no green contexts
-    assert shared.sms == "all" or (int(share[0]) >= total - 8 and share[1] == str(total))
-    assert shared.stream.cuda_stream != plain.stream.cuda_stream
-    queued = [shared.submit(b, torch_call(gpu_model)) for b in batches[:2]]
-    got = [queued[0].result()[0]]
-    queued.append(shared.submit(batches[2], torch_call(gpu_model)))
-    got += [q.result()[0] for q in queued[1:]] + [shared.run(batches[3], torch_call(gpu_model))[0]]
-    for a, b in zip(got, want, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-    shared.close()
-    plain.close()
-
-
-@needs_cuda
 def test_pipe_with_a_preallocated_output_like_tensorrt() -> None:
     model = _model().cuda().half()  # fp16 I/O end to end
     images = _images(5)

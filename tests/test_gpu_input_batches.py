@@ -175,15 +175,3 @@ def test_read_threads_setting(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("POCHI_READ_THREADS", "many")
     assert read_threads("inference") == min(READ_THREADS["inference"], os.cpu_count() or 1)
     assert "POCHI_READ_THREADS='many'" in capsys.readouterr().out
-
-
-def test_model_sms_setting(monkeypatch: pytest.MonkeyPatch,
-                           capsys: pytest.CaptureFixture[str]) -> None:
-    from pochitrain.gpu_input import Options
-
-    monkeypatch.delenv("POCHI_MODEL_SMS", raising=False)
-    assert Options.from_env().model_sms == "off"  # the model and the input share every SM
-    for value, read in (("Auto", "auto"), ("120", "120"), ("half", "off")):
-        monkeypatch.setenv("POCHI_MODEL_SMS", value)
-        assert Options.from_env().model_sms == read
-    assert "POCHI_MODEL_SMS='half'" in capsys.readouterr().out

@@ -38,7 +38,6 @@ from pochitrain.gpu_input.resample import (
     window_bounds,
 )
 from pochitrain.gpu_input.resize import banded_usable, resize_crop, resize_path, to_batch
-from pochitrain.gpu_input.share import INPUT_SMS, model_stream
 from pochitrain.gpu_input.vet import (
     for_nvjpeg,
     is_complete_jpeg,

@@ -2,9 +2,7 @@
 
 ``Options.from_env()`` reads them when a pipeline starts: ``POCHI_READER`` (auto, thread,
 python: no torchvision reader, process: the reader process for any pass),
-``POCHI_READ_THREADS``, ``POCHI_GPU_RESIZE=matmul`` (never the Triton kernels) and
-``POCHI_MODEL_SMS`` (``auto`` or N: the model's kernels on a share of the SMs beside the
-pipeline, ``share.model_stream``; unset: the model and the pipeline share all SMs).
+``POCHI_READ_THREADS`` and ``POCHI_GPU_RESIZE=matmul`` (never the Triton kernels).
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ class Options:
     reader: str = "auto"  # auto | thread | python | process
     read_threads: int | None = None  # None: READ_THREADS for the use
     gpu_resize: str = "auto"  # "auto" or "matmul"
-    model_sms: str = "off"  # off | auto (all but share.INPUT_SMS) | a number of SMs
 
     @classmethod
     def from_env(cls) -> Options:
@@ -42,11 +39,7 @@ class Options:
             _warn_once(f"POCHI_READ_THREADS={threads!r} is not a positive whole number; "
                        "ignored (using the default).")
         resize = os.environ.get("POCHI_GPU_RESIZE", "").strip() or "auto"
-        sms = os.environ.get("POCHI_MODEL_SMS", "").strip().lower() or "off"
-        if sms not in ("off", "auto") and not sms.isdigit():
-            _warn_once(f"POCHI_MODEL_SMS={sms!r} is not 'auto' or a number of SMs; ignored.")
-            sms = "off"
-        return cls(reader=reader, read_threads=count, gpu_resize=resize, model_sms=sms)
+        return cls(reader=reader, read_threads=count, gpu_resize=resize)
 
     @property
     def native_reads(self) -> bool:

@@ -8,9 +8,6 @@ CUDA tensor (``pochitrain.gpu_input``) skips the staging. Only the model call di
 runtimes: ``call(d_in, d_out, stream)`` fills ``d_out`` (TensorRT) or, when no ``out_shape``
 was given, returns its device output (PyTorch, ``torch_call``); ``CudaGraphCall`` replays any
 call from a captured CUDA graph. Without CUDA the pipe raises BackendMissingError.
-
-When the GPU input pipeline decodes on the same GPU, the model's stream is a green context's
-(``gpu_input.model_stream``): a share of the SMs, the rest left to the input pipeline.
 """
 
 from __future__ import annotations
@@ -21,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from pochitrain.errors import BackendMissingError
-from pochitrain.gpu_input import model_stream
 from pochitrain.inference.runner import IN_FLIGHT
 
 if TYPE_CHECKING:
@@ -142,18 +138,15 @@ class Queued:
 
 class CudaBatchPipe:
     """Pinned host buffers, device buffers, one non-default stream and timing events for each
-    of the ``IN_FLIGHT`` batches ``submit`` may queue (results are read in order).
-    ``share_sms``: the input pipeline decodes on this GPU, so the model's stream is
-    ``gpu_input.model_stream``'s where there is one; ``sms`` says how many SMs the model has."""
+    of the ``IN_FLIGHT`` batches ``submit`` may queue (results are read in order)."""
 
-    def __init__(self, device: str = "cuda", share_sms: bool = False) -> None:
+    def __init__(self, device: str = "cuda") -> None:
         require_cuda(device)
         import torch
 
         self._torch = torch
         self.device = torch.device(device)
-        shared = model_stream(self.device) if share_sms else None
-        self.stream, self.sms = shared or (torch.cuda.Stream(device=self.device), "all")
+        self.stream = torch.cuda.Stream(device=self.device)
         self._events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True),
                          torch.cuda.Event()) for _ in range(IN_FLIGHT)]
         self._slot = 0

@@ -85,7 +85,6 @@ class TorchRunner:
         self.model = model
         self._pipe: Any = pipe  # injectable (tests); created on the first GPU batch
         self._call: Any = None
-        self._share_sms = False
         # cudnn.benchmark stays off: each new batch shape (the last, smaller batch) would
         # autotune inside the timed loop, costing far more than it saves here.
 
@@ -100,11 +99,6 @@ class TorchRunner:
 
     def check_batch_size(self, batch_size: int) -> None:
         check_positive_batch(batch_size)
-
-    def share_gpu(self) -> None:
-        """The GPU input pipeline decodes beside the model: the model takes a share of the
-        SMs where ``POCHI_MODEL_SMS`` asks for it (``gpu_input.model_stream``)."""
-        self._share_sms = self.device.startswith("cuda")
 
     def _model_call(self) -> Any:
         if self._call is None:
@@ -128,7 +122,7 @@ class TorchRunner:
             if self._pipe is None:
                 from pochitrain.inference.cuda_path import CudaBatchPipe
 
-                self._pipe = CudaBatchPipe(self.device, share_sms=self._share_sms)
+                self._pipe = CudaBatchPipe(self.device)
             queue = getattr(self._pipe, "submit", None)
             if queue is None:
                 return Done(*self._pipe.run(batch, self._model_call()))
@@ -196,8 +190,6 @@ class TorchRunner:
             info["precision"] = opts.precision + (" autocast" if opts.precision != "fp32" else "")
             info["channels_last"] = str(opts.channels_last)
             info["cuda_graph"] = str(opts.cuda_graph)
-            if self._pipe is not None:
-                info["model_sms"] = getattr(self._pipe, "sms", "all")
         return info
 
     def close(self) -> None:

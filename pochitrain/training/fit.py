@@ -9,8 +9,7 @@ split stops with a clear error before anything is saved from that epoch.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,31 +196,6 @@ def _amp(s: FitSetup) -> dict[str, Any]:
     return {"amp_dtype": s.precision.amp_dtype, "channels_last": s.precision.channels_last}
 
 
-@contextlib.contextmanager
-def _beside_gpu_input(s: FitSetup) -> Iterator[None]:
-    """With the GPU input on one CUDA device and ``POCHI_MODEL_SMS`` set, the model's kernels
-    run on ``gpu_input.model_stream``'s share of the SMs, leaving the rest to the decoder."""
-    import torch
-
-    from pochitrain.training.gpu_loader import GpuLoader
-
-    shared = None
-    if isinstance(s.train_loader, GpuLoader) and s.distributed is None:
-        from pochitrain.gpu_input import model_stream
-
-        shared = model_stream(s.device)
-    if shared is None:
-        yield
-        return
-    stream, before = shared[0], torch.cuda.current_stream(s.device)
-    stream.wait_stream(before)  # the model's weights and the optimizer's state are written
-    try:
-        with torch.cuda.stream(stream):
-            yield
-    finally:
-        before.wait_stream(stream)
-
-
 def _warm_up(s: FitSetup) -> None:
     watch = s.observer
     try:
@@ -279,18 +253,8 @@ def fit(setup: FitSetup, keeper: CheckpointKeeper, log: MetricsLog,
     run after that epoch's checkpoints are written).
     """
     s, out = setup, FitOutcome()
-    with contextlib.ExitStack() as stack:
-        if s.device.startswith("cuda"):
-            stack.enter_context(_beside_gpu_input(s))
-            if s.input_size is not None:
-                _warm_up(s)
-        _epochs(s, out, keeper, log, extras, progress, on_epoch)
-    return out
-
-
-def _epochs(s: FitSetup, out: FitOutcome, keeper: CheckpointKeeper, log: MetricsLog,
-            extras: Callable[[int, EpochStats, EpochStats | None], dict[str, Any]],
-            progress: bool, on_epoch: EpochCallback | None) -> None:
+    if s.input_size is not None and s.device.startswith("cuda"):
+        _warm_up(s)
     with stop_on_ctrl_c(lambda: warn("Ctrl+C: stopping after this batch "
                                      "(press again to abort now)")) as ctrl_c, \
             make_progress(progress, kind="loss") as bars:
@@ -330,3 +294,4 @@ def _epochs(s: FitSetup, out: FitOutcome, keeper: CheckpointKeeper, log: Metrics
                               RESUME_KEY: capture(s, keeper, log, epoch)})
             if epoch == s.epochs or out.stopped_by != "completed":
                 break
+    return out
