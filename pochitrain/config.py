@@ -82,7 +82,9 @@ class Settings:
     mixed_precision: str = "auto"  # auto | bf16 | fp16 | off; resolved by training.resolve_amp
     channels_last: bool | str = "auto"  # True | False | "auto" (True on CUDA)
     gpu_input: bool | str = "auto"  # decode + transforms on the GPU (training.gpu_loader)
-    gpu_input_cache: str | None = None  # None | "ram" | "gpu": decode the images once
+    # "auto": keep decoded images on the GPU from the first epoch while half its free memory
+    # lasts; "ram" | "gpu": decode them all once, up front; None: decode every epoch
+    gpu_input_cache: str | None = "auto"
     # Keys of the original pochitrain (config_legacy.py). None: chosen automatically.
     train_pin_memory: bool | None = None  # pinned loader memory (auto: on with CUDA)
     infer_pin_memory: bool | None = None
@@ -186,8 +188,8 @@ def _validate(raw: dict[str, Any], config_dir: Path, config_path: Path,
     if not (isinstance(gi, bool) or gi == "auto"):
         raise type_error("gpu_input", gi, "True, False or 'auto' (GPU decode when possible)")
     s.gpu_input = gi
-    if g["gpu_input_cache"] not in (None, "ram", "gpu"):
-        raise type_error("gpu_input_cache", g["gpu_input_cache"], "None, 'ram' or 'gpu'")
+    if g["gpu_input_cache"] not in ("auto", None, "ram", "gpu"):
+        raise type_error("gpu_input_cache", g["gpu_input_cache"], "'auto', None, 'ram' or 'gpu'")
     s.gpu_input_cache = g["gpu_input_cache"]
     _validate_original_keys(s, g)
     return s

@@ -9,32 +9,17 @@ and no traceback.
 from __future__ import annotations
 
 import ast
-import functools
 import inspect
 from pathlib import Path
 
 import pytest
+from package_source import PACKAGE, all_nodes, trees
 
-import pochitrain
 from pochitrain import errors
 from pochitrain.errors import PochiError, is_bilingual
 
-PACKAGE = Path(pochitrain.__file__).parent
 # Placeholder for an f-string's replacement fields: neither Japanese nor English.
 HOLE = "\x00"
-
-
-@functools.cache
-def trees() -> dict[Path, ast.Module]:
-    """Every module of the package, parsed once."""
-    return {path: ast.parse(path.read_text(encoding="utf-8"))
-            for path in sorted(PACKAGE.rglob("*.py"))}
-
-
-@functools.cache
-def all_nodes() -> dict[Path, list[ast.AST]]:
-    """Every node of every module (``ast.walk`` order), walked once for the scans below."""
-    return {path: list(ast.walk(tree)) for path, tree in trees().items()}
 
 
 def error_classes() -> set[str]:

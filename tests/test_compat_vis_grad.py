@@ -27,17 +27,6 @@ def _trace(path: Path, layers: int = 5, epochs: int = 8) -> Path:
     return path
 
 
-def test_vis_grad_writes_the_ten_plots(tmp_path: Path) -> None:
-    from PIL import Image
-
-    csv_path = _trace(tmp_path / "gradient_trace.csv")
-    assert run(["vis-grad", str(csv_path)]) == 0
-    for kind in KINDS:
-        png = tmp_path / f"gradient_trace_{kind}.png"
-        with Image.open(png) as image:
-            assert image.format == "PNG" and image.size[0] >= 1000  # 150 dpi
-
-
 def test_few_layers_have_no_early_late_split(tmp_path: Path) -> None:
     from pochitrain.gradient_plots import plot_trace
 
@@ -84,8 +73,10 @@ def test_workers_that_die_leave_their_figures_to_the_command(
 
 
 def test_vis_grad_on_a_training_runs_csv(tmp_path: Path) -> None:
-    """The CSV the tracker writes during training (real gradients of a tiny model)."""
+    """The CSV the tracker writes during training (real gradients of a tiny model), drawn
+    as the ten plots."""
     import torch
+    from PIL import Image
 
     from pochitrain.gradient_plots import read_trace
     from pochitrain.models import build_model
@@ -106,6 +97,9 @@ def test_vis_grad_on_a_training_runs_csv(tmp_path: Path) -> None:
     out = tmp_path / "plots"  # --output-dir: the PNGs go there, none beside the CSV
     assert run(["vis-grad", str(tmp_path / "gradient_trace.csv"), "--output-dir", str(out)]) == 0
     assert len(list(out.glob("*.png"))) == 10 and not list(tmp_path.glob("*.png"))
+    for kind in KINDS:  # the ten plots, at 150 dpi
+        with Image.open(out / f"gradient_trace_{kind}.png") as image:
+            assert image.format == "PNG" and image.size[0] >= 1000
 
 
 @pytest.mark.parametrize("content, words", [

@@ -94,10 +94,56 @@ def test_decode_once_cache_prints_its_size(digits_dir: Path, tmp_path: Path,
     folder = scan_image_folder(_folder(digits_dir, tmp_path, corrupt=False), "test",
                                allow_unlabelled=False)
     cache = G.build_cache(folder, "ram", "cpu", "train")
-    assert "GiB" in capsys.readouterr().out and len(cache) == 10
-    assert all(c is not None and c.dtype == torch.uint8 for c in cache)
-    assert G.cache_bytes(folder) == sum(c.numel() for c in cache)
+    assert "GiB" in capsys.readouterr().out and len(cache.images) == 10
+    assert all(c is not None and c.dtype == torch.uint8 for c in cache.images.values())
+    assert G.cache_bytes(folder) == sum(c.numel() for c in cache.images.values())
     ops, _ = G.map_transforms(VAL)
     loader = G.GpuLoader(folder, ops or [], batch_size=8, shuffle=False, device="cpu",
                          seed=0, cache=cache)
     assert [int(b.images.shape[0]) for b in loader if b.images is not None] == [8, 2]
+
+
+def _passes(loader: G.GpuLoader, n: int) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    return [[(b.images.clone(), b.labels.clone()) for b in loader if b.images is not None]
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("kept_images", [13, 3])  # every image (and the broken one), or 3
+def test_images_kept_from_the_first_pass_give_the_same_batches(
+        digits_dir: Path, tmp_path: Path, kept_images: int) -> None:
+    """gpu_input_cache = "auto": the first pass keeps what it decodes while the budget lasts;
+    the next passes take those from memory (their files are gone by then) and decode the
+    rest, and every batch equals the batch of a loader that decodes every pass."""
+    root = _folder(digits_dir, tmp_path)
+    folder = scan_image_folder(root, "test", allow_unlabelled=False)
+    ops, _ = G.map_transforms(AUGMENT)
+    plain = G.GpuLoader(folder, ops or [], batch_size=4, shuffle=True, device="cpu", seed=0)
+    torch.manual_seed(0)  # the random transforms draw from torch's global generator
+    expected = _passes(plain, 3)
+    one_image = 3 * 32 * 32  # the digits are 32x32 RGB in uint8
+    cache = G.DecodedImages("cpu", budget=kept_images * one_image)
+    kept = G.GpuLoader(folder, ops or [], batch_size=4, shuffle=True, device="cpu", seed=0,
+                       cache=cache)
+    torch.manual_seed(0)
+    got = _passes(kept, 1)
+    held = {i for i, image in cache.images.items() if image is not None}
+    assert len(held) == min(kept_images, 10) and cache.used == len(held) * one_image
+    assert (len(cache.images) == 11) == (kept_images == 13)  # the broken file: kept as None
+    if kept_images == 13:
+        shutil.rmtree(root)  # nothing is read again
+    got += _passes(kept, 2)
+    for want, have in zip(expected, got, strict=True):
+        assert len(want) == len(have)
+        for (x, y), (x2, y2) in zip(want, have, strict=True):
+            assert torch.equal(x, x2) and torch.equal(y, y2)
+    for i in held:  # the kept images are left as decoded
+        path = folder.samples[i][0] if root.exists() else None
+        if path is not None:
+            assert torch.equal(cache.images[i], G.decode([path], kept.decoder, kept.pool)[0])
+
+
+def test_auto_keeps_images_only_on_a_gpu_with_a_later_epoch() -> None:
+    assert G.kept_images("cpu", 5) is None
+    assert G.kept_images("cuda", 1) is None
+    kept = G.kept_images("cuda:0", 2)
+    assert kept is not None and kept.budget is None  # worked out when the first pass starts

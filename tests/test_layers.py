@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from package_source import all_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "pochitrain"
@@ -109,9 +110,9 @@ def _absolute(module: str, path: Path, node: ast.ImportFrom) -> str:
 def _private_uses(module: str, path: Path) -> Iterator[str]:
     """``from m import _x``, and ``alias._x`` where alias names a pochitrain module or a name
     imported from one."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    nodes = all_nodes()[path]
     imported: dict[str, str] = {}  # local name -> what it stands for
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, ast.ImportFrom):
             source = _absolute(module, path, node)
             if not source.startswith("pochitrain"):
@@ -125,7 +126,7 @@ def _private_uses(module: str, path: Path) -> Iterator[str]:
                 if alias.name.startswith("pochitrain"):
                     local = alias.asname or alias.name.split(".")[0]
                     imported[local] = alias.name if alias.asname else local
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, ast.Attribute) and _is_private(node.attr):
             target = _dotted(node.value)
             if target is None or target.split(".")[0] not in imported:
@@ -162,7 +163,7 @@ def _oversized() -> list[str]:
         lines = len(text.splitlines())
         if lines > MAX_MODULE_LINES and rel not in SIZE_EXCEPTIONS:
             found.append(f"{rel}: {lines} lines")
-        for node in ast.walk(ast.parse(text)):
+        for node in all_nodes()[path]:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 length = (node.end_lineno or node.lineno) - node.lineno + 1
                 key = f"{rel}:{node.name}"

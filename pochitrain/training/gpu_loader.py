@@ -118,6 +118,56 @@ def decode(paths: list[Path], decoder: Decoder, pool: ThreadPoolExecutor,
     return decoder.decode([Entry(path, 0, *got) for path, got in zip(paths, reads)])
 
 
+# share of the GPU memory free when the first pass starts (the model's memory is reserved by
+# then: the warm-up ran a whole step) that "auto" may fill with decoded images
+KEEP_SHARE = 1 / 3
+
+
+class DecodedImages:
+    """Decoded uint8 images by dataset index (None: undecodable, skipped without reading).
+
+    Filled up front (``gpu_input_cache = "ram" | "gpu"``, :func:`build_cache`) or as the first
+    pass decodes (``"auto"``): each image is kept on the device while the byte ``budget``
+    lasts, so later epochs take it from memory instead of reading and decoding it again. The
+    budget of ``"auto"`` is worked out when the first pass starts (``KEEP_SHARE`` of the GPU
+    memory free then)."""
+
+    def __init__(self, device: str, images: dict[int, Any] | None = None,
+                 budget: int | None = None, split: str = "train") -> None:
+        self.device, self.images, self.budget = device, dict(images or {}), budget
+        self.used, self.split, self.passes = 0, split, 0
+
+    def begin_pass(self) -> None:
+        """Before each pass: the budget before the first, a line on what was kept before the
+        second."""
+        self.passes += 1
+        if self.budget is None and self.device.startswith("cuda"):
+            self.budget = int(torch.cuda.mem_get_info(torch.device(self.device))[0] * KEEP_SHARE)
+        if self.passes == 2 and self.used:
+            held = sum(image is not None for image in self.images.values())
+            rest = ("; the others are decoded every epoch (the limit: a third of the GPU "
+                    "memory free at the start)") if self.budget == 0 else ""
+            info(f"gpu_input_cache: {held} {self.split} images kept in GPU memory from the "
+                 f"first epoch ({self.used / 2**30:.2f} GiB){rest}")
+
+    def missing(self, chunk: list[int]) -> list[int]:
+        return [i for i in chunk if i not in self.images]
+
+    def keep(self, decoded: dict[int, Any]) -> None:
+        if not self.budget:
+            return
+        for i, image in decoded.items():
+            size = 0 if image is None else image.numel() * image.element_size()
+            if self.used + size > self.budget:
+                self.budget = 0  # full: the rest is decoded every pass
+                return
+            self.images[i], self.used = image, self.used + size
+
+    def get(self, i: int) -> Any:
+        image = self.images[i]
+        return None if image is None else image.to(self.device, non_blocking=True)
+
+
 class _Samples:
     """What ``fit`` reads from ``loader.dataset``: ``samples`` and ``len``."""
 
@@ -132,14 +182,14 @@ class GpuLoader:
     """Batches (``training.data.Batch``) decoded and transformed on ``device``.
 
     ``sampler``: dataset indices per pass (a torch Sampler, e.g. ``DistributedSampler``), or
-    None for ``shuffle`` with ``seed``. ``cache``: a list of uint8 tensors (decode-once).
+    None for ``shuffle`` with ``seed``. ``cache``: decoded images kept between passes.
     ``batched``: run the transforms as whole-batch kernels when the chain allows it (else per
     image, said once naming ``split``). ``prefetch``: batches prepared ahead in a thread.
     """
 
     def __init__(self, folder: ImageFolder, ops: list[Any], *, batch_size: int, shuffle: bool,
                  device: str, seed: int | None, sampler: Any = None, drop_last: bool = False,
-                 cache: list[Any] | None = None, batched: bool = True, prefetch: int = 2,
+                 cache: DecodedImages | None = None, batched: bool = True, prefetch: int = 2,
                  split: str = "train") -> None:
         self.folder, self.ops, self.batch_size = folder, ops, batch_size
         self.shuffle, self.device, self.sampler, self.drop_last = shuffle, device, sampler, drop_last
@@ -181,6 +231,8 @@ class GpuLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         chunks = self._chunks()
+        if self.cache is not None:
+            self.cache.begin_pass()
         with quick_gil_handoff():  # the readers and the prefetch thread beside the training
             if self.prefetch <= 0:
                 yield from map(self._batch, chunks)
@@ -197,19 +249,23 @@ class GpuLoader:
             ahead = self._reads(chunks[k + 1]) if k + 1 < len(chunks) else None
             yield self._batch(chunk, reads)
 
-    def _reads(self, chunk: list[int]) -> Iterator[Read] | None:
-        """Start reading the files of ``chunk`` (None when the images are cached)."""
-        if self.cache is not None:
-            return None
-        return map_grouped(self.pool, self.read, [self.folder.samples[i][0] for i in chunk])
+    def _reads(self, chunk: list[int]) -> tuple[list[int], Iterator[Read] | None]:
+        """(the indices of ``chunk`` to decode, their files' reads, started)."""
+        todo = chunk if self.cache is None else self.cache.missing(chunk)
+        if not todo:
+            return todo, None
+        return todo, map_grouped(self.pool, self.read, [self.folder.samples[i][0] for i in todo])
 
-    def _batch(self, chunk: list[int], reads: Iterator[Read] | None = None) -> Batch:
+    def _batch(self, chunk: list[int],
+               ahead: tuple[list[int], Iterator[Read] | None] | None = None) -> Batch:
         samples = self.folder.samples
+        todo, reads = ahead if ahead is not None else self._reads(chunk)
+        decoded = (dict(zip(todo, decode([samples[i][0] for i in todo], self.decoder,
+                                         self.pool, reads), strict=True)) if todo else {})
         if self.cache is not None:
-            images = [None if self.cache[i] is None else
-                      self.cache[i].to(self.device, non_blocking=True) for i in chunk]
-        else:
-            images = decode([samples[i][0] for i in chunk], self.decoder, self.pool, reads)
+            self.cache.keep(decoded)
+        cache = self.cache
+        images = [decoded[i] if cache is None or i in decoded else cache.get(i) for i in chunk]
         good = [(im, samples[i][1]) for im, i in zip(images, chunk, strict=True)
                 if im is not None]
         skipped = [i for im, i in zip(images, chunk, strict=True) if im is None]
@@ -245,7 +301,7 @@ def cache_bytes(folder: ImageFolder) -> int:
     return sum(size(path) for path, _ in folder.samples)
 
 
-def build_cache(folder: ImageFolder, where: str, device: str, split: str) -> list[Any]:
+def build_cache(folder: ImageFolder, where: str, device: str, split: str) -> DecodedImages:
     """Decode ``folder`` once into uint8 tensors in RAM (``"ram"``) or GPU memory (``"gpu"``);
     the size is printed first, and a DataError stops it when it would not fit."""
     need = cache_bytes(folder)
@@ -272,7 +328,14 @@ def build_cache(folder: ImageFolder, where: str, device: str, split: str) -> lis
         for start in range(0, len(paths), 256):
             for im in decode(paths[start:start + 256], decoder, pool):
                 out.append(None if im is None else im.to(target))
-    return out
+    return DecodedImages(device, dict(enumerate(out)), budget=0, split=split)
+
+
+def kept_images(device: str, epochs: int, split: str = "train") -> DecodedImages | None:
+    """``gpu_input_cache = "auto"``: images kept on the GPU as the first epoch decodes them,
+    when there is a later epoch to use them."""
+    return DecodedImages(device, split=split) if device.startswith("cuda") and epochs > 1 \
+        else None
 
 
 def gpu_loaders(settings: Any, train: ImageFolder, val: ImageFolder, device: str,
@@ -293,12 +356,13 @@ def gpu_loaders(settings: Any, train: ImageFolder, val: ImageFolder, device: str
         if device.startswith("cuda") and choice == "auto":
             warn(f"GPU input not used ({why}): images are decoded by the CPU DataLoader.")
         return None
-    cache_where = getattr(settings, "gpu_input_cache", None)
+    cache_where = getattr(settings, "gpu_input_cache", "auto")
     loaders = []
     for split, folder, tf, shuffle in (("train", train, train_tf, True),
                                        ("val", val, val_tf, False)):
         ops, _ = map_transforms(tf)
-        cache = build_cache(folder, cache_where, device, split) if cache_where else None
+        cache = (kept_images(device, settings.epochs, split) if cache_where == "auto" else
+                 build_cache(folder, cache_where, device, split) if cache_where else None)
         # a last, smaller train batch is a new shape: cuDNN autotunes it again in epoch 1
         n = len(folder.samples)
         drop = shuffle and (n >= TRAIN_DROP_LAST_BATCHES * settings.batch_size
