@@ -121,6 +121,7 @@ def decode(paths: list[Path], decoder: Decoder, pool: ThreadPoolExecutor,
 # share of the GPU memory free when the first pass starts (the model's memory is reserved by
 # then: the warm-up ran a whole step) that "auto" may fill with decoded images
 KEEP_SHARE = 1 / 3
+SLAB_BYTES = 256 * 2**20
 
 
 class DecodedImages:
@@ -135,7 +136,9 @@ class DecodedImages:
     def __init__(self, device: str, images: dict[int, Any] | None = None,
                  budget: int | None = None, split: str = "train") -> None:
         self.device, self.images, self.budget = device, dict(images or {}), budget
-        self.used, self.split, self.passes = 0, split, 0
+        self.used, self.split, self.passes = 0, split, 0  # used: bytes of the slabs
+        self._slab: torch.Tensor | None = None
+        self._room = 0  # where the next image goes in the slab
 
     def begin_pass(self) -> None:
         """Before each pass: the budget before the first, a line on what was kept before the
@@ -157,11 +160,26 @@ class DecodedImages:
         if not self.budget:
             return
         for i, image in decoded.items():
-            size = 0 if image is None else image.numel() * image.element_size()
-            if self.used + size > self.budget:
+            stored = None if image is None else self._place(image)
+            if image is not None and stored is None:
                 self.budget = 0  # full: the rest is decoded every pass
                 return
-            self.images[i], self.used = image, self.used + size
+            self.images[i] = stored
+
+    def _place(self, image: torch.Tensor) -> torch.Tensor | None:
+        """A copy of ``image`` in a slab of ``SLAB_BYTES`` (None: over the budget). Keeping
+        the decoder's own tensors would make the allocator ask the driver for new memory for
+        every image of the first epoch; slabs take a few large allocations."""
+        size = image.numel() * image.element_size()
+        if self._slab is None or self._room + size > self._slab.numel():
+            grow = min(max(SLAB_BYTES, size), (self.budget or 0) - self.used)
+            if grow < size:
+                return None
+            self._slab = torch.empty(grow, dtype=torch.uint8, device=image.device)
+            self._room, self.used = 0, self.used + grow
+        start = self._room
+        self._room += -(-size // 16) * 16  # the next image starts aligned for any dtype
+        return self._slab[start:start + size].view(image.dtype).view(image.shape).copy_(image)
 
     def get(self, i: int) -> Any:
         image = self.images[i]
