@@ -12,7 +12,6 @@ model trains. The same code runs on CPU tensors, which is how the tests exercise
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 from collections.abc import Iterator
@@ -252,9 +251,7 @@ class GpuLoader:
         chunks = self._chunks()
         if self.cache is not None:
             self.cache.begin_pass()
-        # a short thread switch interval helps threads that read files: none when all is kept
-        reading = self.cache is None or any(self.cache.missing(c) for c in chunks)
-        with quick_gil_handoff() if reading else contextlib.nullcontext():
+        with quick_gil_handoff():  # the readers and the prefetch thread beside the training
             if self.prefetch <= 0:
                 yield from map(self._batch, chunks)
                 return
