@@ -82,8 +82,8 @@ class Settings:
     mixed_precision: str = "auto"  # auto | bf16 | fp16 | off; resolved by training.resolve_amp
     channels_last: bool | str = "auto"  # True | False | "auto" (True on CUDA)
     gpu_input: bool | str = "auto"  # decode + transforms on the GPU (training.gpu_loader)
-    # "auto": keep decoded images on the GPU from the first epoch while half its free memory
-    # lasts; "ram" | "gpu": decode them all once, up front; None: decode every epoch
+    # "auto": keep decoded images on the GPU from the first epoch, up to a third of its free
+    # memory; "ram" | "gpu": decode them all once, up front; None: decode every epoch
     gpu_input_cache: str | None = "auto"
     # Keys of the original pochitrain (config_legacy.py). None: chosen automatically.
     train_pin_memory: bool | None = None  # pinned loader memory (auto: on with CUDA)

@@ -198,7 +198,7 @@ def _gpu_present() -> bool:
     """Whether to collect garbage after each trial: a reference cycle left by a trial can hold
     GPU memory that the next trial needs, and Python's collector does not see that memory. On
     the CPU, Python frees such memory on its own; a forced full collection there only costs
-    time (0.1-0.5 s a trial in a large process)."""
+    time."""
     import torch
 
     return torch.cuda.is_available()
