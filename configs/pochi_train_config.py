@@ -45,9 +45,12 @@ channels_last = "auto"
 # "auto": on when training on CUDA and every transform has a GPU version (else the CPU
 # DataLoader, said once); True: required; False: always the CPU DataLoader.
 gpu_input = "auto"
-# Decode a small dataset once and keep it as uint8 tensors: None, "ram" or "gpu"
-# (the memory it takes is printed first; too large is an error with the fix).
-gpu_input_cache = None
+# Decoded images kept between epochs. "auto": with more than one epoch on a GPU, the images
+# the first epoch decodes stay in GPU memory (up to a third of what is free then; the rest
+# are decoded every epoch), with the same batches; "ram" / "gpu": decode the whole dataset
+# once, up front (its size is printed first; too large is an error with the fix); None:
+# decode every epoch.
+gpu_input_cache = "auto"
 
 # ---- data ----------------------------------------------------------------------------------
 # Image folders with one sub-folder per class: <root>/<class_name>/*.png|jpg|...
