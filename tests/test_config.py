@@ -133,6 +133,7 @@ def test_typo_key_suggests_the_nearest(tmp_path: Path) -> None:
     ("mixed_precision = True\n", ["'mixed_precision'", "auto, bf16, fp16, off"]),
     ("channels_last = 'yes'\n", ["'channels_last'", "True, False or 'auto'"]),
     ("channels_last = 1\n", ["'channels_last'", "True, False or 'auto'"]),
+    ("gpu_input_cache = 'disk'\n", ["'gpu_input_cache'", "'auto', None, 'ram' or 'gpu'"]),
 ])
 def test_wrong_type_or_value_names_key_and_allowed(tmp_path: Path, body: str,
                                                    words: list[str]) -> None:

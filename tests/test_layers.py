@@ -13,10 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from package_source import all_nodes
+from package_source import PACKAGE, all_nodes, trees
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = ROOT / "pochitrain"
+ROOT = PACKAGE.parent
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 
@@ -81,7 +80,7 @@ def test_import_contracts_are_kept(lint_report: subprocess.CompletedProcess[str]
 
 
 def _modules() -> Iterator[tuple[str, Path]]:
-    for path in sorted(PACKAGE.rglob("*.py")):
+    for path in trees():  # every module of the package, sorted
         parts = list(path.relative_to(ROOT).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts.pop()
