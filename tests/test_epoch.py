@@ -91,3 +91,50 @@ def test_a_worker_error_leaves_no_worker_behind() -> None:
     with pytest.raises(ValueError, match="cannot be read"):
         run_epoch(_model(), loader, nn.CrossEntropyLoss(), "cpu")  # type: ignore[arg-type]
     assert set(multiprocessing.active_children()) <= before
+
+
+class Loader(list):
+    """A list of batches with a DataLoader's ``batch_size``."""
+
+    batch_size = 4
+
+
+class SeesAutotuning(nn.Linear):
+    """Records, per batch size, whether cuDNN's autotuning was on as it ran (forward and,
+    for training, backward)."""
+
+    def __init__(self) -> None:
+        super().__init__(3, 2)
+        self.seen: list[tuple[int, bool]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append((len(x), torch.backends.cudnn.benchmark))
+        out = super().forward(x)
+        if out.requires_grad:
+            out.register_hook(lambda g: self.seen.append((-len(g), torch.backends.cudnn.benchmark)))
+        return out
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_the_shorter_last_batch_runs_on_heuristics_and_autotuning_comes_back(train: bool) -> None:
+    from pochitrain.training.epoch import warm_up
+
+    model = SeesAutotuning()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1) if train else None
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        run_epoch(model, Loader(_batches([4, 4, 3])), nn.CrossEntropyLoss(), "cpu",
+                  optimizer=optimizer)
+        assert torch.backends.cudnn.benchmark
+        ran = [(4, True), (4, True), (3, False)]
+        if train:  # each backward pass as its forward
+            ran = [(4, True), (-4, True), (4, True), (-4, True), (3, False), (-3, False)]
+        assert model.seen == ran
+        model.seen.clear()
+        warm_up(model, [], [4, 3], "cpu", eval_sizes=[8, 2])
+        assert torch.backends.cudnn.benchmark
+        assert [s for s in model.seen if s[0] > 0] == [(4, True), (3, False), (8, True),
+                                                       (2, False)]
+    finally:
+        torch.backends.cudnn.benchmark = before

@@ -127,6 +127,18 @@ def _batches(loader: Any) -> Iterator[Any]:
         yield batch
 
 
+@contextlib.contextmanager
+def untimed_convolutions(on: bool) -> Iterator[None]:
+    """cuDNN's heuristics instead of its autotuning while ``on``: for the shorter last batch,
+    a shape seen once an epoch, timing every algorithm costs more than it gains."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = before and not on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 def autocast(device: str, amp_dtype: torch.dtype | None) -> torch.autocast:
     """Mixed precision in ``amp_dtype`` on ``device``'s type (None: plain fp32)."""
     return torch.autocast(device.split(":")[0], dtype=amp_dtype or torch.float32,
@@ -159,6 +171,7 @@ def run_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, device
     if non_blocking is None:
         non_blocking = device_type == "cuda"
     tally = _Tally(num_classes, device)
+    full = getattr(loader, "batch_size", None)
     start = time.perf_counter()
     with torch.enable_grad() if optimizer is not None else torch.inference_mode():
         for batch in _batches(loader):
@@ -169,11 +182,12 @@ def run_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, device
             y = batch.labels.to(device, non_blocking=non_blocking)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device, amp_dtype):
-                logits = model(x)
-                loss = criterion(logits, y)
-            if optimizer is not None:
-                _update(loss, optimizer, scaler, after_backward)
+            with untimed_convolutions(len(y) != full):
+                with autocast(device, amp_dtype):
+                    logits = model(x)
+                    loss = criterion(logits, y)
+                if optimizer is not None:
+                    _update(loss, optimizer, scaler, after_backward)
             settled = tally.settle()  # the previous batch: its GPU work is done or nearly
             tally.add(logits, y, loss, int(y.shape[0]))
             _count(settled, stats, optimizer, on_batch)
@@ -221,7 +235,8 @@ def warm_up(model: nn.Module, input_size: list[int], batch_sizes: list[int], dev
             criterion: nn.Module | None = None, optimizer: Any = None,
             num_classes: int | None = None) -> float:
     """Seconds spent running what an epoch runs once per batch shape, on zeros, so that
-    cuDNN's autotuning and the lazy loading of CUDA kernels happen before epoch 1 is timed:
+    cuDNN's autotuning (of the first, full size of each list) and the lazy loading of CUDA
+    kernels happen before epoch 1 is timed:
     a train step per ``batch_sizes`` (train-mode BatchNorm has its own kernels), the update
     kernels of ``optimizer``'s class (on scratch copies), an eval pass per ``eval_sizes``
     (default: ``batch_sizes``). Buffers, random states and gradients are put back; the DDP
@@ -236,12 +251,15 @@ def warm_up(model: nn.Module, input_size: list[int], batch_sizes: list[int], dev
         with torch.random.fork_rng(devices=devices):
             net.train()
             for n in dict.fromkeys(n for n in batch_sizes if n > 1):  # each shape once
-                _warm_step(net, n, input_size, device, amp_dtype, channels_last, criterion,
-                           num_classes)
+                with untimed_convolutions(n != batch_sizes[0]):  # as run_epoch runs it
+                    _warm_step(net, n, input_size, device, amp_dtype, channels_last,
+                               criterion, num_classes)
             net.eval()  # and validation's kernels, for ``eval_sizes`` (default: the same)
+            evals = batch_sizes if eval_sizes is None else eval_sizes
             with torch.inference_mode():
-                for n in dict.fromkeys(batch_sizes if eval_sizes is None else eval_sizes):
-                    _warm_forward(net, n, input_size, device, amp_dtype, channels_last)
+                for n in dict.fromkeys(evals):
+                    with untimed_convolutions(n != evals[0]):
+                        _warm_forward(net, n, input_size, device, amp_dtype, channels_last)
             if optimizer is not None:
                 _warm_optimizer(optimizer)
     finally:
