@@ -5,14 +5,12 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from pochitrain.errors import BackendMissingError, ModelFileError, ShapeError, UsageError
-from pochitrain.inference.onnx_runner import OnnxRunner, open_onnx_runner, resolve_providers
-from pochitrain.inference.runner import Done
+from pochitrain.inference.onnx_runner import open_onnx_runner, resolve_providers
 
 
 @pytest.fixture(scope="module")
@@ -239,50 +237,6 @@ def test_tensor_batches_are_bound_in_place_and_equal_numpy(plain_onnx, static_on
         got, pure = runner.run(torch.from_numpy(x[:n]))
         assert got.shape == want.shape and pure > 0
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-
-
-class QueueOnCpu:
-    """Stands in for CudaBatchPipe.submit with CPU tensors: the runner's own queued call
-    (IOBinding, ONNX Runtime's run without its closing synchronize) fills ``d_out``."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def submit(self, batch: Any, call: Any, out_shape: Any) -> Done:
-        import torch
-
-        self.calls += 1
-        d_in = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(batch)
-        d_out = torch.full(tuple(out_shape), float("nan"))
-        call(d_in, d_out, None)
-        return Done(d_out.numpy().copy(), 0.5)
-
-    def close(self) -> None:
-        pass
-
-
-def test_queued_batches_equal_plain_runs(plain_onnx, static_onnx: Path) -> None:
-    """Through the CUDA path (its CPU stand-in here) a batch is bound in place and run without
-    ONNX Runtime's synchronize; arrays and tensors, the fixed batch padded and cut back."""
-    import torch
-
-    x = np.random.default_rng(2).standard_normal((5, 3, 32, 32), dtype=np.float32)
-    for model_path, n in ((plain_onnx[0], 5), (static_onnx, 3)):
-        plain, info = open_onnx_runner(model_path)
-        want, _ = plain.run(x[:n])
-        pipe = QueueOnCpu()
-        queued = OnnxRunner(plain.session, info, pipe)  # type: ignore[arg-type]
-        for batch in (x[:n], torch.from_numpy(x[:n])):
-            got, pure = queued.submit(batch).result()
-            assert got.shape == want.shape and pure == 0.5
-            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-        got, _ = queued.run(x[:n])
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-        assert pipe.calls == 3
-    with pytest.raises(ShapeError, match="could not run"):
-        queued.submit(np.zeros((2, 3, 40, 40), np.float32))
-    with pytest.raises(UsageError, match="--batch-size 4"):
-        queued.submit(np.zeros((5, 3, 32, 32), np.float32))
 
 
 def test_two_onnxruntime_installs_in_one_folder_are_reported(tmp_path: Path) -> None:

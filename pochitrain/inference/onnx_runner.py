@@ -13,14 +13,13 @@ import numpy as np
 
 from pochitrain.batching import pad_to
 from pochitrain.errors import BackendMissingError, ShapeError, UsageError
-from pochitrain.inference.runner import Done, Pending, RunnerInput, check_positive_batch
+from pochitrain.inference.runner import RunnerInput, check_positive_batch
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     import torch
 
-    from pochitrain.inference.cuda_path import CudaBatchPipe
     from pochitrain.onnx.inspect import OnnxInfo
 
 # short names accepted by --providers -> ONNX Runtime provider names
@@ -76,22 +75,16 @@ def _missing_provider(name: str, available: list[str]) -> BackendMissingError:
 
 
 class OnnxRunner:
-    """One ONNX Runtime session; ``run`` times ``session.run`` alone ("pure" time).
-
-    With ``pipe`` (the CUDA path, whose stream the session computes on) every batch goes
-    through it: bound in place, run without ONNX Runtime's closing synchronize, timed by CUDA
-    events, and ``submit`` queues the next batch before this one's logits are read."""
+    """One ONNX Runtime session; ``run`` times ``session.run`` alone ("pure" time)."""
 
     name = "onnx"
 
-    def __init__(self, session, info: OnnxInfo, pipe: CudaBatchPipe | None = None) -> None:
+    def __init__(self, session, info: OnnxInfo) -> None:
         self.session = session
         self.info = info
         batch = info.input_shape[0]
         self.fixed_batch: int | None = batch if isinstance(batch, int) else None
         self._dtype = np.float16 if info.input_dtype == "float16" else np.float32
-        self._pipe = pipe
-        self._no_sync: Any = None  # RunOptions that leave the stream running (with the pipe)
 
     @property
     def input(self) -> RunnerInput:
@@ -122,8 +115,6 @@ class OnnxRunner:
     def run(self, batch: np.ndarray | torch.Tensor) -> tuple[np.ndarray, float]:
         """(N, C, H, W) float32 NumPy array, or a torch tensor from the GPU input pipeline
         (bound in place with IOBinding: a CUDA tensor never goes through host memory)."""
-        if self._pipe is not None:
-            return self.submit(batch).result()
         if not isinstance(batch, np.ndarray):
             return self._run_bound(batch)
         n = len(batch)
@@ -140,61 +131,23 @@ class OnnxRunner:
             raise self._run_error(batch.shape, exc) from exc
         return np.asarray(out[:n], dtype=np.float32), pure
 
-    def submit(self, batch: np.ndarray | torch.Tensor) -> Pending:
-        """``run`` queued on the CUDA path's stream (read the results in order); without
-        the pipe the batch runs now."""
-        if self._pipe is None:
-            return Done(*self.run(batch))
-        n = int(batch.shape[0])
-        if self.fixed_batch is not None and n > self.fixed_batch:
-            self.check_batch_size(n)
-        rows = self.fixed_batch or n
-        queued = self._pipe.submit(batch, self._queued_call,
-                                   out_shape=(rows, int(self.info.output_shape[1])))
-        return FirstRows(queued, n)
-
-    def _queued_call(self, d_in: torch.Tensor, d_out: torch.Tensor, stream: Any) -> None:
-        """The pipe's model call: ``d_out`` filled on ``stream``, the session's own."""
-        if self._no_sync is None:
-            import onnxruntime as ort
-
-            self._no_sync = ort.RunOptions()
-            self._no_sync.add_run_config_entry("disable_synchronize_execution_providers", "1")
-        x = self._model_input(d_in)
-        try:
-            self.session.run_with_iobinding(self._bind(x, d_out), self._no_sync)
-        except Exception as exc:  # onnxruntime raises its own pybind exception types
-            raise self._run_error(tuple(x.shape), exc) from exc
-
-    def _model_input(self, batch: torch.Tensor) -> torch.Tensor:
-        """``batch`` in the graph's input dtype, padded to its fixed batch, contiguous."""
+    def _run_bound(self, batch: torch.Tensor) -> tuple[np.ndarray, float]:
+        """IOBinding on the tensor's own memory (CUDA or CPU) and a preallocated output."""
         import torch
 
+        n = int(batch.shape[0])
         x = batch.to(torch.float16 if self._dtype == np.float16 else torch.float32)
-        n = int(x.shape[0])
         if self.fixed_batch is not None and n < self.fixed_batch:
             x = torch.cat([x, x[-1:].expand(self.fixed_batch - n, *x.shape[1:])])
-        return x.contiguous()
-
-    def _bind(self, x: torch.Tensor, out: torch.Tensor) -> Any:
-        """An IOBinding of the session's input to ``x`` and output to ``out``, in place."""
+        x = x.contiguous()
+        classes = self.info.output_shape[1]
+        out = torch.empty((x.shape[0], int(classes)), dtype=torch.float32, device=x.device)
         kind, index = ("cuda", x.device.index or 0) if x.is_cuda else ("cpu", 0)
         binding = self.session.io_binding()
         binding.bind_input(self.info.input_name, kind, index, self._dtype, tuple(x.shape),
                            x.data_ptr())
         binding.bind_output(self.info.output_name, kind, index, np.float32, tuple(out.shape),
                             out.data_ptr())
-        return binding
-
-    def _run_bound(self, batch: torch.Tensor) -> tuple[np.ndarray, float]:
-        """IOBinding on the tensor's own memory (CUDA or CPU) and a preallocated output."""
-        import torch
-
-        n = int(batch.shape[0])
-        x = self._model_input(batch)
-        out = torch.empty((x.shape[0], int(self.info.output_shape[1])), dtype=torch.float32,
-                          device=x.device)
-        binding = self._bind(x, out)
         if x.is_cuda:
             torch.cuda.current_stream(x.device).synchronize()  # the batch is written
         try:
@@ -222,20 +175,7 @@ class OnnxRunner:
                 "onnxruntime": ort.__version__}
 
     def close(self) -> None:
-        if self._pipe is not None:
-            self._pipe.close()
         self.session = None
-
-
-class FirstRows:
-    """A queued batch whose logits are cut to its own rows (a fixed-batch graph pads)."""
-
-    def __init__(self, queued: Pending, rows: int) -> None:
-        self.queued, self.rows = queued, rows
-
-    def result(self) -> tuple[np.ndarray, float]:
-        logits, pure = self.queued.result()
-        return logits[:self.rows], pure
 
 
 def check_single_install() -> None:
@@ -298,10 +238,8 @@ def open_onnx_runner(path: Path | str, providers: list[str] | None = None,
             ort.preload_dlls()
         except Exception:  # noqa: BLE001, S110 - a missing library is reported by the session
             pass
-    pipe = _cuda_pipe(names)
     try:
-        session = open_session(path, names, threads,
-                               stream=pipe.stream.cuda_stream if pipe is not None else None)
+        session = open_session(path, names, threads)
     except BackendMissingError:
         if not auto or names == ["CPUExecutionProvider"]:
             raise
@@ -310,20 +248,5 @@ def open_onnx_runner(path: Path | str, providers: list[str] | None = None,
         say("CUDA を使えないため CPU で推論します / ONNX Runtime could not start CUDA here: "
             "running on the CPU (--providers cuda makes this an error).")
         session = open_session(path, ["CPUExecutionProvider"], threads)
-        pipe = None
     info = session_info(path, session)
-    return OnnxRunner(session, info, pipe), info
-
-
-def _cuda_pipe(names: list[str]) -> CudaBatchPipe | None:
-    """The CUDA path for a session on the CUDA provider (first, without TensorRT's) where
-    PyTorch sees the GPU: the session then computes on the path's stream. Else None."""
-    if names[0] != "CUDAExecutionProvider" or "TensorrtExecutionProvider" in names:
-        return None
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    from pochitrain.inference.cuda_path import CudaBatchPipe
-
-    return CudaBatchPipe("cuda")
+    return OnnxRunner(session, info), info

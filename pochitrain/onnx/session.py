@@ -33,10 +33,9 @@ PROVIDER_OPTIONS: dict[str, dict[str, str]] = {
 
 
 def open_session(path: Path | str, providers: list[str] | None = None,
-                 threads: int | None = None, stream: int | None = None) -> Any:
+                 threads: int | None = None) -> Any:
     """An ``onnxruntime.InferenceSession`` on ``path`` (``providers``: full names, CPU when
-    None); BackendMissingError also when a GPU provider silently failed to start.
-    ``stream``: a CUDA stream (its address) the CUDA provider computes on instead of its own."""
+    None); BackendMissingError also when a GPU provider silently failed to start."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -48,14 +47,10 @@ def open_session(path: Path | str, providers: list[str] | None = None,
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or default_threads()
     options.log_severity_level = 3  # errors only: provider fallbacks are checked below
-    settings = {n: dict(PROVIDER_OPTIONS.get(n, {})) for n in names}
-    if stream and "CUDAExecutionProvider" in settings:
-        settings["CUDAExecutionProvider"].update(has_user_compute_stream="1",
-                                                 user_compute_stream=str(stream))
     try:
         session = ort.InferenceSession(str(path), sess_options=options,
-                                       providers=[(n, settings[n]) if settings[n] else n
-                                                  for n in names])
+                                       providers=[(n, PROVIDER_OPTIONS[n]) if n in PROVIDER_OPTIONS
+                                                  else n for n in names])
     except Exception as exc:  # onnxruntime raises its own pybind exception types
         if "INVALID_PROTOBUF" in str(exc):
             from pochitrain.onnx.inspect import unreadable
