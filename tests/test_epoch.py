@@ -132,6 +132,9 @@ def test_the_shorter_last_batch_runs_on_heuristics_and_autotuning_comes_back(tra
             ran = [(4, True), (-4, True), (4, True), (-4, True), (3, False), (-3, False)]
         assert model.seen == ran
         model.seen.clear()
+        run_epoch(model, _batches([4, 3]), nn.CrossEntropyLoss(), "cpu")  # no batch_size
+        assert model.seen == [(4, True), (3, True)]
+        model.seen.clear()
         warm_up(model, [], [4, 3], "cpu", eval_sizes=[8, 2])
         assert torch.backends.cudnn.benchmark
         assert [s for s in model.seen if s[0] > 0] == [(4, True), (3, False), (8, True),

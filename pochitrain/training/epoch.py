@@ -171,7 +171,7 @@ def run_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, device
     if non_blocking is None:
         non_blocking = device_type == "cuda"
     tally = _Tally(num_classes, device)
-    full = getattr(loader, "batch_size", None)
+    full = getattr(loader, "batch_size", None)  # None (a batch sampler): every batch tuned
     start = time.perf_counter()
     with torch.enable_grad() if optimizer is not None else torch.inference_mode():
         for batch in _batches(loader):
@@ -182,7 +182,7 @@ def run_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, device
             y = batch.labels.to(device, non_blocking=non_blocking)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with untimed_convolutions(len(y) != full):
+            with untimed_convolutions(full is not None and len(y) != full):
                 with autocast(device, amp_dtype):
                     logits = model(x)
                     loss = criterion(logits, y)
