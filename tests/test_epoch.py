@@ -124,15 +124,16 @@ def test_the_shorter_last_batch_runs_on_heuristics_and_autotuning_comes_back(tra
     before = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = True
     try:
-        run_epoch(model, Loader(_batches([4, 4, 3])), nn.CrossEntropyLoss(), "cpu",
-                  optimizer=optimizer)
+        run_epoch(model, Loader(_batches([4, 4, 3])), nn.CrossEntropyLoss(),  # type: ignore[arg-type]
+                  "cpu", optimizer=optimizer)
         assert torch.backends.cudnn.benchmark
         ran = [(4, True), (4, True), (3, False)]
         if train:  # each backward pass as its forward
             ran = [(4, True), (-4, True), (4, True), (-4, True), (3, False), (-3, False)]
         assert model.seen == ran
         model.seen.clear()
-        run_epoch(model, _batches([4, 3]), nn.CrossEntropyLoss(), "cpu")  # no batch_size
+        # a plain list has no batch_size (like a DataLoader with a batch sampler): all tuned
+        run_epoch(model, _batches([4, 3]), nn.CrossEntropyLoss(), "cpu")  # type: ignore[arg-type]
         assert model.seen == [(4, True), (3, True)]
         model.seen.clear()
         warm_up(model, [], [4, 3], "cpu", eval_sizes=[8, 2])
