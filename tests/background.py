@@ -75,3 +75,21 @@ def start(args: list[str], cwd: Path = ROOT, **env: str) -> Job:
     return Job(subprocess.Popen(lowest_priority([sys.executable, *args]), cwd=cwd,
                                 env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, **OWN_GROUP), cwd)
+
+
+@dataclass(frozen=True)
+class Script:
+    """``python -c code *args`` in a fresh interpreter, in a folder of its own (its working
+    folder) that first receives ``files`` (name -> text). A test module lists its scripts in
+    a module-level ``SCRIPTS = {name: Script(...)}`` and reads them through the ``scripts``
+    fixture: conftest.py starts them as the session begins, so a test that only judges what
+    a fresh interpreter printed no longer waits for its start-up."""
+
+    code: str
+    args: tuple[str, ...] = ()
+    files: dict[str, str] = field(default_factory=dict)
+
+    def start(self, folder: Path) -> Job:
+        for name, text in self.files.items():
+            (folder / name).write_text(text, encoding="utf-8")
+        return start(["-c", self.code, *self.args], cwd=folder)

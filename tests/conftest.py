@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from background import Job, lowest_priority, start
+from background import Job, Script, lowest_priority, start
 from interpreted import start_matmul_check, start_pil_check
 from serving import Server
 from tiny import AUGMENT_FLIP, copy_tiny, optuna_config, tiny_config
@@ -155,11 +155,11 @@ def _needs_trained_run(item: pytest.Item) -> bool:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Modules with tests that wait for a background process (the trained model, mypy,
-    ``BACKGROUND_STARTS``) run last (in their usual order), so those processes, started as the
+    ``BACKGROUND_STARTS``, ``scripts``) run last (in their usual order), so those processes, started as the
     session begins, run beside the other modules instead of before the first test. Whole
     modules move, so module fixtures are built once."""
     late = {item.path for item in items
-            if {"trained_run", "mypy_run", *BACKGROUND_STARTS}
+            if {"trained_run", "mypy_run", "scripts", *BACKGROUND_STARTS}
             & set(getattr(item, "fixturenames", ()))}
     items[:] = ([item for item in items if item.path not in late]
                 + [item for item in items if item.path in late])
@@ -385,6 +385,28 @@ def background_jobs(request: pytest.FixtureRequest,
     yield jobs
     for job in jobs.values():
         job.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def started_scripts(request: pytest.FixtureRequest,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Job]]:
+    """The ``SCRIPTS`` of the modules whose selected tests use ``scripts``
+    (``background.Script``), each started in its own folder as the session begins."""
+    found: dict[str, Script] = {}
+    for item in request.session.items:
+        if "scripts" in getattr(item, "fixturenames", ()):
+            for name, script in getattr(getattr(item, "module", None), "SCRIPTS", {}).items():
+                assert found.setdefault(name, script) is script, f"two scripts named {name!r}"
+    jobs = {name: script.start(tmp_path_factory.mktemp(name)) for name, script in found.items()}
+    yield jobs
+    for job in jobs.values():
+        job.stop()
+
+
+@pytest.fixture
+def scripts(started_scripts: dict[str, Job]) -> dict[str, Job]:
+    """name -> the started ``Script`` of that name (``Job.result()`` waits for it)."""
+    return started_scripts
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from background import Job, Script
 
 from pochitrain.cli.main import run
 from pochitrain.config import (
@@ -236,22 +237,23 @@ def test_run_folder_copy_keeps_the_original_relative_paths(tmp_path: Path) -> No
     assert Path(load_config(run_dir / "config.py").val_data_root or "") == (run_dir / "val").resolve()
 
 
+# A run's config read for its preprocessing alone, in a fresh interpreter (started as the
+# session begins): its scheduler's step_size would fail only on an optimizer.
+UNTRAINED_READ = Script(
+    "import sys\nfrom pathlib import Path\nfrom pochitrain.resolve import RunConfig\n"
+    "settings = RunConfig(Path('config.py'), True).settings\n"
+    "print(settings.scheduler, 'torch._dynamo' in sys.modules)\n",
+    files={"config.py": VAL_TF + "scheduler = 'StepLR'\nscheduler_params = {'step_size': 0}\n"})
+SCRIPTS = {"config_read_without_training": UNTRAINED_READ}
+
+
 def test_a_command_that_does_not_train_reads_a_config_without_torchdynamo(
-        tmp_path: Path) -> None:
+        scripts: dict[str, Job]) -> None:
     """Inference, export and conversion read a run's config for its preprocessing: the
     scheduler is checked by name and arguments, not run on an optimizer (which imports
     TorchDynamo). Training runs it: a value that fails only then is refused there."""
-    import subprocess
-    import sys
-
-    config = tmp_path / "config.py"
-    config.write_text(VAL_TF + "scheduler = 'StepLR'\nscheduler_params = {'step_size': 0}\n",
-                      encoding="utf-8")
-    code = ("import sys\nfrom pathlib import Path\nfrom pochitrain.resolve import RunConfig\n"
-            "settings = RunConfig(Path(sys.argv[1]), True).settings\n"
-            "print(settings.scheduler, 'torch._dynamo' in sys.modules)\n")
-    out = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True,
-                         text=True, timeout=120, check=False)
+    job = scripts["config_read_without_training"]
+    out = job.result()
     assert out.stdout.split() == ["StepLR", "False"], out.stderr[-2000:]
     with pytest.raises(ConfigError, match="step_size"):
-        load_config(config)
+        load_config(job.cwd / "config.py")

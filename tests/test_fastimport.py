@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Iterator
-
-import pytest
+from background import Job, Script
 
 CODE = """
 import sys
@@ -30,39 +26,21 @@ print('ok')
 
 CONFIG = ("import torch._dynamo\nfrom torch._dynamo.utils import counters as _counters\n"
           "from torchvision import transforms\nepochs = 2\n")
-HANG_GUARD_S = 300
+LOAD = ("import sys; from pochitrain.config import load_config; "
+        "s = load_config('config.py'); assert s.epochs == 2; "
+        "import torch._dynamo.utils as u; assert hasattr(u, 'counters'); print('ok')")
 
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, subprocess.Popen[str]]]:
-    """Both fresh interpreters, started together: each spends its time importing torch."""
-    config = tmp_path_factory.mktemp("fastimport") / "config.py"
-    config.write_text(CONFIG, encoding="utf-8")
-    load = ("import sys; from pochitrain.config import load_config; "
-            f"s = load_config({str(config)!r}); assert s.epochs == 2; "
-            "import torch._dynamo.utils as u; assert hasattr(u, 'counters'); print('ok')")
-    procs = {name: subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
-             for name, code in (("torchvision", CODE), ("config", load))}
-    yield procs
-    for proc in procs.values():
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-
-
-def _output(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=HANG_GUARD_S)
-    return proc.returncode, out, err
+# both fresh interpreters, started as the session begins: each spends its time importing torch
+SCRIPTS = {"fastimport_torchvision": Script(CODE),
+           "fastimport_config": Script(LOAD, files={"config.py": CONFIG})}
 
 
 def test_torchvision_without_dynamo_and_dynamo_intact_afterwards(
-        runs: dict[str, subprocess.Popen[str]]) -> None:
-    code, out, err = _output(runs["torchvision"])
-    assert code == 0 and out.strip() == "ok", out + err
+        scripts: dict[str, Job]) -> None:
+    out = scripts["fastimport_torchvision"].result()
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
 
 
-def test_a_config_that_imports_dynamo_itself_still_loads(
-        runs: dict[str, subprocess.Popen[str]]) -> None:
-    code, out, err = _output(runs["config"])
-    assert code == 0 and out.strip() == "ok", out + err
+def test_a_config_that_imports_dynamo_itself_still_loads(scripts: dict[str, Job]) -> None:
+    out = scripts["fastimport_config"].result()
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr

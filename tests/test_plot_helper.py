@@ -1,14 +1,15 @@
 """plot_helper: a command's picture drawn by a helper process (matplotlib never imported by
 the command itself), with the command drawing it itself when the helper cannot. Each case
 runs in a fresh interpreter, as a command does (a helper starts only in a process that has
-not imported matplotlib, once)."""
+not imported matplotlib, once): the ``SCRIPTS`` below, started as the session begins
+(``background.Script``)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
+from background import Job, Script
 from PIL import Image
 
 DRAW = """
@@ -50,32 +51,28 @@ print(proc is not None, proc.returncode is not None, helper.draw("plot_confusion
 """
 
 
-def _run(code: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          timeout=120, check=False)
-
-
-def test_the_helper_draws_and_the_command_never_imports_matplotlib(tmp_path: Path) -> None:
-    png = tmp_path / "cm.png"
-    out = _run(DRAW, str(png))
+def test_the_helper_draws_and_the_command_never_imports_matplotlib(
+        scripts: dict[str, Job]) -> None:
+    job = scripts["helper_draws"]
+    out, png = job.result(), job.cwd / "cm.png"
     # started, drew, matplotlib not imported here, and no second helper in this process
     assert out.stdout.split() == ["True", "True", "False", "True"], out.stderr[-2000:]
     with Image.open(png) as im:
         assert im.format == "PNG" and im.width > 200 and im.height > 200
 
 
-def test_a_failing_drawing_is_left_to_the_caller(tmp_path: Path) -> None:
+def test_a_failing_drawing_is_left_to_the_caller(scripts: dict[str, Job]) -> None:
     """A bad confusion_matrix_config value: the helper reports failure and writes nothing;
     drawing in the command raises the real error."""
-    png = tmp_path / "cm.png"
-    out = _run(BAD_STYLE, str(png))
+    job = scripts["helper_bad_style"]
+    out, png = job.result(), job.cwd / "cm.png"
     assert out.stdout.split() == ["True", "False"]
     assert out.returncode == 1 and "ValueError" in out.stderr and "no_such" in out.stderr
     assert not png.exists()
 
 
-def test_close_without_a_job_ends_the_helper() -> None:
-    out = _run(CLOSE)
+def test_close_without_a_job_ends_the_helper(scripts: dict[str, Job]) -> None:
+    out = scripts["helper_close"].result()
     assert out.stdout.split() == ["True", "True", "False"], out.stderr[-2000:]
 
 
@@ -94,10 +91,12 @@ helper.close()
 """
 
 
-def test_without_spare_cores_a_thread_preloads_and_the_caller_draws(tmp_path: Path) -> None:
-    out = _run(FEW_CORES, str(tmp_path / "cm.png"))
+def test_without_spare_cores_a_thread_preloads_and_the_caller_draws(
+        scripts: dict[str, Job]) -> None:
+    job = scripts["helper_few_cores"]
+    out = job.result()
     assert out.stdout.split() == ["True", "True", "False"], out.stderr[-2000:]
-    assert not (tmp_path / "cm.png").exists()  # draw() said False: the caller would draw it
+    assert not (job.cwd / "cm.png").exists()  # draw() said False: the caller would draw it
 
 
 SLOW = """
@@ -122,10 +121,11 @@ print(helper.draw("plot_confusion", *job), proc.returncode is not None)
 
 
 def test_a_helper_that_does_not_answer_is_stopped_and_left_to_the_caller(
-        tmp_path: Path) -> None:
-    out = _run(SLOW, str(tmp_path / "cm.png"))
+        scripts: dict[str, Job]) -> None:
+    job = scripts["helper_slow"]
+    out = job.result()
     assert out.stdout.split() == ["False", "True"], out.stderr[-2000:]
-    assert not (tmp_path / "cm.png").exists()
+    assert not (job.cwd / "cm.png").exists()
 
 
 TRAINING = """
@@ -143,13 +143,14 @@ print(ok, "matplotlib" in sys.modules)
 """
 
 
-def test_the_helper_draws_a_training_runs_pictures(tmp_path: Path) -> None:
+def test_the_helper_draws_a_training_runs_pictures(scripts: dict[str, Job]) -> None:
     """A job of another pochitrain module (``module:function``): the training run's
     pictures, drawn without matplotlib in the command."""
-    out = _run(TRAINING, str(tmp_path))
+    job = scripts["helper_training"]
+    out = job.result()
     assert out.stdout.split() == ["True", "False"], out.stderr[-2000:]
     for name in ("loss.png", "accuracy.png", "layer_wise_lr.png"):
-        with Image.open(tmp_path / name) as im:
+        with Image.open(job.cwd / name) as im:
             assert im.format == "PNG" and im.width > 200
 
 
@@ -160,3 +161,14 @@ def test_the_helper_runs_only_pochitrains_functions() -> None:
     out = subprocess.run([sys.executable, "-m", "pochitrain.plot_helper"], input=job,
                          capture_output=True, timeout=120, check=False)
     assert out.returncode == 1 and out.stdout == b"", out.stderr[-2000:]
+
+
+# the fresh interpreters of the tests above (conftest.py starts them as the session begins)
+SCRIPTS = {
+    "helper_draws": Script(DRAW, ("cm.png",)),
+    "helper_bad_style": Script(BAD_STYLE, ("cm.png",)),
+    "helper_close": Script(CLOSE),
+    "helper_few_cores": Script(FEW_CORES, ("cm.png",)),
+    "helper_slow": Script(SLOW, ("cm.png",)),
+    "helper_training": Script(TRAINING, (".",)),
+}
