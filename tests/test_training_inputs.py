@@ -56,11 +56,16 @@ def test_a_raising_train_transform_names_itself_and_the_image(
 
 
 def test_original_api_loader_transform_error_from_a_worker(tiny_data: Path) -> None:
+    """The worker's error, clearly; and once the script has handled it, the worker process
+    is gone (not kept until a garbage collection, whose shutdown of it waits 5 s)."""
+    import multiprocessing
+
     from pochitrain import PochiError, create_data_loaders
 
     def boom(image: object) -> object:
         raise KeyError("no such channel")
 
+    before = set(multiprocessing.active_children())
     loader, _, _ = create_data_loaders(str(tiny_data / "train"), str(tiny_data / "val"),
                                        batch_size=4, num_workers=1, train_transform=boom)
     with pytest.raises(PochiError) as caught:
@@ -68,6 +73,8 @@ def test_original_api_loader_transform_error_from_a_worker(tiny_data: Path) -> N
     text = str(caught.value)
     assert text.startswith("train_transform が") and "KeyError: 'no such channel'" in text
     assert "Traceback" not in text and str(tiny_data / "train") in text
+    del caught
+    assert set(multiprocessing.active_children()) <= before
 
 
 def test_scratch_folders_of_killed_ranks_are_removed(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ metadata read from those loaders, and settings from a config."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -79,7 +80,6 @@ def create_data_loaders(
     some or all of them (labels follow the training classes by name).
     """
     import torch
-    from torch.utils.data import DataLoader
 
     from pochitrain.data import check_classes, remap_labels, scan_image_folder
     from pochitrain.training.data import lone_last_image
@@ -107,13 +107,30 @@ def create_data_loaders(
     def loader(folder: ImageFolder, transform: Any, shuffle: bool) -> DataLoader:
         n = len(folder.samples)  # BatchNorm cannot train on a last batch of one image
         name = "train_transform" if shuffle else "val_transform"
-        return DataLoader(FolderDataset(folder, transform, name),  # type: ignore[arg-type]
+        return _loader_class()(FolderDataset(folder, transform, name),  # type: ignore[arg-type]
                           batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                           pin_memory=pin, collate_fn=_collate,
                           drop_last=shuffle and lone_last_image(n, batch_size))
 
     return (loader(train, train_transform, True), loader(val, val_transform, False),
             list(train.classes))
+
+
+@functools.cache
+def _loader_class() -> type[DataLoader]:
+    """A DataLoader whose iteration passes a worker's error on without the frames that would
+    keep its worker processes alive until a garbage collection (``drop_error_frames``): a
+    script that handles the error goes on, and ends, without waiting for them. Made on first
+    use, where torch is imported."""
+    from torch.utils.data import DataLoader
+
+    from pochitrain.training.epoch import drop_error_frames
+
+    class Loader(DataLoader):
+        def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+            return drop_error_frames(super().__iter__())
+
+    return Loader
 
 
 class TrainingBatches:

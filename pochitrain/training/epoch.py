@@ -111,15 +111,16 @@ def _count(settled: tuple[float, int] | None, stats: EpochStats, optimizer: Any,
         on_batch(n, value)
 
 
-def _batches(loader: Any) -> Iterator[Any]:
-    """``loader``'s batches. A DataLoader raises a worker's error from a local variable, so
-    that frame and the error refer to each other and keep the iterator and its worker
-    processes alive until a garbage collection, in which their shutdown waits out a timeout
-    per worker. The error goes on without that traceback (the worker's is in its message)."""
-    batches = iter(loader)
+def drop_error_frames(batches: Any) -> Iterator[Any]:
+    """The items of ``batches`` (a DataLoader or its iterator). A DataLoader raises a worker's
+    error from a local variable, so that frame and the error refer to each other and keep the
+    iterator and its worker processes alive until a garbage collection, in which their
+    shutdown waits out a timeout (5 s) per worker. The error goes on without that traceback
+    (the worker's is in its message)."""
+    items = iter(batches)
     while True:
         try:
-            batch = next(batches)
+            batch = next(items)
         except StopIteration:
             return
         except Exception as exc:  # noqa: BLE001 - passed on, unchanged but for its traceback
@@ -174,7 +175,7 @@ def run_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, device
     full = getattr(loader, "batch_size", None)  # None (a batch sampler): every batch tuned
     start = time.perf_counter()
     with torch.enable_grad() if optimizer is not None else torch.inference_mode():
-        for batch in _batches(loader):
+        for batch in drop_error_frames(loader):
             stats.skipped.update(batch.skipped)
             if batch.images is None or batch.labels is None:
                 continue
