@@ -155,9 +155,9 @@ def _needs_trained_run(item: pytest.Item) -> bool:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Modules with tests that wait for a background process (the trained model, mypy,
-    ``BACKGROUND_STARTS``, ``scripts``) run last (in their usual order), so those processes, started as the
-    session begins, run beside the other modules instead of before the first test. Whole
-    modules move, so module fixtures are built once."""
+    ``BACKGROUND_STARTS``, ``scripts``) run last (in their usual order), so those processes,
+    started as the session begins, run beside the other modules instead of before the first
+    test. Whole modules move, so module fixtures are built once."""
     late = {item.path for item in items
             if {"trained_run", "mypy_run", "scripts", *BACKGROUND_STARTS}
             & set(getattr(item, "fixturenames", ()))}
