@@ -5,6 +5,7 @@ our checkpoints and on the original's format, and request bodies from
 
 from __future__ import annotations
 
+import pickle
 import re
 import subprocess
 import sys
@@ -61,6 +62,10 @@ def test_create_data_loaders(loaders: tuple[Any, Any, list[str]]) -> None:
     assert labels.dtype == torch.int64 and set(labels.tolist()) <= {0, 1, 2}
     assert len(val_loader.dataset) == 9
     assert [int(y) for _, y in val_loader.dataset] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    # picklable, as torch's own DataLoader is (e.g. handed to a spawned process)
+    copy = pickle.loads(pickle.dumps(val_loader))
+    assert type(copy) is type(val_loader) and isinstance(copy, torch.utils.data.DataLoader)
+    assert torch.equal(next(iter(copy))[1], next(iter(val_loader))[1])
 
 
 def test_trainer_writes_the_run_folder(trained: Any) -> None:

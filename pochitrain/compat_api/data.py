@@ -121,16 +121,23 @@ def _loader_class() -> type[DataLoader]:
     """A DataLoader whose iteration passes a worker's error on without the frames that would
     keep its worker processes alive until a garbage collection (``drop_error_frames``): a
     script that handles the error goes on, and ends, without waiting for them. Made on first
-    use, where torch is imported."""
+    use, where torch is imported; pickle finds it as this module's ``ErrorSafeLoader``."""
     from torch.utils.data import DataLoader
 
     from pochitrain.training.epoch import drop_error_frames
 
-    class Loader(DataLoader):
+    class ErrorSafeLoader(DataLoader):
         def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
             return drop_error_frames(super().__iter__())
 
-    return Loader
+    ErrorSafeLoader.__module__, ErrorSafeLoader.__qualname__ = __name__, "ErrorSafeLoader"
+    return ErrorSafeLoader
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ErrorSafeLoader":  # made on first use: importing this module imports no torch
+        return _loader_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class TrainingBatches:
