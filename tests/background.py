@@ -2,7 +2,7 @@
 
 Some tests only wait for a child process (a DDP training, the Triton interpreter, a bench
 suite, a fresh interpreter's checks): one core each for a while. conftest.py starts them as
-the session begins, at the lowest priority, when a selected test reads them
+the session begins, at a low priority, when a selected test reads them
 (``conftest.BACKGROUND_STARTS``, and the ``SCRIPTS`` of test modules: ``Script``), so they
 use a spare core while other tests run; the tests' modules run last, wait for the results
 and judge them. Nothing depends on timing: a test waits for its process to end (a hang guard

@@ -373,40 +373,38 @@ BACKGROUND_STARTS: dict[str, Callable[[pytest.FixtureRequest, Path], Job]] = {
 }
 
 
+def _selected_scripts(items: list[pytest.Item]) -> dict[str, Script]:
+    """The ``SCRIPTS`` of the modules whose selected tests use ``scripts``."""
+    found: dict[str, Script] = {}
+    for item in items:
+        if "scripts" in getattr(item, "fixturenames", ()):
+            for name, script in getattr(getattr(item, "module", None), "SCRIPTS", {}).items():
+                assert found.setdefault(name, script) is script, f"two scripts named {name!r}"
+    return found
+
+
 @pytest.fixture(scope="session", autouse=True)
 def background_jobs(request: pytest.FixtureRequest,
                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Job]]:
-    """The processes of ``BACKGROUND_STARTS`` that selected tests read, each started in its
-    own folder as the session begins (tests/background.py)."""
+    """The processes of ``BACKGROUND_STARTS`` that selected tests read, and the test modules'
+    ``SCRIPTS`` (``background.Script``), each started in its own folder as the session begins
+    (tests/background.py)."""
     wanted = {name for item in request.session.items
               for name in getattr(item, "fixturenames", ())}
     jobs = {name: begin(request, tmp_path_factory.mktemp(name))
             for name, begin in BACKGROUND_STARTS.items() if name in wanted}
-    yield jobs
-    for job in jobs.values():
-        job.stop()
-
-
-@pytest.fixture(scope="session", autouse=True)
-def started_scripts(request: pytest.FixtureRequest,
-                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Job]]:
-    """The ``SCRIPTS`` of the modules whose selected tests use ``scripts``
-    (``background.Script``), each started in its own folder as the session begins."""
-    found: dict[str, Script] = {}
-    for item in request.session.items:
-        if "scripts" in getattr(item, "fixturenames", ()):
-            for name, script in getattr(getattr(item, "module", None), "SCRIPTS", {}).items():
-                assert found.setdefault(name, script) is script, f"two scripts named {name!r}"
-    jobs = {name: script.start(tmp_path_factory.mktemp(name)) for name, script in found.items()}
+    for name, script in _selected_scripts(request.session.items).items():
+        assert name not in jobs, f"a script named like a background job: {name!r}"
+        jobs[name] = script.start(tmp_path_factory.mktemp(name))
     yield jobs
     for job in jobs.values():
         job.stop()
 
 
 @pytest.fixture
-def scripts(started_scripts: dict[str, Job]) -> dict[str, Job]:
-    """name -> the started ``Script`` of that name (``Job.result()`` waits for it)."""
-    return started_scripts
+def scripts(background_jobs: dict[str, Job]) -> dict[str, Job]:
+    """name -> the started job of that name (a ``Script``'s: ``Job.result()`` waits for it)."""
+    return background_jobs
 
 
 @pytest.fixture
