@@ -61,12 +61,11 @@ def write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write atomically: a crash never leaves a truncated checkpoint."""
     import torch
 
-    from pochitrain.workspace import atomic_path
+    from pochitrain.workspace import atomic_write_bytes
 
     buffer = io.BytesIO()  # torch's own file writer reports a full disk without its errno
     torch.save(payload, buffer)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getbuffer())
+    atomic_write_bytes(path, buffer.getbuffer())
 
 
 def save_checkpoint(path: Path, model: nn.Module, meta: ModelMeta,
@@ -123,14 +122,13 @@ def load_model(path: Path | str, device: str = "cpu", *, config: Path | str | No
     try:
         payload, meta = read_checkpoint(path)
     except OriginalCheckpointError as exc:
-        option = "-c/--config" if verb == "export-onnx" else "-c/--config-path"
-        model, meta, _ = load_original(Path(path), exc.checkpoint, config=config, verb=verb,
-                                       model_name=model_name, num_classes=num_classes,
-                                       option=option, settings_of=settings_of)
+        model, meta = load_original(Path(path), exc.checkpoint, config=config, verb=verb,
+                                    model_name=model_name, num_classes=num_classes,
+                                    settings_of=settings_of)
         return model.to(device), meta
     try:
-        model, problem = _model_with_weights(meta.model_name, meta.num_classes,
-                                             payload.get("model_state_dict"))
+        model, problem = model_with_weights(meta.model_name, meta.num_classes,
+                                            payload.get("model_state_dict"))
     except ConfigError as exc:
         raise ModelFileError(f"{path}: {exc.message}", EDITED_REMEDY) from None
     if problem is not None:
@@ -141,8 +139,8 @@ def load_model(path: Path | str, device: str = "cpu", *, config: Path | str | No
     return model.to(device).eval(), meta
 
 
-def _model_with_weights(name: str, num_classes: int,
-                        state: Any) -> tuple[nn.Module, str | None]:
+def model_with_weights(name: str, num_classes: int,
+                       state: Any) -> tuple[nn.Module, str | None]:
     """(the network holding the checkpoint's weights, or why they do not fit); built without
     its random initialisation, as every weight is then overwritten or the file refused."""
     from pochitrain.models import build_model
@@ -251,16 +249,17 @@ def as_original(payload: Any) -> OriginalCheckpoint | None:
                               float(best) if isinstance(best, (int, float)) else None)
 
 
-def find_original_config(model_path: Path, config: Path | str | None, verb: str,
-                         option: str = "-c/--config-path") -> Path:
+def find_original_config(model_path: Path, config: Path | str | None, verb: str) -> Path:
     """``config`` when given, else the first config where the original looked (reference
     2.3); ConfigError naming the files looked for and the option to pass."""
     if config is not None:
         return Path(config)
     folder = Path(model_path).expanduser().resolve().parent
     candidates = [folder.parent / "config.py"]
+    option = "-c/--config-path"
     if verb == "export-onnx":
         candidates.insert(0, folder / "config.py")
+        option = "-c/--config"
     for candidate in candidates:
         if candidate.is_file():
             return candidate
@@ -290,17 +289,16 @@ def meta_from_config(config_path: Path, model_path: Path,
 def load_original(model_path: Path, checkpoint: OriginalCheckpoint, *,
                   config: Path | str | None, verb: str = "infer",
                   model_name: str | None = None, num_classes: int | None = None,
-                  option: str = "-c/--config-path",
-                  settings_of: SettingsOf | None = None) -> tuple[nn.Module, ModelMeta, Path]:
-    """(model in eval mode on the CPU, metadata, config path) for an original checkpoint;
-    ``model_name`` / ``num_classes`` from the command line win over the config."""
+                  settings_of: SettingsOf | None = None) -> tuple[nn.Module, ModelMeta]:
+    """(model in eval mode on the CPU, metadata) for an original checkpoint; ``model_name`` /
+    ``num_classes`` from the command line win over the config."""
     from pochitrain.console import info
 
-    config_path = find_original_config(model_path, config, verb, option)
+    config_path = find_original_config(model_path, config, verb)
     meta, settings = meta_from_config(config_path, model_path, settings_of)
     name = model_name or settings.model_name
     _check_class_count(model_path, config_path, checkpoint.num_classes, num_classes, meta)
-    model, problem = _model_with_weights(name, meta.num_classes, checkpoint.state_dict)
+    model, problem = model_with_weights(name, meta.num_classes, checkpoint.state_dict)
     if problem is not None:
         raise ModelFileError(
             "チェックポイントの重みがモデルに合いません\n"
@@ -313,7 +311,7 @@ def load_original(model_path: Path, checkpoint: OriginalCheckpoint, *,
                     if v is not None)
     info(f"元の pochitrain のチェックポイント / Original pochitrain checkpoint ({name}{extra}): "
          f"class names and preprocessing from {config_path}")
-    return model.eval(), meta, config_path
+    return model.eval(), meta
 
 
 def _check_class_count(model_path: Path, config_path: Path, n_file: int | None,

@@ -338,7 +338,7 @@ def check_class_weights(cw: Any) -> list[float] | str | None:
 def check_val_split(value: Any, val_data_root: Any) -> float | None:
     if value is None:
         return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
+    if not is_number(value) or not 0 < value < 1:
         raise type_error("val_split", value, "None or a fraction between 0 and 1, e.g. 0.2")
     if val_data_root is not None:
         raise ConfigError("val_split と val_data_root は同時に指定できません\n"

@@ -211,6 +211,18 @@ def _warn_pixel_limit(what: str, limit: int | None) -> None:
          f"Set the environment variable {PIXEL_LIMIT_ENV}=N (or 'none') to read larger images.")
 
 
+def upright(image: Image.Image) -> Image.Image:
+    """A PIL image as decoded from a file (``format`` set: not yet edited), loaded (a truncated
+    file fails here) and with its EXIF orientation applied; other images as they are."""
+    if image.format is None:
+        return image
+    image.load()
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - broken EXIF block: keep the stored pixels
+        return image
+
+
 def open_rgb(path: Path) -> Image.Image | None:
     """The image as 8-bit RGB, upright (EXIF orientation) and 16-bit scaled, as training, CPU
     and GPU inference all see it; None when corrupt, not an image or over PIL's pixel limit."""
@@ -220,12 +232,7 @@ def open_rgb(path: Path) -> Image.Image | None:
             with Image.open(path) as img:
                 if _over_pixel_limit(img, path):
                     return None
-                img.load()
-                try:
-                    upright = ImageOps.exif_transpose(img)
-                except Exception:  # noqa: BLE001 - broken EXIF block: keep the stored pixels
-                    upright = img
-                return rgb8(upright)
+                return rgb8(upright(img))
     except Image.DecompressionBombError:
         _warn_pixel_limit(f"{path} is too large", Image.MAX_IMAGE_PIXELS)
         return None

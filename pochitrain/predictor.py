@@ -53,14 +53,14 @@ def to_pil(image: ImageLike, name: str = "image") -> Any:
     ``name``: the argument it was passed as, for the messages."""
     from PIL import Image
 
-    from pochitrain.data import open_rgb
+    from pochitrain.data import open_rgb, upright
     from pochitrain.preprocess import rgb8
 
     if isinstance(image, Image.Image):
         if image.width == 0 or image.height == 0:
             raise _empty(name, f"a {image.width}x{image.height} PIL image")
         try:  # 16-bit images scaled, and the EXIF orientation applied, as for their files
-            return rgb8(_upright(image))
+            return rgb8(upright(image))
         except (OSError, ValueError, SyntaxError) as exc:  # truncated, or its file closed
             raise DataError("PIL 画像を読み込めません\n"
                             f"The PIL image passed as {name} cannot be read: "
@@ -127,20 +127,6 @@ def _read_encoded(image: Any, name: str) -> bytes:
                          f"The file object passed as {name} is not binary (text mode?).",
                          "Open it in binary mode: open(path, 'rb').")
     return data
-
-
-def _upright(image: Any) -> Any:
-    """A PIL image as decoded from a file (``format`` set: not yet edited) with its EXIF
-    orientation applied, as ``pochi infer`` reads that file; other images as they are."""
-    from PIL import ImageOps
-
-    if image.format is None:
-        return image
-    image.load()  # a truncated file fails here, as a file read by path does
-    try:
-        return ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001 - a broken EXIF block: the stored pixels, as infer does
-        return image
 
 
 def _array_image(image: np.ndarray, name: str) -> Any:

@@ -337,37 +337,48 @@ def atomic_path(path: Path | str, replace: bool = True,
     """Yield a temp path beside ``path`` that gets the name ``path`` only if the block
     succeeds (see ``publish``); a failure or Ctrl+C removes it, a full disk is a DiskFullError."""
     path = Path(path)
-    with disk_space_guard(path):
-        try:
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
-                                            dir=path.parent)
-        except OSError as exc:
-            if exc.errno in DISK_FULL_ERRNOS:
-                raise
-            raise PochiError("出力ファイルを作成できません\n"
-                             f"Cannot write {path}: {exc.strerror}.",
-                             "Choose a writable location.") from exc
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+    with writing(path):
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
+                                        dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with disk_space_guard(path):
             yield tmp
+        with writing(path):  # the folder may have gone or changed since the temp file was made
             # mkstemp creates 0600; give the file the mode a plain open() would have
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)
             publish(tmp, path, replace, what)
-        finally:
-            tmp.unlink(missing_ok=True)
+    finally:
+        with contextlib.suppress(OSError):  # gone with its folder, or the folder replaced
+            tmp.unlink()
 
 
-def atomic_write_bytes(path: Path | str, data: bytes, replace: bool = True,
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """An OSError while writing ``path``: a full disk as ``disk_space_guard`` says it, any other
+    a PochiError naming the file."""
+    with disk_space_guard(path):
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno in DISK_FULL_ERRNOS:
+                raise
+            raise PochiError("出力ファイルを作成できません\n"
+                             f"Cannot write {path}: {exc.strerror or exc}.",
+                             "Choose a writable location.") from exc
+
+
+def atomic_write_bytes(path: Path | str, data: bytes | memoryview, replace: bool = True,
                        what: str = "Output file") -> None:
-    with atomic_path(path, replace, what) as tmp:
+    with atomic_path(path, replace, what) as tmp, writing(Path(path)):
         tmp.write_bytes(data)
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:
     """UTF-8; a file name that is not UTF-8 (read as surrogates) is written escaped, so the
     file stays valid UTF-8 instead of failing to write."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, writing(Path(path)):
         tmp.write_text(text, encoding="utf-8", errors="backslashreplace")

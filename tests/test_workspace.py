@@ -1,12 +1,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from pathlib import Path
 
 import pytest
 
 from pochitrain.errors import OutputExistsError, PochiError, UsageError, is_bilingual
-from pochitrain.workspace import atomic_path, check_writable, make_folder, new_run_dir
+from pochitrain.workspace import (
+    atomic_path,
+    check_writable,
+    make_folder,
+    new_run_dir,
+    writing,
+)
 
 
 def test_run_dirs_increment_and_never_reuse(tmp_path: Path) -> None:
@@ -43,6 +50,27 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
         tmp.write_bytes(b"whole")
     assert target.read_bytes() == b"whole"
     assert list(tmp_path.iterdir()) == [target]
+
+
+def test_a_folder_gone_while_writing_is_named(tmp_path: Path) -> None:
+    """The folder removed (or replaced by a file) after the temp file was made, as another
+    program may do while a background thread writes: a PochiError naming the file, never a
+    bare OSError."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    with (pytest.raises(PochiError, match="Cannot write .*a.pth") as caught,
+          atomic_path(folder / "a.pth") as tmp):
+        tmp.write_bytes(b"weights")
+        shutil.rmtree(folder)
+        folder.write_text("a file where the folder was", encoding="utf-8")
+    assert is_bilingual(caught.value.message)
+    folder.unlink()
+    folder.mkdir()
+    with (pytest.raises(PochiError, match="Cannot write .*b.pth"),
+          atomic_path(folder / "b.pth") as tmp, writing(folder / "b.pth")):
+        shutil.rmtree(folder)
+        tmp.write_bytes(b"weights")
+    assert not folder.exists()
 
 
 def test_check_writable_refuses_existing(tmp_path: Path) -> None:

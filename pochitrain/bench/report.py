@@ -24,7 +24,7 @@ import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from pochitrain.bench.result_json import DETAILS_FILE, JST, RESULT_FILE, RUNTIMES, TOP_KEYS
 from pochitrain.errors import PochiError
@@ -55,9 +55,9 @@ class Group:
             **self.key,
             "runs": len(self.runs),
             "avg_inference_ms_mean": _r(statistics.fmean(inf)),
-            "avg_inference_ms_stdev": _r(_pstdev(inf)),
+            "avg_inference_ms_stdev": _r(statistics.pstdev(inf)),  # 0 for one run
             "avg_e2e_ms_mean": _r(statistics.fmean(e2e)),
-            "avg_e2e_ms_stdev": _r(_pstdev(e2e)),
+            "avg_e2e_ms_stdev": _r(statistics.pstdev(e2e)),
             "accuracy_percent_mean": _r(statistics.fmean(acc)) if acc else None,
             "top_k_accuracy_percent_mean": _r(statistics.fmean(top)) if top else None,
             "latency_p50_ms": _r(percentile(lat, 50)),
@@ -76,10 +76,6 @@ def percentile(values: list[float], q: float) -> float:
     pos = (len(s) - 1) * q / 100.0
     lo, hi = math.floor(pos), math.ceil(pos)
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-
-def _pstdev(values: list[float]) -> float:
-    return statistics.pstdev(values) if len(values) > 1 else 0.0  # the original's rule
 
 
 def _r(value: float) -> float:
@@ -107,16 +103,9 @@ def valid_result(data: Any) -> str | None:
 
 def case_name_of(path: Path, data: dict[str, Any]) -> str:
     for parent in path.parents:
-        m = _CASE_DIR.match(parent.name)
-        if m:
+        if m := _CASE_DIR.match(parent.name):
             return m.group(1)
     return f"{data['runtime']}_{data.get('pipeline')}"
-
-
-class Collected(NamedTuple):
-    groups: list[Group]
-    invalid: list[dict[str, str]]  # files that could not be read, with the reason
-    n_files: int
 
 
 def result_files(source: Path) -> list[Path]:
@@ -125,7 +114,7 @@ def result_files(source: Path) -> list[Path]:
     return sorted(source.rglob(RESULT_FILE))
 
 
-def collect(source: Path) -> Collected:
+def collect(source: Path) -> tuple[list[Group], list[dict[str, str]], int]:
     """(groups in first-seen order, invalid files with reasons, number of files found)."""
     groups: dict[tuple[Any, ...], Group] = {}
     invalid: list[dict[str, str]] = []
@@ -148,7 +137,7 @@ def collect(source: Path) -> Collected:
         group.runs.append(data)
         group.files.append(str(path))
         _add_details(group, path.parent / DETAILS_FILE)
-    return Collected(list(groups.values()), invalid, len(files))
+    return list(groups.values()), invalid, len(files)
 
 
 def _add_details(group: Group, path: Path) -> None:
@@ -170,14 +159,12 @@ COLUMNS = ORIGINAL_COLUMNS + ["batch_size", "latency_p50_ms", "latency_p90_ms",
                               "peak_gpu_memory_mb", "top_k_accuracy_percent_mean"]
 
 
-def write_summary(source: Path, out_dir: Path,
-                  runs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def write_summary(source: Path, out_dir: Path, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Aggregate every benchmark_result.json under ``source`` into ``out_dir``; return the
     summary dict (``files``: the paths written)."""
     groups, invalid, n_files = collect(source)
     rows = [g.row() for g in groups]
     now = local_now()
-    runs = runs or []
     summary: dict[str, Any] = {
         "generated_at": now.isoformat(timespec="seconds"),
         "generated_at_jst": now.astimezone(JST).strftime("%Y-%m-%d %H:%M:%S"),
@@ -229,10 +216,10 @@ MARKDOWN_COLUMNS = {
     "top-k %": "top_k_accuracy_percent_mean", "peak GPU MiB": "peak_gpu_memory_mb"}
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
+def _fmt(value: Any) -> str:
     if value is None:
         return "-"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def markdown(summary: dict[str, Any]) -> str:

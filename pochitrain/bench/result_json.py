@@ -103,10 +103,9 @@ class BenchProbe:
         }
 
 
-def result_dict(ctx: dict[str, Any], result: Any, env_name: str | None = None,
-                now: _dt.datetime | None = None) -> dict[str, Any]:
+def result_dict(ctx: dict[str, Any], result: Any, env_name: str | None) -> dict[str, Any]:
     """The schema-1.0.0 record of one run (``ctx`` from ``BenchProbe.capture``)."""
-    now = (now or local_now()).astimezone(JST)
+    now = local_now().astimezone(JST)
     accuracy = result.accuracy
     return {
         "schema_version": SCHEMA_VERSION,

@@ -8,6 +8,7 @@ allocator state or crash cannot touch the next.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -47,11 +48,9 @@ def new_bench_dir(root: Path, suite: str) -> Path:
         root.mkdir(parents=True, exist_ok=True)
         for n in range(1000):
             path = root / (f"{suite}_{stamp}" + (f"_{n}" if n else ""))
-            try:
+            with contextlib.suppress(FileExistsError):
                 path.mkdir()  # exclusive: two benches started together get distinct folders
                 return path
-            except FileExistsError:
-                continue
         raise FileExistsError(errno.EEXIST, "every name is taken", str(path))
     except OSError as exc:
         raise PochiError("ベンチマークの出力フォルダを作成できません\n"
@@ -83,14 +82,13 @@ def command(case: Case, out_dir: Path) -> list[str]:
 
 
 def run_suite(suite: Suite, bench_dir: Path, fail_fast: bool = False,
-              timeout: float | None = None, has_gpu: bool | None = None,
+              timeout: float | None = None,
               say: Callable[[str], None] = print) -> list[RunRecord]:
     """Run every case ``repeats`` times; return one record per run (failed ones included).
 
     Ctrl+C ends the suite: the run it cut (its log exists) is failed "interrupted (Ctrl+C)",
     every run after it is skipped with that reason, and the records are returned."""
-    if has_gpu is None:
-        has_gpu = _cuda_available()
+    has_gpu = _cuda_available()
     shutil.copy2(suite.file, bench_dir / "suite.yaml")
     atomic_write_text(bench_dir / "plan.json", json.dumps(
         {"suite": suite.name, "description": suite.description, "suites_file": str(suite.file),

@@ -148,21 +148,19 @@ def load_suite(path: Path | str, name: str) -> Suite:
 
 def _expand(path: Path, suite: str, idx: int, raw: Any, defaults: dict[str, Any],
             repeats: int) -> list[Case]:
-    line = getattr(raw, "line", 0)
-    label = raw.get("name") if isinstance(raw, dict) else None
-    where = f"{path}, line {line}: case {label or idx + 1!r} of suite {suite!r}"
-    if not isinstance(raw, dict):
+    if not isinstance(raw, _LineDict):  # every mapping of the file is one
         raise SuiteError("ケースがマッピングになっていません\n"
                          f"{path}: case {idx + 1} of suite {suite!r} is not a mapping.",
                          "Write each case as {runtime: ..., model_path: ...}.")
+    line, label = raw.line, raw.get("name")
+    where = f"{path}, line {line}: case {label or idx + 1!r} of suite {suite!r}"
     _unknown(raw, CASE_KEYS, where)
     runtime_raw = raw.get("runtime")
     runtime = RUNTIMES.get(str(runtime_raw).lower()) if runtime_raw is not None else None
     if runtime is None:
-        rline = raw.lines.get("runtime", line) if isinstance(raw, _LineDict) else line
         raise SuiteError("ケースのランタイムが不正です\n"
-                         f"{path}, line {rline}: case {label or idx + 1!r} of suite {suite!r} "
-                         f"has runtime {runtime_raw!r}.",
+                         f"{path}, line {raw.lines.get('runtime', line)}: case "
+                         f"{label or idx + 1!r} of suite {suite!r} has runtime {runtime_raw!r}.",
                          "Use runtime: pytorch, onnx or trt.")
 
     def get(key: str, alt: str | None = None) -> Any:
@@ -172,7 +170,8 @@ def _expand(path: Path, suite: str, idx: int, raw: Any, defaults: dict[str, Any]
                     return src[k]
         return None
 
-    pipelines = _pipelines(get("pipelines", "pipeline"), runtime, where)
+    pipelines = list(dict.fromkeys(  # each once, in the file's order
+        _pipeline(p, where) for p in _as_list(get("pipelines", "pipeline")) or ["auto"]))
     batch_sizes = [_whole_number(b, "batch_sizes", where) for b in _as_list(get("batch_sizes",
                                                                             "batch_size"))]
     precisions = [_precision(p, where) for p in _as_list(get("precisions", "precision"))]
@@ -201,8 +200,8 @@ def _expand(path: Path, suite: str, idx: int, raw: Any, defaults: dict[str, Any]
                     name="_".join(parts), runtime=runtime, model_path=model, pipeline=pipe,
                     repeats=reps, batch_size=bs, precision=prec,
                     env_name=get("benchmark_env_name"), data=data_path,
-                    device=get("device"), providers=_str_list(get("providers"), where),
-                    warmup=warmup, extra_args=_str_list(get("extra_args"), where) or [],
+                    device=get("device"), providers=_str_list(get("providers")),
+                    warmup=warmup, extra_args=_str_list(get("extra_args")) or [],
                     line=line))
     return out
 
@@ -222,9 +221,7 @@ def _model_path(raw: dict[str, Any], defaults: dict[str, Any], key: str, runtime
                                                       if precision else "") + ".",
                          "Give the case a model_path, or the suite defaults.model_paths."
                          f"{key}.")
-    text = str(value)
-    if "{precision}" in text:
-        text = text.replace("{precision}", precision or "fp32")
+    text = str(value).replace("{precision}", precision or "fp32")
     path = _path(suite_file, text, "model_path", where)
     if not path.is_file():
         raise SuiteError("モデルファイルではありません\n"
@@ -240,18 +237,13 @@ def _model_path(raw: dict[str, Any], defaults: dict[str, Any], key: str, runtime
     return path
 
 
-def _pipelines(value: Any, runtime: str, where: str) -> list[str]:
-    names = _as_list(value) or ["auto"]
-    out: list[str] = []
-    for v in names:
-        pipe = PIPELINES.get(str(v).lower())
-        if pipe is None:
-            raise SuiteError("不明なパイプラインが指定されています\n"
-                             f"{where}: unknown pipeline {v!r}.",
-                             "Use auto, cpu or gpu (current and fast mean cpu).")
-        if pipe not in out:
-            out.append(pipe)
-    return out
+def _pipeline(value: Any, where: str) -> str:
+    pipe = PIPELINES.get(str(value).lower())
+    if pipe is None:
+        raise SuiteError("不明なパイプラインが指定されています\n"
+                         f"{where}: unknown pipeline {value!r}.",
+                         "Use auto, cpu or gpu (current and fast mean cpu).")
+    return pipe
 
 
 def _precision(value: Any, where: str) -> str:
@@ -310,7 +302,7 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _str_list(value: Any, where: str) -> list[str] | None:
+def _str_list(value: Any) -> list[str] | None:
     if value is None:
         return None
     return [str(v) for v in _as_list(value)]

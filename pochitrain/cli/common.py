@@ -9,14 +9,17 @@ from collections.abc import Callable
 from typing import Any
 
 
-def whole_number(text: str, minimum: float = -math.inf) -> int:
-    """``text`` as an int of at least ``minimum``, or argparse's error saying what to pass."""
+def whole_number(text: str, minimum: float = -math.inf, maximum: float = math.inf) -> int:
+    """``text`` as an int from ``minimum`` to ``maximum``, or argparse's error saying what to
+    pass."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < minimum:
         raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
+    if value > maximum:
+        raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
     return value
 
 
@@ -26,12 +29,7 @@ non_negative_int = functools.partial(whole_number, minimum=0)
 
 def count_at_most(limit: int) -> Callable[[str], int]:
     """An argparse type: a whole number from 0 to ``limit``."""
-    def parse(text: str) -> int:
-        value = non_negative_int(text)
-        if value > limit:
-            raise argparse.ArgumentTypeError(f"must be at most {limit}, got {value}")
-        return value
-    return parse
+    return functools.partial(whole_number, minimum=0, maximum=limit)
 
 
 def number_arg(ok: Callable[[float], bool], problem: str,

@@ -37,23 +37,20 @@ def _open_runner(model_name: str, num_classes: int, device: str,
     """(runner, checkpoint dict, class names) of a .pth: ours through the model facade (its
     metadata must name the same network), the original's from ``model_name`` and
     ``num_classes`` (it carries no metadata)."""
-    from pochitrain.checkpoint import OriginalCheckpointError, read_checkpoint, weights_mismatch
+    from pochitrain.checkpoint import OriginalCheckpointError, model_with_weights, read_checkpoint
 
     try:
         payload, meta = read_checkpoint(path)
     except OriginalCheckpointError as exc:
         from pochitrain.inference.torch_runner import TorchRunner
-        from pochitrain.models import build_model
 
-        model = build_model(model_name, num_classes, pretrained=False)
-        problem = weights_mismatch(model, exc.checkpoint.state_dict)
+        model, problem = model_with_weights(model_name, num_classes, exc.checkpoint.state_dict)
         if problem is not None:
             raise ModelFileError(
                 f"チェックポイントの重みが {model_name} ({num_classes} クラス) と一致しません。\n"
                 f"The weights in {path} do not fit {model_name} with {num_classes} classes: "
                 f"{problem}.", "Pass the model_name and num_classes it was trained with.",
             ) from None
-        model.load_state_dict(exc.checkpoint.state_dict)
         stats = {"epoch": exc.checkpoint.epoch, "best_accuracy": exc.checkpoint.best_accuracy}
         return TorchRunner(model, device), stats, [str(i) for i in range(num_classes)]
     if (meta.model_name, meta.num_classes) != (model_name, num_classes):

@@ -23,7 +23,7 @@ from pochitrain.compat_api.data import (
     settings_of,
     weights_payload,
 )
-from pochitrain.config_checks import check_training_batch
+from pochitrain.config_checks import check_training_batch, is_number
 from pochitrain.errors import UsageError
 
 if TYPE_CHECKING:
@@ -42,15 +42,11 @@ class StopRequested(Exception):
     """Raised from the epoch callback when ``stop_flag_callback()`` asks to stop."""
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _check_setup(learning_rate: Any, optimizer_name: Any, class_weights: Any,
                  num_classes: Any, layer_wise_lr_config: Any,
                  early_stopping_config: Any) -> None:
     """``setup_training``'s argument types and values: a PochiError naming the argument."""
-    if not _is_number(learning_rate) or not learning_rate > 0:
+    if not is_number(learning_rate) or not learning_rate > 0:
         example = "0.001"
         if isinstance(learning_rate, str):
             try:
@@ -60,7 +56,7 @@ def _check_setup(learning_rate: Any, optimizer_name: Any, class_weights: Any,
         raise argument_error("learning_rate", learning_rate, "a number > 0", example)
     str_argument("optimizer_name", optimizer_name, "'Adam'")
     if class_weights is not None and (not isinstance(class_weights, (list, tuple))
-                                      or not all(_is_number(w) for w in class_weights)):
+                                      or not all(is_number(w) for w in class_weights)):
         raise argument_error("class_weights", class_weights, "a list of numbers (one per "
                              "class) or None", "[1.0, 2.0, 1.0]")
     if num_classes is not None:

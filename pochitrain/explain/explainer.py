@@ -21,6 +21,7 @@ those of the file given (what ``pochi infer`` uses for it).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,38 +125,6 @@ class Heatmaps:
     overlays: np.ndarray  # (N, H, W, 3) uint8: the heatmap blended on the image
 
 
-class GradCam:
-    """The library's GradCAM on one layer of ``model``; ``close`` removes its hooks."""
-
-    def __init__(self, model: nn.Module, layer: str) -> None:
-        from pytorch_grad_cam import GradCAM
-
-        self.model = model
-        self._cam: Any = GradCAM(model=model, target_layers=[dict(model.named_modules())[layer]])
-
-    def probabilities(self, batch: torch.Tensor) -> np.ndarray:
-        """(N, classes) softmax of the model, without gradients."""
-        import torch
-
-        with torch.no_grad():
-            return torch.softmax(self.model(batch).float(), dim=1).cpu().numpy()
-
-    def heatmaps(self, batch: torch.Tensor, classes: list[int],
-                 images: np.ndarray) -> Heatmaps:
-        """Heatmaps of ``batch`` for ``classes[i]`` of image i; ``images``: (N, H, W, 3)
-        float RGB in [0, 1], what the overlays are drawn on."""
-        from pytorch_grad_cam.utils.image import show_cam_on_image
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-        maps = self._cam(input_tensor=batch, targets=[ClassifierOutputTarget(c) for c in classes])
-        overlays = np.stack([show_cam_on_image(img, m, use_rgb=True)
-                             for img, m in zip(images, maps)])
-        return Heatmaps(np.asarray(maps, dtype=np.float32), overlays)
-
-    def close(self) -> None:
-        self._cam.activations_and_grads.release()
-
-
 def seen_images(batch: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
     """(N, 3, H, W) normalized inputs -> (N, H, W, 3) float32 RGB in [0, 1]: the pixels the
     model saw, after its resize / crop (the normalization undone)."""
@@ -207,20 +176,36 @@ def load_images(paths: list[Path], source: ExplainSource) -> Loaded:
 
 
 class Explainer:
-    """Grad-CAM on one layer of the source's weights; ``close`` removes the hooks."""
+    """The library's GradCAM on one layer of the source's weights; ``close`` removes its
+    hooks."""
 
     def __init__(self, source: ExplainSource, layer: str | None = None) -> None:
         require_grad_cam()
+        from pytorch_grad_cam import GradCAM
+
         self.source = source
         meta = source.context.meta
         self.layer, self.map_shape = pick_layer(source.net, meta.model_name,
                                                 list(meta.preprocess.input_size),
                                                 source.device, layer)
-        self.cam = GradCam(source.net, self.layer)
+        target = dict(source.net.named_modules())[self.layer]
+        self.cam: Any = GradCAM(model=source.net, target_layers=[target])
 
     def describe(self) -> str:
         h, w = self.map_shape[2:]
         return f"Grad-CAM on {self.layer} ({h}x{w} map); {self.source.note()}"
+
+    def heatmaps(self, batch: torch.Tensor, classes: list[int],
+                 images: np.ndarray) -> Heatmaps:
+        """Heatmaps of ``batch`` for ``classes[i]`` of image i; ``images``: (N, H, W, 3)
+        float RGB in [0, 1], what the overlays are drawn on."""
+        from pytorch_grad_cam.utils.image import show_cam_on_image
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        maps = self.cam(input_tensor=batch, targets=[ClassifierOutputTarget(c) for c in classes])
+        overlays = np.stack([show_cam_on_image(img, m, use_rgb=True)
+                             for img, m in zip(images, maps)])
+        return Heatmaps(np.asarray(maps, dtype=np.float32), overlays)
 
     def explain(self, loaded: Loaded, names: list[str],
                 target: int | None = None) -> list[ExplainedImage]:
@@ -233,12 +218,12 @@ class Explainer:
         batch = torch.from_numpy(loaded.inputs).to(self.source.device)
         pre = self.source.context.meta.preprocess
         seen = seen_images(loaded.inputs, pre.mean, pre.std)
-        probs = self.cam.probabilities(batch)
+        with torch.no_grad():
+            probs = torch.softmax(self.source.net(batch).float(), dim=1).cpu().numpy()
         k = min(TOP_K, probs.shape[1])
         top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        per_rank = [self.cam.heatmaps(batch, [int(c) for c in top[:, r]], seen)
-                    for r in range(k)]
-        wanted = per_rank[0] if target is None else self.cam.heatmaps(
+        per_rank = [self.heatmaps(batch, [int(c) for c in top[:, r]], seen) for r in range(k)]
+        wanted = per_rank[0] if target is None else self.heatmaps(
             batch, [target] * len(top), seen)
         names_ = self.source.class_names
         pixels = np.rint(seen * 255).astype(np.uint8)
@@ -252,8 +237,21 @@ class Explainer:
                                       _panel(names_, cls, probs[i], wanted, i), panels))
         return out
 
+    def explain_files(self, paths: list[Path], names: list[str], target: int | None,
+                      advance: Callable[[int], None]
+                      ) -> Iterator[tuple[list[int], list[ExplainedImage], list[Path]]]:
+        """``explain`` over ``paths`` in batches of ``CAM_BATCH``, ``advance`` told after each:
+        per batch the indices (into ``paths``) of the readable images, their
+        ``ExplainedImage`` and the unreadable files."""
+        for start in range(0, len(paths), CAM_BATCH):
+            part = paths[start:start + CAM_BATCH]
+            loaded = load_images(part, self.source)
+            kept = [start + n for n, path in enumerate(part) if path in loaded.paths]
+            yield kept, self.explain(loaded, [names[i] for i in kept], target), loaded.skipped
+            advance(len(part))
+
     def close(self) -> None:
-        self.cam.close()
+        self.cam.activations_and_grads.release()
 
 
 def _panel(class_names: list[str], cls: int, probs: np.ndarray, maps: Heatmaps,

@@ -24,10 +24,8 @@ from typing import TYPE_CHECKING
 from pochitrain.data import IMAGE_EXTENSIONS
 from pochitrain.errors import DataError, PochiError
 from pochitrain.explain.explainer import (
-    CAM_BATCH,
     Explainer,
     file_meta,
-    load_images,
     open_source,
     require_grad_cam,
     run_checkpoint,
@@ -166,20 +164,16 @@ def write_all(explainer: Explainer, pending: Pending, out_dir: Path, target: int
     sheet: list[ExplainedImage] = []
     rows: list[list[str]] = []
     known = set(explainer.source.class_names)  # a class folder is the true class when known
-    listed = list(zip(pending.paths, pending.names, pending.stems,
-                      [f if f in known else None for f in pending.folders]))
     with progress_bar(progress, "Grad-CAM", len(pending.paths)) as advance:
-        for start in range(0, len(listed), CAM_BATCH):
-            part = listed[start:start + CAM_BATCH]
-            loaded = load_images([row[0] for row in part], explainer.source)
-            outcome.skipped += loaded.skipped
-            kept = [row for row in part if row[0] in loaded.paths]
-            items = explainer.explain(loaded, [row[1] for row in kept], target)
-            for (path, _, stem, truth), item in zip(kept, items):
-                item.true_class = truth
-                png = draw_overlay(item, out_dir / f"{stem}_gradcam.png", footer)
+        for kept, items, skipped in explainer.explain_files(pending.paths, pending.names,
+                                                            target, advance):
+            outcome.skipped += skipped
+            for i, item in zip(kept, items):
+                folder = pending.folders[i]
+                item.true_class = folder if folder in known else None
+                png = draw_overlay(item, out_dir / f"{pending.stems[i]}_gradcam.png", footer)
                 outcome.files.append(png)
-                rows.append(csv_row(path, item, png.name))
+                rows.append(csv_row(pending.paths[i], item, png.name))
             sheet += items
             if keep_images:
                 outcome.explained += items
@@ -187,7 +181,6 @@ def write_all(explainer: Explainer, pending: Pending, out_dir: Path, target: int
                 outcome.files.append(draw_sheet(sheet[:SHEET_ROWS], out_dir / next(pages),
                                                 f"top-{len(sheet[0].top)} classes; {footer}"))
                 sheet = sheet[SHEET_ROWS:]
-            advance(len(part))
     if not rows:  # raised inside the claim: the empty results folder is removed
         raise DataError("画像として読み込めるファイルがありません\n"
                         f"None of the {len(pending.paths)} files could be read as images.",
@@ -232,30 +225,24 @@ class ErrorsGallery:
         explainer = Explainer(open_source(self.model_path, self.config, self.device))
         info(f"--explain-errors: {explainer.describe()}")
         items: list[ExplainedImage] = []
+        paths = [result.paths[i] for i in wrong]
+        classes = result.class_names
         try:
             with progress_bar(progress, "Grad-CAM (errors)", len(wrong)) as advance:
-                for start in range(0, len(wrong), CAM_BATCH):
-                    part = wrong[start:start + CAM_BATCH]
-                    loaded = load_images([result.paths[i] for i in part], explainer.source)
-                    done = explainer.explain(loaded, [p.name for p in loaded.paths])
-                    items += _captioned(done, [i for i in part
-                                               if result.paths[i] in loaded.paths], result)
-                    advance(len(part))
+                for kept, done, _ in explainer.explain_files(paths, [p.name for p in paths],
+                                                             None, advance):
+                    for k, item in zip(kept, done):
+                        i = wrong[k]
+                        item.caption = (f"true {classes[result.labels[i]]} -> "
+                                        f"{classes[result.preds[i]]} "
+                                        f"({100 * result.confidences[i]:.1f}%)")
+                    items += done
         finally:
             explainer.close()
         names = sheet_pages(GALLERY_STEM, len(items))
         title = f"misclassified images ({result.runtime}); {explainer.describe()}"
         return [draw_sheet(items[n * SHEET_ROWS:(n + 1) * SHEET_ROWS], out_dir / name, title)
                 for n, name in enumerate(names) if items[n * SHEET_ROWS:]]
-
-
-def _captioned(items: list[ExplainedImage], indices: list[int],
-               result: InferenceResult) -> list[ExplainedImage]:
-    names = result.class_names
-    for item, i in zip(items, indices):
-        item.caption = (f"true {names[result.labels[i]]} -> {names[result.preds[i]]} "
-                        f"({100 * result.confidences[i]:.1f}%)")
-    return items
 
 
 def prepare(model_path: Path | str, config: Path | str | None = None,

@@ -102,12 +102,6 @@ class Decoder:
 
     def decode(self, entries: Sequence[Entry]) -> list[torch.Tensor | None]:
         """(3, h, w) uint8 device tensor per entry; None where undecodable."""
-        jpeg_at = [i for i, e in enumerate(entries) if e.kind == "jpeg"]
-        decoded = self._decode_jpegs([entries[i] for i in jpeg_at])
-        images: list[torch.Tensor | None] = [None] * len(entries)
-        for i, image in zip(jpeg_at, decoded):
-            images[i] = image
-        for i, entry in enumerate(entries):
-            if entry.kind == "rgb":
-                images[i] = self._from_hwc(entry.payload)
-        return images
+        jpegs = iter(self._decode_jpegs([e for e in entries if e.kind == "jpeg"]))
+        return [next(jpegs) if e.kind == "jpeg" else
+                self._from_hwc(e.payload) if e.kind == "rgb" else None for e in entries]

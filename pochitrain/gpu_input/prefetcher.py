@@ -13,7 +13,7 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable, Generator, Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import torch
@@ -23,13 +23,6 @@ _DONE = object()  # the end of the items
 # CUDA stream priority of the producer threads (lower numbers come first; 0, the default, is
 # the lowest): the input's short kernels go before a model's that fills the GPU
 STREAM_PRIORITY = -1
-
-
-class Handed(NamedTuple):
-    """An item the thread made, and the event recorded on its stream once it was made."""
-
-    item: Any
-    event: Any
 
 
 def prefetch(make: Callable[[], Iterable[T]], device: str, *, depth: int = 2,
@@ -45,11 +38,9 @@ def prefetch(make: Callable[[], Iterable[T]], device: str, *, depth: int = 2,
 
     def put(item: Any) -> None:
         while not stop.is_set():
-            try:
+            with contextlib.suppress(queue.Full):
                 out.put(item, timeout=0.1)
                 return
-            except queue.Full:
-                continue
 
     def produce() -> None:
         try:
@@ -63,7 +54,7 @@ def prefetch(make: Callable[[], Iterable[T]], device: str, *, depth: int = 2,
                     elif stream is not None:
                         event = torch.cuda.Event()
                         event.record(stream)
-                    put(Handed(item, event))
+                    put((item, event))  # the event: recorded on its stream once made
                     if stop.is_set():  # the consumer is gone: make no more
                         return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
@@ -80,7 +71,7 @@ def prefetch(make: Callable[[], Iterable[T]], device: str, *, depth: int = 2,
                 return
             if isinstance(got, BaseException):
                 raise got
-            item, event = got.item, got.event
+            item, event = got
             if event is not None:
                 current = torch.cuda.current_stream(device)
                 current.wait_event(event)

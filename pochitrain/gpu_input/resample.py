@@ -21,17 +21,12 @@ SUPPORT = {"bilinear": 1.0, "bicubic": 2.0}  # filter support radius, in source 
 PRECISION_BITS = 32 - 8 - 2  # PIL's fixed-point precision for 8-bit images
 
 
-def resized_hw(preprocess: Preprocess, h: int, w: int) -> tuple[int, int]:
-    """(h, w) of an h x w image after the resize step alone (before any crop)."""
-    from pochitrain.preprocess import resized_size
-
-    return (h, w) if preprocess.resize is None else resized_size(h, w, preprocess.resize)
-
-
 def geometry(preprocess: Preprocess, h: int, w: int) -> tuple[int, int, int, int]:
     """(resized h, resized w, crop offset top, crop offset left) for an image of h x w; an
     offset is negative when the crop is larger than the image (zero padding)."""
-    rh, rw = resized_hw(preprocess, h, w)
+    from pochitrain.preprocess import resized_size
+
+    rh, rw = (h, w) if preprocess.resize is None else resized_size(h, w, preprocess.resize)
     if preprocess.center_crop is None:
         return rh, rw, 0, 0
     ch, cw = preprocess.center_crop
@@ -239,15 +234,12 @@ def resize_batch(images: list[torch.Tensor], preprocess: Preprocess, out: torch.
 
     mode = preprocess.interpolation if preprocess.resize is not None else "bilinear"
     sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
-    if preprocess.center_crop is None:  # sizes must agree after the resize: group by that
-        keyed: dict[tuple[int, int], list[int]] = {}
-        for i, (h, w) in enumerate(sizes):
-            keyed.setdefault(geometry(preprocess, h, w)[:2], []).append(i)
-        parts = []
-        for idx in keyed.values():
-            parts += [[idx[k] for k in g] for g in groups([sizes[i] for i in idx], budget)]
-    else:
-        parts = groups(sizes, budget)
+    keyed: dict[tuple[int, int] | None, list[int]] = {}
+    for i, (h, w) in enumerate(sizes):  # without a crop sizes must agree after the resize
+        key = None if preprocess.center_crop is not None else geometry(preprocess, h, w)[:2]
+        keyed.setdefault(key, []).append(i)
+    parts = [[idx[k] for k in g] for idx in keyed.values()
+             for g in groups([sizes[i] for i in idx], budget)]
     for part in parts:
         y = resize_group([images[i] for i in part], preprocess, mode)
         if part == list(range(len(images))):

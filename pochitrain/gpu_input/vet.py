@@ -27,9 +27,7 @@ class JpegHeader:
     def plain_colour(self) -> bool:
         """Grey or YCbCr: what nvJPEG's RGB output and PIL's ``convert("RGB")`` agree on.
         CMYK / YCCK (4 components) and RGB-coded JPEGs (Adobe transform 0) go to PIL."""
-        if self.components == 1:
-            return True
-        return self.components == 3 and self.adobe_transform != 0
+        return self.components == 1 or (self.components == 3 and self.adobe_transform != 0)
 
 
 def _orientation(exif: bytes | bytearray | memoryview) -> int:

@@ -40,11 +40,8 @@ class BatchPipe(Protocol):
 
 def require_cuda(device: str = "cuda") -> str:
     """Return the GPU's name and compute capability; BackendMissingError when there is none."""
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - torch is a hard dependency
-        raise BackendMissingError("PyTorch がインストールされていません\n"
-                                  "PyTorch is not installed.", "pip install torch") from exc
+    import torch
+
     if not torch.cuda.is_available():
         raise BackendMissingError(
             "CUDA デバイスがありません。\nNo CUDA device is available on this machine "
@@ -84,9 +81,10 @@ class CudaGraphCall:
     runs twice eagerly first (cuDNN autotuning, lazy init); replay removes the per-kernel
     launch cost."""
 
-    def __init__(self, call: ModelCall, max_graphs: int = 2) -> None:
+    max_graphs = 2
+
+    def __init__(self, call: ModelCall) -> None:
         self.call = call
-        self.max_graphs = max_graphs
         self._graphs: dict[tuple[Any, ...], tuple[Any, Any, Any, Any]] = {}
 
     def __call__(self, d_in: torch.Tensor, d_out: torch.Tensor | None, stream: Any) -> Any:
@@ -118,9 +116,6 @@ class CudaGraphCall:
         with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
             result = self.call(static_in, static_out, stream)
         return static_in, static_out, result, graph
-
-    def close(self) -> None:
-        self._graphs.clear()
 
 
 class Queued:
@@ -159,10 +154,8 @@ class CudaBatchPipe:
         need = int(np.prod(shape))
         buf = self._bufs.get(key)
         if buf is None or buf.dtype != dtype or buf.numel() < need:
-            if pinned:
-                buf = torch.empty(need, dtype=dtype, pin_memory=True)
-            else:
-                buf = torch.empty(need, dtype=dtype, device=self.device)
+            buf = torch.empty(need, dtype=dtype, device="cpu" if pinned else self.device,
+                              pin_memory=pinned)
             self._bufs[key] = buf
         return buf[:need].view(*shape)
 

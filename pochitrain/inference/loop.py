@@ -31,11 +31,10 @@ def _load(path: Path, preprocess: Preprocess) -> np.ndarray | None:
 
 
 def iter_batches(samples: list[tuple[Path, int]], preprocess: Preprocess, batch_size: int,
-                 workers: int | None = None,
                  ) -> Iterator[tuple[np.ndarray | None, list[Path], list[int], list[Path]]]:
     """(batch NCHW float32 or None, paths, labels, skipped paths) in input order; at most
     ``3 * batch_size`` images are decoded ahead, so memory stays bounded."""
-    workers = workers or min(8, os.cpu_count() or 1)
+    workers = min(8, os.cpu_count() or 1)
     ahead = max(3 * batch_size, workers)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pochi-decode") as pool:
         pending: deque[tuple[Path, int, Future[np.ndarray | None]]] = deque()

@@ -6,7 +6,9 @@ shorter batch is padded up to it and the padded rows dropped from the output.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -123,13 +125,8 @@ class OnnxRunner:
                 self.check_batch_size(n)
             batch = pad_to(batch, self.fixed_batch)  # the loop's last, shorter batch
         feed = {self.info.input_name: np.ascontiguousarray(batch, dtype=self._dtype)}
-        try:
-            start = time.perf_counter()
-            out = self.session.run([self.info.output_name], feed)[0]
-            pure = time.perf_counter() - start
-        except Exception as exc:  # onnxruntime raises its own pybind exception types
-            raise self._run_error(batch.shape, exc) from exc
-        return np.asarray(out[:n], dtype=np.float32), pure
+        out, pure = self._timed(batch.shape, self.session.run, [self.info.output_name], feed)
+        return np.asarray(out[0][:n], dtype=np.float32), pure
 
     def _run_bound(self, batch: torch.Tensor) -> tuple[np.ndarray, float]:
         """IOBinding on the tensor's own memory (CUDA or CPU) and a preallocated output."""
@@ -150,23 +147,24 @@ class OnnxRunner:
                             out.data_ptr())
         if x.is_cuda:
             torch.cuda.current_stream(x.device).synchronize()  # the batch is written
-        try:
-            start = time.perf_counter()
-            self.session.run_with_iobinding(binding)
-            pure = time.perf_counter() - start
-        except Exception as exc:  # onnxruntime raises its own pybind exception types
-            raise self._run_error(tuple(x.shape), exc) from exc
+        _, pure = self._timed(x.shape, self.session.run_with_iobinding, binding)
         return out[:n].cpu().numpy(), pure
 
-    def _run_error(self, shape: Any, exc: Exception) -> ShapeError:
-        return ShapeError(
-            "ONNX Runtime でバッチを実行できませんでした\n"
-            f"ONNX Runtime could not run {self.info.path.name} on a batch of shape "
-            f"{list(shape)} (model input {self.info.shape_text()}): "
-            f"{str(exc).splitlines()[0][:300]}",
-            "Check that the preprocessing size matches the model's input size "
-            "(-c CONFIG or re-export with --input-size H W).",
-        )
+    def _timed(self, shape: Any, call: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+        """(what ``call(*args)`` returns, its seconds): the "pure" time of one session run."""
+        try:
+            start = time.perf_counter()
+            result = call(*args)
+            return result, time.perf_counter() - start
+        except Exception as exc:  # onnxruntime raises its own pybind exception types
+            raise ShapeError(
+                "ONNX Runtime でバッチを実行できませんでした\n"
+                f"ONNX Runtime could not run {self.info.path.name} on a batch of shape "
+                f"{list(shape)} (model input {self.info.shape_text()}): "
+                f"{str(exc).splitlines()[0][:300]}",
+                "Check that the preprocessing size matches the model's input size "
+                "(-c CONFIG or re-export with --input-size H W).",
+            ) from exc
 
     def describe(self) -> dict[str, str]:
         import onnxruntime as ort
@@ -186,10 +184,8 @@ def check_single_install() -> None:
 
     roots = {}
     for name in ("onnxruntime", "onnxruntime-gpu"):
-        try:
+        with contextlib.suppress(md.PackageNotFoundError):
             roots[name] = str(md.distribution(name).locate_file(""))
-        except md.PackageNotFoundError:
-            pass
     if len(roots) == 2 and len(set(roots.values())) == 1:
         from pochitrain.console import warn
 
@@ -207,8 +203,8 @@ def _gpu_visible() -> bool:
                                            "/dev/nvhost-ctrl-gpu")) or os.name == "nt"
 
 
-def open_onnx_runner(path: Path | str, providers: list[str] | None = None,
-                     threads: int | None = None) -> tuple[OnnxRunner, OnnxInfo]:
+def open_onnx_runner(path: Path | str,
+                     providers: list[str] | None = None) -> tuple[OnnxRunner, OnnxInfo]:
     """Open an ONNX Runtime session on ``path``, then check the model (``session_info``).
     ``providers`` None: CUDA when onnxruntime-gpu and an NVIDIA GPU are present (else, or when
     CUDA cannot start, the CPU with a notice)."""
@@ -234,12 +230,10 @@ def open_onnx_runner(path: Path | str, providers: list[str] | None = None,
         # CUDA / cuDNN come from the nvidia-* wheels or torch's own copies (no system
         # CUDA needed); ORT >= 1.21 finds and loads them here. Best effort: the session's own
         # check below says what is still missing.
-        try:
+        with contextlib.suppress(Exception):  # a missing library is reported by the session
             ort.preload_dlls()
-        except Exception:  # noqa: BLE001, S110 - a missing library is reported by the session
-            pass
     try:
-        session = open_session(path, names, threads)
+        session = open_session(path, names)
     except BackendMissingError:
         if not auto or names == ["CPUExecutionProvider"]:
             raise
@@ -247,6 +241,6 @@ def open_onnx_runner(path: Path | str, providers: list[str] | None = None,
 
         say("CUDA を使えないため CPU で推論します / ONNX Runtime could not start CUDA here: "
             "running on the CPU (--providers cuda makes this an error).")
-        session = open_session(path, ["CPUExecutionProvider"], threads)
+        session = open_session(path, ["CPUExecutionProvider"])
     info = session_info(path, session)
     return OnnxRunner(session, info), info

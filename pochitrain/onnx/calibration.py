@@ -109,13 +109,12 @@ def stratified_order(samples: list[Sample], seed: int = SEED) -> list[Sample]:
     return _interleave(_by_class(samples, np.random.default_rng(seed)))
 
 
-def split_samples(folder: ImageFolder, seed: int = SEED,
-                  holdout_fraction: float = HOLDOUT_FRACTION) -> tuple[list[Sample], list[Sample]]:
+def split_samples(folder: ImageFolder, seed: int = SEED) -> tuple[list[Sample], list[Sample]]:
     """(calibration pool, held-out), both stratified; a class of two or more images keeps
     at least one for the held-out set."""
     pools, held = [], []
     for items in _by_class(folder.samples, np.random.default_rng(seed)):
-        n_held = 0 if len(items) < 2 else max(1, round(len(items) * holdout_fraction))
+        n_held = 0 if len(items) < 2 else max(1, round(len(items) * HOLDOUT_FRACTION))
         held.append(items[:n_held])
         pools.append(items[n_held:])
     return _interleave([p for p in pools if p]), _interleave([h for h in held if h])

@@ -25,13 +25,6 @@ MIN_TOP1_AGREEMENT = 0.97
 _KEEP_FP32_INPUTS = {("Resize", 1), ("Resize", 2), ("Upsample", 1)}
 
 
-def _to_fp16_array(arr: np.ndarray) -> tuple[np.ndarray, int]:
-    """(float16 array, finite values beyond the float16 range, clamped to it)."""
-    finite = np.isfinite(arr)
-    clipped = int(np.count_nonzero(np.abs(arr[finite]) > FP16_MAX))
-    return np.where(finite, np.clip(arr, -FP16_MAX, FP16_MAX), arr).astype(np.float16), clipped
-
-
 class Fp16Graph(NamedTuple):
     model: Any  # onnx.ModelProto
     stats: dict[str, int]  # initializers, constants, casts, clipped_values
@@ -51,24 +44,26 @@ def _refuse_control_flow(graph: Any) -> None:
             )
 
 
-def _cast_initializers(graph: Any, keep: set[str], stats: dict[str, int]) -> None:
-    from onnx import TensorProto, numpy_helper
-
-    for idx, init in enumerate(graph.initializer):
-        if init.data_type == TensorProto.FLOAT and init.name not in keep:
-            array, clipped = _to_fp16_array(numpy_helper.to_array(init))
-            graph.initializer[idx].CopyFrom(numpy_helper.from_array(array, init.name))
-            stats["initializers"] += 1
-            stats["clipped_values"] += clipped
-
-
-def _cast_tensor_attribute(attr: Any) -> int:
-    """A float32 tensor attribute becomes float16; returns the values clamped."""
+def _cast_tensor(tensor: Any) -> int:
+    """A float32 TensorProto (initializer, attribute value) becomes float16 in place; returns
+    how many finite values were beyond the float16 range (clamped to it)."""
     from onnx import numpy_helper
 
-    array, clipped = _to_fp16_array(numpy_helper.to_array(attr.t))
-    attr.t.CopyFrom(numpy_helper.from_array(array, attr.t.name))
+    arr = numpy_helper.to_array(tensor)
+    finite = np.isfinite(arr)
+    clipped = int(np.count_nonzero(np.abs(arr[finite]) > FP16_MAX))
+    fp16 = np.where(finite, np.clip(arr, -FP16_MAX, FP16_MAX), arr).astype(np.float16)
+    tensor.CopyFrom(numpy_helper.from_array(fp16, tensor.name))
     return clipped
+
+
+def _cast_initializers(graph: Any, keep: set[str], stats: dict[str, int]) -> None:
+    from onnx import TensorProto
+
+    for init in graph.initializer:
+        if init.data_type == TensorProto.FLOAT and init.name not in keep:
+            stats["clipped_values"] += _cast_tensor(init)
+            stats["initializers"] += 1
 
 
 def _cast_nodes(graph: Any, keep: set[str], stats: dict[str, int]) -> None:
@@ -79,7 +74,7 @@ def _cast_nodes(graph: Any, keep: set[str], stats: dict[str, int]) -> None:
         if node.op_type == "Constant" and node.output[0] not in keep:
             for attr in node.attribute:
                 if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
-                    stats["clipped_values"] += _cast_tensor_attribute(attr)
+                    stats["clipped_values"] += _cast_tensor(attr.t)
                     stats["constants"] += 1
                 elif attr.name == "value_float":
                     raise ModelFileError(  # rare; not produced by torch.onnx.export
@@ -89,7 +84,7 @@ def _cast_nodes(graph: Any, keep: set[str], stats: dict[str, int]) -> None:
         elif node.op_type == "ConstantOfShape":
             for attr in node.attribute:
                 if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
-                    _cast_tensor_attribute(attr)
+                    _cast_tensor(attr.t)
         elif node.op_type == "Cast":
             for attr in node.attribute:
                 if attr.name == "to" and attr.i == TensorProto.FLOAT:
@@ -172,13 +167,12 @@ class Agreement:
 
 
 def compare_with_onnxruntime(fp32_path: Path, fp16_path: Path, batch: np.ndarray,
-                             threshold: float = MIN_TOP1_AGREEMENT,
-                             batch_size: int | None = None) -> Agreement:
-    """Run both graphs with ONNX Runtime (CPU) on ``batch``, ``batch_size`` images at a time
-    (see ``session.run_all``); compare top-1."""
+                             threshold: float = MIN_TOP1_AGREEMENT) -> Agreement:
+    """Run both graphs with ONNX Runtime (CPU) on ``batch`` (see ``session.run_all``);
+    compare top-1."""
     from pochitrain.onnx.session import open_session, run_all, top1_agreement
 
-    ref, got = (run_all(open_session(p), batch, batch_size) for p in (fp32_path, fp16_path))
+    ref, got = (run_all(open_session(p), batch) for p in (fp32_path, fp16_path))
     if not np.isfinite(got).all():
         raise VerificationError(
             "FP16 のグラフが inf/NaN を出力しました\n"

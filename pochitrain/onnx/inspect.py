@@ -71,13 +71,13 @@ def check_file(path: Path | str) -> Path:
     return path
 
 
-def read_onnx(path: Path | str, load_weights: bool = False):
+def read_onnx(path: Path | str):
     """Return (OnnxInfo, onnx.ModelProto). Raises ModelFileError for anything unusable."""
     path = check_file(path)  # before onnx's import (0.7 s): a mistyped path is told at once
     import onnx
 
     try:
-        model = onnx.load(str(path), load_external_data=load_weights)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends
         raise unreadable(path, type(exc).__name__) from exc
     graph = model.graph

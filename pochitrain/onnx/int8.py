@@ -299,7 +299,7 @@ def _quantize_checked(onnx_path: Path, info: OnnxInfo, meta: ModelMeta | None,
                                 "no decodable images left for the accuracy check")
         labels = held_out_labels(images.folder.classes, held_used, meta or info.meta,
                                  info.output_shape[1])
-        acc = verify(onnx_path, tmp_qdq, info, held_data, labels)
+        acc = verify(onnx_path, tmp_qdq, held_data, labels)
         acc["max_accuracy_drop"] = opts.max_accuracy_drop
         say_accuracy(acc, opts.max_accuracy_drop)
         check_drop(acc, opts.max_accuracy_drop)

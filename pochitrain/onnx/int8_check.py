@@ -14,7 +14,6 @@ from pochitrain.console import info as say
 from pochitrain.errors import VerificationError
 from pochitrain.meta import ModelMeta
 from pochitrain.onnx import calibration as cal
-from pochitrain.onnx.inspect import OnnxInfo
 
 
 def held_out_labels(folder_classes: list[str], samples: list[cal.Sample], meta: ModelMeta | None,
@@ -52,7 +51,7 @@ def paired_drop(reference_ok: np.ndarray, candidate_ok: np.ndarray) -> dict[str,
             "lost": lost, "gained": gained}
 
 
-def verify(onnx_path: Path, qdq_path: Path, info_: OnnxInfo, data: np.ndarray,
+def verify(onnx_path: Path, qdq_path: Path, data: np.ndarray,
            labels: np.ndarray | None) -> dict[str, Any]:
     """Top-1 of FP32 and Q/DQ on the held-out images (agreement when there are no labels)."""
     from pochitrain.onnx.session import open_session, run_all, top1_agreement

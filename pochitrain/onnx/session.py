@@ -32,8 +32,7 @@ PROVIDER_OPTIONS: dict[str, dict[str, str]] = {
 }
 
 
-def open_session(path: Path | str, providers: list[str] | None = None,
-                 threads: int | None = None) -> Any:
+def open_session(path: Path | str, providers: list[str] | None = None) -> Any:
     """An ``onnxruntime.InferenceSession`` on ``path`` (``providers``: full names, CPU when
     None); BackendMissingError also when a GPU provider silently failed to start."""
     try:
@@ -45,7 +44,7 @@ def open_session(path: Path | str, providers: list[str] | None = None,
     names = providers or ["CPUExecutionProvider"]
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or default_threads()
+    options.intra_op_num_threads = default_threads()
     options.log_severity_level = 3  # errors only: provider fallbacks are checked below
     try:
         session = ort.InferenceSession(str(path), sess_options=options,

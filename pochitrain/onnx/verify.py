@@ -164,9 +164,8 @@ def verification_batches(pre: Preprocess, data: Path | None, sizes: list[int],
                             "Point --data (export-onnx) or --verify-data (convert --fp16) "
                             "at a folder of images; export-onnx also takes --skip-verify.")
         source = f"{len(arrays)} images from {data}"
-        while len(arrays) < need:  # small folders: the first image again
-            arrays.append(arrays[0])
-            names.append(names[0])
+        arrays += [arrays[0]] * (need - len(arrays))  # small folders: the first image again
+        names += [names[0]] * (need - len(names))
     else:
         rng = np.random.default_rng(0)
         h, w = pre.input_size

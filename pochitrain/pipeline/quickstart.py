@@ -19,6 +19,8 @@ from pochitrain.console import console, info
 from pochitrain.errors import BackendMissingError, EngineLoadError, OutputExistsError, PochiError
 from pochitrain.workspace import make_folder
 
+COLOURS = {"ok": "green", "skipped": "yellow", "failed": "red"}  # of a step's status
+
 
 @dataclass
 class Step:
@@ -48,14 +50,10 @@ def _run_step(report: QuickstartReport, name: str, fn: Callable[[], Any],
     start = time.perf_counter()
     try:
         value = fn()
-    except (BackendMissingError, EngineLoadError) as exc:
-        report.steps.append(Step(name, "skipped", exc.message,
-                                 seconds=time.perf_counter() - start))
-        info(f"[yellow]skipped:[/yellow] {exc.message}")
-        return None
     except PochiError as exc:
-        report.steps.append(Step(name, "failed", exc.message, seconds=time.perf_counter() - start))
-        info(f"[red]failed:[/red] {exc.message}")
+        status = "skipped" if isinstance(exc, (BackendMissingError, EngineLoadError)) else "failed"
+        report.steps.append(Step(name, status, exc.message, seconds=time.perf_counter() - start))
+        info(f"[{COLOURS[status]}]{status}:[/{COLOURS[status]}] {exc.message}")
         return None
     detail, path = describe(value)
     report.steps.append(Step(name, "ok", detail, path, time.perf_counter() - start))
@@ -200,10 +198,9 @@ def print_report(report: QuickstartReport) -> None:
     for col in ("step", "status", "result", "where"):
         # a user copies paths from here: fold long ones, never cut them with "…"
         steps.add_column(col, overflow="fold", no_wrap=col in ("step", "status"))
-    colour = {"ok": "green", "skipped": "yellow", "failed": "red"}
     for s in report.steps:
         detail = s.detail if s.status == "ok" else _short(s.detail)
-        steps.add_row(s.name, f"[{colour[s.status]}]{s.status}[/]", detail,
+        steps.add_row(s.name, f"[{COLOURS[s.status]}]{s.status}[/]", detail,
                       str(s.path) if s.path else "")
     runtimes = Table(title="runtimes on the digits val set")
     for col in ("runtime", "accuracy", "pure images/s", "end-to-end images/s"):

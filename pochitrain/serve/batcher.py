@@ -12,6 +12,7 @@ on the event loop. Nothing model-related ever runs on the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import threading
@@ -39,7 +40,6 @@ RunBatch = Callable[[list[Any]], Sequence[Any]]
 class _Job:
     """One request: its images' results, filled in by the worker thread alone."""
 
-    loop: asyncio.AbstractEventLoop
     future: asyncio.Future[list[Any]]
     results: list[Any]
     remaining: int
@@ -84,8 +84,7 @@ class Batcher:
     async def submit(self, items: list[Any]) -> list[Any]:
         """Run ``items`` (already admitted, at least one) in the next batches; their results,
         in order."""
-        loop = asyncio.get_running_loop()
-        job = _Job(loop, loop.create_future(), [None] * len(items), len(items))
+        job = _Job(asyncio.get_running_loop().create_future(), [None] * len(items), len(items))
         with self._lock:  # before the stop mark, or refused: never after it, unanswered
             if self.stopped:
                 raise Stopping("server stopping")
@@ -104,11 +103,8 @@ class Batcher:
         with self._lock:
             self.stopped = True
             self._queue.put(_STOP)
-        if self._thread is None:
-            return
-        self._thread.join(timeout)
-        if not self._thread.is_alive():
-            self._thread = None
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     @property
     def running(self) -> bool:
@@ -162,10 +158,8 @@ class Batcher:
         job.results[index] = result
         job.remaining -= 1
         if job.remaining == 0:
-            try:
-                job.loop.call_soon_threadsafe(_resolve, job.future, job.results)
-            except RuntimeError:  # the event loop is gone (forced exit)
-                pass
+            with contextlib.suppress(RuntimeError):  # the event loop is gone (forced exit)
+                job.future.get_loop().call_soon_threadsafe(_resolve, job.future, job.results)
 
 
 def _resolve(future: asyncio.Future[list[Any]], results: list[Any]) -> None:

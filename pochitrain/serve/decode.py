@@ -66,13 +66,13 @@ def check_part_type(content_type: str | None, name: str) -> None:
                        "images (image/jpeg, image/png, image/webp).")
 
 
-def b64decode(text: str, field: str = "image_data") -> bytes:
-    """``b64decode_lenient``; 422 when broken."""
+def b64decode(text: str) -> bytes:
+    """``b64decode_lenient`` of ``image_data``; 422 when broken."""
     try:
         return b64decode_lenient(text)
     except (binascii.Error, ValueError):
-        raise BadInput(422, "bad_base64", f"{field} の base64 が壊れています。",
-                       f"{field} is not valid base64.") from None
+        raise BadInput(422, "bad_base64", "image_data の base64 が壊れています。",
+                       "image_data is not valid base64.") from None
 
 
 def raw_array(data: bytes, shape: list[int] | None, dtype: str) -> np.ndarray:

@@ -107,10 +107,8 @@ class ServeModel:
         reads like PIL stay encoded, the rest are decoded to (h, w, 3) uint8."""
         if self.gpu is None:
             return self.preprocess(decode_image(payload))
-        encoded = self.still_encoded(payload)
-        if encoded is not None:
-            return encoded
-        return ForGpu("rgb", np.array(decode_image(payload)), payload.name)
+        return (self.still_encoded(payload)  # a ForGpu, a tuple of three: never false
+                or ForGpu("rgb", np.array(decode_image(payload)), payload.name))
 
     def still_encoded(self, payload: Payload) -> ForGpu | None:
         """``prepare``'s answer where the GPU pipeline takes the image still encoded (nothing
@@ -154,7 +152,7 @@ class ServeModel:
                 rows[i] = row
         return rows
 
-    def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
+    def warmup(self, batch_sizes: tuple[int, ...]) -> None:
         """Run the model once per batch size so the first requests do not pay for it."""
         h, w = self.preprocess.input_size
         for n in batch_sizes:

@@ -156,27 +156,29 @@ def _operation(method: str, path: str, op: dict[str, Any]) -> str:
             f"<p>{escape(op.get('summary', ''))}</p>"]
     params = op.get("parameters", [])
     if params:
-        html.append("<table><tr><th>parameter</th><th>in</th><th>type</th><th>required</th>"
-                    "<th>description</th></tr>")
-        html += [f"<tr><td><code>{escape(p['name'])}</code></td><td>{escape(p.get('in', ''))}"
-                 f"</td><td>{escape(_type_of(p.get('schema', {})))}</td>"
-                 f"<td>{'yes' if p.get('required') else 'no'}</td>"
-                 f"<td>{escape(p.get('description', ''))}</td></tr>" for p in params]
-        html.append("</table>")
+        html += _table(["parameter", "in", "type", "required", "description"],
+                       [[f"<code>{escape(p['name'])}</code>", escape(p.get("in", "")),
+                         escape(_type_of(p.get("schema", {}))),
+                         "yes" if p.get("required") else "no",
+                         escape(p.get("description", ""))] for p in params])
     for kind, body in op.get("requestBody", {}).get("content", {}).items():
         html.append(f"<p>Request body <code>{escape(kind)}</code></p>")
         fields = body.get("schema", {}).get("properties", {})
         if fields:
-            html.append("<table><tr><th>field</th><th>type</th><th>description</th></tr>")
-            html += [f"<tr><td><code>{escape(name)}</code></td><td>{escape(_type_of(f))}</td>"
-                     f"<td>{escape(f.get('description', ''))}</td></tr>"
-                     for name, f in fields.items()]
-            html.append("</table>")
-    html.append("<table><tr><th>status</th><th>description</th></tr>")
-    html += [f"<tr><td>{escape(code)}</td><td>{escape(r.get('description', ''))}</td></tr>"
-             for code, r in sorted(op.get("responses", {}).items())]
-    html.append("</table>")
+            html += _table(["field", "type", "description"],
+                           [[f"<code>{escape(name)}</code>", escape(_type_of(f)),
+                             escape(f.get("description", ""))] for name, f in fields.items()])
+    html += _table(["status", "description"],
+                   [[escape(code), escape(r.get("description", ""))]
+                    for code, r in sorted(op.get("responses", {}).items())])
     return "\n".join(html)
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    """An HTML table's lines: the header row, then one line per row of cells (HTML)."""
+    return (["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+            + ["<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows]
+            + ["</table>"])
 
 
 def _type_of(schema: dict[str, Any]) -> str:

@@ -66,7 +66,7 @@ class ServeOptions:
     workers: int = 1  # server processes on the port
 
 
-def _log_to_stderr(pid: bool = False) -> None:
+def _log_to_stderr(pid: bool) -> None:
     """One line per record on stderr; with workers, each line names its process."""
     handler = logging.StreamHandler(sys.stderr)
     fmt = "%(asctime)s [%(process)d] %(message)s" if pid else "%(asctime)s %(message)s"

@@ -11,7 +11,8 @@ from pochitrain.errors import BackendMissingError, UsageError
 
 BACKEND_CHOICES = ("auto", "tensorrt", "tensorrt-rtx")
 
-# backend name (as written to engine metadata) -> import names, tried in order
+# backend name (as written to engine metadata) -> import names, tried in order; "auto" tries
+# the backends in this order too
 _IMPORTS: dict[str, tuple[str, ...]] = {
     "tensorrt": ("tensorrt",),
     # the PyPI wheel is tensorrt_rtx_bindings; NVIDIA's own packages may provide tensorrt_rtx
@@ -67,19 +68,14 @@ def _try_import(names: tuple[str, ...]) -> ModuleType | None:
     return None
 
 
-def _normalise(choice: str) -> str:
+def load_backend(choice: str = "auto") -> Backend:
+    """Import the asked backend ("auto": TensorRT first, then TensorRT-RTX)."""
     choice = choice.replace("-", "_")
-    if choice not in ("auto", "tensorrt", "tensorrt_rtx"):
+    if choice not in ("auto", *_IMPORTS):
         raise UsageError("不明なバックエンドが指定されています\n"
                          f"Unknown backend {choice!r}.",
                          f"Choose one of: {', '.join(BACKEND_CHOICES)}")
-    return choice
-
-
-def load_backend(choice: str = "auto") -> Backend:
-    """Import the asked backend ("auto": TensorRT first, then TensorRT-RTX)."""
-    choice = _normalise(choice)
-    names = ["tensorrt", "tensorrt_rtx"] if choice == "auto" else [choice]
+    names = list(_IMPORTS) if choice == "auto" else [choice]
     for name in names:
         module = _try_import(_IMPORTS[name])
         if module is not None:

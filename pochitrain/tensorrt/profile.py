@@ -18,17 +18,18 @@ Shape = tuple[int, int, int, int]
 @dataclass
 class Profile:
     pattern: int
-    min: Shape | None  # None for pattern 3: the engine has no optimization profile
-    opt: Shape | None
-    max: Shape | None
-    static_shape: Shape | None = None  # pattern 3 only
+    min: Shape  # pattern 3 (no optimization profile): min = opt = max, the static shape
+    opt: Shape
+    max: Shape
+
+    @property
+    def static_shape(self) -> Shape | None:
+        return self.opt if self.pattern == 3 else None
 
     @property
     def input_shape(self) -> Shape:
         """The shape used for checks and calibration (opt, or the static shape)."""
-        shape = self.static_shape if self.pattern == 3 else self.opt
-        assert shape is not None
-        return shape
+        return self.opt
 
     def to_dict(self) -> dict[str, list[int]] | None:
         if self.pattern == 3:
@@ -37,15 +38,14 @@ class Profile:
 
     def text(self) -> str:
         if self.pattern == 3:
-            return f"none (static {_fmt(self.input_shape)})"
-        assert self.min is not None and self.max is not None
+            return f"none (static {_fmt(self.opt)})"
         if self.min == self.max:
             return f"min=opt=max={_fmt(self.min)}"
         return f"min={_fmt(self.min)} opt={_fmt(self.opt)} max={_fmt(self.max)}"
 
 
-def _fmt(shape: Shape | None) -> str:
-    return "x".join(str(d) for d in shape) if shape else "-"
+def _fmt(shape: Shape) -> str:
+    return "x".join(str(d) for d in shape)
 
 
 def dynamic_shape_error(info: OnnxInfo) -> ShapeError:
@@ -102,7 +102,7 @@ def _static_profile(info: OnnxInfo, input_size: tuple[int, int] | None,
             f"input {info.shape_text()}.",
             "Drop --input-size: a fully static ONNX takes its H/W from the graph.",
         )
-    return Profile(3, None, None, None, static_shape=static)  # type: ignore[arg-type]
+    return Profile(3, static, static, static)  # type: ignore[arg-type]
 
 
 def _height_width(info: OnnxInfo, input_size: tuple[int, int] | None) -> tuple[int, int]:

@@ -127,9 +127,7 @@ def make_loader(folder: ImageFolder, transform: Callable[[Any], Any], *, batch_s
     holds, every class equally likely (with replacement)."""
     if shuffle:
         check_training_batch(batch_size)
-    generator = torch.Generator()
-    if seed is not None:
-        generator.manual_seed(seed)
+    generator = seeded_generator(seed)
     sampler = balanced_sampler(folder, generator) if balanced else None
     return DataLoader(
         ImageDataset(folder, transform, "train_transform" if shuffle else "val_transform"),
@@ -150,6 +148,11 @@ def balanced_sampler(folder: ImageFolder, generator: torch.Generator
     weights = [1.0 / counts[label] for label in labels]
     return torch.utils.data.WeightedRandomSampler(weights, len(labels), replacement=True,
                                                   generator=generator)
+
+
+def seeded_generator(seed: int | None) -> torch.Generator:
+    """A generator of its own for a loader's shuffling, seeded when ``seed`` is given."""
+    return torch.Generator() if seed is None else torch.Generator().manual_seed(seed)
 
 
 def seed_everything(seed: int | None) -> None:

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader
 from pochitrain.config_checks import check_training_batch
 from pochitrain.errors import ConfigError, PeerLostError, TrainingError
 from pochitrain.scratch import remove_orphans
-from pochitrain.training.data import seed_everything, val_batch_size
+from pochitrain.training.data import seed_everything, seeded_generator, val_batch_size
 
 if TYPE_CHECKING:
     import threading
@@ -111,7 +111,6 @@ class SyncedStop:
 @dataclass
 class Distributed:
     rank: int
-    local_rank: int
     world: int
     device: str
 
@@ -266,13 +265,10 @@ def _reshard(loader: Any, sampler: Any, batch_size: int, seed: int | None,
     itself; a DataLoader is rebuilt with the same workers and collate)."""
     if hasattr(loader, "resharded"):
         return loader.resharded(sampler, batch_size, drop_last)
-    generator = torch.Generator()
-    if seed is not None:
-        generator.manual_seed(seed)
     return DataLoader(loader.dataset, batch_size=batch_size, sampler=sampler,
                       num_workers=loader.num_workers, collate_fn=loader.collate_fn,
                       pin_memory=loader.pin_memory, persistent_workers=loader.persistent_workers,
-                      worker_init_fn=loader.worker_init_fn, generator=generator,
+                      worker_init_fn=loader.worker_init_fn, generator=seeded_generator(seed),
                       drop_last=drop_last)
 
 
@@ -302,4 +298,4 @@ def init(device: str) -> Distributed | None:
         dist.init_process_group("nccl" if nccl else "gloo", timeout=timeout, **kwargs)
     if rank != 0:
         sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - process-long
-    return Distributed(rank, local_rank, size, device)
+    return Distributed(rank, size, device)

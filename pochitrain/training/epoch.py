@@ -129,15 +129,20 @@ def drop_error_frames(batches: Any) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def untimed_convolutions(on: bool) -> Iterator[None]:
-    """cuDNN's heuristics instead of its autotuning while ``on``: for the shorter last batch,
-    a shape seen once an epoch, timing every algorithm costs more than it gains."""
+def cudnn_benchmark(on: bool) -> Iterator[None]:
+    """``torch.backends.cudnn.benchmark = on`` inside; the setting before is put back."""
     before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = before and not on
+    torch.backends.cudnn.benchmark = on
     try:
         yield
     finally:
         torch.backends.cudnn.benchmark = before
+
+
+def untimed_convolutions(on: bool) -> contextlib.AbstractContextManager[None]:
+    """cuDNN's heuristics instead of its autotuning while ``on``: for the shorter last batch,
+    a shape seen once an epoch, timing every algorithm costs more than it gains."""
+    return cudnn_benchmark(torch.backends.cudnn.benchmark and not on)
 
 
 def autocast(device: str, amp_dtype: torch.dtype | None) -> torch.autocast:

@@ -93,12 +93,11 @@ class CheckpointKeeper:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
-        if kind is None:
-            self.close()
-            return
         try:  # the files queued before the run's own error are still written
             self.close()
-        except Exception as exc:  # noqa: BLE001 - the run's own error goes on
+        except Exception as exc:  # the run's own error goes on
+            if kind is None:
+                raise
             warn(f"checkpoint not written ({type(exc).__name__}: {exc})")
 
 

@@ -35,7 +35,7 @@ from pochitrain.gpu_input import (
     read_threads,
     reader_for,
 )
-from pochitrain.training.data import Batch, lone_last_image, val_batch_size
+from pochitrain.training.data import Batch, lone_last_image, seeded_generator, val_batch_size
 from pochitrain.training.gpu_batch import compile_chain
 
 # torchvision transforms (v1 names, also in transforms.v2) that accept uint8 tensors and give
@@ -216,9 +216,7 @@ class GpuLoader:
         self.plan, why = compile_chain(ops) if batched else (None, "batched = False")
         if self.plan is None:
             info(f"GPU input: {split}_transform runs image by image ({why}).")
-        self.generator = torch.Generator()
-        if seed is not None:
-            self.generator.manual_seed(seed)
+        self.generator = seeded_generator(seed)
         self.pool = ThreadPoolExecutor(read_threads("training"))
         self.decoder = Decoder(device)
         self.read = reader_for(Options.from_env().native_reads)
@@ -327,8 +325,8 @@ def build_cache(folder: ImageFolder, where: str, device: str, split: str) -> Dec
         free = torch.cuda.mem_get_info(torch.device(device))[0]
         limit, what = int(free * 0.5), "half of the free GPU memory"
     else:
-        pages = os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else 0
-        limit, what = int(pages * os.sysconf("SC_PAGE_SIZE") * 0.5), "half of the free RAM"
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        limit, what = int(free * 0.5), "half of the free RAM"
         where = "ram"
     info(f"gpu_input_cache: decoding {len(folder.samples)} {split} images once into "
          f"{'GPU memory' if where == 'gpu' else 'RAM'}: {need / 2**30:.2f} GiB")

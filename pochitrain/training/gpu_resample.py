@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -86,7 +86,6 @@ class Geometry:
     x: Axis
     mode: str = "bilinear"
     antialias: bool = True
-    sizing: list[str] = field(default_factory=list)  # modes of the ops that resized
 
     @classmethod
     def of(cls, sizes: list[tuple[int, int]]) -> Geometry:

@@ -13,7 +13,6 @@ averaged over all batches of the epoch. ``gradient_tracking_config``:
 
 from __future__ import annotations
 
-import csv
 import re
 import statistics
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from pochitrain.workspace import atomic_path
+from pochitrain.training.metrics import write_rows
 
 _BLOCK = re.compile(r"^(?:module\.)?(?:model\.)?(layer[1-4])\.")
 
@@ -39,17 +38,15 @@ class GradientTracker:
         self.frequency = record_frequency
         self.aggregate = AGGREGATE[aggregation_method]
         patterns = [re.compile(p) for p in exclude_patterns or []]
-        self.names: list[str] = []
         self.params: list[torch.nn.Parameter] = []
+        self.groups: dict[str, list[int]] = {}  # column -> indices into params
         for name, param in model.named_parameters():
             clean = re.sub(r"^module\.", "", name)
             if param.requires_grad and not any(p.search(clean) for p in patterns):
-                self.names.append(clean)
+                match = _BLOCK.match(clean) if group_by_block else None
+                self.groups.setdefault(match.group(1) if match else clean, []).append(
+                    len(self.params))
                 self.params.append(param)
-        self.groups: dict[str, list[int]] = {}
-        for i, name in enumerate(self.names):
-            match = _BLOCK.match(name) if group_by_block else None
-            self.groups.setdefault(match.group(1) if match else name, []).append(i)
         self.epoch = 1
         self._sum: torch.Tensor | None = None
         self._batches = 0
@@ -73,14 +70,8 @@ class GradientTracker:
             mean = (self._sum / self._batches).cpu().tolist()
             self.rows.append([epoch] + [self.aggregate([mean[i] for i in idx])
                                         for idx in self.groups.values()])
-            self._write()
+            write_rows(self.csv_path, ["epoch", *self.groups],
+                       ([int(row[0])] + [f"{v:.8g}" for v in row[1:]] for row in self.rows))
         self._sum, self._batches = None, 0
         self.epoch = epoch + 1
 
-    def _write(self) -> None:
-        with atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="",
-                                                     encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["epoch", *self.groups])
-            for row in self.rows:
-                writer.writerow([int(row[0])] + [f"{v:.8g}" for v in row[1:]])

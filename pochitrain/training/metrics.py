@@ -83,7 +83,7 @@ class MetricsLog:
             self._draw(last=True)
 
     def _draw(self, last: bool = False) -> None:
-        if self.plots and self.rows:
+        if self.plots:
             args = (self.rows, self.run_dir, self.lr_log_scale)
             drawn = (last and self.helper is not None
                      and self.helper.draw("pochitrain.training_plots:draw_pictures", *args))
@@ -96,8 +96,8 @@ class MetricsLog:
         self._drawn_at, self._drawn_rows = time.monotonic(), len(self.rows)
 
     def _write_csv(self) -> None:
-        groups = list(self.rows[0].group_lrs) if self.rows else []
-        _write_rows(self.csv_path, list(METRIC_COLUMNS) + [f"lr_{g}" for g in groups], (
+        groups = list(self.rows[0].group_lrs)
+        write_rows(self.csv_path, list(METRIC_COLUMNS) + [f"lr_{g}" for g in groups], (
             [r.epoch, f"{r.lr:.6g}"]
             + [f"{getattr(r, c):.6f}" for c in METRIC_COLUMNS[2:6]]
             + [f"{r.images_per_second:.1f}", f"{r.seconds:.2f}"]
@@ -108,8 +108,8 @@ class MetricsLog:
     def _write_original_csv(self) -> None:
         """The original's columns and units: accuracies in percent, plain float text."""
         self.original_csv.parent.mkdir(parents=True, exist_ok=True)
-        groups = original_group_order(list(self.rows[0].group_lrs) if self.rows else [])
-        _write_rows(self.original_csv, list(ORIGINAL_COLUMNS) + [f"lr_{g}" for g in groups], (
+        groups = original_group_order(list(self.rows[0].group_lrs))
+        write_rows(self.original_csv, list(ORIGINAL_COLUMNS) + [f"lr_{g}" for g in groups], (
             [r.epoch, self.base_lr if r.group_lrs and self.base_lr is not None else r.lr,
              r.train_loss, percent(r.train_accuracy), r.val_loss, percent(r.val_accuracy)]
             + [r.group_lrs.get(g, "") for g in groups] for r in self.rows))
@@ -121,7 +121,8 @@ class MetricsLog:
                 shutil.copyfile(self.run_dir / ours, self.original_csv.with_name(stem + suffix))
 
 
-def _write_rows(path: Path, header: list[str], rows: Iterable[list[Any]]) -> None:
+def write_rows(path: Path, header: list[str], rows: Iterable[list[Any]]) -> None:
+    """A CSV file, written atomically: ``header``, then ``rows``."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(header)

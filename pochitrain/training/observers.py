@@ -60,7 +60,7 @@ class RunObserver:
         (run_dir / CONFUSION_LOG).write_text("", encoding="utf-8")
 
     def epoch_end(self, row: EpochRow, val_stats: EpochStats) -> None:
-        if getattr(val_stats, "confusion", None) is not None:
+        if val_stats.confusion is not None:
             with open(self.run_dir / CONFUSION_LOG, "a", encoding="utf-8") as f:
                 f.write(format_confusion(row.epoch, val_stats.confusion))
         if self.tensorboard is not None:

@@ -37,10 +37,9 @@ RESUME_KEY = "resume"
 
 @dataclass
 class ResumePoint:
-    """An interrupted run, checked: its folder, checkpoint, run.json and saved state."""
+    """An interrupted run, checked: its folder, run.json and checkpoint (its saved state)."""
 
     run_dir: Path
-    checkpoint: Path
     record: dict[str, Any]
     payload: dict[str, Any]  # the checkpoint dict (weights, metadata, ``resume``)
 
@@ -69,7 +68,7 @@ def find_resume_point(path: Path | str) -> ResumePoint:
                      f"--resume {path}: {run.checkpoint} holds no finished epoch to resume "
                      "from (the run stopped during its first epoch).",
                      "Start the run again with 'pochi train -c CONFIG'.")
-    return ResumePoint(run.run_dir, run.checkpoint, run.record, payload)
+    return ResumePoint(run.run_dir, run.record, payload)
 
 
 def check_same_config(point: ResumePoint, config: Path, settings_epochs: int) -> None:

@@ -20,7 +20,6 @@ import contextlib
 import functools
 import platform
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -164,17 +163,16 @@ def _run_record(settings: Settings, config_path: Path, device: str, precision: P
 
 def _finish_record(record: dict[str, Any], result: TrainResult,
                    skipped_by_split: dict[str, list[Path]]) -> dict[str, Any]:
-    skipped = [str(p) for p in result.skipped_files]
     return {**record, "status": result.stopped_by, "epochs_run": result.epochs_run,
             "best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
             "seconds": round(result.seconds, 2),
             "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
             "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
-            "skipped_files": skipped,
+            "skipped_files": [str(p) for p in result.skipped_files],
             "skipped_count": {k: len(v) for k, v in skipped_by_split.items()}}
 
 
-def _setup(settings: Settings, data: _Data, device: str) -> FitSetup:
+def _setup(settings: Settings, data: _Data, device: str, pre: Preprocess) -> FitSetup:
     """Model, loaders, loss, optimizer, scheduler, early stopping: a ``training.FitSetup``."""
     import torch
 
@@ -228,7 +226,7 @@ def _setup(settings: Settings, data: _Data, device: str) -> FitSetup:
         stopper=T.EarlyStopping(**settings.early_stopping) if settings.early_stopping else None,
         precision=precision, device=device, epochs=settings.epochs,
         scaler=precision.grad_scaler(device), non_blocking=settings.gpu_non_blocking,
-        input_size=list(_preprocess(settings).input_size))
+        input_size=list(pre.input_size))
 
 
 def _epoch_extras(settings: Settings, epoch: int, tr: EpochStats,
@@ -350,7 +348,7 @@ def run_training(config: Path | str | None, *, overrides: dict[str, Any] | None 
     main = ddp is None or ddp.is_main
     data = _check_data(settings, resumed.run_dir if resumed is not None else None)
     pre = _preprocess(settings)
-    setup = _setup(settings, data, device)
+    setup = _setup(settings, data, device, pre)
     if ddp is not None:
         ddp.prepare(setup, settings.batch_size, settings.seed)
     fingerprint = data.train.fingerprint()
@@ -384,17 +382,14 @@ def run_training(config: Path | str | None, *, overrides: dict[str, Any] | None 
     return result
 
 
-@contextlib.contextmanager
-def cudnn_autotune(device: str, wanted: bool | None = None) -> Iterator[None]:
+def cudnn_autotune(device: str, wanted: bool | None = None
+                   ) -> contextlib.AbstractContextManager[None]:
     """On CUDA, let cuDNN pick the fastest convolution for the fixed training input size
     (config cudnn_benchmark = True / False overrides); restored afterwards (inference in the
     same process keeps its own setting)."""
     import torch
 
-    before = torch.backends.cudnn.benchmark
-    auto = before or device.startswith("cuda")
-    torch.backends.cudnn.benchmark = auto if wanted is None else wanted
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = before
+    from pochitrain.training.epoch import cudnn_benchmark
+
+    auto = torch.backends.cudnn.benchmark or device.startswith("cuda")
+    return cudnn_benchmark(auto if wanted is None else wanted)

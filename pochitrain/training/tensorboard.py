@@ -28,7 +28,6 @@ class TensorBoardLog:
                 "enable_tensorboard = True but TensorBoard is not installed.",
                 'Install it with: pip install "pochitrain[tensorboard]" (or set '
                 "enable_tensorboard = False).") from exc
-        self.log_dir = log_dir
         self.writer: SummaryWriter = SummaryWriter(log_dir=str(log_dir))
 
     def log(self, row: EpochRow) -> None:
