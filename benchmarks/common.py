@@ -45,7 +45,17 @@ def machine_columns() -> dict[str, str]:
     columns = {"cpu": cpu_name(), "cpu_cores": str(os.cpu_count() or 0), "gpu": gpu_name(),
                "os": platform.platform(), "python": platform.python_version()}
     columns.update({name.replace("-", "_"): version(name) for name in PACKAGES})
+    columns["pochitrain_source"] = package_source()
     return columns
+
+
+def package_source() -> str:
+    """The folder of the pochitrain that the commands import. ``python -m`` puts the working
+    directory first on the module path, ahead of PYTHONPATH: run from a source tree, a
+    comparison meant to select another tree by PYTHONPATH would run this one twice."""
+    done = subprocess.run([sys.executable, "-c", "import pochitrain; print(pochitrain.__file__)"],
+                          check=False, capture_output=True, text=True)
+    return str(Path(done.stdout.strip()).parent) if done.returncode == 0 else ""
 
 
 def device_tag(device: str) -> str:

@@ -29,6 +29,8 @@ def test_infer_writes_one_row_per_repetition(trained_checkpoint: Path, val_pairs
     assert len(rows) == 1
     row = rows[0]
     assert set(MACHINE) <= set(row)
+    # the package the commands ran (python -m finds the working directory's first)
+    assert Path(row["pochitrain_source"]) == ROOT / "pochitrain"
     assert (row["command"], row["runtime"], row["device"]) == ("infer", "pytorch", "cpu")
     assert row["batch_size"] == "64" and row["repetition"] == "1"
     assert int(row["images"]) > 0
