@@ -53,6 +53,13 @@ class MemoryShortError(PochiError):
     """The machine's memory ran out (a huge --input-size or batch, a huge image)."""
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, at most ``limit`` characters, for a message
+    of ours; its type's name when the message is empty (``str(exc)`` may be "")."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__
+
+
 def out_of_memory(exc: BaseException, verb: str) -> MemoryShortError | None:
     """The message for an allocation that failed (Python's MemoryError, numpy's, PyTorch's CPU
     or CUDA allocator); None for any other exception."""

@@ -16,7 +16,7 @@ import pytest
 from package_source import PACKAGE, all_nodes, trees
 
 from pochitrain import errors
-from pochitrain.errors import PochiError, is_bilingual
+from pochitrain.errors import PochiError, first_line, is_bilingual
 
 # Placeholder for an f-string's replacement fields: neither Japanese nor English.
 HOLE = "\x00"
@@ -203,3 +203,13 @@ def test_an_error_quoted_in_another_keeps_one_japanese_line(tmp_path: Path) -> N
     assert is_bilingual(err.value.message), err.value.message
     assert english_part(err.value.message).startswith("No usable calibration images: The ")
     assert english_part("English only") == "English only"
+
+
+def test_first_line_of_any_exception() -> None:
+    """What our messages quote of another library's error: its first line, never an
+    IndexError for an exception raised without a message."""
+    assert first_line(RuntimeError()) == "RuntimeError"
+    assert first_line(RuntimeError("  \n")) == "RuntimeError"
+    assert first_line(ValueError("bad shape [1, 3]\n  at node 7")) == "bad shape [1, 3]"
+    assert first_line(OSError("x" * 400)) == "x" * 300
+    assert first_line(OSError("x" * 400), 160) == "x" * 160

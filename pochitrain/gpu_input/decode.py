@@ -11,6 +11,8 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from pochitrain.errors import first_line
+
 if TYPE_CHECKING:
     import numpy as np
     import torch
@@ -57,7 +59,7 @@ class Decoder:
             self._decode_many([buf.getvalue()])
         except RuntimeError as exc:  # torchvision built without nvJPEG
             self._name = ("PIL in threads (nvJPEG unavailable: "
-                          f"{str(exc).splitlines()[0]})")
+                          f"{first_line(exc)})")
             return
         self._name = "nvJPEG"
 

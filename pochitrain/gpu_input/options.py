@@ -15,6 +15,8 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from pochitrain.errors import first_line
+
 # threads reading files: inference is fastest with one, training with four (docs/benchmarks.md)
 READ_THREADS = {"inference": 1, "training": 4}
 SWITCH_INTERVAL = 1e-4  # seconds; see quick_gil_handoff
@@ -98,7 +100,7 @@ class KernelHealth:
     def fail(self, exc: BaseException, what: str) -> None:
         """Record the first failure and say it once."""
         if self.broken is None:
-            self.broken = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            self.broken = f"{type(exc).__name__}: {first_line(exc, 200)}"
             from pochitrain.console import warn
 
             warn(f"GPU {what} kernels unavailable ({self.broken}); using the matmuls.")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pochitrain.batching import pad_to
-from pochitrain.errors import BackendMissingError, ShapeError, UsageError
+from pochitrain.errors import BackendMissingError, ShapeError, UsageError, first_line
 from pochitrain.inference.runner import RunnerInput, check_positive_batch
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ class OnnxRunner:
                 "ONNX Runtime でバッチを実行できませんでした\n"
                 f"ONNX Runtime could not run {self.info.path.name} on a batch of shape "
                 f"{list(shape)} (model input {self.info.shape_text()}): "
-                f"{str(exc).splitlines()[0][:300]}",
+                f"{first_line(exc)}",
                 "Check that the preprocessing size matches the model's input size "
                 "(-c CONFIG or re-export with --input-size H W).",
             ) from exc

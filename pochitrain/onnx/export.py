@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pochitrain.errors import ExportError, UsageError
+from pochitrain.errors import ExportError, UsageError, first_line
 from pochitrain.meta import META_KEY, ModelMeta
 from pochitrain.workspace import is_disk_full
 
@@ -98,7 +98,7 @@ def export_model(model: nn.Module, path: Path, meta: ModelMeta, input_size: tupl
         raise ExportError(
             "ONNX へのエクスポートに失敗しました\n"
             f"torch.onnx.export failed for {meta.model_name} at opset {opset}: "
-            f"{str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}",
+            f"{first_line(exc)}",
             "Try another --opset (e.g. 17 or 18), or check that the model runs on an input "
             f"of shape (1, 3, {height}, {width}).",
         ) from exc

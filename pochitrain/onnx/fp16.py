@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from pochitrain.errors import ModelFileError, VerificationError
+from pochitrain.errors import ModelFileError, VerificationError, first_line
 
 FP16_MAX = 65504.0
 # Default gate for --fp16: the cast graph must pick the same class as FP32 on this share of the
@@ -121,10 +121,9 @@ def _validated(model: Any) -> Any:
         model = onnx.shape_inference.infer_shapes(model)
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        first = str(exc).strip().splitlines()[0]
         raise ModelFileError(
             "FP16 変換後のグラフを検証できません\n"
-            f"The FP16 pass cannot validate the cast graph: {first}",
+            f"The FP16 pass cannot validate the cast graph: {first_line(exc)}",
             "The model uses operators or types the ONNX checker does not know; convert it "
             "to FP32, or export it with standard ONNX operators.",
         ) from exc

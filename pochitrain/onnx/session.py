@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from pochitrain.batching import run_chunked
-from pochitrain.errors import BackendMissingError, ModelFileError
+from pochitrain.errors import BackendMissingError, ModelFileError, first_line
 
 # Rows per call when the graph's batch is dynamic: large enough to amortise call overhead,
 # small enough to keep memory flat on a small machine.
@@ -57,7 +57,7 @@ def open_session(path: Path | str, providers: list[str] | None = None) -> Any:
             raise unreadable(Path(path), "the protobuf does not parse") from exc
         raise ModelFileError(
             "ONNX Runtime でモデルを読み込めません\n"
-            f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:300]}",
+            f"ONNX Runtime cannot load {path}: {first_line(exc)}",
             "The graph may use operators or an opset this onnxruntime does not support; "
             "re-export it with export-onnx (default opset 17) or upgrade onnxruntime.",
         ) from exc

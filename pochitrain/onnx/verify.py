@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pochitrain.batching import stack_one_size
-from pochitrain.errors import DataError, ModelFileError, VerificationError
+from pochitrain.errors import DataError, ModelFileError, VerificationError, first_line
 from pochitrain.preprocess import Preprocess
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def check_graph(path: Path) -> None:
     except Exception as exc:  # ValidationError, InferenceError
         raise VerificationError(
             "onnx.checker がエクスポートしたモデルを受け付けませんでした\n"
-            f"onnx.checker rejected the exported model: {str(exc).splitlines()[0][:300]}",
+            f"onnx.checker rejected the exported model: {first_line(exc)}",
             "Try the default --opset 17; report the model name if it persists.",
         ) from exc
 
@@ -82,7 +82,7 @@ def compare_batch(model: nn.Module, session: ort.InferenceSession, batch: np.nda
         raise VerificationError(
             "ONNX Runtime でエクスポートしたグラフを実行できませんでした\n"
             f"ONNX Runtime could not run the exported graph on a batch of {len(batch)}: "
-            f"{str(exc).splitlines()[0][:300]}",
+            f"{first_line(exc)}",
             "Re-export without custom shape options and report the model name.") from exc
     if got.shape != ref.shape:
         raise VerificationError(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from pochitrain.config_checks import did_you_mean
-from pochitrain.errors import BackendMissingError, ConfigError, PochiError, UsageError
+from pochitrain.errors import BackendMissingError, ConfigError, PochiError, UsageError, first_line
 
 METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
 SAMPLERS = ("TPESampler", "RandomSampler", "CmaEsSampler", "GridSampler", "QMCSampler",
@@ -178,7 +178,7 @@ def open_storage(url: str) -> Any:
                              "postgresql://user:pass@host/db.") from None
         raise PochiError("スタディのストレージを開けません\n"
                          f"Cannot open the study storage {masked(url)}: {kind}: "
-                         f"{masked(str(exc).splitlines()[0][:300])}",
+                         f"{masked(first_line(exc))}",
                          "Check the URL, that the database server runs and that it can be "
                          "reached from here.") from None
 

@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from pochitrain.config_checks import check_training_batch
-from pochitrain.errors import ConfigError, PeerLostError, TrainingError
+from pochitrain.errors import ConfigError, PeerLostError, TrainingError, first_line
 from pochitrain.scratch import remove_orphans
 from pochitrain.training.data import seed_everything, seeded_generator, val_batch_size
 
@@ -220,7 +220,7 @@ class Distributed:
             raise PeerLostError(
                 "他のプロセスとの通信が途絶えました\n"
                 f"rank {self.rank}: lost contact with the other processes of this run "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}).",
+                f"({type(exc).__name__}: {first_line(exc, 160)}).",
                 "Another process failed or was stopped: see its error above.") from None
 
     def scratch_dir(self) -> Path:

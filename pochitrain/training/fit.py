@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from pochitrain.console import info, make_progress, warn
-from pochitrain.errors import DataError
+from pochitrain.errors import DataError, first_line
 from pochitrain.training.distributed import Distributed, SyncedStop
 from pochitrain.training.epoch import EpochStats, run_epoch, stop_on_ctrl_c, warm_up
 from pochitrain.training.metrics import EpochRow, MetricsLog
@@ -204,7 +204,7 @@ def _warm_up(s: FitSetup) -> None:
                           num_classes=watch.num_classes if watch else None)
         info(f"warm-up (cuDNN autotuning, CUDA kernel loading): {seconds:.1f} s")
     except Exception as exc:  # noqa: BLE001 - only a speed-up: training decides
-        warn(f"warm-up skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
+        warn(f"warm-up skipped ({type(exc).__name__}: {first_line(exc, 160)})")
 
 
 def _train_epoch(s: FitSetup, epoch: int, epoch_fn: Any, stop: StopFlag, bars: Any,
