@@ -31,8 +31,8 @@ def _load(path: Path, preprocess: Preprocess) -> np.ndarray | None:
 
 
 def iter_batches(samples: list[tuple[Path, int]], preprocess: Preprocess, batch_size: int,
-                 ) -> Iterator[tuple[np.ndarray | None, list[Path], list[int], list[Path]]]:
-    """(batch NCHW float32 or None, paths, labels, skipped paths) in input order; at most
+                 ) -> Iterator[InputBatch]:
+    """The batches (NCHW float32 or None, paths, labels, skipped paths) in input order; at most
     ``3 * batch_size`` images are decoded ahead, so memory stays bounded."""
     workers = min(8, os.cpu_count() or 1)
     ahead = max(3 * batch_size, workers)
