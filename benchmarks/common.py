@@ -9,6 +9,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -40,21 +41,41 @@ def version(package: str) -> str:
         return ""  # an optional runtime that is not installed
 
 
-def machine_columns() -> dict[str, str]:
+@dataclass(frozen=True)
+class Place:
+    """Where the pochi commands run. By default this interpreter's pochitrain, from the working
+    directory. With ``--source TREE``, TREE's, from an empty folder of their own: ``python -m``
+    puts the working directory first on the module path, ahead of PYTHONPATH, so a source
+    tree there (a checkout's root) would be imported instead, by the command and by the
+    processes it starts."""
+
+    env: dict[str, str] | None = None
+    cwd: str | None = None
+
+    @classmethod
+    def of(cls, tree: Path | None, scratch: Path) -> Place:
+        if tree is None:
+            return cls()
+        if not (tree / "pochitrain" / "__init__.py").is_file():
+            sys.exit(f"--source {tree}: no pochitrain package in that folder")
+        path = os.pathsep.join(filter(None, [str(tree.resolve()), os.environ.get("PYTHONPATH")]))
+        return cls({**os.environ, "PYTHONPATH": path}, str(scratch))
+
+
+def machine_columns(place: Place) -> dict[str, str]:
     """What the figures were measured on; the same columns in every CSV."""
     columns = {"cpu": cpu_name(), "cpu_cores": str(os.cpu_count() or 0), "gpu": gpu_name(),
                "os": platform.platform(), "python": platform.python_version()}
     columns.update({name.replace("-", "_"): version(name) for name in PACKAGES})
-    columns["pochitrain_source"] = package_source()
+    columns["pochitrain_source"] = package_source(place)
     return columns
 
 
-def package_source() -> str:
-    """The folder of the pochitrain that the commands import. ``python -m`` puts the working
-    directory first on the module path, ahead of PYTHONPATH: run from a source tree, a
-    comparison meant to select another tree by PYTHONPATH would run this one twice."""
+def package_source(place: Place) -> str:
+    """The folder of the pochitrain that the commands import (see ``Place``)."""
     done = subprocess.run([sys.executable, "-c", "import pochitrain; print(pochitrain.__file__)"],
-                          check=False, capture_output=True, text=True)
+                          check=False, capture_output=True, text=True, env=place.env,
+                          cwd=place.cwd)
     return str(Path(done.stdout.strip()).parent) if done.returncode == 0 else ""
 
 
@@ -68,11 +89,12 @@ def pochi(verb: str, *args: object) -> list[str]:
     return [sys.executable, "-m", "pochitrain", verb, *(str(a) for a in args)]
 
 
-def run_timed(command: list[str]) -> float:
+def run_timed(command: list[str], place: Place) -> float:
     """Run a command to its end; its wall time in seconds. A failure stops the benchmark
     with the command's output, since a figure from a failed run would mislead."""
     start = time.perf_counter()
-    done = subprocess.run(command, check=False, capture_output=True, text=True)
+    done = subprocess.run(command, check=False, capture_output=True, text=True, env=place.env,
+                          cwd=place.cwd)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])

@@ -5,6 +5,9 @@
         [--api multipart|original] [--requests 2000]
     python benchmarks/run.py train -c CONFIG [--epochs 3] [--gpus N]
 
+--source TREE runs the commands on the pochitrain of the source tree TREE instead of the
+installed one (to compare two trees, run once with each).
+
 Each writes one CSV row per repetition to --out (default benchmark_results/), in a file
 named after the configuration, e.g. infer_resnet18_b32_gpu.csv; the machine's description
 (CPU, GPU, versions) is in every row. See docs/benchmarks.md for the published figures.
@@ -22,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import device_tag, machine_columns, now, pochi, run_timed, write_rows
+from common import Place, device_tag, machine_columns, now, pochi, run_timed, write_rows
 
 VERB_BY_SUFFIX = {".pth": "infer", ".onnx": "infer-onnx", ".engine": "infer-trt"}
 
@@ -43,7 +46,8 @@ def infer_row(model: Path, result_dir: Path, wall: float, rep: int) -> dict[str,
             "accuracy_percent": metrics["accuracy_percent"], "command_wall_s": round(wall, 3)}
 
 
-def bench_infer(args: argparse.Namespace, machine: dict[str, str]) -> list[Path]:
+def bench_infer(args: argparse.Namespace, machine: dict[str, str], place: Place
+                ) -> list[Path]:
     written = []
     for model in args.models:
         if model.suffix not in VERB_BY_SUFFIX:
@@ -55,7 +59,7 @@ def bench_infer(args: argparse.Namespace, machine: dict[str, str]) -> list[Path]
                 command = pochi(VERB_BY_SUFFIX[model.suffix], model, "--data", args.data,
                                 "--output", out, "--batch-size", args.batch_size,
                                 "--benchmark-json", "--quiet", *shlex.split(args.args))
-                wall = run_timed(command)
+                wall = run_timed(command, place)
                 if rep >= 0:  # warm-up runs fill the page and bytecode caches, unrecorded
                     rows.append({**infer_row(model, out, wall, rep + 1), **machine})
         name = (f"infer_{rows[0]['model_name']}_b{args.batch_size}_"
@@ -86,7 +90,8 @@ def train_row(run_dir: Path, wall: float, rep: int) -> dict[str, object]:
             "command_wall_s": round(wall, 3)}
 
 
-def bench_train(args: argparse.Namespace, machine: dict[str, str]) -> list[Path]:
+def bench_train(args: argparse.Namespace, machine: dict[str, str], place: Place
+                ) -> list[Path]:
     rows: list[dict[str, object]] = []
     extra = ["--epochs", args.epochs] + (["--gpus", args.gpus] if args.gpus else [])
     extra += ["--device", args.device] if args.device else []
@@ -94,7 +99,7 @@ def bench_train(args: argparse.Namespace, machine: dict[str, str]) -> list[Path]
         for rep in range(1, args.repeat + 1):
             work = Path(tmp) / f"run_{rep}"
             wall = run_timed(pochi("train", "-c", args.config, "--work-dir", work, "--quiet",
-                                   *extra))
+                                   *extra), place)
             run_dir = next(p for p in work.iterdir() if (p / "run.json").exists())
             rows.append({**train_row(run_dir, wall, rep), "gpus": args.gpus or 1, **machine})
     first = rows[0]
@@ -104,10 +109,11 @@ def bench_train(args: argparse.Namespace, machine: dict[str, str]) -> list[Path]
     return [write_rows(args.out, name, rows)]
 
 
-def bench_serve(args: argparse.Namespace, machine: dict[str, str]) -> list[Path]:
+def bench_serve(args: argparse.Namespace, machine: dict[str, str], place: Place
+                ) -> list[Path]:
     from serving import serve_rows
 
-    rows = serve_rows(args, machine)
+    rows = serve_rows(args, machine, place)
     first = rows[0]
     name = (f"serve_{first['model_name']}_c{args.clients}_p{args.processes}_{args.api}_"
             f"{device_tag(str(first['device']))}.csv")
@@ -122,6 +128,10 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--out", type=Path, default=Path("benchmark_results"),
                         help="folder for the CSV files (default: benchmark_results)")
     common.add_argument("--repeat", type=int, default=3, help="timed repetitions (default: 3)")
+    common.add_argument("--source", type=Path, metavar="TREE",
+                        help="run the pochitrain of this source tree (the folder holding "
+                        "pochitrain/), from a folder of the commands' own; paths inside "
+                        "--args must then be absolute")
     infer = verbs.add_parser("infer", parents=[common], help="time pochi infer / infer-onnx / "
                              "infer-trt over a data folder")
     infer.add_argument("models", type=Path, nargs="+", metavar="MODEL",
@@ -162,8 +172,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat < 1:
         cli.error("--repeat must be 1 or more")
     bench = {"infer": bench_infer, "serve": bench_serve, "train": bench_train}[args.verb]
-    for path in dict.fromkeys(bench(args, machine_columns())):  # each CSV once
-        print(path)
+    if args.source is not None:  # the commands run elsewhere: give them absolute paths
+        for name in ("models", "data", "config", "model", "images"):
+            value = getattr(args, name, None)
+            if value is not None:
+                setattr(args, name, [p.resolve() for p in value] if isinstance(value, list)
+                        else value.resolve())
+    with tempfile.TemporaryDirectory(prefix="pochi_bench_cwd_") as scratch:
+        place = Place.of(args.source, Path(scratch))
+        for path in dict.fromkeys(bench(args, machine_columns(place), place)):  # each CSV once
+            print(path)
     return 0
 
 

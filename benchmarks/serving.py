@@ -22,7 +22,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import now, percentile, pochi
+from common import Place, now, percentile, pochi
 
 TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
 
@@ -139,14 +139,16 @@ def load_row(load: Load, wall: float, rep: int) -> dict[str, object]:
             "mean_ms": round(sum(ms) / len(ms), 2) if ms else float("nan")}
 
 
-def serve_rows(args: argparse.Namespace, machine: dict[str, str]) -> list[dict[str, object]]:
+def serve_rows(args: argparse.Namespace, machine: dict[str, str],
+               place: Place) -> list[dict[str, object]]:
     images, port = read_images(args.images, args.api), free_port()
     command = pochi("serve", args.model, "--port", port, "--no-access-log",
                     *shlex.split(args.args))
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryFile() as log:
         start = time.perf_counter()
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=place.env,
+                                cwd=place.cwd)
         try:
             wait_ready(port, proc, args.start_timeout)
             ready_s = round(time.perf_counter() - start, 2)

@@ -1,9 +1,12 @@
-"""benchmarks/run.py infer: one repetition over 20 digits, a CSV row with positive figures."""
+"""benchmarks/run.py infer: one repetition over 20 digits, a CSV row with positive figures, run
+on a copy of the package (``--source``) from the repository's root, where ``python -m`` would
+otherwise import the root's own."""
 
 from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,11 +19,15 @@ MACHINE = ["cpu", "cpu_cores", "gpu", "os", "python", "pochitrain", "torch", "to
 def test_infer_writes_one_row_per_repetition(trained_checkpoint: Path, val_pairs: Path,
                                              tmp_path: Path) -> None:
     out = tmp_path / "results"
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT / "pochitrain", tree / "pochitrain",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), "infer", str(trained_checkpoint),
-         "--data", str(val_pairs), "--out", str(out), "--repeat", "1",
+         "--data", str(val_pairs), "--out", str(out), "--repeat", "1", "--source", str(tree),
          "--warmup-runs", "0", "-b", "64", "--args", "--device cpu"],
-        check=False, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        check=False, capture_output=True, text=True, cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
     csv_path = out / "infer_resnet18_b64_cpu.csv"
     assert done.stdout.strip() == str(csv_path)
@@ -29,8 +36,8 @@ def test_infer_writes_one_row_per_repetition(trained_checkpoint: Path, val_pairs
     assert len(rows) == 1
     row = rows[0]
     assert set(MACHINE) <= set(row)
-    # the package the commands ran (python -m finds the working directory's first)
-    assert Path(row["pochitrain_source"]) == ROOT / "pochitrain"
+    # the package the commands ran: the copy, not the root's
+    assert Path(row["pochitrain_source"]) == tree / "pochitrain"
     assert (row["command"], row["runtime"], row["device"]) == ("infer", "pytorch", "cpu")
     assert row["batch_size"] == "64" and row["repetition"] == "1"
     assert int(row["images"]) > 0
