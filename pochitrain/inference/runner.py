@@ -4,7 +4,7 @@ results and timings of the shared loop (``inference.loop``) compare across runti
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
 
@@ -81,7 +81,7 @@ class Done(NamedTuple):
         return self.logits, self.pure
 
 
-def submit(runner: Any, batch: np.ndarray | torch.Tensor) -> Pending:
+def submit(runner: Runner, batch: np.ndarray | torch.Tensor) -> Pending:
     """``runner.submit(batch)`` where the runner queues batches on its device (the next
     batch is queued before this one's result is read, so the device never waits for the
     host between batches); elsewhere ``run`` now. Read the results in submission order."""
