@@ -147,11 +147,21 @@ def check_writable(path: Path, overwrite: bool = False, what: str = "Output file
         raise output_exists_error(path, what)
     parent = path.parent
     if not parent.is_dir():
-        raise PochiError("出力フォルダが存在しません\n"
-                         f"Output folder does not exist: {parent}", "Create it or choose another.")
+        raise no_folder_error(parent, "Create it or choose another.")
     if not os.access(parent, os.W_OK):
         raise PochiError("出力フォルダに書き込めません\n"
                          f"Output folder is not writable: {parent}", "Choose a writable location.")
+
+
+def no_folder_error(folder: Path, remedy: str) -> PochiError:
+    """The output's folder is missing (``remedy`` says what to do), or a file stands where it
+    should be."""
+    if folder.exists():
+        return PochiError("出力フォルダの場所にファイルがあります\n"
+                          f"The output folder {folder} is a file, not a folder.",
+                          "Move that file away, or choose an output path inside a folder.")
+    return PochiError("出力フォルダが存在しません\n"
+                      f"Output folder does not exist: {folder}", remedy)
 
 
 def probe_writable(folder: Path, option: str = "--output PATH") -> None:
@@ -181,9 +191,8 @@ def check_output_dir(output: Path | str | None, refuse_earlier: Callable[[Path],
                          f"Choose a folder for the {files}.")
     refuse_earlier(out)
     if not out.parent.is_dir():
-        raise PochiError("出力フォルダが存在しません\n"
-                         f"Output folder does not exist: {out.parent}",
-                         "Create it first, or choose an --output inside an existing folder.")
+        raise no_folder_error(out.parent,
+                              "Create it first, or choose an --output inside an existing folder.")
     if not os.access(out if out.exists() else out.parent, os.W_OK):
         raise PochiError("出力フォルダに書き込めません\n"
                          f"Output folder is not writable: {out}",

@@ -73,6 +73,16 @@ def test_a_folder_gone_while_writing_is_named(tmp_path: Path) -> None:
     assert not folder.exists()
 
 
+def test_a_file_where_the_output_folder_should_be_is_named(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder", encoding="utf-8")
+    with pytest.raises(PochiError, match="afile is a file, not a folder") as caught:
+        check_writable(afile / "x.onnx")
+    assert is_bilingual(caught.value.message)
+    with pytest.raises(PochiError, match="does not exist"):
+        check_writable(tmp_path / "missing" / "x.onnx")
+
+
 def test_check_writable_refuses_existing(tmp_path: Path) -> None:
     target = tmp_path / "x.onnx"
     target.write_bytes(b"mine")
