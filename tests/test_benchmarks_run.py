@@ -44,3 +44,14 @@ def test_infer_writes_one_row_per_repetition(trained_checkpoint: Path, val_pairs
     for column in ("pure_images_per_s", "e2e_images_per_s", "pure_ms_per_image",
                    "e2e_ms_per_image", "accuracy_percent", "command_wall_s"):
         assert float(row[column]) > 0, column
+
+
+def test_a_source_without_the_package_is_refused(tmp_path: Path) -> None:
+    """--source names a folder that holds no pochitrain: said at once, nothing written."""
+    out = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "infer", str(tmp_path / "m.pth"),
+         "--data", str(tmp_path), "--out", str(out), "--source", str(tmp_path)],
+        check=False, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode != 0 and "no pochitrain package" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not out.exists()
