@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import TINY_MODEL
 
 from pochitrain.cli.main import run as cli
 from pochitrain.errors import UsageError, VerificationError
@@ -57,7 +58,7 @@ def test_default_export_shape_checker_and_metadata(exported, ckpt_dir: Path) -> 
     # metadata round-trip: everything from the checkpoint plus its sha256
     assert info.meta is not None
     assert info.meta.class_names == [str(d) for d in range(10)]
-    assert info.meta.model_name == "resnet18"
+    assert info.meta.model_name == TINY_MODEL
     assert info.meta.preprocess == Preprocess.simple(32, 32)
     assert info.meta.source["checkpoint_sha256"] == file_sha256(ckpt_dir / "best.pth")
     props = {p.key: p.value for p in proto.metadata_props}
@@ -234,7 +235,8 @@ def test_exclusive_shape_options(ckpt_dir: Path) -> None:
 
 def test_verification_failure_leaves_no_file(tmp_path: Path, ckpt_dir: Path, digits_dir: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """A graph that really computes something else (fc bias shifted on disk) is caught."""
+    """A graph that really computes something else (the classifier's bias shifted on disk)
+    is caught."""
     import onnx
     from onnx import numpy_helper
 
@@ -245,8 +247,9 @@ def test_verification_failure_leaves_no_file(tmp_path: Path, ckpt_dir: Path, dig
     def export_then_corrupt(model, path, *args, **kwargs) -> None:
         real_export(model, path, *args, **kwargs)
         proto = onnx.load(str(path))
+        classifier = [node for node in proto.graph.node if node.op_type == "Gemm"][-1]
         for init in proto.graph.initializer:
-            if init.name == "fc.bias":
+            if init.name == classifier.input[2]:
                 bias = numpy_helper.to_array(init).copy()
                 bias[3] += 5.0
                 init.CopyFrom(numpy_helper.from_array(bias, init.name))
