@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pochitrain.workspace import atomic_path
+from pochitrain.workspace import atomic_file
 
 DPI = 100
 OVERLAY_INCHES = (6.4, 3.8)  # per-image PNG: the input and its heatmap overlay
@@ -82,7 +82,7 @@ def _flat(panel: Panel) -> str:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    with atomic_path(path) as tmp:
+    with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
     return path
 

@@ -135,12 +135,12 @@ def _positive(values: np.ndarray) -> bool:
 
 def _save(fig: Any, plt: Any, path: Path) -> None:
     from pochitrain.plotting import tight_layout
-    from pochitrain.workspace import atomic_path
+    from pochitrain.workspace import atomic_file
 
     with warnings.catch_warnings():  # very many layers: a crowded plot, still drawn
         warnings.simplefilter("ignore", UserWarning)
         tight_layout(fig)
-    with atomic_path(path) as tmp:
+    with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=150)
     plt.close(fig)
 

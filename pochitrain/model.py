@@ -79,6 +79,21 @@ def _open_tensorrt(path: Path, request: OpenRequest) -> Opened:
     return runner, ModelMeta.from_dict(recorded, where=str(path)) if recorded else None
 
 
+def _onnx_meta(path: Path) -> ModelMeta | None:
+    from pochitrain.onnx.inspect import read_onnx
+
+    return read_onnx(path)[0].meta
+
+
+def _engine_meta(path: Path) -> ModelMeta | None:
+    from pochitrain.tensorrt.engine_file import read_engine_metadata, sidecar_path
+
+    if not sidecar_path(path).is_file():
+        return None
+    recorded = read_engine_metadata(path).get("model")
+    return ModelMeta.from_dict(recorded, where=str(path)) if recorded else None
+
+
 def _torch_on_gpu(device: str, providers: list[str] | None) -> bool:
     from pochitrain.config import resolve_device
 
@@ -95,16 +110,22 @@ class Backend:
     open: Callable[[Path, OpenRequest], Opened]
     # whether the model runs on a GPU, given --device (PyTorch) and --providers (ONNX)
     on_gpu: Callable[[str, list[str] | None], bool]
+    # the metadata the file carries, read without opening a runtime; None for a checkpoint,
+    # which is itself the PyTorch model (its weights have gradients)
+    read_meta: Callable[[Path], ModelMeta | None] | None = None
     says_not_found: bool = False  # the backend words a missing file itself (infer-trt)
-    torch_options: bool = False  # takes --precision / --channels-last / --cuda-graph
+    gpu_only: bool = False  # runs on a CUDA GPU or not at all
+    # takes --device / --precision / --channels-last / --cuda-graph
+    torch_options: bool = False
+    takes_providers: bool = False  # takes --providers
     writes_model_info: bool = False  # the original's model_info.json beside the results
 
 
 _TORCH = Backend("pytorch", _open_torch, _torch_on_gpu, torch_options=True,
                  writes_model_info=True)
-_ONNX = Backend("onnx", _open_onnx, _onnx_on_gpu)
-_TENSORRT = Backend("tensorrt", _open_tensorrt, lambda device, providers: True,
-                    says_not_found=True)
+_ONNX = Backend("onnx", _open_onnx, _onnx_on_gpu, _onnx_meta, takes_providers=True)
+_TENSORRT = Backend("tensorrt", _open_tensorrt, lambda device, providers: True, _engine_meta,
+                    says_not_found=True, gpu_only=True)
 BACKENDS: dict[str, Backend] = {".pth": _TORCH, ".pt": _TORCH, ".onnx": _ONNX,
                                 ".engine": _TENSORRT, ".plan": _TENSORRT, ".trt": _TENSORRT}
 

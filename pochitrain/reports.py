@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pochitrain.workspace import atomic_path, atomic_write_text
+from pochitrain.workspace import atomic_file, atomic_write_text
 
 
 @dataclass
@@ -247,7 +247,7 @@ def plot_confusion(cm: np.ndarray, class_names: list[str], path: Path, title: st
                         fontsize=st.get("fontsize", 8),
                         color="white" if cm[i, j] > thresh else "black")
     tight_layout(fig)
-    with atomic_path(path) as tmp:
+    with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
 
 

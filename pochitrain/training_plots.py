@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pochitrain.plotting import figure, tight_layout
-from pochitrain.workspace import atomic_path
+from pochitrain.workspace import atomic_file
 
 
 @dataclass
@@ -77,5 +77,5 @@ def plot_group_lrs(rows: list[EpochRow], path: Path, log_scale: bool = True) -> 
 def _save(fig: Any, ax: Any, path: Path) -> None:
     ax.grid(alpha=0.3)
     tight_layout(fig)
-    with atomic_path(path) as tmp:
+    with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -347,8 +347,7 @@ def atomic_path(path: Path | str, replace: bool = True,
     succeeds (see ``publish``); a failure or Ctrl+C removes it, a full disk is a DiskFullError."""
     path = Path(path)
     with writing(path):
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
-                                        dir=path.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -380,14 +379,22 @@ def writing(path: Path) -> Iterator[None]:
                              "Choose a writable location.") from exc
 
 
+@contextlib.contextmanager
+def atomic_file(path: Path | str, replace: bool = True,
+                what: str = "Output file") -> Iterator[Path]:
+    """``atomic_path`` for a block that only writes the temp file: its OSErrors name ``path``."""
+    with atomic_path(path, replace, what) as tmp, writing(Path(path)):
+        yield tmp
+
+
 def atomic_write_bytes(path: Path | str, data: bytes | memoryview, replace: bool = True,
                        what: str = "Output file") -> None:
-    with atomic_path(path, replace, what) as tmp, writing(Path(path)):
+    with atomic_file(path, replace, what) as tmp:
         tmp.write_bytes(data)
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:
     """UTF-8; a file name that is not UTF-8 (read as surrogates) is written escaped, so the
     file stays valid UTF-8 instead of failing to write."""
-    with atomic_path(path) as tmp, writing(Path(path)):
+    with atomic_file(path) as tmp:
         tmp.write_text(text, encoding="utf-8", errors="backslashreplace")

@@ -8,11 +8,11 @@ import pytest
 
 from pochitrain.errors import OutputExistsError, PochiError, UsageError, is_bilingual
 from pochitrain.workspace import (
+    atomic_file,
     atomic_path,
     check_writable,
     make_folder,
     new_run_dir,
-    writing,
 )
 
 
@@ -67,7 +67,7 @@ def test_a_folder_gone_while_writing_is_named(tmp_path: Path) -> None:
     folder.unlink()
     folder.mkdir()
     with (pytest.raises(PochiError, match="Cannot write .*b.pth"),
-          atomic_path(folder / "b.pth") as tmp, writing(folder / "b.pth")):
+          atomic_file(folder / "b.pth") as tmp):
         shutil.rmtree(folder)
         tmp.write_bytes(b"weights")
     assert not folder.exists()

@@ -28,7 +28,7 @@ from typing import Any
 
 from pochitrain.bench.result_json import DETAILS_FILE, JST, RESULT_FILE, RUNTIMES, TOP_KEYS
 from pochitrain.errors import PochiError
-from pochitrain.workspace import atomic_path, atomic_write_text, local_now
+from pochitrain.workspace import atomic_file, atomic_write_text, local_now
 
 GROUP_KEYS = ("case_name", "env_name", "runtime", "precision", "model_name", "pipeline",
               "device", "batch_size")
@@ -263,5 +263,5 @@ def write_chart(rows: list[dict[str, Any]], path: Path) -> None:
     ax1.set_yticks(y, names)
     ax1.invert_yaxis()
     tight_layout(fig)
-    with atomic_path(path) as tmp:
+    with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)

@@ -23,6 +23,7 @@ from pathlib import Path
 from pochitrain.bench.result_json import RESULT_FILE
 from pochitrain.bench.suite import Case, Suite
 from pochitrain.errors import PochiError
+from pochitrain.model import backend_for
 from pochitrain.workspace import atomic_write_text, local_now
 
 # A failed run's result file is kept under this name: the aggregate never counts it.
@@ -72,11 +73,12 @@ def command(case: Case, out_dir: Path) -> list[str]:
     if case.warmup is not None:
         cmd += ["--warmup", str(case.warmup)]
     cmd += ["--pipeline", case.pipeline]
-    if case.runtime == "pytorch":
+    backend = backend_for(case.model_path)
+    if backend.torch_options:
         cmd += ["--device", case.device or "auto"]
         if case.precision is not None:
             cmd += ["--precision", case.precision]
-    if case.runtime == "onnx" and case.providers:
+    if backend.takes_providers and case.providers:
         cmd += ["--providers", *case.providers]
     return cmd + list(case.extra_args)
 
@@ -100,7 +102,7 @@ def run_suite(suite: Suite, bench_dir: Path, fail_fast: bool = False,
     try:
         for run_dir, case, r in plan:
             say(f"[{len(records) + 1}/{len(plan)}] {case.name} run {r}/{case.repeats}")
-            if case.runtime == "tensorrt" and not has_gpu:
+            if backend_for(case.model_path).gpu_only and not has_gpu:
                 records.append(RunRecord(case.name, r, "skipped", "no CUDA GPU on this machine "
                                          "(TensorRT engines need one)", None, 0.0))
                 continue
@@ -165,7 +167,9 @@ def _record_result(result: Path, suite: str, case: Case, repeat: int, log: Path)
             f.write(f"[pochi bench] the model records no precision: {case.precision} from the "
                     "suite\n")
     atomic_write_text(result, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    if case.precision and case.runtime != "pytorch" and data.get("precision") != case.precision:
+    # a runtime without --precision computes in the model file's own precision
+    if (case.precision and not backend_for(case.model_path).torch_options
+            and data.get("precision") != case.precision):
         return (f"the model computes in {data.get('precision')}, the case asks for "
                 f"{case.precision}")
     return None

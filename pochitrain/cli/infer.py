@@ -119,13 +119,14 @@ def check_runtime_options(args: argparse.Namespace) -> None:
     from pochitrain.errors import UsageError
     from pochitrain.model import backend_for
 
-    runtime = backend_for(args.model).runtime
-    if args.device != "auto" and runtime != "pytorch" and not args.explain_errors:
+    backend = backend_for(args.model)
+    runtime = backend.runtime
+    if args.device != "auto" and not backend.torch_options and not args.explain_errors:
         raise UsageError("--device は PyTorch (.pth) のモデルでのみ使えます\n"
                          f"--device {args.device} is a PyTorch (.pth) option; {args.model} runs on "
                          f"{runtime}.",
                          "ONNX Runtime: --providers cpu|cuda; TensorRT always runs on the GPU.")
-    if args.providers and runtime != "onnx":
+    if args.providers and not backend.takes_providers:
         raise UsageError("--providers は ONNX モデルでのみ使えます\n"
                          f"--providers is an ONNX Runtime option; {args.model} runs on "
                          f"{runtime}.",

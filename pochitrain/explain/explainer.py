@@ -281,20 +281,6 @@ class ExplainSource:
         return f"heatmaps from {self.weights.name}"
 
 
-def file_meta(model_path: Path) -> ModelMeta | None:
-    """The metadata an .onnx or engine file carries (no runtime is opened)."""
-    if backend_for(model_path).runtime == "onnx":
-        from pochitrain.onnx.inspect import read_onnx
-
-        return read_onnx(model_path)[0].meta
-    from pochitrain.tensorrt.engine_file import read_engine_metadata, sidecar_path
-
-    if not sidecar_path(model_path).is_file():
-        return None
-    recorded = read_engine_metadata(model_path).get("model")
-    return ModelMeta.from_dict(recorded, where=str(model_path)) if recorded else None
-
-
 def run_checkpoint(model_path: Path, meta: ModelMeta | None) -> Path:
     """The checkpoint ``model_path`` was exported from, in its folder or its run's ``models/``;
     ModelFileError naming the .pth to pass when none is found."""
@@ -328,15 +314,15 @@ def open_source(model_path: Path | str, config: Path | str | None = None,
                 device: str = "auto") -> ExplainSource:
     """The weights and context for heatmaps of ``model_path`` (see the module docstring)."""
     model_path = Path(model_path)
-    backend = backend_for(model_path)
-    if backend.runtime == "pytorch":
+    read_meta = backend_for(model_path).read_meta
+    if read_meta is None:  # a checkpoint: the model itself
         opened = open_model(model_path, config=config, device=device)
         return ExplainSource(model_path, model_path, torch_module(opened), opened.device,
                              opened.context)
     if not model_path.is_file():
         raise ModelFileError("モデルファイルが見つかりません\n"
                              f"Model file not found: {model_path}", "Check the path.")
-    meta = file_meta(model_path)
+    meta = read_meta(model_path)
     context = resolve_context(model_path, meta, config)
     weights = run_checkpoint(model_path, meta)
     opened = open_model(weights, device=device)

@@ -25,7 +25,6 @@ from pochitrain.data import IMAGE_EXTENSIONS
 from pochitrain.errors import DataError, PochiError
 from pochitrain.explain.explainer import (
     Explainer,
-    file_meta,
     open_source,
     require_grad_cam,
     run_checkpoint,
@@ -251,6 +250,7 @@ def prepare(model_path: Path | str, config: Path | str | None = None,
     .onnx or engine, the checkpoint of the same run."""
     require_grad_cam()
     model_path = Path(model_path)
-    if backend_for(model_path).runtime != "pytorch" and model_path.is_file():
-        run_checkpoint(model_path, file_meta(model_path))
+    read_meta = backend_for(model_path).read_meta
+    if read_meta is not None and model_path.is_file():  # an export: its checkpoint is needed
+        run_checkpoint(model_path, read_meta(model_path))
     return ErrorsGallery(model_path, config, device)

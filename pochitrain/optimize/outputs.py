@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from pochitrain.workspace import atomic_path, atomic_write_text, local_now
+from pochitrain.workspace import atomic_file, atomic_write_text, local_now
 
 if TYPE_CHECKING:
     from optuna import Study
@@ -259,7 +259,7 @@ def _write_png(path: Path, plot: str, study: Study, kwargs: dict[str, Any]) -> N
         axes = getattr(optuna.visualization.matplotlib, plot)(study, **kwargs)
         fig = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
         try:
-            with atomic_path(path) as tmp:
+            with atomic_file(path) as tmp:
                 fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
         finally:
             plt.close(fig)

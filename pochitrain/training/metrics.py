@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pochitrain.training_plots import EpochRow, draw_pictures
-from pochitrain.workspace import atomic_path, local_now
+from pochitrain.workspace import atomic_file, local_now
 
 METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                   "images_per_second", "seconds")
@@ -123,7 +123,7 @@ class MetricsLog:
 
 def write_rows(path: Path, header: list[str], rows: Iterable[list[Any]]) -> None:
     """A CSV file, written atomically: ``header``, then ``rows``."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
