@@ -303,3 +303,37 @@ def test_int8_from_a_read_only_folder(exports: dict[int, Path], digits_dir: Path
                     str(out / "m.engine")]) == 0
         assert sorted(p.name for p in folder.iterdir()) == ["p1.onnx"]
     assert (out / "m.engine").is_file() and (out / "m_int8_qdq.onnx").is_file()
+
+
+def test_an_activation_too_narrow_for_the_histogram_names_the_method_that_works(
+        tmp_path: Path) -> None:
+    """A tensor that varies by less than float32 can split into the histogram's bins (here
+    0.5 + up to 1e-6): ONNX Runtime's histogram methods fail in NumPy; the error says to use
+    --calib-method minmax, which then quantizes the same graph."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pochitrain.errors import CalibrationError
+    from pochitrain.onnx.int8 import quantize
+
+    weights = np.random.default_rng(0).normal(size=(2, 3, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "k"], ["a"]), helper.make_node("Add", ["a", "h"], ["b"]),
+         helper.make_node("Conv", ["b", "w"], ["y"])], "narrow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [numpy_helper.from_array(np.array(1e-6, np.float32), "k"),
+         numpy_helper.from_array(np.array(0.5, np.float32), "h"),
+         numpy_helper.from_array(weights, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    source = tmp_path / "narrow.onnx"
+    onnx.save(model, str(source))
+    batches = [np.random.default_rng(i).random((1, 3, 4, 4), dtype=np.float32) for i in range(4)]
+    with pytest.raises(CalibrationError) as caught:
+        quantize(source, tmp_path / "percentile.onnx", "x", batches, "percentile")
+    assert "--calib-method minmax" in (caught.value.remedy or ""), caught.value.remedy
+    assert not (tmp_path / "percentile.onnx").exists()
+    quantize(source, tmp_path / "minmax.onnx", "x", batches, "minmax")
+    assert any(n.op_type == "QuantizeLinear"
+               for n in onnx.load(str(tmp_path / "minmax.onnx")).graph.node)

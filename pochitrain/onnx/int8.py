@@ -160,9 +160,14 @@ def quantize(onnx_path: Path, out_path: Path, input_name: str, batches: list[np.
                                "QuantizeBias": False, **extra},
             )
     except Exception as exc:  # ORT raises plain exceptions for graphs it cannot handle
+        # NumPy's words when a tensor varies less than its histogram's bins can resolve
+        narrow = "finite-sized bins" in str(exc) and method != "minmax"
         raise CalibrationError(
             "ONNX Runtime で量子化できませんでした\n"
             f"ONNX Runtime could not quantize {onnx_path.name}: {type(exc).__name__}: {exc}",
+            f"Some activations hardly vary over these images, too little for the {method} "
+            "histogram: pass --calib-method minmax, or more and more varied --calib-data images."
+            if narrow else
             "Check the ONNX runs in ONNX Runtime (pochi infer-onnx); try another --calib-method.",
         ) from exc
     finally:
