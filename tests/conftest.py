@@ -16,7 +16,7 @@ import pytest
 from background import Job, Script, lowest_priority, start
 from interpreted import start_matmul_check, start_pil_check
 from serving import Server
-from tiny import AUGMENT_FLIP, TINY_MODEL, copy_tiny, optuna_config, tiny_config
+from tiny import AUGMENT_FLIP, copy_tiny, optuna_config, tiny_config
 from typecheck import TypeCheck
 
 
@@ -79,9 +79,9 @@ def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _untrained(model_name: str, folder: Path) -> Path:
-    """``<folder>/models/untrained.pth``: ``model_name`` for the digits classes, random (seeded)
-    weights, 32x32 input."""
+@pytest.fixture(scope="session")
+def untrained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A resnet18 checkpoint for the digits classes with random (seeded) weights."""
     import torch
 
     from pochitrain.checkpoint import save_checkpoint
@@ -91,27 +91,12 @@ def _untrained(model_name: str, folder: Path) -> Path:
     from pochitrain.sample_data import CLASS_NAMES
 
     torch.manual_seed(0)
-    model = build_model(model_name, len(CLASS_NAMES)).eval()
-    meta = ModelMeta(CLASS_NAMES, Preprocess.simple(32, 32), model_name=model_name)
-    path = folder / "models" / "untrained.pth"
+    model = build_model("resnet18", len(CLASS_NAMES)).eval()
+    meta = ModelMeta(CLASS_NAMES, Preprocess.simple(32, 32), model_name="resnet18")
+    path = tmp_path_factory.mktemp("untrained") / "models" / "untrained.pth"
     path.parent.mkdir()
     save_checkpoint(path, model, meta)
     return path
-
-
-@pytest.fixture(scope="session")
-def untrained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The smallest registry model (``tiny.TINY_MODEL``) for the digits classes, untrained:
-    its exports, sessions and engines take a seventh of resnet18's bytes."""
-    return _untrained(TINY_MODEL, tmp_path_factory.mktemp("untrained"))
-
-
-@pytest.fixture(scope="session")
-def untrained_resnet18(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained resnet18 for the digits classes: for the INT8 tests, whose default
-    calibration (ONNX Runtime's entropy histograms of 2,048 bins) cannot bin the untrained
-    small model's near-constant activations."""
-    return _untrained("resnet18", tmp_path_factory.mktemp("untrained_resnet18"))
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from tiny import TINY_MODEL
 
 from pochitrain.errors import PochiError, is_bilingual
 
@@ -201,7 +200,7 @@ def test_original_api_arguments(untrained_checkpoint: Path, tiny_data: Path,
     _refused(lambda: PochiTrainer("resnet18", 3, device="cpu", work_dir=5), "work_dir")
     _refused(lambda: PochiPredictor("resnet18", 10, "cpu", tmp_path), "model_path", "folder")
     _refused(lambda: PochiPredictor(18, 10, "cpu", untrained_checkpoint), "model_name")
-    predictor = PochiPredictor(TINY_MODEL, 10, "cpu", untrained_checkpoint)
+    predictor = PochiPredictor("resnet18", 10, "cpu", untrained_checkpoint)
     _refused(lambda: predictor.predict([1, 2]), "data_loader")
     ones, _, _ = create_data_loaders(train, val, batch_size=1, num_workers=0)
     trainer.setup_training()

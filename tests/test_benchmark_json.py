@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import jsonschema
 import pytest
-from tiny import TINY_MODEL
 
 from pochitrain.cli.main import run
 
@@ -97,7 +96,7 @@ def test_pytorch_benchmark_json(untrained_checkpoint: Path, val_pairs: Path,
                "-b", "4", "--benchmark-env-name", "ci-box")
     assert res["runtime"] == "pytorch" and res["precision"] == "fp32"
     assert res["env_name"] == "ci-box" and res["device"] == "cpu" and res["pipeline"] == "cpu"
-    assert res["model_name"] == TINY_MODEL and res["options"]["image_size"] == [32, 32]
+    assert res["model_name"] == "resnet18" and res["options"]["image_size"] == [32, 32]
     assert res["options"]["batch_size"] == 4 and res["samples"]["num_samples"] == 20
     assert res["samples"]["warmup_samples"] == 8  # 2 warm-up runs of the first batch of 4
     assert res["metrics"]["avg_inference_ms"] > 0

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny import TINY_MODEL
 
 JAPANESE = ["猫", "犬", "ひよこ", "カメ"]
 STYLE = {"title": "混同行列", "xlabel": "予測ラベル", "ylabel": "実際ラベル", "fontsize": 14,
@@ -99,7 +98,7 @@ def test_infer_writes_model_info_and_uses_confusion_config(untrained_checkpoint:
                     "-o", str(tmp_path / "out"), "--quiet", "--device", "cpu"]) == 0
     assert _glyph_warnings(caught) == []
     info = json.loads((tmp_path / "out" / "model_info.json").read_text(encoding="utf-8"))
-    assert info["model_name"] == TINY_MODEL and info["num_classes"] == 10
+    assert info["model_name"] == "resnet18" and info["num_classes"] == 10
     assert info["device"] == "cpu" and info["model_path"] == str(untrained_checkpoint)
     from PIL import Image
 

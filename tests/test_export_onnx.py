@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny import TINY_MODEL
 
 from pochitrain.cli.main import run as cli
 from pochitrain.errors import UsageError, VerificationError
@@ -58,7 +57,7 @@ def test_default_export_shape_checker_and_metadata(exported, ckpt_dir: Path) -> 
     # metadata round-trip: everything from the checkpoint plus its sha256
     assert info.meta is not None
     assert info.meta.class_names == [str(d) for d in range(10)]
-    assert info.meta.model_name == TINY_MODEL
+    assert info.meta.model_name == "resnet18"
     assert info.meta.preprocess == Preprocess.simple(32, 32)
     assert info.meta.source["checkpoint_sha256"] == file_sha256(ckpt_dir / "best.pth")
     props = {p.key: p.value for p in proto.metadata_props}

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tiny import TINY_MODEL
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -204,7 +203,7 @@ def test_original_api_refuses_batches_it_cannot_use(untrained_checkpoint: Path,
 
     gray = DataLoader(TensorDataset(torch.zeros(2, 1, 32, 32), torch.zeros(2)), batch_size=2)
     pil = DataLoader([(object(), 0)], batch_size=1, collate_fn=lambda items: items[0])
-    with PochiPredictor(TINY_MODEL, 10, "cpu", untrained_checkpoint) as predictor:
+    with PochiPredictor("resnet18", 10, "cpu", untrained_checkpoint) as predictor:
         for loader in (gray, pil):
             with pytest.raises(ShapeError, match=r"\(N, 3, H, W\)"):
                 predictor.predict(loader)

@@ -26,9 +26,9 @@ FAST = {"calib_samples": 12, "verify_samples": 20, "max_accuracy_drop": 100.0}
 
 
 @pytest.fixture(scope="module")
-def exports(untrained_resnet18: Path, onnx_export: Callable[..., Path]) -> dict[int, Path]:
+def exports(untrained_checkpoint: Path, onnx_export: Callable[..., Path]) -> dict[int, Path]:
     """pattern -> ONNX export of the (untrained) digits resnet18: fast, real graphs."""
-    return {pattern: onnx_export(untrained_resnet18, pattern) for pattern in (1, 2, 3)}
+    return {pattern: onnx_export(untrained_checkpoint, pattern) for pattern in (1, 2, 3)}
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny import TINY_MODEL
 
 from pochitrain.errors import BackendMissingError, ModelFileError, ShapeError, UsageError
 from pochitrain.inference.onnx_runner import open_onnx_runner, resolve_providers
@@ -142,7 +141,7 @@ def test_running_an_onnx_model_does_not_import_onnx(untrained_checkpoint: Path,
             "print(probs.shape, info.meta.model_name, 'onnx' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
-    assert out.stdout.split() == ["(2,", "10)", TINY_MODEL, "False"], out.stdout + out.stderr
+    assert out.stdout.split() == ["(2,", "10)", "resnet18", "False"], out.stdout + out.stderr
 
 
 def test_wrong_rank_and_several_inputs(tmp_path: Path) -> None:
