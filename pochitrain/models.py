@@ -64,7 +64,8 @@ def build_model(name: str, num_classes: int, pretrained: bool = False) -> nn.Mod
             f"Unknown model_name {name!r}.", f"Choose one of: {', '.join(SUPPORTED_MODELS)}"
         )
     if not pretrained:
-        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        return _usual_bn_momentum(
+            torchvision.models.get_model(name, weights=None, num_classes=num_classes))
     weights = torchvision.models.get_model_weights(name).DEFAULT
     cached = pretrained_weights_file(name, weights.url)
     model = torchvision.models.get_model(name, weights=None)
@@ -78,6 +79,21 @@ def build_model(name: str, num_classes: int, pretrained: bool = False) -> nn.Mod
             f"Delete {cached} so that it is downloaded again from {weights.url}.") from None
     if num_classes != 1000:
         _replace_head(model, name, num_classes)
+    return _usual_bn_momentum(model)
+
+
+def _usual_bn_momentum(model: nn.Module) -> nn.Module:
+    """BatchNorm's running statistics follow each batch at PyTorch's usual rate (0.1).
+
+    torchvision builds mobilenet_v3 with 0.01, tuned to ImageNet's long schedules: after the
+    few hundred steps of a small data set its running statistics still lag the weights, and
+    in eval mode the model answers near-constant logits (docs/benchmarks.md, "Training").
+    The rate is not saved in checkpoints."""
+    from torch import nn
+
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = 0.1
     return model
 
 
