@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pochitrain.data import ImageFolder, check_classes, remap_labels, scan_image_folder
 from pochitrain.errors import DataError, PochiError
@@ -23,6 +23,10 @@ from pochitrain.workspace import (
     new_run_dir,
     run_folder_of,
 )
+
+if TYPE_CHECKING:
+    from pochitrain.bench.result_json import BenchProbe
+    from pochitrain.plot_helper import PlotHelper
 
 
 @dataclass
@@ -40,7 +44,7 @@ class _Pass:
     data_dir: Path
     result: InferenceResult
     info: dict[str, str]
-    bench: Any  # bench.result_json.BenchProbe, or None
+    bench: BenchProbe | None
 
 
 def infer(model_path: Path | str, data: Path | str | None = None,
@@ -104,7 +108,8 @@ def infer(model_path: Path | str, data: Path | str | None = None,
 
 
 def _run_pass(model: Model, data: Path | str | None, batch_size: int | None,
-              warmup_runs: int, progress: bool, pipeline: str, bench: Any) -> _Pass:
+              warmup_runs: int, progress: bool, pipeline: str,
+              bench: BenchProbe | None) -> _Pass:
     data_dir = Path(data) if data else _default_data(model)
     folder = _data_folder(data_dir, model.class_names)
     source = model.input_pipeline(pipeline)
@@ -124,7 +129,7 @@ def _run_pass(model: Model, data: Path | str | None, batch_size: int | None,
     return _Pass(model, data_dir, result, info, bench)
 
 
-def _write(done: _Pass, out_dir: Path, plotter: Any) -> list[Path]:
+def _write(done: _Pass, out_dir: Path, plotter: PlotHelper) -> list[Path]:
     from pochitrain.reports import write_reports
 
     model = done.model
