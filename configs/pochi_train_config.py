@@ -24,9 +24,9 @@ model_name = "resnet18"
 # train_data_root. When set, it must match the folders.
 num_classes = None
 
-# True: start from torchvision's ImageNet weights. They are never downloaded during training:
-# they must already be in the torch hub cache (~/.cache/torch/hub/checkpoints), otherwise the
-# run stops with the URL to fetch.
+# True: start from torchvision's ImageNet weights, taken from the torch hub cache
+# (~/.cache/torch/hub/checkpoints) and downloaded there, with progress, when missing; on an
+# offline machine the run stops with the URL and the file to place there by hand.
 pretrained = False
 
 # "auto" (CUDA when a GPU is available, else CPU), "cpu", "cuda" or "cuda:N".
