@@ -206,7 +206,7 @@ def wait_at_test_gate() -> None:
     if not gate:
         return
     Path(gate, f"arrived-{os.getpid()}").touch()
-    deadline = time.monotonic() + 120  # a hang guard for a test that never opens the gate
+    deadline = time.monotonic() + 600  # a hang guard (a test's job may wait a whole session)
     while not Path(gate, "open").exists() and time.monotonic() < deadline:
         time.sleep(0.01)
 

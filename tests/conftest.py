@@ -356,6 +356,19 @@ def _study_worker(request: pytest.FixtureRequest) -> Job:
                   str(config.parent / "shared")], cwd=config.parent)
 
 
+def _gated_export(request: pytest.FixtureRequest, folder: Path) -> Job:
+    """``export-onnx`` of ``untrained_checkpoint`` into ``<folder>/out/x.onnx``, which waits at
+    the test gate (``<folder>/gate``) with its temp file written, until it is signalled."""
+    from pochitrain.workspace import TEST_GATE_ENV
+
+    for name in ("gate", "out"):
+        (folder / name).mkdir()
+    checkpoint = request.getfixturevalue("untrained_checkpoint")
+    return start(["-m", "pochitrain.cli.main", "export-onnx", str(checkpoint), "-o",
+                  str(folder / "out" / "x.onnx"), "--skip-verify"], cwd=folder,
+                 **{TEST_GATE_ENV: str(folder / "gate")})
+
+
 # name -> start(request, its own folder): the fixtures of the same names return the jobs
 BACKGROUND_STARTS: dict[str, Callable[[pytest.FixtureRequest, Path], Job]] = {
     "pil_check": lambda request, folder: start_pil_check(
@@ -370,6 +383,7 @@ BACKGROUND_STARTS: dict[str, Callable[[pytest.FixtureRequest, Path], Job]] = {
     "study_worker_b": lambda request, folder: _study_worker(request),
     "bench_failfirst": lambda request, folder: _bench(request, folder, "failfirst",
                                                       "--fail-fast"),
+    "gated_export": _gated_export,
 }
 
 
@@ -438,6 +452,12 @@ def ddp_failing_run(background_jobs: dict[str, Job]) -> Job:
 def bench_ci(background_jobs: dict[str, Job]) -> Job:
     """``pochi bench --suite ci`` (``bench_suites``), its output under ``<cwd>/runs``."""
     return background_jobs["bench_ci"]
+
+
+@pytest.fixture
+def gated_export(background_jobs: dict[str, Job]) -> Job:
+    """``export-onnx`` waiting at the test gate just before it publishes (``_gated_export``)."""
+    return background_jobs["gated_export"]
 
 
 @pytest.fixture

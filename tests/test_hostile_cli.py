@@ -7,17 +7,16 @@ import os
 import pickle
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from background import Job
 
 from pochitrain.config import load_config
 from pochitrain.errors import ConfigError
-from pochitrain.workspace import TEST_GATE_ENV
 
 # no bytecode written by the children (see test_exclusive_outputs.py)
 CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
@@ -75,25 +74,20 @@ def test_file_names_that_are_not_utf8(untrained_checkpoint: Path, tiny_data: Pat
     assert "bad\\udcffname.png" in csv
 
 
-def test_sigterm_cleans_up_like_ctrl_c(untrained_checkpoint: Path, tmp_path: Path) -> None:
+def test_sigterm_cleans_up_like_ctrl_c(gated_export: Job) -> None:
     """``kill`` (SIGTERM) while export-onnx is about to publish its file: the temp file is
-    removed, nothing is left under the final name, exit code 143."""
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    out = tmp_path / "out" / "x.onnx"
-    out.parent.mkdir()
-    proc = subprocess.Popen(
-        _pochi("export-onnx", str(untrained_checkpoint), "-o", str(out), "--skip-verify"),
-        env={**CHILD_ENV, TEST_GATE_ENV: str(gate)}, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180  # a hang guard, not a timing
-    while not list(gate.glob("arrived-*")) and proc.poll() is None \
-            and time.monotonic() < deadline:
+    removed, nothing is left under the final name, exit code 143. The command started with
+    the session (conftest ``gated_export``) and waits at the gate with its temp file written."""
+    assert gated_export.proc is not None, gated_export.problem
+    deadline = time.monotonic() + 600  # a hang guard, not a timing
+    while not list((gated_export.cwd / "gate").glob("arrived-*")) \
+            and gated_export.proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)  # it waits at the gate with its temp file written
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err[-1500:]
-    assert "Interrupted" in err and "Traceback" not in err
-    assert list(out.parent.iterdir()) == []
+    gated_export.proc.send_signal(signal.SIGTERM)
+    done = gated_export.result()
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr[-1500:]
+    assert "Interrupted" in done.stderr and "Traceback" not in done.stderr
+    assert list((gated_export.cwd / "out").iterdir()) == []
 
 
 def test_odd_sizes_and_files_for_export_and_convert(untrained_checkpoint: Path,
