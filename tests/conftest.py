@@ -366,6 +366,7 @@ def _gated_export(request: pytest.FixtureRequest, folder: Path) -> Job:
     checkpoint = request.getfixturevalue("untrained_checkpoint")
     return start(["-m", "pochitrain.cli.main", "export-onnx", str(checkpoint), "-o",
                   str(folder / "out" / "x.onnx"), "--skip-verify"], cwd=folder,
+                 PYTHONDONTWRITEBYTECODE="1", POCHI_BYTECODE_CACHE="0",
                  **{TEST_GATE_ENV: str(folder / "gate")})
 
 
