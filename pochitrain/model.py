@@ -75,8 +75,13 @@ def _open_tensorrt(path: Path, request: OpenRequest) -> Opened:
     from pochitrain.inference.trt_runner import open_trt_runner
 
     runner, engine_meta = open_trt_runner(path, request.batch_size)
+    return runner, _model_meta(engine_meta, path)
+
+
+def _model_meta(engine_meta: dict[str, Any], path: Path) -> ModelMeta | None:
+    """The model's metadata that an engine's sidecar recorded, if any."""
     recorded = engine_meta.get("model")
-    return runner, ModelMeta.from_dict(recorded, where=str(path)) if recorded else None
+    return ModelMeta.from_dict(recorded, where=str(path)) if recorded else None
 
 
 def _onnx_meta(path: Path) -> ModelMeta | None:
@@ -88,10 +93,7 @@ def _onnx_meta(path: Path) -> ModelMeta | None:
 def _engine_meta(path: Path) -> ModelMeta | None:
     from pochitrain.tensorrt.engine_file import read_engine_metadata, sidecar_path
 
-    if not sidecar_path(path).is_file():
-        return None
-    recorded = read_engine_metadata(path).get("model")
-    return ModelMeta.from_dict(recorded, where=str(path)) if recorded else None
+    return _model_meta(read_engine_metadata(path), path) if sidecar_path(path).is_file() else None
 
 
 def _torch_on_gpu(device: str, providers: list[str] | None) -> bool:
